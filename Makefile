@@ -1,0 +1,48 @@
+# The README's two commands: `make run` and `make test`. Each sets up what it
+# needs on a fresh Debian machine (system packages, .venv, the project).
+# Debian's interpreter when present: world-readable, so the test that runs the
+# server as `nobody` can use the venv (a pyenv under /root cannot be)
+PY ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# system packages: compiler and headers for the cffi build, taskset for benchmarks
+DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux
+
+.PHONY: run echo test bench deps clean doctor
+
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+
+# reinstall when the native core or packaging changes
+$(STAMP): $(VPY) pyproject.toml setup.py $(wildcard uringserve/_native/*.c uringserve/_native/*.h uringserve/_native/build.py)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel cffi
+	$(VPY) -m pip install -q --no-build-isolation -e '.[test,bench]'
+	touch $(STAMP)
+
+run: deps $(STAMP)
+	$(VPY) apps/echo.py --host $(HOST) --port $(PORT)
+
+echo: run
+
+test: deps $(STAMP)
+	$(VPY) -m pytest -q
+
+doctor: deps $(STAMP)
+	$(VPY) -m uringserve doctor
+
+bench: deps $(STAMP)
+	$(VPY) bench/echo_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info uringserve/_native/_core*.so bench/build

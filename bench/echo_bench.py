@@ -1,0 +1,148 @@
+"""Echo benchmark: the same asyncio.Protocol on four servers, interleaved.
+
+    python bench/echo_bench.py [--rounds 5] [--seconds 3] [--conns 100] [--sizes 64,4096]
+                               [--servers asyncio,uvloop,uring,c-ref] [--ablations]
+
+Each round runs every (server, size) pair once, in a fresh process, with the
+server pinned to CPU 0 and the C load client (bench/echo_load.c) to CPU 1.
+Medians over rounds are reported: msgs/s, and server CPU microseconds per
+message from /proc/PID/stat (utime+stime over the measured window). On a
+2-core box a fast server saturates the client, so CPU per message is the
+figure that separates servers; msgs/s is shown for completeness.
+
+Servers: apps/echo.py on the stdlib loop, on uvloop and on UringEventLoop,
+and bench/c_echo.c (the native core without Python) as the near-limit
+reference. --ablations adds the uring loop with each io_uring feature
+switched off in turn (plain send, send_zc without fixed buffers, send_zc
+everywhere, plain recv instead of the buffer ring, regular fds).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "bench" / "build"
+TICK = os.sysconf("SC_CLK_TCK")
+PY = sys.executable
+
+SERVERS = {
+    "asyncio": [PY, "apps/echo.py", "--loop", "asyncio"],
+    "uvloop": [PY, "apps/echo.py", "--loop", "uvloop"],
+    "uring": [PY, "apps/echo.py", "--loop", "uring"],
+    "c-ref": [str(BUILD / "c_echo")],
+}
+ABLATIONS = {
+    "uring:send=plain": [PY, "apps/echo.py", "--send-mode", "plain"],
+    "uring:send=zc": [PY, "apps/echo.py", "--send-mode", "zc"],
+    "uring:send=zc_fixed": [PY, "apps/echo.py", "--send-mode", "zc_fixed"],
+    "uring:recv=plain": [PY, "apps/echo.py", "--recv-mode", "plain"],
+    "uring:regular-fds": [PY, "apps/echo.py", "--regular-fds"],
+}
+
+
+def build() -> None:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    native = ROOT / "uringserve" / "_native"
+    for out, srcs in (("echo_load", ["bench/echo_load.c"]),
+                      ("c_echo", ["bench/c_echo.c", str(native / "core.c")])):
+        subprocess.run(["cc", "-O2", "-Wall", f"-I{native}", "-o", str(BUILD / out), *srcs],
+                       cwd=ROOT, check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start listening")
+
+
+def run_one(cmd: list[str], size: int, conns: int, seconds: float) -> tuple[float, float]:
+    port = free_port()
+    argv = cmd + ([str(port)] if cmd[0].endswith("c_echo") else ["--port", str(port)])
+    proc = subprocess.Popen(["taskset", "-c", "0", *argv], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, proc)
+        t0 = cpu_ticks(proc.pid)
+        out = subprocess.run(["taskset", "-c", "1", str(BUILD / "echo_load"), "127.0.0.1", str(port),
+                              str(conns), str(size), str(seconds)],
+                             capture_output=True, text=True, timeout=seconds + 30)
+        t1 = cpu_ticks(proc.pid)
+        m = re.search(r"msgs=(\d+) seconds=([\d.]+) errors=(\d+)", out.stdout)
+        if not m or out.returncode:
+            raise RuntimeError(f"load client failed: {out.stdout} {out.stderr}")
+        msgs, secs = int(m.group(1)), float(m.group(2))
+        # the window includes connection setup, which is identical for every server
+        return msgs / secs, (t1 - t0) / TICK * 1e6 / max(msgs, 1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="interleaved echo benchmark")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--conns", type=int, default=100)
+    p.add_argument("--sizes", default="64,4096")
+    p.add_argument("--servers", default=",".join(SERVERS))
+    p.add_argument("--ablations", action="store_true")
+    args = p.parse_args()
+    build()
+    servers = {k: SERVERS[k] for k in args.servers.split(",")}
+    if args.ablations:
+        servers.update(ABLATIONS)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for rnd in range(args.rounds):
+        for size in sizes:
+            for name, cmd in servers.items():
+                r = run_one(cmd, size, args.conns, args.seconds)
+                results.setdefault((name, size), []).append(r)
+                print(f"round {rnd + 1} {name:22} {size:5} B  {r[0]:10.0f} msg/s  {r[1]:6.2f} us/msg",
+                      file=sys.stderr, flush=True)
+    print(f"\nmedians over {args.rounds} rounds, {args.conns} connections, ping-pong, "
+          f"{args.seconds:g}s each; server on CPU 0, load on CPU 1")
+    for size in sizes:
+        med = {n: (statistics.median(x[0] for x in results[(n, size)]),
+                   statistics.median(x[1] for x in results[(n, size)])) for n in servers}
+        print(f"\n{size} B messages")
+        print(f"{'server':22} {'msgs/s':>10} {'CPU us/msg':>11} {'vs uvloop':>10} {'vs c-ref':>9}")
+        for n, (rate, cpu) in med.items():
+            vu = f"{cpu / med['uvloop'][1]:.2f}x" if "uvloop" in med else "-"
+            vc = f"{cpu / med['c-ref'][1]:.2f}x" if "c-ref" in med else "-"
+            print(f"{n:22} {rate:10.0f} {cpu:11.2f} {vu:>10} {vc:>9}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

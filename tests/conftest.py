@@ -1,0 +1,98 @@
+"""Shared fixtures: every loop-level test runs on the stdlib loop and on
+UringEventLoop, and checks that nothing (fds, slots, in-flight ops) is left."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import socket
+import threading
+from typing import Any, Callable
+
+import pytest
+
+import uringserve
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uring": uringserve.new_event_loop,
+}
+
+
+def open_fds() -> set[int]:
+    return {int(x) for x in os.listdir("/proc/self/fd")}
+
+
+def fd_targets(fds: set[int]) -> dict[int, str]:
+    out = {}
+    for fd in fds:
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return out
+
+
+class LoopHarness:
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self.loop = loop
+        self.errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _l, ctx: self.errors.append(ctx))
+
+    def run(self, coro: Any, timeout: float = 20.0) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    @property
+    def uring(self) -> bool:
+        return self.name == "uring"
+
+
+@pytest.fixture(params=list(LOOPS))
+def h(request: pytest.FixtureRequest) -> Any:
+    gc.collect()
+    before = open_fds()
+    loop = LOOPS[request.param]()
+    harness = LoopHarness(request.param, loop)
+    yield harness
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in pending:
+        t.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+    gc.collect()
+    leaked = open_fds() - before
+    assert not leaked, f"fds left open: {fd_targets(leaked)}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def blocking_client(port: int, payload: bytes, expect: int, result: dict, shut: bool = True,
+                    timeout: float = 20.0) -> threading.Thread:
+    """A plain-socket peer in a thread: sends payload, reads `expect` bytes."""
+    def run() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+                sender = threading.Thread(target=s.sendall, args=(payload,))
+                sender.start()
+                buf = bytearray()
+                while len(buf) < expect:
+                    chunk = s.recv(1 << 20)
+                    if not chunk:
+                        break
+                    buf += chunk
+                sender.join()
+                if shut:
+                    s.shutdown(socket.SHUT_WR)
+                result["data"] = bytes(buf)
+        except Exception as exc:  # reported by the test
+            result["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t

@@ -1,0 +1,83 @@
+"""`python -m uringserve doctor` and the errors raised when io_uring is unusable."""
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+
+import pytest
+
+from uringserve import diagnose
+
+
+def test_doctor_text_names_every_feature() -> None:
+    out = subprocess.run([sys.executable, "-m", "uringserve", "doctor"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "io_uring: usable" in text
+    for name in ("ACCEPT", "SEND_ZC", "FIXED_FD_INSTALL", "DEFER_TASKRUN", "SINGLE_ISSUER",
+                 "registered ring fd", "provided buffer ring", "registered send arena", "recv bundles"):
+        assert name in text
+    assert "RLIMIT_MEMLOCK" in text
+
+
+def test_doctor_json() -> None:
+    out = subprocess.run([sys.executable, "-m", "uringserve", "doctor", "--json"],
+                         capture_output=True, text=True)
+    rep = json.loads(out.stdout)
+    assert rep["usable"] is True
+    names = {c["name"]: c for c in rep["checks"]}
+    assert names["op SEND_ZC"]["needs"] == "6.0"
+    assert names["setup DEFER_TASKRUN"]["ok"] in (True, False)
+    assert all({"name", "ok", "needs", "where"} <= set(c) for c in rep["checks"])
+
+
+@pytest.mark.parametrize("files, err, words", [
+    ({"io_uring_disabled": "2"}, errno.EPERM, "kernel.io_uring_disabled=2"),
+    ({"io_uring_disabled": "1", "io_uring_group": "1234"}, errno.EPERM, "io_uring_group=1234"),
+    ({"io_uring_disabled": "0", "seccomp": 2}, errno.EPERM, "seccomp"),
+    ({"io_uring_disabled": None, "seccomp": 0}, errno.ENOSYS, "Linux 6.1"),
+    ({"io_uring_disabled": "0", "seccomp": 0}, errno.ENOMEM, "RLIMIT_MEMLOCK"),
+])
+def test_unavailable_reasons(monkeypatch, files, err, words) -> None:
+    def fake_read(path: str):
+        key = path.rsplit("/", 1)[1]
+        return files.get(key)
+
+    monkeypatch.setattr(diagnose, "_read", fake_read)
+    monkeypatch.setattr(diagnose, "seccomp_mode", lambda: files.get("seccomp"))
+    exc = diagnose.unavailable_error(err)
+    assert isinstance(exc, OSError) and exc.errno == err
+    assert words in str(exc)
+    assert "python -m uringserve doctor" in str(exc)
+
+
+def test_seccomp_blocked_io_uring_fails_at_start_with_the_reason() -> None:
+    """A real seccomp filter (as container runtimes install) blocks io_uring_setup."""
+    script = r'''
+import ctypes, errno, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+# BPF: if nr == io_uring_setup (425) return ERRNO(EPERM) else ALLOW
+def stmt(code, k): return struct.pack("HBBI", code, 0, 0, k)
+def jump(code, k, jt, jf): return struct.pack("HBBI", code, jt, jf, k)
+prog = b"".join([stmt(0x20, 0), jump(0x15, 425, 0, 1), stmt(0x06, 0x00050000 | errno.EPERM), stmt(0x06, 0x7fff0000)])
+buf = ctypes.create_string_buffer(prog)
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fp = Fprog(4, ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0, ctypes.get_errno()  # PR_SET_SECCOMP, FILTER
+import uringserve
+try:
+    uringserve.new_event_loop()
+except uringserve.UringUnavailable as exc:
+    print(exc)
+    sys.exit(3)
+'''
+    import platform
+    if platform.machine() != "x86_64":
+        pytest.skip("the filter uses x86_64 syscall numbers")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 3, out.stderr
+    assert "seccomp" in out.stdout and "io_uring_setup" in out.stdout

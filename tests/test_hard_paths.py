@@ -1,0 +1,401 @@
+"""The paths a server only takes under pressure, forced with tiny sizes:
+a full fixed-file table, an empty buffer ring, a full send arena, stale
+completions after slot reuse, and a loop closed with work in flight."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+import uringserve
+from uringserve import RingConfig
+from uringserve.ring import EV_ACCEPT, EV_CLOSED, EV_RECV, Ring, data_of
+
+from conftest import blocking_client, fd_targets, open_fds
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport) -> None:
+        self.t = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.t.write(data)
+
+
+def vm_pinned_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmPin:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_uring(cfg: RingConfig, main, timeout: float = 60.0):
+    """Run main(loop) on a fresh UringEventLoop; check nothing is left after close."""
+    gc.collect()
+    fds = open_fds()
+    loop = uringserve.new_event_loop(cfg)
+    errors: list = []
+    loop.set_exception_handler(lambda _l, ctx: errors.append(ctx))
+    try:
+        result = loop.run_until_complete(asyncio.wait_for(main(loop), timeout))
+        stats = loop.ring_stats()
+    finally:
+        loop.close()
+    gc.collect()
+    leaked = open_fds() - fds
+    assert not leaked, f"fds left open: {fd_targets(leaked)}"
+    assert not errors, errors
+    return result, stats
+
+
+async def echo_clients(port: int, n: int, size: int) -> list[bool]:
+    async def one(i: int) -> bool:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        msg = (bytes([i % 251]) + os.urandom(16)) * (size // 17 + 1)
+        w.write(msg)
+        ok = await r.readexactly(len(msg)) == msg
+        w.close()
+        await w.wait_closed()
+        return ok
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_full_fixed_file_table_serves_everyone_in_turn() -> None:
+    """A table of 4 slots (1 for the listener, 3 for connections) and 20
+    clients at once: accepting pauses at a full table and resumes as slots
+    free; no accepted connection is dropped."""
+    cfg = RingConfig(files=4, reserved_slots=1)
+
+    async def main(loop):
+        server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=64)
+        port = server.sockets[0].getsockname()[1]
+        results = await echo_clients(port, 20, 3000)
+        peak = loop.ring_stats()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        return results, peak
+
+    (results, peak), stats = run_uring(cfg, main)
+    assert results == [True] * 20
+    assert stats["slots_total"] == 3
+    assert stats["accepts"] == 20
+    assert stats["accept_paused"] > 0  # the table really was full
+    assert stats["accept_errors"] == 0  # and nothing was refused or dropped
+    assert stats["slots_used"] == 0
+
+
+def test_tiny_buffer_ring_enobufs_keeps_every_byte_in_order() -> None:
+    cfg = RingConfig(buf_count=2, buf_size=256)
+
+    async def main(loop):
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        results = await echo_clients(port, 8, 200_000)
+        server.close()
+        await server.wait_closed()
+        return results
+
+    results, stats = run_uring(cfg, main)
+    assert results == [True] * 8
+    assert stats["enobufs"] > 0
+    assert stats["bufs_out"] == 0  # every buffer went back to the ring
+
+
+@pytest.mark.parametrize("bundle", [False, True])
+def test_recv_bundles_keep_order(bundle: bool) -> None:
+    cfg = RingConfig(buf_count=8, buf_size=1024, recv_bundle=bundle)
+
+    async def main(loop):
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        results = await echo_clients(port, 4, 500_000)
+        server.close()
+        await server.wait_closed()
+        return results
+
+    results, stats = run_uring(cfg, main)
+    assert results == [True] * 4
+    assert stats["buf_resyncs"] == 0
+    if bundle:
+        assert stats["bundles"] > 0
+
+
+def test_tiny_send_arena_backpressure_delivers_everything() -> None:
+    """An arena of 2 chunks and multi-MiB writes: the protocol is paused and
+    resumed, the rest waits in the transport, every byte arrives in order."""
+    cfg = RingConfig(chunk_size=4096, arena_bytes=8192)
+    total = 6 << 20
+    events: list[str] = []
+
+    class Blast(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+            self.sent = 0
+            self.paused = False
+            self.push()
+
+        def push(self) -> None:
+            while not self.paused and self.sent < total:
+                block = bytes([(self.sent >> 20) & 0xFF]) * (1 << 20)
+                self.t.write(block)
+                self.sent += len(block)
+            if self.sent >= total and not self.paused:
+                self.t.close()
+
+        def pause_writing(self) -> None:
+            events.append("pause")
+            self.paused = True
+
+        def resume_writing(self) -> None:
+            events.append("resume")
+            self.paused = False
+            self.push()
+
+    async def main(loop):
+        server = await loop.create_server(Blast, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        data = await r.read()
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return data
+
+    data, stats = run_uring(cfg, main)
+    want = b"".join(bytes([i]) * (1 << 20) for i in range(6))
+    assert len(data) == total and data == want
+    assert "pause" in events and "resume" in events
+    assert stats["arena_short"] > 0
+    assert stats["arena_in_use"] == 0
+
+
+@pytest.mark.parametrize("cfg", [
+    RingConfig(send_mode="plain"),
+    RingConfig(send_mode="zc"),
+    RingConfig(send_mode="zc_fixed"),
+    RingConfig(recv_mode="plain"),
+    RingConfig(fixed_files=False),
+    RingConfig(setup_flags_off=(1 << 13) | (1 << 12) | (1 << 7) | (1 << 6)),
+], ids=["send-plain", "send-zc", "send-zc-fixed", "recv-plain", "regular-fds", "no-optional-setup-flags"])
+def test_ablation_modes_are_byte_exact(cfg: RingConfig) -> None:
+    async def main(loop):
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        result: dict = {}
+        payload = os.urandom(3 << 20)
+        t = blocking_client(port, payload, len(payload), result)
+        while t.is_alive():
+            await asyncio.sleep(0.02)
+        small = await echo_clients(port, 10, 100)
+        server.close()
+        await server.wait_closed()
+        return result.get("data") == payload and all(small)
+
+    ok, stats = run_uring(cfg, main)
+    assert ok
+    if cfg.send_mode in ("zc", "zc_fixed"):
+        assert stats["zc_sends"] > 0 and stats["plain_sends"] == 0
+        assert stats["zc_notifs"] == stats["zc_sends"]
+    if cfg.send_mode == "plain":
+        assert stats["zc_sends"] == 0
+    if cfg.setup_flags_off:
+        assert stats["setup_flags"] & ((1 << 13) | (1 << 12)) == 0
+
+
+def test_auto_send_mode_falls_back_when_zero_copy_is_copied() -> None:
+    """On loopback the kernel copies send_zc data anyway; a connection whose
+    notifications say so switches itself to plain send."""
+    cfg = RingConfig(zc_threshold=4096)
+
+    class Big(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            for _ in range(64):
+                self.t.write(b"b" * 65536)
+            self.t.close()
+
+    async def main(loop):
+        server = await loop.create_server(Big, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"go")
+        data = await r.read()
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return data
+
+    data, stats = run_uring(cfg, main)
+    assert data == b"b" * (64 * 65536)
+    assert stats["zc_sends"] >= 1 and stats["zc_copied"] >= 1
+    assert stats["plain_sends"] > stats["zc_sends"]  # fell back after the first copies
+
+
+def test_stale_completion_after_close_and_slot_reuse() -> None:
+    """A completion for a closed connection never reaches the connection
+    that reuses its slot (ring level: one connection slot only)."""
+    fds = open_fds()
+    r = Ring(RingConfig(files=2, reserved_slots=1))
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    port = ls.getsockname()[1]
+    r.listener_start(r.listener_add(ls.fileno()))
+
+    def collect(until, timeout=5.0):
+        out = []
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            n = r.wait(0.05)
+            for i in range(n):
+                ev = r.events[i]
+                out.append((ev.kind, ev.conn, ev.gen, data_of(ev) if ev.kind == EV_RECV else None))
+            if until(out):
+                return out
+        raise AssertionError(f"timed out; saw {out}")
+
+    a = socket.create_connection(("127.0.0.1", port))
+    ev = collect(lambda o: any(k == EV_ACCEPT for k, *_ in o))
+    _, slot_a, gen_a, _ = next(e for e in ev if e[0] == EV_ACCEPT)
+    a.sendall(b"from A")
+    time.sleep(0.05)  # the recv for A's data is ready in the kernel, not yet reaped
+    assert r.close_conn(slot_a, gen_a, False) == 0
+    b = socket.create_connection(("127.0.0.1", port))
+    b.sendall(b"from B")
+    ev = collect(lambda o: any(k == EV_RECV for k, *_ in o))
+    recvs = [e for e in ev if e[0] == EV_RECV]
+    accepts = [e for e in ev if e[0] == EV_ACCEPT]
+    assert any(k == EV_CLOSED and c == slot_a and g == gen_a for k, c, g, _ in ev)
+    assert accepts and accepts[0][1] == slot_a and accepts[0][2] != gen_a  # same slot, new generation
+    assert [d for *_, d in recvs] == [b"from B"]
+    assert r.stats()["stale_cqes"] >= 1
+    a.close()
+    b.close()
+    ls.close()
+    r.cancel_all()
+    end = time.monotonic() + 2
+    while r.stats()["inflight"] and time.monotonic() < end:
+        r.wait(0.05)
+    assert r.stats()["inflight"] == 0
+    r.close()
+    assert open_fds() == fds
+
+
+def test_loop_closed_with_operations_in_flight_leaves_nothing() -> None:
+    """Close the loop while connections are mid-transfer: no fd, slot, task or
+    pinned page is left behind."""
+    gc.collect()
+    fds = open_fds()
+    end = time.monotonic() + 3
+    while vm_pinned_kb() and time.monotonic() < end:
+        time.sleep(0.02)  # earlier tests' rings are torn down asynchronously by the kernel
+    pinned = vm_pinned_kb()
+    assert pinned == 0, "a ring from an earlier test still pins memory"
+    loop = uringserve.new_event_loop()
+    stop = threading.Event()
+    peers: list[socket.socket] = []
+
+    class Flood(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+            transport.set_write_buffer_limits(high=1 << 30)
+            for _ in range(8):
+                transport.write(b"f" * (1 << 20))  # the peer never reads
+
+        def data_received(self, data: bytes) -> None:
+            pass
+
+    async def main() -> None:
+        server = await loop.create_server(Flood, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"x" * 1000)
+            peers.append(s)
+        await asyncio.sleep(0.3)
+        st = loop.ring_stats()
+        assert st["slots_used"] == 10 and st["inflight"] > 10 and st["arena_in_use"] > 0
+        loop.stop()
+
+    loop.create_task(main())
+    loop.run_forever()
+    assert vm_pinned_kb() > pinned
+    assert not [t for t in asyncio.all_tasks(loop) if not t.done()]  # the loop made no tasks of its own
+    ring = loop.ring
+    loop.close()
+    assert ring.closed
+    for s in peers:
+        s.close()
+    stop.set()
+    gc.collect()
+    leaked = open_fds() - fds
+    assert not leaked, f"fds left open: {fd_targets(leaked)}"
+    end = time.monotonic() + 2
+    while vm_pinned_kb() > pinned and time.monotonic() < end:
+        time.sleep(0.02)  # the kernel frees a ring's resources asynchronously
+    assert vm_pinned_kb() == pinned
+
+
+def test_ipv6_peername() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    info: dict = {}
+
+    class Info(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            info["peer"] = transport.get_extra_info("peername")
+            info["sock"] = transport.get_extra_info("sockname")
+            transport.close()
+
+    async def main(loop):
+        try:
+            server = await loop.create_server(Info, "::1", 0)
+        except OSError as exc:
+            pytest.skip(f"no IPv6 loopback: {exc}")
+        port = server.sockets[0].getsockname()[1]
+        c = socket.create_connection(("::1", port))
+        await loop.run_in_executor(None, c.recv, 10)
+        name = c.getsockname()
+        c.close()
+        server.close()
+        await server.wait_closed()
+        return name, port
+
+    (name, port), _ = run_uring(RingConfig(), main)
+    assert info["peer"] == name
+    assert info["sock"][:2] == ("::1", port)
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"buf_count": 3}, "buf_count=3"),
+    ({"buf_count": 65536}, "buf_count=65536"),
+    ({"send_mode": "fast"}, "send_mode 'fast'"),
+    ({"recv_mode": "magic"}, "recv_mode 'magic'"),
+    ({"files": 1}, "files=1"),
+    ({"accept_depth": 0}, "accept_depth=0"),
+    ({"arena_bytes": 100, "chunk_size": 4096}, "arena_bytes=100"),
+])
+def test_invalid_config_is_a_clear_error(kw, words) -> None:
+    with pytest.raises(ValueError, match="invalid RingConfig") as info:
+        uringserve.new_event_loop(RingConfig(**kw))
+    assert words in str(info.value)
+
+
+def test_files_beyond_rlimit_nofile_is_a_clear_error() -> None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with pytest.raises(OSError, match="RLIMIT_NOFILE"):
+        Ring(RingConfig(files=soft + 1000))

@@ -1,0 +1,201 @@
+"""asyncio's own machinery over UringSelector, on both loops."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+import uringserve
+
+
+def test_timers_fire_in_order(h) -> None:
+    fired: list[int] = []
+
+    async def main() -> None:
+        for delay, tag in ((0.05, 3), (0.01, 1), (0.03, 2)):
+            h.loop.call_later(delay, fired.append, tag)
+        h.loop.call_soon(fired.append, 0)
+        start = h.loop.time()
+        await asyncio.sleep(0.08)
+        assert h.loop.time() - start >= 0.08
+
+    h.run(main())
+    assert fired == [0, 1, 2, 3]
+
+
+def test_call_soon_threadsafe_wakes_a_sleeping_loop(h) -> None:
+    async def main() -> float:
+        fut = h.loop.create_future()
+        t0 = time.monotonic()
+        threading.Timer(0.1, lambda: h.loop.call_soon_threadsafe(fut.set_result, "woke")).start()
+        assert await fut == "woke"
+        return time.monotonic() - t0
+
+    # the loop was idle in the ring's wait with no timer due; the self-pipe's
+    # poll completion must wake it (DEFER_TASKRUN runs it only when we enter)
+    assert h.run(main()) < 5
+
+
+def test_many_threadsafe_calls_all_run(h) -> None:
+    got: list[int] = []
+
+    async def main() -> None:
+        done = h.loop.create_future()
+
+        def spam() -> None:
+            for i in range(2000):
+                h.loop.call_soon_threadsafe(got.append, i)
+            h.loop.call_soon_threadsafe(done.set_result, None)
+
+        threading.Thread(target=spam).start()
+        await done
+
+    h.run(main())
+    assert got == list(range(2000))
+
+
+def test_add_reader_is_level_triggered(h) -> None:
+    """A reader that leaves data unread is called again, as with epoll."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    calls: list[bytes] = []
+
+    async def main() -> None:
+        done = h.loop.create_future()
+
+        def on_readable() -> None:
+            calls.append(a.recv(1))  # one byte at a time: the rest stays readable
+            if len(calls) == 5:
+                h.loop.remove_reader(a)
+                done.set_result(None)
+
+        h.loop.add_reader(a, on_readable)
+        b.send(b"abcde")
+        await done
+
+    try:
+        h.run(main())
+    finally:
+        a.close()
+        b.close()
+    assert b"".join(calls) == b"abcde"
+
+
+def test_add_writer_and_remove(h) -> None:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def main() -> None:
+        fut = h.loop.create_future()
+        h.loop.add_writer(a, lambda: fut.done() or fut.set_result("w"))
+        assert await fut == "w"
+        assert h.loop.remove_writer(a)
+        assert not h.loop.remove_writer(a)
+        assert not h.loop.remove_reader(a)
+
+    try:
+        h.run(main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_reader_fd_closed_and_reused(h) -> None:
+    """remove_reader + close + a new socket on the same fd number works."""
+    async def main() -> None:
+        for _ in range(20):
+            a, b = socket.socketpair()
+            fut = h.loop.create_future()
+            h.loop.add_reader(a, lambda f=fut, s=a: f.done() or f.set_result(s.recv(10)))
+            b.send(b"hi")
+            assert await fut == b"hi"
+            h.loop.remove_reader(a)
+            a.close()
+            b.close()
+
+    h.run(main())
+
+
+def test_sock_level_helpers(h) -> None:
+    async def main() -> None:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.setblocking(False)
+        cli = socket.socket()
+        cli.setblocking(False)
+        await h.loop.sock_connect(cli, srv.getsockname())
+        conn, _ = await h.loop.sock_accept(srv)
+        conn.setblocking(False)
+        await h.loop.sock_sendall(cli, b"ping")
+        assert await h.loop.sock_recv(conn, 4) == b"ping"
+        for s in (conn, cli, srv):
+            s.close()
+
+    h.run(main())
+
+
+def test_signal_handler(h) -> None:
+    async def main() -> None:
+        fut = h.loop.create_future()
+        h.loop.add_signal_handler(signal.SIGUSR1, fut.set_result, "sig")
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        assert await fut == "sig"
+        assert h.loop.remove_signal_handler(signal.SIGUSR1)
+
+    h.run(main())
+
+
+def test_subprocess(h) -> None:
+    async def main() -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate(b"hello subprocess")
+        assert out == b"HELLO SUBPROCESS"
+        assert proc.returncode == 0
+
+    h.run(main())
+
+
+def test_run_in_executor_and_wait_for(h) -> None:
+    async def main() -> None:
+        assert await h.loop.run_in_executor(None, sum, [1, 2, 3]) == 6
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.sleep(10), 0.05)
+
+    h.run(main())
+
+
+def test_uringserve_run_and_policy() -> None:
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__name__
+
+    assert uringserve.run(which()) == "UringEventLoop"
+    old = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(uringserve.EventLoopPolicy())
+    try:
+        loop = asyncio.new_event_loop()
+        try:
+            assert isinstance(loop, uringserve.UringEventLoop)
+            assert loop.run_until_complete(which()) == "UringEventLoop"
+        finally:
+            loop.close()
+    finally:
+        asyncio.set_event_loop_policy(old)
+
+
+def test_closing_twice_and_running_closed_loop() -> None:
+    loop = uringserve.new_event_loop()
+    loop.close()
+    loop.close()
+    coro = asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        loop.run_until_complete(coro)
+    coro.close()

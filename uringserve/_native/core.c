@@ -1,0 +1,1419 @@
+/* uringserve native core.
+ *
+ * Theory of operation
+ * -------------------
+ * One ring per event loop, driven from one thread (SINGLE_ISSUER). Python
+ * crosses into C once per loop iteration with us_wait(): it publishes every
+ * queued SQE, waits, and turns completions into `struct us_event`s in a
+ * caller-owned array. Completions that need no Python (send completions,
+ * zero-copy notifications, partial-send resubmits, buffer recycling, accept
+ * and recv re-arming) are finished here and produce no event.
+ *
+ * user_data = op:8 | slot:20 | gen:16 | aux:20. A connection's generation is
+ * bumped when its close is issued and when a new connection takes the slot,
+ * so a completion whose generation is not the slot's current one is stale:
+ * it is counted and dropped (its provided buffer returned, its send chunk
+ * released), never delivered.
+ *
+ * Buffer ownership
+ * - Provided buffers: the kernel owns a buffer from the time it sits in the
+ *   ring until a recv CQE names it. The RECV event's `data` points into it
+ *   and stays valid until the next us_wait(), which puts every buffer handed
+ *   out by the previous call back into the ring (exactly once: each bid is
+ *   on the recycle list at most once, because the kernel hands it out once).
+ * - Send arena: registered memory in fixed-size chunks. us_send() copies the
+ *   caller's bytes into the connection's chunk queue and returns; the caller
+ *   may reuse its buffer at once. A chunk holds one reference per send in
+ *   flight from it, and a send_zc keeps that reference until its
+ *   notification CQE (IORING_CQE_F_NOTIF): the kernel may read the pages
+ *   until then. A chunk goes back to the free stack when it has left its
+ *   connection's queue and has no references.
+ * - One send per connection is in flight at a time, so bytes never
+ *   interleave and a partial send is resumed from where it stopped.
+ * - Accept slots: an accept is armed only while the fixed-file alloc range
+ *   has room for it, because an accept-direct that finds the table full has
+ *   already taken the connection from the backlog and the kernel drops it.
+ *   A freed slot (close CQE) re-arms starved listeners.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "abi.h"
+#include "core.h"
+
+#define NONE 0xFFFFFFFFu
+#define EV_ROOM 10 /* a bundle recv yields up to 8 RECV events + EOF/err */
+#define BUNDLE_MAX_BUFS 8
+
+enum op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_SENDZC, OP_CLOSE, OP_SHUTDOWN,
+          OP_CANCEL, OP_POLL, OP_POLL_REMOVE, OP_INSTALL, OP_LCLOSE };
+
+#define UD(op, slot, gen, aux) \
+    (((uint64_t)(op) << 56) | ((uint64_t)((slot) & 0xFFFFF) << 36) | \
+     ((uint64_t)((gen) & 0xFFFF) << 20) | (uint64_t)((aux) & 0xFFFFF))
+#define UD_OP(u) ((unsigned)((u) >> 56))
+#define UD_SLOT(u) ((uint32_t)(((u) >> 36) & 0xFFFFF))
+#define UD_GEN(u) ((uint32_t)(((u) >> 20) & 0xFFFF))
+#define UD_AUX(u) ((uint32_t)((u) & 0xFFFFF))
+
+enum cstate { C_FREE = 0, C_OPEN, C_CLOSING /* close waits for the queue */, C_CLOSE_WAIT /* close issued */ };
+
+enum cflag {
+    F_RECV_ARMED = 1 << 0, F_RECV_PAUSED = 1 << 1, F_SEND_INFLIGHT = 1 << 2,
+    F_NO_ZC = 1 << 3, F_SHUT_PENDING = 1 << 4, F_SHUT_DONE = 1 << 5,
+    F_REARM_Q = 1 << 6, F_EOF = 1 << 7, F_RESERVED = 1 << 8,
+};
+
+struct conn {
+    uint16_t gen;
+    uint8_t state;
+    uint16_t flags;
+    uint32_t head, tail; /* send chunk queue */
+    uint32_t head_off;   /* bytes of the head chunk already sent */
+    uint32_t inflight_len;
+    uint64_t queued;
+    int64_t notify_at;   /* emit WRITABLE when queued <= this; -1 off */
+    int fd;              /* fixed: the slot; fd mode: the fd */
+    char *rbuf;          /* US_RECV_PLAIN */
+};
+
+struct listener {
+    int fd;
+    uint16_t gen;
+    uint8_t used, active, starved;
+    uint32_t inflight;
+};
+
+struct accept_ctx {
+    struct sockaddr_storage addr;
+    socklen_t len;
+    uint8_t busy;
+};
+
+struct out {
+    struct us_event *ev;
+    int n, max;
+};
+
+struct us_ring {
+    struct us_config cfg;
+    int fd, enter_fd;
+    unsigned enter_flags;
+    int enabled, disabled_setup;
+    uint32_t setup_flags, features;
+    /* SQ */
+    unsigned *sq_head, *sq_tail, *sq_array, sq_mask, sq_entries;
+    struct io_uring_sqe *sqes;
+    unsigned sqe_tail, sqe_submitted;
+    /* CQ */
+    unsigned *cq_head, *cq_tail, cq_mask;
+    struct io_uring_cqe *cqes;
+    void *sq_map, *cq_map;
+    size_t sq_map_len, cq_map_len, sqes_len;
+    /* connections */
+    struct conn *conns;
+    uint32_t nconn;
+    uint32_t *rearm;
+    uint32_t nrearm;
+    uint32_t accept_used, accepts_inflight, accept_range;
+    int accept_starved;
+    struct listener *lst;
+    struct accept_ctx *acc;
+    /* provided buffers */
+    struct io_uring_buf_ring *br;
+    size_t br_len;
+    char *bufs;
+    size_t bufs_len;
+    uint32_t br_mask, br_tail, cons_pos;
+    uint16_t *shadow;   /* bid placed at each ring position */
+    uint16_t *recycle;
+    uint32_t nrecycle;
+    /* send arena */
+    char *arena;
+    size_t arena_len;
+    uint32_t *ch_next, *ch_len, *ch_free;
+    uint16_t *ch_refs;
+    uint8_t *ch_detached;
+    uint32_t nfree;
+    int arena_registered, arena_waiting, arena_freed;
+    /* completions reaped while waiting for a synchronous op */
+    struct us_event *stash;
+    int nstash, stash_cap;
+    struct us_stats st;
+};
+
+/* ---- syscalls ---------------------------------------------------------- */
+
+static int sys_setup(unsigned entries, struct io_uring_params *p)
+{
+    return (int)syscall(__NR_io_uring_setup, entries, p);
+}
+
+static int sys_enter(int fd, unsigned submit, unsigned min, unsigned flags, void *arg, size_t argsz)
+{
+    return (int)syscall(__NR_io_uring_enter, fd, submit, min, flags, arg, argsz);
+}
+
+static int sys_register(int fd, unsigned op, void *arg, unsigned nr)
+{
+    return (int)syscall(__NR_io_uring_register, fd, op, arg, nr);
+}
+
+/* ---- submission -------------------------------------------------------- */
+
+static int enable_ring(struct us_ring *r)
+{
+    if (r->enabled)
+        return 0;
+    if (r->disabled_setup && sys_register(r->fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+        return -errno;
+    r->enabled = 1;
+    /* registered ring fds are per thread: register from the submitting one */
+    struct io_uring_rsrc_update up = { .offset = (unsigned)-1, .data = (uint64_t)r->fd };
+    if (sys_register(r->fd, IORING_REGISTER_RING_FDS, &up, 1) == 1) {
+        r->enter_fd = (int)up.offset;
+        r->enter_flags = IORING_ENTER_REGISTERED_RING;
+        r->st.registered_ring = 1;
+    }
+    return 0;
+}
+
+static int do_enter(struct us_ring *r, unsigned min, unsigned flags, void *arg, size_t argsz)
+{
+    int err = enable_ring(r);
+    if (err)
+        return err;
+    unsigned submit = r->sqe_tail - r->sqe_submitted;
+    __atomic_store_n(r->sq_tail, r->sqe_tail, __ATOMIC_RELEASE);
+    r->st.enters++;
+    int ret = sys_enter(r->enter_fd, submit, min, flags | r->enter_flags, arg, argsz);
+    if (ret < 0)
+        return -errno;
+    r->sqe_submitted += (unsigned)ret;
+    /* SUBMIT_ALL or not, whatever the kernel did not take stays queued */
+    return ret;
+}
+
+static struct io_uring_sqe *get_sqe(struct us_ring *r)
+{
+    unsigned head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+    if (r->sqe_tail - head >= r->sq_entries) {
+        do_enter(r, 0, 0, NULL, 0);
+        head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+        if (r->sqe_tail - head >= r->sq_entries)
+            return NULL;
+    }
+    struct io_uring_sqe *sqe = &r->sqes[r->sqe_tail & r->sq_mask];
+    memset(sqe, 0, sizeof(*sqe));
+    r->sqe_tail++;
+    r->st.sqes++;
+    r->st.inflight++;
+    return sqe;
+}
+
+/* one small prep per operation, over a common one (as liburing does) */
+static struct io_uring_sqe *prep(struct us_ring *r, int op, int fd, int fixed,
+                                 const void *addr, uint32_t len, uint64_t ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (!sqe)
+        return NULL;
+    sqe->opcode = (uint8_t)op;
+    sqe->fd = fd;
+    if (fixed)
+        sqe->flags |= IOSQE_FIXED_FILE;
+    sqe->addr = (uint64_t)(uintptr_t)addr;
+    sqe->len = len;
+    sqe->user_data = ud;
+    return sqe;
+}
+
+static int conn_fixed(struct us_ring *r) { return r->cfg.fixed_files; }
+
+static int prep_cancel_fd(struct us_ring *r, int fd, uint64_t ud, int link)
+{
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_ASYNC_CANCEL, fd, 0, NULL, 0, ud);
+    if (!sqe)
+        return -EBUSY;
+    sqe->cancel_flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+    if (conn_fixed(r))
+        sqe->cancel_flags |= IORING_ASYNC_CANCEL_FD_FIXED;
+    if (link)
+        sqe->flags |= IOSQE_IO_HARDLINK; /* the close runs even when nothing was cancelled */
+    return 0;
+}
+
+static int prep_close_slot(struct us_ring *r, int fd, uint64_t ud)
+{
+    struct io_uring_sqe *sqe;
+    if (conn_fixed(r)) {
+        sqe = prep(r, IORING_OP_CLOSE, 0, 0, NULL, 0, ud);
+        if (sqe)
+            sqe->file_index = (uint32_t)fd + 1;
+    } else {
+        sqe = prep(r, IORING_OP_CLOSE, fd, 0, NULL, 0, ud);
+    }
+    return sqe ? 0 : -EBUSY;
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+static struct us_event *emit(struct out *o, uint32_t kind, uint32_t conn, uint32_t gen, int32_t res)
+{
+    struct us_event *e = &o->ev[o->n++];
+    e->kind = kind;
+    e->res = res;
+    e->conn = conn;
+    e->gen = gen;
+    e->aux = 0;
+    e->flags = 0;
+    e->data = NULL;
+    e->addrlen = 0;
+    return e;
+}
+
+/* ---- send arena -------------------------------------------------------- */
+
+static uint32_t chunk_alloc(struct us_ring *r)
+{
+    if (!r->nfree)
+        return NONE;
+    uint32_t c = r->ch_free[--r->nfree];
+    r->ch_next[c] = NONE;
+    r->ch_len[c] = 0;
+    r->ch_refs[c] = 0;
+    r->ch_detached[c] = 0;
+    r->st.arena_in_use++;
+    return c;
+}
+
+static void chunk_maybe_free(struct us_ring *r, uint32_t c)
+{
+    if (!r->ch_detached[c] || r->ch_refs[c])
+        return;
+    r->ch_detached[c] = 0;
+    r->ch_free[r->nfree++] = c;
+    r->st.arena_in_use--;
+    r->arena_freed = 1;
+}
+
+static void queue_discard(struct us_ring *r, struct conn *c)
+{
+    uint32_t ch = c->head;
+    while (ch != NONE) {
+        uint32_t next = r->ch_next[ch];
+        r->ch_detached[ch] = 1;
+        chunk_maybe_free(r, ch);
+        ch = next;
+    }
+    c->head = c->tail = NONE;
+    c->head_off = 0;
+    c->queued = 0;
+}
+
+static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    uint32_t ch = c->head;
+    uint32_t off = c->head_off;
+    uint32_t n = r->ch_len[ch] - off;
+    char *p = r->arena + (size_t)ch * r->cfg.chunk_size + off;
+    int mode = r->cfg.send_mode;
+    int zc, fixedbuf;
+    if (mode == US_SEND_AUTO) {
+        zc = fixedbuf = !(c->flags & F_NO_ZC) && n >= r->cfg.zc_threshold && r->arena_registered;
+    } else {
+        zc = mode == US_SEND_ZC || mode == US_SEND_ZC_FIXED;
+        fixedbuf = mode == US_SEND_ZC_FIXED && r->arena_registered;
+    }
+    struct io_uring_sqe *sqe = prep(r, zc ? IORING_OP_SEND_ZC : IORING_OP_SEND, c->fd,
+                                    conn_fixed(r), p, n, UD(zc ? OP_SENDZC : OP_SEND, slot, c->gen, ch));
+    if (!sqe)
+        return -EBUSY;
+    sqe->msg_flags = MSG_NOSIGNAL;
+    if (zc) {
+        sqe->ioprio = IORING_SEND_ZC_REPORT_USAGE | (fixedbuf ? IORING_RECVSEND_FIXED_BUF : 0);
+        sqe->buf_index = 0;
+        r->st.zc_sends++;
+    } else {
+        r->st.plain_sends++;
+    }
+    r->ch_refs[ch]++;
+    c->inflight_len = n;
+    c->flags |= F_SEND_INFLIGHT;
+    r->st.sends++;
+    return 0;
+}
+
+/* ---- connections ------------------------------------------------------- */
+
+static int arm_recv(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    struct io_uring_sqe *sqe;
+    if (r->cfg.recv_mode == US_RECV_PLAIN) {
+        sqe = prep(r, IORING_OP_RECV, c->fd, conn_fixed(r), c->rbuf, r->cfg.buf_size,
+                   UD(OP_RECV, slot, c->gen, 0));
+    } else {
+        sqe = prep(r, IORING_OP_RECV, c->fd, conn_fixed(r), NULL, 0, UD(OP_RECV, slot, c->gen, 0));
+        if (sqe) {
+            sqe->ioprio = IORING_RECV_MULTISHOT;
+            sqe->flags |= IOSQE_BUFFER_SELECT;
+            sqe->buf_group = 0;
+            if (r->cfg.recv_bundle) {
+                sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+                sqe->len = r->cfg.buf_size * BUNDLE_MAX_BUFS;
+            }
+        }
+    }
+    if (!sqe)
+        return -EBUSY;
+    c->flags |= F_RECV_ARMED;
+    return 0;
+}
+
+static void rearm_later(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    if (c->flags & (F_REARM_Q | F_RECV_PAUSED | F_EOF))
+        return;
+    c->flags |= F_REARM_Q;
+    r->rearm[r->nrearm++] = slot;
+}
+
+static void slot_release(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    if (c->flags & F_RESERVED) {
+        if (conn_fixed(r))
+            r->lst[slot].used = 0;
+    } else {
+        r->accept_used--;
+    }
+    c->state = C_FREE;
+    c->flags = 0;
+}
+
+static void issue_close(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    queue_discard(r, c);
+    c->gen++;
+    c->state = C_CLOSE_WAIT;
+    c->flags &= F_RESERVED;
+    prep_cancel_fd(r, c->fd, UD(OP_CANCEL, slot, c->gen, 0), 1);
+    prep_close_slot(r, c->fd, UD(OP_CLOSE, slot, c->gen, 0));
+    r->st.closes++;
+}
+
+static void issue_shutdown(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    c->flags &= ~F_SHUT_PENDING;
+    c->flags |= F_SHUT_DONE;
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_SHUTDOWN, c->fd, conn_fixed(r), NULL, SHUT_WR,
+                                    UD(OP_SHUTDOWN, slot, c->gen, 0));
+    (void)sqe;
+}
+
+static struct conn *conn_get(struct us_ring *r, uint32_t slot, uint32_t gen)
+{
+    if (slot >= r->nconn)
+        return NULL;
+    struct conn *c = &r->conns[slot];
+    if (c->state == C_FREE || c->state == C_CLOSE_WAIT || c->gen != (uint16_t)gen)
+        return NULL;
+    return c;
+}
+
+static void conn_init(struct us_ring *r, uint32_t slot, int fd, uint16_t keep)
+{
+    struct conn *c = &r->conns[slot];
+    c->gen++;
+    c->state = C_OPEN;
+    c->flags = keep;
+    c->head = c->tail = NONE;
+    c->head_off = c->inflight_len = 0;
+    c->queued = 0;
+    c->notify_at = -1;
+    c->fd = fd;
+    if (r->cfg.recv_mode == US_RECV_PLAIN && !c->rbuf)
+        c->rbuf = malloc(r->cfg.buf_size); /* once per slot, kept for reuse */
+}
+
+/* ---- listeners --------------------------------------------------------- */
+
+static uint32_t accept_room(struct us_ring *r)
+{
+    uint32_t busy = r->accept_used + r->accepts_inflight;
+    return busy >= r->accept_range ? 0 : r->accept_range - busy;
+}
+
+static void arm_listener(struct us_ring *r, uint32_t lid)
+{
+    struct listener *l = &r->lst[lid];
+    uint32_t depth = r->cfg.accept_depth;
+    for (uint32_t k = 0; k < depth && l->active; k++) {
+        struct accept_ctx *a = &r->acc[lid * depth + k];
+        if (a->busy)
+            continue;
+        if (!accept_room(r)) {
+            if (!l->starved)
+                r->st.accept_paused++;
+            l->starved = 1;
+            r->accept_starved = 1;
+            return;
+        }
+        a->len = sizeof(a->addr);
+        int fixed = conn_fixed(r);
+        struct io_uring_sqe *sqe = prep(r, IORING_OP_ACCEPT, fixed ? (int)lid : l->fd, fixed,
+                                        &a->addr, 0, UD(OP_ACCEPT, lid, l->gen, lid * depth + k));
+        if (!sqe)
+            return;
+        sqe->addr2 = (uint64_t)(uintptr_t)&a->len;
+        if (fixed)
+            sqe->file_index = IORING_FILE_INDEX_ALLOC; /* SOCK_CLOEXEC is invalid for direct */
+        else
+            sqe->accept_flags = SOCK_CLOEXEC;
+        a->busy = 1;
+        l->inflight++;
+        r->accepts_inflight++;
+    }
+    l->starved = 0;
+}
+
+static void rearm_starved(struct us_ring *r)
+{
+    if (!r->accept_starved || !accept_room(r))
+        return;
+    r->accept_starved = 0;
+    for (uint32_t i = 0; i < r->cfg.reserved_slots; i++)
+        if (r->lst[i].used && r->lst[i].active && r->lst[i].starved)
+            arm_listener(r, i);
+}
+
+static int reserve_slot(struct us_ring *r)
+{
+    for (uint32_t i = 0; i < r->cfg.reserved_slots; i++)
+        if (!r->lst[i].used) {
+            r->lst[i].used = 1;
+            return (int)i;
+        }
+    return -ENFILE;
+}
+
+static int install_fd(struct us_ring *r, uint32_t slot, int fd)
+{
+    int fds[1] = { fd };
+    struct io_uring_rsrc_update up = { .offset = slot, .data = (uint64_t)(uintptr_t)fds };
+    int ret = sys_register(r->fd, IORING_REGISTER_FILES_UPDATE, &up, 1);
+    return ret < 0 ? -errno : 0;
+}
+
+int us_listener_add(struct us_ring *r, int fd)
+{
+    int lid = reserve_slot(r);
+    if (lid < 0)
+        return lid;
+    if (conn_fixed(r)) {
+        int err = install_fd(r, (uint32_t)lid, fd);
+        if (err) {
+            r->lst[lid].used = 0;
+            return err;
+        }
+    }
+    struct listener *l = &r->lst[lid];
+    l->fd = fd;
+    l->gen++;
+    l->active = l->starved = 0;
+    return lid;
+}
+
+int us_listener_start(struct us_ring *r, int lid)
+{
+    if (lid < 0 || (uint32_t)lid >= r->cfg.reserved_slots || !r->lst[lid].used)
+        return -EBADF;
+    r->lst[lid].active = 1;
+    arm_listener(r, (uint32_t)lid);
+    return 0;
+}
+
+int us_listener_stop(struct us_ring *r, int lid)
+{
+    if (lid < 0 || (uint32_t)lid >= r->cfg.reserved_slots || !r->lst[lid].used)
+        return -EBADF;
+    struct listener *l = &r->lst[lid];
+    l->active = 0;
+    l->gen++; /* accepts still in flight become stale; a connection they bring is closed */
+    int fd = conn_fixed(r) ? lid : l->fd;
+    prep_cancel_fd(r, fd, UD(OP_CANCEL, lid, l->gen, 0), conn_fixed(r));
+    if (conn_fixed(r))
+        prep_close_slot(r, lid, UD(OP_LCLOSE, lid, l->gen, 0));
+    else
+        l->used = 0; /* the fd stays the caller's */
+    return 0;
+}
+
+/* ---- completion handlers ----------------------------------------------- */
+
+static void on_accept(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    uint32_t lid = UD_SLOT(ud), k = UD_AUX(ud);
+    struct listener *l = &r->lst[lid];
+    struct accept_ctx *a = &r->acc[k];
+    a->busy = 0;
+    r->accepts_inflight--;
+    l->inflight--;
+    int stale = !(l->used && l->active && l->gen == (uint16_t)UD_GEN(ud));
+    int res = cqe->res;
+    if (res < 0) {
+        if (res == -ECANCELED || stale)
+            return;
+        r->st.accept_errors++;
+        if (res == -ENFILE || res == -EMFILE || res == -ENOMEM || res == -ENOBUFS) {
+            /* out of slots or fds: wait for a close rather than spin */
+            if (!l->starved)
+                r->st.accept_paused++;
+            l->starved = 1;
+            r->accept_starved = 1;
+        } else if (res == -ECONNABORTED || res == -EINTR || res == -EAGAIN || res == -EPROTO) {
+            arm_listener(r, lid);
+        } else {
+            struct us_event *e = emit(o, US_EV_ACCEPT, lid, l->gen, res);
+            e->aux = lid;
+        }
+        return;
+    }
+    uint32_t slot = (uint32_t)res;
+    if (slot >= r->nconn) { /* fd mode only: an fd beyond the table */
+        close(res);
+        r->st.accept_errors++;
+        arm_listener(r, lid);
+        return;
+    }
+    r->accept_used++;
+    r->st.accepts++;
+    conn_init(r, slot, res, 0);
+    struct conn *c = &r->conns[slot];
+    if (stale) {
+        issue_close(r, slot, c);
+        return;
+    }
+    struct us_event *e = emit(o, US_EV_ACCEPT, slot, c->gen, 0);
+    e->aux = lid;
+    e->addrlen = a->len > sizeof(e->addr) ? sizeof(e->addr) : a->len;
+    memcpy(e->addr, &a->addr, e->addrlen);
+    arm_recv(r, slot, c);
+    arm_listener(r, lid);
+}
+
+static void recycle_buf(struct us_ring *r, uint32_t bid)
+{
+    r->recycle[r->nrecycle++] = (uint16_t)bid;
+}
+
+/* Buffers a recv consumed, in ring order. Non-bundle: one. Bundle: the
+ * kernel takes consecutive ring entries starting at the one it names. */
+static int take_bufs(struct us_ring *r, struct io_uring_cqe *cqe, uint16_t *bids, int res)
+{
+    if (!(cqe->flags & IORING_CQE_F_BUFFER))
+        return 0;
+    uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    int n = 1;
+    if (r->cfg.recv_bundle && res > 0)
+        n = (int)((res + r->cfg.buf_size - 1) / r->cfg.buf_size);
+    if (r->shadow[r->cons_pos & r->br_mask] != bid) {
+        /* ring order lost (bundle regressions): resync on the named buffer */
+        r->st.buf_resyncs++;
+        for (uint32_t i = 0; i <= r->br_mask; i++)
+            if (r->shadow[(r->cons_pos + i) & r->br_mask] == bid) {
+                r->cons_pos += i;
+                break;
+            }
+    }
+    for (int i = 0; i < n; i++)
+        bids[i] = r->shadow[(r->cons_pos++) & r->br_mask];
+    if (n > 1)
+        r->st.bundles++;
+    r->st.bufs_out += (uint32_t)n;
+    return n;
+}
+
+static void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    uint32_t slot = UD_SLOT(ud);
+    int res = cqe->res;
+    uint16_t bids[BUNDLE_MAX_BUFS + 1];
+    int nb = take_bufs(r, cqe, bids, res);
+    struct conn *c = conn_get(r, slot, UD_GEN(ud));
+    if (!c || c->state != C_OPEN) {
+        for (int i = 0; i < nb; i++)
+            recycle_buf(r, bids[i]);
+        r->st.stale_cqes++;
+        return;
+    }
+    int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    if (!more)
+        c->flags &= ~F_RECV_ARMED;
+    if (res > 0) {
+        r->st.recvs++;
+        r->st.recv_bytes += (uint64_t)res;
+        if (r->cfg.recv_mode == US_RECV_PLAIN) {
+            struct us_event *e = emit(o, US_EV_RECV, slot, c->gen, res);
+            e->data = c->rbuf;
+            rearm_later(r, slot, c); /* after Python has read rbuf */
+        } else {
+            int left = res;
+            for (int i = 0; i < nb; i++) {
+                int n = left < (int)r->cfg.buf_size ? left : (int)r->cfg.buf_size;
+                struct us_event *e = emit(o, US_EV_RECV, slot, c->gen, n);
+                e->data = r->bufs + (size_t)bids[i] * r->cfg.buf_size;
+                recycle_buf(r, bids[i]);
+                left -= n;
+            }
+            if (!more)
+                rearm_later(r, slot, c);
+        }
+        return;
+    }
+    for (int i = 0; i < nb; i++)
+        recycle_buf(r, bids[i]);
+    if (res == 0) {
+        c->flags |= F_EOF;
+        emit(o, US_EV_EOF, slot, c->gen, 0);
+    } else if (res == -ENOBUFS) {
+        r->st.enobufs++;
+        rearm_later(r, slot, c);
+    } else if (res == -ECANCELED || res == -EINTR || res == -EAGAIN) {
+        if (!(c->flags & F_RECV_ARMED))
+            rearm_later(r, slot, c); /* a resume that raced the pause's cancel */
+    } else {
+        c->flags |= F_EOF;
+        emit(o, US_EV_RECV_ERR, slot, c->gen, res);
+    }
+}
+
+static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    uint32_t slot = UD_SLOT(ud), ch = UD_AUX(ud);
+    int zc = UD_OP(ud) == OP_SENDZC;
+    struct conn *c = conn_get(r, slot, UD_GEN(ud));
+    if (zc && (cqe->flags & IORING_CQE_F_NOTIF)) {
+        r->st.zc_notifs++;
+        if ((uint32_t)cqe->res & IORING_NOTIF_USAGE_ZC_COPIED) {
+            r->st.zc_copied++;
+            if (c)
+                c->flags |= F_NO_ZC; /* the kernel copied anyway: plain send is cheaper */
+        }
+        r->ch_refs[ch]--;
+        chunk_maybe_free(r, ch);
+        return;
+    }
+    if (!(zc && (cqe->flags & IORING_CQE_F_MORE)))
+        r->ch_refs[ch]--;
+    if (!c) {
+        r->st.stale_cqes++;
+        chunk_maybe_free(r, ch);
+        return;
+    }
+    c->flags &= ~F_SEND_INFLIGHT;
+    int res = cqe->res;
+    if (res < 0 && res != -EINTR && res != -EAGAIN) {
+        queue_discard(r, c);
+        chunk_maybe_free(r, ch);
+        emit(o, US_EV_SEND_ERR, slot, c->gen, res);
+        if (c->state == C_CLOSING)
+            issue_close(r, slot, c);
+        return;
+    }
+    if (res > 0) {
+        r->st.send_bytes += (uint64_t)res;
+        if ((uint32_t)res < c->inflight_len)
+            r->st.send_partial++;
+        c->head_off += (uint32_t)res;
+        c->queued -= (uint64_t)res;
+        if (c->head_off == r->ch_len[c->head]) {
+            uint32_t old = c->head;
+            if (old == c->tail)
+                c->head = c->tail = NONE;
+            else
+                c->head = r->ch_next[old];
+            c->head_off = 0;
+            r->ch_detached[old] = 1;
+            chunk_maybe_free(r, old);
+        }
+    }
+    if (c->queued) {
+        submit_send(r, slot, c);
+    } else if (c->state == C_CLOSING) {
+        issue_close(r, slot, c);
+        return;
+    } else if (c->flags & F_SHUT_PENDING) {
+        issue_shutdown(r, slot, c);
+    }
+    if (c->notify_at >= 0 && (int64_t)c->queued <= c->notify_at) {
+        c->notify_at = -1;
+        emit(o, US_EV_WRITABLE, slot, c->gen, (int32_t)(c->queued > 0x7fffffff ? 0x7fffffff : c->queued));
+    }
+}
+
+static void on_close(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    uint32_t slot = UD_SLOT(ud);
+    struct conn *c = &r->conns[slot];
+    if (c->state != C_CLOSE_WAIT || c->gen != (uint16_t)UD_GEN(ud)) {
+        r->st.stale_cqes++;
+        return;
+    }
+    slot_release(r, slot, c);
+    emit(o, US_EV_CLOSED, slot, (uint16_t)(c->gen - 1), cqe->res);
+    rearm_starved(r);
+}
+
+static void process_cqe(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    r->st.cqes++;
+    if (!more)
+        r->st.inflight--;
+    switch (UD_OP(ud)) {
+    case OP_ACCEPT: on_accept(r, cqe, o); break;
+    case OP_RECV: on_recv(r, cqe, o); break;
+    case OP_SEND:
+    case OP_SENDZC: on_send(r, cqe, o); break;
+    case OP_CLOSE: on_close(r, cqe, o); break;
+    case OP_SHUTDOWN: {
+        struct conn *c = conn_get(r, UD_SLOT(ud), UD_GEN(ud));
+        if (c)
+            emit(o, US_EV_SHUTDOWN, UD_SLOT(ud), c->gen, cqe->res);
+        break;
+    }
+    case OP_POLL: {
+        struct us_event *e = emit(o, US_EV_POLL, UD_SLOT(ud), UD_GEN(ud), cqe->res);
+        e->flags = (uint32_t)more;
+        break;
+    }
+    case OP_LCLOSE: {
+        struct listener *l = &r->lst[UD_SLOT(ud)];
+        if (l->gen == (uint16_t)UD_GEN(ud) && !l->active)
+            l->used = 0;
+        break;
+    }
+    default: /* cancels, poll removals */
+        break;
+    }
+}
+
+/* ---- the batch call ---------------------------------------------------- */
+
+static void refill(struct us_ring *r)
+{
+    if (r->nrecycle) {
+        for (uint32_t i = 0; i < r->nrecycle; i++) {
+            uint16_t bid = r->recycle[i];
+            uint32_t pos = r->br_tail & r->br_mask;
+            struct io_uring_buf *b = &r->br->bufs[pos];
+            b->addr = (uint64_t)(uintptr_t)(r->bufs + (size_t)bid * r->cfg.buf_size);
+            b->len = r->cfg.buf_size;
+            b->bid = bid;
+            r->shadow[pos] = bid;
+            r->br_tail++;
+        }
+        r->st.bufs_out -= r->nrecycle;
+        r->nrecycle = 0;
+        __atomic_store_n(&r->br->tail, (uint16_t)r->br_tail, __ATOMIC_RELEASE);
+    }
+    uint32_t n = r->nrearm;
+    r->nrearm = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t slot = r->rearm[i];
+        struct conn *c = &r->conns[slot];
+        c->flags &= ~F_REARM_Q;
+        if (c->state == C_OPEN && !(c->flags & (F_RECV_ARMED | F_RECV_PAUSED | F_EOF))) {
+            arm_recv(r, slot, c);
+            r->st.recv_rearms++;
+        }
+    }
+}
+
+static int reap(struct us_ring *r, struct out *o)
+{
+    unsigned head = *r->cq_head;
+    unsigned tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    while (head != tail && o->max - o->n >= EV_ROOM) {
+        process_cqe(r, &r->cqes[head & r->cq_mask], o);
+        head++;
+        if (head == tail)
+            tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    }
+    __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    return head != tail;
+}
+
+static int cq_ready(struct us_ring *r)
+{
+    return *r->cq_head != __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+}
+
+int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, int64_t timeout_ns)
+{
+    struct out o = { ev, 0, max };
+    if (max < EV_ROOM)
+        return -EINVAL;
+    if (r->nstash) {
+        int n = r->nstash < max ? r->nstash : max;
+        memcpy(ev, r->stash, (size_t)n * sizeof(*ev));
+        memmove(r->stash, r->stash + n, (size_t)(r->nstash - n) * sizeof(*ev));
+        r->nstash -= n;
+        o.n = n;
+        min_complete = 0;
+    }
+    refill(r);
+    if (cq_ready(r))
+        min_complete = 0;
+    struct __kernel_timespec ts;
+    struct io_uring_getevents_arg arg = { 0 };
+    unsigned flags = IORING_ENTER_GETEVENTS;
+    if (timeout_ns == 0)
+        min_complete = 0;
+    if (min_complete > 0 && timeout_ns >= 0) {
+        ts.tv_sec = timeout_ns / 1000000000;
+        ts.tv_nsec = timeout_ns % 1000000000;
+        arg.ts = (uint64_t)(uintptr_t)&ts;
+        flags |= IORING_ENTER_EXT_ARG;
+    }
+    int ret = do_enter(r, (unsigned)(min_complete > 0 ? min_complete : 0), flags,
+                       (flags & IORING_ENTER_EXT_ARG) ? &arg : NULL,
+                       (flags & IORING_ENTER_EXT_ARG) ? sizeof(arg) : 0);
+    if (ret < 0 && ret != -EINTR && ret != -ETIME && ret != -EBUSY && ret != -EAGAIN)
+        return ret;
+    reap(r, &o);
+    if (r->arena_waiting && r->arena_freed && o.n < o.max) {
+        r->arena_waiting = 0;
+        emit(&o, US_EV_ARENA, 0, 0, (int32_t)r->nfree);
+    }
+    r->arena_freed = 0;
+    r->st.events += (uint64_t)o.n;
+    return o.n;
+}
+
+/* ---- connection API ---------------------------------------------------- */
+
+int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen)
+{
+    uint32_t slot;
+    if (conn_fixed(r)) {
+        int s = reserve_slot(r);
+        if (s < 0)
+            return s;
+        int err = install_fd(r, (uint32_t)s, fd);
+        if (err) {
+            r->lst[s].used = 0;
+            return err;
+        }
+        close(fd);
+        slot = (uint32_t)s;
+        r->lst[s].active = 0;
+        conn_init(r, slot, (int)slot, F_RESERVED);
+    } else {
+        if (fd < 0 || (uint32_t)fd >= r->nconn)
+            return -EMFILE;
+        slot = (uint32_t)fd;
+        r->accept_used++;
+        conn_init(r, slot, fd, 0);
+    }
+    *gen = r->conns[slot].gen;
+    return (int)slot;
+}
+
+int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    c->flags &= ~F_RECV_PAUSED;
+    if (!(c->flags & (F_RECV_ARMED | F_EOF)))
+        return arm_recv(r, slot, c);
+    return 0;
+}
+
+int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    if (c->flags & F_RECV_PAUSED)
+        return 0;
+    c->flags |= F_RECV_PAUSED;
+    /* a multishot recv would keep taking data: cancel it; what it already
+     * took still arrives and the caller holds it */
+    if ((c->flags & F_RECV_ARMED) && r->cfg.recv_mode == US_RECV_PBUF) {
+        struct io_uring_sqe *sqe = prep(r, IORING_OP_ASYNC_CANCEL, 0, 0, NULL, 0, UD(OP_CANCEL, slot, c->gen, 0));
+        if (!sqe)
+            return -EBUSY;
+        sqe->addr = UD(OP_RECV, slot, c->gen, 0);
+    }
+    return 0;
+}
+
+int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    if (c->state != C_OPEN || (c->flags & (F_SHUT_PENDING | F_SHUT_DONE)))
+        return -EPIPE;
+    size_t copied = 0;
+    uint32_t cs = r->cfg.chunk_size;
+    while (copied < len) {
+        uint32_t t = c->tail;
+        if (t == NONE || r->ch_len[t] == cs) {
+            uint32_t n = chunk_alloc(r);
+            if (n == NONE) {
+                r->arena_waiting = 1;
+                r->st.arena_short++;
+                break;
+            }
+            if (t == NONE)
+                c->head = n;
+            else
+                r->ch_next[t] = n;
+            c->tail = t = n;
+        }
+        size_t room = cs - r->ch_len[t];
+        size_t n = len - copied < room ? len - copied : room;
+        /* appending past an in-flight send's range is safe: the kernel reads only that range */
+        memcpy(r->arena + (size_t)t * cs + r->ch_len[t], data + copied, n);
+        r->ch_len[t] += (uint32_t)n;
+        copied += n;
+    }
+    c->queued += copied;
+    if (c->queued && !(c->flags & F_SEND_INFLIGHT)) {
+        int err = submit_send(r, slot, c);
+        if (err)
+            return err;
+    }
+    return (int64_t)copied;
+}
+
+int64_t us_queued(struct us_ring *r, uint32_t slot, uint32_t gen)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    return c ? (int64_t)c->queued : -EBADF;
+}
+
+int us_notify_below(struct us_ring *r, uint32_t slot, uint32_t gen, int64_t level)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    c->notify_at = level;
+    return 0;
+}
+
+int us_shutdown(struct us_ring *r, uint32_t slot, uint32_t gen)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    if (c->flags & (F_SHUT_PENDING | F_SHUT_DONE))
+        return 0;
+    c->flags |= F_SHUT_PENDING;
+    if (!c->queued && !(c->flags & F_SEND_INFLIGHT))
+        issue_shutdown(r, slot, c);
+    return 0;
+}
+
+int us_close(struct us_ring *r, uint32_t slot, uint32_t gen, int graceful)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    if (graceful && (c->queued || (c->flags & F_SEND_INFLIGHT))) {
+        if (c->state == C_OPEN && (c->flags & F_RECV_ARMED))
+            us_recv_pause(r, slot, gen);
+        c->state = C_CLOSING;
+        return 0;
+    }
+    issue_close(r, slot, c);
+    return 0;
+}
+
+int us_cancel_all(struct us_ring *r)
+{
+    for (uint32_t i = 0; i < r->cfg.reserved_slots; i++)
+        if (r->lst[i].used && r->lst[i].active)
+            us_listener_stop(r, (int)i);
+    for (uint32_t s = 0; s < r->nconn; s++) {
+        struct conn *c = &r->conns[s];
+        if (c->state == C_OPEN || c->state == C_CLOSING)
+            issue_close(r, s, c);
+    }
+    return (int)r->st.inflight;
+}
+
+/* A synchronous op on a ring whose completions belong to the batch call:
+ * completions reaped while waiting are kept in the stash for us_wait(). */
+static int sync_op(struct us_ring *r, uint64_t want)
+{
+    for (int spins = 0; spins < 1000; spins++) {
+        int ret = do_enter(r, 1, IORING_ENTER_GETEVENTS, NULL, 0);
+        if (ret < 0 && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
+            return ret;
+        unsigned head = *r->cq_head;
+        unsigned tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+        int found = 0, res = 0;
+        while (head != tail) {
+            struct io_uring_cqe *cqe = &r->cqes[head & r->cq_mask];
+            if (cqe->user_data == want) {
+                r->st.cqes++;
+                r->st.inflight--;
+                found = 1;
+                res = cqe->res;
+            } else {
+                if (r->stash_cap - r->nstash < EV_ROOM)
+                    break;
+                struct out o = { r->stash, r->nstash, r->stash_cap };
+                process_cqe(r, cqe, &o);
+                r->nstash = o.n;
+            }
+            head++;
+        }
+        __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+        if (found)
+            return res;
+        if (head != tail)
+            return -EBUSY; /* stash full: give up rather than lose completions */
+    }
+    return -ETIME;
+}
+
+int us_fd_install(struct us_ring *r, uint32_t slot, uint32_t gen)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    if (!conn_fixed(r)) {
+        int fd = fcntl(c->fd, F_DUPFD_CLOEXEC, 0);
+        return fd < 0 ? -errno : fd;
+    }
+    uint64_t ud = UD(OP_INSTALL, slot, c->gen, 0);
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_FIXED_FD_INSTALL, (int)slot, 1, NULL, 0, ud);
+    if (!sqe)
+        return -EBUSY;
+    return sync_op(r, ud);
+}
+
+/* ---- poll -------------------------------------------------------------- */
+
+int us_poll_add(struct us_ring *r, int fd, uint32_t mask, uint32_t id, uint32_t gen, int multishot)
+{
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_POLL_ADD, fd, 0, NULL,
+                                    multishot ? IORING_POLL_ADD_MULTI : 0, UD(OP_POLL, id, gen, 0));
+    if (!sqe)
+        return -EBUSY;
+    sqe->poll32_events = mask;
+    return 0;
+}
+
+/* ASYNC_CANCEL, not POLL_REMOVE: POLL_REMOVE needs the poll's ownership and
+ * answers -EALREADY (cancelling nothing) while a wakeup's task work is
+ * pending, which under DEFER_TASKRUN lasts until our next enter. A cancel
+ * marks the poll cancelled and its pending task work then ends it. */
+int us_poll_remove(struct us_ring *r, uint32_t id, uint32_t gen)
+{
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_ASYNC_CANCEL, 0, 0, NULL, 0, UD(OP_POLL_REMOVE, id, gen, 0));
+    if (!sqe)
+        return -EBUSY;
+    sqe->addr = UD(OP_POLL, id, gen, 0);
+    return 0;
+}
+
+/* ---- setup ------------------------------------------------------------- */
+
+static void *map_anon(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static int ring_setup(struct us_ring *r)
+{
+    /* tried in this order; each refusal (EINVAL) drops the next flag */
+    static const uint32_t optional[] = {
+        IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SUBMIT_ALL,
+        IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_R_DISABLED,
+    };
+    uint32_t flags = IORING_SETUP_CQSIZE;
+    for (unsigned i = 0; i < sizeof(optional) / sizeof(optional[0]); i++)
+        flags |= optional[i];
+    flags &= ~r->cfg.setup_flags_off;
+    for (unsigned i = 0;; i++) {
+        struct io_uring_params p;
+        memset(&p, 0, sizeof(p));
+        p.flags = flags;
+        p.cq_entries = r->cfg.cq_entries;
+        int fd = sys_setup(r->cfg.sq_entries, &p);
+        if (fd >= 0) {
+            r->fd = r->enter_fd = fd;
+            r->setup_flags = flags;
+            r->features = p.features;
+            r->disabled_setup = (flags & IORING_SETUP_R_DISABLED) != 0;
+            size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+            size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+            if (p.features & IORING_FEAT_SINGLE_MMAP)
+                sq_len = cq_len = sq_len > cq_len ? sq_len : cq_len;
+            r->sq_map = mmap(NULL, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+            if (r->sq_map == MAP_FAILED)
+                return -errno;
+            r->sq_map_len = sq_len;
+            if (p.features & IORING_FEAT_SINGLE_MMAP) {
+                r->cq_map = r->sq_map;
+            } else {
+                r->cq_map = mmap(NULL, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_CQ_RING);
+                if (r->cq_map == MAP_FAILED)
+                    return -errno;
+                r->cq_map_len = cq_len;
+            }
+            r->sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
+            r->sqes = mmap(NULL, r->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+            if (r->sqes == MAP_FAILED)
+                return -errno;
+            char *sq = r->sq_map, *cq = r->cq_map;
+            r->sq_head = (unsigned *)(sq + p.sq_off.head);
+            r->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+            r->sq_mask = *(unsigned *)(sq + p.sq_off.ring_mask);
+            r->sq_entries = *(unsigned *)(sq + p.sq_off.ring_entries);
+            r->sq_array = (unsigned *)(sq + p.sq_off.array);
+            for (unsigned k = 0; k < r->sq_entries; k++)
+                r->sq_array[k] = k; /* identity: SQE k sits at ring position k */
+            r->cq_head = (unsigned *)(cq + p.cq_off.head);
+            r->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+            r->cq_mask = *(unsigned *)(cq + p.cq_off.ring_mask);
+            r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+            r->sqe_tail = r->sqe_submitted = *r->sq_tail;
+            return 0;
+        }
+        int err = errno;
+        if (err != EINVAL || i >= sizeof(optional) / sizeof(optional[0]))
+            return -err;
+        flags &= ~optional[i];
+    }
+}
+
+static int setup_files(struct us_ring *r)
+{
+    if (!conn_fixed(r))
+        return 0;
+    struct io_uring_rsrc_register reg = { .nr = r->cfg.files, .flags = IORING_RSRC_REGISTER_SPARSE };
+    if (sys_register(r->fd, IORING_REGISTER_FILES2, &reg, sizeof(reg)) < 0)
+        return -errno;
+    struct io_uring_file_index_range range = {
+        .off = r->cfg.reserved_slots, .len = r->cfg.files - r->cfg.reserved_slots };
+    if (sys_register(r->fd, IORING_REGISTER_FILE_ALLOC_RANGE, &range, 0) < 0)
+        return -errno;
+    return 0;
+}
+
+static int setup_bufring(struct us_ring *r)
+{
+    uint32_t n = r->cfg.buf_count;
+    r->br_len = ((size_t)n * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095;
+    r->br = map_anon(r->br_len);
+    r->bufs_len = (size_t)n * r->cfg.buf_size;
+    r->bufs = map_anon(r->bufs_len);
+    r->shadow = calloc(n, sizeof(uint16_t));
+    r->recycle = calloc(n, sizeof(uint16_t));
+    if (!r->br || !r->bufs || !r->shadow || !r->recycle)
+        return -ENOMEM;
+    r->br_mask = n - 1;
+    struct io_uring_buf_reg reg = { .ring_addr = (uint64_t)(uintptr_t)r->br, .ring_entries = n, .bgid = 0 };
+    if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0)
+        return -errno;
+    for (uint32_t i = 0; i < n; i++)
+        recycle_buf(r, i);
+    r->st.bufs_out = n;
+    refill(r);
+    return 0;
+}
+
+static int setup_arena(struct us_ring *r)
+{
+    uint32_t n = r->cfg.arena_chunks;
+    r->arena_len = (size_t)n * r->cfg.chunk_size;
+    r->arena = map_anon(r->arena_len);
+    r->ch_next = calloc(n, sizeof(uint32_t));
+    r->ch_len = calloc(n, sizeof(uint32_t));
+    r->ch_free = calloc(n, sizeof(uint32_t));
+    r->ch_refs = calloc(n, sizeof(uint16_t));
+    r->ch_detached = calloc(n, 1);
+    if (!r->arena || !r->ch_next || !r->ch_len || !r->ch_free || !r->ch_refs || !r->ch_detached)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < n; i++)
+        r->ch_free[i] = n - 1 - i;
+    r->nfree = n;
+    if (r->cfg.send_mode == US_SEND_PLAIN || r->cfg.send_mode == US_SEND_ZC)
+        return 0; /* ablations that never use the fixed buffer: nothing to pin */
+    struct iovec iov = { .iov_base = r->arena, .iov_len = r->arena_len };
+    /* pins the pages; counts against RLIMIT_MEMLOCK for users without CAP_IPC_LOCK */
+    if (sys_register(r->fd, IORING_REGISTER_BUFFERS, &iov, 1) < 0)
+        return -errno;
+    r->arena_registered = 1;
+    return 0;
+}
+
+static int valid_config(const struct us_config *c)
+{
+    if (!c->buf_count || (c->buf_count & (c->buf_count - 1)) || c->buf_count > 32768)
+        return 0;
+    if (c->files < 2 || c->files > (1u << 20) || c->reserved_slots < 1 || c->reserved_slots >= c->files)
+        return 0;
+    if (c->arena_chunks < 1 || c->arena_chunks >= (1u << 20) || c->chunk_size < 64 || c->buf_size < 64)
+        return 0;
+    if (c->accept_depth < 1 || c->accept_depth > 64 || c->sq_entries < 8 || c->cq_entries < c->sq_entries)
+        return 0;
+    return 1;
+}
+
+struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
+{
+    *err = 0;
+    *stage = 0;
+    if (!valid_config(cfg)) {
+        *err = EINVAL;
+        return NULL;
+    }
+    struct us_ring *r = calloc(1, sizeof(*r));
+    if (!r) {
+        *err = ENOMEM;
+        *stage = 7;
+        return NULL;
+    }
+    r->cfg = *cfg;
+    r->fd = -1;
+    int e = ring_setup(r);
+    if (e) { *stage = 1; goto fail; }
+    r->nconn = cfg->files;
+    r->accept_range = cfg->files - cfg->reserved_slots;
+    r->conns = calloc(r->nconn, sizeof(struct conn));
+    r->rearm = calloc(r->nconn, sizeof(uint32_t));
+    r->lst = calloc(cfg->reserved_slots, sizeof(struct listener));
+    r->acc = calloc((size_t)cfg->reserved_slots * cfg->accept_depth, sizeof(struct accept_ctx));
+    r->stash_cap = (int)cfg->cq_entries + EV_ROOM;
+    r->stash = calloc((size_t)r->stash_cap, sizeof(struct us_event));
+    if (!r->conns || !r->rearm || !r->lst || !r->acc || !r->stash) { e = -ENOMEM; *stage = 7; goto fail; }
+    e = setup_files(r);
+    if (e) { *stage = 3; goto fail; }
+    e = setup_bufring(r);
+    if (e) { *stage = 5; goto fail; }
+    e = setup_arena(r);
+    if (e) { *stage = 6; goto fail; }
+    r->st.slots_total = r->accept_range;
+    r->st.arena_chunks = cfg->arena_chunks;
+    r->st.bufs_total = cfg->buf_count;
+    r->st.setup_flags = r->setup_flags;
+    r->st.features = r->features;
+    r->st.arena_registered = r->arena_registered;
+    return r;
+fail:
+    *err = -e;
+    us_ring_free(r);
+    return NULL;
+}
+
+void us_ring_free(struct us_ring *r)
+{
+    if (!r)
+        return;
+    if (r->st.registered_ring) {
+        struct io_uring_rsrc_update up = { .offset = (unsigned)r->enter_fd };
+        sys_register(r->fd, IORING_UNREGISTER_RING_FDS, &up, 1);
+    }
+    /* closing the ring fd cancels what is left and unregisters files,
+     * buffers and the buffer ring; then our memory can go */
+    if (r->fd >= 0)
+        close(r->fd);
+    if (r->sqes && r->sqes != MAP_FAILED)
+        munmap(r->sqes, r->sqes_len);
+    if (r->cq_map && r->cq_map != MAP_FAILED && r->cq_map != r->sq_map)
+        munmap(r->cq_map, r->cq_map_len);
+    if (r->sq_map && r->sq_map != MAP_FAILED)
+        munmap(r->sq_map, r->sq_map_len);
+    if (r->br)
+        munmap(r->br, r->br_len);
+    if (r->bufs)
+        munmap(r->bufs, r->bufs_len);
+    if (r->arena)
+        munmap(r->arena, r->arena_len);
+    if (r->conns)
+        for (uint32_t i = 0; i < r->nconn; i++)
+            free(r->conns[i].rbuf);
+    free(r->conns);
+    free(r->rearm);
+    free(r->lst);
+    free(r->acc);
+    free(r->stash);
+    free(r->shadow);
+    free(r->recycle);
+    free(r->ch_next);
+    free(r->ch_len);
+    free(r->ch_free);
+    free(r->ch_refs);
+    free(r->ch_detached);
+    free(r);
+}
+
+int us_ring_fd(struct us_ring *r) { return r->fd; }
+
+void us_stats_get(struct us_ring *r, struct us_stats *st)
+{
+    *st = r->st;
+    st->slots_used = r->accept_used;
+    st->accepts_inflight = r->accepts_inflight;
+}
+
+static int probe_fd(int fd, int op)
+{
+    size_t len = sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);
+    struct io_uring_probe *p = calloc(1, len);
+    if (!p)
+        return -ENOMEM;
+    int ret = sys_register(fd, IORING_REGISTER_PROBE, p, 256);
+    if (ret < 0) {
+        ret = -errno;
+    } else if (op >= 0) {
+        ret = op <= p->last_op && (p->ops[op].flags & IO_URING_OP_SUPPORTED);
+    } else {
+        ret = p->last_op;
+    }
+    free(p);
+    return ret;
+}
+
+int us_probe_op(struct us_ring *r, int op)
+{
+    return probe_fd(r->fd, op);
+}
+
+int us_probe_all(int *ops_out, int nops)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    int fd = sys_setup(4, &p);
+    if (fd < 0)
+        return -errno;
+    int last = probe_fd(fd, -1);
+    for (int i = 0; i < nops && last >= 0; i++)
+        ops_out[i] = probe_fd(fd, i);
+    close(fd);
+    return last;
+}

@@ -1,0 +1,113 @@
+/* uringserve native core: public interface.
+ *
+ * The block between CDEF BEGIN and CDEF END is read verbatim by build.py as
+ * the cffi cdef, so it holds only what cffi's parser accepts: plain integer
+ * #defines, structs, prototypes.
+ */
+#ifndef URINGSERVE_CORE_H
+#define URINGSERVE_CORE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* CDEF BEGIN */
+#define US_EV_ACCEPT     1  /* conn=new slot, gen, aux=listener id, addr; res<0: accept error */
+#define US_EV_RECV       2  /* res=bytes, data valid until the next us_wait() */
+#define US_EV_EOF        3  /* peer sent FIN */
+#define US_EV_RECV_ERR   4  /* res=-errno; receiving has stopped */
+#define US_EV_WRITABLE   5  /* queued bytes fell to the level asked by us_notify_below(); res=queued */
+#define US_EV_SEND_ERR   6  /* res=-errno; queued data was discarded */
+#define US_EV_CLOSED     7  /* the slot is closed and free; gen is the old generation */
+#define US_EV_SHUTDOWN   8  /* write side shut down after the queue drained; res=0 or -errno */
+#define US_EV_POLL       9  /* conn=poll id, gen=poll gen, res=revents or -errno, flags=more */
+#define US_EV_ARENA     10  /* send-arena chunks were freed after a us_send() came up short */
+
+#define US_SEND_AUTO     0  /* send_zc from the arena for big writes, plain send below; copied-zc conns fall back */
+#define US_SEND_PLAIN    1  /* plain send only */
+#define US_SEND_ZC       2  /* send_zc without fixed buffers, every write */
+#define US_SEND_ZC_FIXED 3  /* send_zc with IORING_RECVSEND_FIXED_BUF, every write */
+
+#define US_RECV_PBUF     0  /* multishot recv from the provided buffer ring */
+#define US_RECV_PLAIN    1  /* single-shot recv into a per-connection buffer */
+
+struct us_config {
+    uint32_t sq_entries;
+    uint32_t cq_entries;
+    uint32_t files;           /* fixed-file table size (conn table size in fd mode) */
+    uint32_t reserved_slots;  /* low slots for listeners and sockets installed by hand */
+    uint32_t buf_count;       /* provided buffers: power of two, <= 32768 */
+    uint32_t buf_size;
+    uint32_t chunk_size;      /* send arena chunk */
+    uint32_t arena_chunks;
+    uint32_t zc_threshold;    /* US_SEND_AUTO: send_zc at or above this many bytes */
+    uint32_t accept_depth;    /* single-shot accepts kept in flight per listener */
+    int32_t send_mode;
+    int32_t recv_mode;
+    int32_t fixed_files;      /* 1: fixed-file table; 0: regular fds (ablation) */
+    int32_t recv_bundle;      /* 1: IORING_RECVSEND_BUNDLE on multishot recv */
+    uint32_t setup_flags_off; /* setup flags never to try (tests force the fallbacks) */
+};
+
+struct us_event {
+    uint32_t kind;
+    int32_t res;
+    uint32_t conn;
+    uint32_t gen;
+    uint32_t aux;
+    uint32_t flags;
+    char *data;
+    uint32_t addrlen;
+    unsigned char addr[28];
+};
+
+struct us_stats {
+    uint64_t sqes, enters, cqes, stale_cqes, events;
+    uint64_t accepts, accept_errors, accept_paused;
+    uint64_t recvs, recv_bytes, recv_rearms, enobufs, bundles, buf_resyncs;
+    uint64_t sends, send_bytes, send_partial, zc_sends, zc_notifs, zc_copied, plain_sends;
+    uint64_t arena_short, closes;
+    uint32_t slots_used, slots_total, accepts_inflight, inflight;
+    uint32_t arena_chunks, arena_in_use, bufs_total, bufs_out;
+    uint32_t setup_flags, features;
+    int32_t arena_registered, registered_ring;
+};
+
+struct us_ring;
+
+/* ring lifetime; both return NULL and set *err to a positive errno, *stage to
+ * what failed (1 setup, 2 mmap, 3 files, 4 alloc range, 5 buf ring, 6 arena,
+ * 7 memory) */
+struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage);
+void us_ring_free(struct us_ring *r);
+int us_ring_fd(struct us_ring *r);
+int us_probe_op(struct us_ring *r, int op);           /* 1 supported, 0 not, <0 -errno */
+int us_probe_all(int *ops_out, int nops);             /* probe without a configured ring */
+void us_stats_get(struct us_ring *r, struct us_stats *st);
+
+/* submit everything queued, wait for min_complete completions or timeout_ns
+ * (<0: no timeout), reap up to max events. Returns the event count or -errno. */
+int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, int64_t timeout_ns);
+
+/* listeners: fd stays owned by the caller */
+int us_listener_add(struct us_ring *r, int fd);      /* >=0 listener id (a reserved slot) */
+int us_listener_start(struct us_ring *r, int lid);
+int us_listener_stop(struct us_ring *r, int lid);    /* cancels accepts, frees the slot later */
+
+/* connections */
+int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen);  /* install a connected socket; fd is closed on success */
+int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen);
+int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen);
+int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len);
+int64_t us_queued(struct us_ring *r, uint32_t slot, uint32_t gen);
+int us_notify_below(struct us_ring *r, uint32_t slot, uint32_t gen, int64_t level);
+int us_shutdown(struct us_ring *r, uint32_t slot, uint32_t gen);          /* after the queue drains */
+int us_close(struct us_ring *r, uint32_t slot, uint32_t gen, int graceful);
+int us_fd_install(struct us_ring *r, uint32_t slot, uint32_t gen);        /* a real fd for the caller, or -errno */
+int us_cancel_all(struct us_ring *r);                /* loop close: abort every connection and listener */
+
+/* readiness for foreign fds */
+int us_poll_add(struct us_ring *r, int fd, uint32_t mask, uint32_t id, uint32_t gen, int multishot);
+int us_poll_remove(struct us_ring *r, uint32_t id, uint32_t gen);
+/* CDEF END */
+
+#endif

@@ -1,0 +1,226 @@
+"""UringEventLoop: asyncio's selector loop, with the selector driven by a ring.
+
+Timers, tasks, futures, add_reader/add_writer, call_soon_threadsafe,
+signals and subprocesses are asyncio's own code running over UringSelector.
+TCP servers (create_server / start_server) take the io_uring path: the
+listening socket is installed in the fixed-file table, connections are
+accepted straight into slots, and their transports are UringTransport.
+Everything else falls back to the base class and works as on the stdlib
+loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import os
+import sys
+from typing import Any, Callable, Coroutine, TypeVar
+
+from . import ring as _ring
+from .ring import Ring, RingConfig, ffi
+from .selector import UringSelector, drain
+from .transport import UringTransport
+
+logger = logging.getLogger("uringserve")
+T = TypeVar("T")
+
+_EV_ACCEPT, _EV_RECV, _EV_EOF, _EV_RECV_ERR = _ring.EV_ACCEPT, _ring.EV_RECV, _ring.EV_EOF, _ring.EV_RECV_ERR
+_EV_WRITABLE, _EV_SEND_ERR, _EV_CLOSED = _ring.EV_WRITABLE, _ring.EV_SEND_ERR, _ring.EV_CLOSED
+_EV_SHUTDOWN, _EV_POLL, _EV_ARENA = _ring.EV_SHUTDOWN, _ring.EV_POLL, _ring.EV_ARENA
+
+
+class _Listener:
+    __slots__ = ("lid", "sock", "protocol_factory", "server")
+
+    def __init__(self, lid: int, sock: socket.socket, protocol_factory: Callable[[], Any], server: Any) -> None:
+        self.lid = lid
+        self.sock = sock
+        self.protocol_factory = protocol_factory
+        self.server = server
+
+
+class UringEventLoop(asyncio.SelectorEventLoop):
+    """An asyncio event loop whose I/O core is io_uring."""
+
+    def __init__(self, config: RingConfig | None = None) -> None:
+        try:
+            self._ring = Ring(config)
+        except BaseException:
+            self._closed = True  # so BaseEventLoop.__del__ has nothing to close
+            raise
+        self._conns: dict[int, UringTransport] = {}
+        self._listeners: dict[int, _Listener] = {}
+        self._listener_by_fd: dict[int, int] = {}
+        self._arena_waiters: dict[int, UringTransport] = {}
+        self._unpack = ffi.unpack
+        super().__init__(UringSelector(self._ring, self._dispatch))
+        # asyncio always drains its self-pipe, so a multishot poll is safe there
+        self._selector.set_multishot(self._ssock.fileno())  # type: ignore[attr-defined]
+
+    @property
+    def ring(self) -> Ring:
+        return self._ring
+
+    def ring_stats(self) -> dict[str, int]:
+        """The core's counters (SQEs, enters, CQEs, stale CQEs, ENOBUFS, zc, slots, arena)."""
+        return self._ring.stats()
+
+    # -- completions -------------------------------------------------------------
+    def _dispatch(self, events: Any, n: int) -> list[Any] | None:
+        """Deliver ring completions to transports; return the poll events."""
+        conns = self._conns
+        polls = None
+        unpack = self._unpack
+        for i in range(n):
+            ev = events[i]
+            kind = ev.kind
+            if kind == _EV_RECV:
+                t = conns.get(ev.conn)
+                if t is not None:
+                    t._on_data(unpack(ev.data, ev.res))
+            elif kind == _EV_POLL:
+                if polls is None:
+                    polls = []
+                polls.append(ev)
+            elif kind == _EV_ACCEPT:
+                self._on_accept(ev)
+            elif kind == _EV_CLOSED:
+                t = conns.get(ev.conn)
+                if t is not None and t._gen == ev.gen:
+                    del conns[ev.conn]
+                    t._on_closed()
+            elif kind == _EV_WRITABLE:
+                t = conns.get(ev.conn)
+                if t is not None:
+                    t._maybe_resume_protocol()
+            elif kind == _EV_ARENA:
+                waiters = self._arena_waiters
+                self._arena_waiters = {}
+                for t in waiters.values():
+                    t._flush_pending()
+            elif kind == _EV_EOF:
+                t = conns.get(ev.conn)
+                if t is not None:
+                    t._on_eof()
+            elif kind == _EV_RECV_ERR:
+                t = conns.get(ev.conn)
+                if t is not None:
+                    t._on_recv_error(ev.res)
+            elif kind == _EV_SEND_ERR:
+                t = conns.get(ev.conn)
+                if t is not None:
+                    t._on_send_error(ev.res)
+            elif kind == _EV_SHUTDOWN:
+                pass
+        return polls
+
+    def _on_accept(self, ev: Any) -> None:
+        if ev.res < 0:
+            lst = self._listeners.get(ev.aux)
+            self.call_exception_handler({
+                "message": "accept on io_uring listener failed; the listener stopped",
+                "exception": OSError(-ev.res, f"accept: {os.strerror(-ev.res)}"),
+                "socket": lst.sock if lst else None})
+            return
+        lst = self._listeners.get(ev.aux)
+        slot, gen = ev.conn, ev.gen
+        if lst is None:
+            self._ring.close_conn(slot, gen, False)
+            return
+        try:
+            protocol = lst.protocol_factory()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._ring.close_conn(slot, gen, False)
+            self.call_exception_handler({
+                "message": "Error in protocol factory; connection closed", "exception": exc})
+            return
+        peer = bytes(ffi.buffer(ev.addr, ev.addrlen))
+        t = UringTransport(self, slot, gen, protocol, peer, lst.sock, lst.server)
+        self._conns[slot] = t
+        try:
+            protocol.connection_made(t)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            t._fatal_error(exc, "Error on transport creation for incoming connection")
+
+    # -- servers -----------------------------------------------------------------
+    def _start_serving(self, protocol_factory: Any, sock: socket.socket, sslcontext: Any = None,
+                       server: Any = None, backlog: int = 100, *args: Any, **kwargs: Any) -> None:
+        if sslcontext is not None or sock.family not in (socket.AF_INET, socket.AF_INET6) \
+                or sock.type != socket.SOCK_STREAM:
+            # TLS and non-TCP listeners keep asyncio's own path for now
+            super()._start_serving(protocol_factory, sock, sslcontext, server, backlog, *args, **kwargs)
+            return
+        fd = sock.fileno()
+        if fd in self._listener_by_fd:
+            return
+        lid = self._ring.listener_add(fd)
+        self._listeners[lid] = _Listener(lid, sock, protocol_factory, server)
+        self._listener_by_fd[fd] = lid
+        self._ring.listener_start(lid)
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        lid = self._listener_by_fd.pop(sock.fileno(), None)
+        if lid is None:
+            super()._stop_serving(sock)
+            return
+        del self._listeners[lid]
+        if not self._ring.closed:
+            self._ring.listener_stop(lid)
+        sock.close()
+
+    # -- shutdown ------------------------------------------------------------------
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        super().close()  # closes the self-pipe and the selector's polls
+
+        ring = self._ring
+        if not ring.closed:
+            for lst in list(self._listeners.values()):
+                lst.sock.close()
+            self._listeners.clear()
+            self._listener_by_fd.clear()
+            ring.cancel_all()
+            conns, self._conns = self._conns, {}
+            left = drain(ring, lambda evs, n: None, 2.0)
+            if left:
+                logger.warning("closing ring with %d operations still in flight", left)
+            for t in conns.values():
+                if t._sock_obj is not None:
+                    t._sock_obj.close()
+            self._arena_waiters.clear()
+            ring.close()
+
+
+def new_event_loop(config: RingConfig | None = None) -> UringEventLoop:
+    """A new UringEventLoop (uvloop-style helper)."""
+    return UringEventLoop(config)
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """asyncio.set_event_loop_policy(uringserve.EventLoopPolicy())"""
+
+    def __init__(self, config: RingConfig | None = None) -> None:
+        super().__init__()
+        self._config = config
+
+    def new_event_loop(self) -> UringEventLoop:
+        return UringEventLoop(self._config)
+
+
+def run(main: Coroutine[Any, Any, T], *, debug: bool | None = None, config: RingConfig | None = None) -> T:
+    """asyncio.run() on a UringEventLoop."""
+    if sys.version_info >= (3, 12):
+        return asyncio.run(main, debug=debug, loop_factory=lambda: UringEventLoop(config))  # type: ignore[call-arg]
+    with asyncio.Runner(debug=debug, loop_factory=lambda: UringEventLoop(config)) as runner:
+        return runner.run(main)
+
+
+__all__ = ["UringEventLoop", "new_event_loop", "EventLoopPolicy", "run"]

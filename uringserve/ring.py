@@ -1,0 +1,265 @@
+"""Python face of the native core: the only module that touches `_native`.
+
+Everything above this module sees ints, bytes and memoryviews. Kernel errors
+come back from C as negative errnos and leave here as `OSError` naming the
+operation that failed.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import diagnose
+
+try:
+    from ._native._core import ffi, lib
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    raise ImportError(
+        "uringserve's native core is not built: reinstall with `pip install .` "
+        f"on Linux with a C compiler and Python headers ({exc})"
+    ) from exc
+
+SEND_MODES = {"auto": lib.US_SEND_AUTO, "plain": lib.US_SEND_PLAIN,
+              "zc": lib.US_SEND_ZC, "zc_fixed": lib.US_SEND_ZC_FIXED}
+RECV_MODES = {"pbuf": lib.US_RECV_PBUF, "plain": lib.US_RECV_PLAIN}
+
+EV_ACCEPT = lib.US_EV_ACCEPT
+EV_RECV = lib.US_EV_RECV
+EV_EOF = lib.US_EV_EOF
+EV_RECV_ERR = lib.US_EV_RECV_ERR
+EV_WRITABLE = lib.US_EV_WRITABLE
+EV_SEND_ERR = lib.US_EV_SEND_ERR
+EV_CLOSED = lib.US_EV_CLOSED
+EV_SHUTDOWN = lib.US_EV_SHUTDOWN
+EV_POLL = lib.US_EV_POLL
+EV_ARENA = lib.US_EV_ARENA
+
+_STAGES = {1: "io_uring_setup", 2: "mmap of the rings", 3: "registering the fixed-file table",
+           4: "fixed-file alloc range", 5: "registering the provided buffer ring",
+           6: "registering the send arena (REGISTER_BUFFERS)", 7: "allocating core memory"}
+
+MiB = 1 << 20
+
+
+def _memlock_budget() -> int | None:
+    """Bytes of pinned memory we may use, or None when there is no limit."""
+    if diagnose.has_cap_ipc_lock():
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _default_files() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # the kernel caps the fixed-file table at RLIMIT_NOFILE
+    return max(64, min(soft if soft != resource.RLIM_INFINITY else 65536, 65536))
+
+
+def _default_arena(chunk: int) -> int:
+    budget = _memlock_budget()
+    want = 8 * MiB
+    if budget is not None:
+        # half the limit: the rest stays for other users of locked memory
+        want = min(want, budget // 2)
+    return max(2 * chunk, want - want % chunk)
+
+
+@dataclass(frozen=True)
+class RingConfig:
+    """Sizes and switches of one ring. Defaults fit an unprivileged user."""
+
+    sq_entries: int = 1024
+    cq_entries: int = 8192
+    files: int = field(default_factory=_default_files)
+    reserved_slots: int = 64
+    buf_count: int = 512
+    buf_size: int = 16384
+    chunk_size: int = 32768
+    arena_bytes: int | None = None  # None: from RLIMIT_MEMLOCK
+    zc_threshold: int = 32768
+    accept_depth: int = 4
+    send_mode: str = "auto"
+    recv_mode: str = "pbuf"
+    fixed_files: bool = True
+    recv_bundle: bool = False
+    setup_flags_off: int = 0
+    max_events: int = 512
+
+    def validated(self) -> "RingConfig":
+        problems = []
+        if self.send_mode not in SEND_MODES:
+            problems.append(f"send_mode {self.send_mode!r} is not one of {sorted(SEND_MODES)}")
+        if self.recv_mode not in RECV_MODES:
+            problems.append(f"recv_mode {self.recv_mode!r} is not one of {sorted(RECV_MODES)}")
+        if self.buf_count < 1 or self.buf_count & (self.buf_count - 1) or self.buf_count > 32768:
+            problems.append(f"buf_count={self.buf_count}: must be a power of two from 1 to 32768")
+        if self.files < 2 or self.files > (1 << 20):
+            problems.append(f"files={self.files}: must be 2..1048576")
+        reserved = min(self.reserved_slots, max(1, self.files // 2))
+        if reserved < 1:
+            problems.append("reserved_slots must be at least 1")
+        if self.buf_size < 64 or self.chunk_size < 64:
+            problems.append("buf_size and chunk_size must be at least 64 bytes")
+        if not 1 <= self.accept_depth <= 64:
+            problems.append(f"accept_depth={self.accept_depth}: must be 1..64")
+        if self.max_events < 16:
+            problems.append("max_events must be at least 16")
+        if problems:
+            raise ValueError("invalid RingConfig: " + "; ".join(problems))
+        arena = self.arena_bytes if self.arena_bytes is not None else _default_arena(self.chunk_size)
+        if arena < self.chunk_size:
+            raise ValueError(f"invalid RingConfig: arena_bytes={arena} is smaller than one chunk ({self.chunk_size})")
+        return replace(self, reserved_slots=reserved, arena_bytes=arena - arena % self.chunk_size)
+
+
+def _oserror(err: int, what: str) -> OSError:
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def check(ret: int, what: str) -> int:
+    if ret < 0:
+        raise _oserror(-ret, what)
+    return ret
+
+
+class Ring:
+    """One io_uring with its fixed-file table, buffer ring and send arena."""
+
+    def __init__(self, config: RingConfig | None = None) -> None:
+        cfg = (config or RingConfig()).validated()
+        self.config = cfg
+        c = ffi.new("struct us_config *")
+        c.sq_entries = cfg.sq_entries
+        c.cq_entries = max(cfg.cq_entries, cfg.sq_entries)
+        c.files = cfg.files
+        c.reserved_slots = cfg.reserved_slots
+        c.buf_count = cfg.buf_count
+        c.buf_size = cfg.buf_size
+        c.chunk_size = cfg.chunk_size
+        c.arena_chunks = cfg.arena_bytes // cfg.chunk_size
+        c.zc_threshold = cfg.zc_threshold
+        c.accept_depth = cfg.accept_depth
+        c.send_mode = SEND_MODES[cfg.send_mode]
+        c.recv_mode = RECV_MODES[cfg.recv_mode]
+        c.fixed_files = int(cfg.fixed_files)
+        c.recv_bundle = int(cfg.recv_bundle)
+        c.setup_flags_off = cfg.setup_flags_off
+        err = ffi.new("int *")
+        stage = ffi.new("int *")
+        ptr = lib.us_ring_new(c, err, stage)
+        if ptr == ffi.NULL:
+            raise self._setup_error(err[0], stage[0], cfg)
+        self._ptr = ptr
+        self.events = ffi.new("struct us_event[]", cfg.max_events)
+        self.max_events = cfg.max_events
+        self._stats = ffi.new("struct us_stats *")
+        self.fd = lib.us_ring_fd(ptr)
+
+    @staticmethod
+    def _setup_error(err: int, stage: int, cfg: RingConfig) -> OSError:
+        where = _STAGES.get(stage, "validating the configuration")
+        if stage == 1:
+            return diagnose.unavailable_error(err)
+        hint = ""
+        if err in (errno.ENOMEM, errno.EPERM) and stage in (5, 6):
+            budget = _memlock_budget()
+            hint = (f" — the send arena is {cfg.arena_bytes} bytes and RLIMIT_MEMLOCK allows "
+                    f"{'unlimited' if budget is None else budget} bytes: lower arena_bytes or raise "
+                    "the limit (ulimit -l, LimitMEMLOCK= in systemd)")
+        elif err == errno.EMFILE and stage == 3:
+            hint = (f" — files={cfg.files} exceeds RLIMIT_NOFILE "
+                    f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}: lower files or raise ulimit -n")
+        return OSError(err, f"io_uring ring setup failed at {where}: {os.strerror(err)}{hint}")
+
+    # -- lifetime ------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            lib.us_ring_free(ptr)
+
+    def cancel_all(self) -> int:
+        return lib.us_cancel_all(self._ptr)
+
+    # -- the batch call --------------------------------------------------------
+    def wait(self, timeout: float | None) -> int:
+        """Submit, wait up to `timeout` seconds (None: forever), reap into `events`."""
+        ns = -1 if timeout is None else max(0, int(timeout * 1e9))
+        n = lib.us_wait(self._ptr, self.events, self.max_events, 1, ns)
+        if n < 0:
+            raise _oserror(-n, "io_uring_enter")
+        return n
+
+    # -- listeners and connections ---------------------------------------------
+    def listener_add(self, fd: int) -> int:
+        return check(lib.us_listener_add(self._ptr, fd), "install listener in fixed-file table")
+
+    def listener_start(self, lid: int) -> None:
+        check(lib.us_listener_start(self._ptr, lid), "arm accept")
+
+    def listener_stop(self, lid: int) -> None:
+        check(lib.us_listener_stop(self._ptr, lid), "stop accepting")
+
+    def adopt(self, fd: int) -> tuple[int, int]:
+        gen = ffi.new("uint32_t *")
+        slot = check(lib.us_conn_adopt(self._ptr, fd, gen), "install socket in fixed-file table")
+        return slot, gen[0]
+
+    def recv_start(self, slot: int, gen: int) -> int:
+        return lib.us_recv_start(self._ptr, slot, gen)
+
+    def recv_pause(self, slot: int, gen: int) -> int:
+        return lib.us_recv_pause(self._ptr, slot, gen)
+
+    def send(self, slot: int, gen: int, data: Any) -> int:
+        """Copy as much of `data` as the arena takes; returns bytes taken or -errno."""
+        if type(data) is bytes:
+            return lib.us_send(self._ptr, slot, gen, data, len(data))
+        buf = ffi.from_buffer(data)
+        return lib.us_send(self._ptr, slot, gen, buf, len(buf))
+
+    def queued(self, slot: int, gen: int) -> int:
+        n = lib.us_queued(self._ptr, slot, gen)
+        return n if n > 0 else 0
+
+    def notify_below(self, slot: int, gen: int, level: int) -> int:
+        return lib.us_notify_below(self._ptr, slot, gen, level)
+
+    def shutdown(self, slot: int, gen: int) -> int:
+        return lib.us_shutdown(self._ptr, slot, gen)
+
+    def close_conn(self, slot: int, gen: int, graceful: bool) -> int:
+        return lib.us_close(self._ptr, slot, gen, int(graceful))
+
+    def fd_install(self, slot: int, gen: int) -> int:
+        return check(lib.us_fd_install(self._ptr, slot, gen), "IORING_OP_FIXED_FD_INSTALL")
+
+    # -- readiness for foreign fds ----------------------------------------------
+    def poll_add(self, fd: int, mask: int, pid: int, gen: int, multishot: bool) -> None:
+        check(lib.us_poll_add(self._ptr, fd, mask, pid, gen, int(multishot)), "POLL_ADD")
+
+    def poll_remove(self, pid: int, gen: int) -> None:
+        check(lib.us_poll_remove(self._ptr, pid, gen), "POLL_REMOVE")
+
+    # -- introspection -------------------------------------------------------
+    def probe(self, op: int) -> bool:
+        return lib.us_probe_op(self._ptr, op) == 1
+
+    def stats(self) -> dict[str, int]:
+        lib.us_stats_get(self._ptr, self._stats)
+        s = self._stats
+        return {name: getattr(s, name) for name in dir(s)}
+
+
+def data_of(ev: Any) -> bytes:
+    return ffi.unpack(ev.data, ev.res)
+
+
+def buffer_of(ev: Any) -> Any:
+    return ffi.buffer(ev.data, ev.res)

@@ -1,0 +1,27 @@
+"""Decode a kernel `struct sockaddr` into the tuple Python's socket module uses.
+
+The peer address of an accept-direct connection arrives as raw bytes in the
+completion (no fd exists to call getpeername() on), so this is done by hand.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+
+def parse(raw: bytes) -> Any:
+    if len(raw) < 2:
+        return None
+    family = struct.unpack_from("=H", raw)[0]
+    if family == socket.AF_INET and len(raw) >= 8:
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    if family == socket.AF_INET6 and len(raw) >= 28:
+        port, flowinfo = struct.unpack_from("!HI", raw, 2)
+        scope_id = struct.unpack_from("=I", raw, 24)[0]
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope_id
+    if family == socket.AF_UNIX:
+        path = raw[2:]
+        return path.split(b"\0", 1)[0].decode(errors="surrogateescape") if path[:1] != b"\0" else path
+    return None

@@ -1,0 +1,414 @@
+"""asyncio.Transport over a connection that lives in the ring's slot table.
+
+Completion model (CPython's proactor_events.py is the relative, not
+selector_events.py):
+
+Reading: a multishot recv is armed by the core when the connection is
+accepted and stays armed. pause_reading() asks the core to cancel it; what
+the kernel had already taken still arrives and is held here, in order, and
+handed to the protocol on resume_reading(). EOF or an error that arrives
+while paused is held behind that data.
+
+Writing: write() copies into the send arena at once (the caller's buffer is
+free when write() returns) and the core sends, resumes partial sends and
+recycles chunks without Python. When the arena is full the remainder waits
+here in `_pending` (in order, nothing is sent past it) until the core says
+chunks were freed. States, as proactor's write() names them:
+
+    IDLE      queued == 0 and no _pending
+    WRITING   queued > 0, _pending empty (the core owns everything)
+    BACKED UP _pending non-empty (arena full): waits for US_EV_ARENA
+
+Buffer size for flow control = bytes queued in the core + len(_pending).
+When it passes the high-water mark the protocol is paused and the core is
+asked for US_EV_WRITABLE at the low-water mark.
+
+Closing: close() stops reading, lets the core flush what is queued and
+close the slot; connection_lost() runs when the core reports the slot
+closed (US_EV_CLOSED), exactly once. abort() drops what is queued.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import logging
+import os
+import socket
+from asyncio import transports
+from typing import TYPE_CHECKING, Any
+
+from . import sockaddr
+
+if TYPE_CHECKING:
+    from .loop import UringEventLoop
+
+logger = logging.getLogger("uringserve")
+_LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
+
+
+class UringTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[name-defined]
+    _start_tls_compatible = True
+
+    def __init__(self, loop: "UringEventLoop", slot: int, gen: int, protocol: asyncio.BaseProtocol,
+                 peer: bytes, listener_sock: socket.socket | None, server: Any = None) -> None:
+        super().__init__(None, loop)
+        self._loop = loop
+        self._ring = loop._ring
+        self._slot = slot
+        self._gen = gen
+        self._peer_raw = peer
+        self._listener_sock = listener_sock
+        self._server = server
+        self._sock_obj: socket.socket | None = None
+        self._extra_cache: dict[str, Any] = {}
+        self._closing = False
+        self._closed_called = False
+        self._conn_lost = 0
+        self._exc: BaseException | None = None
+        self._paused = False
+        self._held: collections.deque = collections.deque()
+        self._held_scheduled = False
+        self._pending: collections.deque = collections.deque()
+        self._pending_size = 0
+        self._eof_written = False
+        self._protocol_paused = False
+        self.set_protocol(protocol)
+        if server is not None:
+            _server_attach(server, self)
+
+    # -- protocol ------------------------------------------------------------
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else "open"
+        return f"<UringTransport slot={self._slot} gen={self._gen} {state}>"
+
+    # -- extra info ----------------------------------------------------------
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in self._extra_cache:
+            return self._extra_cache[name]
+        value: Any = default
+        if name == "peername":
+            value = sockaddr.parse(self._peer_raw)
+        elif name == "sockname":
+            value = self._sockname()
+        elif name == "socket":
+            sock = self._socket()
+            value = asyncio.trsock.TransportSocket(sock) if sock is not None else default
+        else:
+            return default
+        self._extra_cache[name] = value
+        return value
+
+    def _sockname(self) -> Any:
+        lsock = self._listener_sock
+        if lsock is not None:
+            addr = lsock.getsockname()
+            host = addr[0]
+            if host not in ("0.0.0.0", "::", ""):
+                return addr  # an accepted socket's local address is the listener's
+        sock = self._socket()
+        return sock.getsockname() if sock is not None else None
+
+    def _socket(self) -> socket.socket | None:
+        """A real socket for the connection, made only when asked for."""
+        if self._sock_obj is None:
+            if self._closing or self._ring.closed:
+                return None
+            try:
+                fd = self._ring.fd_install(self._slot, self._gen)
+            except OSError as exc:
+                logger.debug("no socket for %r: %s", self, exc)
+                return None
+            self._sock_obj = socket.socket(fileno=fd)
+        return self._sock_obj
+
+    # -- reading ---------------------------------------------------------------
+    def is_reading(self) -> bool:
+        return not self._paused and not self._closing
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._ring.recv_pause(self._slot, self._gen)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held and not self._held_scheduled:
+            self._held_scheduled = True
+            self._loop.call_soon(self._deliver_held)
+        self._ring.recv_start(self._slot, self._gen)
+
+    def _deliver_held(self) -> None:
+        self._held_scheduled = False
+        while self._held and not self._paused and not self._closing:
+            kind, item = self._held.popleft()
+            if kind == 0:
+                self._feed(item)
+            elif kind == 1:
+                self._on_eof()
+            else:
+                self._on_recv_error(item)
+
+    def _on_data(self, data: bytes) -> None:
+        """Called by the loop for each RECV completion."""
+        if self._closing:
+            return
+        if self._paused or self._held:
+            self._held.append((0, data))
+            return
+        self._feed(data)
+
+    def _feed(self, data: Any) -> None:
+        try:
+            if self._buffered:
+                self._feed_buffered(data)
+            else:
+                self._protocol.data_received(data)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            name = "buffer_updated" if self._buffered else "data_received"
+            self._fatal_error(exc, f"Fatal error: protocol.{name}() call failed.")
+
+    def _feed_buffered(self, data: Any) -> None:
+        mv = memoryview(data)
+        while mv:
+            buf = memoryview(self._protocol.get_buffer(len(mv)))  # type: ignore[attr-defined]
+            if not len(buf):
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            n = min(len(buf), len(mv))
+            buf[:n] = mv[:n]
+            self._protocol.buffer_updated(n)  # type: ignore[attr-defined]
+            mv = mv[n:]
+            if self._closing:
+                return
+
+    def _on_eof(self) -> None:
+        if self._closing:
+            return
+        if self._paused or self._held:
+            self._held.append((1, None))
+            return
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    def _on_recv_error(self, err: int) -> None:
+        if self._closing:
+            return
+        if self._paused or self._held:
+            self._held.append((2, err))
+            return
+        self._fatal_error(_conn_error(-err), "Fatal read error on socket transport")
+
+    # -- writing ---------------------------------------------------------------
+    def write(self, data: Any) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if self._eof_written:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= _LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if self._pending:
+            self._pend(data, 0)
+        else:
+            n = self._ring.send(self._slot, self._gen, data)
+            if n < 0:
+                self._fatal_error(_conn_error(-n), "Fatal write error on socket transport")
+                return
+            if n < len(data):
+                self._pend(data, n)
+        self._maybe_pause_protocol()
+
+    def _pend(self, data: Any, offset: int) -> None:
+        chunk = bytes(memoryview(data)[offset:])
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        self._loop._arena_waiters[self._slot] = self
+
+    def _flush_pending(self) -> None:
+        """The core freed arena chunks: move what waits here into it, in order."""
+        ring = self._ring
+        while self._pending:
+            chunk = self._pending[0]
+            n = ring.send(self._slot, self._gen, chunk)
+            if n < 0:
+                self._fatal_error(_conn_error(-n), "Fatal write error on socket transport")
+                return
+            self._pending_size -= n
+            if n < len(chunk):
+                self._pending[0] = chunk[n:]
+                self._loop._arena_waiters[self._slot] = self
+                break
+            self._pending.popleft()
+        if not self._pending:
+            if self._eof_written:
+                ring.shutdown(self._slot, self._gen)
+            if self._closing and not self._closed_called:
+                ring.close_conn(self._slot, self._gen, True)
+        self._maybe_resume_protocol()
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof_written:
+            return
+        self._eof_written = True
+        if not self._pending:
+            self._ring.shutdown(self._slot, self._gen)
+
+    def get_write_buffer_size(self) -> int:
+        return self._ring.queued(self._slot, self._gen) + self._pending_size
+
+    def _maybe_pause_protocol(self) -> None:
+        size = self.get_write_buffer_size()
+        if size <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        self._ring.notify_below(self._slot, self._gen, self._low_water)
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.pause_writing() failed",
+                "exception": exc, "transport": self, "protocol": self._protocol})
+
+    def _maybe_resume_protocol(self) -> None:
+        if not self._protocol_paused:
+            return
+        if self.get_write_buffer_size() > self._low_water:
+            self._ring.notify_below(self._slot, self._gen, max(0, self._low_water - self._pending_size))
+            return
+        self._protocol_paused = False
+        try:
+            self._protocol.resume_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.resume_writing() failed",
+                "exception": exc, "transport": self, "protocol": self._protocol})
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        super().set_write_buffer_limits(high, low)
+        if self._protocol_paused:
+            self._maybe_resume_protocol()
+        else:
+            self._maybe_pause_protocol()
+
+    def _on_send_error(self, err: int) -> None:
+        self._pending.clear()
+        self._pending_size = 0
+        self._fatal_error(_conn_error(-err), "Fatal write error on socket transport")
+
+    # -- closing ---------------------------------------------------------------
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._held.clear()
+        if not self._pending:
+            self._ring.close_conn(self._slot, self._gen, True)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._closed_called:
+            return
+        if exc is not None and self._exc is None:
+            self._exc = exc
+        self._closing = True
+        self._held.clear()
+        self._pending.clear()
+        self._pending_size = 0
+        self._loop._arena_waiters.pop(self._slot, None)
+        self._conn_lost += 1
+        self._closed_called = True
+        self._ring.close_conn(self._slot, self._gen, False)
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message, "exception": exc, "transport": self, "protocol": self._protocol})
+        self._force_close(exc)
+
+    def _on_closed(self) -> None:
+        """The core closed the slot: the end of this transport."""
+        self._closing = True
+        self._loop._arena_waiters.pop(self._slot, None)
+        if self._sock_obj is not None:
+            self._sock_obj.close()
+            self._sock_obj = None
+        try:
+            self._protocol.connection_lost(self._exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "Exception in callback protocol.connection_lost()",
+                "exception": exc, "transport": self, "protocol": self._protocol})
+        finally:
+            server = self._server
+            self._server = None
+            if server is not None:
+                _server_detach(server, self)
+
+
+def _conn_error(err: int) -> OSError:
+    if err == errno.ECONNRESET:
+        return ConnectionResetError(err, os.strerror(err))
+    if err == errno.EPIPE:
+        return BrokenPipeError(err, os.strerror(err))
+    if err == errno.ECONNABORTED:
+        return ConnectionAbortedError(err, os.strerror(err))
+    return OSError(err, os.strerror(err))
+
+
+def _server_attach(server: Any, transport: Any) -> None:
+    # asyncio.Server._attach() takes the transport from 3.12 on
+    try:
+        server._attach(transport)
+    except TypeError:
+        server._attach()
+
+
+def _server_detach(server: Any, transport: Any) -> None:
+    try:
+        server._detach(transport)
+    except TypeError:
+        server._detach()
