@@ -32,8 +32,10 @@ def make_loop(args: argparse.Namespace) -> asyncio.AbstractEventLoop:
         return uvloop.new_event_loop()
     import uringserve
 
+    sizes = {k: v for k, v in (("buf_count", args.buf_count), ("buf_size", args.buf_size),
+                               ("inplace_min", args.inplace_min)) if v}
     cfg = uringserve.RingConfig(send_mode=args.send_mode, recv_mode=args.recv_mode,
-                                fixed_files=not args.regular_fds)
+                                fixed_files=not args.regular_fds, recv_bundle=args.bundle, **sizes)
     return uringserve.new_event_loop(cfg)
 
 
@@ -45,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--send-mode", choices=["auto", "plain", "zc", "zc_fixed"], default="auto")
     p.add_argument("--recv-mode", choices=["pbuf", "plain"], default="pbuf")
     p.add_argument("--regular-fds", action="store_true", help="ablation: no fixed-file table")
+    p.add_argument("--bundle", action="store_true", help="recv bundles (6.10+)")
+    p.add_argument("--buf-count", type=int, help="provided buffers (power of two)")
+    p.add_argument("--buf-size", type=int, help="bytes per provided buffer")
+    p.add_argument("--inplace-min", type=int, help="bytes writes this large are sent without a copy")
     p.add_argument("--backlog", type=int, default=1024)
     args = p.parse_args(argv)
 

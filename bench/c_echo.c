@@ -9,6 +9,7 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +27,7 @@ int main(int argc, char **argv)
     struct us_config cfg = {
         .sq_entries = 1024, .cq_entries = 8192, .files = 4096, .reserved_slots = 64,
         .buf_count = 512, .buf_size = 16384, .chunk_size = 32768, .arena_chunks = 128,
-        .zc_threshold = 32768, .accept_depth = 4, .send_mode = US_SEND_AUTO,
+        .zc_threshold = 32768, .accept_depth = 4, .ext_segments = 0, .send_mode = US_SEND_AUTO,
         .recv_mode = US_RECV_PBUF, .fixed_files = 1,
     };
     int err, stage;
@@ -37,6 +38,7 @@ int main(int argc, char **argv)
     }
     int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(ls, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* inherited on accept */
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
     inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
     if (bind(ls, (struct sockaddr *)&sa, sizeof(sa)) || listen(ls, 1024)) {

@@ -46,6 +46,13 @@ ABLATIONS = {
     "uring:recv=plain": [PY, "apps/echo.py", "--recv-mode", "plain"],
     "uring:regular-fds": [PY, "apps/echo.py", "--regular-fds"],
 }
+EXTRA = {  # --servers may name these too
+    "uring:bufs=64x16k": [PY, "apps/echo.py", "--buf-count", "64", "--buf-size", "16384"],
+    "uring:bufs=256x4k": [PY, "apps/echo.py", "--buf-count", "256", "--buf-size", "4096"],
+    "uring:bufs=128x8k": [PY, "apps/echo.py", "--buf-count", "128", "--buf-size", "8192"],
+    "uring:bundle": [PY, "apps/echo.py", "--bundle"],
+    "uring:copy-all": [PY, "apps/echo.py", "--inplace-min", str(1 << 30)],
+}
 
 
 def build() -> None:
@@ -118,7 +125,8 @@ def main() -> int:
     p.add_argument("--ablations", action="store_true")
     args = p.parse_args()
     build()
-    servers = {k: SERVERS[k] for k in args.servers.split(",")}
+    known = {**SERVERS, **ABLATIONS, **EXTRA}
+    servers = {k: known[k] for k in args.servers.split(",")}
     if args.ablations:
         servers.update(ABLATIONS)
     sizes = [int(s) for s in args.sizes.split(",")]

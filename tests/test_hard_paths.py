@@ -109,6 +109,27 @@ def test_tiny_buffer_ring_enobufs_keeps_every_byte_in_order() -> None:
     assert stats["bufs_out"] == 0  # every buffer went back to the ring
 
 
+def test_buffer_ring_grows_under_a_burst() -> None:
+    """Only 64 buffers circulate at first (cache locality); ENOBUFS under a
+    burst brings the reserve in, and the bytes still arrive intact."""
+    cfg = RingConfig(buf_count=1024, buf_size=1024)
+
+    async def main(loop):
+        assert loop.ring_stats()["bufs_circulating"] == 64
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        results = await echo_clients(port, 40, 100_000)
+        server.close()
+        await server.wait_closed()
+        return results
+
+    results, stats = run_uring(cfg, main)
+    assert results == [True] * 40
+    assert stats["enobufs"] > 0
+    assert stats["bufs_circulating"] > 64
+    assert stats["bufs_out"] == 0
+
+
 @pytest.mark.parametrize("bundle", [False, True])
 def test_recv_bundles_keep_order(bundle: bool) -> None:
     cfg = RingConfig(buf_count=8, buf_size=1024, recv_bundle=bundle)
@@ -131,7 +152,7 @@ def test_recv_bundles_keep_order(bundle: bool) -> None:
 def test_tiny_send_arena_backpressure_delivers_everything() -> None:
     """An arena of 2 chunks and multi-MiB writes: the protocol is paused and
     resumed, the rest waits in the transport, every byte arrives in order."""
-    cfg = RingConfig(chunk_size=4096, arena_bytes=8192)
+    cfg = RingConfig(chunk_size=4096, arena_bytes=8192, inplace_min=1 << 30)  # every write is copied
     total = 6 << 20
     events: list[str] = []
 
@@ -209,6 +230,40 @@ def test_ablation_modes_are_byte_exact(cfg: RingConfig) -> None:
         assert stats["zc_sends"] == 0
     if cfg.setup_flags_off:
         assert stats["setup_flags"] & ((1 << 13) | (1 << 12)) == 0
+
+
+@pytest.mark.parametrize("segments", [4096, 2])
+def test_inplace_sends_hold_bytes_until_the_kernel_is_done(segments: int) -> None:
+    """Large bytes writes go out without a copy; the ring keeps each object
+    alive until its send completes, then lets go. With 2 segments most
+    writes fall back to the copy path, in order."""
+    cfg = RingConfig(ext_segments=segments, inplace_min=1024)
+    blocks = [bytes([i]) * (100_000 + i) for i in range(40)]
+
+    class Sender(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            for b in blocks:
+                transport.write(b)
+                transport.write(b"-")  # small: copied, interleaved in order
+            transport.close()
+
+    async def main(loop):
+        server = await loop.create_server(Sender, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        data = await r.read()
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return data, len(loop.ring._held)
+
+    (data, held), stats = run_uring(cfg, main)
+    assert data == b"".join(b + b"-" for b in blocks)
+    assert held == 0 and stats["ext_in_use"] == 0
+    assert stats["ext_sends"] >= min(segments, 40)
+    if segments == 2:
+        assert stats["ext_sends"] < 40
 
 
 def test_auto_send_mode_falls_back_when_zero_copy_is_copied() -> None:
@@ -311,8 +366,9 @@ def test_loop_closed_with_operations_in_flight_leaves_nothing() -> None:
         def connection_made(self, transport) -> None:
             self.t = transport
             transport.set_write_buffer_limits(high=1 << 30)
-            for _ in range(8):
-                transport.write(b"f" * (1 << 20))  # the peer never reads
+            for _ in range(4):  # the peer never reads
+                transport.write(b"f" * (1 << 20))  # sent in place
+                transport.write(bytearray(b"g" * (1 << 20)))  # copied into the arena
 
         def data_received(self, data: bytes) -> None:
             pass
@@ -324,13 +380,19 @@ def test_loop_closed_with_operations_in_flight_leaves_nothing() -> None:
             s = socket.create_connection(("127.0.0.1", port))
             s.sendall(b"x" * 1000)
             peers.append(s)
-        await asyncio.sleep(0.3)
-        st = loop.ring_stats()
-        assert st["slots_used"] == 10 and st["inflight"] > 10 and st["arena_in_use"] > 0
-        loop.stop()
+        try:
+            await asyncio.sleep(0.3)
+            st = loop.ring_stats()
+            assert st["slots_used"] == 10 and st["inflight"] > 10
+            assert st["arena_in_use"] > 0 and st["ext_in_use"] > 0
+            result["ok"] = True
+        finally:
+            loop.stop()
 
-    loop.create_task(main())
+    result: dict = {}
+    task = loop.create_task(main())
     loop.run_forever()
+    assert result.get("ok"), task.exception()
     assert vm_pinned_kb() > pinned
     assert not [t for t in asyncio.all_tasks(loop) if not t.done()]  # the loop made no tasks of its own
     ring = loop.ring

@@ -480,6 +480,7 @@ def test_extra_info(h) -> None:
     assert info["sock"] == ("127.0.0.1", port)
     assert info["sockobj_name"] == ("127.0.0.1", port)
     assert info["missing"] == "dflt"
+    assert info["nodelay"] == 1  # asyncio's default for TCP transports: no Nagle delays
 
 
 def test_wildcard_listener_sockname_via_socket(h) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +43,10 @@ _STAGES = {1: "io_uring_setup", 2: "mmap of the rings", 3: "registering the fixe
            6: "registering the send arena (REGISTER_BUFFERS)", 7: "allocating core memory"}
 
 MiB = 1 << 20
+_GRAVEYARD: list = []  # buffers a closed ring might still have read
+
+# the leading fields of struct us_event, read in bulk: kind, conn, res, off, gen, flags
+EVENT_HEAD = struct.Struct("IIiIII%dx" % (ffi.sizeof("struct us_event") - 24))
 
 
 def _memlock_budget() -> int | None:
@@ -80,6 +85,8 @@ class RingConfig:
     chunk_size: int = 32768
     arena_bytes: int | None = None  # None: from RLIMIT_MEMLOCK
     zc_threshold: int = 32768
+    inplace_min: int = 256 * 1024  # bytes writes this large are sent in place, not copied
+    ext_segments: int = 4096
     accept_depth: int = 4
     send_mode: str = "auto"
     recv_mode: str = "pbuf"
@@ -105,8 +112,13 @@ class RingConfig:
             problems.append("buf_size and chunk_size must be at least 64 bytes")
         if not 1 <= self.accept_depth <= 64:
             problems.append(f"accept_depth={self.accept_depth}: must be 1..64")
+        if not 0 <= self.ext_segments < (1 << 19):
+            problems.append(f"ext_segments={self.ext_segments}: must be 0..524287")
         if self.max_events < 16:
             problems.append("max_events must be at least 16")
+        region = self.buf_count * self.buf_size + (self.files * self.buf_size if self.recv_mode == "plain" else 0)
+        if region >= 1 << 32:
+            problems.append(f"received-data region of {region} bytes exceeds 4 GiB: lower buf_size or files")
         if problems:
             raise ValueError("invalid RingConfig: " + "; ".join(problems))
         arena = self.arena_bytes if self.arena_bytes is not None else _default_arena(self.chunk_size)
@@ -142,6 +154,7 @@ class Ring:
         c.arena_chunks = cfg.arena_bytes // cfg.chunk_size
         c.zc_threshold = cfg.zc_threshold
         c.accept_depth = cfg.accept_depth
+        c.ext_segments = cfg.ext_segments
         c.send_mode = SEND_MODES[cfg.send_mode]
         c.recv_mode = RECV_MODES[cfg.recv_mode]
         c.fixed_files = int(cfg.fixed_files)
@@ -155,6 +168,20 @@ class Ring:
         self._ptr = ptr
         self.events = ffi.new("struct us_event[]", cfg.max_events)
         self.max_events = cfg.max_events
+        # views for the hot path: event heads via EVENT_HEAD.iter_unpack, and
+        # received bytes sliced straight out of the data region
+        self.events_view = memoryview(ffi.buffer(self.events))
+        size = ffi.new("size_t *")
+        region = lib.us_data_region(ptr, size)
+        self.data_view = memoryview(ffi.buffer(region, size[0]))
+        # the hot write path calls raw_send(handle, slot, gen, data, len) directly
+        self.handle = ptr
+        self.raw_send = lib.us_send
+        # bytes sent in place (send_inplace), kept alive by token until the
+        # core lists the token as released
+        self._held: dict[int, bytes] = {}
+        self._token = 0
+        self._released = memoryview(ffi.buffer(lib.us_released(ptr), 4 * (cfg.ext_segments + 1))).cast("I")
         self._stats = ffi.new("struct us_stats *")
         self.fd = lib.us_ring_fd(ptr)
 
@@ -181,8 +208,16 @@ class Ring:
 
     def close(self) -> None:
         if self._ptr is not None:
+            if self._held and self.stats()["inflight"]:
+                # the kernel may still read these: never let them be freed
+                _GRAVEYARD.append(self._held)
             ptr, self._ptr = self._ptr, None
+            self.handle = None
+            self.events_view.release()
+            self.data_view.release()
+            self._released.release()
             lib.us_ring_free(ptr)
+            self._held = {}
 
     def cancel_all(self) -> int:
         return lib.us_cancel_all(self._ptr)
@@ -194,6 +229,12 @@ class Ring:
         n = lib.us_wait(self._ptr, self.events, self.max_events, 1, ns)
         if n < 0:
             raise _oserror(-n, "io_uring_enter")
+        rel = self._released
+        if rel[0]:
+            held = self._held
+            for tok in rel[1:1 + rel[0]].tolist():
+                del held[tok]
+            rel[0] = 0
         return n
 
     # -- listeners and connections ---------------------------------------------
@@ -223,6 +264,17 @@ class Ring:
             return lib.us_send(self._ptr, slot, gen, data, len(data))
         buf = ffi.from_buffer(data)
         return lib.us_send(self._ptr, slot, gen, buf, len(buf))
+
+    def send_inplace(self, slot: int, gen: int, data: bytes) -> int:
+        """Send immutable `data` without copying it; it is kept alive here
+        until the kernel is done. Falls back to copying when out of segments."""
+        tok = self._token = (self._token + 1) & 0xFFFFFFFF
+        n = lib.us_send_ref(self._ptr, slot, gen, data, len(data), tok)
+        if n > 0:
+            self._held[tok] = data
+        elif n == -errno.ENOBUFS:
+            n = lib.us_send(self._ptr, slot, gen, data, len(data))
+        return n
 
     def queued(self, slot: int, gen: int) -> int:
         n = lib.us_queued(self._ptr, slot, gen)
@@ -259,7 +311,3 @@ class Ring:
 
 def data_of(ev: Any) -> bytes:
     return ffi.unpack(ev.data, ev.res)
-
-
-def buffer_of(ev: Any) -> Any:
-    return ffi.buffer(ev.data, ev.res)

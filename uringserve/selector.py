@@ -16,14 +16,14 @@ asyncio always drains to EAGAIN, uses a multishot poll.
 """
 from __future__ import annotations
 
+import errno
 import selectors
 import time
 from typing import Any, Callable
 
-from .ring import EV_POLL, Ring
+from .ring import Ring
 
 POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP = 0x001, 0x002, 0x004, 0x008, 0x010
-ECANCELED = 125
 
 
 class _Entry:
@@ -49,7 +49,7 @@ def _mask(events: int) -> int:
 
 
 class UringSelector(selectors.BaseSelector):
-    def __init__(self, ring: Ring, dispatch: Callable[[Any, int], None]) -> None:
+    def __init__(self, ring: Ring, dispatch: Callable[[int], Any]) -> None:
         self._ring = ring
         self._dispatch = dispatch
         self._fd_to_entry: dict[int, _Entry] = {}
@@ -134,24 +134,20 @@ class UringSelector(selectors.BaseSelector):
         n = self._ring.wait(timeout)
         if not n:
             return []
-        ready = self._dispatch(self._ring.events, n)
+        ready = self._dispatch(n)
         if not ready:
             return []
         out = []
         entries = self._fd_to_entry
-        for ev in ready:
-            entry = entries.get(ev.conn)
-            if entry is None or entry.gen != ev.gen:
+        for fd, gen, res, more in ready:
+            entry = entries.get(fd)
+            if entry is None or entry.gen != gen:
                 continue  # a poll that was removed or replaced
-            more = ev.flags
             if not more:
                 entry.armed = False
-                if ev.res != -ECANCELED:
-                    self._rearm.append(ev.conn)
-            if ev.res < 0:
-                revents = POLLERR
-            else:
-                revents = ev.res
+                if res != -errno.ECANCELED:
+                    self._rearm.append(fd)
+            revents = POLLERR if res < 0 else res
             events = 0
             if revents & ~POLLOUT:
                 events |= selectors.EVENT_READ
@@ -207,16 +203,16 @@ class _Map:
         return [(fd, e.key) for fd, e in self._entries.items()]
 
 
-def drain(ring: Ring, dispatch: Callable[[Any, int], Any], deadline_s: float) -> int:
+def drain(ring: Ring, dispatch: Callable[[int], Any], deadline_s: float) -> int:
     """Reap until nothing is in flight or the deadline passes; returns what is left."""
     end = time.monotonic() + deadline_s
     left = ring.stats()["inflight"]
     while left and time.monotonic() < end:
         n = ring.wait(0.05)
         if n:
-            dispatch(ring.events, n)
+            dispatch(n)
         left = ring.stats()["inflight"]
     return left
 
 
-__all__ = ["UringSelector", "EV_POLL", "drain"]
+__all__ = ["UringSelector", "drain"]

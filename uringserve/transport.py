@@ -73,6 +73,15 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         self._pending_size = 0
         self._eof_written = False
         self._protocol_paused = False
+        # hot path: bytes handed straight to data_received while nothing is
+        # special (not paused, closing or holding data, not a BufferedProtocol)
+        self._recv_cb: Any = None
+        # write() tracks an upper bound of the bytes queued in the core (sends
+        # only shrink it) and asks the core only when the bound passes high-water
+        self._qbound = 0
+        self._raw_send = self._ring.raw_send
+        self._handle = self._ring.handle
+        self._inplace_min = self._ring.config.inplace_min
         self.set_protocol(protocol)
         if server is not None:
             _server_attach(server, self)
@@ -81,6 +90,14 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        self._update_recv_cb()
+
+    def _update_recv_cb(self) -> None:
+        plain = not (self._buffered or self._paused or self._closing or self._held)
+        self._recv_cb = self._protocol.data_received if plain else None  # type: ignore[attr-defined]
+
+    def _callback_failed(self, exc: BaseException) -> None:
+        self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
@@ -137,6 +154,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         if self._closing or self._paused:
             return
         self._paused = True
+        self._recv_cb = None
         self._ring.recv_pause(self._slot, self._gen)
 
     def resume_reading(self) -> None:
@@ -146,6 +164,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         if self._held and not self._held_scheduled:
             self._held_scheduled = True
             self._loop.call_soon(self._deliver_held)
+        self._update_recv_cb()
         self._ring.recv_start(self._slot, self._gen)
 
     def _deliver_held(self) -> None:
@@ -158,6 +177,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
                 self._on_eof()
             else:
                 self._on_recv_error(item)
+        self._update_recv_cb()
 
     def _on_data(self, data: bytes) -> None:
         """Called by the loop for each RECV completion."""
@@ -219,6 +239,26 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
 
     # -- writing ---------------------------------------------------------------
     def write(self, data: Any) -> None:
+        if type(data) is bytes and not (self._pending or self._eof_written or self._conn_lost):
+            # hot path: one call into the core, which copies small writes into
+            # the arena and sends large ones in place (bytes are immutable)
+            if len(data) >= self._inplace_min:
+                n = self._ring.send_inplace(self._slot, self._gen, data)
+            else:
+                n = self._raw_send(self._handle, self._slot, self._gen, data, len(data))
+            if n == len(data):
+                self._qbound += n
+                if self._qbound > self._high_water:
+                    self._maybe_pause_protocol()
+                return
+            if n >= 0:  # the arena took only part of it: the rest waits here
+                self._qbound += n
+                self._pend(data, n)
+                self._maybe_pause_protocol()
+                return
+        self._write_slow(data)
+
+    def _write_slow(self, data: Any) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof_written:
@@ -237,6 +277,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             if n < 0:
                 self._fatal_error(_conn_error(-n), "Fatal write error on socket transport")
                 return
+            self._qbound += n
             if n < len(data):
                 self._pend(data, n)
         self._maybe_pause_protocol()
@@ -284,7 +325,12 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             self._ring.shutdown(self._slot, self._gen)
 
     def get_write_buffer_size(self) -> int:
-        return self._ring.queued(self._slot, self._gen) + self._pending_size
+        queued = self._ring.queued(self._slot, self._gen)
+        self._qbound = queued
+        return queued + self._pending_size
+
+    def _on_writable(self) -> None:
+        self._maybe_resume_protocol()
 
     def _maybe_pause_protocol(self) -> None:
         size = self.get_write_buffer_size()
@@ -337,8 +383,11 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         if self._closing:
             return
         self._closing = True
+        self._recv_cb = None
         self._held.clear()
         if not self._pending:
+            if not self._ring.queued(self._slot, self._gen):
+                self._conn_lost += 1  # as asyncio: later writes are dropped, not sent
             self._ring.close_conn(self._slot, self._gen, True)
 
     def abort(self) -> None:
@@ -350,6 +399,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         if exc is not None and self._exc is None:
             self._exc = exc
         self._closing = True
+        self._recv_cb = None
         self._held.clear()
         self._pending.clear()
         self._pending_size = 0
@@ -370,6 +420,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
     def _on_closed(self) -> None:
         """The core closed the slot: the end of this transport."""
         self._closing = True
+        self._recv_cb = None
         self._loop._arena_waiters.pop(self._slot, None)
         if self._sock_obj is not None:
             self._sock_obj.close()

@@ -84,7 +84,7 @@ struct conn {
     uint64_t queued;
     int64_t notify_at;   /* emit WRITABLE when queued <= this; -1 off */
     int fd;              /* fixed: the slot; fd mode: the fd */
-    char *rbuf;          /* US_RECV_PLAIN */
+    char *rbuf;          /* US_RECV_PLAIN: this slot's buffer in the data region */
 };
 
 struct listener {
@@ -138,13 +138,21 @@ struct us_ring {
     uint16_t *shadow;   /* bid placed at each ring position */
     uint16_t *recycle;
     uint32_t nrecycle;
+    uint16_t *reserve;  /* buffers not yet circulating (see setup_bufring) */
+    uint32_t nreserve;
     /* send arena */
     char *arena;
     size_t arena_len;
+    /* send segments: [0, arena_chunks) are arena chunks, the rest are
+     * external segments (a caller's buffer, sent in place; see us_send_ref) */
     uint32_t *ch_next, *ch_len, *ch_free;
     uint16_t *ch_refs;
     uint8_t *ch_detached;
     uint32_t nfree;
+    uint32_t nchunks, next;         /* arena chunks, external segments */
+    const char **ext_ptr;
+    uint32_t *ext_token, *ext_free, nextfree;
+    uint32_t *released;             /* [count, token...]: the caller empties it */
     int arena_registered, arena_waiting, arena_freed;
     /* completions reaped while waiting for a synchronous op */
     struct us_event *stash;
@@ -278,6 +286,7 @@ static struct us_event *emit(struct out *o, uint32_t kind, uint32_t conn, uint32
     e->aux = 0;
     e->flags = 0;
     e->data = NULL;
+    e->off = 0;
     e->addrlen = 0;
     return e;
 }
@@ -302,6 +311,14 @@ static void chunk_maybe_free(struct us_ring *r, uint32_t c)
     if (!r->ch_detached[c] || r->ch_refs[c])
         return;
     r->ch_detached[c] = 0;
+    if (c >= r->nchunks) {
+        /* the kernel is done with the caller's buffer: hand its token back */
+        uint32_t e = c - r->nchunks;
+        r->released[1 + r->released[0]++] = r->ext_token[e];
+        r->ext_free[r->nextfree++] = e;
+        r->st.ext_in_use--;
+        return;
+    }
     r->ch_free[r->nfree++] = c;
     r->st.arena_in_use--;
     r->arena_freed = 1;
@@ -326,14 +343,17 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
     uint32_t ch = c->head;
     uint32_t off = c->head_off;
     uint32_t n = r->ch_len[ch] - off;
-    char *p = r->arena + (size_t)ch * r->cfg.chunk_size + off;
+    int ext = ch >= r->nchunks;
+    const char *p = ext ? r->ext_ptr[ch - r->nchunks] + off
+                        : r->arena + (size_t)ch * r->cfg.chunk_size + off;
     int mode = r->cfg.send_mode;
     int zc, fixedbuf;
     if (mode == US_SEND_AUTO) {
-        zc = fixedbuf = !(c->flags & F_NO_ZC) && n >= r->cfg.zc_threshold && r->arena_registered;
+        zc = !(c->flags & F_NO_ZC) && n >= r->cfg.zc_threshold && (ext || r->arena_registered);
+        fixedbuf = zc && !ext;
     } else {
         zc = mode == US_SEND_ZC || mode == US_SEND_ZC_FIXED;
-        fixedbuf = mode == US_SEND_ZC_FIXED && r->arena_registered;
+        fixedbuf = mode == US_SEND_ZC_FIXED && r->arena_registered && !ext;
     }
     struct io_uring_sqe *sqe = prep(r, zc ? IORING_OP_SEND_ZC : IORING_OP_SEND, c->fd,
                                     conn_fixed(r), p, n, UD(zc ? OP_SENDZC : OP_SEND, slot, c->gen, ch));
@@ -441,8 +461,8 @@ static void conn_init(struct us_ring *r, uint32_t slot, int fd, uint16_t keep)
     c->queued = 0;
     c->notify_at = -1;
     c->fd = fd;
-    if (r->cfg.recv_mode == US_RECV_PLAIN && !c->rbuf)
-        c->rbuf = malloc(r->cfg.buf_size); /* once per slot, kept for reuse */
+    if (r->cfg.recv_mode == US_RECV_PLAIN)
+        c->rbuf = r->bufs + ((size_t)r->cfg.buf_count + slot) * r->cfg.buf_size;
 }
 
 /* ---- listeners --------------------------------------------------------- */
@@ -617,6 +637,19 @@ static void recycle_buf(struct us_ring *r, uint32_t bid)
     r->recycle[r->nrecycle++] = (uint16_t)bid;
 }
 
+/* The kernel takes buffers from the ring head in order, so every buffer in
+ * the ring is cycled through; a small circulating set stays in cache. The
+ * set starts small and doubles, from the reserve, whenever the kernel runs
+ * out (ENOBUFS): light load gets locality, bursts get the whole ring. */
+static void grow_bufs(struct us_ring *r)
+{
+    uint32_t circulating = r->cfg.buf_count - r->nreserve;
+    for (uint32_t i = 0; i < circulating && r->nreserve; i++) {
+        recycle_buf(r, r->reserve[--r->nreserve]);
+        r->st.bufs_out++; /* refill() counts it back in */
+    }
+}
+
 /* Buffers a recv consumed, in ring order. Non-bundle: one. Bundle: the
  * kernel takes consecutive ring entries starting at the one it names. */
 static int take_bufs(struct us_ring *r, struct io_uring_cqe *cqe, uint16_t *bids, int res)
@@ -667,13 +700,15 @@ static void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         if (r->cfg.recv_mode == US_RECV_PLAIN) {
             struct us_event *e = emit(o, US_EV_RECV, slot, c->gen, res);
             e->data = c->rbuf;
+            e->off = (uint32_t)(c->rbuf - r->bufs);
             rearm_later(r, slot, c); /* after Python has read rbuf */
         } else {
             int left = res;
             for (int i = 0; i < nb; i++) {
                 int n = left < (int)r->cfg.buf_size ? left : (int)r->cfg.buf_size;
                 struct us_event *e = emit(o, US_EV_RECV, slot, c->gen, n);
-                e->data = r->bufs + (size_t)bids[i] * r->cfg.buf_size;
+                e->off = (uint32_t)bids[i] * r->cfg.buf_size;
+                e->data = r->bufs + e->off;
                 recycle_buf(r, bids[i]);
                 left -= n;
             }
@@ -689,6 +724,7 @@ static void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         emit(o, US_EV_EOF, slot, c->gen, 0);
     } else if (res == -ENOBUFS) {
         r->st.enobufs++;
+        grow_bufs(r);
         rearm_later(r, slot, c);
     } else if (res == -ECANCELED || res == -EINTR || res == -EAGAIN) {
         if (!(c->flags & F_RECV_ARMED))
@@ -970,13 +1006,15 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
     struct conn *c = conn_get(r, slot, gen);
     if (!c)
         return -EBADF;
-    if (c->state != C_OPEN || (c->flags & (F_SHUT_PENDING | F_SHUT_DONE)))
+    /* a CLOSING connection still takes data: asyncio flushes writes made
+     * after close() while earlier data is still queued */
+    if (c->flags & (F_SHUT_PENDING | F_SHUT_DONE))
         return -EPIPE;
     size_t copied = 0;
     uint32_t cs = r->cfg.chunk_size;
     while (copied < len) {
         uint32_t t = c->tail;
-        if (t == NONE || r->ch_len[t] == cs) {
+        if (t == NONE || t >= r->nchunks || r->ch_len[t] == cs) {
             uint32_t n = chunk_alloc(r);
             if (n == NONE) {
                 r->arena_waiting = 1;
@@ -1003,6 +1041,44 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
             return err;
     }
     return (int64_t)copied;
+}
+
+int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len, uint32_t token)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    if (c->flags & (F_SHUT_PENDING | F_SHUT_DONE))
+        return -EPIPE;
+    if (!r->nextfree || len == 0 || len > 0x7fffffff)
+        return -ENOBUFS; /* the caller copies instead */
+    uint32_t e = r->ext_free[--r->nextfree];
+    uint32_t seg = r->nchunks + e;
+    r->ext_ptr[e] = data;
+    r->ext_token[e] = token;
+    r->ch_next[seg] = NONE;
+    r->ch_len[seg] = (uint32_t)len;
+    r->ch_refs[seg] = 0;
+    r->ch_detached[seg] = 0;
+    r->st.ext_in_use++;
+    if (c->tail == NONE)
+        c->head = seg;
+    else
+        r->ch_next[c->tail] = seg;
+    c->tail = seg;
+    c->queued += len;
+    r->st.ext_sends++;
+    if (!(c->flags & F_SEND_INFLIGHT)) {
+        int err = submit_send(r, slot, c);
+        if (err)
+            return err;
+    }
+    return (int64_t)len;
+}
+
+uint32_t *us_released(struct us_ring *r)
+{
+    return r->released;
 }
 
 int64_t us_queued(struct us_ring *r, uint32_t slot, uint32_t gen)
@@ -1142,7 +1218,7 @@ int us_poll_remove(struct us_ring *r, uint32_t id, uint32_t gen)
 
 static void *map_anon(size_t len)
 {
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 
@@ -1229,35 +1305,53 @@ static int setup_bufring(struct us_ring *r)
     uint32_t n = r->cfg.buf_count;
     r->br_len = ((size_t)n * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095;
     r->br = map_anon(r->br_len);
+    /* one region for all received data: the ring's buffers, then (plain
+     * recv ablation) one buffer per slot; untouched pages cost nothing */
     r->bufs_len = (size_t)n * r->cfg.buf_size;
+    if (r->cfg.recv_mode == US_RECV_PLAIN)
+        r->bufs_len += (size_t)r->nconn * r->cfg.buf_size;
     r->bufs = map_anon(r->bufs_len);
     r->shadow = calloc(n, sizeof(uint16_t));
     r->recycle = calloc(n, sizeof(uint16_t));
-    if (!r->br || !r->bufs || !r->shadow || !r->recycle)
+    r->reserve = calloc(n, sizeof(uint16_t));
+    if (!r->br || !r->bufs || !r->shadow || !r->recycle || !r->reserve)
         return -ENOMEM;
     r->br_mask = n - 1;
     struct io_uring_buf_reg reg = { .ring_addr = (uint64_t)(uintptr_t)r->br, .ring_entries = n, .bgid = 0 };
     if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0)
         return -errno;
-    for (uint32_t i = 0; i < n; i++)
+    uint32_t initial = n < 64 ? n : 64;
+    for (uint32_t i = 0; i < initial; i++)
         recycle_buf(r, i);
-    r->st.bufs_out = n;
+    for (uint32_t i = n; i > initial; i--)
+        r->reserve[r->nreserve++] = (uint16_t)(i - 1);
+    r->st.bufs_out = initial;
     refill(r);
     return 0;
 }
 
 static int setup_arena(struct us_ring *r)
 {
-    uint32_t n = r->cfg.arena_chunks;
+    uint32_t n = r->cfg.arena_chunks, x = r->cfg.ext_segments, all = n + x;
+    r->nchunks = n;
+    r->next = x;
     r->arena_len = (size_t)n * r->cfg.chunk_size;
     r->arena = map_anon(r->arena_len);
-    r->ch_next = calloc(n, sizeof(uint32_t));
-    r->ch_len = calloc(n, sizeof(uint32_t));
+    r->ch_next = calloc(all, sizeof(uint32_t));
+    r->ch_len = calloc(all, sizeof(uint32_t));
     r->ch_free = calloc(n, sizeof(uint32_t));
-    r->ch_refs = calloc(n, sizeof(uint16_t));
-    r->ch_detached = calloc(n, 1);
-    if (!r->arena || !r->ch_next || !r->ch_len || !r->ch_free || !r->ch_refs || !r->ch_detached)
+    r->ch_refs = calloc(all, sizeof(uint16_t));
+    r->ch_detached = calloc(all, 1);
+    r->ext_ptr = calloc(x + 1, sizeof(char *));
+    r->ext_token = calloc(x + 1, sizeof(uint32_t));
+    r->ext_free = calloc(x + 1, sizeof(uint32_t));
+    r->released = calloc(x + 1, sizeof(uint32_t));
+    if (!r->arena || !r->ch_next || !r->ch_len || !r->ch_free || !r->ch_refs || !r->ch_detached ||
+        !r->ext_ptr || !r->ext_token || !r->ext_free || !r->released)
         return -ENOMEM;
+    for (uint32_t i = 0; i < x; i++)
+        r->ext_free[i] = x - 1 - i;
+    r->nextfree = x;
     for (uint32_t i = 0; i < n; i++)
         r->ch_free[i] = n - 1 - i;
     r->nfree = n;
@@ -1277,9 +1371,16 @@ static int valid_config(const struct us_config *c)
         return 0;
     if (c->files < 2 || c->files > (1u << 20) || c->reserved_slots < 1 || c->reserved_slots >= c->files)
         return 0;
-    if (c->arena_chunks < 1 || c->arena_chunks >= (1u << 20) || c->chunk_size < 64 || c->buf_size < 64)
+    if (c->arena_chunks < 1 || c->chunk_size < 64 || c->buf_size < 64 ||
+        (uint64_t)c->arena_chunks + c->ext_segments >= (1u << 20)) /* 20-bit aux in user_data */
         return 0;
     if (c->accept_depth < 1 || c->accept_depth > 64 || c->sq_entries < 8 || c->cq_entries < c->sq_entries)
+        return 0;
+    /* RECV events carry a 32-bit offset into the data region */
+    uint64_t region = (uint64_t)c->buf_count * c->buf_size;
+    if (c->recv_mode == US_RECV_PLAIN)
+        region += (uint64_t)c->files * c->buf_size;
+    if (region >= (1ull << 32))
         return 0;
     return 1;
 }
@@ -1354,9 +1455,6 @@ void us_ring_free(struct us_ring *r)
         munmap(r->bufs, r->bufs_len);
     if (r->arena)
         munmap(r->arena, r->arena_len);
-    if (r->conns)
-        for (uint32_t i = 0; i < r->nconn; i++)
-            free(r->conns[i].rbuf);
     free(r->conns);
     free(r->rearm);
     free(r->lst);
@@ -1364,19 +1462,31 @@ void us_ring_free(struct us_ring *r)
     free(r->stash);
     free(r->shadow);
     free(r->recycle);
+    free(r->reserve);
     free(r->ch_next);
     free(r->ch_len);
     free(r->ch_free);
     free(r->ch_refs);
     free(r->ch_detached);
+    free(r->ext_ptr);
+    free(r->ext_token);
+    free(r->ext_free);
+    free(r->released);
     free(r);
 }
 
 int us_ring_fd(struct us_ring *r) { return r->fd; }
 
+char *us_data_region(struct us_ring *r, size_t *len)
+{
+    *len = r->bufs_len;
+    return r->bufs;
+}
+
 void us_stats_get(struct us_ring *r, struct us_stats *st)
 {
     *st = r->st;
+    st->bufs_circulating = r->cfg.buf_count - r->nreserve;
     st->slots_used = r->accept_used;
     st->accepts_inflight = r->accepts_inflight;
 }

@@ -41,6 +41,7 @@ struct us_config {
     uint32_t arena_chunks;
     uint32_t zc_threshold;    /* US_SEND_AUTO: send_zc at or above this many bytes */
     uint32_t accept_depth;    /* single-shot accepts kept in flight per listener */
+    uint32_t ext_segments;    /* caller buffers that may be in flight at once (us_send_ref) */
     int32_t send_mode;
     int32_t recv_mode;
     int32_t fixed_files;      /* 1: fixed-file table; 0: regular fds (ablation) */
@@ -48,16 +49,20 @@ struct us_config {
     uint32_t setup_flags_off; /* setup flags never to try (tests force the fallbacks) */
 };
 
+/* The first six fields are read in bulk by Python (struct.iter_unpack), so
+ * they stay first and 32-bit. */
 struct us_event {
     uint32_t kind;
-    int32_t res;
     uint32_t conn;
+    int32_t res;
+    uint32_t off;       /* RECV: offset of the data in us_data_region() */
     uint32_t gen;
-    uint32_t aux;
     uint32_t flags;
-    char *data;
+    uint32_t aux;
     uint32_t addrlen;
+    char *data;         /* RECV: the same data as a pointer (for C callers) */
     unsigned char addr[28];
+    uint32_t pad;
 };
 
 struct us_stats {
@@ -65,11 +70,12 @@ struct us_stats {
     uint64_t accepts, accept_errors, accept_paused;
     uint64_t recvs, recv_bytes, recv_rearms, enobufs, bundles, buf_resyncs;
     uint64_t sends, send_bytes, send_partial, zc_sends, zc_notifs, zc_copied, plain_sends;
-    uint64_t arena_short, closes;
+    uint64_t arena_short, closes, ext_sends;
     uint32_t slots_used, slots_total, accepts_inflight, inflight;
-    uint32_t arena_chunks, arena_in_use, bufs_total, bufs_out;
+    uint32_t arena_chunks, arena_in_use, bufs_total, bufs_out, bufs_circulating;
     uint32_t setup_flags, features;
     int32_t arena_registered, registered_ring;
+    uint32_t ext_in_use;
 };
 
 struct us_ring;
@@ -80,6 +86,7 @@ struct us_ring;
 struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage);
 void us_ring_free(struct us_ring *r);
 int us_ring_fd(struct us_ring *r);
+char *us_data_region(struct us_ring *r, size_t *len);  /* where RECV data lives */
 int us_probe_op(struct us_ring *r, int op);           /* 1 supported, 0 not, <0 -errno */
 int us_probe_all(int *ops_out, int nops);             /* probe without a configured ring */
 void us_stats_get(struct us_ring *r, struct us_stats *st);
@@ -98,6 +105,10 @@ int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen);  /* install a conne
 int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen);
 int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen);
 int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len);
+/* send `data` in place, without copying: the caller keeps it alive and
+ * unchanged until `token` appears in us_released(); -ENOBUFS: copy instead */
+int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len, uint32_t token);
+uint32_t *us_released(struct us_ring *r);            /* [count, tokens...]; the caller resets count */
 int64_t us_queued(struct us_ring *r, uint32_t slot, uint32_t gen);
 int us_notify_below(struct us_ring *r, uint32_t slot, uint32_t gen, int64_t level);
 int us_shutdown(struct us_ring *r, uint32_t slot, uint32_t gen);          /* after the queue drains */
