@@ -52,6 +52,8 @@ EXTRA = {  # --servers may name these too
     "uring:bufs=128x8k": [PY, "apps/echo.py", "--buf-count", "128", "--buf-size", "8192"],
     "uring:bundle": [PY, "apps/echo.py", "--bundle"],
     "uring:copy-all": [PY, "apps/echo.py", "--inplace-min", str(1 << 30)],
+    "uring:inplace-2k": [PY, "apps/echo.py", "--inplace-min", "2048"],
+    "uring:inplace-16k": [PY, "apps/echo.py", "--inplace-min", "16384"],
 }
 
 

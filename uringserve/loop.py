@@ -76,7 +76,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         hands them straight to protocol.data_received (its `_recv_cb`).
         """
         conns = self._conns
-        data = self._ring.data_view
+        data = self._ring.data_bytes  # data[a:b] is bytes
         polls = None
         i = -1
         for kind, slot, res, off, gen, flags in self._iter_heads(self._ring.events_view[:n * self._head_size]):
@@ -88,13 +88,13 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 cb = t._recv_cb
                 if cb is not None:
                     try:
-                        cb(data[off:off + res].tobytes())
+                        cb(data[off:off + res])
                     except (SystemExit, KeyboardInterrupt):
                         raise
                     except BaseException as exc:
                         t._callback_failed(exc)
                 else:
-                    t._on_data(data[off:off + res].tobytes())
+                    t._on_data(data[off:off + res])
             elif kind == _EV_POLL:
                 if polls is None:
                     polls = []

@@ -85,7 +85,7 @@ class RingConfig:
     chunk_size: int = 32768
     arena_bytes: int | None = None  # None: from RLIMIT_MEMLOCK
     zc_threshold: int = 32768
-    inplace_min: int = 256 * 1024  # bytes writes this large are sent in place, not copied
+    inplace_min: int = 16 * 1024  # bytes writes this large are sent in place, not copied
     ext_segments: int = 4096
     accept_depth: int = 4
     send_mode: str = "auto"
@@ -173,14 +173,16 @@ class Ring:
         self.events_view = memoryview(ffi.buffer(self.events))
         size = ffi.new("size_t *")
         region = lib.us_data_region(ptr, size)
-        self.data_view = memoryview(ffi.buffer(region, size[0]))
+        # slicing a cffi buffer yields bytes in one step (cheaper than a memoryview slice + tobytes)
+        self.data_bytes = ffi.buffer(region, size[0])
+        self.data_view = memoryview(self.data_bytes)
         # the hot write path calls raw_send(handle, slot, gen, data, len) directly
         self.handle = ptr
         self.raw_send = lib.us_send
-        # bytes sent in place (send_inplace), kept alive by token until the
-        # core lists the token as released
-        self._held: dict[int, bytes] = {}
-        self._token = 0
+        # bytes sent in place, kept alive at their segment index until the
+        # core lists the index as released
+        self.raw_send_ref = lib.us_send_ref
+        self.held: list[bytes | None] = [None] * cfg.ext_segments
         self._released = memoryview(ffi.buffer(lib.us_released(ptr), 4 * (cfg.ext_segments + 1))).cast("I")
         self._stats = ffi.new("struct us_stats *")
         self.fd = lib.us_ring_fd(ptr)
@@ -208,16 +210,16 @@ class Ring:
 
     def close(self) -> None:
         if self._ptr is not None:
-            if self._held and self.stats()["inflight"]:
+            if any(x is not None for x in self.held) and self.stats()["inflight"]:
                 # the kernel may still read these: never let them be freed
-                _GRAVEYARD.append(self._held)
+                _GRAVEYARD.append(self.held)
             ptr, self._ptr = self._ptr, None
             self.handle = None
             self.events_view.release()
             self.data_view.release()
             self._released.release()
             lib.us_ring_free(ptr)
-            self._held = {}
+            self.held = []
 
     def cancel_all(self) -> int:
         return lib.us_cancel_all(self._ptr)
@@ -231,9 +233,9 @@ class Ring:
             raise _oserror(-n, "io_uring_enter")
         rel = self._released
         if rel[0]:
-            held = self._held
-            for tok in rel[1:1 + rel[0]].tolist():
-                del held[tok]
+            held = self.held
+            for seg in rel[1:1 + rel[0]].tolist():
+                held[seg] = None
             rel[0] = 0
         return n
 
@@ -267,14 +269,15 @@ class Ring:
 
     def send_inplace(self, slot: int, gen: int, data: bytes) -> int:
         """Send immutable `data` without copying it; it is kept alive here
-        until the kernel is done. Falls back to copying when out of segments."""
-        tok = self._token = (self._token + 1) & 0xFFFFFFFF
-        n = lib.us_send_ref(self._ptr, slot, gen, data, len(data), tok)
-        if n > 0:
-            self._held[tok] = data
-        elif n == -errno.ENOBUFS:
-            n = lib.us_send(self._ptr, slot, gen, data, len(data))
-        return n
+        until the kernel is done. Falls back to copying when out of segments.
+        Returns the bytes taken, or -errno."""
+        seg = lib.us_send_ref(self._ptr, slot, gen, data, len(data))
+        if seg >= 0:
+            self.held[seg] = data
+            return len(data)
+        if seg == -errno.ENOBUFS:
+            return lib.us_send(self._ptr, slot, gen, data, len(data))
+        return seg
 
     def queued(self, slot: int, gen: int) -> int:
         n = lib.us_queued(self._ptr, slot, gen)

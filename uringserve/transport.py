@@ -79,7 +79,10 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         # write() tracks an upper bound of the bytes queued in the core (sends
         # only shrink it) and asks the core only when the bound passes high-water
         self._qbound = 0
+        self._write_fast = True  # no _pending, no write_eof(), connection not lost
         self._raw_send = self._ring.raw_send
+        self._raw_send_ref = self._ring.raw_send_ref
+        self._inplace = self._ring.held  # objects sent in place, by segment
         self._handle = self._ring.handle
         self._inplace_min = self._ring.config.inplace_min
         self.set_protocol(protocol)
@@ -239,11 +242,16 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
 
     # -- writing ---------------------------------------------------------------
     def write(self, data: Any) -> None:
-        if type(data) is bytes and not (self._pending or self._eof_written or self._conn_lost):
+        if type(data) is bytes and self._write_fast:
             # hot path: one call into the core, which copies small writes into
             # the arena and sends large ones in place (bytes are immutable)
             if len(data) >= self._inplace_min:
-                n = self._ring.send_inplace(self._slot, self._gen, data)
+                seg = self._raw_send_ref(self._handle, self._slot, self._gen, data, len(data))
+                if seg >= 0:
+                    self._inplace[seg] = data  # alive until the kernel is done with it
+                    n = len(data)
+                else:
+                    n = self._ring.send_inplace(self._slot, self._gen, data)  # copies or reports
             else:
                 n = self._raw_send(self._handle, self._slot, self._gen, data, len(data))
             if n == len(data):
@@ -283,6 +291,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         self._maybe_pause_protocol()
 
     def _pend(self, data: Any, offset: int) -> None:
+        self._write_fast = False
         chunk = bytes(memoryview(data)[offset:])
         self._pending.append(chunk)
         self._pending_size += len(chunk)
@@ -304,6 +313,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
                 break
             self._pending.popleft()
         if not self._pending:
+            self._write_fast = not (self._eof_written or self._conn_lost)
             if self._eof_written:
                 ring.shutdown(self._slot, self._gen)
             if self._closing and not self._closed_called:
@@ -321,6 +331,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         if self._closing or self._eof_written:
             return
         self._eof_written = True
+        self._write_fast = False
         if not self._pending:
             self._ring.shutdown(self._slot, self._gen)
 
@@ -373,6 +384,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
     def _on_send_error(self, err: int) -> None:
         self._pending.clear()
         self._pending_size = 0
+        self._write_fast = False
         self._fatal_error(_conn_error(-err), "Fatal write error on socket transport")
 
     # -- closing ---------------------------------------------------------------
@@ -388,6 +400,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         if not self._pending:
             if not self._ring.queued(self._slot, self._gen):
                 self._conn_lost += 1  # as asyncio: later writes are dropped, not sent
+                self._write_fast = False
             self._ring.close_conn(self._slot, self._gen, True)
 
     def abort(self) -> None:
@@ -405,6 +418,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         self._pending_size = 0
         self._loop._arena_waiters.pop(self._slot, None)
         self._conn_lost += 1
+        self._write_fast = False
         self._closed_called = True
         self._ring.close_conn(self._slot, self._gen, False)
 

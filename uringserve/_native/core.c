@@ -151,8 +151,8 @@ struct us_ring {
     uint32_t nfree;
     uint32_t nchunks, next;         /* arena chunks, external segments */
     const char **ext_ptr;
-    uint32_t *ext_token, *ext_free, nextfree;
-    uint32_t *released;             /* [count, token...]: the caller empties it */
+    uint32_t *ext_free, nextfree;
+    uint32_t *released;             /* [count, segment...]: the caller empties it */
     int arena_registered, arena_waiting, arena_freed;
     /* completions reaped while waiting for a synchronous op */
     struct us_event *stash;
@@ -312,9 +312,9 @@ static void chunk_maybe_free(struct us_ring *r, uint32_t c)
         return;
     r->ch_detached[c] = 0;
     if (c >= r->nchunks) {
-        /* the kernel is done with the caller's buffer: hand its token back */
+        /* the kernel is done with the caller's buffer: hand its index back */
         uint32_t e = c - r->nchunks;
-        r->released[1 + r->released[0]++] = r->ext_token[e];
+        r->released[1 + r->released[0]++] = e;
         r->ext_free[r->nextfree++] = e;
         r->st.ext_in_use--;
         return;
@@ -1043,7 +1043,7 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
     return (int64_t)copied;
 }
 
-int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len, uint32_t token)
+int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len)
 {
     struct conn *c = conn_get(r, slot, gen);
     if (!c)
@@ -1055,7 +1055,6 @@ int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *
     uint32_t e = r->ext_free[--r->nextfree];
     uint32_t seg = r->nchunks + e;
     r->ext_ptr[e] = data;
-    r->ext_token[e] = token;
     r->ch_next[seg] = NONE;
     r->ch_len[seg] = (uint32_t)len;
     r->ch_refs[seg] = 0;
@@ -1073,7 +1072,7 @@ int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *
         if (err)
             return err;
     }
-    return (int64_t)len;
+    return (int64_t)e;
 }
 
 uint32_t *us_released(struct us_ring *r)
@@ -1343,11 +1342,10 @@ static int setup_arena(struct us_ring *r)
     r->ch_refs = calloc(all, sizeof(uint16_t));
     r->ch_detached = calloc(all, 1);
     r->ext_ptr = calloc(x + 1, sizeof(char *));
-    r->ext_token = calloc(x + 1, sizeof(uint32_t));
     r->ext_free = calloc(x + 1, sizeof(uint32_t));
     r->released = calloc(x + 1, sizeof(uint32_t));
     if (!r->arena || !r->ch_next || !r->ch_len || !r->ch_free || !r->ch_refs || !r->ch_detached ||
-        !r->ext_ptr || !r->ext_token || !r->ext_free || !r->released)
+        !r->ext_ptr || !r->ext_free || !r->released)
         return -ENOMEM;
     for (uint32_t i = 0; i < x; i++)
         r->ext_free[i] = x - 1 - i;
@@ -1469,7 +1467,6 @@ void us_ring_free(struct us_ring *r)
     free(r->ch_refs);
     free(r->ch_detached);
     free(r->ext_ptr);
-    free(r->ext_token);
     free(r->ext_free);
     free(r->released);
     free(r);

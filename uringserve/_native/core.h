@@ -105,10 +105,11 @@ int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen);  /* install a conne
 int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen);
 int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen);
 int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len);
-/* send `data` in place, without copying: the caller keeps it alive and
- * unchanged until `token` appears in us_released(); -ENOBUFS: copy instead */
-int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len, uint32_t token);
-uint32_t *us_released(struct us_ring *r);            /* [count, tokens...]; the caller resets count */
+/* send `data` in place, without copying, as a whole; returns the segment
+ * index (0..ext_segments-1). The caller keeps `data` alive and unchanged
+ * until that index appears in us_released(); -ENOBUFS: copy instead */
+int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len);
+uint32_t *us_released(struct us_ring *r);            /* [count, segments...]; the caller resets count */
 int64_t us_queued(struct us_ring *r, uint32_t slot, uint32_t gen);
 int us_notify_below(struct us_ring *r, uint32_t slot, uint32_t gen, int64_t level);
 int us_shutdown(struct us_ring *r, uint32_t slot, uint32_t gen);          /* after the queue drains */
