@@ -142,15 +142,26 @@ def main() -> int:
                       file=sys.stderr, flush=True)
     print(f"\nmedians over {args.rounds} rounds, {args.conns} connections, ping-pong, "
           f"{args.seconds:g}s each; server on CPU 0, load on CPU 1")
+    print("ratios are CPU per message against the peer; 'paired' is the median of the ratios taken\n"
+          "within each round (runs seconds apart), which resists this machine's drift between rounds")
     for size in sizes:
         med = {n: (statistics.median(x[0] for x in results[(n, size)]),
                    statistics.median(x[1] for x in results[(n, size)])) for n in servers}
+
+        def paired(n: str, peer: str) -> str:
+            if peer not in servers:
+                return "-"
+            r = [a[1] / b[1] for a, b in zip(results[(n, size)], results[(peer, size)])]
+            return f"{statistics.median(r):.2f}x"
+
         print(f"\n{size} B messages")
-        print(f"{'server':22} {'msgs/s':>10} {'CPU us/msg':>11} {'vs uvloop':>10} {'vs c-ref':>9}")
+        print(f"{'server':22} {'msgs/s':>10} {'CPU us/msg':>11} {'vs uvloop':>10} {'paired':>7} "
+              f"{'vs c-ref':>9} {'paired':>7}")
         for n, (rate, cpu) in med.items():
             vu = f"{cpu / med['uvloop'][1]:.2f}x" if "uvloop" in med else "-"
             vc = f"{cpu / med['c-ref'][1]:.2f}x" if "c-ref" in med else "-"
-            print(f"{n:22} {rate:10.0f} {cpu:11.2f} {vu:>10} {vc:>9}")
+            print(f"{n:22} {rate:10.0f} {cpu:11.2f} {vu:>10} {paired(n, 'uvloop'):>7} "
+                  f"{vc:>9} {paired(n, 'c-ref'):>7}")
     return 0
 
 

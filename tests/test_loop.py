@@ -199,3 +199,25 @@ def test_closing_twice_and_running_closed_loop() -> None:
     with pytest.raises(RuntimeError):
         loop.run_until_complete(coro)
     coro.close()
+
+
+def test_fd_closed_while_registered_does_not_spin(h) -> None:
+    """Closing an fd without remove_reader: the loop must not busy-loop on it."""
+    a, b = socket.socketpair()
+    calls: list[int] = []
+
+    async def main() -> None:
+        h.loop.add_reader(a.fileno(), calls.append, 1)
+        fd = a.fileno()
+        a.close()
+        t0 = time.process_time()
+        await asyncio.sleep(0.3)
+        spent = time.process_time() - t0
+        h.loop.remove_reader(fd)
+        assert spent < 0.2, f"loop spun for {spent:.2f}s of CPU while idle"
+
+    try:
+        h.run(main())
+    finally:
+        b.close()
+    assert len(calls) <= 1

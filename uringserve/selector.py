@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from .ring import Ring
 
-POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP = 0x001, 0x002, 0x004, 0x008, 0x010
+POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x001, 0x002, 0x004, 0x008, 0x010, 0x020
 
 
 class _Entry:
@@ -143,11 +143,20 @@ class UringSelector(selectors.BaseSelector):
             entry = entries.get(fd)
             if entry is None or entry.gen != gen:
                 continue  # a poll that was removed or replaced
-            if not more:
+            if res < 0 or res & POLLNVAL:
+                # The poll ended in error: never re-arm (it would fail again at
+                # once, forever). An fd closed while registered (EBADF: the
+                # POLL_ADD reached the kernel after close(); POLLNVAL) is
+                # dropped silently, as epoll drops a closed file.
                 entry.armed = False
-                if res != -errno.ECANCELED:
+                if res in (-errno.ECANCELED, -errno.EBADF) or res >= 0:
+                    continue
+                revents = POLLERR
+            else:
+                if not more:
+                    entry.armed = False
                     self._rearm.append(fd)
-            revents = POLLERR if res < 0 else res
+                revents = res
             events = 0
             if revents & ~POLLOUT:
                 events |= selectors.EVENT_READ

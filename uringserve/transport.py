@@ -177,9 +177,9 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             if kind == 0:
                 self._feed(item)
             elif kind == 1:
-                self._on_eof()
+                self._eof()
             else:
-                self._on_recv_error(item)
+                self._recv_error(item)
         self._update_recv_cb()
 
     def _on_data(self, data: bytes) -> None:
@@ -222,6 +222,9 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         if self._paused or self._held:
             self._held.append((1, None))
             return
+        self._eof()
+
+    def _eof(self) -> None:
         try:
             keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
         except (SystemExit, KeyboardInterrupt):
@@ -238,6 +241,9 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         if self._paused or self._held:
             self._held.append((2, err))
             return
+        self._recv_error(err)
+
+    def _recv_error(self, err: int) -> None:
         self._fatal_error(_conn_error(-err), "Fatal read error on socket transport")
 
     # -- writing ---------------------------------------------------------------
