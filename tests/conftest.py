@@ -96,3 +96,16 @@ def blocking_client(port: int, payload: bytes, expect: int, result: dict, shut: 
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
+
+
+async def serve_and_read(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol]) -> bytes:
+    """Serve `factory` on an ephemeral port, connect once, read to EOF, shut all down."""
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    return data

@@ -17,7 +17,7 @@ import uringserve
 from uringserve import RingConfig
 from uringserve.ring import EV_ACCEPT, EV_CLOSED, EV_RECV, Ring, data_of
 
-from conftest import blocking_client, fd_targets, open_fds
+from conftest import blocking_client, fd_targets, open_fds, serve_and_read
 
 
 class Echo(asyncio.Protocol):
@@ -181,15 +181,7 @@ def test_tiny_send_arena_backpressure_delivers_everything() -> None:
             self.push()
 
     async def main(loop):
-        server = await loop.create_server(Blast, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        data = await r.read()
-        w.close()
-        await w.wait_closed()
-        server.close()
-        await server.wait_closed()
-        return data
+        return await serve_and_read(loop, Blast)
 
     data, stats = run_uring(cfg, main)
     want = b"".join(bytes([i]) * (1 << 20) for i in range(6))
@@ -248,14 +240,7 @@ def test_inplace_sends_hold_bytes_until_the_kernel_is_done(segments: int) -> Non
             transport.close()
 
     async def main(loop):
-        server = await loop.create_server(Sender, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        data = await r.read()
-        w.close()
-        await w.wait_closed()
-        server.close()
-        await server.wait_closed()
+        data = await serve_and_read(loop, Sender)
         return data, sum(x is not None for x in loop.ring.held)
 
     (data, held), stats = run_uring(cfg, main)

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 import uringserve
 from uringserve import RingConfig
 
+from conftest import serve_and_read
+
 write = st.tuples(
     st.sampled_from(["bytes", "bytearray", "memoryview"]),
     st.one_of(st.integers(1, 300), st.integers(3000, 70000)),
@@ -59,20 +61,9 @@ def test_any_write_sequence_arrives_intact(plan) -> None:
                 self.t.write(obj)
             self.loop.call_soon(self.next_burst, i + 1)  # the next burst in a later iteration
 
-    async def main(loop):
-        server = await loop.create_server(Writer, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        data = await r.read()
-        w.close()
-        await w.wait_closed()
-        server.close()
-        await server.wait_closed()
-        return data
-
     loop = uringserve.new_event_loop(CFG)
     try:
-        got = loop.run_until_complete(asyncio.wait_for(main(loop), 30))
+        got = loop.run_until_complete(asyncio.wait_for(serve_and_read(loop, Writer), 30))
         st_ = loop.ring_stats()
         assert sum(x is not None for x in loop.ring.held) == 0
     finally:

@@ -1001,15 +1001,22 @@ int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen)
     return 0;
 }
 
-int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len)
+/* The connection a send may queue on, or NULL with *err set. A CLOSING
+ * connection still takes data: asyncio flushes writes made after close()
+ * while earlier data is still queued. */
+static struct conn *send_conn(struct us_ring *r, uint32_t slot, uint32_t gen, int *err)
 {
     struct conn *c = conn_get(r, slot, gen);
+    *err = !c ? -EBADF : (c->flags & (F_SHUT_PENDING | F_SHUT_DONE)) ? -EPIPE : 0;
+    return *err ? NULL : c;
+}
+
+int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len)
+{
+    int err;
+    struct conn *c = send_conn(r, slot, gen, &err);
     if (!c)
-        return -EBADF;
-    /* a CLOSING connection still takes data: asyncio flushes writes made
-     * after close() while earlier data is still queued */
-    if (c->flags & (F_SHUT_PENDING | F_SHUT_DONE))
-        return -EPIPE;
+        return err;
     size_t copied = 0;
     uint32_t cs = r->cfg.chunk_size;
     while (copied < len) {
@@ -1036,7 +1043,7 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
     }
     c->queued += copied;
     if (c->queued && !(c->flags & F_SEND_INFLIGHT)) {
-        int err = submit_send(r, slot, c);
+        err = submit_send(r, slot, c);
         if (err)
             return err;
     }
@@ -1045,11 +1052,10 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
 
 int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len)
 {
-    struct conn *c = conn_get(r, slot, gen);
+    int err;
+    struct conn *c = send_conn(r, slot, gen, &err);
     if (!c)
-        return -EBADF;
-    if (c->flags & (F_SHUT_PENDING | F_SHUT_DONE))
-        return -EPIPE;
+        return err;
     if (!r->nextfree || len == 0 || len > 0x7fffffff)
         return -ENOBUFS; /* the caller copies instead */
     uint32_t e = r->ext_free[--r->nextfree];
@@ -1068,7 +1074,7 @@ int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *
     c->queued += len;
     r->st.ext_sends++;
     if (!(c->flags & F_SEND_INFLIGHT)) {
-        int err = submit_send(r, slot, c);
+        err = submit_send(r, slot, c);
         if (err)
             return err;
     }
