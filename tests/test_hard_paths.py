@@ -446,3 +446,41 @@ def test_files_beyond_rlimit_nofile_is_a_clear_error() -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     with pytest.raises(OSError, match="RLIMIT_NOFILE"):
         Ring(RingConfig(files=soft + 1000))
+
+
+def test_client_connections_beyond_the_table_fall_back() -> None:
+    """With 2 connection slots, 4 client connections all work: those that find
+    the table full take asyncio's own transport instead of failing."""
+    cfg = RingConfig(files=3, reserved_slots=1)
+
+    async def main(loop):
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        kinds = []
+        conns = []
+        for _ in range(4):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            kinds.append(type(w.transport).__name__)
+            conns.append((r, w))
+        peers = [server.accept()[0] for _ in range(4)]
+        for i, (p, (r, w)) in enumerate(zip(peers, conns)):
+            p.sendall(b"msg %d" % i)
+            assert await r.readexactly(5) == b"msg %d" % i
+            w.write(b"back %d" % i)
+            await w.drain()
+        for i, p in enumerate(peers):
+            assert p.recv(10) == b"back %d" % i
+            p.close()
+        for r, w in conns:
+            assert await r.read() == b""
+            w.close()
+            await w.wait_closed()
+        server.close()
+        return kinds
+
+    kinds, stats = run_uring(cfg, main)
+    assert kinds.count("UringTransport") == 2
+    assert len(kinds) == 4
+    assert stats["slots_used"] == 0

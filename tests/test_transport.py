@@ -578,3 +578,44 @@ def test_server_close_stops_accepting(h) -> None:
             await asyncio.open_connection("127.0.0.1", port)
 
     h.run(main())
+
+
+def test_client_connections_and_connect_accepted_socket(h) -> None:
+    """create_connection/open_connection and connect_accepted_socket (a socket
+    made elsewhere, e.g. by systemd) run on io_uring transports on our loop."""
+    async def main() -> None:
+        server, port = await start(h.loop, Echo)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        if h.uring:
+            from uringserve.transport import UringTransport
+            assert isinstance(w.transport, UringTransport)
+        info = (w.get_extra_info("peername"), w.get_extra_info("sockname"))
+        assert info[0] == ("127.0.0.1", port)
+        assert w.get_extra_info("socket").getsockname() == info[1]
+        w.write(b"x" * 100000)
+        assert await r.readexactly(100000) == b"x" * 100000
+        w.close()
+        await w.wait_closed()
+        await close_server(server)
+
+        # a connected pair made by hand; one end handed to the loop
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        peer = socket.create_connection(lsock.getsockname())
+        accepted, _ = lsock.accept()
+        lsock.close()
+        transport, proto = await h.loop.connect_accepted_socket(Echo, accepted)
+        peer.setblocking(False)
+        await h.loop.sock_sendall(peer, b"hello accepted")
+        got = b""
+        while len(got) < 14:
+            got += await h.loop.sock_recv(peer, 100)
+        assert got == b"hello accepted"
+        transport.close()
+        assert await h.loop.sock_recv(peer, 100) == b""
+        peer.close()
+        await asyncio.sleep(0.05)
+
+    h.run(main())
+    assert not h.errors

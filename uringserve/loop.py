@@ -161,6 +161,38 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         except BaseException as exc:
             t._fatal_error(exc, "Error on transport creation for incoming connection")
 
+    # -- connected sockets (client connections, connect_accepted_socket) ----------
+    def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
+                               extra: Any = None, server: Any = None) -> Any:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM \
+                or self._ring.closed:
+            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+        try:
+            slot, gen = self._ring.adopt(sock.fileno())
+        except OSError as exc:
+            # the connection table is full: this connection takes asyncio's own path
+            logger.debug("io_uring connection table full (%s); using a selector transport", exc)
+            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio does for TCP
+        t = UringTransport(self, slot, gen, protocol, b"", None, server, sock=sock, extra=extra)
+        self._conns[slot] = t
+        self.call_soon(self._start_adopted, t, waiter)
+        return t
+
+    def _start_adopted(self, t: UringTransport, waiter: Any) -> None:
+        # the order asyncio's socket transports keep: connection_made, then
+        # reading, then the waiter
+        try:
+            t._protocol.connection_made(t)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            t._fatal_error(exc, "Exception in callback protocol.connection_made()")
+        if not t._closing and not t._paused:
+            self._ring.recv_start(t._slot, t._gen)
+        if waiter is not None and not waiter.cancelled():
+            waiter.set_result(None)
+
     # -- servers -----------------------------------------------------------------
     def _start_serving(self, protocol_factory: Any, sock: socket.socket, sslcontext: Any = None,
                        server: Any = None, backlog: int = 100, *args: Any, **kwargs: Any) -> None:

@@ -51,7 +51,8 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
     _start_tls_compatible = True
 
     def __init__(self, loop: "UringEventLoop", slot: int, gen: int, protocol: asyncio.BaseProtocol,
-                 peer: bytes, listener_sock: socket.socket | None, server: Any = None) -> None:
+                 peer: bytes, listener_sock: socket.socket | None, server: Any = None, *,
+                 sock: socket.socket | None = None, extra: dict[str, Any] | None = None) -> None:
         super().__init__(None, loop)
         self._loop = loop
         self._ring = loop._ring
@@ -60,8 +61,10 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         self._peer_raw = peer
         self._listener_sock = listener_sock
         self._server = server
-        self._sock_obj: socket.socket | None = None
-        self._extra_cache: dict[str, Any] = {}
+        # an accepted connection has no fd until asked for one; an adopted
+        # socket (client connect, connect_accepted_socket) keeps its own
+        self._sock_obj: socket.socket | None = sock
+        self._extra_cache: dict[str, Any] = dict(extra or {})
         self._closing = False
         self._closed_called = False
         self._conn_lost = 0
@@ -115,7 +118,13 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             return self._extra_cache[name]
         value: Any = default
         if name == "peername":
-            value = sockaddr.parse(self._peer_raw)
+            if self._peer_raw:
+                value = sockaddr.parse(self._peer_raw)
+            else:
+                try:
+                    value = self._sock_obj.getpeername() if self._sock_obj is not None else default
+                except OSError:
+                    value = default
         elif name == "sockname":
             value = self._sockname()
         elif name == "socket":

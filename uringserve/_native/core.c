@@ -56,7 +56,7 @@
 #define BUNDLE_MAX_BUFS 8
 
 enum op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_SENDZC, OP_CLOSE, OP_SHUTDOWN,
-          OP_CANCEL, OP_POLL, OP_POLL_REMOVE, OP_INSTALL, OP_LCLOSE };
+          OP_CANCEL, OP_POLL, OP_POLL_REMOVE, OP_INSTALL, OP_LCLOSE, OP_ADOPT };
 
 #define UD(op, slot, gen, aux) \
     (((uint64_t)(op) << 56) | ((uint64_t)((slot) & 0xFFFFF) << 36) | \
@@ -71,7 +71,7 @@ enum cstate { C_FREE = 0, C_OPEN, C_CLOSING /* close waits for the queue */, C_C
 enum cflag {
     F_RECV_ARMED = 1 << 0, F_RECV_PAUSED = 1 << 1, F_SEND_INFLIGHT = 1 << 2,
     F_NO_ZC = 1 << 3, F_SHUT_PENDING = 1 << 4, F_SHUT_DONE = 1 << 5,
-    F_REARM_Q = 1 << 6, F_EOF = 1 << 7, F_RESERVED = 1 << 8,
+    F_REARM_Q = 1 << 6, F_EOF = 1 << 7,
 };
 
 struct conn {
@@ -408,14 +408,9 @@ static void rearm_later(struct us_ring *r, uint32_t slot, struct conn *c)
     r->rearm[r->nrearm++] = slot;
 }
 
-static void slot_release(struct us_ring *r, uint32_t slot, struct conn *c)
+static void slot_release(struct us_ring *r, struct conn *c)
 {
-    if (c->flags & F_RESERVED) {
-        if (conn_fixed(r))
-            r->lst[slot].used = 0;
-    } else {
-        r->accept_used--;
-    }
+    r->accept_used--;
     c->state = C_FREE;
     c->flags = 0;
 }
@@ -425,7 +420,7 @@ static void issue_close(struct us_ring *r, uint32_t slot, struct conn *c)
     queue_discard(r, c);
     c->gen++;
     c->state = C_CLOSE_WAIT;
-    c->flags &= F_RESERVED;
+    c->flags = 0;
     prep_cancel_fd(r, c->fd, UD(OP_CANCEL, slot, c->gen, 0), 1);
     prep_close_slot(r, c->fd, UD(OP_CLOSE, slot, c->gen, 0));
     r->st.closes++;
@@ -450,12 +445,12 @@ static struct conn *conn_get(struct us_ring *r, uint32_t slot, uint32_t gen)
     return c;
 }
 
-static void conn_init(struct us_ring *r, uint32_t slot, int fd, uint16_t keep)
+static void conn_init(struct us_ring *r, uint32_t slot, int fd)
 {
     struct conn *c = &r->conns[slot];
     c->gen++;
     c->state = C_OPEN;
-    c->flags = keep;
+    c->flags = 0;
     c->head = c->tail = NONE;
     c->head_off = c->inflight_len = 0;
     c->queued = 0;
@@ -618,7 +613,7 @@ static void on_accept(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o
     }
     r->accept_used++;
     r->st.accepts++;
-    conn_init(r, slot, res, 0);
+    conn_init(r, slot, res);
     struct conn *c = &r->conns[slot];
     if (stale) {
         issue_close(r, slot, c);
@@ -809,7 +804,7 @@ static void on_close(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         r->st.stale_cqes++;
         return;
     }
-    slot_release(r, slot, c);
+    slot_release(r, c);
     emit(o, US_EV_CLOSED, slot, (uint16_t)(c->gen - 1), cqe->res);
     rearm_starved(r);
 }
@@ -944,29 +939,46 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
 
 /* ---- connection API ---------------------------------------------------- */
 
+static int sync_op(struct us_ring *r, uint64_t want);
+
+/* A connected socket made elsewhere (a client connect, systemd, another
+ * library) joins the connection table. Fixed files: IORING_OP_FILES_UPDATE
+ * with IORING_FILE_INDEX_ALLOC lets the kernel pick a free slot in the
+ * alloc range; choosing one ourselves could overwrite a slot an accept has
+ * just filled but whose CQE we have not reaped. The caller's fd stays open
+ * and the caller's: the slot holds its own reference. fd mode: the ring
+ * works on its own dup. Receiving starts with us_recv_start(). */
 int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen)
 {
     uint32_t slot;
+    if (!accept_room(r))
+        return -ENFILE;
     if (conn_fixed(r)) {
-        int s = reserve_slot(r);
-        if (s < 0)
-            return s;
-        int err = install_fd(r, (uint32_t)s, fd);
-        if (err) {
-            r->lst[s].used = 0;
-            return err;
-        }
-        close(fd);
-        slot = (uint32_t)s;
-        r->lst[s].active = 0;
-        conn_init(r, slot, (int)slot, F_RESERVED);
+        int fds[1] = { fd };
+        uint64_t ud = UD(OP_ADOPT, 0, 0, 0);
+        struct io_uring_sqe *sqe = prep(r, IORING_OP_FILES_UPDATE, -1, 0, fds, 1, ud);
+        if (!sqe)
+            return -EBUSY;
+        sqe->off = IORING_FILE_INDEX_ALLOC;
+        int res = sync_op(r, ud);
+        if (res < 0)
+            return res;
+        if (res != 1 || fds[0] < 0 || (uint32_t)fds[0] >= r->nconn)
+            return -ENFILE;
+        slot = (uint32_t)fds[0];
+        conn_init(r, slot, (int)slot);
     } else {
-        if (fd < 0 || (uint32_t)fd >= r->nconn)
+        int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (own < 0)
+            return -errno;
+        if ((uint32_t)own >= r->nconn) {
+            close(own);
             return -EMFILE;
-        slot = (uint32_t)fd;
-        r->accept_used++;
-        conn_init(r, slot, fd, 0);
+        }
+        slot = (uint32_t)own;
+        conn_init(r, slot, own);
     }
+    r->accept_used++;
     *gen = r->conns[slot].gen;
     return (int)slot;
 }
@@ -1410,7 +1422,8 @@ struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
     r->nconn = cfg->files;
     r->accept_range = cfg->files - cfg->reserved_slots;
     r->conns = calloc(r->nconn, sizeof(struct conn));
-    r->rearm = calloc(r->nconn, sizeof(uint32_t));
+    /* a slot can sit in the list twice: queued, closed and reused within one batch */
+    r->rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
     r->lst = calloc(cfg->reserved_slots, sizeof(struct listener));
     r->acc = calloc((size_t)cfg->reserved_slots * cfg->accept_depth, sizeof(struct accept_ctx));
     r->stash_cap = (int)cfg->cq_entries + EV_ROOM;
