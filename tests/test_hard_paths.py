@@ -333,6 +333,7 @@ def test_stale_completion_after_close_and_slot_reuse() -> None:
     assert open_fds() == fds
 
 
+@pytest.mark.filterwarnings("ignore:unclosed transport:ResourceWarning")  # left open on purpose
 def test_loop_closed_with_operations_in_flight_leaves_nothing() -> None:
     """Close the loop while connections are mid-transfer: no fd, slot, task or
     pinned page is left behind."""

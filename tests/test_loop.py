@@ -221,3 +221,51 @@ def test_fd_closed_while_registered_does_not_spin(h) -> None:
     finally:
         b.close()
     assert len(calls) <= 1
+
+
+@pytest.mark.filterwarnings("ignore:unclosed:ResourceWarning")  # connections left open on purpose
+@pytest.mark.parametrize("name", ["asyncio", "uring"])
+def test_loop_run_in_another_thread_then_closed_here(name: str) -> None:
+    """asyncio allows creating a loop in one thread, running it in another and
+    closing it in the first. UringEventLoop binds its ring to the thread that
+    runs it: closing from elsewhere works and leaves nothing behind; running it
+    from a second thread is refused with a precise error."""
+    from conftest import LOOPS, fd_targets, open_fds
+    import gc
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, t) -> None:
+            self.t = t
+
+        def data_received(self, d: bytes) -> None:
+            self.t.write(d)
+
+    gc.collect()
+    before = open_fds()
+    loop = LOOPS[name]()
+
+    async def work() -> bytes:
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"ping")
+        got = await r.readexactly(4)
+        srv.close()  # the connections are left open on purpose
+        return got
+
+    out: dict = {}
+    th = threading.Thread(target=lambda: out.update(got=loop.run_until_complete(work())))
+    th.start()
+    th.join(20)
+    assert out["got"] == b"ping"
+    coro = asyncio.sleep(0)
+    if name == "uring":
+        with pytest.raises(RuntimeError, match="bound to the thread that first ran it"):
+            loop.run_until_complete(coro)
+    else:
+        loop.run_until_complete(coro)
+    coro.close()
+    loop.close()
+    gc.collect()
+    leaked = open_fds() - before
+    assert not leaked, fd_targets(leaked)

@@ -15,6 +15,7 @@ import logging
 import socket
 import os
 import sys
+import threading
 from typing import Any, Callable, Coroutine, TypeVar
 
 from . import ring as _ring
@@ -24,6 +25,7 @@ from .transport import UringTransport
 
 logger = logging.getLogger("uringserve")
 T = TypeVar("T")
+SETUP_SINGLE_ISSUER = 1 << 12
 
 _EV_ACCEPT, _EV_RECV, _EV_EOF, _EV_RECV_ERR = _ring.EV_ACCEPT, _ring.EV_RECV, _ring.EV_EOF, _ring.EV_RECV_ERR
 _EV_WRITABLE, _EV_SEND_ERR, _EV_CLOSED = _ring.EV_WRITABLE, _ring.EV_SEND_ERR, _ring.EV_CLOSED
@@ -53,11 +55,25 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         self._listeners: dict[int, _Listener] = {}
         self._listener_by_fd: dict[int, int] = {}
         self._arena_waiters: dict[int, UringTransport] = {}
+        self._owner_thread: int | None = None
+        self._single_issuer = bool(self._ring.stats()["setup_flags"] & SETUP_SINGLE_ISSUER)
         self._iter_heads = EVENT_HEAD.iter_unpack
         self._head_size = ffi.sizeof("struct us_event")
         super().__init__(UringSelector(self._ring, self._dispatch))
         # asyncio always drains its self-pipe, so a multishot poll is safe there
         self._selector.set_multishot(self._ssock.fileno())  # type: ignore[attr-defined]
+
+    def run_forever(self) -> None:
+        owner = self._owner_thread
+        me = threading.get_ident()
+        if owner is None:
+            self._owner_thread = me
+        elif owner != me and self._single_issuer:
+            raise RuntimeError(
+                "this UringEventLoop is bound to the thread that first ran it: its io_uring was "
+                "set up with IORING_SETUP_SINGLE_ISSUER (and DEFER_TASKRUN), so only that thread "
+                "may submit or reap. Run it in that thread, or create a new loop in this one.")
+        super().run_forever()
 
     @property
     def ring(self) -> Ring:
@@ -239,7 +255,9 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             ring.cancel_all()
             conns, self._conns = self._conns, {}
             left = drain(ring, lambda n: None, 2.0)
-            if left:
+            if left < 0:
+                logger.debug("loop closed off its thread: %d operations cancelled by the ring's close", -left)
+            elif left:
                 logger.warning("closing ring with %d operations still in flight", left)
             for t in conns.values():
                 if t._sock_obj is not None:

@@ -213,11 +213,18 @@ class _Map:
 
 
 def drain(ring: Ring, dispatch: Callable[[int], Any], deadline_s: float) -> int:
-    """Reap until nothing is in flight or the deadline passes; returns what is left."""
+    """Reap until nothing is in flight or the deadline passes; returns what is
+    left, negated when this thread may not reap (not the ring's submitter)."""
     end = time.monotonic() + deadline_s
     left = ring.stats()["inflight"]
     while left and time.monotonic() < end:
-        n = ring.wait(0.05)
+        try:
+            n = ring.wait(0.05)
+        except OSError:
+            # EEXIST: not the ring's submitting thread (a loop closed by a
+            # thread other than the one that ran it); closing the ring cancels
+            # what is left, and Ring.close keeps in-place buffers alive
+            return -left
         if n:
             dispatch(n)
         left = ring.stats()["inflight"]

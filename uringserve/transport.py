@@ -35,6 +35,7 @@ import errno
 import logging
 import os
 import socket
+import warnings
 from asyncio import transports
 from typing import TYPE_CHECKING, Any
 
@@ -467,6 +468,12 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             self._server = None
             if server is not None:
                 _server_detach(server, self)
+
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        # as asyncio's transports: a transport dropped while open is a leak
+        if not self._closing:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
 
 
 def _conn_error(err: int) -> OSError:

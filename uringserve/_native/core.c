@@ -110,6 +110,7 @@ struct us_ring {
     int fd, enter_fd;
     unsigned enter_flags;
     int enabled, disabled_setup;
+    pid_t owner;                    /* the thread that enabled the ring and registered its fd */
     uint32_t setup_flags, features;
     /* SQ */
     unsigned *sq_head, *sq_tail, *sq_array, sq_mask, sq_entries;
@@ -186,6 +187,7 @@ static int enable_ring(struct us_ring *r)
     if (r->disabled_setup && sys_register(r->fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
         return -errno;
     r->enabled = 1;
+    r->owner = gettid();
     /* registered ring fds are per thread: register from the submitting one */
     struct io_uring_rsrc_update up = { .offset = (unsigned)-1, .data = (uint64_t)r->fd };
     if (sys_register(r->fd, IORING_REGISTER_RING_FDS, &up, 1) == 1) {
@@ -201,10 +203,15 @@ static int do_enter(struct us_ring *r, unsigned min, unsigned flags, void *arg, 
     int err = enable_ring(r);
     if (err)
         return err;
+    /* another thread (closing a loop another thread ran) cannot use the
+     * owner's registered fd, and under SINGLE_ISSUER the kernel refuses it
+     * with EEXIST, which the caller sees */
+    int other = gettid() != r->owner;
     unsigned submit = r->sqe_tail - r->sqe_submitted;
     __atomic_store_n(r->sq_tail, r->sqe_tail, __ATOMIC_RELEASE);
     r->st.enters++;
-    int ret = sys_enter(r->enter_fd, submit, min, flags | r->enter_flags, arg, argsz);
+    int ret = sys_enter(other ? r->fd : r->enter_fd, submit, min,
+                        flags | (other ? 0 : r->enter_flags), arg, argsz);
     if (ret < 0)
         return -errno;
     r->sqe_submitted += (unsigned)ret;
@@ -1452,7 +1459,8 @@ void us_ring_free(struct us_ring *r)
 {
     if (!r)
         return;
-    if (r->st.registered_ring) {
+    if (r->st.registered_ring && gettid() == r->owner) {
+        /* from another thread the registration stays until the owner thread exits */
         struct io_uring_rsrc_update up = { .offset = (unsigned)r->enter_fd };
         sys_register(r->fd, IORING_UNREGISTER_RING_FDS, &up, 1);
     }
