@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import constants, sslproto
 import socket
 import os
 import sys
@@ -33,13 +34,16 @@ _EV_SHUTDOWN, _EV_POLL, _EV_ARENA = _ring.EV_SHUTDOWN, _ring.EV_POLL, _ring.EV_A
 
 
 class _Listener:
-    __slots__ = ("lid", "sock", "protocol_factory", "server")
+    __slots__ = ("lid", "sock", "protocol_factory", "server", "ssl", "ssl_timeouts")
 
-    def __init__(self, lid: int, sock: socket.socket, protocol_factory: Callable[[], Any], server: Any) -> None:
+    def __init__(self, lid: int, sock: socket.socket, protocol_factory: Callable[[], Any], server: Any,
+                 ssl: Any, ssl_timeouts: dict[str, Any]) -> None:
         self.lid = lid
         self.sock = sock
         self.protocol_factory = protocol_factory
         self.server = server
+        self.ssl = ssl
+        self.ssl_timeouts = ssl_timeouts
 
 
 class UringEventLoop(asyncio.SelectorEventLoop):
@@ -160,6 +164,11 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             return
         try:
             protocol = lst.protocol_factory()
+            if lst.ssl is not None:
+                # TLS is asyncio's own SSLProtocol over this transport
+                waiter = self.create_future()
+                waiter.add_done_callback(_handshake_done)
+                protocol = sslproto.SSLProtocol(self, protocol, lst.ssl, waiter, True, None, **lst.ssl_timeouts)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -195,6 +204,18 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         self.call_soon(self._start_adopted, t, waiter)
         return t
 
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any, waiter: Any = None, *,
+                            server_side: bool = False, server_hostname: str | None = None,
+                            extra: Any = None, server: Any = None,
+                            ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT) -> Any:
+        # asyncio's SSLProtocol over whichever transport _make_socket_transport gives
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
     def _start_adopted(self, t: UringTransport, waiter: Any) -> None:
         # the order asyncio's socket transports keep: connection_made, then
         # reading, then the waiter
@@ -211,11 +232,13 @@ class UringEventLoop(asyncio.SelectorEventLoop):
 
     # -- servers -----------------------------------------------------------------
     def _start_serving(self, protocol_factory: Any, sock: socket.socket, sslcontext: Any = None,
-                       server: Any = None, backlog: int = 100, *args: Any, **kwargs: Any) -> None:
-        if sslcontext is not None or sock.family not in (socket.AF_INET, socket.AF_INET6) \
-                or sock.type != socket.SOCK_STREAM:
-            # TLS and non-TCP listeners keep asyncio's own path for now
-            super()._start_serving(protocol_factory, sock, sslcontext, server, backlog, *args, **kwargs)
+                       server: Any = None, backlog: int = 100,
+                       ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+                       ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT) -> None:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+            # Unix sockets keep asyncio's own path
+            super()._start_serving(protocol_factory, sock, sslcontext, server, backlog,
+                                   ssl_handshake_timeout, ssl_shutdown_timeout)
             return
         fd = sock.fileno()
         if fd in self._listener_by_fd:
@@ -224,7 +247,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         # takes no setsockopt, but Linux copies it from the listener on accept
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         lid = self._ring.listener_add(fd)
-        self._listeners[lid] = _Listener(lid, sock, protocol_factory, server)
+        timeouts = {"ssl_handshake_timeout": ssl_handshake_timeout, "ssl_shutdown_timeout": ssl_shutdown_timeout}
+        self._listeners[lid] = _Listener(lid, sock, protocol_factory, server, sslcontext, timeouts)
         self._listener_by_fd[fd] = lid
         self._ring.listener_start(lid)
 
@@ -264,6 +288,13 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                     t._sock_obj.close()
             self._arena_waiters.clear()
             ring.close()
+
+
+def _handshake_done(waiter: asyncio.Future) -> None:
+    # SSLProtocol has already closed a connection whose handshake failed and
+    # reported it (in debug mode, as asyncio's own accept path does)
+    if not waiter.cancelled():
+        waiter.exception()
 
 
 def new_event_loop(config: RingConfig | None = None) -> UringEventLoop:
