@@ -10,11 +10,18 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # system packages: compiler and headers for the cffi build, taskset for benchmarks
 DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux
+BENCH_DEBS := wrk
 
-.PHONY: run echo test bench deps clean doctor
+.PHONY: run echo test bench bench-uvicorn deps bench-deps apt clean doctor
 
 deps:
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
+
+bench-deps:
+	@$(MAKE) --no-print-directory apt PKGS="$(DEBS) $(BENCH_DEBS)"
+
+apt:
+	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -41,8 +48,11 @@ test: deps $(STAMP)
 doctor: deps $(STAMP)
 	$(VPY) -m uringserve doctor
 
-bench: deps $(STAMP)
+bench: bench-deps $(STAMP)
 	$(VPY) bench/echo_bench.py
+
+bench-uvicorn: bench-deps $(STAMP)
+	$(VPY) bench/uvicorn_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info uringserve/_native/_core*.so bench/build

@@ -19,18 +19,16 @@ everywhere, plain recv instead of the buffer ring, regular fds).
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import socket
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import TICK, cpu_ticks, free_port, stop, summary, wait_listening  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / "build"
-TICK = os.sysconf("SC_CLK_TCK")
 PY = sys.executable
 
 SERVERS = {
@@ -66,30 +64,6 @@ def build() -> None:
                        cwd=ROOT, check=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start listening")
-
-
 def run_one(cmd: list[str], size: int, conns: int, seconds: float) -> tuple[float, float]:
     port = free_port()
     argv = cmd + ([str(port)] if cmd[0].endswith("c_echo") else ["--port", str(port)])
@@ -109,12 +83,7 @@ def run_one(cmd: list[str], size: int, conns: int, seconds: float) -> tuple[floa
         # the window includes connection setup, which is identical for every server
         return msgs / secs, (t1 - t0) / TICK * 1e6 / max(msgs, 1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def main() -> int:
@@ -145,23 +114,9 @@ def main() -> int:
     print("ratios are CPU per message against the peer; 'paired' is the median of the ratios taken\n"
           "within each round (runs seconds apart), which resists this machine's drift between rounds")
     for size in sizes:
-        med = {n: (statistics.median(x[0] for x in results[(n, size)]),
-                   statistics.median(x[1] for x in results[(n, size)])) for n in servers}
-
-        def paired(n: str, peer: str) -> str:
-            if peer not in servers:
-                return "-"
-            r = [a[1] / b[1] for a, b in zip(results[(n, size)], results[(peer, size)])]
-            return f"{statistics.median(r):.2f}x"
-
         print(f"\n{size} B messages")
-        print(f"{'server':22} {'msgs/s':>10} {'CPU us/msg':>11} {'vs uvloop':>10} {'paired':>7} "
-              f"{'vs c-ref':>9} {'paired':>7}")
-        for n, (rate, cpu) in med.items():
-            vu = f"{cpu / med['uvloop'][1]:.2f}x" if "uvloop" in med else "-"
-            vc = f"{cpu / med['c-ref'][1]:.2f}x" if "c-ref" in med else "-"
-            print(f"{n:22} {rate:10.0f} {cpu:11.2f} {vu:>10} {paired(n, 'uvloop'):>7} "
-                  f"{vc:>9} {paired(n, 'c-ref'):>7}")
+        per = {n: results[(n, size)] for n in servers}
+        print(summary(per, list(servers), [p for p in ("uvloop", "c-ref") if p in servers], "msg", "msgs/s"))
     return 0
 
 

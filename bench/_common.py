@@ -1,0 +1,66 @@
+"""Helpers shared by the benchmarks: ports, process CPU time, readiness, summaries."""
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start listening")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def summary(results: dict, names: list[str], peers: list[str], unit: str, rate_name: str) -> str:
+    """Median rate and CPU per unit per name, with ratios to each peer: of
+    the medians, and 'paired' (the median of ratios taken within a round)."""
+    med = {n: (statistics.median(x[0] for x in results[n]), statistics.median(x[1] for x in results[n]))
+           for n in names}
+    head = f"{'server':24} {rate_name:>10} {'CPU us/' + unit:>13}"
+    for p in peers:
+        head += f" {'vs ' + p:>11} {'paired':>7}"
+    lines = [head]
+    for n, (rate, cpu) in med.items():
+        line = f"{n:24} {rate:10.0f} {cpu:13.2f}"
+        for p in peers:
+            if p in med:
+                paired = statistics.median(a[1] / b[1] for a, b in zip(results[n], results[p]))
+                line += f" {cpu / med[p][1]:10.2f}x {paired:6.2f}x"
+            else:
+                line += f" {'-':>11} {'-':>7}"
+        lines.append(line)
+    return "\n".join(lines)
