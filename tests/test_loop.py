@@ -269,3 +269,70 @@ def test_loop_run_in_another_thread_then_closed_here(name: str) -> None:
     gc.collect()
     leaked = open_fds() - before
     assert not leaked, fd_targets(leaked)
+
+
+def test_callback_checks_match_asyncio(h) -> None:
+    """In debug mode call_soon/call_later/call_at refuse coroutines and
+    non-callables with asyncio's messages (outside it asyncio checks nothing,
+    and neither do we); every kind of callable works."""
+    import functools
+
+    async def coro_fn() -> None:
+        pass
+
+    class C:
+        def m(self) -> None:
+            got.append("m")
+
+        async def am(self) -> None:
+            pass
+
+        def __call__(self) -> None:
+            got.append("call")
+
+    got: list = []
+    loop = h.loop
+    loop.set_debug(True)
+    for method, call in (("call_soon", lambda cb: loop.call_soon(cb)),
+                         ("call_at", lambda cb: loop.call_at(loop.time(), cb)),
+                         ("call_later", lambda cb: loop.call_later(0, cb))):
+        name = "call_at" if method == "call_later" else method
+        for bad in (coro_fn, C().am, functools.partial(coro_fn)):
+            with pytest.raises(TypeError, match=f"coroutines cannot be used with {name}"):
+                call(bad)
+        coro = coro_fn()
+        with pytest.raises(TypeError, match=f"coroutines cannot be used with {name}"):
+            call(coro)
+        coro.close()
+        with pytest.raises(TypeError, match=f"a callable object was expected by {name}"):
+            call(42)
+    with pytest.raises(TypeError, match="delay must not be None"):
+        loop.call_later(None, print)
+    loop.set_debug(False)
+    with pytest.raises(TypeError, match="delay must not be None"):
+        loop.call_later(None, print)
+
+    async def main() -> None:
+        fut = loop.create_future()
+        loop.call_soon(C().m)
+        loop.call_soon(C())
+        loop.call_soon(functools.partial(got.append, "partial"))
+        loop.call_soon(got.append, "builtin")
+        loop.call_later(0.01, fut.set_result, "timer")
+        h_ = loop.call_later(0.02, got.append, "cancelled")
+        h_.cancel()
+        assert await fut == "timer"
+        await asyncio.sleep(0.05)
+
+    h.run(main())
+    assert got == ["m", "call", "partial", "builtin"]
+
+
+def test_debug_mode_keeps_source_tracebacks(h) -> None:
+    h.loop.set_debug(True)
+    handle = h.loop.call_soon(print)
+    timer = h.loop.call_later(10, print)
+    assert handle._source_traceback and timer._source_traceback
+    handle.cancel()
+    timer.cancel()
+    h.loop.set_debug(False)

@@ -11,6 +11,7 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from asyncio import constants, sslproto
 import socket
@@ -20,6 +21,7 @@ import threading
 from typing import Any, Callable, Coroutine, TypeVar
 
 from . import ring as _ring
+from . import scheduling
 from .ring import EVENT_HEAD, Ring, RingConfig, ffi
 from .selector import UringSelector, drain
 from .transport import UringTransport
@@ -66,6 +68,30 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         super().__init__(UringSelector(self._ring, self._dispatch))
         # asyncio always drains its self-pipe, so a multishot poll is safe there
         self._selector.set_multishot(self._ssock.fileno())  # type: ignore[attr-defined]
+
+    # -- scheduling: asyncio's own checks run only in debug mode, as in asyncio;
+    # outside it these skip Handle's per-construction get_debug() (see scheduling.py)
+    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        if self._debug or self._closed:
+            return super().call_soon(callback, *args, context=context)
+        handle = scheduling.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
+        if self._debug or self._closed or when is None:
+            return super().call_at(when, callback, *args, context=context)
+        timer = scheduling.TimerHandle(when, callback, args, self, context)
+        heapq.heappush(self._scheduled, timer)
+        timer._scheduled = True
+        return timer
+
+    def call_later(self, delay: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
+        if delay is None:
+            raise TypeError("delay must not be None")
+        if self._debug:
+            return super().call_later(delay, callback, *args, context=context)
+        return self.call_at(self.time() + delay, callback, *args, context=context)
 
     def run_forever(self) -> None:
         owner = self._owner_thread
