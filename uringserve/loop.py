@@ -73,14 +73,20 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     # outside it these skip Handle's per-construction get_debug() (see scheduling.py)
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
         if self._debug or self._closed:
-            return super().call_soon(callback, *args, context=context)
+            handle = super().call_soon(callback, *args, context=context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]  # this frame, as asyncio drops its own
+            return handle
         handle = scheduling.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
     def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
         if self._debug or self._closed or when is None:
-            return super().call_at(when, callback, *args, context=context)
+            timer = super().call_at(when, callback, *args, context=context)
+            if timer._source_traceback:
+                del timer._source_traceback[-1]
+            return timer
         timer = scheduling.TimerHandle(when, callback, args, self, context)
         heapq.heappush(self._scheduled, timer)
         timer._scheduled = True
@@ -90,8 +96,14 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         if delay is None:
             raise TypeError("delay must not be None")
         if self._debug:
-            return super().call_later(delay, callback, *args, context=context)
+            timer = super().call_later(delay, callback, *args, context=context)
+            if timer._source_traceback:
+                del timer._source_traceback[-1]
+            return timer
         return self.call_at(self.time() + delay, callback, *args, context=context)
+
+    def _on_owner_thread(self) -> bool:
+        return self._owner_thread == threading.get_ident()
 
     def run_forever(self) -> None:
         owner = self._owner_thread
@@ -286,6 +298,10 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         del self._listeners[lid]
         if not self._ring.closed:
             self._ring.listener_stop(lid)
+            if self._on_owner_thread():
+                # the accepts and the slot hold the listening socket: cancel and
+                # drop them now, so it is closed when server.close() returns
+                self._ring.flush()
         sock.close()
 
     # -- shutdown ------------------------------------------------------------------

@@ -229,15 +229,21 @@ class Ring:
         """Submit, wait up to `timeout` seconds (None: forever), reap into `events`."""
         ns = -1 if timeout is None else max(0, int(timeout * 1e9))
         n = lib.us_wait(self._ptr, self.events, self.max_events, 1, ns)
+        if self._released[0]:
+            self._drop_released()
         if n < 0:
             raise _oserror(-n, "io_uring_enter")
-        rel = self._released
-        if rel[0]:
-            held = self.held
-            for seg in rel[1:1 + rel[0]].tolist():
-                held[seg] = None
-            rel[0] = 0
         return n
+
+    def _drop_released(self) -> None:
+        """Let go of in-place objects whose sends completed. Must run after
+        every call that can reap (wait, flush, sync ops) and before the next
+        send: the core may hand a released segment index out again."""
+        rel = self._released
+        held = self.held
+        for seg in rel[1:1 + rel[0]].tolist():
+            held[seg] = None
+        rel[0] = 0
 
     # -- listeners and connections ---------------------------------------------
     def listener_add(self, fd: int) -> int:
@@ -249,9 +255,19 @@ class Ring:
     def listener_stop(self, lid: int) -> None:
         check(lib.us_listener_stop(self._ptr, lid), "stop accepting")
 
+    def flush(self) -> None:
+        """Submit queued work and let the kernel run it now. Completions are
+        accounted in the core at once (queued bytes, freed slots) and their
+        events wait for the next wait()."""
+        ret = lib.us_flush(self._ptr)
+        self._drop_released()
+        check(ret, "io_uring_enter")
+
     def adopt(self, fd: int) -> tuple[int, int]:
         gen = ffi.new("uint32_t *")
-        slot = check(lib.us_conn_adopt(self._ptr, fd, gen), "install socket in fixed-file table")
+        ret = lib.us_conn_adopt(self._ptr, fd, gen)
+        self._drop_released()  # a synchronous op reaps
+        slot = check(ret, "install socket in fixed-file table")
         return slot, gen[0]
 
     def recv_start(self, slot: int, gen: int) -> int:
@@ -293,7 +309,9 @@ class Ring:
         return lib.us_close(self._ptr, slot, gen, int(graceful))
 
     def fd_install(self, slot: int, gen: int) -> int:
-        return check(lib.us_fd_install(self._ptr, slot, gen), "IORING_OP_FIXED_FD_INSTALL")
+        ret = lib.us_fd_install(self._ptr, slot, gen)
+        self._drop_released()  # a synchronous op reaps
+        return check(ret, "IORING_OP_FIXED_FD_INSTALL")
 
     # -- readiness for foreign fds ----------------------------------------------
     def poll_add(self, fd: int, mask: int, pid: int, gen: int, multishot: bool) -> None:

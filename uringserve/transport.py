@@ -36,7 +36,7 @@ import logging
 import os
 import socket
 import warnings
-from asyncio import transports
+from asyncio import constants, transports
 from typing import TYPE_CHECKING, Any
 
 from . import sockaddr
@@ -50,6 +50,8 @@ _LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
 
 class UringTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[name-defined]
     _start_tls_compatible = True
+    # loop.sendfile() reads the file and writes it with flow control (no native path yet)
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
 
     def __init__(self, loop: "UringEventLoop", slot: int, gen: int, protocol: asyncio.BaseProtocol,
                  peer: bytes, listener_sock: socket.socket | None, server: Any = None, *,
@@ -363,6 +365,14 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         size = self.get_write_buffer_size()
         if size <= self._high_water or self._protocol_paused:
             return
+        # Sends go to the kernel at the next enter, so this counts data the
+        # stdlib loop would already have written into the socket. Let the
+        # kernel take what it can now, and pause only for what it cannot.
+        if self._loop._on_owner_thread():
+            self._ring.flush()
+            size = self.get_write_buffer_size()
+            if size <= self._high_water:
+                return
         self._protocol_paused = True
         self._ring.notify_below(self._slot, self._gen, self._low_water)
         try:

@@ -155,9 +155,16 @@ struct us_ring {
     uint32_t *ext_free, nextfree;
     uint32_t *released;             /* [count, segment...]: the caller empties it */
     int arena_registered, arena_waiting, arena_freed;
-    /* completions reaped while waiting for a synchronous op */
+    /* Completions reaped outside us_wait() (a synchronous op, us_flush) wait
+     * in the stash. The buffers and plain-recv re-arms they imply are held
+     * until their events have been handed out, then recycled a call later,
+     * like any other batch's. */
     struct us_event *stash;
-    int nstash, stash_cap;
+    int nstash, stash_cap, stashing;
+    uint16_t *held_bufs;
+    uint32_t nheld_bufs;
+    uint32_t *held_rearm;
+    uint32_t nheld_rearm;
     struct us_stats st;
 };
 
@@ -412,7 +419,10 @@ static void rearm_later(struct us_ring *r, uint32_t slot, struct conn *c)
     if (c->flags & (F_REARM_Q | F_RECV_PAUSED | F_EOF))
         return;
     c->flags |= F_REARM_Q;
-    r->rearm[r->nrearm++] = slot;
+    if (r->stashing)
+        r->held_rearm[r->nheld_rearm++] = slot;
+    else
+        r->rearm[r->nrearm++] = slot;
 }
 
 static void slot_release(struct us_ring *r, struct conn *c)
@@ -636,7 +646,10 @@ static void on_accept(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o
 
 static void recycle_buf(struct us_ring *r, uint32_t bid)
 {
-    r->recycle[r->nrecycle++] = (uint16_t)bid;
+    if (r->stashing)
+        r->held_bufs[r->nheld_bufs++] = (uint16_t)bid;
+    else
+        r->recycle[r->nrecycle++] = (uint16_t)bid;
 }
 
 /* The kernel takes buffers from the ring head in order, so every buffer in
@@ -647,7 +660,7 @@ static void grow_bufs(struct us_ring *r)
 {
     uint32_t circulating = r->cfg.buf_count - r->nreserve;
     for (uint32_t i = 0; i < circulating && r->nreserve; i++) {
-        recycle_buf(r, r->reserve[--r->nreserve]);
+        r->recycle[r->nrecycle++] = r->reserve[--r->nreserve]; /* no event refers to these */
         r->st.bufs_out++; /* refill() counts it back in */
     }
 }
@@ -902,11 +915,21 @@ static int cq_ready(struct us_ring *r)
     return *r->cq_head != __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
 }
 
+static void stash_cqe(struct us_ring *r, struct io_uring_cqe *cqe)
+{
+    struct out o = { r->stash, r->nstash, r->stash_cap };
+    r->stashing = 1;
+    process_cqe(r, cqe, &o);
+    r->stashing = 0;
+    r->nstash = o.n;
+}
+
 int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, int64_t timeout_ns)
 {
     struct out o = { ev, 0, max };
     if (max < EV_ROOM)
         return -EINVAL;
+    refill(r); /* what the caller's previous batch held goes back first */
     if (r->nstash) {
         int n = r->nstash < max ? r->nstash : max;
         memcpy(ev, r->stash, (size_t)n * sizeof(*ev));
@@ -914,8 +937,14 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
         r->nstash -= n;
         o.n = n;
         min_complete = 0;
+        if (!r->nstash) { /* all handed out: their buffers come back with this batch's */
+            for (uint32_t i = 0; i < r->nheld_bufs; i++)
+                r->recycle[r->nrecycle++] = r->held_bufs[i];
+            for (uint32_t i = 0; i < r->nheld_rearm; i++)
+                r->rearm[r->nrearm++] = r->held_rearm[i];
+            r->nheld_bufs = r->nheld_rearm = 0;
+        }
     }
-    refill(r);
     if (cq_ready(r))
         min_complete = 0;
     struct __kernel_timespec ts;
@@ -988,6 +1017,24 @@ int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen)
     r->accept_used++;
     *gen = r->conns[slot].gen;
     return (int)slot;
+}
+
+/* Submit what is queued and run pending task work now, without reaping:
+ * for effects the caller needs at once (a listener really closed when
+ * server.close() returns). Completions stay in the CQ for us_wait(). */
+int us_flush(struct us_ring *r)
+{
+    int ret = do_enter(r, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+    if (ret < 0 && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
+        return ret;
+    unsigned head = *r->cq_head;
+    unsigned tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    while (head != tail && r->stash_cap - r->nstash >= EV_ROOM) {
+        stash_cqe(r, &r->cqes[head & r->cq_mask]);
+        head++;
+    }
+    __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    return 0;
 }
 
 int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen)
@@ -1182,9 +1229,7 @@ static int sync_op(struct us_ring *r, uint64_t want)
             } else {
                 if (r->stash_cap - r->nstash < EV_ROOM)
                     break;
-                struct out o = { r->stash, r->nstash, r->stash_cap };
-                process_cqe(r, cqe, &o);
-                r->nstash = o.n;
+                stash_cqe(r, cqe);
             }
             head++;
         }
@@ -1435,7 +1480,13 @@ struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
     r->acc = calloc((size_t)cfg->reserved_slots * cfg->accept_depth, sizeof(struct accept_ctx));
     r->stash_cap = (int)cfg->cq_entries + EV_ROOM;
     r->stash = calloc((size_t)r->stash_cap, sizeof(struct us_event));
-    if (!r->conns || !r->rearm || !r->lst || !r->acc || !r->stash) { e = -ENOMEM; *stage = 7; goto fail; }
+    r->held_rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
+    r->held_bufs = calloc(cfg->buf_count, sizeof(uint16_t));
+    if (!r->conns || !r->rearm || !r->lst || !r->acc || !r->stash || !r->held_rearm || !r->held_bufs) {
+        e = -ENOMEM;
+        *stage = 7;
+        goto fail;
+    }
     e = setup_files(r);
     if (e) { *stage = 3; goto fail; }
     e = setup_bufring(r);
@@ -1485,6 +1536,8 @@ void us_ring_free(struct us_ring *r)
     free(r->lst);
     free(r->acc);
     free(r->stash);
+    free(r->held_bufs);
+    free(r->held_rearm);
     free(r->shadow);
     free(r->recycle);
     free(r->reserve);
