@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # system packages: compiler and headers for the cffi build, taskset for benchmarks
-DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux
+# libpython3.11-testsuite: CPython's test_asyncio, run against the loop by tests/conformance
+DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite
 BENCH_DEBS := wrk
 
-.PHONY: run echo test bench bench-uvicorn deps bench-deps apt clean doctor
+.PHONY: run echo test bench bench-uvicorn conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -44,6 +45,11 @@ echo: run
 
 test: deps $(STAMP)
 	$(VPY) -m pytest -q
+
+# CPython's test_asyncio on the stdlib loop (baseline) and on UringEventLoop
+conformance: deps $(STAMP)
+	$(VPY) tests/conformance/run.py --loop asyncio
+	$(VPY) tests/conformance/run.py --loop uring
 
 doctor: deps $(STAMP)
 	$(VPY) -m uringserve doctor

@@ -619,3 +619,37 @@ def test_client_connections_and_connect_accepted_socket(h) -> None:
 
     h.run(main())
     assert not h.errors
+
+
+def test_writer_that_never_yields_learns_the_peer_is_gone(h) -> None:
+    """A write/drain loop that never blocks (drain() returns at once while not
+    paused) must still fail once the peer has closed (bpo-25441)."""
+    import queue
+    import threading as th
+
+    addr_q: queue.Queue = queue.Queue()
+
+    def server() -> None:
+        with socket.create_server(("127.0.0.1", 0)) as sock:
+            addr_q.put(sock.getsockname())
+            conn, _ = sock.accept()
+            conn.close()
+
+    t = th.Thread(target=server, daemon=True)
+    t.start()
+    addr = addr_q.get()
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection(*addr)
+        try:
+            while True:
+                writer.write(b"foo\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    t0 = time.monotonic()
+    with pytest.raises((ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        h.run(client(), timeout=30)
+    assert time.monotonic() - t0 < 10
+    t.join(5)

@@ -71,7 +71,7 @@ enum cstate { C_FREE = 0, C_OPEN, C_CLOSING /* close waits for the queue */, C_C
 enum cflag {
     F_RECV_ARMED = 1 << 0, F_RECV_PAUSED = 1 << 1, F_SEND_INFLIGHT = 1 << 2,
     F_NO_ZC = 1 << 3, F_SHUT_PENDING = 1 << 4, F_SHUT_DONE = 1 << 5,
-    F_REARM_Q = 1 << 6, F_EOF = 1 << 7,
+    F_REARM_Q = 1 << 6, F_EOF = 1 << 7, F_SEND_BROKEN = 1 << 8,
 };
 
 struct conn {
@@ -777,6 +777,9 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
     c->flags &= ~F_SEND_INFLIGHT;
     int res = cqe->res;
     if (res < 0 && res != -EINTR && res != -EAGAIN) {
+        /* later sends fail at once, as a send() syscall would: a writer
+         * that never yields to the loop still learns of it */
+        c->flags |= F_SEND_BROKEN;
         queue_discard(r, c);
         chunk_maybe_free(r, ch);
         emit(o, US_EV_SEND_ERR, slot, c->gen, res);
@@ -1073,7 +1076,7 @@ int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen)
 static struct conn *send_conn(struct us_ring *r, uint32_t slot, uint32_t gen, int *err)
 {
     struct conn *c = conn_get(r, slot, gen);
-    *err = !c ? -EBADF : (c->flags & (F_SHUT_PENDING | F_SHUT_DONE)) ? -EPIPE : 0;
+    *err = !c ? -EBADF : (c->flags & (F_SHUT_PENDING | F_SHUT_DONE | F_SEND_BROKEN)) ? -EPIPE : 0;
     return *err ? NULL : c;
 }
 
