@@ -36,12 +36,6 @@ class TimerHandle(events.TimerHandle):
 
     def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: Any,
                  context: Any = None) -> None:
-        self._context = _copy_context() if context is None else context
-        self._loop = loop
-        self._callback = callback
-        self._args = args
-        self._cancelled = False
-        self._repr = None
-        self._source_traceback = None
+        Handle.__init__(self, callback, args, loop, context)  # type: ignore[arg-type]  # same slots
         self._when = when
         self._scheduled = False
