@@ -73,20 +73,14 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     # outside it these skip Handle's per-construction get_debug() (see scheduling.py)
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
         if self._debug or self._closed:
-            handle = super().call_soon(callback, *args, context=context)
-            if handle._source_traceback:
-                del handle._source_traceback[-1]  # this frame, as asyncio drops its own
-            return handle
+            return _drop_own_frame(super().call_soon(callback, *args, context=context))
         handle = scheduling.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
     def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
         if self._debug or self._closed or when is None:
-            timer = super().call_at(when, callback, *args, context=context)
-            if timer._source_traceback:
-                del timer._source_traceback[-1]
-            return timer
+            return _drop_own_frame(super().call_at(when, callback, *args, context=context))
         timer = scheduling.TimerHandle(when, callback, args, self, context)
         heapq.heappush(self._scheduled, timer)
         timer._scheduled = True
@@ -96,10 +90,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         if delay is None:
             raise TypeError("delay must not be None")
         if self._debug:
-            timer = super().call_later(delay, callback, *args, context=context)
-            if timer._source_traceback:
-                del timer._source_traceback[-1]
-            return timer
+            return _drop_own_frame(super().call_later(delay, callback, *args, context=context))
         return self.call_at(self.time() + delay, callback, *args, context=context)
 
     def _on_owner_thread(self) -> bool:
@@ -136,9 +127,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         conns = self._conns
         data = self._ring.data_bytes  # data[a:b] is bytes
         polls = None
-        i = -1
-        for kind, slot, res, off, gen, flags in self._iter_heads(self._ring.events_view[:n * self._head_size]):
-            i += 1
+        heads = self._iter_heads(self._ring.events_view[:n * self._head_size])
+        for i, (kind, slot, res, off, gen, flags) in enumerate(heads):
             if kind == _EV_RECV:
                 t = conns.get(slot)
                 if t is None:
@@ -227,8 +217,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     # -- connected sockets (client connections, connect_accepted_socket) ----------
     def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
                                extra: Any = None, server: Any = None) -> Any:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM \
-                or self._ring.closed:
+        if not _is_tcp(sock) or self._ring.closed:
             return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
         try:
             slot, gen = self._ring.adopt(sock.fileno())
@@ -273,7 +262,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                        server: Any = None, backlog: int = 100,
                        ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
                        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT) -> None:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        if not _is_tcp(sock):
             # Unix sockets keep asyncio's own path
             super()._start_serving(protocol_factory, sock, sslcontext, server, backlog,
                                    ssl_handshake_timeout, ssl_shutdown_timeout)
@@ -330,6 +319,18 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                     t._sock_obj.close()
             self._arena_waiters.clear()
             ring.close()
+
+
+def _is_tcp(sock: socket.socket) -> bool:
+    return sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+
+
+def _drop_own_frame(handle: Any) -> Any:
+    # debug mode records where a callback was scheduled; asyncio drops its own
+    # frames from that traceback, and the overrides here drop theirs
+    if handle._source_traceback:
+        del handle._source_traceback[-1]
+    return handle
 
 
 def _handshake_done(waiter: asyncio.Future) -> None:

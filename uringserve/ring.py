@@ -283,18 +283,6 @@ class Ring:
         buf = ffi.from_buffer(data)
         return lib.us_send(self._ptr, slot, gen, buf, len(buf))
 
-    def send_inplace(self, slot: int, gen: int, data: bytes) -> int:
-        """Send immutable `data` without copying it; it is kept alive here
-        until the kernel is done. Falls back to copying when out of segments.
-        Returns the bytes taken, or -errno."""
-        seg = lib.us_send_ref(self._ptr, slot, gen, data, len(data))
-        if seg >= 0:
-            self.held[seg] = data
-            return len(data)
-        if seg == -errno.ENOBUFS:
-            return lib.us_send(self._ptr, slot, gen, data, len(data))
-        return seg
-
     def queued(self, slot: int, gen: int) -> int:
         n = lib.us_queued(self._ptr, slot, gen)
         return n if n > 0 else 0

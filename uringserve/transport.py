@@ -268,8 +268,10 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
                 if seg >= 0:
                     self._inplace[seg] = data  # alive until the kernel is done with it
                     n = len(data)
+                elif seg == -errno.ENOBUFS:  # every segment in flight: copy instead
+                    n = self._raw_send(self._handle, self._slot, self._gen, data, len(data))
                 else:
-                    n = self._ring.send_inplace(self._slot, self._gen, data)  # copies or reports
+                    n = seg
             else:
                 n = self._raw_send(self._handle, self._slot, self._gen, data, len(data))
             if n == len(data):
