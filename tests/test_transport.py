@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import blocking_client
+from conftest import blocking_client, serve_and_read
 
 
 class Echo(asyncio.Protocol):
@@ -286,6 +286,41 @@ def test_close_flushes_then_connection_lost_once(h) -> None:
 
     h.run(main())
     assert [x for x in log if isinstance(x, tuple)] == [("lost", None)]
+
+
+def test_paused_writer_that_closed_writes_last_words_on_resume(h) -> None:
+    """asyncio calls resume_writing() while a closing transport drains, and
+    what the protocol writes then is still sent (TLS sends close_notify so)."""
+    body = b"b" * (4 << 20)
+    events: list = []
+
+    class LastWords(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+            transport.write(body)  # far above high-water: paused
+            events.append("paused" if self.paused else "not paused")
+            transport.close()
+
+        paused = False
+
+        def pause_writing(self) -> None:
+            self.paused = True
+
+        def resume_writing(self) -> None:
+            self.paused = False
+            events.append("resumed")
+            self.transport.write(b"last words")
+
+        def connection_lost(self, exc) -> None:
+            events.append(("lost", exc))
+
+    async def main() -> bytes:
+        return await serve_and_read(h.loop, LastWords)
+
+    data = h.run(main())
+    assert len(data) == len(body) + len(b"last words")
+    assert data.endswith(b"last words") and data[:len(body)] == body
+    assert events == ["paused", "resumed", ("lost", None)]
 
 
 def test_abort_discards_and_reports(h) -> None:

@@ -362,6 +362,9 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
 
     def _on_writable(self) -> None:
         self._maybe_resume_protocol()
+        if self._closing and not self._closed_called and not self._pending:
+            # the core held a flushed close for this wakeup (see us_close)
+            self._ring.close_conn(self._slot, self._gen, True)
 
     def _maybe_pause_protocol(self) -> None:
         size = self.get_write_buffer_size()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODULES = ["test_events", "test_buffered_proto", "test_server", "test_streams", "test_sock_lowlevel",
-           "test_sslproto", "test_sendfile", "test_tasks", "test_taskgroups", "test_timeouts",
+           "test_sslproto", "test_ssl", "test_sendfile", "test_tasks", "test_taskgroups", "test_timeouts",
            "test_waitfor", "test_locks", "test_queues", "test_futures2", "test_context", "test_threads"]
 
 

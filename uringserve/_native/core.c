@@ -807,6 +807,13 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
     if (c->queued) {
         submit_send(r, slot, c);
     } else if (c->state == C_CLOSING) {
+        if (c->notify_at >= 0) {
+            /* a paused writer closed: as with asyncio, it may still write its
+             * last words when resumed (TLS close_notify); Python closes again */
+            c->notify_at = -1;
+            emit(o, US_EV_WRITABLE, slot, c->gen, 0);
+            return;
+        }
         issue_close(r, slot, c);
         return;
     } else if (c->flags & F_SHUT_PENDING) {
