@@ -19,6 +19,7 @@ everywhere, plain recv instead of the buffer ring, regular fds).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -67,7 +68,12 @@ def build() -> None:
 def run_one(cmd: list[str], size: int, conns: int, seconds: float) -> tuple[float, float]:
     port = free_port()
     argv = cmd + ([str(port)] if cmd[0].endswith("c_echo") else ["--port", str(port)])
-    proc = subprocess.Popen(["taskset", "-c", "0", *argv], cwd=ROOT,
+    cwd, env = ROOT, None
+    if cmd[1].startswith("@"):  # uring@DIR: another checkout (before/after a change)
+        cwd = Path(cmd[1][1:])
+        env = {**os.environ, "PYTHONPATH": str(cwd)}
+        argv = [argv[0], *argv[2:]]
+    proc = subprocess.Popen(["taskset", "-c", "0", *argv], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_listening(port, proc)
@@ -97,7 +103,10 @@ def main() -> int:
     args = p.parse_args()
     build()
     known = {**SERVERS, **ABLATIONS, **EXTRA}
-    servers = {k: known[k] for k in args.servers.split(",")}
+    # uring@DIR runs DIR's apps/echo.py and uringserve (build it there with
+    # `python setup.py build_ext --inplace`): a before/after pair in one run
+    servers = {k: known[k] if "@" not in k else [PY, "@" + k.split("@", 1)[1], "apps/echo.py", "--loop", "uring"]
+               for k in args.servers.split(",")}
     if args.ablations:
         servers.update(ABLATIONS)
     sizes = [int(s) for s in args.sizes.split(",")]

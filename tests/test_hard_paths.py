@@ -49,9 +49,9 @@ def run_uring(cfg: RingConfig, main, timeout: float = 60.0):
     finally:
         loop.close()
     gc.collect()
+    assert not errors, errors
     leaked = open_fds() - fds
     assert not leaked, f"fds left open: {fd_targets(leaked)}"
-    assert not errors, errors
     return result, stats
 
 

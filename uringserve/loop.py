@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import io
 import logging
 from asyncio import constants, sslproto
 import socket
 import os
+import stat
 import sys
 import threading
 from typing import Any, Callable, Coroutine, TypeVar
@@ -242,6 +244,46 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: int | None) -> int:
+        """loop.sendfile() on a UringTransport: the file goes through the ring
+        (read into registered memory, sent from there). As asyncio's native
+        path: reading pauses, earlier writes drain first, write() raises while
+        it runs, and the file position ends after the last byte sent."""
+        if not isinstance(transp, UringTransport):
+            raise asyncio.SendfileNotAvailableError("not a uringserve transport")
+        try:
+            fileno = file.fileno()
+            st = os.fstat(fileno)
+        except (AttributeError, io.UnsupportedOperation, OSError) as exc:
+            raise asyncio.SendfileNotAvailableError("not a regular file") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise asyncio.SendfileNotAvailableError("not a regular file")
+        left = max(0, st.st_size - offset)
+        if count:
+            left = min(left, count)
+        if not left:
+            return 0
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._wait_empty()
+        sent = 0
+        base = transp._bytes_sent()
+        transp._set_sendfile_active(True)  # write() refuses until done
+        try:
+            while sent < left:
+                if transp.is_closing():
+                    raise ConnectionError("the transport closed during sendfile()")
+                transp.write_file(fileno, offset + sent, left - sent, owner=file)
+                await transp._wait_empty()  # none free (0 queued): queued sends finish first
+                sent = transp._bytes_sent() - base
+        finally:
+            sent = min(left, transp._bytes_sent() - base)
+            transp._set_sendfile_active(False)
+            if resume_reading:
+                transp.resume_reading()
+            file.seek(offset + sent)
+        return sent
 
     def _start_adopted(self, t: UringTransport, waiter: Any) -> None:
         # the order asyncio's socket transports keep: connection_made, then

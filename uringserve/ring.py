@@ -283,6 +283,37 @@ class Ring:
         buf = ffi.from_buffer(data)
         return lib.us_send(self._ptr, slot, gen, buf, len(buf))
 
+    def send_file(self, slot: int, gen: int, file: int, fixed: bool, offset: int, count: int,
+                  owner: Any) -> int:
+        """Queue `count` bytes of a file from `offset` (read by the ring into
+        registered memory, then sent). `owner` (what keeps `file` open) is held
+        until the core has read it all. Returns 0 or -errno; -ENOBUFS: no
+        segment free, retry later."""
+        seg = lib.us_send_file(self._ptr, slot, gen, file, int(fixed), offset, count)
+        if seg < 0:
+            return seg
+        self.held[seg] = owner
+        return 0
+
+    def file_register(self, fd: int) -> int:
+        """Put a file in the fixed-file table; returns its slot, or -errno
+        (-EOPNOTSUPP without fixed files, -ENFILE when the table is full)."""
+        ret = lib.us_file_register(self._ptr, fd)
+        self._drop_released()  # a synchronous op reaps
+        return ret
+
+    def file_unregister(self, slot: int) -> None:
+        """Give the slot up; it empties once no queued send names it."""
+        check(lib.us_file_unregister(self._ptr, slot), "remove file from fixed-file table")
+
+    def file_hold(self, slot: int, delta: int) -> int:
+        """+1: keep a registered file's slot for a send queued later; -1: done."""
+        return lib.us_file_hold(self._ptr, slot, delta)
+
+    def sent(self, slot: int, gen: int) -> int:
+        """Bytes of this connection the kernel has taken, or -errno."""
+        return lib.us_sent(self._ptr, slot, gen)
+
     def queued(self, slot: int, gen: int) -> int:
         n = lib.us_queued(self._ptr, slot, gen)
         return n if n > 0 else 0

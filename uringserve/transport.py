@@ -46,12 +46,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("uringserve")
 _LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
+_FILE_SEGMENT_MAX = 1 << 30  # the core's segments hold < 2 GiB
 
 
 class UringTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[name-defined]
     _start_tls_compatible = True
-    # loop.sendfile() reads the file and writes it with flow control (no native path yet)
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # loop.sendfile() queues the file in the core, which reads it into
+    # registered memory and sends it from there (UringEventLoop._sendfile_native)
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop: "UringEventLoop", slot: int, gen: int, protocol: asyncio.BaseProtocol,
                  peer: bytes, listener_sock: socket.socket | None, server: Any = None, *,
@@ -79,6 +81,9 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         self._pending_size = 0
         self._eof_written = False
         self._protocol_paused = False
+        self._empty_waiter: asyncio.Future | None = None  # loop.sendfile() waits for the queue to drain
+        self._sendfile_active = False
+        self._sent_final = -1  # bytes sent, kept when the slot goes
         # hot path: bytes handed straight to data_received while nothing is
         # special (not paused, closing or holding data, not a BufferedProtocol)
         self._recv_cb: Any = None
@@ -291,6 +296,8 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof_written:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if self._sendfile_active:
+            raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
         if self._conn_lost:
@@ -322,6 +329,20 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         ring = self._ring
         while self._pending:
             chunk = self._pending[0]
+            if type(chunk) is _FileRange:
+                ret = ring.send_file(self._slot, self._gen, chunk.fd, chunk.fixed, chunk.offset,
+                                     chunk.count, chunk.owner)
+                if ret == -errno.ENOBUFS:  # every segment in flight; they come back as sends finish
+                    self._loop.call_later(0.002, self._flush_pending)
+                    break
+                if chunk.fixed:
+                    ring.file_hold(chunk.fd, -1)
+                if ret < 0:
+                    self._fatal_error(_conn_error(-ret), "Fatal write error on socket transport")
+                    return
+                self._pending_size -= chunk.count
+                self._pending.popleft()
+                continue
             n = ring.send(self._slot, self._gen, chunk)
             if n < 0:
                 self._fatal_error(_conn_error(-n), "Fatal write error on socket transport")
@@ -333,12 +354,85 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
                 break
             self._pending.popleft()
         if not self._pending:
-            self._write_fast = not (self._eof_written or self._conn_lost)
+            self._write_fast = not (self._eof_written or self._conn_lost or self._sendfile_active)
             if self._eof_written:
                 ring.shutdown(self._slot, self._gen)
             if self._closing and not self._closed_called:
                 ring.close_conn(self._slot, self._gen, True)
         self._maybe_resume_protocol()
+
+    def write_file(self, fd: int, offset: int, count: int, *, fixed: bool = False,
+                   owner: Any = None) -> int:
+        """Queue up to `count` bytes of the file `fd` from `offset`, after what
+        was written before and before what is written next, like write(). The
+        ring reads the file into registered memory and sends it from there; no
+        byte passes through Python. `fixed`: `fd` is a fixed-file slot
+        (Ring.file_register). `owner` (what keeps the file open) is held until
+        the core has read the range. Returns the bytes queued: at most 1 GiB
+        per call, 0 when the core has no segment free (then write the bytes
+        instead). Flow control counts these bytes like written ones."""
+        if self._eof_written:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if count <= 0:
+            return 0
+        if self._closing or self._conn_lost:
+            self._conn_lost += 1  # as write(): dropped once the connection is going
+            return count
+        n = min(count, _FILE_SEGMENT_MAX)
+        owner = owner if owner is not None else fd
+        if self._pending:  # behind writes that wait for the arena
+            if fixed and self._ring.file_hold(fd, 1) < 0:
+                raise ValueError(f"fixed-file slot {fd} holds no registered file")
+            self._pending.append(_FileRange(fd, fixed, offset, n, owner))
+            self._pending_size += n
+            self._maybe_pause_protocol()
+            return n
+        ret = self._ring.send_file(self._slot, self._gen, fd, fixed, offset, n, owner)
+        if ret == -errno.ENOBUFS:
+            return 0
+        if ret == -errno.EBADF and fixed:
+            raise ValueError(f"fixed-file slot {fd} holds no registered file")
+        if ret < 0:
+            self._fatal_error(_conn_error(-ret), "Fatal write error on socket transport")
+            return count
+        self._qbound += n
+        self._maybe_pause_protocol()
+        return n
+
+    async def _wait_empty(self) -> None:
+        """Until everything queued has been sent (loop.sendfile()'s contract)."""
+        if self._closed_called:
+            raise ConnectionError("Connection is closed by peer")
+        if not self._pending and not self._ring.queued(self._slot, self._gen):
+            return
+        if self._empty_waiter is None:
+            self._empty_waiter = self._loop.create_future()
+        self._ring.notify_below(self._slot, self._gen, 0)
+        try:
+            await self._empty_waiter
+        finally:
+            self._empty_waiter = None
+
+    def _bytes_sent(self) -> int:
+        if self._sent_final >= 0:
+            return self._sent_final
+        n = self._ring.sent(self._slot, self._gen)
+        return n if n >= 0 else 0
+
+    def _set_sendfile_active(self, active: bool) -> None:
+        self._sendfile_active = active
+        self._write_fast = not (active or self._pending or self._eof_written or self._conn_lost)
+
+    def _wake_empty(self, exc: BaseException | None) -> None:
+        w = self._empty_waiter
+        if w is None or w.done():
+            return
+        if exc is not None:
+            w.set_exception(exc)
+        elif not self._pending and not self._ring.queued(self._slot, self._gen):
+            w.set_result(None)
+        else:
+            self._ring.notify_below(self._slot, self._gen, 0)
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -361,6 +455,8 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         return queued + self._pending_size
 
     def _on_writable(self) -> None:
+        if self._empty_waiter is not None:
+            self._wake_empty(None)
         self._maybe_resume_protocol()
         if self._closing and not self._closed_called and not self._pending:
             # the core held a flushed close for this wakeup (see us_close)
@@ -412,9 +508,15 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         else:
             self._maybe_pause_protocol()
 
-    def _on_send_error(self, err: int) -> None:
+    def _drop_pending(self) -> None:
+        for chunk in self._pending:
+            if type(chunk) is _FileRange and chunk.fixed and not self._ring.closed:
+                self._ring.file_hold(chunk.fd, -1)
         self._pending.clear()
         self._pending_size = 0
+
+    def _on_send_error(self, err: int) -> None:
+        self._drop_pending()
         self._write_fast = False
         self._fatal_error(_conn_error(-err), "Fatal write error on socket transport")
 
@@ -445,12 +547,14 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         self._closing = True
         self._recv_cb = None
         self._held.clear()
-        self._pending.clear()
-        self._pending_size = 0
+        self._drop_pending()
         self._loop._arena_waiters.pop(self._slot, None)
         self._conn_lost += 1
         self._write_fast = False
         self._closed_called = True
+        self._sent_final = self._bytes_sent()
+        if self._empty_waiter is not None:
+            self._wake_empty(exc or ConnectionError("Connection is closed by peer"))
         self._ring.close_conn(self._slot, self._gen, False)
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
@@ -467,6 +571,8 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         self._closing = True
         self._recv_cb = None
         self._loop._arena_waiters.pop(self._slot, None)
+        if self._empty_waiter is not None:
+            self._wake_empty(self._exc or ConnectionError("Connection is closed by peer"))
         if self._sock_obj is not None:
             self._sock_obj.close()
             self._sock_obj = None
@@ -489,6 +595,14 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         # as asyncio's transports: a transport dropped while open is a leak
         if not self._closing:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+
+
+class _FileRange:
+    """A write_file() that waits in _pending behind writes the arena could not take."""
+    __slots__ = ("fd", "fixed", "offset", "count", "owner")
+
+    def __init__(self, fd: int, fixed: bool, offset: int, count: int, owner: Any) -> None:
+        self.fd, self.fixed, self.offset, self.count, self.owner = fd, fixed, offset, count, owner
 
 
 def _conn_error(err: int) -> OSError:

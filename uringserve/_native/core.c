@@ -56,7 +56,8 @@
 #define BUNDLE_MAX_BUFS 8
 
 enum op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_SENDZC, OP_CLOSE, OP_SHUTDOWN,
-          OP_CANCEL, OP_POLL, OP_POLL_REMOVE, OP_INSTALL, OP_LCLOSE, OP_ADOPT };
+          OP_CANCEL, OP_POLL, OP_POLL_REMOVE, OP_INSTALL, OP_LCLOSE, OP_ADOPT, OP_FREAD,
+          OP_FILE, OP_FILE_DROP };
 
 #define UD(op, slot, gen, aux) \
     (((uint64_t)(op) << 56) | ((uint64_t)((slot) & 0xFFFFF) << 36) | \
@@ -72,7 +73,12 @@ enum cflag {
     F_RECV_ARMED = 1 << 0, F_RECV_PAUSED = 1 << 1, F_SEND_INFLIGHT = 1 << 2,
     F_NO_ZC = 1 << 3, F_SHUT_PENDING = 1 << 4, F_SHUT_DONE = 1 << 5,
     F_REARM_Q = 1 << 6, F_EOF = 1 << 7, F_SEND_BROKEN = 1 << 8,
+    F_FREAD = 1 << 9 /* a file read for this conn is in flight */,
+    F_FILL_WAIT = 1 << 10 /* on fillwait: a file read waits for a free chunk */,
+    F_FILE_DROP = 1 << 11 /* C_FILE: unregistered; the slot goes when no segment names it */,
 };
+
+enum cstate_extra { C_FILE = 4 /* the slot holds a registered file, not a connection */ };
 
 struct conn {
     uint16_t gen;
@@ -82,8 +88,11 @@ struct conn {
     uint32_t head_off;   /* bytes of the head chunk already sent */
     uint32_t inflight_len;
     uint64_t queued;
+    uint64_t sent;       /* bytes the kernel took, over the connection's life */
     int64_t notify_at;   /* emit WRITABLE when queued <= this; -1 off */
     int fd;              /* fixed: the slot; fd mode: the fd */
+    uint32_t fseg;       /* the first file segment in the queue, NONE if none */
+    uint32_t fprev;      /* the segment queued just before fseg, NONE if fseg is the head */
     char *rbuf;          /* US_RECV_PLAIN: this slot's buffer in the data region */
 };
 
@@ -151,8 +160,13 @@ struct us_ring {
     uint8_t *ch_detached;
     uint32_t nfree;
     uint32_t nchunks, next;         /* arena chunks, external segments */
-    const char **ext_ptr;
+    const char **ext_ptr;           /* NULL: a file segment, read into chunks on the way */
+    int *ext_fd;                    /* file segments: the file (a fixed slot if ext_ffixed) */
+    uint8_t *ext_ffixed;
+    uint64_t *ext_foff;             /* file segments: the next offset to read */
     uint32_t *ext_free, nextfree;
+    uint32_t *fillwait, nfillwait;  /* conns whose next file read waits for a chunk */
+    int drop_fd;                    /* -1: what a FILES_UPDATE that empties a slot reads */
     uint32_t *released;             /* [count, segment...]: the caller empties it */
     int arena_registered, arena_waiting, arena_freed;
     /* Completions reaped outside us_wait() (a synchronous op, us_flush) wait
@@ -320,6 +334,45 @@ static uint32_t chunk_alloc(struct us_ring *r)
     return c;
 }
 
+static void slot_release(struct us_ring *r, struct conn *c);
+static void rearm_starved(struct us_ring *r);
+
+/* A registered file's slot counts the file segments naming it (in `queued`,
+ * which a file slot does not otherwise use). Unregistering waits for the
+ * count to reach zero, and the slot is emptied by an SQE queued after every
+ * read that names it, so no read can find the slot empty or reused. */
+static void issue_file_drop(struct us_ring *r, uint32_t slot)
+{
+    struct conn *c = &r->conns[slot];
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_FILES_UPDATE, -1, 0, &r->drop_fd, 1,
+                                    UD(OP_FILE_DROP, slot, c->gen, 0));
+    if (sqe)
+        sqe->off = slot;
+}
+
+static void file_unref(struct us_ring *r, uint32_t slot)
+{
+    if (slot >= r->nconn)
+        return;
+    struct conn *c = &r->conns[slot];
+    if (c->state != C_FILE || !c->queued)
+        return;
+    if (--c->queued == 0 && (c->flags & F_FILE_DROP))
+        issue_file_drop(r, slot);
+}
+
+static void on_file_drop(struct us_ring *r, struct io_uring_cqe *cqe)
+{
+    uint32_t slot = UD_SLOT(cqe->user_data);
+    struct conn *c = &r->conns[slot];
+    r->st.files_registered--;
+    if (c->state == C_FILE && c->gen == (uint16_t)UD_GEN(cqe->user_data))
+        slot_release(r, c);
+    else
+        r->accept_used--; /* the kernel already gave the slot to an accept */
+    rearm_starved(r);
+}
+
 static void chunk_maybe_free(struct us_ring *r, uint32_t c)
 {
     if (!r->ch_detached[c] || r->ch_refs[c])
@@ -328,6 +381,8 @@ static void chunk_maybe_free(struct us_ring *r, uint32_t c)
     if (c >= r->nchunks) {
         /* the kernel is done with the caller's buffer: hand its index back */
         uint32_t e = c - r->nchunks;
+        if (!r->ext_ptr[e] && r->ext_ffixed[e])
+            file_unref(r, (uint32_t)r->ext_fd[e]);
         r->released[1 + r->released[0]++] = e;
         r->ext_free[r->nextfree++] = e;
         r->st.ext_in_use--;
@@ -350,11 +405,23 @@ static void queue_discard(struct us_ring *r, struct conn *c)
     c->head = c->tail = NONE;
     c->head_off = 0;
     c->queued = 0;
+    c->fseg = c->fprev = NONE;
+}
+
+static int file_fill(struct us_ring *r, uint32_t slot, struct conn *c);
+static void issue_close(struct us_ring *r, uint32_t slot, struct conn *c);
+static struct conn *conn_get(struct us_ring *r, uint32_t slot, uint32_t gen);
+
+static int is_file_seg(struct us_ring *r, uint32_t ch)
+{
+    return ch >= r->nchunks && r->ext_ptr[ch - r->nchunks] == NULL;
 }
 
 static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
 {
     uint32_t ch = c->head;
+    if (is_file_seg(r, ch))
+        return file_fill(r, slot, c); /* its data is read first; the read's completion sends */
     uint32_t off = c->head_off;
     uint32_t n = r->ch_len[ch] - off;
     int ext = ch >= r->nchunks;
@@ -385,7 +452,152 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
     c->inflight_len = n;
     c->flags |= F_SEND_INFLIGHT;
     r->st.sends++;
+    if (c->fseg != NONE)
+        file_fill(r, slot, c); /* read the next piece while this one is sent */
     return 0;
+}
+
+/* ---- file segments -----------------------------------------------------
+ * A file queued with us_send_file() is a segment without memory. When it is
+ * at the head of its connection's queue, or one chunk behind the head, the
+ * next piece is read into a free arena chunk (READ_FIXED: registered memory)
+ * and that chunk is linked in before the file segment, so it is sent like
+ * any arena chunk (send_zc from the fixed buffer when big enough). At most
+ * one read per connection is in flight; with the chunk being sent that is
+ * double buffering. The chunk being read holds a reference, so a close or a
+ * send error that discards the queue leaves it to the read's completion. */
+
+static void fill_wait(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    if (c->flags & F_FILL_WAIT)
+        return;
+    c->flags |= F_FILL_WAIT;
+    r->fillwait[r->nfillwait++] = slot;
+    r->st.file_waits++;
+}
+
+static int file_fill(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    uint32_t f = c->fseg;
+    if (f == NONE || (c->flags & F_FREAD))
+        return 0;
+    if (!(c->head == f || c->fprev == c->head))
+        return 0; /* enough is read ahead */
+    uint32_t a = chunk_alloc(r);
+    if (a == NONE) {
+        fill_wait(r, slot, c);
+        return 0;
+    }
+    uint32_t e = f - r->nchunks;
+    uint32_t n = r->ch_len[f] < r->cfg.chunk_size ? r->ch_len[f] : r->cfg.chunk_size;
+    char *dst = r->arena + (size_t)a * r->cfg.chunk_size;
+    int fixedbuf = r->arena_registered;
+    struct io_uring_sqe *sqe = prep(r, fixedbuf ? IORING_OP_READ_FIXED : IORING_OP_READ, r->ext_fd[e],
+                                    r->ext_ffixed[e], dst, n, UD(OP_FREAD, slot, c->gen, a));
+    if (!sqe) {
+        r->ch_detached[a] = 1;
+        chunk_maybe_free(r, a);
+        return -EBUSY;
+    }
+    sqe->off = r->ext_foff[e];
+    sqe->buf_index = 0;
+    r->ch_refs[a] = 1;
+    r->ch_detached[a] = 1; /* not queued yet: freed by the completion if the queue is gone */
+    c->flags |= F_FREAD;
+    r->st.file_reads++;
+    return 0;
+}
+
+/* the first file segment after `from` (and the segment before it) */
+static void file_next(struct us_ring *r, struct conn *c, uint32_t from)
+{
+    uint32_t prev = from;
+    for (uint32_t ch = r->ch_next[from]; ch != NONE; prev = ch, ch = r->ch_next[ch])
+        if (is_file_seg(r, ch)) {
+            c->fseg = ch;
+            c->fprev = prev;
+            return;
+        }
+    c->fseg = c->fprev = NONE;
+}
+
+static void send_failed(struct us_ring *r, uint32_t slot, struct conn *c, int res, struct out *o)
+{
+    /* later sends fail at once, as a send() syscall would: a writer
+     * that never yields to the loop still learns of it */
+    c->flags |= F_SEND_BROKEN;
+    queue_discard(r, c);
+    emit(o, US_EV_SEND_ERR, slot, c->gen, res);
+    if (c->state == C_CLOSING)
+        issue_close(r, slot, c);
+}
+
+static void on_fread(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    uint32_t slot = UD_SLOT(ud), a = UD_AUX(ud);
+    struct conn *c = conn_get(r, slot, UD_GEN(ud));
+    r->ch_refs[a]--;
+    if (!c) {
+        r->st.stale_cqes++;
+        chunk_maybe_free(r, a);
+        return;
+    }
+    c->flags &= ~F_FREAD;
+    uint32_t f = c->fseg;
+    if (f == NONE) { /* the queue was discarded meanwhile */
+        chunk_maybe_free(r, a);
+        return;
+    }
+    int res = cqe->res;
+    if (res <= 0) {
+        /* the peer was promised these bytes; a file that shrank (res 0) or
+         * cannot be read ends the connection's sending */
+        chunk_maybe_free(r, a);
+        send_failed(r, slot, c, res < 0 ? res : -ENODATA, o);
+        return;
+    }
+    uint32_t e = f - r->nchunks;
+    r->ch_detached[a] = 0;
+    r->ch_len[a] = (uint32_t)res;
+    r->ch_next[a] = f;
+    if (c->fprev == NONE)
+        c->head = a;
+    else
+        r->ch_next[c->fprev] = a;
+    c->fprev = a;
+    r->ext_foff[e] += (uint64_t)res;
+    r->ch_len[f] -= (uint32_t)res;
+    r->st.file_bytes += (uint64_t)res;
+    if (r->ch_len[f] == 0) { /* all read: the segment leaves the queue */
+        r->ch_next[a] = r->ch_next[f];
+        if (c->tail == f)
+            c->tail = a;
+        r->ch_detached[f] = 1;
+        chunk_maybe_free(r, f); /* hands the segment back: the caller may close the file */
+        file_next(r, c, a);
+    }
+    if (!(c->flags & F_SEND_INFLIGHT))
+        submit_send(r, slot, c);
+    else
+        file_fill(r, slot, c);
+}
+
+static void retry_fills(struct us_ring *r)
+{
+    uint32_t n = r->nfillwait;
+    r->nfillwait = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t slot = r->fillwait[i];
+        struct conn *c = &r->conns[slot];
+        c->flags &= ~F_FILL_WAIT;
+        if ((c->state == C_OPEN || c->state == C_CLOSING) && c->fseg != NONE) {
+            if (c->head == c->fseg && !(c->flags & F_SEND_INFLIGHT))
+                submit_send(r, slot, c);
+            else
+                file_fill(r, slot, c);
+        }
+    }
 }
 
 /* ---- connections ------------------------------------------------------- */
@@ -457,7 +669,9 @@ static struct conn *conn_get(struct us_ring *r, uint32_t slot, uint32_t gen)
     if (slot >= r->nconn)
         return NULL;
     struct conn *c = &r->conns[slot];
-    if (c->state == C_FREE || c->state == C_CLOSE_WAIT || c->gen != (uint16_t)gen)
+    if (c->state != C_OPEN && c->state != C_CLOSING)
+        return NULL;
+    if (c->gen != (uint16_t)gen)
         return NULL;
     return c;
 }
@@ -471,8 +685,10 @@ static void conn_init(struct us_ring *r, uint32_t slot, int fd)
     c->head = c->tail = NONE;
     c->head_off = c->inflight_len = 0;
     c->queued = 0;
+    c->sent = 0;
     c->notify_at = -1;
     c->fd = fd;
+    c->fseg = c->fprev = NONE;
     if (r->cfg.recv_mode == US_RECV_PLAIN)
         c->rbuf = r->bufs + ((size_t)r->cfg.buf_count + slot) * r->cfg.buf_size;
 }
@@ -777,14 +993,8 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
     c->flags &= ~F_SEND_INFLIGHT;
     int res = cqe->res;
     if (res < 0 && res != -EINTR && res != -EAGAIN) {
-        /* later sends fail at once, as a send() syscall would: a writer
-         * that never yields to the loop still learns of it */
-        c->flags |= F_SEND_BROKEN;
-        queue_discard(r, c);
         chunk_maybe_free(r, ch);
-        emit(o, US_EV_SEND_ERR, slot, c->gen, res);
-        if (c->state == C_CLOSING)
-            issue_close(r, slot, c);
+        send_failed(r, slot, c, res, o);
         return;
     }
     if (res > 0) {
@@ -793,6 +1003,7 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
             r->st.send_partial++;
         c->head_off += (uint32_t)res;
         c->queued -= (uint64_t)res;
+        c->sent += (uint64_t)res;
         if (c->head_off == r->ch_len[c->head]) {
             uint32_t old = c->head;
             if (old == c->tail)
@@ -800,6 +1011,8 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
             else
                 c->head = r->ch_next[old];
             c->head_off = 0;
+            if (c->fprev == old)
+                c->fprev = NONE; /* the file segment is the head now */
             r->ch_detached[old] = 1;
             chunk_maybe_free(r, old);
         }
@@ -852,6 +1065,8 @@ static void process_cqe(struct us_ring *r, struct io_uring_cqe *cqe, struct out 
     case OP_SEND:
     case OP_SENDZC: on_send(r, cqe, o); break;
     case OP_CLOSE: on_close(r, cqe, o); break;
+    case OP_FREAD: on_fread(r, cqe, o); break;
+    case OP_FILE_DROP: on_file_drop(r, cqe); break;
     case OP_SHUTDOWN: {
         struct conn *c = conn_get(r, UD_SLOT(ud), UD_GEN(ud));
         if (c)
@@ -974,6 +1189,8 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
     if (ret < 0 && ret != -EINTR && ret != -ETIME && ret != -EBUSY && ret != -EAGAIN)
         return ret;
     reap(r, &o);
+    if (r->nfillwait && r->nfree)
+        retry_fills(r); /* submitted with the next enter */
     if (r->arena_waiting && r->arena_freed && o.n < o.max) {
         r->arena_waiting = 0;
         emit(&o, US_EV_ARENA, 0, 0, (int32_t)r->nfree);
@@ -1157,6 +1374,118 @@ int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *
     return (int64_t)e;
 }
 
+/* Queue `len` bytes of a file from `off`, read by the ring into registered
+ * memory on the way (see "file segments"). `file` is a slot from
+ * us_file_register() (fixed=1) or a plain fd (fixed=0). The caller keeps the
+ * file open until the returned segment index appears in us_released(). */
+int64_t us_send_file(struct us_ring *r, uint32_t slot, uint32_t gen, int file, int fixed,
+                     uint64_t off, uint64_t len)
+{
+    int err;
+    struct conn *c = send_conn(r, slot, gen, &err);
+    if (!c)
+        return err;
+    if (len == 0 || len > 0x7fffffff)
+        return -EINVAL; /* the caller splits big files */
+    /* an unregistered file's slot lives on only while something holds it */
+    if (fixed && (!conn_fixed(r) || (uint32_t)file >= r->nconn || r->conns[file].state != C_FILE ||
+                  ((r->conns[file].flags & F_FILE_DROP) && !r->conns[file].queued)))
+        return -EBADF;
+    if (!r->nextfree)
+        return -ENOBUFS;
+    if (fixed)
+        r->conns[file].queued++;
+    uint32_t e = r->ext_free[--r->nextfree];
+    uint32_t seg = r->nchunks + e;
+    r->ext_ptr[e] = NULL;
+    r->ext_fd[e] = file;
+    r->ext_ffixed[e] = (uint8_t)(fixed != 0);
+    r->ext_foff[e] = off;
+    r->ch_next[seg] = NONE;
+    r->ch_len[seg] = (uint32_t)len;
+    r->ch_refs[seg] = 0;
+    r->ch_detached[seg] = 0;
+    r->st.ext_in_use++;
+    r->st.file_sends++;
+    if (c->tail == NONE)
+        c->head = seg;
+    else
+        r->ch_next[c->tail] = seg;
+    if (c->fseg == NONE) {
+        c->fseg = seg;
+        c->fprev = c->tail;
+    }
+    c->tail = seg;
+    c->queued += len;
+    if (!(c->flags & F_SEND_INFLIGHT)) {
+        err = submit_send(r, slot, c);
+        if (err)
+            return err;
+    } else {
+        file_fill(r, slot, c);
+    }
+    return (int64_t)e;
+}
+
+/* A file joins the fixed-file table (an alloc-range slot, like an adopted
+ * socket), so reads name it by index and skip the fd lookup. The caller's
+ * fd stays the caller's; the slot holds its own reference. */
+int us_file_register(struct us_ring *r, int fd)
+{
+    if (!conn_fixed(r))
+        return -EOPNOTSUPP;
+    if (!accept_room(r))
+        return -ENFILE;
+    int fds[1] = { fd };
+    uint64_t ud = UD(OP_FILE, 0, 0, 0);
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_FILES_UPDATE, -1, 0, fds, 1, ud);
+    if (!sqe)
+        return -EBUSY;
+    sqe->off = IORING_FILE_INDEX_ALLOC;
+    int res = sync_op(r, ud);
+    if (res < 0)
+        return res;
+    if (res != 1 || fds[0] < 0 || (uint32_t)fds[0] >= r->nconn)
+        return -ENFILE;
+    struct conn *c = &r->conns[fds[0]];
+    c->gen++;
+    c->state = C_FILE;
+    c->flags = 0;
+    c->head = c->tail = c->fseg = c->fprev = NONE;
+    c->queued = 0;
+    r->accept_used++;
+    r->st.files_registered++;
+    return fds[0];
+}
+
+/* Keep a registered file's slot (delta +1) for a send the caller will queue
+ * later, or let it go (-1). */
+int us_file_hold(struct us_ring *r, uint32_t slot, int delta)
+{
+    if (slot >= r->nconn || r->conns[slot].state != C_FILE)
+        return -EBADF;
+    if (delta > 0) {
+        if (r->conns[slot].flags & F_FILE_DROP)
+            return -EBADF;
+        r->conns[slot].queued++;
+    } else {
+        file_unref(r, slot);
+    }
+    return 0;
+}
+
+/* The slot empties once no queued file segment names it (see file_unref). */
+int us_file_unregister(struct us_ring *r, uint32_t slot)
+{
+    if (slot >= r->nconn || r->conns[slot].state != C_FILE || (r->conns[slot].flags & F_FILE_DROP))
+        return -EBADF;
+    struct conn *c = &r->conns[slot];
+    c->flags |= F_FILE_DROP;
+    if (!c->queued)
+        issue_file_drop(r, slot);
+    return 0;
+}
+
 uint32_t *us_released(struct us_ring *r)
 {
     return r->released;
@@ -1166,6 +1495,12 @@ int64_t us_queued(struct us_ring *r, uint32_t slot, uint32_t gen)
 {
     struct conn *c = conn_get(r, slot, gen);
     return c ? (int64_t)c->queued : -EBADF;
+}
+
+int64_t us_sent(struct us_ring *r, uint32_t slot, uint32_t gen)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    return c ? (int64_t)c->sent : -EBADF;
 }
 
 int us_notify_below(struct us_ring *r, uint32_t slot, uint32_t gen, int64_t level)
@@ -1422,10 +1757,13 @@ static int setup_arena(struct us_ring *r)
     r->ch_refs = calloc(all, sizeof(uint16_t));
     r->ch_detached = calloc(all, 1);
     r->ext_ptr = calloc(x + 1, sizeof(char *));
+    r->ext_fd = calloc(x + 1, sizeof(int));
+    r->ext_ffixed = calloc(x + 1, 1);
+    r->ext_foff = calloc(x + 1, sizeof(uint64_t));
     r->ext_free = calloc(x + 1, sizeof(uint32_t));
     r->released = calloc(x + 1, sizeof(uint32_t));
     if (!r->arena || !r->ch_next || !r->ch_len || !r->ch_free || !r->ch_refs || !r->ch_detached ||
-        !r->ext_ptr || !r->ext_free || !r->released)
+        !r->ext_ptr || !r->ext_free || !r->released || !r->ext_fd || !r->ext_ffixed || !r->ext_foff)
         return -ENOMEM;
     for (uint32_t i = 0; i < x; i++)
         r->ext_free[i] = x - 1 - i;
@@ -1486,13 +1824,15 @@ struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
     r->conns = calloc(r->nconn, sizeof(struct conn));
     /* a slot can sit in the list twice: queued, closed and reused within one batch */
     r->rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
+    r->fillwait = calloc(2 * (size_t)r->nconn, sizeof(uint32_t)); /* as rearm */
+    r->drop_fd = -1;
     r->lst = calloc(cfg->reserved_slots, sizeof(struct listener));
     r->acc = calloc((size_t)cfg->reserved_slots * cfg->accept_depth, sizeof(struct accept_ctx));
     r->stash_cap = (int)cfg->cq_entries + EV_ROOM;
     r->stash = calloc((size_t)r->stash_cap, sizeof(struct us_event));
     r->held_rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
     r->held_bufs = calloc(cfg->buf_count, sizeof(uint16_t));
-    if (!r->conns || !r->rearm || !r->lst || !r->acc || !r->stash || !r->held_rearm || !r->held_bufs) {
+    if (!r->conns || !r->rearm || !r->fillwait || !r->lst || !r->acc || !r->stash || !r->held_rearm || !r->held_bufs) {
         e = -ENOMEM;
         *stage = 7;
         goto fail;
@@ -1557,6 +1897,10 @@ void us_ring_free(struct us_ring *r)
     free(r->ch_refs);
     free(r->ch_detached);
     free(r->ext_ptr);
+    free(r->ext_fd);
+    free(r->ext_ffixed);
+    free(r->ext_foff);
+    free(r->fillwait);
     free(r->ext_free);
     free(r->released);
     free(r);

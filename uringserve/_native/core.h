@@ -76,6 +76,8 @@ struct us_stats {
     uint32_t setup_flags, features;
     int32_t arena_registered, registered_ring;
     uint32_t ext_in_use;
+    uint32_t files_registered;
+    uint64_t file_sends, file_reads, file_bytes, file_waits;
 };
 
 struct us_ring;
@@ -110,8 +112,18 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
  * index (0..ext_segments-1). The caller keeps `data` alive and unchanged
  * until that index appears in us_released(); -ENOBUFS: copy instead */
 int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len);
+/* send `len` bytes of a file from `off`: read by the ring into registered
+ * memory and sent from there. `file` is a us_file_register() slot (fixed=1)
+ * or an fd. Returns a segment index as us_send_ref does; keep the file open
+ * until it is released. -ENOBUFS: no segment free; -EINVAL: len 0 or > 2 GiB */
+int64_t us_send_file(struct us_ring *r, uint32_t slot, uint32_t gen, int file, int fixed,
+                     uint64_t off, uint64_t len);
+int us_file_register(struct us_ring *r, int fd);      /* >=0 fixed slot, -EOPNOTSUPP without fixed files */
+int us_file_unregister(struct us_ring *r, uint32_t slot);  /* the slot empties when unused */
+int us_file_hold(struct us_ring *r, uint32_t slot, int delta); /* +1/-1: keep the slot for a later send */
 uint32_t *us_released(struct us_ring *r);            /* [count, segments...]; the caller resets count */
 int64_t us_queued(struct us_ring *r, uint32_t slot, uint32_t gen);
+int64_t us_sent(struct us_ring *r, uint32_t slot, uint32_t gen);   /* bytes sent so far */
 int us_notify_below(struct us_ring *r, uint32_t slot, uint32_t gen, int64_t level);
 int us_shutdown(struct us_ring *r, uint32_t slot, uint32_t gen);          /* after the queue drains */
 int us_close(struct us_ring *r, uint32_t slot, uint32_t gen, int graceful);

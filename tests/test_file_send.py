@@ -1,0 +1,276 @@
+"""Files sent through the ring (read into registered memory, sent from
+there): loop.sendfile() on both loops, and UringTransport.write_file() under
+pressure: a tiny arena, a full segment list, a fixed-file table, a file that
+shrinks, a peer that leaves, a close in the middle. Nothing may be left:
+arena chunks, segments, file slots, fds."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+
+import pytest
+
+from uringserve import RingConfig
+
+from conftest import serve_and_read
+from test_hard_paths import run_uring
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 12345)  # not a multiple of any chunk size
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+def test_loop_sendfile_byte_exact_with_offset_count_and_order(h, data_file) -> None:
+    path, data = data_file
+    off, count = 1001, 2 * 1024 * 1024 + 7
+    positions: list = []
+
+    class Sender(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+            asyncio.ensure_future(self.send())
+
+        async def send(self) -> None:
+            self.t.write(b"head:")
+            with open(path, "rb") as f:
+                n = await h.loop.sendfile(self.t, f, off, count)
+                positions.append((n, f.tell()))
+                n2 = await h.loop.sendfile(self.t, f, len(data) - 10)  # to EOF
+                positions.append((n2, f.tell()))
+            self.t.write(b":tail")
+            self.t.close()
+
+    got = h.run(serve_and_read(h.loop, Sender))
+    assert got == b"head:" + data[off:off + count] + data[-10:] + b":tail"
+    assert positions == [(count, off + count), (10, len(data))]
+
+
+def test_loop_sendfile_refuses_write_while_running(h, data_file) -> None:
+    path, data = data_file
+    seen: list = []
+
+    class Sender(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+            asyncio.ensure_future(self.send())
+
+        async def send(self) -> None:
+            with open(path, "rb") as f:
+                task = asyncio.ensure_future(h.loop.sendfile(self.t, f))
+                await asyncio.sleep(0)
+                try:
+                    self.t.write(b"x")
+                except RuntimeError as exc:
+                    seen.append(str(exc))
+                await task
+            self.t.close()
+
+    got = h.run(serve_and_read(h.loop, Sender))
+    assert got == data
+    assert seen == ["unable to write; sendfile is in progress"]
+
+
+def _write_file_server(loop, path: str, *, fixed: bool, copies: int, gap: bytes = b"|"):
+    """A protocol that queues `copies` whole-file sends (fixed slot or fd),
+    with `gap` written between them, then closes."""
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            ring = loop._ring
+            f = open(path, "rb")
+            fd = f.fileno()
+            slot = ring.file_register(fd) if fixed else -1
+            size = os.fstat(fd).st_size
+            for _ in range(copies):
+                queued = 0
+                while queued < size:
+                    n = transport.write_file(slot if fixed else fd, queued, size - queued, fixed=fixed, owner=f)
+                    assert n > 0
+                    queued += n
+                transport.write(gap)
+            transport.close()
+            # the slot and the file may go now: reads in flight hold their own references
+            if fixed:
+                ring.file_unregister(slot)
+            self.f = f
+
+        def connection_lost(self, exc) -> None:
+            self.f.close()
+    return Server
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed-slot", "fd"])
+def test_write_file_tiny_arena_waits_for_chunks(data_file, fixed: bool) -> None:
+    """Two 32 KiB arena chunks for three connections each sending the file
+    twice: reads wait for free chunks (file_waits > 0), every byte arrives
+    in order, and the arena, segments and file slots all come back."""
+    path, data = data_file
+    cfg = RingConfig(arena_bytes=64 * 1024, chunk_size=32 * 1024)
+
+    async def main(loop):
+        server = await loop.create_server(_write_file_server(loop, str(path), fixed=fixed, copies=2),
+                                          "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def one() -> str:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            body = await r.read()
+            w.close()
+            await w.wait_closed()
+            return hashlib.sha256(body).hexdigest()
+        digests = await asyncio.gather(*(one() for _ in range(3)))
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        return digests, loop.ring_stats()
+
+    (digests, st), _ = run_uring(cfg, main)
+    want = hashlib.sha256(data + b"|" + data + b"|").hexdigest()
+    assert digests == [want] * 3
+    assert st["file_waits"] > 0 and st["file_bytes"] == 6 * len(data)
+    assert st["arena_in_use"] == 0 and st["ext_in_use"] == 0 and st["files_registered"] == 0
+
+
+def test_write_file_falls_back_when_no_segment_is_free(data_file) -> None:
+    path, data = data_file
+    cfg = RingConfig(ext_segments=2)
+    refused: list = []
+
+    async def main(loop):
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                self.f = f = open(path, "rb")  # open until the connection is done
+                fd = f.fileno()
+                for i in range(3):
+                    n = transport.write_file(fd, 0, 100, owner=f)
+                    if n == 0:  # the documented answer: write the bytes instead
+                        refused.append(i)
+                        transport.write(os.pread(fd, 100, 0))
+                transport.close()
+
+            def connection_lost(self, exc) -> None:
+                self.f.close()
+        return await serve_and_read(loop, Server)
+
+    got, st = run_uring(cfg, main)
+    assert got == data[:100] * 3
+    assert refused == [2]
+    assert st["ext_in_use"] == 0
+
+
+def test_file_that_shrinks_mid_send_ends_the_connection(tmp_path) -> None:
+    """The peer was promised the bytes: a short read is a send error
+    (ENODATA), the connection closes and nothing is left behind."""
+    path = tmp_path / "shrinks.bin"
+    path.write_bytes(b"a" * 100_000)
+    lost: list = []
+
+    async def main(loop):
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                self.f = open(path, "rb")
+                transport.write_file(self.f.fileno(), 0, 400_000, owner=self.f)  # more than there is
+
+            def connection_lost(self, exc) -> None:
+                self.f.close()
+                lost.append(exc)
+        return await serve_and_read(loop, Server)
+
+    got, st = run_uring(RingConfig(), main)
+    assert got == b"a" * 100_000
+    assert len(lost) == 1 and isinstance(lost[0], OSError) and lost[0].errno == 61  # ENODATA
+    assert st["arena_in_use"] == 0 and st["ext_in_use"] == 0
+
+
+def test_peer_leaving_mid_file_and_abort_leave_nothing(data_file) -> None:
+    path, data = data_file
+    big = 64 * 1024 * 1024
+
+    async def main(loop):
+        transports: list = []
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                transports.append(transport)
+                self.f = f = open(path, "rb")
+                for _ in range(big // len(data)):
+                    transport.write_file(f.fileno(), 0, len(data), owner=f)
+
+            def connection_lost(self, exc) -> None:
+                self.f.close()
+
+        server = await loop.create_server(Server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        # one peer reads a little and resets; another is aborted by the server
+        s1 = socket.create_connection(("127.0.0.1", port))
+        s2 = socket.create_connection(("127.0.0.1", port))
+        await asyncio.sleep(0.1)
+        s1.recv(65536)
+        s1.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s1.close()
+        transports[1].abort()
+        await asyncio.sleep(0.2)
+        s2.close()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        return loop.ring_stats()
+
+    st, _ = run_uring(RingConfig(), main)
+    assert st["arena_in_use"] == 0 and st["ext_in_use"] == 0 and st["slots_used"] == 0
+
+
+def test_write_file_flow_control_pauses_and_resumes(data_file) -> None:
+    path, data = data_file
+    events: list = []
+
+    async def main(loop):
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                self.f = open(path, "rb")
+                transport.write_file(self.f.fileno(), 0, len(data), owner=self.f)
+                transport.close()
+
+            def pause_writing(self) -> None:
+                events.append("pause")
+
+            def resume_writing(self) -> None:
+                events.append("resume")
+
+            def connection_lost(self, exc) -> None:
+                self.f.close()
+        return await serve_and_read(loop, Server)
+
+    got, _ = run_uring(RingConfig(), main)
+    assert got == data
+    assert events == ["pause", "resume"]
+
+
+def test_file_register_needs_fixed_files_and_room(tmp_path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+
+    async def main(loop):
+        with open(path, "rb") as f:
+            return loop._ring.file_register(f.fileno())
+
+    ret, _ = run_uring(RingConfig(fixed_files=False), main)
+    assert ret == -95  # EOPNOTSUPP: the caller uses the fd
+
+    async def fill(loop):
+        with open(path, "rb") as f:
+            slots = [loop._ring.file_register(f.fileno()) for _ in range(4)]
+            for s in slots:
+                if s >= 0:
+                    loop._ring.file_unregister(s)
+            await asyncio.sleep(0.02)  # the slots empty by an SQE, after anything queued
+            return slots, loop.ring_stats()["slots_used"]
+
+    (slots, used), _ = run_uring(RingConfig(files=4, reserved_slots=1), fill)
+    assert [s >= 0 for s in slots] == [True, True, True, False] and slots[3] == -23  # ENFILE
+    assert used == 0
