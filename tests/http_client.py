@@ -1,0 +1,125 @@
+"""A raw HTTP/1.1 test client: sends exact bytes (whole, or one byte per
+send), parses responses with httptools, and reports whether the server
+closed the connection afterwards."""
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+
+import httptools
+
+
+@dataclass
+class Resp:
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    raw_head: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.done: list[Resp] = []
+        self.cur = Resp()
+        self.parser: httptools.HttpResponseParser | None = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.cur.raw_head.append((name, value))
+        k = name.decode("latin-1").lower()
+        self.cur.headers[k] = (self.cur.headers[k] + ", " if k in self.cur.headers else "") + value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        self.cur.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.cur.body += body
+
+    def on_message_complete(self) -> None:
+        self.done.append(self.cur)
+        self.cur = Resp()
+
+
+@dataclass
+class Result:
+    responses: list[Resp]
+    closed: bool
+    raw: bytes
+
+
+def exchange(port: int, data: bytes, *, responses: int = 1, bytewise: bool = False, head_for: set[int] | None = None,
+             timeout: float = 10.0, close_wait: float = 0.1, pause: float = 0.0) -> Result:
+    """Send `data`, read `responses` responses (HEAD responses have no body:
+    list their indexes in head_for), then see whether the server closes
+    within `close_wait` seconds."""
+    col = _Collector()
+    col.parser = httptools.HttpResponseParser(col)
+    head_for = head_for or set()
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    raw = bytearray()
+    closed = False
+    try:
+        try:
+            if bytewise:
+                for i in range(len(data)):
+                    s.send(data[i:i + 1])
+                    if pause:
+                        time.sleep(pause)
+            else:
+                s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before all was sent
+        deadline = time.monotonic() + timeout
+        while len(col.done) < responses and time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                closed = True
+                try:
+                    col.parser.feed_data(b"")  # a close-delimited body ends here
+                except httptools.HttpParserError:
+                    pass
+                if col.cur.status and len(col.done) < responses:
+                    col.done.append(col.cur)
+                break
+            raw += chunk
+            _feed(col, chunk, head_for)
+        if not closed:
+            s.settimeout(close_wait)
+            try:
+                extra = s.recv(65536)
+                closed = extra == b""
+                raw += extra
+            except socket.timeout:
+                closed = False
+            except ConnectionResetError:
+                closed = True
+    finally:
+        s.close()
+    return Result(col.done, closed, bytes(raw))
+
+
+def _feed(col: _Collector, data: bytes, head_for: set[int]) -> None:
+    """Feed response bytes; a HEAD response (its index in head_for) ends at its blank line."""
+    if len(col.done) in head_for:
+        end = data.find(b"\r\n\r\n")
+        assert end >= 0, "tests send HEAD responses whole"
+        p = httptools.HttpResponseParser(col)
+        col.parser = p
+        p.feed_data(data[:end + 4])
+        if col.cur.status:
+            col.done.append(col.cur)
+            col.cur = Resp()
+        col.parser = httptools.HttpResponseParser(col)
+        data = data[end + 4:]
+        if not data:
+            return
+    assert col.parser is not None
+    col.parser.feed_data(data)

@@ -1,0 +1,369 @@
+"""uringserve.http end to end, on the stdlib loop and on UringEventLoop:
+keep-alive, pipelining, HTTP/1.0, bodies both ways, 100-continue, HEAD,
+every limit and timeout with its status and whether the connection stays
+open, smuggling attempts, handler errors, graceful shutdown. Requests are
+sent whole and byte by byte."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from uringserve.http import HTTPConfig, HTTPServer, Request, Response, StreamingResponse
+
+from http_client import exchange
+
+H = b"Host: t\r\n"
+
+
+async def app(req: Request) -> Any:
+    """The test handler (async: runs as a task, streams bodies)."""
+    path = req.raw_path
+    if path == b"/":
+        return Response(b"hello")
+    if path == b"/echo":
+        return Response(await req.body(), content_type="application/octet-stream")
+    if path == b"/count":  # reads the body as it streams, answers with its size
+        n = 0
+        async for chunk in req.stream():
+            n += len(chunk)
+        return Response(str(n))
+    if path == b"/ignore-body":
+        return Response(b"not read")
+    if path.startswith(b"/sleep/"):
+        await asyncio.sleep(int(path[7:]) / 1000)
+        return Response(path)
+    if path == b"/boom":
+        raise ValueError("handler bug")
+    if path == b"/boom-late":
+        return StreamingResponse(_fail_after_first())
+    if path == b"/stream":
+        return StreamingResponse(_parts(), content_type="text/plain")
+    if path == b"/headers":
+        return Response("|".join(f"{k}={v}" for k, v in req.headers.items()))
+    return Response(b"nope", status=404)
+
+
+async def _parts():
+    for i in range(5):
+        yield b"part%d;" % i
+        await asyncio.sleep(0)
+
+
+async def _fail_after_first():
+    yield b"first"
+    raise RuntimeError("stream broke")
+
+
+def sync_app(req: Request) -> Any:
+    """A plain function: runs without a task, gets the whole body."""
+    if req.raw_path == b"/echo":
+        return Response(req.content)
+    if req.raw_path == b"/boom":
+        raise ValueError("sync handler bug")
+    return b"sync:" + req.raw_path
+
+
+def run(h, handler, client, config: HTTPConfig | None = None, **kw) -> Any:
+    """Serve `handler`, run the blocking `client(port)` in a thread, shut down."""
+    async def main() -> Any:
+        srv = HTTPServer(handler, config=config, **kw)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.to_thread(client, port)
+        finally:
+            await srv.shutdown(timeout=2)
+    return h.run(main(), timeout=60)
+
+
+def handler_errors(h) -> list:
+    return [e for e in h.errors if "HTTP handler failed" in e.get("message", "")]
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_keep_alive_and_pipelined_responses_in_order(h, bytewise: bool) -> None:
+    # the first request takes longest: its response must still come first
+    reqs = (b"GET /sleep/150 HTTP/1.1\r\n" + H + b"\r\n" + b"GET /sleep/1 HTTP/1.1\r\n" + H + b"\r\n"
+            + b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc" + b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+    r = run(h, app, lambda port: exchange(port, reqs, responses=4, bytewise=bytewise))
+    assert [x.body for x in r.responses] == [b"/sleep/150", b"/sleep/1", b"abc", b"hello"]
+    assert all(x.status == 200 for x in r.responses)
+    assert not r.closed  # keep-alive
+    first = r.responses[0]
+    assert first.header("content-length") == "10" and first.header("server") == "uringserve"
+    assert first.header("date").endswith(" GMT")
+
+
+def test_plain_function_handler_fast_path(h) -> None:
+    reqs = (b"GET /x HTTP/1.1\r\n" + H + b"\r\n" + b"POST /echo HTTP/1.1\r\n" + H
+            + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"
+            + b"GET /boom HTTP/1.1\r\n" + H + b"\r\n" + b"GET /y HTTP/1.1\r\n" + H + b"\r\n")
+    r = run(h, sync_app, lambda port: exchange(port, reqs, responses=4))
+    assert [(x.status, x.body) for x in r.responses][:2] == [(200, b"sync:/x"), (200, b"abc")]
+    assert r.responses[2].status == 500 and r.responses[3].body == b"sync:/y"  # still usable after a 500
+    assert not r.closed
+    assert len(handler_errors(h)) == 1
+
+
+def test_http_1_0_with_and_without_keep_alive(h) -> None:
+    r = run(h, app, lambda port: exchange(port, b"GET / HTTP/1.0\r\n\r\n"))
+    assert r.responses[0].body == b"hello" and r.closed
+    assert r.responses[0].header("connection") == "close"
+    r = run(h, app, lambda port: exchange(port, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" * 2,
+                                          responses=2))
+    assert [x.body for x in r.responses] == [b"hello", b"hello"] and not r.closed
+    assert r.responses[0].header("connection") == "keep-alive"
+
+
+def test_connection_close_is_honoured(h) -> None:
+    r = run(h, app, lambda port: exchange(port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"))
+    assert r.responses[0].status == 200 and r.closed
+    assert r.responses[0].header("connection") == "close"
+
+
+def test_streaming_request_and_response_bodies(h) -> None:
+    body = bytes(range(256)) * 2000  # 512 000 bytes, under the 1 MiB default limit
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 70000]), body[i:i + 70000])
+                       for i in range(0, len(body), 70000)) + b"0\r\n\r\n"
+    reqs = (b"POST /count HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n" + chunked
+            + b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(body) + body
+            + b"GET /stream HTTP/1.1\r\n" + H + b"\r\n")
+    r = run(h, app, lambda port: exchange(port, reqs, responses=3))
+    assert r.responses[0].body == str(len(body)).encode()
+    assert r.responses[1].body == body
+    assert r.responses[2].body == b"part0;part1;part2;part3;part4;"
+    assert r.responses[2].header("transfer-encoding") == "chunked"
+    assert r.responses[2].header("content-length") is None
+    # HTTP/1.0 gets the stream close-delimited
+    r = run(h, app, lambda port: exchange(port, b"GET /stream HTTP/1.0\r\n\r\n"))
+    assert r.responses[0].body == b"part0;part1;part2;part3;part4;" and r.closed
+    assert r.responses[0].header("transfer-encoding") is None
+
+
+def test_expect_100_continue(h) -> None:
+    req = b"POST /echo HTTP/1.1\r\n" + H + b"Expect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+
+    def client(port: int):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(req)
+        interim = s.recv(100)
+        s.sendall(b"data")
+        rest = b""
+        while b"data" not in rest:
+            rest += s.recv(1000)
+        s.close()
+        return interim, rest
+    interim, rest = run(h, app, client)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b"data")
+
+    # a handler that answers without reading: no 100, and the unread body closes the connection
+    req2 = b"POST /ignore-body HTTP/1.1\r\n" + H + b"Expect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+    r = run(h, app, lambda port: exchange(port, req2))
+    assert b"100 Continue" not in r.raw
+    assert r.responses[0].body == b"not read" and r.closed
+    assert r.responses[0].header("connection") == "close"
+
+
+def test_head_has_headers_but_no_body(h) -> None:
+    r = run(h, app, lambda port: exchange(port, b"HEAD / HTTP/1.1\r\n" + H + b"\r\n" + b"GET / HTTP/1.1\r\n" + H
+                                          + b"\r\n", responses=2, head_for={0}))
+    assert r.responses[0].status == 200 and r.responses[0].header("content-length") == "5"
+    assert r.responses[0].body == b"" and r.responses[1].body == b"hello"
+    assert r.raw.count(b"hello") == 1
+
+
+def test_server_header_is_configurable(h) -> None:
+    r = run(h, app, lambda port: exchange(port, b"GET / HTTP/1.1\r\n" + H + b"\r\n"),
+            config=HTTPConfig(server_header=None))
+    assert r.responses[0].header("server") is None
+    r = run(h, app, lambda port: exchange(port, b"GET / HTTP/1.1\r\n" + H + b"\r\n"),
+            config=HTTPConfig(server_header="demo/1"))
+    assert r.responses[0].header("server") == "demo/1"
+
+
+def test_handler_exceptions(h) -> None:
+    r = run(h, app, lambda port: exchange(port, b"GET /boom HTTP/1.1\r\n" + H + b"\r\n" + b"GET / HTTP/1.1\r\n" + H
+                                          + b"\r\n", responses=2))
+    assert r.responses[0].status == 500 and r.responses[1].body == b"hello" and not r.closed
+    # after the response started, the only honest answer is to cut the connection
+    r = run(h, app, lambda port: exchange(port, b"GET /boom-late HTTP/1.1\r\n" + H + b"\r\n"))
+    assert r.closed and b"first" in r.raw and b"0\r\n\r\n" not in r.raw
+    assert len(handler_errors(h)) == 2
+
+
+SMALL = HTTPConfig(max_header_bytes=300, max_headers=6, max_target_bytes=64, max_body_bytes=100)
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+@pytest.mark.parametrize("req,status", [
+    (b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n" + H + b"\r\n", 414),
+    (b"GET / HTTP/1.1\r\n" + H + b"X: " + b"v" * 400 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\n" + H + b"".join(b"X%d: v\r\n" % i for i in range(8)) + b"\r\n", 431),
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 101\r\n\r\n" + b"x" * 101, 413),
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n40\r\n" + b"x" * 64 + b"\r\n40\r\n"
+     + b"x" * 64 + b"\r\n0\r\n\r\n", 413),
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nz\r\n", 400),
+    (b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n folded\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\n" + H + b"\n", 400),
+    (b"garbage\r\n\r\n", 400),
+    (b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
+])
+def test_limits_and_malformed_requests_answer_then_close(h, req: bytes, status: int, bytewise: bool) -> None:
+    r = run(h, app, lambda port: exchange(port, req, bytewise=bytewise), config=SMALL)
+    assert [x.status for x in r.responses] == [status]
+    assert r.responses[0].header("connection") == "close"
+    assert r.closed
+
+
+def test_smuggled_request_is_never_answered(h) -> None:
+    """CL.TE: a front end honouring Content-Length would forward the
+    second request inside the first's body; we refuse the first and close."""
+    smuggle = (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 35\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"0\r\n\r\nGET /boom HTTP/1.1\r\n" + H + b"\r\n")
+    r = run(h, app, lambda port: exchange(port, smuggle, responses=2))
+    assert [x.status for x in r.responses] == [400] and r.closed
+    assert not handler_errors(h)
+
+
+def test_errors_after_pipelined_requests_come_in_order(h) -> None:
+    reqs = b"GET /sleep/50 HTTP/1.1\r\n" + H + b"\r\n" + b"GET / HTTP/9.9\r\n" + H + b"\r\n"
+    r = run(h, app, lambda port: exchange(port, reqs, responses=2))
+    assert [x.status for x in r.responses] == [200, 505] and r.closed
+
+
+FAST = HTTPConfig(header_timeout=0.3, body_timeout=0.3, keepalive_timeout=0.3)
+
+
+def test_slow_request_head_gets_408(h) -> None:
+    def client(port: int):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        t0 = time.monotonic()
+        s.sendall(b"GET / HTTP/1.1\r\n")
+        for _ in range(5):  # a byte now and then does not extend the deadline
+            time.sleep(0.1)
+            try:
+                s.sendall(b"X")
+            except OSError:
+                break
+        data = b""
+        while True:
+            chunk = s.recv(1000)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        return data, time.monotonic() - t0
+    data, took = run(h, app, client, config=FAST)
+    assert data.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in data
+    assert took < 2
+
+
+def test_idle_keep_alive_connection_closes_silently(h) -> None:
+    def client(port: int):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        data = b""
+        t0 = time.monotonic()
+        while True:
+            chunk = s.recv(1000)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        return data, time.monotonic() - t0
+    data, took = run(h, app, client, config=FAST)
+    assert data.count(b"HTTP/1.1") == 1 and data.endswith(b"hello")  # no 408 for an idle connection
+    assert 0.2 < took < 2
+
+    # a new connection that sends nothing is closed too
+    def silent(port: int) -> bytes:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        data = s.recv(1000)
+        s.close()
+        return data
+    assert run(h, app, silent, config=FAST) == b""
+
+
+def test_stalled_request_body_gets_408(h) -> None:
+    def client(port: int):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 10\r\n\r\nabc")
+        data = b""
+        while True:
+            chunk = s.recv(1000)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        return data
+    data = run(h, app, client, config=FAST)
+    assert data.startswith(b"HTTP/1.1 408 ")
+
+
+def test_graceful_shutdown_finishes_requests_in_flight(h) -> None:
+    async def main():
+        srv = HTTPServer(app)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+        busy = asyncio.ensure_future(asyncio.to_thread(
+            exchange, port, b"GET /sleep/300 HTTP/1.1\r\n" + H + b"\r\n"))
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        await srv.shutdown(timeout=5)
+        took = time.monotonic() - t0
+        r = await busy
+        idle_gone = await idle_r.read() == b""
+        idle_w.close()
+        refused = False
+        try:
+            await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            refused = True
+        return r, idle_gone, refused, took
+    r, idle_gone, refused, took = h.run(main())
+    assert r.responses[0].body == b"/sleep/300" and r.responses[0].header("connection") == "close"
+    assert r.closed and idle_gone and refused
+    assert took < 2
+
+
+def test_graceful_shutdown_aborts_after_its_timeout(h) -> None:
+    async def main():
+        srv = HTTPServer(app)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        busy = asyncio.ensure_future(asyncio.to_thread(
+            exchange, port, b"GET /sleep/5000 HTTP/1.1\r\n" + H + b"\r\n", close_wait=0.1))
+        await asyncio.sleep(0.1)
+        await srv.shutdown(timeout=0.2)
+        return await busy, srv.connections
+    r, left = h.run(main())
+    assert r.responses == [] and r.closed and not left
+
+
+def test_pipelining_is_bounded(h) -> None:
+    """More requests than max_pipelined are all answered, in order, while
+    the server stops reading beyond the bound."""
+    n = 50
+    reqs = b"".join(b"GET /sleep/%d HTTP/1.1\r\n" % (i % 3) + H + b"\r\n" for i in range(n))
+    r = run(h, app, lambda port: exchange(port, reqs, responses=n), config=HTTPConfig(max_pipelined=4))
+    assert [x.body for x in r.responses] == [b"/sleep/%d" % (i % 3) for i in range(n)]
+
+
+def test_client_that_resets_mid_body_leaves_nothing(h) -> None:
+    def client(port: int) -> None:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"POST /count HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\n" + b"x" * 1000)
+        time.sleep(0.1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+        time.sleep(0.1)
+    run(h, app, client)
+    assert not handler_errors(h)

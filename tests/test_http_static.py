@@ -1,0 +1,178 @@
+"""Static files through uringserve.http on both loops: byte-exact bodies
+(through the ring's registered memory on UringEventLoop), types, lengths,
+validators and 304, single ranges and 416, HEAD, index files, and every
+way out of the root refused."""
+from __future__ import annotations
+
+import hashlib
+import os
+from email.utils import formatdate
+from typing import Any
+
+import pytest
+
+from uringserve.http import Request, Response, StaticFiles
+
+from http_client import exchange
+from test_http_server import H, run
+
+
+@pytest.fixture
+def site(tmp_path):
+    root = tmp_path / "site"
+    (root / "sub").mkdir(parents=True)
+    big = os.urandom(3 * 1024 * 1024 + 777)
+    (root / "big.bin").write_bytes(big)
+    (root / "hello.txt").write_bytes(b"hello static\n")
+    (root / "page.html").write_bytes(b"<p>hi</p>")
+    (root / "sub" / "index.html").write_bytes(b"<h1>index</h1>")
+    (root / "empty.css").write_bytes(b"")
+    (tmp_path / "secret.txt").write_bytes(b"outside the root")
+    os.symlink(tmp_path / "secret.txt", root / "escape.txt")
+    os.symlink(root / "hello.txt", root / "inside-link.txt")
+    static = StaticFiles(str(root))
+    yield static, big
+    static.close()
+
+
+def handler_for(static: StaticFiles):
+    def handler(req: Request) -> Any:
+        if req.raw_path.startswith(b"/static/"):
+            return static.response(req.method, req.raw_path[len(b"/static"):], req.headers)
+        return Response(b"", status=404)
+    return handler
+
+
+def get(h, static, path: bytes, extra: bytes = b"", method: bytes = b"GET", responses: int = 1):
+    req = method + b" " + path + b" HTTP/1.1\r\n" + H + extra + b"\r\n"
+    return run(h, handler_for(static), lambda port: exchange(
+        port, req * responses, responses=responses, head_for={0} if method == b"HEAD" else None))
+
+
+def test_big_file_byte_exact_and_through_the_ring(h, site) -> None:
+    static, big = site
+    r = get(h, static, b"/static/big.bin", responses=2)  # twice: the second is served from the open file
+    for resp in r.responses:
+        assert resp.status == 200 and resp.header("content-length") == str(len(big))
+        assert hashlib.sha256(resp.body).digest() == hashlib.sha256(big).digest()
+        assert resp.header("content-type") == "application/octet-stream"
+        assert resp.header("accept-ranges") == "bytes"
+    assert not r.closed
+    if h.uring:
+        st = h.loop.ring_stats()
+        assert st["file_bytes"] >= 2 * len(big)  # read by the ring, not by Python
+        assert st["file_sends"] >= 2
+
+
+def test_types_and_small_files(h, site) -> None:
+    static, _ = site
+    r = get(h, static, b"/static/hello.txt")
+    assert r.responses[0].body == b"hello static\n"
+    assert r.responses[0].header("content-type") == "text/plain; charset=utf-8"
+    r = get(h, static, b"/static/page.html")
+    assert r.responses[0].header("content-type") == "text/html; charset=utf-8"
+    r = get(h, static, b"/static/empty.css")
+    assert r.responses[0].status == 200 and r.responses[0].body == b""
+    assert r.responses[0].header("content-length") == "0"
+    r = get(h, static, b"/static/sub/")
+    assert r.responses[0].body == b"<h1>index</h1>"
+    r = get(h, static, b"/static/inside-link.txt")
+    assert r.responses[0].body == b"hello static\n"
+
+
+def test_validators_and_304(h, site) -> None:
+    static, _ = site
+    first = get(h, static, b"/static/hello.txt").responses[0]
+    etag, lm = first.header("etag"), first.header("last-modified")
+    assert etag and lm
+    r = get(h, static, b"/static/hello.txt", b"If-None-Match: " + etag.encode() + b"\r\n").responses[0]
+    assert r.status == 304 and r.body == b"" and r.header("etag") == etag
+    assert r.header("content-length") is None
+    r = get(h, static, b"/static/hello.txt", b'If-None-Match: "other"\r\n').responses[0]
+    assert r.status == 200
+    r = get(h, static, b"/static/hello.txt", b"If-Modified-Since: " + lm.encode() + b"\r\n").responses[0]
+    assert r.status == 304
+    old = formatdate(0, usegmt=True).encode()
+    r = get(h, static, b"/static/hello.txt", b"If-Modified-Since: " + old + b"\r\n").responses[0]
+    assert r.status == 200
+
+
+def test_a_changed_file_is_reopened(h, site, tmp_path) -> None:
+    static, _ = site
+    assert get(h, static, b"/static/hello.txt").responses[0].body == b"hello static\n"
+    p = tmp_path / "site" / "hello.txt"
+    p.write_bytes(b"changed, and longer\n")
+    os.utime(p, ns=(1, 1))
+    assert get(h, static, b"/static/hello.txt").responses[0].body == b"changed, and longer\n"
+
+
+@pytest.mark.parametrize("rng,status,want", [
+    (b"bytes=0-99", 206, (0, 99)),
+    (b"bytes=1000-", 206, (1000, None)),
+    (b"bytes=-500", 206, (-500, None)),
+    (b"bytes=100-999999999", 206, (100, None)),
+    (b"bytes=999999999-", 416, None),
+    (b"bytes=5-1", 200, None),           # invalid: the whole file
+    (b"bytes=0-1,5-6", 200, None),       # several ranges: the whole file
+    (b"items=0-1", 200, None),
+])
+def test_single_ranges(h, site, rng: bytes, status: int, want) -> None:
+    static, big = site
+    r = get(h, static, b"/static/big.bin", b"Range: " + rng + b"\r\n").responses[0]
+    assert r.status == status
+    if status == 206:
+        a, b = want
+        expect = big[a:] if b is None and a < 0 else big[a:] if b is None else big[a:b + 1]
+        assert r.body == expect
+        start = len(big) + a if a < 0 else a
+        assert r.header("content-range") == f"bytes {start}-{start + len(expect) - 1}/{len(big)}"
+        assert r.header("content-length") == str(len(expect))
+    elif status == 416:
+        assert r.header("content-range") == f"bytes */{len(big)}" and r.body == b""
+    else:
+        assert r.body == big
+
+
+def test_if_range_mismatch_sends_everything(h, site) -> None:
+    static, big = site
+    r = get(h, static, b"/static/big.bin", b'Range: bytes=0-9\r\nIf-Range: "stale"\r\n').responses[0]
+    assert r.status == 200 and len(r.body) == len(big)
+
+
+def test_head(h, site) -> None:
+    static, big = site
+    r = get(h, static, b"/static/big.bin", method=b"HEAD")
+    assert r.responses[0].status == 200 and r.responses[0].body == b""
+    assert r.responses[0].header("content-length") == str(len(big))
+    assert len(r.raw) < 1000 and not r.closed
+
+
+@pytest.mark.parametrize("path,status", [
+    (b"/static/../secret.txt", 400),
+    (b"/static/sub/../../secret.txt", 400),
+    (b"/static/%2e%2e/secret.txt", 400),
+    (b"/static/%2E%2E%2Fsecret.txt", 400),
+    (b"/static/sub%2f..%2f..%2fsecret.txt", 400),
+    (b"/static/hello.txt%00.png", 400),
+    (b"/static/escape.txt", 404),        # a symlink out of the root
+    (b"/static/missing.txt", 404),
+    (b"/static/sub", 200),               # a directory: its index
+    (b"/static//hello.txt", 200),
+    (b"/static/./hello.txt", 200),
+])
+def test_nothing_outside_the_root_is_served(h, site, path: bytes, status: int) -> None:
+    static, _ = site
+    r = get(h, static, path)
+    assert r.responses[0].status == status
+    assert b"outside the root" not in r.raw
+
+
+def test_methods_other_than_get_and_head(h, site) -> None:
+    static, _ = site
+    r = get(h, static, b"/static/hello.txt", method=b"DELETE").responses[0]
+    assert r.status == 405 and r.header("allow") == "GET, HEAD"
+
+
+def test_static_root_must_exist(tmp_path) -> None:
+    with pytest.raises(NotADirectoryError, match="not a directory"):
+        StaticFiles(str(tmp_path / "nope"))

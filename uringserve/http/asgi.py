@@ -1,0 +1,227 @@
+"""ASGI 3 over HTTPProtocol: the `http` scope (with the
+`http.response.pathsend` extension, sent zero-copy through the ring) and
+`lifespan`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Callable
+from urllib.parse import unquote
+
+from .messages import ClientDisconnected
+from .parser import HTTPError
+from .protocol import Exchange
+
+logger = logging.getLogger("uringserve.http")
+
+_ASGI = {"version": "3.0", "spec_version": "2.4"}
+_EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
+
+
+class _Cycle:
+    """receive() and send() for one request."""
+    __slots__ = ("ex", "status", "headers", "length", "disc", "body_sent_end", "files")
+
+    def __init__(self, ex: Exchange, files: Any) -> None:
+        self.ex = ex
+        self.status = 0
+        self.headers: list | None = None
+        self.length: int | None = None
+        self.disc: asyncio.Future | None = None
+        self.body_sent_end = False
+        self.files = files
+
+    async def receive(self) -> dict[str, Any]:
+        ex = self.ex
+        body = ex.body
+        if not self.body_sent_end and not ex.conn._lost:
+            try:
+                data = await body.next_chunk()
+            except ClientDisconnected:
+                return {"type": "http.disconnect"}
+            more = bool(data) and not (body.done and not body.buffered)
+            if not more:
+                self.body_sent_end = True
+            return {"type": "http.request", "body": data, "more_body": more}
+        # nothing more to read: the next message is the disconnect, once the
+        # response is complete or the client is gone
+        if not ex.finished and not ex.conn._lost:
+            self.disc = ex.conn._loop.create_future()
+            ex.conn._disconnect_waiters.append(self.disc)
+            await self.disc
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        ex = self.ex
+        kind = message["type"]
+        if ex.conn._lost:
+            if kind == "http.response.body" or kind == "http.response.pathsend":
+                raise ClientDisconnected("the client closed the connection")
+            return
+        if kind == "http.response.start":
+            if self.headers is not None or ex.started:
+                raise RuntimeError("ASGI: http.response.start sent twice")
+            self.status = int(message["status"])
+            headers = []
+            for name, value in message.get("headers", ()):
+                lname = bytes(name).lower()
+                if lname == b"content-length":
+                    self.length = int(value)
+                    continue
+                if lname == b"transfer-encoding":
+                    continue  # the server frames the body
+                if lname == b"connection" and bytes(value).lower() == b"close":
+                    ex.keep_alive = False
+                    continue
+                headers.append((bytes(name), bytes(value)))
+            self.headers = headers
+            return
+        if kind == "http.response.body":
+            if self.headers is None:
+                raise RuntimeError("ASGI: http.response.body before http.response.start")
+            if ex.finished:
+                raise RuntimeError("ASGI: the response is already complete")
+            data = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not ex.started:
+                length = self.length
+                if length is None and not more:
+                    length = len(data)
+                ex.start(self.status, self.headers, length, bytes(data))
+            elif data:
+                ex.send(bytes(data))
+            if not more:
+                ex.end()
+            elif ex.conn._write_paused:
+                await ex.conn.drain()
+            return
+        if kind == "http.response.pathsend":
+            if self.headers is None or ex.started:
+                raise RuntimeError("ASGI: http.response.pathsend needs http.response.start and no body")
+            f = self.files.open(os.fspath(message["path"]))
+            ex.start(self.status, self.headers, f.size if self.length is None else self.length)
+            pending = ex.send_file(f, 0, f.size)
+            if pending is not None:
+                await pending
+            ex.end()
+            return
+        raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http scope")
+
+
+def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
+                root_path: str = "") -> Callable[[Exchange], None]:
+    def run(ex: Exchange) -> None:
+        conn = ex.conn
+        head = ex.head
+        target = head.target
+        q = target.find(b"?")
+        raw_path = target if q < 0 else target[:q]
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": head.version,
+            "server": conn.server_addr,
+            "client": conn.client,
+            "scheme": "http",
+            "method": head.method.decode("ascii"),
+            "root_path": root_path,
+            "path": unquote(raw_path.decode("latin-1")),
+            "raw_path": raw_path,
+            "query_string": b"" if q < 0 else target[q + 1:],
+            "headers": head.headers,
+            "state": state.copy(),
+            "extensions": _EXTENSIONS,
+        }
+        cycle = _Cycle(ex, files)
+        ex.task = conn._loop.create_task(_run(app, scope, cycle))
+    return run
+
+
+async def _run(app: Callable[..., Any], scope: dict[str, Any], cycle: _Cycle) -> None:
+    ex = cycle.ex
+    try:
+        await app(scope, cycle.receive, cycle.send)
+    except BaseException as exc:
+        if isinstance(exc, ClientDisconnected) and ex.conn._lost:
+            return
+        ex.fail(exc)
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise
+        return
+    if not ex.finished:
+        if ex.conn._lost:
+            return
+        what = "without sending a response" if not ex.started else "without completing its response"
+        ex.fail(RuntimeError(f"ASGI app returned {what}"))
+
+
+class Lifespan:
+    """The lifespan protocol. mode "auto": an app that does not speak it (it
+    raises at once) runs without; "on": it must; "off": never run."""
+
+    def __init__(self, app: Callable[..., Any], mode: str = "auto") -> None:
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"lifespan mode must be 'auto', 'on' or 'off', not {mode!r}")
+        self.app = app
+        self.mode = mode
+        self.state: dict[str, Any] = {}
+        self._inbox: asyncio.Queue = asyncio.Queue()
+        self._started: asyncio.Future | None = None
+        self._stopped: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+        self.supported = False
+
+    async def startup(self) -> None:
+        if self.mode == "off":
+            return
+        loop = asyncio.get_running_loop()
+        self._started = loop.create_future()
+        self._stopped = loop.create_future()
+        self._task = loop.create_task(self._main())
+        await self._inbox.put({"type": "lifespan.startup"})
+        await asyncio.wait([self._started, self._task], return_when=asyncio.FIRST_COMPLETED)
+        if self._started.done():
+            ok, msg = self._started.result()
+            if not ok:
+                raise RuntimeError(f"ASGI lifespan startup failed: {msg}")
+            self.supported = True
+            return
+        exc = self._task.exception()
+        if self.mode == "on" or (exc is None):
+            raise RuntimeError(f"ASGI lifespan startup did not complete: {exc!r}")
+        logger.info("ASGI app does not support lifespan (%r); running without it", exc)
+
+    async def shutdown(self) -> None:
+        if not self.supported or self._task is None:
+            return
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        assert self._stopped is not None
+        await asyncio.wait([self._stopped, self._task], return_when=asyncio.FIRST_COMPLETED)
+        if self._stopped.done():
+            ok, msg = self._stopped.result()
+            if not ok:
+                logger.error("ASGI lifespan shutdown failed: %s", msg)
+        if not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _main(self) -> None:
+        scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
+        await self.app(scope, self._inbox.get, self._send)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind in ("lifespan.startup.complete", "lifespan.startup.failed"):
+            assert self._started is not None
+            if not self._started.done():
+                self._started.set_result((kind.endswith("complete"), message.get("message", "")))
+        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            assert self._stopped is not None
+            if not self._stopped.done():
+                self._stopped.set_result((kind.endswith("complete"), message.get("message", "")))
+        else:
+            raise RuntimeError(f"ASGI: unexpected lifespan message {kind!r}")
+
+
+__all__ = ["asgi_runner", "Lifespan", "HTTPError"]

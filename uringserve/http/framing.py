@@ -1,0 +1,69 @@
+"""Response framing, sans I/O: status lines, header blocks, chunked coding,
+and the Date header cached per second."""
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {}
+_date = [0, b""]
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise ValueError(f"HTTP status must be a 3-digit number, got {status!r}")
+        line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+        _STATUS_LINES[status] = line
+    return line
+
+
+def date_header() -> bytes:
+    """`Date: ...\\r\\n`, formatted once per second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0] = now
+        _date[1] = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+    return _date[1]
+
+
+def body_allowed(status: int, method: bytes) -> bool:
+    return not (status < 200 or status in (204, 304) or method == b"HEAD")
+
+
+def _check_header(name: bytes, value: bytes) -> None:
+    # a CR or LF in a header would let a handler split the response
+    if b"\r" in name or b"\n" in name or b":" in name or not name or b"\r" in value or b"\n" in value:
+        raise ValueError(f"invalid response header {name!r}: {value!r}")
+
+
+def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+    out = []
+    for name, value in headers:
+        _check_header(name, value)
+        out.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(out)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def error_response(status: int, message: str, server: bytes | None, close: bool = True) -> bytes:
+    """A complete plain-text error response."""
+    body = f"{status} {HTTPStatus(status).phrase}: {message}\n".encode() if status in _REASONS else message.encode()
+    head = [status_line(status), date_header()]
+    if server:
+        head.append(server)
+    head.append(b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body))
+    if close:
+        head.append(b"Connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body

@@ -1,0 +1,181 @@
+"""HTTP/1.1 request parsing, sans I/O: httptools (llhttp, strict mode) plus
+the limits and request-smuggling defences llhttp leaves to the server.
+
+Feed bytes with `feed()`; the parser calls its sink's `on_head(head)`,
+`on_body(data)` and `on_end()` in order, and raises `HTTPError` with the
+status to answer. After an HTTPError the connection must close: the
+parser's position in the byte stream is no longer trustworthy.
+
+llhttp already rejects (400): Content-Length with Transfer-Encoding,
+duplicate Content-Length, non-numeric lengths, invalid chunk sizes and
+chunk-size overflow, obs-fold, bare LF, whitespace before the colon,
+control characters in values, and a Transfer-Encoding whose final coding is
+not chunked. Added here: header block size and count (431), target length
+(414), body size (413), HTTP versions other than 1.0/1.1 (505),
+Transfer-Encoding on HTTP/1.0 (400, RFC 9112 §6.1), a missing or repeated
+Host on HTTP/1.1 (400, §3.2), CONNECT (405).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import httptools
+
+from .config import HTTPConfig
+
+
+class HTTPError(Exception):
+    """A request the server answers with `status` and then closes."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class RequestHead:
+    __slots__ = ("method", "target", "version", "headers", "keep_alive", "expect_continue",
+                 "content_length", "chunked", "upgrade")
+
+    def __init__(self, method: bytes, target: bytes, version: str, headers: list[tuple[bytes, bytes]],
+                 keep_alive: bool, expect_continue: bool, content_length: int | None, chunked: bool,
+                 upgrade: bool) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers  # names lower-cased, in order received
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.content_length = content_length
+        self.chunked = chunked
+        self.upgrade = upgrade
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+class Sink(Protocol):
+    def on_head(self, head: RequestHead) -> None: ...
+    def on_body(self, data: bytes) -> None: ...
+    def on_end(self) -> None: ...
+
+
+class RequestParser:
+    def __init__(self, sink: Sink, config: HTTPConfig) -> None:
+        self._sink = sink
+        self._cfg = config
+        self._p = httptools.HttpRequestParser(self)
+        self._in_head = True      # between message begin (or idle) and headers complete
+        self._head_bytes = 0
+        self._url: list[bytes] = []
+        self._url_len = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body_bytes = 0
+        self._head: RequestHead | None = None
+        self.upgraded = False     # the byte stream after an Upgrade request is not HTTP/1.1
+
+    @property
+    def head_started(self) -> bool:
+        """Bytes of a request head have arrived and its end has not."""
+        return self._in_head and self._head_bytes > 0
+
+    @property
+    def in_head(self) -> bool:
+        """True while a request head is incomplete (or none has begun)."""
+        return self._in_head
+
+    def feed(self, data: bytes) -> None:
+        if self.upgraded:
+            return  # the rest is another protocol's; the connection closes after the response
+        if self._in_head:
+            # httptools buffers partial header lines without bound: count the
+            # head's bytes before it sees them
+            end = data.find(b"\r\n\r\n")
+            n = len(data) if end < 0 else end + 4
+            self._head_bytes += n
+            if self._head_bytes > self._cfg.max_header_bytes:
+                raise HTTPError(431, f"request head larger than {self._cfg.max_header_bytes} bytes")
+        try:
+            self._p.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgraded = True
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__  # what a callback raised: an HTTPError, or the sink's own bug
+            if cause is not None:
+                raise cause from None
+            raise
+        except httptools.HttpParserError as exc:
+            msg = str(exc)
+            if msg.startswith("Invalid HTTP version"):
+                raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported") from None
+            raise HTTPError(400, f"malformed request: {msg}") from None
+
+    # -- httptools callbacks ----------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = []
+        self._url_len = 0
+        self._headers = []
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url_len += len(url)
+        if self._url_len > self._cfg.max_target_bytes:
+            raise HTTPError(414, f"request target longer than {self._cfg.max_target_bytes} bytes")
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self._headers) >= self._cfg.max_headers:
+            raise HTTPError(431, f"more than {self._cfg.max_headers} header fields")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        p = self._p
+        version = p.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise HTTPError(505, f"HTTP/{version} is not supported; use HTTP/1.1")
+        method = p.get_method()
+        if method == b"CONNECT":
+            raise HTTPError(405, "CONNECT is not supported")
+        headers = self._headers
+        content_length = None
+        chunked = expect = upgrade = False
+        hosts = 0
+        for name, value in headers:
+            if name == b"content-length":
+                content_length = int(value)  # llhttp checked the digits and duplicates
+            elif name == b"transfer-encoding":
+                if version == "1.0":
+                    raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
+                chunked = True  # llhttp rejects any final coding but chunked
+            elif name == b"host":
+                hosts += 1
+            elif name == b"expect":
+                if value.lower() != b"100-continue":
+                    raise HTTPError(417, f"unsupported expectation {value.decode('latin-1')!r}")
+                expect = True
+            elif name == b"upgrade":
+                upgrade = True
+        if version == "1.1" and hosts != 1:
+            raise HTTPError(400, "an HTTP/1.1 request needs exactly one Host header")
+        if content_length is not None and content_length > self._cfg.max_body_bytes:
+            raise HTTPError(413, f"request body of {content_length} bytes is larger than "
+                                 f"{self._cfg.max_body_bytes} bytes")
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        self._in_head = False
+        self._head_bytes = 0
+        self._head = head = RequestHead(method, url, version, headers, p.should_keep_alive(),
+                                        expect and version == "1.1", content_length, chunked, upgrade)
+        self._sink.on_head(head)
+
+    def on_body(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        if self._body_bytes > self._cfg.max_body_bytes:
+            raise HTTPError(413, f"request body larger than {self._cfg.max_body_bytes} bytes")
+        self._sink.on_body(data)
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._sink.on_end()
+

@@ -1,0 +1,497 @@
+"""HTTPProtocol: one HTTP/1.1 connection on any asyncio transport.
+
+Requests are parsed as bytes arrive (parser.RequestParser) into Exchanges
+queued in order; one exchange is answered at a time, so pipelined responses
+leave in request order. Reading pauses when `max_pipelined` requests wait or
+request bodies buffer more than `body_buffer_bytes`.
+
+One deadline per connection, by state:
+    head       a request head has begun (or the connection is new): header_timeout -> 408
+    body       a request body is arriving: body_timeout between reads -> 408
+    keepalive  idle between requests: keepalive_timeout -> silent close
+    (none)     a response is being produced or written
+Changing state only moves the deadline; the one timer handle, when it
+fires early, re-arms itself for the deadline. So a request costs two clock
+reads, not two call_later()s and their cancelled handles in the heap.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from . import framing
+from .config import HTTPConfig
+from .messages import Body, ClientDisconnected
+from .parser import HTTPError, RequestHead, RequestParser
+
+logger = logging.getLogger("uringserve.http")
+
+_T_NONE, _T_HEAD, _T_BODY, _T_KEEPALIVE = 0, 1, 2, 3
+
+EMPTY_BODY = Body(lambda: None, None)  # shared by every request without a body: never fed
+EMPTY_BODY.done = True
+
+
+class Exchange:
+    """One request and its response."""
+    __slots__ = ("conn", "head", "body", "keep_alive", "started", "finished", "chunked", "head_only",
+                 "remaining", "continue_sent", "status", "task")
+
+    def __init__(self, conn: "HTTPProtocol", head: RequestHead) -> None:
+        self.conn = conn
+        self.head = head
+        if head.chunked or head.content_length:
+            self.body = Body(conn._body_consumed, self._send_continue if head.expect_continue else None)
+        else:
+            self.body = EMPTY_BODY
+        self.keep_alive = head.keep_alive and not head.upgrade
+        self.started = False
+        self.finished = False
+        self.chunked = False
+        self.head_only = head.method == b"HEAD"
+        self.remaining: int | None = None  # bytes of a Content-Length body still to send
+        self.continue_sent = False
+        self.status = 0
+        self.task: asyncio.Task | None = None
+
+    def _send_continue(self) -> None:
+        if not self.started and not self.continue_sent and not self.body.done:
+            self.continue_sent = True
+            self.conn._write(framing.CONTINUE)
+
+    # -- response --------------------------------------------------------------
+    def start(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None,
+              first_body: bytes = b"", block: bytes | None = None) -> None:
+        """Send the status line and headers (and `first_body` with them).
+        `length` None means unknown: chunked for HTTP/1.1, close-delimited for
+        1.0. `block`: the headers already encoded (framing.encode_headers)."""
+        if self.started:
+            raise RuntimeError("the response has already started")
+        conn = self.conn
+        self.started = True
+        self.status = status
+        if conn._draining or conn._served + 1 >= conn._cfg.keepalive_requests or not self.body.done:
+            # a body the handler left unread would be parsed as the next request
+            self.keep_alive = False
+        parts = [framing.status_line(status), framing.date_header()]
+        if conn._server_hdr:
+            parts.append(conn._server_hdr)
+        if block is not None:
+            parts.append(block)
+        elif headers:
+            parts.append(framing.encode_headers(headers))
+        has_body = framing.body_allowed(status, b"")
+        if length is not None:
+            if has_body or self.head_only:
+                parts.append(b"Content-Length: %d\r\n" % length)
+            self.remaining = length if has_body and not self.head_only else 0
+        elif has_body and not self.head_only:
+            if self.head.version == "1.1":
+                self.chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # the close delimits the body
+        if not has_body:
+            self.remaining = 0
+        if not self.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif self.head.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if first_body and self._body_allowed():
+            parts.append(self._frame(first_body))
+        conn._write(b"".join(parts))
+
+    def _body_allowed(self) -> bool:
+        return not self.head_only and framing.body_allowed(self.status, b"")
+
+    def _frame(self, data: bytes) -> bytes:
+        if self.remaining is not None:
+            if len(data) > self.remaining:
+                raise RuntimeError(f"response body longer than its Content-Length "
+                                   f"({len(data)} bytes with {self.remaining} left)")
+            self.remaining -= len(data)
+            return data
+        return framing.chunk(data) if self.chunked else data
+
+    def send(self, data: bytes) -> None:
+        if self.finished:
+            raise RuntimeError("the response is complete")
+        if data and self._body_allowed():
+            self.conn._write(self._frame(data))
+
+    def send_file(self, file: Any, offset: int, count: int) -> Any:
+        """Queue a file range after what was sent (a Content-Length response).
+        Returns None, or an awaitable when the transport cannot take files."""
+        if not self._body_allowed() or not count:
+            return None
+        if self.remaining is not None:
+            if count > self.remaining:
+                raise RuntimeError("file range longer than the response's Content-Length")
+            self.remaining -= count
+        return self.conn._write_file(file, offset, count)
+
+    def end(self) -> None:
+        """The response is complete: the next request's turn."""
+        if self.finished:
+            return
+        if self.remaining:  # the peer was promised more: the connection cannot be reused
+            self.finished = True
+            self.conn._abort_exchange(self, RuntimeError(f"response ended {self.remaining} bytes short "
+                                                         "of its Content-Length"))
+            return
+        if self.chunked and self._body_allowed():
+            self.conn._write(framing.LAST_CHUNK)
+        self.finished = True
+        self.conn._exchange_done(self)
+
+    def fail(self, exc: BaseException) -> None:
+        """The handler failed: 500 if nothing was sent, else the connection ends."""
+        if self.finished:
+            return
+        if isinstance(exc, HTTPError) and not self.started:
+            self.keep_alive = False
+            self.conn._write(framing.error_response(exc.status, exc.message, self.conn._server_hdr))
+            self.finished = True
+            self.conn._exchange_done(self)
+            return
+        if not isinstance(exc, (ClientDisconnected, ConnectionError)):
+            self.conn._loop.call_exception_handler({
+                "message": f"HTTP handler failed for {self.head.method.decode()} "
+                           f"{self.head.target.decode('latin-1')}", "exception": exc,
+                "protocol": self.conn})
+        if not self.started and not self.conn._lost:
+            self.conn._write(framing.error_response(500, "the handler failed", self.conn._server_hdr,
+                                                    close=not self._reusable()))
+            self.keep_alive = self._reusable()
+            self.finished = True
+            self.conn._exchange_done(self)
+        else:
+            self.finished = True
+            self.conn._abort_exchange(self, exc)
+
+    def _reusable(self) -> bool:
+        return self.keep_alive and self.body.done
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """`runner(exchange)` answers each request: it is called in order, one at
+    a time, and must end with exchange.end() or exchange.fail() (at once or
+    later). The native and ASGI front ends are runners."""
+
+    def __init__(self, runner: Callable[[Exchange], None], config: HTTPConfig, registry: Any = None) -> None:
+        self._runner = runner
+        self._cfg = config
+        self._registry = registry
+        self._server_hdr = (b"Server: " + config.server_header.encode("latin-1") + b"\r\n"
+                            if config.server_header else None)
+        self._parser = RequestParser(self, config)
+        self._queue: list[Exchange] = []  # [answering, waiting...]
+        self._parsing: Exchange | None = None  # the exchange whose body is arriving
+        self._transport: Any = None
+        self._loop: Any = None
+        self._lost = False
+        self._closing = False
+        self._draining = False
+        self._served = 0
+        self._paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future] = []
+        self._disconnect_waiters: list[asyncio.Future] = []  # ASGI receive() after the body
+        self._timer: Any = None
+        self._timer_kind = _T_NONE
+        self._deadline = 0.0
+        self._write_file_native: Any = None
+        self.client: Any = None
+        self.server_addr: Any = None
+
+    # -- connection ------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self.client = transport.get_extra_info("peername")
+        self._write_file_native = getattr(transport, "write_file", None)
+        if self._registry is not None:
+            self._registry.add(self)
+        self._arm(_T_HEAD)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        self._closing = True
+        self._stop_timer()
+        # handlers run on: reading the body, drain() and writes tell them the client is gone
+        for ex in self._queue:
+            ex.body.fail(ClientDisconnected("the client closed the connection"))
+        if self._parsing is not None:
+            self._parsing.body.fail(ClientDisconnected("the client closed the connection"))
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_exception(ClientDisconnected("the client closed the connection"))
+        self._drain_waiters.clear()
+        self._wake_disconnect()
+        if self._registry is not None:
+            self._registry.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        kind = self._timer_kind
+        if kind == _T_KEEPALIVE:
+            self._arm(_T_HEAD)
+        elif kind == _T_BODY:
+            self._arm(_T_BODY)
+        try:
+            self._parser.feed(data)
+        except HTTPError as exc:
+            self._parse_failed(exc)
+
+    def eof_received(self) -> bool | None:
+        # a half-closed client still gets the answers to what it sent
+        if self._parsing is not None and not self._parsing.body.done:
+            self._parsing.body.fail(ClientDisconnected("the client closed before the body ended"))
+        if not self._queue:
+            self._close()
+            return None
+        self._closing_after_queue = True
+        return True
+
+    _closing_after_queue = False
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
+
+    async def drain(self) -> None:
+        """Until the transport's buffer is below its high-water mark."""
+        if self._lost:
+            raise ClientDisconnected("the client closed the connection")
+        if self._write_paused:
+            w = self._loop.create_future()
+            self._drain_waiters.append(w)
+            await w
+
+    # -- parser sink ----------------------------------------------------------
+    def on_head(self, head: RequestHead) -> None:
+        ex = Exchange(self, head)
+        self._parsing = ex if head.has_body else None
+        self._queue.append(ex)
+        if head.has_body:
+            self._arm(_T_BODY)
+        else:
+            self._cancel_timer()
+        if len(self._queue) == 1:
+            self._start(ex)
+        elif len(self._queue) > self._cfg.max_pipelined:
+            self._pause()
+
+    def on_body(self, data: bytes) -> None:
+        ex = self._parsing
+        if ex is not None:
+            body = ex.body
+            body.feed(data)
+            if body.buffered > self._cfg.body_buffer_bytes and not body.hold_all:
+                self._pause()
+
+    def on_end(self) -> None:
+        ex = self._parsing
+        if ex is not None:
+            self._parsing = None
+            ex.body.end()
+            self._cancel_timer()
+        if self._parser.upgraded:  # the bytes after this request are not HTTP/1.1 (its keep_alive is off)
+            self._pause()
+
+    def _body_consumed(self) -> None:
+        ex = self._parsing
+        if self._paused and len(self._queue) <= self._cfg.max_pipelined and (
+                ex is None or ex.body.hold_all or ex.body.buffered <= self._cfg.body_buffer_bytes // 2):
+            self._resume()
+
+    # -- answering ----------------------------------------------------------------
+    def _start(self, ex: Exchange) -> None:
+        if type(ex) is _ErrorExchange:
+            ex.run()  # type: ignore[attr-defined]
+            return
+        try:
+            self._runner(ex)
+        except BaseException as exc:  # a runner's own failure: answer 500
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                raise
+            ex.fail(exc)
+
+    def _wake_disconnect(self) -> None:
+        waiters, self._disconnect_waiters = self._disconnect_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _exchange_done(self, ex: Exchange) -> None:
+        if self._disconnect_waiters:
+            self._wake_disconnect()
+        queue = self._queue
+        if queue and queue[0] is ex:
+            queue.pop(0)
+        self._served += 1
+        if self._lost:
+            return
+        if not ex.keep_alive:
+            self._close()
+            return
+        if queue:
+            self._start(queue[0])
+            return
+        if self._closing_after_queue or self._draining:
+            self._close()
+            return
+        if self._paused:
+            self._resume()
+        self._arm(_T_HEAD if self._parser.head_started else _T_KEEPALIVE)
+
+    def _abort_exchange(self, ex: Exchange, exc: BaseException) -> None:
+        self._wake_disconnect()
+        self._queue.clear()
+        self._closing = True
+        self._stop_timer()
+        if not self._lost:
+            # what was sent goes out, then FIN: a chunked body without its last
+            # chunk, or a short Content-Length body, tells the client it is cut
+            logger.debug("ending connection mid-response: %s", exc)
+            self._transport.close()
+
+    def _parse_failed(self, exc: HTTPError) -> None:
+        """Answer after the requests before it, then close."""
+        self._pause()
+        ex = self._parsing
+        if ex is not None:
+            self._parsing = None
+            ex.body.fail(exc)
+        err = _ErrorExchange(self, exc)
+        self._queue.append(err)  # type: ignore[arg-type]
+        if len(self._queue) == 1:
+            err.run()
+
+    # -- writing --------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if not self._lost:
+            self._transport.write(data)
+
+    def _write_file(self, file: Any, offset: int, count: int) -> Any:
+        if self._lost:
+            raise ClientDisconnected("the client closed the connection")
+        native = self._write_file_native
+        if native is not None:
+            ring = getattr(self._loop, "_ring", None)
+            slot = file.slot_for(ring) if ring is not None else -1
+            while count:
+                n = native(slot if slot >= 0 else file.fd, offset, count, fixed=slot >= 0, owner=file)
+                if not n:
+                    break  # no segment free: the rest goes the portable way
+                offset += n
+                count -= n
+            if not count:
+                return None
+        return self._loop.create_task(self._write_file_slow(file, offset, count))
+
+    async def _write_file_slow(self, file: Any, offset: int, count: int) -> None:
+        # any transport: asyncio's own sendfile (os.sendfile on selector transports)
+        with open(file.fd, "rb", closefd=False) as f:
+            await self._loop.sendfile(self._transport, f, offset, count)
+
+    # -- flow and timers -------------------------------------------------------
+    def _pause(self) -> None:
+        if not self._paused and not self._lost:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._paused and not self._lost and not self._closing and not self._parser.upgraded:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def _arm(self, kind: int) -> None:
+        cfg = self._cfg
+        delay = (cfg.header_timeout if kind == _T_HEAD else cfg.body_timeout if kind == _T_BODY
+                 else cfg.keepalive_timeout)
+        self._timer_kind = kind
+        self._deadline = deadline = self._loop.time() + delay
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._timer_fired)
+
+    def _cancel_timer(self) -> None:
+        self._timer_kind = _T_NONE  # the handle stays; it finds nothing to do
+
+    def _stop_timer(self) -> None:
+        self._timer_kind = _T_NONE
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        kind = self._timer_kind
+        if kind == _T_NONE or self._lost or self._closing:
+            return
+        if self._loop.time() < self._deadline:  # the deadline moved since this was armed
+            self._timer = self._loop.call_at(self._deadline, self._timer_fired)
+            return
+        self._timer_kind = _T_NONE
+        self._timed_out(kind)
+
+    def _timed_out(self, kind: int) -> None:
+        if kind == _T_BODY and self._paused:
+            self._arm(_T_BODY)  # we stopped reading, not the client
+            return
+        if kind == _T_KEEPALIVE or (kind == _T_HEAD and not self._parser.head_started and not self._queue):
+            self._close()  # an idle connection: nothing to answer
+            return
+        what = "request head" if kind == _T_HEAD else "request body"
+        self._parse_failed(HTTPError(408, f"the {what} did not arrive in time"))
+
+    def _close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._stop_timer()
+            if not self._lost:
+                self._transport.close()
+
+    # -- server shutdown ----------------------------------------------------------
+    def shutdown(self) -> None:
+        """Finish what is in flight, answer with Connection: close, then close."""
+        self._draining = True
+        if not self._queue:
+            self._close()
+        else:
+            for ex in self._queue:
+                if not ex.started:
+                    ex.keep_alive = False
+
+    def abort(self) -> None:
+        if not self._lost:
+            self._closing = True
+            self._transport.abort()
+
+
+class _ErrorExchange:
+    """The answer to a request that could not be parsed: status, then close."""
+
+    def __init__(self, conn: HTTPProtocol, exc: HTTPError) -> None:
+        self.conn = conn
+        self.exc = exc
+        self.started = False
+        self.task = None
+        self.body = Body(lambda: None, None)
+        self.body.done = True
+        self.keep_alive = False
+
+    def run(self) -> None:
+        conn = self.conn
+        conn._queue.clear()
+        conn._write(framing.error_response(self.exc.status, self.exc.message, conn._server_hdr))
+        conn._close()
