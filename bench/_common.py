@@ -23,6 +23,27 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def tree_ticks(pid: int) -> int:
+    """cpu_ticks of a process and all its descendants (servers that fork workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += cpu_ticks(p)
+        except OSError:
+            continue
+        todo.extend(children.get(p, []))
+    return total
+
+
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

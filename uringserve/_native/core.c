@@ -1149,6 +1149,13 @@ static void stash_cqe(struct us_ring *r, struct io_uring_cqe *cqe)
     r->nstash = o.n;
 }
 
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
 int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, int64_t timeout_ns)
 {
     struct out o = { ev, 0, max };
@@ -1172,30 +1179,46 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
     }
     if (cq_ready(r))
         min_complete = 0;
-    struct __kernel_timespec ts;
-    struct io_uring_getevents_arg arg = { 0 };
-    unsigned flags = IORING_ENTER_GETEVENTS;
     if (timeout_ns == 0)
         min_complete = 0;
-    if (min_complete > 0 && timeout_ns >= 0) {
-        ts.tv_sec = timeout_ns / 1000000000;
-        ts.tv_nsec = timeout_ns % 1000000000;
-        arg.ts = (uint64_t)(uintptr_t)&ts;
-        flags |= IORING_ENTER_EXT_ARG;
+    int64_t deadline = min_complete > 0 && timeout_ns > 0 ? now_ns() + timeout_ns : 0;
+    for (;;) {
+        struct __kernel_timespec ts;
+        struct io_uring_getevents_arg arg = { 0 };
+        unsigned flags = IORING_ENTER_GETEVENTS;
+        if (min_complete > 0 && timeout_ns >= 0) {
+            ts.tv_sec = timeout_ns / 1000000000;
+            ts.tv_nsec = timeout_ns % 1000000000;
+            arg.ts = (uint64_t)(uintptr_t)&ts;
+            flags |= IORING_ENTER_EXT_ARG;
+        }
+        int ret = do_enter(r, (unsigned)(min_complete > 0 ? min_complete : 0), flags,
+                           (flags & IORING_ENTER_EXT_ARG) ? &arg : NULL,
+                           (flags & IORING_ENTER_EXT_ARG) ? sizeof(arg) : 0);
+        if (ret < 0 && ret != -EINTR && ret != -ETIME && ret != -EBUSY && ret != -EAGAIN)
+            return ret;
+        reap(r, &o);
+        if (r->nfillwait && r->nfree)
+            retry_fills(r); /* submitted with the next enter */
+        if (r->arena_waiting && r->arena_freed && o.n < o.max) {
+            r->arena_waiting = 0;
+            emit(&o, US_EV_ARENA, 0, 0, (int32_t)r->nfree);
+        }
+        r->arena_freed = 0;
+        if (o.n || min_complete <= 0 || ret == -EINTR || ret == -ETIME)
+            break;
+        /* Only completions the core finishes itself arrived (sends, zc
+         * notifications, file reads, re-arms): wait again instead of waking
+         * the caller for nothing. A signal (EINTR) or the caller's timeout
+         * still returns. */
+        if (timeout_ns > 0) {
+            timeout_ns = deadline - now_ns();
+            if (timeout_ns <= 0)
+                break;
+        }
+        r->st.quiet_waits++;
+        refill(r); /* re-arms and buffers from stale completions of this round */
     }
-    int ret = do_enter(r, (unsigned)(min_complete > 0 ? min_complete : 0), flags,
-                       (flags & IORING_ENTER_EXT_ARG) ? &arg : NULL,
-                       (flags & IORING_ENTER_EXT_ARG) ? sizeof(arg) : 0);
-    if (ret < 0 && ret != -EINTR && ret != -ETIME && ret != -EBUSY && ret != -EAGAIN)
-        return ret;
-    reap(r, &o);
-    if (r->nfillwait && r->nfree)
-        retry_fills(r); /* submitted with the next enter */
-    if (r->arena_waiting && r->arena_freed && o.n < o.max) {
-        r->arena_waiting = 0;
-        emit(&o, US_EV_ARENA, 0, 0, (int32_t)r->nfree);
-    }
-    r->arena_freed = 0;
     r->st.events += (uint64_t)o.n;
     return o.n;
 }

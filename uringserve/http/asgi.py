@@ -9,6 +9,7 @@ import os
 from typing import Any, Callable
 from urllib.parse import unquote
 
+from . import framing
 from .messages import ClientDisconnected
 from .parser import HTTPError
 from .protocol import Exchange
@@ -63,19 +64,20 @@ class _Cycle:
             if self.headers is not None or ex.started:
                 raise RuntimeError("ASGI: http.response.start sent twice")
             self.status = int(message["status"])
-            headers = []
+            framing.status_line(self.status)  # a bad status is the app's error, raised here
+            lines = []
             for name, value in message.get("headers", ()):
-                lname = bytes(name).lower()
+                lname = name.lower()
                 if lname == b"content-length":
                     self.length = int(value)
                     continue
                 if lname == b"transfer-encoding":
                     continue  # the server frames the body
-                if lname == b"connection" and bytes(value).lower() == b"close":
+                if lname == b"connection" and value.lower() == b"close":
                     ex.keep_alive = False
                     continue
-                headers.append((bytes(name), bytes(value)))
-            self.headers = headers
+                lines.append(framing.header_line(name, value))
+            self.headers = lines
             return
         if kind == "http.response.body":
             if self.headers is None:
@@ -86,9 +88,10 @@ class _Cycle:
             more = message.get("more_body", False)
             if not ex.started:
                 length = self.length
-                if length is None and not more:
-                    length = len(data)
-                ex.start(self.status, self.headers, length, bytes(data))
+                if not more and (length is None or length == len(data)):
+                    ex.respond(self.status, b"".join(self.headers), bytes(data))  # one write
+                    return
+                ex.start(self.status, [], length, bytes(data), b"".join(self.headers))
             elif data:
                 ex.send(bytes(data))
             if not more:
@@ -100,7 +103,7 @@ class _Cycle:
             if self.headers is None or ex.started:
                 raise RuntimeError("ASGI: http.response.pathsend needs http.response.start and no body")
             f = self.files.open(os.fspath(message["path"]))
-            ex.start(self.status, self.headers, f.size if self.length is None else self.length)
+            ex.start(self.status, [], f.size if self.length is None else self.length, b"", b"".join(self.headers))
             pending = ex.send_file(f, 0, f.size)
             if pending is not None:
                 await pending

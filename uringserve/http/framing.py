@@ -40,6 +40,13 @@ def _check_header(name: bytes, value: bytes) -> None:
         raise ValueError(f"invalid response header {name!r}: {value!r}")
 
 
+def header_line(name: bytes, value: bytes) -> bytes:
+    """`name: value\\r\\n`, refusing what could split the response."""
+    if b"\r" in value or b"\n" in value or not name or b"\r" in name or b"\n" in name or b":" in name:
+        raise ValueError(f"invalid response header {name!r}: {value!r}")
+    return b"%s: %s\r\n" % (name, value)
+
+
 def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
     out = []
     for name, value in headers:

@@ -143,21 +143,35 @@ class Headers:
 
 
 class Request:
-    """One HTTP request. `path` is percent-decoded; `raw_path` is as sent."""
-    __slots__ = ("method", "raw_path", "query_string", "http_version", "headers", "client", "_body",
-                 "_exchange", "__weakref__")
+    """One HTTP request. `path` is percent-decoded; `raw_path` is as sent.
+    Only raw_path is computed up front; the rest when asked for."""
+    __slots__ = ("raw_path", "client", "_head", "_body", "_exchange", "_headers", "__weakref__")
 
     def __init__(self, head: RequestHead, body: Body, client: Any, exchange: "Exchange | None" = None) -> None:
-        self.method: str = head.method.decode("ascii")
-        target = head.target
-        q = target.find(b"?")
-        self.raw_path: bytes = target if q < 0 else target[:q]
-        self.query_string: bytes = b"" if q < 0 else target[q + 1:]
-        self.http_version: str = head.version
-        self.headers = Headers(head.headers)
+        self._head = head
+        self.raw_path: bytes = head.target.partition(b"?")[0]
         self.client = client
         self._body = body
         self._exchange = exchange
+        self._headers: Headers | None = None
+
+    @property
+    def method(self) -> str:
+        return self._head.method.decode("ascii")
+
+    @property
+    def query_string(self) -> bytes:
+        return self._head.target.partition(b"?")[2]
+
+    @property
+    def http_version(self) -> str:
+        return self._head.version
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = Headers(self._head.headers)
+        return self._headers
 
     @property
     def path(self) -> str:

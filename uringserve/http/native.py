@@ -69,8 +69,7 @@ def answer(ex: Exchange, result: Any) -> Any:
     """Send a handler's result. Returns None when done, or a coroutine to
     await for responses that stream."""
     if type(result) is Response:
-        ex.start(result.status, result.headers, len(result.body), result.body, result.block)
-        ex.end()
+        ex.respond(result.status, result.block, result.body)
         return None
     if isinstance(result, (bytes, str)):
         return answer(ex, Response(result))
@@ -84,8 +83,7 @@ def answer(ex: Exchange, result: Any) -> Any:
     if isinstance(result, StreamingResponse):
         return _stream(ex, result)
     if isinstance(result, Response):
-        ex.start(result.status, result.headers, len(result.body), result.body, result.block)
-        ex.end()
+        ex.respond(result.status, result.block, result.body)
         return None
     raise TypeError(f"a handler must return a Response, StreamingResponse, FileResponse, bytes or str, "
                     f"not {type(result).__name__}")

@@ -35,7 +35,7 @@ class HTTPError(Exception):
 
 class RequestHead:
     __slots__ = ("method", "target", "version", "headers", "keep_alive", "expect_continue",
-                 "content_length", "chunked", "upgrade")
+                 "content_length", "chunked", "upgrade", "has_body")
 
     def __init__(self, method: bytes, target: bytes, version: str, headers: list[tuple[bytes, bytes]],
                  keep_alive: bool, expect_continue: bool, content_length: int | None, chunked: bool,
@@ -49,10 +49,7 @@ class RequestHead:
         self.content_length = content_length
         self.chunked = chunked
         self.upgrade = upgrade
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+        self.has_body = chunked or bool(content_length)
 
 
 class Sink(Protocol):
@@ -112,13 +109,6 @@ class RequestParser:
             raise HTTPError(400, f"malformed request: {msg}") from None
 
     # -- httptools callbacks ----------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._url = []
-        self._url_len = 0
-        self._headers = []
-        self._body_bytes = 0
-
     def on_url(self, url: bytes) -> None:
         self._url_len += len(url)
         if self._url_len > self._cfg.max_target_bytes:
@@ -176,6 +166,11 @@ class RequestParser:
         self._sink.on_body(data)
 
     def on_message_complete(self) -> None:
+        # the next message's state (httptools calls no on_message_begin here: one call less)
         self._in_head = True
+        self._url = []
+        self._url_len = 0
+        self._headers = []
+        self._body_bytes = 0
         self._sink.on_end()
 

@@ -61,6 +61,35 @@ class Exchange:
             self.conn._write(framing.CONTINUE)
 
     # -- response --------------------------------------------------------------
+    def respond(self, status: int, block: bytes, body: bytes) -> None:
+        """A whole response in one write: start() and end() for a body known
+        in advance (the hot path: native Response objects)."""
+        if self.started:
+            raise RuntimeError("the response has already started")
+        conn = self.conn
+        self.started = True
+        self.status = status
+        keep = (self.keep_alive and self.body.done and not conn._draining
+                and conn._served + 1 < conn._keepalive_requests)
+        self.keep_alive = keep
+        if status >= 200 and status != 204 and status != 304:
+            length = b"Content-Length: %d\r\n" % len(body)
+            if self.head_only:
+                body = b""
+        else:
+            length = b""
+            body = b""
+        if not keep:
+            close = b"Connection: close\r\n\r\n"
+        elif self.head.version == "1.0":
+            close = b"Connection: keep-alive\r\n\r\n"
+        else:
+            close = b"\r\n"
+        conn._write(b"".join((framing.status_line(status), framing.date_header(), conn._server_hdr or b"",
+                              block, length, close, body)))
+        self.finished = True
+        conn._exchange_done(self)
+
     def start(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None,
               first_body: bytes = b"", block: bytes | None = None) -> None:
         """Send the status line and headers (and `first_body` with them).
@@ -138,8 +167,9 @@ class Exchange:
             return
         if self.remaining:  # the peer was promised more: the connection cannot be reused
             self.finished = True
-            self.conn._abort_exchange(self, RuntimeError(f"response ended {self.remaining} bytes short "
-                                                         "of its Content-Length"))
+            exc = RuntimeError(f"response ended {self.remaining} bytes short of its Content-Length")
+            self._report(exc)
+            self.conn._abort_exchange(self, exc)
             return
         if self.chunked and self._body_allowed():
             self.conn._write(framing.LAST_CHUNK)
@@ -148,7 +178,8 @@ class Exchange:
 
     def fail(self, exc: BaseException) -> None:
         """The handler failed: 500 if nothing was sent, else the connection ends."""
-        if self.finished:
+        if self.finished:  # e.g. a framework answered 500 itself, then re-raised
+            self._report(exc)
             return
         if isinstance(exc, HTTPError) and not self.started:
             self.keep_alive = False
@@ -156,11 +187,7 @@ class Exchange:
             self.finished = True
             self.conn._exchange_done(self)
             return
-        if not isinstance(exc, (ClientDisconnected, ConnectionError)):
-            self.conn._loop.call_exception_handler({
-                "message": f"HTTP handler failed for {self.head.method.decode()} "
-                           f"{self.head.target.decode('latin-1')}", "exception": exc,
-                "protocol": self.conn})
+        self._report(exc)
         if not self.started and not self.conn._lost:
             self.conn._write(framing.error_response(500, "the handler failed", self.conn._server_hdr,
                                                     close=not self._reusable()))
@@ -170,6 +197,13 @@ class Exchange:
         else:
             self.finished = True
             self.conn._abort_exchange(self, exc)
+
+    def _report(self, exc: BaseException) -> None:
+        if not isinstance(exc, (ClientDisconnected, ConnectionError, HTTPError)):
+            self.conn._loop.call_exception_handler({
+                "message": f"HTTP handler failed for {self.head.method.decode()} "
+                           f"{self.head.target.decode('latin-1')}", "exception": exc,
+                "protocol": self.conn})
 
     def _reusable(self) -> bool:
         return self.keep_alive and self.body.done
@@ -195,6 +229,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._closing = False
         self._draining = False
         self._served = 0
+        self._keepalive_requests = config.keepalive_requests
         self._paused = False
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future] = []
@@ -236,15 +271,16 @@ class HTTPProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        kind = self._timer_kind
-        if kind == _T_KEEPALIVE:
-            self._arm(_T_HEAD)
-        elif kind == _T_BODY:
+        if self._timer_kind == _T_BODY:
             self._arm(_T_BODY)
         try:
             self._parser.feed(data)
         except HTTPError as exc:
             self._parse_failed(exc)
+            return
+        # a request that arrived whole needs no head timer; one that did not starts it now
+        if self._timer_kind == _T_KEEPALIVE and self._parser.head_started:
+            self._arm(_T_HEAD)
 
     def eof_received(self) -> bool | None:
         # a half-closed client still gets the answers to what it sent
@@ -337,7 +373,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._wake_disconnect()
         queue = self._queue
         if queue and queue[0] is ex:
-            queue.pop(0)
+            del queue[0]
         self._served += 1
         if self._lost:
             return

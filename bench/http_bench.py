@@ -1,0 +1,139 @@
+"""HTTP servers, interleaved: uringserve.http (native handler and ASGI
+adapter), uvicorn (uvloop + httptools), granian (ASGI, 1 worker) and nginx.
+
+    python bench/http_bench.py [--rounds 5] [--seconds 5] [--conns 100] [--static-conns 16]
+
+Every server runs pinned to CPU 0 and wrk (Debian's package) to CPU 1. The
+Python servers serve the same app, apps/http.py (`app` natively, `asgi_app`
+through each ASGI server); nginx answers `return 200` with the same body.
+Part two sends a 1 MiB file (uringserve's static route: read into
+registered memory by the ring and sent from there; nginx: sendfile on).
+`floor` (not in the default set) is a protocol that answers every segment
+without parsing: the loop's and the kernel's share of a request.
+Reported: median req/s and server CPU microseconds per request (utime +
+stime of the server's process tree over wrk's run, from /proc), with ratios
+against peers, of the medians and paired within each round.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import TICK, free_port, stop, summary, tree_ticks, wait_listening  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+BIN = Path(PY).parent
+
+NGINX_CONF = """
+worker_processes 1;
+error_log {tmp}/error.log warn;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = / {{ default_type "text/plain; charset=utf-8"; return 200 "Hello, world!\\n"; }}
+        location /static/ {{ alias {static}/; sendfile on; tcp_nopush on; }}
+    }}
+}}
+"""
+
+
+def commands(port: int, tmp: str, static: str) -> dict[str, list[str]]:
+    asgi = "apps.http:asgi_app"
+    return {
+        "uringserve": [PY, "apps/http.py", "--port", str(port)],
+        "uringserve-asgi": [PY, "apps/http.py", "--interface", "asgi", "--port", str(port)],
+        "uvicorn": [PY, "-m", "uvicorn", asgi, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+                    "--no-access-log", "--log-level", "warning"],
+        "granian": [str(BIN / "granian"), "--interface", "asgi", "--workers", "1", "--port", str(port),
+                    "--log-level", "warning", asgi],
+        "floor": [PY, "bench/http_floor.py", "--port", str(port)],
+        "nginx": ["nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-g", "daemon off; master_process off;"],
+    }
+
+
+def run_one(name: str, path: str, conns: int, seconds: int, static: str) -> tuple[float, float]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        if name == "nginx":
+            Path(tmp, "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port, static=static))
+        cmd = commands(port, tmp, static)[name]
+        env = {**os.environ, "URINGSERVE_STATIC": static}
+        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_listening(port, proc)
+            # one warm-up request: files opened, code paths imported
+            subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"], timeout=10)
+            t0 = tree_ticks(proc.pid)
+            out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
+                                  f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+                                 timeout=seconds + 60)
+            t1 = tree_ticks(proc.pid)
+        finally:
+            stop(proc)
+    m = re.search(r"^\s*(\d+) requests in ([\d.]+)s", out.stdout, re.M)
+    if not m or "Non-2xx" in out.stdout or "Socket errors" in out.stdout:
+        raise RuntimeError(f"{name}: wrk: {out.stdout} {out.stderr}")
+    reqs, secs = int(m.group(1)), float(m.group(2))
+    return reqs / secs, (t1 - t0) / TICK * 1e6 / max(reqs, 1)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--conns", type=int, default=100)
+    p.add_argument("--static-conns", type=int, default=16)
+    p.add_argument("--servers", default="uringserve,uringserve-asgi,uvicorn,granian,nginx")
+    p.add_argument("--no-static", action="store_true")
+    args = p.parse_args()
+    for tool in ("wrk", "nginx", "curl", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: `make bench-http` installs what this benchmark needs")
+    names = args.servers.split(",")
+    static_names = [n for n in ("uringserve", "nginx") if n in names]
+    with tempfile.TemporaryDirectory() as static:
+        os.chmod(static, 0o755)
+        Path(static, "1mb.bin").write_bytes(os.urandom(1 << 20))
+        Path(static, "1mb.bin").chmod(0o644)
+        hello: dict[str, list] = {n: [] for n in names}
+        files: dict[str, list] = {n: [] for n in static_names}
+        for rnd in range(args.rounds):
+            for n in names:
+                r = run_one(n, "/", args.conns, args.seconds, static)
+                hello[n].append(r)
+                print(f"round {rnd + 1} hello {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr, flush=True)
+            if not args.no_static:
+                for n in static_names:
+                    r = run_one(n, "/static/1mb.bin", args.static_conns, args.seconds, static)
+                    files[n].append(r)
+                    print(f"round {rnd + 1} 1MiB  {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req",
+                          file=sys.stderr, flush=True)
+    print(f"\nhello world: wrk -t1 -c{args.conns} -d{args.seconds}s, medians over {args.rounds} rounds; "
+          "server on CPU 0, wrk on CPU 1")
+    print("ratios: server CPU per request against the peer; 'paired' = median of within-round ratios\n")
+    print(summary(hello, names, [x for x in ("nginx", "uvicorn", "granian") if x in names], "req", "req/s"))
+    if not args.no_static and static_names:
+        print(f"\n1 MiB static file: wrk -t1 -c{args.static_conns} -d{args.seconds}s")
+        print(summary(files, static_names, ["nginx"] if "nginx" in static_names else [], "req", "req/s"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
