@@ -11,9 +11,9 @@ PORT ?= 8000
 # system packages: compiler and headers for the cffi build, taskset for benchmarks
 # libpython3.11-testsuite: CPython's test_asyncio, run against the loop by tests/conformance
 DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite
-BENCH_DEBS := wrk
+BENCH_DEBS := wrk nginx-light curl
 
-.PHONY: run echo test bench bench-uvicorn conformance deps bench-deps apt clean doctor
+.PHONY: run echo test bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -21,12 +21,13 @@ deps:
 bench-deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS) $(BENCH_DEBS)"
 
+# RUNLEVEL=1: Debian does not start a service it installs (nginx for the benchmark)
 apt:
 	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO apt-get update -qq && $$SUDO env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
 $(VPY):
@@ -38,10 +39,12 @@ $(STAMP): $(VPY) pyproject.toml setup.py $(wildcard uringserve/_native/*.c uring
 	$(VPY) -m pip install -q --no-build-isolation -e '.[test,bench]'
 	touch $(STAMP)
 
+# the HTTP demo: / hello, /echo, /static/..., /stats (apps/http.py)
 run: deps $(STAMP)
-	$(VPY) apps/echo.py --host $(HOST) --port $(PORT)
+	$(VPY) apps/http.py --host $(HOST) --port $(PORT)
 
-echo: run
+echo: deps $(STAMP)
+	$(VPY) apps/echo.py --host $(HOST) --port $(PORT)
 
 test: deps $(STAMP)
 	$(VPY) -m pytest -q
@@ -59,6 +62,10 @@ bench: bench-deps $(STAMP)
 
 bench-uvicorn: bench-deps $(STAMP)
 	$(VPY) bench/uvicorn_bench.py
+
+# uringserve.http (native, ASGI) vs uvicorn, granian and nginx; a 1 MiB file vs nginx
+bench-http: bench-deps $(STAMP)
+	$(VPY) bench/http_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info uringserve/_native/_core*.so bench/build
