@@ -294,10 +294,16 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             raise
         except BaseException as exc:
             t._fatal_error(exc, "Exception in callback protocol.connection_made()")
-        if not t._closing and not t._paused:
-            self._ring.recv_start(t._slot, t._gen)
         if waiter is not None and not waiter.cancelled():
             waiter.set_result(None)
+        # Reading starts an iteration later, as with asyncio (whose reader is
+        # added only then): the task awaiting create_connection() resumes
+        # before the first data_received(), which code relies on.
+        self.call_soon(self._begin_reading, t)
+
+    def _begin_reading(self, t: UringTransport) -> None:
+        if not t._closing and not t._paused and not self._ring.closed:
+            self._ring.recv_start(t._slot, t._gen)
 
     # -- servers -----------------------------------------------------------------
     def _start_serving(self, protocol_factory: Any, sock: socket.socket, sslcontext: Any = None,
