@@ -1234,24 +1234,34 @@ static int sync_op(struct us_ring *r, uint64_t want);
  * just filled but whose CQE we have not reaped. The caller's fd stays open
  * and the caller's: the slot holds its own reference. fd mode: the ring
  * works on its own dup. Receiving starts with us_recv_start(). */
+/* fd into a kernel-chosen alloc-range slot (IORING_OP_FILES_UPDATE with
+ * IORING_FILE_INDEX_ALLOC, synchronously): the slot, or -errno */
+static int slot_alloc_install(struct us_ring *r, int fd, int op)
+{
+    int fds[1] = { fd };
+    uint64_t ud = UD(op, 0, 0, 0);
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_FILES_UPDATE, -1, 0, fds, 1, ud);
+    if (!sqe)
+        return -EBUSY;
+    sqe->off = IORING_FILE_INDEX_ALLOC;
+    int res = sync_op(r, ud);
+    if (res < 0)
+        return res;
+    if (res != 1 || fds[0] < 0 || (uint32_t)fds[0] >= r->nconn)
+        return -ENFILE;
+    return fds[0];
+}
+
 int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen)
 {
     uint32_t slot;
     if (!accept_room(r))
         return -ENFILE;
     if (conn_fixed(r)) {
-        int fds[1] = { fd };
-        uint64_t ud = UD(OP_ADOPT, 0, 0, 0);
-        struct io_uring_sqe *sqe = prep(r, IORING_OP_FILES_UPDATE, -1, 0, fds, 1, ud);
-        if (!sqe)
-            return -EBUSY;
-        sqe->off = IORING_FILE_INDEX_ALLOC;
-        int res = sync_op(r, ud);
+        int res = slot_alloc_install(r, fd, OP_ADOPT);
         if (res < 0)
             return res;
-        if (res != 1 || fds[0] < 0 || (uint32_t)fds[0] >= r->nconn)
-            return -ENFILE;
-        slot = (uint32_t)fds[0];
+        slot = (uint32_t)res;
         conn_init(r, slot, (int)slot);
     } else {
         int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -1459,18 +1469,10 @@ int us_file_register(struct us_ring *r, int fd)
         return -EOPNOTSUPP;
     if (!accept_room(r))
         return -ENFILE;
-    int fds[1] = { fd };
-    uint64_t ud = UD(OP_FILE, 0, 0, 0);
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_FILES_UPDATE, -1, 0, fds, 1, ud);
-    if (!sqe)
-        return -EBUSY;
-    sqe->off = IORING_FILE_INDEX_ALLOC;
-    int res = sync_op(r, ud);
-    if (res < 0)
-        return res;
-    if (res != 1 || fds[0] < 0 || (uint32_t)fds[0] >= r->nconn)
-        return -ENFILE;
-    struct conn *c = &r->conns[fds[0]];
+    int slot = slot_alloc_install(r, fd, OP_FILE);
+    if (slot < 0)
+        return slot;
+    struct conn *c = &r->conns[slot];
     c->gen++;
     c->state = C_FILE;
     c->flags = 0;
@@ -1478,7 +1480,7 @@ int us_file_register(struct us_ring *r, int fd)
     c->queued = 0;
     r->accept_used++;
     r->st.files_registered++;
-    return fds[0];
+    return slot;
 }
 
 /* Keep a registered file's slot (delta +1) for a send the caller will queue

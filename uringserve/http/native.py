@@ -20,43 +20,27 @@ def native_runner(handler: Callable[[Request], Any]) -> Callable[[Exchange], Non
     def run(ex: Exchange) -> None:
         conn = ex.conn
         request = Request(ex.head, ex.body, conn.client, ex)
-        if is_async:
-            ex.task = conn._loop.create_task(_run_async(handler, request, ex))
-        elif ex.body.done:
+        if is_async or not ex.body.done:
+            ex.task = conn._loop.create_task(_serve(ex, handler, request))
+        else:
             # the fast path: no task, the response is written before this returns
             pending = answer(ex, handler(request))
             if pending is not None:  # a streamed body, or a file the transport cannot queue
-                ex.task = conn._loop.create_task(_await_answer(pending, ex))
-        else:
-            ex.task = conn._loop.create_task(_run_after_body(handler, request, ex))
+                ex.task = conn._loop.create_task(_serve(ex, handler, None, pending))
     return run
 
 
-async def _await_answer(pending: Any, ex: Exchange) -> None:
+async def _serve(ex: Exchange, handler: Any, request: Request | None, pending: Any = None) -> None:
+    """A response that needs awaiting: an async handler, a plain one waiting
+    for its body, or what answer() left to await (`pending`)."""
     try:
-        await pending
-    except BaseException as exc:
-        ex.fail(exc)
-        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-            raise
-
-
-async def _run_async(handler: Callable[[Request], Any], request: Request, ex: Exchange) -> None:
-    try:
-        result = await handler(request)
-        pending = answer(ex, result)
-        if pending is not None:
-            await pending
-    except BaseException as exc:
-        ex.fail(exc)
-        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-            raise
-
-
-async def _run_after_body(handler: Callable[[Request], Any], request: Request, ex: Exchange) -> None:
-    try:
-        await ex.body.wait_done()  # a plain function gets the whole body
-        pending = answer(ex, handler(request))
+        if pending is None:
+            if not is_async_handler(handler):
+                await ex.body.wait_done()  # a plain function gets the whole body
+            result = handler(request)
+            if inspect.isawaitable(result):
+                result = await result
+            pending = answer(ex, result)
         if pending is not None:
             await pending
     except BaseException as exc:
