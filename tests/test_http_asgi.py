@@ -190,3 +190,22 @@ def test_demo_app_in_both_interfaces(h) -> None:
         assert b"<h1>uringserve</h1>" in r.responses[2].body
         assert r.responses[3].header("content-type") == "application/json"
     demo.STATIC.close()
+
+
+def test_header_injection_is_refused(h) -> None:
+    """A CR or LF in a response header would split the response: the app
+    gets an error (500), and the injected header never reaches the wire."""
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"x-a", b"1\r\nSet-Cookie: evil=1")]})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    r = run(h, app, lambda port: exchange(port, b"GET / HTTP/1.1\r\n" + H + b"\r\n"), interface="asgi")
+    assert r.responses[0].status == 500 and b"evil" not in r.raw
+    h.errors.clear()
+
+    from uringserve.http import Response
+    with pytest.raises(ValueError, match="invalid response header"):
+        Response(b"x", headers={"X-A": "1\r\nSet-Cookie: evil=1"})

@@ -31,6 +31,7 @@ from .transport import UringTransport
 logger = logging.getLogger("uringserve")
 T = TypeVar("T")
 SETUP_SINGLE_ISSUER = 1 << 12
+_EAGER_START = sys.version_info >= (3, 12)
 
 _EV_ACCEPT, _EV_RECV, _EV_EOF, _EV_RECV_ERR = _ring.EV_ACCEPT, _ring.EV_RECV, _ring.EV_EOF, _ring.EV_RECV_ERR
 _EV_WRITABLE, _EV_SEND_ERR, _EV_CLOSED = _ring.EV_WRITABLE, _ring.EV_SEND_ERR, _ring.EV_CLOSED
@@ -73,7 +74,32 @@ class UringEventLoop(asyncio.SelectorEventLoop):
 
     # -- scheduling: asyncio's own checks run only in debug mode, as in asyncio;
     # outside it these skip Handle's per-construction get_debug() (see scheduling.py)
+    def create_eager_task(self, coro: Coroutine[Any, Any, T]) -> "asyncio.Task[T]":
+        """A task whose first step runs now, until the coroutine first waits,
+        as with Python 3.12's eager_start: a request answered without waiting
+        never goes through the ready queue. From inside another task, with a
+        task factory or in debug mode it is an ordinary task."""
+        if _EAGER_START:
+            return asyncio.Task(coro, loop=self, eager_start=True)  # type: ignore[call-arg]
+        if self._debug or self._task_factory is not None or asyncio.current_task(self) is not None:
+            return self.create_task(coro)
+        # Task.__init__ schedules its first step with call_soon(); run it in place
+        self._eager_step = True
+        try:
+            return self.create_task(coro)
+        finally:
+            self._eager_step = False
+
+    _eager_step = False
+
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        if self._eager_step:
+            self._eager_step = False
+            if context is None:
+                callback(*args)
+            else:
+                context.run(callback, *args)
+            return None  # type: ignore[return-value]  # Task.__init__ drops it
         if self._debug or self._closed:
             return _drop_own_frame(super().call_soon(callback, *args, context=context))
         handle = scheduling.Handle(callback, args, self, context)

@@ -18,6 +18,7 @@ logger = logging.getLogger("uringserve.http")
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
 class _Cycle:
@@ -27,7 +28,7 @@ class _Cycle:
     def __init__(self, ex: Exchange, files: Any) -> None:
         self.ex = ex
         self.status = 0
-        self.headers: list | None = None
+        self.headers: bytes | None = None  # the encoded header block
         self.length: int | None = None
         self.disc: asyncio.Future | None = None
         self.body_sent_end = False
@@ -68,16 +69,20 @@ class _Cycle:
             lines = []
             for name, value in message.get("headers", ()):
                 lname = name.lower()
-                if lname == b"content-length":
-                    self.length = int(value)
-                    continue
-                if lname == b"transfer-encoding":
-                    continue  # the server frames the body
-                if lname == b"connection" and value.lower() == b"close":
-                    ex.keep_alive = False
-                    continue
-                lines.append(framing.header_line(name, value))
-            self.headers = lines
+                if lname in _FRAMING:
+                    if lname == b"content-length":
+                        self.length = int(value)
+                    elif lname == b"connection" and value.lower() == b"close":
+                        ex.keep_alive = False
+                    continue  # the server writes the framing headers itself
+                if b":" in name:
+                    raise ValueError(f"invalid response header name {name!r}")
+                lines.append(b"%s: %s\r\n" % (name, value))
+            # one scan for CR/LF in any name or value (response splitting)
+            block = b"".join(lines)
+            if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines):
+                raise ValueError("a response header name or value contains CR or LF")
+            self.headers = block
             return
         if kind == "http.response.body":
             if self.headers is None:
@@ -89,9 +94,9 @@ class _Cycle:
             if not ex.started:
                 length = self.length
                 if not more and (length is None or length == len(data)):
-                    ex.respond(self.status, b"".join(self.headers), bytes(data))  # one write
+                    ex.respond(self.status, self.headers, bytes(data))  # one write
                     return
-                ex.start(self.status, [], length, bytes(data), b"".join(self.headers))
+                ex.start(self.status, [], length, bytes(data), self.headers)
             elif data:
                 ex.send(bytes(data))
             if not more:
@@ -103,7 +108,7 @@ class _Cycle:
             if self.headers is None or ex.started:
                 raise RuntimeError("ASGI: http.response.pathsend needs http.response.start and no body")
             f = self.files.open(os.fspath(message["path"]))
-            ex.start(self.status, [], f.size if self.length is None else self.length, b"", b"".join(self.headers))
+            ex.start(self.status, [], f.size if self.length is None else self.length, b"", self.headers)
             pending = ex.send_file(f, 0, f.size)
             if pending is not None:
                 await pending
@@ -129,15 +134,15 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
             "scheme": "http",
             "method": head.method.decode("ascii"),
             "root_path": root_path,
-            "path": unquote(raw_path.decode("latin-1")),
+            "path": unquote(path) if "%" in (path := raw_path.decode("latin-1")) else path,
             "raw_path": raw_path,
             "query_string": b"" if q < 0 else target[q + 1:],
             "headers": head.headers,
-            "state": state.copy(),
+            "state": state.copy() if state else {},
             "extensions": _EXTENSIONS,
         }
         cycle = _Cycle(ex, files)
-        ex.task = conn._loop.create_task(_run(app, scope, cycle))
+        ex.task = conn._spawn(_run(app, scope, cycle))
     return run
 
 

@@ -21,7 +21,7 @@ def native_runner(handler: Callable[[Request], Any]) -> Callable[[Exchange], Non
         conn = ex.conn
         request = Request(ex.head, ex.body, conn.client, ex)
         if is_async or not ex.body.done:
-            ex.task = conn._loop.create_task(_serve(ex, handler, request))
+            ex.task = conn._spawn(_serve(ex, handler, request))
         else:
             # the fast path: no task, the response is written before this returns
             pending = answer(ex, handler(request))

@@ -238,6 +238,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._timer_kind = _T_NONE
         self._deadline = 0.0
         self._write_file_native: Any = None
+        self._eager: Any = None
         self.client: Any = None
         self.server_addr: Any = None
 
@@ -247,6 +248,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.client = transport.get_extra_info("peername")
         self._write_file_native = getattr(transport, "write_file", None)
+        self._eager = getattr(self._loop, "create_eager_task", None)
         if self._registry is not None:
             self._registry.add(self)
         self._arm(_T_HEAD)
@@ -414,6 +416,13 @@ class HTTPProtocol(asyncio.Protocol):
             err.run()
 
     # -- writing --------------------------------------------------------------
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        """The task answering a request: started eagerly where the loop can
+        (UringEventLoop.create_eager_task), so a handler that does not wait
+        answers before this returns."""
+        eager = self._eager
+        return eager(coro) if eager is not None else self._loop.create_task(coro)
+
     def _write(self, data: bytes) -> None:
         if not self._lost:
             self._transport.write(data)
