@@ -336,3 +336,45 @@ def test_debug_mode_keeps_source_tracebacks(h) -> None:
     handle.cancel()
     timer.cancel()
     h.loop.set_debug(False)
+
+
+def test_create_eager_task_runs_the_first_step_at_once() -> None:
+    loop = uringserve.new_event_loop()
+    log: list = []
+
+    async def quick() -> str:
+        log.append(("quick", asyncio.current_task() is not None))
+        return "done"
+
+    async def waits() -> str:
+        log.append("waits: before")
+        await asyncio.sleep(0)
+        log.append("waits: after")
+        return "later"
+
+    def from_a_callback() -> None:
+        t1 = loop.create_eager_task(quick())
+        log.append(("t1 done at once", t1.done() and t1.result() == "done"))
+        t2 = loop.create_eager_task(waits())
+        log.append(("t2 done at once", t2.done()))
+        holder.extend([t1, t2])
+
+    async def inside_a_task() -> None:
+        t3 = loop.create_eager_task(quick())  # another task is running: an ordinary task
+        log.append(("t3 done at once", t3.done()))
+        await t3
+
+    holder: list = []
+    try:
+        loop.call_soon(from_a_callback)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.run_until_complete(holder[1])
+        loop.run_until_complete(inside_a_task())
+    finally:
+        loop.close()
+    assert log[:5] == [("quick", True), ("t1 done at once", True), "waits: before",
+                       ("t2 done at once", False), "waits: after"]
+    if sys.version_info >= (3, 12):  # eager_start runs even inside another task
+        assert log[5:] == [("quick", True), ("t3 done at once", True)]
+    else:
+        assert log[5:] == [("t3 done at once", False), ("quick", True)]
