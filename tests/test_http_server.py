@@ -367,3 +367,66 @@ def test_client_that_resets_mid_body_leaves_nothing(h) -> None:
         time.sleep(0.1)
     run(h, app, client)
     assert not handler_errors(h)
+
+
+def test_a_client_that_does_not_read_stops_being_read(h) -> None:
+    """200 pipelined requests for 256 KiB each, and a client that reads
+    nothing for a while: the server stops reading it (flow control), so it
+    has answered only a bounded number; then everything arrives in order."""
+    big = b"z" * (256 * 1024)
+    answered: list[int] = []
+
+    def handler(req: Request) -> Any:
+        answered.append(int(req.raw_path[1:]))
+        return Response(big)
+
+    n = 200
+
+    def client(port: int):
+        s = socket.create_connection(("127.0.0.1", port), timeout=20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"".join(b"GET /%d HTTP/1.1\r\n" % i + H + b"\r\n" for i in range(n)))
+        time.sleep(0.5)
+        answered_while_stalled = len(answered)
+        got = 0
+        buf = b""
+        want = n * len(big)
+        while got < want:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk.count(b"z")
+            buf = chunk[-64:]
+        s.close()
+        return answered_while_stalled, got, buf
+    stalled, got, _ = run(h, handler, client)
+    assert stalled < 40, stalled  # bounded by the write buffer, not by what was sent
+    assert got == n * len(big)
+    assert answered == list(range(n))
+
+
+def test_a_client_that_never_reads_is_cut_after_send_timeout(h) -> None:
+    big = b"z" * (16 * 1024 * 1024)  # far more than the socket buffers hold
+
+    def client(port: int):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connect: a small window
+        s.settimeout(20)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        t0 = time.monotonic()
+        time.sleep(0.8)  # read nothing past the send timeout
+        got = 0
+        try:
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        s.close()
+        return got, time.monotonic() - t0
+    got, took = run(h, lambda req: Response(big), client, config=HTTPConfig(send_timeout=0.3))
+    assert got < len(big)  # cut, not completed
+    assert took < 5

@@ -25,6 +25,8 @@ class HTTPConfig:
     header_timeout: float = 60.0
     #: seconds between two reads of a request body (nginx: client_body_timeout 60s) -> 408, close
     body_timeout: float = 60.0
+    #: seconds a client may leave our responses unread while we wait to write (nginx: send_timeout 60s) -> abort
+    send_timeout: float = 60.0
     #: seconds an idle keep-alive connection stays open (nginx: keepalive_timeout 75s)
     keepalive_timeout: float = 75.0
     #: requests served on one connection before it closes (nginx: keepalive_requests 1000)
@@ -41,7 +43,7 @@ class HTTPConfig:
                 raise ValueError(f"HTTPConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_body_bytes < 0:
             raise ValueError(f"HTTPConfig.max_body_bytes must be >= 0, got {self.max_body_bytes}")
-        for name in ("header_timeout", "body_timeout", "keepalive_timeout", "shutdown_timeout"):
+        for name in ("header_timeout", "body_timeout", "send_timeout", "keepalive_timeout", "shutdown_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"HTTPConfig.{name} must be a positive number of seconds, "
                                  f"got {getattr(self, name)}")

@@ -36,7 +36,7 @@ EMPTY_BODY.done = True
 class Exchange:
     """One request and its response."""
     __slots__ = ("conn", "head", "body", "keep_alive", "started", "finished", "chunked", "head_only",
-                 "remaining", "continue_sent", "status", "task")
+                 "remaining", "continue_sent", "status", "task", "running")
 
     def __init__(self, conn: "HTTPProtocol", head: RequestHead) -> None:
         self.conn = conn
@@ -54,6 +54,7 @@ class Exchange:
         self.continue_sent = False
         self.status = 0
         self.task: asyncio.Task | None = None
+        self.running = False  # handed to the runner
 
     def _send_continue(self) -> None:
         if not self.started and not self.continue_sent and not self.body.done:
@@ -235,6 +236,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future] = []
         self._disconnect_waiters: list[asyncio.Future] = []  # ASGI receive() after the body
         self._timer: Any = None
+        self._send_timer: Any = None
         self._timer_kind = _T_NONE
         self._deadline = 0.0
         self._write_file_native: Any = None
@@ -257,6 +259,9 @@ class HTTPProtocol(asyncio.Protocol):
         self._lost = True
         self._closing = True
         self._stop_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         # handlers run on: reading the body, drain() and writes tell them the client is gone
         for ex in self._queue:
             ex.body.fail(ClientDisconnected("the client closed the connection"))
@@ -297,10 +302,29 @@ class HTTPProtocol(asyncio.Protocol):
     _closing_after_queue = False
 
     def pause_writing(self) -> None:
+        # a client that does not read its responses stops being read: requests
+        # it pipelines cannot pile answers up in memory
         self._write_paused = True
+        self._pause()
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._cfg.send_timeout, self._send_timed_out)
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if self._write_paused and not self._lost:
+            logger.debug("closing a connection whose client read nothing for %.1fs", self._cfg.send_timeout)
+            self.abort()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        self._next()
+        if self._paused and len(self._queue) <= self._cfg.max_pipelined:
+            ex = self._parsing
+            if ex is None or ex.body.hold_all or ex.body.buffered <= self._cfg.body_buffer_bytes // 2:
+                self._resume()
         for w in self._drain_waiters:
             if not w.done():
                 w.set_result(None)
@@ -325,7 +349,7 @@ class HTTPProtocol(asyncio.Protocol):
         else:
             self._cancel_timer()
         if len(self._queue) == 1:
-            self._start(ex)
+            self._next()
         elif len(self._queue) > self._cfg.max_pipelined:
             self._pause()
 
@@ -353,7 +377,16 @@ class HTTPProtocol(asyncio.Protocol):
             self._resume()
 
     # -- answering ----------------------------------------------------------------
+    def _next(self) -> None:
+        """Answer the next request, unless the client is not reading what we
+        write: then answers wait, so its pipelined requests cannot pile up
+        responses in memory."""
+        queue = self._queue
+        if queue and not self._write_paused and not queue[0].running and not self._lost:
+            self._start(queue[0])
+
     def _start(self, ex: Exchange) -> None:
+        ex.running = True
         if type(ex) is _ErrorExchange:
             ex.run()  # type: ignore[attr-defined]
             return
@@ -383,7 +416,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._close()
             return
         if queue:
-            self._start(queue[0])
+            self._next()
             return
         if self._closing_after_queue or self._draining:
             self._close()
@@ -413,7 +446,7 @@ class HTTPProtocol(asyncio.Protocol):
         err = _ErrorExchange(self, exc)
         self._queue.append(err)  # type: ignore[arg-type]
         if len(self._queue) == 1:
-            err.run()
+            self._next()
 
     # -- writing --------------------------------------------------------------
     def _spawn(self, coro: Any) -> asyncio.Task:
@@ -456,7 +489,8 @@ class HTTPProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _resume(self) -> None:
-        if self._paused and not self._lost and not self._closing and not self._parser.upgraded:
+        if (self._paused and not self._lost and not self._closing and not self._parser.upgraded
+                and not self._write_paused):
             self._paused = False
             self._transport.resume_reading()
 
@@ -534,6 +568,7 @@ class _ErrorExchange:
         self.body = Body(lambda: None, None)
         self.body.done = True
         self.keep_alive = False
+        self.running = False
 
     def run(self) -> None:
         conn = self.conn
