@@ -10,6 +10,7 @@ req/s and server CPU microseconds per request (utime+stime from
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -24,10 +25,14 @@ LOOPS = {"uvloop": "uvloop", "uringserve": "uringserve.uvicorn:loop_factory"}
 
 def run_one(loop: str, conns: int, seconds: int) -> tuple[float, float]:
     port = free_port()
+    env = None
+    if "@" in loop:  # uringserve@DIR: another checkout's uringserve (before/after a change)
+        loop, where = loop.split("@", 1)
+        env = {**os.environ, "PYTHONPATH": where}
     proc = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, "-m", "uvicorn", "hello_asgi:app", "--port", str(port),
          "--http", "httptools", "--loop", loop, "--no-access-log", "--log-level", "warning"],
-        cwd=BENCH, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd=BENCH, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_listening(port, proc)
         t0 = cpu_ticks(proc.pid)
@@ -49,16 +54,19 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--conns", type=int, default=100)
+    p.add_argument("--loops", default=",".join(LOOPS),
+                   help="uvloop, uringserve, or uringserve@DIR (DIR's checkout, built in place)")
     args = p.parse_args()
-    results: dict[str, list[tuple[float, float]]] = {n: [] for n in LOOPS}
+    loops = {n: LOOPS.get(n) or LOOPS["uringserve"] + "@" + n.split("@", 1)[1] for n in args.loops.split(",")}
+    results: dict[str, list[tuple[float, float]]] = {n: [] for n in loops}
     for rnd in range(args.rounds):
-        for name, loop in LOOPS.items():
+        for name, loop in loops.items():
             r = run_one(loop, args.conns, args.seconds)
             results[name].append(r)
             print(f"round {rnd + 1} {name:12} {r[0]:10.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr, flush=True)
     print(f"\nuvicorn + httptools, hello world, {args.conns} connections, wrk -t1, {args.seconds:g}s, "
           f"medians over {args.rounds} rounds; server on CPU 0, wrk on CPU 1")
-    print(summary(results, list(LOOPS), ["uvloop"], "req", "req/s"))
+    print(summary(results, list(loops), ["uvloop"] if "uvloop" in loops else [], "req", "req/s"))
     return 0
 
 
