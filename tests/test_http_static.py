@@ -30,6 +30,8 @@ def site(tmp_path):
     (tmp_path / "secret.txt").write_bytes(b"outside the root")
     os.symlink(tmp_path / "secret.txt", root / "escape.txt")
     os.symlink(root / "hello.txt", root / "inside-link.txt")
+    (root / "trap").mkdir()
+    os.symlink(tmp_path / "secret.txt", root / "trap" / "index.html")  # an index that leads out
     static = StaticFiles(str(root))
     yield static, big
     static.close()
@@ -155,6 +157,7 @@ def test_head(h, site) -> None:
     (b"/static/sub%2f..%2f..%2fsecret.txt", 400),
     (b"/static/hello.txt%00.png", 400),
     (b"/static/escape.txt", 404),        # a symlink out of the root
+    (b"/static/trap/", 404),             # a directory whose index links out of the root
     (b"/static/missing.txt", 404),
     (b"/static/sub", 200),               # a directory: its index
     (b"/static//hello.txt", 200),

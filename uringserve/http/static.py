@@ -158,13 +158,13 @@ class StaticFiles:
         if ".." in parts:
             raise HTTPError(400, "'..' in the path")
         real = os.path.realpath(os.path.join(self.root, *parts))
-        # symlinks may point anywhere: only what really lies under the root is served
-        if real != self.root and not real.startswith(self.root + os.sep):
-            return None
         if os.path.isdir(real):
             if self.index is None:
                 return None
-            real = os.path.join(real, self.index)
+            real = os.path.realpath(os.path.join(real, self.index))  # the index may be a link too
+        # symlinks may point anywhere: only what really lies under the root is served
+        if not real.startswith(self.root + os.sep):
+            return None
         return real if os.path.isfile(real) else None
 
     def response(self, method: str, raw_path: bytes, headers: Headers) -> Any:
