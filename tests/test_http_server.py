@@ -80,6 +80,15 @@ def run(h, handler, client, config: HTTPConfig | None = None, **kw) -> Any:
     return h.run(main(), timeout=60)
 
 
+def read_to_close(s: socket.socket) -> bytes:
+    data = b""
+    while True:
+        chunk = s.recv(1000)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def handler_errors(h) -> list:
     return [e for e in h.errors if "HTTP handler failed" in e.get("message", "")]
 
@@ -252,12 +261,7 @@ def test_slow_request_head_gets_408(h) -> None:
                 s.sendall(b"X")
             except OSError:
                 break
-        data = b""
-        while True:
-            chunk = s.recv(1000)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_close(s)
         s.close()
         return data, time.monotonic() - t0
     data, took = run(h, app, client, config=FAST)
@@ -269,13 +273,8 @@ def test_idle_keep_alive_connection_closes_silently(h) -> None:
     def client(port: int):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
-        data = b""
         t0 = time.monotonic()
-        while True:
-            chunk = s.recv(1000)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_close(s)
         s.close()
         return data, time.monotonic() - t0
     data, took = run(h, app, client, config=FAST)
@@ -295,12 +294,7 @@ def test_stalled_request_body_gets_408(h) -> None:
     def client(port: int):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 10\r\n\r\nabc")
-        data = b""
-        while True:
-            chunk = s.recv(1000)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_close(s)
         s.close()
         return data
     data = run(h, app, client, config=FAST)
