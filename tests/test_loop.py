@@ -378,3 +378,38 @@ def test_create_eager_task_runs_the_first_step_at_once() -> None:
         assert log[5:] == [("quick", True), ("t3 done at once", True)]
     else:
         assert log[5:] == [("t3 done at once", False), ("quick", True)]
+
+
+def test_writes_reach_the_kernel_when_the_loop_stops() -> None:
+    """asyncio's write() sends at once; a ring sends at its next enter. The
+    loop submits when run_until_complete() returns, so bytes written in the
+    last round arrive even if the loop is never run again."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    loop = uringserve.new_event_loop()
+    try:
+        async def connect() -> None:
+            tr, _ = await loop.create_connection(asyncio.Protocol, *lsock.getsockname())
+            await asyncio.sleep(0.01)
+            holder.append(tr)
+        holder: list = []
+        loop.run_until_complete(connect())
+
+        def write_and_stop() -> None:  # the loop's last round: no select() after it
+            holder[0].write(b"last words" * 1000)
+            loop.stop()
+        loop.call_soon(write_and_stop)
+        loop.run_forever()
+        peer, _ = lsock.accept()
+        peer.settimeout(2)
+        got = b""
+        while len(got) < 10000:
+            got += peer.recv(65536)
+        assert got == b"last words" * 1000
+        peer.close()
+        holder[0].close()
+        loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        loop.close()
+        lsock.close()

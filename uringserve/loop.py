@@ -134,7 +134,13 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 "this UringEventLoop is bound to the thread that first ran it: its io_uring was "
                 "set up with IORING_SETUP_SINGLE_ISSUER (and DEFER_TASKRUN), so only that thread "
                 "may submit or reap. Run it in that thread, or create a new loop in this one.")
-        super().run_forever()
+        try:
+            super().run_forever()
+        finally:
+            # what the last round wrote reaches the kernel now, as a write() on
+            # asyncio's own loop would have, even if this loop never runs again
+            if not self._ring.closed:
+                self._ring.flush()
 
     @property
     def ring(self) -> Ring:
