@@ -146,3 +146,30 @@ def test_a_huge_header_is_refused_before_it_is_buffered() -> None:
         for _ in range(100):
             p.feed(b"v" * 100)
     assert e.value.status == 431
+
+
+# -- garbage: the parser answers with an HTTPError or parses; nothing else escapes
+_TOKENS = [b"GET ", b"POST ", b"/", b"?a=1", b" HTTP/1.1", b" HTTP/1.0", b"\r\n", b"\n", b"Host: h",
+           b"Content-Length: ", b"Transfer-Encoding: chunked", b"5", b"0", b"ffff", b"\r\n\r\n", b": ",
+           b"\x00", b"\xff", b" ", b"\t", b"hello", b";ext", b"Expect: 100-continue", b"Connection: close"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_TOKENS), st.binary(max_size=8)), max_size=40),
+       st.lists(st.integers(min_value=1, max_value=400), max_size=5))
+def test_garbage_never_escapes_as_anything_but_http_error(parts: list[bytes], splits: list[int]) -> None:
+    data = b"".join(parts)
+    cuts = sorted({c for c in splits if c < len(data)})
+    events, status = parse(data, cuts or None, HTTPConfig(max_body_bytes=64))
+    assert status is None or 400 <= status <= 505
+    # every head is followed by at most its body and one end, in order
+    open_msg = False
+    for e in events:
+        if e[0] == "head":
+            assert not open_msg
+            open_msg = True
+        elif e[0] == "body":
+            assert open_msg
+        else:
+            assert open_msg
+            open_msg = False

@@ -6,6 +6,7 @@ sent whole and byte by byte."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from typing import Any
@@ -424,3 +425,61 @@ def test_a_client_that_never_reads_is_cut_after_send_timeout(h) -> None:
     got, took = run(h, lambda req: Response(big), client, config=HTTPConfig(send_timeout=0.3))
     assert got < len(big)  # cut, not completed
     assert took < 5
+
+
+class _FakeTransport:
+    """What HTTPProtocol needs of a transport, recording what it is told."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+        self.after_close = b""
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            self.after_close += data
+        self.out += data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from([b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", b"\r\n", b"POST /echo HTTP/1.1\r\n",
+                                           b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n", b"abc",
+                                           b"3\r\nabc\r\n0\r\n\r\n", b"HTTP/2.0", b"\x00\xff", b"Host: t\r\n"]),
+                          st.binary(max_size=6)), max_size=25))
+def test_protocol_survives_garbage(parts: list[bytes]) -> None:
+    """Any byte stream: no exception out of data_received, every answer a
+    well-formed HTTP/1.1 response, and an error answer ends the connection."""
+    from uringserve.http.native import native_runner
+    from uringserve.http.protocol import HTTPProtocol
+
+    async def main() -> _FakeTransport:
+        proto = HTTPProtocol(native_runner(sync_app), HTTPConfig(max_body_bytes=64))
+        t = _FakeTransport()
+        proto.connection_made(t)
+        for p in parts:
+            proto.data_received(p)
+        await asyncio.sleep(0)
+        proto.connection_lost(None)
+        return t
+    t = asyncio.run(main())
+    out = bytes(t.out)
+    assert t.after_close == b""  # nothing is answered after the connection was ended
+    if out:
+        assert out.startswith(b"HTTP/1.1 ")
+    if re.search(rb"HTTP/1.1 (400|405|413|414|417|431|505) ", out):
+        assert t.closed
