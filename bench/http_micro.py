@@ -1,0 +1,71 @@
+"""uringserve.http's own cost per request, without a kernel or a network:
+HTTPProtocol on a fake transport answering the demo's hello world.
+
+    python bench/http_micro.py [--requests 100000]
+
+bench/http_bench.py's `floor` is the loop's and the kernel's share; this is
+the HTTP layer's. Native: the plain-function fast path, run inline. ASGI:
+one task per request, driven by a loop callback as the ring drives it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import uringserve  # noqa: E402
+from apps.http import app, asgi_app  # noqa: E402
+from uringserve.http import HTTPConfig  # noqa: E402
+from uringserve.http.asgi import asgi_runner  # noqa: E402
+from uringserve.http.native import native_runner  # noqa: E402
+from uringserve.http.protocol import HTTPProtocol  # noqa: E402
+from uringserve.http.static import FileCache  # noqa: E402
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"  # what wrk sends
+
+
+class NullTransport:
+    def write(self, data: bytes) -> None: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+
+
+async def measure(runner: Any, n: int) -> float:
+    loop = asyncio.get_running_loop()
+    proto = HTTPProtocol(runner, HTTPConfig(keepalive_requests=1 << 62))
+    proto.connection_made(NullTransport())
+    done = loop.create_future()
+    left = [n]
+
+    def step() -> None:  # a loop callback, as the ring's dispatch is
+        for _ in range(100):
+            proto.data_received(REQUEST)
+        left[0] -= 100
+        if left[0] > 0:
+            loop.call_soon(step)
+        else:
+            done.set_result(None)
+    t0 = time.perf_counter()
+    loop.call_soon(step)
+    await done
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+async def main(n: int) -> None:
+    native = await measure(native_runner(app), n)
+    asgi = await measure(asgi_runner(asgi_app, {}, FileCache()), n // 4)
+    print(f"HTTP layer per request, {n} requests: native {native:.2f} us, ASGI {asgi:.2f} us "
+          "(median of 5 runs of this command is the number to quote)")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=100_000)
+    uringserve.run(main(p.parse_args().requests))
