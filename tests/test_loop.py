@@ -413,3 +413,42 @@ def test_writes_reach_the_kernel_when_the_loop_stops() -> None:
     finally:
         loop.close()
         lsock.close()
+
+
+def test_many_timers_with_cancellations_fire_in_order(h) -> None:
+    """Enough timers, mostly cancelled, to take the heap-compaction path:
+    the live ones fire in time order and no cancelled one fires."""
+    fired: list = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        base = loop.time() + 0.05
+        handles = []
+        for i in range(600):
+            when = base + (i % 7) * 0.01  # repeated deadlines
+            handles.append((i, when, loop.call_at(when, fired.append, i)))
+        for i, _, th in handles:
+            if i % 3:
+                th.cancel()
+        await asyncio.sleep(0.2)
+        whens = {i: when for i, when, _ in handles}
+        assert sorted(fired) == [i for i in range(600) if not i % 3]  # every live one, no cancelled one
+        fired_whens = [whens[i] for i in fired]
+        assert fired_whens == sorted(fired_whens)  # in time order (asyncio orders ties arbitrarily)
+    h.run(main())
+
+
+def test_debug_mode_reports_slow_callbacks(h, caplog) -> None:
+    h.loop.set_debug(True)
+    h.loop.slow_callback_duration = 0.01
+
+    def slow() -> None:
+        time.sleep(0.03)
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_later(0.001, slow)
+        await asyncio.sleep(0.1)
+    with caplog.at_level("WARNING", logger="asyncio"):
+        h.run(main())
+    h.loop.set_debug(False)
+    assert any("took" in r.getMessage() and "slow" in r.getMessage() for r in caplog.records)
