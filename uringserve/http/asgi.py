@@ -66,7 +66,7 @@ class _Cycle:
                 raise RuntimeError("ASGI: http.response.start sent twice")
             self.status = int(message["status"])
             framing.status_line(self.status)  # a bad status is the app's error, raised here
-            lines = []
+            kept = []
             for name, value in message.get("headers", ()):
                 lname = name.lower()
                 if lname in _FRAMING:
@@ -75,14 +75,8 @@ class _Cycle:
                     elif lname == b"connection" and value.lower() == b"close":
                         ex.keep_alive = False
                     continue  # the server writes the framing headers itself
-                if b":" in name:
-                    raise ValueError(f"invalid response header name {name!r}")
-                lines.append(b"%s: %s\r\n" % (name, value))
-            # one scan for CR/LF in any name or value (response splitting)
-            block = b"".join(lines)
-            if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines):
-                raise ValueError("a response header name or value contains CR or LF")
-            self.headers = block
+                kept.append((name, value))
+            self.headers = framing.encode_headers(kept)
             return
         if kind == "http.response.body":
             if self.headers is None:
@@ -96,7 +90,7 @@ class _Cycle:
                 if not more and (length is None or length == len(data)):
                     ex.respond(self.status, self.headers, bytes(data))  # one write
                     return
-                ex.start(self.status, [], length, bytes(data), self.headers)
+                ex.start(self.status, self.headers, length, bytes(data))
             elif data:
                 ex.send(bytes(data))
             if not more:
@@ -108,7 +102,7 @@ class _Cycle:
             if self.headers is None or ex.started:
                 raise RuntimeError("ASGI: http.response.pathsend needs http.response.start and no body")
             f = self.files.open(os.fspath(message["path"]))
-            ex.start(self.status, [], f.size if self.length is None else self.length, b"", self.headers)
+            ex.start(self.status, self.headers, f.size if self.length is None else self.length)
             pending = ex.send_file(f, 0, f.size)
             if pending is not None:
                 await pending

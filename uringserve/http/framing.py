@@ -30,29 +30,24 @@ def date_header() -> bytes:
     return _date[1]
 
 
-def body_allowed(status: int, method: bytes) -> bool:
-    return not (status < 200 or status in (204, 304) or method == b"HEAD")
-
-
-def _check_header(name: bytes, value: bytes) -> None:
-    # a CR or LF in a header would let a handler split the response
-    if b"\r" in name or b"\n" in name or b":" in name or not name or b"\r" in value or b"\n" in value:
-        raise ValueError(f"invalid response header {name!r}: {value!r}")
-
-
-def header_line(name: bytes, value: bytes) -> bytes:
-    """`name: value\\r\\n`, refusing what could split the response."""
-    if b"\r" in value or b"\n" in value or not name or b"\r" in name or b"\n" in name or b":" in name:
-        raise ValueError(f"invalid response header {name!r}: {value!r}")
-    return b"%s: %s\r\n" % (name, value)
+def body_allowed(status: int) -> bool:
+    """Whether a response with this status carries a body (HEAD aside)."""
+    return status >= 200 and status != 204 and status != 304
 
 
 def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
-    out = []
+    """The header lines, refusing what could split the response: a CR or LF
+    anywhere (one scan of the whole block), a ':' in or an empty name."""
+    lines = []
     for name, value in headers:
-        _check_header(name, value)
-        out.append(b"%s: %s\r\n" % (name, value))
-    return b"".join(out)
+        if not name or b":" in name:
+            raise ValueError(f"invalid response header {name!r}: {value!r}")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    block = b"".join(lines)
+    if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines):
+        bad = next((n, v) for n, v in headers if b"\r" in n + v or b"\n" in n + v)
+        raise ValueError(f"invalid response header {bad[0]!r}: {bad[1]!r}")
+    return block
 
 
 def chunk(data: bytes) -> bytes:

@@ -21,14 +21,12 @@ class ClientDisconnected(ConnectionError):
 class Body:
     """A request body on its way in: chunks in order, with flow control
     back to the connection (reading pauses while too much waits here)."""
-    __slots__ = ("_chunks", "_size", "done", "_waiter", "_exc", "_on_consumed", "_on_first_read", "total",
-                 "hold_all")
+    __slots__ = ("_chunks", "_size", "done", "_waiter", "_exc", "_on_consumed", "_on_first_read", "hold_all")
 
     def __init__(self, on_consumed: Any, on_first_read: Any) -> None:
         self._chunks: collections.deque = collections.deque()
         self._size = 0
         self.done = False
-        self.total = 0
         self._waiter: asyncio.Future | None = None
         self._exc: BaseException | None = None
         self._on_consumed = on_consumed
@@ -42,7 +40,6 @@ class Body:
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
-        self.total += len(data)
         self._wake()
 
     def end(self) -> None:
@@ -60,19 +57,26 @@ class Body:
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def wait_done(self) -> None:
-        """Until the whole body is in (or failed); keeps what arrived."""
+    def _first_read(self) -> None:
         if self._on_first_read is not None:
             cb, self._on_first_read = self._on_first_read, None
             cb()  # 100 Continue
+
+    async def _arrival(self) -> None:
+        """Until the next feed, end or failure."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def wait_done(self) -> None:
+        """Until the whole body is in (or failed); keeps what arrived."""
+        self._first_read()
         self.hold_all = True
         self._on_consumed()  # reading may resume: this body is not read piecewise
         while not self.done:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._arrival()
         if self._exc is not None:
             raise self._exc
 
@@ -89,19 +93,13 @@ class Body:
 
     async def next_chunk(self) -> bytes:
         """The next chunk, b"" at the end."""
-        if self._on_first_read is not None:
-            cb, self._on_first_read = self._on_first_read, None
-            cb()  # 100 Continue
+        self._first_read()
         while not self._chunks:
             if self._exc is not None:
                 raise self._exc
             if self.done:
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._arrival()
         data = self._chunks.popleft()
         self._size -= len(data)
         self._on_consumed()
@@ -207,65 +205,61 @@ class Request:
 _FRAMING = (b"content-length", b"transfer-encoding")
 
 
-def _encode_headers(headers: Any) -> list[tuple[bytes, bytes]]:
-    """(bytes, bytes) pairs; the body's framing headers are the server's to
-    write, so a handler's Content-Length / Transfer-Encoding are dropped."""
-    if not headers:
-        return []
-    items = headers.items() if hasattr(headers, "items") else headers
+def _prepare_headers(status: int, headers: Any, content_type: str | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """A response's (name, value) pairs and their encoded block, made once
+    when the response is made: a bad status or header fails here, and a
+    response returned many times costs nothing per request. The body's
+    framing headers are the server's to write, so a handler's
+    Content-Length / Transfer-Encoding are dropped."""
+    framing.status_line(status)
     out = []
-    for name, value in items:
-        name = name.encode("latin-1") if isinstance(name, str) else bytes(name)
-        if name.lower() in _FRAMING:
-            continue
-        out.append((name, value.encode("latin-1") if isinstance(value, str) else bytes(value)))
-    return out
+    if headers:
+        for name, value in headers.items() if hasattr(headers, "items") else headers:
+            name = name.encode("latin-1") if isinstance(name, str) else bytes(name)
+            if name.lower() in _FRAMING:
+                continue
+            out.append((name, value.encode("latin-1") if isinstance(value, str) else bytes(value)))
+    if content_type is not None and not any(n.lower() == b"content-type" for n, _ in out):
+        out.append((b"Content-Type", content_type.encode("latin-1")))
+    return out, encode_headers(out)
 
 
 class Response:
-    """A complete response. `body` may be bytes or str (sent as UTF-8).
-    Headers are checked and encoded once, here, so a Response made once and
-    returned many times costs nothing per request."""
+    """A complete response. `body` may be bytes or str (sent as UTF-8)."""
     __slots__ = ("status", "body", "headers", "block")
 
     def __init__(self, body: bytes | str = b"", status: int = 200, headers: Any = None,
                  content_type: str | None = "text/plain; charset=utf-8") -> None:
         self.status = status
         self.body = body.encode() if isinstance(body, str) else bytes(body)
-        self.headers = _encode_headers(headers)
-        if content_type is not None and not any(n.lower() == b"content-type" for n, _ in self.headers):
-            self.headers.append((b"Content-Type", content_type.encode("latin-1")))
-        self.block = encode_headers(self.headers)
-        framing.status_line(status)  # a bad status fails here, not per request
+        self.headers, self.block = _prepare_headers(status, headers, content_type)
 
 
 class StreamingResponse:
     """A response whose body comes from an (async) iterable of bytes: sent
     chunked to HTTP/1.1 clients, or with `content_length` when known."""
-    __slots__ = ("status", "content", "headers", "content_length")
+    __slots__ = ("status", "content", "headers", "block", "content_length")
 
     def __init__(self, content: AsyncIterable[bytes] | Iterable[bytes], status: int = 200, headers: Any = None,
                  content_type: str | None = "application/octet-stream", content_length: int | None = None) -> None:
         self.status = status
         self.content = content
         self.content_length = content_length
-        self.headers = _encode_headers(headers)
-        if content_type is not None and not any(n.lower() == b"content-type" for n, _ in self.headers):
-            self.headers.append((b"Content-Type", content_type.encode("latin-1")))
+        self.headers, self.block = _prepare_headers(status, headers, content_type)
 
 
 class FileResponse:
     """`count` bytes of an open file from `offset`, sent by the ring straight
     from registered memory when the loop is UringEventLoop. Made by
     StaticFiles; `file` is a static.OpenFile."""
-    __slots__ = ("status", "file", "offset", "count", "headers")
+    __slots__ = ("status", "file", "offset", "count", "headers", "block")
 
     def __init__(self, file: Any, offset: int, count: int, status: int = 200, headers: Any = None) -> None:
         self.status = status
         self.file = file
         self.offset = offset
         self.count = count
-        self.headers = _encode_headers(headers)
+        self.headers, self.block = _prepare_headers(status, headers, None)
 
 
 __all__ = ["Request", "Response", "StreamingResponse", "FileResponse", "Headers", "ClientDisconnected",

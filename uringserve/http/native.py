@@ -58,7 +58,7 @@ def answer(ex: Exchange, result: Any) -> Any:
     if isinstance(result, (bytes, str)):
         return answer(ex, Response(result))
     if isinstance(result, FileResponse):
-        ex.start(result.status, result.headers, result.count)
+        ex.start(result.status, result.block, result.count)
         pending = ex.send_file(result.file, result.offset, result.count)
         if pending is None:
             ex.end()
@@ -80,7 +80,7 @@ async def _finish_after(pending: Any, ex: Exchange) -> None:
 
 async def _stream(ex: Exchange, resp: StreamingResponse) -> None:
     conn = ex.conn
-    ex.start(resp.status, resp.headers, resp.content_length)
+    ex.start(resp.status, resp.block, resp.content_length)
     content = resp.content
     if hasattr(content, "__aiter__"):
         async for data in content:  # type: ignore[union-attr]
