@@ -274,3 +274,61 @@ def test_file_register_needs_fixed_files_and_room(tmp_path) -> None:
     (slots, used), _ = run_uring(RingConfig(files=4, reserved_slots=1), fill)
     assert [s >= 0 for s in slots] == [True, True, True, False] and slots[3] == -23  # ENFILE
     assert used == 0
+
+
+def test_a_queued_file_range_waits_for_a_segment(tmp_path) -> None:
+    """One segment and three chunks for two connections: the first one's
+    file, sent to a reader that reads nothing yet, holds the segment and two
+    chunks; the second connection's write squeezes through the third chunk
+    and the file range queued behind it finds no segment. It must go out,
+    in order, when the segment comes back (US_EV_ARENA)."""
+    data = os.urandom(24 << 20)  # more than the kernel's socket buffers take from an unread socket
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    small = data[:5000]
+    cfg = RingConfig(ext_segments=1, arena_bytes=96 * 1024, chunk_size=32 * 1024)
+
+    async def main(loop):
+        order: list = []
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                self.f = open(path, "rb")
+                fd = self.f.fileno()
+                if not order:  # the first connection: the big file, holding the segment
+                    order.append("big")
+                    assert transport.write_file(fd, 0, len(data), owner=self.f) == len(data)
+                else:  # the second: a write that waits for the arena, then a file range behind it
+                    order.append("small")
+                    transport.write(bytearray(b"x" * 100_000))  # copied (not in place): the arena is full
+                    assert transport.write_file(fd, 0, len(small), owner=self.f) == len(small)
+                    transport.write(b"end")
+                transport.close()
+
+            def connection_lost(self, exc) -> None:
+                self.f.close()
+
+        server = await loop.create_server(Server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: a small window
+        slow.connect(("127.0.0.1", port))
+        r1, w1 = await asyncio.open_connection(sock=slow)
+        await asyncio.sleep(0.1)  # the big file's reads stall on an unread socket
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        second = asyncio.ensure_future(r2.read())
+        await asyncio.sleep(0.2)
+        first = await r1.read()
+        got = await asyncio.wait_for(second, 10)
+        for w in (w1, w2):
+            w.close()
+            await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        return first, got, loop.ring_stats()
+
+    (first, got, st), _ = run_uring(cfg, main)
+    assert first == data
+    assert got == b"x" * 100_000 + small + b"end"
+    assert st["ext_in_use"] == 0 and st["arena_in_use"] == 0

@@ -332,8 +332,8 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             if type(chunk) is _FileRange:
                 ret = ring.send_file(self._slot, self._gen, chunk.fd, chunk.fixed, chunk.offset,
                                      chunk.count, chunk.owner)
-                if ret == -errno.ENOBUFS:  # every segment in flight; they come back as sends finish
-                    self._loop.call_later(0.002, self._flush_pending)
+                if ret == -errno.ENOBUFS:  # every segment in flight: US_EV_ARENA says when one frees
+                    self._loop._arena_waiters[self._slot] = self
                     break
                 if chunk.fixed:
                     ring.file_hold(chunk.fd, -1)
@@ -354,7 +354,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
                 break
             self._pending.popleft()
         if not self._pending:
-            self._write_fast = not (self._eof_written or self._conn_lost or self._sendfile_active)
+            self._refresh_write_fast()
             if self._eof_written:
                 ring.shutdown(self._slot, self._gen)
             if self._closing and not self._closed_called:
@@ -403,7 +403,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         """Until everything queued has been sent (loop.sendfile()'s contract)."""
         if self._closed_called:
             raise ConnectionError("Connection is closed by peer")
-        if not self._pending and not self._ring.queued(self._slot, self._gen):
+        if self._drained():
             return
         if self._empty_waiter is None:
             self._empty_waiter = self._loop.create_future()
@@ -419,9 +419,15 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         n = self._ring.sent(self._slot, self._gen)
         return n if n >= 0 else 0
 
+    def _drained(self) -> bool:
+        return not self._pending and not self._ring.queued(self._slot, self._gen)
+
+    def _refresh_write_fast(self) -> None:
+        self._write_fast = not (self._pending or self._eof_written or self._conn_lost or self._sendfile_active)
+
     def _set_sendfile_active(self, active: bool) -> None:
         self._sendfile_active = active
-        self._write_fast = not (active or self._pending or self._eof_written or self._conn_lost)
+        self._refresh_write_fast()
 
     def _wake_empty(self, exc: BaseException | None) -> None:
         w = self._empty_waiter
@@ -429,7 +435,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             return
         if exc is not None:
             w.set_exception(exc)
-        elif not self._pending and not self._ring.queued(self._slot, self._gen):
+        elif self._drained():
             w.set_result(None)
         else:
             self._ring.notify_below(self._slot, self._gen, 0)

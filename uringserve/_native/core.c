@@ -169,6 +169,7 @@ struct us_ring {
     int drop_fd;                    /* -1: what a FILES_UPDATE that empties a slot reads */
     uint32_t *released;             /* [count, segment...]: the caller empties it */
     int arena_registered, arena_waiting, arena_freed;
+    int seg_waiting, seg_freed;     /* the same for segments (us_send_file) */
     /* Completions reaped outside us_wait() (a synchronous op, us_flush) wait
      * in the stash. The buffers and plain-recv re-arms they imply are held
      * until their events have been handed out, then recycled a call later,
@@ -386,6 +387,7 @@ static void chunk_maybe_free(struct us_ring *r, uint32_t c)
         r->released[1 + r->released[0]++] = e;
         r->ext_free[r->nextfree++] = e;
         r->st.ext_in_use--;
+        r->seg_freed = 1;
         return;
     }
     r->ch_free[r->nfree++] = c;
@@ -1200,11 +1202,11 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
         reap(r, &o);
         if (r->nfillwait && r->nfree)
             retry_fills(r); /* submitted with the next enter */
-        if (r->arena_waiting && r->arena_freed && o.n < o.max) {
-            r->arena_waiting = 0;
+        if (((r->arena_waiting && r->arena_freed) || (r->seg_waiting && r->seg_freed)) && o.n < o.max) {
+            r->arena_waiting = r->seg_waiting = 0;
             emit(&o, US_EV_ARENA, 0, 0, (int32_t)r->nfree);
         }
-        r->arena_freed = 0;
+        r->arena_freed = r->seg_freed = 0;
         if (o.n || min_complete <= 0 || ret == -EINTR || ret == -ETIME)
             break;
         /* Only completions the core finishes itself arrived (sends, zc
@@ -1424,8 +1426,10 @@ int64_t us_send_file(struct us_ring *r, uint32_t slot, uint32_t gen, int file, i
     if (fixed && (!conn_fixed(r) || (uint32_t)file >= r->nconn || r->conns[file].state != C_FILE ||
                   ((r->conns[file].flags & F_FILE_DROP) && !r->conns[file].queued)))
         return -EBADF;
-    if (!r->nextfree)
+    if (!r->nextfree) {
+        r->seg_waiting = 1; /* a queued range retries on US_EV_ARENA, as writes do */
         return -ENOBUFS;
+    }
     if (fixed)
         r->conns[file].queued++;
     uint32_t e = r->ext_free[--r->nextfree];

@@ -20,7 +20,7 @@
 #define US_EV_CLOSED     7  /* the slot is closed and free; gen is the old generation */
 #define US_EV_SHUTDOWN   8  /* write side shut down after the queue drained; res=0 or -errno */
 #define US_EV_POLL       9  /* conn=poll id, gen=poll gen, res=revents or -errno, flags=more */
-#define US_EV_ARENA     10  /* send-arena chunks were freed after a us_send() came up short */
+#define US_EV_ARENA     10  /* arena chunks or segments were freed after a us_send()/us_send_file() came up short */
 
 #define US_SEND_AUTO     0  /* send_zc from the arena for big writes, plain send below; copied-zc conns fall back */
 #define US_SEND_PLAIN    1  /* plain send only */
