@@ -72,9 +72,12 @@ def run_one(name: str, path: str, conns: int, seconds: int, static: str) -> tupl
     with tempfile.TemporaryDirectory() as tmp:
         if name == "nginx":
             Path(tmp, "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port, static=static))
-        cmd = commands(port, tmp, static)[name]
+        base, _, where = name.partition("@")  # uringserve@DIR: another checkout, built in place
+        cmd = commands(port, tmp, static)[base]
         env = {**os.environ, "URINGSERVE_STATIC": static}
-        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=ROOT, env=env,
+        if where:
+            env["PYTHONPATH"] = where
+        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=where or ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_listening(port, proc)
@@ -100,14 +103,15 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--conns", type=int, default=100)
     p.add_argument("--static-conns", type=int, default=16)
-    p.add_argument("--servers", default="uringserve,uringserve-asgi,uvicorn,granian,nginx")
+    p.add_argument("--servers", default="uringserve,uringserve-asgi,uvicorn,granian,nginx",
+                   help="also floor, and NAME@DIR for another checkout (before/after a change)")
     p.add_argument("--no-static", action="store_true")
     args = p.parse_args()
     for tool in ("wrk", "nginx", "curl", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: `make bench-http` installs what this benchmark needs")
     names = args.servers.split(",")
-    static_names = [n for n in ("uringserve", "nginx") if n in names]
+    static_names = [n for n in names if n.partition("@")[0] in ("uringserve", "nginx")]
     with tempfile.TemporaryDirectory() as static:
         os.chmod(static, 0o755)
         Path(static, "1mb.bin").write_bytes(os.urandom(1 << 20))
