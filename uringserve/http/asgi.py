@@ -10,7 +10,7 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 from . import framing
-from .messages import ClientDisconnected
+from .body import ClientDisconnected
 from .parser import HTTPError
 from .protocol import Exchange
 
@@ -36,7 +36,7 @@ class _Cycle:
 
     async def receive(self) -> dict[str, Any]:
         ex = self.ex
-        body = ex.body
+        body = ex.body_in
         if not self.body_sent_end and not ex.conn._lost:
             try:
                 data = await body.next_chunk()
@@ -115,23 +115,20 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
                 root_path: str = "") -> Callable[[Exchange], None]:
     def run(ex: Exchange) -> None:
         conn = ex.conn
-        head = ex.head
-        target = head.target
-        q = target.find(b"?")
-        raw_path = target if q < 0 else target[:q]
+        raw_path = ex.raw_path
         scope = {
             "type": "http",
             "asgi": _ASGI,
-            "http_version": head.version,
+            "http_version": ex.version,
             "server": conn.server_addr,
             "client": conn.client,
             "scheme": "http",
-            "method": head.method.decode("ascii"),
+            "method": ex.method,
             "root_path": root_path,
             "path": unquote(path) if "%" in (path := raw_path.decode("latin-1")) else path,
             "raw_path": raw_path,
-            "query_string": b"" if q < 0 else target[q + 1:],
-            "headers": head.headers,
+            "query_string": ex.query_string,
+            "headers": ex.raw_headers,
             "state": state.copy() if state else {},
             "extensions": _EXTENSIONS,
         }

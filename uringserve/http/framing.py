@@ -8,7 +8,9 @@ from http import HTTPStatus
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {}
-_date = [0, b""]
+# [the time the cached Date header goes stale, the header]: hot paths read
+# it inline (DATE[1] after checking DATE[0]) instead of calling date_header()
+DATE: list = [0.0, b""]
 
 
 def status_line(status: int) -> bytes:
@@ -23,16 +25,28 @@ def status_line(status: int) -> bytes:
 
 def date_header() -> bytes:
     """`Date: ...\\r\\n`, formatted once per second."""
+    if time.time() >= DATE[0]:
+        refresh_date()
+    return DATE[1]
+
+
+def refresh_date() -> None:
     now = int(time.time())
-    if now != _date[0]:
-        _date[0] = now
-        _date[1] = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-    return _date[1]
+    DATE[1] = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+    DATE[0] = now + 1.0
 
 
 def body_allowed(status: int) -> bool:
     """Whether a response with this status carries a body (HEAD aside)."""
     return status >= 200 and status != 204 and status != 304
+
+
+def whole_head(status: int, block: bytes, body: bytes) -> tuple[bytes, bytes]:
+    """The status line, headers and Content-Length of a response whose body is
+    known, and the body to send (none for 1xx, 204 and 304)."""
+    if body_allowed(status):
+        return b"%s%sContent-Length: %d\r\n" % (status_line(status), block, len(body)), body
+    return status_line(status) + block, b""
 
 
 def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -1,109 +1,14 @@
 """The native handler API's Request and Response model."""
 from __future__ import annotations
 
-import asyncio
-import collections
-from typing import TYPE_CHECKING, Any, AsyncIterable, Iterable
+from typing import Any, AsyncIterable, Iterable
 from urllib.parse import unquote
 
 from . import framing
+from .body import ClientDisconnected
 from .framing import encode_headers
-from .parser import HTTPError, RequestHead
-
-if TYPE_CHECKING:
-    from .protocol import Exchange
-
-
-class ClientDisconnected(ConnectionError):
-    """The client went away before the request body was read."""
-
-
-class Body:
-    """A request body on its way in: chunks in order, with flow control
-    back to the connection (reading pauses while too much waits here)."""
-    __slots__ = ("_chunks", "_size", "done", "_waiter", "_exc", "_on_consumed", "_on_first_read", "hold_all")
-
-    def __init__(self, on_consumed: Any, on_first_read: Any) -> None:
-        self._chunks: collections.deque = collections.deque()
-        self._size = 0
-        self.done = False
-        self._waiter: asyncio.Future | None = None
-        self._exc: BaseException | None = None
-        self._on_consumed = on_consumed
-        self._on_first_read = on_first_read
-        self.hold_all = False  # wait_done(): buffer it all (max_body_bytes still bounds it)
-
-    @property
-    def buffered(self) -> int:
-        return self._size
-
-    def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        self._wake()
-
-    def end(self) -> None:
-        self.done = True
-        self._wake()
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.done:
-            self._exc = exc
-            self.done = True
-            self._wake()
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def _first_read(self) -> None:
-        if self._on_first_read is not None:
-            cb, self._on_first_read = self._on_first_read, None
-            cb()  # 100 Continue
-
-    async def _arrival(self) -> None:
-        """Until the next feed, end or failure."""
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    async def wait_done(self) -> None:
-        """Until the whole body is in (or failed); keeps what arrived."""
-        self._first_read()
-        self.hold_all = True
-        self._on_consumed()  # reading may resume: this body is not read piecewise
-        while not self.done:
-            await self._arrival()
-        if self._exc is not None:
-            raise self._exc
-
-    def read_now(self) -> bytes:
-        """Everything buffered (the body when `done`)."""
-        if self._exc is not None:
-            raise self._exc
-        data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
-        self._chunks.clear()
-        if self._size:
-            self._size = 0
-            self._on_consumed()
-        return data
-
-    async def next_chunk(self) -> bytes:
-        """The next chunk, b"" at the end."""
-        self._first_read()
-        while not self._chunks:
-            if self._exc is not None:
-                raise self._exc
-            if self.done:
-                return b""
-            await self._arrival()
-        data = self._chunks.popleft()
-        self._size -= len(data)
-        self._on_consumed()
-        return data
+from .parser import HTTPError
+from .protocol import Exchange
 
 
 class Headers:
@@ -140,36 +45,28 @@ class Headers:
         return f"Headers({self._dict()!r})"
 
 
-class Request:
-    """One HTTP request. `path` is percent-decoded; `raw_path` is as sent.
-    Only raw_path is computed up front; the rest when asked for."""
-    __slots__ = ("raw_path", "client", "_head", "_body", "_exchange", "_headers", "__weakref__")
-
-    def __init__(self, head: RequestHead, body: Body, client: Any, exchange: "Exchange | None" = None) -> None:
-        self._head = head
-        self.raw_path: bytes = head.target.partition(b"?")[0]
-        self.client = client
-        self._body = body
-        self._exchange = exchange
-        self._headers: Headers | None = None
+class Request(Exchange):
+    """One HTTP request, as the native API's handlers see it: `method`,
+    `http_version` and percent-decoded `path` are text; `target`,
+    `raw_path` and `query_string` bytes as sent. It is the server's
+    exchange object itself (the response state is the server's), so a
+    request costs one object."""
+    _headers_view: Headers | None = None
 
     @property
-    def method(self) -> str:
-        return self._head.method.decode("ascii")
-
-    @property
-    def query_string(self) -> bytes:
-        return self._head.target.partition(b"?")[2]
+    def client(self) -> Any:
+        return self.conn.client
 
     @property
     def http_version(self) -> str:
-        return self._head.version
+        return self.version
 
     @property
     def headers(self) -> Headers:
-        if self._headers is None:
-            self._headers = Headers(self._head.headers)
-        return self._headers
+        view = self._headers_view
+        if view is None:
+            self._headers_view = view = Headers(self.raw_headers)
+        return view
 
     @property
     def path(self) -> str:
@@ -178,14 +75,15 @@ class Request:
     @property
     def content(self) -> bytes:
         """The whole body, for plain-function handlers (they run once it is in)."""
-        if not self._body.done:
+        if not self.body_in.done:
             raise RuntimeError("the request body is still arriving: use `await request.body()`")
-        return self._body.read_now()
+        return self.body_in.read_now()
 
     async def body(self) -> bytes:
+        """The whole body, once it has arrived."""
         parts = []
         while True:
-            chunk = await self._body.next_chunk()
+            chunk = await self.body_in.next_chunk()
             if not chunk:
                 return b"".join(parts)
             parts.append(chunk)
@@ -193,7 +91,7 @@ class Request:
     async def stream(self) -> Any:
         """The body chunk by chunk, as it arrives."""
         while True:
-            chunk = await self._body.next_chunk()
+            chunk = await self.body_in.next_chunk()
             if not chunk:
                 return
             yield chunk
@@ -225,14 +123,32 @@ def _prepare_headers(status: int, headers: Any, content_type: str | None) -> tup
 
 
 class Response:
-    """A complete response. `body` may be bytes or str (sent as UTF-8)."""
-    __slots__ = ("status", "body", "headers", "block")
+    """A complete response. `body` may be bytes or str (sent as UTF-8).
+    Immutable: its status line, headers and Content-Length are encoded here,
+    once, so a response made at import time costs no encoding per request."""
+    __slots__ = ("_status", "_body", "_headers", "block", "_head", "_wire")
 
     def __init__(self, body: bytes | str = b"", status: int = 200, headers: Any = None,
                  content_type: str | None = "text/plain; charset=utf-8") -> None:
-        self.status = status
-        self.body = body.encode() if isinstance(body, str) else bytes(body)
-        self.headers, self.block = _prepare_headers(status, headers, content_type)
+        self._status = status
+        self._body = body.encode() if isinstance(body, str) else bytes(body)
+        self._headers, self.block = _prepare_headers(status, headers, content_type)
+        self._head, self._wire = framing.whole_head(status, self.block, self._body)
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return list(self._headers)
+
+    def __repr__(self) -> str:
+        return f"<Response {self._status} {len(self._body)} bytes>"
 
 
 class StreamingResponse:

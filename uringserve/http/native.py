@@ -15,29 +15,34 @@ def is_async_handler(handler: Any) -> bool:
 
 
 def native_runner(handler: Callable[[Request], Any]) -> Callable[[Exchange], None]:
+    """The runner for HTTPProtocol; the parser makes each request a Request
+    (the runner's exchange_class)."""
     is_async = is_async_handler(handler)
 
-    def run(ex: Exchange) -> None:
-        conn = ex.conn
-        request = Request(ex.head, ex.body, conn.client, ex)
-        if is_async or not ex.body.done:
-            ex.task = conn._spawn(_serve(ex, handler, request))
-        else:
-            # the fast path: no task, the response is written before this returns
-            pending = answer(ex, handler(request))
-            if pending is not None:  # a streamed body, or a file the transport cannot queue
-                ex.task = conn._loop.create_task(_serve(ex, handler, None, pending))
+    def run(ex: Request) -> None:  # type: ignore[override]
+        if is_async or not ex.body_in.done:
+            ex.task = ex.conn._spawn(_serve(ex, handler, False))
+            return
+        # the fast path: no task, the response is written before this returns
+        result = handler(ex)
+        if type(result) is Response:
+            ex.respond_prepared(result._status, result._head, result._wire)
+            return
+        pending = answer(ex, result)
+        if pending is not None:  # a streamed body, or a file the transport cannot queue
+            ex.task = ex.conn._loop.create_task(_serve(ex, handler, True, pending))
+    run.exchange_class = Request  # type: ignore[attr-defined]
     return run
 
 
-async def _serve(ex: Exchange, handler: Any, request: Request | None, pending: Any = None) -> None:
+async def _serve(ex: Request, handler: Any, answered: bool, pending: Any = None) -> None:
     """A response that needs awaiting: an async handler, a plain one waiting
     for its body, or what answer() left to await (`pending`)."""
     try:
-        if pending is None:
+        if not answered:
             if not is_async_handler(handler):
-                await ex.body.wait_done()  # a plain function gets the whole body
-            result = handler(request)
+                await ex.body_in.wait_done()  # a plain function gets the whole body
+            result = handler(ex)
             if inspect.isawaitable(result):
                 result = await result
             pending = answer(ex, result)
@@ -53,7 +58,7 @@ def answer(ex: Exchange, result: Any) -> Any:
     """Send a handler's result. Returns None when done, or a coroutine to
     await for responses that stream."""
     if type(result) is Response:
-        ex.respond(result.status, result.block, result.body)
+        ex.respond_prepared(result._status, result._head, result._wire)
         return None
     if isinstance(result, (bytes, str)):
         return answer(ex, Response(result))
@@ -67,7 +72,7 @@ def answer(ex: Exchange, result: Any) -> Any:
     if isinstance(result, StreamingResponse):
         return _stream(ex, result)
     if isinstance(result, Response):
-        ex.respond(result.status, result.block, result.body)
+        ex.respond_prepared(result._status, result._head, result._wire)
         return None
     raise TypeError(f"a handler must return a Response, StreamingResponse, FileResponse, bytes or str, "
                     f"not {type(result).__name__}")

@@ -17,7 +17,7 @@ Host on HTTP/1.1 (400, §3.2), CONNECT (405).
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import httptools
 
@@ -59,9 +59,21 @@ class Sink(Protocol):
 
 
 class RequestParser:
-    def __init__(self, sink: Sink, config: HTTPConfig) -> None:
-        self._sink = sink
-        self._cfg = config
+    """`head_class` builds what on_head() receives, from (method, target,
+    version, headers, keep_alive, expect_continue, content_length, chunked,
+    upgrade): RequestHead, or the server's own per-request object, so a
+    request is one object and not three."""
+
+    def __init__(self, sink: Sink, config: HTTPConfig, head_class: Any = RequestHead) -> None:
+        self._on_head = sink.on_head
+        self._on_body = sink.on_body
+        self._on_end = sink.on_end
+        self._head_class = head_class
+        # the limits, read once per request: attributes of self, not of a frozen dataclass
+        self._max_head = config.max_header_bytes
+        self._max_target = config.max_target_bytes
+        self._max_headers = config.max_headers
+        self._max_body = config.max_body_bytes
         self._p = httptools.HttpRequestParser(self)
         self._in_head = True      # between message begin (or idle) and headers complete
         self._head_bytes = 0
@@ -69,7 +81,6 @@ class RequestParser:
         self._url_len = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._body_bytes = 0
-        self._head: RequestHead | None = None
         self.upgraded = False     # the byte stream after an Upgrade request is not HTTP/1.1
 
     @property
@@ -87,12 +98,15 @@ class RequestParser:
             return  # the rest is another protocol's; the connection closes after the response
         if self._in_head:
             # httptools buffers partial header lines without bound: count the
-            # head's bytes before it sees them
-            end = data.find(b"\r\n\r\n")
-            n = len(data) if end < 0 else end + 4
-            self._head_bytes += n
-            if self._head_bytes > self._cfg.max_header_bytes:
-                raise HTTPError(431, f"request head larger than {self._cfg.max_header_bytes} bytes")
+            # head's bytes before it sees them. Counting all of `data` is exact
+            # unless the head ends inside it (then the count restarts at the
+            # head's end), so only data that would cross the limit is searched.
+            n = self._head_bytes + len(data)
+            if n > self._max_head:
+                end = data.find(b"\r\n\r\n")
+                if end < 0 or self._head_bytes + end + 4 > self._max_head:
+                    raise HTTPError(431, f"request head larger than {self._max_head} bytes")
+            self._head_bytes = n
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -111,13 +125,13 @@ class RequestParser:
     # -- httptools callbacks ----------------------------------------------------
     def on_url(self, url: bytes) -> None:
         self._url_len += len(url)
-        if self._url_len > self._cfg.max_target_bytes:
-            raise HTTPError(414, f"request target longer than {self._cfg.max_target_bytes} bytes")
+        if self._url_len > self._max_target:
+            raise HTTPError(414, f"request target longer than {self._max_target} bytes")
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self._headers) >= self._cfg.max_headers:
-            raise HTTPError(431, f"more than {self._cfg.max_headers} header fields")
+        if len(self._headers) >= self._max_headers:
+            raise HTTPError(431, f"more than {self._max_headers} header fields")
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -149,21 +163,20 @@ class RequestParser:
                 upgrade = True
         if version == "1.1" and hosts != 1:
             raise HTTPError(400, "an HTTP/1.1 request needs exactly one Host header")
-        if content_length is not None and content_length > self._cfg.max_body_bytes:
+        if content_length is not None and content_length > self._max_body:
             raise HTTPError(413, f"request body of {content_length} bytes is larger than "
-                                 f"{self._cfg.max_body_bytes} bytes")
+                                 f"{self._max_body} bytes")
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         self._in_head = False
         self._head_bytes = 0
-        self._head = head = RequestHead(method, url, version, headers, p.should_keep_alive(),
-                                        expect and version == "1.1", content_length, chunked, upgrade)
-        self._sink.on_head(head)
+        self._on_head(self._head_class(method, url, version, headers, p.should_keep_alive(),
+                                       expect and version == "1.1", content_length, chunked, upgrade))
 
     def on_body(self, data: bytes) -> None:
         self._body_bytes += len(data)
-        if self._body_bytes > self._cfg.max_body_bytes:
-            raise HTTPError(413, f"request body larger than {self._cfg.max_body_bytes} bytes")
-        self._sink.on_body(data)
+        if self._body_bytes > self._max_body:
+            raise HTTPError(413, f"request body larger than {self._max_body} bytes")
+        self._on_body(data)
 
     def on_message_complete(self) -> None:
         # the next message's state (httptools calls no on_message_begin here: one call less)
@@ -172,5 +185,5 @@ class RequestParser:
         self._url_len = 0
         self._headers = []
         self._body_bytes = 0
-        self._sink.on_end()
+        self._on_end()
 
