@@ -83,10 +83,13 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             return asyncio.Task(coro, loop=self, eager_start=True)  # type: ignore[call-arg]
         if self._debug or self._task_factory is not None or asyncio.current_task(self) is not None:
             return self.create_task(coro)
-        # Task.__init__ schedules its first step with call_soon(); run it in place
+        # Task.__init__ schedules its first step with call_soon(); run it in place.
+        # asyncio.Task directly: create_task() adds only the factory and name
+        # handling ruled out above, and a Python frame per request
+        self._check_closed()
         self._eager_step = True
         try:
-            return self.create_task(coro)
+            return asyncio.Task(coro, loop=self)
         finally:
             self._eager_step = False
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import unquote
 
 from . import framing
@@ -21,23 +21,19 @@ _EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
-class _Cycle:
-    """receive() and send() for one request."""
-    __slots__ = ("ex", "status", "headers", "length", "disc", "body_sent_end", "files")
-
-    def __init__(self, ex: Exchange, files: Any) -> None:
-        self.ex = ex
-        self.status = 0
-        self.headers: bytes | None = None  # the encoded header block
-        self.length: int | None = None
-        self.disc: asyncio.Future | None = None
-        self.body_sent_end = False
-        self.files = files
+class ASGIExchange(Exchange):
+    """An exchange with the ASGI `receive` and `send` of its request."""
+    files: Any = None  # the runner's FileCache (a subclass per runner sets it)
+    asgi_status = 0
+    asgi_block: bytes | None = None  # the encoded header block, once http.response.start came
+    asgi_length: int | None = None
+    disc: asyncio.Future | None = None
+    body_sent_end = False
 
     async def receive(self) -> dict[str, Any]:
-        ex = self.ex
-        body = ex.body_in
-        if not self.body_sent_end and not ex.conn._lost:
+        body = self.body_in
+        conn = self.conn
+        if not self.body_sent_end and not conn._lost:
             try:
                 data = await body.next_chunk()
             except ClientDisconnected:
@@ -48,74 +44,91 @@ class _Cycle:
             return {"type": "http.request", "body": data, "more_body": more}
         # nothing more to read: the next message is the disconnect, once the
         # response is complete or the client is gone
-        if not ex.finished and not ex.conn._lost:
-            self.disc = ex.conn._loop.create_future()
-            ex.conn._disconnect_waiters.append(self.disc)
+        if not self.finished and not conn._lost:
+            self.disc = conn._loop.create_future()
+            conn._disconnect_waiters.append(self.disc)
             await self.disc
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
-        ex = self.ex
+    def send(self, message: dict[str, Any]) -> Awaitable[None]:
+        """ASGI's send. Not a coroutine function: what needs no waiting (almost
+        every message) is done before it returns, and the awaitable returned is
+        an already-completed future, which costs no coroutine frame per message.
+        What must wait (drain, a file the transport cannot queue) returns a
+        coroutine."""
+        conn = self.conn
         kind = message["type"]
-        if ex.conn._lost:
+        if conn._lost:
             if kind == "http.response.body" or kind == "http.response.pathsend":
                 raise ClientDisconnected("the client closed the connection")
-            return
+            return conn._done
+        if kind == "http.response.body":
+            block = self.asgi_block
+            if block is None:
+                raise RuntimeError("ASGI: http.response.body before http.response.start")
+            if self.finished:
+                raise RuntimeError("ASGI: the response is already complete")
+            data = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not self.started:
+                length = self.asgi_length
+                if not more and (length is None or length == len(data)):
+                    self.respond(self.asgi_status, block, bytes(data))  # one write
+                    return conn._done
+                self.start(self.asgi_status, block, length, bytes(data))
+            elif data:
+                Exchange.send(self, bytes(data))
+            if not more:
+                self.end()
+            elif conn._write_paused:
+                return conn.drain()
+            return conn._done
         if kind == "http.response.start":
-            if self.headers is not None or ex.started:
+            if self.asgi_block is not None or self.started:
                 raise RuntimeError("ASGI: http.response.start sent twice")
-            self.status = int(message["status"])
-            framing.status_line(self.status)  # a bad status is the app's error, raised here
+            status = self.asgi_status = int(message["status"])
+            framing.status_line(status)  # a bad status is the app's error, raised here
             kept = []
             for name, value in message.get("headers", ()):
                 lname = name.lower()
                 if lname in _FRAMING:
                     if lname == b"content-length":
-                        self.length = int(value)
+                        self.asgi_length = int(value)
                     elif lname == b"connection" and value.lower() == b"close":
-                        ex.keep_alive = False
+                        self.keep_alive = False
                     continue  # the server writes the framing headers itself
                 kept.append((name, value))
-            self.headers = framing.encode_headers(kept)
-            return
-        if kind == "http.response.body":
-            if self.headers is None:
-                raise RuntimeError("ASGI: http.response.body before http.response.start")
-            if ex.finished:
-                raise RuntimeError("ASGI: the response is already complete")
-            data = message.get("body", b"")
-            more = message.get("more_body", False)
-            if not ex.started:
-                length = self.length
-                if not more and (length is None or length == len(data)):
-                    ex.respond(self.status, self.headers, bytes(data))  # one write
-                    return
-                ex.start(self.status, self.headers, length, bytes(data))
-            elif data:
-                ex.send(bytes(data))
-            if not more:
-                ex.end()
-            elif ex.conn._write_paused:
-                await ex.conn.drain()
-            return
+            self.asgi_block = framing.encode_headers(kept)
+            return conn._done
         if kind == "http.response.pathsend":
-            if self.headers is None or ex.started:
+            if self.asgi_block is None or self.started:
                 raise RuntimeError("ASGI: http.response.pathsend needs http.response.start and no body")
             f = self.files.open(os.fspath(message["path"]))
-            ex.start(self.status, self.headers, f.size if self.length is None else self.length)
-            pending = ex.send_file(f, 0, f.size)
+            self.start(self.asgi_status, self.asgi_block, f.size if self.asgi_length is None else self.asgi_length)
+            pending = self.send_file(f, 0, f.size)
             if pending is not None:
-                await pending
-            ex.end()
-            return
+                return self._end_after(pending)
+            self.end()
+            return conn._done
         raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http scope")
+
+    async def _end_after(self, pending: Any) -> None:
+        await pending
+        self.end()
 
 
 def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
                 root_path: str = "") -> Callable[[Exchange], None]:
-    def run(ex: Exchange) -> None:
+    class _Exchange(ASGIExchange):
+        pass
+    _Exchange.files = files
+
+    def run(ex: ASGIExchange) -> None:  # type: ignore[override]
         conn = ex.conn
-        raw_path = ex.raw_path
+        target = ex.target
+        q = target.find(b"?")
+        raw_path = target if q < 0 else target[:q]
+        path = raw_path.decode("latin-1")
         scope = {
             "type": "http",
             "asgi": _ASGI,
@@ -125,22 +138,21 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
             "scheme": "http",
             "method": ex.method,
             "root_path": root_path,
-            "path": unquote(path) if "%" in (path := raw_path.decode("latin-1")) else path,
+            "path": unquote(path) if "%" in path else path,
             "raw_path": raw_path,
-            "query_string": ex.query_string,
+            "query_string": b"" if q < 0 else target[q + 1:],
             "headers": ex.raw_headers,
             "state": state.copy() if state else {},
             "extensions": _EXTENSIONS,
         }
-        cycle = _Cycle(ex, files)
-        ex.task = conn._spawn(_run(app, scope, cycle))
+        ex.task = conn._spawn(_run(app, scope, ex))
+    run.exchange_class = _Exchange  # type: ignore[attr-defined]
     return run
 
 
-async def _run(app: Callable[..., Any], scope: dict[str, Any], cycle: _Cycle) -> None:
-    ex = cycle.ex
+async def _run(app: Callable[..., Any], scope: dict[str, Any], ex: ASGIExchange) -> None:
     try:
-        await app(scope, cycle.receive, cycle.send)
+        await app(scope, ex.receive, ex.send)
     except BaseException as exc:
         if isinstance(exc, ClientDisconnected) and ex.conn._lost:
             return

@@ -295,6 +295,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._deadline = 0.0
         self._write_file_native: Any = None
         self._eager: Any = None
+        self._done: Any = None
         self.client: Any = None
         self.server_addr: Any = None
 
@@ -307,6 +308,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.client = transport.get_extra_info("peername")
         self._write_file_native = getattr(transport, "write_file", None)
         self._eager = getattr(self._loop, "create_eager_task", None)
+        self._done = loop.create_future()  # awaited for what completed at once (ASGI send)
+        self._done.set_result(None)
         if self._registry is not None:
             self._registry.add(self)
         self._arm(_T_HEAD)
