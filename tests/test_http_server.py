@@ -119,6 +119,37 @@ def test_plain_function_handler_fast_path(h) -> None:
     assert len(handler_errors(h)) == 1
 
 
+def _describe(req: Request) -> Response:
+    return Response(repr((req.method, req.target, req.raw_path, req.query_string, req.path, req.http_version,
+                          req.headers.get("x-a"), req.client[0])))
+
+
+async def _describe_async(req: Request) -> Response:
+    return _describe(req)
+
+
+@pytest.mark.parametrize("handler", [_describe, _describe_async], ids=["plain", "async"])
+def test_request_attributes(h, handler) -> None:
+    reqs = (b"GET /a%20b/c?x=1&y=%41 HTTP/1.1\r\n" + H + b"X-A: one\r\nx-a: two\r\n\r\n"
+            + b"DELETE /h HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    r = run(h, handler, lambda port: exchange(port, reqs, responses=2))
+    assert eval(r.responses[0].body) == ("GET", b"/a%20b/c?x=1&y=%41", b"/a%20b/c", b"x=1&y=%41", "/a b/c", "1.1",
+                                         "one, two", "127.0.0.1")
+    assert eval(r.responses[1].body) == ("DELETE", b"/h", b"/h", b"", "/h", "1.0", None, "127.0.0.1")
+    assert r.responses[1].header("connection") == "keep-alive" and not r.closed
+
+
+def test_response_is_immutable_and_encodes_once() -> None:
+    resp = Response(b"abc", status=201, headers={"X-K": "v"})
+    assert (resp.status, resp.body, resp.headers) == (201, b"abc", [(b"X-K", b"v"),
+                                                                      (b"Content-Type", b"text/plain; charset=utf-8")])
+    for name in ("status", "body", "headers"):
+        with pytest.raises(AttributeError):
+            setattr(resp, name, None)
+    resp.headers.append((b"X-Other", b"1"))  # a copy: the encoded response is unchanged
+    assert len(resp.headers) == 2
+
+
 def test_http_1_0_with_and_without_keep_alive(h) -> None:
     r = run(h, app, lambda port: exchange(port, b"GET / HTTP/1.0\r\n\r\n"))
     assert r.responses[0].body == b"hello" and r.closed
