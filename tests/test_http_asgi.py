@@ -134,6 +134,28 @@ def test_raw_asgi_contract(h) -> None:
     assert seen["client"][0] == "127.0.0.1"
 
 
+def test_app_framing_headers_are_the_servers(h) -> None:
+    """An app's Transfer-Encoding and Connection never reach the wire as it
+    wrote them: the server frames the body, and `Connection: close` from the
+    app (in any of several Connection fields) closes after the response."""
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan here")
+        headers = [(b"Transfer-Encoding", b"chunked"), (b"X-K", b"v")]
+        if scope["path"] == "/close":
+            headers += [(b"Connection", b"keep-alive"), (b"connection", b"Close")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"abc"})
+
+    reqs = b"GET /keep HTTP/1.1\r\n" + H + b"\r\n" + b"GET /close HTTP/1.1\r\n" + H + b"\r\n"
+    r = run(h, app, lambda port: exchange(port, reqs, responses=2), interface="asgi")
+    first, second = r.responses
+    assert (first.body, first.header("content-length"), first.header("x-k")) == (b"abc", "3", "v")
+    assert first.header("transfer-encoding") is None and first.header("connection") is None
+    assert second.body == b"abc" and second.header("connection") == "close" and r.closed
+    assert r.raw.lower().count(b"transfer-encoding") == 0
+
+
 @pytest.mark.parametrize("misbehaviour", ["no-response", "body-before-start", "short-body"])
 def test_asgi_apps_that_break_the_protocol(h, misbehaviour: str) -> None:
     async def app(scope, receive, send):

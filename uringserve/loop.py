@@ -32,6 +32,8 @@ logger = logging.getLogger("uringserve")
 T = TypeVar("T")
 SETUP_SINGLE_ISSUER = 1 << 12
 _EAGER_START = sys.version_info >= (3, 12)
+# what asyncio.current_task(loop) reads (a Python function on 3.11; this dict is _asyncio's, in C)
+_current_tasks: dict = getattr(asyncio.tasks, "_current_tasks", {})  # used below 3.12 only, where it exists
 
 _EV_ACCEPT, _EV_RECV, _EV_EOF, _EV_RECV_ERR = _ring.EV_ACCEPT, _ring.EV_RECV, _ring.EV_EOF, _ring.EV_RECV_ERR
 _EV_WRITABLE, _EV_SEND_ERR, _EV_CLOSED = _ring.EV_WRITABLE, _ring.EV_SEND_ERR, _ring.EV_CLOSED
@@ -81,7 +83,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         task factory or in debug mode it is an ordinary task."""
         if _EAGER_START:
             return asyncio.Task(coro, loop=self, eager_start=True)  # type: ignore[call-arg]
-        if self._debug or self._task_factory is not None or asyncio.current_task(self) is not None:
+        if self._debug or self._task_factory is not None or _current_tasks.get(self) is not None:
             return self.create_task(coro)
         # Task.__init__ schedules its first step with call_soon(); run it in place.
         # asyncio.Task directly: create_task() adds only the factory and name

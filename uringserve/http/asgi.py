@@ -18,7 +18,6 @@ logger = logging.getLogger("uringserve.http")
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
-_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
 class ASGIExchange(Exchange):
@@ -88,17 +87,13 @@ class ASGIExchange(Exchange):
                 raise RuntimeError("ASGI: http.response.start sent twice")
             status = self.asgi_status = int(message["status"])
             framing.status_line(status)  # a bad status is the app's error, raised here
-            kept = []
-            for name, value in message.get("headers", ()):
-                lname = name.lower()
-                if lname in _FRAMING:
-                    if lname == b"content-length":
-                        self.asgi_length = int(value)
-                    elif lname == b"connection" and value.lower() == b"close":
-                        self.keep_alive = False
-                    continue  # the server writes the framing headers itself
-                kept.append((name, value))
-            self.asgi_block = framing.encode_headers(kept)
+            # the server writes the framing headers itself
+            found: dict[bytes, list[bytes]] = {b"content-length": [], b"transfer-encoding": [], b"connection": []}
+            self.asgi_block = framing.encode_headers(message.get("headers", ()), found)
+            if found[b"content-length"]:
+                self.asgi_length = int(found[b"content-length"][-1])
+            if any(v.lower() == b"close" for v in found[b"connection"]):
+                self.keep_alive = False
             return conn._done
         if kind == "http.response.pathsend":
             if self.asgi_block is None or self.started:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Any
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {}
@@ -44,16 +45,25 @@ def body_allowed(status: int) -> bool:
 def whole_head(status: int, block: bytes, body: bytes) -> tuple[bytes, bytes]:
     """The status line, headers and Content-Length of a response whose body is
     known, and the body to send (none for 1xx, 204 and 304)."""
-    if body_allowed(status):
-        return b"%s%sContent-Length: %d\r\n" % (status_line(status), block, len(body)), body
-    return status_line(status) + block, b""
+    line = _STATUS_LINES.get(status) or status_line(status)
+    if status >= 200 and status != 204 and status != 304:  # body_allowed(), inline: once per ASGI response
+        return b"%s%sContent-Length: %d\r\n" % (line, block, len(body)), body
+    return line + block, b""
 
 
-def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+def encode_headers(headers: Any, framing: dict[bytes, list[bytes]] | None = None) -> bytes:
     """The header lines, refusing what could split the response: a CR or LF
-    anywhere (one scan of the whole block), a ':' in or an empty name."""
+    anywhere (one scan of the whole block), a ':' in or an empty name. With
+    `framing`, headers whose lower-cased name is in it are not encoded but
+    their values appended to its list (the server writes framing headers itself);
+    one pass, as ASGI's http.response.start needs on every response."""
     lines = []
     for name, value in headers:
+        if framing is not None:
+            lname = name.lower()
+            if lname in framing:
+                framing[lname].append(value)
+                continue
         if not name or b":" in name:
             raise ValueError(f"invalid response header {name!r}: {value!r}")
         lines.append(b"%s: %s\r\n" % (name, value))
