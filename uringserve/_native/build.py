@@ -6,18 +6,22 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 
 
-def _cdef() -> str:
-    text = (HERE / "core.h").read_text()
+def _cdef(header: str) -> str:
+    text = (HERE / header).read_text()
     start = text.index("/* CDEF BEGIN */") + len("/* CDEF BEGIN */")
     return text[start : text.index("/* CDEF END */")]
 
 
+def _source(name: str) -> str:
+    return str((HERE / name).relative_to(Path.cwd())) if HERE.is_relative_to(Path.cwd()) else str(HERE / name)
+
+
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef())
+ffibuilder.cdef(_cdef("core.h") + _cdef("http_scan.h"))
 ffibuilder.set_source(
     "uringserve._native._core",
-    '#include "core.h"',
-    sources=[str((HERE / "core.c").relative_to(Path.cwd())) if HERE.is_relative_to(Path.cwd()) else str(HERE / "core.c")],
+    '#include "core.h"\n#include "http_scan.h"',
+    sources=[_source("core.c"), _source("http_scan.c")],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
 )

@@ -21,7 +21,17 @@ from typing import Any, Protocol
 
 import httptools
 
+from .._native._core import lib as _lib
 from .config import HTTPConfig
+
+# us_http_scan and its result bits (uringserve/_native/http_scan.h); tests set
+# _scan to None to compare with llhttp alone
+_scan: Any = _lib.us_http_scan
+_HEAD_LEN = _lib.US_SCAN_HEAD_LEN_MASK
+_TARGET_SHIFT = _lib.US_SCAN_TARGET_SHIFT
+_HEAD_METHOD = _lib.US_SCAN_HEAD_METHOD
+_HTTP10 = _lib.US_SCAN_HTTP10
+_KEEP_ALIVE = _lib.US_SCAN_KEEP_ALIVE
 
 
 class HTTPError(Exception):
@@ -31,6 +41,20 @@ class HTTPError(Exception):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+
+
+class HeaderBlock(bytes):
+    """Header lines as received, each ending in CRLF, from a head the native
+    recogniser (us_http_scan) accepted: so every line is `token ":" OWS
+    value` with no trailing blanks, and a plain split reads it as llhttp
+    does. Split only when asked: most handlers never look."""
+    __slots__ = ()
+
+    def pairs(self) -> list[tuple[bytes, bytes]]:
+        if not self:
+            return []
+        return [(name.lower(), value.lstrip(b" \t"))
+                for name, _, value in (line.partition(b":") for line in self[:-2].split(b"\r\n"))]
 
 
 class RequestHead:
@@ -43,7 +67,8 @@ class RequestHead:
         self.method = method
         self.target = target
         self.version = version
-        self.headers = headers  # names lower-cased, in order received
+        # names lower-cased, in order received
+        self.headers = headers.pairs() if type(headers) is HeaderBlock else headers
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.content_length = content_length
@@ -82,6 +107,7 @@ class RequestParser:
         self._headers: list[tuple[bytes, bytes]] = []
         self._body_bytes = 0
         self.upgraded = False     # the byte stream after an Upgrade request is not HTTP/1.1
+        self._at_boundary = True  # llhttp is between messages: the recogniser may take the next head
 
     @property
     def head_started(self) -> bool:
@@ -96,6 +122,33 @@ class RequestParser:
     def feed(self, data: bytes) -> None:
         if self.upgraded:
             return  # the rest is another protocol's; the connection closes after the response
+        if self._at_boundary and _scan is not None:
+            # complete body-less GET/HEAD heads in the common form, in one C
+            # call each; the first thing it declines, and all after it, is llhttp's
+            n = len(data)
+            pos = 0
+            while pos < n:
+                r = _scan(data, pos, n, self._max_head, self._max_target, self._max_headers)
+                if r <= 0:
+                    break
+                end = pos + (r & _HEAD_LEN)
+                if r & _HEAD_METHOD:
+                    method = b"HEAD"
+                    target_start = pos + 5
+                else:
+                    method = b"GET"
+                    target_start = pos + 4
+                target_end = target_start + ((r >> _TARGET_SHIFT) & 0xFFFF)
+                self._on_head(self._head_class(
+                    method, data[target_start:target_end], "1.0" if r & _HTTP10 else "1.1",
+                    HeaderBlock(data[target_end + 11:end - 2]), bool(r & _KEEP_ALIVE), False, None, False, False))
+                self._on_end()
+                pos = end
+            if pos:
+                self._head_bytes = 0  # blank lines llhttp skipped before these heads counted here
+                if pos == n:
+                    return
+                data = data[pos:]
         if self._in_head:
             # httptools buffers partial header lines without bound: count the
             # head's bytes before it sees them. Counting all of `data` is exact
@@ -133,6 +186,9 @@ class RequestParser:
         if len(self._headers) >= self._max_headers:
             raise HTTPError(431, f"more than {self._max_headers} header fields")
         self._headers.append((name.lower(), value))
+
+    def on_message_begin(self) -> None:
+        self._at_boundary = False
 
     def on_headers_complete(self) -> None:
         p = self._p
@@ -179,7 +235,8 @@ class RequestParser:
         self._on_body(data)
 
     def on_message_complete(self) -> None:
-        # the next message's state (httptools calls no on_message_begin here: one call less)
+        # the next message's state
+        self._at_boundary = True
         self._in_head = True
         self._url = []
         self._url_len = 0

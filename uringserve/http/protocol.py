@@ -24,7 +24,7 @@ from typing import Any, Callable
 from . import framing
 from .config import HTTPConfig
 from .body import Body, ClientDisconnected
-from .parser import HTTPError, RequestParser
+from .parser import HeaderBlock, HTTPError, RequestParser
 
 logger = logging.getLogger("uringserve.http")
 
@@ -72,7 +72,7 @@ class Exchange:
         self.method: str = method.decode("ascii")  # llhttp accepts only its known methods
         self.target = target
         self.version = version
-        self.raw_headers = headers  # names lower-cased, in order received
+        self._headers = headers  # a list, or a parser.HeaderBlock split on first use
         self.keep_alive = keep_alive
         if content_length or chunked or upgrade or expect_continue:
             self.has_body = chunked or bool(content_length)
@@ -84,6 +84,14 @@ class Exchange:
                 self.keep_alive = False
         elif content_length is not None:
             self.content_length = content_length
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """(name, value) pairs, names lower-cased, in the order received."""
+        headers = self._headers
+        if type(headers) is HeaderBlock:
+            self._headers = headers = headers.pairs()
+        return headers
 
     @property
     def raw_path(self) -> bytes:
@@ -397,6 +405,8 @@ class HTTPProtocol(asyncio.Protocol):
 
     # -- parser sink ----------------------------------------------------------
     def on_head(self, ex: Exchange) -> None:
+        if self._closing:
+            return  # requests after a Connection: close (or an error) are not answered
         ex.conn = self
         queue = self._queue
         queue.append(ex)

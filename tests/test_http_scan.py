@@ -1,0 +1,217 @@
+"""us_http_scan, the native recogniser of common request heads, against
+llhttp. Whatever it accepts, llhttp (RequestParser with the recogniser off)
+must read the same way: same method, target, version, headers and
+keep-alive, no body, the head ending at the same byte. And a parser with the
+recogniser must give the same heads, bodies, ends and errors as one without,
+for any bytes, fed whole or in pieces."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import uringserve.http.parser as parser_mod
+from uringserve._native._core import lib
+from uringserve.http import HTTPConfig, HTTPError, RequestParser
+
+DEFAULT = HTTPConfig()
+TIGHT = HTTPConfig(max_header_bytes=96, max_target_bytes=12, max_headers=3)
+WRK = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def on_head(self, head) -> None:
+        self.events.append(("head", head.method, head.target, head.version, head.headers, head.keep_alive,
+                            head.content_length, head.chunked, head.expect_continue, head.upgrade))
+
+    def on_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def on_end(self) -> None:
+        self.events.append(("end",))
+
+
+def parse(data: bytes, config: HTTPConfig, native: bool, cuts: list[int] = ()) -> tuple[list, Any]:
+    """(events, status of the HTTPError or None), the recogniser on or off."""
+    saved = parser_mod._scan
+    parser_mod._scan = saved if native else None
+    sink = Sink()
+    try:
+        p = RequestParser(sink, config)
+        pos = 0
+        for cut in sorted(set(cuts)) + [len(data)]:
+            if cut > pos:
+                p.feed(data[pos:cut])
+                pos = cut
+        return _merge_bodies(sink.events), None
+    except HTTPError as exc:
+        return _merge_bodies(sink.events), exc.status
+    finally:
+        parser_mod._scan = saved
+
+
+def _merge_bodies(events: list) -> list:
+    out: list = []
+    for ev in events:
+        if ev[0] == "body" and out and out[-1][0] == "body":
+            out[-1] = ("body", out[-1][1] + ev[1])
+        else:
+            out.append(ev)
+    return out
+
+
+def scan(data: bytes, config: HTTPConfig = DEFAULT, off: int = 0) -> int:
+    return lib.us_http_scan(data, off, len(data), config.max_header_bytes, config.max_target_bytes,
+                            config.max_headers)
+
+
+# -- generated request heads: mostly the common form, with every kind of deviation
+_b = st.sampled_from
+METHOD = _b([b"GET", b"GET", b"HEAD", b"POST", b"get", b"GETS", b"OPTIONS"])
+TARGET_CHARS = [bytes([c]) for c in b"az09/?%-._~!$&'()*+,;=:@"] + [
+    b"#", b'"', b"<", b">", b"\\", b"^", b"`", b"{", b"|", b"}", b" ", b"\t", b"\x00", b"\x7f", b"\x80", b"\xff"]
+TARGET = st.tuples(_b([b"/", b"/", b"/", b"*", b"http://h/", b""]),
+                   st.lists(st.sampled_from(TARGET_CHARS), max_size=14).map(b"".join)).map(b"".join)
+VERSION = _b([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.2", b"http/1.1", b"HTTP/1.10"])
+NAME = _b([b"Host", b"host", b"HOST", b"Connection", b"connection", b"X-A", b"x-b", b"Content-Length",
+           b"Transfer-Encoding", b"Expect", b"Upgrade", b"Proxy-Connection", b"Bad Name", b"", b"Accept",
+           b"X-\x80", b"a:b", b"Hosts", b"Connections"])
+VALUE = _b([b"close", b"keep-alive", b"Close", b"KEEP-ALIVE", b"keep-alive, close", b"upgrade", b"", b" x",
+            b"x ", b"a\tb", b"a\t", b"\x80z", b"x\x01y", b"12", b"0", b"127.0.0.1:8000", b"chunked",
+            b"100-continue", b"h2c", b"v:w", b"a  b"])
+SEP = _b([b": ", b": ", b":", b":\t", b":  ", b" : ", b":\t "])
+EOL = _b([b"\r\n", b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b"\r\r\n"])
+HEADER = st.tuples(NAME, SEP, VALUE, EOL).map(b"".join)
+HEAD = st.tuples(_b([b"", b"", b"", b"\r\n"]), METHOD, _b([b" ", b" ", b"  "]), TARGET, _b([b" ", b" ", b"\t"]),
+                 VERSION, EOL, st.lists(HEADER, max_size=5).map(b"".join), EOL).map(b"".join)
+TAIL = _b([b"", b"", WRK, WRK + WRK[:9], b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi", b"\x00garbage",
+           b"\r\n"])
+REQUESTS = st.tuples(st.lists(HEAD, min_size=1, max_size=3).map(b"".join), TAIL).map(b"".join)
+
+
+@pytest.mark.parametrize("config", [DEFAULT, TIGHT], ids=["default-limits", "tight-limits"])
+@settings(max_examples=400, deadline=None)
+@given(data=REQUESTS)
+def test_what_the_recogniser_accepts_llhttp_reads_the_same(config: HTTPConfig, data: bytes) -> None:
+    r = scan(data, config)
+    if r <= 0:
+        assert r == 0
+        return
+    head_len = r & lib.US_SCAN_HEAD_LEN_MASK
+    ref, status = parse(data[:head_len], config, native=False)
+    assert status is None, f"recogniser accepted what llhttp answers {status}: {data[:head_len]!r}"
+    assert len(ref) == 2 and ref[0][0] == "head" and ref[1] == ("end",)
+    _, method, target, version, headers, keep_alive, length, chunked, expect, upgrade = ref[0]
+    assert (length, chunked, expect, upgrade) == (None, False, False, False)
+    assert method == (b"HEAD" if r & lib.US_SCAN_HEAD_METHOD else b"GET")
+    assert len(target) == (r >> lib.US_SCAN_TARGET_SHIFT) & 0xFFFF
+    assert version == ("1.0" if r & lib.US_SCAN_HTTP10 else "1.1")
+    assert keep_alive == bool(r & lib.US_SCAN_KEEP_ALIVE)
+    # and the parser that used the recogniser reported exactly that head
+    assert parse(data[:head_len], config, native=True) == (ref, None)
+    # llhttp's head ends where the recogniser's does: one byte less is incomplete for both
+    assert parse(data[:head_len - 1], config, native=False) == ([], None)
+    assert scan(data[:head_len - 1], config) == 0
+
+
+@pytest.mark.parametrize("config", [DEFAULT, TIGHT], ids=["default-limits", "tight-limits"])
+@settings(max_examples=300, deadline=None)
+@given(data=REQUESTS, cuts=st.lists(st.integers(0, 400), max_size=4))
+def test_parser_with_and_without_the_recogniser_agree(config: HTTPConfig, data: bytes, cuts: list[int]) -> None:
+    assert parse(data, config, native=True, cuts=cuts) == parse(data, config, native=False, cuts=cuts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200), cuts=st.lists(st.integers(0, 200), max_size=3))
+def test_random_bytes_agree(data: bytes, cuts: list[int]) -> None:
+    for blob in (data, WRK + data, b"GET /" + data):
+        assert parse(blob, DEFAULT, native=True, cuts=cuts) == parse(blob, DEFAULT, native=False, cuts=cuts)
+
+
+def test_common_heads_take_the_native_path(monkeypatch) -> None:
+    """The point of the recogniser: what wrk, curl and browsers send is taken
+    in one call each, pipelined too, and only what follows the first head it
+    declines goes to llhttp."""
+    calls: list[int] = []
+    real = parser_mod._scan
+
+    def counting(*args: Any) -> int:
+        r = real(*args)
+        calls.append(r > 0)
+        return r
+    monkeypatch.setattr(parser_mod, "_scan", counting)
+    browser = (b"GET /a/b.css?v=1%202 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux)\r\n"
+               b"Accept: text/css,*/*;q=0.1\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"
+               b"Cookie: a=b; c=d\r\nIf-None-Match: \"abc\"\r\n\r\n")
+    old = b"HEAD /x HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"
+    post = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nz"
+    sink = Sink()
+    RequestParser(sink, DEFAULT).feed(WRK + browser + old + post + WRK)
+    assert calls == [True, True, True, False]  # the POST and everything after it: llhttp
+    heads = [e for e in sink.events if e[0] == "head"]
+    assert [h[1] for h in heads] == [b"GET", b"GET", b"HEAD", b"POST", b"GET"]
+    assert heads[1][4][1] == (b"user-agent", b"Mozilla/5.0 (X11; Linux)")
+    assert heads[1][5] is True and heads[2][5] is True
+    assert heads[2][3] == "1.0" and heads[2][4] == [(b"connection", b"Keep-Alive")]
+    assert sink.events[-1] == ("end",) and len([e for e in sink.events if e == ("end",)]) == 5
+
+
+@pytest.mark.parametrize("head", [
+    b"POST / HTTP/1.1\r\nHost: a\r\n\r\n",                                  # only GET and HEAD
+    b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",                               # a blank line first
+    b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",                                   # not origin-form
+    b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a#f HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a|b HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: a\r\n\r\n",                                     # bare LF
+    b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",                                              # no Host on 1.1
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-A:\r\n\r\n",                          # empty value
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b \r\n\r\n",                       # trailing blank
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-A: \x80\r\n\r\n",                     # obs-text
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",                        # obs-fold
+    b"GET / HTTP/1.1\r\nHost: a\r\n",                                       # incomplete
+    b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n",                       # the last request: llhttp's,
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n\r\nGET / ",   # which refuses what follows
+])
+def test_declined_heads(head: bytes) -> None:
+    assert scan(head) == 0
+    assert parse(head, DEFAULT, native=True) == parse(head, DEFAULT, native=False)
+
+
+def test_limits_are_declined_at_the_boundary() -> None:
+    """Beyond a limit the recogniser declines and llhttp's path gives the 4xx;
+    at the limit it accepts."""
+    head = b"GET /abcdefghijk HTTP/1.1\r\nHost: a\r\nX-A: b\r\nX-B: c\r\n\r\n"  # 12-byte target, 3 fields
+    at = HTTPConfig(max_header_bytes=len(head), max_target_bytes=12, max_headers=3)
+    assert scan(head, at) & lib.US_SCAN_HEAD_LEN_MASK == len(head)
+    for over, status in ((HTTPConfig(max_header_bytes=len(head) - 1, max_target_bytes=12, max_headers=3), 431),
+                         (HTTPConfig(max_header_bytes=len(head), max_target_bytes=11, max_headers=3), 414),
+                         (HTTPConfig(max_header_bytes=len(head), max_target_bytes=12, max_headers=2), 431)):
+        assert scan(head, over) == 0
+        assert parse(head, over, native=True) == parse(head, over, native=False) == ([], status)
+
+
+def test_offsets_and_lengths() -> None:
+    data = b"xx" + WRK
+    r = scan(data, off=2)
+    assert r & lib.US_SCAN_HEAD_LEN_MASK == len(WRK) and (r >> lib.US_SCAN_TARGET_SHIFT) & 0xFFFF == 1
+    assert scan(data, off=len(data)) == 0 and scan(data, off=len(data) + 5) == 0
