@@ -120,9 +120,8 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
 
     def run(ex: ASGIExchange) -> None:  # type: ignore[override]
         conn = ex.conn
+        raw_path = ex.raw_path
         target = ex.target
-        q = target.find(b"?")
-        raw_path = target if q < 0 else target[:q]
         path = raw_path.decode("latin-1")
         scope = {
             "type": "http",
@@ -135,7 +134,7 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
             "root_path": root_path,
             "path": unquote(path) if "%" in path else path,
             "raw_path": raw_path,
-            "query_string": b"" if q < 0 else target[q + 1:],
+            "query_string": b"" if raw_path is target else target[len(raw_path) + 1:],
             "headers": ex.raw_headers,
             "state": state.copy() if state else {},
             "extensions": _EXTENSIONS,

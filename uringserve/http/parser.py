@@ -51,10 +51,12 @@ class HeaderBlock(bytes):
     __slots__ = ()
 
     def pairs(self) -> list[tuple[bytes, bytes]]:
-        if not self:
-            return []
-        return [(name.lower(), value.lstrip(b" \t"))
-                for name, _, value in (line.partition(b":") for line in self[:-2].split(b"\r\n"))]
+        out: list[tuple[bytes, bytes]] = []
+        if self:
+            for line in self[:-2].split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                out.append((name.lower(), value.lstrip(b" \t")))
+        return out
 
 
 class RequestHead:

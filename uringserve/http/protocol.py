@@ -71,6 +71,8 @@ class Exchange:
                  upgrade: bool) -> None:
         self.method: str = method.decode("ascii")  # llhttp accepts only its known methods
         self.target = target
+        q = target.find(b"?")
+        self.raw_path = target if q < 0 else target[:q]  # as sent; an attribute: most handlers route on it
         self.version = version
         self._headers = headers  # a list, or a parser.HeaderBlock split on first use
         self.keep_alive = keep_alive
@@ -92,13 +94,6 @@ class Exchange:
         if type(headers) is HeaderBlock:
             self._headers = headers = headers.pairs()
         return headers
-
-    @property
-    def raw_path(self) -> bytes:
-        """The target without its query string, as sent."""
-        target = self.target
-        q = target.find(b"?")
-        return target if q < 0 else target[:q]
 
     @property
     def query_string(self) -> bytes:
