@@ -88,12 +88,13 @@ class ASGIExchange(Exchange):
             status = self.asgi_status = int(message["status"])
             framing.status_line(status)  # a bad status is the app's error, raised here
             # the server writes the framing headers itself
-            found: dict[bytes, list[bytes]] = {b"content-length": [], b"transfer-encoding": [], b"connection": []}
-            self.asgi_block = framing.encode_headers(message.get("headers", ()), found)
-            if found[b"content-length"]:
-                self.asgi_length = int(found[b"content-length"][-1])
-            if any(v.lower() == b"close" for v in found[b"connection"]):
-                self.keep_alive = False
+            framing_headers: list[tuple[bytes, bytes]] = []
+            self.asgi_block = framing.encode_headers(message.get("headers", ()), framing_headers)
+            for lname, value in framing_headers:
+                if lname == b"content-length":
+                    self.asgi_length = int(value)
+                elif lname == b"connection" and value.lower() == b"close":
+                    self.keep_alive = False
             return conn._done
         if kind == "http.response.pathsend":
             if self.asgi_block is None or self.started:

@@ -51,18 +51,23 @@ def whole_head(status: int, block: bytes, body: bytes) -> tuple[bytes, bytes]:
     return line + block, b""
 
 
-def encode_headers(headers: Any, framing: dict[bytes, list[bytes]] | None = None) -> bytes:
+# what a server frames itself, by length first: most names are cut by len() alone
+FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_FRAMING_LENGTHS = frozenset(len(n) for n in FRAMING_HEADERS)
+
+
+def encode_headers(headers: Any, framing: list[tuple[bytes, bytes]] | None = None) -> bytes:
     """The header lines, refusing what could split the response: a CR or LF
     anywhere (one scan of the whole block), a ':' in or an empty name. With
-    `framing`, headers whose lower-cased name is in it are not encoded but
-    their values appended to its list (the server writes framing headers itself);
-    one pass, as ASGI's http.response.start needs on every response."""
+    a `framing` list, FRAMING_HEADERS are not encoded but appended to it as
+    (lower-cased name, value): the server writes framing itself. One pass,
+    as ASGI's http.response.start needs on every response."""
     lines = []
     for name, value in headers:
-        if framing is not None:
+        if framing is not None and len(name) in _FRAMING_LENGTHS:
             lname = name.lower()
-            if lname in framing:
-                framing[lname].append(value)
+            if lname in FRAMING_HEADERS:
+                framing.append((lname, value))
                 continue
         if not name or b":" in name:
             raise ValueError(f"invalid response header {name!r}: {value!r}")
