@@ -412,14 +412,8 @@ class HTTPProtocol(asyncio.Protocol):
         else:
             self._timer_kind = _T_NONE  # the handle stays; it finds nothing to do
         if len(queue) == 1:
-            if not self._write_paused and not self._lost:  # _next() and _start(), inline: the common case
-                ex.running = True
-                try:
-                    self._runner(ex)
-                except BaseException as exc:  # a runner's own failure: answer 500
-                    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-                        raise
-                    ex.fail(exc)
+            if not self._write_paused and not self._lost:  # _next(), inline: the common case
+                self._start(ex)
         elif len(queue) > self._max_pipelined:
             self._pause()
 
