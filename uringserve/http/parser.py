@@ -89,7 +89,9 @@ class RequestParser:
     """`head_class` builds what on_head() receives, from (method, target,
     version, headers, keep_alive, expect_continue, content_length, chunked,
     upgrade): RequestHead, or the server's own per-request object, so a
-    request is one object and not three."""
+    request is one object and not three. `headers` is a list of (lower-cased
+    name, value), or a HeaderBlock (its pairs() is that list) for a head the
+    native recogniser took."""
 
     def __init__(self, sink: Sink, config: HTTPConfig, head_class: Any = RequestHead) -> None:
         self._on_head = sink.on_head
