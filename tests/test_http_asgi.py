@@ -114,6 +114,7 @@ def test_raw_asgi_contract(h) -> None:
                                             "scheme", "root_path")})
         seen["headers"] = scope["headers"]
         seen["client"] = scope["client"]
+        seen["async"] = asyncio.iscoroutinefunction(receive) and asyncio.iscoroutinefunction(send)
         msg = await receive()
         seen["first"] = msg
         await send({"type": "http.response.start", "status": 201,
@@ -132,6 +133,7 @@ def test_raw_asgi_contract(h) -> None:
     assert seen["first"] == {"type": "http.request", "body": b"hi", "more_body": False}
     assert seen["after"] == {"type": "http.disconnect"}
     assert seen["client"][0] == "127.0.0.1"
+    assert seen["async"]  # asgiref and others ask before they await
 
 
 def test_app_framing_headers_are_the_servers(h) -> None:

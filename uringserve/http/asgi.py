@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 from typing import Any, Awaitable, Callable
@@ -18,6 +19,13 @@ logger = logging.getLogger("uringserve.http")
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
+
+
+def _mark_async(func: Callable[..., Any]) -> Callable[..., Any]:
+    if hasattr(inspect, "markcoroutinefunction"):  # 3.12+
+        return inspect.markcoroutinefunction(func)
+    func._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]  # what 3.11 reads
+    return func
 
 
 class ASGIExchange(Exchange):
@@ -107,6 +115,11 @@ class ASGIExchange(Exchange):
             self.end()
             return conn._done
         raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http scope")
+
+    # ASGI calls send "an asynchronous callable": tools that ask whether a
+    # callable is async (asgiref's async_to_sync, inspect/asyncio's
+    # iscoroutinefunction) must hear yes although it is a plain function
+    send = _mark_async(send)
 
     async def _end_after(self, pending: Any) -> None:
         await pending
