@@ -297,7 +297,6 @@ class HTTPProtocol(asyncio.Protocol):
         self._timer_kind = _T_NONE
         self._deadline = 0.0
         self._write_file_native: Any = None
-        self._eager: Any = None
         self._done: Any = None
         self.client: Any = None
         self.server_addr: Any = None
@@ -310,7 +309,9 @@ class HTTPProtocol(asyncio.Protocol):
         self._clock = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
         self.client = transport.get_extra_info("peername")
         self._write_file_native = getattr(transport, "write_file", None)
-        self._eager = getattr(self._loop, "create_eager_task", None)
+        eager = getattr(loop, "create_eager_task", None)
+        if eager is not None:
+            self._spawn = eager  # type: ignore[method-assign]
         self._done = loop.create_future()  # awaited for what completed at once (ASGI send)
         self._done.set_result(None)
         if self._registry is not None:
@@ -524,9 +525,9 @@ class HTTPProtocol(asyncio.Protocol):
     def _spawn(self, coro: Any) -> asyncio.Task:
         """The task answering a request: started eagerly where the loop can
         (UringEventLoop.create_eager_task), so a handler that does not wait
-        answers before this returns."""
-        eager = self._eager
-        return eager(coro) if eager is not None else self._loop.create_task(coro)
+        answers before this returns. Set in connection_made to the loop's
+        own method, so a request goes through one frame, not two."""
+        return self._loop.create_task(coro)
 
     def _write(self, data: bytes) -> None:
         if not self._lost:
