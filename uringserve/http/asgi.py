@@ -148,7 +148,7 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
             "root_path": root_path,
             "path": unquote(path) if "%" in path else path,
             "raw_path": raw_path,
-            "query_string": b"" if raw_path is target else target[len(raw_path) + 1:],
+            "query_string": b"" if raw_path is target else target[len(raw_path) + 1:],  # query_string, inline
             "headers": ex.raw_headers,
             "state": state.copy() if state else {},
             "extensions": _EXTENSIONS,

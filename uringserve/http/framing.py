@@ -45,10 +45,9 @@ def body_allowed(status: int) -> bool:
 def whole_head(status: int, block: bytes, body: bytes) -> tuple[bytes, bytes]:
     """The status line, headers and Content-Length of a response whose body is
     known, and the body to send (none for 1xx, 204 and 304)."""
-    line = _STATUS_LINES.get(status) or status_line(status)
-    if status >= 200 and status != 204 and status != 304:  # body_allowed(), inline: once per ASGI response
-        return b"%s%sContent-Length: %d\r\n" % (line, block, len(body)), body
-    return line + block, b""
+    if body_allowed(status):
+        return b"%s%sContent-Length: %d\r\n" % (status_line(status), block, len(body)), body
+    return status_line(status) + block, b""
 
 
 # what a server frames itself, by length first: most names are cut by len() alone

@@ -57,7 +57,7 @@ async def _serve(ex: Request, handler: Any, answered: bool, pending: Any = None)
 def answer(ex: Exchange, result: Any) -> Any:
     """Send a handler's result. Returns None when done, or a coroutine to
     await for responses that stream."""
-    if type(result) is Response:
+    if isinstance(result, Response):
         ex.respond_prepared(result._status, result._head, result._wire)
         return None
     if isinstance(result, (bytes, str)):
@@ -71,9 +71,6 @@ def answer(ex: Exchange, result: Any) -> Any:
         return _finish_after(pending, ex)
     if isinstance(result, StreamingResponse):
         return _stream(ex, result)
-    if isinstance(result, Response):
-        ex.respond_prepared(result._status, result._head, result._wire)
-        return None
     raise TypeError(f"a handler must return a Response, StreamingResponse, FileResponse, bytes or str, "
                     f"not {type(result).__name__}")
 

@@ -118,11 +118,6 @@ class RequestParser:
         """Bytes of a request head have arrived and its end has not."""
         return self._in_head and self._head_bytes > 0
 
-    @property
-    def in_head(self) -> bool:
-        """True while a request head is incomplete (or none has begun)."""
-        return self._in_head
-
     def feed(self, data: bytes) -> None:
         if self.upgraded:
             return  # the rest is another protocol's; the connection closes after the response

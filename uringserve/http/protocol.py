@@ -97,8 +97,9 @@ class Exchange:
 
     @property
     def query_string(self) -> bytes:
-        q = self.target.find(b"?")
-        return b"" if q < 0 else self.target[q + 1:]
+        """The target after its "?", as sent."""
+        raw_path = self.raw_path
+        return b"" if raw_path is self.target else self.target[len(raw_path) + 1:]
 
     @property
     def head_only(self) -> bool:
@@ -141,10 +142,9 @@ class Exchange:
             conn._transport.write(b"".join((head, _DATE[1], conn._server_hdr, close,
                                             b"" if self.method == "HEAD" else body)))
         queue = conn._queue
-        parser = conn._parser
         if (self.keep_alive and len(queue) == 1 and queue[0] is self and not conn._lost
                 and not conn._disconnect_waiters and not conn._closing_after_queue and not conn._paused
-                and not parser._head_bytes):
+                and not conn._parser._head_bytes):  # not head_started: no call on the hot path
             # nothing waits and nothing of the next request has arrived: keep-alive
             del queue[0]
             conn._served += 1
@@ -349,7 +349,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._parse_failed(exc)
             return
         # a request that arrived whole needs no head timer; one that did not starts it now
-        if self._timer_kind == _T_KEEPALIVE and self._parser._head_bytes and self._parser._in_head:
+        if self._timer_kind == _T_KEEPALIVE and self._parser._head_bytes and self._parser._in_head:  # head_started
             self._arm(_T_HEAD)
 
     def eof_received(self) -> bool | None:
@@ -411,7 +411,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._parsing = ex
             self._arm(_T_BODY)
         else:
-            self._timer_kind = _T_NONE  # the handle stays; it finds nothing to do
+            self._timer_kind = _T_NONE  # _cancel_timer(), inline
         if len(queue) == 1:
             if not self._write_paused and not self._lost:  # _next(), inline: the common case
                 self._start(ex)
@@ -439,7 +439,7 @@ class HTTPProtocol(asyncio.Protocol):
         """Resume reading if nothing holds it paused: few requests queued and
         the arriving body (if any) drained to half its buffer."""
         ex = self._parsing
-        if self._paused and len(self._queue) <= self._cfg.max_pipelined and (
+        if self._paused and len(self._queue) <= self._max_pipelined and (
                 ex is None or ex.body_in.hold_all or ex.body_in.buffered <= self._cfg.body_buffer_bytes // 2):
             self._resume()
 
@@ -490,13 +490,7 @@ class HTTPProtocol(asyncio.Protocol):
             return
         if self._paused:
             self._resume()
-        if self._parser.head_started:
-            self._arm(_T_HEAD)
-        else:  # _arm(_T_KEEPALIVE), inline: after every request
-            self._timer_kind = _T_KEEPALIVE
-            self._deadline = self._clock() + self._keepalive_timeout
-            if self._timer is None:
-                self._timer = self._loop.call_at(self._deadline, self._timer_fired)
+        self._arm(_T_HEAD if self._parser.head_started else _T_KEEPALIVE)
 
     def _abort_exchange(self, ex: Exchange, exc: BaseException) -> None:
         self._wake_disconnect()
@@ -516,8 +510,7 @@ class HTTPProtocol(asyncio.Protocol):
         if ex is not None:
             self._parsing = None
             ex.body_in.fail(exc)
-        err = _ErrorExchange(self, exc)
-        self._queue.append(err)  # type: ignore[arg-type]
+        self._queue.append(_ErrorExchange(self, exc))
         if len(self._queue) == 1:
             self._next()
 
@@ -630,17 +623,15 @@ class HTTPProtocol(asyncio.Protocol):
             self._transport.abort()
 
 
-class _ErrorExchange:
-    """The answer to a request that could not be parsed: status, then close."""
+class _ErrorExchange(Exchange):
+    """The answer to a request that could not be parsed: status, then close.
+    It waits in the queue like an exchange (Exchange's defaults are what the
+    connection reads there) but has no request: only run() is called on it."""
+    keep_alive = False
 
-    def __init__(self, conn: HTTPProtocol, exc: HTTPError) -> None:
+    def __init__(self, conn: HTTPProtocol, exc: HTTPError) -> None:  # no request head to take
         self.conn = conn
         self.exc = exc
-        self.started = False
-        self.task = None
-        self.body_in = EMPTY_BODY
-        self.keep_alive = False
-        self.running = False
 
     def run(self) -> None:
         conn = self.conn
