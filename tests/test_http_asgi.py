@@ -146,16 +146,22 @@ def test_app_framing_headers_are_the_servers(h) -> None:
         headers = [(b"Transfer-Encoding", b"chunked"), (b"X-K", b"v")]
         if scope["path"] == "/close":
             headers += [(b"Connection", b"keep-alive"), (b"connection", b"Close")]
+        elif scope["path"] == "/close-list":
+            headers += [(b"Connection", b"keep-alive ,close")]
+        elif scope["path"] == "/not-close":
+            headers += [(b"Connection", b"closed, x-close")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"abc"})
 
-    reqs = b"GET /keep HTTP/1.1\r\n" + H + b"\r\n" + b"GET /close HTTP/1.1\r\n" + H + b"\r\n"
-    r = run(h, app, lambda port: exchange(port, reqs, responses=2), interface="asgi")
-    first, second = r.responses
-    assert (first.body, first.header("content-length"), first.header("x-k")) == (b"abc", "3", "v")
-    assert first.header("transfer-encoding") is None and first.header("connection") is None
-    assert second.body == b"abc" and second.header("connection") == "close" and r.closed
-    assert r.raw.lower().count(b"transfer-encoding") == 0
+    for last in (b"/close", b"/close-list"):
+        reqs = b"".join(b"GET %s HTTP/1.1\r\n%s\r\n" % (p, H) for p in (b"/keep", b"/not-close", last, b"/keep"))
+        r = run(h, app, lambda port: exchange(port, reqs, responses=3), interface="asgi")
+        first, second, third = r.responses
+        assert (first.body, first.header("content-length"), first.header("x-k")) == (b"abc", "3", "v")
+        assert first.header("transfer-encoding") is None and first.header("connection") is None
+        assert second.header("connection") is None  # not the `close` option: dropped, kept alive
+        assert third.body == b"abc" and third.header("connection") == "close" and r.closed
+        assert r.raw.lower().count(b"transfer-encoding") == 0 and r.raw.count(b"HTTP/1.1 ") == 3
 
 
 @pytest.mark.parametrize("misbehaviour", ["no-response", "body-before-start", "short-body"])

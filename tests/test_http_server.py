@@ -166,6 +166,44 @@ def test_connection_close_is_honoured(h) -> None:
     assert r.responses[0].header("connection") == "close"
 
 
+@pytest.mark.parametrize("plain", [False, True], ids=["async", "plain"])
+def test_handler_connection_header_is_honoured_not_copied(h, plain) -> None:
+    """A handler's Connection header is the server's to write, as for ASGI
+    apps: `close` (in any field, any case, in a token list) ends the
+    connection after that response with one `Connection: close`; any other
+    value is dropped, so the client never sees two Connection headers."""
+    keep = Response(b"k", headers=[("Connection", "keep-alive"), ("X-A", "1")])
+    close = Response(b"c", headers=[(b"connection", b"keep-alive, Close")])
+    assert not keep.close and close.close
+    assert keep.headers == [(b"X-A", b"1"), (b"Content-Type", b"text/plain; charset=utf-8")]
+
+    def pick(req: Request) -> Any:
+        if req.raw_path == b"/keep":
+            return keep
+        if req.raw_path == b"/stream-close":
+            return StreamingResponse([b"s1", b"s2"], headers={"Connection": "close"})
+        return close
+
+    async def apick(req: Request) -> Any:
+        return pick(req)
+
+    reqs = b"".join(b"GET %s HTTP/1.1\r\n%s\r\n" % (p, H) for p in (b"/keep", b"/keep", b"/close", b"/keep"))
+    r = run(h, pick if plain else apick, lambda port: exchange(port, reqs, responses=3))
+    assert [x.body for x in r.responses] == [b"k", b"k", b"c"] and r.closed
+    assert [x.header("connection") for x in r.responses] == [None, None, "close"]
+    assert r.responses[0].header("x-a") == "1"
+    assert r.raw.count(b"HTTP/1.1 ") == 3  # the request after the close is not answered
+    # HTTP/1.0 keep-alive: the server's own `Connection: keep-alive`, once
+    r = run(h, pick if plain else apick,
+            lambda port: exchange(port, b"GET /keep HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" * 2, responses=2))
+    assert [x.header("connection") for x in r.responses] == ["keep-alive"] * 2 and not r.closed
+    r = run(h, pick if plain else apick,
+            lambda port: exchange(port, b"GET /stream-close HTTP/1.1\r\n" + H + b"\r\n" + b"GET /keep HTTP/1.1\r\n"
+                                  + H + b"\r\n"))
+    assert r.responses[0].body == b"s1s2" and r.responses[0].header("connection") == "close" and r.closed
+    assert r.raw.count(b"HTTP/1.1 ") == 1
+
+
 def test_streaming_request_and_response_bodies(h) -> None:
     body = bytes(range(256)) * 2000  # 512 000 bytes, under the 1 MiB default limit
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 70000]), body[i:i + 70000])

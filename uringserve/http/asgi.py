@@ -98,10 +98,11 @@ class ASGIExchange(Exchange):
             # the server writes the framing headers itself
             framing_headers: list[tuple[bytes, bytes]] = []
             self.asgi_block = framing.encode_headers(message.get("headers", ()), framing_headers)
-            for lname, value in framing_headers:
-                if lname == b"content-length":
-                    self.asgi_length = int(value)
-                elif lname == b"connection" and value.lower() == b"close":
+            if framing_headers:
+                for lname, value in framing_headers:
+                    if lname == b"content-length":
+                        self.asgi_length = int(value)
+                if framing.asks_close(framing_headers):
                     self.keep_alive = False
             return conn._done
         if kind == "http.response.pathsend":

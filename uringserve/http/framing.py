@@ -78,6 +78,16 @@ def encode_headers(headers: Any, framing: list[tuple[bytes, bytes]] | None = Non
     return block
 
 
+def asks_close(framing: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the framing headers encode_headers() set aside carry the
+    `close` connection option (RFC 9110 §7.6.1: a comma-separated list, in
+    any of several Connection fields, case-insensitive)."""
+    for name, value in framing:
+        if name == b"connection" and any(t.strip(b" \t").lower() == b"close" for t in value.split(b",")):
+            return True
+    return False
+
+
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
 

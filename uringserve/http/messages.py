@@ -100,39 +100,41 @@ class Request(Exchange):
         return f"<Request {self.method} {self.raw_path.decode('latin-1')!r}>"
 
 
-_FRAMING = (b"content-length", b"transfer-encoding")
-
-
-def _prepare_headers(status: int, headers: Any, content_type: str | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """A response's (name, value) pairs and their encoded block, made once
-    when the response is made: a bad status or header fails here, and a
-    response returned many times costs nothing per request. The body's
-    framing headers are the server's to write, so a handler's
-    Content-Length / Transfer-Encoding are dropped."""
+def _prepare_headers(status: int, headers: Any,
+                     content_type: str | None) -> tuple[list[tuple[bytes, bytes]], bytes, bool]:
+    """A response's (name, value) pairs, their encoded block, and whether
+    they ask to close the connection, made once when the response is made:
+    a bad status or header fails here, and a response returned many times
+    costs nothing per request. Framing headers are the server's to write
+    (as for ASGI apps): a handler's Content-Length / Transfer-Encoding are
+    dropped, and its Connection is not copied but honoured (`close` ends
+    the connection after this response; the server writes the header)."""
     framing.status_line(status)
     out = []
     if headers:
         for name, value in headers.items() if hasattr(headers, "items") else headers:
-            name = name.encode("latin-1") if isinstance(name, str) else bytes(name)
-            if name.lower() in _FRAMING:
-                continue
-            out.append((name, value.encode("latin-1") if isinstance(value, str) else bytes(value)))
+            out.append((name.encode("latin-1") if isinstance(name, str) else bytes(name),
+                        value.encode("latin-1") if isinstance(value, str) else bytes(value)))
     if content_type is not None and not any(n.lower() == b"content-type" for n, _ in out):
         out.append((b"Content-Type", content_type.encode("latin-1")))
-    return out, encode_headers(out)
+    set_aside: list[tuple[bytes, bytes]] = []
+    block = encode_headers(out, set_aside)
+    if set_aside:
+        out = [(n, v) for n, v in out if n.lower() not in framing.FRAMING_HEADERS]
+    return out, block, framing.asks_close(set_aside)
 
 
 class Response:
     """A complete response. `body` may be bytes or str (sent as UTF-8).
     Immutable: its status line, headers and Content-Length are encoded here,
     once, so a response made at import time costs no encoding per request."""
-    __slots__ = ("_status", "_body", "_headers", "block", "_head", "_wire")
+    __slots__ = ("_status", "_body", "_headers", "block", "_head", "_wire", "_close")
 
     def __init__(self, body: bytes | str = b"", status: int = 200, headers: Any = None,
                  content_type: str | None = "text/plain; charset=utf-8") -> None:
         self._status = status
         self._body = body.encode() if isinstance(body, str) else bytes(body)
-        self._headers, self.block = _prepare_headers(status, headers, content_type)
+        self._headers, self.block, self._close = _prepare_headers(status, headers, content_type)
         self._head, self._wire = framing.whole_head(status, self.block, self._body)
 
     @property
@@ -145,7 +147,13 @@ class Response:
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers as sent (framing headers are the server's)."""
         return list(self._headers)
+
+    @property
+    def close(self) -> bool:
+        """Its headers said `Connection: close`: the connection ends after it."""
+        return self._close
 
     def __repr__(self) -> str:
         return f"<Response {self._status} {len(self._body)} bytes>"
@@ -154,28 +162,28 @@ class Response:
 class StreamingResponse:
     """A response whose body comes from an (async) iterable of bytes: sent
     chunked to HTTP/1.1 clients, or with `content_length` when known."""
-    __slots__ = ("status", "content", "headers", "block", "content_length")
+    __slots__ = ("status", "content", "headers", "block", "content_length", "close")
 
     def __init__(self, content: AsyncIterable[bytes] | Iterable[bytes], status: int = 200, headers: Any = None,
                  content_type: str | None = "application/octet-stream", content_length: int | None = None) -> None:
         self.status = status
         self.content = content
         self.content_length = content_length
-        self.headers, self.block = _prepare_headers(status, headers, content_type)
+        self.headers, self.block, self.close = _prepare_headers(status, headers, content_type)
 
 
 class FileResponse:
     """`count` bytes of an open file from `offset`, sent by the ring straight
     from registered memory when the loop is UringEventLoop. Made by
     StaticFiles; `file` is a static.OpenFile."""
-    __slots__ = ("status", "file", "offset", "count", "headers", "block")
+    __slots__ = ("status", "file", "offset", "count", "headers", "block", "close")
 
     def __init__(self, file: Any, offset: int, count: int, status: int = 200, headers: Any = None) -> None:
         self.status = status
         self.file = file
         self.offset = offset
         self.count = count
-        self.headers, self.block = _prepare_headers(status, headers, None)
+        self.headers, self.block, self.close = _prepare_headers(status, headers, None)
 
 
 __all__ = ["Request", "Response", "StreamingResponse", "FileResponse", "Headers", "ClientDisconnected",

@@ -26,6 +26,8 @@ def native_runner(handler: Callable[[Request], Any]) -> Callable[[Exchange], Non
         # the fast path: no task, the response is written before this returns
         result = handler(ex)
         if type(result) is Response:
+            if result._close:
+                ex.keep_alive = False
             ex.respond_prepared(result._status, result._head, result._wire)
             return
         pending = answer(ex, result)
@@ -58,10 +60,14 @@ def answer(ex: Exchange, result: Any) -> Any:
     """Send a handler's result. Returns None when done, or a coroutine to
     await for responses that stream."""
     if isinstance(result, Response):
+        if result._close:
+            ex.keep_alive = False
         ex.respond_prepared(result._status, result._head, result._wire)
         return None
     if isinstance(result, (bytes, str)):
         return answer(ex, Response(result))
+    if isinstance(result, (FileResponse, StreamingResponse)) and result.close:
+        ex.keep_alive = False
     if isinstance(result, FileResponse):
         ex.start(result.status, result.block, result.count)
         pending = ex.send_file(result.file, result.offset, result.count)
