@@ -12,7 +12,7 @@ from urllib.parse import unquote
 
 from . import framing
 from .body import ClientDisconnected
-from .parser import HTTPError
+from .parser import HeaderBlock, HTTPError
 from .protocol import Exchange
 
 logger = logging.getLogger("uringserve.http")
@@ -80,7 +80,10 @@ class ASGIExchange(Exchange):
             if not self.started:
                 length = self.asgi_length
                 if not more and (length is None or length == len(data)):
-                    self.respond(self.asgi_status, block, bytes(data))  # one write
+                    # respond(), inline: one write
+                    head, data = framing.whole_head(self.asgi_status, block,
+                                                    data if type(data) is bytes else bytes(data))
+                    self.respond_prepared(self.asgi_status, head, data)
                     return conn._done
                 self.start(self.asgi_status, block, length, bytes(data))
             elif data:
@@ -98,11 +101,10 @@ class ASGIExchange(Exchange):
             # the server writes the framing headers itself
             framing_headers: list[tuple[bytes, bytes]] = []
             self.asgi_block = framing.encode_headers(message.get("headers", ()), framing_headers)
-            if framing_headers:
-                for lname, value in framing_headers:
-                    if lname == b"content-length":
-                        self.asgi_length = int(value)
-                if framing.asks_close(framing_headers):
+            for lname, value in framing_headers:
+                if lname == b"content-length":
+                    self.asgi_length = int(value)
+                elif lname == b"connection" and framing.close_option(value):
                     self.keep_alive = False
             return conn._done
         if kind == "http.response.pathsend":
@@ -137,6 +139,7 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
         conn = ex.conn
         raw_path = ex.raw_path
         target = ex.target
+        headers = ex._headers
         path = raw_path.decode("latin-1")
         scope = {
             "type": "http",
@@ -150,7 +153,7 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
             "path": unquote(path) if "%" in path else path,
             "raw_path": raw_path,
             "query_string": b"" if raw_path is target else target[len(raw_path) + 1:],  # query_string, inline
-            "headers": ex.raw_headers,
+            "headers": headers.pairs() if type(headers) is HeaderBlock else headers,  # raw_headers, inline
             "state": state.copy() if state else {},
             "extensions": _EXTENSIONS,
         }

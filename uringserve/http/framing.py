@@ -44,10 +44,12 @@ def body_allowed(status: int) -> bool:
 
 def whole_head(status: int, block: bytes, body: bytes) -> tuple[bytes, bytes]:
     """The status line, headers and Content-Length of a response whose body is
-    known, and the body to send (none for 1xx, 204 and 304)."""
-    if body_allowed(status):
-        return b"%s%sContent-Length: %d\r\n" % (status_line(status), block, len(body)), body
-    return status_line(status) + block, b""
+    known, and the body to send (none for 1xx, 204 and 304). Once per ASGI
+    response: status_line() and body_allowed() are inline."""
+    line = _STATUS_LINES.get(status) or status_line(status)
+    if status >= 200 and status != 204 and status != 304:
+        return b"%s%sContent-Length: %d\r\n" % (line, block, len(body)), body
+    return line + block, b""
 
 
 # what a server frames itself, by length first: most names are cut by len() alone
@@ -78,14 +80,10 @@ def encode_headers(headers: Any, framing: list[tuple[bytes, bytes]] | None = Non
     return block
 
 
-def asks_close(framing: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the framing headers encode_headers() set aside carry the
-    `close` connection option (RFC 9110 §7.6.1: a comma-separated list, in
-    any of several Connection fields, case-insensitive)."""
-    for name, value in framing:
-        if name == b"connection" and any(t.strip(b" \t").lower() == b"close" for t in value.split(b",")):
-            return True
-    return False
+def close_option(value: bytes) -> bool:
+    """Whether a Connection field's value lists the `close` option (RFC 9110
+    §7.6.1: a comma-separated list of case-insensitive tokens)."""
+    return any(t.strip(b" \t").lower() == b"close" for t in value.split(b","))
 
 
 def chunk(data: bytes) -> bytes:

@@ -121,7 +121,7 @@ def _prepare_headers(status: int, headers: Any,
     block = encode_headers(out, set_aside)
     if set_aside:
         out = [(n, v) for n, v in out if n.lower() not in framing.FRAMING_HEADERS]
-    return out, block, framing.asks_close(set_aside)
+    return out, block, any(n == b"connection" and framing.close_option(v) for n, v in set_aside)
 
 
 class Response:
