@@ -17,7 +17,8 @@ def test_doctor_text_names_every_feature() -> None:
     text = out.stdout
     assert "io_uring: usable" in text
     for name in ("ACCEPT", "SEND_ZC", "FIXED_FD_INSTALL", "DEFER_TASKRUN", "SINGLE_ISSUER",
-                 "registered ring fd", "provided buffer ring", "registered send arena", "recv bundles"):
+                 "registered ring fd", "provided buffer ring", "registered send arena", "recv bundles",
+                 "openat2 RESOLVE_BENEATH"):
         assert name in text
     assert "RLIMIT_MEMLOCK" in text
 

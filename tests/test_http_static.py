@@ -4,6 +4,7 @@ validators and 304, single ranges and 416, HEAD, index files, and every
 way out of the root refused."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from email.utils import formatdate
@@ -11,14 +12,21 @@ from typing import Any
 
 import pytest
 
+from uringserve import ring
 from uringserve.http import Request, Response, StaticFiles
 
 from http_client import exchange
 from test_http_server import H, run
 
 
-@pytest.fixture
-def site(tmp_path):
+@pytest.fixture(params=["openat2", "realpath"])
+def site(request, tmp_path, monkeypatch):
+    """The same site served with openat2(RESOLVE_BENEATH), and as a kernel
+    (or seccomp profile) without openat2 leaves it: realpath() and checks."""
+    if request.param == "realpath":
+        def no_openat2(*args: Any) -> int:
+            raise OSError(errno.ENOSYS, "openat2 refused by this test")
+        monkeypatch.setattr(ring, "open_beneath", no_openat2)
     root = tmp_path / "site"
     (root / "sub").mkdir(parents=True)
     big = os.urandom(3 * 1024 * 1024 + 777)
@@ -32,7 +40,16 @@ def site(tmp_path):
     os.symlink(root / "hello.txt", root / "inside-link.txt")
     (root / "trap").mkdir()
     os.symlink(tmp_path / "secret.txt", root / "trap" / "index.html")  # an index that leads out
+    os.symlink("hello.txt", root / "rel-link.txt")
+    os.symlink("../secret.txt", root / "rel-escape.txt")
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "outdir" / "secret.txt").write_bytes(b"outside the root")
+    os.symlink(tmp_path / "outdir", root / "outdir")
+    os.symlink("sub/../../outdir", root / "sneaky")
+    os.symlink("loop", root / "loop")
+    os.mkfifo(root / "pipe")  # opening it for reading would block a loop that waited
     static = StaticFiles(str(root))
+    assert (static._root_fd >= 0) == (request.param == "openat2")
     yield static, big
     static.close()
 
@@ -78,8 +95,10 @@ def test_types_and_small_files(h, site) -> None:
     assert r.responses[0].header("content-length") == "0"
     r = get(h, static, b"/static/sub/")
     assert r.responses[0].body == b"<h1>index</h1>"
-    r = get(h, static, b"/static/inside-link.txt")
-    assert r.responses[0].body == b"hello static\n"
+    for link in (b"inside-link.txt", b"rel-link.txt"):  # absolute and relative links that stay inside
+        r = get(h, static, b"/static/" + link)
+        assert r.responses[0].body == b"hello static\n"
+        assert r.responses[0].header("content-type") == "text/plain; charset=utf-8"
 
 
 def test_validators_and_304(h, site) -> None:
@@ -158,6 +177,11 @@ def test_head(h, site) -> None:
     (b"/static/hello.txt%00.png", 400),
     (b"/static/escape.txt", 404),        # a symlink out of the root
     (b"/static/trap/", 404),             # a directory whose index links out of the root
+    (b"/static/rel-escape.txt", 404),    # a relative symlink out
+    (b"/static/outdir/secret.txt", 404),  # through a directory symlink out
+    (b"/static/sneaky/secret.txt", 404),  # a symlink whose own `..` leads out
+    (b"/static/loop", 404),
+    (b"/static/pipe", 404),              # not a regular file, and the open does not block
     (b"/static/missing.txt", 404),
     (b"/static/sub", 200),               # a directory: its index
     (b"/static//hello.txt", 200),

@@ -142,6 +142,10 @@ def report() -> dict:
     checks.append(Check("registered send arena", bool(st["arena_registered"]), "5.13", "send"))
     checks.append(Check("recv bundles", bool(st["features"] & FEAT_RECVSEND_BUNDLE), "6.10",
                         "recv (optional, off by default)"))
+    beneath = openat2_error()
+    checks.append(Check("openat2 RESOLVE_BENEATH", beneath is None, "5.6", "static files",
+                        "" if beneath is None else f"{beneath}: request paths are resolved with "
+                        "realpath() and checked instead, a few system calls more"))
     out["checks"] = [asdict(c) for c in checks]
     budget = None if has_cap_ipc_lock() else out["rlimit_memlock"]
     cfg = RingConfig().validated()
@@ -158,6 +162,20 @@ def report() -> dict:
         notes.append("no FIXED_FD_INSTALL: transport.get_extra_info('socket') returns None")
     out["notes"] = notes
     return out
+
+
+def openat2_error() -> str | None:
+    """None when openat2(RESOLVE_BENEATH) works here, else why not."""
+    from .ring import open_beneath
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = os.open("/", flags)
+    try:
+        os.close(open_beneath(fd, b".", flags))
+    except OSError as exc:
+        return os.strerror(exc.errno) if exc.errno is not None else str(exc)
+    finally:
+        os.close(fd)
+    return None
 
 
 _OP_WHERE = {"ACCEPT": "server", "RECV": "recv", "SEND": "send", "SEND_ZC": "send",

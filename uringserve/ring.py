@@ -351,3 +351,14 @@ class Ring:
 
 def data_of(ev: Any) -> bytes:
     return ffi.unpack(ev.data, ev.res)
+
+
+def open_beneath(dirfd: int, path: bytes, flags: int) -> int:
+    """openat2() confined to `dirfd`'s tree (RESOLVE_BENEATH): a path or
+    symlink leading out fails with EXDEV. Raises OSError (its subclass by
+    errno, e.g. FileNotFoundError); ENOSYS where the kernel or a seccomp
+    profile lacks openat2."""
+    fd = lib.us_open_beneath(dirfd, path, flags)
+    if fd < 0:
+        raise OSError(-fd, os.strerror(-fd), path.decode("utf-8", "surrogateescape"))
+    return fd

@@ -112,7 +112,8 @@ def _prepare_headers(status: int, headers: Any,
     framing.status_line(status)
     out = []
     if headers:
-        for name, value in headers.items() if hasattr(headers, "items") else headers:
+        # a list is the common case; hasattr() on one raises and catches an AttributeError
+        for name, value in headers if isinstance(headers, (list, tuple)) else headers.items():
             out.append((name.encode("latin-1") if isinstance(name, str) else bytes(name),
                         value.encode("latin-1") if isinstance(value, str) else bytes(value)))
     if content_type is not None and not any(n.lower() == b"content-type" for n, _ in out):
@@ -184,6 +185,19 @@ class FileResponse:
         self.offset = offset
         self.count = count
         self.headers, self.block, self.close = _prepare_headers(status, headers, None)
+
+    @classmethod
+    def _prepared(cls, file: Any, offset: int, count: int, status: int,
+                  prepared: tuple[list[tuple[bytes, bytes]], bytes, bool]) -> "FileResponse":
+        """With headers _prepare_headers() made before (StaticFiles keeps a
+        file's 200 headers with the open file)."""
+        self = cls.__new__(cls)
+        self.status = status
+        self.file = file
+        self.offset = offset
+        self.count = count
+        self.headers, self.block, self.close = prepared
+        return self
 
 
 __all__ = ["Request", "Response", "StreamingResponse", "FileResponse", "Headers", "ClientDisconnected",

@@ -1,10 +1,20 @@
 """Static files: safe path resolution, validators (ETag, Last-Modified,
 304), single ranges (206/416), and files kept open, and in the ring's
 fixed-file table, so a response is read into registered memory and sent
-from there without a byte passing through Python."""
+from there without a byte passing through Python.
+
+A request path is opened with openat2(RESOLVE_BENEATH) under the root:
+the kernel resolves it in one call and refuses anything leading out, so
+no symlink swapped in between a check and the open can escape, and a
+request costs three system calls (open, fstat, close when the file is
+already open). Where openat2 is missing (Linux < 5.6, some seccomp
+profiles) and for absolute symlinks (which RESOLVE_BENEATH refuses even
+when they point inside), the path is resolved with realpath() and checked
+instead."""
 from __future__ import annotations
 
 import collections
+import errno
 import mimetypes
 import os
 import stat
@@ -13,29 +23,41 @@ from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from .messages import FileResponse, Headers, Response
+from .. import ring
+from .messages import FileResponse, Headers, Response, _prepare_headers
 from .parser import HTTPError
+
+# O_NONBLOCK: opening a FIFO someone left under the root must not block the
+# loop (fstat then finds it is not a regular file); cleared before a kept fd
+# is read, so io_uring reads wait for the disk instead of failing EAGAIN
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 
 
 class OpenFile:
     """A file opened once and shared by every response that sends it. The
     fd closes when the last user lets go (the cache, a queued send); its
     fixed-file slot is given up at eviction and empties once unused."""
-    __slots__ = ("fd", "size", "mtime_ns", "ino", "etag", "last_modified", "content_type", "_ring", "_slot",
-                 "__weakref__")
+    __slots__ = ("fd", "size", "mtime_ns", "dev", "ino", "etag", "last_modified", "content_type", "_ring",
+                 "_slot", "headers_200", "__weakref__")
 
-    def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    def __init__(self, path: str, fd: int = -1, st: os.stat_result | None = None) -> None:
+        """Open `path`; or take `fd` (blocking, a regular file, `st` its
+        fstat), which is then this object's to close, and name it `path`
+        (its name gives the Content-Type)."""
+        if fd < 0:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
-            st = os.fstat(fd)
+            if st is None:
+                st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise IsADirectoryError(path)
+                raise IsADirectoryError(errno.EISDIR, "not a regular file", path)
         except BaseException:
             os.close(fd)
             raise
         self.fd = fd
         self.size = st.st_size
         self.mtime_ns = st.st_mtime_ns
+        self.dev = st.st_dev
         self.ino = st.st_ino
         self.etag = b'"%x-%x"' % (st.st_mtime_ns, st.st_size)
         self.last_modified = formatdate(st.st_mtime, usegmt=True).encode()
@@ -47,6 +69,10 @@ class OpenFile:
         self.content_type = ctype.encode()
         self._ring: Any = None
         self._slot = -1
+        # a whole-file response's headers, encoded once: they change only with the file
+        self.headers_200 = _prepare_headers(200, [
+            (b"ETag", self.etag), (b"Last-Modified", self.last_modified), (b"Accept-Ranges", b"bytes"),
+            (b"Content-Type", self.content_type)], None)
 
     def slot_for(self, ring: Any) -> int:
         """This file's fixed-file slot in `ring`, registered on first use; -1
@@ -77,33 +103,60 @@ class OpenFile:
 
 
 class FileCache:
-    """Open files by real path, validated by stat() on every use, at most `max_open`."""
+    """Open files by identity (device, inode), validated by size and mtime on
+    every use, at most `max_open`."""
 
     def __init__(self, max_open: int = 256) -> None:
         self.max_open = max_open
-        self._files: collections.OrderedDict[str, OpenFile] = collections.OrderedDict()
+        self._files: collections.OrderedDict[tuple[int, int], OpenFile] = collections.OrderedDict()
 
     def open(self, path: str) -> OpenFile:
-        st = os.stat(path)
-        f = self._files.get(path)
-        if f is not None:
-            if f.mtime_ns == st.st_mtime_ns and f.size == st.st_size and f.ino == st.st_ino:
-                self._files.move_to_end(path)
+        """The file at `path` (a symlink as its last component is refused)."""
+        f = self._cached(os.stat(path))
+        return f if f is not None else self._keep(OpenFile(path))
+
+    def adopt(self, fd: int, st: os.stat_result, name: str) -> OpenFile:
+        """The file open as `fd` (`st` its fstat), which this call closes
+        unless a new OpenFile keeps it."""
+        try:
+            f = self._cached(st)
+            if f is not None:
+                os.close(fd)
                 return f
-            self._evict(path)
-        f = OpenFile(path)
-        self._files[path] = f
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "not a regular file", name)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._keep(OpenFile(name, fd, st))
+
+    def _cached(self, st: os.stat_result) -> OpenFile | None:
+        key = (st.st_dev, st.st_ino)
+        f = self._files.get(key)
+        if f is not None:
+            if f.mtime_ns == st.st_mtime_ns and f.size == st.st_size:
+                self._files.move_to_end(key)
+                return f
+            self._evict(key)
+        return None
+
+    def _keep(self, f: OpenFile) -> OpenFile:
+        key = (f.dev, f.ino)
+        if key in self._files:
+            self._evict(key)
+        self._files[key] = f
         while len(self._files) > self.max_open:
             self._evict(next(iter(self._files)))
         return f
 
-    def _evict(self, path: str) -> None:
-        f = self._files.pop(path)
+    def _evict(self, key: tuple[int, int]) -> None:
+        f = self._files.pop(key)
         f.release_slot()
 
     def close(self) -> None:
-        for path in list(self._files):
-            self._evict(path)
+        for key in list(self._files):
+            self._evict(key)
 
 
 def _parse_range(value: str, size: int) -> tuple[int, int] | None | bool:
@@ -140,23 +193,87 @@ class StaticFiles:
     """Serve the files under `root`. `index`: the file served for a
     directory (None: directories are 404)."""
 
+    _root_fd = -1  # the root, open for openat2; -1 without openat2
+
     def __init__(self, root: str, *, index: str | None = "index.html", max_open: int = 256) -> None:
         self.root = os.path.realpath(root)
         if not os.path.isdir(self.root):
             raise NotADirectoryError(f"static root {root!r} is not a directory")
         self.index = index
         self.files = FileCache(max_open)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.close(ring.open_beneath(fd, b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.ENOSYS, errno.EPERM, errno.EACCES):
+                raise
+            return  # no openat2 here: realpath() and checks
+        self._root_fd = fd
 
-    def resolve(self, raw_path: bytes) -> str | None:
-        """The real path for a request path under the root, or None (404).
-        Raises HTTPError(400) for NUL bytes and `..` segments."""
+    @staticmethod
+    def _parts(raw_path: bytes) -> list[str]:
+        """The path's segments, percent-decoded. Raises HTTPError(400) for
+        NUL bytes and `..` segments."""
         decoded = unquote_to_bytes(raw_path)
         if b"\x00" in decoded:
             raise HTTPError(400, "NUL byte in the path")
-        text = decoded.decode("utf-8", "surrogateescape")
-        parts = [p for p in text.split("/") if p and p != "."]
+        parts = [p for p in decoded.decode("utf-8", "surrogateescape").split("/") if p and p != "."]
         if ".." in parts:
             raise HTTPError(400, "'..' in the path")
+        return parts
+
+    def open(self, raw_path: bytes) -> OpenFile | None:
+        """The open file a request path names under the root (a directory's
+        index), or None: nothing there, not a regular file, or outside the
+        root (404). Raises HTTPError(400) as resolve(), PermissionError (403)."""
+        parts = self._parts(raw_path)
+        if self._root_fd >= 0:
+            rel = "/".join(parts).encode("utf-8", "surrogateescape") or b"."
+            try:
+                return self._open_beneath(rel, parts[-1] if parts else "")
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink loop, a socket
+                    return None
+                if exc.errno != errno.EXDEV:
+                    raise
+                # out of the root, or an absolute symlink that may point inside: realpath decides
+        path = self._resolve(parts)
+        if path is None:
+            return None
+        try:
+            return self.files.open(path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def _open_beneath(self, rel: bytes, name: str) -> OpenFile | None:
+        fd = ring.open_beneath(self._root_fd, rel, _OPEN_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                os.close(fd)
+                fd = -1
+                if self.index is None:
+                    return None
+                name = self.index
+                fd = ring.open_beneath(self._root_fd, rel + b"/" + self.index.encode(), _OPEN_FLAGS)
+                st = os.fstat(fd)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        return self.files.adopt(fd, st, name)
+
+    def resolve(self, raw_path: bytes) -> str | None:
+        """The real path for a request path under the root, or None (404).
+        Raises HTTPError(400) for NUL bytes and `..` segments. (open() is
+        what responses use; this is for ASGI apps that answer with
+        http.response.pathsend, which takes a path.)"""
+        return self._resolve(self._parts(raw_path))
+
+    def _resolve(self, parts: list[str]) -> str | None:
         real = os.path.realpath(os.path.join(self.root, *parts))
         if os.path.isdir(real):
             if self.index is None:
@@ -171,19 +288,15 @@ class StaticFiles:
         """The response for GET/HEAD of `raw_path` (relative to the root)."""
         if method not in ("GET", "HEAD"):
             return Response("405 Method Not Allowed\n", status=405, headers=[("Allow", "GET, HEAD")])
-        path = self.resolve(raw_path)
-        if path is None:
-            return Response("404 Not Found\n", status=404)
         try:
-            f = self.files.open(path)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return Response("404 Not Found\n", status=404)
+            f = self.open(raw_path)
         except PermissionError:
             return Response("403 Forbidden\n", status=403)
-        base = [(b"ETag", f.etag), (b"Last-Modified", f.last_modified), (b"Accept-Ranges", b"bytes")]
+        if f is None:
+            return Response("404 Not Found\n", status=404)
+        whole = f.headers_200  # ETag, Last-Modified, Accept-Ranges, Content-Type
         if _not_modified(headers, f):
-            return Response(b"", status=304, headers=base, content_type=None)
-        base.append((b"Content-Type", f.content_type))
+            return Response(b"", status=304, headers=whole[0][:3], content_type=None)
         rng = headers.get("range")
         if rng is not None and method == "GET" and _if_range_ok(headers, f):
             r = _parse_range(rng, f.size)
@@ -192,12 +305,19 @@ class StaticFiles:
                                 content_type=None)
             if r is not None:
                 start, end = r
-                base.append((b"Content-Range", b"bytes %d-%d/%d" % (start, end, f.size)))
-                return FileResponse(f, start, end - start + 1, status=206, headers=base)
-        return FileResponse(f, 0, f.size, status=200, headers=base)
+                return FileResponse(f, start, end - start + 1, status=206, headers=[
+                    *whole[0], (b"Content-Range", b"bytes %d-%d/%d" % (start, end, f.size))])
+        return FileResponse._prepared(f, 0, f.size, 200, whole)
 
     def close(self) -> None:
         self.files.close()
+        fd, self._root_fd = self._root_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
 
 
 def _not_modified(headers: Headers, f: OpenFile) -> bool:
