@@ -70,14 +70,12 @@ class ASGIExchange(Exchange):
                 raise ClientDisconnected("the client closed the connection")
             return conn._done
         if kind == "http.response.body":
-            block = self.asgi_block
-            if block is None:
-                raise RuntimeError("ASGI: http.response.body before http.response.start")
-            if self.finished:
-                raise RuntimeError("ASGI: the response is already complete")
             data = message.get("body", b"")
             more = message.get("more_body", False)
             if not self.started:
+                block = self.asgi_block
+                if block is None:
+                    raise RuntimeError("ASGI: http.response.body before http.response.start")
                 length = self.asgi_length
                 if not more and (length is None or length == len(data)):
                     # respond(), inline: one write
@@ -86,6 +84,8 @@ class ASGIExchange(Exchange):
                     self.respond_prepared(self.asgi_status, head, data)
                     return conn._done
                 self.start(self.asgi_status, block, length, bytes(data))
+            elif self.finished:
+                raise RuntimeError("ASGI: the response is already complete")
             elif data:
                 Exchange.send(self, bytes(data))
             if not more:

@@ -31,7 +31,6 @@ _HEAD_LEN = _lib.US_SCAN_HEAD_LEN_MASK
 _TARGET_SHIFT = _lib.US_SCAN_TARGET_SHIFT
 _HEAD_METHOD = _lib.US_SCAN_HEAD_METHOD
 _HTTP10 = _lib.US_SCAN_HTTP10
-_KEEP_ALIVE = _lib.US_SCAN_KEEP_ALIVE
 
 
 class HTTPError(Exception):
@@ -64,8 +63,8 @@ class RequestHead:
                  "content_length", "chunked", "upgrade", "has_body")
 
     def __init__(self, method: bytes, target: bytes, version: str, headers: list[tuple[bytes, bytes]],
-                 keep_alive: bool, expect_continue: bool, content_length: int | None, chunked: bool,
-                 upgrade: bool) -> None:
+                 keep_alive: bool, expect_continue: bool = False, content_length: int | None = None,
+                 chunked: bool = False, upgrade: bool = False) -> None:
         self.method = method
         self.target = target
         self.version = version
@@ -83,6 +82,10 @@ class Sink(Protocol):
     def on_head(self, head: RequestHead) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...
+    # Optional: on_head(head) and on_end() in one call, for a head the
+    # recogniser took (no body, no upgrade). A sink on the hot path saves
+    # a call per request; the parser makes the pair itself for sinks without.
+    # def on_request(self, head: RequestHead) -> None: ...
 
 
 class RequestParser:
@@ -97,6 +100,7 @@ class RequestParser:
         self._on_head = sink.on_head
         self._on_body = sink.on_body
         self._on_end = sink.on_end
+        self._on_request = getattr(sink, "on_request", None) or self._head_then_end
         self._head_class = head_class
         # the limits, read once per request: attributes of self, not of a frozen dataclass
         self._max_head = config.max_header_bytes
@@ -138,10 +142,10 @@ class RequestParser:
                     method = b"GET"
                     target_start = pos + 4
                 target_end = target_start + ((r >> _TARGET_SHIFT) & 0xFFFF)
-                self._on_head(self._head_class(
+                # keep-alive: the recogniser declines a last request; no body, no upgrade
+                self._on_request(self._head_class(
                     method, data[target_start:target_end], "1.0" if r & _HTTP10 else "1.1",
-                    HeaderBlock(data[target_end + 11:end - 2]), bool(r & _KEEP_ALIVE), False, None, False, False))
-                self._on_end()
+                    HeaderBlock(data[target_end + 11:end - 2]), True))
                 pos = end
             if pos:
                 self._head_bytes = 0  # blank lines llhttp skipped before these heads counted here
@@ -173,6 +177,10 @@ class RequestParser:
             if msg.startswith("Invalid HTTP version"):
                 raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported") from None
             raise HTTPError(400, f"malformed request: {msg}") from None
+
+    def _head_then_end(self, head: Any) -> None:
+        self._on_head(head)
+        self._on_end()
 
     # -- httptools callbacks ----------------------------------------------------
     def on_url(self, url: bytes) -> None:

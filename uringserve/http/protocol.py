@@ -67,8 +67,8 @@ class Exchange:
     conn: HTTPProtocol  # set by HTTPProtocol.on_head
 
     def __init__(self, method: bytes, target: bytes, version: str, headers: list[tuple[bytes, bytes]],
-                 keep_alive: bool, expect_continue: bool, content_length: int | None, chunked: bool,
-                 upgrade: bool) -> None:
+                 keep_alive: bool, expect_continue: bool = False, content_length: int | None = None,
+                 chunked: bool = False, upgrade: bool = False) -> None:
         self.method: str = method.decode("ascii")  # llhttp accepts only its known methods
         self.target = target
         q = target.find(b"?")
@@ -130,21 +130,21 @@ class Exchange:
         self.started = self.finished = True
         self.status = status
         # a body the handler left unread would be parsed as the next request
-        if (self.keep_alive and self.body_in.done and not conn._draining
-                and conn._served + 1 < conn._keepalive_requests):
-            close = b"\r\n" if self.version == "1.1" else b"Connection: keep-alive\r\n\r\n"
+        if self.keep_alive and self.body_in.done and conn._served < conn._last_keepalive and not conn._draining:
+            tail = conn._tail_11 if self.version == "1.1" else conn._tail_10
         else:
             self.keep_alive = False
-            close = b"Connection: close\r\n\r\n"
+            tail = conn._tail_close
+        if conn._lost:
+            conn._exchange_done(self)
+            return
         if _time() >= _DATE[0]:
             framing.refresh_date()
-        if not conn._lost:
-            conn._transport.write(b"".join((head, _DATE[1], conn._server_hdr, close,
-                                            b"" if self.method == "HEAD" else body)))
+        conn._transport.write(b"".join((head, _DATE[1], tail, b"" if self.method == "HEAD" else body)))
         queue = conn._queue
-        if (self.keep_alive and len(queue) == 1 and queue[0] is self and not conn._lost
-                and not conn._disconnect_waiters and not conn._closing_after_queue and not conn._paused
-                and not conn._parser._head_bytes):  # not head_started: no call on the hot path
+        if (self.keep_alive and len(queue) == 1 and queue[0] is self and not conn._disconnect_waiters
+                and not conn._closing_after_queue and not conn._paused
+                and not conn._parser._head_bytes):  # not head_started: no call
             # nothing waits and nothing of the next request has arrived: keep-alive
             del queue[0]
             conn._served += 1
@@ -166,7 +166,7 @@ class Exchange:
         conn = self.conn
         # as respond(): a body the handler left unread would be parsed as the next request
         self.keep_alive = (self.keep_alive and self.body_in.done and not conn._draining
-                           and conn._served + 1 < conn._keepalive_requests)
+                           and conn._served < conn._last_keepalive)
         close = _CONNECTION[self.keep_alive, self.version]
         parts = [framing.status_line(status), framing.date_header(), conn._server_hdr, block]
         has_body = framing.body_allowed(status)
@@ -284,7 +284,11 @@ class HTTPProtocol(asyncio.Protocol):
         self._closing = False
         self._draining = False
         self._served = 0
-        self._keepalive_requests = config.keepalive_requests
+        self._last_keepalive = config.keepalive_requests - 1  # answered before it: keep-alive
+        # what follows the Date in a whole response, by HTTP version and keep-alive
+        self._tail_11 = self._server_hdr + b"\r\n"
+        self._tail_10 = self._server_hdr + b"Connection: keep-alive\r\n\r\n"
+        self._tail_close = self._server_hdr + b"Connection: close\r\n\r\n"
         self._max_pipelined = config.max_pipelined
         self._keepalive_timeout = config.keepalive_timeout
         self._paused = False
@@ -415,6 +419,28 @@ class HTTPProtocol(asyncio.Protocol):
         if len(queue) == 1:
             if not self._write_paused and not self._lost:  # _next(), inline: the common case
                 self._start(ex)
+        elif len(queue) > self._max_pipelined:
+            self._pause()
+
+    def on_request(self, ex: Exchange) -> None:
+        """on_head() and on_end() for a request without a body or upgrade
+        (what the parser's recogniser takes: nearly every GET), with _next()
+        and _start() inline: the common request in one call."""
+        if self._closing:
+            return
+        ex.conn = self
+        queue = self._queue
+        queue.append(ex)
+        self._timer_kind = _T_NONE  # _cancel_timer(), inline
+        if len(queue) == 1:
+            if not self._write_paused and not self._lost:
+                ex.running = True
+                try:
+                    self._runner(ex)
+                except BaseException as exc:  # a runner's own failure: answer 500
+                    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                        raise
+                    ex.fail(exc)
         elif len(queue) > self._max_pipelined:
             self._pause()
 
