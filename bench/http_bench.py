@@ -63,6 +63,8 @@ def commands(port: int, tmp: str, static: str) -> dict[str, list[str]]:
         "granian": [str(BIN / "granian"), "--interface", "asgi", "--workers", "1", "--port", str(port),
                     "--log-level", "warning", asgi],
         "floor": [PY, "bench/http_floor.py", "--port", str(port)],
+        "floor-parse": [PY, "bench/http_floor.py", "--kind", "parse", "--port", str(port)],
+        "floor-asgi": [PY, "bench/http_floor.py", "--kind", "asgi", "--port", str(port)],
         "nginx": ["nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-g", "daemon off; master_process off;"],
     }
 
@@ -104,7 +106,8 @@ def main() -> int:
     p.add_argument("--conns", type=int, default=100)
     p.add_argument("--static-conns", type=int, default=16)
     p.add_argument("--servers", default="uringserve,uringserve-asgi,uvicorn,granian,nginx",
-                   help="also floor, and NAME@DIR for another checkout (before/after a change)")
+                   help="also floor, floor-parse, floor-asgi (bench/http_floor.py), "
+                        "and NAME@DIR for another checkout (before/after a change)")
     p.add_argument("--no-static", action="store_true")
     args = p.parse_args()
     for tool in ("wrk", "nginx", "curl", "taskset"):
