@@ -57,7 +57,10 @@ def handler(req: Req) -> bytes:
     return b"Hello, world!\n" if req.target == b"/" else b"?\n"
 
 
-class ParseFloor(Floor):
+class _ScanFloor(Floor):
+    """Request heads as uringserve.http's recogniser finds them; each one
+    to answer(target, header block)."""
+
     def data_received(self, data: bytes) -> None:
         n, pos = len(data), 0
         while pos < n:
@@ -66,11 +69,19 @@ class ParseFloor(Floor):
                 return
             end = pos + (r & _HEAD_LEN)
             te = pos + 4 + ((r >> _TARGET_SHIFT) & 0xFFFF)
-            body = handler(Req(data[pos + 4:te], HeaderBlock(data[te + 11:end - 2])))
-            if time.time() >= _DATE[0]:
-                framing.refresh_date()
-            self.write(b"".join((HEAD, _DATE[1], b"\r\n", body)))
+            self.answer(data[pos + 4:te], data[te + 11:end - 2])
             pos = end
+
+    def answer(self, target: bytes, headers: bytes) -> None:
+        raise NotImplementedError
+
+
+class ParseFloor(_ScanFloor):
+    def answer(self, target: bytes, headers: bytes) -> None:
+        body = handler(Req(target, HeaderBlock(headers)))
+        if time.time() >= _DATE[0]:
+            framing.refresh_date()
+        self.write(b"".join((HEAD, _DATE[1], b"\r\n", body)))
 
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
@@ -106,31 +117,21 @@ async def _run(app: Any, scope: dict, send: Any) -> None:
         pass
 
 
-class ASGIFloor(Floor):
+class ASGIFloor(_ScanFloor):
+    app: Any = None  # the demo's ASGI app, set by main()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()
         self.done.set_result(None)
 
-    app: Any = None  # the demo's ASGI app, set by main()
-
-    def data_received(self, data: bytes) -> None:
-        n, pos = len(data), 0
-        while pos < n:
-            r = _scan(data, pos, n, 8192, 8192, 100)
-            if r <= 0:
-                return
-            end = pos + (r & _HEAD_LEN)
-            te = pos + 4 + ((r >> _TARGET_SHIFT) & 0xFFFF)
-            target = data[pos + 4:te]
-            path = target.decode("latin-1")
-            scope = {"type": "http", "asgi": _ASGI, "http_version": "1.1", "server": None, "client": None,
-                     "scheme": "http", "method": "GET", "root_path": "", "path": path, "raw_path": target,
-                     "query_string": b"", "headers": HeaderBlock(data[te + 11:end - 2]).pairs(),
-                     "state": {}, "extensions": {}}
-            self.loop.create_eager_task(_run(self.app, scope, _Send(self.write, self.done).send))
-            pos = end
+    def answer(self, target: bytes, headers: bytes) -> None:
+        scope = {"type": "http", "asgi": _ASGI, "http_version": "1.1", "server": None, "client": None,
+                 "scheme": "http", "method": "GET", "root_path": "", "path": target.decode("latin-1"),
+                 "raw_path": target, "query_string": b"", "headers": HeaderBlock(headers).pairs(),
+                 "state": {}, "extensions": {}}
+        self.loop.create_eager_task(_run(self.app, scope, _Send(self.write, self.done).send))
 
 
 async def main(port: int, kind: str) -> None:

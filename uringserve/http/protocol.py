@@ -425,7 +425,7 @@ class HTTPProtocol(asyncio.Protocol):
     def on_request(self, ex: Exchange) -> None:
         """on_head() and on_end() for a request without a body or upgrade
         (what the parser's recogniser takes: nearly every GET), with _next()
-        and _start() inline: the common request in one call."""
+        inline: the common request in one call."""
         if self._closing:
             return
         ex.conn = self
@@ -434,13 +434,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._timer_kind = _T_NONE  # _cancel_timer(), inline
         if len(queue) == 1:
             if not self._write_paused and not self._lost:
-                ex.running = True
-                try:
-                    self._runner(ex)
-                except BaseException as exc:  # a runner's own failure: answer 500
-                    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-                        raise
-                    ex.fail(exc)
+                self._start(ex)
         elif len(queue) > self._max_pipelined:
             self._pause()
 
