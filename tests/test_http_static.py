@@ -101,6 +101,28 @@ def test_types_and_small_files(h, site) -> None:
         assert r.responses[0].header("content-type") == "text/plain; charset=utf-8"
 
 
+def test_open_files_are_bounded_and_shared(h, tmp_path) -> None:
+    """At most max_open files stay open; a file reached by two paths (a
+    link) is one open file; every fd closes with the StaticFiles."""
+    from conftest import open_fds
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(6):
+        (root / f"f{i}.txt").write_bytes(b"file %d\n" % i)
+    os.symlink("f0.txt", root / "alias.txt")
+    before = open_fds()
+    static = StaticFiles(str(root), max_open=2)
+    reqs = b"".join(b"GET /static/%s HTTP/1.1\r\n%s\r\n" % (name, H)
+                    for name in [b"f%d.txt" % i for i in range(6)] + [b"alias.txt", b"f0.txt"])
+    r = run(h, handler_for(static), lambda port: exchange(port, reqs, responses=8))
+    assert [x.body for x in r.responses] == [b"file %d\n" % i for i in range(6)] + [b"file 0\n"] * 2
+    assert len(static.files._files) == 2
+    assert static.open(b"/alias.txt") is static.open(b"/f0.txt")
+    assert len(open_fds() - before) <= 3  # the root (openat2) and two files
+    static.close()
+    assert open_fds() - before == set()
+
+
 def test_validators_and_304(h, site) -> None:
     static, _ = site
     first = get(h, static, b"/static/hello.txt").responses[0]
