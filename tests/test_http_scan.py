@@ -210,8 +210,109 @@ def test_limits_are_declined_at_the_boundary() -> None:
         assert parse(head, over, native=True) == parse(head, over, native=False) == ([], status)
 
 
+def test_a_head_that_fails_before_the_limit_is_not_431() -> None:
+    """Found by the server-level differential test: the 431 pre-check used
+    to count the bytes after a malformed head as that head's, so the same
+    bytes were 431 or 400 depending on how they arrived. llhttp now reads up
+    to the limit first; 431 only for a head still open there."""
+    bad = b"GET / HTTP/1.1\r\nHost: a\r\n\r\r\n"  # a bare CR where the blank line should be
+    for data in (WRK + bad + WRK * 3, bad + WRK * 3):
+        for native in (True, False):
+            for cuts in ([], list(range(len(data))), [len(WRK)]):
+                assert parse(data, TIGHT, native, cuts)[1] == 400
+    # and a head past the limit is 431 wherever it starts in the data: after a
+    # request the recogniser took, or one only llhttp reads (a body)
+    long_head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: " + b"v" * 100 + b"\r\n\r\n"
+    post = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+    for data in (long_head, WRK + long_head, post + long_head):
+        for native in (True, False):
+            for cuts in ([], list(range(len(data)))):
+                assert parse(data, TIGHT, native, cuts)[1] == 431
+
+
 def test_offsets_and_lengths() -> None:
     data = b"xx" + WRK
     r = scan(data, off=2)
     assert r & lib.US_SCAN_HEAD_LEN_MASK == len(WRK) and (r >> lib.US_SCAN_TARGET_SHIFT) & 0xFFFF == 1
     assert scan(data, off=len(data)) == 0 and scan(data, off=len(data) + 5) == 0
+
+
+# -- the whole server, with and without the recogniser -------------------------------
+class Wire:
+    """A transport that records what the server does to it."""
+
+    def __init__(self) -> None:
+        self.log: list = []
+
+    def write(self, data: bytes) -> None:
+        if self.log and self.log[-1][0] == "write":
+            self.log[-1] = ("write", self.log[-1][1] + bytes(data))
+        else:
+            self.log.append(("write", bytes(data)))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        self.log.append(("pause",))
+
+    def resume_reading(self) -> None:
+        self.log.append(("resume",))
+
+    def close(self) -> None:
+        self.log.append(("close",))
+
+    def abort(self) -> None:
+        self.log.append(("abort",))
+
+
+def describe(req: Any) -> Any:
+    """A plain handler that answers with what it saw, and asks to close on /x."""
+    from uringserve.http import Response
+    seen = [req.method, req.target, req.raw_path, req.query_string, req.http_version, req.path,
+            sorted(req.headers.items()), req.raw_headers, req.keep_alive, req.content]
+    return Response(repr(seen), headers=[("Connection", "close")] if req.raw_path == b"/x" else None)
+
+
+def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int]) -> list:
+    import asyncio
+    import re
+    from uringserve.http.native import native_runner
+    from uringserve.http.protocol import HTTPProtocol
+
+    saved = parser_mod._scan
+    parser_mod._scan = saved if native else None
+    wire = Wire()
+
+    async def main() -> None:
+        proto = HTTPProtocol(native_runner(describe), config)
+        proto.connection_made(wire)
+        pos = 0
+        for cut in sorted(set(cuts)) + [len(data)]:
+            if cut > pos:
+                proto.data_received(data[pos:cut])
+                pos = cut
+                await asyncio.sleep(0)
+        proto.connection_lost(None)
+    try:
+        asyncio.run(main())
+    finally:
+        parser_mod._scan = saved
+    date = re.compile(rb"Date: [^\r]*\r\n")
+    return [(ev[0], date.sub(b"Date: -\r\n", ev[1])) if ev[0] == "write" else ev for ev in wire.log]
+
+
+FEW = HTTPConfig(keepalive_requests=2, max_pipelined=1)
+
+
+@pytest.mark.parametrize("config", [DEFAULT, TIGHT, FEW], ids=["default-limits", "tight-limits", "few"])
+@settings(max_examples=150, deadline=None)
+@given(data=st.lists(st.one_of(REQUESTS, _b([WRK, b"GET /x?q HTTP/1.1\r\nHost: a\r\n\r\n",
+                                               b"HEAD /%41 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"])),
+                     min_size=1, max_size=4).map(b"".join),
+       cuts=st.lists(st.integers(0, 600), max_size=4))
+def test_the_server_answers_the_same_with_and_without_the_recogniser(config: HTTPConfig, data: bytes,
+                                                                     cuts: list[int]) -> None:
+    """Byte for byte (Date aside), with the same pauses and closes: the
+    recogniser's path through HTTPProtocol (on_request) is on_head+on_end."""
+    assert serve(data, config, True, cuts) == serve(data, config, False, cuts)

@@ -33,6 +33,10 @@ _HEAD_METHOD = _lib.US_SCAN_HEAD_METHOD
 _HTTP10 = _lib.US_SCAN_HTTP10
 
 
+# the fewest bytes a head has besides its target and fields: "GET " " HTTP/1.1\r\n" "\r\n"
+_MIN_LINE = 17
+
+
 class HTTPError(Exception):
     """A request the server answers with `status` and then closes."""
 
@@ -112,6 +116,7 @@ class RequestParser:
         self._head_bytes = 0
         self._url: list[bytes] = []
         self._url_len = 0
+        self._fields_bytes = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._body_bytes = 0
         self.upgraded = False     # the byte stream after an Upgrade request is not HTTP/1.1
@@ -161,8 +166,25 @@ class RequestParser:
             if n > self._max_head:
                 end = data.find(b"\r\n\r\n")
                 if end < 0 or self._head_bytes + end + 4 > self._max_head:
-                    raise HTTPError(431, f"request head larger than {self._max_head} bytes")
+                    self._feed_to_limit(data)
+                    return
             self._head_bytes = n
+        self._feed(data)
+
+    def _feed_to_limit(self, data: bytes) -> None:
+        """`data` may take the head past its limit: llhttp reads only the
+        bytes the limit leaves, so a head that goes wrong before it gets
+        llhttp's answer (400, 505, ...), as it would arriving in pieces;
+        431 only if those bytes end no head."""
+        room = self._max_head - self._head_bytes
+        self._head_bytes = self._max_head
+        self._feed(data[:room])
+        if self._in_head and self._head_bytes == self._max_head:  # still the same head
+            raise HTTPError(431, f"request head larger than {self._max_head} bytes")
+        if not self.upgraded:
+            self.feed(data[room:])
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -192,6 +214,12 @@ class RequestParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self._headers) >= self._max_headers:
             raise HTTPError(431, f"more than {self._max_headers} header fields")
+        # the head's size as far as its fields tell (OWS aside): feed() counts
+        # raw bytes only up to the first head's end in each piece of data, so
+        # a later head in the same piece is held to the limit here
+        self._fields_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self._fields_bytes + self._url_len + _MIN_LINE > self._max_head:
+            raise HTTPError(431, f"request head larger than {self._max_head} bytes")
         self._headers.append((name.lower(), value))
 
     def on_message_begin(self) -> None:
@@ -247,6 +275,7 @@ class RequestParser:
         self._in_head = True
         self._url = []
         self._url_len = 0
+        self._fields_bytes = 0
         self._headers = []
         self._body_bytes = 0
         self._on_end()
