@@ -274,26 +274,53 @@ def describe(req: Any) -> Any:
     return Response(repr(seen), headers=[("Connection", "close")] if req.raw_path == b"/x" else None)
 
 
-def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int]) -> list:
+async def describe_async(req: Any) -> Any:
+    await req.body()
+    return describe(req)
+
+
+async def describe_asgi(scope: dict, receive: Any, send: Any) -> None:
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            break
+    seen = {k: v for k, v in scope.items() if k not in ("client", "server", "state", "asgi", "extensions")}
+    headers = [(b"connection", b"close")] if scope["raw_path"] == b"/x" else []
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": repr((seen, body)).encode()})
+
+
+def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int], api: str = "plain") -> list:
     import asyncio
     import re
+    from uringserve.http.asgi import asgi_runner
     from uringserve.http.native import native_runner
     from uringserve.http.protocol import HTTPProtocol
+    from uringserve.http.static import FileCache
 
     saved = parser_mod._scan
     parser_mod._scan = saved if native else None
     wire = Wire()
 
     async def main() -> None:
-        proto = HTTPProtocol(native_runner(describe), config)
+        runner = (asgi_runner(describe_asgi, {}, FileCache()) if api == "asgi"
+                  else native_runner(describe_async if api == "async" else describe))
+        proto = HTTPProtocol(runner, config)
         proto.connection_made(wire)
         pos = 0
         for cut in sorted(set(cuts)) + [len(data)]:
             if cut > pos:
                 proto.data_received(data[pos:cut])
                 pos = cut
-                await asyncio.sleep(0)
+                for _ in range(3):  # tasks answer, the next request starts
+                    await asyncio.sleep(0)
+        for _ in range(10):
+            await asyncio.sleep(0)
         proto.connection_lost(None)
+        for _ in range(3):
+            await asyncio.sleep(0)
     try:
         asyncio.run(main())
     finally:
@@ -305,14 +332,16 @@ def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int]) -> lis
 FEW = HTTPConfig(keepalive_requests=2, max_pipelined=1)
 
 
+@pytest.mark.parametrize("api", ["plain", "async", "asgi"])
 @pytest.mark.parametrize("config", [DEFAULT, TIGHT, FEW], ids=["default-limits", "tight-limits", "few"])
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.lists(st.one_of(REQUESTS, _b([WRK, b"GET /x?q HTTP/1.1\r\nHost: a\r\n\r\n",
                                                b"HEAD /%41 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"])),
                      min_size=1, max_size=4).map(b"".join),
        cuts=st.lists(st.integers(0, 600), max_size=4))
-def test_the_server_answers_the_same_with_and_without_the_recogniser(config: HTTPConfig, data: bytes,
+def test_the_server_answers_the_same_with_and_without_the_recogniser(config: HTTPConfig, api: str, data: bytes,
                                                                      cuts: list[int]) -> None:
-    """Byte for byte (Date aside), with the same pauses and closes: the
-    recogniser's path through HTTPProtocol (on_request) is on_head+on_end."""
-    assert serve(data, config, True, cuts) == serve(data, config, False, cuts)
+    """Byte for byte (Date aside), with the same pauses and closes, for
+    both handler APIs: the recogniser's path through HTTPProtocol
+    (on_request) is on_head+on_end."""
+    assert serve(data, config, True, cuts, api) == serve(data, config, False, cuts, api)
