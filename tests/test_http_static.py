@@ -204,6 +204,8 @@ def test_head(h, site) -> None:
     (b"/static/sneaky/secret.txt", 404),  # a symlink whose own `..` leads out
     (b"/static/loop", 404),
     (b"/static/pipe", 404),              # not a regular file, and the open does not block
+    (b"/static/" + b"n" * 300, 404),     # a name longer than the file system's (ENAMETOOLONG)
+    (b"/static/" + b"d/" * 2100 + b"f", 404),  # a path longer than PATH_MAX
     (b"/static/missing.txt", 404),
     (b"/static/sub", 200),               # a directory: its index
     (b"/static//hello.txt", 200),

@@ -235,7 +235,7 @@ class StaticFiles:
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return None
             except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink loop, a socket
+                if exc.errno in (errno.ELOOP, errno.ENXIO, errno.ENAMETOOLONG):  # a symlink loop, a socket, a name too long
                     return None
                 if exc.errno != errno.EXDEV:
                     raise
