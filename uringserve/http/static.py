@@ -235,7 +235,8 @@ class StaticFiles:
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return None
             except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENXIO, errno.ENAMETOOLONG):  # a symlink loop, a socket, a name too long
+                # a symlink loop, a socket, a name too long for the file system
+                if exc.errno in (errno.ELOOP, errno.ENXIO, errno.ENAMETOOLONG):
                     return None
                 if exc.errno != errno.EXDEV:
                     raise
