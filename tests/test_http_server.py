@@ -120,8 +120,11 @@ def test_plain_function_handler_fast_path(h) -> None:
 
 
 def _describe(req: Request) -> Response:
+    h = req.headers
+    # absent names: one not in the head at all, one that is only inside a value, one not ASCII
+    absent = (h.get("range"), h.get("one", "-"), h.get("ÿ"), h.get("日本"), "X-A" in h, "Range" in h)
     return Response(repr((req.method, req.target, req.raw_path, req.query_string, req.path, req.http_version,
-                          req.headers.get("x-a"), req.client[0])))
+                          h.get("x-a"), req.client[0], absent, h.raw)))
 
 
 async def _describe_async(req: Request) -> Response:
@@ -134,8 +137,10 @@ def test_request_attributes(h, handler) -> None:
             + b"DELETE /h HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     r = run(h, handler, lambda port: exchange(port, reqs, responses=2))
     assert eval(r.responses[0].body) == ("GET", b"/a%20b/c?x=1&y=%41", b"/a%20b/c", b"x=1&y=%41", "/a b/c", "1.1",
-                                         "one, two", "127.0.0.1")
-    assert eval(r.responses[1].body) == ("DELETE", b"/h", b"/h", b"", "/h", "1.0", None, "127.0.0.1")
+                                         "one, two", "127.0.0.1", (None, "-", None, None, True, False),
+                                         [(b"host", b"t"), (b"x-a", b"one"), (b"x-a", b"two")])
+    assert eval(r.responses[1].body) == ("DELETE", b"/h", b"/h", b"", "/h", "1.0", None, "127.0.0.1",
+                                         (None, "-", None, None, False, False), [(b"connection", b"keep-alive")])
     assert r.responses[1].header("connection") == "keep-alive" and not r.closed
 
 

@@ -7,17 +7,28 @@ from urllib.parse import unquote
 from . import framing
 from .body import ClientDisconnected
 from .framing import encode_headers
-from .parser import HTTPError
+from .parser import HeaderBlock, HTTPError
 from .protocol import Exchange
 
 
 class Headers:
-    """Request headers: case-insensitive lookup over the raw (name, value) pairs."""
-    __slots__ = ("raw", "_map")
+    """Request headers: case-insensitive lookup over the raw (name, value) pairs.
+    Built lazily: from a head the recogniser took, the block is split only
+    when a name that may be in it is asked for, so looking up absent headers
+    (a static file's Range and If-* validators) costs one search."""
+    __slots__ = ("_raw", "_map")
 
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self.raw = raw
+    def __init__(self, raw: list[tuple[bytes, bytes]] | HeaderBlock) -> None:
+        self._raw = raw
         self._map: dict[str, str] | None = None
+
+    @property
+    def raw(self) -> list[tuple[bytes, bytes]]:
+        """(lower-cased name, value) pairs, in the order received."""
+        raw = self._raw
+        if type(raw) is HeaderBlock:
+            self._raw = raw = raw.pairs()
+        return raw
 
     def _dict(self) -> dict[str, str]:
         if self._map is None:
@@ -30,7 +41,11 @@ class Headers:
         return self._map
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        return self._dict().get(name.lower(), default)
+        name = name.lower()
+        if self._map is None and type(self._raw) is HeaderBlock and (
+                not name.isascii() or name.encode() not in self._raw.lower()):
+            return default  # not even a substring of the block: not a field name in it
+        return self._dict().get(name, default)
 
     def __getitem__(self, name: str) -> str:
         return self._dict()[name.lower()]
@@ -65,7 +80,7 @@ class Request(Exchange):
     def headers(self) -> Headers:
         view = self._headers_view
         if view is None:
-            self._headers_view = view = Headers(self.raw_headers)
+            self._headers_view = view = Headers(self._headers)  # a list, or a HeaderBlock split when needed
         return view
 
     @property
