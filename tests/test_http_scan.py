@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import uringserve.http.parser as parser_mod
 from uringserve._native._core import lib
@@ -239,16 +239,32 @@ def test_offsets_and_lengths() -> None:
 
 # -- the whole server, with and without the recogniser -------------------------------
 class Wire:
-    """A transport that records what the server does to it."""
+    """A transport that records what the server does to it; with
+    `pressure`, every second write fills its buffer (pause_writing) until
+    the test resumes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, pressure: bool = False) -> None:
         self.log: list = []
+        self.pressure = pressure
+        self.writes = 0
+        self.full = False
+        self.proto: Any = None
 
     def write(self, data: bytes) -> None:
         if self.log and self.log[-1][0] == "write":
             self.log[-1] = ("write", self.log[-1][1] + bytes(data))
         else:
             self.log.append(("write", bytes(data)))
+        self.writes += 1
+        if self.pressure and self.writes % 2 == 0 and not self.full:
+            self.full = True
+            self.log.append(("full",))
+            self.proto.pause_writing()
+
+    def drained(self) -> None:
+        if self.full:
+            self.full = False
+            self.proto.resume_writing()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 1) if name == "peername" else default
@@ -292,7 +308,8 @@ async def describe_asgi(scope: dict, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": repr((seen, body)).encode()})
 
 
-def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int], api: str = "plain") -> list:
+def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int], api: str = "plain",
+          pressure: bool = False) -> list:
     import asyncio
     import re
     from uringserve.http.asgi import asgi_runner
@@ -302,12 +319,13 @@ def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int], api: s
 
     saved = parser_mod._scan
     parser_mod._scan = saved if native else None
-    wire = Wire()
+    wire = Wire(pressure)
 
     async def main() -> None:
         runner = (asgi_runner(describe_asgi, {}, FileCache()) if api == "asgi"
                   else native_runner(describe_async if api == "async" else describe))
         proto = HTTPProtocol(runner, config)
+        wire.proto = proto
         proto.connection_made(wire)
         pos = 0
         for cut in sorted(set(cuts)) + [len(data)]:
@@ -316,8 +334,10 @@ def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int], api: s
                 pos = cut
                 for _ in range(3):  # tasks answer, the next request starts
                     await asyncio.sleep(0)
+                wire.drained()
         for _ in range(10):
             await asyncio.sleep(0)
+            wire.drained()
         proto.connection_lost(None)
         for _ in range(3):
             await asyncio.sleep(0)
@@ -332,6 +352,7 @@ def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int], api: s
 FEW = HTTPConfig(keepalive_requests=2, max_pipelined=1)
 
 
+@pytest.mark.parametrize("pressure", [False, True], ids=["", "write-pressure"])
 @pytest.mark.parametrize("api", ["plain", "async", "asgi"])
 @pytest.mark.parametrize("config", [DEFAULT, TIGHT, FEW], ids=["default-limits", "tight-limits", "few"])
 @settings(max_examples=100, deadline=None)
@@ -339,9 +360,12 @@ FEW = HTTPConfig(keepalive_requests=2, max_pipelined=1)
                                                b"HEAD /%41 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"])),
                      min_size=1, max_size=4).map(b"".join),
        cuts=st.lists(st.integers(0, 600), max_size=4))
-def test_the_server_answers_the_same_with_and_without_the_recogniser(config: HTTPConfig, api: str, data: bytes,
-                                                                     cuts: list[int]) -> None:
+@example(data=WRK * 4, cuts=[])  # pipelined common requests in one piece: the write buffer fills among them
+@example(data=WRK * 3 + b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n" + WRK, cuts=[len(WRK) + 3])
+def test_the_server_answers_the_same_with_and_without_the_recogniser(config: HTTPConfig, api: str, pressure: bool,
+                                                                     data: bytes, cuts: list[int]) -> None:
     """Byte for byte (Date aside), with the same pauses and closes, for
-    both handler APIs: the recogniser's path through HTTPProtocol
-    (on_request) is on_head+on_end."""
-    assert serve(data, config, True, cuts, api) == serve(data, config, False, cuts, api)
+    both handler APIs, with and without a write buffer that fills: the
+    recogniser's paths through HTTPProtocol (on_request, and for plain
+    handlers _answer_common) are the general path's."""
+    assert serve(data, config, True, cuts, api, pressure) == serve(data, config, False, cuts, api, pressure)

@@ -24,7 +24,9 @@ def native_runner(handler: Callable[[Request], Any]) -> Callable[[Exchange], Non
             ex.task = ex.conn._spawn(_serve(ex, handler, False))
             return
         # the fast path: no task, the response is written before this returns
-        result = handler(ex)
+        finish(ex, handler(ex))
+
+    def finish(ex: Request, result: Any) -> None:
         if type(result) is Response:
             if result._close:
                 ex.keep_alive = False
@@ -34,6 +36,10 @@ def native_runner(handler: Callable[[Request], Any]) -> Callable[[Exchange], Non
         if pending is not None:  # a streamed body, or a file the transport cannot queue
             ex.task = ex.conn._loop.create_task(_serve(ex, handler, True, pending))
     run.exchange_class = Request  # type: ignore[attr-defined]
+    if not is_async:  # HTTPProtocol answers the common request itself (_answer_common)
+        run.plain_handler = handler  # type: ignore[attr-defined]
+        run.response_class = Response  # type: ignore[attr-defined]
+        run.finish = finish  # type: ignore[attr-defined]
     return run
 
 

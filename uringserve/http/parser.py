@@ -62,6 +62,21 @@ class HeaderBlock(bytes):
         return out
 
 
+def scanned_head(make: Any, data: bytes, pos: int, r: int) -> Any:
+    """What `make` (a head class) builds from the head us_http_scan found at
+    data[pos:] (its result `r`): keep-alive, as the recogniser declines a
+    last request; no body, no upgrade."""
+    if r & _HEAD_METHOD:
+        method = b"HEAD"
+        start = pos + 5
+    else:
+        method = b"GET"
+        start = pos + 4
+    stop = start + ((r >> _TARGET_SHIFT) & 0xFFFF)
+    return make(method, data[start:stop], "1.0" if r & _HTTP10 else "1.1",
+                HeaderBlock(data[stop + 11:pos + (r & _HEAD_LEN) - 2]), True)
+
+
 class RequestHead:
     __slots__ = ("method", "target", "version", "headers", "keep_alive", "expect_continue",
                  "content_length", "chunked", "upgrade", "has_body")
@@ -139,19 +154,8 @@ class RequestParser:
                 r = _scan(data, pos, n, self._max_head, self._max_target, self._max_headers)
                 if r <= 0:
                     break
-                end = pos + (r & _HEAD_LEN)
-                if r & _HEAD_METHOD:
-                    method = b"HEAD"
-                    target_start = pos + 5
-                else:
-                    method = b"GET"
-                    target_start = pos + 4
-                target_end = target_start + ((r >> _TARGET_SHIFT) & 0xFFFF)
-                # keep-alive: the recogniser declines a last request; no body, no upgrade
-                self._on_request(self._head_class(
-                    method, data[target_start:target_end], "1.0" if r & _HTTP10 else "1.1",
-                    HeaderBlock(data[target_end + 11:end - 2]), True))
-                pos = end
+                self._on_request(scanned_head(self._head_class, data, pos, r))
+                pos += r & _HEAD_LEN
             if pos:
                 self._head_bytes = 0  # blank lines llhttp skipped before these heads counted here
                 if pos == n:
