@@ -78,7 +78,7 @@ class ASGIExchange(Exchange):
                     raise RuntimeError("ASGI: http.response.body before http.response.start")
                 length = self.asgi_length
                 if not more and (length is None or length == len(data)):
-                    # respond(), inline: one write
+                    # a whole response: one write
                     head, data = framing.whole_head(self.asgi_status, block,
                                                     data if type(data) is bytes else bytes(data))
                     self.respond_prepared(self.asgi_status, head, data)

@@ -27,11 +27,6 @@ def native_runner(handler: Callable[[Request], Any]) -> Callable[[Exchange], Non
         finish(ex, handler(ex))
 
     def finish(ex: Request, result: Any) -> None:
-        if type(result) is Response:
-            if result._close:
-                ex.keep_alive = False
-            ex.respond_prepared(result._status, result._head, result._wire)
-            return
         pending = answer(ex, result)
         if pending is not None:  # a streamed body, or a file the transport cannot queue
             ex.task = ex.conn._loop.create_task(_serve(ex, handler, True, pending))

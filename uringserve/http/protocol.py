@@ -112,15 +112,11 @@ class Exchange:
             self.conn._write(framing.CONTINUE)
 
     # -- response --------------------------------------------------------------
-    def respond(self, status: int, block: bytes, body: bytes) -> None:
-        """A whole response in one write: start() and end() for a body known
-        in advance. `block` is the encoded headers (framing.encode_headers)."""
-        head, body = framing.whole_head(status, block, body)
-        self.respond_prepared(status, head, body)
-
     def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
-        """respond() with the status line, headers and Content-Length already
-        made (framing.whole_head: a native Response makes them once). The hot
+        """A whole response in one write (start() and end() for a body known in
+        advance): `head` is the status line, headers and Content-Length,
+        `body` what follows them, as framing.whole_head() makes them (a native
+        Response makes them once). The hot
         path: keep-alive is settled as in start(), the Date read as in
         framing.date_header() and, in the common case, the next request's
         turn taken as in _exchange_done(), all inline: on the reference
@@ -165,7 +161,7 @@ class Exchange:
         self.started = True
         self.status = status
         conn = self.conn
-        # as respond(): a body the handler left unread would be parsed as the next request
+        # as respond_prepared(): a body the handler left unread would be parsed as the next request
         self.keep_alive = (self.keep_alive and self.body_in.done and not conn._draining
                            and conn._served < conn._last_keepalive)
         close = _CONNECTION[self.keep_alive, self.version]
@@ -366,7 +362,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._parse_failed(exc)
             return
         # a request that arrived whole needs no head timer; one that did not starts it now
-        if self._timer_kind == _T_KEEPALIVE and self._parser._head_bytes and self._parser._in_head:  # head_started
+        if self._timer_kind == _T_KEEPALIVE and parser._head_bytes and parser._in_head:  # head_started, inline
             self._arm(_T_HEAD)
 
     def _answer_common(self, data: bytes) -> bytes:
@@ -498,21 +494,10 @@ class HTTPProtocol(asyncio.Protocol):
         elif len(queue) > self._max_pipelined:
             self._pause()
 
-    def on_request(self, ex: Exchange) -> None:
-        """on_head() and on_end() for a request without a body or upgrade
-        (what the parser's recogniser takes: nearly every GET), with _next()
-        inline: the common request in one call."""
-        if self._closing:
-            return
-        ex.conn = self
-        queue = self._queue
-        queue.append(ex)
-        self._timer_kind = _T_NONE  # _cancel_timer(), inline
-        if len(queue) == 1:
-            if not self._write_paused and not self._lost:
-                self._start(ex)
-        elif len(queue) > self._max_pipelined:
-            self._pause()
+    # on_head() and on_end() in one call for a request without a body or
+    # upgrade (what the parser's recogniser takes): on_end() has nothing to
+    # do after such a head, so on_head() is the whole of it
+    on_request = on_head
 
     def on_body(self, data: bytes) -> None:
         ex = self._parsing

@@ -123,13 +123,11 @@ class FileCache:
             if f is not None:
                 os.close(fd)
                 return f
-            if not stat.S_ISREG(st.st_mode):
-                raise IsADirectoryError(errno.EISDIR, "not a regular file", name)
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
             raise
-        return self._keep(OpenFile(name, fd, st))
+        return self._keep(OpenFile(name, fd, st))  # which refuses (and closes) what is not a regular file
 
     def _cached(self, st: os.stat_result) -> OpenFile | None:
         key = (st.st_dev, st.st_ino)
