@@ -1,5 +1,9 @@
 """Shared fixtures: every loop-level test runs on the stdlib loop and on
-UringEventLoop, and checks that nothing (fds, slots, in-flight ops) is left."""
+UringEventLoop, and checks that nothing (fds, slots, in-flight ops) is left
+and that no callback failed unnoticed: an exception raised inside a
+protocol callback reaches the loop's exception handler, not the test, so
+the fixture fails the test with it unless the test took it with
+`h.take_errors()` to assert on it."""
 from __future__ import annotations
 
 import asyncio
@@ -40,6 +44,13 @@ class LoopHarness:
         self.errors: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda _l, ctx: self.errors.append(ctx))
 
+    def take_errors(self, match: str = "") -> list[dict[str, Any]]:
+        """The exception-handler calls whose message contains `match`,
+        removed: what a test expects and asserts on itself."""
+        taken = [e for e in self.errors if match in e.get("message", "")]
+        self.errors = [e for e in self.errors if e not in taken]
+        return taken
+
     def run(self, coro: Any, timeout: float = 20.0) -> Any:
         return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
@@ -65,6 +76,8 @@ def h(request: pytest.FixtureRequest) -> Any:
     gc.collect()
     leaked = open_fds() - before
     assert not leaked, f"fds left open: {fd_targets(leaked)}"
+    assert not harness.errors, "callback errors no test took: " + "; ".join(
+        f"{e.get('message')}: {e.get('exception')!r}" for e in harness.errors)
 
 
 def free_port() -> int:

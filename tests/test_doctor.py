@@ -1,6 +1,7 @@
 """`python -m uringserve doctor` and the errors raised when io_uring is unusable."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import subprocess
@@ -30,7 +31,16 @@ def test_doctor_json() -> None:
     assert rep["usable"] is True
     names = {c["name"]: c for c in rep["checks"]}
     assert names["op SEND_ZC"]["needs"] == "6.0"
-    assert names["setup DEFER_TASKRUN"]["ok"] in (True, False)
+    # what the report says is what a ring set up here gets
+    from uringserve.ring import Ring, RingConfig
+    ring = Ring(RingConfig(files=64, reserved_slots=8, buf_count=8, arena_bytes=65536, sq_entries=8, cq_entries=16))
+    try:
+        ring.wait(0)
+        flags = ring.stats()["setup_flags"]
+    finally:
+        ring.close()
+    for name, (bit, _) in diagnose.SETUP_FLAGS.items():
+        assert names[f"setup {name}"]["ok"] is bool(flags & bit), name
     assert all({"name", "ok", "needs", "where"} <= set(c) for c in rep["checks"])
 
 
@@ -82,3 +92,18 @@ except uringserve.UringUnavailable as exc:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 3, out.stderr
     assert "seccomp" in out.stdout and "io_uring_setup" in out.stdout
+
+
+def test_doctor_reports_a_setup_flag_the_kernel_refused(monkeypatch) -> None:
+    """A flag the ring had to fall back without is reported missing, with why."""
+    from uringserve import ring as ring_mod
+    bit = diagnose.SETUP_FLAGS["DEFER_TASKRUN"][0]
+    real = ring_mod.Ring
+
+    def refusing(cfg):  # as if the kernel had refused it
+        return real(dataclasses.replace(cfg, setup_flags_off=cfg.setup_flags_off | bit))
+    monkeypatch.setattr(ring_mod, "Ring", refusing)
+    rep = diagnose.report()
+    check = {c["name"]: c for c in rep["checks"]}["setup DEFER_TASKRUN"]
+    assert check["ok"] is False and "refused" in check["detail"]
+    assert {c["name"]: c for c in rep["checks"]}["setup SINGLE_ISSUER"]["ok"] is True

@@ -6,6 +6,7 @@ arena chunks, segments, file slots, fds."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import socket
@@ -207,14 +208,23 @@ def test_peer_leaving_mid_file_and_abort_leave_nothing(data_file) -> None:
         server = await loop.create_server(Server, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         # one peer reads a little and resets; another is aborted by the server
-        s1 = socket.create_connection(("127.0.0.1", port))
-        s2 = socket.create_connection(("127.0.0.1", port))
-        await asyncio.sleep(0.1)
-        s1.recv(65536)
+        s1, s2 = socket.socket(), socket.socket()
+        for s in (s1, s2):
+            s.setblocking(False)
+            await loop.sock_connect(s, ("127.0.0.1", port))
+        assert await loop.sock_recv(s1, 65536)  # its file is being sent
+        assert await loop.sock_recv(s2, 65536)
+        while len(transports) < 2:
+            await asyncio.sleep(0.005)
         s1.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         s1.close()
-        transports[1].abort()
-        await asyncio.sleep(0.2)
+        by_peer = {t.get_extra_info("peername")[1]: t for t in transports}
+        by_peer[s2.getsockname()[1]].abort()
+        # both connections end on the server: the reset one and the aborted one
+        for _ in range(2000):
+            if all(t.is_closing() for t in transports) and loop.ring_stats()["slots_used"] == 0:
+                break
+            await asyncio.sleep(0.005)
         s2.close()
         server.close()
         await server.wait_closed()
@@ -308,16 +318,36 @@ def test_a_queued_file_range_waits_for_a_segment(tmp_path) -> None:
             def connection_lost(self, exc) -> None:
                 self.f.close()
 
+        # what the core answers each file range: the waiting path is an ENOBUFS, then a success
+        answers: list = []
+        real_send_file = loop._ring.send_file
+
+        def send_file(*args):
+            ret = real_send_file(*args)
+            answers.append((args[4] if len(args) > 4 else None, ret))  # (offset, result)
+            return ret
+        loop._ring.send_file = send_file
+
+        async def until(cond, what: str) -> None:
+            for _ in range(2000):
+                if cond():
+                    return
+                await asyncio.sleep(0.005)
+            raise AssertionError(f"never: {what}")
+
         server = await loop.create_server(Server, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         slow = socket.socket()
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: a small window
         slow.connect(("127.0.0.1", port))
         r1, w1 = await asyncio.open_connection(sock=slow)
-        await asyncio.sleep(0.1)  # the big file's reads stall on an unread socket
+        # the big file's reads stall on the unread socket: the segment and two chunks stay held
+        await until(lambda: loop.ring_stats()["ext_in_use"] == 1 and loop.ring_stats()["arena_in_use"] >= 2,
+                    "the big file holds the segment and two chunks")
         r2, w2 = await asyncio.open_connection("127.0.0.1", port)
         second = asyncio.ensure_future(r2.read())
-        await asyncio.sleep(0.2)
+        await until(lambda: any(ret == -errno.ENOBUFS for _, ret in answers), "the small range found no segment")
+        assert not second.done()  # it waits for the segment, not lost and not out of order
         first = await r1.read()
         got = await asyncio.wait_for(second, 10)
         for w in (w1, w2):
@@ -331,4 +361,5 @@ def test_a_queued_file_range_waits_for_a_segment(tmp_path) -> None:
     (first, got, st), _ = run_uring(cfg, main)
     assert first == data
     assert got == b"x" * 100_000 + small + b"end"
+    assert st["file_sends"] == 2  # the big range and the small one, queued once each in the end
     assert st["ext_in_use"] == 0 and st["arena_in_use"] == 0

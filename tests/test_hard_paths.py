@@ -200,10 +200,26 @@ def test_tiny_send_arena_backpressure_delivers_everything() -> None:
     RingConfig(setup_flags_off=(1 << 13) | (1 << 12) | (1 << 7) | (1 << 6)),
 ], ids=["send-plain", "send-zc", "send-zc-fixed", "recv-plain", "regular-fds", "no-optional-setup-flags"])
 def test_ablation_modes_are_byte_exact(cfg: RingConfig) -> None:
+    """Each switch changes the path taken (its counter or the fd table says
+    so) and the bytes stay exact."""
     async def main(loop):
         server = await loop.create_server(Echo, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        result: dict = {}
+        # where accepted connections live: fixed slots take no process fd
+        before = socket_fds()
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+        for _ in range(2000):
+            if loop.ring_stats()["accepts"] >= 8:
+                break
+            await asyncio.sleep(0.005)
+        for _ in range(200):  # a regular fd appears when its accept completes: counted above
+            server_side = socket_fds() - before - len(held)
+            if server_side >= 8 or cfg.fixed_files:
+                break
+            await asyncio.sleep(0.005)
+        for s in held:
+            s.close()
+        result: dict = {"server_side_fds": server_side}
         payload = os.urandom(3 << 20)
         t = blocking_client(port, payload, len(payload), result)
         while t.is_alive():
@@ -211,17 +227,35 @@ def test_ablation_modes_are_byte_exact(cfg: RingConfig) -> None:
         small = await echo_clients(port, 10, 100)
         server.close()
         await server.wait_closed()
-        return result.get("data") == payload and all(small)
+        return result.get("data") == payload and all(small), result["server_side_fds"]
 
-    ok, stats = run_uring(cfg, main)
+    (ok, server_side_fds), stats = run_uring(cfg, main)
     assert ok
     if cfg.send_mode in ("zc", "zc_fixed"):
         assert stats["zc_sends"] > 0 and stats["plain_sends"] == 0
         assert stats["zc_notifs"] == stats["zc_sends"]
-    if cfg.send_mode == "plain":
-        assert stats["zc_sends"] == 0
+        # from the registered arena (fixed buffer) only when asked for
+        assert (stats["zc_fixed_sends"] > 0) is (cfg.send_mode == "zc_fixed")
+    elif cfg.send_mode == "plain":
+        assert stats["zc_sends"] == 0 and stats["plain_sends"] > 0
+    else:  # auto: the echo's writes (one per receive, under zc_threshold) go out plain
+        assert stats["plain_sends"] > 0
+    assert (stats["plain_recvs"] == stats["recvs"] > 0) is (cfg.recv_mode == "plain")
+    assert server_side_fds == (0 if cfg.fixed_files else 8)
     if cfg.setup_flags_off:
         assert stats["setup_flags"] & ((1 << 13) | (1 << 12)) == 0
+    else:
+        assert stats["setup_flags"] & ((1 << 13) | (1 << 12)) == (1 << 13) | (1 << 12)
+
+
+def socket_fds() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return n
 
 
 @pytest.mark.parametrize("segments", [4096, 2])

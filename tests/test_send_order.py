@@ -34,9 +34,9 @@ def make(kind: str, n: int, seed: int) -> object:
     return data
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(bursts)
-def test_any_write_sequence_arrives_intact(plan) -> None:
+def run_plan(plan: list) -> tuple[bytes, bytes, dict]:
+    """Write each burst of `plan` in its own loop iteration, then close; the
+    bytes the peer got, the bytes written, and the ring's counters."""
     expected = bytearray()
     writes = []
     for b, burst in enumerate(plan):
@@ -64,9 +64,31 @@ def test_any_write_sequence_arrives_intact(plan) -> None:
     loop = uringserve.new_event_loop(CFG)
     try:
         got = loop.run_until_complete(asyncio.wait_for(serve_and_read(loop, Writer), 30))
-        st_ = loop.ring_stats()
+        stats = loop.ring_stats()
         assert sum(x is not None for x in loop.ring.held) == 0
     finally:
         loop.close()
-    assert got == bytes(expected)
-    assert st_["arena_in_use"] == 0 and st_["ext_in_use"] == 0
+    assert stats["arena_in_use"] == 0 and stats["ext_in_use"] == 0
+    return got, bytes(expected), stats
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bursts)
+def test_any_write_sequence_arrives_intact(plan) -> None:
+    got, expected, _ = run_plan(plan)
+    assert got == expected
+
+
+def test_every_write_path_is_taken() -> None:
+    """The configuration above does force each path the property mixes:
+    small writes copied into the arena, large bytes sent in place, more
+    in-place writes than segments (copied instead), and an arena so full
+    that the transport holds the rest until chunks come back."""
+    plan = [[("bytes", 200), ("bytearray", 300)],                      # copied into the arena
+            [("bytes", 50000)] * 5,                                    # in place: 3 segments, then copied
+            [("memoryview", 60000), ("bytearray", 70000), ("bytes", 100)]]  # the arena fills: held back
+    got, expected, stats = run_plan(plan)
+    assert got == expected
+    assert stats["ext_sends"] == 3, stats  # in place, as many as there are segments in the first burst
+    assert stats["arena_short"] > 0, stats  # the arena ran out: the transport held bytes back
+    assert stats["send_bytes"] == len(expected)

@@ -447,6 +447,7 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
         sqe->ioprio = IORING_SEND_ZC_REPORT_USAGE | (fixedbuf ? IORING_RECVSEND_FIXED_BUF : 0);
         sqe->buf_index = 0;
         r->st.zc_sends++;
+        r->st.zc_fixed_sends += fixedbuf;
     } else {
         r->st.plain_sends++;
     }
@@ -931,6 +932,7 @@ static void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         r->st.recvs++;
         r->st.recv_bytes += (uint64_t)res;
         if (r->cfg.recv_mode == US_RECV_PLAIN) {
+            r->st.plain_recvs++;
             struct us_event *e = emit(o, US_EV_RECV, slot, c->gen, res);
             e->data = c->rbuf;
             e->off = (uint32_t)(c->rbuf - r->bufs);

@@ -78,6 +78,7 @@ struct us_stats {
     uint32_t ext_in_use;
     uint32_t files_registered;
     uint64_t file_sends, file_reads, file_bytes, file_waits;
+    uint64_t zc_fixed_sends, plain_recvs; /* which paths the ablation modes take */
     uint64_t quiet_waits;     /* us_wait rounds that produced no event and waited again */
 };
 

@@ -251,7 +251,8 @@ class Exchange:
             self.conn._abort_exchange(self, exc)
 
     def _report(self, exc: BaseException) -> None:
-        if not isinstance(exc, (ClientDisconnected, ConnectionError, HTTPError)):
+        # a cancelled handler was cut by the server (shutdown, send timeout): not its bug
+        if not isinstance(exc, (ClientDisconnected, ConnectionError, HTTPError, asyncio.CancelledError)):
             self.conn._loop.call_exception_handler({
                 "message": f"HTTP handler failed for {self.method} "
                            f"{self.target.decode('latin-1')}", "exception": exc,
@@ -698,10 +699,17 @@ class HTTPProtocol(asyncio.Protocol):
                 if not ex.started:
                     ex.keep_alive = False
 
-    def abort(self) -> None:
+    def abort(self) -> list[asyncio.Task]:
+        """Cut the connection now. The handlers still running for it are
+        cancelled and returned, for a caller that must see them finish
+        (a shutdown leaves no task behind)."""
+        tasks = [ex.task for ex in self._queue if ex.task is not None and not ex.task.done()]
         if not self._lost:
             self._closing = True
             self._transport.abort()
+        for t in tasks:
+            t.cancel()
+        return tasks
 
 
 class _ErrorExchange(Exchange):

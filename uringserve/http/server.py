@@ -87,9 +87,12 @@ class HTTPServer:
         deadline = loop.time() + timeout
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        cut: list[asyncio.Task] = []
         for conn in list(self.connections):
             logger.warning("aborting a connection still busy after the %.1fs shutdown timeout", timeout)
-            conn.abort()
+            cut += conn.abort()
+        if cut:  # their handlers are cancelled: none outlives the server
+            await asyncio.gather(*cut, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
         if self._lifespan is not None:

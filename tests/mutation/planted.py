@@ -1,0 +1,75 @@
+"""The bugs issue 15 planted by hand, planted again: each must fail at least
+one of the tests named for it. Run by `make mutate` (and alone:
+`python tests/mutation/planted.py`); the source is restored after each.
+
+A bug is (name, file, the exact text it replaces, the replacement, the
+pytest selection that must fail)."""
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+PLANTED = [
+    ("keepalive_requests: one request too many (respond_prepared)",
+     "uringserve/http/protocol.py",
+     "if self.keep_alive and self.body_in.done and conn._served < conn._last_keepalive",
+     "if self.keep_alive and self.body_in.done and conn._served <= conn._last_keepalive",
+     ["tests/test_http_server.py", "-k", "keepalive_requests"]),
+    ("keepalive_requests: one request too many (the one-frame path)",
+     "uringserve/http/protocol.py",
+     "result._close or self._served >= self._last_keepalive",
+     "result._close or self._served > self._last_keepalive",
+     ["tests/test_http_server.py", "-k", "keepalive_requests"]),
+    ("keepalive_requests: one request too many (start)",
+     "uringserve/http/protocol.py",
+     "and conn._served < conn._last_keepalive)",
+     "and conn._served <= conn._last_keepalive)",
+     ["tests/test_http_server.py", "-k", "keepalive_requests"]),
+    ("max_pipelined: the pause never taken",
+     "uringserve/http/protocol.py",
+     "        elif len(queue) > self._max_pipelined:\n            self._pause()",
+     "        elif len(queue) > self._max_pipelined:\n            pass",
+     ["tests/test_http_server.py", "-k", "pipelin"]),
+    ("abort() flushes queued data instead of discarding it",
+     "uringserve/transport.py",
+     "    def abort(self) -> None:\n        self._force_close(None)",
+     "    def abort(self) -> None:\n        self.close()",
+     ["tests/test_transport.py", "-k", "abort"]),
+    ("keep-alive kept after a streamed response with its request body unread (start)",
+     "uringserve/http/protocol.py",
+     "self.keep_alive = (self.keep_alive and self.body_in.done and not conn._draining",
+     "self.keep_alive = (self.keep_alive and not conn._draining",
+     ["tests/test_http_server.py", "tests/test_http_asgi.py", "-k", "unread or before_the_body"]),
+]
+
+
+def run(name: str, path: str, old: str, new: str, tests: list[str]) -> bool:
+    """True when the planted bug fails a test (as it must)."""
+    file = ROOT / path
+    source = file.read_text()
+    if source.count(old) != 1:
+        print(f"STALE  {name}: the text to replace is not in {path} exactly once; update planted.py")
+        return False
+    file.write_text(source.replace(old, new))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        file.write_text(source)
+    caught = proc.returncode == 1
+    failed = [line.split(" ")[1] for line in proc.stdout.splitlines() if line.startswith("FAILED ")]
+    print(f"{'caught' if caught else 'MISSED'} {name}: {failed[0] if failed else proc.stdout.strip()[-200:]}")
+    return caught
+
+
+def main() -> int:
+    results = [run(*bug) for bug in PLANTED]
+    print(f"{sum(results)} of {len(results)} planted bugs caught")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
