@@ -136,6 +136,7 @@ class RequestParser:
         self._body_bytes = 0
         self.upgraded = False     # the byte stream after an Upgrade request is not HTTP/1.1
         self._at_boundary = True  # llhttp is between messages: the recogniser may take the next head
+        self._keep_alive = True   # the last message llhttp read was not a last request
 
     @property
     def head_started(self) -> bool:
@@ -216,14 +217,17 @@ class RequestParser:
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self._headers) >= self._max_headers:
-            raise HTTPError(431, f"more than {self._max_headers} header fields")
         # the head's size as far as its fields tell (OWS aside): feed() counts
         # raw bytes only up to the first head's end in each piece of data, so
-        # a later head in the same piece is held to the limit here
+        # a later head in the same piece is held to the limit here. Checked
+        # before the count: httptools reports a field only when the next one
+        # (or the head's end) begins, by which byte feed() would already have
+        # answered "too large" had the head come on its own
         self._fields_bytes += len(name) + len(value) + 4  # ": " and CRLF
         if self._fields_bytes + self._url_len + _MIN_LINE > self._max_head:
             raise HTTPError(431, f"request head larger than {self._max_head} bytes")
+        if len(self._headers) >= self._max_headers:
+            raise HTTPError(431, f"more than {self._max_headers} header fields")
         self._headers.append((name.lower(), value))
 
     def on_message_begin(self) -> None:
@@ -264,7 +268,8 @@ class RequestParser:
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         self._in_head = False
         self._head_bytes = 0
-        self._on_head(self._head_class(method, url, version, headers, p.should_keep_alive(),
+        self._keep_alive = keep_alive = p.should_keep_alive()
+        self._on_head(self._head_class(method, url, version, headers, keep_alive,
                                        expect and version == "1.1", content_length, chunked, upgrade))
 
     def on_body(self, data: bytes) -> None:
@@ -274,8 +279,9 @@ class RequestParser:
         self._on_body(data)
 
     def on_message_complete(self) -> None:
-        # the next message's state
-        self._at_boundary = True
+        # the next message's state. After a last request (not keep-alive)
+        # llhttp refuses whatever follows: the recogniser must not take it
+        self._at_boundary = self._keep_alive
         self._in_head = True
         self._url = []
         self._url_len = 0
