@@ -13,7 +13,7 @@ PORT ?= 8000
 DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite
 BENCH_DEBS := wrk nginx-light curl
 
-.PHONY: run echo test bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo test test-stress mutate bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -49,6 +49,16 @@ echo: deps $(STAMP)
 test: deps $(STAMP)
 	$(VPY) -m pytest -q
 
+# the suite REPEAT times (3) with a CPU hog on every core: timing hopes fail here
+test-stress: deps $(STAMP)
+	$(VPY) tests/stress.py
+
+# the planted bugs, then mutmut over protocol.py, parser.py, transport.py, ring.py;
+# SAMPLE=N: N mutants per module (a full run takes hours); MODULE=parser narrows it
+mutate: deps $(STAMP)
+	$(VPY) -m pip install -q 'mutmut==3.8.1'
+	$(VPY) tests/mutation/run.py
+
 # CPython's test_asyncio on the stdlib loop (baseline) and on UringEventLoop
 conformance: deps $(STAMP)
 	$(VPY) tests/conformance/run.py --loop asyncio
@@ -68,4 +78,4 @@ bench-http: bench-deps $(STAMP)
 	$(VPY) bench/http_bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info uringserve/_native/_core*.so bench/build
+	rm -rf $(VENV) build *.egg-info uringserve/_native/_core*.so bench/build mutants

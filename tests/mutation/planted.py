@@ -43,6 +43,16 @@ PLANTED = [
      "self.keep_alive = (self.keep_alive and self.body_in.done and not conn._draining",
      "self.keep_alive = (self.keep_alive and not conn._draining",
      ["tests/test_http_server.py", "tests/test_http_asgi.py", "-k", "unread or before_the_body"]),
+    ("body_buffer_bytes: the pause never taken",
+     "uringserve/http/protocol.py",
+     "if body.buffered > self._cfg.body_buffer_bytes and not body.hold_all:\n                self._pause()",
+     "if body.buffered > self._cfg.body_buffer_bytes and not body.hold_all:\n                pass",
+     ["tests/test_http_server.py", "-k", "body_buffer or body_nobody"]),
+    ("a response a byte short of its Content-Length",
+     "uringserve/http/protocol.py",
+     "        conn._transport.write(b\"\".join((head, _DATE[1], tail, b\"\" if self.method == \"HEAD\" else body)))",
+     "        conn._transport.write(b\"\".join((head, _DATE[1], tail, b\"\" if self.method == \"HEAD\" else body[:-1])))",
+     ["tests/test_http_server.py", "-k", "garbage"]),
 ]
 
 
