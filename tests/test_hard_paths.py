@@ -46,10 +46,12 @@ def run_uring(cfg: RingConfig, main, timeout: float = 60.0):
     try:
         result = loop.run_until_complete(asyncio.wait_for(main(loop), timeout))
         stats = loop.ring_stats()
+        waiting = dict(loop._arena_waiters)  # transports waiting for arena chunks: none once all closed
     finally:
         loop.close()
     gc.collect()
     assert not errors, errors
+    assert not waiting or stats["slots_used"], f"closed transports still wait for the arena: {waiting}"
     leaked = open_fds() - fds
     assert not leaked, f"fds left open: {fd_targets(leaked)}"
     return result, stats
@@ -519,3 +521,19 @@ def test_client_connections_beyond_the_table_fall_back() -> None:
     assert kinds.count("UringTransport") == 2
     assert len(kinds) == 4
     assert stats["slots_used"] == 0
+
+
+def test_a_listener_beyond_the_reserved_slots_is_refused_clearly() -> None:
+    """Listeners live in the reserved low slots: one too many is an OSError
+    that names the setting to raise, and leaves nothing open."""
+    async def main(loop):
+        first = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        try:
+            with pytest.raises(OSError, match=r"RingConfig.reserved_slots=1 .*raise it") as info:
+                await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+            assert info.value.errno == 23  # ENFILE
+        finally:
+            first.close()
+            await first.wait_closed()
+
+    run_uring(RingConfig(reserved_slots=1, files=64), main)

@@ -237,3 +237,36 @@ def test_header_injection_is_refused(h) -> None:
     from uringserve.http import Response
     with pytest.raises(ValueError, match="invalid response header"):
         Response(b"x", headers={"X-A": "1\r\nSet-Cookie: evil=1"})
+
+
+def test_a_receive_waiting_when_the_response_ends_gets_disconnect(h) -> None:
+    """Starlette's StreamingResponse listens for http.disconnect while it
+    sends: a receive() pending when the response completes returns
+    http.disconnect then, on a connection that stays open, not when the
+    client finally leaves."""
+    import threading
+    woken = threading.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan")
+        await receive()  # the (empty) body
+        waiter = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)  # the waiter is waiting
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        if await asyncio.wait_for(waiter, 20) == {"type": "http.disconnect"}:
+            woken.set()
+
+    def client(port: int) -> tuple[bytes, bool]:
+        import socket
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+            data = b""
+            while not data.endswith(b"ok"):
+                data += s.recv(1000)
+            return data, woken.wait(10)  # the connection is still open meanwhile
+
+    data, was_woken = run(h, app, client, interface="asgi")
+    assert data.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in data.lower()
+    assert was_woken, "receive() pending at the response's end was not answered with http.disconnect"

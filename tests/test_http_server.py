@@ -278,31 +278,48 @@ def test_handler_exceptions(h) -> None:
     # after the response started, the only honest answer is to cut the connection
     r = run(h, app, lambda port: exchange(port, b"GET /boom-late HTTP/1.1\r\n" + H + b"\r\n"))
     assert r.closed and b"first" in r.raw and b"0\r\n\r\n" not in r.raw
-    assert len(handler_errors(h)) == 2
+    errors = handler_errors(h)
+    assert [type(e["exception"]) for e in errors] == [ValueError, RuntimeError]  # logged with the cause
+    assert [e["message"] for e in errors] == ["HTTP handler failed for GET /boom", "HTTP handler failed for GET /boom-late"]
 
 
 SMALL = HTTPConfig(max_header_bytes=300, max_headers=6, max_target_bytes=64, max_body_bytes=100)
 
 
 @pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
-@pytest.mark.parametrize("req,status", [
-    (b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n" + H + b"\r\n", 414),
-    (b"GET / HTTP/1.1\r\n" + H + b"X: " + b"v" * 400 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\n" + H + b"".join(b"X%d: v\r\n" % i for i in range(8)) + b"\r\n", 431),
-    (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 101\r\n\r\n" + b"x" * 101, 413),
+@pytest.mark.parametrize("req,status,says", [
+    (b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n" + H + b"\r\n", 414, b"request target longer than 64 bytes"),
+    (b"GET / HTTP/1.1\r\n" + H + b"X: " + b"v" * 400 + b"\r\n\r\n", 431, b"request head larger than 300 bytes"),
+    (b"GET / HTTP/1.1\r\n" + H + b"".join(b"X%d: v\r\n" % i for i in range(8)) + b"\r\n", 431,
+     b"more than 6 header fields"),
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 101\r\n\r\n" + b"x" * 101, 413,
+     b"request body of 101 bytes is larger than 100 bytes"),
     (b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n40\r\n" + b"x" * 64 + b"\r\n40\r\n"
-     + b"x" * 64 + b"\r\n0\r\n\r\n", 413),
-    (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
-    (b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nz\r\n", 400),
-    (b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n folded\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\n" + H + b"\n", 400),
-    (b"garbage\r\n\r\n", 400),
-    (b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
+     + b"x" * 64 + b"\r\n0\r\n\r\n", 413, b"request body larger than 100 bytes"),
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
+     b"malformed request"),
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400,
+     b"malformed request"),
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nz\r\n", 400, b"malformed request"),
+    (b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n folded\r\n\r\n", 400, b"malformed request"),
+    (b"GET / HTTP/1.1\n" + H + b"\n", 400, b"malformed request"),
+    (b"garbage\r\n\r\n", 400, b"malformed request"),
+    (b"GET / HTTP/1.1\r\n\r\n", 400, b"an HTTP/1.1 request needs exactly one Host header"),
+    (b"GET / HTTP/1.1\r\n" + H + H + b"\r\n", 400, b"an HTTP/1.1 request needs exactly one Host header"),
+    (b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
+     b"Transfer-Encoding in an HTTP/1.0 request"),
+    (b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505, b"HTTP/2.0 is not supported; use HTTP/1.1"),
+    (b"GET / HTTP/9.9\r\n" + H + b"\r\n", 505, b"only HTTP/1.0 and HTTP/1.1 are supported"),
+    (b"CONNECT a:443 HTTP/1.1\r\n" + H + b"\r\n", 405, b"CONNECT is not supported"),
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Expect: magic\r\nContent-Length: 1\r\n\r\nx", 417,
+     b"unsupported expectation 'magic'"),
 ])
-def test_limits_and_malformed_requests_answer_then_close(h, req: bytes, status: int, bytewise: bool) -> None:
+def test_limits_and_malformed_requests_answer_then_close(h, req: bytes, status: int, says: bytes,
+                                                         bytewise: bool) -> None:
+    """Each refusal's status, and a body that says what was wrong."""
     r = run(h, app, lambda port: exchange(port, req, bytewise=bytewise), config=SMALL)
     assert [x.status for x in r.responses] == [status]
+    assert says in r.responses[0].body, r.responses[0].body
     assert r.responses[0].header("connection") == "close"
     assert r.closed
 
@@ -759,3 +776,32 @@ def test_a_body_nobody_reads_is_held_to_body_buffer_bytes(h) -> None:
     assert paused, "reading did not pause with the body buffer full"
     assert limit < buffered <= limit + (1 << 20), buffered  # the bound, plus the read in hand
     assert r.responses[0].body == str(total).encode() and not r.closed
+
+
+def test_data_after_a_refused_request_is_not_read() -> None:
+    """A transport may deliver data after pause_reading() (TLS does, from
+    what it has decrypted). After a request the parser refused, such data is
+    ignored: the requests before it are answered, then the 400, then the
+    end, and nothing escapes data_received."""
+    from uringserve.http.native import native_runner
+    from uringserve.http.protocol import HTTPProtocol
+
+    async def main() -> _FakeTransport:
+        gate = asyncio.Event()
+
+        async def slow(req: Request) -> Any:
+            await gate.wait()
+            return Response(b"slow")
+        proto = HTTPProtocol(native_runner(slow), HTTPConfig())
+        t = _FakeTransport()
+        proto.connection_made(t)
+        proto.data_received(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nX-No")
+        proto.data_received(b"-Host: t\r\n\r\n")  # refused by the server's own rule, in a parser callback
+        proto.data_received(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")  # delivered although paused
+        gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        proto.connection_lost(None)
+        return t
+    t = asyncio.run(main())
+    assert parse_responses(bytes(t.out)) == [200, 400] and t.closed and t.after_close == b""

@@ -707,3 +707,29 @@ def test_writer_that_never_yields_learns_the_peer_is_gone(h) -> None:
         h.run(client(), timeout=30)
     assert time.monotonic() - t0 < 10
     t.join(5)
+
+
+def test_flow_control_callback_errors_go_to_the_handler(h) -> None:
+    """pause_writing() and resume_writing() that raise are reported to the
+    loop's exception handler, naming the callback, the transport and the
+    protocol, as asyncio does; the data still arrives."""
+    body = b"f" * (4 << 20)
+
+    class Raising(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+            transport.write(body)
+            transport.close()
+
+        def pause_writing(self) -> None:
+            raise ValueError("pause hook bug")
+
+        def resume_writing(self) -> None:
+            raise KeyError("resume hook bug")
+
+    data = h.run(serve_and_read(h.loop, Raising))
+    assert data == body
+    errors = h.take_errors()
+    assert [(type(e["exception"]), e["message"]) for e in errors] == [
+        (ValueError, "protocol.pause_writing() failed"), (KeyError, "protocol.resume_writing() failed")]
+    assert all(isinstance(e["protocol"], Raising) and e["transport"] is not None for e in errors)

@@ -11,6 +11,7 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import heapq
 import io
 import logging
@@ -359,7 +360,17 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         # asyncio sets TCP_NODELAY on every TCP transport; a direct descriptor
         # takes no setsockopt, but Linux copies it from the listener on accept
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        lid = self._ring.listener_add(fd)
+        try:
+            lid = self._ring.listener_add(fd)
+        except OSError as exc:
+            # the server owns its sockets (Server.close() closes them) and
+            # asyncio's create_server does not close them when this fails
+            sock.close()
+            if exc.errno != errno.ENFILE:
+                raise
+            raise OSError(errno.ENFILE, f"no fixed-file slot left for another listener: "
+                                        f"RingConfig.reserved_slots={self._ring.config.reserved_slots} "
+                                        "holds the listeners and hand-installed sockets; raise it") from None
         timeouts = {"ssl_handshake_timeout": ssl_handshake_timeout, "ssl_shutdown_timeout": ssl_shutdown_timeout}
         self._listeners[lid] = _Listener(lid, sock, protocol_factory, server, sslcontext, timeouts)
         self._listener_by_fd[fd] = lid
