@@ -270,3 +270,20 @@ def test_a_receive_waiting_when_the_response_ends_gets_disconnect(h) -> None:
     data, was_woken = run(h, app, client, interface="asgi")
     assert data.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in data.lower()
     assert was_woken, "receive() pending at the response's end was not answered with http.disconnect"
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_nothing_after_a_last_request_is_answered(h, bytewise: bool) -> None:
+    """As for native handlers (RFC 9112 §9.6): the request after one with
+    `Connection: close` gets no answer, not even a 400."""
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    reqs = (b"GET /first HTTP/1.1\r\n" + H + b"\r\n" + b"GET /last HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+            + b"GET /after HTTP/1.1\r\n" + H + b"\r\n")
+    r = run(h, app, lambda port: exchange(port, reqs, responses=3, bytewise=bytewise), interface="asgi")
+    assert [x.body for x in r.responses] == [b"/first", b"/last"] and r.raw.count(b"HTTP/1.1 ") == 2
+    assert r.responses[1].header("connection") == "close" and r.closed

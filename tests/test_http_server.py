@@ -805,3 +805,19 @@ def test_data_after_a_refused_request_is_not_read() -> None:
         return t
     t = asyncio.run(main())
     assert parse_responses(bytes(t.out)) == [200, 400] and t.closed and t.after_close == b""
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+@pytest.mark.parametrize("handler", [_plain_hello, _async_hello, _stream_hello], ids=["plain", "async", "streamed"])
+@pytest.mark.parametrize("last", [b"GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                                  b"GET /last HTTP/1.0\r\n\r\n"], ids=["close", "http-1.0"])
+def test_nothing_after_a_last_request_is_answered(h, handler, bytewise: bool, last: bytes) -> None:
+    """RFC 9112 §9.6: after the response to a request with the close option
+    (or an HTTP/1.0 request without keep-alive) the server reads no further
+    request and closes; what was pipelined behind it gets no answer at all,
+    not even a 400."""
+    reqs = b"GET /first HTTP/1.1\r\n" + H + b"\r\n" + last + b"GET /after HTTP/1.1\r\n" + H + b"\r\n"
+    r = run(h, handler, lambda port: exchange(port, reqs, responses=3, bytewise=bytewise))
+    assert [x.status for x in r.responses] == [200, 200] and r.raw.count(b"HTTP/1.") == 2
+    assert r.responses[1].body.endswith(b"/last") and r.responses[1].header("connection") == "close"
+    assert r.closed

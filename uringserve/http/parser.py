@@ -137,6 +137,7 @@ class RequestParser:
         self.upgraded = False     # the byte stream after an Upgrade request is not HTTP/1.1
         self._at_boundary = True  # llhttp is between messages: the recogniser may take the next head
         self._keep_alive = True   # the last message llhttp read was not a last request
+        self._ignore_rest = False  # an upgrade or a last request was read: nothing after it is
 
     @property
     def head_started(self) -> bool:
@@ -144,8 +145,10 @@ class RequestParser:
         return self._in_head and self._head_bytes > 0
 
     def feed(self, data: bytes) -> None:
-        if self.upgraded:
-            return  # the rest is another protocol's; the connection closes after the response
+        if self._ignore_rest:
+            # after an upgrade the rest is another protocol's; after a last
+            # request it is not read at all. The connection closes after the response
+            return
         if self._at_boundary and _scan is not None:
             # complete body-less GET/HEAD heads in the common form, in one C
             # call each; the first thing it declines, and all after it, is llhttp's
@@ -193,13 +196,15 @@ class RequestParser:
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.upgraded = True
+            self.upgraded = self._ignore_rest = True
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__  # what a callback raised: an HTTPError, or the sink's own bug
             if cause is not None:
                 raise cause from None
             raise
         except httptools.HttpParserError as exc:
+            if self._ignore_rest:
+                return  # bytes after a last request (RFC 9112 §9.6): never read, never answered
             msg = str(exc)
             if msg.startswith("Invalid HTTP version"):
                 raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported") from None
@@ -282,6 +287,7 @@ class RequestParser:
         # the next message's state. After a last request (not keep-alive)
         # llhttp refuses whatever follows: the recogniser must not take it
         self._at_boundary = self._keep_alive
+        self._ignore_rest = not self._keep_alive
         self._in_head = True
         self._url = []
         self._url_len = 0
