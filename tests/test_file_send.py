@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import hashlib
 import os
 import socket
@@ -363,3 +364,93 @@ def test_a_queued_file_range_waits_for_a_segment(tmp_path) -> None:
     assert got == b"x" * 100_000 + small + b"end"
     assert st["file_sends"] == 2  # the big range and the small one, queued once each in the end
     assert st["ext_in_use"] == 0 and st["arena_in_use"] == 0
+
+
+def test_write_file_holds_its_owner_until_the_range_is_read(tmp_path) -> None:
+    """The caller may drop its file object after write_file(owner=f): the
+    ring keeps it (and so the fd) alive until the core has read the range,
+    on the direct path and when the range waits behind a full arena."""
+    data = os.urandom(8 << 20)  # read in pieces while a slow reader drains
+    path = tmp_path / "owned.bin"
+    path.write_bytes(data)
+    head = b"h" * 200_000
+
+    released: list = []
+
+    class Owner:
+        """Closes its file when the ring lets it go."""
+        def __init__(self) -> None:
+            self.f = open(path, "rb")
+
+        def __del__(self) -> None:
+            self.f.close()
+            released.append(True)
+
+    async def main(loop):
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                owner = Owner()
+                if behind_pending:
+                    transport.write(bytearray(head))  # copied: fills the small arena, the rest waits
+                transport.write_file(owner.f.fileno(), 0, len(data), owner=owner)
+                transport.close()  # and no reference to the owner is kept here
+
+        server = await loop.create_server(Server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        got = bytearray()
+        while chunk := await r.read(65536):
+            got += chunk
+            gc.collect()  # an owner nobody held would be closed here
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return bytes(got)
+
+    for behind_pending in (False, True):
+        cfg = RingConfig(chunk_size=16384, arena_bytes=65536)
+        got, st = run_uring(cfg, main)
+        assert got == (head if behind_pending else b"") + data
+        assert st["ext_in_use"] == 0 and st["arena_in_use"] == 0
+        gc.collect()
+        assert len(released) == 1 + behind_pending  # and let go once the range was read
+
+
+def test_abort_with_a_registered_file_range_waiting_releases_its_slot(tmp_path) -> None:
+    """A fixed-file range waiting behind a full arena holds its file's slot;
+    abort() drops the range and the hold, so the slot can be given up."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(1 << 20))
+
+    async def main(loop):
+        done = asyncio.Event()
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                with open(path, "rb") as f:
+                    self.slot = loop._ring.file_register(f.fileno())
+                assert self.slot >= 0
+                transport.write(bytearray(b"x" * 300_000))  # copied: the arena fills, the rest waits
+                assert transport.write_file(self.slot, 0, 1 << 20, fixed=True) == 1 << 20  # waits too
+                transport.abort()
+                loop._ring.file_unregister(self.slot)
+                done.set()
+
+        server = await loop.create_server(Server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        s = socket.socket()
+        s.setblocking(False)
+        await loop.sock_connect(s, ("127.0.0.1", port))
+        await done.wait()
+        s.close()
+        server.close()
+        await server.wait_closed()
+        for _ in range(200):
+            if loop.ring_stats()["files_registered"] == 0:
+                break
+            await asyncio.sleep(0.005)
+        return loop.ring_stats()["files_registered"]
+
+    registered, st = run_uring(RingConfig(chunk_size=16384, arena_bytes=65536), main)
+    assert registered == 0 and st["arena_in_use"] == 0

@@ -537,3 +537,38 @@ def test_a_listener_beyond_the_reserved_slots_is_refused_clearly() -> None:
             await first.wait_closed()
 
     run_uring(RingConfig(reserved_slots=1, files=64), main)
+
+
+def test_a_connection_stays_usable_after_the_arena_filled() -> None:
+    """Bytes that waited in the transport for arena chunks go out, and the
+    connection carries on afterwards: a second request is answered and
+    nothing closes it before the peer does."""
+    big = bytes(range(256)) * 1200  # 300 KiB through a 16 KiB arena
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.t.write(bytearray(big) if data == b"big" else data)  # a bytearray is copied, never in place
+
+    async def main(loop):
+        server = await loop.create_server(Server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"big")
+        first = await r.readexactly(len(big))
+        short = loop.ring_stats()["arena_short"]
+        w.write(b"again")
+        second = await r.readexactly(5)
+        w.write_eof()
+        rest = await r.read()
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return first, short, second, rest
+
+    (first, short, second, rest), _ = run_uring(RingConfig(chunk_size=4096, arena_bytes=16384), main)
+    assert first == big and short > 0  # it did wait for the arena
+    assert second == b"again" and rest == b""

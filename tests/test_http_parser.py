@@ -173,3 +173,22 @@ def test_garbage_never_escapes_as_anything_but_http_error(parts: list[bytes], sp
         else:
             assert open_msg
             open_msg = False
+
+
+@pytest.mark.parametrize("extra, status", [(0, None), (1, 431)])
+def test_the_head_limit_holds_for_a_head_behind_another_in_one_piece(extra: int, status) -> None:
+    """max_header_bytes counts every byte of the request line and fields.
+    A head that arrives behind another one in the same piece is held to it
+    exactly as one arriving alone or byte by byte: at the limit it passes,
+    one byte over it is 431."""
+    limit = 200
+    cfg = HTTPConfig(max_header_bytes=limit)
+    fields = b"Host: h\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(10))
+    pad = limit + extra - len(b"GET / HTTP/1.1\r\n" + fields + b"\r\n")
+    head = b"GET /" + b"a" * pad + b" HTTP/1.1\r\n" + fields + b"\r\n"
+    assert len(head) == limit + extra
+    first = b"POST /first HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"  # llhttp's, not the recogniser's
+    events, err = both(first + head, cfg)
+    assert err == status
+    assert [e[2] for e in events if e[0] == "head"] == ([b"/first", b"/" + b"a" * pad] if status is None
+                                                        else [b"/first"])

@@ -6,6 +6,7 @@ sent whole and byte by byte."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from uringserve.http import HTTPConfig, HTTPServer, Request, Response, StreamingResponse
+from uringserve.http.body import ClientDisconnected
 
 from http_client import exchange
 
@@ -67,6 +69,19 @@ def sync_app(req: Request) -> Any:
     if req.raw_path == b"/boom":
         raise ValueError("sync handler bug")
     return b"sync:" + req.raw_path
+
+
+def _plain_hello(req: Request) -> Any:
+    return Response(b"p:" + req.raw_path)  # a Response: the one-frame path takes it
+
+
+async def _async_hello(req: Request) -> Any:
+    return Response(b"a:" + req.raw_path)
+
+
+def _stream_hello(req: Request) -> Any:
+    # with its length: HTTP/1.0 keep-alive needs one (else the close ends the body)
+    return StreamingResponse([b"s:", req.raw_path], content_length=2 + len(req.raw_path))
 
 
 def run(h, handler, client, config: HTTPConfig | None = None, **kw) -> Any:
@@ -271,13 +286,15 @@ def test_server_header_is_configurable(h) -> None:
     assert r.responses[0].header("server") == "demo/1"
 
 
-def test_handler_exceptions(h) -> None:
+def test_handler_exceptions(h, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="uringserve.http")
     r = run(h, app, lambda port: exchange(port, b"GET /boom HTTP/1.1\r\n" + H + b"\r\n" + b"GET / HTTP/1.1\r\n" + H
                                           + b"\r\n", responses=2))
     assert r.responses[0].status == 500 and r.responses[1].body == b"hello" and not r.closed
     # after the response started, the only honest answer is to cut the connection
     r = run(h, app, lambda port: exchange(port, b"GET /boom-late HTTP/1.1\r\n" + H + b"\r\n"))
     assert r.closed and b"first" in r.raw and b"0\r\n\r\n" not in r.raw
+    assert "ending connection mid-response: stream broke" in caplog.messages
     errors = handler_errors(h)
     assert [type(e["exception"]) for e in errors] == [ValueError, RuntimeError]  # logged with the cause
     assert [e["message"] for e in errors] == ["HTTP handler failed for GET /boom", "HTTP handler failed for GET /boom-late"]
@@ -362,7 +379,10 @@ def test_slow_request_head_gets_408(h) -> None:
     assert took < 10  # the 0.3 s timeout, not the 60 s default, however busy the machine
 
 
-def test_idle_keep_alive_connection_closes_silently(h) -> None:
+@pytest.mark.parametrize("handler", [app, _plain_hello], ids=["async", "plain"])
+def test_idle_keep_alive_connection_closes_silently(h, handler) -> None:
+    """After the response, idle: closed at keepalive_timeout with no 408,
+    whichever path answered (the plain handler's is the one-frame path)."""
     def client(port: int):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
@@ -370,8 +390,8 @@ def test_idle_keep_alive_connection_closes_silently(h) -> None:
         data = read_to_close(s)
         s.close()
         return data, time.monotonic() - t0
-    data, took = run(h, app, client, config=FAST)
-    assert data.count(b"HTTP/1.1") == 1 and data.endswith(b"hello")  # no 408 for an idle connection
+    data, took = run(h, handler, client, config=FAST)
+    assert data.count(b"HTTP/1.1") == 1 and data.endswith(b"hello" if handler is app else b"p:/")  # no 408
     assert 0.2 < took < 10  # the 0.3 s keep-alive timeout, not the default
 
     # a new connection that sends nothing is closed too
@@ -455,14 +475,43 @@ def test_pipelining_is_bounded(h) -> None:
 
 
 def test_client_that_resets_mid_body_leaves_nothing(h) -> None:
+    """A handler reading the body when the client resets gets
+    ClientDisconnected saying so (not logged as a handler failure), and the
+    connection is gone from the server."""
+    got_some = threading.Event()
+    seen: list = []
+
+    async def reader(req: Request) -> Any:
+        try:
+            async for _ in req.stream():
+                got_some.set()
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+        return Response(b"never")
+
     def client(port: int) -> None:
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(b"POST /count HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\n" + b"x" * 1000)
-        time.sleep(0.1)
+        assert got_some.wait(20)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         s.close()
-        time.sleep(0.1)
-    run(h, app, client)
+
+    async def main():
+        srv = HTTPServer(reader)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        await asyncio.to_thread(client, port)
+        for _ in range(2000):
+            if seen and not srv.connections:
+                break
+            await asyncio.sleep(0.005)
+        left = len(srv.connections)
+        await srv.shutdown(timeout=2)
+        return left
+    assert h.run(main()) == 0
+    assert len(seen) == 1 and isinstance(seen[0], ClientDisconnected)
+    assert str(seen[0]) == "the client closed the connection"
     assert not handler_errors(h)
 
 
@@ -636,19 +685,6 @@ def parse_responses(out: bytes) -> list[int]:
 
 
 # -- keepalive_requests, end to end --------------------------------------------
-def _plain_hello(req: Request) -> Any:
-    return Response(b"p:" + req.raw_path)  # a Response: the one-frame path takes it
-
-
-async def _async_hello(req: Request) -> Any:
-    return Response(b"a:" + req.raw_path)
-
-
-def _stream_hello(req: Request) -> Any:
-    # with its length: HTTP/1.0 keep-alive needs one (else the close ends the body)
-    return StreamingResponse([b"s:", req.raw_path], content_length=2 + len(req.raw_path))
-
-
 @pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
 @pytest.mark.parametrize("handler", [_plain_hello, sync_app, _async_hello, _stream_hello],
                          ids=["plain", "plain-bytes", "async", "streamed"])

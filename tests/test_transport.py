@@ -733,3 +733,24 @@ def test_flow_control_callback_errors_go_to_the_handler(h) -> None:
     assert [(type(e["exception"]), e["message"]) for e in errors] == [
         (ValueError, "protocol.pause_writing() failed"), (KeyError, "protocol.resume_writing() failed")]
     assert all(isinstance(e["protocol"], Raising) and e["transport"] is not None for e in errors)
+
+
+def test_connection_lost_that_raises_goes_to_the_handler(h) -> None:
+    """An exception from connection_lost() reaches the loop's exception
+    handler naming the callback; the loop carries on and nothing leaks."""
+    class Raising(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            transport.write(b"bye")
+            transport.close()
+
+        def connection_lost(self, exc) -> None:
+            raise ValueError("lost hook bug")
+
+    assert h.run(serve_and_read(h.loop, Raising)) == b"bye"
+    for _ in range(3):
+        h.run(asyncio.sleep(0))
+    errors = h.take_errors()
+    assert len(errors) == 1 and isinstance(errors[0]["exception"], ValueError)
+    assert "connection_lost" in errors[0]["message"]
+    if h.uring:  # asyncio's message names its own handle; ours names the callback as asyncio's docs do
+        assert errors[0]["message"] == "Exception in callback protocol.connection_lost()"

@@ -34,6 +34,9 @@ def mutmut(*args: str, check: bool = True) -> str:
     proc = subprocess.run([*MUTMUT, *args], cwd=ROOT, capture_output=True, text=True)
     if check and proc.returncode != 0:
         sys.exit(f"mutmut {' '.join(args[:3])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    if "failed to collect stats" in proc.stdout or "Failed to run clean test" in proc.stdout:
+        # the unmutated suite must pass first; say why it did not
+        sys.exit(f"mutmut could not run the clean tests:\n{proc.stdout[-4000:]}")
     return proc.stdout
 
 
