@@ -4,55 +4,73 @@ one of the tests named for it. Run by `make mutate` (and alone:
 
 A bug is (name, file, the exact text it replaces, the replacement, the
 pytest selection that must fail)."""
+
 from __future__ import annotations
 
 import pathlib
+import signal
 import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 PLANTED = [
-    ("keepalive_requests: one request too many (respond_prepared)",
-     "uringserve/http/protocol.py",
-     "if self.keep_alive and self.body_in.done and conn._served < conn._last_keepalive",
-     "if self.keep_alive and self.body_in.done and conn._served <= conn._last_keepalive",
-     ["tests/test_http_server.py", "-k", "keepalive_requests"]),
-    ("keepalive_requests: one request too many (the one-frame path)",
-     "uringserve/http/protocol.py",
-     "result._close or self._served >= self._last_keepalive",
-     "result._close or self._served > self._last_keepalive",
-     ["tests/test_http_server.py", "-k", "keepalive_requests"]),
-    ("keepalive_requests: one request too many (start)",
-     "uringserve/http/protocol.py",
-     "and conn._served < conn._last_keepalive)",
-     "and conn._served <= conn._last_keepalive)",
-     ["tests/test_http_server.py", "-k", "keepalive_requests"]),
-    ("max_pipelined: the pause never taken",
-     "uringserve/http/protocol.py",
-     "        elif len(queue) > self._max_pipelined:\n            self._pause()",
-     "        elif len(queue) > self._max_pipelined:\n            pass",
-     ["tests/test_http_server.py", "-k", "pipelin"]),
-    ("abort() flushes queued data instead of discarding it",
-     "uringserve/transport.py",
-     "    def abort(self) -> None:\n        self._force_close(None)",
-     "    def abort(self) -> None:\n        self.close()",
-     ["tests/test_transport.py", "-k", "abort"]),
-    ("keep-alive kept after a streamed response with its request body unread (start)",
-     "uringserve/http/protocol.py",
-     "self.keep_alive = (self.keep_alive and self.body_in.done and not conn._draining",
-     "self.keep_alive = (self.keep_alive and not conn._draining",
-     ["tests/test_http_server.py", "tests/test_http_asgi.py", "-k", "unread or before_the_body"]),
-    ("body_buffer_bytes: the pause never taken",
-     "uringserve/http/protocol.py",
-     "if body.buffered > self._cfg.body_buffer_bytes and not body.hold_all:\n                self._pause()",
-     "if body.buffered > self._cfg.body_buffer_bytes and not body.hold_all:\n                pass",
-     ["tests/test_http_server.py", "-k", "body_buffer or body_nobody"]),
-    ("a response a byte short of its Content-Length",
-     "uringserve/http/protocol.py",
-     "        conn._transport.write(b\"\".join((head, _DATE[1], tail, b\"\" if self.method == \"HEAD\" else body)))",
-     "        conn._transport.write(b\"\".join((head, _DATE[1], tail, b\"\" if self.method == \"HEAD\" else body[:-1])))",
-     ["tests/test_http_server.py", "-k", "garbage"]),
+    (
+        "keepalive_requests: one request too many (respond_prepared)",
+        "uringserve/http/protocol.py",
+        "if self.keep_alive and self.body_in.done and conn._served < conn._last_keepalive",
+        "if self.keep_alive and self.body_in.done and conn._served <= conn._last_keepalive",
+        ["tests/test_http_server.py", "-k", "keepalive_requests"],
+    ),
+    (
+        "keepalive_requests: one request too many (the one-frame path)",
+        "uringserve/http/protocol.py",
+        "result._close or self._served >= self._last_keepalive",
+        "result._close or self._served > self._last_keepalive",
+        ["tests/test_http_server.py", "-k", "keepalive_requests"],
+    ),
+    (
+        "keepalive_requests: one request too many (start)",
+        "uringserve/http/protocol.py",
+        "and conn._served < conn._last_keepalive)",
+        "and conn._served <= conn._last_keepalive)",
+        ["tests/test_http_server.py", "-k", "keepalive_requests"],
+    ),
+    (
+        "max_pipelined: the pause never taken",
+        "uringserve/http/protocol.py",
+        "        elif len(queue) > self._max_pipelined:\n            self._pause()",
+        "        elif len(queue) > self._max_pipelined:\n            pass",
+        ["tests/test_http_server.py", "-k", "pipelin"],
+    ),
+    (
+        "abort() flushes queued data instead of discarding it",
+        "uringserve/transport.py",
+        "    def abort(self) -> None:\n        self._force_close(None)",
+        "    def abort(self) -> None:\n        self.close()",
+        ["tests/test_transport.py", "-k", "abort"],
+    ),
+    (
+        "keep-alive kept after a streamed response with its request body unread (start)",
+        "uringserve/http/protocol.py",
+        "self.keep_alive = (self.keep_alive and self.body_in.done and not conn._draining",
+        "self.keep_alive = (self.keep_alive and not conn._draining",
+        ["tests/test_http_server.py", "tests/test_http_asgi.py", "-k", "unread or before_the_body"],
+    ),
+    (
+        "body_buffer_bytes: the pause never taken",
+        "uringserve/http/protocol.py",
+        "if body.buffered > self._cfg.body_buffer_bytes and not body.hold_all:\n                self._pause()",
+        "if body.buffered > self._cfg.body_buffer_bytes and not body.hold_all:\n                pass",
+        ["tests/test_http_server.py", "-k", "body_buffer or body_nobody"],
+    ),
+    (
+        "a response a byte short of its Content-Length",
+        "uringserve/http/protocol.py",
+        '        conn._transport.write(b"".join((head, _DATE[1], tail, b"" if self.method == "HEAD" else body)))',
+        '        conn._transport.write(b"".join((head, _DATE[1], tail, b"" if self.method == "HEAD" else body[:-1])))',
+        ["tests/test_http_server.py", "-k", "garbage"],
+    ),
 ]
 
 
@@ -65,8 +83,13 @@ def run(name: str, path: str, old: str, new: str, tests: list[str]) -> bool:
         return False
     file.write_text(source.replace(old, new))
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         file.write_text(source)
     caught = proc.returncode == 1
@@ -76,6 +99,8 @@ def run(name: str, path: str, old: str, new: str, tests: list[str]) -> bool:
 
 
 def main() -> int:
+    # stopped from outside, still restore the source (run()'s finally)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = [run(*bug) for bug in PLANTED]
     print(f"{sum(results)} of {len(results)} planted bugs caught")
     return 0 if all(results) else 1

@@ -15,12 +15,14 @@ module, drawn with a fixed seed, for a score in minutes; `MODULE=parser`
 (a substring of the module name) narrows it. mutmut keeps its results in
 mutants/, so a run that is stopped resumes where it was.
 """
+
 from __future__ import annotations
 
 import os
 import pathlib
 import random
 import re
+import signal
 import subprocess
 import sys
 
@@ -67,8 +69,15 @@ def accepted() -> dict[str, str]:
 
 
 def main() -> int:
-    if subprocess.run([sys.executable, str(ROOT / "tests/mutation/planted.py")], cwd=ROOT).returncode:
-        return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that planted.py below is stopped too
+    planted = subprocess.Popen([sys.executable, str(ROOT / "tests/mutation/planted.py")], cwd=ROOT)
+    try:
+        if planted.wait():
+            return 1
+    finally:
+        if planted.poll() is None:  # stopped: let it put the source back (SIGTERM, not SIGKILL)
+            planted.terminate()
+            planted.wait()
     sample = int(os.environ.get("SAMPLE", "0"))
     only = os.environ.get("MODULE", "")
     modules = [m for m in MODULES if only in m]
