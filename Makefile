@@ -13,7 +13,7 @@ PORT ?= 8000
 DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite
 BENCH_DEBS := wrk nginx-light curl
 
-.PHONY: run echo test test-stress mutate bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo test lint test-stress mutate bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -46,8 +46,13 @@ run: deps $(STAMP)
 echo: deps $(STAMP)
 	$(VPY) apps/echo.py --host $(HOST) --port $(PORT)
 
-test: deps $(STAMP)
+test: deps $(STAMP) lint
 	$(VPY) -m pytest -q
+
+# ruff (lint and format) over everything; configured in pyproject.toml
+lint: deps $(STAMP)
+	$(VENV)/bin/ruff check uringserve apps tests bench
+	$(VENV)/bin/ruff format --check uringserve apps tests bench
 
 # the suite REPEAT times (3) with a CPU hog on every core: timing hopes fail here
 test-stress: deps $(STAMP)

@@ -6,6 +6,7 @@ The protocol code is identical on every loop, so the loops can be compared.
 Ablation switches (--send-mode, --recv-mode, --regular-fds) choose which
 io_uring features the uring loop uses; bench/echo_bench.py drives them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,18 @@ def make_loop(args: argparse.Namespace) -> asyncio.AbstractEventLoop:
         return uvloop.new_event_loop()
     import uringserve
 
-    sizes = {k: v for k, v in (("buf_count", args.buf_count), ("buf_size", args.buf_size),
-                               ("inplace_min", args.inplace_min)) if v}
-    cfg = uringserve.RingConfig(send_mode=args.send_mode, recv_mode=args.recv_mode,
-                                fixed_files=not args.regular_fds, recv_bundle=args.bundle, **sizes)
+    sizes = {
+        k: v
+        for k, v in (("buf_count", args.buf_count), ("buf_size", args.buf_size), ("inplace_min", args.inplace_min))
+        if v
+    }
+    cfg = uringserve.RingConfig(
+        send_mode=args.send_mode,
+        recv_mode=args.recv_mode,
+        fixed_files=not args.regular_fds,
+        recv_bundle=args.bundle,
+        **sizes,
+    )
     return uringserve.new_event_loop(cfg)
 
 
@@ -57,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     loop = make_loop(args)
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(
-        loop.create_server(Echo, args.host, args.port, backlog=args.backlog, reuse_address=True))
+        loop.create_server(Echo, args.host, args.port, backlog=args.backlog, reuse_address=True)
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -7,6 +7,7 @@ Routes: /  hello world;  /echo  the request body back;  /static/...  files
 under --static (default apps/static), zero-copy through the ring;  /stats
 the ring's counters as JSON.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,7 @@ def app(request: Request) -> Any:
     if path == b"/echo":
         return Response(request.content, content_type="application/octet-stream")
     if path.startswith(b"/static/"):
-        return STATIC.response(request.method, path[len(b"/static"):], request.headers)
+        return STATIC.response(request.method, path[len(b"/static") :], request.headers)
     if path == b"/stats":
         return Response(stats(), content_type="application/json")
     return Response(b"404 Not Found\n", status=404)
@@ -71,17 +72,27 @@ async def asgi_app(scope: dict, receive: Any, send: Any) -> None:
     elif path == "/stats":
         body, ctype = stats(), b"application/json"
     elif path.startswith("/static/"):
-        real = STATIC.resolve(scope["raw_path"][len(b"/static"):])
+        real = STATIC.resolve(scope["raw_path"][len(b"/static") :])
         if real is not None:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", STATIC.files.open(real).content_type)]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", STATIC.files.open(real).content_type)],
+                }
+            )
             await send({"type": "http.response.pathsend", "path": real})
             return
         status, body = 404, b"404 Not Found\n"
     else:
         status, body = 404, b"404 Not Found\n"
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", ctype), (b"content-length", b"%d" % len(body))]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", b"%d" % len(body))],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -97,10 +108,16 @@ def main() -> None:
     if args.static:
         STATIC = StaticFiles(args.static)
     target = app if args.interface == "native" else asgi_app
-    run(target, args.host, args.port, interface=args.interface, config=HTTPConfig(), loop=args.loop,
-        ready=lambda s: print(f"uringserve.http ({args.interface}) on http://{args.host}:{args.port}/",
-                              flush=True),
-        on_shutdown=STATIC.close)
+    run(
+        target,
+        args.host,
+        args.port,
+        interface=args.interface,
+        config=HTTPConfig(),
+        loop=args.loop,
+        ready=lambda s: print(f"uringserve.http ({args.interface}) on http://{args.host}:{args.port}/", flush=True),
+        on_shutdown=STATIC.close,
+    )
 
 
 if __name__ == "__main__":

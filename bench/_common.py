@@ -1,4 +1,5 @@
 """Helpers shared by the benchmarks: ports, process CPU time, readiness, summaries."""
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,7 @@ def stop(proc: subprocess.Popen) -> None:
 def summary(results: dict, names: list[str], peers: list[str], unit: str, rate_name: str) -> str:
     """Median rate and CPU per unit per name, with ratios to each peer: of
     the medians, and 'paired' (the median of ratios taken within a round)."""
-    med = {n: (statistics.median(x[0] for x in results[n]), statistics.median(x[1] for x in results[n]))
-           for n in names}
+    med = {n: (statistics.median(x[0] for x in results[n]), statistics.median(x[1] for x in results[n])) for n in names}
     head = f"{'server':24} {rate_name:>10} {'CPU us/' + unit:>13}"
     for p in peers:
         head += f" {'vs ' + p:>11} {'paired':>7}"
@@ -79,7 +79,7 @@ def summary(results: dict, names: list[str], peers: list[str], unit: str, rate_n
         line = f"{n:24} {rate:10.0f} {cpu:13.2f}"
         for p in peers:
             if p in med:
-                paired = statistics.median(a[1] / b[1] for a, b in zip(results[n], results[p]))
+                paired = statistics.median(a[1] / b[1] for a, b in zip(results[n], results[p], strict=True))
                 line += f" {cpu / med[p][1]:10.2f}x {paired:6.2f}x"
             else:
                 line += f" {'-':>11} {'-':>7}"

@@ -16,6 +16,7 @@ reference. --ablations adds the uring loop with each io_uring feature
 switched off in turn (plain send, send_zc without fixed buffers, send_zc
 everywhere, plain recv instead of the buffer ring, regular fds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,10 +60,8 @@ EXTRA = {  # --servers may name these too
 def build() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     native = ROOT / "uringserve" / "_native"
-    for out, srcs in (("echo_load", ["bench/echo_load.c"]),
-                      ("c_echo", ["bench/c_echo.c", str(native / "core.c")])):
-        subprocess.run(["cc", "-O2", "-Wall", f"-I{native}", "-o", str(BUILD / out), *srcs],
-                       cwd=ROOT, check=True)
+    for out, srcs in (("echo_load", ["bench/echo_load.c"]), ("c_echo", ["bench/c_echo.c", str(native / "core.c")])):
+        subprocess.run(["cc", "-O2", "-Wall", f"-I{native}", "-o", str(BUILD / out), *srcs], cwd=ROOT, check=True)
 
 
 def run_one(cmd: list[str], size: int, conns: int, seconds: float) -> tuple[float, float]:
@@ -73,14 +72,28 @@ def run_one(cmd: list[str], size: int, conns: int, seconds: float) -> tuple[floa
         cwd = Path(cmd[1][1:])
         env = {**os.environ, "PYTHONPATH": str(cwd)}
         argv = [argv[0], *argv[2:]]
-    proc = subprocess.Popen(["taskset", "-c", "0", *argv], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", *argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         wait_listening(port, proc)
         t0 = cpu_ticks(proc.pid)
-        out = subprocess.run(["taskset", "-c", "1", str(BUILD / "echo_load"), "127.0.0.1", str(port),
-                              str(conns), str(size), str(seconds)],
-                             capture_output=True, text=True, timeout=seconds + 30)
+        out = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                "1",
+                str(BUILD / "echo_load"),
+                "127.0.0.1",
+                str(port),
+                str(conns),
+                str(size),
+                str(seconds),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        )
         t1 = cpu_ticks(proc.pid)
         m = re.search(r"msgs=(\d+) seconds=([\d.]+) errors=(\d+)", out.stdout)
         if not m or out.returncode:
@@ -105,8 +118,10 @@ def main() -> int:
     known = {**SERVERS, **ABLATIONS, **EXTRA}
     # uring@DIR runs DIR's apps/echo.py and uringserve (build it there with
     # `python setup.py build_ext --inplace`): a before/after pair in one run
-    servers = {k: known[k] if "@" not in k else [PY, "@" + k.split("@", 1)[1], "apps/echo.py", "--loop", "uring"]
-               for k in args.servers.split(",")}
+    servers = {
+        k: known[k] if "@" not in k else [PY, "@" + k.split("@", 1)[1], "apps/echo.py", "--loop", "uring"]
+        for k in args.servers.split(",")
+    }
     if args.ablations:
         servers.update(ABLATIONS)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -116,12 +131,19 @@ def main() -> int:
             for name, cmd in servers.items():
                 r = run_one(cmd, size, args.conns, args.seconds)
                 results.setdefault((name, size), []).append(r)
-                print(f"round {rnd + 1} {name:22} {size:5} B  {r[0]:10.0f} msg/s  {r[1]:6.2f} us/msg",
-                      file=sys.stderr, flush=True)
-    print(f"\nmedians over {args.rounds} rounds, {args.conns} connections, ping-pong, "
-          f"{args.seconds:g}s each; server on CPU 0, load on CPU 1")
-    print("ratios are CPU per message against the peer; 'paired' is the median of the ratios taken\n"
-          "within each round (runs seconds apart), which resists this machine's drift between rounds")
+                print(
+                    f"round {rnd + 1} {name:22} {size:5} B  {r[0]:10.0f} msg/s  {r[1]:6.2f} us/msg",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print(
+        f"\nmedians over {args.rounds} rounds, {args.conns} connections, ping-pong, "
+        f"{args.seconds:g}s each; server on CPU 0, load on CPU 1"
+    )
+    print(
+        "ratios are CPU per message against the peer; 'paired' is the median of the ratios taken\n"
+        "within each round (runs seconds apart), which resists this machine's drift between rounds"
+    )
     for size in sizes:
         print(f"\n{size} B messages")
         per = {n: results[(n, size)] for n in servers}

@@ -14,6 +14,7 @@ Reported: median req/s and server CPU microseconds per request (utime +
 stime of the server's process tree over wrk's run, from /proc), with ratios
 against peers, of the medians and paired within each round.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,10 +59,33 @@ def commands(port: int, tmp: str, static: str) -> dict[str, list[str]]:
     return {
         "uringserve": [PY, "apps/http.py", "--port", str(port)],
         "uringserve-asgi": [PY, "apps/http.py", "--interface", "asgi", "--port", str(port)],
-        "uvicorn": [PY, "-m", "uvicorn", asgi, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-                    "--no-access-log", "--log-level", "warning"],
-        "granian": [str(BIN / "granian"), "--interface", "asgi", "--workers", "1", "--port", str(port),
-                    "--log-level", "warning", asgi],
+        "uvicorn": [
+            PY,
+            "-m",
+            "uvicorn",
+            asgi,
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        "granian": [
+            str(BIN / "granian"),
+            "--interface",
+            "asgi",
+            "--workers",
+            "1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            asgi,
+        ],
         "floor": [PY, "bench/http_floor.py", "--port", str(port)],
         "floor-parse": [PY, "bench/http_floor.py", "--kind", "parse", "--port", str(port)],
         "floor-asgi": [PY, "bench/http_floor.py", "--kind", "asgi", "--port", str(port)],
@@ -79,16 +103,20 @@ def run_one(name: str, path: str, conns: int, seconds: int, static: str) -> tupl
         env = {**os.environ, "URINGSERVE_STATIC": static}
         if where:
             env["PYTHONPATH"] = where
-        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=where or ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            ["taskset", "-c", "0", *cmd], cwd=where or ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             wait_listening(port, proc)
             # one warm-up request: files opened, code paths imported
             subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"], timeout=10)
             t0 = tree_ticks(proc.pid)
-            out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
-                                  f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
-                                 timeout=seconds + 60)
+            out = subprocess.run(
+                ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", f"http://127.0.0.1:{port}{path}"],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 60,
+            )
             t1 = tree_ticks(proc.pid)
         finally:
             stop(proc)
@@ -105,9 +133,12 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--conns", type=int, default=100)
     p.add_argument("--static-conns", type=int, default=16)
-    p.add_argument("--servers", default="uringserve,uringserve-asgi,uvicorn,granian,nginx",
-                   help="also floor, floor-parse, floor-asgi (bench/http_floor.py), "
-                        "and NAME@DIR for another checkout (before/after a change)")
+    p.add_argument(
+        "--servers",
+        default="uringserve,uringserve-asgi,uvicorn,granian,nginx",
+        help="also floor, floor-parse, floor-asgi (bench/http_floor.py), "
+        "and NAME@DIR for another checkout (before/after a change)",
+    )
     p.add_argument("--no-static", action="store_true")
     args = p.parse_args()
     for tool in ("wrk", "nginx", "curl", "taskset"):
@@ -130,10 +161,15 @@ def main() -> int:
                 for n in static_names:
                     r = run_one(n, "/static/1mb.bin", args.static_conns, args.seconds, static)
                     files[n].append(r)
-                    print(f"round {rnd + 1} 1MiB  {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req",
-                          file=sys.stderr, flush=True)
-    print(f"\nhello world: wrk -t1 -c{args.conns} -d{args.seconds}s, medians over {args.rounds} rounds; "
-          "server on CPU 0, wrk on CPU 1")
+                    print(
+                        f"round {rnd + 1} 1MiB  {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    print(
+        f"\nhello world: wrk -t1 -c{args.conns} -d{args.seconds}s, medians over {args.rounds} rounds; "
+        "server on CPU 0, wrk on CPU 1"
+    )
     print("ratios: server CPU per request against the peer; 'paired' = median of within-round ratios\n")
     print(summary(hello, names, [x for x in ("nginx", "uvicorn", "granian") if x in names], "req", "req/s"))
     if not args.no_static and static_names:

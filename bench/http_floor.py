@@ -17,6 +17,7 @@ The distance from `parse` to uringserve (and from `asgi` to uringserve-asgi)
 is what connection rules and checks cost; the floors themselves are what a
 design that keeps a Python call per request cannot go below.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ import uringserve  # noqa: E402
 from uringserve.http import framing  # noqa: E402
 from uringserve.http.parser import _HEAD_LEN, _TARGET_SHIFT, HeaderBlock, _scan  # noqa: E402
 
-RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: floor\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: 14\r\n\r\nHello, world!\n")
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: floor\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 14\r\n\r\nHello, world!\n"
+)
 HEAD = b"HTTP/1.1 200 OK\r\nServer: floor\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 14\r\n"
 _DATE = framing.DATE
 
@@ -69,7 +72,7 @@ class _ScanFloor(Floor):
                 return
             end = pos + (r & _HEAD_LEN)
             te = pos + 4 + ((r >> _TARGET_SHIFT) & 0xFFFF)
-            self.answer(data[pos + 4:te], data[te + 11:end - 2])
+            self.answer(data[pos + 4 : te], data[te + 11 : end - 2])
             pos = end
 
     def answer(self, target: bytes, headers: bytes) -> None:
@@ -101,8 +104,7 @@ class _Send:
         else:
             if time.time() >= _DATE[0]:
                 framing.refresh_date()
-            self.write(b"".join((framing.status_line(self.status), self.block, _DATE[1], b"\r\n",
-                                 m.get("body", b""))))
+            self.write(b"".join((framing.status_line(self.status), self.block, _DATE[1], b"\r\n", m.get("body", b""))))
         return self.done
 
 
@@ -127,10 +129,22 @@ class ASGIFloor(_ScanFloor):
         self.done.set_result(None)
 
     def answer(self, target: bytes, headers: bytes) -> None:
-        scope = {"type": "http", "asgi": _ASGI, "http_version": "1.1", "server": None, "client": None,
-                 "scheme": "http", "method": "GET", "root_path": "", "path": target.decode("latin-1"),
-                 "raw_path": target, "query_string": b"", "headers": HeaderBlock(headers).pairs(),
-                 "state": {}, "extensions": {}}
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": "1.1",
+            "server": None,
+            "client": None,
+            "scheme": "http",
+            "method": "GET",
+            "root_path": "",
+            "path": target.decode("latin-1"),
+            "raw_path": target,
+            "query_string": b"",
+            "headers": HeaderBlock(headers).pairs(),
+            "state": {},
+            "extensions": {},
+        }
         self.loop.create_eager_task(_run(self.app, scope, _Send(self.write, self.done).send))
 
 
@@ -138,6 +152,7 @@ async def main(port: int, kind: str) -> None:
     protocol = {"raw": Floor, "parse": ParseFloor, "asgi": ASGIFloor}[kind]
     if kind == "asgi":
         from apps.http import asgi_app
+
         ASGIFloor.app = staticmethod(asgi_app)
     server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", port, backlog=1024)
     async with server:

@@ -12,6 +12,7 @@ one task per request, driven by a loop callback as the ring drives it.
 so a change to the hot path can be compared before and after in one run
 of each. Time per bytecode is not constant, so quote the timed numbers too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ class NullTransport:
     def write(self, data: bytes) -> None: ...
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 1) if name == "peername" else default
+
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
     def close(self) -> None: ...
@@ -58,6 +60,7 @@ async def measure(runner: Any, n: int) -> float:
             loop.call_soon(step)
         else:
             done.set_result(None)
+
     t0 = time.perf_counter()
     loop.call_soon(step)
     await done
@@ -80,6 +83,7 @@ async def bytecodes(runner: Any) -> collections.Counter:
             if event == "opcode":
                 counts[name] += 1
             return local
+
         return local
 
     def one() -> None:
@@ -88,6 +92,7 @@ async def bytecodes(runner: Any) -> collections.Counter:
             proto.data_received(REQUEST)
         finally:
             sys.settrace(None)
+
     for _ in range(50):
         loop.call_soon(proto.data_received, REQUEST)  # warm-up, as a loop callback (eager tasks)
     await asyncio.sleep(0.01)
@@ -107,8 +112,10 @@ async def count_main() -> None:
 async def main(n: int) -> None:
     native = await measure(native_runner(app), n)
     asgi = await measure(asgi_runner(asgi_app, {}, FileCache()), n // 4)
-    print(f"HTTP layer per request, {n} requests: native {native:.2f} us, ASGI {asgi:.2f} us "
-          "(median of 5 runs of this command is the number to quote)")
+    print(
+        f"HTTP layer per request, {n} requests: native {native:.2f} us, ASGI {asgi:.2f} us "
+        "(median of 5 runs of this command is the number to quote)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ pinned to CPU 0; wrk (Debian's package) loads it from CPU 1. Reports median
 req/s and server CPU microseconds per request (utime+stime from
 /proc/PID/stat over wrk's run), with ratios against uvloop.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,15 +31,38 @@ def run_one(loop: str, conns: int, seconds: int) -> tuple[float, float]:
         loop, where = loop.split("@", 1)
         env = {**os.environ, "PYTHONPATH": where}
     proc = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "uvicorn", "hello_asgi:app", "--port", str(port),
-         "--http", "httptools", "--loop", loop, "--no-access-log", "--log-level", "warning"],
-        cwd=BENCH, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "hello_asgi:app",
+            "--port",
+            str(port),
+            "--http",
+            "httptools",
+            "--loop",
+            loop,
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=BENCH,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_listening(port, proc)
         t0 = cpu_ticks(proc.pid)
-        out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
-                              f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
-                             timeout=seconds + 30)
+        out = subprocess.run(
+            ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        )
         t1 = cpu_ticks(proc.pid)
         m = re.search(r"^\s*(\d+) requests in ([\d.]+)s", out.stdout, re.M)
         if not m or "Non-2xx" in out.stdout or "Socket errors" in out.stdout:
@@ -54,8 +78,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--conns", type=int, default=100)
-    p.add_argument("--loops", default=",".join(LOOPS),
-                   help="uvloop, uringserve, or uringserve@DIR (DIR's checkout, built in place)")
+    p.add_argument(
+        "--loops",
+        default=",".join(LOOPS),
+        help="uvloop, uringserve, or uringserve@DIR (DIR's checkout, built in place)",
+    )
     args = p.parse_args()
     loops = {n: LOOPS.get(n) or LOOPS["uringserve"] + "@" + n.split("@", 1)[1] for n in args.loops.split(",")}
     results: dict[str, list[tuple[float, float]]] = {n: [] for n in loops}
@@ -64,8 +91,10 @@ def main() -> int:
             r = run_one(loop, args.conns, args.seconds)
             results[name].append(r)
             print(f"round {rnd + 1} {name:12} {r[0]:10.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr, flush=True)
-    print(f"\nuvicorn + httptools, hello world, {args.conns} connections, wrk -t1, {args.seconds:g}s, "
-          f"medians over {args.rounds} rounds; server on CPU 0, wrk on CPU 1")
+    print(
+        f"\nuvicorn + httptools, hello world, {args.conns} connections, wrk -t1, {args.seconds:g}s, "
+        f"medians over {args.rounds} rounds; server on CPU 0, wrk on CPU 1"
+    )
     print(summary(results, list(loops), ["uvloop"] if "uvloop" in loops else [], "req", "req/s"))
     return 0
 

@@ -1,4 +1,5 @@
 """A small Starlette app for the uvicorn drop-in test."""
+
 import asyncio
 import contextlib
 
@@ -46,5 +47,13 @@ async def lifespan(app):
     print("lifespan shutdown ran", flush=True)
 
 
-app = Starlette(routes=[Route("/", hello), Route("/loop", loop_name), Route("/echo", echo, methods=["POST"]),
-                        Route("/stream", stream), Route("/lifespan", lifespan_state)], lifespan=lifespan)
+app = Starlette(
+    routes=[
+        Route("/", hello),
+        Route("/loop", loop_name),
+        Route("/echo", echo, methods=["POST"]),
+        Route("/stream", stream),
+        Route("/lifespan", lifespan_state),
+    ],
+    lifespan=lifespan,
+)

@@ -4,6 +4,7 @@ and that no callback failed unnoticed: an exception raised inside a
 protocol callback reaches the loop's exception handler, not the test, so
 the fixture fails the test with it unless the test took it with
 `h.take_errors()` to assert on it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,8 @@ import gc
 import os
 import socket
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -77,7 +79,8 @@ def h(request: pytest.FixtureRequest) -> Any:
     leaked = open_fds() - before
     assert not leaked, f"fds left open: {fd_targets(leaked)}"
     assert not harness.errors, "callback errors no test took: " + "; ".join(
-        f"{e.get('message')}: {e.get('exception')!r}" for e in harness.errors)
+        f"{e.get('message')}: {e.get('exception')!r}" for e in harness.errors
+    )
 
 
 def free_port() -> int:
@@ -86,9 +89,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def blocking_client(port: int, payload: bytes, expect: int, result: dict, shut: bool = True,
-                    timeout: float = 20.0) -> threading.Thread:
+def blocking_client(
+    port: int, payload: bytes, expect: int, result: dict, shut: bool = True, timeout: float = 20.0
+) -> threading.Thread:
     """A plain-socket peer in a thread: sends payload, reads `expect` bytes."""
+
     def run() -> None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -106,6 +111,7 @@ def blocking_client(port: int, payload: bytes, expect: int, result: dict, shut: 
                 result["data"] = bytes(buf)
         except Exception as exc:  # reported by the test
             result["error"] = exc
+
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t

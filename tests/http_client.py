@@ -8,6 +8,7 @@ parser refuses, so no handler runs and nothing is counted) and reads. A
 connection the server keeps answers the probe (400); one it ends shows EOF
 or a reset. Either comes at once from a correct server, so a busy machine
 delays the answer but cannot change it; `timeout` only bounds a hang."""
+
 from __future__ import annotations
 
 import socket
@@ -61,8 +62,16 @@ class Result:
 PROBE = b"PROBE\x00\r\n\r\n"  # refused by the parser: 400 from a connection still open
 
 
-def exchange(port: int, data: bytes, *, responses: int = 1, bytewise: bool = False, head_for: set[int] | None = None,
-             timeout: float = 10.0, pause: float = 0.0) -> Result:
+def exchange(
+    port: int,
+    data: bytes,
+    *,
+    responses: int = 1,
+    bytewise: bool = False,
+    head_for: set[int] | None = None,
+    timeout: float = 10.0,
+    pause: float = 0.0,
+) -> Result:
     """Send `data`, read `responses` responses (HEAD responses have no body:
     list their indexes in head_for), then probe whether the server still
     reads the connection (see the module's docstring)."""
@@ -77,7 +86,7 @@ def exchange(port: int, data: bytes, *, responses: int = 1, bytewise: bool = Fal
         try:
             if bytewise:
                 for i in range(len(data)):
-                    s.send(data[i:i + 1])
+                    s.send(data[i : i + 1])
                     if pause:
                         time.sleep(pause)
             else:
@@ -140,12 +149,12 @@ def _feed(col: _Collector, data: bytes, head_for: set[int]) -> None:
         assert end >= 0, "tests send HEAD responses whole"
         p = httptools.HttpResponseParser(col)
         col.parser = p
-        p.feed_data(data[:end + 4])
+        p.feed_data(data[: end + 4])
         if col.cur.status:
             col.done.append(col.cur)
             col.cur = Resp()
         col.parser = httptools.HttpResponseParser(col)
-        data = data[end + 4:]
+        data = data[end + 4 :]
         if not data:
             return
     assert col.parser is not None

@@ -2,6 +2,7 @@
 busy-looping process on every core, as on a loaded CI machine. Tests that
 hope for timing instead of waiting on events fail here first. The hogs are
 this script's own children and are ended by pid when it ends."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,9 @@ def main() -> int:
     try:
         for i in range(1, repeat + 1):
             print(f"== stress run {i}/{repeat}, {len(hogs)} CPU hogs", flush=True)
-            rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *sys.argv[1:]]).returncode
+            rc = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *sys.argv[1:]]
+            ).returncode
             if rc:
                 print(f"== stress run {i} failed")
                 return rc

@@ -1,4 +1,5 @@
 """`python -m uringserve doctor` and the errors raised when io_uring is unusable."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,22 +18,31 @@ def test_doctor_text_names_every_feature() -> None:
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "io_uring: usable" in text
-    for name in ("ACCEPT", "SEND_ZC", "FIXED_FD_INSTALL", "DEFER_TASKRUN", "SINGLE_ISSUER",
-                 "registered ring fd", "provided buffer ring", "registered send arena", "recv bundles",
-                 "openat2 RESOLVE_BENEATH"):
+    for name in (
+        "ACCEPT",
+        "SEND_ZC",
+        "FIXED_FD_INSTALL",
+        "DEFER_TASKRUN",
+        "SINGLE_ISSUER",
+        "registered ring fd",
+        "provided buffer ring",
+        "registered send arena",
+        "recv bundles",
+        "openat2 RESOLVE_BENEATH",
+    ):
         assert name in text
     assert "RLIMIT_MEMLOCK" in text
 
 
 def test_doctor_json() -> None:
-    out = subprocess.run([sys.executable, "-m", "uringserve", "doctor", "--json"],
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "uringserve", "doctor", "--json"], capture_output=True, text=True)
     rep = json.loads(out.stdout)
     assert rep["usable"] is True
     names = {c["name"]: c for c in rep["checks"]}
     assert names["op SEND_ZC"]["needs"] == "6.0"
     # what the report says is what a ring set up here gets
     from uringserve.ring import Ring, RingConfig
+
     ring = Ring(RingConfig(files=64, reserved_slots=8, buf_count=8, arena_bytes=65536, sq_entries=8, cq_entries=16))
     try:
         ring.wait(0)
@@ -44,13 +54,16 @@ def test_doctor_json() -> None:
     assert all({"name", "ok", "needs", "where"} <= set(c) for c in rep["checks"])
 
 
-@pytest.mark.parametrize("files, err, words", [
-    ({"io_uring_disabled": "2"}, errno.EPERM, "kernel.io_uring_disabled=2"),
-    ({"io_uring_disabled": "1", "io_uring_group": "1234"}, errno.EPERM, "io_uring_group=1234"),
-    ({"io_uring_disabled": "0", "seccomp": 2}, errno.EPERM, "seccomp"),
-    ({"io_uring_disabled": None, "seccomp": 0}, errno.ENOSYS, "Linux 6.1"),
-    ({"io_uring_disabled": "0", "seccomp": 0}, errno.ENOMEM, "RLIMIT_MEMLOCK"),
-])
+@pytest.mark.parametrize(
+    "files, err, words",
+    [
+        ({"io_uring_disabled": "2"}, errno.EPERM, "kernel.io_uring_disabled=2"),
+        ({"io_uring_disabled": "1", "io_uring_group": "1234"}, errno.EPERM, "io_uring_group=1234"),
+        ({"io_uring_disabled": "0", "seccomp": 2}, errno.EPERM, "seccomp"),
+        ({"io_uring_disabled": None, "seccomp": 0}, errno.ENOSYS, "Linux 6.1"),
+        ({"io_uring_disabled": "0", "seccomp": 0}, errno.ENOMEM, "RLIMIT_MEMLOCK"),
+    ],
+)
 def test_unavailable_reasons(monkeypatch, files, err, words) -> None:
     def fake_read(path: str):
         key = path.rsplit("/", 1)[1]
@@ -66,7 +79,7 @@ def test_unavailable_reasons(monkeypatch, files, err, words) -> None:
 
 def test_seccomp_blocked_io_uring_fails_at_start_with_the_reason() -> None:
     """A real seccomp filter (as container runtimes install) blocks io_uring_setup."""
-    script = r'''
+    script = r"""
 import ctypes, errno, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
 # BPF: if nr == io_uring_setup (425) return ERRNO(EPERM) else ALLOW
@@ -85,8 +98,9 @@ try:
 except uringserve.UringUnavailable as exc:
     print(exc)
     sys.exit(3)
-'''
+"""
     import platform
+
     if platform.machine() != "x86_64":
         pytest.skip("the filter uses x86_64 syscall numbers")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -97,11 +111,13 @@ except uringserve.UringUnavailable as exc:
 def test_doctor_reports_a_setup_flag_the_kernel_refused(monkeypatch) -> None:
     """A flag the ring had to fall back without is reported missing, with why."""
     from uringserve import ring as ring_mod
+
     bit = diagnose.SETUP_FLAGS["DEFER_TASKRUN"][0]
     real = ring_mod.Ring
 
     def refusing(cfg):  # as if the kernel had refused it
         return real(dataclasses.replace(cfg, setup_flags_off=cfg.setup_flags_off | bit))
+
     monkeypatch.setattr(ring_mod, "Ring", refusing)
     rep = diagnose.report()
     check = {c["name"]: c for c in rep["checks"]}["setup DEFER_TASKRUN"]

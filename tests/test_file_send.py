@@ -3,6 +3,7 @@ there): loop.sendfile() on both loops, and UringTransport.write_file() under
 pressure: a tiny arena, a full segment list, a fixed-file table, a file that
 shrinks, a peer that leaves, a close in the middle. Nothing may be left:
 arena chunks, segments, file slots, fds."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,11 +14,10 @@ import os
 import socket
 
 import pytest
-
-from uringserve import RingConfig
-
 from conftest import serve_and_read
 from test_hard_paths import run_uring
+
+from uringserve import RingConfig
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_loop_sendfile_byte_exact_with_offset_count_and_order(h, data_file) -> N
             self.t.close()
 
     got = h.run(serve_and_read(h.loop, Sender))
-    assert got == b"head:" + data[off:off + count] + data[-10:] + b":tail"
+    assert got == b"head:" + data[off : off + count] + data[-10:] + b":tail"
     assert positions == [(count, off + count), (10, len(data))]
 
 
@@ -81,6 +81,7 @@ def test_loop_sendfile_refuses_write_while_running(h, data_file) -> None:
 def _write_file_server(loop, path: str, *, fixed: bool, copies: int, gap: bytes = b"|"):
     """A protocol that queues `copies` whole-file sends (fixed slot or fd),
     with `gap` written between them, then closes."""
+
     class Server(asyncio.Protocol):
         def connection_made(self, transport) -> None:
             ring = loop._ring
@@ -103,6 +104,7 @@ def _write_file_server(loop, path: str, *, fixed: bool, copies: int, gap: bytes 
 
         def connection_lost(self, exc) -> None:
             self.f.close()
+
     return Server
 
 
@@ -115,8 +117,7 @@ def test_write_file_tiny_arena_waits_for_chunks(data_file, fixed: bool) -> None:
     cfg = RingConfig(arena_bytes=64 * 1024, chunk_size=32 * 1024)
 
     async def main(loop):
-        server = await loop.create_server(_write_file_server(loop, str(path), fixed=fixed, copies=2),
-                                          "127.0.0.1", 0)
+        server = await loop.create_server(_write_file_server(loop, str(path), fixed=fixed, copies=2), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
 
         async def one() -> str:
@@ -125,6 +126,7 @@ def test_write_file_tiny_arena_waits_for_chunks(data_file, fixed: bool) -> None:
             w.close()
             await w.wait_closed()
             return hashlib.sha256(body).hexdigest()
+
         digests = await asyncio.gather(*(one() for _ in range(3)))
         server.close()
         await server.wait_closed()
@@ -157,6 +159,7 @@ def test_write_file_falls_back_when_no_segment_is_free(data_file) -> None:
 
             def connection_lost(self, exc) -> None:
                 self.f.close()
+
         return await serve_and_read(loop, Server)
 
     got, st = run_uring(cfg, main)
@@ -181,6 +184,7 @@ def test_file_that_shrinks_mid_send_ends_the_connection(tmp_path) -> None:
             def connection_lost(self, exc) -> None:
                 self.f.close()
                 lost.append(exc)
+
         return await serve_and_read(loop, Server)
 
     got, st = run_uring(RingConfig(), main)
@@ -255,6 +259,7 @@ def test_write_file_flow_control_pauses_and_resumes(data_file) -> None:
 
             def connection_lost(self, exc) -> None:
                 self.f.close()
+
         return await serve_and_read(loop, Server)
 
     got, _ = run_uring(RingConfig(), main)
@@ -327,6 +332,7 @@ def test_a_queued_file_range_waits_for_a_segment(tmp_path) -> None:
             ret = real_send_file(*args)
             answers.append((args[4] if len(args) > 4 else None, ret))  # (offset, result)
             return ret
+
         loop._ring.send_file = send_file
 
         async def until(cond, what: str) -> None:
@@ -343,8 +349,10 @@ def test_a_queued_file_range_waits_for_a_segment(tmp_path) -> None:
         slow.connect(("127.0.0.1", port))
         r1, w1 = await asyncio.open_connection(sock=slow)
         # the big file's reads stall on the unread socket: the segment and two chunks stay held
-        await until(lambda: loop.ring_stats()["ext_in_use"] == 1 and loop.ring_stats()["arena_in_use"] >= 2,
-                    "the big file holds the segment and two chunks")
+        await until(
+            lambda: loop.ring_stats()["ext_in_use"] == 1 and loop.ring_stats()["arena_in_use"] >= 2,
+            "the big file holds the segment and two chunks",
+        )
         r2, w2 = await asyncio.open_connection("127.0.0.1", port)
         second = asyncio.ensure_future(r2.read())
         await until(lambda: any(ret == -errno.ENOBUFS for _, ret in answers), "the small range found no segment")
@@ -379,6 +387,7 @@ def test_write_file_holds_its_owner_until_the_range_is_read(tmp_path) -> None:
 
     class Owner:
         """Closes its file when the ring lets it go."""
+
         def __init__(self) -> None:
             self.f = open(path, "rb")
 

@@ -1,23 +1,22 @@
 """The paths a server only takes under pressure, forced with tiny sizes:
 a full fixed-file table, an empty buffer ring, a full send arena, stale
 completions after slot reuse, and a loop closed with work in flight."""
+
 from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import os
 import socket
 import threading
 import time
 
 import pytest
+from conftest import blocking_client, fd_targets, open_fds, serve_and_read
 
 import uringserve
 from uringserve import RingConfig
 from uringserve.ring import EV_ACCEPT, EV_CLOSED, EV_RECV, Ring, data_of
-
-from conftest import blocking_client, fd_targets, open_fds, serve_and_read
 
 
 class Echo(asyncio.Protocol):
@@ -66,6 +65,7 @@ async def echo_clients(port: int, n: int, size: int) -> list[bool]:
         w.close()
         await w.wait_closed()
         return ok
+
     return await asyncio.gather(*(one(i) for i in range(n)))
 
 
@@ -193,17 +193,22 @@ def test_tiny_send_arena_backpressure_delivers_everything() -> None:
     assert stats["arena_in_use"] == 0
 
 
-@pytest.mark.parametrize("cfg", [
-    RingConfig(send_mode="plain"),
-    RingConfig(send_mode="zc"),
-    RingConfig(send_mode="zc_fixed"),
-    RingConfig(recv_mode="plain"),
-    RingConfig(fixed_files=False),
-    RingConfig(setup_flags_off=(1 << 13) | (1 << 12) | (1 << 7) | (1 << 6)),
-], ids=["send-plain", "send-zc", "send-zc-fixed", "recv-plain", "regular-fds", "no-optional-setup-flags"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        RingConfig(send_mode="plain"),
+        RingConfig(send_mode="zc"),
+        RingConfig(send_mode="zc_fixed"),
+        RingConfig(recv_mode="plain"),
+        RingConfig(fixed_files=False),
+        RingConfig(setup_flags_off=(1 << 13) | (1 << 12) | (1 << 7) | (1 << 6)),
+    ],
+    ids=["send-plain", "send-zc", "send-zc-fixed", "recv-plain", "regular-fds", "no-optional-setup-flags"],
+)
 def test_ablation_modes_are_byte_exact(cfg: RingConfig) -> None:
     """Each switch changes the path taken (its counter or the fd table says
     so) and the bytes stay exact."""
+
     async def main(loop):
         server = await loop.create_server(Echo, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -462,15 +467,18 @@ def test_ipv6_peername() -> None:
     assert info["sock"][:2] == ("::1", port)
 
 
-@pytest.mark.parametrize("kw, words", [
-    ({"buf_count": 3}, "buf_count=3"),
-    ({"buf_count": 65536}, "buf_count=65536"),
-    ({"send_mode": "fast"}, "send_mode 'fast'"),
-    ({"recv_mode": "magic"}, "recv_mode 'magic'"),
-    ({"files": 1}, "files=1"),
-    ({"accept_depth": 0}, "accept_depth=0"),
-    ({"arena_bytes": 100, "chunk_size": 4096}, "arena_bytes=100"),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"buf_count": 3}, "buf_count=3"),
+        ({"buf_count": 65536}, "buf_count=65536"),
+        ({"send_mode": "fast"}, "send_mode 'fast'"),
+        ({"recv_mode": "magic"}, "recv_mode 'magic'"),
+        ({"files": 1}, "files=1"),
+        ({"accept_depth": 0}, "accept_depth=0"),
+        ({"arena_bytes": 100, "chunk_size": 4096}, "arena_bytes=100"),
+    ],
+)
 def test_invalid_config_is_a_clear_error(kw, words) -> None:
     with pytest.raises(ValueError, match="invalid RingConfig") as info:
         uringserve.new_event_loop(RingConfig(**kw))
@@ -502,7 +510,7 @@ def test_client_connections_beyond_the_table_fall_back() -> None:
             kinds.append(type(w.transport).__name__)
             conns.append((r, w))
         peers = [server.accept()[0] for _ in range(4)]
-        for i, (p, (r, w)) in enumerate(zip(peers, conns)):
+        for i, (p, (r, w)) in enumerate(zip(peers, conns, strict=True)):
             p.sendall(b"msg %d" % i)
             assert await r.readexactly(5) == b"msg %d" % i
             w.write(b"back %d" % i)
@@ -526,6 +534,7 @@ def test_client_connections_beyond_the_table_fall_back() -> None:
 def test_a_listener_beyond_the_reserved_slots_is_refused_clearly() -> None:
     """Listeners live in the reserved low slots: one too many is an OSError
     that names the setting to raise, and leaves nothing open."""
+
     async def main(loop):
         first = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         try:

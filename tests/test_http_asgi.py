@@ -1,6 +1,7 @@
 """The ASGI adapter with a real Starlette app, on both loops: routing,
 request bodies, streaming responses, lifespan startup/shutdown and state,
 errors, pathsend (zero-copy files), and the demo app's ASGI routes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,15 +10,14 @@ import os
 from typing import Any
 
 import pytest
+from http_client import exchange
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
+from test_http_server import H, run
 
 from uringserve.http import HTTPServer
-
-from http_client import exchange
-from test_http_server import H, run
 
 events: list[str] = []
 
@@ -40,6 +40,7 @@ def make_app(tmp_file: str) -> Starlette:
             for i in range(4):
                 yield f"tick{i}\n"
                 await asyncio.sleep(0.01)
+
         return StreamingResponse(gen(), media_type="text/plain")
 
     async def boom(request: Request) -> Any:
@@ -55,9 +56,17 @@ def make_app(tmp_file: str) -> Starlette:
         yield
         events.append("shutdown")
 
-    return Starlette(routes=[Route("/hello/{name}", hello), Route("/echo", echo, methods=["POST"]),
-                             Route("/count", count, methods=["POST"]), Route("/stream", stream),
-                             Route("/boom", boom), Route("/file", file)], lifespan=lifespan)
+    return Starlette(
+        routes=[
+            Route("/hello/{name}", hello),
+            Route("/echo", echo, methods=["POST"]),
+            Route("/count", count, methods=["POST"]),
+            Route("/stream", stream),
+            Route("/boom", boom),
+            Route("/file", file),
+        ],
+        lifespan=lifespan,
+    )
 
 
 @pytest.fixture
@@ -72,14 +81,34 @@ def test_starlette_routes_bodies_streams_and_lifespan(h, blob) -> None:
     path, data = blob
     events.clear()
     body = os.urandom(300_000)
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 100_000]), body[i:i + 100_000])
-                       for i in range(0, len(body), 100_000)) + b"0\r\n\r\n"
-    reqs = (b"GET /hello/ann HTTP/1.1\r\n" + H + b"\r\n"
-            + b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(body) + body
-            + b"POST /count?a=1 HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n" + chunked
-            + b"GET /stream HTTP/1.1\r\n" + H + b"\r\n"
-            + b"GET /missing HTTP/1.1\r\n" + H + b"\r\n"
-            + b"GET /file HTTP/1.1\r\n" + H + b"\r\n")
+    chunked = (
+        b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + 100_000]), body[i : i + 100_000]) for i in range(0, len(body), 100_000)
+        )
+        + b"0\r\n\r\n"
+    )
+    reqs = (
+        b"GET /hello/ann HTTP/1.1\r\n"
+        + H
+        + b"\r\n"
+        + b"POST /echo HTTP/1.1\r\n"
+        + H
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+        + b"POST /count?a=1 HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + chunked
+        + b"GET /stream HTTP/1.1\r\n"
+        + H
+        + b"\r\n"
+        + b"GET /missing HTTP/1.1\r\n"
+        + H
+        + b"\r\n"
+        + b"GET /file HTTP/1.1\r\n"
+        + H
+        + b"\r\n"
+    )
     r = run(h, make_app(path), lambda port: exchange(port, reqs, responses=6))
     got = [(x.status, x.body) for x in r.responses]
     assert got[0] == (200, b"hello ann from lifespan")
@@ -111,15 +140,17 @@ def test_raw_asgi_contract(h) -> None:
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             raise RuntimeError("no lifespan here")  # auto mode: runs without
-        seen.update({k: scope[k] for k in ("http_version", "method", "path", "raw_path", "query_string",
-                                            "scheme", "root_path")})
+        seen.update(
+            {k: scope[k] for k in ("http_version", "method", "path", "raw_path", "query_string", "scheme", "root_path")}
+        )
         seen["headers"] = scope["headers"]
         seen["client"] = scope["client"]
         seen["async"] = asyncio.iscoroutinefunction(receive) and asyncio.iscoroutinefunction(send)
         msg = await receive()
         seen["first"] = msg
-        await send({"type": "http.response.start", "status": 201,
-                    "headers": [(b"x-a", b"1"), (b"content-length", b"2")]})
+        await send(
+            {"type": "http.response.start", "status": 201, "headers": [(b"x-a", b"1"), (b"content-length", b"2")]}
+        )
         await send({"type": "http.response.body", "body": b"o", "more_body": True})
         await send({"type": "http.response.body", "body": b"k"})
         seen["after"] = await receive()
@@ -141,6 +172,7 @@ def test_app_framing_headers_are_the_servers(h) -> None:
     """An app's Transfer-Encoding and Connection never reach the wire as it
     wrote them: the server frames the body, and `Connection: close` from the
     app (in any of several Connection fields) closes after the response."""
+
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             raise RuntimeError("no lifespan here")
@@ -156,7 +188,7 @@ def test_app_framing_headers_are_the_servers(h) -> None:
 
     for last in (b"/close", b"/close-list"):
         reqs = b"".join(b"GET %s HTTP/1.1\r\n%s\r\n" % (p, H) for p in (b"/keep", b"/not-close", last, b"/keep"))
-        r = run(h, app, lambda port: exchange(port, reqs, responses=3), interface="asgi")
+        r = run(h, app, lambda port, reqs=reqs: exchange(port, reqs, responses=3), interface="asgi")
         first, second, third = r.responses
         assert (first.body, first.header("content-length"), first.header("x-k")) == (b"abc", "3", "v")
         assert first.header("transfer-encoding") is None and first.header("connection") is None
@@ -194,6 +226,7 @@ def test_lifespan_failure_stops_startup(h) -> None:
     async def main():
         with pytest.raises(RuntimeError, match="database unreachable"):
             await HTTPServer(app, interface="asgi").start("127.0.0.1", 0)
+
     h.run(main())
 
 
@@ -210,9 +243,22 @@ def test_interface_detection() -> None:
 
 def test_demo_app_in_both_interfaces(h) -> None:
     import importlib
+
     demo = importlib.import_module("apps.http")
-    reqs = (b"GET / HTTP/1.1\r\n" + H + b"\r\n" + b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 4\r\n\r\nping"
-            + b"GET /static/index.html HTTP/1.1\r\n" + H + b"\r\n" + b"GET /stats HTTP/1.1\r\n" + H + b"\r\n")
+    reqs = (
+        b"GET / HTTP/1.1\r\n"
+        + H
+        + b"\r\n"
+        + b"POST /echo HTTP/1.1\r\n"
+        + H
+        + b"Content-Length: 4\r\n\r\nping"
+        + b"GET /static/index.html HTTP/1.1\r\n"
+        + H
+        + b"\r\n"
+        + b"GET /stats HTTP/1.1\r\n"
+        + H
+        + b"\r\n"
+    )
     for target in (demo.app, demo.asgi_app):
         r = run(h, target, lambda port: exchange(port, reqs, responses=4))
         assert [x.status for x in r.responses] == [200, 200, 200, 200]
@@ -225,11 +271,11 @@ def test_demo_app_in_both_interfaces(h) -> None:
 def test_header_injection_is_refused(h) -> None:
     """A CR or LF in a response header would split the response: the app
     gets an error (500), and the injected header never reaches the wire."""
+
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             raise RuntimeError("no lifespan")
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"x-a", b"1\r\nSet-Cookie: evil=1")]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1\r\nSet-Cookie: evil=1")]})
         await send({"type": "http.response.body", "body": b"x"})
 
     r = run(h, app, lambda port: exchange(port, b"GET / HTTP/1.1\r\n" + H + b"\r\n"), interface="asgi")
@@ -237,6 +283,7 @@ def test_header_injection_is_refused(h) -> None:
     assert h.take_errors("HTTP handler failed")
 
     from uringserve.http import Response
+
     with pytest.raises(ValueError, match="invalid response header"):
         Response(b"x", headers={"X-A": "1\r\nSet-Cookie: evil=1"})
 
@@ -247,6 +294,7 @@ def test_a_receive_waiting_when_the_response_ends_gets_disconnect(h) -> None:
     http.disconnect then, on a connection that stays open, not when the
     client finally leaves."""
     import threading
+
     woken = threading.Event()
 
     async def app(scope, receive, send):
@@ -262,6 +310,7 @@ def test_a_receive_waiting_when_the_response_ends_gets_disconnect(h) -> None:
 
     def client(port: int) -> tuple[bytes, bool]:
         import socket
+
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
             s.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
             data = b""
@@ -278,14 +327,24 @@ def test_a_receive_waiting_when_the_response_ends_gets_disconnect(h) -> None:
 def test_nothing_after_a_last_request_is_answered(h, bytewise: bool) -> None:
     """As for native handlers (RFC 9112 §9.6): the request after one with
     `Connection: close` gets no answer, not even a 400."""
+
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             raise RuntimeError("no lifespan")
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": scope["path"].encode()})
 
-    reqs = (b"GET /first HTTP/1.1\r\n" + H + b"\r\n" + b"GET /last HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
-            + b"GET /after HTTP/1.1\r\n" + H + b"\r\n")
+    reqs = (
+        b"GET /first HTTP/1.1\r\n"
+        + H
+        + b"\r\n"
+        + b"GET /last HTTP/1.1\r\n"
+        + H
+        + b"Connection: close\r\n\r\n"
+        + b"GET /after HTTP/1.1\r\n"
+        + H
+        + b"\r\n"
+    )
     r = run(h, app, lambda port: exchange(port, reqs, responses=3, bytewise=bytewise), interface="asgi")
     assert [x.body for x in r.responses] == [b"/first", b"/last"] and r.raw.count(b"HTTP/1.1 ") == 2
     assert r.responses[1].header("connection") == "close" and r.closed

@@ -1,10 +1,12 @@
 """uringserve.http's request parser without a server: every request is fed
 whole and byte by byte (and at random split points), and must give the same
 heads, bodies and errors."""
+
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from uringserve.http import HTTPConfig, HTTPError, RequestParser
 
@@ -14,8 +16,18 @@ class Sink:
         self.events: list = []
 
     def on_head(self, head) -> None:
-        self.events.append(("head", head.method, head.target, head.version, head.keep_alive,
-                            head.content_length, head.chunked, head.expect_continue))
+        self.events.append(
+            (
+                "head",
+                head.method,
+                head.target,
+                head.version,
+                head.keep_alive,
+                head.content_length,
+                head.chunked,
+                head.expect_continue,
+            )
+        )
 
     def on_body(self, data: bytes) -> None:
         if self.events and self.events[-1][0] == "body":
@@ -30,7 +42,7 @@ class Sink:
 def parse(data: bytes, splits: list[int] | None = None, config: HTTPConfig | None = None):
     sink = Sink()
     p = RequestParser(sink, config or HTTPConfig())
-    pieces = [data] if splits is None else [data[a:b] for a, b in zip([0, *splits], [*splits, len(data)])]
+    pieces = [data] if splits is None else [data[a:b] for a, b in zip([0, *splits], [*splits, len(data)], strict=True)]
     try:
         for piece in pieces:
             p.feed(piece)
@@ -45,8 +57,10 @@ def both(data: bytes, config: HTTPConfig | None = None):
     if whole[1] is None:
         assert whole == bytewise, (whole, bytewise)
     else:  # how much body arrived before the error depends on the splits; nothing else may
+
         def strip(events):
             return [e for e in events if e[0] != "body"]
+
         assert (strip(whole[0]), whole[1]) == (strip(bytewise[0]), bytewise[1]), (whole, bytewise)
         limit = (config or HTTPConfig()).max_body_bytes
         for events, _ in (whole, bytewise):
@@ -54,20 +68,28 @@ def both(data: bytes, config: HTTPConfig | None = None):
     return whole
 
 
-PIPELINE = (b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
-            b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
-            b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n"
-            b"GET /d HTTP/1.0\r\n\r\n")
+PIPELINE = (
+    b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+    b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+    b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n"
+    b"GET /d HTTP/1.0\r\n\r\n"
+)
 
 
 def test_pipelined_requests_whole_and_byte_by_byte() -> None:
     events, err = both(PIPELINE)
     assert err is None
     assert events == [
-        ("head", b"GET", b"/a?x=1", "1.1", True, None, False, False), ("end",),
-        ("head", b"POST", b"/b", "1.1", True, 5, False, False), ("body", b"hello"), ("end",),
-        ("head", b"POST", b"/c", "1.1", True, None, True, False), ("body", b"abcde"), ("end",),
-        ("head", b"GET", b"/d", "1.0", False, None, False, False), ("end",),
+        ("head", b"GET", b"/a?x=1", "1.1", True, None, False, False),
+        ("end",),
+        ("head", b"POST", b"/b", "1.1", True, 5, False, False),
+        ("body", b"hello"),
+        ("end",),
+        ("head", b"POST", b"/c", "1.1", True, None, True, False),
+        ("body", b"abcde"),
+        ("end",),
+        ("head", b"GET", b"/d", "1.0", False, None, False, False),
+        ("end",),
     ]
 
 
@@ -90,41 +112,47 @@ H = b"Host: h\r\n"
 SMALL = HTTPConfig(max_header_bytes=200, max_headers=5, max_target_bytes=50, max_body_bytes=10)
 
 
-@pytest.mark.parametrize("request_bytes,status", [
-    # limits
-    (b"GET /" + b"a" * 60 + b" HTTP/1.1\r\n" + H + b"\r\n", 414),
-    (b"GET / HTTP/1.1\r\n" + H + b"X: " + b"v" * 300 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\n" + H + b"".join(b"X%d: v\r\n" % i for i in range(6)) + b"\r\n", 431),
-    (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 11\r\n\r\n" + b"x" * 11, 413),
-    (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n6\r\nxxxxxx\r\n6\r\nxxxxxx\r\n0\r\n\r\n", 413),
-    # request smuggling (RFC 9112 section 6.3) and malformed framing
-    (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
-    (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
-    (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5, 5\r\n\r\nhello", 400),
-    (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx\r\n0\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked, identity\r\n\r\n0\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\nabc", 400),
-    (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n b\r\n\r\n", 400),  # obs-fold
-    (b"GET / HTTP/1.1\n" + H + b"\n", 400),  # bare LF
-    (b"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\n" + H + b"X: a\x00b\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
-    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
-    (b"G@T / HTTP/1.1\r\n" + H + b"\r\n", 400),
-    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # a TLS ClientHello
-    # versions and methods
-    (b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
-    (b"GET / HTTP/1.2\r\n" + H + b"\r\n", 505),
-    (b"GET / HTTP/0.9\r\n\r\n", 505),
-    (b"CONNECT a:443 HTTP/1.1\r\n" + H + b"\r\n", 405),
-    (b"POST / HTTP/1.1\r\n" + H + b"Expect: teapot\r\n\r\n", 417),
-])
+@pytest.mark.parametrize(
+    "request_bytes,status",
+    [
+        # limits
+        (b"GET /" + b"a" * 60 + b" HTTP/1.1\r\n" + H + b"\r\n", 414),
+        (b"GET / HTTP/1.1\r\n" + H + b"X: " + b"v" * 300 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\n" + H + b"".join(b"X%d: v\r\n" % i for i in range(6)) + b"\r\n", 431),
+        (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 11\r\n\r\n" + b"x" * 11, 413),
+        (
+            b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n6\r\nxxxxxx\r\n6\r\nxxxxxx\r\n0\r\n\r\n",
+            413,
+        ),
+        # request smuggling (RFC 9112 section 6.3) and malformed framing
+        (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
+        (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
+        (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5, 5\r\n\r\nhello", 400),
+        (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked, identity\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\nabc", 400),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n b\r\n\r\n", 400),  # obs-fold
+        (b"GET / HTTP/1.1\n" + H + b"\n", 400),  # bare LF
+        (b"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n" + H + b"X: a\x00b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"G@T / HTTP/1.1\r\n" + H + b"\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # a TLS ClientHello
+        # versions and methods
+        (b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
+        (b"GET / HTTP/1.2\r\n" + H + b"\r\n", 505),
+        (b"GET / HTTP/0.9\r\n\r\n", 505),
+        (b"CONNECT a:443 HTTP/1.1\r\n" + H + b"\r\n", 405),
+        (b"POST / HTTP/1.1\r\n" + H + b"Expect: teapot\r\n\r\n", 417),
+    ],
+)
 def test_bad_requests_get_the_right_status(request_bytes: bytes, status: int) -> None:
     events, err = both(request_bytes, SMALL)
     assert err == status, events
@@ -149,14 +177,39 @@ def test_a_huge_header_is_refused_before_it_is_buffered() -> None:
 
 
 # -- garbage: the parser answers with an HTTPError or parses; nothing else escapes
-_TOKENS = [b"GET ", b"POST ", b"/", b"?a=1", b" HTTP/1.1", b" HTTP/1.0", b"\r\n", b"\n", b"Host: h",
-           b"Content-Length: ", b"Transfer-Encoding: chunked", b"5", b"0", b"ffff", b"\r\n\r\n", b": ",
-           b"\x00", b"\xff", b" ", b"\t", b"hello", b";ext", b"Expect: 100-continue", b"Connection: close"]
+_TOKENS = [
+    b"GET ",
+    b"POST ",
+    b"/",
+    b"?a=1",
+    b" HTTP/1.1",
+    b" HTTP/1.0",
+    b"\r\n",
+    b"\n",
+    b"Host: h",
+    b"Content-Length: ",
+    b"Transfer-Encoding: chunked",
+    b"5",
+    b"0",
+    b"ffff",
+    b"\r\n\r\n",
+    b": ",
+    b"\x00",
+    b"\xff",
+    b" ",
+    b"\t",
+    b"hello",
+    b";ext",
+    b"Expect: 100-continue",
+    b"Connection: close",
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.sampled_from(_TOKENS), st.binary(max_size=8)), max_size=40),
-       st.lists(st.integers(min_value=1, max_value=400), max_size=5))
+@given(
+    st.lists(st.one_of(st.sampled_from(_TOKENS), st.binary(max_size=8)), max_size=40),
+    st.lists(st.integers(min_value=1, max_value=400), max_size=5),
+)
 def test_garbage_never_escapes_as_anything_but_http_error(parts: list[bytes], splits: list[int]) -> None:
     data = b"".join(parts)
     cuts = sorted({c for c in splits if c < len(data)})
@@ -190,5 +243,6 @@ def test_the_head_limit_holds_for_a_head_behind_another_in_one_piece(extra: int,
     first = b"POST /first HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"  # llhttp's, not the recogniser's
     events, err = both(first + head, cfg)
     assert err == status
-    assert [e[2] for e in events if e[0] == "head"] == ([b"/first", b"/" + b"a" * pad] if status is None
-                                                        else [b"/first"])
+    assert [e[2] for e in events if e[0] == "head"] == (
+        [b"/first", b"/" + b"a" * pad] if status is None else [b"/first"]
+    )

@@ -4,12 +4,14 @@ must read the same way: same method, target, version, headers and
 keep-alive, no body, the head ending at the same byte. And a parser with the
 recogniser must give the same heads, bodies, ends and errors as one without,
 for any bytes, fed whole or in pieces."""
+
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import uringserve.http.parser as parser_mod
 from uringserve._native._core import lib
@@ -25,8 +27,20 @@ class Sink:
         self.events: list = []
 
     def on_head(self, head) -> None:
-        self.events.append(("head", head.method, head.target, head.version, head.headers, head.keep_alive,
-                            head.content_length, head.chunked, head.expect_continue, head.upgrade))
+        self.events.append(
+            (
+                "head",
+                head.method,
+                head.target,
+                head.version,
+                head.headers,
+                head.keep_alive,
+                head.content_length,
+                head.chunked,
+                head.expect_continue,
+                head.upgrade,
+            )
+        )
 
     def on_body(self, data: bytes) -> None:
         self.events.append(("body", data))
@@ -65,54 +79,145 @@ def _merge_bodies(events: list) -> list:
 
 
 def scan(data: bytes, config: HTTPConfig = DEFAULT, off: int = 0) -> int:
-    return lib.us_http_scan(data, off, len(data), config.max_header_bytes, config.max_target_bytes,
-                            config.max_headers)
+    return lib.us_http_scan(data, off, len(data), config.max_header_bytes, config.max_target_bytes, config.max_headers)
 
 
 # -- generated request heads: mostly the common form, with every kind of deviation
 _b = st.sampled_from
 METHOD = _b([b"GET", b"GET", b"HEAD", b"POST", b"get", b"GETS", b"OPTIONS"])
 TARGET_CHARS = [bytes([c]) for c in b"az09/?%-._~!$&'()*+,;=:@"] + [
-    b"#", b'"', b"<", b">", b"\\", b"^", b"`", b"{", b"|", b"}", b" ", b"\t", b"\x00", b"\x7f", b"\x80", b"\xff"]
-TARGET = st.tuples(_b([b"/", b"/", b"/", b"*", b"http://h/", b""]),
-                   st.lists(st.sampled_from(TARGET_CHARS), max_size=14).map(b"".join)).map(b"".join)
+    b"#",
+    b'"',
+    b"<",
+    b">",
+    b"\\",
+    b"^",
+    b"`",
+    b"{",
+    b"|",
+    b"}",
+    b" ",
+    b"\t",
+    b"\x00",
+    b"\x7f",
+    b"\x80",
+    b"\xff",
+]
+TARGET = st.tuples(
+    _b([b"/", b"/", b"/", b"*", b"http://h/", b""]), st.lists(st.sampled_from(TARGET_CHARS), max_size=14).map(b"".join)
+).map(b"".join)
 VERSION = _b([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.2", b"http/1.1", b"HTTP/1.10"])
-NAME = _b([b"Host", b"host", b"HOST", b"Connection", b"connection", b"X-A", b"x-b", b"Content-Length",
-           b"Transfer-Encoding", b"Expect", b"Upgrade", b"Proxy-Connection", b"Bad Name", b"", b"Accept",
-           b"X-\x80", b"a:b", b"Hosts", b"Connections"])
-VALUE = _b([b"close", b"keep-alive", b"Close", b"KEEP-ALIVE", b"keep-alive, close", b"upgrade", b"", b" x",
-            b"x ", b"a\tb", b"a\t", b"\x80z", b"x\x01y", b"12", b"0", b"127.0.0.1:8000", b"chunked",
-            b"100-continue", b"h2c", b"v:w", b"a  b"])
+NAME = _b(
+    [
+        b"Host",
+        b"host",
+        b"HOST",
+        b"Connection",
+        b"connection",
+        b"X-A",
+        b"x-b",
+        b"Content-Length",
+        b"Transfer-Encoding",
+        b"Expect",
+        b"Upgrade",
+        b"Proxy-Connection",
+        b"Bad Name",
+        b"",
+        b"Accept",
+        b"X-\x80",
+        b"a:b",
+        b"Hosts",
+        b"Connections",
+    ]
+)
+VALUE = _b(
+    [
+        b"close",
+        b"keep-alive",
+        b"Close",
+        b"KEEP-ALIVE",
+        b"keep-alive, close",
+        b"upgrade",
+        b"",
+        b" x",
+        b"x ",
+        b"a\tb",
+        b"a\t",
+        b"\x80z",
+        b"x\x01y",
+        b"12",
+        b"0",
+        b"127.0.0.1:8000",
+        b"chunked",
+        b"100-continue",
+        b"h2c",
+        b"v:w",
+        b"a  b",
+    ]
+)
 SEP = _b([b": ", b": ", b":", b":\t", b":  ", b" : ", b":\t "])
 EOL = _b([b"\r\n", b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b"\r\r\n"])
 HEADER = st.tuples(NAME, SEP, VALUE, EOL).map(b"".join)
-HEAD = st.tuples(_b([b"", b"", b"", b"\r\n"]), METHOD, _b([b" ", b" ", b"  "]), TARGET, _b([b" ", b" ", b"\t"]),
-                 VERSION, EOL, st.lists(HEADER, max_size=5).map(b"".join), EOL).map(b"".join)
-TAIL = _b([b"", b"", WRK, WRK + WRK[:9], b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi", b"\x00garbage",
-           b"\r\n"])
+HEAD = st.tuples(
+    _b([b"", b"", b"", b"\r\n"]),
+    METHOD,
+    _b([b" ", b" ", b"  "]),
+    TARGET,
+    _b([b" ", b" ", b"\t"]),
+    VERSION,
+    EOL,
+    st.lists(HEADER, max_size=5).map(b"".join),
+    EOL,
+).map(b"".join)
+TAIL = _b(
+    [
+        b"",
+        b"",
+        WRK,
+        WRK + WRK[:9],
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
+        b"\x00garbage",
+        b"\r\n",
+    ]
+)
 ANY_REQUESTS = st.tuples(st.lists(HEAD, min_size=1, max_size=3).map(b"".join), TAIL).map(b"".join)
 
 # the common form the recogniser exists for (most of what it is asked), and
 # the same with one byte changed: the cases at the edge of what it takes
-COMMON_TARGET = st.tuples(st.just(b"/"), st.lists(st.sampled_from(TARGET_CHARS[:24]), max_size=14).map(b"".join)
-                          ).map(b"".join)
-COMMON_FIELD = st.tuples(_b([b"User-Agent", b"Accept", b"X-A", b"x-b", b"Accept-Encoding"]),
-                         _b([b": ", b":", b":\t"]),
-                         _b([b"curl/8.0", b"*/*", b"keep-alive", b"gzip, deflate", b"a b", b"x", b"1"]),
-                         st.just(b"\r\n")).map(b"".join)
+COMMON_TARGET = st.tuples(st.just(b"/"), st.lists(st.sampled_from(TARGET_CHARS[:24]), max_size=14).map(b"".join)).map(
+    b"".join
+)
+COMMON_FIELD = st.tuples(
+    _b([b"User-Agent", b"Accept", b"X-A", b"x-b", b"Accept-Encoding"]),
+    _b([b": ", b":", b":\t"]),
+    _b([b"curl/8.0", b"*/*", b"keep-alive", b"gzip, deflate", b"a b", b"x", b"1"]),
+    st.just(b"\r\n"),
+).map(b"".join)
 COMMON_HEAD = st.builds(  # keep-alive: the recogniser leaves a last request to llhttp
-    lambda method, target, v10, fields: b"%s %s HTTP/1.%s\r\nHost: a\r\n%s%s\r\n" % (
-        method, target, b"0" if v10 else b"1", b"".join(fields), b"Connection: keep-alive\r\n" if v10 else b""),
-    _b([b"GET", b"HEAD"]), COMMON_TARGET, st.booleans(), st.lists(COMMON_FIELD, max_size=4))
+    lambda method, target, v10, fields: (
+        b"%s %s HTTP/1.%s\r\nHost: a\r\n%s%s\r\n"
+        % (method, target, b"0" if v10 else b"1", b"".join(fields), b"Connection: keep-alive\r\n" if v10 else b"")
+    ),
+    _b([b"GET", b"HEAD"]),
+    COMMON_TARGET,
+    st.booleans(),
+    st.lists(COMMON_FIELD, max_size=4),
+)
 EDIT = _b([b"", b" ", b"\t", b":", b"\r", b"\n", b"\x00", b"\x80", b"a", b"A", b"0", b"/", b"?", b"#"])
-EDITED_HEAD = st.builds(lambda head, at, by, drop: head[:at % len(head)] + by + head[at % len(head) + drop:],
-                        COMMON_HEAD, st.integers(0, 400), EDIT, st.integers(0, 1))
+EDITED_HEAD = st.builds(
+    lambda head, at, by, drop: head[: at % len(head)] + by + head[at % len(head) + drop :],
+    COMMON_HEAD,
+    st.integers(0, 400),
+    EDIT,
+    st.integers(0, 1),
+)
 COMMON_REQUESTS = st.tuples(st.lists(COMMON_HEAD, min_size=1, max_size=3).map(b"".join), TAIL).map(b"".join)
 # weighted so that most examples are accepted and reach the comparison
 # (measured: about half with the default limits; one in five with the tight
 # ones, whose limits decline the rest)
-REQUESTS = st.one_of(COMMON_REQUESTS, COMMON_REQUESTS, COMMON_REQUESTS, st.tuples(EDITED_HEAD, TAIL).map(b"".join),
-                     ANY_REQUESTS)
+REQUESTS = st.one_of(
+    COMMON_REQUESTS, COMMON_REQUESTS, COMMON_REQUESTS, st.tuples(EDITED_HEAD, TAIL).map(b"".join), ANY_REQUESTS
+)
 
 
 @pytest.mark.parametrize("config", [DEFAULT, TIGHT], ids=["default-limits", "tight-limits"])
@@ -136,8 +241,8 @@ def test_what_the_recogniser_accepts_llhttp_reads_the_same(config: HTTPConfig, d
     # and the parser that used the recogniser reported exactly that head
     assert parse(data[:head_len], config, native=True) == (ref, None)
     # llhttp's head ends where the recogniser's does: one byte less is incomplete for both
-    assert parse(data[:head_len - 1], config, native=False) == ([], None)
-    assert scan(data[:head_len - 1], config) == 0
+    assert parse(data[: head_len - 1], config, native=False) == ([], None)
+    assert scan(data[: head_len - 1], config) == 0
 
 
 @settings(max_examples=200, deadline=None)
@@ -174,10 +279,13 @@ def test_common_heads_take_the_native_path(monkeypatch) -> None:
         r = real(*args)
         calls.append(r > 0)
         return r
+
     monkeypatch.setattr(parser_mod, "_scan", counting)
-    browser = (b"GET /a/b.css?v=1%202 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux)\r\n"
-               b"Accept: text/css,*/*;q=0.1\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"
-               b"Cookie: a=b; c=d\r\nIf-None-Match: \"abc\"\r\n\r\n")
+    browser = (
+        b"GET /a/b.css?v=1%202 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux)\r\n"
+        b"Accept: text/css,*/*;q=0.1\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"
+        b'Cookie: a=b; c=d\r\nIf-None-Match: "abc"\r\n\r\n'
+    )
     old = b"HEAD /x HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"
     post = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nz"
     sink = Sink()
@@ -191,38 +299,41 @@ def test_common_heads_take_the_native_path(monkeypatch) -> None:
     assert sink.events[-1] == ("end",) and len([e for e in sink.events if e == ("end",)]) == 5
 
 
-@pytest.mark.parametrize("head", [
-    b"POST / HTTP/1.1\r\nHost: a\r\n\r\n",                                  # only GET and HEAD
-    b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
-    b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",                               # a blank line first
-    b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
-    b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",                                   # not origin-form
-    b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
-    b"GET /a#f HTTP/1.1\r\nHost: a\r\n\r\n",
-    b"GET /a|b HTTP/1.1\r\nHost: a\r\n\r\n",
-    b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
-    b"GET / HTTP/1.1\nHost: a\r\n\r\n",                                     # bare LF
-    b"GET / HTTP/1.1\r\nHost: a\n\r\n",
-    b"GET / HTTP/1.1\r\n\r\n",                                              # no Host on 1.1
-    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: close\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: close\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nX-A:\r\n\r\n",                          # empty value
-    b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b \r\n\r\n",                       # trailing blank
-    b"GET / HTTP/1.1\r\nHost: a\r\nX-A: \x80\r\n\r\n",                     # obs-text
-    b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",                        # obs-fold
-    b"GET / HTTP/1.1\r\nHost: a\r\n",                                       # incomplete
-    b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n",                       # the last request: llhttp's,
-    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n\r\nGET / ",   # which refuses what follows
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST / HTTP/1.1\r\nHost: a\r\n\r\n",  # only GET and HEAD
+        b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",  # a blank line first
+        b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",  # not origin-form
+        b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /a#f HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /a|b HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\r\n\r\n",  # bare LF
+        b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",  # no Host on 1.1
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A:\r\n\r\n",  # empty value
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b \r\n\r\n",  # trailing blank
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: \x80\r\n\r\n",  # obs-text
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",  # obs-fold
+        b"GET / HTTP/1.1\r\nHost: a\r\n",  # incomplete
+        b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n",  # the last request: llhttp's,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n\r\nGET / ",  # which refuses what follows
+    ],
+)
 def test_declined_heads(head: bytes) -> None:
     assert scan(head) == 0
     assert parse(head, DEFAULT, native=True) == parse(head, DEFAULT, native=False)
@@ -234,9 +345,11 @@ def test_limits_are_declined_at_the_boundary() -> None:
     head = b"GET /abcdefghijk HTTP/1.1\r\nHost: a\r\nX-A: b\r\nX-B: c\r\n\r\n"  # 12-byte target, 3 fields
     at = HTTPConfig(max_header_bytes=len(head), max_target_bytes=12, max_headers=3)
     assert scan(head, at) & lib.US_SCAN_HEAD_LEN_MASK == len(head)
-    for over, status in ((HTTPConfig(max_header_bytes=len(head) - 1, max_target_bytes=12, max_headers=3), 431),
-                         (HTTPConfig(max_header_bytes=len(head), max_target_bytes=11, max_headers=3), 414),
-                         (HTTPConfig(max_header_bytes=len(head), max_target_bytes=12, max_headers=2), 431)):
+    for over, status in (
+        (HTTPConfig(max_header_bytes=len(head) - 1, max_target_bytes=12, max_headers=3), 431),
+        (HTTPConfig(max_header_bytes=len(head), max_target_bytes=11, max_headers=3), 414),
+        (HTTPConfig(max_header_bytes=len(head), max_target_bytes=12, max_headers=2), 431),
+    ):
         assert scan(head, over) == 0
         assert parse(head, over, native=True) == parse(head, over, native=False) == ([], status)
 
@@ -316,8 +429,19 @@ class Wire:
 def describe(req: Any) -> Any:
     """A plain handler that answers with what it saw, and asks to close on /x."""
     from uringserve.http import Response
-    seen = [req.method, req.target, req.raw_path, req.query_string, req.http_version, req.path,
-            sorted(req.headers.items()), req.raw_headers, req.keep_alive, req.content]
+
+    seen = [
+        req.method,
+        req.target,
+        req.raw_path,
+        req.query_string,
+        req.http_version,
+        req.path,
+        sorted(req.headers.items()),
+        req.raw_headers,
+        req.keep_alive,
+        req.content,
+    ]
     return Response(repr(seen), headers=[("Connection", "close")] if req.raw_path == b"/x" else None)
 
 
@@ -339,10 +463,12 @@ async def describe_asgi(scope: dict, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": repr((seen, body)).encode()})
 
 
-def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int], api: str = "plain",
-          pressure: bool = False) -> list:
+def serve(
+    data: bytes, config: HTTPConfig, native: bool, cuts: list[int], api: str = "plain", pressure: bool = False
+) -> list:
     import asyncio
     import re
+
     from uringserve.http.asgi import asgi_runner
     from uringserve.http.native import native_runner
     from uringserve.http.protocol import HTTPProtocol
@@ -353,8 +479,11 @@ def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int], api: s
     wire = Wire(pressure)
 
     async def main() -> None:
-        runner = (asgi_runner(describe_asgi, {}, FileCache()) if api == "asgi"
-                  else native_runner(describe_async if api == "async" else describe))
+        runner = (
+            asgi_runner(describe_asgi, {}, FileCache())
+            if api == "asgi"
+            else native_runner(describe_async if api == "async" else describe)
+        )
         proto = HTTPProtocol(runner, config)
         wire.proto = proto
         proto.connection_made(wire)
@@ -372,6 +501,7 @@ def serve(data: bytes, config: HTTPConfig, native: bool, cuts: list[int], api: s
         proto.connection_lost(None)
         for _ in range(3):
             await asyncio.sleep(0)
+
     try:
         asyncio.run(main())
     finally:
@@ -387,14 +517,22 @@ FEW = HTTPConfig(keepalive_requests=2, max_pipelined=1)
 @pytest.mark.parametrize("api", ["plain", "async", "asgi"])
 @pytest.mark.parametrize("config", [DEFAULT, TIGHT, FEW], ids=["default-limits", "tight-limits", "few"])
 @settings(max_examples=100, deadline=None)
-@given(data=st.lists(st.one_of(REQUESTS, _b([WRK, b"GET /x?q HTTP/1.1\r\nHost: a\r\n\r\n",
-                                               b"HEAD /%41 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"])),
-                     min_size=1, max_size=4).map(b"".join),
-       cuts=st.lists(st.integers(0, 600), max_size=4))
+@given(
+    data=st.lists(
+        st.one_of(
+            REQUESTS,
+            _b([WRK, b"GET /x?q HTTP/1.1\r\nHost: a\r\n\r\n", b"HEAD /%41 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"]),
+        ),
+        min_size=1,
+        max_size=4,
+    ).map(b"".join),
+    cuts=st.lists(st.integers(0, 600), max_size=4),
+)
 @example(data=WRK * 4, cuts=[])  # pipelined common requests in one piece: the write buffer fills among them
 @example(data=WRK * 3 + b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n" + WRK, cuts=[len(WRK) + 3])
-def test_the_server_answers_the_same_with_and_without_the_recogniser(config: HTTPConfig, api: str, pressure: bool,
-                                                                     data: bytes, cuts: list[int]) -> None:
+def test_the_server_answers_the_same_with_and_without_the_recogniser(
+    config: HTTPConfig, api: str, pressure: bool, data: bytes, cuts: list[int]
+) -> None:
     """Byte for byte (Date aside), with the same pauses and closes, for
     both handler APIs, with and without a write buffer that fills: the
     recogniser's paths through HTTPProtocol (on_request, and for plain

@@ -2,6 +2,7 @@
 (through the ring's registered memory on UringEventLoop), types, lengths,
 validators and 304, single ranges and 416, HEAD, index files, and every
 way out of the root refused."""
+
 from __future__ import annotations
 
 import errno
@@ -11,12 +12,11 @@ from email.utils import formatdate
 from typing import Any
 
 import pytest
+from http_client import exchange
+from test_http_server import H, run
 
 from uringserve import ring
 from uringserve.http import Request, Response, StaticFiles
-
-from http_client import exchange
-from test_http_server import H, run
 
 
 @pytest.fixture(params=["openat2", "realpath"])
@@ -24,8 +24,10 @@ def site(request, tmp_path, monkeypatch):
     """The same site served with openat2(RESOLVE_BENEATH), and as a kernel
     (or seccomp profile) without openat2 leaves it: realpath() and checks."""
     if request.param == "realpath":
+
         def no_openat2(*args: Any) -> int:
             raise OSError(errno.ENOSYS, "openat2 refused by this test")
+
         monkeypatch.setattr(ring, "open_beneath", no_openat2)
     root = tmp_path / "site"
     (root / "sub").mkdir(parents=True)
@@ -57,15 +59,19 @@ def site(request, tmp_path, monkeypatch):
 def handler_for(static: StaticFiles):
     def handler(req: Request) -> Any:
         if req.raw_path.startswith(b"/static/"):
-            return static.response(req.method, req.raw_path[len(b"/static"):], req.headers)
+            return static.response(req.method, req.raw_path[len(b"/static") :], req.headers)
         return Response(b"", status=404)
+
     return handler
 
 
 def get(h, static, path: bytes, extra: bytes = b"", method: bytes = b"GET", responses: int = 1):
     req = method + b" " + path + b" HTTP/1.1\r\n" + H + extra + b"\r\n"
-    return run(h, handler_for(static), lambda port: exchange(
-        port, req * responses, responses=responses, head_for={0} if method == b"HEAD" else None))
+    return run(
+        h,
+        handler_for(static),
+        lambda port: exchange(port, req * responses, responses=responses, head_for={0} if method == b"HEAD" else None),
+    )
 
 
 def test_big_file_byte_exact_and_through_the_ring(h, site) -> None:
@@ -105,6 +111,7 @@ def test_open_files_are_bounded_and_shared(h, tmp_path) -> None:
     """At most max_open files stay open; a file reached by two paths (a
     link) is one open file; every fd closes with the StaticFiles."""
     from conftest import open_fds
+
     root = tmp_path / "many"
     root.mkdir()
     for i in range(6):
@@ -112,8 +119,10 @@ def test_open_files_are_bounded_and_shared(h, tmp_path) -> None:
     os.symlink("f0.txt", root / "alias.txt")
     before = open_fds()
     static = StaticFiles(str(root), max_open=2)
-    reqs = b"".join(b"GET /static/%s HTTP/1.1\r\n%s\r\n" % (name, H)
-                    for name in [b"f%d.txt" % i for i in range(6)] + [b"alias.txt", b"f0.txt"])
+    reqs = b"".join(
+        b"GET /static/%s HTTP/1.1\r\n%s\r\n" % (name, H)
+        for name in [b"f%d.txt" % i for i in range(6)] + [b"alias.txt", b"f0.txt"]
+    )
     r = run(h, handler_for(static), lambda port: exchange(port, reqs, responses=8))
     assert [x.body for x in r.responses] == [b"file %d\n" % i for i in range(6)] + [b"file 0\n"] * 2
     assert len(static.files._files) == 2
@@ -149,23 +158,26 @@ def test_a_changed_file_is_reopened(h, site, tmp_path) -> None:
     assert get(h, static, b"/static/hello.txt").responses[0].body == b"changed, and longer\n"
 
 
-@pytest.mark.parametrize("rng,status,want", [
-    (b"bytes=0-99", 206, (0, 99)),
-    (b"bytes=1000-", 206, (1000, None)),
-    (b"bytes=-500", 206, (-500, None)),
-    (b"bytes=100-999999999", 206, (100, None)),
-    (b"bytes=999999999-", 416, None),
-    (b"bytes=5-1", 200, None),           # invalid: the whole file
-    (b"bytes=0-1,5-6", 200, None),       # several ranges: the whole file
-    (b"items=0-1", 200, None),
-])
+@pytest.mark.parametrize(
+    "rng,status,want",
+    [
+        (b"bytes=0-99", 206, (0, 99)),
+        (b"bytes=1000-", 206, (1000, None)),
+        (b"bytes=-500", 206, (-500, None)),
+        (b"bytes=100-999999999", 206, (100, None)),
+        (b"bytes=999999999-", 416, None),
+        (b"bytes=5-1", 200, None),  # invalid: the whole file
+        (b"bytes=0-1,5-6", 200, None),  # several ranges: the whole file
+        (b"items=0-1", 200, None),
+    ],
+)
 def test_single_ranges(h, site, rng: bytes, status: int, want) -> None:
     static, big = site
     r = get(h, static, b"/static/big.bin", b"Range: " + rng + b"\r\n").responses[0]
     assert r.status == status
     if status == 206:
         a, b = want
-        expect = big[a:] if b is None and a < 0 else big[a:] if b is None else big[a:b + 1]
+        expect = big[a:] if b is None and a < 0 else big[a:] if b is None else big[a : b + 1]
         assert r.body == expect
         start = len(big) + a if a < 0 else a
         assert r.header("content-range") == f"bytes {start}-{start + len(expect) - 1}/{len(big)}"
@@ -190,27 +202,30 @@ def test_head(h, site) -> None:
     assert len(r.raw) < 1000 and not r.closed
 
 
-@pytest.mark.parametrize("path,status", [
-    (b"/static/../secret.txt", 400),
-    (b"/static/sub/../../secret.txt", 400),
-    (b"/static/%2e%2e/secret.txt", 400),
-    (b"/static/%2E%2E%2Fsecret.txt", 400),
-    (b"/static/sub%2f..%2f..%2fsecret.txt", 400),
-    (b"/static/hello.txt%00.png", 400),
-    (b"/static/escape.txt", 404),        # a symlink out of the root
-    (b"/static/trap/", 404),             # a directory whose index links out of the root
-    (b"/static/rel-escape.txt", 404),    # a relative symlink out
-    (b"/static/outdir/secret.txt", 404),  # through a directory symlink out
-    (b"/static/sneaky/secret.txt", 404),  # a symlink whose own `..` leads out
-    (b"/static/loop", 404),
-    (b"/static/pipe", 404),              # not a regular file, and the open does not block
-    (b"/static/" + b"n" * 300, 404),     # a name longer than the file system's (ENAMETOOLONG)
-    (b"/static/" + b"d/" * 2100 + b"f", 404),  # a path longer than PATH_MAX
-    (b"/static/missing.txt", 404),
-    (b"/static/sub", 200),               # a directory: its index
-    (b"/static//hello.txt", 200),
-    (b"/static/./hello.txt", 200),
-])
+@pytest.mark.parametrize(
+    "path,status",
+    [
+        (b"/static/../secret.txt", 400),
+        (b"/static/sub/../../secret.txt", 400),
+        (b"/static/%2e%2e/secret.txt", 400),
+        (b"/static/%2E%2E%2Fsecret.txt", 400),
+        (b"/static/sub%2f..%2f..%2fsecret.txt", 400),
+        (b"/static/hello.txt%00.png", 400),
+        (b"/static/escape.txt", 404),  # a symlink out of the root
+        (b"/static/trap/", 404),  # a directory whose index links out of the root
+        (b"/static/rel-escape.txt", 404),  # a relative symlink out
+        (b"/static/outdir/secret.txt", 404),  # through a directory symlink out
+        (b"/static/sneaky/secret.txt", 404),  # a symlink whose own `..` leads out
+        (b"/static/loop", 404),
+        (b"/static/pipe", 404),  # not a regular file, and the open does not block
+        (b"/static/" + b"n" * 300, 404),  # a name longer than the file system's (ENAMETOOLONG)
+        (b"/static/" + b"d/" * 2100 + b"f", 404),  # a path longer than PATH_MAX
+        (b"/static/missing.txt", 404),
+        (b"/static/sub", 200),  # a directory: its index
+        (b"/static//hello.txt", 200),
+        (b"/static/./hello.txt", 200),
+    ],
+)
 def test_nothing_outside_the_root_is_served(h, site, path: bytes, status: int) -> None:
     static, _ = site
     r = get(h, static, path)

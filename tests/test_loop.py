@@ -1,4 +1,5 @@
 """asyncio's own machinery over UringSelector, on both loops."""
+
 from __future__ import annotations
 
 import asyncio
@@ -108,6 +109,7 @@ def test_add_writer_and_remove(h) -> None:
 
 def test_reader_fd_closed_and_reused(h) -> None:
     """remove_reader + close + a new socket on the same fd number works."""
+
     async def main() -> None:
         for _ in range(20):
             a, b = socket.socketpair()
@@ -155,8 +157,12 @@ def test_signal_handler(h) -> None:
 def test_subprocess(h) -> None:
     async def main() -> None:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-c",
+            "import sys; sys.stdout.write(sys.stdin.read().upper())",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
         out, _ = await proc.communicate(b"hello subprocess")
         assert out == b"HELLO SUBPROCESS"
         assert proc.returncode == 0
@@ -216,6 +222,7 @@ def test_fd_closed_while_registered_does_not_spin(h) -> None:
         def select(timeout=None):
             waits[0] += 1
             return real_select(timeout)
+
         selector.select = select
         h.loop.add_reader(a.fileno(), calls.append, 1)
         fd = a.fileno()
@@ -240,8 +247,9 @@ def test_loop_run_in_another_thread_then_closed_here(name: str) -> None:
     closing it in the first. UringEventLoop binds its ring to the thread that
     runs it: closing from elsewhere works and leaves nothing behind; running it
     from a second thread is refused with a precise error."""
-    from conftest import LOOPS, fd_targets, open_fds
     import gc
+
+    from conftest import LOOPS, fd_targets, open_fds
 
     class Echo(asyncio.Protocol):
         def connection_made(self, t) -> None:
@@ -303,9 +311,11 @@ def test_callback_checks_match_asyncio(h) -> None:
     got: list = []
     loop = h.loop
     loop.set_debug(True)
-    for method, call in (("call_soon", lambda cb: loop.call_soon(cb)),
-                         ("call_at", lambda cb: loop.call_at(loop.time(), cb)),
-                         ("call_later", lambda cb: loop.call_later(0, cb))):
+    for method, call in (
+        ("call_soon", lambda cb: loop.call_soon(cb)),
+        ("call_at", lambda cb: loop.call_at(loop.time(), cb)),
+        ("call_later", lambda cb: loop.call_later(0, cb)),
+    ):
         name = "call_at" if method == "call_later" else method
         for bad in (coro_fn, C().am, functools.partial(coro_fn)):
             with pytest.raises(TypeError, match=f"coroutines cannot be used with {name}"):
@@ -382,8 +392,13 @@ def test_create_eager_task_runs_the_first_step_at_once() -> None:
         loop.run_until_complete(inside_a_task())
     finally:
         loop.close()
-    assert log[:5] == [("quick", True), ("t1 done at once", True), "waits: before",
-                       ("t2 done at once", False), "waits: after"]
+    assert log[:5] == [
+        ("quick", True),
+        ("t1 done at once", True),
+        "waits: before",
+        ("t2 done at once", False),
+        "waits: after",
+    ]
     if sys.version_info >= (3, 12):  # eager_start runs even inside another task
         assert log[5:] == [("quick", True), ("t3 done at once", True)]
     else:
@@ -399,16 +414,19 @@ def test_writes_reach_the_kernel_when_the_loop_stops() -> None:
     lsock.listen()
     loop = uringserve.new_event_loop()
     try:
+
         async def connect() -> None:
             tr, _ = await loop.create_connection(asyncio.Protocol, *lsock.getsockname())
             await asyncio.sleep(0.01)
             holder.append(tr)
+
         holder: list = []
         loop.run_until_complete(connect())
 
         def write_and_stop() -> None:  # the loop's last round: no select() after it
             holder[0].write(b"last words" * 1000)
             loop.stop()
+
         loop.call_soon(write_and_stop)
         loop.run_forever()
         peer, _ = lsock.accept()
@@ -445,6 +463,7 @@ def test_many_timers_with_cancellations_fire_in_order(h) -> None:
         assert sorted(fired) == [i for i in range(600) if not i % 3]  # every live one, no cancelled one
         fired_whens = [whens[i] for i in fired]
         assert fired_whens == sorted(fired_whens)  # in time order (asyncio orders ties arbitrarily)
+
     h.run(main())
 
 
@@ -458,6 +477,7 @@ def test_debug_mode_reports_slow_callbacks(h, caplog) -> None:
     async def main() -> None:
         asyncio.get_running_loop().call_later(0.001, slow)
         await asyncio.sleep(0.1)
+
     with caplog.at_level("WARNING", logger="asyncio"):
         h.run(main())
     h.loop.set_debug(False)

@@ -3,17 +3,17 @@ bytes, bytearray and memoryview, in bursts across loop iterations — the
 peer receives exactly their concatenation, with a send arena and an
 in-place segment pool small enough that every path (arena copy, in-place,
 waiting in the transport) is taken."""
+
 from __future__ import annotations
 
 import asyncio
 
+from conftest import serve_and_read
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import uringserve
 from uringserve import RingConfig
-
-from conftest import serve_and_read
 
 write = st.tuples(
     st.sampled_from(["bytes", "bytearray", "memoryview"]),
@@ -84,9 +84,11 @@ def test_every_write_path_is_taken() -> None:
     small writes copied into the arena, large bytes sent in place, more
     in-place writes than segments (copied instead), and an arena so full
     that the transport holds the rest until chunks come back."""
-    plan = [[("bytes", 200), ("bytearray", 300)],                      # copied into the arena
-            [("bytes", 50000)] * 5,                                    # in place: 3 segments, then copied
-            [("memoryview", 60000), ("bytearray", 70000), ("bytes", 100)]]  # the arena fills: held back
+    plan = [
+        [("bytes", 200), ("bytearray", 300)],  # copied into the arena
+        [("bytes", 50000)] * 5,  # in place: 3 segments, then copied
+        [("memoryview", 60000), ("bytearray", 70000), ("bytes", 100)],
+    ]  # the arena fills: held back
     got, expected, stats = run_plan(plan)
     assert got == expected
     assert stats["ext_sends"] == 3, stats  # in place, as many as there are segments in the first burst

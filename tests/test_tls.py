@@ -1,5 +1,6 @@
 """TLS through asyncio's own SSLProtocol over the loop's transports, on both
 loops: on UringEventLoop both ends run on io_uring transports."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,7 +64,7 @@ def test_tls_echo_16mib_both_ways(h, server_ctx, client_ctx) -> None:
 
         async def send() -> None:
             for i in range(0, len(payload), 1 << 20):
-                w.write(payload[i:i + (1 << 20)])
+                w.write(payload[i : i + (1 << 20)])
                 await w.drain()
 
         sender = asyncio.ensure_future(send())
@@ -117,8 +118,9 @@ def test_tls_untrusted_server_is_a_verification_error(h, server_ctx) -> None:
     async def main() -> None:
         server, port = await tls_server(server_ctx)
         with pytest.raises(ssl.SSLCertVerificationError):
-            await asyncio.open_connection("127.0.0.1", port, ssl=ssl.create_default_context(),
-                                          server_hostname="localhost")
+            await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ssl.create_default_context(), server_hostname="localhost"
+            )
         await stop(server)
 
     h.run(main())

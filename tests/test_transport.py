@@ -3,6 +3,7 @@
 Where the two loops may legitimately differ the test says so; everything
 else must behave identically.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import blocking_client, serve_and_read
 
 
@@ -326,7 +326,7 @@ def test_paused_writer_that_closed_writes_last_words_on_resume(h) -> None:
 
     data = h.run(main())
     assert len(data) == len(body) + len(b"last words")
-    assert data.endswith(b"last words") and data[:len(body)] == body
+    assert data.endswith(b"last words") and data[: len(body)] == body
     assert events == ["paused", "resumed", ("lost", None)]
 
 
@@ -637,11 +637,13 @@ def test_server_close_stops_accepting(h) -> None:
 def test_client_connections_and_connect_accepted_socket(h) -> None:
     """create_connection/open_connection and connect_accepted_socket (a socket
     made elsewhere, e.g. by systemd) run on io_uring transports on our loop."""
+
     async def main() -> None:
         server, port = await start(h.loop, Echo)
         r, w = await asyncio.open_connection("127.0.0.1", port)
         if h.uring:
             from uringserve.transport import UringTransport
+
             assert isinstance(w.transport, UringTransport)
         info = (w.get_extra_info("peername"), w.get_extra_info("sockname"))
         assert info[0] == ("127.0.0.1", port)
@@ -731,13 +733,16 @@ def test_flow_control_callback_errors_go_to_the_handler(h) -> None:
     assert data == body
     errors = h.take_errors()
     assert [(type(e["exception"]), e["message"]) for e in errors] == [
-        (ValueError, "protocol.pause_writing() failed"), (KeyError, "protocol.resume_writing() failed")]
+        (ValueError, "protocol.pause_writing() failed"),
+        (KeyError, "protocol.resume_writing() failed"),
+    ]
     assert all(isinstance(e["protocol"], Raising) and e["transport"] is not None for e in errors)
 
 
 def test_connection_lost_that_raises_goes_to_the_handler(h) -> None:
     """An exception from connection_lost() reaches the loop's exception
     handler naming the callback; the loop carries on and nothing leaks."""
+
     class Raising(asyncio.Protocol):
         def connection_made(self, transport) -> None:
             transport.write(b"bye")

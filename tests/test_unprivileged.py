@@ -1,6 +1,7 @@
 """Default sizes work for an unprivileged user under the default 8 MiB
 RLIMIT_MEMLOCK: registered buffers count against it for users without
 CAP_IPC_LOCK (measured on 6.18: 4 MiB registers, 16 MiB fails)."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,8 +24,12 @@ MEMLOCK = 8 << 20
 def _nobody_can_run_python() -> bool:
     if os.geteuid() != 0 or not shutil.which("runuser"):
         return False
-    return subprocess.run(["runuser", "-u", "nobody", "--", sys.executable, "-c", "import uringserve"],
-                          cwd=ROOT, capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["runuser", "-u", "nobody", "--", sys.executable, "-c", "import uringserve"], cwd=ROOT, capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 NOBODY = _nobody_can_run_python()
@@ -35,6 +39,7 @@ def as_unprivileged(argv: list[str], **kw) -> subprocess.Popen:
     """Run as `nobody`; where this interpreter is out of nobody's reach (a
     pyenv under /root), as root without CAP_IPC_LOCK, which puts registered
     memory under the same RLIMIT_MEMLOCK accounting."""
+
     def limits() -> None:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (MEMLOCK, MEMLOCK))
 
@@ -50,8 +55,9 @@ def as_unprivileged(argv: list[str], **kw) -> subprocess.Popen:
 
 def test_echo_server_runs_as_nobody_with_default_sizes() -> None:
     port = free_port()
-    proc = as_unprivileged([sys.executable, "apps/echo.py", "--port", str(port)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = as_unprivileged(
+        [sys.executable, "apps/echo.py", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         end = time.monotonic() + 15
         while True:
@@ -86,8 +92,12 @@ def test_echo_server_runs_as_nobody_with_default_sizes() -> None:
 
 
 def test_doctor_as_nobody_sizes_the_arena_from_memlock() -> None:
-    proc = as_unprivileged([sys.executable, "-m", "uringserve", "doctor", "--json"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = as_unprivileged(
+        [sys.executable, "-m", "uringserve", "doctor", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.communicate(timeout=30)
     rep = json.loads(out)
     assert rep["usable"], err
@@ -98,12 +108,13 @@ def test_doctor_as_nobody_sizes_the_arena_from_memlock() -> None:
 
 
 def test_oversized_arena_as_nobody_is_a_clear_error() -> None:
-    code = ("import uringserve\n"
-            "try:\n"
-            "    uringserve.new_event_loop(uringserve.RingConfig(arena_bytes=16 << 20))\n"
-            "except OSError as e:\n"
-            "    print(e)\n")
-    proc = as_unprivileged([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    code = (
+        "import uringserve\n"
+        "try:\n"
+        "    uringserve.new_event_loop(uringserve.RingConfig(arena_bytes=16 << 20))\n"
+        "except OSError as e:\n"
+        "    print(e)\n"
+    )
+    proc = as_unprivileged([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=30)
     assert "send arena" in out and "RLIMIT_MEMLOCK" in out and "ulimit -l" in out, (out, err)

@@ -1,4 +1,5 @@
 """uvicorn with its own httptools protocol, on `--loop uringserve.uvicorn:loop_factory`."""
+
 from __future__ import annotations
 
 import http.client
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
 
 pytest.importorskip("uvicorn")
@@ -25,9 +25,25 @@ HERE = Path(__file__).resolve().parent
 def server():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "asgi_app:app", "--port", str(port), "--http", "httptools",
-         "--loop", "uringserve.uvicorn:loop_factory", "--timeout-graceful-shutdown", "5"],
-        cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "asgi_app:app",
+            "--port",
+            str(port),
+            "--http",
+            "httptools",
+            "--loop",
+            "uringserve.uvicorn:loop_factory",
+            "--timeout-graceful-shutdown",
+            "5",
+        ],
+        cwd=HERE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     end = time.monotonic() + 20
     while True:
         probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
@@ -48,8 +64,9 @@ def server():
     proc.communicate()
 
 
-def get(port: int, path: str, method: str = "GET", body: bytes | None = None,
-        conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes, dict]:
+def get(
+    port: int, path: str, method: str = "GET", body: bytes | None = None, conn: http.client.HTTPConnection | None = None
+) -> tuple[int, bytes, dict]:
     c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         c.request(method, path, body=body)
@@ -65,7 +82,7 @@ def test_requests_streaming_and_bodies(server) -> None:
     assert get(port, "/loop")[1] == b"UringEventLoop"
     assert get(port, "/lifespan")[1] == b"True"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    for i in range(20):  # keep-alive: one connection, many requests
+    for _ in range(20):  # keep-alive: one connection, many requests
         status, body, _ = get(port, "/", conn=conn)
         assert (status, body) == (200, b"hello")
     payload = os.urandom(3 << 20)

@@ -1,4 +1,5 @@
 """`python -m uringserve doctor [--json]`: what this kernel offers and what is missing."""
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ Used in two places: the error raised when a ring cannot be created, and
 kernel (IORING_REGISTER_PROBE, setup flags), never by its version number;
 the version column only tells a reader which kernel brings a feature.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,14 +16,24 @@ from dataclasses import asdict, dataclass
 
 # io_uring opcodes and the kernel that brought each (uapi enum io_uring_op)
 OPS = {
-    "ACCEPT": (13, "5.5"), "CLOSE": (19, "5.6"), "RECV": (27, "5.6"), "SEND": (26, "5.6"),
-    "POLL_ADD": (6, "5.1"), "POLL_REMOVE": (7, "5.1"), "ASYNC_CANCEL": (14, "5.5"),
-    "SHUTDOWN": (34, "5.11"), "SEND_ZC": (47, "6.0"), "FIXED_FD_INSTALL": (54, "6.8"),
+    "ACCEPT": (13, "5.5"),
+    "CLOSE": (19, "5.6"),
+    "RECV": (27, "5.6"),
+    "SEND": (26, "5.6"),
+    "POLL_ADD": (6, "5.1"),
+    "POLL_REMOVE": (7, "5.1"),
+    "ASYNC_CANCEL": (14, "5.5"),
+    "SHUTDOWN": (34, "5.11"),
+    "SEND_ZC": (47, "6.0"),
+    "FIXED_FD_INSTALL": (54, "6.8"),
 }
 
 SETUP_FLAGS = {  # name: (bit, kernel)
-    "SINGLE_ISSUER": (1 << 12, "6.0"), "DEFER_TASKRUN": (1 << 13, "6.1"),
-    "SUBMIT_ALL": (1 << 7, "5.18"), "R_DISABLED": (1 << 6, "5.10"), "CQSIZE": (1 << 3, "5.5"),
+    "SINGLE_ISSUER": (1 << 12, "6.0"),
+    "DEFER_TASKRUN": (1 << 13, "6.1"),
+    "SUBMIT_ALL": (1 << 7, "5.18"),
+    "R_DISABLED": (1 << 6, "5.10"),
+    "CQSIZE": (1 << 3, "5.5"),
 }
 
 FEAT_RECVSEND_BUNDLE = 1 << 14
@@ -66,26 +77,37 @@ def unavailable_reason(err: int) -> str:
         return f"io_uring exists only on Linux; this is {platform.system()}"
     disabled = _read("/proc/sys/kernel/io_uring_disabled")
     if disabled == "2":
-        return ("io_uring is disabled host-wide (sysctl kernel.io_uring_disabled=2): "
-                "set it to 0 with `sysctl -w kernel.io_uring_disabled=0`")
+        return (
+            "io_uring is disabled host-wide (sysctl kernel.io_uring_disabled=2): "
+            "set it to 0 with `sysctl -w kernel.io_uring_disabled=0`"
+        )
     if disabled == "1" and err == errno.EPERM:
         group = _read("/proc/sys/kernel/io_uring_group") or "?"
-        return ("io_uring is limited to one group (sysctl kernel.io_uring_disabled=1, "
-                f"kernel.io_uring_group={group}): add this user to that group or set the sysctl to 0")
+        return (
+            "io_uring is limited to one group (sysctl kernel.io_uring_disabled=1, "
+            f"kernel.io_uring_group={group}): add this user to that group or set the sysctl to 0"
+        )
     seccomp = seccomp_mode()
     if err in (errno.EPERM, errno.ENOSYS) and seccomp == 2:
-        return ("io_uring system calls are blocked by a seccomp filter (container runtimes' default "
-                "profiles block them): run with a profile that allows io_uring_setup, io_uring_enter "
-                "and io_uring_register (e.g. docker --security-opt seccomp=<profile>)")
+        return (
+            "io_uring system calls are blocked by a seccomp filter (container runtimes' default "
+            "profiles block them): run with a profile that allows io_uring_setup, io_uring_enter "
+            "and io_uring_register (e.g. docker --security-opt seccomp=<profile>)"
+        )
     if err == errno.ENOSYS:
-        return (f"this kernel ({platform.release()}) has no io_uring (CONFIG_IO_URING off or older "
-                "than 5.1); uringserve needs Linux 6.1 or newer")
+        return (
+            f"this kernel ({platform.release()}) has no io_uring (CONFIG_IO_URING off or older "
+            "than 5.1); uringserve needs Linux 6.1 or newer"
+        )
     if err == errno.ENOMEM:
-        return ("io_uring_setup ran out of locked memory: raise RLIMIT_MEMLOCK (ulimit -l) "
-                "or lower sq_entries/cq_entries")
+        return (
+            "io_uring_setup ran out of locked memory: raise RLIMIT_MEMLOCK (ulimit -l) or lower sq_entries/cq_entries"
+        )
     if err == errno.EINVAL:
-        return (f"the kernel ({platform.release()}) refused every io_uring setup we tried; "
-                "uringserve needs Linux 6.1 or newer")
+        return (
+            f"the kernel ({platform.release()}) refused every io_uring setup we tried; "
+            "uringserve needs Linux 6.1 or newer"
+        )
     return f"io_uring_setup failed: {os.strerror(err)}"
 
 
@@ -94,8 +116,10 @@ class UringUnavailable(OSError):
 
 
 def unavailable_error(err: int) -> UringUnavailable:
-    return UringUnavailable(err, f"io_uring is unavailable: {unavailable_reason(err)}. "
-                                 "Run `python -m uringserve doctor` for the full picture.")
+    return UringUnavailable(
+        err,
+        f"io_uring is unavailable: {unavailable_reason(err)}. Run `python -m uringserve doctor` for the full picture.",
+    )
 
 
 def report() -> dict:
@@ -123,8 +147,9 @@ def report() -> dict:
     for name, (op, kver) in OPS.items():
         checks.append(Check(f"op {name}", bool(ops[op]), kver, _OP_WHERE.get(name, "")))
     try:
-        ring = Ring(RingConfig(files=64, reserved_slots=8, buf_count=8, arena_bytes=2 * 32768,
-                               sq_entries=8, cq_entries=16))
+        ring = Ring(
+            RingConfig(files=64, reserved_slots=8, buf_count=8, arena_bytes=2 * 32768, sq_entries=8, cq_entries=16)
+        )
     except OSError as exc:
         out["reason"] = str(exc)
         out["checks"] = [asdict(c) for c in checks]
@@ -134,30 +159,54 @@ def report() -> dict:
     ring.close()
     out["usable"] = True
     for name, (bit, kver) in SETUP_FLAGS.items():
-        checks.append(Check(f"setup {name}", bool(st["setup_flags"] & bit), kver, "ring setup",
-                            "" if st["setup_flags"] & bit else "refused: fell back without it"))
+        checks.append(
+            Check(
+                f"setup {name}",
+                bool(st["setup_flags"] & bit),
+                kver,
+                "ring setup",
+                "" if st["setup_flags"] & bit else "refused: fell back without it",
+            )
+        )
     checks.append(Check("registered ring fd", bool(st["registered_ring"]), "5.18", "ring setup"))
     checks.append(Check("sparse fixed files + alloc range", True, "6.0", "fixed files"))
     checks.append(Check("provided buffer ring", True, "5.19", "recv"))
     checks.append(Check("registered send arena", bool(st["arena_registered"]), "5.13", "send"))
-    checks.append(Check("recv bundles", bool(st["features"] & FEAT_RECVSEND_BUNDLE), "6.10",
-                        "recv (optional, off by default)"))
+    checks.append(
+        Check("recv bundles", bool(st["features"] & FEAT_RECVSEND_BUNDLE), "6.10", "recv (optional, off by default)")
+    )
     beneath = openat2_error()
-    checks.append(Check("openat2 RESOLVE_BENEATH", beneath is None, "5.6", "static files",
-                        "" if beneath is None else f"{beneath}: request paths are resolved with "
-                        "realpath() and checked instead, a few system calls more"))
+    checks.append(
+        Check(
+            "openat2 RESOLVE_BENEATH",
+            beneath is None,
+            "5.6",
+            "static files",
+            ""
+            if beneath is None
+            else f"{beneath}: request paths are resolved with realpath() and checked instead, a few system calls more",
+        )
+    )
     out["checks"] = [asdict(c) for c in checks]
     budget = None if has_cap_ipc_lock() else out["rlimit_memlock"]
     cfg = RingConfig().validated()
-    out["defaults"] = {"files": cfg.files, "arena_bytes": cfg.arena_bytes,
-                       "buf_count": cfg.buf_count, "buf_size": cfg.buf_size}
+    out["defaults"] = {
+        "files": cfg.files,
+        "arena_bytes": cfg.arena_bytes,
+        "buf_count": cfg.buf_count,
+        "buf_size": cfg.buf_size,
+    }
     notes = []
     if budget is not None and budget != resource.RLIM_INFINITY:
-        notes.append(f"registered memory counts against RLIMIT_MEMLOCK ({budget} bytes) for this "
-                     f"user: the default send arena is sized to half of it ({cfg.arena_bytes} bytes)")
+        notes.append(
+            f"registered memory counts against RLIMIT_MEMLOCK ({budget} bytes) for this "
+            f"user: the default send arena is sized to half of it ({cfg.arena_bytes} bytes)"
+        )
     if out["rlimit_nofile"] < 4096:
-        notes.append(f"RLIMIT_NOFILE is {out['rlimit_nofile']}: the fixed-file table (and so the "
-                     "connection limit) cannot be larger; raise ulimit -n")
+        notes.append(
+            f"RLIMIT_NOFILE is {out['rlimit_nofile']}: the fixed-file table (and so the "
+            "connection limit) cannot be larger; raise ulimit -n"
+        )
     if not ops[OPS["FIXED_FD_INSTALL"][0]]:
         notes.append("no FIXED_FD_INSTALL: transport.get_extra_info('socket') returns None")
     out["notes"] = notes
@@ -167,6 +216,7 @@ def report() -> dict:
 def openat2_error() -> str | None:
     """None when openat2(RESOLVE_BENEATH) works here, else why not."""
     from .ring import open_beneath
+
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     fd = os.open("/", flags)
     try:
@@ -178,19 +228,29 @@ def openat2_error() -> str | None:
     return None
 
 
-_OP_WHERE = {"ACCEPT": "server", "RECV": "recv", "SEND": "send", "SEND_ZC": "send",
-             "CLOSE": "transport", "SHUTDOWN": "transport", "ASYNC_CANCEL": "transport",
-             "POLL_ADD": "selector", "POLL_REMOVE": "selector", "FIXED_FD_INSTALL": "transport (optional)"}
+_OP_WHERE = {
+    "ACCEPT": "server",
+    "RECV": "recv",
+    "SEND": "send",
+    "SEND_ZC": "send",
+    "CLOSE": "transport",
+    "SHUTDOWN": "transport",
+    "ASYNC_CANCEL": "transport",
+    "POLL_ADD": "selector",
+    "POLL_REMOVE": "selector",
+    "FIXED_FD_INSTALL": "transport (optional)",
+}
 
 
 def format_report(rep: dict) -> str:
-    lines = [f"kernel {rep['kernel']} ({rep['machine']})",
-             f"io_uring: {'usable' if rep['usable'] else 'UNUSABLE'}"]
+    lines = [f"kernel {rep['kernel']} ({rep['machine']})", f"io_uring: {'usable' if rep['usable'] else 'UNUSABLE'}"]
     if rep["reason"]:
         lines.append(f"  why: {rep['reason']}")
-    lines.append(f"kernel.io_uring_disabled = {rep['io_uring_disabled_sysctl']}, seccomp mode = "
-                 f"{rep['seccomp_mode']}, RLIMIT_MEMLOCK = {rep['rlimit_memlock']}, "
-                 f"CAP_IPC_LOCK = {rep['cap_ipc_lock']}, RLIMIT_NOFILE = {rep['rlimit_nofile']}")
+    lines.append(
+        f"kernel.io_uring_disabled = {rep['io_uring_disabled_sysctl']}, seccomp mode = "
+        f"{rep['seccomp_mode']}, RLIMIT_MEMLOCK = {rep['rlimit_memlock']}, "
+        f"CAP_IPC_LOCK = {rep['cap_ipc_lock']}, RLIMIT_NOFILE = {rep['rlimit_nofile']}"
+    )
     if rep["checks"]:
         lines.append(f"{'feature':36} {'here':5} {'kernel':7} used in")
         for c in rep["checks"]:
@@ -199,8 +259,10 @@ def format_report(rep: dict) -> str:
             lines.append(f"{c['name']:36} {mark:5} {c['needs']:7} {c['where']}{extra}")
     if rep.get("defaults"):
         d = rep["defaults"]
-        lines.append(f"defaults here: {d['files']} fixed files, send arena {d['arena_bytes']} bytes, "
-                     f"{d['buf_count']} x {d['buf_size']} B provided buffers")
+        lines.append(
+            f"defaults here: {d['files']} fixed files, send arena {d['arena_bytes']} bytes, "
+            f"{d['buf_count']} x {d['buf_size']} B provided buffers"
+        )
     for n in rep.get("notes", []):
         lines.append(f"note: {n}")
     return "\n".join(lines)

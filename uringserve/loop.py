@@ -8,6 +8,7 @@ accepted straight into slots, and their transports are UringTransport.
 Everything else falls back to the base class and works as on the stdlib
 loop.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,13 +16,14 @@ import errno
 import heapq
 import io
 import logging
-from asyncio import constants, sslproto
-import socket
 import os
+import socket
 import stat
 import sys
 import threading
-from typing import Any, Callable, Coroutine, TypeVar
+from asyncio import constants, sslproto
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from . import ring as _ring
 from . import scheduling
@@ -44,8 +46,15 @@ _EV_SHUTDOWN, _EV_POLL, _EV_ARENA = _ring.EV_SHUTDOWN, _ring.EV_POLL, _ring.EV_A
 class _Listener:
     __slots__ = ("lid", "sock", "protocol_factory", "server", "ssl", "ssl_timeouts")
 
-    def __init__(self, lid: int, sock: socket.socket, protocol_factory: Callable[[], Any], server: Any,
-                 ssl: Any, ssl_timeouts: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        lid: int,
+        sock: socket.socket,
+        protocol_factory: Callable[[], Any],
+        server: Any,
+        ssl: Any,
+        ssl_timeouts: dict[str, Any],
+    ) -> None:
         self.lid = lid
         self.sock = sock
         self.protocol_factory = protocol_factory
@@ -77,7 +86,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
 
     # -- scheduling: asyncio's own checks run only in debug mode, as in asyncio;
     # outside it these skip Handle's per-construction get_debug() (see scheduling.py)
-    def create_eager_task(self, coro: Coroutine[Any, Any, T]) -> "asyncio.Task[T]":
+    def create_eager_task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task whose first step runs now, until the coroutine first waits,
         as with Python 3.12's eager_start: a request answered without waiting
         never goes through the ready queue. From inside another task, with a
@@ -140,7 +149,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             raise RuntimeError(
                 "this UringEventLoop is bound to the thread that first ran it: its io_uring was "
                 "set up with IORING_SETUP_SINGLE_ISSUER (and DEFER_TASKRUN), so only that thread "
-                "may submit or reap. Run it in that thread, or create a new loop in this one.")
+                "may submit or reap. Run it in that thread, or create a new loop in this one."
+            )
         try:
             super().run_forever()
         finally:
@@ -168,7 +178,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         conns = self._conns
         data = self._ring.data_bytes  # data[a:b] is bytes
         polls = None
-        heads = self._iter_heads(self._ring.events_view[:n * self._head_size])
+        heads = self._iter_heads(self._ring.events_view[: n * self._head_size])
         for i, (kind, slot, res, off, gen, flags) in enumerate(heads):
             if kind == _EV_RECV:
                 t = conns.get(slot)
@@ -177,13 +187,13 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 cb = t._recv_cb
                 if cb is not None:
                     try:
-                        cb(data[off:off + res])
+                        cb(data[off : off + res])
                     except (SystemExit, KeyboardInterrupt):
                         raise
                     except BaseException as exc:
                         t._callback_failed(exc)
                 else:
-                    t._on_data(data[off:off + res])
+                    t._on_data(data[off : off + res])
             elif kind == _EV_POLL:
                 if polls is None:
                     polls = []
@@ -221,10 +231,13 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     def _on_accept(self, ev: Any) -> None:
         if ev.res < 0:
             lst = self._listeners.get(ev.aux)
-            self.call_exception_handler({
-                "message": "accept on io_uring listener failed; the listener stopped",
-                "exception": OSError(-ev.res, f"accept: {os.strerror(-ev.res)}"),
-                "socket": lst.sock if lst else None})
+            self.call_exception_handler(
+                {
+                    "message": "accept on io_uring listener failed; the listener stopped",
+                    "exception": OSError(-ev.res, f"accept: {os.strerror(-ev.res)}"),
+                    "socket": lst.sock if lst else None,
+                }
+            )
             return
         lst = self._listeners.get(ev.aux)
         slot, gen = ev.conn, ev.gen
@@ -242,8 +255,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             raise
         except BaseException as exc:
             self._ring.close_conn(slot, gen, False)
-            self.call_exception_handler({
-                "message": "Error in protocol factory; connection closed", "exception": exc})
+            self.call_exception_handler({"message": "Error in protocol factory; connection closed", "exception": exc})
             return
         peer = bytes(ffi.buffer(ev.addr, ev.addrlen))
         t = UringTransport(self, slot, gen, protocol, peer, lst.sock, lst.server)
@@ -256,8 +268,9 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             t._fatal_error(exc, "Error on transport creation for incoming connection")
 
     # -- connected sockets (client connections, connect_accepted_socket) ----------
-    def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
-                               extra: Any = None, server: Any = None) -> Any:
+    def _make_socket_transport(
+        self, sock: socket.socket, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
+    ) -> Any:
         if not _is_tcp(sock) or self._ring.closed:
             return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
         try:
@@ -272,15 +285,31 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         self.call_soon(self._start_adopted, t, waiter)
         return t
 
-    def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any, waiter: Any = None, *,
-                            server_side: bool = False, server_hostname: str | None = None,
-                            extra: Any = None, server: Any = None,
-                            ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
-                            ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT) -> Any:
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: Any,
+        sslcontext: Any,
+        waiter: Any = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: Any = None,
+        server: Any = None,
+        ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> Any:
         # asyncio's SSLProtocol over whichever transport _make_socket_transport gives
         ssl_protocol = sslproto.SSLProtocol(
-            self, protocol, sslcontext, waiter, server_side, server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout)
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
@@ -345,14 +374,21 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             self._ring.recv_start(t._slot, t._gen)
 
     # -- servers -----------------------------------------------------------------
-    def _start_serving(self, protocol_factory: Any, sock: socket.socket, sslcontext: Any = None,
-                       server: Any = None, backlog: int = 100,
-                       ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
-                       ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT) -> None:
+    def _start_serving(
+        self,
+        protocol_factory: Any,
+        sock: socket.socket,
+        sslcontext: Any = None,
+        server: Any = None,
+        backlog: int = 100,
+        ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> None:
         if not _is_tcp(sock):
             # Unix sockets keep asyncio's own path
-            super()._start_serving(protocol_factory, sock, sslcontext, server, backlog,
-                                   ssl_handshake_timeout, ssl_shutdown_timeout)
+            super()._start_serving(
+                protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
+            )
             return
         fd = sock.fileno()
         if fd in self._listener_by_fd:
@@ -368,9 +404,12 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             sock.close()
             if exc.errno != errno.ENFILE:
                 raise
-            raise OSError(errno.ENFILE, f"no fixed-file slot left for another listener: "
-                                        f"RingConfig.reserved_slots={self._ring.config.reserved_slots} "
-                                        "holds the listeners and hand-installed sockets; raise it") from None
+            raise OSError(
+                errno.ENFILE,
+                f"no fixed-file slot left for another listener: "
+                f"RingConfig.reserved_slots={self._ring.config.reserved_slots} "
+                "holds the listeners and hand-installed sockets; raise it",
+            ) from None
         timeouts = {"ssl_handshake_timeout": ssl_handshake_timeout, "ssl_shutdown_timeout": ssl_shutdown_timeout}
         self._listeners[lid] = _Listener(lid, sock, protocol_factory, server, sslcontext, timeouts)
         self._listener_by_fd[fd] = lid

@@ -4,6 +4,7 @@ Everything above this module sees ints, bytes and memoryviews. Kernel errors
 come back from C as negative errnos and leave here as `OSError` naming the
 operation that failed.
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,8 +24,12 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
         f"on Linux with a C compiler and Python headers ({exc})"
     ) from exc
 
-SEND_MODES = {"auto": lib.US_SEND_AUTO, "plain": lib.US_SEND_PLAIN,
-              "zc": lib.US_SEND_ZC, "zc_fixed": lib.US_SEND_ZC_FIXED}
+SEND_MODES = {
+    "auto": lib.US_SEND_AUTO,
+    "plain": lib.US_SEND_PLAIN,
+    "zc": lib.US_SEND_ZC,
+    "zc_fixed": lib.US_SEND_ZC_FIXED,
+}
 RECV_MODES = {"pbuf": lib.US_RECV_PBUF, "plain": lib.US_RECV_PLAIN}
 
 EV_ACCEPT = lib.US_EV_ACCEPT
@@ -38,15 +43,21 @@ EV_SHUTDOWN = lib.US_EV_SHUTDOWN
 EV_POLL = lib.US_EV_POLL
 EV_ARENA = lib.US_EV_ARENA
 
-_STAGES = {1: "io_uring_setup", 2: "mmap of the rings", 3: "registering the fixed-file table",
-           4: "fixed-file alloc range", 5: "registering the provided buffer ring",
-           6: "registering the send arena (REGISTER_BUFFERS)", 7: "allocating core memory"}
+_STAGES = {
+    1: "io_uring_setup",
+    2: "mmap of the rings",
+    3: "registering the fixed-file table",
+    4: "fixed-file alloc range",
+    5: "registering the provided buffer ring",
+    6: "registering the send arena (REGISTER_BUFFERS)",
+    7: "allocating core memory",
+}
 
 MiB = 1 << 20
 _GRAVEYARD: list = []  # buffers a closed ring might still have read
 
 # the leading fields of struct us_event, read in bulk: kind, conn, res, off, gen, flags
-EVENT_HEAD = struct.Struct("IIiIII%dx" % (ffi.sizeof("struct us_event") - 24))
+EVENT_HEAD = struct.Struct(f"IIiIII{ffi.sizeof('struct us_event') - 24}x")
 
 
 def _memlock_budget() -> int | None:
@@ -95,7 +106,7 @@ class RingConfig:
     setup_flags_off: int = 0
     max_events: int = 512
 
-    def validated(self) -> "RingConfig":
+    def validated(self) -> RingConfig:
         problems = []
         if self.send_mode not in SEND_MODES:
             problems.append(f"send_mode {self.send_mode!r} is not one of {sorted(SEND_MODES)}")
@@ -195,12 +206,16 @@ class Ring:
         hint = ""
         if err in (errno.ENOMEM, errno.EPERM) and stage in (5, 6):
             budget = _memlock_budget()
-            hint = (f" — the send arena is {cfg.arena_bytes} bytes and RLIMIT_MEMLOCK allows "
-                    f"{'unlimited' if budget is None else budget} bytes: lower arena_bytes or raise "
-                    "the limit (ulimit -l, LimitMEMLOCK= in systemd)")
+            hint = (
+                f" — the send arena is {cfg.arena_bytes} bytes and RLIMIT_MEMLOCK allows "
+                f"{'unlimited' if budget is None else budget} bytes: lower arena_bytes or raise "
+                "the limit (ulimit -l, LimitMEMLOCK= in systemd)"
+            )
         elif err == errno.EMFILE and stage == 3:
-            hint = (f" — files={cfg.files} exceeds RLIMIT_NOFILE "
-                    f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}: lower files or raise ulimit -n")
+            hint = (
+                f" — files={cfg.files} exceeds RLIMIT_NOFILE "
+                f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}: lower files or raise ulimit -n"
+            )
         return OSError(err, f"io_uring ring setup failed at {where}: {os.strerror(err)}{hint}")
 
     # -- lifetime ------------------------------------------------------------
@@ -241,7 +256,7 @@ class Ring:
         send: the core may hand a released segment index out again."""
         rel = self._released
         held = self.held
-        for seg in rel[1:1 + rel[0]].tolist():
+        for seg in rel[1 : 1 + rel[0]].tolist():
             held[seg] = None
         rel[0] = 0
 
@@ -283,8 +298,7 @@ class Ring:
         buf = ffi.from_buffer(data)
         return lib.us_send(self._ptr, slot, gen, buf, len(buf))
 
-    def send_file(self, slot: int, gen: int, file: int, fixed: bool, offset: int, count: int,
-                  owner: Any) -> int:
+    def send_file(self, slot: int, gen: int, file: int, fixed: bool, offset: int, count: int, owner: Any) -> int:
         """Queue `count` bytes of a file from `offset` (read by the ring into
         registered memory, then sent). `owner` (what keeps `file` open) is held
         until the core has read it all. Returns 0 or -errno; -ENOBUFS: no

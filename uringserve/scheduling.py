@@ -8,11 +8,13 @@ in debug mode the loop uses asyncio's own code. They are asyncio's Handle
 and TimerHandle, so everything downstream (_run_once, cancel, repr) is
 unchanged.
 """
+
 from __future__ import annotations
 
 import contextvars
 from asyncio import events
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _copy_context = contextvars.copy_context
 
@@ -34,8 +36,7 @@ class Handle(events.Handle):
 class TimerHandle(events.TimerHandle):
     __slots__ = ()
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: Any,
-                 context: Any = None) -> None:
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, loop: Any, context: Any = None) -> None:
         Handle.__init__(self, callback, args, loop, context)  # type: ignore[arg-type]  # same slots
         self._when = when
         self._scheduled = False

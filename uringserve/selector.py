@@ -14,12 +14,14 @@ polls, re-armed at the start of the next select() — after the callbacks ran,
 exactly when epoll would re-check the level. Only the self-pipe, which
 asyncio always drains to EAGAIN, uses a multishot poll.
 """
+
 from __future__ import annotations
 
 import errno
 import selectors
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .ring import Ring
 

@@ -3,6 +3,7 @@
 The peer address of an accept-direct connection arrives as raw bytes in the
 completion (no fd exists to call getpeername() on), so this is done by hand.
 """
+
 from __future__ import annotations
 
 import socket

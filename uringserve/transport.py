@@ -27,6 +27,7 @@ Closing: close() stops reading, lets the core flush what is queued and
 close the slot; connection_lost() runs when the core reports the slot
 closed (US_EV_CLOSED), exactly once. abort() drops what is queued.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,9 +56,19 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
     # registered memory and sends it from there (UringEventLoop._sendfile_native)
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
-    def __init__(self, loop: "UringEventLoop", slot: int, gen: int, protocol: asyncio.BaseProtocol,
-                 peer: bytes, listener_sock: socket.socket | None, server: Any = None, *,
-                 sock: socket.socket | None = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        loop: UringEventLoop,
+        slot: int,
+        gen: int,
+        protocol: asyncio.BaseProtocol,
+        peer: bytes,
+        listener_sock: socket.socket | None,
+        server: Any = None,
+        *,
+        sock: socket.socket | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(None, loop)
         self._loop = loop
         self._ring = loop._ring
@@ -330,8 +341,9 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         while self._pending:
             chunk = self._pending[0]
             if type(chunk) is _FileRange:
-                ret = ring.send_file(self._slot, self._gen, chunk.fd, chunk.fixed, chunk.offset,
-                                     chunk.count, chunk.owner)
+                ret = ring.send_file(
+                    self._slot, self._gen, chunk.fd, chunk.fixed, chunk.offset, chunk.count, chunk.owner
+                )
                 if ret == -errno.ENOBUFS:  # every segment in flight: US_EV_ARENA says when one frees
                     self._loop._arena_waiters[self._slot] = self
                     break
@@ -361,8 +373,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
                 ring.close_conn(self._slot, self._gen, True)
         self._maybe_resume_protocol()
 
-    def write_file(self, fd: int, offset: int, count: int, *, fixed: bool = False,
-                   owner: Any = None) -> int:
+    def write_file(self, fd: int, offset: int, count: int, *, fixed: bool = False, owner: Any = None) -> int:
         """Queue up to `count` bytes of the file `fd` from `offset`, after what
         was written before and before what is written next, like write(). The
         ring reads the file into registered memory and sends it from there; no
@@ -487,9 +498,14 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": "protocol.pause_writing() failed",
-                "exception": exc, "transport": self, "protocol": self._protocol})
+            self._loop.call_exception_handler(
+                {
+                    "message": "protocol.pause_writing() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
 
     def _maybe_resume_protocol(self) -> None:
         if not self._protocol_paused:
@@ -503,9 +519,14 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": "protocol.resume_writing() failed",
-                "exception": exc, "transport": self, "protocol": self._protocol})
+            self._loop.call_exception_handler(
+                {
+                    "message": "protocol.resume_writing() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         super().set_write_buffer_limits(high, low)
@@ -568,8 +589,9 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             if self._loop.get_debug():
                 logger.debug("%r: %s", self, message, exc_info=True)
         else:
-            self._loop.call_exception_handler({
-                "message": message, "exception": exc, "transport": self, "protocol": self._protocol})
+            self._loop.call_exception_handler(
+                {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+            )
         self._force_close(exc)
 
     def _on_closed(self) -> None:
@@ -587,15 +609,19 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": "Exception in callback protocol.connection_lost()",
-                "exception": exc, "transport": self, "protocol": self._protocol})
+            self._loop.call_exception_handler(
+                {
+                    "message": "Exception in callback protocol.connection_lost()",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
         finally:
             server = self._server
             self._server = None
             if server is not None:
                 _server_detach(server, self)
-
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         # as asyncio's transports: a transport dropped while open is a leak
@@ -605,6 +631,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
 
 class _FileRange:
     """A write_file() that waits in _pending behind writes the arena could not take."""
+
     __slots__ = ("fd", "fixed", "offset", "count", "owner")
 
     def __init__(self, fd: int, fixed: bool, offset: int, count: int, owner: Any) -> None:

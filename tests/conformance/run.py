@@ -12,6 +12,7 @@ Failures are checked against expected_failures.txt; the exit status is
 non-zero when an unexpected failure appears or an expected one passes.
 Needs CPython's test package (Debian: libpython3.11-testsuite).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,25 @@ import unittest
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODULES = ["test_events", "test_buffered_proto", "test_server", "test_streams", "test_sock_lowlevel",
-           "test_sslproto", "test_ssl", "test_sendfile", "test_tasks", "test_taskgroups", "test_timeouts",
-           "test_waitfor", "test_locks", "test_queues", "test_futures2", "test_context", "test_threads"]
+MODULES = [
+    "test_events",
+    "test_buffered_proto",
+    "test_server",
+    "test_streams",
+    "test_sock_lowlevel",
+    "test_sslproto",
+    "test_ssl",
+    "test_sendfile",
+    "test_tasks",
+    "test_taskgroups",
+    "test_timeouts",
+    "test_waitfor",
+    "test_locks",
+    "test_queues",
+    "test_futures2",
+    "test_context",
+    "test_threads",
+]
 
 
 def expected() -> dict[str, str]:
@@ -40,6 +57,7 @@ def install(loop_name: str, current: list, ran_on: set) -> None:
     base = asyncio.unix_events.SelectorEventLoop
     if loop_name == "uring":
         import uringserve
+
         base = uringserve.UringEventLoop
 
     class CountingLoop(base):  # type: ignore[misc, valid-type]
@@ -86,8 +104,9 @@ def main() -> int:
             unexpected.append(test_id)
         for test_id in sorted(t for t in exp if t.startswith(mod + ".") and t not in failed):
             fixed.append(test_id)
-        print(f"{mod:22} {res.testsRun:5} {on_loop:8} {len(failed):7} {len(res.skipped):8} "
-              f"{time.monotonic() - t0:6.1f}")
+        print(
+            f"{mod:22} {res.testsRun:5} {on_loop:8} {len(failed):7} {len(res.skipped):8} {time.monotonic() - t0:6.1f}"
+        )
         totals["run"] += res.testsRun
         totals["on_loop"] += on_loop
         totals["failed"] += len(failed)

@@ -1,4 +1,5 @@
 """cffi (API mode) builder for the native core; run by setuptools at install."""
+
 from pathlib import Path
 
 from cffi import FFI

@@ -1,13 +1,15 @@
 """ASGI 3 over HTTPProtocol: the `http` scope (with the
 `http.response.pathsend` extension, sent zero-copy through the ring) and
 `lifespan`."""
+
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
 import os
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote
 
 from . import framing
@@ -30,6 +32,7 @@ def _mark_async(func: Callable[..., Any]) -> Callable[..., Any]:
 
 class ASGIExchange(Exchange):
     """An exchange with the ASGI `receive` and `send` of its request."""
+
     files: Any = None  # the runner's FileCache (a subclass per runner sets it)
     asgi_status = 0
     asgi_block: bytes | None = None  # the encoded header block, once http.response.start came
@@ -79,8 +82,9 @@ class ASGIExchange(Exchange):
                 length = self.asgi_length
                 if not more and (length is None or length == len(data)):
                     # a whole response: one write
-                    head, data = framing.whole_head(self.asgi_status, block,
-                                                    data if type(data) is bytes else bytes(data))
+                    head, data = framing.whole_head(
+                        self.asgi_status, block, data if type(data) is bytes else bytes(data)
+                    )
                     self.respond_prepared(self.asgi_status, head, data)
                     return conn._done
                 self.start(self.asgi_status, block, length, bytes(data))
@@ -129,10 +133,12 @@ class ASGIExchange(Exchange):
         self.end()
 
 
-def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
-                root_path: str = "") -> Callable[[Exchange], None]:
+def asgi_runner(
+    app: Callable[..., Any], state: dict[str, Any], files: Any, root_path: str = ""
+) -> Callable[[Exchange], None]:
     class _Exchange(ASGIExchange):
         pass
+
     _Exchange.files = files
 
     def run(ex: ASGIExchange) -> None:  # type: ignore[override]
@@ -152,12 +158,13 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any,
             "root_path": root_path,
             "path": unquote(path) if "%" in path else path,
             "raw_path": raw_path,
-            "query_string": b"" if raw_path is target else target[len(raw_path) + 1:],  # query_string, inline
+            "query_string": b"" if raw_path is target else target[len(raw_path) + 1 :],  # query_string, inline
             "headers": headers.pairs() if type(headers) is HeaderBlock else headers,  # raw_headers, inline
             "state": state.copy() if state else {},
             "extensions": _EXTENSIONS,
         }
         ex.task = conn._spawn(_run(app, scope, ex))
+
     run.exchange_class = _Exchange  # type: ignore[attr-defined]
     return run
 

@@ -1,4 +1,5 @@
 """A request body on its way from the connection to the handler."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +14,7 @@ class ClientDisconnected(ConnectionError):
 class Body:
     """A request body on its way in: chunks in order, with flow control
     back to the connection (reading pauses while too much waits here)."""
+
     __slots__ = ("_chunks", "_size", "done", "_waiter", "_exc", "_on_consumed", "_on_first_read", "hold_all")
 
     def __init__(self, on_consumed: Any, on_first_read: Any) -> None:

@@ -1,4 +1,5 @@
 """Limits and timeouts of the HTTP server, with nginx-like defaults."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 class HTTPConfig:
     """Every limit answers with a status and every timeout closes; see the
     README's HTTP section for what each one does to a connection."""
+
     #: request line + headers, bytes (nginx: large_client_header_buffers 4 8k) -> 431
     max_header_bytes: int = 32 * 1024
     #: header fields per request -> 431
@@ -37,13 +39,18 @@ class HTTPConfig:
     server_header: str | None = "uringserve"
 
     def __post_init__(self) -> None:
-        for name in ("max_header_bytes", "max_headers", "max_target_bytes", "max_pipelined",
-                     "body_buffer_bytes", "keepalive_requests"):
+        for name in (
+            "max_header_bytes",
+            "max_headers",
+            "max_target_bytes",
+            "max_pipelined",
+            "body_buffer_bytes",
+            "keepalive_requests",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"HTTPConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_body_bytes < 0:
             raise ValueError(f"HTTPConfig.max_body_bytes must be >= 0, got {self.max_body_bytes}")
         for name in ("header_timeout", "body_timeout", "send_timeout", "keepalive_timeout", "shutdown_timeout"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"HTTPConfig.{name} must be a positive number of seconds, "
-                                 f"got {getattr(self, name)}")
+                raise ValueError(f"HTTPConfig.{name} must be a positive number of seconds, got {getattr(self, name)}")

@@ -1,5 +1,6 @@
 """Response framing, sans I/O: status lines, header blocks, chunked coding,
 and the Date header cached per second."""
+
 from __future__ import annotations
 
 import time

@@ -1,7 +1,9 @@
 """The native handler API's Request and Response model."""
+
 from __future__ import annotations
 
-from typing import Any, AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable
+from typing import Any
 from urllib.parse import unquote
 
 from . import framing
@@ -16,6 +18,7 @@ class Headers:
     Built lazily: from a head the recogniser took, the block is split only
     when a name that may be in it is asked for, so looking up absent headers
     (a static file's Range and If-* validators) costs one search."""
+
     __slots__ = ("_raw", "_map")
 
     def __init__(self, raw: list[tuple[bytes, bytes]] | HeaderBlock) -> None:
@@ -42,8 +45,11 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         name = name.lower()
-        if self._map is None and type(self._raw) is HeaderBlock and (
-                not name.isascii() or name.encode() not in self._raw.lower()):
+        if (
+            self._map is None
+            and type(self._raw) is HeaderBlock
+            and (not name.isascii() or name.encode() not in self._raw.lower())
+        ):
             return default  # not even a substring of the block: not a field name in it
         return self._dict().get(name, default)
 
@@ -66,6 +72,7 @@ class Request(Exchange):
     `raw_path` and `query_string` bytes as sent. It is the server's
     exchange object itself (the response state is the server's), so a
     request costs one object."""
+
     _headers_view: Headers | None = None
 
     @property
@@ -115,8 +122,9 @@ class Request(Exchange):
         return f"<Request {self.method} {self.raw_path.decode('latin-1')!r}>"
 
 
-def _prepare_headers(status: int, headers: Any,
-                     content_type: str | None) -> tuple[list[tuple[bytes, bytes]], bytes, bool]:
+def _prepare_headers(
+    status: int, headers: Any, content_type: str | None
+) -> tuple[list[tuple[bytes, bytes]], bytes, bool]:
     """A response's (name, value) pairs, their encoded block, and whether
     they ask to close the connection, made once when the response is made:
     a bad status or header fails here, and a response returned many times
@@ -129,8 +137,12 @@ def _prepare_headers(status: int, headers: Any,
     if headers:
         # a list is the common case; hasattr() on one raises and catches an AttributeError
         for name, value in headers if isinstance(headers, (list, tuple)) else headers.items():
-            out.append((name.encode("latin-1") if isinstance(name, str) else bytes(name),
-                        value.encode("latin-1") if isinstance(value, str) else bytes(value)))
+            out.append(
+                (
+                    name.encode("latin-1") if isinstance(name, str) else bytes(name),
+                    value.encode("latin-1") if isinstance(value, str) else bytes(value),
+                )
+            )
     if content_type is not None and not any(n.lower() == b"content-type" for n, _ in out):
         out.append((b"Content-Type", content_type.encode("latin-1")))
     set_aside: list[tuple[bytes, bytes]] = []
@@ -144,10 +156,16 @@ class Response:
     """A complete response. `body` may be bytes or str (sent as UTF-8).
     Immutable: its status line, headers and Content-Length are encoded here,
     once, so a response made at import time costs no encoding per request."""
+
     __slots__ = ("_status", "_body", "_headers", "block", "_head", "_wire", "_close")
 
-    def __init__(self, body: bytes | str = b"", status: int = 200, headers: Any = None,
-                 content_type: str | None = "text/plain; charset=utf-8") -> None:
+    def __init__(
+        self,
+        body: bytes | str = b"",
+        status: int = 200,
+        headers: Any = None,
+        content_type: str | None = "text/plain; charset=utf-8",
+    ) -> None:
         self._status = status
         self._body = body.encode() if isinstance(body, str) else bytes(body)
         self._headers, self.block, self._close = _prepare_headers(status, headers, content_type)
@@ -178,10 +196,17 @@ class Response:
 class StreamingResponse:
     """A response whose body comes from an (async) iterable of bytes: sent
     chunked to HTTP/1.1 clients, or with `content_length` when known."""
+
     __slots__ = ("status", "content", "headers", "block", "content_length", "close")
 
-    def __init__(self, content: AsyncIterable[bytes] | Iterable[bytes], status: int = 200, headers: Any = None,
-                 content_type: str | None = "application/octet-stream", content_length: int | None = None) -> None:
+    def __init__(
+        self,
+        content: AsyncIterable[bytes] | Iterable[bytes],
+        status: int = 200,
+        headers: Any = None,
+        content_type: str | None = "application/octet-stream",
+        content_length: int | None = None,
+    ) -> None:
         self.status = status
         self.content = content
         self.content_length = content_length
@@ -192,6 +217,7 @@ class FileResponse:
     """`count` bytes of an open file from `offset`, sent by the ring straight
     from registered memory when the loop is UringEventLoop. Made by
     StaticFiles; `file` is a static.OpenFile."""
+
     __slots__ = ("status", "file", "offset", "count", "headers", "block", "close")
 
     def __init__(self, file: Any, offset: int, count: int, status: int = 200, headers: Any = None) -> None:
@@ -202,8 +228,9 @@ class FileResponse:
         self.headers, self.block, self.close = _prepare_headers(status, headers, None)
 
     @classmethod
-    def _prepared(cls, file: Any, offset: int, count: int, status: int,
-                  prepared: tuple[list[tuple[bytes, bytes]], bytes, bool]) -> "FileResponse":
+    def _prepared(
+        cls, file: Any, offset: int, count: int, status: int, prepared: tuple[list[tuple[bytes, bytes]], bytes, bool]
+    ) -> FileResponse:
         """With headers _prepare_headers() made before (StaticFiles keeps a
         file's 200 headers with the open file)."""
         self = cls.__new__(cls)
@@ -215,5 +242,4 @@ class FileResponse:
         return self
 
 
-__all__ = ["Request", "Response", "StreamingResponse", "FileResponse", "Headers", "ClientDisconnected",
-           "HTTPError"]
+__all__ = ["Request", "Response", "StreamingResponse", "FileResponse", "Headers", "ClientDisconnected", "HTTPError"]

@@ -1,17 +1,19 @@
 """The native handler API: `handler(request) -> Response`, as a plain
 function (run at once, with the whole body read) or a coroutine function
 (run as a task, reading the body as it streams in)."""
+
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .messages import FileResponse, Request, Response, StreamingResponse
 from .protocol import Exchange
 
 
 def is_async_handler(handler: Any) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004 (its method, not callable())
 
 
 def native_runner(handler: Callable[[Request], Any]) -> Callable[[Exchange], None]:
@@ -30,6 +32,7 @@ def native_runner(handler: Callable[[Request], Any]) -> Callable[[Exchange], Non
         pending = answer(ex, result)
         if pending is not None:  # a streamed body, or a file the transport cannot queue
             ex.task = ex.conn._loop.create_task(_serve(ex, handler, True, pending))
+
     run.exchange_class = Request  # type: ignore[attr-defined]
     if not is_async:  # HTTPProtocol answers the common request itself (_answer_common)
         run.plain_handler = handler  # type: ignore[attr-defined]
@@ -78,8 +81,9 @@ def answer(ex: Exchange, result: Any) -> Any:
         return _finish_after(pending, ex)
     if isinstance(result, StreamingResponse):
         return _stream(ex, result)
-    raise TypeError(f"a handler must return a Response, StreamingResponse, FileResponse, bytes or str, "
-                    f"not {type(result).__name__}")
+    raise TypeError(
+        f"a handler must return a Response, StreamingResponse, FileResponse, bytes or str, not {type(result).__name__}"
+    )
 
 
 async def _finish_after(pending: Any, ex: Exchange) -> None:

@@ -15,6 +15,7 @@ not chunked. Added here: header block size and count (431), target length
 Transfer-Encoding on HTTP/1.0 (400, RFC 9112 §6.1), a missing or repeated
 Host on HTTP/1.1 (400, §3.2), CONNECT (405).
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -51,6 +52,7 @@ class HeaderBlock(bytes):
     recogniser (us_http_scan) accepted: so every line is `token ":" OWS
     value` with no trailing blanks, and a plain split reads it as llhttp
     does. Split only when asked: most handlers never look."""
+
     __slots__ = ()
 
     def pairs(self) -> list[tuple[bytes, bytes]]:
@@ -73,17 +75,41 @@ def scanned_head(make: Any, data: bytes, pos: int, r: int) -> Any:
         method = b"GET"
         start = pos + 4
     stop = start + ((r >> _TARGET_SHIFT) & 0xFFFF)
-    return make(method, data[start:stop], "1.0" if r & _HTTP10 else "1.1",
-                HeaderBlock(data[stop + 11:pos + (r & _HEAD_LEN) - 2]), True)
+    return make(
+        method,
+        data[start:stop],
+        "1.0" if r & _HTTP10 else "1.1",
+        HeaderBlock(data[stop + 11 : pos + (r & _HEAD_LEN) - 2]),
+        True,
+    )
 
 
 class RequestHead:
-    __slots__ = ("method", "target", "version", "headers", "keep_alive", "expect_continue",
-                 "content_length", "chunked", "upgrade", "has_body")
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "keep_alive",
+        "expect_continue",
+        "content_length",
+        "chunked",
+        "upgrade",
+        "has_body",
+    )
 
-    def __init__(self, method: bytes, target: bytes, version: str, headers: list[tuple[bytes, bytes]],
-                 keep_alive: bool, expect_continue: bool = False, content_length: int | None = None,
-                 chunked: bool = False, upgrade: bool = False) -> None:
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        expect_continue: bool = False,
+        content_length: int | None = None,
+        chunked: bool = False,
+        upgrade: bool = False,
+    ) -> None:
         self.method = method
         self.target = target
         self.version = version
@@ -101,6 +127,7 @@ class Sink(Protocol):
     def on_head(self, head: RequestHead) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...
+
     # Optional: on_head(head) and on_end() in one call, for a head the
     # recogniser took (no body, no upgrade). A sink on the hot path saves
     # a call per request; the parser makes the pair itself for sinks without.
@@ -127,16 +154,16 @@ class RequestParser:
         self._max_headers = config.max_headers
         self._max_body = config.max_body_bytes
         self._p = httptools.HttpRequestParser(self)
-        self._in_head = True      # between message begin (or idle) and headers complete
+        self._in_head = True  # between message begin (or idle) and headers complete
         self._head_bytes = 0
         self._url: list[bytes] = []
         self._url_len = 0
         self._fields_bytes = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._body_bytes = 0
-        self.upgraded = False     # the byte stream after an Upgrade request is not HTTP/1.1
+        self.upgraded = False  # the byte stream after an Upgrade request is not HTTP/1.1
         self._at_boundary = True  # llhttp is between messages: the recogniser may take the next head
-        self._keep_alive = True   # the last message llhttp read was not a last request
+        self._keep_alive = True  # the last message llhttp read was not a last request
         self._ignore_rest = False  # an upgrade or a last request was read: nothing after it is
 
     @property
@@ -268,14 +295,16 @@ class RequestParser:
         if version == "1.1" and hosts != 1:
             raise HTTPError(400, "an HTTP/1.1 request needs exactly one Host header")
         if content_length is not None and content_length > self._max_body:
-            raise HTTPError(413, f"request body of {content_length} bytes is larger than "
-                                 f"{self._max_body} bytes")
+            raise HTTPError(413, f"request body of {content_length} bytes is larger than {self._max_body} bytes")
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         self._in_head = False
         self._head_bytes = 0
         self._keep_alive = keep_alive = p.should_keep_alive()
-        self._on_head(self._head_class(method, url, version, headers, keep_alive,
-                                       expect and version == "1.1", content_length, chunked, upgrade))
+        self._on_head(
+            self._head_class(
+                method, url, version, headers, keep_alive, expect and version == "1.1", content_length, chunked, upgrade
+            )
+        )
 
     def on_body(self, data: bytes) -> None:
         self._body_bytes += len(data)
@@ -295,4 +324,3 @@ class RequestParser:
         self._headers = []
         self._body_bytes = 0
         self._on_end()
-

@@ -14,17 +14,19 @@ Changing state only moves the deadline; the one timer handle, when it
 fires early, re-arms itself for the deadline. So a request costs two clock
 reads, not two call_later()s and their cancelled handles in the heap.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import framing
-from .config import HTTPConfig
-from .body import Body, ClientDisconnected
 from . import parser as _parser_mod
+from .body import Body, ClientDisconnected
+from .config import HTTPConfig
 from .parser import _HEAD_LEN, HeaderBlock, HTTPError, RequestParser, scanned_head
 
 logger = logging.getLogger("uringserve.http")
@@ -34,8 +36,12 @@ _DATE = framing.DATE
 _time = time.time
 
 # the end of a response head, by (keep-alive, HTTP version)
-_CONNECTION = {(False, "1.1"): b"Connection: close\r\n\r\n", (False, "1.0"): b"Connection: close\r\n\r\n",
-               (True, "1.1"): b"\r\n", (True, "1.0"): b"Connection: keep-alive\r\n\r\n"}
+_CONNECTION = {
+    (False, "1.1"): b"Connection: close\r\n\r\n",
+    (False, "1.0"): b"Connection: close\r\n\r\n",
+    (True, "1.1"): b"\r\n",
+    (True, "1.0"): b"Connection: keep-alive\r\n\r\n",
+}
 
 EMPTY_BODY = Body(lambda: None, None)  # shared by every request without a body: never fed
 EMPTY_BODY.done = True
@@ -67,9 +73,18 @@ class Exchange:
     running = False  # handed to the runner
     conn: HTTPProtocol  # set by HTTPProtocol.on_head
 
-    def __init__(self, method: bytes, target: bytes, version: str, headers: list[tuple[bytes, bytes]],
-                 keep_alive: bool, expect_continue: bool = False, content_length: int | None = None,
-                 chunked: bool = False, upgrade: bool = False) -> None:
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        expect_continue: bool = False,
+        content_length: int | None = None,
+        chunked: bool = False,
+        upgrade: bool = False,
+    ) -> None:
         self.method: str = method.decode("ascii")  # llhttp accepts only its known methods
         self.target = target
         q = target.find(b"?")
@@ -100,7 +115,7 @@ class Exchange:
     def query_string(self) -> bytes:
         """The target after its "?", as sent."""
         raw_path = self.raw_path
-        return b"" if raw_path is self.target else self.target[len(raw_path) + 1:]
+        return b"" if raw_path is self.target else self.target[len(raw_path) + 1 :]
 
     @property
     def head_only(self) -> bool:
@@ -139,9 +154,15 @@ class Exchange:
             framing.refresh_date()
         conn._transport.write(b"".join((head, _DATE[1], tail, b"" if self.method == "HEAD" else body)))
         queue = conn._queue
-        if (self.keep_alive and len(queue) == 1 and queue[0] is self and not conn._disconnect_waiters
-                and not conn._closing_after_queue and not conn._paused
-                and not conn._parser._head_bytes):  # not head_started: no call
+        if (
+            self.keep_alive
+            and len(queue) == 1
+            and queue[0] is self
+            and not conn._disconnect_waiters
+            and not conn._closing_after_queue
+            and not conn._paused
+            and not conn._parser._head_bytes
+        ):  # not head_started: no call
             # nothing waits and nothing of the next request has arrived: keep-alive
             del queue[0]
             conn._served += 1
@@ -162,8 +183,9 @@ class Exchange:
         self.status = status
         conn = self.conn
         # as respond_prepared(): a body the handler left unread would be parsed as the next request
-        self.keep_alive = (self.keep_alive and self.body_in.done and not conn._draining
-                           and conn._served < conn._last_keepalive)
+        self.keep_alive = (
+            self.keep_alive and self.body_in.done and not conn._draining and conn._served < conn._last_keepalive
+        )
         close = _CONNECTION[self.keep_alive, self.version]
         parts = [framing.status_line(status), framing.date_header(), conn._server_hdr, block]
         has_body = framing.body_allowed(status)
@@ -190,8 +212,9 @@ class Exchange:
     def _frame(self, data: bytes) -> bytes:
         if self.remaining is not None:
             if len(data) > self.remaining:
-                raise RuntimeError(f"response body longer than its Content-Length "
-                                   f"({len(data)} bytes with {self.remaining} left)")
+                raise RuntimeError(
+                    f"response body longer than its Content-Length ({len(data)} bytes with {self.remaining} left)"
+                )
             self.remaining -= len(data)
             return data
         return framing.chunk(data) if self.chunked_out else data
@@ -241,8 +264,9 @@ class Exchange:
             return
         self._report(exc)
         if not self.started and not self.conn._lost:
-            self.conn._write(framing.error_response(500, "the handler failed", self.conn._server_hdr,
-                                                    close=not self._reusable()))
+            self.conn._write(
+                framing.error_response(500, "the handler failed", self.conn._server_hdr, close=not self._reusable())
+            )
             self.keep_alive = self._reusable()
             self.finished = True
             self.conn._exchange_done(self)
@@ -253,10 +277,13 @@ class Exchange:
     def _report(self, exc: BaseException) -> None:
         # a cancelled handler was cut by the server (shutdown, send timeout): not its bug
         if not isinstance(exc, (ClientDisconnected, ConnectionError, HTTPError, asyncio.CancelledError)):
-            self.conn._loop.call_exception_handler({
-                "message": f"HTTP handler failed for {self.method} "
-                           f"{self.target.decode('latin-1')}", "exception": exc,
-                "protocol": self.conn})
+            self.conn._loop.call_exception_handler(
+                {
+                    "message": f"HTTP handler failed for {self.method} {self.target.decode('latin-1')}",
+                    "exception": exc,
+                    "protocol": self.conn,
+                }
+            )
 
     def _reusable(self) -> bool:
         return self.keep_alive and self.body_in.done
@@ -271,8 +298,9 @@ class HTTPProtocol(asyncio.Protocol):
         self._runner = runner
         self._cfg = config
         self._registry = registry
-        self._server_hdr = (b"Server: " + config.server_header.encode("latin-1") + b"\r\n"
-                            if config.server_header else b"")
+        self._server_hdr = (
+            b"Server: " + config.server_header.encode("latin-1") + b"\r\n" if config.server_header else b""
+        )
         self._parser = RequestParser(self, config, getattr(runner, "exchange_class", Exchange))
         # a runner for a plain handler offers it, its Response class and how it
         # finishes any other result: _answer_common() then answers in one frame
@@ -351,9 +379,17 @@ class HTTPProtocol(asyncio.Protocol):
         if self._timer_kind == _T_BODY:
             self._arm(_T_BODY)
         parser = self._parser
-        if (self._plain_handler is not None and parser._at_boundary and not self._queue and not self._paused
-                and not self._write_paused and not self._draining and not self._closing_after_queue
-                and not parser.upgraded and _parser_mod._scan is not None):
+        if (
+            self._plain_handler is not None
+            and parser._at_boundary
+            and not self._queue
+            and not self._paused
+            and not self._write_paused
+            and not self._draining
+            and not self._closing_after_queue
+            and not parser.upgraded
+            and _parser_mod._scan is not None
+        ):
             data = self._answer_common(data)
             if not data:
                 return
@@ -416,9 +452,16 @@ class HTTPProtocol(asyncio.Protocol):
             ex.status = result._status
             if _time() >= _DATE[0]:
                 framing.refresh_date()
-            self._transport.write(b"".join((result._head, _DATE[1],
-                                            self._tail_11 if ex.version == "1.1" else self._tail_10,
-                                            b"" if ex.method == "HEAD" else result._wire)))
+            self._transport.write(
+                b"".join(
+                    (
+                        result._head,
+                        _DATE[1],
+                        self._tail_11 if ex.version == "1.1" else self._tail_10,
+                        b"" if ex.method == "HEAD" else result._wire,
+                    )
+                )
+            )
             del queue[0]
             self._served += 1
             answered = True
@@ -523,8 +566,11 @@ class HTTPProtocol(asyncio.Protocol):
         """Resume reading if nothing holds it paused: few requests queued and
         the arriving body (if any) drained to half its buffer."""
         ex = self._parsing
-        if self._paused and len(self._queue) <= self._max_pipelined and (
-                ex is None or ex.body_in.hold_all or ex.body_in.buffered <= self._cfg.body_buffer_bytes // 2):
+        if (
+            self._paused
+            and len(self._queue) <= self._max_pipelined
+            and (ex is None or ex.body_in.hold_all or ex.body_in.buffered <= self._cfg.body_buffer_bytes // 2)
+        ):
             self._resume()
 
     # -- answering ----------------------------------------------------------------
@@ -642,15 +688,21 @@ class HTTPProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _resume(self) -> None:
-        if (self._paused and not self._lost and not self._closing and not self._parser.upgraded
-                and not self._write_paused):
+        if (
+            self._paused
+            and not self._lost
+            and not self._closing
+            and not self._parser.upgraded
+            and not self._write_paused
+        ):
             self._paused = False
             self._transport.resume_reading()
 
     def _arm(self, kind: int) -> None:
         cfg = self._cfg
-        delay = (cfg.header_timeout if kind == _T_HEAD else cfg.body_timeout if kind == _T_BODY
-                 else cfg.keepalive_timeout)
+        delay = (
+            cfg.header_timeout if kind == _T_HEAD else cfg.body_timeout if kind == _T_BODY else cfg.keepalive_timeout
+        )
         self._timer_kind = kind
         self._deadline = deadline = self._clock() + delay
         if self._timer is None:
@@ -721,6 +773,7 @@ class _ErrorExchange(Exchange):
     """The answer to a request that could not be parsed: status, then close.
     It waits in the queue like an exchange (Exchange's defaults are what the
     connection reads there) but has no request: only run() is called on it."""
+
     keep_alive = False
 
     def __init__(self, conn: HTTPProtocol, exc: HTTPError) -> None:  # no request head to take

@@ -1,5 +1,6 @@
 """HTTPServer: the native or ASGI front end on a listening socket, with
 graceful shutdown; `run()` for a process that serves until SIGTERM/SIGINT."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,8 @@ import inspect
 import logging
 import signal
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .asgi import Lifespan, asgi_runner
 from .config import HTTPConfig
@@ -20,23 +22,34 @@ logger = logging.getLogger("uringserve.http")
 
 def detect_interface(app: Any) -> str:
     """'asgi' for app(scope, receive, send), 'native' for handler(request)."""
-    target = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", app)
+    target = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", app)  # noqa: B004 (its signature)
     try:
-        params = [p for p in inspect.signature(target).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(target).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         raise TypeError(f"cannot tell whether {app!r} is an ASGI app or a handler: pass interface=") from None
     if len(params) == 3:
         return "asgi"
     if len(params) == 1:
         return "native"
-    raise TypeError(f"{app!r} takes {len(params)} arguments: a native handler takes (request), "
-                    "an ASGI app (scope, receive, send)")
+    raise TypeError(
+        f"{app!r} takes {len(params)} arguments: a native handler takes (request), an ASGI app (scope, receive, send)"
+    )
 
 
 class HTTPServer:
-    def __init__(self, app: Callable[..., Any], *, interface: str = "auto", config: HTTPConfig | None = None,
-                 lifespan: str = "auto", root_path: str = "") -> None:
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        *,
+        interface: str = "auto",
+        config: HTTPConfig | None = None,
+        lifespan: str = "auto",
+        root_path: str = "",
+    ) -> None:
         self.app = app
         self.interface = detect_interface(app) if interface == "auto" else interface
         if self.interface not in ("native", "asgi"):
@@ -49,8 +62,15 @@ class HTTPServer:
         self._server: asyncio.Server | None = None
         self._runner: Any = None
 
-    async def start(self, host: str | None = "127.0.0.1", port: int = 8000, *, sock: socket.socket | None = None,
-                    backlog: int = 1024, reuse_port: bool = False) -> asyncio.Server:
+    async def start(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 8000,
+        *,
+        sock: socket.socket | None = None,
+        backlog: int = 1024,
+        reuse_port: bool = False,
+    ) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         if self._lifespan is not None:
             await self._lifespan.startup()
@@ -60,8 +80,9 @@ class HTTPServer:
         if sock is not None:
             self._server = await loop.create_server(self._protocol, sock=sock, backlog=backlog)
         else:
-            self._server = await loop.create_server(self._protocol, host, port, backlog=backlog,
-                                                    reuse_port=reuse_port or None)
+            self._server = await loop.create_server(
+                self._protocol, host, port, backlog=backlog, reuse_port=reuse_port or None
+            )
         return self._server
 
     def _protocol(self) -> HTTPProtocol:
@@ -100,9 +121,17 @@ class HTTPServer:
         self.files.close()
 
 
-def run(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *, interface: str = "auto",
-        config: HTTPConfig | None = None, loop: str = "uring", ready: Callable[[HTTPServer], None] | None = None,
-        on_shutdown: Callable[[], None] | None = None) -> None:
+def run(
+    app: Callable[..., Any],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    interface: str = "auto",
+    config: HTTPConfig | None = None,
+    loop: str = "uring",
+    ready: Callable[[HTTPServer], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> None:
     """Serve `app` until SIGTERM or SIGINT, then shut down gracefully.
     loop: 'uring' (UringEventLoop) or 'asyncio' (the stdlib loop, for comparison)."""
     server = HTTPServer(app, interface=interface, config=config)
@@ -121,6 +150,7 @@ def run(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *, i
 
     if loop == "uring":
         import uringserve
+
         uringserve.run(main())
     else:
         asyncio.run(main())

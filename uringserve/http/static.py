@@ -11,6 +11,7 @@ already open). Where openat2 is missing (Linux < 5.6, some seccomp
 profiles) and for absolute symlinks (which RESOLVE_BENEATH refuses even
 when they point inside), the path is resolved with realpath() and checked
 instead."""
+
 from __future__ import annotations
 
 import collections
@@ -37,8 +38,21 @@ class OpenFile:
     """A file opened once and shared by every response that sends it. The
     fd closes when the last user lets go (the cache, a queued send); its
     fixed-file slot is given up at eviction and empties once unused."""
-    __slots__ = ("fd", "size", "mtime_ns", "dev", "ino", "etag", "last_modified", "content_type", "_ring",
-                 "_slot", "headers_200", "__weakref__")
+
+    __slots__ = (
+        "fd",
+        "size",
+        "mtime_ns",
+        "dev",
+        "ino",
+        "etag",
+        "last_modified",
+        "content_type",
+        "_ring",
+        "_slot",
+        "headers_200",
+        "__weakref__",
+    )
 
     def __init__(self, path: str, fd: int = -1, st: os.stat_result | None = None) -> None:
         """Open `path`; or take `fd` (blocking, a regular file, `st` its
@@ -70,9 +84,16 @@ class OpenFile:
         self._ring: Any = None
         self._slot = -1
         # a whole-file response's headers, encoded once: they change only with the file
-        self.headers_200 = _prepare_headers(200, [
-            (b"ETag", self.etag), (b"Last-Modified", self.last_modified), (b"Accept-Ranges", b"bytes"),
-            (b"Content-Type", self.content_type)], None)
+        self.headers_200 = _prepare_headers(
+            200,
+            [
+                (b"ETag", self.etag),
+                (b"Last-Modified", self.last_modified),
+                (b"Accept-Ranges", b"bytes"),
+                (b"Content-Type", self.content_type),
+            ],
+            None,
+        )
 
     def slot_for(self, ring: Any) -> int:
         """This file's fixed-file slot in `ring`, registered on first use; -1
@@ -300,12 +321,18 @@ class StaticFiles:
         if rng is not None and method == "GET" and _if_range_ok(headers, f):
             r = _parse_range(rng, f.size)
             if r is False:
-                return Response(b"", status=416, headers=[(b"Content-Range", b"bytes */%d" % f.size)],
-                                content_type=None)
+                return Response(
+                    b"", status=416, headers=[(b"Content-Range", b"bytes */%d" % f.size)], content_type=None
+                )
             if r is not None:
                 start, end = r
-                return FileResponse(f, start, end - start + 1, status=206, headers=[
-                    *whole[0], (b"Content-Range", b"bytes %d-%d/%d" % (start, end, f.size))])
+                return FileResponse(
+                    f,
+                    start,
+                    end - start + 1,
+                    status=206,
+                    headers=[*whole[0], (b"Content-Range", b"bytes %d-%d/%d" % (start, end, f.size))],
+                )
         return FileResponse._prepared(f, 0, f.size, 200, whole)
 
     def close(self) -> None:
