@@ -49,10 +49,11 @@ echo: deps $(STAMP)
 test: deps $(STAMP) lint
 	$(VPY) -m pytest -q
 
-# ruff (lint and format) over everything; configured in pyproject.toml
+# ruff (lint and format) over everything, mypy over the package; configured in pyproject.toml
 lint: deps $(STAMP)
 	$(VENV)/bin/ruff check uringserve apps tests bench
 	$(VENV)/bin/ruff format --check uringserve apps tests bench
+	$(VENV)/bin/mypy
 
 # the suite REPEAT times (3) with a CPU hog on every core: timing hopes fail here
 test-stress: deps $(STAMP)

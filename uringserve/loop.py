@@ -66,6 +66,12 @@ class _Listener:
 class UringEventLoop(asyncio.SelectorEventLoop):
     """An asyncio event loop whose I/O core is io_uring."""
 
+    # BaseEventLoop's own state, which typeshed does not declare; read here on hot paths
+    _debug: bool
+    _task_factory: Any
+    _ready: Any
+    _scheduled: list[asyncio.TimerHandle]
+
     def __init__(self, config: RingConfig | None = None) -> None:
         try:
             self._ring = Ring(config)
@@ -108,7 +114,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
 
     _eager_step = False
 
-    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:  # type: ignore[override]
         if self._eager_step:
             self._eager_step = False
             if context is None:
@@ -122,7 +128,9 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         self._ready.append(handle)
         return handle
 
-    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
+    def call_at(  # type: ignore[override]  # asyncio's signature, loosely typed
+        self, when: float, callback: Any, *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
         if self._debug or self._closed or when is None:
             return _drop_own_frame(super().call_at(when, callback, *args, context=context))
         timer = scheduling.TimerHandle(when, callback, args, self, context)
@@ -130,7 +138,9 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         timer._scheduled = True
         return timer
 
-    def call_later(self, delay: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
+    def call_later(  # type: ignore[override]  # asyncio's signature, loosely typed
+        self, delay: float, callback: Any, *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
         if delay is None:
             raise TypeError("delay must not be None")
         if self._debug:
@@ -272,13 +282,13 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         self, sock: socket.socket, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
     ) -> Any:
         if not _is_tcp(sock) or self._ring.closed:
-            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)  # type: ignore[misc]
         try:
             slot, gen = self._ring.adopt(sock.fileno())
         except OSError as exc:
             # the connection table is full: this connection takes asyncio's own path
             logger.debug("io_uring connection table full (%s); using a selector transport", exc)
-            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)  # type: ignore[misc]
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio does for TCP
         t = UringTransport(self, slot, gen, protocol, b"", None, server, sock=sock, extra=extra)
         self._conns[slot] = t
@@ -307,7 +317,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             waiter,
             server_side,
             server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]  # a float, as asyncio passes
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
@@ -386,7 +396,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     ) -> None:
         if not _is_tcp(sock):
             # Unix sockets keep asyncio's own path
-            super()._start_serving(
+            super()._start_serving(  # type: ignore[misc]  # selector_events' own, not in typeshed
                 protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
             )
             return
@@ -418,7 +428,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     def _stop_serving(self, sock: socket.socket) -> None:
         lid = self._listener_by_fd.pop(sock.fileno(), None)
         if lid is None:
-            super()._stop_serving(sock)
+            super()._stop_serving(sock)  # type: ignore[misc]
             return
         del self._listeners[lid]
         if not self._ring.closed:

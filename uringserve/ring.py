@@ -162,7 +162,7 @@ class Ring:
         c.buf_count = cfg.buf_count
         c.buf_size = cfg.buf_size
         c.chunk_size = cfg.chunk_size
-        c.arena_chunks = cfg.arena_bytes // cfg.chunk_size
+        c.arena_chunks = cfg.arena_bytes // cfg.chunk_size  # type: ignore[operator]  # validated() sized it
         c.zc_threshold = cfg.zc_threshold
         c.accept_depth = cfg.accept_depth
         c.ext_segments = cfg.ext_segments

@@ -37,7 +37,7 @@ import logging
 import os
 import socket
 import warnings
-from asyncio import constants, transports
+from asyncio import constants, transports, trsock
 from typing import TYPE_CHECKING, Any
 
 from . import sockaddr
@@ -50,7 +50,9 @@ _LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
 _FILE_SEGMENT_MAX = 1 << 30  # the core's segments hold < 2 GiB
 
 
-class UringTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[name-defined]
+class UringTransport(transports._FlowControlMixin, transports.Transport):
+    _high_water: int  # _FlowControlMixin's, set by set_write_buffer_limits()
+    _low_water: int
     _start_tls_compatible = True
     # loop.sendfile() queues the file in the core, which reads it into
     # registered memory and sends it from there (UringEventLoop._sendfile_native)
@@ -148,7 +150,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             value = self._sockname()
         elif name == "socket":
             sock = self._socket()
-            value = asyncio.trsock.TransportSocket(sock) if sock is not None else default
+            value = trsock.TransportSocket(sock) if sock is not None else default
         else:
             return default
         self._extra_cache[name] = value
@@ -605,7 +607,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):  # typ
             self._sock_obj.close()
             self._sock_obj = None
         try:
-            self._protocol.connection_lost(self._exc)
+            self._protocol.connection_lost(self._exc)  # type: ignore[arg-type]  # any exception, as asyncio
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

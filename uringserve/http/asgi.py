@@ -15,7 +15,7 @@ from urllib.parse import unquote
 from . import framing
 from .body import ClientDisconnected
 from .parser import HeaderBlock, HTTPError
-from .protocol import Exchange
+from .protocol import Exchange, Runner
 
 logger = logging.getLogger("uringserve.http")
 
@@ -60,7 +60,7 @@ class ASGIExchange(Exchange):
             await self.disc
         return {"type": "http.disconnect"}
 
-    def send(self, message: dict[str, Any]) -> Awaitable[None]:
+    def send(self, message: dict[str, Any]) -> Awaitable[None]:  # type: ignore[override]  # ASGI's, not bytes
         """ASGI's send. Not a coroutine function: what needs no waiting (almost
         every message) is done before it returns, and the awaitable returned is
         an already-completed future, which costs no coroutine frame per message.
@@ -133,15 +133,13 @@ class ASGIExchange(Exchange):
         self.end()
 
 
-def asgi_runner(
-    app: Callable[..., Any], state: dict[str, Any], files: Any, root_path: str = ""
-) -> Callable[[Exchange], None]:
+def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any, root_path: str = "") -> Runner:
     class _Exchange(ASGIExchange):
         pass
 
     _Exchange.files = files
 
-    def run(ex: ASGIExchange) -> None:  # type: ignore[override]
+    def run(ex: ASGIExchange) -> None:
         conn = ex.conn
         raw_path = ex.raw_path
         target = ex.target

@@ -31,7 +31,7 @@ class Headers:
         raw = self._raw
         if type(raw) is HeaderBlock:
             self._raw = raw = raw.pairs()
-        return raw
+        return raw  # type: ignore[return-value]  # a list now: type() is, not isinstance(), on this path
 
     def _dict(self) -> dict[str, str]:
         if self._map is None:
@@ -103,7 +103,7 @@ class Request(Exchange):
 
     async def body(self) -> bytes:
         """The whole body, once it has arrived."""
-        parts = []
+        parts: list[bytes] = []
         while True:
             chunk = await self.body_in.next_chunk()
             if not chunk:

@@ -9,19 +9,19 @@ from collections.abc import Callable
 from typing import Any
 
 from .messages import FileResponse, Request, Response, StreamingResponse
-from .protocol import Exchange
+from .protocol import Exchange, Runner
 
 
 def is_async_handler(handler: Any) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004 (its method, not callable())
 
 
-def native_runner(handler: Callable[[Request], Any]) -> Callable[[Exchange], None]:
+def native_runner(handler: Callable[[Request], Any]) -> Runner:
     """The runner for HTTPProtocol; the parser makes each request a Request
     (the runner's exchange_class)."""
     is_async = is_async_handler(handler)
 
-    def run(ex: Request) -> None:  # type: ignore[override]
+    def run(ex: Request) -> None:
         if is_async or not ex.body_in.done:
             ex.task = ex.conn._spawn(_serve(ex, handler, False))
             return
@@ -96,11 +96,11 @@ async def _stream(ex: Exchange, resp: StreamingResponse) -> None:
     ex.start(resp.status, resp.block, resp.content_length)
     content = resp.content
     if hasattr(content, "__aiter__"):
-        async for data in content:  # type: ignore[union-attr]
+        async for data in content:
             ex.send(data)
             await conn.drain()
     else:
-        for data in content:  # type: ignore[union-attr]
+        for data in content:
             ex.send(data)
             await conn.drain()
     ex.end()

@@ -32,6 +32,8 @@ from .parser import _HEAD_LEN, HeaderBlock, HTTPError, RequestParser, scanned_he
 logger = logging.getLogger("uringserve.http")
 
 _T_NONE, _T_HEAD, _T_BODY, _T_KEEPALIVE = 0, 1, 2, 3
+# answers each request: called with the runner's own exchange_class (an Exchange subclass)
+Runner = Callable[[Any], None]
 _DATE = framing.DATE
 _time = time.time
 
@@ -294,7 +296,7 @@ class HTTPProtocol(asyncio.Protocol):
     a time, and must end with exchange.end() or exchange.fail() (at once or
     later). The native and ASGI front ends are runners."""
 
-    def __init__(self, runner: Callable[[Exchange], None], config: HTTPConfig, registry: Any = None) -> None:
+    def __init__(self, runner: Runner, config: HTTPConfig, registry: Any = None) -> None:
         self._runner = runner
         self._cfg = config
         self._registry = registry
@@ -304,9 +306,9 @@ class HTTPProtocol(asyncio.Protocol):
         self._parser = RequestParser(self, config, getattr(runner, "exchange_class", Exchange))
         # a runner for a plain handler offers it, its Response class and how it
         # finishes any other result: _answer_common() then answers in one frame
-        self._plain_handler = getattr(runner, "plain_handler", None)
-        self._response_class = getattr(runner, "response_class", None)
-        self._finish = getattr(runner, "finish", None)
+        self._plain_handler: Callable[[Any], Any] | None = getattr(runner, "plain_handler", None)
+        self._response_class: Any = getattr(runner, "response_class", None)
+        self._finish: Callable[[Any, Any], None] | None = getattr(runner, "finish", None)
         self._queue: list[Exchange] = []  # [answering, waiting...]
         self._parsing: Exchange | None = None  # the exchange whose body is arriving
         self._transport: Any = None
@@ -418,7 +420,8 @@ class HTTPProtocol(asyncio.Protocol):
         everything after it goes through parser.feed(); returns those bytes."""
         parser = self._parser
         scan = _parser_mod._scan
-        handler = self._plain_handler
+        # set whenever this path is taken (data_received checks): typed so, no assert on the hot path
+        handler: Callable[[Any], Any] = self._plain_handler  # type: ignore[assignment]
         response_class = self._response_class
         make = parser._head_class
         queue = self._queue
@@ -445,7 +448,7 @@ class HTTPProtocol(asyncio.Protocol):
                 ex.fail(exc)
                 break
             if type(result) is not response_class or result._close or self._served >= self._last_keepalive:
-                self._finish(ex, result)  # the native runner's own way
+                self._finish(ex, result)  # type: ignore[misc]  # the native runner's own way
                 break
             # respond_prepared() for a keep-alive response with nothing waiting
             ex.started = ex.finished = True
@@ -585,7 +588,7 @@ class HTTPProtocol(asyncio.Protocol):
     def _start(self, ex: Exchange) -> None:
         ex.running = True
         if type(ex) is _ErrorExchange:
-            ex.run()  # type: ignore[attr-defined]
+            ex.run()
             return
         try:
             self._runner(ex)

@@ -139,8 +139,13 @@ def run(
     async def main() -> None:
         await server.start(host, port)
         stop = asyncio.get_running_loop().create_future()
+
+        def on_signal() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            asyncio.get_running_loop().add_signal_handler(sig, on_signal)
         if ready is not None:
             ready(server)
         await stop

@@ -21,7 +21,7 @@ import os
 import stat
 import weakref
 from email.utils import formatdate, parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
 from .. import ring
@@ -178,7 +178,7 @@ class FileCache:
             self._evict(key)
 
 
-def _parse_range(value: str, size: int) -> tuple[int, int] | None | bool:
+def _parse_range(value: str, size: int) -> tuple[int, int] | Literal[False] | None:
     """(start, end inclusive) for one satisfiable range; False when
     unsatisfiable (416); None when absent, multiple or invalid (send it all)."""
     unit, _, spec = value.partition("=")
