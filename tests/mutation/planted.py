@@ -32,8 +32,8 @@ PLANTED = [
     (
         "keepalive_requests: one request too many (start)",
         "uringserve/http/protocol.py",
-        "and conn._served < conn._last_keepalive)",
-        "and conn._served <= conn._last_keepalive)",
+        "and not conn._draining and conn._served < conn._last_keepalive\n",
+        "and not conn._draining and conn._served <= conn._last_keepalive\n",
         ["tests/test_http_server.py", "-k", "keepalive_requests"],
     ),
     (
@@ -53,8 +53,8 @@ PLANTED = [
     (
         "keep-alive kept after a streamed response with its request body unread (start)",
         "uringserve/http/protocol.py",
-        "self.keep_alive = (self.keep_alive and self.body_in.done and not conn._draining",
-        "self.keep_alive = (self.keep_alive and not conn._draining",
+        "            self.keep_alive and self.body_in.done and not conn._draining and conn._served",
+        "            self.keep_alive and not conn._draining and conn._served",
         ["tests/test_http_server.py", "tests/test_http_asgi.py", "-k", "unread or before_the_body"],
     ),
     (
