@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import uringserve.http.parser as parser_mod
-from uringserve._native._core import lib
+from uringserve import ring
 from uringserve.http import HTTPConfig, HTTPError, RequestParser
 
 DEFAULT = HTTPConfig()
@@ -79,7 +79,7 @@ def _merge_bodies(events: list) -> list:
 
 
 def scan(data: bytes, config: HTTPConfig = DEFAULT, off: int = 0) -> int:
-    return lib.us_http_scan(data, off, len(data), config.max_header_bytes, config.max_target_bytes, config.max_headers)
+    return ring.http_scan(data, off, len(data), config.max_header_bytes, config.max_target_bytes, config.max_headers)
 
 
 # -- generated request heads: mostly the common form, with every kind of deviation
@@ -228,16 +228,16 @@ def test_what_the_recogniser_accepts_llhttp_reads_the_same(config: HTTPConfig, d
     if r <= 0:
         assert r == 0
         return
-    head_len = r & lib.US_SCAN_HEAD_LEN_MASK
+    head_len = r & ring.SCAN_HEAD_LEN_MASK
     ref, status = parse(data[:head_len], config, native=False)
     assert status is None, f"recogniser accepted what llhttp answers {status}: {data[:head_len]!r}"
     assert len(ref) == 2 and ref[0][0] == "head" and ref[1] == ("end",)
     _, method, target, version, headers, keep_alive, length, chunked, expect, upgrade = ref[0]
     assert (length, chunked, expect, upgrade) == (None, False, False, False)
-    assert method == (b"HEAD" if r & lib.US_SCAN_HEAD_METHOD else b"GET")
-    assert len(target) == (r >> lib.US_SCAN_TARGET_SHIFT) & 0xFFFF
-    assert version == ("1.0" if r & lib.US_SCAN_HTTP10 else "1.1")
-    assert keep_alive == bool(r & lib.US_SCAN_KEEP_ALIVE)
+    assert method == (b"HEAD" if r & ring.SCAN_HEAD_METHOD else b"GET")
+    assert len(target) == (r >> ring.SCAN_TARGET_SHIFT) & 0xFFFF
+    assert version == ("1.0" if r & ring.SCAN_HTTP10 else "1.1")
+    assert keep_alive == bool(r & ring.SCAN_KEEP_ALIVE)
     # and the parser that used the recogniser reported exactly that head
     assert parse(data[:head_len], config, native=True) == (ref, None)
     # llhttp's head ends where the recogniser's does: one byte less is incomplete for both
@@ -251,7 +251,7 @@ def test_the_common_form_is_always_recognised(data: bytes) -> None:
     """What the generator calls common, the recogniser takes (so the
     comparison above runs on it), whole, with the head's exact length."""
     r = scan(data)
-    assert r > 0 and r & lib.US_SCAN_HEAD_LEN_MASK == len(data), data
+    assert r > 0 and r & ring.SCAN_HEAD_LEN_MASK == len(data), data
 
 
 @pytest.mark.parametrize("config", [DEFAULT, TIGHT], ids=["default-limits", "tight-limits"])
@@ -344,7 +344,7 @@ def test_limits_are_declined_at_the_boundary() -> None:
     at the limit it accepts."""
     head = b"GET /abcdefghijk HTTP/1.1\r\nHost: a\r\nX-A: b\r\nX-B: c\r\n\r\n"  # 12-byte target, 3 fields
     at = HTTPConfig(max_header_bytes=len(head), max_target_bytes=12, max_headers=3)
-    assert scan(head, at) & lib.US_SCAN_HEAD_LEN_MASK == len(head)
+    assert scan(head, at) & ring.SCAN_HEAD_LEN_MASK == len(head)
     for over, status in (
         (HTTPConfig(max_header_bytes=len(head) - 1, max_target_bytes=12, max_headers=3), 431),
         (HTTPConfig(max_header_bytes=len(head), max_target_bytes=11, max_headers=3), 414),
@@ -377,7 +377,7 @@ def test_a_head_that_fails_before_the_limit_is_not_431() -> None:
 def test_offsets_and_lengths() -> None:
     data = b"xx" + WRK
     r = scan(data, off=2)
-    assert r & lib.US_SCAN_HEAD_LEN_MASK == len(WRK) and (r >> lib.US_SCAN_TARGET_SHIFT) & 0xFFFF == 1
+    assert r & ring.SCAN_HEAD_LEN_MASK == len(WRK) and (r >> ring.SCAN_TARGET_SHIFT) & 0xFFFF == 1
     assert scan(data, off=len(data)) == 0 and scan(data, off=len(data) + 5) == 0
 
 

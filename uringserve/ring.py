@@ -32,6 +32,15 @@ SEND_MODES = {
 }
 RECV_MODES = {"pbuf": lib.US_RECV_PBUF, "plain": lib.US_RECV_PLAIN}
 
+# the HTTP head recogniser (http_scan.h) for uringserve.http.parser: a C
+# function that needs no ring, so the parser stays testable without one
+http_scan = lib.us_http_scan
+SCAN_HEAD_LEN_MASK = lib.US_SCAN_HEAD_LEN_MASK
+SCAN_TARGET_SHIFT = lib.US_SCAN_TARGET_SHIFT
+SCAN_HEAD_METHOD = lib.US_SCAN_HEAD_METHOD
+SCAN_HTTP10 = lib.US_SCAN_HTTP10
+SCAN_KEEP_ALIVE = lib.US_SCAN_KEEP_ALIVE
+
 EV_ACCEPT = lib.US_EV_ACCEPT
 EV_RECV = lib.US_EV_RECV
 EV_EOF = lib.US_EV_EOF

@@ -22,16 +22,17 @@ from typing import Any, Protocol
 
 import httptools
 
-from .._native._core import lib as _lib
+from .. import ring
 from .config import HTTPConfig
 
-# us_http_scan and its result bits (uringserve/_native/http_scan.h); tests set
-# _scan to None to compare with llhttp alone
-_scan: Any = _lib.us_http_scan
-_HEAD_LEN = _lib.US_SCAN_HEAD_LEN_MASK
-_TARGET_SHIFT = _lib.US_SCAN_TARGET_SHIFT
-_HEAD_METHOD = _lib.US_SCAN_HEAD_METHOD
-_HTTP10 = _lib.US_SCAN_HTTP10
+# us_http_scan and its result bits (uringserve/_native/http_scan.h), through
+# ring.py, the one module that loads the native core; tests set _scan to None
+# to compare with llhttp alone
+_scan: Any = ring.http_scan
+_HEAD_LEN = ring.SCAN_HEAD_LEN_MASK
+_TARGET_SHIFT = ring.SCAN_TARGET_SHIFT
+_HEAD_METHOD = ring.SCAN_HEAD_METHOD
+_HTTP10 = ring.SCAN_HTTP10
 
 
 # the fewest bytes a head has besides its target and fields: "GET " " HTTP/1.1\r\n" "\r\n"
