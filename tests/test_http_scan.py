@@ -529,6 +529,12 @@ FEW = HTTPConfig(keepalive_requests=2, max_pipelined=1)
     cuts=st.lists(st.integers(0, 600), max_size=4),
 )
 @example(data=WRK * 4, cuts=[])  # pipelined common requests in one piece: the write buffer fills among them
+# a head behind another in one piece, over the size limit at the byte where it goes wrong (bare LF): 431 both ways
+@example(
+    data=WRK + b"GET /aaaaaaaa HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.0\r\nAccept: keep-alive\r\n"
+    b"Accept: gzip, deflate\nAccept: */*\r\n\r\n",
+    cuts=[],
+)
 @example(data=WRK * 3 + b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n" + WRK, cuts=[len(WRK) + 3])
 def test_the_server_answers_the_same_with_and_without_the_recogniser(
     config: HTTPConfig, api: str, pressure: bool, data: bytes, cuts: list[int]

@@ -174,39 +174,53 @@ class RequestParser:
         return self._in_head and self._head_bytes > 0
 
     def feed(self, data: bytes) -> None:
-        if self._ignore_rest:
-            # after an upgrade the rest is another protocol's; after a last
-            # request it is not read at all. The connection closes after the response
+        while True:  # once per head that ends inside `data` and crosses the limit with what follows
+            if self._ignore_rest:
+                # after an upgrade the rest is another protocol's; after a last
+                # request it is not read at all. The connection closes after the response
+                return
+            if self._at_boundary and _scan is not None:
+                # complete body-less GET/HEAD heads in the common form, in one C
+                # call each; the first thing it declines, and all after it, is llhttp's
+                n = len(data)
+                pos = 0
+                while pos < n:
+                    r = _scan(data, pos, n, self._max_head, self._max_target, self._max_headers)
+                    if r <= 0:
+                        break
+                    self._on_request(scanned_head(self._head_class, data, pos, r))
+                    pos += r & _HEAD_LEN
+                if pos:
+                    self._head_bytes = 0  # blank lines llhttp skipped before these heads counted here
+                    if pos == n:
+                        return
+                    data = data[pos:]
+            if self._in_head:
+                # httptools buffers partial header lines without bound: count the
+                # head's bytes before it sees them. Counting all of `data` is
+                # exact unless the head ends inside it, so only data that would
+                # cross the limit is searched; then the head is fed alone and
+                # what follows it is counted as the next head's, as if it had
+                # arrived on its own (the same answer however bytes arrive).
+                n = self._head_bytes + len(data)
+                if n > self._max_head:
+                    end = data.find(b"\r\n\r\n")
+                    if end < 0 or self._head_bytes + end + 4 > self._max_head:
+                        self._feed_to_limit(data)
+                        return
+                    cut = end + 4
+                    self._head_bytes += cut
+                    self._feed(data[:cut])
+                    data = data[cut:]
+                    if not data:
+                        return
+                    if self._in_head:  # that message ended with its head: the next one starts here
+                        continue
+                    self._feed(data)  # its body, and whatever follows it
+                    return
+                self._head_bytes = n
+            self._feed(data)
             return
-        if self._at_boundary and _scan is not None:
-            # complete body-less GET/HEAD heads in the common form, in one C
-            # call each; the first thing it declines, and all after it, is llhttp's
-            n = len(data)
-            pos = 0
-            while pos < n:
-                r = _scan(data, pos, n, self._max_head, self._max_target, self._max_headers)
-                if r <= 0:
-                    break
-                self._on_request(scanned_head(self._head_class, data, pos, r))
-                pos += r & _HEAD_LEN
-            if pos:
-                self._head_bytes = 0  # blank lines llhttp skipped before these heads counted here
-                if pos == n:
-                    return
-                data = data[pos:]
-        if self._in_head:
-            # httptools buffers partial header lines without bound: count the
-            # head's bytes before it sees them. Counting all of `data` is exact
-            # unless the head ends inside it (then the count restarts at the
-            # head's end), so only data that would cross the limit is searched.
-            n = self._head_bytes + len(data)
-            if n > self._max_head:
-                end = data.find(b"\r\n\r\n")
-                if end < 0 or self._head_bytes + end + 4 > self._max_head:
-                    self._feed_to_limit(data)
-                    return
-            self._head_bytes = n
-        self._feed(data)
 
     def _feed_to_limit(self, data: bytes) -> None:
         """`data` may take the head past its limit: llhttp reads only the
