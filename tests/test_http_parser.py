@@ -246,3 +246,41 @@ def test_the_head_limit_holds_for_a_head_behind_another_in_one_piece(extra: int,
     assert [e[2] for e in events if e[0] == "head"] == (
         [b"/first", b"/" + b"a" * pad] if status is None else [b"/first"]
     )
+
+
+def test_an_upgrade_request_is_marked_and_nothing_after_it_is_parsed() -> None:
+    """`Upgrade` makes the head's upgrade flag true; the bytes after that
+    request belong to another protocol and are not parsed as HTTP."""
+    sink = Sink()
+    heads: list = []
+    sink.on_head = heads.append  # the head objects themselves
+    p = RequestParser(sink, HTTPConfig())
+    p.feed(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello")
+    assert len(heads) == 1 and heads[0].upgrade and not heads[0].has_body
+    assert p.upgraded
+    p.feed(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")  # not HTTP any more: ignored
+    assert len(heads) == 1
+
+
+def test_request_head_has_body_only_with_one() -> None:
+    from uringserve.http.parser import RequestHead
+
+    def head(**kw):
+        return RequestHead(b"POST", b"/", "1.1", [], True, **kw)
+
+    assert head(content_length=5).has_body and head(chunked=True).has_body
+    assert not head(content_length=0).has_body and not head().has_body
+
+
+def test_the_head_after_a_request_with_a_body_is_held_to_the_limit() -> None:
+    """After a request whose body llhttp read, the next head is counted byte
+    for byte again: an endless header line is 431 before it is buffered."""
+    sink = Sink()
+    p = RequestParser(sink, HTTPConfig(max_header_bytes=1024))
+    p.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
+    p.feed(b"GET / HTTP/1.1\r\nHost: h\r\nX: ")
+    with pytest.raises(HTTPError) as e:
+        for _ in range(100):
+            p.feed(b"v" * 100)
+    assert e.value.status == 431
+    assert [ev[0] for ev in sink.events] == ["head", "body", "end"]
