@@ -284,3 +284,43 @@ def test_the_head_after_a_request_with_a_body_is_held_to_the_limit() -> None:
             p.feed(b"v" * 100)
     assert e.value.status == 431
     assert [ev[0] for ev in sink.events] == ["head", "body", "end"]
+
+
+def test_the_first_head_at_the_limit_passes_and_split_over_it_does_not() -> None:
+    """A connection's first head of exactly max_header_bytes is accepted
+    (whole and byte by byte); one byte more is 431 however it is split,
+    including a split that leaves the head's end past the limit."""
+    limit = 120
+    cfg = HTTPConfig(max_header_bytes=limit)
+    fields = (
+        b"Host: h\r\nX-A:        1\r\n"  # whitespace the field-size estimate does not see: only raw counting can tell
+    )
+
+    def head(size: int) -> bytes:
+        pad = size - len(b"GET / HTTP/1.1\r\n" + fields + b"\r\n")
+        return b"GET /" + b"a" * pad + b" HTTP/1.1\r\n" + fields + b"\r\n"
+
+    assert both(head(limit), cfg)[1] is None
+    over = head(limit + 1)
+    assert both(over, cfg)[1] == 431
+    for cut in (10, 50, limit - 5):
+        assert parse(over, [cut], cfg)[1] == 431, cut
+
+
+def test_a_head_split_so_its_rest_looks_like_a_request_is_one_head() -> None:
+    """The recogniser only starts at a message boundary: the second piece of
+    a head, however much it looks like a request of its own, continues it."""
+    events, err = both(b"GET /a HTTP/1.1\r\nHost: h\r\nX-Y: GET / HTTP/1.1\r\nX-Z: z\r\n\r\n")
+    assert err is None and [e[2] for e in events if e[0] == "head"] == [b"/a"]
+    sink = Sink()
+    p = RequestParser(sink, HTTPConfig())
+    p.feed(b"GET /a HTTP/1.1\r\nX-Y: ")
+    p.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")  # the value, then a Host field, then the end
+    assert [e[2] for e in sink.events if e[0] == "head"] == [b"/a"]
+
+
+def test_every_request_gets_the_whole_body_limit() -> None:
+    cfg = HTTPConfig(max_body_bytes=10)
+    one = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n"
+    events, err = both(one * 3, cfg)
+    assert err is None and [e[1] for e in events if e[0] == "body"] == [b"0123456789"] * 3

@@ -1041,3 +1041,11 @@ def test_nothing_after_a_last_request_is_answered(h, handler, bytewise: bool, la
     assert [x.status for x in r.responses] == [200, 200] and r.raw.count(b"HTTP/1.") == 2
     assert r.responses[1].body.endswith(b"/last") and r.responses[1].header("connection") == "close"
     assert r.closed
+
+
+def test_header_values_reach_the_handler_as_sent(h) -> None:
+    """Values of a recognised head keep every character but the optional
+    whitespace after the colon."""
+    reqs = b"GET / HTTP/1.1\r\nHost: t\r\nX-A: Xylophone\r\nX-B:\t  X X\r\n\r\n"
+    r = run(h, lambda req: Response(repr((req.headers["x-a"], req.headers["x-b"]))), lambda port: exchange(port, reqs))
+    assert r.responses[0].body == repr(("Xylophone", "X X")).encode()
