@@ -324,3 +324,31 @@ def test_every_request_gets_the_whole_body_limit() -> None:
     one = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n"
     events, err = both(one * 3, cfg)
     assert err is None and [e[1] for e in events if e[0] == "body"] == [b"0123456789"] * 3
+
+
+def test_blank_lines_before_a_head_count_toward_its_limit() -> None:
+    """Empty lines llhttp skips before a request are read bytes: they count
+    toward max_header_bytes whole or byte by byte."""
+    limit = 120
+    cfg = HTTPConfig(max_header_bytes=limit)
+    fields = b"Host: h\r\nX-A: 1\r\n"
+
+    def head(size: int) -> bytes:
+        pad = size - len(b"GET / HTTP/1.1\r\n" + fields + b"\r\n")
+        return b"POST /" + b"a" * (pad - 1) + b" HTTP/1.1\r\n" + fields + b"\r\n"  # llhttp's, not the recogniser's
+
+    assert both(b"\r\n\r\n" + head(limit - 4), cfg)[1] is None
+    assert both(b"\r\n\r\n" + head(limit - 3), cfg)[1] == 431
+
+
+def test_a_head_whose_end_is_split_off_and_the_next_request_behind_it() -> None:
+    """The piece that completes a head (its last LF) may carry the next
+    request and cross the limit: the head ends, and the next request is
+    parsed, not dropped."""
+    cfg = HTTPConfig(max_header_bytes=100)
+    first = b"POST /first HTTP/1.1\r\nHost: h\r\n\r\n"
+    second = b"POST /second HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * 40 + b"\r\n\r\n"
+    data = first + second
+    assert len(first) - 1 + len(data) > 100  # the second piece takes the count past the limit
+    events, err = parse(data, [len(first) - 1], cfg)
+    assert err is None and [e[2] for e in events if e[0] == "head"] == [b"/first", b"/second"]
