@@ -166,7 +166,7 @@ class RequestParser:
         self.upgraded = False  # the byte stream after an Upgrade request is not HTTP/1.1
         self._at_boundary = True  # llhttp is between messages: the recogniser may take the next head
         self._keep_alive = True  # the last message llhttp read was not a last request
-        self._ignore_rest = False  # an upgrade or a last request was read: nothing after it is
+        self._ignore_rest = False  # an upgrade, a last request or stop(): nothing after it is read
 
     @property
     def head_started(self) -> bool:
@@ -221,6 +221,12 @@ class RequestParser:
                 self._head_bytes = n
             self._feed(data)
             return
+
+    def stop(self) -> None:
+        """Read nothing more: after a refused request (or a timeout) the
+        parser's place in the byte stream means nothing; feed() ignores
+        whatever still arrives."""
+        self._ignore_rest = True
 
     def _feed_to_limit(self, data: bytes) -> None:
         """`data` may take the head past its limit: llhttp reads only the

@@ -395,8 +395,6 @@ class HTTPProtocol(asyncio.Protocol):
             data = self._answer_common(data)
             if not data:
                 return
-        if self._refused:
-            return  # after a request the parser refused nothing more is read (a paused transport may still deliver)
         try:
             parser.feed(data)
         except HTTPError as exc:
@@ -636,11 +634,10 @@ class HTTPProtocol(asyncio.Protocol):
             logger.debug("ending connection mid-response: %s", exc)
             self._transport.close()
 
-    _refused = False  # the parser refused a request: its position in the stream means nothing
-
     def _parse_failed(self, exc: HTTPError) -> None:
         """Answer after the requests before it, then close."""
-        self._refused = True
+        # nothing more is read, even what a paused transport still delivers
+        self._parser.stop()
         self._pause()
         ex = self._parsing
         if ex is not None:
