@@ -83,6 +83,19 @@ def h(request: pytest.FixtureRequest) -> Any:
     )
 
 
+async def until(cond: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll `cond` on the running loop until it is true; whether it became
+    true before `timeout`, which bounds a hang and is never waited out by a
+    correct program. For state no event announces (counters, registries)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

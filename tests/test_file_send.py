@@ -14,7 +14,7 @@ import os
 import socket
 
 import pytest
-from conftest import serve_and_read
+from conftest import serve_and_read, until
 from test_hard_paths import run_uring
 
 from uringserve import RingConfig
@@ -219,17 +219,13 @@ def test_peer_leaving_mid_file_and_abort_leave_nothing(data_file) -> None:
             await loop.sock_connect(s, ("127.0.0.1", port))
         assert await loop.sock_recv(s1, 65536)  # its file is being sent
         assert await loop.sock_recv(s2, 65536)
-        while len(transports) < 2:
-            await asyncio.sleep(0.005)
+        assert await until(lambda: len(transports) == 2)
         s1.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         s1.close()
         by_peer = {t.get_extra_info("peername")[1]: t for t in transports}
         by_peer[s2.getsockname()[1]].abort()
         # both connections end on the server: the reset one and the aborted one
-        for _ in range(2000):
-            if all(t.is_closing() for t in transports) and loop.ring_stats()["slots_used"] == 0:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: all(t.is_closing() for t in transports) and loop.ring_stats()["slots_used"] == 0)
         s2.close()
         server.close()
         await server.wait_closed()
@@ -335,13 +331,6 @@ def test_a_queued_file_range_waits_for_a_segment(tmp_path) -> None:
 
         loop._ring.send_file = send_file
 
-        async def until(cond, what: str) -> None:
-            for _ in range(2000):
-                if cond():
-                    return
-                await asyncio.sleep(0.005)
-            raise AssertionError(f"never: {what}")
-
         server = await loop.create_server(Server, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         slow = socket.socket()
@@ -349,13 +338,14 @@ def test_a_queued_file_range_waits_for_a_segment(tmp_path) -> None:
         slow.connect(("127.0.0.1", port))
         r1, w1 = await asyncio.open_connection(sock=slow)
         # the big file's reads stall on the unread socket: the segment and two chunks stay held
-        await until(
-            lambda: loop.ring_stats()["ext_in_use"] == 1 and loop.ring_stats()["arena_in_use"] >= 2,
-            "the big file holds the segment and two chunks",
+        assert await until(lambda: loop.ring_stats()["ext_in_use"] == 1 and loop.ring_stats()["arena_in_use"] >= 2), (
+            "the big file never held the segment and two chunks"
         )
         r2, w2 = await asyncio.open_connection("127.0.0.1", port)
         second = asyncio.ensure_future(r2.read())
-        await until(lambda: any(ret == -errno.ENOBUFS for _, ret in answers), "the small range found no segment")
+        assert await until(lambda: any(ret == -errno.ENOBUFS for _, ret in answers)), (
+            "the small range always found a segment"
+        )
         assert not second.done()  # it waits for the segment, not lost and not out of order
         first = await r1.read()
         got = await asyncio.wait_for(second, 10)
@@ -455,10 +445,7 @@ def test_abort_with_a_registered_file_range_waiting_releases_its_slot(tmp_path) 
         s.close()
         server.close()
         await server.wait_closed()
-        for _ in range(200):
-            if loop.ring_stats()["files_registered"] == 0:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: loop.ring_stats()["files_registered"] == 0, timeout=1.0)
         return loop.ring_stats()["files_registered"]
 
     registered, st = run_uring(RingConfig(chunk_size=16384, arena_bytes=65536), main)

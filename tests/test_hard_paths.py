@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import blocking_client, fd_targets, open_fds, serve_and_read
+from conftest import blocking_client, fd_targets, open_fds, serve_and_read, until
 
 import uringserve
 from uringserve import RingConfig
@@ -215,15 +215,10 @@ def test_ablation_modes_are_byte_exact(cfg: RingConfig) -> None:
         # where accepted connections live: fixed slots take no process fd
         before = socket_fds()
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
-        for _ in range(2000):
-            if loop.ring_stats()["accepts"] >= 8:
-                break
-            await asyncio.sleep(0.005)
-        for _ in range(200):  # a regular fd appears when its accept completes: counted above
-            server_side = socket_fds() - before - len(held)
-            if server_side >= 8 or cfg.fixed_files:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: loop.ring_stats()["accepts"] >= 8)
+        # a regular fd appears when its accept completes: counted above
+        await until(lambda: cfg.fixed_files or socket_fds() - before - len(held) >= 8, timeout=1.0)
+        server_side = socket_fds() - before - len(held)
         for s in held:
             s.close()
         result: dict = {"server_side_fds": server_side}

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import until
 from http_client import exchange
 
 from uringserve.http import HTTPConfig, HTTPServer, Request, Response, StreamingResponse
@@ -564,12 +565,9 @@ def test_stalled_request_body_gets_408(h) -> None:
 
 async def until_busy(srv: HTTPServer, connections: int) -> None:
     """Until the server holds `connections` connections, one answering a request."""
-    for _ in range(4000):
-        conns = list(srv.connections)
-        if len(conns) >= connections and any(c._queue for c in conns):
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("the request never reached the server")
+    assert await until(
+        lambda: len(srv.connections) >= connections and any(c._queue for c in srv.connections), timeout=20
+    ), "the request never reached the server"
 
 
 def test_graceful_shutdown_finishes_requests_in_flight(h) -> None:
@@ -652,10 +650,7 @@ def test_client_that_resets_mid_body_leaves_nothing(h) -> None:
         await srv.start("127.0.0.1", 0)
         port = srv.sockets[0].getsockname()[1]
         await asyncio.to_thread(client, port)
-        for _ in range(2000):
-            if seen and not srv.connections:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: seen and not srv.connections)
         left = len(srv.connections)
         await srv.shutdown(timeout=2)
         return left
@@ -737,16 +732,8 @@ def test_a_client_that_never_reads_is_cut_after_send_timeout(h) -> None:
         reader = asyncio.ensure_future(asyncio.to_thread(client, port))
         # the response is written at once (a plain handler): the connection
         # stays registered until the timeout cuts it, 0.3 s after it stalls
-        for _ in range(4000):
-            if srv.connections:
-                break
-            await asyncio.sleep(0.002)
-        assert srv.connections
-        for _ in range(2000):
-            if not srv.connections:
-                break
-            await asyncio.sleep(0.01)
-        was_cut = not srv.connections
+        assert await until(lambda: srv.connections)
+        was_cut = await until(lambda: not srv.connections, timeout=20)
         cut.set()
         got = await reader
         await srv.shutdown(timeout=2)
@@ -932,14 +919,15 @@ def test_pipelining_beyond_the_bound_stops_reading(h) -> None:
         port = srv.sockets[0].getsockname()[1]
         reqs = b"".join(b"GET /%d HTTP/1.1\r\n%s%s\r\n" % (i, H, pad) for i in range(n))
         client = asyncio.ensure_future(asyncio.to_thread(exchange, port, reqs, responses=n, timeout=30))
+
         # reading pauses (the only pause a waiting handler can cause) or,
         # if it never does, everything gets queued: wait for either
-        for _ in range(3000):
+        def paused_or_all_queued() -> bool:
             conns = list(srv.connections)
-            if conns and (conns[0]._paused or len(conns[0]._queue) == n):
-                break
-            await asyncio.sleep(0.01)
-        conn = conns[0]
+            return bool(conns) and (conns[0]._paused or len(conns[0]._queue) == n)
+
+        await until(paused_or_all_queued, timeout=30)
+        conn = list(srv.connections)[0]
         queued = len(conn._queue)
         paused = conn._paused and not conn._transport.is_reading()
         gate["event"].set()
@@ -975,13 +963,15 @@ def test_a_body_nobody_reads_is_held_to_body_buffer_bytes(h) -> None:
         port = srv.sockets[0].getsockname()[1]
         req = b"POST /up HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % total + b"b" * total
         client = asyncio.ensure_future(asyncio.to_thread(exchange, port, req, timeout=30))
-        for _ in range(3000):  # paused, or everything buffered if it never pauses
+
+        def paused_or_all_buffered() -> bool:
             conns = list(srv.connections)
             ex = conns[0]._parsing if conns else None
-            if ex is not None and (conns[0]._paused or ex.body_in.buffered >= total - limit):
-                break
-            await asyncio.sleep(0.01)
-        buffered, paused = ex.body_in.buffered, conns[0]._paused
+            return ex is not None and (conns[0]._paused or ex.body_in.buffered >= total - limit)
+
+        await until(paused_or_all_buffered, timeout=30)
+        conn = list(srv.connections)[0]
+        buffered, paused = conn._parsing.body_in.buffered, conn._paused
         gate["event"].set()
         r = await client
         await srv.shutdown(timeout=2)

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import blocking_client, serve_and_read
+from conftest import blocking_client, serve_and_read, until
 
 
 class Echo(asyncio.Protocol):
@@ -57,10 +57,7 @@ def test_echo_streams_client(h) -> None:
             assert await reader.readexactly(len(msg)) == msg
         writer.close()
         await writer.wait_closed()
-        for _ in range(100):
-            if any(isinstance(x, tuple) for x in log):
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: any(isinstance(x, tuple) for x in log), timeout=1)
         await close_server(server)
 
     h.run(main())
@@ -191,10 +188,7 @@ def test_pause_reading_holds_data_in_order(h) -> None:
         server, port = await start(h.loop, Pausing)
         r, w = await asyncio.open_connection("127.0.0.1", port)
         w.write(b"first")
-        for _ in range(2000):  # "first" delivered alone, and reading paused
-            if received:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: received)  # "first" delivered alone, and reading paused
         payload = b"".join(i.to_bytes(4, "big") for i in range(50000))
         w.write(payload)
         await w.drain()
@@ -208,10 +202,7 @@ def test_pause_reading_holds_data_in_order(h) -> None:
         state["paused"] = False
         state["t"].resume_reading()
         assert state["t"].is_reading()
-        for _ in range(500):
-            if sum(map(len, received)) >= len(payload) + 5:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: sum(map(len, received)) >= len(payload) + 5, timeout=5)
         assert b"".join(received) == b"first" + payload
         w.close()
         await w.wait_closed()
@@ -364,10 +355,7 @@ def test_abort_discards_and_reports(h) -> None:
         except ConnectionResetError:
             pass
         sock.close()
-        for _ in range(1000):  # connection_lost is a callback away
-            if ("lost", None) in log:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: ("lost", None) in log)  # connection_lost is a callback away
         await close_server(server)
         return got
 
@@ -418,10 +406,7 @@ def test_exception_in_connection_made_goes_to_handler(h) -> None:
     async def main() -> None:
         server, port = await start(h.loop, Bad)
         r, w = await asyncio.open_connection("127.0.0.1", port)
-        for _ in range(200):
-            if h.errors:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: h.errors, timeout=2)
         if h.uring:
             # stricter than the stdlib loop, which leaves such a connection open:
             # a protocol that failed to start gets its connection closed
@@ -461,10 +446,7 @@ def test_peer_reset_reports_connection_lost_with_error(h) -> None:
         await asyncio.sleep(0.05)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         s.close()  # RST
-        for _ in range(200):
-            if lost:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: lost, timeout=2)
         await close_server(server)
 
     h.run(main())
