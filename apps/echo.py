@@ -1,8 +1,11 @@
 """Echo server: one asyncio.Protocol, runnable on uringserve, the stdlib loop or uvloop.
 
     python apps/echo.py --host 127.0.0.1 --port 8000 [--loop uring|asyncio|uvloop]
+    python apps/echo.py --uds /tmp/echo.sock [--uds-mode 660]  |  --fd 3
 
-The protocol code is identical on every loop, so the loops can be compared.
+The protocol code is identical on every loop, so the loops can be compared;
+uringserve.server gives it listeners, the registry and the graceful drain
+(the default hook: close once what was written has gone out).
 Ablation switches (--send-mode, --recv-mode, --regular-fds) choose which
 io_uring features the uring loop uses; bench/echo_bench.py drives them.
 """
@@ -12,25 +15,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 
+from uringserve.server import Connection, Server
 
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
 
+class Echo(Connection, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[attr-defined]
+        self.transport.write(data)
+        if self.idle_timeout:
+            self.touch()
 
 
-def make_loop(args: argparse.Namespace) -> asyncio.AbstractEventLoop:
-    if args.loop == "asyncio":
-        return asyncio.new_event_loop()
-    if args.loop == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
+def ring_config(args: argparse.Namespace) -> object | None:
+    if args.loop != "uring":
+        return None
     import uringserve
 
     sizes = {
@@ -38,14 +37,13 @@ def make_loop(args: argparse.Namespace) -> asyncio.AbstractEventLoop:
         for k, v in (("buf_count", args.buf_count), ("buf_size", args.buf_size), ("inplace_min", args.inplace_min))
         if v
     }
-    cfg = uringserve.RingConfig(
+    return uringserve.RingConfig(
         send_mode=args.send_mode,
         recv_mode=args.recv_mode,
         fixed_files=not args.regular_fds,
         recv_bundle=args.bundle,
         **sizes,
     )
-    return uringserve.new_event_loop(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,24 +59,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--buf-size", type=int, help="bytes per provided buffer")
     p.add_argument("--inplace-min", type=int, help="bytes writes this large are sent without a copy")
     p.add_argument("--backlog", type=int, default=1024)
+    p.add_argument("--uds", help="listen on this Unix socket path (@name: abstract) instead of TCP")
+    p.add_argument("--uds-mode", type=lambda v: int(v, 8), help="octal file mode of the --uds socket, e.g. 660")
+    p.add_argument("--fd", type=int, help="serve an inherited listening socket on this fd instead of TCP")
+    p.add_argument("--idle-timeout", type=float, default=0, help="close a connection idle this many seconds (0: never)")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds SIGTERM waits for connections")
     args = p.parse_args(argv)
 
-    loop = make_loop(args)
-    asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(
-        loop.create_server(Echo, args.host, args.port, backlog=args.backlog, reuse_address=True)
+    def factory() -> Echo:
+        e = Echo()
+        e.idle_timeout = args.idle_timeout or None
+        return e
+
+    def ready(server: Server) -> None:
+        where = args.uds or (
+            f"fd {args.fd}" if args.fd is not None else "{}:{}".format(*server.sockets[0].getsockname()[:2])
+        )
+        print(f"echo on {where} ({args.loop} loop, pid {os.getpid()})", flush=True)
+
+    Server(factory, shutdown_timeout=args.shutdown_timeout).run(
+        args.host,
+        args.port,
+        loop=args.loop,
+        ring_config=ring_config(args),
+        ready=ready,
+        uds=args.uds,
+        uds_mode=args.uds_mode,
+        sock=args.fd,
+        backlog=args.backlog,
     )
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    addr = server.sockets[0].getsockname()
-    print(f"echo on {addr[0]}:{addr[1]} ({args.loop} loop, pid {os.getpid()})", flush=True)
-    try:
-        loop.run_until_complete(stop.wait())
-    finally:
-        server.close()
-        loop.run_until_complete(server.wait_closed())
-        loop.close()
     return 0
 
 

@@ -394,8 +394,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
     ) -> None:
-        if not _is_tcp(sock):
-            # Unix sockets keep asyncio's own path
+        if not _is_stream(sock):
+            # anything but a TCP or Unix stream socket keeps asyncio's own path
             super()._start_serving(  # type: ignore[misc]  # selector_events' own, not in typeshed
                 protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
             )
@@ -403,9 +403,10 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         fd = sock.fileno()
         if fd in self._listener_by_fd:
             return
-        # asyncio sets TCP_NODELAY on every TCP transport; a direct descriptor
-        # takes no setsockopt, but Linux copies it from the listener on accept
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if _is_tcp(sock):
+            # asyncio sets TCP_NODELAY on every TCP transport; a direct descriptor
+            # takes no setsockopt, but Linux copies it from the listener on accept
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             lid = self._ring.listener_add(fd)
         except OSError as exc:
@@ -469,6 +470,11 @@ class UringEventLoop(asyncio.SelectorEventLoop):
 
 def _is_tcp(sock: socket.socket) -> bool:
     return sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+
+
+def _is_stream(sock: socket.socket) -> bool:
+    # listeners the ring accepts on: TCP and Unix-domain stream sockets
+    return sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX) and sock.type == socket.SOCK_STREAM
 
 
 def _drop_own_frame(handle: Any) -> Any:

@@ -26,3 +26,12 @@ def parse(raw: bytes) -> Any:
         path = raw[2:]
         return path.split(b"\0", 1)[0].decode(errors="surrogateescape") if path[:1] != b"\0" else path
     return None
+
+
+# the accept event carries this many address bytes (struct us_event.addr)
+EVENT_ADDR_BYTES = 28
+
+
+def truncated(raw: bytes) -> bool:
+    """A Unix peer path longer than the accept event holds: ask the socket instead."""
+    return len(raw) >= EVENT_ADDR_BYTES and struct.unpack_from("=H", raw)[0] == socket.AF_UNIX

@@ -139,11 +139,12 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
             return self._extra_cache[name]
         value: Any = default
         if name == "peername":
-            if self._peer_raw:
+            if self._peer_raw and not sockaddr.truncated(self._peer_raw):
                 value = sockaddr.parse(self._peer_raw)
-            else:
+            else:  # a client connection, or a Unix peer name longer than the accept event holds
+                sock = self._sock_obj if self._sock_obj is not None or not self._peer_raw else self._socket()
                 try:
-                    value = self._sock_obj.getpeername() if self._sock_obj is not None else default
+                    value = sock.getpeername() if sock is not None else default
                 except OSError:
                     value = default
         elif name == "sockname":
@@ -160,9 +161,8 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         lsock = self._listener_sock
         if lsock is not None:
             addr = lsock.getsockname()
-            host = addr[0]
-            if host not in ("0.0.0.0", "::", ""):
-                return addr  # an accepted socket's local address is the listener's
+            if not isinstance(addr, tuple) or addr[0] not in ("0.0.0.0", "::", ""):
+                return addr  # an accepted socket's local address is the listener's (a Unix path too)
         sock = self._socket()
         return sock.getsockname() if sock is not None else None
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..server.connection import KIND_IDLE, KIND_NONE, KIND_USER, Connection
 from . import framing
 from . import parser as _parser_mod
 from .body import Body, ClientDisconnected
@@ -31,7 +32,8 @@ from .parser import _HEAD_LEN, HeaderBlock, HTTPError, RequestParser, scanned_he
 
 logger = logging.getLogger("uringserve.http")
 
-_T_NONE, _T_HEAD, _T_BODY, _T_KEEPALIVE = 0, 1, 2, 3
+# the connection's one deadline (server.Connection's timer), by state; keep-alive is its idle kind
+_T_NONE, _T_KEEPALIVE, _T_HEAD, _T_BODY = KIND_NONE, KIND_IDLE, KIND_USER, KIND_USER + 1
 # answers each request: called with the runner's own exchange_class (an Exchange subclass)
 Runner = Callable[[Any], None]
 _DATE = framing.DATE
@@ -291,7 +293,7 @@ class Exchange:
         return self.keep_alive and self.body_in.done
 
 
-class HTTPProtocol(asyncio.Protocol):
+class HTTPProtocol(Connection, asyncio.Protocol):
     """`runner(exchange)` answers each request: it is called in order, one at
     a time, and must end with exchange.end() or exchange.fail() (at once or
     later). The native and ASGI front ends are runners."""
@@ -299,7 +301,8 @@ class HTTPProtocol(asyncio.Protocol):
     def __init__(self, runner: Runner, config: HTTPConfig, registry: Any = None) -> None:
         self._runner = runner
         self._cfg = config
-        self._registry = registry
+        if registry is not None:
+            self.registry = registry
         self._server_hdr = (
             b"Server: " + config.server_header.encode("latin-1") + b"\r\n" if config.server_header else b""
         )
@@ -340,10 +343,9 @@ class HTTPProtocol(asyncio.Protocol):
 
     # -- connection ------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
+        Connection.connection_made(self, transport)  # the loop, its clock, the registry
         self._transport = transport
-        self._loop = loop = asyncio.get_running_loop()
-        # the loop's clock; asyncio's is time.monotonic behind a Python method
-        self._clock = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        loop = self._loop
         self.client = transport.get_extra_info("peername")
         self._write_file_native = getattr(transport, "write_file", None)
         eager = getattr(loop, "create_eager_task", None)
@@ -351,14 +353,11 @@ class HTTPProtocol(asyncio.Protocol):
             self._spawn = eager  # type: ignore[method-assign]
         self._done = loop.create_future()  # awaited for what completed at once (ASGI send)
         self._done.set_result(None)
-        if self._registry is not None:
-            self._registry.add(self)
         self._arm(_T_HEAD)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._lost = True
         self._closing = True
-        self._stop_timer()
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
@@ -372,8 +371,7 @@ class HTTPProtocol(asyncio.Protocol):
                 w.set_exception(ClientDisconnected("the client closed the connection"))
         self._drain_waiters.clear()
         self._wake_disconnect()
-        if self._registry is not None:
-            self._registry.discard(self)
+        Connection.connection_lost(self, exc)  # the timer stops, the registry lets go
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -559,7 +557,7 @@ class HTTPProtocol(asyncio.Protocol):
         if ex is not None:
             self._parsing = None
             ex.body_in.end()
-            self._cancel_timer()
+            self.clear_deadline()
         if self._parser.upgraded:  # the bytes after this request are not HTTP/1.1 (its keep_alive is off)
             self._pause()
 
@@ -627,7 +625,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._wake_disconnect()
         self._queue.clear()
         self._closing = True
-        self._stop_timer()
+        self.stop_timer()
         if not self._lost:
             # what was sent goes out, then FIN: a chunked body without its last
             # chunk, or a short Content-Length body, tells the client it is cut
@@ -700,35 +698,14 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _arm(self, kind: int) -> None:
         cfg = self._cfg
-        delay = (
-            cfg.header_timeout if kind == _T_HEAD else cfg.body_timeout if kind == _T_BODY else cfg.keepalive_timeout
+        self.set_deadline(
+            kind,
+            cfg.header_timeout if kind == _T_HEAD else cfg.body_timeout if kind == _T_BODY else cfg.keepalive_timeout,
         )
-        self._timer_kind = kind
-        self._deadline = deadline = self._clock() + delay
-        if self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._timer_fired)
 
-    def _cancel_timer(self) -> None:
-        self._timer_kind = _T_NONE  # the handle stays; it finds nothing to do
-
-    def _stop_timer(self) -> None:
-        self._timer_kind = _T_NONE
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timer_fired(self) -> None:
-        self._timer = None
-        kind = self._timer_kind
-        if kind == _T_NONE or self._lost or self._closing:
+    def timed_out(self, kind: int) -> None:
+        if self._lost or self._closing:
             return
-        if self._clock() < self._deadline:  # the deadline moved since this was armed
-            self._timer = self._loop.call_at(self._deadline, self._timer_fired)
-            return
-        self._timer_kind = _T_NONE
-        self._timed_out(kind)
-
-    def _timed_out(self, kind: int) -> None:
         if kind == _T_BODY and self._paused:
             self._arm(_T_BODY)  # we stopped reading, not the client
             return
@@ -741,7 +718,7 @@ class HTTPProtocol(asyncio.Protocol):
     def _close(self) -> None:
         if not self._closing:
             self._closing = True
-            self._stop_timer()
+            self.stop_timer()
             if not self._lost:
                 self._transport.close()
 

@@ -1,0 +1,458 @@
+"""uringserve.server on the stdlib loop and on UringEventLoop: every kind of
+listener (TCP v4/v6/dual stack, Unix path with mode, stale and live socket
+files, abstract names, inherited sockets and fds), the registry's counts,
+the idle timer, and the drain contract (idle connections close at once,
+busy ones finish, the rest is cut at the timeout and their tasks awaited)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from conftest import until
+
+from uringserve.server import TCP, Connection, Inherited, Server, Unix
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Echo(Connection, asyncio.Protocol):
+    transports: list[str] = []
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        Echo.transports.append(type(transport).__name__)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.touch()
+
+
+class PlainUpper(asyncio.Protocol):
+    """Not a Connection: the server wraps it."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.t = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.t.write(data.upper())
+
+
+async def roundtrip(family: int, addr: Any, payload: bytes = b"ping") -> bytes:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(s, addr)
+    except OSError:
+        s.close()
+        raise
+    reader, writer = await asyncio.open_connection(sock=s)
+    writer.write(payload)
+    data = await reader.readexactly(len(payload))
+    writer.close()
+    await writer.wait_closed()
+    return data
+
+
+def expected_transport(h) -> str:
+    # on UringEventLoop every listener kind is accepted through the ring
+    return "UringTransport" if h.uring else "_SelectorSocketTransport"
+
+
+def test_tcp_v4_v6_and_dual_stack(h) -> None:
+    async def main() -> None:
+        Echo.transports = []
+        srv = Server(Echo)
+        await srv.start(listeners=[TCP("127.0.0.1", 0), TCP("::1", 0), TCP("::", 0, dual_stack=True)])
+        v4, v6, dual = (s.getsockname() for s in srv.sockets)
+        assert await roundtrip(socket.AF_INET, v4[:2]) == b"ping"
+        assert await roundtrip(socket.AF_INET6, v6[:2]) == b"ping"
+        assert await roundtrip(socket.AF_INET, ("127.0.0.1", dual[1])) == b"ping"  # v4 on the v6 socket
+        assert await roundtrip(socket.AF_INET6, ("::1", dual[1])) == b"ping"
+        assert Echo.transports == [expected_transport(h)] * 4
+        assert srv.connections.counts()["accepted"] == 4
+        await srv.shutdown(2)
+
+    h.run(main())
+
+
+def test_ipv6_only_refuses_ipv4(h) -> None:
+    async def main() -> None:
+        srv = Server(Echo)
+        await srv.start(listeners=[TCP("::", 0, dual_stack=False)])
+        port = srv.sockets[0].getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):
+            await roundtrip(socket.AF_INET, ("127.0.0.1", port))
+        await srv.shutdown(2)
+
+    h.run(main())
+
+
+def test_unix_socket_with_mode_removed_at_shutdown(h, tmp_path) -> None:
+    path = str(tmp_path / "s.sock")
+
+    async def main() -> None:
+        Echo.transports = []
+        srv = Server(Echo)
+        await srv.start(uds=path, uds_mode=0o660)  # group-writable: more than the usual umask lets through
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        assert await roundtrip(socket.AF_UNIX, path, b"x" * 100_000) == b"x" * 100_000
+        assert Echo.transports == [expected_transport(h)]
+        await srv.shutdown(2)
+        assert not os.path.exists(path)
+
+    h.run(main())
+
+
+def test_unix_peer_and_local_names(h, tmp_path) -> None:
+    path = str(tmp_path / "names.sock")
+    # abstract: a name longer than the 26 path bytes the accept event holds
+    client_path = f"\0uringserve-test-client-name-longer-than-26-{os.getpid()}"
+    seen: dict[str, Any] = {}
+
+    class Names(Connection, asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            seen["peer"] = transport.get_extra_info("peername")
+            seen["sock"] = transport.get_extra_info("sockname")
+            transport.write(b"k")
+
+    async def main() -> None:
+        srv = Server(Names)
+        await srv.start(uds=path)
+        for bind in (None, client_path):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if bind:
+                s.bind(bind)
+            s.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(s, path)
+            assert await asyncio.get_running_loop().sock_recv(s, 1) == b"k"
+            s.close()
+            assert seen == {"peer": bind.encode() if bind else "", "sock": path}
+        await srv.shutdown(2)
+
+    h.run(main())
+
+
+def test_stale_socket_file_is_replaced(h, tmp_path) -> None:
+    path = str(tmp_path / "stale.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()  # the file stays, nobody listens: what a killed server leaves
+
+    async def main() -> None:
+        srv = Server(Echo)
+        await srv.start(uds=path)
+        assert await roundtrip(socket.AF_UNIX, path) == b"ping"
+        await srv.shutdown(2)
+
+    h.run(main())
+
+
+def test_a_live_socket_or_a_plain_file_is_not_replaced(h, tmp_path) -> None:
+    live_path, file_path = str(tmp_path / "live.sock"), str(tmp_path / "file")
+    with open(file_path, "w") as f:
+        f.write("keep me")
+
+    async def main() -> None:
+        first = Server(Echo)
+        await first.start(uds=live_path)
+        second = Server(Echo)
+        with pytest.raises(OSError, match="another server is listening on it") as e:
+            await second.start(uds=live_path)
+        assert e.value.errno == 98
+        assert await roundtrip(socket.AF_UNIX, live_path) == b"ping"  # the first still serves
+        with pytest.raises(OSError, match="not a socket; not replacing it"):
+            await Server(Echo).start(uds=file_path)
+        with open(file_path) as f:
+            assert f.read() == "keep me"
+        await first.shutdown(2)
+
+    h.run(main())
+
+
+def test_abstract_unix_name(h) -> None:
+    name = f"@uringserve-test-{os.getpid()}-{h.name}"
+
+    async def main() -> None:
+        srv = Server(PlainUpper)
+        await srv.start(uds=name)
+        assert await roundtrip(socket.AF_UNIX, "\0" + name[1:]) == b"PING"
+        await srv.shutdown(2)
+        with pytest.raises(ConnectionRefusedError):
+            await roundtrip(socket.AF_UNIX, "\0" + name[1:])
+
+    h.run(main())
+    with pytest.raises(ValueError, match="abstract"):
+        Unix("@x", mode=0o600).open()
+
+
+def test_inherited_socket_and_fd(h) -> None:
+    async def main() -> None:
+        bound = socket.socket()
+        bound.bind(("127.0.0.1", 0))  # bound, not listening: start() listens
+        raw = socket.socket()
+        raw.bind(("127.0.0.1", 0))
+        raw.listen()
+        fd = raw.detach()  # a bare fd, as socket activation passes it
+        srv = Server(PlainUpper)
+        await srv.start(listeners=[Inherited(bound), Inherited(fd)])
+        for s in srv.sockets:
+            assert await roundtrip(socket.AF_INET, s.getsockname()) == b"PING"
+        await srv.shutdown(2)
+        with pytest.raises(OSError):
+            os.fstat(fd)  # the server owned it and closed it
+
+    h.run(main())
+
+
+def test_inherited_fds_that_cannot_serve_are_refused_clearly(h, tmp_path) -> None:
+    async def main() -> None:
+        with open(tmp_path / "f", "w") as f:
+            with pytest.raises(OSError, match=f"inherited fd {f.fileno()} is not a socket"):
+                await Server(Echo).start(sock=f.fileno())
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with pytest.raises(OSError, match="not a stream socket"):
+            await Server(Echo).start(sock=udp)
+        udp.close()
+        r, w = os.pipe()
+        os.close(r)
+        os.close(w)
+        with pytest.raises(OSError, match=f"inherited fd {r} is not open"):
+            await Server(Echo).start(sock=r)
+
+    h.run(main())
+
+
+def test_a_listener_that_fails_closes_the_others_and_runs_on_stop(h) -> None:
+    stops: list[int] = []
+
+    class S(Server):
+        async def on_stop(self) -> None:
+            stops.append(1)
+
+    async def main() -> None:
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv = S(Echo)
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            await srv.start(listeners=[TCP("127.0.0.1", 0), TCP("127.0.0.1", port)])
+        assert stops == [1] and not srv.sockets
+        taken.close()
+
+    h.run(main())
+
+
+def test_idle_timeout_closes_only_idle_connections(h) -> None:
+    def factory() -> Echo:
+        e = Echo()
+        e.idle_timeout = 0.3
+        return e
+
+    async def main() -> None:
+        srv = Server(factory)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+        busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while loop.time() - start < 0.9:  # three idle timeouts long, never idle 0.3 s
+            busy_w.write(b"x")
+            assert await busy_r.readexactly(1) == b"x"
+            await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(idle_r.read(), 5) == b""  # closed by the timer
+        assert not busy_r.at_eof()
+        assert len(srv.connections) == 1
+        for w in (idle_w, busy_w):
+            w.close()
+        await srv.shutdown(2)
+
+    h.run(main())
+
+
+class Job(Connection, asyncio.Protocol):
+    """A request is a line; the answer comes `delay` seconds later from a
+    task. Drain: close when no job runs."""
+
+    delay = 0.2
+    aborted = 0
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.draining = False
+
+    def data_received(self, data: bytes) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.answer(data))
+
+    async def answer(self, data: bytes) -> None:
+        await asyncio.sleep(self.delay)
+        self.transport.write(b"done:" + data)
+        self.task = None
+        if self.draining:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        self.draining = True
+        if self.task is None:
+            self.transport.close()
+
+    def abort(self) -> list[asyncio.Task]:
+        Job.aborted += 1
+        super().abort()
+        tasks = [self.task] if self.task is not None else []
+        for t in tasks:
+            t.cancel()
+        return tasks
+
+
+def test_drain_finishes_busy_closes_idle_at_once(h) -> None:
+    async def main() -> None:
+        srv = Server(Job)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+        busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+        busy_w.write(b"j1")
+        assert await until(lambda: len(srv.connections) == 2 and any(c.task for c in srv.connections))
+        stop = asyncio.create_task(srv.shutdown(10))
+        assert await asyncio.wait_for(idle_r.read(), 0.15) == b""  # before the busy job is done
+        assert await asyncio.wait_for(busy_r.read(), 5) == b"done:j1"  # finished, then closed
+        await stop
+        assert not srv.connections and srv.connections.counts() == {"open": 0, "accepted": 2, "closed": 2}
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)  # not accepting
+        busy_w.close()
+        idle_w.close()
+
+    h.run(main())
+
+
+def test_drain_cuts_what_outlasts_the_timeout_and_awaits_its_tasks(h) -> None:
+    async def main() -> None:
+        Job.aborted = 0
+
+        class Slow(Job):
+            delay = 60
+
+        srv = Server(Slow)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"slow")
+        assert await until(lambda: any(c.task for c in srv.connections))
+        task = next(iter(srv.connections)).task
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await srv.shutdown(0.2)
+        assert 0.15 < loop.time() - t0 < 5
+        assert Job.aborted == 1 and task.cancelled()  # awaited: no task outlives the server
+        assert await r.read() == b""
+        w.close()
+
+    h.run(main())
+
+
+class Blast(asyncio.Protocol):
+    """Not a Connection: writes 4 MiB at once, more than the socket buffers take."""
+
+    SIZE = 4 << 20
+
+    def connection_made(self, transport: Any) -> None:
+        transport.write(bytes(range(256)) * (self.SIZE // 256))
+
+
+def test_a_plain_protocol_drains_by_closing_after_what_was_written(h) -> None:
+    async def main() -> None:
+        srv = Server(Blast)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        assert await r.readexactly(256) == bytes(range(256))
+        stop = asyncio.create_task(srv.shutdown(10))  # the rest is still queued in the transport
+        rest = await r.read()
+        await stop
+        assert len(rest) == Blast.SIZE - 256 and rest[:256] == bytes(range(256))  # all of it, then EOF
+        w.close()
+
+    h.run(main())
+
+
+def test_serve_forever_cancelled_shuts_down(h) -> None:
+    async def main() -> None:
+        srv = Server(Echo)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        forever = asyncio.create_task(srv.serve_forever())
+        await asyncio.sleep(0)
+        forever.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await forever
+        assert await r.read() == b"" and not srv.serving
+        w.close()
+        with pytest.raises(RuntimeError, match="already started"):
+            await srv.start("127.0.0.1", 0)
+
+    h.run(main())
+
+
+SERVE = """
+import sys
+from uringserve.server import Server
+sys.path.insert(0, {tests!r})
+from test_server import Job
+
+
+class Acked(Job):
+    def data_received(self, data):
+        self.transport.write(b"+")  # the client signals once the job runs
+        super().data_received(data)
+
+
+Job.delay = float(sys.argv[2])
+Server(Acked, shutdown_timeout=30).run(uds=sys.argv[1], loop={loop!r}, ready=lambda s: print("ready", flush=True))
+print("stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("loop", ["uring", "asyncio"])
+@pytest.mark.parametrize("signals", [1, 2], ids=["drain", "second-signal-cuts"])
+def test_run_drains_on_sigterm_and_a_second_signal_cuts(tmp_path, loop: str, signals: int) -> None:
+    path = str(tmp_path / "run.sock")
+    code = SERVE.format(tests=os.path.join(ROOT, "tests"), loop=loop)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, path, "1.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        c = socket.socket(socket.AF_UNIX)
+        c.settimeout(20)
+        c.connect(path)
+        c.sendall(b"job")
+        assert c.recv(1) == b"+"
+        proc.send_signal(signal.SIGTERM)
+        if signals == 2:
+            proc.send_signal(signal.SIGINT)
+        got = b""
+        while chunk := c.recv(100):
+            got += chunk
+        assert got == (b"done:job" if signals == 1 else b"")
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert out == "stopped\n"
+        assert not os.path.exists(path)
+        c.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

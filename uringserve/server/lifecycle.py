@@ -1,0 +1,255 @@
+"""Server: listeners, the connection registry and one graceful-drain
+contract for every protocol; `run()` for a process that serves until
+SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .connection import Connections, served
+from .listeners import TCP, Inherited, Listener, Unix
+
+logger = logging.getLogger("uringserve.server")
+
+LOOPS = ("uring", "asyncio", "uvloop")
+
+
+def new_loop(kind: str = "uring", ring_config: Any = None) -> asyncio.AbstractEventLoop:
+    """'uring' (UringEventLoop), 'asyncio' (the stdlib loop) or 'uvloop'."""
+    if kind == "uring":
+        from ..loop import UringEventLoop
+
+        return UringEventLoop(ring_config)
+    if ring_config is not None:
+        raise ValueError(f"ring_config applies to the uring loop only, not {kind!r}")
+    if kind == "asyncio":
+        return asyncio.new_event_loop()
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise RuntimeError("loop 'uvloop' needs the uvloop package: pip install uvloop") from None
+        return uvloop.new_event_loop()
+    raise ValueError(f"loop must be one of {', '.join(LOOPS)}, not {kind!r}")
+
+
+class Server:
+    """Serves `protocol_factory()` on every listener given to start().
+
+    Drain contract (shutdown()): stop accepting; call each connection's
+    shutdown() hook, which closes an idle connection at once and lets one
+    with work in flight finish it and close; when `timeout` passes, abort()
+    what is left and wait for the tasks it cancels. Subclasses hook in with
+    on_start() (before listening) and on_stop() (after the last connection).
+    """
+
+    def __init__(self, protocol_factory: Callable[[], Any] | None = None, *, shutdown_timeout: float = 30.0) -> None:
+        self._factory = protocol_factory
+        if not shutdown_timeout > 0:
+            raise ValueError(f"shutdown_timeout must be a positive number of seconds, got {shutdown_timeout}")
+        self.shutdown_timeout = shutdown_timeout
+        self.connections = Connections()
+        self._specs: list[Listener] = []
+        self._bound: list[tuple[Listener, socket.socket]] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._stopped: asyncio.Event | None = None
+        self._cut: asyncio.Event | None = None
+        self._state = "new"  # new -> serving -> draining -> stopped
+
+    def make_protocol(self, sock: socket.socket) -> Any:
+        """The protocol for a connection accepted on `sock`: protocol_factory()
+        (a subclass may override this and use the listener)."""
+        if self._factory is None:
+            raise TypeError("Server needs a protocol_factory, or a subclass that overrides make_protocol()")
+        return self._factory()
+
+    async def on_start(self) -> None:
+        """Before the first listener opens (an app's startup)."""
+
+    async def on_stop(self) -> None:
+        """After the last connection ended (an app's shutdown)."""
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 8000,
+        *,
+        listeners: Sequence[Listener] = (),
+        sock: socket.socket | int | None = None,
+        uds: str | None = None,
+        uds_mode: int | None = None,
+        backlog: int = 1024,
+        reuse_port: bool = False,
+    ) -> None:
+        """Open the listeners and accept. TCP on host:port, unless `sock` (a
+        bound socket or an inherited fd), `uds` (a Unix socket path, "@name"
+        for an abstract one) or `listeners` (any number of TCP/Unix/Inherited)
+        say where instead; to add TCP beside them, put a TCP in `listeners`."""
+        if self._state != "new":
+            raise RuntimeError(f"the server was already started (it is {self._state})")
+        specs: list[Listener] = list(listeners)
+        if sock is not None:
+            specs.append(Inherited(sock, backlog=backlog))
+        if uds is not None:
+            specs.append(Unix(uds, mode=uds_mode, backlog=backlog))
+        elif uds_mode is not None:
+            raise ValueError("uds_mode applies to a Unix socket: pass uds= too")
+        if not specs:
+            specs.append(TCP(host, port, backlog=backlog, reuse_port=reuse_port))
+        loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._cut = asyncio.Event()
+        self._state = "serving"
+        started = False
+        try:
+            await self.on_start()
+            started = True
+            for spec in specs:
+                socks = spec.open()
+                self._specs.append(spec)
+                for i, sock in enumerate(socks):
+                    try:
+                        srv = await loop.create_server(self._factory_for(sock), sock=sock, backlog=spec.backlog)
+                    except BaseException:
+                        for s in socks[i:]:
+                            s.close()
+                        raise
+                    self._servers.append(srv)
+                    self._bound.append((spec, sock))
+        except BaseException:
+            await self._close_listeners()
+            try:
+                if started:
+                    await self.on_stop()
+            finally:
+                self._state = "stopped"
+                self._stopped.set()
+            raise
+        for spec, sock in self._bound:
+            logger.info("listening on %s", spec.describe(sock))
+
+    def _factory_for(self, sock: socket.socket) -> Callable[[], Any]:
+        registry = self.connections
+
+        def factory() -> Any:
+            return served(self.make_protocol(sock), registry)
+
+        return factory
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(s for srv in self._servers for s in getattr(srv, "sockets", ()))
+
+    @property
+    def serving(self) -> bool:
+        return self._state == "serving"
+
+    async def serve_forever(self) -> None:
+        """Until shutdown() has finished; cancelled, it shuts down first."""
+        if self._stopped is None:
+            raise RuntimeError("start() the server first")
+        try:
+            await self._stopped.wait()
+        except asyncio.CancelledError:
+            await asyncio.shield(self.shutdown())
+            raise
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Drain (see the class) for at most `timeout` seconds (shutdown_timeout)."""
+        if self._stopped is None:
+            return
+        if self._state != "serving":
+            await self._stopped.wait()
+            return
+        self._state = "draining"
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        servers = self._stop_listening()
+        conns = self.connections
+        for conn in conns:
+            conn.shutdown()
+        if len(conns):
+            assert self._cut is not None
+            waits = [asyncio.ensure_future(conns.wait_empty()), asyncio.ensure_future(self._cut.wait())]
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+        cut: list[asyncio.Task] = []
+        if len(conns):
+            logger.warning("aborting %d connection(s) still busy after the %.1fs shutdown timeout", len(conns), timeout)
+            for conn in conns:
+                cut += conn.abort()
+        if cut:  # their handlers are cancelled: none outlives the server
+            await asyncio.gather(*cut, return_exceptions=True)
+        for srv in servers:
+            await srv.wait_closed()
+        try:
+            await self.on_stop()
+        finally:
+            self._state = "stopped"
+            self._stopped.set()
+
+    def cut(self) -> None:
+        """End a shutdown in progress now: what is still draining is aborted."""
+        if self._cut is not None:
+            self._cut.set()
+
+    def _stop_listening(self) -> list[asyncio.AbstractServer]:
+        # closed, not yet awaited: from 3.12 wait_closed() waits for the connections too
+        servers, self._servers = self._servers, []
+        for srv in servers:
+            srv.close()
+        for spec in self._specs:
+            spec.close()
+        return servers
+
+    async def _close_listeners(self) -> None:
+        for srv in self._stop_listening():
+            await srv.wait_closed()
+
+    # -- a process that serves ------------------------------------------------------
+    def run(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 8000,
+        *,
+        loop: str = "uring",
+        ring_config: Any = None,
+        ready: Callable[[Server], None] | None = None,
+        **listen: Any,
+    ) -> None:
+        """start() with these arguments (`listen`: start()'s keywords), serve
+        until SIGTERM or SIGINT, then drain. A second signal during the drain
+        cuts it short. `ready(server)` is called once listening."""
+
+        async def main() -> None:
+            running = asyncio.get_running_loop()
+            await self.start(host, port, **listen)
+            signals = 0
+
+            def on_signal(signum: int) -> None:
+                nonlocal signals
+                signals += 1
+                if signals == 1:
+                    logger.info("%s: draining (a second signal cuts it short)", signal.Signals(signum).name)
+                    running.create_task(self.shutdown())
+                else:
+                    self.cut()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                running.add_signal_handler(sig, on_signal, sig)
+            try:
+                if ready is not None:
+                    ready(self)
+                await self.serve_forever()
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    running.remove_signal_handler(sig)
+
+        with asyncio.Runner(loop_factory=lambda: new_loop(loop, ring_config)) as runner:
+            runner.run(main())
