@@ -10,10 +10,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # system packages: compiler and headers for the cffi build, taskset for benchmarks
 # libpython3.11-testsuite: CPython's test_asyncio, run against the loop by tests/conformance
-DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite
+# redis-tools (redis-cli, redis-benchmark) and redis-server: the RESP demo's tests talk
+# to it with them and compare its replies with redis-server's (started by the tests)
+DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server
 BENCH_DEBS := wrk nginx-light curl
 
-.PHONY: run echo test lint test-stress mutate bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo resp bench-resp test lint test-stress mutate bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -21,7 +23,7 @@ deps:
 bench-deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS) $(BENCH_DEBS)"
 
-# RUNLEVEL=1: Debian does not start a service it installs (nginx for the benchmark)
+# RUNLEVEL=1: Debian does not start a service it installs (nginx, redis-server)
 apt:
 	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -45,6 +47,10 @@ run: deps $(STAMP)
 
 echo: deps $(STAMP)
 	$(VPY) apps/echo.py --host $(HOST) --port $(PORT)
+
+# the RESP demo (redis-cli -p 6379 ping)
+resp: deps $(STAMP)
+	$(VPY) apps/resp_server.py --host $(HOST) --port $(or $(RESP_PORT),6379)
 
 test: deps $(STAMP) lint
 	$(VPY) -m pytest -q

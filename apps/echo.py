@@ -77,17 +77,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"echo on {where} ({args.loop} loop, pid {os.getpid()})", flush=True)
 
-    Server(factory, shutdown_timeout=args.shutdown_timeout).run(
-        args.host,
-        args.port,
-        loop=args.loop,
-        ring_config=ring_config(args),
-        ready=ready,
-        uds=args.uds,
-        uds_mode=args.uds_mode,
-        sock=args.fd,
-        backlog=args.backlog,
-    )
+    try:
+        Server(factory, shutdown_timeout=args.shutdown_timeout).run(
+            args.host,
+            args.port,
+            loop=args.loop,
+            ring_config=ring_config(args),
+            ready=ready,
+            uds=args.uds,
+            uds_mode=args.uds_mode,
+            sock=args.fd,
+            backlog=args.backlog,
+        )
+    except OSError as exc:  # a listener that cannot open: the message says which and why
+        print(f"echo: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
