@@ -30,10 +30,10 @@ PLANTED = [
         ["tests/test_http_server.py", "-k", "keepalive_requests"],
     ),
     (
-        "keepalive_requests: one request too many (start)",
+        "keepalive_requests: one request too many (the rule, keeps_alive(): start() and 500s)",
         "uringserve/http/protocol.py",
-        "and not conn._draining and conn._served < conn._last_keepalive\n",
-        "and not conn._draining and conn._served <= conn._last_keepalive\n",
+        "and not self._draining and self._served < self._last_keepalive\n",
+        "and not self._draining and self._served <= self._last_keepalive\n",
         ["tests/test_http_server.py", "-k", "keepalive_requests"],
     ),
     (
@@ -51,10 +51,10 @@ PLANTED = [
         ["tests/test_transport.py", "-k", "abort"],
     ),
     (
-        "keep-alive kept after a streamed response with its request body unread (start)",
+        "keep-alive kept after a response with its request body unread (the rule, keeps_alive())",
         "uringserve/http/protocol.py",
-        "            self.keep_alive and self.body_in.done and not conn._draining and conn._served",
-        "            self.keep_alive and not conn._draining and conn._served",
+        "        return ex.keep_alive and ex.body_in.done and not self._draining",
+        "        return ex.keep_alive and not self._draining",
         ["tests/test_http_server.py", "tests/test_http_asgi.py", "-k", "unread or before_the_body"],
     ),
     (

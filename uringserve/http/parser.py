@@ -142,36 +142,42 @@ class RequestParser:
     upgrade): RequestHead, or the server's own per-request object, so a
     request is one object and not three. `headers` is a list of (lower-cased
     name, value), or a HeaderBlock (its pairs() is that list) for a head the
-    native recogniser took."""
+    native recogniser took.
+
+    Public state, read by HTTPProtocol's one-frame path (which takes a
+    recognised head itself, exactly as feed() would): `at_boundary` (llhttp
+    is between messages), `in_head` and `head_bytes` (a head in progress and
+    its size so far; that path resets head_bytes as feed() does), and the
+    limits `max_head`, `max_target`, `max_headers`, `head_class`."""
 
     def __init__(self, sink: Sink, config: HTTPConfig, head_class: Any = RequestHead) -> None:
         self._on_head = sink.on_head
         self._on_body = sink.on_body
         self._on_end = sink.on_end
         self._on_request = getattr(sink, "on_request", None) or self._head_then_end
-        self._head_class = head_class
+        self.head_class = head_class
         # the limits, read once per request: attributes of self, not of a frozen dataclass
-        self._max_head = config.max_header_bytes
-        self._max_target = config.max_target_bytes
-        self._max_headers = config.max_headers
+        self.max_head = config.max_header_bytes
+        self.max_target = config.max_target_bytes
+        self.max_headers = config.max_headers
         self._max_body = config.max_body_bytes
         self._p = httptools.HttpRequestParser(self)
-        self._in_head = True  # between message begin (or idle) and headers complete
-        self._head_bytes = 0
+        self.in_head = True  # between message begin (or idle) and headers complete
+        self.head_bytes = 0
         self._url: list[bytes] = []
         self._url_len = 0
         self._fields_bytes = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._body_bytes = 0
         self.upgraded = False  # the byte stream after an Upgrade request is not HTTP/1.1
-        self._at_boundary = True  # llhttp is between messages: the recogniser may take the next head
+        self.at_boundary = True  # llhttp is between messages: the recogniser may take the next head
         self._keep_alive = True  # the last message llhttp read was not a last request
         self._ignore_rest = False  # an upgrade, a last request or stop(): nothing after it is read
 
     @property
     def head_started(self) -> bool:
         """Bytes of a request head have arrived and its end has not."""
-        return self._in_head and self._head_bytes > 0
+        return self.in_head and self.head_bytes > 0
 
     def feed(self, data: bytes) -> None:
         while True:  # once per head that ends inside `data` and crosses the limit with what follows
@@ -179,46 +185,46 @@ class RequestParser:
                 # after an upgrade the rest is another protocol's; after a last
                 # request it is not read at all. The connection closes after the response
                 return
-            if self._at_boundary and _scan is not None:
+            if self.at_boundary and _scan is not None:
                 # complete body-less GET/HEAD heads in the common form, in one C
                 # call each; the first thing it declines, and all after it, is llhttp's
                 n = len(data)
                 pos = 0
                 while pos < n:
-                    r = _scan(data, pos, n, self._max_head, self._max_target, self._max_headers)
+                    r = _scan(data, pos, n, self.max_head, self.max_target, self.max_headers)
                     if r <= 0:
                         break
-                    self._on_request(scanned_head(self._head_class, data, pos, r))
+                    self._on_request(scanned_head(self.head_class, data, pos, r))
                     pos += r & _HEAD_LEN
                 if pos:
-                    self._head_bytes = 0  # blank lines llhttp skipped before these heads counted here
+                    self.head_bytes = 0  # blank lines llhttp skipped before these heads counted here
                     if pos == n:
                         return
                     data = data[pos:]
-            if self._in_head:
+            if self.in_head:
                 # httptools buffers partial header lines without bound: count the
                 # head's bytes before it sees them. Counting all of `data` is
                 # exact unless the head ends inside it, so only data that would
                 # cross the limit is searched; then the head is fed alone and
                 # what follows it is counted as the next head's, as if it had
                 # arrived on its own (the same answer however bytes arrive).
-                n = self._head_bytes + len(data)
-                if n > self._max_head:
+                n = self.head_bytes + len(data)
+                if n > self.max_head:
                     end = data.find(b"\r\n\r\n")
-                    if end < 0 or self._head_bytes + end + 4 > self._max_head:
+                    if end < 0 or self.head_bytes + end + 4 > self.max_head:
                         self._feed_to_limit(data)
                         return
                     cut = end + 4
-                    self._head_bytes += cut
+                    self.head_bytes += cut
                     self._feed(data[:cut])
                     data = data[cut:]
                     if not data:
                         return
-                    if self._in_head:  # that message ended with its head: the next one starts here
+                    if self.in_head:  # that message ended with its head: the next one starts here
                         continue
                     self._feed(data)  # its body, and whatever follows it
                     return
-                self._head_bytes = n
+                self.head_bytes = n
             self._feed(data)
             return
 
@@ -233,11 +239,11 @@ class RequestParser:
         bytes the limit leaves, so a head that goes wrong before it gets
         llhttp's answer (400, 505, ...), as it would arriving in pieces;
         431 only if those bytes end no head."""
-        room = self._max_head - self._head_bytes
-        self._head_bytes = self._max_head
+        room = self.max_head - self.head_bytes
+        self.head_bytes = self.max_head
         self._feed(data[:room])
-        if self._in_head and self._head_bytes == self._max_head:  # still the same head
-            raise HTTPError(431, f"request head larger than {self._max_head} bytes")
+        if self.in_head and self.head_bytes == self.max_head:  # still the same head
+            raise HTTPError(431, f"request head larger than {self.max_head} bytes")
         if not self.upgraded:
             self.feed(data[room:])
 
@@ -266,8 +272,8 @@ class RequestParser:
     # -- httptools callbacks ----------------------------------------------------
     def on_url(self, url: bytes) -> None:
         self._url_len += len(url)
-        if self._url_len > self._max_target:
-            raise HTTPError(414, f"request target longer than {self._max_target} bytes")
+        if self._url_len > self.max_target:
+            raise HTTPError(414, f"request target longer than {self.max_target} bytes")
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -278,14 +284,14 @@ class RequestParser:
         # (or the head's end) begins, by which byte feed() would already have
         # answered "too large" had the head come on its own
         self._fields_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        if self._fields_bytes + self._url_len + _MIN_LINE > self._max_head:
-            raise HTTPError(431, f"request head larger than {self._max_head} bytes")
-        if len(self._headers) >= self._max_headers:
-            raise HTTPError(431, f"more than {self._max_headers} header fields")
+        if self._fields_bytes + self._url_len + _MIN_LINE > self.max_head:
+            raise HTTPError(431, f"request head larger than {self.max_head} bytes")
+        if len(self._headers) >= self.max_headers:
+            raise HTTPError(431, f"more than {self.max_headers} header fields")
         self._headers.append((name.lower(), value))
 
     def on_message_begin(self) -> None:
-        self._at_boundary = False
+        self.at_boundary = False
 
     def on_headers_complete(self) -> None:
         p = self._p
@@ -319,11 +325,11 @@ class RequestParser:
         if content_length is not None and content_length > self._max_body:
             raise HTTPError(413, f"request body of {content_length} bytes is larger than {self._max_body} bytes")
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        self._in_head = False
-        self._head_bytes = 0
+        self.in_head = False
+        self.head_bytes = 0
         self._keep_alive = keep_alive = p.should_keep_alive()
         self._on_head(
-            self._head_class(
+            self.head_class(
                 method, url, version, headers, keep_alive, expect and version == "1.1", content_length, chunked, upgrade
             )
         )
@@ -337,9 +343,9 @@ class RequestParser:
     def on_message_complete(self) -> None:
         # the next message's state. After a last request (not keep-alive)
         # llhttp refuses whatever follows: the recogniser must not take it
-        self._at_boundary = self._keep_alive
+        self.at_boundary = self._keep_alive
         self._ignore_rest = not self._keep_alive
-        self._in_head = True
+        self.in_head = True
         self._url = []
         self._url_len = 0
         self._fields_bytes = 0

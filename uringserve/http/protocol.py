@@ -145,7 +145,7 @@ class Exchange:
         conn = self.conn
         self.started = self.finished = True
         self.status = status
-        # a body the handler left unread would be parsed as the next request
+        # HTTPProtocol.keeps_alive(self), inline (tests/test_http_state.py holds the copy to it)
         if self.keep_alive and self.body_in.done and conn._served < conn._last_keepalive and not conn._draining:
             tail = conn._tail_11 if self.version == "1.1" else conn._tail_10
         else:
@@ -165,9 +165,10 @@ class Exchange:
             and not conn._disconnect_waiters
             and not conn._closing_after_queue
             and not conn._paused
-            and not conn._parser._head_bytes
+            and not conn._parser.head_bytes
         ):  # not head_started: no call
-            # nothing waits and nothing of the next request has arrived: keep-alive
+            # HTTPProtocol._exchange_done(self) for the case where nothing waits and nothing of
+            # the next request has arrived, inline (tests/test_http_state.py holds it to the rule)
             del queue[0]
             conn._served += 1
             conn._timer_kind = _T_KEEPALIVE
@@ -186,10 +187,7 @@ class Exchange:
         self.started = True
         self.status = status
         conn = self.conn
-        # as respond_prepared(): a body the handler left unread would be parsed as the next request
-        self.keep_alive = (
-            self.keep_alive and self.body_in.done and not conn._draining and conn._served < conn._last_keepalive
-        )
+        self.keep_alive = conn.keeps_alive(self)
         close = _CONNECTION[self.keep_alive, self.version]
         parts = [framing.status_line(status), framing.date_header(), conn._server_hdr, block]
         has_body = framing.body_allowed(status)
@@ -268,10 +266,10 @@ class Exchange:
             return
         self._report(exc)
         if not self.started and not self.conn._lost:
+            self.keep_alive = self.conn.keeps_alive(self)
             self.conn._write(
-                framing.error_response(500, "the handler failed", self.conn._server_hdr, close=not self._reusable())
+                framing.error_response(500, "the handler failed", self.conn._server_hdr, close=not self.keep_alive)
             )
-            self.keep_alive = self._reusable()
             self.finished = True
             self.conn._exchange_done(self)
         else:
@@ -288,9 +286,6 @@ class Exchange:
                     "protocol": self.conn,
                 }
             )
-
-    def _reusable(self) -> bool:
-        return self.keep_alive and self.body_in.done
 
 
 class HTTPProtocol(Connection, asyncio.Protocol):
@@ -381,7 +376,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         parser = self._parser
         if (
             self._plain_handler is not None
-            and parser._at_boundary
+            and parser.at_boundary
             and not self._queue
             and not self._paused
             and not self._write_paused
@@ -399,7 +394,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             self._parse_failed(exc)
             return
         # a request that arrived whole needs no head timer; one that did not starts it now
-        if self._timer_kind == _T_KEEPALIVE and parser._head_bytes and parser._in_head:  # head_started, inline
+        if self._timer_kind == _T_KEEPALIVE and parser.head_bytes and parser.in_head:  # head_started, inline
             self._arm(_T_HEAD)
 
     def _answer_common(self, data: bytes) -> bytes:
@@ -419,18 +414,18 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         # set whenever this path is taken (data_received checks): typed so, no assert on the hot path
         handler: Callable[[Any], Any] = self._plain_handler  # type: ignore[assignment]
         response_class = self._response_class
-        make = parser._head_class
+        make = parser.head_class
         queue = self._queue
         n = len(data)
         pos = 0
         answered = False
         while pos < n:
-            r = scan(data, pos, n, parser._max_head, parser._max_target, parser._max_headers)
+            r = scan(data, pos, n, parser.max_head, parser.max_target, parser.max_headers)
             if r <= 0:
                 break
             ex = scanned_head(make, data, pos, r)
             pos += r & _HEAD_LEN
-            parser._head_bytes = 0  # as feed(): blank lines llhttp skipped before this head counted there
+            parser.head_bytes = 0  # as feed(): blank lines llhttp skipped before this head counted there
             # on_request() and _start() on an idle connection
             ex.conn = self
             queue.append(ex)
@@ -573,6 +568,17 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             self._resume()
 
     # -- answering ----------------------------------------------------------------
+    def keeps_alive(self, ex: Exchange) -> bool:
+        """The keep-alive rule, the one place it is written: the connection
+        stays open after `ex`'s response when the request allows it (HTTP/1.1
+        without `Connection: close`, 1.0 with keep-alive, not an upgrade), its
+        body was read to the end (an unread rest would be parsed as the next
+        request), the server is not draining, and fewer than
+        keepalive_requests were answered before it. Exchange.respond_prepared()
+        and _answer_common() carry inline copies for the hot path; the tests
+        in test_http_state.py and test_http_scan.py hold them to this."""
+        return ex.keep_alive and ex.body_in.done and not self._draining and self._served < self._last_keepalive
+
     def _next(self) -> None:
         """Answer the next request, unless the client is not reading what we
         write: then answers wait, so its pipelined requests cannot pile up
@@ -600,6 +606,10 @@ class HTTPProtocol(Connection, asyncio.Protocol):
                 w.set_result(None)
 
     def _exchange_done(self, ex: Exchange) -> None:
+        """The next request's turn, the one place it is written: close after a
+        response that did not keep alive; else answer the next queued request,
+        or close if the client half-closed or the server drains, or wait for
+        one (head timer if part of it arrived, keep-alive timer if not)."""
         if self._disconnect_waiters:
             self._wake_disconnect()
         queue = self._queue
