@@ -82,6 +82,10 @@ doctor: deps $(STAMP)
 bench: bench-deps $(STAMP)
 	$(VPY) bench/echo_bench.py
 
+# redis-benchmark against the RESP demo (uring, uvloop) and redis-server
+bench-resp: bench-deps $(STAMP)
+	$(VPY) bench/resp_bench.py
+
 bench-uvicorn: bench-deps $(STAMP)
 	$(VPY) bench/uvicorn_bench.py
 
