@@ -5,6 +5,7 @@ database, no RESP3) are listed in README's RESP section."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -207,10 +208,13 @@ def info(s: Session, argv: list[bytes]) -> bytes:
         ],
         "keyspace": [("db0", f"keys={len(ks)},expires={len(ks.expires)},avg_ttl=0")] if len(ks) else [],
     }
+    ring_stats = getattr(asyncio.get_running_loop(), "ring_stats", None)
+    if ring_stats is not None:  # UringEventLoop: the core's counters (INFO ring)
+        sections["ring"] = sorted(ring_stats().items())
     wanted = {a.decode(errors="replace").lower() for a in argv[1:]} or {"default"}
     lines = []
     for name, fields in sections.items():
-        if wanted & {"default", "all", "everything", name}:
+        if wanted & {"all", "everything", name} or ("default" in wanted and name != "ring"):
             lines.append(f"# {name.capitalize()}")
             lines += [f"{k}:{v}" for k, v in fields]
             lines.append("")

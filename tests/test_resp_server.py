@@ -43,6 +43,7 @@ class Proc:
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.loop = loop
         assert self.p.stdout is not None
         line = self.p.stdout.readline()
         m = re.match(r"resp on 127\.0\.0\.1:(\d+) ", line)
@@ -135,6 +136,8 @@ def test_redis_py_strings_keys_and_expiry(server: Proc, protocol: int) -> None:
     assert sorted(r.keys("*")) == [b"k", b"n", b"s", b"t"]
     assert sorted(r.keys("[kn]")) == [b"k", b"n"] and sorted(r.keys("[^kn]")) == [b"s", b"t"]
     assert r.info()["redis_version"] == "7.0.0"
+    ring = r.info("ring")  # the core's counters, on UringEventLoop only
+    assert (ring["sqes"] > 0 and ring["accepts"] >= 1) if server.loop == "uring" else ring == {}
     assert r.type("k") == b"string" and r.type("missing") == b"none"
     assert r.flushdb() and r.dbsize() == 0
     r.close()
