@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
-from uringserve.server import Connection, Server
+from uringserve.server import Connection, Server, run_command
 
 
 class Echo(Connection, asyncio.Protocol):
@@ -71,28 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         e.idle_timeout = args.idle_timeout or None
         return e
 
-    def ready(server: Server) -> None:
-        where = args.uds or (
-            f"fd {args.fd}" if args.fd is not None else "{}:{}".format(*server.sockets[0].getsockname()[:2])
-        )
-        print(f"echo on {where} ({args.loop} loop, pid {os.getpid()})", flush=True)
-
-    try:
-        Server(factory, shutdown_timeout=args.shutdown_timeout).run(
-            args.host,
-            args.port,
-            loop=args.loop,
-            ring_config=ring_config(args),
-            ready=ready,
-            uds=args.uds,
-            uds_mode=args.uds_mode,
-            sock=args.fd,
-            backlog=args.backlog,
-        )
-    except OSError as exc:  # a listener that cannot open: the message says which and why
-        print(f"echo: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(
+        Server(factory, shutdown_timeout=args.shutdown_timeout),
+        "echo",
+        args.host,
+        args.port,
+        loop=args.loop,
+        ring_config=ring_config(args),
+        uds=args.uds,
+        uds_mode=args.uds_mode,
+        sock=args.fd,
+        backlog=args.backlog,
+    )
 
 
 if __name__ == "__main__":

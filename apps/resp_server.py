@@ -28,7 +28,7 @@ from typing import Any  # noqa: E402
 from apps.resp_commands import Session, Stats, execute  # noqa: E402
 from apps.resp_keyspace import Keyspace  # noqa: E402
 from uringserve.resp import MAX_ARGS, MAX_BULK, RequestParser  # noqa: E402
-from uringserve.server import Connection, Server  # noqa: E402
+from uringserve.server import Connection, Server, run_command  # noqa: E402
 
 logger = logging.getLogger("uringserve.resp")
 
@@ -140,16 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--max-bulk and --max-args must be at least 1")
     server = RESPServer(max_bulk=args.max_bulk, max_args=args.max_args, idle_timeout=args.idle_timeout)
 
-    def ready(s: Server) -> None:
-        where = args.uds or "{}:{}".format(*s.sockets[0].getsockname()[:2])
-        print(f"resp on {where} ({args.loop} loop, pid {os.getpid()})", flush=True)
-
-    try:
-        server.run(args.host, args.port, loop=args.loop, ready=ready, uds=args.uds)
-    except OSError as exc:  # a listener that cannot open: the message says which and why
-        print(f"resp_server: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(server, "resp", args.host, args.port, loop=args.loop, uds=args.uds)
 
 
 if __name__ == "__main__":

@@ -456,3 +456,21 @@ def test_run_drains_on_sigterm_and_a_second_signal_cuts(tmp_path, loop: str, sig
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_demo_whose_listener_cannot_open_says_so_in_one_line() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        out = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "apps", "echo.py"), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        taken.close()
+    assert out.returncode == 1
+    assert out.stderr == f"echo: [Errno 98] cannot listen on 127.0.0.1:{port}: Address already in use\n"

@@ -162,6 +162,7 @@ def _int(buf: bytes, start: int, end: int) -> int | None:
 
 _ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
 _HEX = b"0123456789abcdefABCDEF"
+_SPACE = b" \t\n\r\v\f"
 
 
 def split_inline(line: bytes) -> list[bytes]:
@@ -173,7 +174,7 @@ def split_inline(line: bytes) -> list[bytes]:
     args: list[bytes] = []
     i, n = 0, len(line)
     while True:
-        while i < n and line[i] in b" \t\n\r\v\f":
+        while i < n and line[i] in _SPACE:
             i += 1
         if i >= n:
             return args
@@ -193,10 +194,7 @@ def split_inline(line: bytes) -> list[bytes]:
                     i += 1
                     cur += _ESCAPES.get(line[i], bytes((line[i],)))
                 elif c == 34:
-                    if i + 1 < n and line[i + 1] not in b" \t\n\r\v\f":
-                        raise ProtocolError("unbalanced quotes in request")
-                    quote = 0
-                    i += 1
+                    i = _closing_quote(line, i)
                     break
                 else:
                     cur.append(c)
@@ -205,14 +203,11 @@ def split_inline(line: bytes) -> list[bytes]:
                     cur.append(39)
                     i += 1
                 elif c == 39:
-                    if i + 1 < n and line[i + 1] not in b" \t\n\r\v\f":
-                        raise ProtocolError("unbalanced quotes in request")
-                    quote = 0
-                    i += 1
+                    i = _closing_quote(line, i)
                     break
                 else:
                     cur.append(c)
-            elif c in b" \t\n\r\v\f":
+            elif c in _SPACE:
                 break
             elif c in (34, 39):
                 quote = c
@@ -220,3 +215,10 @@ def split_inline(line: bytes) -> list[bytes]:
                 cur.append(c)
             i += 1
         args.append(bytes(cur))
+
+
+def _closing_quote(line: bytes, i: int) -> int:
+    """Past the closing quote at `i`, which must end its word (as Redis requires)."""
+    if i + 1 < len(line) and line[i + 1] not in _SPACE:
+        raise ProtocolError("unbalanced quotes in request")
+    return i + 1

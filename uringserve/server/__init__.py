@@ -6,7 +6,7 @@ run() with SIGTERM/SIGINT. A new protocol is a protocol class (a
 `Connection` subclass) and, if it has work in flight, its shutdown()."""
 
 from .connection import KIND_IDLE, KIND_NONE, KIND_USER, Connection, Connections
-from .lifecycle import LOOPS, Server, new_loop
+from .lifecycle import LOOPS, Server, new_loop, run_command
 from .listeners import TCP, Inherited, Listener, Unix
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Unix",
     "Inherited",
     "new_loop",
+    "run_command",
     "LOOPS",
     "KIND_NONE",
     "KIND_IDLE",

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -253,3 +255,29 @@ class Server:
 
         with asyncio.Runner(loop_factory=lambda: new_loop(loop, ring_config)) as runner:
             runner.run(main())
+
+
+def run_command(
+    server: Server,
+    name: str,
+    host: str | None = "127.0.0.1",
+    port: int = 8000,
+    *,
+    loop: str = "uring",
+    ring_config: Any = None,
+    **listen: Any,
+) -> int:
+    """A server as a command: run() until SIGTERM/SIGINT, printing
+    "NAME on WHERE (LOOP loop, pid N)" once it listens; a listener that
+    cannot open is one line on stderr and exit status 1, not a traceback."""
+
+    def ready(s: Server) -> None:
+        where = ", ".join(spec.describe(sock) for spec, sock in s._bound)
+        print(f"{name} on {where} ({loop} loop, pid {os.getpid()})", flush=True)
+
+    try:
+        server.run(host, port, loop=loop, ring_config=ring_config, ready=ready, **listen)
+    except OSError as exc:  # the message names the listener and the reason
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
