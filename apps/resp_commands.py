@@ -11,6 +11,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import uringserve
 from apps.resp_keyspace import Keyspace, glob, type_name
@@ -192,7 +193,7 @@ def _command_info(name: bytes) -> bytes:
 
 def info(s: Session, argv: list[bytes]) -> bytes:
     ks = s.keyspace
-    sections = {
+    sections: dict[str, list[tuple[str, Any]]] = {
         "server": [
             ("redis_version", REDIS_VERSION),
             ("uringserve_version", uringserve.__version__),

@@ -1,0 +1,307 @@
+"""The `uringserve` command: run an app (ASGI, a native HTTP handler, or an
+asyncio protocol factory), the demos, and the doctor.
+
+Every option has an environment variable (URINGSERVE_<NAME>); the command
+line wins over the environment, the environment over the default. The
+options are declared once, in OPTIONS: the parser, the environment and the
+README's table (`options_table()`, checked by a test) all come from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .http.config import HTTPConfig
+from .ring import RingConfig
+from .server.lifecycle import LOOPS
+
+ENV_PREFIX = "URINGSERVE_"
+
+
+def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            n = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if n < lo or (hi is not None and n > hi):
+            raise argparse.ArgumentTypeError(f"{n} is out of range: {lo}..{hi if hi is not None else ''}")
+        return n
+
+    parse.__name__ = f"integer {lo}..{hi if hi is not None else ''}"
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{v} must be a positive number of seconds")
+    return v
+
+
+def _octal(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal file mode like 660") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text} is not a file mode (000..777)")
+    return mode
+
+
+def _flag(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (1/0, true/false, yes/no, on/off)")
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option: its flag, what it does, its type, default and environment variable."""
+
+    flag: str
+    help: str
+    type: Callable[[str], Any] | None = str
+    default: Any = None
+    choices: Sequence[str] | None = None
+    repeat: bool = False  # may be given several times (the environment: comma-separated)
+    commands: tuple[str, ...] = ("run",)
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+    @property
+    def is_flag(self) -> bool:
+        return self.type is None
+
+
+SERVE = ("run", "echo", "resp")
+
+OPTIONS: list[Opt] = [
+    # where to listen
+    Opt("--host", "address to listen on (repeatable; '' or '::' for every interface)", repeat=True, commands=SERVE),
+    Opt("--port", "TCP port", _int_in(0, 65535), 8000, commands=SERVE),
+    Opt("--uds", "listen on this Unix socket path instead of TCP ('@name': abstract)", commands=SERVE),
+    Opt("--uds-mode", "file mode of the --uds socket, octal", _octal, None, commands=SERVE, metavar="MODE"),
+    Opt("--fd", "serve an inherited listening socket on this fd (repeatable)", _int_in(0), repeat=True, commands=SERVE),
+    Opt("--backlog", "listen backlog", _int_in(1), 1024, commands=SERVE),
+    Opt("--reuse-port", "set SO_REUSEPORT on TCP listeners", None, False, commands=SERVE),
+    Opt("--loop", "event loop", str, "uring", choices=LOOPS, commands=SERVE),
+    Opt("--graceful-timeout", "seconds a drain (SIGTERM) waits for work in flight", _seconds, 30.0, commands=SERVE),
+    Opt("--log-level", "logging level", str, "info", choices=("debug", "info", "warning", "error"), commands=SERVE),
+    # the app
+    Opt("--factory", "APP is a callable that returns the app", None, False),
+    Opt("--interface", "what APP is", str, "auto", choices=("auto", "asgi", "native", "protocol")),
+    Opt("--root-path", "ASGI root_path", str, ""),
+    # HTTP limits and timeouts (HTTPConfig)
+    Opt("--max-header-bytes", "request line + headers, bytes (431 beyond)", _int_in(1), HTTPConfig.max_header_bytes),
+    Opt("--max-headers", "header fields per request (431 beyond)", _int_in(1), HTTPConfig.max_headers),
+    Opt("--max-target-bytes", "request-target length (414 beyond)", _int_in(1), HTTPConfig.max_target_bytes),
+    Opt("--max-body-bytes", "request body, bytes (413 beyond)", _int_in(0), HTTPConfig.max_body_bytes),
+    Opt("--max-pipelined", "requests parsed ahead of the one answered", _int_in(1), HTTPConfig.max_pipelined),
+    Opt("--body-buffer-bytes", "request body buffered ahead of the handler", _int_in(1), HTTPConfig.body_buffer_bytes),
+    Opt("--header-timeout", "seconds to receive a request head (408)", _seconds, HTTPConfig.header_timeout),
+    Opt("--body-timeout", "seconds between reads of a request body (408)", _seconds, HTTPConfig.body_timeout),
+    Opt("--send-timeout", "seconds a client may leave responses unread", _seconds, HTTPConfig.send_timeout),
+    Opt("--keepalive-timeout", "seconds an idle keep-alive connection stays", _seconds, HTTPConfig.keepalive_timeout),
+    Opt("--keepalive-requests", "requests per connection", _int_in(1), HTTPConfig.keepalive_requests),
+    # the ring (RingConfig)
+    Opt("--ring-files", "fixed-file table slots", _int_in(128), None, commands=SERVE, metavar="N"),
+    Opt("--ring-buf-count", "provided receive buffers (power of 2)", _int_in(1), RingConfig.buf_count, commands=SERVE),
+    Opt("--ring-buf-size", "bytes per provided buffer", _int_in(64), RingConfig.buf_size, commands=SERVE),
+    Opt("--ring-arena-bytes", "send arena bytes (default: from RLIMIT_MEMLOCK)", _int_in(65536), None, commands=SERVE),
+]
+OPTION_BY_DEST = {o.dest: o for o in OPTIONS}
+HTTP_FIELDS = [f.name for f in dataclasses.fields(HTTPConfig) if f.name in OPTION_BY_DEST]
+
+
+def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="uringserve", description="Serve TCP from Python on io_uring.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    subs = {
+        "run": sub.add_parser("run", help="serve APP (module:attribute)"),
+        "echo": sub.add_parser("echo", help="the echo demo"),
+        "resp": sub.add_parser("resp", help="the RESP (Redis protocol) demo"),
+    }
+    subs["run"].add_argument("app", metavar="APP", help="module:attribute, e.g. apps.http:app")
+    doctor = sub.add_parser("doctor", help="report io_uring support and the features uringserve uses")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    bad: dict[str, str] = {}
+    for name, p in subs.items():
+        for opt in OPTIONS:
+            if name in opt.commands:
+                _add(p, opt, env, bad)
+    if bad:  # refused before anything starts, each naming its variable, option and accepted values
+        parser.exit(2, "".join(f"uringserve: {msg}\n" for msg in bad.values()))
+    return parser
+
+
+def _add(p: argparse.ArgumentParser, opt: Opt, env: Any, bad: dict[str, str]) -> None:
+    default = opt.default
+    raw = env.get(opt.env)
+    if raw is not None:  # the environment's value, parsed as the command line's would be
+        try:
+            if opt.is_flag:
+                default = _flag(raw)
+            elif opt.repeat:
+                default = [opt.type(v.strip()) for v in raw.split(",") if v.strip()]  # type: ignore[misc]
+            else:
+                default = opt.type(raw)  # type: ignore[misc]
+            if opt.choices is not None and default not in opt.choices:
+                raise argparse.ArgumentTypeError(f"{raw!r} is not one of {', '.join(opt.choices)}")
+        except argparse.ArgumentTypeError as exc:
+            bad[opt.env] = f"{opt.env}={raw!r} (for {opt.flag}): {exc}"
+            default = opt.default
+    if opt.is_flag:
+        p.add_argument(opt.flag, action="store_true", default=default, help=f"{opt.help} [{opt.env}]")
+    else:
+        assert opt.type is not None  # only flags have none
+        p.add_argument(
+            opt.flag,
+            type=opt.type,
+            default=default,
+            choices=opt.choices,
+            action="append" if opt.repeat else "store",
+            metavar=opt.metavar,
+            help=f"{opt.help} (default: {opt.default}) [{opt.env}]",
+        )
+
+
+def options_table() -> str:
+    """The README's table of options, environment variables and defaults."""
+    lines = ["| option | environment | default | commands | what it sets |", "|---|---|---|---|---|"]
+    for o in OPTIONS:
+        default = "off" if o.is_flag else ("" if o.default is None else str(o.default))
+        if o.choices:
+            default += " (" + " \\| ".join(o.choices) + ")"
+        lines.append(f"| `{o.flag}` | `{o.env}` | {default} | {', '.join(o.commands)} | {o.help} |")
+    return "\n".join(lines)
+
+
+# -- building what runs --------------------------------------------------------------
+def load_app(spec: str, factory: bool) -> Any:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise SystemExit(f"uringserve: APP must be module:attribute (e.g. apps.http:app), not {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as uvicorn and gunicorn do: the app's package from here
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"uringserve: cannot import {module_name!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SystemExit(f"uringserve: {module_name!r} has no attribute {attr!r}") from None
+    if factory:
+        obj = obj()
+    return obj
+
+
+def listeners(args: argparse.Namespace) -> list[Any]:
+    from .server import TCP, Inherited, Unix
+
+    out: list[Any] = []
+    for fd in args.fd or ():
+        out.append(Inherited(fd, backlog=args.backlog))
+    if args.uds:
+        out.append(Unix(args.uds, mode=args.uds_mode, backlog=args.backlog))
+    elif args.uds_mode is not None:
+        raise SystemExit("uringserve: --uds-mode applies to a Unix socket: give --uds too")
+    hosts = args.host or ([] if out else ["127.0.0.1"])
+    for host in hosts:
+        out.append(TCP(host or None, args.port, backlog=args.backlog, reuse_port=args.reuse_port))
+    return out
+
+
+def ring_config(args: argparse.Namespace) -> RingConfig | None:
+    if args.loop != "uring":
+        return None
+    kw: dict[str, Any] = {"buf_count": args.ring_buf_count, "buf_size": args.ring_buf_size}
+    if args.ring_files is not None:
+        kw["files"] = args.ring_files
+    if args.ring_arena_bytes is not None:
+        kw["arena_bytes"] = args.ring_arena_bytes
+    try:
+        return RingConfig(**kw)
+    except ValueError as exc:
+        raise SystemExit(f"uringserve: {exc}") from None
+
+
+def build_server(args: argparse.Namespace) -> Any:
+    """The Server the command runs, from its arguments."""
+    if args.cmd in ("echo", "resp"):
+        # the demos live in the repository's apps/, not in the installed package
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            if args.cmd == "echo":
+                from apps.echo import Echo
+
+                from .server import Server
+
+                return Server(Echo, shutdown_timeout=args.graceful_timeout)
+            from apps.resp_server import RESPServer
+
+            return RESPServer(shutdown_timeout=args.graceful_timeout)
+        except ImportError as exc:
+            where = "the demos are in a uringserve checkout's apps/: run there"
+            raise SystemExit(f"uringserve {args.cmd}: {where} ({exc})") from None
+    app = load_app(args.app, args.factory)
+    if args.interface == "protocol":
+        from .server import Server
+
+        if not callable(app):
+            raise SystemExit(f"uringserve: {args.app} is not a protocol factory (a callable)")
+        return Server(app, shutdown_timeout=args.graceful_timeout)
+    from .http import HTTPServer
+
+    config = HTTPConfig(shutdown_timeout=args.graceful_timeout, **{name: getattr(args, name) for name in HTTP_FIELDS})
+    try:
+        return HTTPServer(app, interface=args.interface, config=config, root_path=args.root_path)
+    except TypeError as exc:  # what detect_interface() could not tell
+        raise SystemExit(f"uringserve: {exc}; or --interface protocol for an asyncio protocol factory") from None
+
+
+def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    args = build_parser(environ).parse_args(argv)
+    if args.cmd == "doctor":
+        import json
+
+        from .diagnose import format_report, report
+
+        rep = report()
+        print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+        return 0 if rep["usable"] else 1
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .server import run_command
+
+    server = build_server(args)
+    name = "uringserve" if args.cmd == "run" else args.cmd
+    return run_command(server, name, loop=args.loop, ring_config=ring_config(args), listeners=listeners(args))
+
+
+__all__ = ["main", "build_parser", "options_table", "OPTIONS"]
