@@ -1039,3 +1039,66 @@ def test_header_values_reach_the_handler_as_sent(h) -> None:
     reqs = b"GET / HTTP/1.1\r\nHost: t\r\nX-A: Xylophone\r\nX-B:\t  X X\r\n\r\n"
     r = run(h, lambda req: Response(repr((req.headers["x-a"], req.headers["x-b"]))), lambda port: exchange(port, reqs))
     assert r.responses[0].body == repr(("Xylophone", "X X")).encode()
+
+
+def test_a_keepalive_timeout_shorter_than_the_header_timeout_is_kept(h) -> None:
+    """The connection's one timer handle was made for the header timeout
+    (60 s); the keep-alive deadline that follows a response is earlier."""
+
+    async def main() -> float:
+        srv = HTTPServer(sync_app, config=HTTPConfig(keepalive_timeout=0.3))
+        await srv.start("127.0.0.1", 0)
+        r, w = await asyncio.open_connection(*srv.sockets[0].getsockname()[:2])
+        w.write(b"GET /a HTTP/1.1\r\n" + H + b"\r\n")
+        await r.readuntil(b"sync:/a")
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(r.read(), 10) == b""
+        took = time.monotonic() - t0
+        w.close()
+        await srv.shutdown(timeout=2)
+        return took
+
+    assert h.run(main()) < 5  # its own 0.3 s, not the header timeout's 60
+
+
+def test_a_drain_answers_the_first_request_of_a_connection_just_accepted(h) -> None:
+    """A client sends its request right after connecting: a drain that
+    begins in between must answer it (Connection: close), not close the
+    connection as idle and lose it."""
+
+    async def main() -> bytes:
+        srv = HTTPServer(sync_app)
+        await srv.start("127.0.0.1", 0)
+        r, w = await asyncio.open_connection(*srv.sockets[0].getsockname()[:2])
+        assert await until(lambda: len(srv.connections) == 1)
+        stop = asyncio.ensure_future(srv.shutdown(timeout=10))
+        await asyncio.sleep(0)  # the drain has begun
+        w.write(b"GET /late HTTP/1.1\r\n" + H + b"\r\n")
+        data = await asyncio.wait_for(r.read(), 10)
+        await stop
+        w.close()
+        return data
+
+    data = h.run(main())
+    assert data.startswith(b"HTTP/1.1 200 ") and b"connection: close" in data.lower() and data.endswith(b"sync:/late")
+
+
+def test_a_drain_finishes_a_request_whose_head_is_arriving(h) -> None:
+    async def main() -> bytes:
+        srv = HTTPServer(sync_app)
+        await srv.start("127.0.0.1", 0)
+        r, w = await asyncio.open_connection(*srv.sockets[0].getsockname()[:2])
+        w.write(b"GET /first HTTP/1.1\r\n" + H + b"\r\n")
+        await r.readuntil(b"sync:/first")  # a kept-alive connection, not a new one
+        w.write(b"GET /half HTTP/1.1\r\n")  # the next head's first line only
+        assert await until(lambda: any(c._parser.head_started for c in srv.connections))
+        stop = asyncio.ensure_future(srv.shutdown(timeout=10))
+        await asyncio.sleep(0)  # the drain has begun
+        w.write(H + b"\r\n")
+        data = await asyncio.wait_for(r.read(), 10)
+        await stop
+        w.close()
+        return data
+
+    data = h.run(main())
+    assert data.startswith(b"HTTP/1.1 200 ") and b"connection: close" in data.lower() and data.endswith(b"sync:/half")

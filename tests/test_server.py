@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import until
 
-from uringserve.server import TCP, Connection, Inherited, Server, Unix
+from uringserve.server import KIND_USER, TCP, Connection, Inherited, Server, Unix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -474,3 +474,28 @@ def test_a_demo_whose_listener_cannot_open_says_so_in_one_line() -> None:
         taken.close()
     assert out.returncode == 1
     assert out.stderr == f"echo: [Errno 98] cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_a_deadline_moved_earlier_fires_at_the_earlier_time(h) -> None:
+    fired = asyncio.Event()
+
+    class Early(Connection, asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.set_deadline(KIND_USER, 60)
+            self.set_deadline(KIND_USER, 0.05)  # the handle made for 60 s must not be the one that fires
+
+        def timed_out(self, kind: int) -> None:
+            fired.set()
+            super().timed_out(kind)
+
+    async def main() -> None:
+        srv = Server(Early)
+        await srv.start("127.0.0.1", 0)
+        r, w = await asyncio.open_connection(*srv.sockets[0].getsockname()[:2])
+        await asyncio.wait_for(fired.wait(), 10)
+        assert await r.read() == b""
+        w.close()
+        await srv.shutdown(2)
+
+    h.run(main())

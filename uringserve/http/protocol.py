@@ -34,6 +34,8 @@ logger = logging.getLogger("uringserve.http")
 
 # the connection's one deadline (server.Connection's timer), by state; keep-alive is its idle kind
 _T_NONE, _T_KEEPALIVE, _T_HEAD, _T_BODY = KIND_NONE, KIND_IDLE, KIND_USER, KIND_USER + 1
+# seconds a new connection gets, once a drain began, for its first request to arrive
+DRAIN_GRACE = 1.0
 # answers each request: called with the runner's own exchange_class (an Exchange subclass)
 Runner = Callable[[Any], None]
 _DATE = framing.DATE
@@ -172,9 +174,9 @@ class Exchange:
             del queue[0]
             conn._served += 1
             conn._timer_kind = _T_KEEPALIVE
-            conn._deadline = conn._clock() + conn._keepalive_timeout
-            if conn._timer is None:
-                conn._timer = conn._loop.call_at(conn._deadline, conn._timer_fired)
+            conn._deadline = deadline = conn._clock() + conn._keepalive_timeout
+            if conn._timer is None or deadline < conn._timer_at:  # set_deadline(), inline
+                conn._schedule(deadline)
             return
         conn._exchange_done(self)
 
@@ -327,6 +329,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future] = []
         self._disconnect_waiters: list[asyncio.Future] = []  # ASGI receive() after the body
         self._timer: Any = None
+        self._timer_at = 0.0
         self._clock: Callable[[], float] = time.monotonic
         self._send_timer: Any = None
         self._timer_kind = _T_NONE
@@ -463,9 +466,9 @@ class HTTPProtocol(Connection, asyncio.Protocol):
                 break
         if answered and not queue and not self._closing:
             self._timer_kind = _T_KEEPALIVE
-            self._deadline = self._clock() + self._keepalive_timeout
-            if self._timer is None:
-                self._timer = self._loop.call_at(self._deadline, self._timer_fired)
+            self._deadline = deadline = self._clock() + self._keepalive_timeout
+            if self._timer is None or deadline < self._timer_at:  # set_deadline(), inline
+                self._schedule(deadline)
         return data[pos:] if pos else data
 
     def eof_received(self) -> bool | None:
@@ -566,6 +569,9 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             and (ex is None or ex.body_in.hold_all or ex.body_in.buffered <= self._cfg.body_buffer_bytes // 2)
         ):
             self._resume()
+
+    def requests_served(self) -> int:
+        return self._served
 
     # -- answering ----------------------------------------------------------------
     def keeps_alive(self, ex: Exchange) -> bool:
@@ -734,9 +740,19 @@ class HTTPProtocol(Connection, asyncio.Protocol):
 
     # -- server shutdown ----------------------------------------------------------
     def shutdown(self) -> None:
-        """Finish what is in flight, answer with Connection: close, then close."""
+        """Finish what is in flight, answer with Connection: close, then close.
+        Idle between requests: close now. A request partly arrived: it is in
+        flight (the head timer still bounds it). A new connection with nothing
+        yet: its first request may be on its way (a client sends it right
+        after connecting), so it gets DRAIN_GRACE to arrive, as nginx lets a
+        new connection's first request finish."""
         self._draining = True
         if not self._queue:
+            if self._parser.head_started:
+                return
+            if self._served == 0 and not self._lost:
+                self.set_deadline(_T_HEAD, min(self._cfg.header_timeout, DRAIN_GRACE))
+                return
             self._close()
         else:
             for ex in self._queue:

@@ -28,6 +28,7 @@ class Connections:
         self._open: set[Any] = set()
         self.accepted = 0  # every connection registered since the server started
         self.closed = 0
+        self.finished_requests = 0  # requests_served() of the connections that closed
         self._empty: asyncio.Event | None = None
 
     def add(self, conn: Any) -> None:
@@ -39,6 +40,7 @@ class Connections:
         if conn in self._open:
             self._open.remove(conn)
             self.closed += 1
+            self.finished_requests += conn.requests_served()
             if not self._open and self._empty is not None:
                 self._empty.set()
 
@@ -75,7 +77,8 @@ class Connection:
 
     The attributes are class defaults so the mixin needs no __init__; a
     protocol's hot path may set `_timer_kind` and `_deadline` directly (the
-    HTTP one does), which is the same as set_deadline() once the handle exists.
+    HTTP one does), calling _schedule() when the handle is missing or set
+    for later than the new deadline, which is what set_deadline() does.
     """
 
     transport: Any = None
@@ -84,6 +87,7 @@ class Connection:
     idle_timeout: float | None = None
     _loop: Any = None
     _timer: Any = None
+    _timer_at = 0.0  # when the handle fires
     _timer_kind = KIND_NONE
     _deadline = 0.0
     _clock: Callable[[], float] = staticmethod(time.monotonic)
@@ -107,8 +111,16 @@ class Connection:
     def set_deadline(self, kind: int, delay: float) -> None:
         self._timer_kind = kind
         self._deadline = deadline = self._clock() + delay
-        if self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._timer_fired)
+        if self._timer is None or deadline < self._timer_at:
+            self._schedule(deadline)
+
+    def _schedule(self, when: float) -> None:
+        """The handle, for a deadline earlier than the one it was made for
+        (a later one it finds itself when it fires early)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._timer_fired)
 
     def touch(self) -> None:
         """Activity: the idle deadline starts again (when it is the one set)."""
@@ -129,8 +141,8 @@ class Connection:
         kind = self._timer_kind
         if kind == KIND_NONE:
             return
-        if self._clock() < self._deadline:  # the deadline moved since this was armed
-            self._timer = self._loop.call_at(self._deadline, self._timer_fired)
+        if self._clock() < self._deadline:  # the deadline moved on since this was armed
+            self._schedule(self._deadline)
             return
         self._timer_kind = KIND_NONE
         self.timed_out(kind)
@@ -139,6 +151,11 @@ class Connection:
         """A deadline passed. By default the connection closes (what was written goes out first)."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def requests_served(self) -> int:
+        """Requests this connection answered (for --max-requests); a protocol
+        without requests counts the connection as one."""
+        return 1
 
     # -- the drain hook -----------------------------------------------------------
     def shutdown(self) -> None:
