@@ -31,12 +31,14 @@ from uringserve.resp import MAX_ARGS, MAX_BULK, RequestParser  # noqa: E402
 from uringserve.server import Connection, Server, run_command  # noqa: E402
 
 logger = logging.getLogger("uringserve.resp")
+BATCH = 64 * 1024  # bytes of replies written at a time while working through a pipeline
 
 
 class RESPProtocol(Connection, Session, asyncio.Protocol):
     """One client: commands are run in the order they arrive, their replies
-    written together per read (pipelining costs one write, not one each).
-    Reading pauses while the client does not read its replies."""
+    written together (pipelining costs one write per 64 KiB, not one per
+    command). While the client does not read its replies, no more commands
+    are run and nothing more is read."""
 
     def __init__(self, server: RESPServer) -> None:
         self.keyspace = server.keyspace
@@ -47,6 +49,8 @@ class RESPProtocol(Connection, Session, asyncio.Protocol):
         self.idle_timeout = server.idle_timeout
         self.name = None
         self.quit = False
+        self.held: list[list[bytes]] = []  # parsed commands waiting for the client to read replies
+        self.writing_paused = False
         self.client_id = server.stats.next_client_id
         server.stats.next_client_id += 1
         server.stats.connections += 1
@@ -56,32 +60,57 @@ class RESPProtocol(Connection, Session, asyncio.Protocol):
         commands = parser.feed(data)
         if self.idle_timeout:
             self.touch()
-        if len(commands) == 1 and parser.error is None:  # the common case, unpipelined
+        if len(commands) == 1 and parser.error is None and not self.held:  # the common case, unpipelined
             self.stats.commands += 1
             self.transport.write(execute(self, commands[0]))
             if self.quit:
                 self.transport.close()
             return
-        out = []
-        for argv in commands:
+        self.held += commands
+        self._run()
+
+    def _run(self) -> None:
+        """Answer the held commands in order, writing every BATCH bytes of
+        replies; stop while the transport is over its high-water mark (the
+        rest waits for resume_writing), so what one read of pipelined
+        commands can make the server hold is bounded, however large the
+        replies (256 KiB of 'GET big' would otherwise be gigabytes)."""
+        held = self.held
+        out: list[bytes] = []
+        size = i = 0
+        while i < len(held) and not self.quit:
+            reply = execute(self, held[i])
+            i += 1
             self.stats.commands += 1
-            out.append(execute(self, argv))
-            if self.quit:
-                break
-        if parser.error is not None and not self.quit:
-            logger.debug("closing a client after a protocol error: %s", parser.error)
-            out.append(parser.error.reply())
+            out.append(reply)
+            size += len(reply)
+            if size >= BATCH:
+                self.transport.write(b"".join(out))
+                out, size = [], 0
+                if self.writing_paused:
+                    break
+        del held[:i]
+        if not held and self.parser.error is not None and not self.quit:
+            logger.debug("closing a client after a protocol error: %s", self.parser.error)
+            out.append(self.parser.error.reply())
             self.quit = True
         if out:
             self.transport.write(b"".join(out))
         if self.quit:
+            held.clear()
             self.transport.close()
+        elif held:
+            self.transport.pause_reading()  # no more input until these are answered
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         self.transport.pause_reading()  # a client that does not read gets no more answers queued
 
     def resume_writing(self) -> None:
-        if not self.transport.is_closing():
+        self.writing_paused = False
+        if self.held:
+            self._run()
+        if not self.held and not self.transport.is_closing():
             self.transport.resume_reading()
 
 

@@ -216,14 +216,13 @@ def test_scan_returns_every_key_present_throughout_while_others_come_and_go(r: r
 
 # -- expiry ---------------------------------------------------------------------------
 def test_expired_keys_nobody_touches_are_swept(r: redis.Redis) -> None:
+    r.set("stays", "v")
     pipe = r.pipeline(transaction=False)
     for i in range(2000):
         pipe.set(f"vol:{i}", "v", px=30)
     pipe.execute()
-    r.set("stays", "v")
-    assert r.dbsize() == 2001
-    deadline = time.monotonic() + 10
-    # DBSIZE counts what is stored, expired or not: only the sweep lowers it
+    deadline = time.monotonic() + 20
+    # DBSIZE counts what is stored, expired or not, and touches no key: only the sweep lowers it
     while r.dbsize() > 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert r.dbsize() == 1 and r.get("stays") == b"v"
@@ -410,11 +409,14 @@ def test_a_client_that_does_not_read_holds_bounded_memory(server: Proc, r: redis
             sent += 1
     except TimeoutError:
         pass
-    grew = server.rss_kib() - before
-    assert sent < 4000, "the server kept reading a client that reads nothing"
-    assert grew < 150_000, f"RSS grew {grew} KiB"
-    assert r.ping()  # others are served meanwhile
-    s.close()
+    try:
+        grew = server.rss_kib() - before
+        assert sent < 4000, "the server kept reading a client that reads nothing"
+        # what a read of pipelined commands can make it hold: the commands, and replies up to the high-water mark
+        assert grew < 40_000, f"RSS grew {grew} KiB"
+        assert r.ping()  # others are served meanwhile
+    finally:
+        s.close()
 
 
 def test_sigterm_drains_and_exits_cleanly() -> None:
