@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import random
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -105,7 +106,10 @@ OPTIONS: list[Opt] = [
     Opt("--uds-mode", "file mode of the --uds socket, octal", _octal, None, commands=SERVE, metavar="MODE"),
     Opt("--fd", "serve an inherited listening socket on this fd (repeatable)", _int_in(0), repeat=True, commands=SERVE),
     Opt("--backlog", "listen backlog", _int_in(1), 1024, commands=SERVE),
-    Opt("--reuse-port", "set SO_REUSEPORT on TCP listeners", None, False, commands=SERVE),
+    Opt("--reuse-port", "SO_REUSEPORT: with workers, one TCP socket per worker", None, False, commands=SERVE),
+    Opt("--workers", "worker processes (0: one per CPU); 1 serves in this process", _int_in(0), 1, commands=SERVE),
+    Opt("--max-requests", "a worker is replaced after this many requests (0: never)", _int_in(0), 0, commands=SERVE),
+    Opt("--max-requests-jitter", "plus a random 0..N, so workers recycle apart", _int_in(0), 0, commands=SERVE),
     Opt("--loop", "event loop", str, "uring", choices=LOOPS, commands=SERVE),
     Opt("--graceful-timeout", "seconds a drain (SIGTERM) waits for work in flight", _seconds, 30.0, commands=SERVE),
     Opt("--log-level", "logging level", str, "info", choices=("debug", "info", "warning", "error"), commands=SERVE),
@@ -287,6 +291,7 @@ def build_server(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(environ).parse_args(argv)
     if args.cmd == "doctor":
         import json
@@ -297,11 +302,47 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         print(json.dumps(rep, indent=2) if args.json else format_report(rep))
         return 0 if rep["usable"] else 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .server import run_command
+    from . import workers
+    from .server import Inherited, run_command
 
-    server = build_server(args)
     name = "uringserve" if args.cmd == "run" else args.cmd
+    spec = workers.worker_spec()
+    if spec is not None:  # a worker of a supervisor: its listeners are the fds it was given
+        workers.die_with_supervisor(spec)
+        server = build_server(args)
+
+        def ready(s: Any) -> None:
+            workers.report_ready(spec)
+            if args.max_requests:
+                _recycle_after(s, args.max_requests + random.randint(0, args.max_requests_jitter))
+
+        specs = [Inherited(fd, backlog=args.backlog) for fd in spec["fds"]]
+        return run_command(
+            server, name, loop=args.loop, ring_config=ring_config(args), listeners=specs, on_ready=ready, quiet=True
+        )
+    count = args.workers or os.cpu_count() or 1
+    if count > 1:
+        return workers.Supervisor(
+            argv, listeners(args), count, reuse_port=args.reuse_port, graceful_timeout=args.graceful_timeout, name=name
+        ).run()
+    server = build_server(args)
     return run_command(server, name, loop=args.loop, ring_config=ring_config(args), listeners=listeners(args))
+
+
+def _recycle_after(server: Any, limit: int) -> None:
+    """Drain and exit (status 0: the supervisor starts a fresh worker) after `limit` requests."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def check() -> None:
+        if server.requests_served() >= limit:
+            logging.getLogger("uringserve.workers").info("recycling after %d requests", server.requests_served())
+            loop.create_task(server.shutdown())
+        elif server.serving:
+            loop.call_later(0.1, check)
+
+    loop.call_later(0.1, check)
 
 
 __all__ = ["main", "build_parser", "options_table", "OPTIONS"]

@@ -19,6 +19,8 @@ from .listeners import TCP, Inherited, Listener, Unix
 logger = logging.getLogger("uringserve.server")
 
 LOOPS = ("uring", "asyncio", "uvloop")
+# SIGTERM/SIGINT drain; SIGQUIT stops at once (what remains is aborted)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 def new_loop(kind: str = "uring", ring_config: Any = None) -> asyncio.AbstractEventLoop:
@@ -148,6 +150,10 @@ class Server:
     def sockets(self) -> tuple[socket.socket, ...]:
         return tuple(s for srv in self._servers for s in getattr(srv, "sockets", ()))
 
+    def requests_served(self) -> int:
+        """Requests answered so far (connections, for a protocol that does not count requests)."""
+        return self.connections.finished_requests + sum(c.requests_served() for c in self.connections)
+
     @property
     def serving(self) -> bool:
         return self._state == "serving"
@@ -227,7 +233,8 @@ class Server:
     ) -> None:
         """start() with these arguments (`listen`: start()'s keywords), serve
         until SIGTERM or SIGINT, then drain. A second signal during the drain
-        cuts it short. `ready(server)` is called once listening."""
+        cuts it short; SIGQUIT stops at once. `ready(server)` is called once
+        listening."""
 
         async def main() -> None:
             running = asyncio.get_running_loop()
@@ -237,20 +244,24 @@ class Server:
             def on_signal(signum: int) -> None:
                 nonlocal signals
                 signals += 1
-                if signals == 1:
+                if signum == signal.SIGQUIT:  # immediate stop, as gunicorn's workers take it
+                    logger.info("SIGQUIT: stopping now")
+                    self.cut()
+                    running.create_task(self.shutdown(0))
+                elif signals == 1:
                     logger.info("%s: draining (a second signal cuts it short)", signal.Signals(signum).name)
                     running.create_task(self.shutdown())
                 else:
                     self.cut()
 
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 running.add_signal_handler(sig, on_signal, sig)
             try:
                 if ready is not None:
                     ready(self)
                 await self.serve_forever()
             finally:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in STOP_SIGNALS:
                     running.remove_signal_handler(sig)
 
         with asyncio.Runner(loop_factory=lambda: new_loop(loop, ring_config)) as runner:
@@ -265,15 +276,21 @@ def run_command(
     *,
     loop: str = "uring",
     ring_config: Any = None,
+    on_ready: Callable[[Server], None] | None = None,
+    quiet: bool = False,
     **listen: Any,
 ) -> int:
     """A server as a command: run() until SIGTERM/SIGINT, printing
-    "NAME on WHERE (LOOP loop, pid N)" once it listens; a listener that
-    cannot open is one line on stderr and exit status 1, not a traceback."""
+    "NAME on WHERE (LOOP loop, pid N)" once it listens (unless `quiet`: a
+    worker, whose supervisor says it) and calling `on_ready`; a listener
+    that cannot open is one line on stderr and exit status 1, not a traceback."""
 
     def ready(s: Server) -> None:
-        where = ", ".join(spec.describe(sock) for spec, sock in s._bound)
-        print(f"{name} on {where} ({loop} loop, pid {os.getpid()})", flush=True)
+        if not quiet:
+            where = ", ".join(spec.describe(sock) for spec, sock in s._bound)
+            print(f"{name} on {where} ({loop} loop, pid {os.getpid()})", flush=True)
+        if on_ready is not None:
+            on_ready(s)
 
     try:
         server.run(host, port, loop=loop, ring_config=ring_config, ready=ready, **listen)
