@@ -12,7 +12,8 @@ PORT ?= 8000
 # libpython3.11-testsuite: CPython's test_asyncio, run against the loop by tests/conformance
 # redis-tools (redis-cli, redis-benchmark) and redis-server: the RESP demo's tests talk
 # to it with them and compare its replies with redis-server's (started by the tests)
-DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server
+# systemd: systemd-socket-activate and systemd-analyze for the socket-activation and unit tests
+DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd
 BENCH_DEBS := wrk nginx-light curl
 
 .PHONY: run echo resp bench-resp test lint test-stress mutate bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor

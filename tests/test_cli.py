@@ -9,10 +9,12 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 
 import pytest
+import trustme
 
 from uringserve import cli
 from uringserve.http import HTTPConfig, HTTPServer
@@ -51,6 +53,9 @@ SAMPLE = {
     "ring_buf_count": "64",
     "ring_buf_size": "4096",
     "ring_arena_bytes": "131072",
+    "tls_cert": "/c.pem",
+    "tls_key": "/k.pem",
+    "tls_ca": "/ca.pem",
 }
 BAD = {
     "port": ("70000", "out of range"),
@@ -228,3 +233,61 @@ def test_the_demos_as_subcommands(cmd: str) -> None:
 def test_doctor_subcommand() -> None:
     out = subprocess.run([sys.executable, "-m", "uringserve", "doctor", "--json"], capture_output=True, text=True)
     assert out.returncode == 0 and '"usable": true' in out.stdout
+
+
+def _tls_get(port: int, ctx: ssl.SSLContext) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            return data
+
+
+@pytest.mark.parametrize("client_certs", [False, True], ids=["server-only", "client-certs"])
+def test_tls_options(tmp_path, client_certs: bool) -> None:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    server_cert.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    args = ["run", "tests.worker_app:scheme_app", "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    if client_certs:
+        args += ["--tls-ca", str(ca_file)]
+    p, line = serve(args)
+    port = int(re.search(r":(\d+) ", line).group(1))  # type: ignore[union-attr]
+    try:
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        if client_certs:
+            try:  # no client certificate: refused (with TLS 1.3 the alert comes at the first read)
+                refused = _tls_get(port, ctx)
+            except (ssl.SSLError, ConnectionError):
+                refused = b""
+            assert not refused.startswith(b"HTTP/"), refused
+            ca.issue_cert("client@example").configure_cert(ctx)
+        assert _tls_get(port, ctx).endswith(b"\r\n\r\nhttps")  # the ASGI scope says https
+    finally:
+        stop(p)
+
+
+def test_tls_files_that_cannot_load_are_named(tmp_path) -> None:
+    missing = str(tmp_path / "nope.pem")
+    out = subprocess.run(
+        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--tls-cert", missing],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1 and f"--tls-cert {missing}" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--tls-key", missing],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1 and "--tls-key and --tls-ca need --tls-cert" in out.stderr

@@ -28,3 +28,15 @@ def stream(ms: int):
         yield b"end"
 
     return parts()
+
+
+async def scheme_app(scope, receive, send) -> None:  # noqa: ANN001 (ASGI)
+    """ASGI: answers with the scope's scheme."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    length = b"%d" % len(scope["scheme"])
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
+    await send({"type": "http.response.body", "body": scope["scheme"].encode()})

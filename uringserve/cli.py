@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import random
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -113,6 +114,9 @@ OPTIONS: list[Opt] = [
     Opt("--loop", "event loop", str, "uring", choices=LOOPS, commands=SERVE),
     Opt("--graceful-timeout", "seconds a drain (SIGTERM) waits for work in flight", _seconds, 30.0, commands=SERVE),
     Opt("--log-level", "logging level", str, "info", choices=("debug", "info", "warning", "error"), commands=SERVE),
+    Opt("--tls-cert", "TLS: certificate chain file (PEM); serves TLS on every listener", commands=SERVE),
+    Opt("--tls-key", "TLS: private key file (PEM), if not in --tls-cert", commands=SERVE),
+    Opt("--tls-ca", "TLS: CA file; clients must present a certificate it signed", commands=SERVE),
     # the app
     Opt("--factory", "APP is a callable that returns the app", None, False),
     Opt("--interface", "what APP is", str, "auto", choices=("auto", "asgi", "native", "protocol")),
@@ -225,10 +229,12 @@ def load_app(spec: str, factory: bool) -> Any:
     return obj
 
 
-def listeners(args: argparse.Namespace) -> list[Any]:
-    from .server import TCP, Inherited, Unix
+def listeners(args: argparse.Namespace, environ: Any = None) -> list[Any]:
+    """--fd, socket activation (LISTEN_FDS), --uds, then TCP: --host, or
+    127.0.0.1 when nothing else says where."""
+    from .server import TCP, Inherited, Unix, activated
 
-    out: list[Any] = []
+    out: list[Any] = list(activated(environ))
     for fd in args.fd or ():
         out.append(Inherited(fd, backlog=args.backlog))
     if args.uds:
@@ -255,8 +261,28 @@ def ring_config(args: argparse.Namespace) -> RingConfig | None:
         raise SystemExit(f"uringserve: {exc}") from None
 
 
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.tls_cert is None:
+        if args.tls_key or args.tls_ca:
+            raise SystemExit("uringserve: --tls-key and --tls-ca need --tls-cert")
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"uringserve: --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {exc}") from None
+    if args.tls_ca:
+        try:
+            ctx.load_verify_locations(args.tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise SystemExit(f"uringserve: --tls-ca {args.tls_ca}: {exc}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 def build_server(args: argparse.Namespace) -> Any:
     """The Server the command runs, from its arguments."""
+    tls = tls_context(args)
     if args.cmd in ("echo", "resp"):
         # the demos live in the repository's apps/, not in the installed package
         if "" not in sys.path and os.getcwd() not in sys.path:
@@ -267,10 +293,12 @@ def build_server(args: argparse.Namespace) -> Any:
 
                 from .server import Server
 
-                return Server(Echo, shutdown_timeout=args.graceful_timeout)
+                return Server(Echo, shutdown_timeout=args.graceful_timeout, ssl=tls)
             from apps.resp_server import RESPServer
 
-            return RESPServer(shutdown_timeout=args.graceful_timeout)
+            server = RESPServer(shutdown_timeout=args.graceful_timeout)
+            server.ssl = tls
+            return server
         except ImportError as exc:
             where = "the demos are in a uringserve checkout's apps/: run there"
             raise SystemExit(f"uringserve {args.cmd}: {where} ({exc})") from None
@@ -280,12 +308,12 @@ def build_server(args: argparse.Namespace) -> Any:
 
         if not callable(app):
             raise SystemExit(f"uringserve: {args.app} is not a protocol factory (a callable)")
-        return Server(app, shutdown_timeout=args.graceful_timeout)
+        return Server(app, shutdown_timeout=args.graceful_timeout, ssl=tls)
     from .http import HTTPServer
 
     config = HTTPConfig(shutdown_timeout=args.graceful_timeout, **{name: getattr(args, name) for name in HTTP_FIELDS})
     try:
-        return HTTPServer(app, interface=args.interface, config=config, root_path=args.root_path)
+        return HTTPServer(app, interface=args.interface, config=config, root_path=args.root_path, ssl=tls)
     except TypeError as exc:  # what detect_interface() could not tell
         raise SystemExit(f"uringserve: {exc}; or --interface protocol for an asyncio protocol factory") from None
 

@@ -151,7 +151,7 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any, root
             "http_version": ex.version,
             "server": conn.server_addr,
             "client": conn.client,
-            "scheme": "http",
+            "scheme": conn.scheme,
             "method": ex.method,
             "root_path": root_path,
             "path": unquote(path) if "%" in path else path,

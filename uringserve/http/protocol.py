@@ -338,6 +338,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         self._done: Any = None
         self.client: Any = None
         self.server_addr: Any = None
+        self.scheme = "http"  # "https" behind TLS (the ASGI scope's)
 
     # -- connection ------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:

@@ -50,9 +50,10 @@ class HTTPServer(Server):
         config: HTTPConfig | None = None,
         lifespan: str = "auto",
         root_path: str = "",
+        ssl: Any = None,
     ) -> None:
         self.config = config or HTTPConfig()
-        super().__init__(shutdown_timeout=self.config.shutdown_timeout)
+        super().__init__(shutdown_timeout=self.config.shutdown_timeout, ssl=ssl)
         self.app = app
         self.interface = detect_interface(app) if interface == "auto" else interface
         if self.interface not in ("native", "asgi"):
@@ -72,6 +73,8 @@ class HTTPServer(Server):
 
     def make_protocol(self, sock: socket.socket) -> HTTPProtocol:
         p = HTTPProtocol(self._runner, self.config)
+        if self.ssl is not None:
+            p.scheme = "https"
         addr = self._addrs.get(sock)
         if addr is None:
             name = sock.getsockname()

@@ -5,6 +5,7 @@ shutdown(timeout) draining through each connection's shutdown() hook,
 run() with SIGTERM/SIGINT. A new protocol is a protocol class (a
 `Connection` subclass) and, if it has work in flight, its shutdown()."""
 
+from .activation import activated
 from .connection import KIND_IDLE, KIND_NONE, KIND_USER, Connection, Connections
 from .lifecycle import LOOPS, Server, new_loop, run_command
 from .listeners import TCP, Inherited, Listener, Unix
@@ -17,6 +18,7 @@ __all__ = [
     "TCP",
     "Unix",
     "Inherited",
+    "activated",
     "new_loop",
     "run_command",
     "LOOPS",

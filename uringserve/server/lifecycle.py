@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl as ssl_module
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,8 +53,15 @@ class Server:
     on_start() (before listening) and on_stop() (after the last connection).
     """
 
-    def __init__(self, protocol_factory: Callable[[], Any] | None = None, *, shutdown_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        protocol_factory: Callable[[], Any] | None = None,
+        *,
+        shutdown_timeout: float = 30.0,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
         self._factory = protocol_factory
+        self.ssl = ssl  # TLS on every listener (asyncio's SSLProtocol over the transport)
         if not shutdown_timeout > 0:
             raise ValueError(f"shutdown_timeout must be a positive number of seconds, got {shutdown_timeout}")
         self.shutdown_timeout = shutdown_timeout
@@ -119,7 +127,9 @@ class Server:
                 self._specs.append(spec)
                 for i, sock in enumerate(socks):
                     try:
-                        srv = await loop.create_server(self._factory_for(sock), sock=sock, backlog=spec.backlog)
+                        srv = await loop.create_server(
+                            self._factory_for(sock), sock=sock, backlog=spec.backlog, ssl=self.ssl
+                        )
                     except BaseException:
                         for s in socks[i:]:
                             s.close()

@@ -178,6 +178,7 @@ class Inherited(Listener):
 
     sock: socket.socket | int
     backlog: int = 1024
+    name: str = ""  # socket activation's FileDescriptorName, if any
 
     def open(self) -> list[socket.socket]:
         s = self.sock
@@ -200,8 +201,9 @@ class Inherited(Listener):
         return [s]
 
     def describe(self, sock: socket.socket) -> str:
-        name = sock.getsockname()
-        return f"fd {sock.fileno()} ({name})"
+        addr = sock.getsockname()
+        where = _fmt(addr) if isinstance(addr, tuple) else f"unix:{addr!r}" if addr else "unix"
+        return f"{where} (fd {sock.fileno()}{', ' + self.name if self.name else ''})"
 
 
 def _unlink_socket(path: str) -> None:
