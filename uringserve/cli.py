@@ -114,6 +114,8 @@ OPTIONS: list[Opt] = [
     Opt("--loop", "event loop", str, "uring", choices=LOOPS, commands=SERVE),
     Opt("--graceful-timeout", "seconds a drain (SIGTERM) waits for work in flight", _seconds, 30.0, commands=SERVE),
     Opt("--log-level", "logging level", str, "info", choices=("debug", "info", "warning", "error"), commands=SERVE),
+    Opt("--log-format", "log lines as text or JSON objects", str, "text", choices=("text", "json"), commands=SERVE),
+    Opt("--access-log", "one line per HTTP response (costs: off by default)", None, False),
     Opt("--tls-cert", "TLS: certificate chain file (PEM); serves TLS on every listener", commands=SERVE),
     Opt("--tls-key", "TLS: private key file (PEM), if not in --tls-cert", commands=SERVE),
     Opt("--tls-ca", "TLS: CA file; clients must present a certificate it signed", commands=SERVE),
@@ -329,8 +331,9 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         rep = report()
         print(json.dumps(rep, indent=2) if args.json else format_report(rep))
         return 0 if rep["usable"] else 1
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from . import workers
+    from . import logs, workers
+
+    logs.configure(args.log_level, args.log_format)
     from .server import Inherited, run_command
 
     name = "uringserve" if args.cmd == "run" else args.cmd

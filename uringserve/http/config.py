@@ -37,6 +37,8 @@ class HTTPConfig:
     shutdown_timeout: float = 30.0
     #: the Server header; None leaves it out
     server_header: str | None = "uringserve"
+    #: one log line per response (uringserve.access); costs per request, so off by default
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         for name in (

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..server.connection import KIND_IDLE, KIND_NONE, KIND_USER, Connection
-from . import framing
+from . import access, framing
 from . import parser as _parser_mod
 from .body import Body, ClientDisconnected
 from .config import HTTPConfig
@@ -303,10 +303,16 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         self._server_hdr = (
             b"Server: " + config.server_header.encode("latin-1") + b"\r\n" if config.server_header else b""
         )
-        self._parser = RequestParser(self, config, getattr(runner, "exchange_class", Exchange))
+        head_class = getattr(runner, "exchange_class", Exchange)
+        if config.access_log:
+            head_class = access.logged(head_class)
+        self._parser = RequestParser(self, config, head_class)
         # a runner for a plain handler offers it, its Response class and how it
         # finishes any other result: _answer_common() then answers in one frame
-        self._plain_handler: Callable[[Any], Any] | None = getattr(runner, "plain_handler", None)
+        # (not with an access log: it answers without the methods that log)
+        self._plain_handler: Callable[[Any], Any] | None = (
+            None if config.access_log else getattr(runner, "plain_handler", None)
+        )
         self._response_class: Any = getattr(runner, "response_class", None)
         self._finish: Callable[[Any, Any], None] | None = getattr(runner, "finish", None)
         self._queue: list[Exchange] = []  # [answering, waiting...]
@@ -787,5 +793,8 @@ class _ErrorExchange(Exchange):
     def run(self) -> None:
         conn = self.conn
         conn._queue.clear()
-        conn._write(framing.error_response(self.exc.status, self.exc.message, conn._server_hdr))
+        response = framing.error_response(self.exc.status, self.exc.message, conn._server_hdr)
+        conn._write(response)
+        if conn._cfg.access_log:  # a request that could not be parsed: no method or target to name
+            access.log(conn, "-", b"-", "1.1", self.exc.status, len(response.partition(b"\r\n\r\n")[2]), 0.0)
         conn._close()
