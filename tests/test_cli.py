@@ -57,6 +57,7 @@ SAMPLE = {
     "tls_cert": "/c.pem",
     "tls_key": "/k.pem",
     "tls_ca": "/ca.pem",
+    "metrics": "127.0.0.1:9464",
 }
 BAD = {
     "port": ("70000", "out of range"),
@@ -69,6 +70,7 @@ BAD = {
     "graceful_timeout": ("0", "positive"),
     "log_level": ("loud", "debug, info, warning, error"),
     "log_format": ("xml", "text, json"),
+    "metrics": ("9464", "not HOST:PORT"),
     "interface": ("wsgi", "auto, asgi, native, protocol"),
     "max_header_bytes": ("x", "not an integer"),
     "keepalive_timeout": ("soon", "not a number of seconds"),

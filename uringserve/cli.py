@@ -62,6 +62,13 @@ def _octal(text: str) -> int:
     return mode
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def _flag(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -116,6 +123,7 @@ OPTIONS: list[Opt] = [
     Opt("--log-level", "logging level", str, "info", choices=("debug", "info", "warning", "error"), commands=SERVE),
     Opt("--log-format", "log lines as text or JSON objects", str, "text", choices=("text", "json"), commands=SERVE),
     Opt("--access-log", "one line per HTTP response (costs: off by default)", None, False),
+    Opt("--metrics", "serve /metrics, /ready and /live on HOST:PORT", _address, None, commands=SERVE),
     Opt("--tls-cert", "TLS: certificate chain file (PEM); serves TLS on every listener", commands=SERVE),
     Opt("--tls-key", "TLS: private key file (PEM), if not in --tls-cert", commands=SERVE),
     Opt("--tls-ca", "TLS: CA file; clients must present a certificate it signed", commands=SERVE),
@@ -341,9 +349,12 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     if spec is not None:  # a worker of a supervisor: its listeners are the fds it was given
         workers.die_with_supervisor(spec)
         server = build_server(args)
+        metrics = _metrics(args, server)
 
         def ready(s: Any) -> None:
             workers.report_ready(spec)
+            if metrics is not None:
+                metrics.start_sampling(s)
             if args.max_requests:
                 _recycle_after(s, args.max_requests + random.randint(0, args.max_requests_jitter))
 
@@ -354,10 +365,53 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     count = args.workers or os.cpu_count() or 1
     if count > 1:
         return workers.Supervisor(
-            argv, listeners(args), count, reuse_port=args.reuse_port, graceful_timeout=args.graceful_timeout, name=name
+            argv,
+            listeners(args),
+            count,
+            reuse_port=args.reuse_port,
+            graceful_timeout=args.graceful_timeout,
+            name=name,
+            metrics=args.metrics,
         ).run()
     server = build_server(args)
-    return run_command(server, name, loop=args.loop, ring_config=ring_config(args), listeners=listeners(args))
+    metrics = _metrics(args, server)
+    endpoint = None
+    if metrics is not None:
+        from . import metrics as metrics_module
+
+        host, port = args.metrics
+        collect = metrics_module.collect(metrics_module.default_registry())
+        try:
+            endpoint = metrics_module.Endpoint(host, port, collect, lambda: server.serving)
+        except OSError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            return 1
+    try:
+        return run_command(
+            server,
+            name,
+            loop=args.loop,
+            ring_config=ring_config(args),
+            listeners=listeners(args),
+            on_ready=metrics.start_sampling if metrics is not None else None,
+        )
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _metrics(args: argparse.Namespace, server: Any) -> Any:
+    """This process's Metrics when --metrics is on (a worker's write to the supervisor's directory)."""
+    if args.metrics is None:
+        return None
+    try:
+        from .metrics import Metrics
+    except ImportError:
+        raise SystemExit("uringserve: --metrics needs prometheus_client: pip install 'uringserve[metrics]'") from None
+    metrics = Metrics()
+    if hasattr(server, "observer"):
+        server.observer = metrics.observe
+    return metrics
 
 
 def _recycle_after(server: Any, limit: int) -> None:

@@ -67,6 +67,7 @@ class Supervisor:
         reuse_port: bool = False,
         graceful_timeout: float = 30.0,
         name: str = "uringserve",
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -76,6 +77,10 @@ class Supervisor:
         self.reuse_port = reuse_port
         self.graceful_timeout = graceful_timeout
         self.name = name
+        self.metrics_address = metrics
+        self.endpoint: Any = None
+        self.restarts: Any = None
+        self._metrics_dir: str | None = None
         self.generation = 0
         self.workers: dict[int, Worker] = {}  # pid -> worker
         self.shared: list[socket.socket] = []  # every worker gets these
@@ -168,6 +173,10 @@ class Supervisor:
             if code is None:
                 continue
             del self.workers[pid]
+            if self.endpoint is not None:
+                from .metrics import worker_exited
+
+                worker_exited(pid)
             if worker.ready_fd >= 0:
                 self._sel.unregister(worker.ready_fd)
                 os.close(worker.ready_fd)
@@ -201,6 +210,8 @@ class Supervisor:
         delay = min(BACKOFF_MAX, 0.1 * 2 ** (n - 1))
         logger.warning("worker %d died (%s); replacing it in %.1fs", pid, how, delay)
         self.restart_at[worker.slot] = time.monotonic() + delay
+        if self.restarts is not None:
+            self.restarts.inc()
 
     def _slots_filled(self) -> set[int]:
         return {w.slot for w in self.workers.values() if w.generation == self.generation and not w.retiring}
@@ -270,8 +281,37 @@ class Supervisor:
                 _signal(w.proc, signal.SIGTERM)
 
     # -- the loop -----------------------------------------------------------------
+    def ready(self) -> bool:
+        """/ready: serving, every worker slot filled with a ready worker, no drain begun."""
+        current = [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
+        return not self.stopping and len(current) >= self.target and all(w.ready for w in current)
+
+    def _start_metrics(self) -> None:
+        import tempfile
+
+        # workers write their metrics here (prometheus_client's multiprocess mode); the endpoint sums them
+        self._metrics_dir = tempfile.mkdtemp(prefix="uringserve-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
+        from prometheus_client import Counter
+
+        from . import metrics
+
+        self.restarts = Counter("uringserve_worker_restarts_total", "Workers replaced after they died", registry=None)
+        assert self.metrics_address is not None
+        self.endpoint = metrics.Endpoint(
+            *self.metrics_address, metrics.collect(metrics.multiprocess_registry()), self.ready
+        )
+
     def run(self) -> int:
-        self.open_listeners()
+        try:
+            self.open_listeners()
+            if self.metrics_address is not None:
+                self._start_metrics()
+        except OSError as exc:  # a listener that cannot open: one line, as run_command() says it
+            print(f"{self.name}: {exc}", file=sys.stderr)
+            for s in self._all_sockets():
+                s.close()
+            return 1
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
@@ -333,6 +373,12 @@ class Supervisor:
                 s.close()
             for spec in self.specs:
                 spec.close()
+            if self.endpoint is not None:
+                self.endpoint.close()
+            if self._metrics_dir is not None:
+                import shutil
+
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
         return self.exit_code
 
 

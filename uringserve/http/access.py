@@ -1,18 +1,21 @@
-"""The access log (HTTPConfig.access_log, `--access-log`): one line per
-response, in the Common Log Format plus the seconds it took:
+"""Observing responses: the access log (HTTPConfig.access_log,
+`--access-log`) and anything else given as the protocol's observer (the
+Prometheus metrics). The access log is one line per response, in the
+Common Log Format plus the seconds it took:
 
     127.0.0.1 - - [30/Nov/2026:14:45:00 +0000] "GET / HTTP/1.1" 200 14 0.000093
 
 logged to `uringserve.access` with the fields as record attributes too
-(the JSON log format writes them as keys). Off by default: it costs a
-clock read, a log record and a write per request, and it turns off the
-one-frame path (HTTPProtocol._answer_common), which answers without the
-exchange methods this hooks."""
+(the JSON log format writes them as keys). Observing is off by default: it
+costs a clock read and the observers' work per request, and it turns off
+the one-frame path (HTTPProtocol._answer_common), which answers without
+the exchange methods this hooks."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .parser import HTTPError
@@ -49,8 +52,26 @@ def log(conn: Any, method: str, target: bytes, version: str, status: int, size: 
     )
 
 
-def logged(base: Any) -> Any:
-    """`base` (the runner's Exchange class) with each finished response logged."""
+Observer = Callable[[Any, str, bytes, str, int, int, float], None]
+
+
+def chain(*observers: Observer | None) -> Observer | None:
+    """One observer calling each given one (None when none is)."""
+    present = [o for o in observers if o is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def both(*args: Any) -> None:
+        for o in present:
+            o(*args)
+
+    return both
+
+
+def observed(base: Any) -> Any:
+    """`base` (the runner's Exchange class) calling its connection's
+    observer (conn, method, target, version, status, body bytes, seconds)
+    once per response."""
     cls = _classes.get(base)
     if cls is None:
 
@@ -103,9 +124,10 @@ def logged(base: Any) -> Any:
                 if not self._logged:
                     self._logged = True
                     took = time.monotonic() - self._t0
-                    log(self.conn, self.method, self.target, self.version, status or 500, size, took)
+                    conn = self.conn
+                    conn._observe(conn, self.method, self.target, self.version, status or 500, size, took)
 
-        Logged.__name__ = f"Logged{base.__name__}"
+        Logged.__name__ = f"Observed{base.__name__}"
         Logged.__qualname__ = Logged.__name__
         _classes[base] = cls = Logged
     return cls

@@ -295,7 +295,9 @@ class HTTPProtocol(Connection, asyncio.Protocol):
     a time, and must end with exchange.end() or exchange.fail() (at once or
     later). The native and ASGI front ends are runners."""
 
-    def __init__(self, runner: Runner, config: HTTPConfig, registry: Any = None) -> None:
+    def __init__(
+        self, runner: Runner, config: HTTPConfig, registry: Any = None, observer: access.Observer | None = None
+    ) -> None:
         self._runner = runner
         self._cfg = config
         if registry is not None:
@@ -304,14 +306,16 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             b"Server: " + config.server_header.encode("latin-1") + b"\r\n" if config.server_header else b""
         )
         head_class = getattr(runner, "exchange_class", Exchange)
-        if config.access_log:
-            head_class = access.logged(head_class)
+        # called once per response: the access log, metrics
+        self._observe = access.chain(access.log if config.access_log else None, observer)
+        if self._observe is not None:
+            head_class = access.observed(head_class)
         self._parser = RequestParser(self, config, head_class)
         # a runner for a plain handler offers it, its Response class and how it
         # finishes any other result: _answer_common() then answers in one frame
-        # (not with an access log: it answers without the methods that log)
+        # (not when observed: it answers without the methods that observe)
         self._plain_handler: Callable[[Any], Any] | None = (
-            None if config.access_log else getattr(runner, "plain_handler", None)
+            None if self._observe is not None else getattr(runner, "plain_handler", None)
         )
         self._response_class: Any = getattr(runner, "response_class", None)
         self._finish: Callable[[Any, Any], None] | None = getattr(runner, "finish", None)
@@ -795,6 +799,6 @@ class _ErrorExchange(Exchange):
         conn._queue.clear()
         response = framing.error_response(self.exc.status, self.exc.message, conn._server_hdr)
         conn._write(response)
-        if conn._cfg.access_log:  # a request that could not be parsed: no method or target to name
-            access.log(conn, "-", b"-", "1.1", self.exc.status, len(response.partition(b"\r\n\r\n")[2]), 0.0)
+        if conn._observe is not None:  # a request that could not be parsed: no method or target to name
+            conn._observe(conn, "-", b"-", "1.1", self.exc.status, len(response.partition(b"\r\n\r\n")[2]), 0.0)
         conn._close()

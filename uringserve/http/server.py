@@ -63,6 +63,7 @@ class HTTPServer(Server):
         self._root_path = root_path
         self._runner: Any = None
         self._addrs: dict[socket.socket, Any] = {}  # listener -> the ASGI scope's "server"
+        self.observer: Any = None  # called once per response (metrics); see http/access.py
 
     async def on_start(self) -> None:
         if self._lifespan is not None:
@@ -72,7 +73,7 @@ class HTTPServer(Server):
             self._runner = native_runner(self.app)
 
     def make_protocol(self, sock: socket.socket) -> HTTPProtocol:
-        p = HTTPProtocol(self._runner, self.config)
+        p = HTTPProtocol(self._runner, self.config, observer=self.observer)
         if self.ssl is not None:
             p.scheme = "https"
         addr = self._addrs.get(sock)
