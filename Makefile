@@ -58,8 +58,8 @@ test: deps $(STAMP) lint
 
 # ruff (lint and format) over everything, mypy over the package; configured in pyproject.toml
 lint: deps $(STAMP)
-	$(VENV)/bin/ruff check uringserve apps tests bench
-	$(VENV)/bin/ruff format --check uringserve apps tests bench
+	$(VENV)/bin/ruff check uringserve apps tests bench deploy
+	$(VENV)/bin/ruff format --check uringserve apps tests bench deploy
 	$(VENV)/bin/mypy
 
 # the suite REPEAT times (3) with a CPU hog on every core: timing hopes fail here

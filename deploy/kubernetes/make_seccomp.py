@@ -21,18 +21,18 @@ HEADER = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
 IO_URING = ["io_uring_setup", "io_uring_enter", "io_uring_register"]
 # Docker's default profile: "significant syscalls blocked" (its seccomp documentation)
 # and the ones it allows only with capabilities a non-root container lacks
-DENIED = {
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
-    "finit_module", "get_kernel_syms", "get_mempolicy", "init_module", "ioperm", "iopl", "kcmp",
-    "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mbind", "mount", "mount_setattr",
-    "move_mount", "move_pages", "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
-    "fsopen", "fsconfig", "fsmount", "fspick", "perf_event_open", "pivot_root", "process_vm_readv",
-    "process_vm_writev", "ptrace", "query_module", "quotactl", "quotactl_fd", "reboot", "request_key",
-    "set_mempolicy", "set_mempolicy_home_node", "setns", "settimeofday", "stime", "swapon", "swapoff",
-    "sysfs", "_sysctl", "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat", "vm86",
-    "vm86old", "vhangup", "syslog", "fanotify_init", "lookup_dcookie", "afs_syscall", "tuxcall",
-    "security", "putpmsg", "getpmsg", "vserver",
-}
+DENIED = set(
+    """
+    acct add_key bpf clock_adjtime clock_settime create_module delete_module finit_module
+    get_kernel_syms get_mempolicy init_module ioperm iopl kcmp kexec_file_load kexec_load keyctl
+    lookup_dcookie mbind mount mount_setattr move_mount move_pages name_to_handle_at nfsservctl
+    open_by_handle_at open_tree fsopen fsconfig fsmount fspick perf_event_open pivot_root
+    process_vm_readv process_vm_writev ptrace query_module quotactl quotactl_fd reboot request_key
+    set_mempolicy set_mempolicy_home_node setns settimeofday stime swapon swapoff sysfs _sysctl
+    umount umount2 unshare uselib userfaultfd ustat vm86 vm86old vhangup syslog fanotify_init
+    afs_syscall tuxcall security putpmsg getpmsg vserver
+    """.split()
+)
 
 
 def syscalls(header: str) -> list[str]:
