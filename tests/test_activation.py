@@ -14,17 +14,12 @@ import sys
 import time
 
 import pytest
+from conftest import free_port
 from test_workers import get
 
 from uringserve.server import activated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_variables_meant_for_another_process_are_ignored_and_removed() -> None:

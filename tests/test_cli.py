@@ -209,9 +209,10 @@ def test_run_serves_an_http_app_configured_from_the_environment() -> None:
         stop(p)
 
 
-def test_run_serves_a_protocol_factory_on_a_unix_socket(tmp_path) -> None:
+@pytest.mark.parametrize("how", [["--interface", "protocol"], ["--protocol"]])
+def test_run_serves_a_protocol_factory_on_a_unix_socket(tmp_path, how: list[str]) -> None:
     path = str(tmp_path / "e.sock")
-    p, line = serve(["run", "apps.echo:Echo", "--interface", "protocol", "--uds", path, "--uds-mode", "600"])
+    p, line = serve(["run", "apps.echo:Echo", *how, "--uds", path, "--uds-mode", "600"])
     try:
         assert line.startswith(f"uringserve on unix:{path} (uring loop")
         with socket.socket(socket.AF_UNIX) as s:

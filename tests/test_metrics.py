@@ -14,16 +14,11 @@ import time
 import urllib.error
 import urllib.request
 
+from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from test_workers import Pool, get, pools  # noqa: F401 (pools: the fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -285,3 +285,30 @@ def test_sigquit_stops_at_once(pools: list[Pool]) -> None:
         pass
     assert b"end" not in rest  # cut, not finished
     s.close()
+
+
+def test_two_echo_workers(pools: list[Pool]) -> None:
+    p = subprocess.Popen(
+        [sys.executable, "-m", "uringserve", "echo", "--port", "0", "--workers", "2", "--log-level", "warning"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pool = Pool.__new__(Pool)  # the same helpers around a pool of the echo demo
+    pool.p = p
+    pools.append(pool)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
+    pool.wait_children(lambda k: len(k) == 2)
+    for i in range(50):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            payload = b"%d" % i * 1000
+            s.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                got += s.recv(65536)
+            assert got == payload
+    code, err = pool.stop()
+    assert code == 0, err

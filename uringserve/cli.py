@@ -130,6 +130,7 @@ OPTIONS: list[Opt] = [
     # the app
     Opt("--factory", "APP is a callable that returns the app", None, False),
     Opt("--interface", "what APP is", str, "auto", choices=("auto", "asgi", "native", "protocol")),
+    Opt("--protocol", "APP is an asyncio.Protocol factory (--interface protocol)", None, False),
     Opt("--root-path", "ASGI root_path", str, ""),
     # HTTP limits and timeouts (HTTPConfig)
     Opt("--max-header-bytes", "request line + headers, bytes (431 beyond)", _int_in(1), HTTPConfig.max_header_bytes),
@@ -313,7 +314,7 @@ def build_server(args: argparse.Namespace) -> Any:
             where = "the demos are in a uringserve checkout's apps/: run there"
             raise SystemExit(f"uringserve {args.cmd}: {where} ({exc})") from None
     app = load_app(args.app, args.factory)
-    if args.interface == "protocol":
+    if args.protocol or args.interface == "protocol":
         from .server import Server
 
         if not callable(app):
