@@ -41,6 +41,42 @@ SCAN_HEAD_METHOD = lib.US_SCAN_HEAD_METHOD
 SCAN_HTTP10 = lib.US_SCAN_HTTP10
 SCAN_KEEP_ALIVE = lib.US_SCAN_KEEP_ALIVE
 
+
+class ResponseFramer:
+    """HTTP/1.x response framing (http_frame.h): where each response in a
+    stream ends and its status. The load generator's receive path calls the
+    C function itself; this face of it is for Python callers and tests."""
+
+    def __init__(self, head_only: bool = False) -> None:
+        self._f = ffi.new("struct us_resp_frame *")
+        lib.us_resp_frame_init(self._f, 1 if head_only else 0)
+
+    def feed(self, data: bytes) -> dict[str, Any]:
+        """What `data` completed: responses, their count per status class
+        (index 1..5; 0 for others), the last status, whether the last one
+        closes the connection, bytes consumed, and error (0, -EPROTO, -E2BIG)."""
+        out = ffi.new("struct us_frame_out *")
+        used = lib.us_resp_frame_feed(self._f, data, len(data), out)
+        return _frame_result(out, used)
+
+    def eof(self) -> tuple[dict[str, Any], bool]:
+        """The peer closed: what that completed, and whether a response was cut short."""
+        out = ffi.new("struct us_frame_out *")
+        cut = lib.us_resp_frame_eof(self._f, out)
+        return _frame_result(out, 0), bool(cut)
+
+
+def _frame_result(out: Any, used: int) -> dict[str, Any]:
+    return {
+        "responses": out.responses,
+        "by_class": list(out.by_class),
+        "last_status": out.last_status,
+        "close": bool(out.close),
+        "error": out.error,
+        "used": used,
+    }
+
+
 EV_ACCEPT = lib.US_EV_ACCEPT
 EV_RECV = lib.US_EV_RECV
 EV_EOF = lib.US_EV_EOF
