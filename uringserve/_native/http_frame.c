@@ -193,6 +193,16 @@ static int head(struct us_resp_frame *f, const char *h, size_t n, struct us_fram
     return 0;
 }
 
+/* Body or chunk bytes: up to f->left of data[*pos..len); 1 when all have come. */
+static int skip(struct us_resp_frame *f, size_t len, size_t *pos)
+{
+    uint64_t have = len - *pos;
+    uint64_t use = f->left < have ? f->left : have;
+    *pos += (size_t)use;
+    f->left -= use;
+    return f->left == 0;
+}
+
 static void done(struct us_resp_frame *f, struct us_frame_out *out)
 {
     int s = f->status;
@@ -218,16 +228,11 @@ size_t us_resp_frame_feed(struct us_resp_frame *f, const char *data, size_t len,
             if (head(f, l, n, out) < 0)
                 return pos;
             break;
-        case S_BODY: {
-            uint64_t have = len - pos;
-            uint64_t use = f->left < have ? f->left : have;
-            pos += (size_t)use;
-            f->left -= use;
-            if (f->left)
+        case S_BODY:
+            if (!skip(f, len, &pos))
                 return pos;
             done(f, out);
             break;
-        }
         case S_CHUNK_SIZE: {
             if (pos == len)
                 return pos;
@@ -249,17 +254,12 @@ size_t us_resp_frame_feed(struct us_resp_frame *f, const char *data, size_t len,
             f->state = size ? S_CHUNK_DATA : S_TRAILER;
             break;
         }
-        case S_CHUNK_DATA: {
-            uint64_t have = len - pos;
-            uint64_t use = f->left < have ? f->left : have;
-            pos += (size_t)use;
-            f->left -= use;
-            if (f->left)
+        case S_CHUNK_DATA:
+            if (!skip(f, len, &pos))
                 return pos;
             f->state = S_CHUNK_END;
             f->left = 2;
             break;
-        }
         case S_CHUNK_END:
             while (f->left && pos < len) {
                 if (data[pos] != (f->left == 2 ? '\r' : '\n'))
