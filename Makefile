@@ -66,7 +66,7 @@ lint: deps $(STAMP)
 test-stress: deps $(STAMP)
 	$(VPY) tests/stress.py
 
-# the planted bugs, then mutmut over protocol.py, parser.py, transport.py, ring.py;
+# the planted bugs, then mutmut over protocol.py, parser.py, transport.py, ring.py, the server layer and resp/parser.py;
 # SAMPLE=N: N mutants per module (a full run takes hours); MODULE=parser narrows it
 mutate: deps $(STAMP)
 	$(VPY) -m pip install -q 'mutmut==3.8.1'

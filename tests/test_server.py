@@ -7,6 +7,7 @@ busy ones finish, the rest is cut at the timeout and their tasks awaited)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import socket
@@ -225,8 +226,9 @@ def test_inherited_fds_that_cannot_serve_are_refused_clearly(h, tmp_path) -> Non
         r, w = os.pipe()
         os.close(r)
         os.close(w)
-        with pytest.raises(OSError, match=f"inherited fd {r} is not open"):
+        with pytest.raises(OSError, match=f"inherited fd {r} is not open") as e:
             await Server(Echo).start(sock=r)
+        assert e.value.errno == errno.EBADF
 
     h.run(main())
 
@@ -497,5 +499,56 @@ def test_a_deadline_moved_earlier_fires_at_the_earlier_time(h) -> None:
         assert await r.read() == b""
         w.close()
         await srv.shutdown(2)
+
+    h.run(main())
+
+
+class PlainBuffered(asyncio.BufferedProtocol):
+    """Not a Connection: a BufferedProtocol the server wraps as one."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(64)
+
+    def connection_made(self, transport: Any) -> None:
+        self.t = transport
+
+    def get_buffer(self, sizehint: int) -> Any:
+        return memoryview(self.buf)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.t.write(bytes(self.buf[:nbytes]).swapcase())
+
+
+def test_a_plain_buffered_protocol_is_served_as_one(h) -> None:
+    async def main() -> None:
+        srv = Server(PlainBuffered)
+        await srv.start(port=0)  # the default host: 127.0.0.1
+        host, port = srv.sockets[0].getsockname()[:2]
+        assert host == "127.0.0.1"
+        assert await roundtrip(socket.AF_INET, (host, port), b"MiXeD") == b"mIxEd"
+        assert srv.connections.counts()["accepted"] == 1
+        await srv.shutdown(2)
+
+    h.run(main())
+
+
+def test_shutdown_timeout_must_be_positive() -> None:
+    assert Server(Echo, shutdown_timeout=0.5).shutdown_timeout == 0.5
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="shutdown_timeout must be a positive number of seconds"):
+            Server(Echo, shutdown_timeout=bad)
+
+
+def test_an_inherited_socket_that_cannot_listen_says_why(h) -> None:
+    async def main() -> None:
+        other = socket.socket()
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        connected = socket.create_connection(other.getsockname())
+        with pytest.raises(OSError, match="inherited socket .* cannot listen: Invalid argument") as e:
+            await Server(Echo).start(sock=connected)  # a connected socket cannot listen
+        assert e.value.errno == errno.EINVAL
+        connected.close()
+        other.close()
 
     h.run(main())

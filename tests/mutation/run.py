@@ -2,9 +2,10 @@
 
 1. tests/mutation/planted.py: the bugs found by hand are planted again and
    each must fail a test.
-2. mutmut mutates uringserve/http/protocol.py, http/parser.py, transport.py
-   and ring.py (pyproject.toml [tool.mutmut]) and runs, per mutant, the
-   selected tests that reach the mutated function.
+2. mutmut mutates uringserve/http/protocol.py, http/parser.py, transport.py,
+   ring.py, the server layer (server/connection.py, lifecycle.py,
+   listeners.py) and resp/parser.py (pyproject.toml [tool.mutmut]) and runs,
+   per mutant, the selected tests that reach the mutated function.
 3. The score per module is printed; a surviving mutant must be listed in
    tests/mutation/survivors.txt with the reason it is equivalent or
    unreachable, or the run fails.
@@ -28,7 +29,16 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MUTMUT = [sys.executable, "-m", "mutmut"]
-MODULES = ["uringserve.http.protocol", "uringserve.http.parser", "uringserve.transport", "uringserve.ring"]
+MODULES = [
+    "uringserve.http.protocol",
+    "uringserve.http.parser",
+    "uringserve.transport",
+    "uringserve.ring",
+    "uringserve.server.connection",
+    "uringserve.server.lifecycle",
+    "uringserve.server.listeners",
+    "uringserve.resp.parser",
+]
 ACCEPTED = pathlib.Path(__file__).with_name("survivors.txt")
 
 
