@@ -516,7 +516,7 @@ class PlainBuffered(asyncio.BufferedProtocol):
         return memoryview(self.buf)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.t.write(bytes(self.buf[:nbytes]).swapcase())
+        self.t.write(b"%d:" % nbytes + bytes(self.buf[:nbytes]).swapcase())  # the count it was given, too
 
 
 def test_a_plain_buffered_protocol_is_served_as_one(h) -> None:
@@ -525,7 +525,11 @@ def test_a_plain_buffered_protocol_is_served_as_one(h) -> None:
         await srv.start(port=0)  # the default host: 127.0.0.1
         host, port = srv.sockets[0].getsockname()[:2]
         assert host == "127.0.0.1"
-        assert await roundtrip(socket.AF_INET, (host, port), b"MiXeD") == b"mIxEd"
+        r, w = await asyncio.open_connection(host, port)
+        w.write(b"MiXeD")
+        assert await r.readexactly(7) == b"5:mIxEd"
+        w.close()
+        await w.wait_closed()
         assert srv.connections.counts()["accepted"] == 1
         await srv.shutdown(2)
 
