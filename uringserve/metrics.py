@@ -110,8 +110,10 @@ class Metrics:
         tick()
 
 
-def supervisor_metrics(registry: CollectorRegistry) -> Counter:
-    return Counter("uringserve_worker_restarts_total", "Workers replaced after they died", registry=registry)
+def worker_restarts() -> Counter:
+    """The supervisor's own counter: written to the multiprocess directory,
+    summed with the workers' by multiprocess_registry() (so not registered)."""
+    return Counter("uringserve_worker_restarts_total", "Workers replaced after they died", registry=None)
 
 
 class Endpoint:
@@ -153,20 +155,9 @@ class Endpoint:
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="uringserve-metrics", daemon=True)
         self.thread.start()
 
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.httpd.server_address[:2]  # type: ignore[return-value]
-
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def default_registry() -> CollectorRegistry:
@@ -192,4 +183,4 @@ def collect(registry: Any) -> Callable[[], bytes]:
     return lambda: generate_latest(registry)
 
 
-__all__ = ["Metrics", "Endpoint", "parse_address", "multiprocess_registry", "worker_exited"]
+__all__ = ["Metrics", "Endpoint", "multiprocess_registry", "worker_exited", "worker_restarts"]

@@ -24,7 +24,7 @@ with its exit status, not a restart storm.
 
 from __future__ import annotations
 
-import errno
+import dataclasses
 import json
 import logging
 import os
@@ -99,28 +99,26 @@ class Supervisor:
     def open_listeners(self) -> None:
         for spec in self.specs:
             if self.reuse_port and isinstance(spec, TCP):
-                self.tcp_reuse.append(spec)
+                self.tcp_reuse.append(dataclasses.replace(spec, reuse_port=True))
             else:
                 socks = spec.open()
+                for s in socks:
+                    s.set_inheritable(True)
                 self.shared += socks
                 self.where += [spec.describe(s) for s in socks]
         for slot in range(self.target):
             self._open_slot(slot)
         for spec, s in zip(self.tcp_reuse, self.per_slot.get(0, []), strict=False):
             self.where.append(spec.describe(s) + " (SO_REUSEPORT, one socket per worker)")
-        for s in self._all_sockets():
-            s.set_inheritable(True)
 
     def _open_slot(self, slot: int) -> None:
         if not self.tcp_reuse or slot in self.per_slot:
             return
         socks: list[socket.socket] = []
         for i, spec in enumerate(self.tcp_reuse):
-            opened = TCP(spec.host, spec.port, backlog=spec.backlog, reuse_port=True, dual_stack=spec.dual_stack).open()
+            opened = spec.open()
             if spec.port == 0:  # the next slots bind the port the kernel gave the first
-                self.tcp_reuse[i] = spec = TCP(
-                    spec.host, opened[0].getsockname()[1], spec.backlog, True, spec.dual_stack
-                )
+                self.tcp_reuse[i] = dataclasses.replace(spec, port=opened[0].getsockname()[1])
             socks += opened
         for s in socks:
             s.set_inheritable(True)
@@ -163,6 +161,10 @@ class Supervisor:
             self.failures[worker.slot] = 0
             logger.info("worker %d ready", worker.proc.pid)
         if not data:  # the worker closed its end: it exited
+            self._forget_pipe(worker)
+
+    def _forget_pipe(self, worker: Worker) -> None:
+        if worker.ready_fd >= 0:
             self._sel.unregister(worker.ready_fd)
             os.close(worker.ready_fd)
             worker.ready_fd = -1
@@ -177,9 +179,7 @@ class Supervisor:
                 from .metrics import worker_exited
 
                 worker_exited(pid)
-            if worker.ready_fd >= 0:
-                self._sel.unregister(worker.ready_fd)
-                os.close(worker.ready_fd)
+            self._forget_pipe(worker)
             self._exited(worker, code)
 
     def _exited(self, worker: Worker, code: int) -> None:
@@ -262,7 +262,7 @@ class Supervisor:
         self.stop_deadline = time.monotonic() + (self.graceful_timeout + 5 if how == "graceful" else 5)
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         for w in self.workers.values():
-            _signal(w.proc, sig)
+            w.proc.send_signal(sig)  # a no-op for one that has exited
 
     def reload(self) -> None:
         """A new generation; the old one drains once every new worker is ready."""
@@ -278,7 +278,7 @@ class Supervisor:
         for w in self.workers.values():
             if w.generation != self.generation and not w.retiring:
                 w.retiring = True
-                _signal(w.proc, signal.SIGTERM)
+                w.proc.send_signal(signal.SIGTERM)
 
     # -- the loop -----------------------------------------------------------------
     def ready(self) -> bool:
@@ -292,11 +292,9 @@ class Supervisor:
         # workers write their metrics here (prometheus_client's multiprocess mode); the endpoint sums them
         self._metrics_dir = tempfile.mkdtemp(prefix="uringserve-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
-        from prometheus_client import Counter
-
         from . import metrics
 
-        self.restarts = Counter("uringserve_worker_restarts_total", "Workers replaced after they died", registry=None)
+        self.restarts = metrics.worker_restarts()
         assert self.metrics_address is not None
         self.endpoint = metrics.Endpoint(
             *self.metrics_address, metrics.collect(metrics.multiprocess_registry()), self.ready
@@ -380,14 +378,6 @@ class Supervisor:
 
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)
         return self.exit_code
-
-
-def _signal(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        proc.send_signal(sig)
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise
 
 
 # -- the worker's side -------------------------------------------------------------------

@@ -651,7 +651,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             self._next()
             return
         if self._closing_after_queue or self._draining:
-            self._close(linger=self._draining)  # a half-closed client sends nothing more
+            self._close(linger=True)  # (not for a half-closed client: _close() knows it sent EOF)
             return
         if self._paused:
             self._resume()
