@@ -16,7 +16,7 @@ PORT ?= 8000
 DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd
 BENCH_DEBS := wrk nginx-light curl
 
-.PHONY: run echo resp bench-resp test lint test-stress mutate bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo resp bench-echo bench-loadgen bench-resp test lint test-stress mutate bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -58,8 +58,8 @@ test: deps $(STAMP) lint
 
 # ruff (lint and format) over everything, mypy over the package; configured in pyproject.toml
 lint: deps $(STAMP)
-	$(VENV)/bin/ruff check uringserve apps tests bench deploy
-	$(VENV)/bin/ruff format --check uringserve apps tests bench deploy
+	$(VENV)/bin/ruff check uringserve loadtest apps tests bench deploy
+	$(VENV)/bin/ruff format --check uringserve loadtest apps tests bench deploy
 	$(VENV)/bin/mypy
 
 # the suite REPEAT times (3) with a CPU hog on every core: timing hopes fail here
@@ -80,8 +80,17 @@ conformance: deps $(STAMP)
 doctor: deps $(STAMP)
 	$(VPY) -m uringserve doctor
 
+# the Markdown report (bench/build/report.md): echo, HTTP, the io_uring ablation
+# and the load generator vs wrk / the C echo client, all on `python -m loadtest`
 bench: bench-deps $(STAMP)
+	$(VPY) bench/report.py
+
+bench-echo: bench-deps $(STAMP)
 	$(VPY) bench/echo_bench.py
+
+# loadtest vs wrk on nginx, loadtest vs bench/echo_load.c on apps/echo.py
+bench-loadgen: bench-deps $(STAMP)
+	$(VPY) bench/loadgen_bench.py
 
 # redis-benchmark against the RESP demo (uring, uvloop) and redis-server
 bench-resp: bench-deps $(STAMP)

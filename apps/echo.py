@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
+from typing import Any
 
 from uringserve.server import Connection, Server, run_command
 
@@ -45,6 +47,21 @@ def ring_config(args: argparse.Namespace) -> object | None:
     )
 
 
+class StatsServer(Server):
+    """Writes the ring's counters at shutdown: which paths a benchmark run took
+    (zero-copy sends and how many the kernel copied anyway)."""
+
+    def __init__(self, factory: Any, stats_file: str, **kw: Any) -> None:
+        super().__init__(factory, **kw)
+        self.stats_file = stats_file
+
+    async def on_stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stats = loop.ring_stats() if hasattr(loop, "ring_stats") else {}
+        with open(self.stats_file, "w") as f:
+            json.dump(stats, f)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -63,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fd", type=int, help="serve an inherited listening socket on this fd instead of TCP")
     p.add_argument("--idle-timeout", type=float, default=0, help="close a connection idle this many seconds (0: never)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds SIGTERM waits for connections")
+    p.add_argument("--stats-file", help="write the ring's counters (JSON) here at shutdown (benchmarks)")
     args = p.parse_args(argv)
 
     def factory() -> Echo:
@@ -70,8 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         e.idle_timeout = args.idle_timeout or None
         return e
 
+    server = (
+        StatsServer(factory, args.stats_file, shutdown_timeout=args.shutdown_timeout)
+        if args.stats_file
+        else Server(factory, shutdown_timeout=args.shutdown_timeout)
+    )
     return run_command(
-        Server(factory, shutdown_timeout=args.shutdown_timeout),
+        server,
         "echo",
         args.host,
         args.port,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import statistics
 import subprocess
+import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -85,3 +90,59 @@ def summary(results: dict, names: list[str], peers: list[str], unit: str, rate_n
                 line += f" {'-':>11} {'-':>7}"
         lines.append(line)
     return "\n".join(lines)
+
+
+LOADTEST = [sys.executable, "-m", "loadtest"]
+
+
+def loadtest(url: str, server_pid: int, conns: int, seconds: float, *extra: str, cpu: str = "1") -> dict:
+    """Run the project's load generator pinned to `cpu`; its --json result.
+    The server's CPU per request comes from loadtest's --server-pid (ns
+    schedstat over the measured window); a benchmark fails on any error."""
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            cpu,
+            *LOADTEST,
+            url,
+            "-c",
+            str(conns),
+            "-d",
+            f"{seconds}s",
+            "--json",
+            "--server-pid",
+            str(server_pid),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        cwd=ROOT,
+    )
+    if out.returncode:
+        raise RuntimeError(f"loadtest failed: {out.stdout} {out.stderr}")
+    res = json.loads(out.stdout)
+    errors = sum(res["errors"].values())
+    if errors or res["non_2xx_3xx"]:
+        raise RuntimeError(f"loadtest: {errors} errors, {res['non_2xx_3xx']} bad statuses against {url}")
+    return res
+
+
+def run_child(argv: list[str], timeout: float) -> tuple[str, float]:
+    """Run a command to the end: its output and the CPU seconds it used
+    (its own rusage from wait4, exact, whatever it forked included)."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        try:
+            _, status, ru = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode:
+        raise RuntimeError(f"{argv} failed ({proc.returncode}): {text}")
+    return text, ru.ru_utime + ru.ru_stime

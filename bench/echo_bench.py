@@ -4,9 +4,11 @@
                                [--servers asyncio,uvloop,uring,c-ref] [--ablations]
 
 Each round runs every (server, size) pair once, in a fresh process, with the
-server pinned to CPU 0 and the C load client (bench/echo_load.c) to CPU 1.
-Medians over rounds are reported: msgs/s, and server CPU microseconds per
-message from /proc/PID/stat (utime+stime over the measured window). On a
+server pinned to CPU 0 and the load generator to CPU 1: the project's own
+(`python -m loadtest tcp://... --size N`, every echoed byte checked), or
+with --client c the small C client bench/echo_load.c. Medians over rounds
+are reported: msgs/s, and server CPU microseconds per message over the
+measured window (loadtest: ns schedstat; C client: /proc/PID/stat ticks). On a
 2-core box a fast server saturates the client, so CPU per message is the
 figure that separates servers; msgs/s is shown for completeness.
 
@@ -27,7 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TICK, cpu_ticks, free_port, stop, summary, wait_listening  # noqa: E402
+from _common import TICK, cpu_ticks, free_port, loadtest, stop, summary, wait_listening  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / "build"
@@ -64,7 +66,7 @@ def build() -> None:
         subprocess.run(["cc", "-O2", "-Wall", f"-I{native}", "-o", str(BUILD / out), *srcs], cwd=ROOT, check=True)
 
 
-def run_one(cmd: list[str], size: int, conns: int, seconds: float) -> tuple[float, float]:
+def run_one(cmd: list[str], size: int, conns: int, seconds: float, client: str = "loadtest") -> tuple[float, float]:
     port = free_port()
     argv = cmd + ([str(port)] if cmd[0].endswith("c_echo") else ["--port", str(port)])
     cwd, env = ROOT, None
@@ -77,6 +79,9 @@ def run_one(cmd: list[str], size: int, conns: int, seconds: float) -> tuple[floa
     )
     try:
         wait_listening(port, proc)
+        if client == "loadtest":
+            res = loadtest(f"tcp://127.0.0.1:{port}", proc.pid, conns, seconds, "--size", str(size))
+            return res["rps"], res["server_cpu_us_per_request"]
         t0 = cpu_ticks(proc.pid)
         out = subprocess.run(
             [
@@ -113,6 +118,7 @@ def main() -> int:
     p.add_argument("--sizes", default="64,4096")
     p.add_argument("--servers", default=",".join(SERVERS))
     p.add_argument("--ablations", action="store_true")
+    p.add_argument("--client", choices=["loadtest", "c"], default="loadtest", help="the load generator (loadtest)")
     args = p.parse_args()
     build()
     known = {**SERVERS, **ABLATIONS, **EXTRA}
@@ -129,7 +135,7 @@ def main() -> int:
     for rnd in range(args.rounds):
         for size in sizes:
             for name, cmd in servers.items():
-                r = run_one(cmd, size, args.conns, args.seconds)
+                r = run_one(cmd, size, args.conns, args.seconds, args.client)
                 results.setdefault((name, size), []).append(r)
                 print(
                     f"round {rnd + 1} {name:22} {size:5} B  {r[0]:10.0f} msg/s  {r[1]:6.2f} us/msg",

@@ -3,16 +3,18 @@ adapter), uvicorn (uvloop + httptools), granian (ASGI, 1 worker) and nginx.
 
     python bench/http_bench.py [--rounds 5] [--seconds 5] [--conns 100] [--static-conns 16]
 
-Every server runs pinned to CPU 0 and wrk (Debian's package) to CPU 1. The
+Every server runs pinned to CPU 0 and the load generator to CPU 1: the
+project's own (`python -m loadtest`), or wrk with --client wrk. The
 Python servers serve the same app, apps/http.py (`app` natively, `asgi_app`
 through each ASGI server); nginx answers `return 200` with the same body.
 Part two sends a 1 MiB file (uringserve's static route: read into
 registered memory by the ring and sent from there; nginx: sendfile on).
 `floor` (not in the default set) is a protocol that answers every segment
 without parsing: the loop's and the kernel's share of a request.
-Reported: median req/s and server CPU microseconds per request (utime +
-stime of the server's process tree over wrk's run, from /proc), with ratios
-against peers, of the medians and paired within each round.
+Reported: median req/s and server CPU microseconds per request (the
+server's process tree over the measured window: loadtest --server-pid, or
+/proc ticks around wrk's run), with ratios against peers, of the medians and
+paired within each round.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TICK, free_port, stop, summary, tree_ticks, wait_listening  # noqa: E402
+from _common import TICK, free_port, loadtest, stop, summary, tree_ticks, wait_listening  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -93,7 +95,9 @@ def commands(port: int, tmp: str, static: str) -> dict[str, list[str]]:
     }
 
 
-def run_one(name: str, path: str, conns: int, seconds: int, static: str) -> tuple[float, float]:
+def run_one(
+    name: str, path: str, conns: int, seconds: float, static: str, client: str = "loadtest"
+) -> tuple[float, float]:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         if name == "nginx":
@@ -110,6 +114,9 @@ def run_one(name: str, path: str, conns: int, seconds: int, static: str) -> tupl
             wait_listening(port, proc)
             # one warm-up request: files opened, code paths imported
             subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"], timeout=10)
+            if client == "loadtest":
+                res = loadtest(f"http://127.0.0.1:{port}{path}", proc.pid, conns, seconds)
+                return res["rps"], res["server_cpu_us_per_request"]
             t0 = tree_ticks(proc.pid)
             out = subprocess.run(
                 ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", f"http://127.0.0.1:{port}{path}"],
@@ -130,7 +137,7 @@ def run_one(name: str, path: str, conns: int, seconds: int, static: str) -> tupl
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--conns", type=int, default=100)
     p.add_argument("--static-conns", type=int, default=16)
     p.add_argument(
@@ -140,6 +147,7 @@ def main() -> int:
         "and NAME@DIR for another checkout (before/after a change)",
     )
     p.add_argument("--no-static", action="store_true")
+    p.add_argument("--client", choices=["loadtest", "wrk"], default="loadtest", help="the load generator (loadtest)")
     args = p.parse_args()
     for tool in ("wrk", "nginx", "curl", "taskset"):
         if not shutil.which(tool):
@@ -154,12 +162,12 @@ def main() -> int:
         files: dict[str, list] = {n: [] for n in static_names}
         for rnd in range(args.rounds):
             for n in names:
-                r = run_one(n, "/", args.conns, args.seconds, static)
+                r = run_one(n, "/", args.conns, args.seconds, static, args.client)
                 hello[n].append(r)
                 print(f"round {rnd + 1} hello {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr, flush=True)
             if not args.no_static:
                 for n in static_names:
-                    r = run_one(n, "/static/1mb.bin", args.static_conns, args.seconds, static)
+                    r = run_one(n, "/static/1mb.bin", args.static_conns, args.seconds, static, args.client)
                     files[n].append(r)
                     print(
                         f"round {rnd + 1} 1MiB  {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req",
@@ -167,13 +175,13 @@ def main() -> int:
                         flush=True,
                     )
     print(
-        f"\nhello world: wrk -t1 -c{args.conns} -d{args.seconds}s, medians over {args.rounds} rounds; "
-        "server on CPU 0, wrk on CPU 1"
+        f"\nhello world: {args.client} -c{args.conns} -d{args.seconds}s, medians over {args.rounds} rounds; "
+        f"server on CPU 0, {args.client} on CPU 1"
     )
     print("ratios: server CPU per request against the peer; 'paired' = median of within-round ratios\n")
     print(summary(hello, names, [x for x in ("nginx", "uvicorn", "granian") if x in names], "req", "req/s"))
     if not args.no_static and static_names:
-        print(f"\n1 MiB static file: wrk -t1 -c{args.static_conns} -d{args.seconds}s")
+        print(f"\n1 MiB static file: {args.client} -c{args.static_conns} -d{args.seconds}s")
         print(summary(files, static_names, ["nginx"] if "nginx" in static_names else [], "req", "req/s"))
     return 0
 

@@ -31,6 +31,11 @@ SEND_MODES = {
     "zc_fixed": lib.US_SEND_ZC_FIXED,
 }
 RECV_MODES = {"pbuf": lib.US_RECV_PBUF, "plain": lib.US_RECV_PLAIN}
+STAGE_SENDS = {
+    "write_fixed": lib.US_STAGE_WRITE_FIXED,
+    "send_zc_fixed": lib.US_STAGE_SEND_ZC_FIXED,
+    "send": lib.US_STAGE_SEND,
+}
 
 # the HTTP head recogniser (http_scan.h) for uringserve.http.parser: a C
 # function that needs no ring, so the parser stays testable without one
@@ -87,6 +92,7 @@ EV_CLOSED = lib.US_EV_CLOSED
 EV_SHUTDOWN = lib.US_EV_SHUTDOWN
 EV_POLL = lib.US_EV_POLL
 EV_ARENA = lib.US_EV_ARENA
+EV_CONNECT = lib.US_EV_CONNECT
 
 _STAGES = {
     1: "io_uring_setup",
@@ -150,11 +156,17 @@ class RingConfig:
     recv_bundle: bool = False
     setup_flags_off: int = 0
     max_events: int = 512
+    stage_bytes: int = 0  # registered memory for bytes sent many times (the load generator's requests)
+    stage_send: str = "write_fixed"
 
     def validated(self) -> RingConfig:
         problems = []
         if self.send_mode not in SEND_MODES:
             problems.append(f"send_mode {self.send_mode!r} is not one of {sorted(SEND_MODES)}")
+        if self.stage_send not in STAGE_SENDS:
+            problems.append(f"stage_send {self.stage_send!r} is not one of {sorted(STAGE_SENDS)}")
+        if not 0 <= self.stage_bytes < 1 << 31:
+            problems.append(f"stage_bytes={self.stage_bytes}: must be 0..2 GiB")
         if self.recv_mode not in RECV_MODES:
             problems.append(f"recv_mode {self.recv_mode!r} is not one of {sorted(RECV_MODES)}")
         if self.buf_count < 1 or self.buf_count & (self.buf_count - 1) or self.buf_count > 32768:
@@ -216,6 +228,8 @@ class Ring:
         c.fixed_files = int(cfg.fixed_files)
         c.recv_bundle = int(cfg.recv_bundle)
         c.setup_flags_off = cfg.setup_flags_off
+        c.stage_bytes = cfg.stage_bytes
+        c.stage_send = STAGE_SENDS[cfg.stage_send]
         err = ffi.new("int *")
         stage = ffi.new("int *")
         ptr = lib.us_ring_new(c, err, stage)
@@ -406,6 +420,109 @@ class Ring:
         lib.us_stats_get(self._ptr, self._stats)
         s = self._stats
         return {name: getattr(s, name) for name in dir(s)}
+
+
+LOAD_MODES = {"http": lib.US_LOAD_HTTP, "echo": lib.US_LOAD_ECHO, "resp": lib.US_LOAD_RESP}
+# the error classes of the load driver, in US_LERR_* order
+LOAD_ERRORS = ("connect", "read", "write", "timeout", "protocol", "short")
+HIST_LEN = lib.US_HIST_LEN
+HIST_HIGHEST = lib.US_HIST_HIGHEST
+
+
+class Load:
+    """The load generator's native driver (loadgen.h) on a ring of its own:
+    client connections, staged requests, responses framed and timed in C.
+
+    `units` are byte strings staged once in the ring's registered memory,
+    each with the number of responses it asks for; connection i cycles
+    through the unit indexes `sequences[i]`."""
+
+    def __init__(
+        self,
+        ring: Ring,
+        *,
+        mode: str,
+        address: bytes,
+        conns: int,
+        units: list[tuple[bytes, int]],
+        sequences: list[list[int]],
+        depth: int = 1,
+        keepalive: bool = True,
+        head_only: bool = False,
+        rate: float = 0.0,
+        timeout: float = 0.0,
+    ) -> None:
+        if mode not in LOAD_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {sorted(LOAD_MODES)}")
+        if len(sequences) != conns:
+            raise ValueError(f"{len(sequences)} request sequences for {conns} connections")
+        self.ring = ring
+        stage = lib.us_stage_region(ring.handle, size := ffi.new("size_t *"))
+        offsets, off = [], 0
+        for data, _ in units:
+            offsets.append(off)
+            off += len(data)
+        if off > size[0]:
+            raise ValueError(f"{off} bytes of requests do not fit the ring's stage of {size[0]} bytes")
+        for (data, _), o in zip(units, offsets, strict=True):
+            ffi.memmove(stage + o, data, len(data))
+        cunits = ffi.new("struct us_load_unit[]", len(units))
+        for k, ((data, count), o) in enumerate(zip(units, offsets, strict=True)):
+            cunits[k].off, cunits[k].len, cunits[k].count = o, len(data), count
+        flat = [u for seq in sequences for u in seq]
+        seq_off = [0]
+        for seq in sequences:
+            seq_off.append(seq_off[-1] + len(seq))
+        cf = ffi.new("struct us_load_conf *")
+        cf.mode = LOAD_MODES[mode]
+        cf.conns = conns
+        cf.depth = depth
+        cf.keepalive = int(keepalive)
+        cf.head_only = int(head_only)
+        cf.target = 0
+        cf.rate_ns = round(1e9 / rate) if rate > 0 else 0
+        cf.timeout_ns = round(timeout * 1e9)
+        check(lib.us_target_set(ring.handle, 0, address, len(address)), "setting the load target")
+        err = ffi.new("int *")
+        ptr = lib.us_load_new(
+            ring.handle, cf, cunits, len(units), ffi.new("uint32_t[]", flat), ffi.new("uint32_t[]", seq_off), err
+        )
+        if ptr == ffi.NULL:
+            raise _oserror(-err[0], "configuring the load (units, sequences, depth)")
+        self._ptr = ffi.gc(ptr, lib.us_load_free)
+        self._stats = ffi.new("struct us_load_stats *")
+
+    def start(self) -> None:
+        check(lib.us_load_start(self._ptr), "starting the load")
+
+    def run(self, until_ns: int) -> None:
+        """Drive the load until time.monotonic_ns() reaches `until_ns`."""
+        check(lib.us_load_run(self._ptr, until_ns), "driving the load")
+
+    def stop(self, until_ns: int) -> int:
+        """Close every connection; the number still not closed at `until_ns`."""
+        return check(lib.us_load_stop(self._ptr, until_ns), "stopping the load")
+
+    def reset(self) -> None:
+        lib.us_load_reset(self._ptr)
+
+    def stats(self) -> dict[str, Any]:
+        lib.us_load_stats_get(self._ptr, self._stats)
+        s = self._stats
+        out: dict[str, Any] = {n: getattr(s, n) for n in dir(s) if n not in ("errors", "by_class")}
+        out["errors"] = dict(zip(LOAD_ERRORS, s.errors, strict=True))
+        out["by_class"] = list(s.by_class)
+        return out
+
+    def histogram(self, corrected: bool) -> list[tuple[int, int]]:
+        """(counts index, count) of the non-empty HdrHistogram buckets, latency in ns."""
+        counts = memoryview(ffi.buffer(lib.us_load_hist(self._ptr, int(corrected)), 8 * HIST_LEN)).cast("Q")
+        return [(i, c) for i, c in enumerate(counts) if c]
+
+
+def resp_replies(data: bytes) -> int:
+    """Complete RESP replies in `data` (the load driver's reply counter), -1 if malformed."""
+    return lib.us_resp_replies(data, len(data))
 
 
 def data_of(ev: Any) -> bytes:

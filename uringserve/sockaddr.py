@@ -35,3 +35,21 @@ EVENT_ADDR_BYTES = 28
 def truncated(raw: bytes) -> bool:
     """A Unix peer path longer than the accept event holds: ask the socket instead."""
     return len(raw) >= EVENT_ADDR_BYTES and struct.unpack_from("=H", raw)[0] == socket.AF_UNIX
+
+
+def encode(family: int, addr: Any) -> bytes:
+    """The kernel `struct sockaddr` for a socket-module address (the inverse of parse)."""
+    if family == socket.AF_INET:
+        host, port = addr[:2]
+        return struct.pack("=H", family) + struct.pack("!H", port) + socket.inet_pton(family, host) + bytes(8)
+    if family == socket.AF_INET6:
+        host, port = addr[:2]
+        flowinfo = addr[2] if len(addr) > 2 else 0
+        scope_id = addr[3] if len(addr) > 3 else 0
+        return (
+            struct.pack("=H", family)
+            + struct.pack("!HI", port, flowinfo)
+            + socket.inet_pton(family, host)
+            + struct.pack("=I", scope_id)
+        )
+    raise ValueError(f"address family {family} is not supported (AF_INET, AF_INET6)")

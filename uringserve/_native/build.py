@@ -18,11 +18,11 @@ def _source(name: str) -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef("core.h") + _cdef("http_scan.h") + _cdef("http_frame.h") + _cdef("fs.h"))
+ffibuilder.cdef(_cdef("core.h") + _cdef("http_scan.h") + _cdef("http_frame.h") + _cdef("fs.h") + _cdef("loadgen.h"))
 ffibuilder.set_source(
     "uringserve._native._core",
-    '#include "core.h"\n#include "http_scan.h"\n#include "http_frame.h"\n#include "fs.h"',
-    sources=[_source("core.c"), _source("http_scan.c"), _source("http_frame.c"), _source("fs.c")],
+    '#include "core.h"\n#include "http_scan.h"\n#include "http_frame.h"\n#include "fs.h"\n#include "loadgen.h"',
+    sources=[_source("core.c"), _source("http_scan.c"), _source("http_frame.c"), _source("fs.c"), _source("loadgen.c")],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
 )

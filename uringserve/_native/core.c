@@ -57,7 +57,9 @@
 
 enum op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_SENDZC, OP_CLOSE, OP_SHUTDOWN,
           OP_CANCEL, OP_POLL, OP_POLL_REMOVE, OP_INSTALL, OP_LCLOSE, OP_ADOPT, OP_FREAD,
-          OP_FILE, OP_FILE_DROP };
+          OP_FILE, OP_FILE_DROP, OP_SOCKET, OP_CONNECT };
+
+#define MAX_TARGETS 4
 
 #define UD(op, slot, gen, aux) \
     (((uint64_t)(op) << 56) | ((uint64_t)((slot) & 0xFFFFF) << 36) | \
@@ -163,6 +165,7 @@ struct us_ring {
     const char **ext_ptr;           /* NULL: a file segment, read into chunks on the way */
     int *ext_fd;                    /* file segments: the file (a fixed slot if ext_ffixed) */
     uint8_t *ext_ffixed;
+    uint8_t *ext_staged;            /* the segment is a range of the stage: nothing to report when done */
     uint64_t *ext_foff;             /* file segments: the next offset to read */
     uint32_t *ext_free, nextfree;
     uint32_t *fillwait, nfillwait;  /* conns whose next file read waits for a chunk */
@@ -180,6 +183,12 @@ struct us_ring {
     uint32_t nheld_bufs;
     uint32_t *held_rearm;
     uint32_t nheld_rearm;
+    /* stage: registered with the arena, after its chunks */
+    char *stage;
+    size_t stage_len;
+    /* client connect targets (us_target_set) */
+    struct sockaddr_storage tgt[MAX_TARGETS];
+    socklen_t tgtlen[MAX_TARGETS];
     struct us_stats st;
 };
 
@@ -384,7 +393,8 @@ static void chunk_maybe_free(struct us_ring *r, uint32_t c)
         uint32_t e = c - r->nchunks;
         if (!r->ext_ptr[e] && r->ext_ffixed[e])
             file_unref(r, (uint32_t)r->ext_fd[e]);
-        r->released[1 + r->released[0]++] = e;
+        if (!r->ext_staged[e])
+            r->released[1 + r->released[0]++] = e;
         r->ext_free[r->nextfree++] = e;
         r->st.ext_in_use--;
         r->seg_freed = 1;
@@ -419,6 +429,44 @@ static int is_file_seg(struct us_ring *r, uint32_t ch)
     return ch >= r->nchunks && r->ext_ptr[ch - r->nchunks] == NULL;
 }
 
+static void sent_inflight(struct us_ring *r, struct conn *c, uint32_t ch, uint32_t n)
+{
+    r->ch_refs[ch]++;
+    c->inflight_len = n;
+    c->flags |= F_SEND_INFLIGHT;
+    r->st.sends++;
+}
+
+/* Bytes of the stage: already in registered memory, so the send reads
+ * pinned pages (WRITE_FIXED or send_zc with the fixed buffer) instead of
+ * mapping user memory per call. Without a registered arena: plain send. */
+static int submit_staged(struct us_ring *r, uint32_t slot, struct conn *c, uint32_t ch,
+                         const char *p, uint32_t n)
+{
+    int how = r->arena_registered ? r->cfg.stage_send : US_STAGE_SEND;
+    int zc = how == US_STAGE_SEND_ZC_FIXED;
+    int op = zc ? IORING_OP_SEND_ZC : how == US_STAGE_WRITE_FIXED ? IORING_OP_WRITE_FIXED : IORING_OP_SEND;
+    struct io_uring_sqe *sqe = prep(r, op, c->fd, conn_fixed(r), p, n,
+                                    UD(zc ? OP_SENDZC : OP_SEND, slot, c->gen, ch));
+    if (!sqe)
+        return -EBUSY;
+    if (op == IORING_OP_WRITE_FIXED) {
+        sqe->buf_index = 0; /* the arena and the stage are one registered buffer */
+    } else {
+        sqe->msg_flags = MSG_NOSIGNAL;
+        if (zc) {
+            sqe->ioprio = IORING_SEND_ZC_REPORT_USAGE | IORING_RECVSEND_FIXED_BUF;
+            r->st.zc_sends++;
+            r->st.zc_fixed_sends++;
+        } else {
+            r->st.plain_sends++;
+        }
+    }
+    r->st.staged_sends++;
+    sent_inflight(r, c, ch, n);
+    return 0;
+}
+
 static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
 {
     uint32_t ch = c->head;
@@ -431,6 +479,8 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
                         : r->arena + (size_t)ch * r->cfg.chunk_size + off;
     int mode = r->cfg.send_mode;
     int zc, fixedbuf;
+    if (ext && r->ext_staged[ch - r->nchunks])
+        return submit_staged(r, slot, c, ch, p, n);
     if (mode == US_SEND_AUTO) {
         zc = !(c->flags & F_NO_ZC) && n >= r->cfg.zc_threshold && (ext || r->arena_registered);
         fixedbuf = zc && !ext;
@@ -451,10 +501,7 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
     } else {
         r->st.plain_sends++;
     }
-    r->ch_refs[ch]++;
-    c->inflight_len = n;
-    c->flags |= F_SEND_INFLIGHT;
-    r->st.sends++;
+    sent_inflight(r, c, ch, n);
     if (c->fseg != NONE)
         file_fill(r, slot, c); /* read the next piece while this one is sent */
     return 0;
@@ -863,6 +910,64 @@ static void on_accept(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o
     arm_listener(r, lid);
 }
 
+/* ---- client connections ------------------------------------------------ */
+
+static void connect_failed(struct us_ring *r, struct out *o, uint32_t slot, uint32_t gen, uint32_t tag, int res)
+{
+    r->st.connect_errors++;
+    struct us_event *e = emit(o, US_EV_CONNECT, slot, gen, res);
+    e->aux = tag;
+}
+
+/* The socket is in its slot (or is an fd in fd mode): connect it there. */
+static void on_socket(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    uint32_t target = UD_SLOT(ud), tag = UD_AUX(ud);
+    int res = cqe->res;
+    if (res >= 0 && !conn_fixed(r) && (uint32_t)res >= r->nconn) {
+        close(res); /* an fd beyond the table */
+        res = -EMFILE;
+    }
+    if (res < 0) {
+        r->accept_used--; /* us_connect() held the slot */
+        connect_failed(r, o, NONE, 0, tag, res);
+        rearm_starved(r);
+        return;
+    }
+    uint32_t slot = (uint32_t)res;
+    conn_init(r, slot, res);
+    struct conn *c = &r->conns[slot];
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_CONNECT, c->fd, conn_fixed(r), &r->tgt[target], 0,
+                                    UD(OP_CONNECT, slot, c->gen, tag));
+    if (!sqe) {
+        connect_failed(r, o, slot, c->gen, tag, -EBUSY);
+        issue_close(r, slot, c);
+        return;
+    }
+    sqe->off = r->tgtlen[target]; /* connect's addrlen */
+}
+
+static void on_connect(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    uint32_t slot = UD_SLOT(ud), tag = UD_AUX(ud);
+    struct conn *c = conn_get(r, slot, UD_GEN(ud));
+    if (!c) { /* closed by the caller while connecting */
+        r->st.stale_cqes++;
+        return;
+    }
+    if (cqe->res < 0) {
+        connect_failed(r, o, slot, c->gen, tag, cqe->res);
+        issue_close(r, slot, c);
+        return;
+    }
+    r->st.connects++;
+    struct us_event *e = emit(o, US_EV_CONNECT, slot, c->gen, 0);
+    e->aux = tag;
+    arm_recv(r, slot, c);
+}
+
 static void recycle_buf(struct us_ring *r, uint32_t bid)
 {
     if (r->stashing)
@@ -1071,6 +1176,8 @@ static void process_cqe(struct us_ring *r, struct io_uring_cqe *cqe, struct out 
     case OP_CLOSE: on_close(r, cqe, o); break;
     case OP_FREAD: on_fread(r, cqe, o); break;
     case OP_FILE_DROP: on_file_drop(r, cqe); break;
+    case OP_SOCKET: on_socket(r, cqe, o); break;
+    case OP_CONNECT: on_connect(r, cqe, o); break;
     case OP_SHUTDOWN: {
         struct conn *c = conn_get(r, UD_SLOT(ud), UD_GEN(ud));
         if (c)
@@ -1380,7 +1487,7 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
     return (int64_t)copied;
 }
 
-int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len)
+static int64_t queue_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len, int staged)
 {
     int err;
     struct conn *c = send_conn(r, slot, gen, &err);
@@ -1391,6 +1498,7 @@ int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *
     uint32_t e = r->ext_free[--r->nextfree];
     uint32_t seg = r->nchunks + e;
     r->ext_ptr[e] = data;
+    r->ext_staged[e] = (uint8_t)staged;
     r->ch_next[seg] = NONE;
     r->ch_len[seg] = (uint32_t)len;
     r->ch_refs[seg] = 0;
@@ -1402,13 +1510,58 @@ int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *
         r->ch_next[c->tail] = seg;
     c->tail = seg;
     c->queued += len;
-    r->st.ext_sends++;
+    r->st.ext_sends += !staged;
     if (!(c->flags & F_SEND_INFLIGHT)) {
         err = submit_send(r, slot, c);
         if (err)
             return err;
     }
     return (int64_t)e;
+}
+
+int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len)
+{
+    return queue_ref(r, slot, gen, data, len, 0);
+}
+
+int64_t us_send_staged(struct us_ring *r, uint32_t slot, uint32_t gen, uint32_t off, uint32_t len)
+{
+    if ((uint64_t)off + len > r->stage_len || len == 0)
+        return -EINVAL;
+    return queue_ref(r, slot, gen, r->stage + off, len, 1);
+}
+
+char *us_stage_region(struct us_ring *r, size_t *len)
+{
+    *len = r->stage_len;
+    return r->stage;
+}
+
+int us_target_set(struct us_ring *r, uint32_t target, const void *addr, uint32_t addrlen)
+{
+    if (target >= MAX_TARGETS || addrlen > sizeof(r->tgt[0]) || addrlen < sizeof(sa_family_t))
+        return -EINVAL;
+    memcpy(&r->tgt[target], addr, addrlen);
+    r->tgtlen[target] = addrlen;
+    return 0;
+}
+
+int us_connect(struct us_ring *r, uint32_t target, uint32_t tag)
+{
+    if (target >= MAX_TARGETS || !r->tgtlen[target] || tag > 0xFFFFF)
+        return -EINVAL;
+    if (!accept_room(r))
+        return -ENFILE;
+    int family = ((struct sockaddr *)&r->tgt[target])->sa_family;
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_SOCKET, family, 0, NULL, 0, UD(OP_SOCKET, target, 0, tag));
+    if (!sqe)
+        return -EBUSY;
+    sqe->off = SOCK_STREAM | (conn_fixed(r) ? 0 : SOCK_CLOEXEC); /* SOCK_CLOEXEC is invalid for direct */
+    sqe->len = 0;
+    if (conn_fixed(r))
+        sqe->file_index = IORING_FILE_INDEX_ALLOC;
+    r->accept_used++; /* the slot is spoken for until on_socket() */
+    return 0;
 }
 
 /* Queue `len` bytes of a file from `off`, read by the ring into registered
@@ -1780,8 +1933,11 @@ static int setup_arena(struct us_ring *r)
     uint32_t n = r->cfg.arena_chunks, x = r->cfg.ext_segments, all = n + x;
     r->nchunks = n;
     r->next = x;
-    r->arena_len = (size_t)n * r->cfg.chunk_size;
+    size_t chunks_len = (size_t)n * r->cfg.chunk_size;
+    r->stage_len = r->cfg.stage_bytes;
+    r->arena_len = chunks_len + r->stage_len;
     r->arena = map_anon(r->arena_len);
+    r->stage = r->arena ? r->arena + chunks_len : NULL;
     r->ch_next = calloc(all, sizeof(uint32_t));
     r->ch_len = calloc(all, sizeof(uint32_t));
     r->ch_free = calloc(n, sizeof(uint32_t));
@@ -1790,11 +1946,12 @@ static int setup_arena(struct us_ring *r)
     r->ext_ptr = calloc(x + 1, sizeof(char *));
     r->ext_fd = calloc(x + 1, sizeof(int));
     r->ext_ffixed = calloc(x + 1, 1);
+    r->ext_staged = calloc(x + 1, 1);
     r->ext_foff = calloc(x + 1, sizeof(uint64_t));
     r->ext_free = calloc(x + 1, sizeof(uint32_t));
     r->released = calloc(x + 1, sizeof(uint32_t));
     if (!r->arena || !r->ch_next || !r->ch_len || !r->ch_free || !r->ch_refs || !r->ch_detached ||
-        !r->ext_ptr || !r->ext_free || !r->released || !r->ext_fd || !r->ext_ffixed || !r->ext_foff)
+        !r->ext_ptr || !r->ext_free || !r->released || !r->ext_fd || !r->ext_ffixed || !r->ext_foff || !r->ext_staged)
         return -ENOMEM;
     for (uint32_t i = 0; i < x; i++)
         r->ext_free[i] = x - 1 - i;
@@ -1930,6 +2087,7 @@ void us_ring_free(struct us_ring *r)
     free(r->ext_ptr);
     free(r->ext_fd);
     free(r->ext_ffixed);
+    free(r->ext_staged);
     free(r->ext_foff);
     free(r->fillwait);
     free(r->ext_free);
@@ -1938,6 +2096,7 @@ void us_ring_free(struct us_ring *r)
 }
 
 int us_ring_fd(struct us_ring *r) { return r->fd; }
+uint32_t us_table_size(struct us_ring *r) { return r->nconn; }
 
 char *us_data_region(struct us_ring *r, size_t *len)
 {

@@ -21,11 +21,18 @@
 #define US_EV_SHUTDOWN   8  /* write side shut down after the queue drained; res=0 or -errno */
 #define US_EV_POLL       9  /* conn=poll id, gen=poll gen, res=revents or -errno, flags=more */
 #define US_EV_ARENA     10  /* arena chunks or segments were freed after a us_send()/us_send_file() came up short */
+#define US_EV_CONNECT   11  /* us_connect() done: conn=slot, gen, aux=tag, res=0 or -errno. On an error
+                               conn is the slot being closed (CLOSED follows) or 0xFFFFFFFF when no socket was made */
 
 #define US_SEND_AUTO     0  /* send_zc from the arena for big writes, plain send below; copied-zc conns fall back */
 #define US_SEND_PLAIN    1  /* plain send only */
 #define US_SEND_ZC       2  /* send_zc without fixed buffers, every write */
 #define US_SEND_ZC_FIXED 3  /* send_zc with IORING_RECVSEND_FIXED_BUF, every write */
+
+/* how us_send_staged() sends from the stage (registered memory) */
+#define US_STAGE_WRITE_FIXED   0  /* IORING_OP_WRITE_FIXED: one copy from pinned pages, one CQE */
+#define US_STAGE_SEND_ZC_FIXED 1  /* send_zc with IORING_RECVSEND_FIXED_BUF (copied on loopback) */
+#define US_STAGE_SEND          2  /* plain send from the same memory (the ablation's baseline) */
 
 #define US_RECV_PBUF     0  /* multishot recv from the provided buffer ring */
 #define US_RECV_PLAIN    1  /* single-shot recv into a per-connection buffer */
@@ -47,6 +54,8 @@ struct us_config {
     int32_t fixed_files;      /* 1: fixed-file table; 0: regular fds (ablation) */
     int32_t recv_bundle;      /* 1: IORING_RECVSEND_BUNDLE on multishot recv */
     uint32_t setup_flags_off; /* setup flags never to try (tests force the fallbacks) */
+    uint32_t stage_bytes;     /* registered memory after the arena for bytes sent many times (us_send_staged) */
+    int32_t stage_send;       /* US_STAGE_* */
 };
 
 /* The first six fields are read in bulk by Python (struct.iter_unpack), so
@@ -80,6 +89,7 @@ struct us_stats {
     uint64_t file_sends, file_reads, file_bytes, file_waits;
     uint64_t zc_fixed_sends, plain_recvs; /* which paths the ablation modes take */
     uint64_t quiet_waits;     /* us_wait rounds that produced no event and waited again */
+    uint64_t connects, connect_errors, staged_sends;
 };
 
 struct us_ring;
@@ -90,6 +100,7 @@ struct us_ring;
 struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage);
 void us_ring_free(struct us_ring *r);
 int us_ring_fd(struct us_ring *r);
+uint32_t us_table_size(struct us_ring *r);            /* slots (conn table entries): every slot index is below */
 char *us_data_region(struct us_ring *r, size_t *len);  /* where RECV data lives */
 int us_probe_op(struct us_ring *r, int op);           /* 1 supported, 0 not, <0 -errno */
 int us_probe_all(int *ops_out, int nops);             /* probe without a configured ring */
@@ -131,6 +142,20 @@ int us_shutdown(struct us_ring *r, uint32_t slot, uint32_t gen);          /* aft
 int us_close(struct us_ring *r, uint32_t slot, uint32_t gen, int graceful);
 int us_fd_install(struct us_ring *r, uint32_t slot, uint32_t gen);        /* a real fd for the caller, or -errno */
 int us_cancel_all(struct us_ring *r);                /* loop close: abort every connection and listener */
+
+/* client connections: a socket made by the ring straight into a slot
+ * (IORING_OP_SOCKET, direct) and connected there to a target set once.
+ * US_EV_CONNECT reports the outcome; on success receiving has started. */
+int us_target_set(struct us_ring *r, uint32_t target, const void *addr, uint32_t addrlen); /* target < 4 */
+int us_connect(struct us_ring *r, uint32_t target, uint32_t tag);  /* tag < 2^20; -ENFILE: no free slot */
+
+/* The stage: `stage_bytes` of registered memory the caller fills once
+ * (requests a load generator repeats). us_send_staged() queues [off, off+len)
+ * of it like any write, sent without a copy into the arena, by the
+ * `stage_send` operation; the caller must not change those bytes while a
+ * send of them may be in flight. -ENOBUFS: no free segment. */
+char *us_stage_region(struct us_ring *r, size_t *len);
+int64_t us_send_staged(struct us_ring *r, uint32_t slot, uint32_t gen, uint32_t off, uint32_t len);
 
 /* readiness for foreign fds */
 int us_poll_add(struct us_ring *r, int fd, uint32_t mask, uint32_t id, uint32_t gen, int multishot);

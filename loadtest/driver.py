@@ -1,0 +1,123 @@
+"""One load process: a ring, the native driver, and the measured window.
+
+Runs the plan's share in time slices of SLICE seconds (between slices:
+progress and per-slice rate samples, the only Python work while the load
+runs).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from uringserve import ring, sockaddr
+
+from . import cpu
+from .plan import Plan
+
+SLICE = 0.1
+
+
+def ring_config(plan: Plan) -> ring.RingConfig:
+    stage = sum(len(b) for b, _ in plan.units)
+    big = max(len(b) for b, _ in plan.units)
+    options: dict[str, Any] = {
+        "files": 2 * plan.conns + 8,  # a closing slot and its replacement may overlap
+        "reserved_slots": 1,
+        "buf_count": 4096 if big * plan.depth > 65536 else 1024,
+        "buf_size": 16384,
+        "chunk_size": 4096,
+        "arena_bytes": 65536,
+        "stage_bytes": stage + 64,
+        "ext_segments": min(plan.conns * plan.depth + 64, (1 << 19) - 1),
+        "sq_entries": 4096,
+        "cq_entries": 32768,
+    }
+    options.update(plan.ring)
+    return ring.RingConfig(**options)
+
+
+def run_share(
+    plan: Plan,
+    start_at: int,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    on_window: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Connect at `start_at` (time.monotonic_ns()), warm up, measure, stop.
+    Returns counts, the two histograms' buckets, rate samples and this
+    process's CPU over the measured window."""
+    r = ring.Ring(ring_config(plan))
+    try:
+        load = ring.Load(
+            r,
+            mode=plan.target.mode,
+            address=sockaddr.encode(plan.target.family, plan.target.address),
+            conns=plan.conns,
+            units=plan.units,
+            sequences=plan.sequences,
+            depth=plan.depth,
+            keepalive=plan.keepalive,
+            head_only=plan.head_only,
+            rate=plan.rate,
+            timeout=plan.timeout,
+        )
+        delay = start_at - time.monotonic_ns()
+        if delay > 0:
+            time.sleep(delay / 1e9)
+        load.start()
+        if plan.warmup > 0:
+            load.run(start_at + round(plan.warmup * 1e9))
+            load.reset()
+        if on_window:
+            on_window("before")
+        t0 = time.monotonic_ns()
+        cpu0 = cpu.process_ns(os.getpid())
+        end = t0 + round(plan.duration * 1e9)
+        samples = []
+        last, last_t = 0, t0
+        while True:
+            now = time.monotonic_ns()
+            if now >= end:
+                break
+            load.run(min(end, now + round(SLICE * 1e9)))
+            st = load.stats()
+            t = time.monotonic_ns()
+            if t - last_t > 0:
+                samples.append((st["responses"] - last) * 1e9 / (t - last_t))
+            last, last_t = st["responses"], t
+            if progress:
+                progress(st)
+        elapsed = time.monotonic_ns() - t0
+        cpu_used = cpu.process_ns(os.getpid()) - cpu0
+        if on_window:
+            on_window("after")
+        stats = load.stats()
+        hist = {"uncorrected": load.histogram(False), "corrected": load.histogram(True)}
+        left = load.stop(time.monotonic_ns() + 2_000_000_000)
+        ring_stats = r.stats()
+    finally:
+        r.close()
+    return {
+        "stats": stats,
+        "hist": hist,
+        "elapsed_ns": elapsed,
+        "cpu_ns": cpu_used,
+        "samples": samples,
+        "left_open": left,
+        "ring": {
+            k: ring_stats[k]
+            for k in (
+                "staged_sends",
+                "zc_sends",
+                "zc_copied",
+                "plain_sends",
+                "recvs",
+                "enobufs",
+                "enters",
+                "sends",
+                "send_partial",
+            )
+        },
+    }

@@ -1,0 +1,400 @@
+"""The load generator (loadtest/): about a second of load against the demo
+servers and against servers that misbehave on purpose.
+
+Counts are held to each server's own count; every error class is produced
+by a server made to cause it; the constant-rate mode is held to its
+schedule and to the stall it must expose (coordinated omission).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from loadtest import build_plan, run
+from loadtest.plan import PlanError
+from loadtest.report import PERCENTILES, hist_summary, text, to_json
+from loadtest.run import histogram_from, new_histogram
+from tests.conftest import free_port, open_fds
+from uringserve import ring
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+class Proc:
+    def __init__(self, args: list[str], port: int, ready: str | None = None) -> None:
+        self.port = port
+        out = subprocess.PIPE if ready else subprocess.DEVNULL
+        self.p = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+        if ready:
+            assert self.p.stdout
+            line = self.p.stdout.readline()
+            assert ready in line, line
+        else:
+            _wait_port(port, self.p)
+
+    def stop(self) -> None:
+        self.p.terminate()
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+        if self.p.stdout:
+            self.p.stdout.close()
+
+
+def _wait_port(port: int, p: subprocess.Popen[str]) -> None:
+    import socket
+    import time
+
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        if p.poll() is not None:
+            raise RuntimeError(f"server exited with {p.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not listen")
+
+
+@pytest.fixture
+def misbehaving() -> Iterator:
+    procs: list[Proc] = []
+
+    def start(mode: str, n: int = 100) -> int:
+        port = free_port()
+        procs.append(Proc([PY, "tests/load_servers.py", mode, str(port), str(n)], port, ready="ready"))
+        return port
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+def ordered(s: dict) -> None:
+    """Percentiles never decrease; min <= mean <= max."""
+    values = [s["percentiles"][str(q)] for q in PERCENTILES]
+    assert values == sorted(values), values
+    assert s["min"] <= s["mean"] <= s["max"]
+    assert values[-1] <= s["max"]
+
+
+# ---- against the demo servers ------------------------------------------------
+
+
+def _metric(text: str, name: str, label: str) -> float:
+    m = re.search(rf"^{name}\{{{label}\}} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_http_counts_match_the_servers_own_count() -> None:
+    port, mport = free_port(), free_port()
+    srv = Proc(
+        [PY, "-m", "uringserve", "run", "apps.http:app", "--port", str(port), "--metrics", f"127.0.0.1:{mport}"],
+        port,
+    )
+    try:
+        fds = open_fds()
+        res = run(build_plan(f"http://127.0.0.1:{port}/", conns=20, duration=1.0), server_pids=[srv.p.pid])
+        assert open_fds() == fds  # the ring and its connections are gone
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    finally:
+        srv.stop()
+    served = _metric(metrics, "uringserve_http_requests_total", 'code="2xx"')
+    st = res.stats
+    assert st["errors"] == dict.fromkeys(ring.LOAD_ERRORS, 0)
+    assert res.requests > 1000
+    # the server answered every request counted, and none that was not sent
+    assert res.requests <= served <= st["sent"], (res.requests, served, st["sent"])
+    assert st["by_class"][2] == res.requests
+    assert res.latency.get_total_count() == res.requests
+    ordered(hist_summary(res.latency))
+    assert res.left_open == 0
+    assert res.server_cpu_ns and res.server_cpu_ns > 0
+    assert res.ring["staged_sends"] >= st["units_sent"]  # requests went out of registered memory
+
+
+def test_echo_is_checked_byte_for_byte() -> None:
+    port = free_port()
+    srv = Proc([PY, "apps/echo.py", "--port", str(port)], port)
+    try:
+        res = run(build_plan(f"tcp://127.0.0.1:{port}", conns=8, duration=1.0, size=4096, pipeline=2))
+    finally:
+        srv.stop()
+    st = res.stats
+    assert sum(st["errors"].values()) == 0
+    assert res.requests > 500
+    # every message counted came back whole; at most the last units were partly back
+    assert res.requests * 4096 <= st["bytes_in"] < (res.requests + 8 * 2) * 4096
+
+
+def test_echo_that_changes_a_byte_is_a_protocol_error(misbehaving) -> None:
+    port = misbehaving("corrupt-echo", 50)
+    res = run(build_plan(f"tcp://127.0.0.1:{port}", conns=4, duration=0.7, size=64))
+    assert res.stats["errors"]["protocol"] > 0
+    assert res.requests > 0
+
+
+def test_resp_counts_match_the_servers_own_count() -> None:
+    port = free_port()
+    srv = Proc([PY, "apps/resp_server.py", "--port", str(port)], port)
+    try:
+        res = run(build_plan(f"redis://127.0.0.1:{port}", conns=10, duration=1.0, command="INCR hits", pipeline=4))
+        value = int(redis.Redis(port=port).get("hits"))
+    finally:
+        srv.stop()
+    assert sum(res.stats["errors"].values()) == 0
+    assert res.requests > 1000
+    assert res.requests <= value <= res.stats["sent"]
+    assert res.stats["by_class"][2] == res.requests
+
+
+def test_resp_error_replies_are_counted() -> None:
+    port = free_port()
+    srv = Proc([PY, "apps/resp_server.py", "--port", str(port)], port)
+    try:
+        res = run(build_plan(f"redis://127.0.0.1:{port}", conns=2, duration=0.5, command="NOSUCHCOMMAND x"))
+    finally:
+        srv.stop()
+    assert res.requests > 0 and res.stats["by_class"][5] == res.requests
+    assert "Error replies: " in text(res)
+
+
+# ---- error classes -------------------------------------------------------------
+
+
+def test_non_2xx_responses_are_counted_not_errors(misbehaving) -> None:
+    port = misbehaving("status500")
+    res = run(build_plan(f"http://127.0.0.1:{port}/", conns=4, duration=0.5))
+    assert res.requests > 0
+    assert res.stats["by_class"][5] == res.requests
+    assert sum(res.stats["errors"].values()) == 0
+    assert to_json(res)["non_2xx_3xx"] == res.requests
+    assert "Non-2xx or 3xx responses: " in text(res)
+
+
+@pytest.mark.parametrize(
+    ("mode", "cls"),
+    [("reset", "read"), ("cut", "short"), ("silent", "timeout"), ("garbage", "protocol")],
+)
+def test_each_error_class(misbehaving, mode: str, cls: str) -> None:
+    port = misbehaving(mode)
+    res = run(build_plan(f"http://127.0.0.1:{port}/", conns=4, duration=0.6, timeout=0.2))
+    errors = res.stats["errors"]
+    assert errors[cls] > 0, errors
+    assert res.requests == 0
+    others = {k: v for k, v in errors.items() if k != cls}
+    assert not any(others.values()), errors  # each fault is reported as itself
+    assert res.left_open == 0
+
+
+def test_nothing_listening_is_a_connect_error() -> None:
+    res = run(build_plan(f"http://127.0.0.1:{free_port()}/", conns=2, duration=0.3))
+    assert res.stats["errors"]["connect"] > 0
+    assert res.stats["last_errno"] == 111  # ECONNREFUSED
+    # retried every 10 ms per connection, not in a spin
+    assert res.stats["errors"]["connect"] < 2 * 0.3 / 0.01 * 1.5
+    assert "Socket errors: connect " in text(res)
+
+
+def test_no_keepalive_makes_a_connection_per_request(misbehaving) -> None:
+    port = misbehaving("ok")
+    res = run(build_plan(f"http://127.0.0.1:{port}/", conns=4, duration=0.5, keepalive=False))
+    assert res.requests > 50
+    assert sum(res.stats["errors"].values()) == 0
+    # each connection was made for one request (the last few may not have been answered yet)
+    assert res.requests <= res.stats["connects"] <= res.requests + 4
+
+
+# ---- constant rate ---------------------------------------------------------------
+
+
+def test_constant_rate_keeps_its_schedule(misbehaving) -> None:
+    port = misbehaving("ok")
+    res = run(build_plan(f"http://127.0.0.1:{port}/", conns=5, duration=1.0, rate=400))
+    assert 360 <= res.stats["sent"] <= 440, res.stats["sent"]
+    assert sum(res.stats["errors"].values()) == 0
+    # on time: the sends were not late, so corrected and uncorrected agree at the median
+    c, u = res.corrected.get_value_at_percentile(50), res.latency.get_value_at_percentile(50)
+    assert c < u + 5_000_000
+
+
+def test_a_stall_shows_in_the_corrected_latency_only(misbehaving) -> None:
+    port = misbehaving("stall", 300)  # one 1 s stall after 300 requests
+    res = run(build_plan(f"http://127.0.0.1:{port}/", conns=4, duration=2.5, rate=1000))
+    assert sum(res.stats["errors"].values()) == 0
+    corrected_p99 = res.corrected.get_value_at_percentile(99)
+    uncorrected_p99 = res.latency.get_value_at_percentile(99)
+    # the ~1000 requests due during the stall waited for it: corrected shows it
+    assert corrected_p99 > 500_000_000, corrected_p99
+    # only the 4 in flight when it began saw it from their actual send
+    assert uncorrected_p99 < 250_000_000, uncorrected_p99
+    assert res.latency.get_max_value() > 900_000_000
+    out = text(res, latency_table=True)
+    assert "corrected" in out and "(uncorr.)" in out
+
+
+# ---- workers, scenarios, histograms -----------------------------------------
+
+
+def test_threads_merge_their_histograms(misbehaving) -> None:
+    port = misbehaving("ok")
+    res = run(build_plan(f"http://127.0.0.1:{port}/", conns=6, threads=2, duration=0.6))
+    assert len(res.samples) == 2
+    assert res.requests > 0 and res.latency.get_total_count() == res.requests
+    assert sum(res.stats["errors"].values()) == 0
+
+
+def test_scenario_requests_per_connection(tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.py"
+    scenario.write_text(
+        "def requests(conn):\n"
+        "    yield ('GET', '/')\n"
+        "    yield {'method': 'GET', 'target': '/missing', 'headers': {'X-Conn': str(conn)}}\n"
+    )
+    port = free_port()
+    srv = Proc([PY, "apps/http.py", "--port", str(port)], port)
+    try:
+        res = run(build_plan(f"http://127.0.0.1:{port}/", conns=4, duration=0.5, scenario=str(scenario)))
+    finally:
+        srv.stop()
+    ok, missing = res.stats["by_class"][2], res.stats["by_class"][4]
+    assert ok > 10 and abs(ok - missing) <= 4  # alternating, per connection
+
+
+def test_scenario_mistakes_are_explained(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def requests(conn):\n    yield 42\n")
+    with pytest.raises(PlanError, match=r"yielded 42; yield \(method, target, headers, body\)"):
+        build_plan("http://127.0.0.1:1/", scenario=str(bad))
+    none = tmp_path / "none.py"
+    none.write_text("x = 1\n")
+    with pytest.raises(PlanError, match="defines no requests"):
+        build_plan("http://127.0.0.1:1/", scenario=str(none))
+
+
+def test_native_histogram_layout_is_hdrhistograms() -> None:
+    h = new_histogram()
+    values = [1, 2, 1000, 2047, 2048, 2049, 4095, 123_456, 10**9, 3 * 10**12]
+    for v in values:
+        h.record_value(v)
+    # the native counts index of each value is HdrHistogram's: rebuilding from (index, count) is identity
+    buckets = [(h._counts_index_for(v), 1) for v in values]
+    again = histogram_from(buckets)
+    assert [again.get_value_at_percentile(p) for p in (10, 50, 90, 100)] == [
+        h.get_value_at_percentile(p) for p in (10, 50, 90, 100)
+    ]
+    assert ring.HIST_LEN == h.counts_len
+
+
+def test_resp_reply_counter() -> None:
+    assert ring.resp_replies(b"+OK\r\n:1\r\n$3\r\nabc\r\n$-1\r\n") == 4
+    assert ring.resp_replies(b"*2\r\n$1\r\na\r\n*1\r\n:2\r\n-ERR x\r\n") == 2
+    assert ring.resp_replies(b"%1\r\n+k\r\n+v\r\n_\r\n*0\r\n") == 3
+    assert ring.resp_replies(b"*2\r\n$1\r\na\r\n") == 0  # incomplete
+    assert ring.resp_replies(b"$5\r\nab") == 0
+    assert ring.resp_replies(b"?what\r\n") == -1
+    assert ring.resp_replies(b"$x\r\n") == -1
+
+
+# ---- the command -------------------------------------------------------------------
+
+
+def test_cli_json_hgrm_and_compare(misbehaving, tmp_path: Path) -> None:
+    port = misbehaving("ok")
+    outs = []
+    for k in range(2):
+        hgrm = tmp_path / f"run{k}.hgrm"
+        out = subprocess.run(
+            [PY, "-m", "loadtest", "-c", "3", "-d", "0.4s", "--json", "--hgrm", str(hgrm), f"http://127.0.0.1:{port}/"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        assert data["requests"] > 0 and data["rps"] > 0 and data["errors"]["read"] == 0
+        ordered(data["latency_ns"])
+        (tmp_path / f"run{k}.json").write_text(out.stdout)
+        outs.append(data)
+        # HdrHistogram's percentile format: increasing values and percentiles, ending at 1.0
+        rows = [ln.split() for ln in hgrm.read_text().splitlines() if re.match(r"\s+[0-9.]+\s+[0-9.]+\s+\d+", ln)]
+        vals = [float(r[0]) for r in rows]
+        pcts = [float(r[1]) for r in rows]
+        assert vals == sorted(vals) and pcts == sorted(pcts) and pcts[-1] == 1.0
+        assert int(rows[-1][2]) == data["requests"]
+        assert abs(vals[-1] * 1e6 - data["latency_ns"]["max"]) <= data["latency_ns"]["max"] * 0.002
+    cmp = subprocess.run(
+        [PY, "-m", "loadtest", "--compare", str(tmp_path / "run0.json"), str(tmp_path / "run1.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cmp.returncode == 0, cmp.stderr
+    assert "requests/s" in cmp.stdout and "p99.9" in cmp.stdout and "ratio" in cmp.stdout
+
+
+def test_cli_text_is_wrk_shaped(misbehaving) -> None:
+    port = misbehaving("ok")
+    out = subprocess.run(
+        [PY, "-m", "loadtest", "-c", "2", "-d", "0.3", "--latency", "-H", "X-Test: 1", f"http://127.0.0.1:{port}/"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    for line in (
+        "Running 0.3s test @ http://127.0.0.1:",
+        "Thread Stats   Avg",
+        "Latency Distribution",
+        "requests in",
+        "Requests/sec:",
+        "Transfer/sec:",
+    ):
+        assert line in out.stdout
+    assert "\r" not in out.stderr  # no progress line when stderr is not a terminal
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ftp://x/"], "unsupported scheme 'ftp'"),
+        (["https://127.0.0.1/"], "https:// is not supported by the native driver"),
+        (["-c", "1", "-t", "2", "http://127.0.0.1:1/"], "need at least one connection per thread"),
+        (["-d", "soon", "http://127.0.0.1:1/"], "'soon' is not a duration"),
+        (["-H", "novalue", "http://127.0.0.1:1/"], "header 'novalue' is not 'Name: value'"),
+        (["--server-pid", "999999999", "http://127.0.0.1:1/"], "--server-pid 999999999: no such process"),
+        (["--compare", "/nonexistent.json", "/x.json"], "not a saved --json result"),
+        ([], "a URL is required"),
+    ],
+)
+def test_cli_refuses_with_a_reason(args: list[str], message: str) -> None:
+    out = subprocess.run([PY, "-m", "loadtest", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr
+
+
+def test_the_worker_does_not_leak_between_runs(misbehaving) -> None:
+    port = misbehaving("ok")
+    fds = open_fds()
+    for _ in range(3):
+        res = run(build_plan(f"http://127.0.0.1:{port}/", conns=50, duration=0.2))
+        assert res.left_open == 0 and res.requests > 0
+    assert open_fds() == fds
+    assert os.getpid()  # the same process ran all three

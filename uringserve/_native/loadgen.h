@@ -1,0 +1,87 @@
+/* The load generator's native driver (loadtest/): client connections on a
+ * uringserve ring, driven entirely in C between two calls from Python.
+ *
+ * Connections are made by the ring into fixed slots (us_connect), requests
+ * are bytes staged once in registered memory and sent from there
+ * (us_send_staged), responses arrive through the provided buffer ring and
+ * are framed here (HTTP: http_frame.c; echo: byte-exact comparison with what
+ * was sent; RESP: a reply counter). Each response's latency goes into an
+ * HdrHistogram-layout counts array that Python merges with the hdrhistogram
+ * package. Python configures, calls us_load_run() in slices, and reports.
+ */
+#ifndef URINGSERVE_LOADGEN_H
+#define URINGSERVE_LOADGEN_H
+#include <stdint.h>
+
+/* CDEF BEGIN */
+#define US_LOAD_HTTP 0
+#define US_LOAD_ECHO 1
+#define US_LOAD_RESP 2
+
+/* error classes, as wrk counts them plus the two a framer can see */
+#define US_LERR_CONNECT  0
+#define US_LERR_READ     1  /* recv error, or the server closed with requests unanswered */
+#define US_LERR_WRITE    2
+#define US_LERR_TIMEOUT  3
+#define US_LERR_PROTOCOL 4  /* not a valid response (or, echo: not the bytes sent) */
+#define US_LERR_SHORT    5  /* the server closed in the middle of a response */
+#define US_LERR_N        6
+
+/* HdrHistogram(lowest 1, highest 3600e9, 3 significant digits) in ns:
+ * counts[] has this layout (hdr_index() in loadgen.c) */
+#define US_HIST_LEN     33792
+#define US_HIST_HIGHEST 3600000000000
+
+struct us_load_conf {
+    uint32_t mode;        /* US_LOAD_* */
+    uint32_t conns;
+    uint32_t depth;       /* closed loop: one unit (up to depth requests) in flight per connection;
+                             rate mode: up to depth single-request units in flight */
+    uint32_t keepalive;   /* 0: close after each unit's responses and connect again */
+    uint32_t head_only;   /* HTTP: the requests are HEAD */
+    uint32_t target;      /* us_target_set() id */
+    uint64_t rate_ns;     /* > 0: constant rate, one request every rate_ns over all connections */
+    uint64_t timeout_ns;  /* a request unanswered this long: timeout, connection closed */
+};
+
+/* staged bytes [off, off+len) asking for `count` responses */
+struct us_load_unit {
+    uint32_t off, len, count;
+};
+
+struct us_load_stats {
+    uint64_t responses, sent, units_sent;
+    uint64_t bytes_in;
+    uint64_t errors[6];       /* US_LERR_* */
+    uint64_t by_class[6];     /* HTTP: [1]..[5] status classes, [0] other; RESP: [2] replies, [5] error replies */
+    uint64_t connects, closes_by_peer;
+    uint64_t ring_errors;     /* operations the ring refused (reported, never retried silently) */
+    uint32_t open, connecting;
+    int32_t last_errno;       /* of the last connect/read/write error */
+};
+
+struct us_load;
+struct us_ring;
+
+/* seq_off has conns+1 entries: connection i sends units seq[seq_off[i]..seq_off[i+1]) in a cycle.
+ * Everything is copied. NULL with *err set (-EINVAL, -ENOMEM). */
+struct us_load *us_load_new(struct us_ring *r, const struct us_load_conf *cf,
+                            const struct us_load_unit *units, uint32_t nunits,
+                            const uint32_t *seq, const uint32_t *seq_off, int *err);
+void us_load_free(struct us_load *l);
+/* connect every connection; the clock (and the rate schedule) starts now */
+int us_load_start(struct us_load *l);
+/* drive the load until CLOCK_MONOTONIC reaches until_ns; 0 or -errno from the ring */
+int us_load_run(struct us_load *l, int64_t until_ns);
+/* close every connection and wait (until until_ns) for the slots to be free; returns those still open */
+int us_load_stop(struct us_load *l, int64_t until_ns);
+void us_load_stats_get(struct us_load *l, struct us_load_stats *st);
+/* zero the counters and histograms (the end of a warm-up) */
+void us_load_reset(struct us_load *l);
+/* the counts arrays (US_HIST_LEN): 0 latency from the actual send, 1 from the intended send (rate mode) */
+uint64_t *us_load_hist(struct us_load *l, int corrected);
+/* RESP replies in data[0..len) for a fresh framer (tests): complete replies, or -1 on a protocol error */
+int64_t us_resp_replies(const char *data, uint64_t len);
+/* CDEF END */
+
+#endif
