@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loadtest import build_plan, run
 from loadtest.plan import PlanError
@@ -28,6 +30,7 @@ from tests.conftest import free_port, open_fds
 from uringserve import ring
 
 ROOT = Path(__file__).resolve().parent.parent
+HIST = new_histogram()
 PY = sys.executable
 
 
@@ -286,13 +289,20 @@ def test_scenario_mistakes_are_explained(tmp_path: Path) -> None:
         build_plan("http://127.0.0.1:1/", scenario=str(none))
 
 
+@given(st.integers(min_value=1, max_value=ring.HIST_HIGHEST))
+@settings(max_examples=2000, deadline=None)
+def test_native_histogram_index_is_hdrhistograms(ns: int) -> None:
+    assert ring.hist_index(ns) == HIST._counts_index_for(ns)
+
+
 def test_native_histogram_layout_is_hdrhistograms() -> None:
     h = new_histogram()
-    values = [1, 2, 1000, 2047, 2048, 2049, 4095, 123_456, 10**9, 3 * 10**12]
+    values = [1, 2, 1000, 2047, 2048, 2049, 4095, 123_456, 10**9, 3 * 10**12, ring.HIST_HIGHEST]
     for v in values:
         h.record_value(v)
-    # the native counts index of each value is HdrHistogram's: rebuilding from (index, count) is identity
-    buckets = [(h._counts_index_for(v), 1) for v in values]
+        assert ring.hist_index(v) == h._counts_index_for(v)
+    # rebuilding from the native (index, count) pairs gives the same histogram
+    buckets = [(ring.hist_index(v), 1) for v in values]
     again = histogram_from(buckets)
     assert [again.get_value_at_percentile(p) for p in (10, 50, 90, 100)] == [
         h.get_value_at_percentile(p) for p in (10, 50, 90, 100)

@@ -520,6 +520,11 @@ class Load:
         return [(i, c) for i, c in enumerate(counts) if c]
 
 
+def hist_index(ns: int) -> int:
+    """The load driver's histogram counts index for a latency in ns."""
+    return lib.us_hist_index(ns)
+
+
 def resp_replies(data: bytes) -> int:
     """Complete RESP replies in `data` (the load driver's reply counter), -1 if malformed."""
     return lib.us_resp_replies(data, len(data))

@@ -93,6 +93,11 @@ static uint32_t hdr_index(uint64_t v)
     return ((uint32_t)(bucket + 1) << 10) + (sub - 1024);
 }
 
+uint32_t us_hist_index(uint64_t ns)
+{
+    return hdr_index(ns);
+}
+
 static void record(struct us_load *l, int64_t since, int which)
 {
     int64_t d = l->now - since;

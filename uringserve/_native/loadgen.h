@@ -80,6 +80,8 @@ void us_load_stats_get(struct us_load *l, struct us_load_stats *st);
 void us_load_reset(struct us_load *l);
 /* the counts arrays (US_HIST_LEN): 0 latency from the actual send, 1 from the intended send (rate mode) */
 uint64_t *us_load_hist(struct us_load *l, int corrected);
+/* the counts index of a latency in ns (the layout above; tests hold it to HdrHistogram's) */
+uint32_t us_hist_index(uint64_t ns);
 /* RESP replies in data[0..len) for a fresh framer (tests): complete replies, or -1 on a protocol error */
 int64_t us_resp_replies(const char *data, uint64_t len);
 /* CDEF END */
