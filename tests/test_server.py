@@ -214,6 +214,69 @@ def test_inherited_socket_and_fd(h) -> None:
     h.run(main())
 
 
+def test_connections_accepted_as_a_listener_stops_are_served(h) -> None:
+    """Prefork workers share a listening socket: a worker that stops must not
+    drop a connection it already took from the backlog. Clients connect and
+    the first server stops in the same loop turn (on the ring, accepts armed
+    in the kernel complete as they are cancelled); a second server on the
+    same socket serves the rest. Every client gets its echo."""
+
+    class FirstEcho(Echo):
+        """Drains as HTTP does a new connection: after answering its first message."""
+
+        draining = answered = False
+
+        def shutdown(self) -> None:
+            self.draining = True
+            if self.answered:
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self.answered = True
+            if self.draining:
+                self.transport.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        shared = socket.socket()
+        shared.bind(("127.0.0.1", 0))
+        shared.listen(128)
+        addr = shared.getsockname()
+        first = Server(FirstEcho)
+        await first.start(listeners=[Inherited(shared.dup())])
+        clients = []
+        for i in range(24):
+            c = socket.create_connection(addr)  # blocking: the handshake completes in the kernel
+            c.sendall(b"client %02d\n" % i)
+            clients.append(c)
+        stopping = asyncio.ensure_future(first.shutdown(5))  # in this same turn
+        second = Server(FirstEcho)
+        await second.start(listeners=[Inherited(shared.dup())])
+
+        def read(c: socket.socket) -> bytes:
+            c.settimeout(10)
+            data = b""
+            while len(data) < 10:
+                chunk = c.recv(64)
+                if not chunk:
+                    break
+                data += chunk
+            return data
+
+        got = await asyncio.gather(*(loop.run_in_executor(None, read, c) for c in clients))
+        assert got == [b"client %02d\n" % i for i in range(24)]
+        # the first server's drain reached its late connections too: it ends
+        # while every client still holds its connection open
+        await asyncio.wait_for(stopping, 3)
+        for c in clients:
+            c.close()
+        await second.shutdown(5)
+        shared.close()
+
+    h.run(main())
+
+
 def test_inherited_fds_that_cannot_serve_are_refused_clearly(h, tmp_path) -> None:
     async def main() -> None:
         with open(tmp_path / "f", "w") as f:

@@ -39,6 +39,7 @@ _EAGER_START = sys.version_info >= (3, 12)
 _current_tasks: dict = getattr(asyncio.tasks, "_current_tasks", {})  # used below 3.12 only, where it exists
 
 _EV_ACCEPT, _EV_RECV, _EV_EOF, _EV_RECV_ERR = _ring.EV_ACCEPT, _ring.EV_RECV, _ring.EV_EOF, _ring.EV_RECV_ERR
+_ACCEPT_LATE = _ring.ACCEPT_LATE
 _EV_WRITABLE, _EV_SEND_ERR, _EV_CLOSED = _ring.EV_WRITABLE, _ring.EV_SEND_ERR, _ring.EV_CLOSED
 _EV_SHUTDOWN, _EV_POLL, _EV_ARENA = _ring.EV_SHUTDOWN, _ring.EV_POLL, _ring.EV_ARENA
 
@@ -80,6 +81,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             raise
         self._conns: dict[int, UringTransport] = {}
         self._listeners: dict[int, _Listener] = {}
+        # stopped listeners, by id, for connections the kernel accepted as they stopped
+        self._retired: dict[int, _Listener] = {}
         self._listener_by_fd: dict[int, int] = {}
         self._arena_waiters: dict[int, UringTransport] = {}
         self._owner_thread: int | None = None
@@ -249,9 +252,10 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 }
             )
             return
-        lst = self._listeners.get(ev.aux)
         slot, gen = ev.conn, ev.gen
-        if lst is None:
+        late = ev.flags & _ACCEPT_LATE
+        lst = self._retired.get(ev.aux) if late else self._listeners.get(ev.aux)
+        if lst is None or (late and self._closed):
             self._ring.close_conn(slot, gen, False)
             return
         try:
@@ -268,7 +272,9 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             self.call_exception_handler({"message": "Error in protocol factory; connection closed", "exception": exc})
             return
         peer = bytes(ffi.buffer(ev.addr, ev.addrlen))
-        t = UringTransport(self, slot, gen, protocol, peer, lst.sock, lst.server)
+        # a late connection was accepted as its listener stopped: served like
+        # one accepted just before (the asyncio Server has closed: not attached)
+        t = UringTransport(self, slot, gen, protocol, peer, lst.sock, None if late else lst.server)
         self._conns[slot] = t
         try:
             protocol.connection_made(t)
@@ -431,7 +437,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         if lid is None:
             super()._stop_serving(sock)  # type: ignore[misc]
             return
-        del self._listeners[lid]
+        self._retired[lid] = self._listeners.pop(lid)
         if not self._ring.closed:
             self._ring.listener_stop(lid)
             if self._on_owner_thread():
@@ -453,6 +459,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             for lst in list(self._listeners.values()):
                 lst.sock.close()
             self._listeners.clear()
+            self._retired.clear()
             self._listener_by_fd.clear()
             ring.cancel_all()
             conns, self._conns = self._conns, {}

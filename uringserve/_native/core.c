@@ -898,12 +898,15 @@ static void on_accept(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o
     r->st.accepts++;
     conn_init(r, slot, res);
     struct conn *c = &r->conns[slot];
-    if (stale) {
-        issue_close(r, slot, c);
-        return;
-    }
+    /* Stale: the listener was stopped while this accept completed. The
+     * connection has left the backlog (on a shared socket another process
+     * would have served it), so the caller decides, never a silent close. */
     struct us_event *e = emit(o, US_EV_ACCEPT, slot, c->gen, 0);
     e->aux = lid;
+    if (stale) {
+        e->flags = US_ACCEPT_LATE;
+        r->st.late_accepts++;
+    }
     e->addrlen = a->len > sizeof(e->addr) ? sizeof(e->addr) : a->len;
     memcpy(e->addr, &a->addr, e->addrlen);
     arm_recv(r, slot, c);

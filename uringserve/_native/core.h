@@ -11,7 +11,9 @@
 #include <stddef.h>
 
 /* CDEF BEGIN */
-#define US_EV_ACCEPT     1  /* conn=new slot, gen, aux=listener id, addr; res<0: accept error */
+#define US_EV_ACCEPT     1  /* conn=new slot, gen, aux=listener id, addr; res<0: accept error;
+                               flags=US_ACCEPT_LATE: accepted as the listener was being stopped */
+#define US_ACCEPT_LATE   1  /* the kernel had taken the connection from the backlog: serve or close it */
 #define US_EV_RECV       2  /* res=bytes, data valid until the next us_wait() */
 #define US_EV_EOF        3  /* peer sent FIN */
 #define US_EV_RECV_ERR   4  /* res=-errno; receiving has stopped */
@@ -90,6 +92,7 @@ struct us_stats {
     uint64_t zc_fixed_sends, plain_recvs; /* which paths the ablation modes take */
     uint64_t quiet_waits;     /* us_wait rounds that produced no event and waited again */
     uint64_t connects, connect_errors, staged_sends;
+    uint64_t late_accepts;    /* accepts that completed as their listener stopped (handed to the caller) */
 };
 
 struct us_ring;
