@@ -119,7 +119,7 @@ def run_one(
                 return res["rps"], res["server_cpu_us_per_request"]
             t0 = tree_ticks(proc.pid)
             out = subprocess.run(
-                ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", f"http://127.0.0.1:{port}{path}"],
+                ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", f"http://127.0.0.1:{port}{path}"],
                 capture_output=True,
                 text=True,
                 timeout=seconds + 60,

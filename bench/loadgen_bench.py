@@ -109,8 +109,8 @@ def nginx_rounds(rounds: int, seconds: float, conns: int) -> dict[str, list[tupl
             out: dict[str, list[tuple[float, float, float]]] = {"wrk": [], "loadtest": []}
             for rnd in range(rounds):
                 for name, argv, parse in (
-                    ("wrk", ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", url], parse_wrk),
-                    ("loadtest", [*LOADTEST, url, "-c", str(conns), "-d", f"{seconds}s", "--json"], parse_loadtest),
+                    ("wrk", ["wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", url], parse_wrk),
+                    ("loadtest", [*LOADTEST, url, "-c", str(conns), "-d", f"{seconds:g}s", "--json"], parse_loadtest),
                 ):
                     r = measure(argv, proc.pid, seconds, parse)
                     out[name].append(r)

@@ -63,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--scenario", default=None, help="a Python file whose requests(conn) yields requests")
     p.add_argument("--size", type=int, default=64, help="tcp:// echo message size in bytes (64)")
     p.add_argument("--command", default="PING", help="redis:// command to send (PING)")
+    p.add_argument("-k", "--insecure", action="store_true", help="https: do not verify the certificate")
+    p.add_argument("--cacert", default=None, help="https: also trust the CA certificates in this file")
     p.add_argument("--server-pid", type=int, action="append", default=[], help="report this server's CPU per request")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
     p.add_argument("--hgrm", default=None, help="write the percentile distribution (HdrHistogram format)")
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             scenario=args.scenario,
             size=args.size,
             command=args.command,
+            insecure=args.insecure,
+            cafile=args.cacert,
         )
     except PlanError as exc:
         print(f"uringload: {exc}", file=sys.stderr)

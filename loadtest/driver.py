@@ -48,6 +48,10 @@ def run_share(
     """Connect at `start_at` (time.monotonic_ns()), warm up, measure, stop.
     Returns counts, the two histograms' buckets, rate samples and this
     process's CPU over the measured window."""
+    if plan.target.scheme == "https":
+        from . import tls  # the native driver does not speak TLS
+
+        return tls.run_share(plan, start_at, progress, on_window)
     r = ring.Ring(ring_config(plan))
     try:
         load = ring.Load(

@@ -61,11 +61,6 @@ def parse_target(url: str) -> Target:
     scheme = parts.scheme.lower()
     if scheme not in MODES:
         raise PlanError(f"unsupported scheme {parts.scheme!r} in {url!r}: use http://, https://, tcp:// or redis://")
-    if scheme == "https":
-        raise PlanError(
-            "https:// is not supported by the native driver yet (it does not speak TLS); "
-            "measure the server over http:// or with wrk"
-        )
     if not parts.hostname:
         raise PlanError(f"no host in {url!r}")
     try:
@@ -100,6 +95,8 @@ class Plan:
     timeout: float = 2.0
     warmup: float = 0.0
     ring: dict[str, Any] = field(default_factory=dict)  # RingConfig overrides (ablations)
+    insecure: bool = False  # https: no certificate verification
+    cafile: str | None = None  # https: trust these CA certificates too
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -209,6 +206,8 @@ def build_plan(
     size: int = 64,
     command: str = "PING",
     ring: dict[str, Any] | None = None,
+    insecure: bool = False,
+    cafile: str | None = None,
 ) -> Plan:
     target = parse_target(url)
     if threads < 1 or conns < threads:
@@ -219,6 +218,10 @@ def build_plan(
         raise PlanError("the duration must be positive")
     if rate < 0:
         raise PlanError("the rate must be positive")
+    if cafile and not Path(cafile).is_file():
+        raise PlanError(f"--cacert {cafile!r} does not exist")
+    if (insecure or cafile) and target.scheme != "https":
+        raise PlanError("--insecure and --cacert are for https:// targets")
     per = 1 if rate else pipeline  # constant rate paces single requests; pipeline = how many may be in flight
     head_only = False
     units: list[tuple[bytes, int]] = []
@@ -261,6 +264,8 @@ def build_plan(
         timeout=timeout,
         warmup=warmup,
         ring=dict(ring or {}),
+        insecure=insecure,
+        cafile=cafile,
     )
 
 

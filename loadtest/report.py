@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import IO, Any
@@ -183,8 +185,15 @@ def write_hgrm(res: Result, path: str) -> None:
     """The percentile distribution in HdrHistogram's text format, values in
     milliseconds (what HdrHistogram's plotter expects); corrected with a rate."""
     h = res.corrected if res.plan.rate else res.latency
-    with open(path, "wb") as f:  # hdrh writes bytes
-        h.output_percentile_distribution(f, 1e6)
+    buf = io.BytesIO()
+    h.output_percentile_distribution(buf, 1e6)
+    # hdrh 0.10 scales every figure but the footer's standard deviation
+    text = re.sub(
+        rb"StdDeviation   = +[0-9.]+",
+        b"StdDeviation   = %12.3f" % (h.get_stddev() / 1e6),
+        buf.getvalue(),
+    )
+    Path(path).write_bytes(text)
 
 
 def load_saved(path: str) -> dict[str, Any]:

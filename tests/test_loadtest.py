@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -320,6 +322,47 @@ def test_resp_reply_counter() -> None:
     assert ring.resp_replies(b"$x\r\n") == -1
 
 
+# ---- https ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path, Proc]]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    files = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca")}
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    port = free_port()
+    srv = Proc(
+        [PY, "-m", "uringserve", "run", "apps.http:app", "--port", str(port),
+         "--tls-cert", str(files["cert"]), "--tls-key", str(files["key"])],
+        port,
+    )  # fmt: skip
+    yield port, files["ca"], srv
+    srv.stop()
+
+
+def test_https_verified_with_the_given_ca(tls_server) -> None:
+    port, ca, srv = tls_server
+    res = run(build_plan(f"https://127.0.0.1:{port}/", conns=4, duration=0.6, cafile=str(ca)), [srv.p.pid])
+    assert res.requests > 50
+    assert sum(res.stats["errors"].values()) == 0
+    assert res.stats["by_class"][2] == res.requests == res.latency.get_total_count()
+    # kept alive: a new connection only where the server ended one (its keepalive_requests)
+    closes = res.stats["closes_by_peer"]
+    assert closes <= res.stats["connects"] <= 4 + closes  # no new connection without a close
+
+
+def test_https_refuses_an_unverified_certificate_unless_insecure(tls_server) -> None:
+    port, _, _ = tls_server
+    res = run(build_plan(f"https://127.0.0.1:{port}/", conns=2, duration=0.3))
+    assert res.requests == 0 and res.stats["errors"]["connect"] > 0
+    res = run(build_plan(f"https://127.0.0.1:{port}/", conns=2, duration=0.3, insecure=True, rate=200))
+    assert res.requests > 20 and sum(res.stats["errors"].values()) == 0
+    assert res.corrected.get_total_count() == res.requests
+
+
 # ---- the command -------------------------------------------------------------------
 
 
@@ -348,6 +391,10 @@ def test_cli_json_hgrm_and_compare(misbehaving, tmp_path: Path) -> None:
         assert vals == sorted(vals) and pcts == sorted(pcts) and pcts[-1] == 1.0
         assert int(rows[-1][2]) == data["requests"]
         assert abs(vals[-1] * 1e6 - data["latency_ns"]["max"]) <= data["latency_ns"]["max"] * 0.002
+        footer = re.search(r"Mean += +([0-9.]+), StdDeviation += +([0-9.]+)", hgrm.read_text())
+        assert footer, hgrm.read_text()[-300:]
+        assert abs(float(footer.group(1)) - data["latency_ns"]["mean"] / 1e6) < 0.001  # in ms, as the values
+        assert abs(float(footer.group(2)) - data["latency_ns"]["stdev"] / 1e6) < 0.001
     cmp = subprocess.run(
         [PY, "-m", "loadtest", "--compare", str(tmp_path / "run0.json"), str(tmp_path / "run1.json")],
         cwd=ROOT,
@@ -381,11 +428,56 @@ def test_cli_text_is_wrk_shaped(misbehaving) -> None:
     assert "\r" not in out.stderr  # no progress line when stderr is not a terminal
 
 
+def test_progress_line_on_a_terminal(misbehaving) -> None:
+    port = misbehaving("ok")
+    master, slave = pty.openpty()
+    try:
+        out = subprocess.run(
+            [PY, "-m", "loadtest", "-c", "2", "-d", "0.8", f"http://127.0.0.1:{port}/"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=60,
+        )  # fmt: skip
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert out.returncode == 0
+    assert b"req/s" in seen and b"\r" in seen and b"errors 0" in seen, seen
+    assert "req/s  " not in out.stdout  # the report itself has no progress line
+
+
+def test_plot_draws_or_says_what_is_missing(misbehaving, tmp_path: Path) -> None:
+    port = misbehaving("ok")
+    png = tmp_path / "p.png"
+    out = subprocess.run(
+        [PY, "-m", "loadtest", "-c", "2", "-d", "0.3", "--plot", str(png), f"http://127.0.0.1:{port}/"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert out.returncode == 1 and "--plot needs matplotlib: pip install 'uringserve[plot]'" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["ftp://x/"], "unsupported scheme 'ftp'"),
-        (["https://127.0.0.1/"], "https:// is not supported by the native driver"),
+        (["--insecure", "http://127.0.0.1:1/"], "--insecure and --cacert are for https:// targets"),
+        (["--cacert", "/nonexistent.pem", "https://127.0.0.1:1/"], "--cacert '/nonexistent.pem' does not exist"),
         (["-c", "1", "-t", "2", "http://127.0.0.1:1/"], "need at least one connection per thread"),
         (["-d", "soon", "http://127.0.0.1:1/"], "'soon' is not a duration"),
         (["-H", "novalue", "http://127.0.0.1:1/"], "header 'novalue' is not 'Name: value'"),
