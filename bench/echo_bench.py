@@ -70,7 +70,7 @@ def run_one(cmd: list[str], size: int, conns: int, seconds: float, client: str =
     port = free_port()
     argv = cmd + ([str(port)] if cmd[0].endswith("c_echo") else ["--port", str(port)])
     cwd, env = ROOT, None
-    if cmd[1].startswith("@"):  # uring@DIR: another checkout (before/after a change)
+    if len(cmd) > 1 and cmd[1].startswith("@"):  # uring@DIR: another checkout (before/after a change)
         cwd = Path(cmd[1][1:])
         env = {**os.environ, "PYTHONPATH": str(cwd)}
         argv = [argv[0], *argv[2:]]
