@@ -6,7 +6,7 @@ Modes: ok (200 hello), status500, reset (half a response, then RST),
 cut (half a response, then FIN), silent (reads, never answers), garbage
 (answers with something that is not HTTP), stall (200 hello; every N
 requests the whole server sleeps 1 s), corrupt-echo (echoes, one byte
-flipped in every Nth chunk). Prints "ready" when listening.
+flipped in every Nth chunk), slow-echo (every Nth echo comes 0.5 s late). Prints "ready" when listening.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ class Server(asyncio.Protocol):
         self.t = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.mode == "slow-echo":
+            Server.served += 1
+            if Server.served % self.n == 0:  # this connection's echo comes late; others go on
+                asyncio.get_running_loop().call_later(0.5, self.t.write, data)
+            else:
+                self.t.write(data)
+            return
         if self.mode == "corrupt-echo":
             Server.served += 1
             if Server.served % self.n == 0:

@@ -153,6 +153,16 @@ def test_echo_that_changes_a_byte_is_a_protocol_error(misbehaving) -> None:
     assert res.requests > 0
 
 
+def test_echo_after_a_timeout_starts_again_from_what_is_sent_next(misbehaving) -> None:
+    port = misbehaving("slow-echo", 40)
+    res = run(build_plan(f"tcp://127.0.0.1:{port}", conns=4, duration=1.0, size=64, timeout=0.2))
+    errors = res.stats["errors"]
+    assert errors["timeout"] > 0
+    # the connection that replaced a timed-out one compares with what it sent itself
+    assert errors["protocol"] == 0, errors
+    assert res.requests > 100
+
+
 def test_resp_counts_match_the_servers_own_count() -> None:
     port = free_port()
     srv = Proc([PY, "apps/resp_server.py", "--port", str(port)], port)

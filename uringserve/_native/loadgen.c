@@ -264,6 +264,7 @@ static void reset_conn_state(struct us_load *l, uint32_t i)
     c->out = c->unit_left = 0;
     c->rec_head = c->rec_n = 0;
     c->echo_off = 0;
+    c->echo_unit = c->pos; /* a new connection echoes from the next unit sent, not the one lost */
     if (l->fr)
         us_resp_frame_init(&l->fr[i], (int)l->cf.head_only);
     if (l->rf)
