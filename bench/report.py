@@ -30,6 +30,8 @@ import http_bench  # noqa: E402
 import loadgen_bench  # noqa: E402
 from _common import ROOT, free_port, loadtest, summary, wait_listening  # noqa: E402
 
+from loadtest.report import fmt_time  # noqa: E402
+
 PY = sys.executable
 
 # the table the design started from (fixed files / fixed buffers), for sockets
@@ -48,7 +50,7 @@ LOOPBACK = (
 )
 
 
-def echo_ablation_one(flags: list[str], size: int, conns: int, seconds: float) -> tuple[float, float, dict]:
+def echo_ablation_one(flags: list[str], size: int, conns: int, seconds: float) -> tuple[float, float, dict, dict]:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         stats_file = Path(tmp, "stats.json")
@@ -73,16 +75,18 @@ def echo_ablation_one(flags: list[str], size: int, conns: int, seconds: float) -
         )
         try:
             wait_listening(port, proc)
-            res = loadtest(f"tcp://127.0.0.1:{port}", proc.pid, conns, seconds, "--size", str(size))
+            # a 30 s timeout: a configuration that stalls some connections shows it
+            # in its latency columns instead of failing the run
+            res = loadtest(f"tcp://127.0.0.1:{port}", proc.pid, conns, seconds, "--size", str(size), "--timeout", "30s")
         finally:
             proc.terminate()
             proc.wait(30)
         stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
-    return res["rps"], res["server_cpu_us_per_request"], stats
+    return res["rps"], res["server_cpu_us_per_request"], stats, res["latency_ns"]
 
 
 def ablation(rounds: int, seconds: float, conns: int, sizes: list[int]) -> str:
-    runs: dict[tuple[str, int], list[tuple[float, float, dict]]] = {}
+    runs: dict[tuple[str, int], list[tuple[float, float, dict, dict]]] = {}
     for rnd in range(rounds):
         for size in sizes:
             for name, flags in ABLATION.items():
@@ -94,8 +98,9 @@ def ablation(rounds: int, seconds: float, conns: int, sizes: list[int]) -> str:
                     flush=True,
                 )
     lines = [
-        "| configuration | size | msgs/s | server CPU us/msg | vs everything on | zc sends | zc copied | recvs/msg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | size | msgs/s | server CPU us/msg | vs everything on | p99 | max latency "
+        "| zc sends | zc copied | recvs/msg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size in sizes:
         base = statistics.median(r[1] for r in runs[("everything on", size)])
@@ -106,11 +111,18 @@ def ablation(rounds: int, seconds: float, conns: int, sizes: list[int]) -> str:
             last = rs[-1][2]
             msgs = max(1, int(rate * seconds))
             recvs = last.get("recvs", 0) / msgs if last else 0
+            p99 = statistics.median(r[3]["percentiles"]["99"] for r in rs)
+            worst = max(r[3]["max"] for r in rs)
             lines.append(
-                f"| {name} | {size} B | {rate:,.0f} | {us:.2f} | {us / base:.2f}x | {last.get('zc_sends', 0):,} "
-                f"| {last.get('zc_copied', 0):,} | {recvs:.2f} |"
+                f"| {name} | {size} B | {rate:,.0f} | {us:.2f} | {us / base:.2f}x | {fmt_time(p99)} "
+                f"| {fmt_time(worst)} | {last.get('zc_sends', 0):,} | {last.get('zc_copied', 0):,} | {recvs:.2f} |"
             )
-    return "\n".join(lines) + "\n\n" + LOOPBACK + " zc counts are of the last round's server."
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + LOOPBACK
+        + " zc counts are of the last round's server; p99 is the median over rounds, max the worst."
+    )
 
 
 def echo_section(rounds: int, seconds: float, conns: int, sizes: list[int]) -> str:
