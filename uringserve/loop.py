@@ -44,6 +44,20 @@ _EV_WRITABLE, _EV_SEND_ERR, _EV_CLOSED = _ring.EV_WRITABLE, _ring.EV_SEND_ERR, _
 _EV_SHUTDOWN, _EV_POLL, _EV_ARENA = _ring.EV_SHUTDOWN, _ring.EV_POLL, _ring.EV_ARENA
 
 
+def _deliver(t: Any, chunk: bytes) -> None:
+    """Received bytes to a transport: straight to data_received in its plain state."""
+    cb = t._recv_cb
+    if cb is not None:
+        try:
+            cb(chunk)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            t._callback_failed(exc)
+    else:
+        t._on_data(chunk)
+
+
 class _Listener:
     __slots__ = ("lid", "sock", "protocol_factory", "server", "ssl", "ssl_timeouts")
 
@@ -192,22 +206,28 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         data = self._ring.data_bytes  # data[a:b] is bytes
         polls = None
         heads = self._iter_heads(self._ring.events_view[: n * self._head_size])
+        # A run of RECVs of one connection in adjacent provided buffers (a large
+        # message arrives as several) is delivered as one slice: one bytes
+        # object, one data_received, one write back, instead of one per buffer.
+        run: Any = None  # the transport of the run not yet delivered
+        run_slot = run_start = run_end = -1
         for i, (kind, slot, res, off, gen, flags) in enumerate(heads):
             if kind == _EV_RECV:
+                if run is not None:
+                    if slot == run_slot and off == run_end:
+                        run_end = off + res
+                        continue
+                    _deliver(run, data[run_start:run_end])
                 t = conns.get(slot)
                 if t is None:
+                    run = None
                     continue
-                cb = t._recv_cb
-                if cb is not None:
-                    try:
-                        cb(data[off : off + res])
-                    except (SystemExit, KeyboardInterrupt):
-                        raise
-                    except BaseException as exc:
-                        t._callback_failed(exc)
-                else:
-                    t._on_data(data[off : off + res])
-            elif kind == _EV_POLL:
+                run, run_slot, run_start, run_end = t, slot, off, off + res
+                continue
+            if run is not None:
+                _deliver(run, data[run_start:run_end])
+                run = None
+            if kind == _EV_POLL:
                 if polls is None:
                     polls = []
                 polls.append((slot, gen, res, flags))
@@ -239,6 +259,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 t = conns.get(slot)
                 if t is not None:
                     t._on_send_error(res)
+        if run is not None:
+            _deliver(run, data[run_start:run_end])
         return polls
 
     def _on_accept(self, ev: Any) -> None:

@@ -78,6 +78,7 @@ enum cflag {
     F_FREAD = 1 << 9 /* a file read for this conn is in flight */,
     F_FILL_WAIT = 1 << 10 /* on fillwait: a file read waits for a free chunk */,
     F_FILE_DROP = 1 << 11 /* C_FILE: unregistered; the slot goes when no segment names it */,
+    F_ZC_UNSUP = 1 << 12 /* send_zc failed with EOPNOTSUPP (AF_UNIX): plain sends only, in every mode */,
 };
 
 enum cstate_extra { C_FILE = 4 /* the slot holds a registered file, not a connection */ };
@@ -485,8 +486,8 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
         zc = !(c->flags & F_NO_ZC) && n >= r->cfg.zc_threshold && (ext || r->arena_registered);
         fixedbuf = zc && !ext;
     } else {
-        zc = mode == US_SEND_ZC || mode == US_SEND_ZC_FIXED;
-        fixedbuf = mode == US_SEND_ZC_FIXED && r->arena_registered && !ext;
+        zc = (mode == US_SEND_ZC || mode == US_SEND_ZC_FIXED) && !(c->flags & F_ZC_UNSUP);
+        fixedbuf = zc && mode == US_SEND_ZC_FIXED && r->arena_registered && !ext;
     }
     struct io_uring_sqe *sqe = prep(r, zc ? IORING_OP_SEND_ZC : IORING_OP_SEND, c->fd,
                                     conn_fixed(r), p, n, UD(zc ? OP_SENDZC : OP_SEND, slot, c->gen, ch));
@@ -1104,6 +1105,13 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
     }
     c->flags &= ~F_SEND_INFLIGHT;
     int res = cqe->res;
+    if (res == -EOPNOTSUPP && zc) {
+        /* a socket without zero-copy (AF_UNIX): the same bytes again, plainly */
+        c->flags |= F_NO_ZC | F_ZC_UNSUP;
+        r->st.zc_unsupported++;
+        submit_send(r, slot, c);
+        return;
+    }
     if (res < 0 && res != -EINTR && res != -EAGAIN) {
         chunk_maybe_free(r, ch);
         send_failed(r, slot, c, res, o);

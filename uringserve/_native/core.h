@@ -93,6 +93,7 @@ struct us_stats {
     uint64_t quiet_waits;     /* us_wait rounds that produced no event and waited again */
     uint64_t connects, connect_errors, staged_sends;
     uint64_t late_accepts;    /* accepts that completed as their listener stopped (handed to the caller) */
+    uint64_t zc_unsupported;  /* send_zc refused with EOPNOTSUPP (AF_UNIX), resent plainly */
 };
 
 struct us_ring;
