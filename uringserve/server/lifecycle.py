@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import heap
 from .connection import Connections, served
 from .listeners import TCP, Inherited, Listener, Unix
 
@@ -114,6 +115,7 @@ class Server:
             raise ValueError("uds_mode applies to a Unix socket: pass uds= too")
         if not specs:
             specs.append(TCP(host, port, backlog=backlog, reuse_port=reuse_port))
+        heap.keep_heap_top()  # large received bytes objects, freed and made again (heap.py)
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._cut = asyncio.Event()

@@ -1,0 +1,60 @@
+"""uringserve.heap: glibc keeps freed large objects' pages at the heap top
+instead of returning them and faulting them back in (the 64 KiB echo cost).
+Each case runs in a fresh interpreter: the setting is process-wide."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import ctypes, sys
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class M(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in FIELDS.split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = M
+from uringserve import heap
+print(heap.keep_heap_top(), heap.keep_heap_top())
+x = [bytearray(100_000) for _ in range(20)]  # below the mmap threshold: from the heap
+del x
+print(libc.mallinfo2().keepcost)  # free space at the top, not returned to the kernel
+"""
+
+
+def probe(**env: str) -> tuple[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+    )
+    assert out.returncode == 0, out.stderr
+    first, keepcost = out.stdout.split("\n")[:2]
+    return first, int(keepcost)
+
+
+def test_the_heap_top_is_kept_once_set() -> None:
+    first, keepcost = probe()
+    assert first == "True False"  # set once per process
+    assert keepcost >= 1_900_000  # the 2 MB just freed stayed
+
+
+def test_a_users_own_setting_is_left_alone() -> None:
+    first, keepcost = probe(MALLOC_TRIM_THRESHOLD_="131072")
+    assert first == "False False"
+    assert keepcost < 1_000_000  # glibc trimmed, as the user asked
+
+
+@pytest.mark.parametrize("loop", ["uring", "asyncio"])
+def test_a_server_sets_it(loop: str) -> None:
+    code = (
+        "import asyncio; from uringserve import heap; from uringserve.server import Server, new_loop\n"
+        "async def main():\n"
+        "    s = Server(asyncio.Protocol); await s.start('127.0.0.1', 0); await s.shutdown(1)\n"
+        f"l = new_loop({loop!r}); l.run_until_complete(main()); l.close()\n"
+        "print(heap.keep_heap_top())\n"  # already done by start()
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
