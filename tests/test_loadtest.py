@@ -132,6 +132,25 @@ def test_http_counts_match_the_servers_own_count() -> None:
     assert res.ring["staged_sends"] >= st["units_sent"]  # requests went out of registered memory
 
 
+def test_connections_the_server_ends_never_end_another() -> None:
+    """keepalive_requests=5: the server ends a connection every 5 requests
+    with a lingering close (FIN by IORING_OP_SHUTDOWN, then close). SHUTDOWN
+    runs in io-wq and finds its fixed file when it runs; closed meanwhile,
+    the slot held the next accepted connection and that one was shut down
+    (new connections ended after a request or two: read errors here). The
+    core now closes after the SHUTDOWN completes (closes_deferred)."""
+    port = free_port()
+    srv = Proc([PY, "-m", "uringserve", "run", "apps.http:app", "--port", str(port), "--keepalive-requests", "5"], port)
+    try:
+        res = run(build_plan(f"http://127.0.0.1:{port}/", conns=50, duration=1.0))
+        stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10).read())
+    finally:
+        srv.stop()
+    assert res.stats["closes_by_peer"] > 100
+    assert res.stats["errors"] == dict.fromkeys(ring.LOAD_ERRORS, 0)
+    assert stats["closes_deferred"] > 0  # the race was there to lose
+
+
 def test_echo_is_checked_byte_for_byte() -> None:
     port = free_port()
     srv = Proc([PY, "apps/echo.py", "--port", str(port)], port)

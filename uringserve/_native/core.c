@@ -79,6 +79,8 @@ enum cflag {
     F_FILL_WAIT = 1 << 10 /* on fillwait: a file read waits for a free chunk */,
     F_FILE_DROP = 1 << 11 /* C_FILE: unregistered; the slot goes when no segment names it */,
     F_ZC_UNSUP = 1 << 12 /* send_zc failed with EOPNOTSUPP (AF_UNIX): plain sends only, in every mode */,
+    F_SHUT_INFLIGHT = 1 << 13 /* an IORING_OP_SHUTDOWN is in flight (see issue_close) */,
+    F_CLOSE_DEFER = 1 << 14 /* close asked for while the shutdown was in flight: issued at its CQE */,
 };
 
 enum cstate_extra { C_FILE = 4 /* the slot holds a registered file, not a connection */ };
@@ -697,6 +699,17 @@ static void slot_release(struct us_ring *r, struct conn *c)
 
 static void issue_close(struct us_ring *r, uint32_t slot, struct conn *c)
 {
+    if (c->flags & F_SHUT_INFLIGHT) {
+        /* SHUTDOWN always runs in io-wq and looks its fixed file up when it
+         * runs: closed now, the slot could hold the next accepted connection
+         * by then, and that one would be shut down (wrk and loadtest saw new
+         * connections end after a request or two). Close at its CQE. */
+        queue_discard(r, c);
+        c->state = C_CLOSING;
+        c->flags |= F_CLOSE_DEFER;
+        r->st.closes_deferred++;
+        return;
+    }
     queue_discard(r, c);
     c->gen++;
     c->state = C_CLOSE_WAIT;
@@ -709,10 +722,11 @@ static void issue_close(struct us_ring *r, uint32_t slot, struct conn *c)
 static void issue_shutdown(struct us_ring *r, uint32_t slot, struct conn *c)
 {
     c->flags &= ~F_SHUT_PENDING;
-    c->flags |= F_SHUT_DONE;
+    c->flags |= F_SHUT_DONE | F_SHUT_INFLIGHT;
     struct io_uring_sqe *sqe = prep(r, IORING_OP_SHUTDOWN, c->fd, conn_fixed(r), NULL, SHUT_WR,
                                     UD(OP_SHUTDOWN, slot, c->gen, 0));
-    (void)sqe;
+    if (!sqe)
+        c->flags &= ~F_SHUT_INFLIGHT; /* no SQE: nothing in flight to wait for */
 }
 
 static struct conn *conn_get(struct us_ring *r, uint32_t slot, uint32_t gen)
@@ -1191,7 +1205,12 @@ static void process_cqe(struct us_ring *r, struct io_uring_cqe *cqe, struct out 
     case OP_CONNECT: on_connect(r, cqe, o); break;
     case OP_SHUTDOWN: {
         struct conn *c = conn_get(r, UD_SLOT(ud), UD_GEN(ud));
-        if (c)
+        if (!c)
+            break;
+        c->flags &= ~F_SHUT_INFLIGHT;
+        if (c->flags & F_CLOSE_DEFER)
+            issue_close(r, UD_SLOT(ud), c);
+        else
             emit(o, US_EV_SHUTDOWN, UD_SLOT(ud), c->gen, cqe->res);
         break;
     }
