@@ -867,6 +867,43 @@ def test_keepalive_requests_ends_the_connection_after_the_last(h, handler, bytew
     assert [x.header("connection") for x in r.responses] == ["keep-alive", "keep-alive", "close"] and r.closed
 
 
+def test_a_client_still_sending_gets_the_whole_last_response(h) -> None:
+    """keepalive_requests=1 and a 2 MB response, while the client keeps
+    pipelining requests without reading: the server must not close with
+    their bytes unread (the kernel would answer RST and destroy the response
+    the client has not read yet). It lingers: FIN after the response, reads
+    and discards until the client closes. Without it this fails every time on
+    the stdlib loop (on the ring the armed recv drains the socket until the
+    close, so only bytes arriving after it are at risk)."""
+    big = b"x" * 2_000_000
+
+    def handler(req: Request) -> Any:
+        return Response(big)
+
+    def client(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /big HTTP/1.1\r\n" + H + b"\r\n")
+            more = (b"GET /more HTTP/1.1\r\n" + H + b"\r\n") * 2000
+            try:
+                for _ in range(16):
+                    s.sendall(more)  # about 1 MB the server will never answer
+            except OSError:
+                pass  # the server reset the connection: the test fails below
+            s.settimeout(10)
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+            except OSError as exc:
+                return data + f"<{exc!r}>".encode()
+            return data
+
+    data = run(h, handler, client, config=HTTPConfig(keepalive_requests=1))
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower()
+    assert body == big, (len(body), data[-80:])
+
+
 def test_keepalive_requests_of_one_closes_after_the_first(h) -> None:
     r = run(
         h,

@@ -36,6 +36,8 @@ logger = logging.getLogger("uringserve.http")
 _T_NONE, _T_KEEPALIVE, _T_HEAD, _T_BODY = KIND_NONE, KIND_IDLE, KIND_USER, KIND_USER + 1
 # seconds a new connection gets, once a drain began, for its first request to arrive
 DRAIN_GRACE = 1.0
+# seconds a connection closed after a response reads on (and discards) what the client still sends
+LINGER = 2.0
 # answers each request: called with the runner's own exchange_class (an Exchange subclass)
 Runner = Callable[[Any], None]
 _DATE = framing.DATE
@@ -367,6 +369,8 @@ class HTTPProtocol(Connection, asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._lost = True
         self._closing = True
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
@@ -483,6 +487,9 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         return data[pos:] if pos else data
 
     def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._closing:  # lingering: the client is done too, so the close can be a clean one
+            return None
         # a half-closed client still gets the answers to what it sent
         if self._parsing is not None and not self._parsing.body_in.done:
             self._parsing.body_in.fail(ClientDisconnected("the client closed before the body ended"))
@@ -493,6 +500,8 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         return True
 
     _closing_after_queue = False
+    _eof = False
+    _linger_handle: Any = None
 
     def pause_writing(self) -> None:
         # a client that does not read its responses stops being read: requests
@@ -636,13 +645,15 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         if self._lost:
             return
         if not ex.keep_alive:
-            self._close()
+            # the client may still be sending (pipelined requests, a body, or
+            # bytes already in flight): see _linger
+            self._close(linger=True)
             return
         if queue:
             self._next()
             return
         if self._closing_after_queue or self._draining:
-            self._close()
+            self._close(linger=self._draining)  # a half-closed client sends nothing more
             return
         if self._paused:
             self._resume()
@@ -742,12 +753,30 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         what = "request head" if kind == _T_HEAD else "request body"
         self._parse_failed(HTTPError(408, f"the {what} did not arrive in time"))
 
-    def _close(self) -> None:
+    def _close(self, linger: bool = False) -> None:
         if not self._closing:
             self._closing = True
             self.stop_timer()
             if not self._lost:
-                self._transport.close()
+                t = self._transport
+                can_write_eof = getattr(t, "can_write_eof", None)  # a transport-like object may lack it
+                if linger and not self._eof and can_write_eof is not None and can_write_eof():
+                    self._linger(t)
+                else:
+                    t.close()
+
+    def _linger(self, t: Any) -> None:
+        """Close after a response while the client may still be sending (it
+        pipelined more, or sent what was refused): FIN after the response,
+        then read and discard until the client closes too, or LINGER seconds.
+        Closing with its bytes unread would make the kernel answer RST, which
+        can destroy the end of the response before the client reads it
+        (nginx's lingering_close, for the same reason)."""
+        t.write_eof()
+        if self._paused:
+            self._paused = False
+            t.resume_reading()  # data_received discards while closing
+        self._linger_handle = self._loop.call_later(LINGER, t.close)
 
     # -- server shutdown ----------------------------------------------------------
     def shutdown(self) -> None:
@@ -801,4 +830,4 @@ class _ErrorExchange(Exchange):
         conn._write(response)
         if conn._observe is not None:  # a request that could not be parsed: no method or target to name
             conn._observe(conn, "-", b"-", "1.1", self.exc.status, len(response.partition(b"\r\n\r\n")[2]), 0.0)
-        conn._close()
+        conn._close(linger=True)
