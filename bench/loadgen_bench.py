@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,7 +84,28 @@ def table(title: str, results: dict[str, list[tuple[float, float, float]]], peer
     return "\n".join(lines)
 
 
-def nginx_rounds(rounds: int, seconds: float, conns: int) -> dict[str, list[tuple[float, float, float]]]:
+Result = dict[str, list[tuple[float, float, float]]]
+
+
+def interleave(
+    rounds: int, seconds: float, server_pid: int, tools: dict[str, tuple[list[str], Callable]], label: str, unit: str
+) -> Result:
+    """Each tool once per round, in turn, against the same server process."""
+    out: Result = {name: [] for name in tools}
+    for rnd in range(rounds):
+        for name, (argv, parse) in tools.items():
+            r = measure(argv, server_pid, seconds, parse)
+            out[name].append(r)
+            print(
+                f"round {rnd + 1} {label} {name:9} {r[0]:9.0f} {unit}/s client {r[1]:5.2f} us/{unit} "
+                f"server {r[2]:5.2f} us/{unit}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return out
+
+
+def nginx_rounds(rounds: int, seconds: float, conns: int) -> Result:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,33 +121,23 @@ def nginx_rounds(rounds: int, seconds: float, conns: int) -> dict[str, list[tupl
                 "-c",
                 f"{tmp}/nginx.conf",
                 "-g",
-                "daemon off; master_process off;",
+                NGINX_FOREGROUND,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         try:
             wait_listening(port, proc)
-            out: dict[str, list[tuple[float, float, float]]] = {"wrk": [], "loadtest": []}
-            for rnd in range(rounds):
-                for name, argv, parse in (
-                    ("wrk", ["wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", url], parse_wrk),
-                    ("loadtest", [*LOADTEST, url, "-c", str(conns), "-d", f"{seconds:g}s", "--json"], parse_loadtest),
-                ):
-                    r = measure(argv, proc.pid, seconds, parse)
-                    out[name].append(r)
-                    print(
-                        f"round {rnd + 1} nginx {name:9} {r[0]:9.0f} req/s client {r[1]:5.2f} us/req "
-                        f"server {r[2]:5.2f} us/req",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            return out
+            tools = {
+                "wrk": (["wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", url], parse_wrk),
+                "loadtest": ([*LOADTEST, url, "-c", str(conns), "-d", f"{seconds:g}s", "--json"], parse_loadtest),
+            }
+            return interleave(rounds, seconds, proc.pid, tools, "nginx", "req")
         finally:
             stop(proc)
 
 
-def echo_rounds(rounds: int, seconds: float, conns: int, size: int) -> dict[str, list[tuple[float, float, float]]]:
+def echo_rounds(rounds: int, seconds: float, conns: int, size: int) -> Result:
     port = free_port()
     proc = subprocess.Popen(
         ["taskset", "-c", "0", PY, "apps/echo.py", "--port", str(port)],
@@ -135,39 +147,18 @@ def echo_rounds(rounds: int, seconds: float, conns: int, size: int) -> dict[str,
     )
     try:
         wait_listening(port, proc)
-        out: dict[str, list[tuple[float, float, float]]] = {"c-client": [], "loadtest": []}
-        for rnd in range(rounds):
-            for name, argv, parse in (
-                (
-                    "c-client",
-                    [str(BUILD / "echo_load"), "127.0.0.1", str(port), str(conns), str(size), str(seconds)],
-                    parse_echo_load,
-                ),
-                (
-                    "loadtest",
-                    [
-                        *LOADTEST,
-                        f"tcp://127.0.0.1:{port}",
-                        "--size",
-                        str(size),
-                        "-c",
-                        str(conns),
-                        "-d",
-                        f"{seconds}s",
-                        "--json",
-                    ],
-                    parse_loadtest,
-                ),
-            ):
-                r = measure(argv, proc.pid, seconds, parse)
-                out[name].append(r)
-                print(
-                    f"round {rnd + 1} echo {size}B {name:9} {r[0]:9.0f} msg/s client {r[1]:5.2f} us/msg "
-                    f"server {r[2]:5.2f} us/msg",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        return out
+        url = f"tcp://127.0.0.1:{port}"
+        tools = {
+            "c-client": (
+                [str(BUILD / "echo_load"), "127.0.0.1", str(port), str(conns), str(size), str(seconds)],
+                parse_echo_load,
+            ),
+            "loadtest": (
+                [*LOADTEST, url, "--size", str(size), "-c", str(conns), "-d", f"{seconds:g}s", "--json"],
+                parse_loadtest,
+            ),
+        }
+        return interleave(rounds, seconds, proc.pid, tools, f"echo {size}B", "msg")
     finally:
         stop(proc)
 
