@@ -645,3 +645,42 @@ def test_large_writes_over_a_unix_socket_fall_back_from_send_zc(send_mode: str, 
     got, stats = run_uring(cfg, main)
     assert got == payload + payload[:1000]
     assert stats["zc_unsupported"] >= 1
+
+
+def test_a_paused_buffered_protocol_keeps_copies_not_views_of_reused_buffers() -> None:
+    """Four 1 KiB provided buffers: the kernel reuses each one within a few
+    KiB. A BufferedProtocol paused after every read leaves the rest of each
+    batch waiting in the transport; kept as views of the buffers, those bytes
+    would be overwritten before they are fed. Every byte must echo back."""
+    cfg = RingConfig(buf_count=4, buf_size=1024)
+
+    class Pausing(asyncio.BufferedProtocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+            self.buf = bytearray(700)
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.t.write(bytes(self.buf[:nbytes]))
+            self.t.pause_reading()
+            asyncio.get_running_loop().call_later(0.002, self.t.resume_reading)  # after the loop waited
+
+        def connection_lost(self, exc) -> None:
+            lost.append(exc)
+
+    lost: list = []
+
+    async def main(loop):
+        server = await loop.create_server(Pausing, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        results = await echo_clients(port, 3, 200_000)
+        assert await until(lambda: len(lost) == 3)  # the held EOFs were delivered too
+        server.close()
+        await server.wait_closed()
+        return results
+
+    results, stats = run_uring(cfg, main)
+    assert results == [True] * 3
+    assert stats["enobufs"] > 0  # the buffers were really reused under pressure

@@ -487,6 +487,43 @@ def test_buffered_protocol(h) -> None:
     assert not h.errors
 
 
+def test_buffered_protocol_that_pauses_gets_every_byte(h) -> None:
+    """On the ring a BufferedProtocol is fed from the provided buffer itself
+    (valid until the loop next waits): whatever arrives while it is paused
+    must be kept as a copy, not as a view of a buffer the kernel reuses."""
+    got = bytearray()
+
+    class Pausing(asyncio.BufferedProtocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+            self.buf = bytearray(3000)
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            got.extend(self.buf[:nbytes])
+            self.t.write(bytes(self.buf[:nbytes]))
+            self.t.pause_reading()  # more of this batch waits in the transport
+            asyncio.get_running_loop().call_later(0.001, self.t.resume_reading)
+
+        def eof_received(self) -> None:
+            return None
+
+    async def main() -> None:
+        server, port = await start(h.loop, Pausing)
+        payload = os.urandom(1_000_000)
+        result: dict = {}
+        t = blocking_client(port, payload, len(payload), result)
+        while t.is_alive():
+            await asyncio.sleep(0.02)
+        await close_server(server)
+        assert result.get("data") == payload
+
+    h.run(main(), timeout=60)
+    assert not h.errors
+
+
 def test_extra_info(h) -> None:
     info: dict = {}
 

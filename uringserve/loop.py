@@ -44,18 +44,22 @@ _EV_WRITABLE, _EV_SEND_ERR, _EV_CLOSED = _ring.EV_WRITABLE, _ring.EV_SEND_ERR, _
 _EV_SHUTDOWN, _EV_POLL, _EV_ARENA = _ring.EV_SHUTDOWN, _ring.EV_POLL, _ring.EV_ARENA
 
 
-def _deliver(t: Any, chunk: bytes) -> None:
-    """Received bytes to a transport: straight to data_received in its plain state."""
+def _deliver(t: Any, data: Any, view: memoryview, a: int, b: int) -> None:
+    """Received bytes [a, b) of the data region to a transport: straight to
+    data_received in its plain state; a BufferedProtocol copies them once,
+    from the region into its own buffer, with no bytes object between."""
     cb = t._recv_cb
     if cb is not None:
         try:
-            cb(chunk)
+            cb(data[a:b])
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             t._callback_failed(exc)
+    elif t._buffered:
+        t._on_view(view[a:b])
     else:
-        t._on_data(chunk)
+        t._on_data(data[a:b])
 
 
 class _Listener:
@@ -204,6 +208,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         """
         conns = self._conns
         data = self._ring.data_bytes  # data[a:b] is bytes
+        view = self._ring.data_view
         polls = None
         heads = self._iter_heads(self._ring.events_view[: n * self._head_size])
         # A run of RECVs of one connection in adjacent provided buffers (a large
@@ -217,7 +222,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                     if slot == run_slot and off == run_end:
                         run_end = off + res
                         continue
-                    _deliver(run, data[run_start:run_end])
+                    _deliver(run, data, view, run_start, run_end)
                 t = conns.get(slot)
                 if t is None:
                     run = None
@@ -225,7 +230,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 run, run_slot, run_start, run_end = t, slot, off, off + res
                 continue
             if run is not None:
-                _deliver(run, data[run_start:run_end])
+                _deliver(run, data, view, run_start, run_end)
                 run = None
             if kind == _EV_POLL:
                 if polls is None:
@@ -260,7 +265,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 if t is not None:
                     t._on_send_error(res)
         if run is not None:
-            _deliver(run, data[run_start:run_end])
+            _deliver(run, data, view, run_start, run_end)
         return polls
 
     def _on_accept(self, ev: Any) -> None:

@@ -221,6 +221,17 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
             return
         self._feed(data)
 
+    def _on_view(self, view: memoryview) -> None:
+        """A BufferedProtocol's RECV: `view` is the ring's buffer, valid until
+        the loop next waits, so it is copied into the protocol's buffer now,
+        or into bytes if it has to wait (paused, or behind held data)."""
+        if self._closing:
+            return
+        if self._paused or self._held:
+            self._held.append((0, bytes(view)))
+            return
+        self._feed(view)
+
     def _feed(self, data: Any) -> None:
         try:
             if self._buffered:
