@@ -147,6 +147,7 @@ def main() -> int:
         "and NAME@DIR for another checkout (before/after a change)",
     )
     p.add_argument("--no-static", action="store_true")
+    p.add_argument("--file-sizes", default="1048576", help="static file sizes in bytes, comma-separated (1048576)")
     p.add_argument("--client", choices=["loadtest", "wrk"], default="loadtest", help="the load generator (loadtest)")
     args = p.parse_args()
     for tool in ("wrk", "nginx", "curl", "taskset"):
@@ -156,21 +157,24 @@ def main() -> int:
     static_names = [n for n in names if n.partition("@")[0] in ("uringserve", "nginx")]
     with tempfile.TemporaryDirectory() as static:
         os.chmod(static, 0o755)
-        Path(static, "1mb.bin").write_bytes(os.urandom(1 << 20))
-        Path(static, "1mb.bin").chmod(0o644)
+        sizes = [int(x) for x in args.file_sizes.split(",")]
+        for size in sizes:
+            Path(static, f"{size}.bin").write_bytes(os.urandom(size))
+            Path(static, f"{size}.bin").chmod(0o644)
         hello: dict[str, list] = {n: [] for n in names}
-        files: dict[str, list] = {n: [] for n in static_names}
+        files: dict[int, dict[str, list]] = {size: {n: [] for n in static_names} for size in sizes}
         for rnd in range(args.rounds):
             for n in names:
                 r = run_one(n, "/", args.conns, args.seconds, static, args.client)
                 hello[n].append(r)
                 print(f"round {rnd + 1} hello {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr, flush=True)
             if not args.no_static:
-                for n in static_names:
-                    r = run_one(n, "/static/1mb.bin", args.static_conns, args.seconds, static, args.client)
-                    files[n].append(r)
+                for size in sizes:
+                    for n in static_names:
+                        r = run_one(n, f"/static/{size}.bin", args.static_conns, args.seconds, static, args.client)
+                        files[size][n].append(r)
                     print(
-                        f"round {rnd + 1} 1MiB  {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req",
+                        f"round {rnd + 1} {size:7} B {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -181,8 +185,9 @@ def main() -> int:
     print("ratios: server CPU per request against the peer; 'paired' = median of within-round ratios\n")
     print(summary(hello, names, [x for x in ("nginx", "uvicorn", "granian") if x in names], "req", "req/s"))
     if not args.no_static and static_names:
-        print(f"\n1 MiB static file: {args.client} -c{args.static_conns} -d{args.seconds}s")
-        print(summary(files, static_names, ["nginx"] if "nginx" in static_names else [], "req", "req/s"))
+        for size in sizes:
+            print(f"\n{size} B static file: {args.client} -c{args.static_conns} -d{args.seconds}s")
+            print(summary(files[size], static_names, ["nginx"] if "nginx" in static_names else [], "req", "req/s"))
     return 0
 
 

@@ -17,6 +17,7 @@ from test_http_server import H, run
 
 from uringserve import ring
 from uringserve.http import Request, Response, StaticFiles
+from uringserve.http.messages import FileResponse, Headers
 
 
 @pytest.fixture(params=["openat2", "realpath"])
@@ -242,3 +243,33 @@ def test_methods_other_than_get_and_head(h, site) -> None:
 def test_static_root_must_exist(tmp_path) -> None:
     with pytest.raises(NotADirectoryError, match="not a directory"):
         StaticFiles(str(tmp_path / "nope"))
+
+
+def test_small_files_are_answered_from_memory_and_follow_changes(tmp_path) -> None:
+    """A file up to SMALL_FILE is read once per version and answered as one
+    prepared Response; written again (new size or mtime), the new bytes are
+    served; a larger file still goes through the ring's file path."""
+    from uringserve.http import static as static_mod
+
+    root = tmp_path / "root"
+    root.mkdir()
+    small = root / "small.txt"
+    small.write_bytes(b"first version\n")
+    big = root / "big.bin"
+    big.write_bytes(os.urandom(static_mod.SMALL_FILE + 1))
+    files = static_mod.StaticFiles(str(root))
+    try:
+        headers = Headers([])
+        r1 = files.response("GET", b"/small.txt", headers)
+        assert isinstance(r1, Response) and r1.body == b"first version\n"
+        assert files.response("GET", b"/small.txt", headers) is r1  # the same prepared response
+        assert (b"ETag", files.open(b"/small.txt").etag) in r1.headers
+        small.write_bytes(b"second, longer version\n")
+        r2 = files.response("GET", b"/small.txt", headers)
+        assert r2.body == b"second, longer version\n"
+        assert isinstance(files.response("GET", b"/big.bin", headers), FileResponse)
+        # a conditional request still gets its 304 (not the cached 200)
+        etag = files.open(b"/small.txt").etag.decode()
+        assert files.response("GET", b"/small.txt", Headers([(b"if-none-match", etag.encode())])).status == 304
+    finally:
+        files.close()
