@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import echo_bench  # noqa: E402
 import http_bench  # noqa: E402
+import idle_bench  # noqa: E402
 import loadgen_bench  # noqa: E402
 from _common import ROOT, free_port, loadtest, summary, wait_listening  # noqa: E402
 
@@ -181,7 +182,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--out", default=str(ROOT / "bench" / "build" / "report.md"))
-    p.add_argument("--only", default="echo,http,ablation,loadgen")
+    p.add_argument("--only", default="echo,http,ablation,loadgen,idle")
     args = p.parse_args()
     only = set(args.only.split(","))
     started = time.time()
@@ -200,6 +201,11 @@ def main() -> int:
         parts += [
             "## io_uring features, echo over 1,000 connections",
             ablation(args.rounds, args.seconds, 1000, [64, 4096]),
+        ]
+    if "idle" in only:
+        parts += [
+            "## Memory per idle connection",
+            "```\n" + idle_bench.report(10000, ["asyncio", "uvloop", "uring"]) + "\n```",
         ]
     if "loadgen" in only:
         loadgen_bench.build()
