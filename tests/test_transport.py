@@ -455,64 +455,29 @@ def test_peer_reset_reports_connection_lost_with_error(h) -> None:
     assert not h.errors  # a reset is an OSError: logged in debug only, as asyncio does
 
 
-def test_buffered_protocol(h) -> None:
-    got = bytearray()
+class EchoBuffered(asyncio.BufferedProtocol):
+    """Echoes through a 1000-byte buffer: smaller than what arrives at once."""
 
-    class Buffered(asyncio.BufferedProtocol):
-        def connection_made(self, transport) -> None:
-            self.t = transport
-            self.buf = bytearray(1000)  # smaller than what arrives at once
+    def connection_made(self, transport) -> None:
+        self.t = transport
+        self.buf = bytearray(1000)
 
-        def get_buffer(self, sizehint: int) -> bytearray:
-            return self.buf
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buf
 
-        def buffer_updated(self, nbytes: int) -> None:
-            got.extend(self.buf[:nbytes])
-            self.t.write(bytes(self.buf[:nbytes]))
+    def buffer_updated(self, nbytes: int) -> None:
+        self.t.write(bytes(self.buf[:nbytes]))
 
-        def eof_received(self) -> None:
-            return None
-
-    async def main() -> None:
-        server, port = await start(h.loop, Buffered)
-        payload = os.urandom(300000)
-        result: dict = {}
-        t = blocking_client(port, payload, len(payload), result)
-        while t.is_alive():
-            await asyncio.sleep(0.02)
-        await close_server(server)
-        assert result.get("data") == payload
-
-    h.run(main())
-    assert not h.errors
+    def eof_received(self) -> None:
+        return None
 
 
-def test_buffered_protocol_that_pauses_gets_every_byte(h) -> None:
-    """On the ring a BufferedProtocol is fed from the provided buffer itself
-    (valid until the loop next waits): whatever arrives while it is paused
-    must be kept as a copy, not as a view of a buffer the kernel reuses."""
-    got = bytearray()
-
-    class Pausing(asyncio.BufferedProtocol):
-        def connection_made(self, transport) -> None:
-            self.t = transport
-            self.buf = bytearray(3000)
-
-        def get_buffer(self, sizehint: int) -> bytearray:
-            return self.buf
-
-        def buffer_updated(self, nbytes: int) -> None:
-            got.extend(self.buf[:nbytes])
-            self.t.write(bytes(self.buf[:nbytes]))
-            self.t.pause_reading()  # more of this batch waits in the transport
-            asyncio.get_running_loop().call_later(0.001, self.t.resume_reading)
-
-        def eof_received(self) -> None:
-            return None
+def echo_through(h, factory, size: int) -> None:
+    """`size` random bytes through a server made by `factory` must come back whole."""
 
     async def main() -> None:
-        server, port = await start(h.loop, Pausing)
-        payload = os.urandom(1_000_000)
+        server, port = await start(h.loop, factory)
+        payload = os.urandom(size)
         result: dict = {}
         t = blocking_client(port, payload, len(payload), result)
         while t.is_alive():
@@ -522,6 +487,24 @@ def test_buffered_protocol_that_pauses_gets_every_byte(h) -> None:
 
     h.run(main(), timeout=60)
     assert not h.errors
+
+
+def test_buffered_protocol(h) -> None:
+    echo_through(h, EchoBuffered, 300_000)
+
+
+def test_buffered_protocol_that_pauses_gets_every_byte(h) -> None:
+    """On the ring a BufferedProtocol is fed from the provided buffer itself
+    (valid until the loop next waits): whatever arrives while it is paused
+    must be kept as a copy, not as a view of a buffer the kernel reuses."""
+
+    class Pausing(EchoBuffered):
+        def buffer_updated(self, nbytes: int) -> None:
+            super().buffer_updated(nbytes)
+            self.t.pause_reading()  # more of this batch waits in the transport
+            asyncio.get_running_loop().call_later(0.001, self.t.resume_reading)
+
+    echo_through(h, Pausing, 1_000_000)
 
 
 def test_extra_info(h) -> None:
