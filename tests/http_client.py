@@ -12,6 +12,7 @@ delays the answer but cannot change it; `timeout` only bounds a hang."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -82,17 +83,23 @@ def exchange(
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     raw = bytearray()
     closed = False
+    sender = None
+    send_failed: list[BaseException] = []
     try:
-        try:
-            if bytewise:
+        if bytewise:
+            try:
                 for i in range(len(data)):
                     s.send(data[i : i + 1])
                     if pause:
                         time.sleep(pause)
-            else:
-                s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may answer and close before all was sent
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server may answer and close before all was sent
+        else:
+            # sent beside the reads: a server that stops reading a client that
+            # does not read its responses (as ours does) would otherwise
+            # deadlock with a sendall() of more than the socket buffers hold
+            sender = threading.Thread(target=_send_all, args=(s, data, send_failed), daemon=True)
+            sender.start()
         deadline = time.monotonic() + timeout
         while len(col.done) < responses and time.monotonic() < deadline:
             try:
@@ -110,11 +117,24 @@ def exchange(
                 break
             raw += chunk
             _feed(col, chunk, head_for)
+        if sender is not None:
+            sender.join(max(0.0, deadline - time.monotonic()))
+            if sender.is_alive() or send_failed:
+                raise AssertionError(f"the server stopped reading before all the requests were sent {send_failed}")
         if not closed:
             closed = _probe_closed(s, raw, time.monotonic() + timeout)
     finally:
         s.close()
     return Result(col.done, closed, bytes(raw))
+
+
+def _send_all(s: socket.socket, data: bytes, failed: list[BaseException]) -> None:
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may answer and close before all was sent
+    except OSError as exc:  # a timeout: reported by exchange() in the test's thread
+        failed.append(exc)
 
 
 def _probe_closed(s: socket.socket, raw: bytearray, deadline: float) -> bool:

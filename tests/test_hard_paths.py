@@ -572,44 +572,6 @@ def test_a_connection_stays_usable_after_the_arena_filled() -> None:
     assert second == b"again" and rest == b""
 
 
-def test_a_message_spanning_adjacent_buffers_is_one_data_received() -> None:
-    """RECVs of one connection in adjacent provided buffers, reaped together,
-    are delivered as one bytes object: 64 KiB over 4 KiB buffers is not 16
-    calls and 16 writes. Bytes and order are exact whatever the grouping."""
-    cfg = RingConfig(buf_count=64, buf_size=4096)
-    sizes: list[int] = []
-    got = bytearray()
-    done = asyncio.Event()
-    total = 40 * 65536
-    payload = os.urandom(total)
-
-    class Count(asyncio.Protocol):
-        def data_received(self, data: bytes) -> None:
-            sizes.append(len(data))
-            got.extend(data)
-            if len(got) == total:
-                done.set()
-
-    async def main(loop):
-        server = await loop.create_server(Count, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-
-        def send() -> None:
-            with socket.create_connection(("127.0.0.1", port)) as s:
-                for k in range(0, total, 65536):
-                    s.sendall(payload[k : k + 65536])
-
-        await loop.run_in_executor(None, send)
-        await asyncio.wait_for(done.wait(), 20)
-        server.close()
-        await server.wait_closed()
-
-    _, stats = run_uring(cfg, main)
-    assert bytes(got) == payload
-    assert max(sizes) > 4096  # buffers were joined
-    assert len(sizes) < stats["recvs"]  # fewer calls than completions
-
-
 @pytest.mark.parametrize("send_mode", ["auto", "zc", "zc_fixed"])
 def test_large_writes_over_a_unix_socket_fall_back_from_send_zc(send_mode: str, tmp_path) -> None:
     """AF_UNIX has no zero-copy send: the kernel answers send_zc with

@@ -286,6 +286,15 @@ def test_close_flushes_then_connection_lost_once(h) -> None:
     assert [x for x in log if isinstance(x, tuple)] == [("lost", None)]
 
 
+def small_send_buffer(h, transport) -> None:
+    """On the stdlib loop a write goes to send() at once, and under load a
+    peer reading quickly lets the kernel take all of 4 MiB: no pause. A 64 KiB
+    send buffer makes the pause certain. (On the ring the core's queue, not
+    the kernel's buffer, decides, and the transport has no fd to set.)"""
+    if not h.uring:
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+
+
 def test_paused_writer_that_closed_writes_last_words_on_resume(h) -> None:
     """asyncio calls resume_writing() while a closing transport drains, and
     what the protocol writes then is still sent (TLS sends close_notify so)."""
@@ -295,6 +304,7 @@ def test_paused_writer_that_closed_writes_last_words_on_resume(h) -> None:
     class LastWords(asyncio.Protocol):
         def connection_made(self, transport) -> None:
             self.transport = transport
+            small_send_buffer(h, transport)
             transport.write(body)  # far above high-water: paused
             events.append("paused" if self.paused else "not paused")
             transport.close()
@@ -722,6 +732,7 @@ def test_flow_control_callback_errors_go_to_the_handler(h) -> None:
     class Raising(asyncio.Protocol):
         def connection_made(self, transport) -> None:
             self.transport = transport
+            small_send_buffer(h, transport)
             transport.write(body)
             transport.close()
 

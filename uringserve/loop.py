@@ -44,24 +44,6 @@ _EV_WRITABLE, _EV_SEND_ERR, _EV_CLOSED = _ring.EV_WRITABLE, _ring.EV_SEND_ERR, _
 _EV_SHUTDOWN, _EV_POLL, _EV_ARENA = _ring.EV_SHUTDOWN, _ring.EV_POLL, _ring.EV_ARENA
 
 
-def _deliver(t: Any, data: Any, view: memoryview, a: int, b: int) -> None:
-    """Received bytes [a, b) of the data region to a transport: straight to
-    data_received in its plain state; a BufferedProtocol copies them once,
-    from the region into its own buffer, with no bytes object between."""
-    cb = t._recv_cb
-    if cb is not None:
-        try:
-            cb(data[a:b])
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            t._callback_failed(exc)
-    elif t._buffered:
-        t._on_view(view[a:b])
-    else:
-        t._on_data(data[a:b])
-
-
 class _Listener:
     __slots__ = ("lid", "sock", "protocol_factory", "server", "ssl", "ssl_timeouts")
 
@@ -211,27 +193,25 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         view = self._ring.data_view
         polls = None
         heads = self._iter_heads(self._ring.events_view[: n * self._head_size])
-        # A run of RECVs of one connection in adjacent provided buffers (a large
-        # message arrives as several) is delivered as one slice: one bytes
-        # object, one data_received, one write back, instead of one per buffer.
-        run: Any = None  # the transport of the run not yet delivered
-        run_slot = run_start = run_end = -1
         for i, (kind, slot, res, off, gen, flags) in enumerate(heads):
             if kind == _EV_RECV:
-                if run is not None:
-                    if slot == run_slot and off == run_end:
-                        run_end = off + res
-                        continue
-                    _deliver(run, data, view, run_start, run_end)
                 t = conns.get(slot)
                 if t is None:
-                    run = None
                     continue
-                run, run_slot, run_start, run_end = t, slot, off, off + res
+                cb = t._recv_cb
+                if cb is not None:
+                    try:
+                        cb(data[off : off + res])
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        t._callback_failed(exc)
+                elif t._buffered:
+                    # copied once, from the provided buffer into get_buffer()
+                    t._on_view(view[off : off + res])
+                else:
+                    t._on_data(data[off : off + res])
                 continue
-            if run is not None:
-                _deliver(run, data, view, run_start, run_end)
-                run = None
             if kind == _EV_POLL:
                 if polls is None:
                     polls = []
@@ -264,8 +244,6 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 t = conns.get(slot)
                 if t is not None:
                     t._on_send_error(res)
-        if run is not None:
-            _deliver(run, data, view, run_start, run_end)
         return polls
 
     def _on_accept(self, ev: Any) -> None:
