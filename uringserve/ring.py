@@ -459,17 +459,15 @@ class Load:
             raise ValueError(f"{len(sequences)} request sequences for {conns} connections")
         self.ring = ring
         stage = lib.us_stage_region(ring.handle, size := ffi.new("size_t *"))
-        offsets, off = [], 0
-        for data, _ in units:
-            offsets.append(off)
-            off += len(data)
-        if off > size[0]:
-            raise ValueError(f"{off} bytes of requests do not fit the ring's stage of {size[0]} bytes")
-        for (data, _), o in zip(units, offsets, strict=True):
-            ffi.memmove(stage + o, data, len(data))
+        total = sum(len(data) for data, _ in units)
+        if total > size[0]:
+            raise ValueError(f"{total} bytes of requests do not fit the ring's stage of {size[0]} bytes")
         cunits = ffi.new("struct us_load_unit[]", len(units))
-        for k, ((data, count), o) in enumerate(zip(units, offsets, strict=True)):
-            cunits[k].off, cunits[k].len, cunits[k].count = o, len(data), count
+        off = 0
+        for k, (data, count) in enumerate(units):
+            ffi.memmove(stage + off, data, len(data))
+            cunits[k].off, cunits[k].len, cunits[k].count = off, len(data), count
+            off += len(data)
         flat = [u for seq in sequences for u in seq]
         seq_off = [0]
         for seq in sequences:

@@ -51,7 +51,6 @@ struct lconn {
     int64_t retry_at;           /* L_IDLE after a failed connect: not before */
     uint64_t echo_off;          /* echo: bytes of the oldest unsent-back unit already compared */
     uint32_t echo_unit;         /* echo: the unit being compared */
-    uint64_t echo_k;            /* echo: units fully echoed */
 };
 
 struct rec {
@@ -62,7 +61,6 @@ struct us_load {
     struct us_ring *r;
     struct us_load_conf cf;
     struct us_load_unit *units;
-    uint32_t nunits;
     uint32_t *seq;
     struct lconn *lc;
     struct rec *recs;           /* conns * depth */
@@ -632,7 +630,6 @@ struct us_load *us_load_new(struct us_ring *r, const struct us_load_conf *cf,
     l->r = r;
     l->cf = *cf;
     l->stage = stage;
-    l->nunits = nunits;
     l->nslots = us_table_size(r);
     l->units = malloc(nunits * sizeof(*units));
     l->seq = malloc(seq_off[cf->conns] * sizeof(uint32_t));
