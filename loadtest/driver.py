@@ -39,6 +39,35 @@ def ring_config(plan: Plan) -> ring.RingConfig:
     return ring.RingConfig(**options)
 
 
+class Window:
+    """The measured window of one process: its edges (reported to
+    `on_window`, where the server's CPU is sampled), this process's CPU over
+    it, and the requests/s of each slice. Both drivers keep it the same way."""
+
+    def __init__(self, duration: float, on_window: Callable[[str], None] | None) -> None:
+        self._on_window = on_window
+        if on_window:
+            on_window("before")
+        self.t0 = self._last_t = time.monotonic_ns()
+        self.end = self.t0 + round(duration * 1e9)
+        self._cpu0 = cpu.process_ns(os.getpid())
+        self._last = 0
+        self.samples: list[float] = []
+
+    def sample(self, responses: int) -> None:
+        t = time.monotonic_ns()
+        if t > self._last_t:
+            self.samples.append((responses - self._last) * 1e9 / (t - self._last_t))
+        self._last, self._last_t = responses, t
+
+    def close(self) -> dict[str, Any]:
+        elapsed = time.monotonic_ns() - self.t0
+        cpu_used = cpu.process_ns(os.getpid()) - self._cpu0
+        if self._on_window:
+            self._on_window("after")
+        return {"elapsed_ns": elapsed, "cpu_ns": cpu_used, "samples": self.samples}
+
+
 def run_share(
     plan: Plan,
     start_at: int,
@@ -74,29 +103,14 @@ def run_share(
         if plan.warmup > 0:
             load.run(start_at + round(plan.warmup * 1e9))
             load.reset()
-        if on_window:
-            on_window("before")
-        t0 = time.monotonic_ns()
-        cpu0 = cpu.process_ns(os.getpid())
-        end = t0 + round(plan.duration * 1e9)
-        samples = []
-        last, last_t = 0, t0
-        while True:
-            now = time.monotonic_ns()
-            if now >= end:
-                break
-            load.run(min(end, now + round(SLICE * 1e9)))
+        window = Window(plan.duration, on_window)
+        while (now := time.monotonic_ns()) < window.end:
+            load.run(min(window.end, now + round(SLICE * 1e9)))
             st = load.stats()
-            t = time.monotonic_ns()
-            if t - last_t > 0:
-                samples.append((st["responses"] - last) * 1e9 / (t - last_t))
-            last, last_t = st["responses"], t
+            window.sample(st["responses"])
             if progress:
                 progress(st)
-        elapsed = time.monotonic_ns() - t0
-        cpu_used = cpu.process_ns(os.getpid()) - cpu0
-        if on_window:
-            on_window("after")
+        measured = window.close()
         stats = load.stats()
         hist = {"uncorrected": load.histogram(False), "corrected": load.histogram(True)}
         left = load.stop(time.monotonic_ns() + 2_000_000_000)
@@ -104,11 +118,9 @@ def run_share(
     finally:
         r.close()
     return {
+        **measured,
         "stats": stats,
         "hist": hist,
-        "elapsed_ns": elapsed,
-        "cpu_ns": cpu_used,
-        "samples": samples,
         "left_open": left,
         "ring": {
             k: ring_stats[k]

@@ -11,7 +11,6 @@ native driver (it is for TLS servers, whose own cost is higher too).
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import time
 from collections.abc import Callable
@@ -20,10 +19,8 @@ from typing import Any
 import uringserve
 from uringserve import ring
 
-from . import cpu
+from .driver import SLICE, Window
 from .plan import Plan
-
-SLICE = 0.1
 
 
 class _Drop(Exception):
@@ -178,23 +175,13 @@ async def _main(
     if p.warmup > 0:
         await asyncio.sleep(p.warmup)
         load.reset()
-    if on_window:
-        on_window("before")
-    t0 = time.monotonic_ns()
-    cpu0 = cpu.process_ns(os.getpid())
-    end = t0 + round(p.duration * 1e9)
-    samples, last, last_t = [], 0, t0
-    while (now := time.monotonic_ns()) < end:
-        await asyncio.sleep(min(SLICE, (end - now) / 1e9))
-        t = time.monotonic_ns()
-        samples.append((load.stats["responses"] - last) * 1e9 / (t - last_t))
-        last, last_t = load.stats["responses"], t
+    window = Window(p.duration, on_window)
+    while (now := time.monotonic_ns()) < window.end:
+        await asyncio.sleep(min(SLICE, (window.end - now) / 1e9))
+        window.sample(load.stats["responses"])
         if progress:
             progress(load.stats)
-    elapsed = time.monotonic_ns() - t0
-    cpu_used = cpu.process_ns(os.getpid()) - cpu0
-    if on_window:
-        on_window("after")
+    measured = window.close()
     stats = {**load.stats, "errors": dict(load.stats["errors"]), "by_class": list(load.stats["by_class"])}
     hist = {"uncorrected": sorted(load.hist[0].items()), "corrected": sorted(load.hist[1].items())}
     load.running = False
@@ -206,11 +193,9 @@ async def _main(
     await asyncio.sleep(0)  # connection_lost of the aborted transports
     rs = asyncio.get_running_loop().ring_stats()  # type: ignore[attr-defined]
     return {
+        **measured,
         "stats": stats,
         "hist": hist,
-        "elapsed_ns": elapsed,
-        "cpu_ns": cpu_used,
-        "samples": samples,
         "left_open": 0,
         "ring": {k: rs.get(k, 0) for k in ("staged_sends", "zc_sends", "zc_copied", "plain_sends", "recvs")},
     }
