@@ -110,6 +110,24 @@ def run_one(cmd: list[str], size: int, conns: int, seconds: float, client: str =
         stop(proc)
 
 
+def interleaved(
+    servers: dict[str, list[str]], sizes: list[int], conns: int, seconds: float, rounds: int, client: str = "loadtest"
+) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """Every (server, size) once per round, in turn: (msgs/s, server CPU us/msg) per round."""
+    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for rnd in range(rounds):
+        for size in sizes:
+            for name, cmd in servers.items():
+                r = run_one(cmd, size, conns, seconds, client)
+                results.setdefault((name, size), []).append(r)
+                print(
+                    f"round {rnd + 1} {name:22} {size:5} B  {r[0]:10.0f} msg/s  {r[1]:6.2f} us/msg",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return results
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description="interleaved echo benchmark")
     p.add_argument("--rounds", type=int, default=5)
@@ -131,17 +149,7 @@ def main() -> int:
     if args.ablations:
         servers.update(ABLATIONS)
     sizes = [int(s) for s in args.sizes.split(",")]
-    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for rnd in range(args.rounds):
-        for size in sizes:
-            for name, cmd in servers.items():
-                r = run_one(cmd, size, args.conns, args.seconds, args.client)
-                results.setdefault((name, size), []).append(r)
-                print(
-                    f"round {rnd + 1} {name:22} {size:5} B  {r[0]:10.0f} msg/s  {r[1]:6.2f} us/msg",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    results = interleaved(servers, sizes, args.conns, args.seconds, args.rounds, args.client)
     print(
         f"\nmedians over {args.rounds} rounds, {args.conns} connections, ping-pong, "
         f"{args.seconds:g}s each; server on CPU 0, load on CPU 1"

@@ -134,6 +134,42 @@ def run_one(
     return reqs / secs, (t1 - t0) / TICK * 1e6 / max(reqs, 1)
 
 
+def interleaved(
+    names: list[str],
+    static_names: list[str],
+    sizes: list[int],
+    rounds: int,
+    seconds: float,
+    conns: int,
+    static_conns: int,
+    client: str = "loadtest",
+) -> tuple[dict[str, list], dict[int, dict[str, list]]]:
+    """Hello on every server, then each static file size on `static_names`,
+    once per round: (req/s, server CPU us/req) per round."""
+    hello: dict[str, list] = {n: [] for n in names}
+    files: dict[int, dict[str, list]] = {size: {n: [] for n in static_names} for size in sizes}
+    with tempfile.TemporaryDirectory() as static:
+        os.chmod(static, 0o755)
+        for size in sizes:
+            Path(static, f"{size}.bin").write_bytes(os.urandom(size))
+            Path(static, f"{size}.bin").chmod(0o644)
+        for rnd in range(rounds):
+            for n in names:
+                r = run_one(n, "/", conns, seconds, static, client)
+                hello[n].append(r)
+                print(f"round {rnd + 1} hello {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr, flush=True)
+            for size in sizes:
+                for n in static_names:
+                    r = run_one(n, f"/static/{size}.bin", static_conns, seconds, static, client)
+                    files[size][n].append(r)
+                    print(
+                        f"round {rnd + 1} {size:7} B {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return hello, files
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -155,36 +191,17 @@ def main() -> int:
             sys.exit(f"{tool} is missing: `make bench-http` installs what this benchmark needs")
     names = args.servers.split(",")
     static_names = [n for n in names if n.partition("@")[0] in ("uringserve", "nginx")]
-    with tempfile.TemporaryDirectory() as static:
-        os.chmod(static, 0o755)
-        sizes = [int(x) for x in args.file_sizes.split(",")]
-        for size in sizes:
-            Path(static, f"{size}.bin").write_bytes(os.urandom(size))
-            Path(static, f"{size}.bin").chmod(0o644)
-        hello: dict[str, list] = {n: [] for n in names}
-        files: dict[int, dict[str, list]] = {size: {n: [] for n in static_names} for size in sizes}
-        for rnd in range(args.rounds):
-            for n in names:
-                r = run_one(n, "/", args.conns, args.seconds, static, args.client)
-                hello[n].append(r)
-                print(f"round {rnd + 1} hello {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr, flush=True)
-            if not args.no_static:
-                for size in sizes:
-                    for n in static_names:
-                        r = run_one(n, f"/static/{size}.bin", args.static_conns, args.seconds, static, args.client)
-                        files[size][n].append(r)
-                    print(
-                        f"round {rnd + 1} {size:7} B {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+    sizes = [] if args.no_static else [int(x) for x in args.file_sizes.split(",")]
+    hello, files = interleaved(
+        names, static_names, sizes, args.rounds, args.seconds, args.conns, args.static_conns, args.client
+    )
     print(
         f"\nhello world: {args.client} -c{args.conns} -d{args.seconds}s, medians over {args.rounds} rounds; "
         f"server on CPU 0, {args.client} on CPU 1"
     )
     print("ratios: server CPU per request against the peer; 'paired' = median of within-round ratios\n")
     print(summary(hello, names, [x for x in ("nginx", "uvicorn", "granian") if x in names], "req", "req/s"))
-    if not args.no_static and static_names:
+    if static_names:
         for size in sizes:
             print(f"\n{size} B static file: {args.client} -c{args.static_conns} -d{args.seconds}s")
             print(summary(files[size], static_names, ["nginx"] if "nginx" in static_names else [], "req", "req/s"))

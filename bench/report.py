@@ -130,18 +130,8 @@ def ablation(rounds: int, seconds: float, conns: int, sizes: list[int]) -> str:
 def echo_section(rounds: int, seconds: float, conns: int, sizes: list[int]) -> str:
     echo_bench.build()
     servers = dict(echo_bench.SERVERS)
+    results = echo_bench.interleaved(servers, sizes, conns, seconds, rounds)
     out = []
-    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for rnd in range(rounds):
-        for size in sizes:
-            for name, cmd in servers.items():
-                r = echo_bench.run_one(cmd, size, conns, seconds, "loadtest")
-                results.setdefault((name, size), []).append(r)
-                print(
-                    f"round {rnd + 1} echo {name:8} {size:6} B {r[0]:9.0f} msg/s {r[1]:6.2f} us/msg",
-                    file=sys.stderr,
-                    flush=True,
-                )
     for size in sizes:
         per = {n: results[(n, size)] for n in servers}
         out.append(
@@ -153,26 +143,12 @@ def echo_section(rounds: int, seconds: float, conns: int, sizes: list[int]) -> s
 def http_section(rounds: int, seconds: float, conns: int) -> str:
     names = ["uringserve", "uringserve-asgi", "uvicorn", "granian", "nginx"]
     static_names = ["uringserve", "nginx"]
-    hello: dict[str, list] = {n: [] for n in names}
-    files: dict[str, list] = {n: [] for n in static_names}
-    with tempfile.TemporaryDirectory() as static:
-        os.chmod(static, 0o755)
-        Path(static, "1mb.bin").write_bytes(os.urandom(1 << 20))
-        Path(static, "1mb.bin").chmod(0o644)
-        for rnd in range(rounds):
-            for n in names:
-                r = http_bench.run_one(n, "/", conns, seconds, static, "loadtest")
-                hello[n].append(r)
-                print(f"round {rnd + 1} hello {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr, flush=True)
-            for n in static_names:
-                r = http_bench.run_one(n, "/static/1mb.bin", 16, seconds, static, "loadtest")
-                files[n].append(r)
-                print(f"round {rnd + 1} 1MiB  {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr, flush=True)
+    hello, files = http_bench.interleaved(names, static_names, [1 << 20], rounds, seconds, conns, 16)
     return (
         f"**hello world**, {conns} connections\n\n```\n"
         + summary(hello, names, ["nginx", "uvicorn", "granian"], "req", "req/s")
         + "\n```\n\n**1 MiB static file**, 16 connections\n\n```\n"
-        + summary(files, static_names, ["nginx"], "req", "req/s")
+        + summary(files[1 << 20], static_names, ["nginx"], "req", "req/s")
         + "\n```"
     )
 
