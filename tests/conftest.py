@@ -11,13 +11,18 @@ import asyncio
 import gc
 import os
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import uringserve
+
+ROOT = Path(__file__).resolve().parent.parent
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -141,3 +146,42 @@ async def serve_and_read(loop: asyncio.AbstractEventLoop, factory: Callable[[], 
     server.close()
     await server.wait_closed()
     return data
+
+
+class Proc:
+    """A server process of the repository's, stopped by stop()."""
+
+    def __init__(self, args: list[str], port: int, ready: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        out = subprocess.PIPE if ready else subprocess.DEVNULL
+        self.p = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+        if ready:
+            assert self.p.stdout
+            line = self.p.stdout.readline()
+            assert ready in line, line
+        else:
+            wait_port(port, self.p)
+
+    def stop(self) -> None:
+        self.p.terminate()
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+        if self.p.stdout:
+            self.p.stdout.close()
+
+
+def wait_port(port: int, p: subprocess.Popen[str]) -> None:
+    """Until something listens on `port`; an error if `p` exits first."""
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        if p.poll() is not None:
+            raise RuntimeError(f"server exited with {p.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not listen")

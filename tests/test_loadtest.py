@@ -28,51 +28,12 @@ from loadtest import build_plan, run
 from loadtest.plan import PlanError
 from loadtest.report import PERCENTILES, hist_summary, text, to_json
 from loadtest.run import histogram_from, new_histogram
-from tests.conftest import free_port, open_fds
+from tests.conftest import Proc, free_port, open_fds
 from uringserve import ring
 
 ROOT = Path(__file__).resolve().parent.parent
 HIST = new_histogram()
 PY = sys.executable
-
-
-class Proc:
-    def __init__(self, args: list[str], port: int, ready: str | None = None) -> None:
-        self.port = port
-        out = subprocess.PIPE if ready else subprocess.DEVNULL
-        self.p = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
-        if ready:
-            assert self.p.stdout
-            line = self.p.stdout.readline()
-            assert ready in line, line
-        else:
-            _wait_port(port, self.p)
-
-    def stop(self) -> None:
-        self.p.terminate()
-        try:
-            self.p.wait(10)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-        if self.p.stdout:
-            self.p.stdout.close()
-
-
-def _wait_port(port: int, p: subprocess.Popen[str]) -> None:
-    import socket
-    import time
-
-    end = time.monotonic() + 20
-    while time.monotonic() < end:
-        if p.poll() is not None:
-            raise RuntimeError(f"server exited with {p.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not listen")
 
 
 @pytest.fixture

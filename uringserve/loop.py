@@ -35,6 +35,8 @@ logger = logging.getLogger("uringserve")
 T = TypeVar("T")
 SETUP_SINGLE_ISSUER = 1 << 12
 _EAGER_START = sys.version_info >= (3, 12)
+# seconds between an accept error (EMFILE, ...) and the next try: asyncio's constants.ACCEPT_RETRY_DELAY
+ACCEPT_RETRY_DELAY = 1.0
 # what asyncio.current_task(loop) reads (a Python function on 3.11; this dict is _asyncio's, in C)
 _current_tasks: dict = getattr(asyncio.tasks, "_current_tasks", {})  # used below 3.12 only, where it exists
 
@@ -246,16 +248,25 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                     t._on_send_error(res)
         return polls
 
+    def _accept_again(self, lst: _Listener) -> None:
+        if self._listeners.get(lst.lid) is lst and not self.is_closed():
+            self._ring.listener_start(lst.lid)
+
     def _on_accept(self, ev: Any) -> None:
         if ev.res < 0:
             lst = self._listeners.get(ev.aux)
+            if lst is None:
+                return
+            # as asyncio's selector loop does: say so, wait, accept again
+            # (a close of ours re-arms it sooner when the table was full)
             self.call_exception_handler(
                 {
-                    "message": "accept on io_uring listener failed; the listener stopped",
+                    "message": f"accept failed; accepting again in {ACCEPT_RETRY_DELAY:g} second(s)",
                     "exception": OSError(-ev.res, f"accept: {os.strerror(-ev.res)}"),
-                    "socket": lst.sock if lst else None,
+                    "socket": lst.sock,
                 }
             )
+            self.call_later(ACCEPT_RETRY_DELAY, self._accept_again, lst)
             return
         slot, gen = ev.conn, ev.gen
         late = ev.flags & _ACCEPT_LATE

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import diagnose
+from . import diagnose, faults
 
 try:
     from ._native._core import ffi, lib
@@ -233,6 +233,11 @@ class Ring:
         c.stage_send = STAGE_SENDS[cfg.stage_send]
         err = ffi.new("int *")
         stage = ffi.new("int *")
+        planned = os.environ.get(faults.ENV)
+        if planned:  # tests run whole servers under faults (uringserve.faults)
+            ring_faults, setup_faults = faults.from_env()
+            for f in setup_faults:
+                faults.fail_next_setup(f)
         ptr = lib.us_ring_new(c, err, stage)
         if ptr == ffi.NULL:
             raise self._setup_error(err[0], stage[0], cfg)
@@ -257,6 +262,8 @@ class Ring:
         self._released = memoryview(ffi.buffer(lib.us_released(ptr), 4 * (cfg.ext_segments + 1))).cast("I")
         self._stats = ffi.new("struct us_stats *")
         self.fd = lib.us_ring_fd(ptr)
+        if planned and ring_faults:
+            faults.inject(self, ring_faults)
 
     @staticmethod
     def _setup_error(err: int, stage: int, cfg: RingConfig) -> OSError:

@@ -17,12 +17,15 @@ def _source(name: str) -> str:
     return str((HERE / name).relative_to(Path.cwd())) if HERE.is_relative_to(Path.cwd()) else str(HERE / name)
 
 
+# each module: its header's CDEF block, its #include, its source
+MODULES = ["core", "http_scan", "http_frame", "fs", "loadgen", "faults"]
+
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef("core.h") + _cdef("http_scan.h") + _cdef("http_frame.h") + _cdef("fs.h") + _cdef("loadgen.h"))
+ffibuilder.cdef("".join(_cdef(f"{m}.h") for m in MODULES))
 ffibuilder.set_source(
     "uringserve._native._core",
-    '#include "core.h"\n#include "http_scan.h"\n#include "http_frame.h"\n#include "fs.h"\n#include "loadgen.h"',
-    sources=[_source("core.c"), _source("http_scan.c"), _source("http_frame.c"), _source("fs.c"), _source("loadgen.c")],
+    "\n".join(f'#include "{m}.h"' for m in MODULES),
+    sources=[_source(f"{m}.c") for m in MODULES],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
 )

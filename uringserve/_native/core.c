@@ -50,6 +50,7 @@
 
 #include "abi.h"
 #include "core.h"
+#include "faults.h"
 
 #define NONE 0xFFFFFFFFu
 #define EV_ROOM 10 /* a bundle recv yields up to 8 RECV events + EOF/err */
@@ -57,7 +58,7 @@
 
 enum op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_SENDZC, OP_CLOSE, OP_SHUTDOWN,
           OP_CANCEL, OP_POLL, OP_POLL_REMOVE, OP_INSTALL, OP_LCLOSE, OP_ADOPT, OP_FREAD,
-          OP_FILE, OP_FILE_DROP, OP_SOCKET, OP_CONNECT };
+          OP_FILE, OP_FILE_DROP, OP_SOCKET, OP_CONNECT, OP_PROBE };
 
 #define MAX_TARGETS 4
 
@@ -193,7 +194,12 @@ struct us_ring {
     struct sockaddr_storage tgt[MAX_TARGETS];
     socklen_t tgtlen[MAX_TARGETS];
     struct us_stats st;
+    struct us_fault_plan *faults;   /* tests only (faults.h); NULL: no fault is ever injected */
 };
+
+/* the one check a ring without a fault plan pays per operation */
+#define FAULT_SQE(r, op, sqe) \
+    do { if (__builtin_expect((r)->faults != NULL, 0)) fault_apply_sqe((r)->faults, (op), (sqe)); } while (0)
 
 /* ---- syscalls ---------------------------------------------------------- */
 
@@ -466,6 +472,7 @@ static int submit_staged(struct us_ring *r, uint32_t slot, struct conn *c, uint3
         }
     }
     r->st.staged_sends++;
+    FAULT_SQE(r, US_FAULT_SEND, sqe);
     sent_inflight(r, c, ch, n);
     return 0;
 }
@@ -504,6 +511,7 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
     } else {
         r->st.plain_sends++;
     }
+    FAULT_SQE(r, US_FAULT_SEND, sqe);
     sent_inflight(r, c, ch, n);
     if (c->fseg != NONE)
         file_fill(r, slot, c); /* read the next piece while this one is sent */
@@ -675,6 +683,7 @@ static int arm_recv(struct us_ring *r, uint32_t slot, struct conn *c)
     }
     if (!sqe)
         return -EBUSY;
+    FAULT_SQE(r, US_FAULT_RECV, sqe);
     c->flags |= F_RECV_ARMED;
     return 0;
 }
@@ -792,6 +801,7 @@ static void arm_listener(struct us_ring *r, uint32_t lid)
             sqe->file_index = IORING_FILE_INDEX_ALLOC; /* SOCK_CLOEXEC is invalid for direct */
         else
             sqe->accept_flags = SOCK_CLOEXEC;
+        FAULT_SQE(r, US_FAULT_ACCEPT, sqe);
         a->busy = 1;
         l->inflight++;
         r->accepts_inflight++;
@@ -885,21 +895,27 @@ static void on_accept(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o
     int stale = !(l->used && l->active && l->gen == (uint16_t)UD_GEN(ud));
     int res = cqe->res;
     if (res < 0) {
-        if (res == -ECANCELED || stale)
+        if (stale)
+            return; /* cancelled by us_listener_stop() */
+        if (res == -ECANCELED || res == -ECONNABORTED || res == -EINTR || res == -EAGAIN || res == -EPROTO) {
+            /* this connection is gone (or none was taken): the next one */
+            if (res != -ECANCELED)
+                r->st.accept_errors++;
+            arm_listener(r, lid);
             return;
+        }
         r->st.accept_errors++;
         if (res == -ENFILE || res == -EMFILE || res == -ENOMEM || res == -ENOBUFS) {
-            /* out of slots or fds: wait for a close rather than spin */
+            /* out of slots or fds: re-armed by the next close, or by the
+             * caller's retry (us_listener_start) if nothing of ours closes */
             if (!l->starved)
                 r->st.accept_paused++;
             l->starved = 1;
             r->accept_starved = 1;
-        } else if (res == -ECONNABORTED || res == -EINTR || res == -EAGAIN || res == -EPROTO) {
-            arm_listener(r, lid);
-        } else {
-            struct us_event *e = emit(o, US_EV_ACCEPT, lid, l->gen, res);
-            e->aux = lid;
         }
+        /* the caller logs it and retries after a delay (never a spin) */
+        struct us_event *e = emit(o, US_EV_ACCEPT, lid, l->gen, res);
+        e->aux = lid;
         return;
     }
     uint32_t slot = (uint32_t)res;
@@ -1101,7 +1117,10 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
     struct conn *c = conn_get(r, slot, UD_GEN(ud));
     if (zc && (cqe->flags & IORING_CQE_F_NOTIF)) {
         r->st.zc_notifs++;
-        if ((uint32_t)cqe->res & IORING_NOTIF_USAGE_ZC_COPIED) {
+        uint32_t usage = (uint32_t)cqe->res;
+        if (r->faults && fault_fires(r->faults, US_FAULT_ZC_COPIED))
+            usage |= IORING_NOTIF_USAGE_ZC_COPIED;
+        if (usage & IORING_NOTIF_USAGE_ZC_COPIED) {
             r->st.zc_copied++;
             if (c)
                 c->flags |= F_NO_ZC; /* the kernel copied anyway: plain send is cheaper */
@@ -1946,6 +1965,9 @@ static int setup_bufring(struct us_ring *r)
         return -ENOMEM;
     r->br_mask = n - 1;
     struct io_uring_buf_reg reg = { .ring_addr = (uint64_t)(uintptr_t)r->br, .ring_entries = n, .bgid = 0 };
+    int injected = fault_setup_take(US_SETUP_FAULT_BUF_RING);
+    if (injected)
+        return -injected;
     if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0)
         return -errno;
     uint32_t initial = n < 64 ? n : 64;
@@ -1992,6 +2014,9 @@ static int setup_arena(struct us_ring *r)
     if (r->cfg.send_mode == US_SEND_PLAIN || r->cfg.send_mode == US_SEND_ZC)
         return 0; /* ablations that never use the fixed buffer: nothing to pin */
     struct iovec iov = { .iov_base = r->arena, .iov_len = r->arena_len };
+    int injected = fault_setup_take(US_SETUP_FAULT_ARENA);
+    if (injected)
+        return -injected;
     /* pins the pages; counts against RLIMIT_MEMLOCK for users without CAP_IPC_LOCK */
     if (sys_register(r->fd, IORING_REGISTER_BUFFERS, &iov, 1) < 0)
         return -errno;
@@ -2122,7 +2147,36 @@ void us_ring_free(struct us_ring *r)
     free(r->fillwait);
     free(r->ext_free);
     free(r->released);
+    free(r->faults);
     free(r);
+}
+
+/* ---- fault injection (tests; see faults.h) ----------------------------- */
+
+int us_fault_set(struct us_ring *r, int op, const struct us_fault_spec *spec)
+{
+    if (!r->faults) {
+        if (!spec)
+            return 0;
+        /* the kernel must inject NOP results (6.10), or every fault would be EINVAL */
+        uint64_t ud = UD(OP_PROBE, 0, 0, 0);
+        struct io_uring_sqe *sqe = prep(r, IORING_OP_NOP, -1, 0, NULL, (uint32_t)-EHOSTDOWN, ud);
+        if (!sqe)
+            return -EBUSY;
+        sqe->rw_flags = 1; /* IORING_NOP_INJECT_RESULT */
+        int res = sync_op(r, ud);
+        if (res != -EHOSTDOWN)
+            return res == -EINVAL || res == 0 ? -EOPNOTSUPP : res;
+        r->faults = fault_plan_new();
+        if (!r->faults)
+            return -ENOMEM;
+    }
+    return fault_plan_set(r->faults, op, spec);
+}
+
+void us_fault_counts(struct us_ring *r, uint64_t *calls, uint64_t *hits)
+{
+    fault_plan_counts(r->faults, calls, hits);
 }
 
 int us_ring_fd(struct us_ring *r) { return r->fd; }

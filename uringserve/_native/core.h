@@ -11,7 +11,8 @@
 #include <stddef.h>
 
 /* CDEF BEGIN */
-#define US_EV_ACCEPT     1  /* conn=new slot, gen, aux=listener id, addr; res<0: accept error;
+#define US_EV_ACCEPT     1  /* conn=new slot, gen, aux=listener id, addr; res<0: accept error, nothing
+                               more is armed on that listener until us_listener_start() or a close;
                                flags=US_ACCEPT_LATE: accepted as the listener was being stopped */
 #define US_ACCEPT_LATE   1  /* the kernel had taken the connection from the backlog: serve or close it */
 #define US_EV_RECV       2  /* res=bytes, data valid until the next us_wait() */
