@@ -27,6 +27,14 @@ class Echo(Connection, asyncio.Protocol):
         if self.idle_timeout:
             self.touch()
 
+    # a peer that sends but does not read: stop reading it until it does,
+    # so what waits to be echoed stays at the transport's high-water mark
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
 
 def ring_config(args: argparse.Namespace) -> object | None:
     if args.loop != "uring":

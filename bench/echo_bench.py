@@ -62,7 +62,8 @@ EXTRA = {  # --servers may name these too
 def build() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     native = ROOT / "uringserve" / "_native"
-    for out, srcs in (("echo_load", ["bench/echo_load.c"]), ("c_echo", ["bench/c_echo.c", str(native / "core.c")])):
+    core = [str(native / "core.c"), str(native / "faults.c")]
+    for out, srcs in (("echo_load", ["bench/echo_load.c"]), ("c_echo", ["bench/c_echo.c", *core])):
         subprocess.run(["cc", "-O2", "-Wall", f"-I{native}", "-o", str(BUILD / out), *srcs], cwd=ROOT, check=True)
 
 

@@ -58,6 +58,7 @@ SAMPLE = {
     "tls_key": "/k.pem",
     "tls_ca": "/ca.pem",
     "metrics": "127.0.0.1:9464",
+    "max_connections": "500",
 }
 BAD = {
     "port": ("70000", "out of range"),
@@ -76,6 +77,7 @@ BAD = {
     "keepalive_timeout": ("soon", "not a number of seconds"),
     "ring_buf_size": ("8", "out of range"),
     "reuse_port": ("maybe", "not a boolean"),
+    "max_connections": ("-1", "out of range"),
 }
 
 
@@ -133,9 +135,12 @@ def test_options_reach_the_server_ring_and_listeners() -> None:
     argv = ["run", "apps.http:app", "--host", "127.0.0.1", "--host", "::1", "--port", "0", "--uds", "@x"]
     argv += ["--fd", "9", "--backlog", "33", "--reuse-port", "--graceful-timeout", "4"]
     argv += [f"--{name.replace('_', '-')}" for name in ("max-pipelined",)] + ["5", "--ring-buf-count", "128"]
-    args = parse(argv)
+    args = parse(argv + ["--max-connections", "7"])
     server = cli.build_server(args)
     assert isinstance(server, HTTPServer) and server.interface == "native"
+    assert server.max_connections == 7
+    assert cli.build_server(parse(["run", "apps.http:app"])).max_connections is None
+
     assert server.config == HTTPConfig(max_pipelined=5, shutdown_timeout=4)
     specs = cli.listeners(args)
     assert [type(s) for s in specs] == [Inherited, Unix, TCP, TCP]
@@ -144,6 +149,13 @@ def test_options_reach_the_server_ring_and_listeners() -> None:
     ring = cli.ring_config(args)
     assert ring is not None and ring.buf_count == 128
     assert cli.ring_config(parse(["run", "m:a", "--loop", "asyncio"])) is None
+
+
+def test_a_connection_limit_on_a_loop_that_cannot_pause_accepting_is_refused(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "apps.http:app", "--loop", "asyncio", "--max-connections", "5"], {})
+    assert e.value.code == 2
+    assert "--max-connections needs --loop uring" in capsys.readouterr().err
 
 
 def test_app_errors_are_one_line() -> None:

@@ -119,6 +119,13 @@ OPTIONS: list[Opt] = [
     Opt("--max-requests", "a worker is replaced after this many requests (0: never)", _int_in(0), 0, commands=SERVE),
     Opt("--max-requests-jitter", "plus a random 0..N, so workers recycle apart", _int_in(0), 0, commands=SERVE),
     Opt("--loop", "event loop", str, "uring", choices=LOOPS, commands=SERVE),
+    Opt(
+        "--max-connections",
+        "open connections per worker at which accepting pauses; the rest wait in the backlog (0: no limit)",
+        _int_in(0),
+        0,
+        commands=SERVE,
+    ),
     Opt("--graceful-timeout", "seconds a drain (SIGTERM) waits for work in flight", _seconds, 30.0, commands=SERVE),
     Opt("--log-level", "logging level", str, "info", choices=("debug", "info", "warning", "error"), commands=SERVE),
     Opt("--log-format", "log lines as text or JSON objects", str, "text", choices=("text", "json"), commands=SERVE),
@@ -293,6 +300,12 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def build_server(args: argparse.Namespace) -> Any:
     """The Server the command runs, from its arguments."""
+    server = _protocol_server(args)
+    server.max_connections = args.max_connections or None
+    return server
+
+
+def _protocol_server(args: argparse.Namespace) -> Any:
     tls = tls_context(args)
     if args.cmd in ("echo", "resp"):
         # the demos live in the repository's apps/, not in the installed package
@@ -331,7 +344,10 @@ def build_server(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(environ).parse_args(argv)
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    if getattr(args, "max_connections", 0) and args.loop != "uring":
+        parser.error(f"--max-connections needs --loop uring: the {args.loop} loop cannot pause accepting")
     if args.cmd == "doctor":
         import json
 

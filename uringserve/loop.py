@@ -178,6 +178,15 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     def ring(self) -> Ring:
         return self._ring
 
+    def set_connection_limit(self, limit: int | None) -> None:
+        """Accept no more while `limit` connections are open on this loop
+        (outgoing ones included, as nginx's worker_connections counts them);
+        new connections wait in the listen backlog and are accepted as others
+        close. None: as many as the fixed-file table holds."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"connection limit must be at least 1, got {limit}")
+        self._ring.accept_limit(limit or 0)
+
     def ring_stats(self) -> dict[str, int]:
         """The core's counters (SQEs, enters, CQEs, stale CQEs, ENOBUFS, zc, slots, arena)."""
         return self._ring.stats()

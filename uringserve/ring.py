@@ -337,6 +337,15 @@ class Ring:
     def listener_stop(self, lid: int) -> None:
         check(lib.us_listener_stop(self._ptr, lid), "stop accepting")
 
+    def accept_limit(self, limit: int) -> None:
+        """Pause accepting while `limit` connections are open (0: the table's size)."""
+        if not 0 <= limit <= self.stats()["slots_total"]:
+            raise ValueError(
+                f"connection limit {limit} is beyond the fixed-file table's {self.stats()['slots_total']} "
+                "connection slots: raise RingConfig.files or lower the limit"
+            )
+        check(lib.us_accept_limit(self._ptr, limit), "set the connection limit")
+
     def flush(self) -> None:
         """Submit queued work and let the kernel run it now. Completions are
         accounted in the core at once (queued bytes, freed slots) and their

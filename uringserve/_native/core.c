@@ -142,6 +142,7 @@ struct us_ring {
     uint32_t *rearm;
     uint32_t nrearm;
     uint32_t accept_used, accepts_inflight, accept_range;
+    uint32_t accept_limit;          /* connections (slots in use) at which accepting pauses: <= accept_range */
     int accept_starved;
     struct listener *lst;
     struct accept_ctx *acc;
@@ -772,7 +773,7 @@ static void conn_init(struct us_ring *r, uint32_t slot, int fd)
 static uint32_t accept_room(struct us_ring *r)
 {
     uint32_t busy = r->accept_used + r->accepts_inflight;
-    return busy >= r->accept_range ? 0 : r->accept_range - busy;
+    return busy >= r->accept_limit ? 0 : r->accept_limit - busy;
 }
 
 static void arm_listener(struct us_ring *r, uint32_t lid)
@@ -2064,6 +2065,7 @@ struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
     if (e) { *stage = 1; goto fail; }
     r->nconn = cfg->files;
     r->accept_range = cfg->files - cfg->reserved_slots;
+    r->accept_limit = r->accept_range;
     r->conns = calloc(r->nconn, sizeof(struct conn));
     /* a slot can sit in the list twice: queued, closed and reused within one batch */
     r->rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
@@ -2177,6 +2179,20 @@ int us_fault_set(struct us_ring *r, int op, const struct us_fault_spec *spec)
 void us_fault_counts(struct us_ring *r, uint64_t *calls, uint64_t *hits)
 {
     fault_plan_counts(r->faults, calls, hits);
+}
+
+/* Accepting pauses while `limit` connections are open (outgoing ones
+ * included, as nginx's worker_connections counts them) and resumes at the
+ * next close; connections wait in the listen backlog meanwhile. 0: the
+ * table's size. Accepts in flight count against it: set before listening,
+ * it is never passed (lowered later, accepts already armed may complete). */
+int us_accept_limit(struct us_ring *r, uint32_t limit)
+{
+    if (limit > r->accept_range)
+        return -ERANGE;
+    r->accept_limit = limit ? limit : r->accept_range;
+    rearm_starved(r); /* a raised limit accepts at once */
+    return 0;
 }
 
 int us_ring_fd(struct us_ring *r) { return r->fd; }

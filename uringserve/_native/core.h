@@ -120,6 +120,8 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
 int us_listener_add(struct us_ring *r, int fd);      /* >=0 listener id (a reserved slot) */
 int us_listener_start(struct us_ring *r, int lid);
 int us_listener_stop(struct us_ring *r, int lid);    /* cancels accepts, frees the slot later */
+/* accepting pauses while `limit` connections are open, resumes below; 0: the table size; -ERANGE above it */
+int us_accept_limit(struct us_ring *r, uint32_t limit);
 int us_flush(struct us_ring *r);                     /* submit, run task work, reap into the stash for us_wait() */
 
 /* connections */

@@ -60,8 +60,12 @@ class Server:
         *,
         shutdown_timeout: float = 30.0,
         ssl: ssl_module.SSLContext | None = None,
+        max_connections: int | None = None,
     ) -> None:
         self._factory = protocol_factory
+        # open connections at which accepting pauses (the rest wait in the
+        # listen backlog); the uring loop's, counted in its ring
+        self.max_connections = max_connections
         self.ssl = ssl  # TLS on every listener (asyncio's SSLProtocol over the transport)
         if not shutdown_timeout > 0:
             raise ValueError(f"shutdown_timeout must be a positive number of seconds, got {shutdown_timeout}")
@@ -117,6 +121,8 @@ class Server:
             specs.append(TCP(host, port, backlog=backlog, reuse_port=reuse_port))
         heap.keep_heap_top()  # large received bytes objects, freed and made again (heap.py)
         loop = asyncio.get_running_loop()
+        if self.max_connections is not None:
+            self._limit_connections(loop, self.max_connections)
         self._stopped = asyncio.Event()
         self._cut = asyncio.Event()
         self._state = "serving"
@@ -149,6 +155,18 @@ class Server:
             raise
         for spec, sock in self._bound:
             logger.info("listening on %s", spec.describe(sock))
+
+    @staticmethod
+    def _limit_connections(loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_connections must be a positive number of connections, got {limit!r}")
+        set_limit = getattr(loop, "set_connection_limit", None)
+        if set_limit is None:
+            # asyncio's and uvloop's servers have no public way to pause accepting
+            raise ValueError(
+                f"max_connections needs the uring loop (this is {type(loop).__name__}, which cannot pause accepting)"
+            )
+        set_limit(limit)
 
     def _factory_for(self, sock: socket.socket) -> Callable[[], Any]:
         registry = self.connections
