@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import resource
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import urllib.request
 
 import pytest
-from conftest import Proc, free_port, until
+from conftest import Proc, free_port, until, wait_port
 
 import uringserve
 from apps.echo import Echo
@@ -191,7 +194,7 @@ def test_a_connection_storm_with_resets_leaves_nothing_behind() -> None:
                 pass
 
     try:
-        fds_before = len(__import__("os").listdir(f"/proc/{srv.p.pid}/fd"))
+        fds_before = len(os.listdir(f"/proc/{srv.p.pid}/fd"))
         threads = [threading.Thread(target=resetter, args=(h,), daemon=True) for h in (True, False)]
         for t in threads:
             t.start()
@@ -200,7 +203,7 @@ def test_a_connection_storm_with_resets_leaves_nothing_behind() -> None:
         for t in threads:
             t.join(10)
         stats = _stats(port)
-        fds_after = len(__import__("os").listdir(f"/proc/{srv.p.pid}/fd"))
+        fds_after = len(os.listdir(f"/proc/{srv.p.pid}/fd"))
     finally:
         srv.stop()
     assert res.requests > 1000 and resets[0] > 200, (res.requests, resets[0])
@@ -209,3 +212,112 @@ def test_a_connection_storm_with_resets_leaves_nothing_behind() -> None:
     assert stats["accepts"] >= res.requests + resets[0] - 16
     assert stats["slots_used"] <= 1 and stats["arena_in_use"] == 0 and stats["bufs_out"] <= 1, stats
     assert fds_after <= fds_before + 1, (fds_before, fds_after)  # the /stats connection at most
+
+
+def test_slow_peers_are_timed_out_while_others_are_served() -> None:
+    """40 slowloris peers (a head a byte at a time) and 40 slow-body peers
+    hold connections while loadtest runs full speed on 8 others: every fast
+    request is answered, none waits anything like a timeout, and every slow
+    peer gets its 408 within the timeout, not the default 60 s."""
+    port = free_port()
+    srv = Proc(
+        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", str(port)]
+        + ["--header-timeout", "1", "--body-timeout", "1"],
+        port,
+    )
+    answers: list[bytes] = []
+    lock = threading.Lock()
+
+    def slow(body: bool) -> None:
+        s = socket.create_connection(("127.0.0.1", port), timeout=15)
+        try:
+            if body:
+                s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab")
+            else:
+                s.sendall(b"GET / HTTP/1.1\r\n")
+            data = b""
+            s.settimeout(0.2)
+            while True:
+                try:
+                    chunk = s.recv(4096)
+                except TimeoutError:
+                    if not body:
+                        s.sendall(b"X")  # a byte now and then does not extend the head's deadline
+                    continue
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            s.close()
+        with lock:
+            answers.append(data)
+
+    try:
+        peers = [threading.Thread(target=slow, args=(i % 2 == 0,), daemon=True) for i in range(80)]
+        for t in peers:
+            t.start()
+        res = run(build_plan(f"http://127.0.0.1:{port}/", conns=8, duration=1.5))
+        for t in peers:
+            t.join(15)
+    finally:
+        srv.stop()
+    assert res.requests > 1000 and res.stats["errors"]["timeout"] == 0
+    assert res.stats["by_class"][2] == res.requests
+    assert res.latency.get_max_value() < 900_000_000  # ns: nobody waited behind the slow peers' 1 s
+    assert len(answers) == 80
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {a[:40] for a in answers}
+
+
+def _nofile(n: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+    return apply
+
+
+def test_a_low_rlimit_nofile_shrinks_the_table_and_everyone_is_served_in_turn() -> None:
+    """ulimit -n 64: the fixed-file table is sized to it (32 connection
+    slots after the listeners' reserve); 100 clients at once are all
+    answered, the rest waiting in the backlog while the table is full."""
+    port = free_port()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_nofile(64),
+    )
+    try:
+        wait_port(port, p)  # type: ignore[arg-type]
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(100)]
+        for c in clients:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        replies = []
+        for c in clients:
+            data = b""
+            while chunk := c.recv(4096):
+                data += chunk
+            replies.append(data)
+            c.close()
+        stats = _stats(port)
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=20)
+    assert all(r.startswith(b"HTTP/1.1 200 ") for r in replies)
+    assert stats["slots_total"] == 32 and stats["accepts"] >= 100
+    assert stats["accept_paused"] >= 1  # the table was full and accepting waited
+    assert "Traceback" not in err, err
+
+
+def test_a_rlimit_nofile_below_the_smallest_table_is_a_clear_error() -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        preexec_fn=_nofile(16),
+        timeout=30,
+    )
+    assert p.returncode == 1
+    assert "RLIMIT_NOFILE 16" in p.stderr and "ulimit -n" in p.stderr and "Traceback" not in p.stderr, p.stderr
