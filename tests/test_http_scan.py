@@ -261,6 +261,20 @@ def test_parser_with_and_without_the_recogniser_agree(config: HTTPConfig, data: 
     assert parse(data, config, native=True, cuts=cuts) == parse(data, config, native=False, cuts=cuts)
 
 
+@pytest.mark.parametrize("config", [DEFAULT, TIGHT], ids=["default-limits", "tight-limits"])
+@settings(max_examples=300, deadline=None)
+@given(data=REQUESTS, cuts=st.lists(st.integers(0, 400), max_size=4))
+@example(  # found by tests/fuzz/native_parsers.py: 414 in pieces, 400 whole
+    data=b"HEAD /ab(cHTTP/1.TP/0.1a\x00\x00\r\nHost: a\r\n\r\n", cuts=[9, 18]
+).via("discovered failure")
+@example(  # and 431 (more than 3 fields) in pieces, 400 (a bad field name) whole
+    data=b"HEAD /abc HTTP/1.1\r\nHost: a\r\nX-A: b\r\nX-B: c\r\nX-C: d\r\nContent-L/ngth: 1\r\n\r\n",
+    cuts=[80],
+).via("discovered failure")
+def test_the_answer_does_not_depend_on_how_the_bytes_arrive(config: HTTPConfig, data: bytes, cuts: list[int]) -> None:
+    assert parse(data, config, native=False, cuts=cuts) == parse(data, config, native=False)
+
+
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=200), cuts=st.lists(st.integers(0, 200), max_size=3))
 def test_random_bytes_agree(data: bytes, cuts: list[int]) -> None:

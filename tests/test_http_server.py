@@ -501,6 +501,40 @@ def test_errors_after_pipelined_requests_come_in_order(h) -> None:
     assert [x.status for x in r.responses] == [200, 505] and r.closed
 
 
+def _plain(req: Request) -> Response:
+    return Response(b"p")
+
+
+@pytest.mark.parametrize("handler", [app, _plain], ids=["async", "plain"])
+def test_nothing_follows_the_last_keepalive_response_even_a_refusal(h, handler) -> None:
+    """Found by fuzzing (tests/fuzz/http_request.py): keepalive_requests=2
+    reached inside one read, then a malformed request in the same read. The
+    second response ends the connection (FIN); the refusal of the third was
+    written after it, which a transport refuses (write after write_eof)."""
+    reqs = (b"GET / HTTP/1.1\r\n" + H + b"\r\n") * 2 + b"GET / HTTP/1.1\r\nHost:\x01\r\n\r\n"
+    r = run(h, handler, lambda port: exchange(port, reqs, responses=3), config=HTTPConfig(keepalive_requests=2))
+    assert [x.status for x in r.responses] == [200, 200] and r.closed
+    assert r.responses[1].header("connection") == "close"
+
+
+@pytest.mark.parametrize(
+    "req,status",
+    [
+        (b"HEAD / HTTP/2.0\r\n\r\n", 505),
+        (b"HEAD / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n", 431),
+        (b"HEAD /" + b"x" * 40 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+        (b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    ],
+)
+def test_a_refused_head_request_gets_no_body(h, req: bytes, status: int) -> None:
+    """Found by fuzzing: a HEAD refused (bad version, too many fields, ...)
+    was answered with a body, which a client reads as the next response."""
+    cfg = HTTPConfig(max_headers=2, max_target_bytes=16)
+    r = run(h, app, lambda port: exchange(port, req, head_for={0}), config=cfg)
+    assert [x.status for x in r.responses] == [status] and r.closed
+    assert r.responses[0].body == b"" and int(r.responses[0].header("content-length")) > 0
+
+
 FAST = HTTPConfig(header_timeout=0.3, body_timeout=0.3, keepalive_timeout=0.3)
 
 

@@ -95,8 +95,10 @@ LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def error_response(status: int, message: str, server: bytes | None, close: bool = True) -> bytes:
-    """A complete plain-text error response."""
+def error_response(
+    status: int, message: str, server: bytes | None, close: bool = True, head_request: bool = False
+) -> bytes:
+    """A complete plain-text error response; to a HEAD request, without its body."""
     body = f"{status} {HTTPStatus(status).phrase}: {message}\n".encode() if status in _REASONS else message.encode()
     head = [status_line(status), date_header()]
     if server:
@@ -105,4 +107,4 @@ def error_response(status: int, message: str, server: bytes | None, close: bool 
     if close:
         head.append(b"Connection: close\r\n")
     head.append(b"\r\n")
-    return b"".join(head) + body
+    return b"".join(head) + (b"" if head_request else body)

@@ -243,6 +243,8 @@ class RequestParser:
         self.head_bytes = self.max_head
         self._feed(data[:room])
         if self.in_head and self.head_bytes == self.max_head:  # still the same head
+            if self._url_len > self.max_target:  # what on_headers_complete answers first
+                raise HTTPError(414, f"request target longer than {self.max_target} bytes")
             raise HTTPError(431, f"request head larger than {self.max_head} bytes")
         if not self.upgraded:
             self.feed(data[room:])
@@ -270,30 +272,49 @@ class RequestParser:
         self._on_end()
 
     # -- httptools callbacks ----------------------------------------------------
+    #: the request being parsed (by llhttp) is a HEAD: a refusal of it has no body
+    head_request = False
+
     def on_url(self, url: bytes) -> None:
+        if not self._url_len:  # the method is known once the target begins
+            self.head_request = self._p.get_method() == b"HEAD"
         self._url_len += len(url)
         if self._url_len > self.max_target:
-            raise HTTPError(414, f"request target longer than {self.max_target} bytes")
+            # answered once llhttp has read the whole target (on_headers_complete):
+            # raised here, on a piece of it, a bad byte further on would get
+            # 414 or 400 depending on how the bytes arrived
+            return
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # the head's size as far as its fields tell (OWS aside): feed() counts
         # raw bytes only up to the first head's end in each piece of data, so
-        # a later head in the same piece is held to the limit here. Checked
-        # before the count: httptools reports a field only when the next one
-        # (or the head's end) begins, by which byte feed() would already have
-        # answered "too large" had the head come on its own
+        # a later head in the same piece is held to the limit by this count.
+        # Both limits are answered in on_headers_complete, once llhttp has read
+        # the whole head: httptools reports a field when the next one begins,
+        # or earlier when a piece of data ends there, so refusing here would
+        # answer 431 or llhttp's 400 (a bad byte further on) depending on how
+        # the bytes arrived. Fields past the limit are not kept.
         self._fields_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        if self._fields_bytes + self._url_len + _MIN_LINE > self.max_head:
-            raise HTTPError(431, f"request head larger than {self.max_head} bytes")
-        if len(self._headers) >= self.max_headers:
-            raise HTTPError(431, f"more than {self.max_headers} header fields")
-        self._headers.append((name.lower(), value))
+        headers = self._headers
+        if len(headers) < self.max_headers:
+            headers.append((name.lower(), value))
+        else:
+            self._too_many = True
+
+    _too_many = False
 
     def on_message_begin(self) -> None:
         self.at_boundary = False
+        self.head_request = False
 
     def on_headers_complete(self) -> None:
+        if self._url_len > self.max_target:
+            raise HTTPError(414, f"request target longer than {self.max_target} bytes")
+        if self._fields_bytes + self._url_len + _MIN_LINE > self.max_head:
+            raise HTTPError(431, f"request head larger than {self.max_head} bytes")
+        if self._too_many:
+            raise HTTPError(431, f"more than {self.max_headers} header fields")
         p = self._p
         version = p.get_http_version()
         if version not in ("1.1", "1.0"):
@@ -350,5 +371,6 @@ class RequestParser:
         self._url_len = 0
         self._fields_bytes = 0
         self._headers = []
+        self._too_many = False
         self._body_bytes = 0
         self._on_end()

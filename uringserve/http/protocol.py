@@ -264,7 +264,9 @@ class Exchange:
             return
         if isinstance(exc, HTTPError) and not self.started:
             self.keep_alive = False
-            self.conn._write(framing.error_response(exc.status, exc.message, self.conn._server_hdr))
+            self.conn._write(
+                framing.error_response(exc.status, exc.message, self.conn._server_hdr, head_request=self.head_only)
+            )
             self.finished = True
             self.conn._exchange_done(self)
             return
@@ -272,7 +274,9 @@ class Exchange:
         if not self.started and not self.conn._lost:
             self.keep_alive = self.conn.keeps_alive(self)
             self.conn._write(
-                framing.error_response(500, "the handler failed", self.conn._server_hdr, close=not self.keep_alive)
+                framing.error_response(
+                    500, "the handler failed", self.conn._server_hdr, not self.keep_alive, self.head_only
+                )
             )
             self.finished = True
             self.conn._exchange_done(self)
@@ -674,12 +678,16 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         """Answer after the requests before it, then close."""
         # nothing more is read, even what a paused transport still delivers
         self._parser.stop()
+        if self._closing:
+            # the response before it ended the connection (not keep-alive)
+            # within the same read: nothing may follow its FIN
+            return
         self._pause()
         ex = self._parsing
         if ex is not None:
             self._parsing = None
             ex.body_in.fail(exc)
-        self._queue.append(_ErrorExchange(self, exc))
+        self._queue.append(_ErrorExchange(self, exc, self._parser.head_request))
         if len(self._queue) == 1:
             self._next()
 
@@ -819,14 +827,17 @@ class _ErrorExchange(Exchange):
 
     keep_alive = False
 
-    def __init__(self, conn: HTTPProtocol, exc: HTTPError) -> None:  # no request head to take
+    def __init__(self, conn: HTTPProtocol, exc: HTTPError, head_request: bool) -> None:  # no request head to take
         self.conn = conn
         self.exc = exc
+        self.head_request = head_request  # the refused request was a HEAD: no body (RFC 9110 9.3.2)
 
     def run(self) -> None:
         conn = self.conn
         conn._queue.clear()
-        response = framing.error_response(self.exc.status, self.exc.message, conn._server_hdr)
+        response = framing.error_response(
+            self.exc.status, self.exc.message, conn._server_hdr, head_request=self.head_request
+        )
         conn._write(response)
         if conn._observe is not None:  # a request that could not be parsed: no method or target to name
             conn._observe(conn, "-", b"-", "1.1", self.exc.status, len(response.partition(b"\r\n\r\n")[2]), 0.0)
