@@ -16,7 +16,7 @@ PORT ?= 8000
 DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd
 BENCH_DEBS := wrk nginx-light curl
 
-.PHONY: run echo resp bench-echo bench-loadgen bench-resp test lint test-stress mutate bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo resp bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -71,6 +71,18 @@ test-stress: deps $(STAMP)
 mutate: deps $(STAMP)
 	$(VPY) -m pip install -q 'mutmut==3.8.1'
 	$(VPY) tests/mutation/run.py
+
+# the fuzz harnesses (tests/fuzz/, atheris) for FUZZ_SECONDS (600) each: the
+# corpus in the repository grows, crashes land in tests/fuzz/crashes/ (each
+# one becomes a regression input under tests/fuzz/regressions/ once fixed)
+fuzz: deps $(STAMP)
+	$(VPY) tests/fuzz/run.py --keep --seconds $(or $(FUZZ_SECONDS),600)
+
+# mixed load with churn, resets and slow peers for SOAK_SECONDS (600); samples,
+# plot and verdict in bench/build/soak/ (bench/soak.py)
+soak: deps $(STAMP)
+	$(VPY) -m pip install -q matplotlib
+	$(VPY) bench/soak.py --seconds $(or $(SOAK_SECONDS),600)
 
 # CPython's test_asyncio on the stdlib loop (baseline) and on UringEventLoop
 conformance: deps $(STAMP)

@@ -1,0 +1,34 @@
+"""Short coverage-guided fuzz runs (tests/fuzz/, atheris), bounded in time
+and count: every regression input replayed, the corpus replayed, then a few
+thousand new inputs per target. `make fuzz` runs them for long."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FUZZ = Path(__file__).resolve().parent / "fuzz"
+sys.path.insert(0, str(FUZZ.parent.parent))
+from tests.fuzz.run import TARGETS  # noqa: E402
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_fuzz_target_short_run(target: str) -> None:
+    r = subprocess.run(
+        [sys.executable, str(FUZZ / "run.py"), "--runs", "3000", "--seconds", "30", target],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+    assert "number_of_executed_units: 3000" in r.stdout or "DONE" in r.stdout, r.stdout
+
+
+def test_every_target_has_a_corpus_and_its_regressions_are_inputs() -> None:
+    for target in TARGETS:
+        assert any((FUZZ / "corpus" / target).iterdir()), target
+    regressions = [p for p in (FUZZ / "regressions").rglob("*") if p.is_file()]
+    assert len(regressions) >= 3 and all(p.parent.name in TARGETS for p in regressions)
