@@ -41,11 +41,11 @@ class Carver:
     def left(self) -> int:
         return len(self.data) - self.pos
 
-    def pieces(self, data: bytes) -> list[bytes]:
-        """`data` cut where the next bytes say (each cut 1..64 bytes on)."""
+    def pieces(self, data: bytes, scale: int = 1) -> list[bytes]:
+        """`data` cut where the next bytes say (each cut 1..64 bytes on, times `scale`)."""
         out, pos = [], 0
         while pos < len(data):
-            step = self.byte() % 64 + 1 if self.left else len(data)
+            step = (self.byte() % 64 + 1) * scale if self.left else len(data)
             out.append(data[pos : pos + step])
             pos += step
         return out

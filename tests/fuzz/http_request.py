@@ -33,12 +33,28 @@ class Transport(asyncio.Transport):
         self.closed = False
         self.reading = True
         self.eof = False
+        self.held: list[bytes] = []
+        self.unread = 0
+        self.write_paused = False
+        self.eof_held = False
+        self.protocol: Any = None
 
     def write(self, data: Any) -> None:
         assert not self.eof, "written after write_eof()"
         if self.closed:
             return
         self.out += data
+        # a client that reads slowly: past the high-water mark the protocol is paused
+        self.unread += len(data)
+        if self.unread > 2048 and not self.write_paused and self.protocol is not None:
+            self.write_paused = True
+            self.protocol.pause_writing()
+
+    def client_reads(self, n: int) -> None:
+        self.unread -= min(n, self.unread)
+        if self.write_paused and self.unread <= 512 and not self.closed:
+            self.write_paused = False
+            self.protocol.resume_writing()
 
     def writelines(self, list_of_data: Any) -> None:
         for d in list_of_data:
@@ -59,17 +75,37 @@ class Transport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closed
 
+    # as a real transport: nothing is delivered while reading is paused; what
+    # arrives meanwhile (and the EOF) is held and delivered on resume
     def pause_reading(self) -> None:
         self.reading = False
 
     def resume_reading(self) -> None:
-        self.reading = True
+        if not self.reading:
+            self.reading = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def arrive(self, data: bytes) -> None:
+        self.held.append(data)
+        self.flush()
+
+    def arrive_eof(self) -> None:
+        self.eof_held = True
+        self.flush()
+
+    def flush(self) -> None:
+        while self.reading and self.held and not self.closed:
+            self.protocol.data_received(self.held.pop(0))
+        if self.reading and not self.held and self.eof_held and not self.closed:
+            self.eof_held = False
+            if not self.protocol.eof_received():
+                self.close()  # asyncio's contract: a falsy eof_received() closes the transport
 
     def is_reading(self) -> bool:
         return self.reading
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.unread
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
@@ -220,25 +256,33 @@ def one_input(data: bytes) -> None:
     c = Carver(data)
     runner = RUNNERS[c.byte() % len(RUNNERS)]
     config = CONFIGS[c.byte() % len(CONFIGS)]
-    eof = c.byte() & 1
+    flags = c.byte()
+    eof, big, slow_reader = flags & 1, flags & 2, flags & 4
     payload = c.rest()
     proto = protocol_mod.HTTPProtocol(runner, config)
     t = Transport()
 
     async def drive() -> None:
         proto.connection_made(t)
-        for piece in Carver(payload[:1]).pieces(payload) if payload else []:
+        t.protocol = proto
+        # reads of up to 64 bytes, or of up to 4 KiB (many requests in one read)
+        scale = 64 if big else 1
+        for piece in Carver(payload[:1]).pieces(payload, scale) if payload else []:
             if t.closed:
                 break
-            proto.data_received(piece)
+            t.arrive(piece)
             await _turns(3)
-        if eof and not t.closed and not proto.eof_received():
-            t.close()  # asyncio's contract: a falsy eof_received() closes the transport
+            t.client_reads(c.byte() * 64 if slow_reader else 1 << 30)
+        if eof and not t.closed:
+            t.arrive_eof()
         # bounded: every queued request is answered within a few turns each
-        for _ in range(100 + 20 * len(proto._queue)):
-            if not proto._queue or t.closed or t.eof:
+        for _ in range(200 + 20 * payload.count(b"HTTP/")):
+            if (not proto._queue and not t.held and not t.eof_held) or t.closed or t.eof:
                 break
+            t.client_reads(1 << 30)  # the client reads everything now
             await asyncio.sleep(0)
+        if eof:
+            assert not (t.held or t.eof_held) or t.closed or t.eof, f"reading stayed paused, {len(t.held)} reads held"
         # once the client has sent everything (EOF), nothing may wait; after a
         # response that ends the connection the rest is never answered (RFC 9112 9.6)
         if eof:
