@@ -190,6 +190,11 @@ async def _main(
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    # a connection cancelled inside its TLS handshake is closed by asyncio with
+    # a TLS shutdown that would outlive the loop: its socket goes now too
+    loop = asyncio.get_running_loop()
+    for t in list(getattr(loop, "_conns", {}).values()):
+        t.abort()
     await asyncio.sleep(0)  # connection_lost of the aborted transports
     rs = asyncio.get_running_loop().ring_stats()  # type: ignore[attr-defined]
     return {

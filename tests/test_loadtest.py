@@ -333,9 +333,23 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path, Proc]]:
     srv.stop()
 
 
+def no_transport_left_open() -> None:
+    """The https runs leave no transport of their ring open (one cancelled in
+    its TLS handshake was once closed by a TLS shutdown that outlived the
+    loop, and warned as unclosed in whichever test collected it)."""
+    import gc
+
+    from uringserve.transport import UringTransport
+
+    gc.collect()
+    left = [o for o in gc.get_objects() if isinstance(o, UringTransport) and not o.is_closing()]
+    assert not left, left
+
+
 def test_https_verified_with_the_given_ca(tls_server) -> None:
     port, ca, srv = tls_server
     res = run(build_plan(f"https://127.0.0.1:{port}/", conns=4, duration=0.6, cafile=str(ca)), [srv.p.pid])
+    no_transport_left_open()
     assert res.requests > 50
     assert sum(res.stats["errors"].values()) == 0
     assert res.stats["by_class"][2] == res.requests == res.latency.get_total_count()
@@ -347,6 +361,7 @@ def test_https_verified_with_the_given_ca(tls_server) -> None:
 def test_https_refuses_an_unverified_certificate_unless_insecure(tls_server) -> None:
     port, _, _ = tls_server
     res = run(build_plan(f"https://127.0.0.1:{port}/", conns=2, duration=0.3))
+    no_transport_left_open()
     assert res.requests == 0 and res.stats["errors"]["connect"] > 0
     res = run(build_plan(f"https://127.0.0.1:{port}/", conns=2, duration=0.3, insecure=True, rate=200))
     assert res.requests > 20 and sum(res.stats["errors"].values()) == 0
