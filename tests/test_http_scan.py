@@ -49,10 +49,11 @@ class Sink:
         self.events.append(("end",))
 
 
-def parse(data: bytes, config: HTTPConfig, native: bool, cuts: list[int] = ()) -> tuple[list, Any]:
-    """(events, status of the HTTPError or None), the recogniser on or off."""
+def parse(data: bytes, config: HTTPConfig, native: bool, cuts: list[int] = (), scan: Any = None) -> tuple[list, Any]:
+    """(events, status of the HTTPError or None), the recogniser on or off;
+    `scan`: another build of it (tests/fuzz/native_parsers.py: the sanitized one)."""
     saved = parser_mod._scan
-    parser_mod._scan = saved if native else None
+    parser_mod._scan = (scan or saved) if native else None
     sink = Sink()
     try:
         p = RequestParser(sink, config)

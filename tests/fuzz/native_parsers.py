@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from typing import Any
@@ -21,21 +22,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from tests.fuzz.common import Carver, fuzz  # noqa: E402
 
 asan: Any = None
+scan_tests: Any = None  # tests/test_http_scan.py: its parse() is the oracle
 parser_mod: Any = None
-http: Any = None
 CONFIGS: list[Any] = []
 
 
 def instrument() -> None:
-    global parser_mod, http
-    import uringserve.http as _http
+    global parser_mod
     import uringserve.http.parser as _p
 
-    parser_mod, http = _p, _http
+    parser_mod = _p
 
 
 def _load() -> None:
-    global asan
+    global asan, scan_tests
     from tests.fuzz import native_build
 
     sys.path.insert(0, str(native_build.build()))
@@ -44,26 +44,10 @@ def _load() -> None:
     asan = _native_asan
     if parser_mod is None:
         instrument()
-    CONFIGS.extend([http.HTTPConfig(), http.HTTPConfig(max_header_bytes=96, max_target_bytes=12, max_headers=3)])
+    from tests import test_http_scan
 
-
-class Sink:
-    def __init__(self) -> None:
-        self.events: list = []
-
-    def on_head(self, head: Any) -> None:
-        self.events.append(
-            ("head", head.method, head.target, head.version, list(head.headers), head.keep_alive, head.content_length)
-        )
-
-    def on_body(self, data: bytes) -> None:
-        if self.events and self.events[-1][0] == "body":
-            self.events[-1] = ("body", self.events[-1][1] + data)
-        else:
-            self.events.append(("body", data))
-
-    def on_end(self) -> None:
-        self.events.append(("end",))
+    scan_tests = test_http_scan
+    CONFIGS.extend([scan_tests.DEFAULT, scan_tests.TIGHT])
 
 
 def _scan_asan(data: bytes, off: int, n: int, max_head: int, max_target: int, max_headers: int) -> int:
@@ -72,18 +56,10 @@ def _scan_asan(data: bytes, off: int, n: int, max_head: int, max_target: int, ma
 
 
 def parse(pieces: list[bytes], config: Any, native: bool) -> tuple[list, int | None]:
-    saved = parser_mod._scan
-    parser_mod._scan = _scan_asan if native else None
-    sink = Sink()
-    try:
-        p = parser_mod.RequestParser(sink, config)
-        for piece in pieces:
-            p.feed(piece)
-        return sink.events, None
-    except parser_mod.HTTPError as exc:
-        return sink.events, exc.status
-    finally:
-        parser_mod._scan = saved
+    """test_http_scan's oracle (heads, bodies, ends, errors) over these pieces,
+    the recogniser being the sanitized build."""
+    cuts = list(itertools.accumulate(len(p) for p in pieces))
+    return scan_tests.parse(b"".join(pieces), config, native, cuts, scan=_scan_asan)
 
 
 def frame(pieces: list[bytes], head_only: int) -> tuple:
