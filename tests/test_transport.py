@@ -212,6 +212,44 @@ def test_pause_reading_holds_data_in_order(h) -> None:
     assert state["paused_deliveries"] == 0
 
 
+def test_reading_goes_on_after_a_pause_and_resume_in_one_callback(h) -> None:
+    """A protocol that pauses and resumes inside one data_received and then
+    writes past the high-water mark (which makes UringEventLoop submit at
+    once) keeps receiving. On the ring the resume races the pause's cancel:
+    the recv ends ECANCELED and must be armed again; a re-arm queued while
+    the core stashed completions for that submit was never released, and the
+    connection went deaf (HTTP lost a request after a large pipelined body)."""
+    big = os.urandom(200_000)  # above the high-water mark (the write submits now), and one send takes it
+    got: list[bytes] = []
+
+    class PauseResumeWrite(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            got.append(data)
+            if data.startswith(b"go"):
+                self.t.pause_reading()
+                self.t.resume_reading()
+                self.t.write(big)
+
+    async def main() -> None:
+        server, port = await start(h.loop, PauseResumeWrite)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(3):
+            w.write(b"go%d" % i)
+            assert await asyncio.wait_for(r.readexactly(len(big)), 10) == big, "the server stopped reading"
+        w.write(b"after")
+        await until(lambda: b"after" in b"".join(got), timeout=5)
+        w.close()
+        await w.wait_closed()
+        await close_server(server)
+
+    h.run(main())
+    assert b"".join(got) == b"go0go1go2after"
+    assert not h.errors
+
+
 def test_half_close_keeps_write_side_open(h) -> None:
     """eof_received() returning True keeps the transport open for replies."""
 

@@ -1317,11 +1317,28 @@ static int64_t now_ns(void)
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
+/* Buffers and re-arms of stashed CQEs wait until the caller has seen every
+ * stashed event (a plain-mode re-arm reuses the buffer an event points
+ * into). With no stashed event left they go to the next refill -- also
+ * when the stashed CQEs made no event at all: a recv that ended ECANCELED
+ * because a resume raced its pause's cancel only queues a re-arm, and
+ * waiting for an event that never comes left the connection unread. */
+static void release_held(struct us_ring *r)
+{
+    for (uint32_t i = 0; i < r->nheld_bufs; i++)
+        r->recycle[r->nrecycle++] = r->held_bufs[i];
+    for (uint32_t i = 0; i < r->nheld_rearm; i++)
+        r->rearm[r->nrearm++] = r->held_rearm[i];
+    r->nheld_bufs = r->nheld_rearm = 0;
+}
+
 int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, int64_t timeout_ns)
 {
     struct out o = { ev, 0, max };
     if (max < EV_ROOM)
         return -EINVAL;
+    if (!r->nstash)
+        release_held(r); /* stashed CQEs that made no event (a re-arm after ECANCELED) */
     refill(r); /* what the caller's previous batch held goes back first */
     if (r->nstash) {
         int n = r->nstash < max ? r->nstash : max;
@@ -1330,13 +1347,8 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
         r->nstash -= n;
         o.n = n;
         min_complete = 0;
-        if (!r->nstash) { /* all handed out: their buffers come back with this batch's */
-            for (uint32_t i = 0; i < r->nheld_bufs; i++)
-                r->recycle[r->nrecycle++] = r->held_bufs[i];
-            for (uint32_t i = 0; i < r->nheld_rearm; i++)
-                r->rearm[r->nrearm++] = r->held_rearm[i];
-            r->nheld_bufs = r->nheld_rearm = 0;
-        }
+        if (!r->nstash) /* all handed out: their buffers come back with this batch's */
+            release_held(r);
     }
     if (cq_ready(r))
         min_complete = 0;
