@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 from conftest import blocking_client, fd_targets, open_fds, serve_and_read, until
@@ -646,3 +647,98 @@ def test_a_paused_buffered_protocol_keeps_copies_not_views_of_reused_buffers() -
     results, stats = run_uring(cfg, main)
     assert results == [True] * 3
     assert stats["enobufs"] > 0  # the buffers were really reused under pressure
+
+
+@pytest.mark.parametrize("kind", ["protocol", "buffered"])
+def test_a_message_spanning_adjacent_buffers_is_one_delivery(kind: str) -> None:
+    """RECVs of one connection in adjacent provided buffers, reaped together,
+    are delivered as one slice: 64 KiB over 4 KiB buffers is not 16
+    data_received calls and 16 writes back. Bytes and order are exact
+    whatever the grouping, for a Protocol (one bytes object) and for a
+    BufferedProtocol (one copy into its buffer)."""
+    cfg = RingConfig(buf_count=64, buf_size=4096)
+    sizes: list[int] = []
+    got = bytearray()
+    done = asyncio.Event()
+    total = 40 * 65536
+    payload = os.urandom(total)
+
+    def take(data: Any) -> None:
+        sizes.append(len(data))
+        got.extend(data)
+        if len(got) == total:
+            done.set()
+
+    class Plain(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            assert type(data) is bytes
+            take(data)
+
+    class Buffered(asyncio.BufferedProtocol):
+        buf = bytearray(1 << 20)
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            take(self.buf[:nbytes])
+
+    async def main(loop):
+        server = await loop.create_server(Plain if kind == "protocol" else Buffered, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        def send() -> None:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                for k in range(0, total, 65536):
+                    s.sendall(payload[k : k + 65536])
+
+        await loop.run_in_executor(None, send)
+        await asyncio.wait_for(done.wait(), 20)
+        server.close()
+        await server.wait_closed()
+
+    _, stats = run_uring(cfg, main)
+    assert bytes(got) == payload
+    assert max(sizes) > 4096  # buffers were joined
+    assert len(sizes) < stats["recvs"]  # fewer deliveries than completions
+
+
+def test_one_delivery_carries_at_most_256_kib() -> None:
+    """Joined RECVs stop at 256 KiB, what asyncio's loops read at most: a
+    protocol that pauses reading is not handed megabytes in one call."""
+    cfg = RingConfig(buf_count=512, buf_size=16384)
+    sizes: list[int] = []
+    got = bytearray()
+    done = asyncio.Event()
+    total = 8 << 20
+    payload = os.urandom(total)
+
+    class Slow(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            sizes.append(len(data))
+            got.extend(data)
+            if len(sizes) <= 8:
+                # a slow protocol: while it works, the kernel queues megabytes,
+                # so the next reap finds far more than 256 KiB of adjacent buffers
+                time.sleep(0.02)
+            if len(got) == total:
+                done.set()
+
+    async def main(loop):
+        server = await loop.create_server(Slow, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        def send() -> None:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                s.sendall(payload)
+
+        await loop.run_in_executor(None, send)
+        await asyncio.wait_for(done.wait(), 20)
+        server.close()
+        await server.wait_closed()
+
+    _, stats = run_uring(cfg, main)
+    assert bytes(got) == payload
+    assert max(sizes) <= 256 * 1024, sorted(sizes)[-10:]
+    assert max(sizes) > 64 * 1024  # and runs did form

@@ -46,6 +46,12 @@ _EV_WRITABLE, _EV_SEND_ERR, _EV_CLOSED = _ring.EV_WRITABLE, _ring.EV_SEND_ERR, _
 _EV_SHUTDOWN, _EV_POLL, _EV_ARENA = _ring.EV_SHUTDOWN, _ring.EV_POLL, _ring.EV_ARENA
 
 
+# the most one data_received gets: asyncio's selector loop and uvloop read
+# at most 256 KiB at a time, and a protocol that pauses reading (HTTP past
+# max_pipelined) is still handed what one delivery carried
+_MAX_RUN = 256 * 1024
+
+
 class _Listener:
     __slots__ = ("lid", "sock", "protocol_factory", "server", "ssl", "ssl_timeouts")
 
@@ -91,6 +97,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         self._single_issuer = bool(self._ring.stats()["setup_flags"] & SETUP_SINGLE_ISSUER)
         self._iter_heads = EVENT_HEAD.iter_unpack
         self._head_size = ffi.sizeof("struct us_event")
+        self._buf_size = self._ring.config.buf_size  # a RECV this long may continue in the next buffer
         super().__init__(UringSelector(self._ring, self._dispatch))
         # asyncio always drains its self-pipe, so a multishot poll is safe there
         self._selector.set_multishot(self._ssock.fileno())  # type: ignore[attr-defined]
@@ -204,10 +211,32 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         view = self._ring.data_view
         polls = None
         heads = self._iter_heads(self._ring.events_view[: n * self._head_size])
+        # A message larger than one provided buffer arrives as RECVs of full
+        # buffers: those of one connection that lie end to end in the data
+        # region (the ring hands out its buffers in order) are delivered as
+        # one slice -- one bytes object, one data_received, one write back.
+        # A RECV that does not fill its buffer ends such a run, and a run is
+        # at most _MAX_RUN bytes, as asyncio's loops read at most 256 KiB.
+        full = self._buf_size
+        run: Any = None  # the transport whose run is not delivered yet
+        run_slot = run_start = run_end = -1
         for i, (kind, slot, res, off, gen, flags) in enumerate(heads):
             if kind == _EV_RECV:
+                if run is not None:
+                    if slot == run_slot and off == run_end and run_end + res - run_start <= _MAX_RUN:
+                        run_end += res
+                        if res == full:
+                            continue
+                        res = 0  # this RECV ends the run: nothing of its own left
+                    self._deliver(run, run_start, run_end)
+                    run = None
+                    if not res:
+                        continue
                 t = conns.get(slot)
                 if t is None:
+                    continue
+                if res == full:  # the next RECV may continue it
+                    run, run_slot, run_start, run_end = t, slot, off, off + res
                     continue
                 cb = t._recv_cb
                 if cb is not None:
@@ -223,6 +252,9 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 else:
                     t._on_data(data[off : off + res])
                 continue
+            if run is not None:
+                self._deliver(run, run_start, run_end)
+                run = None
             if kind == _EV_POLL:
                 if polls is None:
                     polls = []
@@ -255,7 +287,24 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 t = conns.get(slot)
                 if t is not None:
                     t._on_send_error(res)
+        if run is not None:
+            self._deliver(run, run_start, run_end)
         return polls
+
+    def _deliver(self, t: Any, a: int, b: int) -> None:
+        """A run of RECVs, data region [a, b), to its transport (as _dispatch does one)."""
+        cb = t._recv_cb
+        if cb is not None:
+            try:
+                cb(self._ring.data_bytes[a:b])
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                t._callback_failed(exc)
+        elif t._buffered:
+            t._on_view(self._ring.data_view[a:b])
+        else:
+            t._on_data(self._ring.data_bytes[a:b])
 
     def _accept_again(self, lst: _Listener) -> None:
         if self._listeners.get(lst.lid) is lst and not self.is_closed():
