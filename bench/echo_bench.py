@@ -17,15 +17,23 @@ and bench/c_echo.c (the native core without Python) as the near-limit
 reference. --ablations adds the uring loop with each io_uring feature
 switched off in turn (plain send, send_zc without fixed buffers, send_zc
 everywhere, plain recv instead of the buffer ring, regular fds).
+
+Every ring server also reports which path it took: its counters (apps/echo.py
+--stats-file) per echoed message -- RECV completions, sends, zero-copy sends
+and how many of those the kernel copied anyway (all of them on loopback),
+ENOBUFS, and io_uring_enter calls (1/batch size).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,9 +75,61 @@ def build() -> None:
         subprocess.run(["cc", "-O2", "-Wall", f"-I{native}", "-o", str(BUILD / out), *srcs], cwd=ROOT, check=True)
 
 
-def run_one(cmd: list[str], size: int, conns: int, seconds: float, client: str = "loadtest") -> tuple[float, float]:
+# the ring's counters per message: which path a run took
+PATHS = (
+    ("recvs", "RECVs"),
+    ("sends", "sends"),
+    ("zc_sends", "zc sends"),
+    ("zc_copied", "zc copied"),
+    ("enobufs", "ENOBUFS"),
+    ("enters", "enters"),
+)
+
+
+def is_uring(cmd: list[str]) -> bool:
+    return "apps/echo.py" in cmd and "asyncio" not in cmd and "uvloop" not in cmd
+
+
+def run_one(
+    cmd: list[str], size: int, conns: int, seconds: float, client: str = "loadtest"
+) -> tuple[float, float, dict[str, float] | None]:
+    """(msgs/s, server CPU us/msg, the ring's counters per message or None)."""
     port = free_port()
     argv = cmd + ([str(port)] if cmd[0].endswith("c_echo") else ["--port", str(port)])
+    stats_file = None
+    if is_uring(cmd):
+        fd, stats_file = tempfile.mkstemp(prefix="echo-stats-", suffix=".json")
+        os.close(fd)
+        argv += ["--stats-file", stats_file]
+    try:
+        return _run(cmd, argv, port, size, conns, seconds, client, stats_file)
+    finally:
+        if stats_file:
+            os.unlink(stats_file)
+
+
+def _per_message(stats_file: str | None, msgs: int) -> dict[str, float] | None:
+    """The counters the server wrote at shutdown, per message (over the server's life)."""
+    if stats_file is None:
+        return None
+    try:
+        with open(stats_file) as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return {k: stats.get(k, 0) / max(msgs, 1) for k, _ in PATHS}
+
+
+def _run(
+    cmd: list[str],
+    argv: list[str],
+    port: int,
+    size: int,
+    conns: int,
+    seconds: float,
+    client: str,
+    stats_file: str | None,
+) -> tuple[float, float, dict[str, float] | None]:
     cwd, env = ROOT, None
     if len(cmd) > 1 and cmd[1].startswith("@"):  # uring@DIR: another checkout (before/after a change)
         cwd = Path(cmd[1][1:])
@@ -82,7 +142,8 @@ def run_one(cmd: list[str], size: int, conns: int, seconds: float, client: str =
         wait_listening(port, proc)
         if client == "loadtest":
             res = loadtest(f"tcp://127.0.0.1:{port}", proc.pid, conns, seconds, "--size", str(size))
-            return res["rps"], res["server_cpu_us_per_request"]
+            stop(proc)  # the server writes its counters as it stops
+            return res["rps"], res["server_cpu_us_per_request"], _per_message(stats_file, res["requests"])
         t0 = cpu_ticks(proc.pid)
         out = subprocess.run(
             [
@@ -105,17 +166,19 @@ def run_one(cmd: list[str], size: int, conns: int, seconds: float, client: str =
         if not m or out.returncode:
             raise RuntimeError(f"load client failed: {out.stdout} {out.stderr}")
         msgs, secs = int(m.group(1)), float(m.group(2))
+        stop(proc)
         # the window includes connection setup, which is identical for every server
-        return msgs / secs, (t1 - t0) / TICK * 1e6 / max(msgs, 1)
+        return msgs / secs, (t1 - t0) / TICK * 1e6 / max(msgs, 1), _per_message(stats_file, msgs)
     finally:
         stop(proc)
 
 
 def interleaved(
     servers: dict[str, list[str]], sizes: list[int], conns: int, seconds: float, rounds: int, client: str = "loadtest"
-) -> dict[tuple[str, int], list[tuple[float, float]]]:
-    """Every (server, size) once per round, in turn: (msgs/s, server CPU us/msg) per round."""
-    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+) -> dict[tuple[str, int], list[tuple[float, float, dict[str, float] | None]]]:
+    """Every (server, size) once per round, in turn: (msgs/s, server CPU us/msg,
+    counters per message) per round."""
+    results: dict[tuple[str, int], list[tuple[float, float, dict[str, float] | None]]] = {}
     for rnd in range(rounds):
         for size in sizes:
             for name, cmd in servers.items():
@@ -163,7 +226,28 @@ def main() -> int:
         print(f"\n{size} B messages")
         per = {n: results[(n, size)] for n in servers}
         print(summary(per, list(servers), [p for p in ("uvloop", "c-ref") if p in servers], "msg", "msgs/s"))
+    print(paths_table(results, list(servers), sizes))
     return 0
+
+
+def paths_table(results: dict, names: list[str], sizes: list[int]) -> str:
+    """Which path each ring server took: its counters per message, medians over rounds."""
+    lines = [
+        "\npaths taken (the ring's counters per echoed message, medians over rounds):",
+        f"{'server':24} {'size':>8} " + " ".join(f"{label:>10}" for _, label in PATHS),
+    ]
+    for name in names:
+        for size in sizes:
+            runs = [r[2] for r in results[(name, size)] if r[2] is not None]
+            if not runs:
+                continue
+            cells = " ".join(f"{statistics.median(r[k] for r in runs):10.3f}" for k, _ in PATHS)
+            lines.append(f"{name:24} {size:8} {cells}")
+    lines.append(
+        "on loopback (and veth) the kernel copies every zero-copy send ('zc copied'): only CPU\n"
+        "and the copies counted here can show what zero-copy saves; a NIC is needed for the rest"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

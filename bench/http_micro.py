@@ -1,7 +1,7 @@
 """uringserve.http's own cost per request, without a kernel or a network:
 HTTPProtocol on a fake transport answering the demo's hello world.
 
-    python bench/http_micro.py [--requests 100000] [--bytecodes]
+    python bench/http_micro.py [--requests 100000] [--bytecodes] [--path /static/4096.bin]
 
 bench/http_bench.py's `floor` is the loop's and the kernel's share; this is
 the HTTP layer's. Native: the plain-function fast path, run inline. ASGI:
@@ -11,6 +11,10 @@ one task per request, driven by a loop callback as the ring drives it.
 (sys.settrace with opcode events): exact and free of the machine's noise,
 so a change to the hot path can be compared before and after in one run
 of each. Time per bytecode is not constant, so quote the timed numbers too.
+
+--path requests another of the demo's routes: /static/NAME serves files
+under URINGSERVE_STATIC (default apps/static), so a static file's own cost
+(path, open, validators) shows beside hello's.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class NullTransport:
     def close(self) -> None: ...
 
 
-async def measure(runner: Any, n: int) -> float:
+async def measure(runner: Any, n: int, request: bytes = REQUEST) -> float:
     loop = asyncio.get_running_loop()
     proto = HTTPProtocol(runner, HTTPConfig(keepalive_requests=1 << 62))
     proto.connection_made(NullTransport())
@@ -54,7 +58,7 @@ async def measure(runner: Any, n: int) -> float:
 
     def step() -> None:  # a loop callback, as the ring's dispatch is
         for _ in range(100):
-            proto.data_received(REQUEST)
+            proto.data_received(request)
         left[0] -= 100
         if left[0] > 0:
             loop.call_soon(step)
@@ -67,7 +71,7 @@ async def measure(runner: Any, n: int) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
-async def bytecodes(runner: Any) -> collections.Counter:
+async def bytecodes(runner: Any, request: bytes = REQUEST) -> collections.Counter:
     """Bytecodes executed per function while one request is answered (after warm-up)."""
     loop = asyncio.get_running_loop()
     proto = HTTPProtocol(runner, HTTPConfig(keepalive_requests=1 << 62))
@@ -89,29 +93,33 @@ async def bytecodes(runner: Any) -> collections.Counter:
     def one() -> None:
         sys.settrace(tracer)
         try:
-            proto.data_received(REQUEST)
+            proto.data_received(request)
         finally:
             sys.settrace(None)
 
     for _ in range(50):
-        loop.call_soon(proto.data_received, REQUEST)  # warm-up, as a loop callback (eager tasks)
+        loop.call_soon(proto.data_received, request)  # warm-up, as a loop callback (eager tasks)
     await asyncio.sleep(0.01)
     loop.call_soon(one)
     await asyncio.sleep(0.01)
     return counts
 
 
-async def count_main() -> None:
+def request_for(path: str) -> bytes:
+    return REQUEST.replace(b"GET / ", b"GET %s " % path.encode(), 1)
+
+
+async def count_main(request: bytes) -> None:
     for name, runner in (("native", native_runner(app)), ("ASGI", asgi_runner(asgi_app, {}, FileCache()))):
-        counts = await bytecodes(runner)
+        counts = await bytecodes(runner, request)
         print(f"{name}: {sum(counts.values())} bytecodes per request")
         for fn, n in counts.most_common():
             print(f"  {n:5}  {fn}")
 
 
-async def main(n: int) -> None:
-    native = await measure(native_runner(app), n)
-    asgi = await measure(asgi_runner(asgi_app, {}, FileCache()), n // 4)
+async def main(n: int, request: bytes) -> None:
+    native = await measure(native_runner(app), n, request)
+    asgi = await measure(asgi_runner(asgi_app, {}, FileCache()), n // 4, request)
     print(
         f"HTTP layer per request, {n} requests: native {native:.2f} us, ASGI {asgi:.2f} us "
         "(median of 5 runs of this command is the number to quote)"
@@ -122,5 +130,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=100_000)
     p.add_argument("--bytecodes", action="store_true", help="count bytecodes per request instead of timing")
+    p.add_argument("--path", default="/", help="the route requested (default /, hello world)")
     args = p.parse_args()
-    uringserve.run(count_main() if args.bytecodes else main(args.requests))
+    req = request_for(args.path)
+    uringserve.run(count_main(req) if args.bytecodes else main(args.requests, req))
