@@ -273,3 +273,89 @@ def test_small_files_are_answered_from_memory_and_follow_changes(tmp_path) -> No
         assert files.response("GET", b"/small.txt", Headers([(b"if-none-match", etag.encode())])).status == 304
     finally:
         files.close()
+
+
+@pytest.mark.parametrize("mode", ["openat2", "realpath"])
+def test_a_path_served_before_costs_one_stat_and_follows_every_change(tmp_path, monkeypatch, mode: str) -> None:
+    """A request path that was opened before is checked with one stat() by
+    path (no parse, no open): the same file, unchanged, is served without
+    opening anything. Anything that makes the path lead elsewhere or the file
+    differ goes through the full open again: new bytes (same size and mtime,
+    renamed over), a symlink retargeted, a mode changed (ctime), a path
+    component swapped for a symlink out of the root, the file deleted."""
+    from uringserve.http import static as static_mod
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    page = root / "page.txt"
+    page.write_bytes(b"version one\n")
+    (root / "other.txt").write_bytes(b"other file!\n")  # the same length as page.txt
+    os.symlink("page.txt", root / "link.txt")
+    (root / "sub" / "index.html").write_bytes(b"<h1>sub</h1>")
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "outdir" / "index.html").write_bytes(b"outside the root")
+    opens: list[bytes] = []
+    real_open_beneath = ring.open_beneath
+    if mode == "realpath":
+
+        def no_openat2(*args: Any) -> int:
+            raise OSError(errno.ENOSYS, "openat2 refused by this test")
+
+        monkeypatch.setattr(ring, "open_beneath", no_openat2)
+        real_files_open = static_mod.FileCache.open
+
+        def counting_files_open(self, path: str):
+            opens.append(os.fsencode(path))
+            return real_files_open(self, path)
+
+        monkeypatch.setattr(static_mod.FileCache, "open", counting_files_open)
+    else:
+
+        def counting_open_beneath(dirfd: int, rel: bytes, flags: int) -> int:
+            opens.append(rel)
+            return real_open_beneath(dirfd, rel, flags)
+
+        monkeypatch.setattr(ring, "open_beneath", counting_open_beneath)
+    files = static_mod.StaticFiles(str(root))
+    headers = Headers([])
+
+    def body(path: bytes) -> bytes | int:
+        r = files.response("GET", path, headers)
+        return r.body if r.status == 200 else r.status
+
+    try:
+        assert body(b"/page.txt") == b"version one\n"
+        n = len(opens)
+        for _ in range(3):
+            assert body(b"/page.txt") == b"version one\n"
+        assert len(opens) == n  # served again without an open
+        # renamed over by a file of the same size and mtime: another inode
+        st = page.stat()
+        tmp = root / "new.tmp"
+        tmp.write_bytes(b"version two\n")
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.rename(tmp, page)
+        assert body(b"/page.txt") == b"version two\n"
+        assert len(opens) > n
+        # a mode change: ctime moves, so the path is opened (and checked) again
+        n = len(opens)
+        assert body(b"/page.txt") == b"version two\n" and len(opens) == n
+        os.chmod(page, 0o600)
+        assert body(b"/page.txt") == b"version two\n"
+        assert len(opens) > n
+        # a symlink retargeted to a file of the same size
+        assert body(b"/link.txt") == b"version two\n"
+        os.unlink(root / "link.txt")
+        os.symlink("other.txt", root / "link.txt")
+        assert body(b"/link.txt") == b"other file!\n"
+        # a directory's index, then the directory swapped for a symlink out of the root
+        assert body(b"/sub/") == b"<h1>sub</h1>"
+        assert body(b"/sub/") == b"<h1>sub</h1>"
+        os.rename(root / "sub", root / "sub.old")
+        os.symlink(tmp_path / "outdir", root / "sub")
+        assert body(b"/sub/") == 404
+        # deleted
+        os.unlink(page)
+        assert body(b"/page.txt") == 404
+    finally:
+        files.close()

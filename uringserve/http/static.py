@@ -231,6 +231,11 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | Literal[False] | No
     return start, min(end, size - 1)
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    # ctime too: a chmod or chown changes it (and may turn a 200 into a 403)
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class StaticFiles:
     """Serve the files under `root`. `index`: the file served for a
     directory (None: directories are 404)."""
@@ -243,6 +248,12 @@ class StaticFiles:
             raise NotADirectoryError(f"static root {root!r} is not a directory")
         self.index = index
         self.files = FileCache(max_open)
+        # request path -> (the file's path, its identity when opened): a path
+        # served before is checked with one stat() instead of parsing it again
+        # and open + fstat + close (see known()); the open file itself stays
+        # the FileCache's, so eviction still closes it
+        self._known: dict[bytes, tuple[bytes, tuple[int, int, int, int, int]]] = {}
+        self._root_b = os.fsencode(self.root)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.close(ring.open_beneath(fd, b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
@@ -265,15 +276,55 @@ class StaticFiles:
             raise HTTPError(400, "'..' in the path")
         return parts
 
+    def known(self, raw_path: bytes) -> OpenFile | None:
+        """The open file for a request path that open() resolved before, if
+        the file its path leads to now is still that one, unchanged (inode,
+        device, size, mtime, ctime): one stat() by path. What is served was
+        always opened by open() -- beneath the root, or realpath-checked --
+        and a path that leads elsewhere now (a component swapped for a
+        symlink, a file renamed over, a changed mode) finds another identity
+        and goes through open() again. None: not known, or changed."""
+        entry = self._known.get(raw_path)
+        if entry is None:
+            return None
+        path, ident = entry
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        open_files = self.files._files
+        key = (ident[1], ident[0])
+        f = open_files.get(key)
+        if f is None or st is None or _identity(st) != ident:
+            del self._known[raw_path]  # changed, gone, or no longer among the open files
+            return None
+        open_files.move_to_end(key)  # in use, as FileCache.open() counts it
+        return f
+
+    def _remember(self, raw_path: bytes, path: bytes, f: OpenFile) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) != (f.dev, f.ino):
+            return  # changed since it was opened: not worth remembering
+        known = self._known
+        if len(known) >= self.files.max_open:
+            del known[next(iter(known))]  # the oldest
+        known[raw_path] = (path, _identity(st))
+
     def open(self, raw_path: bytes) -> OpenFile | None:
         """The open file a request path names under the root (a directory's
         index), or None: nothing there, not a regular file, or outside the
         root (404). Raises HTTPError(400) as resolve(), PermissionError (403)."""
+        f = self.known(raw_path)
+        if f is not None:
+            return f
         parts = self._parts(raw_path)
         if self._root_fd >= 0:
             rel = "/".join(parts).encode("utf-8", "surrogateescape") or b"."
             try:
-                return self._open_beneath(rel, parts[-1] if parts else "")
+                f, rel = self._open_beneath(rel, parts[-1] if parts else "")
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return None
             except OSError as exc:
@@ -282,16 +333,24 @@ class StaticFiles:
                     return None
                 if exc.errno != errno.EXDEV:
                     raise
-                # out of the root, or an absolute symlink that may point inside: realpath decides
+                f = None  # out of the root, or an absolute symlink that may point inside: realpath decides
+            else:
+                if f is not None:
+                    self._remember(raw_path, self._root_b + b"/" + rel, f)
+                return f
         path = self._resolve(parts)
         if path is None:
             return None
         try:
-            return self.files.open(path)
+            f = self.files.open(path)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
+        # by the path as asked, not the resolved one: a link retargeted later must be seen
+        self._remember(raw_path, os.fsencode(os.path.join(self.root, *parts)), f)
+        return f
 
-    def _open_beneath(self, rel: bytes, name: str) -> OpenFile | None:
+    def _open_beneath(self, rel: bytes, name: str) -> tuple[OpenFile | None, bytes]:
+        """The file at `rel` (a directory's index) and the path it was opened by."""
         fd = ring.open_beneath(self._root_fd, rel, _OPEN_FLAGS)
         try:
             st = os.fstat(fd)
@@ -299,15 +358,16 @@ class StaticFiles:
                 os.close(fd)
                 fd = -1
                 if self.index is None:
-                    return None
+                    return None, rel
                 name = self.index
-                fd = ring.open_beneath(self._root_fd, rel + b"/" + self.index.encode(), _OPEN_FLAGS)
+                rel = rel + b"/" + self.index.encode()
+                fd = ring.open_beneath(self._root_fd, rel, _OPEN_FLAGS)
                 st = os.fstat(fd)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             raise
-        return self.files.adopt(fd, st, name)
+        return self.files.adopt(fd, st, name), rel
 
     def resolve(self, raw_path: bytes) -> str | None:
         """The real path for a request path under the root, or None (404).
@@ -363,6 +423,7 @@ class StaticFiles:
         return FileResponse._prepared(f, 0, f.size, 200, whole)
 
     def close(self) -> None:
+        self._known.clear()
         self.files.close()
         fd, self._root_fd = self._root_fd, -1
         if fd >= 0:
