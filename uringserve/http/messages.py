@@ -53,6 +53,21 @@ class Headers:
             return default  # not even a substring of the block: not a field name in it
         return self._dict().get(name, default)
 
+    def has_any(self, names: tuple[bytes, ...]) -> bool:
+        """Whether any of `names` (lower-case field names) may be present:
+        False means none is. For a head the recogniser took, one search of
+        the block per name and no split -- a static file asks for its
+        validators and Range on every request and rarely finds one."""
+        raw = self._raw
+        if self._map is None and type(raw) is HeaderBlock:
+            low = raw.lower()
+            for n in names:  # a loop, not any(): no generator on the hot path
+                if n in low:
+                    return True
+            return False
+        m = self._dict()
+        return any(n.decode("latin-1") in m for n in names)
+
     def __getitem__(self, name: str) -> str:
         return self._dict()[name.lower()]
 

@@ -252,7 +252,7 @@ class StaticFiles:
         # served before is checked with one stat() instead of parsing it again
         # and open + fstat + close (see known()); the open file itself stays
         # the FileCache's, so eviction still closes it
-        self._known: dict[bytes, tuple[bytes, tuple[int, int, int, int, int]]] = {}
+        self._known: dict[bytes, tuple[bytes, tuple[int, int, int, int, int], tuple[int, int]]] = {}
         self._root_b = os.fsencode(self.root)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -287,15 +287,18 @@ class StaticFiles:
         entry = self._known.get(raw_path)
         if entry is None:
             return None
-        path, ident = entry
+        path, ident, key = entry
         try:
             st = os.stat(path)
         except OSError:
             st = None
         open_files = self.files._files
-        key = (ident[1], ident[0])
         f = open_files.get(key)
-        if f is None or st is None or _identity(st) != ident:
+        if (
+            f is None
+            or st is None
+            or (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != ident  # _identity(), inline
+        ):
             del self._known[raw_path]  # changed, gone, or no longer among the open files
             return None
         open_files.move_to_end(key)  # in use, as FileCache.open() counts it
@@ -311,7 +314,7 @@ class StaticFiles:
         known = self._known
         if len(known) >= self.files.max_open:
             del known[next(iter(known))]  # the oldest
-        known[raw_path] = (path, _identity(st))
+        known[raw_path] = (path, _identity(st), (f.dev, f.ino))
 
     def open(self, raw_path: bytes) -> OpenFile | None:
         """The open file a request path names under the root (a directory's
@@ -391,13 +394,25 @@ class StaticFiles:
         """The response for GET/HEAD of `raw_path` (relative to the root)."""
         if method not in ("GET", "HEAD"):
             return Response("405 Method Not Allowed\n", status=405, headers=[("Allow", "GET, HEAD")])
-        try:
-            f = self.open(raw_path)
-        except PermissionError:
-            return Response("403 Forbidden\n", status=403)
+        f = self.known(raw_path)
+        if f is None:
+            try:
+                f = self.open(raw_path)
+            except PermissionError:
+                return Response("403 Forbidden\n", status=403)
         if f is None:
             return Response("404 Not Found\n", status=404)
         whole = f.headers_200  # ETag, Last-Modified, Accept-Ranges, Content-Type
+        if headers.has_any(_ASKS):
+            return self._conditional(method, headers, f, whole)
+        if f.size <= SMALL_FILE:
+            small = f.small_response()
+            if small is not None:
+                return small
+        return FileResponse._prepared(f, 0, f.size, 200, whole)
+
+    def _conditional(self, method: str, headers: Headers, f: OpenFile, whole: Any) -> Any:
+        """The response when the request carries a validator or a Range."""
         if _not_modified(headers, f):
             return Response(b"", status=304, headers=whole[0][:3], content_type=None)
         rng = headers.get("range")
@@ -432,6 +447,10 @@ class StaticFiles:
     def __del__(self) -> None:
         if self._root_fd >= 0:
             os.close(self._root_fd)
+
+
+# the request fields that can change a static response (If-Range only matters with Range)
+_ASKS = (b"if-none-match", b"if-modified-since", b"range")
 
 
 def _not_modified(headers: Headers, f: OpenFile) -> bool:
