@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <linux/openat2.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -24,4 +25,14 @@ int us_open_beneath(int dirfd, const char *path, int flags)
     };
     long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
     return fd < 0 ? -errno : (int)fd;
+}
+
+int us_same_file(const char *path, const uint64_t *id)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return -errno;
+    return (uint64_t)st.st_ino == id[0] && (uint64_t)st.st_dev == id[1] && (uint64_t)st.st_size == id[2] &&
+           (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec == id[3] &&
+           (uint64_t)st.st_ctim.tv_sec * 1000000000u + (uint64_t)st.st_ctim.tv_nsec == id[4];
 }

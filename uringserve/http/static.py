@@ -231,11 +231,6 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | Literal[False] | No
     return start, min(end, size - 1)
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    # ctime too: a chmod or chown changes it (and may turn a 200 into a 403)
-    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 class StaticFiles:
     """Serve the files under `root`. `index`: the file served for a
     directory (None: directories are 404)."""
@@ -252,7 +247,7 @@ class StaticFiles:
         # served before is checked with one stat() instead of parsing it again
         # and open + fstat + close (see known()); the open file itself stays
         # the FileCache's, so eviction still closes it
-        self._known: dict[bytes, tuple[bytes, tuple[int, int, int, int, int], tuple[int, int]]] = {}
+        self._known: dict[bytes, tuple[bytes, Any, tuple[int, int]]] = {}
         self._root_b = os.fsencode(self.root)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -288,17 +283,10 @@ class StaticFiles:
         if entry is None:
             return None
         path, ident, key = entry
-        try:
-            st = os.stat(path)
-        except OSError:
-            st = None
         open_files = self.files._files
         f = open_files.get(key)
-        if (
-            f is None
-            or st is None
-            or (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != ident  # _identity(), inline
-        ):
+        # ctime too: a chmod or chown changes it (and may turn a 200 into a 403)
+        if f is None or _same_file(path, ident) != 1:
             del self._known[raw_path]  # changed, gone, or no longer among the open files
             return None
         open_files.move_to_end(key)  # in use, as FileCache.open() counts it
@@ -314,7 +302,7 @@ class StaticFiles:
         known = self._known
         if len(known) >= self.files.max_open:
             del known[next(iter(known))]  # the oldest
-        known[raw_path] = (path, _identity(st), (f.dev, f.ino))
+        known[raw_path] = (path, ring.file_identity(st), (f.dev, f.ino))
 
     def open(self, raw_path: bytes) -> OpenFile | None:
         """The open file a request path names under the root (a directory's
@@ -448,6 +436,8 @@ class StaticFiles:
         if self._root_fd >= 0:
             os.close(self._root_fd)
 
+
+_same_file = ring.same_file
 
 # the request fields that can change a static response (If-Range only matters with Range)
 _ASKS = (b"if-none-match", b"if-modified-since", b"range")
