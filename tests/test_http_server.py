@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import threading
 import time
@@ -158,6 +159,60 @@ def test_plain_function_handler_fast_path(h) -> None:
     assert r.responses[2].status == 500 and r.responses[3].body == b"sync:/y"  # still usable after a 500
     assert not r.closed
     assert len(handler_errors(h)) == 1
+
+
+def test_a_large_prepared_response_is_joined_once_per_date_and_tail(h) -> None:
+    """A Response with a body of framing.WHOLE_MIN bytes or more, answered on
+    the one-frame path, is written from one bytes object kept per Date and
+    connection tail, not joined per request: each request still gets its
+    own Date and its version's Connection header, byte-exact, and a HEAD
+    gets no body."""
+    from uringserve.http import framing
+
+    body = os.urandom(framing.WHOLE_MIN + 123)
+    big = Response(body, content_type="application/octet-stream")
+    small = Response(b"small")
+    seen: list[bytes] = []
+
+    def handler(req: Request) -> Any:
+        if req.raw_path == b"/newdate":
+            # the next responses must carry a Date they have not seen yet
+            framing.DATE[1] = b"Date: Thu, 01 Jan 2099 00:00:00 GMT\r\n"
+            framing.DATE[0] = time.time() + 3600  # no refresh meanwhile
+            return small
+        seen.append(big._whole[2] if big._whole else b"")
+        return big
+
+    get = b"GET /big HTTP/1.1\r\n" + H + b"\r\n"
+    reqs = (
+        get
+        + get
+        + b"GET /big HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        + get
+        + b"GET /newdate HTTP/1.1\r\n"
+        + H
+        + b"\r\n"
+        + get
+    )
+    try:
+        r = run(h, handler, lambda port: exchange(port, reqs, responses=6))
+    finally:
+        framing.DATE[0] = 0.0  # refreshed at the next response
+    bodies = [x.body for x in r.responses]
+    assert bodies == [body, body, body, body, b"small", body]
+    assert [x.header("content-length") for x in r.responses] == [str(len(body))] * 4 + ["5", str(len(body))]
+    assert r.responses[2].header("connection") == "keep-alive"  # HTTP/1.0's tail, not the cached 1.1 one
+    assert r.responses[3].header("connection") is None  # and back
+    assert r.responses[5].header("date") == "Thu, 01 Jan 2099 00:00:00 GMT"
+    assert r.responses[0].header("date") != r.responses[5].header("date")
+    assert not r.closed
+    # HEAD (first in its exchange: the test client reads a HEAD response whole)
+    head = b"HEAD /big HTTP/1.1\r\n" + H + b"\r\n"
+    r = run(h, handler, lambda port: exchange(port, head + get, responses=2, head_for={0}))
+    assert [x.body for x in r.responses] == [b"", body]
+    assert r.responses[0].header("content-length") == str(len(body))
+    # the second request was written from the object the first one joined
+    assert seen[1] and seen[1].endswith(body)
 
 
 def _describe(req: Request) -> Response:

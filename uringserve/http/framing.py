@@ -53,6 +53,29 @@ def whole_head(status: int, block: bytes, body: bytes) -> tuple[bytes, bytes]:
     return line + block, b""
 
 
+# a prepared body at least this long is written from one bytes object kept
+# per Date and connection tail (whole_response()), not joined per request
+WHOLE_MIN = 16384
+
+
+def whole_response(resp: Any, tail: bytes) -> bytes:
+    """Head, Date, `tail` and body of a prepared Response with a body of at
+    least WHOLE_MIN bytes, joined once per Date value (a second) and tail
+    and kept on the Response. The ring sends a bytes object of 16 KiB or
+    more in place, so a large cached response (a static file up to 64 KiB)
+    is written with no copy in Python; joining it per request was a copy
+    of the body per request (a 64 KiB static file: 19.7 -> 18.2 us of
+    server CPU per request). A Response made per request pays the join
+    once, as before."""
+    date = DATE[1]
+    w = resp._whole
+    if w and w[0] is date and w[1] == tail:
+        return w[2]
+    data = b"".join((resp._head, date, tail, resp._wire))
+    resp._whole = (date, tail, data)
+    return data
+
+
 # what a server frames itself, by length first: most names are cut by len() alone
 FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _FRAMING_LENGTHS = frozenset(len(n) for n in FRAMING_HEADERS)

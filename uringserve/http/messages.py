@@ -172,7 +172,7 @@ class Response:
     Immutable: its status line, headers and Content-Length are encoded here,
     once, so a response made at import time costs no encoding per request."""
 
-    __slots__ = ("_status", "_body", "_headers", "block", "_head", "_wire", "_close")
+    __slots__ = ("_status", "_body", "_headers", "block", "_head", "_wire", "_close", "_whole")
 
     def __init__(
         self,
@@ -185,6 +185,8 @@ class Response:
         self._body = body.encode() if isinstance(body, str) else bytes(body)
         self._headers, self.block, self._close = _prepare_headers(status, headers, content_type)
         self._head, self._wire = framing.whole_head(status, self.block, self._body)
+        # None: joined per request; a tuple: written whole (framing.whole_response)
+        self._whole: tuple = () if len(self._wire) >= framing.WHOLE_MIN else None  # type: ignore[assignment]
 
     @property
     def status(self) -> int:

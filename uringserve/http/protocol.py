@@ -41,6 +41,7 @@ LINGER = 2.0
 # answers each request: called with the runner's own exchange_class (an Exchange subclass)
 Runner = Callable[[Any], None]
 _DATE = framing.DATE
+_whole_response = framing.whole_response
 _time = time.time
 
 # the end of a response head, by (keep-alive, HTTP version)
@@ -468,16 +469,13 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             ex.status = result._status
             if _time() >= _DATE[0]:
                 framing.refresh_date()
-            self._transport.write(
-                b"".join(
-                    (
-                        result._head,
-                        _DATE[1],
-                        self._tail_11 if ex.version == "1.1" else self._tail_10,
-                        b"" if ex.method == "HEAD" else result._wire,
-                    )
+            tail = self._tail_11 if ex.version == "1.1" else self._tail_10
+            if result._whole is None or ex.method == "HEAD":
+                self._transport.write(
+                    b"".join((result._head, _DATE[1], tail, b"" if ex.method == "HEAD" else result._wire))
                 )
-            )
+            else:  # a large body: written whole, without a join per request
+                self._transport.write(_whole_response(result, tail))
             del queue[0]
             self._served += 1
             answered = True
