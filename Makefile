@@ -16,7 +16,7 @@ PORT ?= 8000
 DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd
 BENCH_DEBS := wrk nginx-light curl
 
-.PHONY: run echo resp bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo resp bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -114,6 +114,15 @@ bench-uvicorn: bench-deps $(STAMP)
 # uringserve.http (native, ASGI) vs uvicorn, granian and nginx; a 1 MiB file vs nginx
 bench-http: bench-deps $(STAMP)
 	$(VPY) bench/http_bench.py
+
+# the ways to send a cached file, side by side, without Python: sendfile,
+# io_uring splice, send from memory, read + send (bench/file_paths.c)
+bench-files:
+	mkdir -p bench/build
+	cc -O2 -Wall -o bench/build/file_paths bench/file_paths.c
+	taskset -c 0 bench/build/file_paths 4096 50000 3
+	taskset -c 0 bench/build/file_paths 65536 20000 3
+	taskset -c 0 bench/build/file_paths 1048576 2000 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info uringserve/_native/_core*.so bench/build mutants
