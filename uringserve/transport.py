@@ -348,6 +348,14 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
             raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
+        if type(data) is not bytes and self._write_fast:
+            mv = memoryview(data)
+            if mv.nbytes >= self._inplace_min:
+                # the caller may change a bytearray or memoryview once write()
+                # returns, so it is copied -- into one bytes object, sent in
+                # place as one segment, not into the arena 32 KiB at a time
+                self.write(mv.tobytes())
+                return
         if self._conn_lost:
             if self._conn_lost >= _LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")

@@ -82,6 +82,7 @@ enum cflag {
     F_ZC_UNSUP = 1 << 12 /* send_zc failed with EOPNOTSUPP (AF_UNIX): plain sends only, in every mode */,
     F_SHUT_INFLIGHT = 1 << 13 /* an IORING_OP_SHUTDOWN is in flight (see issue_close) */,
     F_CLOSE_DEFER = 1 << 14 /* close asked for while the shutdown was in flight: issued at its CQE */,
+    F_SEND_Q = 1 << 15 /* on sendq: its send is prepared at the next enter */,
 };
 
 enum cstate_extra { C_FILE = 4 /* the slot holds a registered file, not a connection */ };
@@ -141,6 +142,8 @@ struct us_ring {
     uint32_t nconn;
     uint32_t *rearm;
     uint32_t nrearm;
+    uint32_t *sendq; /* connections whose queued data waits for flush_sends() */
+    uint32_t nsendq;
     uint32_t accept_used, accepts_inflight, accept_range;
     uint32_t accept_limit;          /* connections (slots in use) at which accepting pauses: <= accept_range */
     int accept_starved;
@@ -517,6 +520,36 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
     if (c->fseg != NONE)
         file_fill(r, slot, c); /* read the next piece while this one is sent */
     return 0;
+}
+
+/* A write queues its bytes; the send is prepared when the caller next
+ * enters the kernel (us_wait, us_flush), not at the write, so everything a
+ * callback writes to a connection before then leaves in one send
+ * (writelines, several pipelined responses) where the first write used to
+ * go alone and the rest after its completion. Sends that follow a
+ * completion are prepared at once: that is inside the enter already. */
+static void send_later(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    if (c->flags & (F_SEND_Q | F_SEND_INFLIGHT))
+        return;
+    c->flags |= F_SEND_Q;
+    r->sendq[r->nsendq++] = slot;
+}
+
+static void flush_sends(struct us_ring *r)
+{
+    uint32_t n = r->nsendq;
+    r->nsendq = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t slot = r->sendq[i];
+        struct conn *c = &r->conns[slot];
+        if (!(c->flags & F_SEND_Q))
+            continue; /* listed twice (closed and reused in between): done already */
+        c->flags &= ~F_SEND_Q;
+        if ((c->state == C_OPEN || c->state == C_CLOSING) && c->queued && !(c->flags & F_SEND_INFLIGHT)
+            && submit_send(r, slot, c) == -EBUSY)
+            send_later(r, slot, c); /* no SQE free even after submitting: the next enter */
+    }
 }
 
 /* ---- file segments -----------------------------------------------------
@@ -1340,6 +1373,7 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
     if (!r->nstash)
         release_held(r); /* stashed CQEs that made no event (a re-arm after ECANCELED) */
     refill(r); /* what the caller's previous batch held goes back first */
+    flush_sends(r);
     if (r->nstash) {
         int n = r->nstash < max ? r->nstash : max;
         memcpy(ev, r->stash, (size_t)n * sizeof(*ev));
@@ -1457,6 +1491,7 @@ int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen)
  * server.close() returns). Completions stay in the CQ for us_wait(). */
 int us_flush(struct us_ring *r)
 {
+    flush_sends(r);
     int ret = do_enter(r, 0, IORING_ENTER_GETEVENTS, NULL, 0);
     if (ret < 0 && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
         return ret;
@@ -1541,11 +1576,8 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
         copied += n;
     }
     c->queued += copied;
-    if (c->queued && !(c->flags & F_SEND_INFLIGHT)) {
-        err = submit_send(r, slot, c);
-        if (err)
-            return err;
-    }
+    if (c->queued)
+        send_later(r, slot, c);
     return (int64_t)copied;
 }
 
@@ -1573,11 +1605,7 @@ static int64_t queue_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const c
     c->tail = seg;
     c->queued += len;
     r->st.ext_sends += !staged;
-    if (!(c->flags & F_SEND_INFLIGHT)) {
-        err = submit_send(r, slot, c);
-        if (err)
-            return err;
-    }
+    send_later(r, slot, c);
     return (int64_t)e;
 }
 
@@ -1671,13 +1699,10 @@ int64_t us_send_file(struct us_ring *r, uint32_t slot, uint32_t gen, int file, i
     }
     c->tail = seg;
     c->queued += len;
-    if (!(c->flags & F_SEND_INFLIGHT)) {
-        err = submit_send(r, slot, c);
-        if (err)
-            return err;
-    } else {
+    if (!(c->flags & F_SEND_INFLIGHT))
+        send_later(r, slot, c);
+    else
         file_fill(r, slot, c);
-    }
     return (int64_t)e;
 }
 
@@ -2081,6 +2106,7 @@ struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
     r->conns = calloc(r->nconn, sizeof(struct conn));
     /* a slot can sit in the list twice: queued, closed and reused within one batch */
     r->rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
+    r->sendq = calloc(2 * (size_t)r->nconn, sizeof(uint32_t)); /* as rearm */
     r->fillwait = calloc(2 * (size_t)r->nconn, sizeof(uint32_t)); /* as rearm */
     r->drop_fd = -1;
     r->lst = calloc(cfg->reserved_slots, sizeof(struct listener));
@@ -2089,7 +2115,7 @@ struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
     r->stash = calloc((size_t)r->stash_cap, sizeof(struct us_event));
     r->held_rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
     r->held_bufs = calloc(cfg->buf_count, sizeof(uint16_t));
-    if (!r->conns || !r->rearm || !r->fillwait || !r->lst || !r->acc || !r->stash || !r->held_rearm || !r->held_bufs) {
+    if (!r->conns || !r->rearm || !r->sendq || !r->fillwait || !r->lst || !r->acc || !r->stash || !r->held_rearm || !r->held_bufs) {
         e = -ENOMEM;
         *stage = 7;
         goto fail;
@@ -2140,6 +2166,7 @@ void us_ring_free(struct us_ring *r)
         munmap(r->arena, r->arena_len);
     free(r->conns);
     free(r->rearm);
+    free(r->sendq);
     free(r->lst);
     free(r->acc);
     free(r->stash);
