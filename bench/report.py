@@ -137,6 +137,7 @@ def echo_section(rounds: int, seconds: float, conns: int, sizes: list[int]) -> s
         out.append(
             f"**{size} B messages**\n\n```\n{summary(per, list(servers), ['uvloop', 'c-ref'], 'msg', 'msgs/s')}\n```"
         )
+    out.append(f"```{echo_bench.paths_table(results, list(servers), sizes)}\n```")
     return "\n\n".join(out)
 
 
