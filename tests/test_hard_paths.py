@@ -259,12 +259,15 @@ def socket_fds() -> int:
 def test_inplace_sends_hold_bytes_until_the_kernel_is_done(segments: int) -> None:
     """Large bytes writes go out without a copy; the ring keeps each object
     alive until its send completes, then lets go. With 2 segments most
-    writes fall back to the copy path, in order."""
+    writes fall back to the copy path, in order (no high-water flush in
+    between: one would let the kernel take both segments at once and free
+    them for the next writes)."""
     cfg = RingConfig(ext_segments=segments, inplace_min=1024)
     blocks = [bytes([i]) * (100_000 + i) for i in range(40)]
 
     class Sender(asyncio.Protocol):
         def connection_made(self, transport) -> None:
+            transport.set_write_buffer_limits(high=1 << 30)
             for b in blocks:
                 transport.write(b)
                 transport.write(b"-")  # small: copied, interleaved in order
@@ -825,3 +828,88 @@ def test_a_large_mutable_write_is_one_copy_and_few_sends(kind: str) -> None:
     got, stats = run_uring(RingConfig(), main)
     assert got == payload
     assert stats["sends"] < 16, stats["sends"]  # as the socket takes it, not per 32 KiB chunk
+
+
+def test_several_queued_segments_leave_in_one_vectored_send() -> None:
+    """writelines() of large buffers (each its own in-place segment) mixed
+    with small ones (arena chunks) is one SENDMSG over all of them, not one
+    send per segment; bytes in order, exactly."""
+    pieces = [os.urandom(20000), b"small;", os.urandom(30000), b"and small;", os.urandom(17000)]
+    want = b"".join(pieces)
+
+    class Writer(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.t.writelines(pieces)
+
+    async def main(loop):
+        server = await loop.create_server(Writer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        before = loop.ring_stats()
+        w.write(b"go")
+        got = await asyncio.wait_for(r.readexactly(len(want)), 10)
+        after = loop.ring_stats()
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return got, after["sends"] - before["sends"], after["vec_sends"] - before["vec_sends"]
+
+    (got, sends, vec), stats = run_uring(RingConfig(zc_threshold=1 << 30), main)
+    assert got == want
+    assert vec == 1 and sends == 2, (sends, vec)  # the client's b"go", and the server's one
+    assert stats["ext_in_use"] == 0 and stats["arena_in_use"] == 0
+
+
+@pytest.mark.parametrize("end", ["read all", "abort"])
+def test_vectored_sends_resume_partway_and_release_everything(end: str) -> None:
+    """A small send buffer makes the kernel take part of a vectored send:
+    the next send starts inside the segment where it stopped, and every byte
+    arrives in order. Aborted with sends in flight, every segment and chunk
+    is released and nothing is left open."""
+    rounds = [[os.urandom(50000 + k), b"<%d>" % k, bytearray(os.urandom(3000))] for k in range(20)]
+    want = b"".join(bytes(p) for r in rounds for p in r)
+    state: dict = {}
+
+    class Writer(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            state["t"] = transport
+            # a small send buffer: the kernel takes part of a send and says so
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            transport.set_write_buffer_limits(high=1 << 30)
+            for r in rounds:
+                transport.writelines(r)
+            if end == "read all":
+                transport.close()
+
+    async def main(loop):
+        server = await loop.create_server(Writer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        def read() -> bytes:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.settimeout(10)
+                data = bytearray()
+                while len(data) < (len(want) if end == "read all" else 200_000):
+                    chunk = s.recv(32768)
+                    if not chunk:
+                        break
+                    data += chunk
+                return bytes(data)
+
+        got = await loop.run_in_executor(None, read)
+        if end == "abort":
+            state["t"].abort()
+        await until(lambda: loop.ring_stats()["slots_used"] == 0, timeout=10)
+        st = loop.ring_stats()
+        server.close()
+        await server.wait_closed()
+        return got, st
+
+    (got, st), _ = run_uring(RingConfig(zc_threshold=1 << 30), main)
+    assert want.startswith(got) and (end == "abort" or got == want)
+    assert st["vec_sends"] > 0 and st["send_partial"] > 0, st
+    assert st["ext_in_use"] == 0 and st["arena_in_use"] == 0, st

@@ -58,7 +58,18 @@
 
 enum op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_SENDZC, OP_CLOSE, OP_SHUTDOWN,
           OP_CANCEL, OP_POLL, OP_POLL_REMOVE, OP_INSTALL, OP_LCLOSE, OP_ADOPT, OP_FREAD,
-          OP_FILE, OP_FILE_DROP, OP_SOCKET, OP_CONNECT, OP_PROBE };
+          OP_FILE, OP_FILE_DROP, OP_SOCKET, OP_CONNECT, OP_PROBE, OP_SENDV };
+
+/* A vectored send: up to VEC_MAX queued segments in one IORING_OP_SENDMSG.
+ * The record lives until the send's CQE (its segments hold a reference), so
+ * a connection closed meanwhile still finds what to release. */
+#define VEC_MAX 8
+struct vrec {
+    struct msghdr mh;
+    struct iovec iov[VEC_MAX];
+    uint32_t seg[VEC_MAX];
+    uint32_t nseg;
+};
 
 #define MAX_TARGETS 4
 
@@ -176,6 +187,8 @@ struct us_ring {
     uint8_t *ext_staged;            /* the segment is a range of the stage: nothing to report when done */
     uint64_t *ext_foff;             /* file segments: the next offset to read */
     uint32_t *ext_free, nextfree;
+    struct vrec *vrecs; /* one per connection: at most one send in flight each */
+    uint32_t *vfree, nvfree;
     uint32_t *fillwait, nfillwait;  /* conns whose next file read waits for a chunk */
     int drop_fd;                    /* -1: what a FILES_UPDATE that empties a slot reads */
     uint32_t *released;             /* [count, segment...]: the caller empties it */
@@ -481,6 +494,56 @@ static int submit_staged(struct us_ring *r, uint32_t slot, struct conn *c, uint3
     return 0;
 }
 
+static const char *seg_ptr(struct us_ring *r, uint32_t ch)
+{
+    return ch >= r->nchunks ? r->ext_ptr[ch - r->nchunks] : r->arena + (size_t)ch * r->cfg.chunk_size;
+}
+
+/* Two or more memory segments queued (arena chunks, the caller's objects):
+ * one SENDMSG over all of them, so writelines() of large buffers, or a head
+ * and a body written apart, go out in one send. Returns 1 if submitted, 0
+ * if the queue does not call for it, or -EBUSY. Plain sends only: a
+ * zero-copy send stays one segment (its notification frees one chunk). */
+static int submit_sendv(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    uint32_t ch = c->head, k = 0, total = 0;
+    if (ch == c->tail || !r->nvfree)
+        return 0;
+    struct vrec *v = &r->vrecs[r->vfree[r->nvfree - 1]];
+    for (uint32_t off = c->head_off; ch != NONE && k < VEC_MAX; ch = r->ch_next[ch], off = 0) {
+        if (is_file_seg(r, ch) || (ch >= r->nchunks && r->ext_staged[ch - r->nchunks]))
+            break; /* read first, or sent from the stage: its own way */
+        uint32_t n = r->ch_len[ch] - off;
+        if (n > 0x7fffffffu - total)
+            break;
+        v->iov[k].iov_base = (void *)(seg_ptr(r, ch) + off);
+        v->iov[k].iov_len = n;
+        v->seg[k++] = ch;
+        total += n;
+    }
+    if (k < 2)
+        return 0;
+    uint32_t rec = r->vfree[r->nvfree - 1];
+    memset(&v->mh, 0, sizeof v->mh);
+    v->mh.msg_iov = v->iov;
+    v->mh.msg_iovlen = k;
+    v->nseg = k;
+    struct io_uring_sqe *sqe = prep(r, IORING_OP_SENDMSG, c->fd, conn_fixed(r), &v->mh, 1, UD(OP_SENDV, slot, c->gen, rec));
+    if (!sqe)
+        return -EBUSY;
+    r->nvfree--;
+    sqe->msg_flags = MSG_NOSIGNAL;
+    r->st.plain_sends++;
+    r->st.vec_sends++;
+    FAULT_SQE(r, US_FAULT_SEND, sqe);
+    for (uint32_t i = 1; i < k; i++)
+        r->ch_refs[v->seg[i]]++;
+    sent_inflight(r, c, v->seg[0], total);
+    if (c->fseg != NONE)
+        file_fill(r, slot, c); /* read the next piece while these are sent */
+    return 1;
+}
+
 static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
 {
     uint32_t ch = c->head;
@@ -501,6 +564,11 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
     } else {
         zc = (mode == US_SEND_ZC || mode == US_SEND_ZC_FIXED) && !(c->flags & F_ZC_UNSUP);
         fixedbuf = zc && mode == US_SEND_ZC_FIXED && r->arena_registered && !ext;
+    }
+    if (!zc) {
+        int v = submit_sendv(r, slot, c);
+        if (v)
+            return v < 0 ? v : 0;
     }
     struct io_uring_sqe *sqe = prep(r, zc ? IORING_OP_SEND_ZC : IORING_OP_SEND, c->fd,
                                     conn_fixed(r), p, n, UD(zc ? OP_SENDZC : OP_SEND, slot, c->gen, ch));
@@ -1143,6 +1211,8 @@ static void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
     }
 }
 
+static void send_done(struct us_ring *r, uint32_t slot, struct conn *c, struct out *o);
+
 static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint64_t ud = cqe->user_data;
@@ -1204,6 +1274,13 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
             chunk_maybe_free(r, old);
         }
     }
+    send_done(r, slot, c, o);
+}
+
+/* After a send's completion: the next send, or the close or shutdown that
+ * waited for the queue to drain, and WRITABLE once below the caller's mark. */
+static void send_done(struct us_ring *r, uint32_t slot, struct conn *c, struct out *o)
+{
     if (c->queued) {
         submit_send(r, slot, c);
     } else if (c->state == C_CLOSING) {
@@ -1223,6 +1300,58 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         c->notify_at = -1;
         emit(o, US_EV_WRITABLE, slot, c->gen, (int32_t)(c->queued > 0x7fffffff ? 0x7fffffff : c->queued));
     }
+}
+
+/* A vectored send's completion: every segment it named lets go of its
+ * reference; the bytes sent are consumed from the head, segment by segment
+ * (a partial send stops inside one, and the next send starts there). */
+static void on_sendv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    uint32_t slot = UD_SLOT(ud), rec = UD_AUX(ud);
+    struct vrec *v = &r->vrecs[rec];
+    struct conn *c = conn_get(r, slot, UD_GEN(ud));
+    for (uint32_t i = 0; i < v->nseg; i++)
+        r->ch_refs[v->seg[i]]--;
+    r->vfree[r->nvfree++] = rec;
+    if (!c) {
+        r->st.stale_cqes++;
+        for (uint32_t i = 0; i < v->nseg; i++)
+            chunk_maybe_free(r, v->seg[i]);
+        return;
+    }
+    c->flags &= ~F_SEND_INFLIGHT;
+    int res = cqe->res;
+    if (res < 0 && res != -EINTR && res != -EAGAIN) {
+        for (uint32_t i = 0; i < v->nseg; i++)
+            chunk_maybe_free(r, v->seg[i]);
+        send_failed(r, slot, c, res, o);
+        return;
+    }
+    if (res > 0) {
+        r->st.send_bytes += (uint64_t)res;
+        if ((uint32_t)res < c->inflight_len)
+            r->st.send_partial++;
+        c->queued -= (uint64_t)res;
+        c->sent += (uint64_t)res;
+        for (uint32_t left = (uint32_t)res; left;) {
+            uint32_t old = c->head, avail = r->ch_len[old] - c->head_off;
+            if (left < avail) {
+                c->head_off += left;
+                break;
+            }
+            left -= avail;
+            c->head = old == c->tail ? NONE : r->ch_next[old];
+            if (c->head == NONE)
+                c->tail = NONE;
+            c->head_off = 0;
+            if (c->fprev == old)
+                c->fprev = NONE; /* the file segment is the head now */
+            r->ch_detached[old] = 1;
+            chunk_maybe_free(r, old);
+        }
+    }
+    send_done(r, slot, c, o);
 }
 
 static void on_close(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
@@ -1251,6 +1380,7 @@ static void process_cqe(struct us_ring *r, struct io_uring_cqe *cqe, struct out 
     case OP_RECV: on_recv(r, cqe, o); break;
     case OP_SEND:
     case OP_SENDZC: on_send(r, cqe, o); break;
+    case OP_SENDV: on_sendv(r, cqe, o); break;
     case OP_CLOSE: on_close(r, cqe, o); break;
     case OP_FREAD: on_fread(r, cqe, o); break;
     case OP_FILE_DROP: on_file_drop(r, cqe); break;
@@ -2107,6 +2237,11 @@ struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
     /* a slot can sit in the list twice: queued, closed and reused within one batch */
     r->rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
     r->sendq = calloc(2 * (size_t)r->nconn, sizeof(uint32_t)); /* as rearm */
+    r->vrecs = calloc(r->nconn, sizeof(struct vrec));
+    r->vfree = calloc(r->nconn, sizeof(uint32_t));
+    if (r->vfree)
+        for (uint32_t i = 0; i < r->nconn; i++)
+            r->vfree[r->nvfree++] = r->nconn - 1 - i;
     r->fillwait = calloc(2 * (size_t)r->nconn, sizeof(uint32_t)); /* as rearm */
     r->drop_fd = -1;
     r->lst = calloc(cfg->reserved_slots, sizeof(struct listener));
@@ -2115,7 +2250,7 @@ struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
     r->stash = calloc((size_t)r->stash_cap, sizeof(struct us_event));
     r->held_rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
     r->held_bufs = calloc(cfg->buf_count, sizeof(uint16_t));
-    if (!r->conns || !r->rearm || !r->sendq || !r->fillwait || !r->lst || !r->acc || !r->stash || !r->held_rearm || !r->held_bufs) {
+    if (!r->conns || !r->rearm || !r->sendq || !r->vrecs || !r->vfree || !r->fillwait || !r->lst || !r->acc || !r->stash || !r->held_rearm || !r->held_bufs) {
         e = -ENOMEM;
         *stage = 7;
         goto fail;
@@ -2167,6 +2302,8 @@ void us_ring_free(struct us_ring *r)
     free(r->conns);
     free(r->rearm);
     free(r->sendq);
+    free(r->vrecs);
+    free(r->vfree);
     free(r->lst);
     free(r->acc);
     free(r->stash);

@@ -95,6 +95,7 @@ struct us_stats {
     uint64_t connects, connect_errors, staged_sends;
     uint64_t late_accepts;    /* accepts that completed as their listener stopped (handed to the caller) */
     uint64_t zc_unsupported;  /* send_zc refused with EOPNOTSUPP (AF_UNIX), resent plainly */
+    uint64_t vec_sends;       /* sends of several queued segments at once (SENDMSG) */
     uint64_t closes_deferred; /* closes held until the connection's SHUTDOWN completed */
 };
 
