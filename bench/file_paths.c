@@ -195,15 +195,8 @@ static double run(const char *mode, int file, char *mem, int size, int count)
                     exit(1);
                 }
                 done += res[1];
-            } else if (!strcmp(mode, "uring-send")) {
-                struct io_uring_sqe *a = sqe_get(&r, IORING_OP_SEND, s, (uint64_t)(uintptr_t)(mem + done), (uint32_t)want, 0);
-                a->msg_flags = MSG_NOSIGNAL;
-                submit_wait(&r, 1, res);
-                if (res[0] <= 0)
-                    die("send");
-                done += res[0];
-            } else { /* uring-read: read the file into memory, then send it */
-                if (done == 0) {
+            } else { /* uring-send from memory; uring-read reads the file into it first */
+                if (done == 0 && !strcmp(mode, "uring-read")) {
                     sqe_get(&r, IORING_OP_READ, file, (uint64_t)(uintptr_t)mem, (uint32_t)size, 0);
                     submit_wait(&r, 1, res);
                     if (res[0] != size)

@@ -809,21 +809,7 @@ def test_a_large_mutable_write_is_one_copy_and_few_sends(kind: str) -> None:
             transport.close()
 
     async def main(loop):
-        server = await loop.create_server(Send, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-
-        def read() -> bytes:
-            with socket.create_connection(("127.0.0.1", port)) as s:
-                s.settimeout(10)
-                data = bytearray()
-                while chunk := s.recv(1 << 20):
-                    data += chunk
-                return bytes(data)
-
-        got = await loop.run_in_executor(None, read)
-        server.close()
-        await server.wait_closed()
-        return got
+        return await serve_and_read(loop, Send)  # the client only reads: every send is the server's
 
     got, stats = run_uring(RingConfig(), main)
     assert got == payload

@@ -509,7 +509,8 @@ static int submit_sendv(struct us_ring *r, uint32_t slot, struct conn *c)
     uint32_t ch = c->head, k = 0, total = 0;
     if (ch == c->tail || !r->nvfree)
         return 0;
-    struct vrec *v = &r->vrecs[r->vfree[r->nvfree - 1]];
+    uint32_t rec = r->vfree[r->nvfree - 1]; /* taken once the SQE is */
+    struct vrec *v = &r->vrecs[rec];
     for (uint32_t off = c->head_off; ch != NONE && k < VEC_MAX; ch = r->ch_next[ch], off = 0) {
         if (is_file_seg(r, ch) || (ch >= r->nchunks && r->ext_staged[ch - r->nchunks]))
             break; /* read first, or sent from the stage: its own way */
@@ -523,7 +524,6 @@ static int submit_sendv(struct us_ring *r, uint32_t slot, struct conn *c)
     }
     if (k < 2)
         return 0;
-    uint32_t rec = r->vfree[r->nvfree - 1];
     memset(&v->mh, 0, sizeof v->mh);
     v->mh.msg_iov = v->iov;
     v->mh.msg_iovlen = k;
@@ -1213,6 +1213,36 @@ static void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 
 static void send_done(struct us_ring *r, uint32_t slot, struct conn *c, struct out *o);
 
+/* `res` bytes of a send (of one segment or several) went out: consumed
+ * from the head of the queue, segment by segment; a segment sent whole
+ * leaves the queue, and a partial send stops inside one, where the next
+ * send starts. (The arena's tail chunk may have grown since the send was
+ * made; only what was sent is consumed.) */
+static void consume_sent(struct us_ring *r, struct conn *c, uint32_t res)
+{
+    r->st.send_bytes += res;
+    if (res < c->inflight_len)
+        r->st.send_partial++;
+    c->queued -= res;
+    c->sent += res;
+    for (uint32_t left = res; left;) {
+        uint32_t old = c->head, avail = r->ch_len[old] - c->head_off;
+        if (left < avail) {
+            c->head_off += left;
+            break;
+        }
+        left -= avail;
+        c->head = old == c->tail ? NONE : r->ch_next[old];
+        if (c->head == NONE)
+            c->tail = NONE;
+        c->head_off = 0;
+        if (c->fprev == old)
+            c->fprev = NONE; /* the file segment is the head now */
+        r->ch_detached[old] = 1;
+        chunk_maybe_free(r, old);
+    }
+}
+
 static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint64_t ud = cqe->user_data;
@@ -1254,26 +1284,8 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         send_failed(r, slot, c, res, o);
         return;
     }
-    if (res > 0) {
-        r->st.send_bytes += (uint64_t)res;
-        if ((uint32_t)res < c->inflight_len)
-            r->st.send_partial++;
-        c->head_off += (uint32_t)res;
-        c->queued -= (uint64_t)res;
-        c->sent += (uint64_t)res;
-        if (c->head_off == r->ch_len[c->head]) {
-            uint32_t old = c->head;
-            if (old == c->tail)
-                c->head = c->tail = NONE;
-            else
-                c->head = r->ch_next[old];
-            c->head_off = 0;
-            if (c->fprev == old)
-                c->fprev = NONE; /* the file segment is the head now */
-            r->ch_detached[old] = 1;
-            chunk_maybe_free(r, old);
-        }
-    }
+    if (res > 0)
+        consume_sent(r, c, (uint32_t)res);
     send_done(r, slot, c, o);
 }
 
@@ -1303,8 +1315,7 @@ static void send_done(struct us_ring *r, uint32_t slot, struct conn *c, struct o
 }
 
 /* A vectored send's completion: every segment it named lets go of its
- * reference; the bytes sent are consumed from the head, segment by segment
- * (a partial send stops inside one, and the next send starts there). */
+ * reference, then what was sent is consumed as for any send. */
 static void on_sendv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint64_t ud = cqe->user_data;
@@ -1328,29 +1339,8 @@ static void on_sendv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         send_failed(r, slot, c, res, o);
         return;
     }
-    if (res > 0) {
-        r->st.send_bytes += (uint64_t)res;
-        if ((uint32_t)res < c->inflight_len)
-            r->st.send_partial++;
-        c->queued -= (uint64_t)res;
-        c->sent += (uint64_t)res;
-        for (uint32_t left = (uint32_t)res; left;) {
-            uint32_t old = c->head, avail = r->ch_len[old] - c->head_off;
-            if (left < avail) {
-                c->head_off += left;
-                break;
-            }
-            left -= avail;
-            c->head = old == c->tail ? NONE : r->ch_next[old];
-            if (c->head == NONE)
-                c->tail = NONE;
-            c->head_off = 0;
-            if (c->fprev == old)
-                c->fprev = NONE; /* the file segment is the head now */
-            r->ch_detached[old] = 1;
-            chunk_maybe_free(r, old);
-        }
-    }
+    if (res > 0)
+        consume_sent(r, c, (uint32_t)res);
     send_done(r, slot, c, o);
 }
 
