@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -148,29 +149,91 @@ async def serve_and_read(loop: asyncio.AbstractEventLoop, factory: Callable[[], 
     return data
 
 
-class Proc:
-    """A server process of the repository's, stopped by stop()."""
+BANNER = re.compile(r"^[\w.]+(?: \([\w ]+\))? on (?:https?://)?(?:\[[0-9a-f:]+\]|[\w.-]+):(\d+)\b")
 
-    def __init__(self, args: list[str], port: int, ready: str | None = None, env: dict[str, str] | None = None) -> None:
+
+class Proc:
+    """A server process of the repository's, stopped by stop().
+
+    Give it `port=0` and the server's own `--port 0` (or no port at all for
+    a command that prints one): the kernel picks a free port on the
+    server's socket and the port is read back from the start-up banner
+    ("NAME on HOST:PORT ..."), so no other process can take it in between.
+    With `ready`, the first line must contain it instead. Everything the
+    process prints (stdout and stderr) is kept: `output()`."""
+
+    def __init__(
+        self,
+        args: list[str],
+        port: int = 0,
+        ready: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.port = port
-        out = subprocess.PIPE if ready else subprocess.DEVNULL
-        self.p = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+        self.args = args
+        self._lines: list[str] = []
+        self._seen = threading.Condition()
+        self.p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
         if ready:
-            assert self.p.stdout
-            line = self.p.stdout.readline()
+            line = self.wait_line(lambda line: True, timeout)
             assert ready in line, line
+        elif port == 0:
+            m = BANNER.search(self.wait_line(BANNER.search, timeout))
+            assert m
+            self.port = int(m.group(1))
         else:
             wait_port(port, self.p)
 
-    def stop(self) -> None:
+    def _drain(self) -> None:
+        assert self.p.stdout
+        for line in self.p.stdout:
+            with self._seen:
+                self._lines.append(line)
+                self._seen.notify_all()
+        with self._seen:
+            self._lines.append("")  # EOF
+            self._seen.notify_all()
+
+    def wait_line(self, match: Callable[[str], object], timeout: float = 30.0) -> str:
+        """The first line printed so far or later for which `match` is true;
+        an error naming what was printed if the process ends or `timeout`
+        passes first."""
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            i = 0
+            while True:
+                while i < len(self._lines):
+                    line = self._lines[i]
+                    if line == "":
+                        raise RuntimeError(f"{self.args} exited ({self.p.wait()}) printing:\n{self.output()}")
+                    if match(line):
+                        return line
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"{self.args}: no such line after {timeout}s; printed:\n{self.output()}")
+                self._seen.wait(left)
+
+    def output(self) -> str:
+        """Everything printed so far."""
+        with self._seen:
+            return "".join(self._lines)
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after 10 s; the exit status."""
         self.p.terminate()
         try:
             self.p.wait(10)
         except subprocess.TimeoutExpired:
             self.p.kill()
             self.p.wait()
-        if self.p.stdout:
+        self._drainer.join(5)  # EOF once every process holding the pipe is gone
+        if not self._drainer.is_alive() and self.p.stdout:
             self.p.stdout.close()
+        return self.p.returncode
 
 
 def wait_port(port: int, p: subprocess.Popen[str]) -> None:
