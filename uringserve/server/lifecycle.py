@@ -25,6 +25,12 @@ LOOPS = ("uring", "asyncio", "uvloop")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
+class StartupError(Exception):
+    """A server that cannot start for a reason its user fixes (an app's
+    startup refused, a setting that does not work here): run_command()
+    prints the message as one line and exits 1, no traceback."""
+
+
 def new_loop(kind: str = "uring", ring_config: Any = None) -> asyncio.AbstractEventLoop:
     """'uring' (UringEventLoop), 'asyncio' (the stdlib loop) or 'uvloop'."""
     if kind == "uring":
@@ -332,7 +338,7 @@ def run_command(
 
     try:
         server.run(host, port, loop=loop, ring_config=ring_config, ready=ready, **listen)
-    except OSError as exc:  # the message names the listener and the reason
+    except (OSError, StartupError) as exc:  # the message names the listener (or the app) and the reason
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
     return 0
