@@ -1,4 +1,5 @@
-"""A small Starlette app for the uvicorn drop-in test."""
+"""A small Starlette app for the uvicorn drop-in test, and hand-written ASGI
+apps whose lifespans behave as apps in the wild do."""
 
 import asyncio
 import contextlib
@@ -57,3 +58,62 @@ app = Starlette(
     ],
     lifespan=lifespan,
 )
+
+
+# -- lifespan, as apps in the wild speak it (tests/test_http_lifespan.py) ----------------
+# Each answers GET with what its lifespan left in the request's scope["state"].
+
+
+async def _answer(scope, send) -> None:  # noqa: ANN001 (ASGI)
+    body = repr(sorted(scope.get("state", {}).items())).encode()
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def tutorial(scope, receive, send) -> None:  # noqa: ANN001 (ASGI)
+    """The smallest app of most tutorials: every scope but "http" returns at once."""
+    if scope["type"] != "http":
+        return
+    await _answer(scope, send)
+
+
+async def asserts_http(scope, receive, send) -> None:  # noqa: ANN001 (ASGI)
+    """Raises in any scope but "http" (the other shape tutorials have)."""
+    assert scope["type"] == "http", "only http"
+    await _answer(scope, send)
+
+
+async def raises_after_startup(scope, receive, send) -> None:  # noqa: ANN001 (ASGI)
+    """Completes the startup, then its lifespan task raises while the server serves."""
+    if scope["type"] == "lifespan":
+        await receive()
+        scope["state"]["db"] = "up"
+        await send({"type": "lifespan.startup.complete"})
+        raise RuntimeError("lifespan task broke after startup")
+    await _answer(scope, send)
+
+
+async def startup_fails(scope, receive, send) -> None:  # noqa: ANN001 (ASGI)
+    """Refuses the startup with a message (and waits, as apps do, to be told to stop)."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "database unreachable at db:5432"})
+        await receive()
+        return
+    await _answer(scope, send)
+
+
+async def with_state(scope, receive, send) -> None:  # noqa: ANN001 (ASGI)
+    """A proper lifespan: state set at startup reaches every request; shutdown prints a line."""
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                scope["state"]["db"] = "up"
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                print("with_state: lifespan shutdown ran", flush=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await _answer(scope, send)

@@ -139,6 +139,13 @@ OPTIONS: list[Opt] = [
     Opt("--interface", "what APP is", str, "auto", choices=("auto", "asgi", "native", "protocol")),
     Opt("--protocol", "APP is an asyncio.Protocol factory (--interface protocol)", None, False),
     Opt("--root-path", "ASGI root_path", str, ""),
+    Opt(
+        "--lifespan",
+        "ASGI lifespan: auto serves an app that does not speak it; on requires it; off never calls it",
+        str,
+        "auto",
+        choices=("auto", "on", "off"),
+    ),
     # HTTP limits and timeouts (HTTPConfig)
     Opt("--max-header-bytes", "request line + headers, bytes (431 beyond)", _int_in(1), HTTPConfig.max_header_bytes),
     Opt("--max-headers", "header fields per request (431 beyond)", _int_in(1), HTTPConfig.max_headers),
@@ -337,7 +344,9 @@ def _protocol_server(args: argparse.Namespace) -> Any:
 
     config = HTTPConfig(shutdown_timeout=args.graceful_timeout, **{name: getattr(args, name) for name in HTTP_FIELDS})
     try:
-        return HTTPServer(app, interface=args.interface, config=config, root_path=args.root_path, ssl=tls)
+        return HTTPServer(
+            app, interface=args.interface, config=config, lifespan=args.lifespan, root_path=args.root_path, ssl=tls
+        )
     except TypeError as exc:  # what detect_interface() could not tell
         raise SystemExit(f"uringserve: {exc}; or --interface protocol for an asyncio protocol factory") from None
 

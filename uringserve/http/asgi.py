@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
+from ..server.lifecycle import StartupError
 from . import framing
 from .body import ClientDisconnected
 from .parser import HeaderBlock, HTTPError
@@ -184,9 +185,23 @@ async def _run(app: Callable[..., Any], scope: dict[str, Any], ex: ASGIExchange)
         ex.fail(RuntimeError(f"ASGI app returned {what}"))
 
 
+class LifespanError(StartupError, RuntimeError):
+    """The app's lifespan refused the startup (lifespan.startup.failed), or,
+    with lifespan "on", did not complete it. run_command() prints it as one
+    line and exits 1."""
+
+
 class Lifespan:
-    """The lifespan protocol. mode "auto": an app that does not speak it (it
-    raises at once) runs without; "on": it must; "off": never run."""
+    """The lifespan protocol, with uvicorn's `--lifespan` rule.
+
+    "auto": an app that returns or raises in the lifespan scope before it
+    sends lifespan.startup.complete does not speak lifespan (most tutorial
+    apps return at once for any scope but "http"): that is logged once and
+    the app is served without it. "on": the same is an error. "off": the
+    lifespan scope is never called. lifespan.startup.failed is an error in
+    every mode, naming the app's message. An app whose lifespan task ends
+    after startup completed is served on; its error is logged, and shutdown
+    is not sent to it (nothing would receive it)."""
 
     def __init__(self, app: Callable[..., Any], mode: str = "auto") -> None:
         if mode not in ("auto", "on", "off"):
@@ -198,6 +213,7 @@ class Lifespan:
         self._started: asyncio.Future | None = None
         self._stopped: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
+        self._shutting_down = False
         self.supported = False
 
     async def startup(self) -> None:
@@ -212,17 +228,52 @@ class Lifespan:
         if self._started.done():
             ok, msg = self._started.result()
             if not ok:
-                raise RuntimeError(f"ASGI lifespan startup failed: {msg}")
+                await self._end_task()
+                raise LifespanError(f"ASGI lifespan startup failed: {msg}" if msg else "ASGI lifespan startup failed")
             self.supported = True
+            self._task.add_done_callback(self._ended)
             return
+        # the app ended its lifespan scope without answering the startup
         exc = self._task.exception()
-        if self.mode == "on" or (exc is None):
-            raise RuntimeError(f"ASGI lifespan startup did not complete: {exc!r}")
-        logger.info("ASGI app does not support lifespan (%r); running without it", exc)
+        how = "returned" if exc is None else f"raised {exc!r}"
+        if self.mode == "on":
+            if exc is not None:
+                logger.error("ASGI lifespan startup raised", exc_info=exc)
+            raise LifespanError(f"ASGI lifespan startup did not complete: the app {how} (--lifespan on)")
+        logger.info("ASGI app does not support lifespan (it %s before startup complete); serving without it", how)
+
+    async def _end_task(self) -> None:
+        """The app's lifespan task, cancelled if it still runs; its outcome is
+        reported by the caller (not "exception never retrieved" at exit)."""
+        task = self._task
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """The lifespan task ended after startup complete: at shutdown, or by
+        itself while serving."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None or (self._stopped is not None and self._stopped.done()):
+            return
+        if self._shutting_down:
+            logger.error("ASGI lifespan shutdown raised", exc_info=exc)
+        else:
+            logger.error(
+                "ASGI lifespan task raised after startup complete; serving on, without the app's shutdown",
+                exc_info=exc,
+            )
 
     async def shutdown(self) -> None:
         if not self.supported or self._task is None:
             return
+        if self._task.done():  # ended already (_ended() said so if it raised): nothing to tell
+            return
+        self._shutting_down = True
         await self._inbox.put({"type": "lifespan.shutdown"})
         assert self._stopped is not None
         await asyncio.wait([self._stopped, self._task], return_when=asyncio.FIRST_COMPLETED)
@@ -230,9 +281,7 @@ class Lifespan:
             ok, msg = self._stopped.result()
             if not ok:
                 logger.error("ASGI lifespan shutdown failed: %s", msg)
-        if not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._end_task()
 
     async def _main(self) -> None:
         scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
@@ -252,4 +301,4 @@ class Lifespan:
             raise RuntimeError(f"ASGI: unexpected lifespan message {kind!r}")
 
 
-__all__ = ["asgi_runner", "Lifespan", "HTTPError"]
+__all__ = ["asgi_runner", "Lifespan", "LifespanError", "HTTPError"]
