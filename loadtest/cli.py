@@ -18,7 +18,7 @@ from typing import Any
 
 from . import report
 from .plan import PlanError, build_plan
-from .run import run
+from .run import need_hdrh, run
 
 _UNITS = {"": 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -44,7 +44,10 @@ def parser() -> argparse.ArgumentParser:
         prog="uringload",
         description="A wrk-style load generator on the uringserve io_uring core.",
         epilog="Latency is measured from each request's send; with -R also from its intended send time "
-        "(coordinated omission corrected, as wrk2 does). Errors are counted, never retried.",
+        "(coordinated omission corrected, as wrk2 does). Errors are counted, never retried. "
+        "Exit status: 0 when at least one request succeeded (HTTP 2xx/3xx, a RESP reply that is not an error, "
+        "an echo returned intact), even beside errors, which the report counts; 1 when none did (the reason "
+        "on stderr); 2 when the run could not start (a bad option, a missing package).",
     )
     p.add_argument("url", nargs="?", help="http://host:port/path, tcp://host:port (echo) or redis://host:port")
     p.add_argument("-c", "--connections", type=count, default=10, help="connections to keep open (10)")
@@ -85,6 +88,13 @@ def _progress(elapsed: float, st: dict[str, Any], state: dict[str, Any]) -> None
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        need_hdrh()
+        if args.plot:
+            report.pyplot()  # before the run, not after it
+    except (ImportError, RuntimeError) as exc:
+        print(f"uringload: {exc}", file=sys.stderr)
+        return 2
     if args.compare:
         try:
             report.compare(args.compare, sys.stdout)
@@ -142,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.hgrm:
         report.write_hgrm(res, args.hgrm)
     if args.plot:
-        try:
-            report.plot(res, args.plot)
-        except RuntimeError as exc:
-            print(f"uringload: {exc}", file=sys.stderr)
-            return 1
+        report.plot(res, args.plot)
+    reason = report.failure(res)
+    if reason is not None:
+        print(f"uringload: {reason}", file=sys.stderr)
+        return 1
     return 0

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import re
 import statistics
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from hdrh.histogram import HdrHistogram
+from .run import Result, need_hdrh
 
-from .run import Result
+if TYPE_CHECKING:
+    from hdrh.histogram import HdrHistogram
 
 PERCENTILES = (50, 75, 90, 99, 99.9, 99.99)
 CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -117,6 +120,52 @@ def to_json(res: Result) -> dict[str, Any]:
     return out
 
 
+def succeeded(res: Result) -> int:
+    """Requests that succeeded: HTTP 2xx/3xx responses, RESP replies that
+    are not errors, echoes that came back as sent."""
+    by_class = res.stats.get("by_class", [0] * 6)
+    mode = res.plan.target.mode
+    if mode == "http":
+        return int(by_class[2] + by_class[3])
+    if mode == "resp":
+        return res.requests - int(by_class[5])
+    return res.requests
+
+
+def failure(res: Result) -> str | None:
+    """Why the run is a failure (the exit status is then 1), or None: a run
+    fails when not one request succeeded. Errors beside successes are
+    reported, not failed on, as wrk and hey do; a run where nothing got
+    through is no measurement (a closed port, an untrusted certificate, a
+    wrong path answered 404)."""
+    if succeeded(res):
+        return None
+    st = res.stats
+    errors = st.get("errors", {})
+    what = [f"{n} {name} error{'s' if n != 1 else ''}" for name, n in errors.items() if n]
+    by_class = st.get("by_class", [0] * 6)
+    if res.requests:
+        kind = "responses were 4xx or 5xx" if res.plan.target.mode == "http" else "replies were errors"
+        what.insert(0, f"all {res.requests} {kind}")
+    if not what:
+        what.append(f"no response within the {res.elapsed:.1f}s run")
+    reason = f"no request succeeded: {', '.join(what)}"
+    if res.plan.target.mode == "http" and res.requests and by_class[4]:
+        reason += f" (is {res.plan.target.path!r} a path the server has?)"
+    cert = st.get("cert_error")
+    if st.get("cert_errors") and cert:
+        return (
+            f"{reason}; the server's certificate was refused ({cert}): trust its CA with --cacert FILE, "
+            "or skip verification with -k/--insecure"
+        )
+    errno_ = st.get("last_errno") or 0
+    if errno_:
+        reason += f" (last: {os.strerror(errno_)})"
+    if errno_ == errno.ECONNREFUSED:
+        reason += f": is a server listening on {res.plan.target.host_header}?"
+    return reason
+
+
 # ---- text ------------------------------------------------------------------------
 
 
@@ -208,38 +257,50 @@ def load_saved(path: str) -> dict[str, Any]:
 
 def compare(paths: list[str], out: IO[str]) -> None:
     """Saved runs side by side: throughput, percentiles (from their histograms), errors, CPU."""
+    need_hdrh()
+    from hdrh.histogram import HdrHistogram
+
     runs = [load_saved(p) for p in paths]
     hists = []
     for r in runs:
         enc = r["histogram"]["corrected"] or r["histogram"]["uncorrected"]
         hists.append(HdrHistogram.decode(enc.encode()))
-    width = max(14, *(len(Path(p).name) for p in paths))
-    out.write(f"{'':18}" + "".join(f"{Path(p).name:>{width}}" for p in paths) + "\n")
-
-    def row(name: str, values: list[str]) -> None:
-        out.write(f"{name:18}" + "".join(f"{v:>{width}}" for v in values) + "\n")
-
-    row("url", [r["url"] for r in runs])
-    row("requests/s", [f"{r['rps']:.0f}" for r in runs])
+    rows: list[tuple[str, list[str]]] = [("", [Path(p).name for p in paths]), ("url", [r["url"] for r in runs])]
+    rows.append(("requests/s", [f"{r['rps']:.0f}" for r in runs]))
     if len(runs) == 2 and runs[0]["rps"]:
-        row("  ratio", ["1.00", f"{runs[1]['rps'] / runs[0]['rps']:.2f}"])
+        rows.append(("  ratio", ["1.00", f"{runs[1]['rps'] / runs[0]['rps']:.2f}"]))
     for q in PERCENTILES:
-        row(f"p{q:g}", [fmt_time(h.get_value_at_percentile(q)) for h in hists])
-    row("errors", [str(sum(r["errors"].values())) for r in runs])
-    row("non-2xx/3xx", [str(r["non_2xx_3xx"]) for r in runs])
+        rows.append((f"p{q:g}", [fmt_time(h.get_value_at_percentile(q)) for h in hists]))
+    rows.append(("errors", [str(sum(r["errors"].values())) for r in runs]))
+    rows.append(("non-2xx/3xx", [str(r["non_2xx_3xx"]) for r in runs]))
     for key, name in (("client_cpu_us_per_request", "client us/req"), ("server_cpu_us_per_request", "server us/req")):
-        row(name, [f"{r[key]:.2f}" if r.get(key) is not None else "-" for r in runs])
+        rows.append((name, [f"{r[key]:.2f}" if r.get(key) is not None else "-" for r in runs]))
+    # each column as wide as its widest cell, two spaces apart: long URLs and
+    # file names stay apart (a fixed width once ran two URLs together)
+    widths = [max(len(values[i]) for _, values in rows) for i in range(len(runs))]
+    for name, values in rows:
+        out.write(f"{name:14}" + "".join(f"  {v:>{w}}" for v, w in zip(values, widths, strict=True)) + "\n")
 
 
-def plot(res: Result, path: str) -> None:
-    """The percentile curve (log scale of 1/(1-p), as HdrHistogram's plotter draws it)."""
+PLOT_MISSING = "--plot needs matplotlib: pip install 'uringserve[plot]'"
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend; RuntimeError saying
+    what to install when matplotlib (the plot extra) is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install 'uringserve[plot]'") from None
+        raise RuntimeError(PLOT_MISSING) from None
+    return plt
+
+
+def plot(res: Result, path: str) -> None:
+    """The percentile curve (log scale of 1/(1-p), as HdrHistogram's plotter draws it)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     curves = [("uncorrected", res.latency)]
     if res.plan.rate:

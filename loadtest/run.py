@@ -14,19 +14,34 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from hdrh.histogram import HdrHistogram
+from typing import TYPE_CHECKING, Any
 
 from uringserve import ring
 
 from . import cpu, driver
 from .plan import Plan
 
+if TYPE_CHECKING:
+    from hdrh.histogram import HdrHistogram
+
+HDRH_MISSING = "the hdrhistogram package is missing: pip install 'uringserve[loadtest]'"
 START_DELAY = 0.3  # s: time for worker processes to start before the shared start
 
 
+def need_hdrh() -> None:
+    """Raise ImportError with what to install when hdrhistogram (the
+    loadtest extra) is missing: imported here, not at the top, so that
+    `uringload` can say so in one line."""
+    try:
+        import hdrh.histogram  # noqa: F401
+    except ImportError:
+        raise ImportError(HDRH_MISSING) from None
+
+
 def new_histogram() -> HdrHistogram:
+    need_hdrh()
+    from hdrh.histogram import HdrHistogram
+
     return HdrHistogram(1, ring.HIST_HIGHEST, 3)
 
 
@@ -76,7 +91,7 @@ def _merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 b = out.setdefault("by_class", [0] * len(v))
                 for i, n in enumerate(v):
                     b[i] += n
-            elif k == "last_errno":
+            elif k == "last_errno" or isinstance(v, str):  # one example: any process's
                 out[k] = out.get(k) or v
             else:
                 out[k] = out.get(k, 0) + v

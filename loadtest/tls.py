@@ -43,7 +43,7 @@ class _Load:
         self.ctx = ctx
         self.stats: dict[str, Any] = {
             "responses": 0, "sent": 0, "units_sent": 0, "bytes_in": 0, "connects": 0, "closes_by_peer": 0,
-            "ring_errors": 0, "open": 0, "connecting": 0, "last_errno": 0,
+            "ring_errors": 0, "open": 0, "connecting": 0, "last_errno": 0, "cert_errors": 0, "cert_error": "",
             "errors": dict.fromkeys(ring.LOAD_ERRORS, 0), "by_class": [0] * 6,
         }  # fmt: skip
         self.hist: list[dict[int, int]] = [{}, {}]
@@ -83,9 +83,18 @@ class _Load:
                     asyncio.open_connection(*p.target.address[:2], ssl=self.ctx, server_hostname=host),
                     p.timeout or None,
                 )
+            except ssl.SSLCertVerificationError as exc:
+                st["connecting"] -= 1
+                # counted apart, with OpenSSL's reason, so the report can say
+                # what to do (--cacert, --insecure); its errno is no OS errno
+                st["cert_errors"] += 1
+                st["cert_error"] = exc.verify_message or str(exc.reason)
+                self._error("connect")
+                await asyncio.sleep(0.01)
+                continue
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 st["connecting"] -= 1
-                self._error("connect", getattr(exc, "errno", 0) or 0)
+                self._error("connect", 0 if isinstance(exc, ssl.SSLError) else exc.errno or 0)
                 await asyncio.sleep(0.01)  # retried, not in a spin
                 continue
             st["connecting"] -= 1
