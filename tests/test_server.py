@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import until
 
-from uringserve.server import KIND_USER, TCP, Connection, Inherited, Server, Unix
+from uringserve.server import KIND_IDLE, KIND_USER, TCP, Connection, Inherited, Server, Unix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +67,21 @@ def expected_transport(h) -> str:
     return "UringTransport" if h.uring else "_SelectorSocketTransport"
 
 
+def ipv6_or_skip() -> None:
+    """Skip where this host has no IPv6 loopback (a container or kernel
+    without IPv6), as test_hard_paths does: these tests need one."""
+    if not socket.has_ipv6:
+        pytest.skip("Python was built without IPv6")
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+
+
 def test_tcp_v4_v6_and_dual_stack(h) -> None:
+    ipv6_or_skip()
+
     async def main() -> None:
         Echo.transports = []
         srv = Server(Echo)
@@ -85,6 +99,8 @@ def test_tcp_v4_v6_and_dual_stack(h) -> None:
 
 
 def test_ipv6_only_refuses_ipv4(h) -> None:
+    ipv6_or_skip()
+
     async def main() -> None:
         srv = Server(Echo)
         await srv.start(listeners=[TCP("::", 0, dual_stack=False)])
@@ -108,6 +124,26 @@ def test_unix_socket_with_mode_removed_at_shutdown(h, tmp_path) -> None:
         assert Echo.transports == [expected_transport(h)]
         await srv.shutdown(2)
         assert not os.path.exists(path)
+
+    h.run(main())
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o755), (0o077, 0o700), (0o002, 0o775)])
+def test_unix_socket_without_a_mode_gets_what_the_umask_leaves(h, tmp_path, umask: int, mode: int) -> None:
+    """The README's promise for Unix(path) without `mode`: 0o777 less the
+    umask (0o755 under the usual 022: only the owner may connect)."""
+    path = str(tmp_path / "u.sock")
+
+    async def main() -> None:
+        srv = Server(Echo)
+        old = os.umask(umask)
+        try:
+            await srv.start(listeners=[Unix(path)])
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
+        assert await roundtrip(socket.AF_UNIX, path) == b"ping"
+        await srv.shutdown(2)
 
     h.run(main())
 
@@ -317,32 +353,78 @@ def test_a_listener_that_fails_closes_the_others_and_runs_on_stop(h) -> None:
     h.run(main())
 
 
-def test_idle_timeout_closes_only_idle_connections(h) -> None:
-    def factory() -> Echo:
-        e = Echo()
-        e.idle_timeout = 0.3
-        return e
+class Watched(Echo):
+    """Echo that notes, on the loop's clock (the one its deadline uses), when
+    it was made, each read, and when its deadline fired: what the server
+    itself saw, whatever the load."""
 
-    async def main() -> None:
-        srv = Server(factory)
-        await srv.start("127.0.0.1", 0)
-        port = srv.sockets[0].getsockname()[1]
+    idle_timeout = 0.3
+
+    def connection_made(self, transport: Any) -> None:
+        self.clock = asyncio.get_running_loop().time
+        self.seen = [self.clock()]  # before the deadline is set: it cannot be earlier than this + timeout
+        self.fired: tuple[int, float] | None = None
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.seen.append(self.clock())
+        super().data_received(data)  # touch()
+
+    def timed_out(self, kind: int) -> None:
+        self.fired = (kind, self.clock())
+        super().timed_out(kind)
+
+
+def test_idle_timeout_closes_only_idle_connections(h) -> None:
+    """An idle connection is closed by its timer, and not before
+    idle_timeout has passed; one that keeps sending for three idle timeouts
+    stays open (touch() moved its deadline on). If the busy one is closed
+    anyway, the server's own clock must show it quiet for a whole timeout
+    (a loop stalled that long on a loaded machine: closing it was right);
+    that round shows nothing, and is run again."""
+    timeout = Watched.idle_timeout
+
+    async def round_(srv: Server, port: int) -> bool:
         idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
         busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+        assert await until(lambda: len(srv.connections) == 2)
+        by_port = {c.transport.get_extra_info("peername")[1]: c for c in srv.connections}
+        idle = by_port[idle_w.get_extra_info("sockname")[1]]
+        busy = by_port[busy_w.get_extra_info("sockname")[1]]
         loop = asyncio.get_running_loop()
         start = loop.time()
-        while loop.time() - start < 0.9:  # three idle timeouts long, never idle 0.3 s
-            busy_w.write(b"x")
-            assert await busy_r.readexactly(1) == b"x"
-            await asyncio.sleep(0.05)
-        assert await asyncio.wait_for(idle_r.read(), 5) == b""  # closed by the timer
-        assert not busy_r.at_eof()
-        assert len(srv.connections) == 1
+        try:
+            while loop.time() - start < 3 * timeout:
+                busy_w.write(b"x")  # back to back: quiet for a few loop turns, not for a timeout
+                if await busy_r.read(1) != b"x":
+                    break
+        except ConnectionError:
+            pass  # the server closed it while a ping was on its way: judged below
+        assert await asyncio.wait_for(idle_r.read(), 10) == b""  # closed by the timer
+        assert idle.fired is not None and idle.fired[0] == KIND_IDLE
+        assert idle.fired[1] - idle.seen[0] >= timeout  # not early
+        if busy.fired is None:  # touch() kept it open past its first deadline, three times over
+            assert not busy_r.at_eof() and list(srv.connections) == [busy]
+            assert busy.seen[-1] - busy.seen[0] >= 2 * timeout
+        else:  # closed: right only if the server saw it quiet for a whole timeout
+            assert busy.fired[0] == KIND_IDLE and busy.fired[1] - busy.seen[-1] >= timeout, (busy.fired, busy.seen[-3:])
         for w in (idle_w, busy_w):
             w.close()
+        assert await until(lambda: not srv.connections)
+        return busy.fired is None
+
+    async def main() -> None:
+        srv = Server(Watched)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        for _ in range(5):
+            if await round_(srv, port):
+                break
+        else:
+            pytest.fail("the loop stalled for a whole idle timeout in every round: nothing was shown")
         await srv.shutdown(2)
 
-    h.run(main())
+    h.run(main(), timeout=60)
 
 
 class Job(Connection, asyncio.Protocol):
@@ -350,6 +432,7 @@ class Job(Connection, asyncio.Protocol):
     task. Drain: close when no job runs."""
 
     delay = 0.2
+    gate: asyncio.Event | None = None  # when set: the job answers once the test opens it, not after `delay`
     aborted = 0
 
     def __init__(self) -> None:
@@ -360,7 +443,10 @@ class Job(Connection, asyncio.Protocol):
         self.task = asyncio.get_running_loop().create_task(self.answer(data))
 
     async def answer(self, data: bytes) -> None:
-        await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
+        else:
+            await asyncio.sleep(self.delay)
         self.transport.write(b"done:" + data)
         self.task = None
         if self.draining:
@@ -381,17 +467,26 @@ class Job(Connection, asyncio.Protocol):
 
 
 def test_drain_finishes_busy_closes_idle_at_once(h) -> None:
+    """The idle connection is closed while the busy one's job is still held
+    (it cannot finish until the test lets it): the drain does not wait for
+    the busy one first. Then the job finishes, is answered, and closes."""
+
+    class Held(Job):
+        gate = asyncio.Event()
+
     async def main() -> None:
-        srv = Server(Job)
+        srv = Server(Held)
         await srv.start("127.0.0.1", 0)
         port = srv.sockets[0].getsockname()[1]
         idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
         busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
         busy_w.write(b"j1")
         assert await until(lambda: len(srv.connections) == 2 and any(c.task for c in srv.connections))
-        stop = asyncio.create_task(srv.shutdown(10))
-        assert await asyncio.wait_for(idle_r.read(), 0.15) == b""  # before the busy job is done
-        assert await asyncio.wait_for(busy_r.read(), 5) == b"done:j1"  # finished, then closed
+        stop = asyncio.create_task(srv.shutdown(30))
+        assert await asyncio.wait_for(idle_r.read(), 10) == b""  # closed while the job is held
+        assert len(srv.connections) == 1 and not stop.done() and not busy_r.at_eof()
+        Held.gate.set()
+        assert await asyncio.wait_for(busy_r.read(), 10) == b"done:j1"  # finished, then closed
         await stop
         assert not srv.connections and srv.connections.counts() == {"open": 0, "accepted": 2, "closed": 2}
         with pytest.raises(OSError):

@@ -93,7 +93,9 @@ class TCP(Listener):
 @dataclass
 class Unix(Listener):
     """A Unix-domain stream socket. `path` "@name" is an abstract name (no file).
-    A file path is created with `mode` (e.g. 0o660) before anyone can connect,
+    A file path is created with `mode` (e.g. 0o660) before anyone can connect
+    (without one, as bind(2) makes it: 0o777 less the umask, so 0o755 under
+    the usual 022 and only the owner may connect, a socket needing write),
     replaces a stale socket file left by a server that died, and is refused
     when another server is listening on it or it is not a socket. The file is
     removed at shutdown if it is still this server's (not a newer one's)."""
