@@ -169,19 +169,21 @@ class Proc:
         ready: str | None = None,
         env: dict[str, str] | None = None,
         timeout: float = 30.0,
+        banner: re.Pattern[str] = BANNER,
+        cwd: str | Path = ROOT,
     ) -> None:
         self.port = port
         self.args = args
         self._lines: list[str] = []
         self._seen = threading.Condition()
-        self.p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()
         if ready:
             line = self.wait_line(lambda line: True, timeout)
             assert ready in line, line
-        elif port == 0:
-            m = BANNER.search(self.wait_line(BANNER.search, timeout))
+        elif port == 0:  # `banner`: another program's start-up line, the port its group 1
+            m = banner.search(self.wait_line(banner.search, timeout))
             assert m
             self.port = int(m.group(1))
         else:

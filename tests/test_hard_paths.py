@@ -5,9 +5,12 @@ completions after slot reuse, and a loop closed with work in flight."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import os
 import socket
+import struct
+import termios
 import threading
 import time
 from typing import Any
@@ -344,7 +347,13 @@ def test_stale_completion_after_close_and_slot_reuse() -> None:
     ev = collect(lambda o: any(k == EV_ACCEPT for k, *_ in o))
     _, slot_a, gen_a, _ = next(e for e in ev if e[0] == EV_ACCEPT)
     a.sendall(b"from A")
-    time.sleep(0.05)  # the recv for A's data is ready in the kernel, not yet reaped
+    # the recv for A's data is ready in the kernel, not yet reaped: A's
+    # bytes are acknowledged (none left unacked in its send queue) once
+    # they sit in the server side's receive queue
+    end = time.monotonic() + 10
+    while struct.unpack("i", fcntl.ioctl(a.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
+        assert time.monotonic() < end, "A's bytes were never acknowledged"
+        time.sleep(0.001)
     assert r.close_conn(slot_a, gen_a, False) == 0
     b = socket.create_connection(("127.0.0.1", port))
     b.sendall(b"from B")
@@ -402,10 +411,13 @@ def test_loop_closed_with_operations_in_flight_leaves_nothing() -> None:
             s.sendall(b"x" * 1000)
             peers.append(s)
         try:
-            await asyncio.sleep(0.3)
-            st = loop.ring_stats()
-            assert st["slots_used"] == 10 and st["inflight"] > 10
-            assert st["arena_in_use"] > 0 and st["ext_in_use"] > 0
+
+            def busy() -> bool:  # every peer accepted, its writes queued in the kernel and the arena
+                st = loop.ring_stats()
+                queued = st["arena_in_use"] > 0 and st["ext_in_use"] > 0
+                return st["slots_used"] == 10 and st["inflight"] > 10 and queued
+
+            assert await until(busy, 20), loop.ring_stats()
             result["ok"] = True
         finally:
             loop.stop()

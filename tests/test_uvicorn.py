@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import Proc
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
@@ -21,47 +19,21 @@ pytest.importorskip("httptools")
 HERE = Path(__file__).resolve().parent
 
 
+# uvicorn binds port 0 itself and prints the port the kernel gave it
+UVICORN = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+) ")
+
+
 @pytest.fixture
 def server():
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "asgi_app:app",
-            "--port",
-            str(port),
-            "--http",
-            "httptools",
-            "--loop",
-            "uringserve.uvicorn:loop_factory",
-            "--timeout-graceful-shutdown",
-            "5",
-        ],
-        cwd=HERE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    srv = Proc(
+        [sys.executable, "-m", "uvicorn", "asgi_app:app", "--app-dir", str(HERE), "--port", "0"]
+        + ["--http", "httptools", "--loop", "uringserve.uvicorn:loop_factory", "--timeout-graceful-shutdown", "5"],
+        banner=UVICORN,
     )
-    end = time.monotonic() + 20
-    while True:
-        probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        try:
-            probe.request("GET", "/")
-            probe.getresponse().read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > end:
-                proc.kill()
-                pytest.fail(f"uvicorn did not start: {proc.communicate()[0]}")
-            time.sleep(0.1)
-        finally:
-            probe.close()
-    yield port, proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.communicate()
+    yield srv.port, srv
+    if srv.p.poll() is None:
+        srv.p.kill()
+    srv.stop()
 
 
 def get(
@@ -96,21 +68,20 @@ def test_requests_streaming_and_bodies(server) -> None:
 
 
 def test_graceful_shutdown_finishes_a_request_in_flight(server) -> None:
-    port, proc = server
-    result: dict = {}
-
-    def slow() -> None:
-        result["resp"] = get(port, "/stream?n=10&delay=0.1")
-
-    t = threading.Thread(target=slow)
-    t.start()
-    time.sleep(0.3)  # the response is streaming
-    proc.send_signal(signal.SIGTERM)
-    t.join(15)
-    out, _ = proc.communicate(timeout=15)
+    """SIGTERM once the first chunk of a streamed response has arrived: the
+    rest of it still comes, then the lifespan shutdown runs."""
+    port, srv = server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    conn.request("GET", "/stream?n=10&delay=0.1")
+    r = conn.getresponse()
+    first = r.readline()  # the response is streaming
+    srv.p.send_signal(signal.SIGTERM)
+    body = first + r.read()
+    conn.close()
+    srv.p.wait(15)  # the drain ran: stop() no longer signals it, only collects what it printed
+    status, out = srv.stop(), srv.output()
     # uvicorn re-raises the signal it caught once shutdown is complete
-    assert proc.returncode in (0, -signal.SIGTERM), out
-    status, body, _ = result["resp"]
-    assert status == 200 and body == b"".join(f"chunk {i}\n".encode() for i in range(10))
+    assert status in (0, -signal.SIGTERM), out
+    assert r.status == 200 and body == b"".join(f"chunk {i}\n".encode() for i in range(10))
     assert "lifespan shutdown ran" in out
     assert "Finished server process" in out
