@@ -14,6 +14,7 @@ import pytest
 RUN = Path(__file__).resolve().parent / "conformance" / "run.py"
 
 
+@pytest.mark.timeout(660)  # pyproject's 120 s would cut the run's own 600 s limit short
 def test_cpython_asyncio_suite_on_uring_loop() -> None:
     try:
         import test.test_asyncio  # noqa: F401
