@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import socket
 import struct
 import subprocess
@@ -17,7 +16,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import Proc, free_port, until, wait_port
+from conftest import Proc, until
 
 import uringserve
 from apps.echo import Echo
@@ -176,8 +175,8 @@ def test_a_connection_storm_with_resets_leaves_nothing_behind() -> None:
     threads connect, send half a request and reset (SO_LINGER 0), or
     connect and close at once: the server answers the whole requests, and
     afterwards holds no slot, buffer or arena chunk and no more fds."""
-    port = free_port()
-    srv = Proc([sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", str(port)], port)
+    srv = Proc([sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", "0"])
+    port = srv.port
     stop = threading.Event()
     resets = [0]
 
@@ -223,12 +222,11 @@ def test_slow_peers_are_timed_out_while_others_are_served() -> None:
     hold connections while loadtest runs full speed on 8 others: every fast
     request is answered, none waits as long as the slow peers' timeout, and
     every slow peer gets its 408 at the timeout, not the default 60 s."""
-    port = free_port()
     srv = Proc(
-        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", str(port)]
-        + ["--header-timeout", "2", "--body-timeout", "2"],
-        port,
+        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", "0"]
+        + ["--header-timeout", "2", "--body-timeout", "2"]
     )
+    port = srv.port
     answers: list[bytes] = []
     lock = threading.Lock()
 
@@ -274,27 +272,16 @@ def test_slow_peers_are_timed_out_while_others_are_served() -> None:
     assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {a[:40] for a in answers}
 
 
-def _nofile(n: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
-
-    return apply
-
-
 def test_a_low_rlimit_nofile_shrinks_the_table_and_everyone_is_served_in_turn() -> None:
     """ulimit -n 64: the fixed-file table is sized to it (32 connection
     slots after the listeners' reserve); 100 clients at once are all
     answered, the rest waiting in the backlog while the table is full."""
-    port = free_port()
-    p = subprocess.Popen(
-        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_nofile(64),
+    # prlimit (util-linux) sets the limit and execs the server: the port is read from its banner
+    srv = Proc(
+        ["prlimit", "--nofile=64", "--", sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", "0"]
     )
+    port = srv.port
     try:
-        wait_port(port, p)  # type: ignore[arg-type]
         clients = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(100)]
         for c in clients:
             c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -307,8 +294,9 @@ def test_a_low_rlimit_nofile_shrinks_the_table_and_everyone_is_served_in_turn() 
             c.close()
         stats = _stats(port)
     finally:
-        p.terminate()
-        _, err = p.communicate(timeout=20)
+        status = srv.stop()
+    err = srv.output()
+    assert status == 0, err
     assert all(r.startswith(b"HTTP/1.1 200 ") for r in replies)
     assert stats["slots_total"] == 32 and stats["accepts"] >= 100
     assert stats["accept_paused"] >= 1  # the table was full and accepting waited
@@ -317,10 +305,9 @@ def test_a_low_rlimit_nofile_shrinks_the_table_and_everyone_is_served_in_turn() 
 
 def test_a_rlimit_nofile_below_the_smallest_table_is_a_clear_error() -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", str(free_port())],
+        ["prlimit", "--nofile=16", "--", sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", "0"],
         capture_output=True,
         text=True,
-        preexec_fn=_nofile(16),
         timeout=30,
     )
     assert p.returncode == 1

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import resource
+import re
 import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMLOCK = 8 << 20
@@ -35,51 +34,41 @@ def _nobody_can_run_python() -> bool:
 NOBODY = _nobody_can_run_python()
 
 
-def as_unprivileged(argv: list[str], **kw) -> subprocess.Popen:
-    """Run as `nobody`; where this interpreter is out of nobody's reach (a
+def unprivileged(argv: list[str]) -> list[str]:
+    """`argv` run as `nobody` under RLIMIT_MEMLOCK = 8 MiB (prlimit sets it
+    and execs the rest); where this interpreter is out of nobody's reach (a
     pyenv under /root), as root without CAP_IPC_LOCK, which puts registered
     memory under the same RLIMIT_MEMLOCK accounting."""
-
-    def limits() -> None:
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (MEMLOCK, MEMLOCK))
-
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HOME="/tmp")
+    limit = ["prlimit", f"--memlock={MEMLOCK}", "--"]
     if NOBODY:
-        argv = ["runuser", "-u", "nobody", "--", *argv]
-    elif os.geteuid() == 0:
+        return [*limit, "runuser", "-u", "nobody", "--", *argv]
+    if os.geteuid() == 0:
         if not shutil.which("setpriv"):
             pytest.skip("neither runuser as nobody nor setpriv (util-linux) can drop privileges here")
-        argv = ["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--", *argv]
-    return subprocess.Popen(argv, cwd=ROOT, env=env, preexec_fn=limits, **kw)
+        return [*limit, "setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--", *argv]
+    return [*limit, *argv]
+
+
+ENV = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HOME="/tmp")
+
+
+def as_unprivileged(argv: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(unprivileged(argv), cwd=ROOT, env=ENV, **kw)
 
 
 def test_echo_server_runs_as_nobody_with_default_sizes() -> None:
-    port = free_port()
-    proc = as_unprivileged(
-        [sys.executable, "apps/echo.py", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    # port 0: the server binds it and its banner says which, and its pid
+    # (runuser stays as the parent: the banner names the server itself)
+    srv = Proc(unprivileged([sys.executable, "apps/echo.py", "--port", "0"]), env=ENV)
     try:
-        end = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stderr.read()}")
-            try:
-                c = socket.create_connection(("127.0.0.1", port), timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.1)
+        pid = int(re.search(r"\bpid (\d+)\)", srv.output()).group(1))  # type: ignore[union-attr]
         payload = os.urandom(2 << 20)
-        with c:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as c:
             c.sendall(payload)
             got = bytearray()
             while len(got) < len(payload):
                 got += c.recv(1 << 20)
         assert bytes(got) == payload
-        pid = proc.pid
-        if NOBODY:  # runuser stays as the parent: look at the server itself
-            pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
         st = Path(f"/proc/{pid}/status").read_text()
         uid = next(line for line in st.splitlines() if line.startswith("Uid:")).split()[1]
         if NOBODY:
@@ -87,8 +76,7 @@ def test_echo_server_runs_as_nobody_with_default_sizes() -> None:
         pinned_kb = int(next(line for line in st.splitlines() if line.startswith("VmPin:")).split()[1])
         assert 0 < pinned_kb * 1024 <= MEMLOCK
     finally:
-        proc.terminate()
-        proc.communicate(timeout=10)  # reaps it and closes the pipes
+        srv.stop()
 
 
 def test_doctor_as_nobody_sizes_the_arena_from_memlock() -> None:
