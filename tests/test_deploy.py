@@ -1,18 +1,28 @@
 """deploy/: the Kubernetes manifests validate against the 1.30 schemas
-(offline, strict), the seccomp profile is what its generator writes and
-keeps io_uring, the systemd units pass `systemd-analyze verify`, and the
-container's install script works on this machine (there is no container
-runtime here: the recipe is exercised, not the image)."""
+(offline, strict) and fit together (parsed as YAML: ports, probes, args the
+command accepts, selectors), the seccomp profile is what its generator
+writes and keeps io_uring, the systemd units pass `systemd-analyze verify`,
+and the container's install script works on this machine and the package
+it installs serves the image's CMD (there is no container runtime here: the
+recipe is exercised, not the image)."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
+from conftest import Proc
+
+from uringserve.cli import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -47,15 +57,44 @@ def test_the_validation_would_catch_a_mistake(tmp_path) -> None:
     assert validate(str(bad)).returncode != 0
 
 
-def test_the_drain_fits_the_grace_period() -> None:
-    with open(os.path.join(K8S, "deployment.yaml")) as f:
-        text = f.read()
-    grace = int(text.split("terminationGracePeriodSeconds:")[1].split()[0])
-    drain = int(text.split("--graceful-timeout=")[1].split()[0])
-    pre_stop = int(text.split("sleep: {seconds:")[1].split("}")[0])
-    assert pre_stop + drain < grace
-    assert "path: /ready" in text and "path: /live" in text
-    assert "localhostProfile: profiles/seccomp-uringserve.json" in text
+def load(name: str) -> dict:
+    """One manifest, parsed as Kubernetes parses it (YAML; PyYAML comes with kubernetes-validate)."""
+    with open(os.path.join(K8S, name)) as f:
+        (doc,) = list(yaml.safe_load_all(f))
+    return doc
+
+
+def test_the_manifests_fit_together_and_the_drain_fits_the_grace_period() -> None:
+    dep, svc, pdb, hpa = (load(f"{n}.yaml") for n in ("deployment", "service", "pdb", "hpa"))
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    # the args are the command's own: its parser takes them, with the pod's environment
+    env = {e["name"]: e["value"] for e in c.get("env", [])}
+    args = build_parser(env).parse_args(c["args"])
+    assert args.cmd == "run" and args.app == "apps.http:app" and args.keepalive_timeout == 60
+    # preStop, then the drain, must end before the kubelet's SIGKILL
+    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop + args.graceful_timeout < pod["terminationGracePeriodSeconds"]
+    # the named ports are where the command listens; probes and the Service use them
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": args.port, "metrics": args.metrics[1]}
+    assert args.host == ["0.0.0.0"] and args.metrics[0] == "0.0.0.0"  # reachable from the kubelet
+    assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/live", "port": "metrics"}
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(args.metrics[1])
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} == set(ports)
+    assert pod["securityContext"]["seccompProfile"] == {
+        "type": "Localhost",
+        "localhostProfile": "profiles/seccomp-uringserve.json",
+    }
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # everything selects the Deployment's pods, and the autoscaler scales it
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"] == labels == pdb["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["selector"] == labels
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "uringserve"}
+    assert hpa["spec"]["minReplicas"] >= 2 and pdb["spec"]["maxUnavailable"] == 1  # a drain leaves one serving
 
 
 def test_the_seccomp_profile_keeps_io_uring_and_denies_the_rest() -> None:
@@ -100,11 +139,59 @@ def test_the_systemd_units_verify(tmp_path) -> None:
     assert "io_uring_setup io_uring_enter io_uring_register" in unit
 
 
-def test_the_container_recipe_installs_and_runs(tmp_path) -> None:
+def container_cmd() -> list[str]:
+    """The Containerfile's CMD (a JSON array over continued lines)."""
+    with open(os.path.join(DEPLOY, "container", "Containerfile")) as f:
+        text = f.read().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if line.startswith("CMD ")]
+    return json.loads(line[4:])
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on: its socket fds' inodes, looked up in /proc/net/tcp{,6}."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.readlines()[1:]:
+                cols = row.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.mark.timeout(720)  # the install's own limit is 600 s, the server's start and stop 60 s more
+def test_the_container_recipe_installs_and_serves(tmp_path) -> None:
+    """build.sh as the image runs it, then the image's CMD from the installed
+    package in the image's WORKDIR (the copied checkout, whose uringserve/
+    has no native core built: a worker that imported it from there instead
+    of the installed package would fail), on 127.0.0.1 and ports the kernel
+    picks: it answers HTTP and its metrics, from the native core installed
+    under the prefix, and drains on SIGTERM."""
+    # the image's /src: the checkout as a fresh clone has it (what git tracks or
+    # would, with this tree's edits), without this machine's build products
+    src = tmp_path / "src"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if os.path.isfile(os.path.join(ROOT, name)):
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), src / name)
+    assert not list(src.rglob("_core*.so"))
     prefix = tmp_path / "opt"
     out = subprocess.run(
         ["sh", os.path.join(DEPLOY, "container", "build.sh")],
-        env={**os.environ, "SRC": ROOT, "PREFIX": str(prefix), "PYTHON": PYTHON},
+        env={**os.environ, "SRC": str(src), "PREFIX": str(prefix), "PYTHON": PYTHON},
         capture_output=True,
         text=True,
         timeout=600,
@@ -115,3 +202,38 @@ def test_the_container_recipe_installs_and_runs(tmp_path) -> None:
     with open(os.path.join(DEPLOY, "container", "Containerfile")) as f:
         recipe = f.read()
     assert "deploy/container/build.sh" in recipe and "USER uringserve" in recipe
+    assert 'ENTRYPOINT ["/opt/uringserve/bin/uringserve"]' in recipe
+
+    # the image's CMD, on this machine's loopback and ports the kernel picks
+    image_cmd = container_cmd()
+    here = {"0.0.0.0": "127.0.0.1", "8000": "0", "0.0.0.0:9464": "127.0.0.1:0"}
+    assert all(image_cmd.count(a) == 1 for a in here), image_cmd
+    cmd = [here.get(a, a) for a in image_cmd]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    banner = re.compile(r"uringserve on 127\.0\.0\.1:(\d+)\b")  # text or JSON (the CMD's --log-format json)
+    srv = Proc([str(prefix / "bin" / "uringserve"), *cmd], env=env, banner=banner, cwd=src)
+    try:
+        status, _, body = http_get(srv.port, "/")
+        assert (status, body) == (200, b"Hello, world!\n")
+        (metrics_port,) = listening_ports(srv.p.pid) - {srv.port}  # the supervisor serves the metrics
+        assert http_get(metrics_port, "/ready")[0] == 200
+        _, _, text = http_get(metrics_port, "/metrics")
+        assert b'uringserve_http_requests_total{code="2xx"} 1.0' in text, text[:2000]
+        workers = [int(p) for p in Path(f"/proc/{srv.p.pid}/task/{srv.p.pid}/children").read_text().split()]
+        assert workers
+        for pid in workers:  # each worker runs the native core installed under the prefix, not the checkout's
+            cores = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "_core" in line}
+            assert cores and all(c.startswith(str(prefix)) for c in cores), cores
+    finally:
+        status = srv.stop()
+    assert status == 0, srv.output()
+
+
+def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        c.close()
