@@ -1,6 +1,8 @@
 """The access log: one record per response with what was answered (status,
-body bytes, method, target), for every way a response is made, on both
-loops; nothing when it is off; JSON lines from the command."""
+body bytes, method, target), for every handler kind (tests/test_http_kinds.py)
+and every way a response is made, alone and chained with the metrics
+observer, on both loops; nothing when it is off; JSON lines from the
+command for both demo kinds."""
 
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ import sys
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
+from test_http_kinds import ROUTES, kind, serve  # noqa: F401 (kind: the fixture)
 from test_http_server import H, app, run, sync_app
 
 from uringserve.http import HTTPConfig
+from uringserve.metrics import Metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLF = re.compile(
@@ -55,41 +60,51 @@ def talk(port: int, data: bytes) -> bytes:
         return out
 
 
-@pytest.mark.parametrize("handler", [app, sync_app], ids=["async", "sync"])
-def test_every_response_is_logged_with_what_was_sent(h, access, handler) -> None:
-    requests = [
-        (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello", "POST", "/echo", 200, 5),
-        (b"HEAD /echo HTTP/1.1\r\n" + H + b"\r\n", "HEAD", "/echo", 200, 0),
-        (b"GET /boom HTTP/1.1\r\n" + H + b"\r\n", "GET", "/boom", 500, None),
-    ]
-    if handler is app:
-        requests += [
-            (b"GET /stream HTTP/1.1\r\n" + H + b"\r\n", "GET", "/stream", 200, len(b"part0;part1;part2;part3;part4;")),
-            (b"GET /nope HTTP/1.1\r\n" + H + b"\r\n", "GET", "/nope", 404, 4),
-        ]
-    wire = b"".join(r[0] for r in requests) + b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
-
-    def client(port: int) -> bytes:
-        return talk(port, wire)
-
-    run(h, handler, client, config=HTTPConfig(access_log=True))
-    h.take_errors("HTTP handler failed")
-    got = [(r.method, r.target, r.status, r.bytes) for r in access]  # type: ignore[attr-defined]
-    want = [(m, t, s, b) for _, m, t, s, b in requests] + [("GET", "/", 200, None)]
-    assert len(got) == len(want), got
-    for (m, t, s, b), (gm, gt, gs, gb) in zip(want, got, strict=True):
-        assert (gm, gt, gs) == (m, t, s)
-        if b is not None:
-            assert gb == b
+def logged(access: list[logging.LogRecord]) -> list[tuple[str, str, int, int]]:
+    """(method, target, status, bytes) of each record, checked against its CLF line."""
+    out = []
     for r in access:
         m = CLF.match(r.getMessage())
         assert m, r.getMessage()
-        assert (m.group(1), m.group(2), int(m.group(4)), int(m.group(5))) == (r.method, r.target, r.status, r.bytes)  # type: ignore[attr-defined]
+        fields = (r.method, r.target, r.status, r.bytes)  # type: ignore[attr-defined]
+        assert (m.group(1), m.group(2), int(m.group(4)), int(m.group(5))) == fields
+        out.append(fields)
+    return out
+
+
+# what each route's response was, as the log must say it: HEAD sends no body
+WANT = [(r.method, r.path, r.status, len(r.body)) for r in ROUTES]
+
+
+@pytest.mark.parametrize("metrics", [False, True], ids=["log", "log+metrics"])
+def test_every_kind_logs_every_response_with_what_was_sent(h, kind, access, metrics: bool) -> None:  # noqa: F811
+    """Every handler kind, alone and with the metrics observer beside the
+    log (the two chained): the same bytes on the wire (serve() checks them),
+    one line per response, in order, naming the body bytes sent."""
+    registry = CollectorRegistry()
+    observer = Metrics(registry).observe if metrics else None
+    serve(h, kind, config=HTTPConfig(access_log=True), observer=observer)
+    assert logged(access) == WANT
+    if metrics:
+        assert registry.get_sample_value("uringserve_http_request_duration_seconds_count") == len(WANT)
+
+
+def test_a_response_cut_by_a_failing_stream_logs_what_was_sent(h, access) -> None:
+    run(
+        h,
+        app,
+        lambda port: talk(port, b"GET /boom-late HTTP/1.1\r\n" + H + b"\r\n"),
+        config=HTTPConfig(access_log=True),
+    )
+    h.take_errors("HTTP handler failed")
+    assert logged(access) == [("GET", "/boom-late", 200, len(b"first"))]
 
 
 def test_a_request_that_cannot_be_parsed_is_logged(h, access) -> None:
-    run(h, sync_app, lambda port: talk(port, b"GARBAGE\r\n\r\n"), config=HTTPConfig(access_log=True))
-    assert [(r.method, r.status) for r in access] == [("-", 400)]  # type: ignore[attr-defined]
+    answer = run(h, sync_app, lambda port: talk(port, b"GARBAGE\r\n\r\n"), config=HTTPConfig(access_log=True))
+    body = answer.partition(b"\r\n\r\n")[2]
+    assert answer.startswith(b"HTTP/1.1 400 ") and body
+    assert logged(access) == [("-", "-", 400, len(body))]
 
 
 def test_nothing_is_logged_when_it_is_off(h, access) -> None:
@@ -97,10 +112,10 @@ def test_nothing_is_logged_when_it_is_off(h, access) -> None:
     assert access == []
 
 
-def test_the_command_writes_json_lines() -> None:
+@pytest.mark.parametrize("demo", ["apps.http:app", "apps.http:asgi_app"], ids=["native", "asgi"])
+def test_the_command_writes_json_lines(demo: str) -> None:
     p = subprocess.Popen(
-        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", "0"]
-        + ["--access-log", "--log-format", "json"],
+        [sys.executable, "-m", "uringserve", "run", demo, "--port", "0"] + ["--access-log", "--log-format", "json"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -109,7 +124,8 @@ def test_the_command_writes_json_lines() -> None:
     try:
         assert p.stdout is not None
         port = int(re.search(r":(\d+) ", p.stdout.readline()).group(1))  # type: ignore[union-attr]
-        talk(port, b"GET /?q=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = talk(port, b"GET /?q=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nHello, world!\n")
     finally:
         p.terminate()
         _, err = p.communicate(timeout=20)

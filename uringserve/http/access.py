@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import framing
 from .parser import HTTPError
 
 logger = logging.getLogger("uringserve.access")
@@ -93,15 +94,14 @@ def observed(base: Any) -> Any:
                     self._log(status, 0 if self.method == "HEAD" else len(body))
                 super().respond_prepared(status, head, body)
 
-            def start(self, status: int, block: bytes, length: int | None, first_body: bytes = b"") -> None:
-                super().start(status, block, length, first_body)
-                if self._body_allowed():
-                    self._sent += len(first_body)
-
-            def send(self, data: bytes) -> None:
-                super().send(data)
-                if self._body_allowed():
-                    self._sent += len(data)
+            # Body bytes are counted where every front end's body passes
+            # (start()'s first part and Exchange.send() both frame here), not
+            # by overriding send(): ASGIExchange.send is ASGI's send(message),
+            # whose awaitable an override of the byte-level send() would drop.
+            def _frame(self, data: bytes) -> bytes:
+                out = super()._frame(data)
+                self._sent += len(data)
+                return out
 
             def send_file(self, file: Any, offset: int, count: int) -> Any:
                 out = super().send_file(file, offset, count)
@@ -115,9 +115,16 @@ def observed(base: Any) -> Any:
                 super().end()
 
             def fail(self, exc: BaseException) -> None:
-                if not self.finished:  # the status fail() answers with, when nothing was sent yet
-                    answer = exc.status if isinstance(exc, HTTPError) else 500
-                    self._log(self.status if self.started else answer, self._sent)
+                if not self.finished:
+                    if self.started:  # the connection ends: what was sent is all there is
+                        self._log(self.status, self._sent)
+                    else:  # the error response fail() answers with, and its body
+                        if isinstance(exc, HTTPError):
+                            status, message = exc.status, exc.message
+                        else:
+                            status, message = 500, framing.HANDLER_FAILED
+                        bodyless = self.conn._lost or self.head_only
+                        self._log(status, 0 if bodyless else len(framing.error_body(status, message)))
                 super().fail(exc)
 
             def _log(self, status: int, size: int) -> None:

@@ -118,11 +118,19 @@ LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+HANDLER_FAILED = "the handler failed"  # the 500's message when a handler raised before its response began
+
+
+def error_body(status: int, message: str) -> bytes:
+    """The body of error_response() (what the access log counts as sent)."""
+    return f"{status} {HTTPStatus(status).phrase}: {message}\n".encode() if status in _REASONS else message.encode()
+
+
 def error_response(
     status: int, message: str, server: bytes | None, close: bool = True, head_request: bool = False
 ) -> bytes:
     """A complete plain-text error response; to a HEAD request, without its body."""
-    body = f"{status} {HTTPStatus(status).phrase}: {message}\n".encode() if status in _REASONS else message.encode()
+    body = error_body(status, message)
     head = [status_line(status), date_header()]
     if server:
         head.append(server)

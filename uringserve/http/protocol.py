@@ -276,7 +276,7 @@ class Exchange:
             self.keep_alive = self.conn.keeps_alive(self)
             self.conn._write(
                 framing.error_response(
-                    500, "the handler failed", self.conn._server_hdr, not self.keep_alive, self.head_only
+                    500, framing.HANDLER_FAILED, self.conn._server_hdr, not self.keep_alive, self.head_only
                 )
             )
             self.finished = True
