@@ -1,9 +1,18 @@
 """--metrics: the Prometheus endpoint's names and values after known
-traffic, for one process and for workers summed by the supervisor; /ready
-turns 503 as soon as a drain begins; worker restarts are counted."""
+traffic, parsed with prometheus_client's own text parser. In process for
+every handler kind (the response classes, the latency histogram's buckets
+and sum); through `uringserve run` for both demo kinds with --access-log
+too (the bytes, the log lines, the counters), open and refused
+connections, workers summed by the supervisor with a dead worker's gauges
+dropped from the sum; /ready turns 503 as soon as a drain begins; worker
+restarts are counted.
+
+The endpoint binds the port given (0: the kernel picks) and logs where it
+listens; the tests read that line, never guess a free port."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -13,12 +22,65 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
-from conftest import free_port
+import pytest
+from conftest import ROOT, Proc
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from test_workers import Pool, get, pools  # noqa: F401 (pools: the fixture)
+from test_http_kinds import ROUTES, SLOW, kind, serve  # noqa: F401 (kind: the fixture)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from uringserve import faults
+from uringserve.metrics import LATENCY_BUCKETS, Metrics
+
+METRICS_LINE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
+HIST = "uringserve_http_request_duration_seconds"
+
+
+# ---- in process: every handler kind -------------------------------------------------
+
+
+def histogram(value: Callable[..., Any]) -> dict[str, float]:
+    """The latency histogram's buckets (by `le`), count and sum."""
+    out = {le: value(f"{HIST}_bucket", {"le": le}) for le in [*map(str, LATENCY_BUCKETS), "+Inf"]}
+    out["count"] = value(f"{HIST}_count")
+    out["sum"] = value(f"{HIST}_sum")
+    return out
+
+
+def check_histogram(hist: dict[str, float], count: int, slow: int) -> None:
+    """`count` observations, `slow` of them longer than SLOW seconds."""
+    buckets = [hist[str(le)] for le in LATENCY_BUCKETS] + [hist["+Inf"]]
+    assert buckets == sorted(buckets), hist  # cumulative
+    assert hist["+Inf"] == hist["count"] == count, hist
+    assert hist["0.05"] <= count - slow, hist  # SLOW (0.06 s) is beyond the 0.05 bucket
+    assert hist["sum"] >= slow * SLOW, hist
+
+
+def test_every_kind_is_counted_by_class_and_timed(h, kind) -> None:  # noqa: F811
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    serve(h, kind, observer=metrics.observe)
+    value = registry.get_sample_value
+    by_class = {c: value("uringserve_http_requests_total", {"code": f"{c}xx"}) for c in range(1, 6)}
+    assert by_class == {c: sum(1 for r in ROUTES if r.status // 100 == c) for c in range(1, 6)}
+    assert by_class[5] == 1  # /boom
+    check_histogram(histogram(value), len(ROUTES), slow=1)
+
+
+# ---- through the command --------------------------------------------------------
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> tuple[Proc, int]:
+    """`uringserve run ARGS --metrics 127.0.0.1:0`: the server and its metrics port."""
+    srv = Proc(
+        [sys.executable, "-m", "uringserve", "run", *args, "--port", "0", "--metrics", "127.0.0.1:0"],
+        env=None if env is None else dict(os.environ, **env),
+    )
+    m = METRICS_LINE.search(srv.wait_line(METRICS_LINE.search, timeout=5))  # logged before the banner
+    assert m
+    return srv, int(m.group(1))
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -32,6 +94,14 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def scraped_histogram(m: dict[str, float]) -> dict[str, float]:
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        return m[key]
+
+    return histogram(value)
+
+
 def status(port: int, path: str) -> int:
     try:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10).status
@@ -39,21 +109,9 @@ def status(port: int, path: str) -> int:
         return exc.code
 
 
-def traffic(port: int) -> None:
-    for _ in range(5):
-        get(port)
-    for _ in range(2):
-        try:
-            get(port, "/nope")
-        except ConnectionError:
-            pass  # a 404 is not a whole 200
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(b"NOT HTTP\r\n\r\n")
-        while s.recv(1000):
-            pass
-
-
-def wait_for(cond, timeout: float = 20.0) -> bool:
+def until(cond: Callable[[], object], timeout: float = 20.0) -> bool:
+    """Poll a condition no event announces (a counter sampled each second);
+    `timeout` bounds a hang only."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -62,65 +120,196 @@ def wait_for(cond, timeout: float = 20.0) -> bool:
     return False
 
 
-def test_one_process(pools) -> None:  # noqa: F811
-    mport = free_port()
-    pool = Pool("--metrics", f"127.0.0.1:{mport}", app="apps.http:app")
-    pools.append(pool)
-    assert status(mport, "/ready") == 200 and status(mport, "/live") == 200 and status(mport, "/x") == 404
-    traffic(pool.port)
-    # connections and ring counters are sampled each second; responses are counted as they happen
-    assert wait_for(lambda: scrape(mport).get("uringserve_connections_accepted_total", 0) >= 8)
-    m = scrape(mport)
+def talk(port: int, data: bytes) -> bytes:
+    """`data` on a connection of its own; everything until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+
+
+HELLO_RESPONSE = re.compile(
+    rb"HTTP/1\.1 200 OK\r\n(?i:Content-Type): text/plain; charset=utf-8\r\nContent-Length: 14\r\n"
+    rb"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\nServer: uringserve\r\nConnection: close\r\n\r\n"
+    rb"Hello, world!\n"
+)
+# the demo's traffic: (request, status, the access log's method, target and bytes)
+TRAFFIC = [(get("/"), 200, "GET", "/", 14)] * 5 + [
+    (get("/nope"), 404, "GET", "/nope", 14),
+    (get("/nope"), 404, "GET", "/nope", 14),
+    (b"NOT HTTP\r\n\r\n", 400, "-", "-", None),
+    (b"GET / HTTP/1.2\r\nHost: t\r\n\r\n", 505, "-", "-", None),
+]
+# tests.worker_app answers every path with its pid
+WORKER_TRAFFIC = [(get("/"), 200)] * 5 + [(b"NOT HTTP\r\n\r\n", 400), (b"GET / HTTP/1.2\r\nHost: t\r\n\r\n", 505)]
+ACCESS = re.compile(r'uringserve\.access: 127\.0\.0\.1 - - \[[^]]+\] "(\S+) (\S+) HTTP/1\.1" (\d{3}) (\d+) \d+\.\d{6}$')
+
+
+@pytest.mark.parametrize("demo", ["apps.http:app", "apps.http:asgi_app"], ids=["native", "asgi"])
+def test_one_process_with_access_log_and_metrics(demo: str) -> None:
+    """Both options that wrap the request path at once, for both demo kinds:
+    the exact response, one log line per response, the counters."""
+    srv, mport = start(demo, "--access-log")
+    try:
+        assert (status(mport, "/ready"), status(mport, "/live"), status(mport, "/x")) == (200, 200, 404)
+        for req, code, *_ in TRAFFIC:
+            answer = talk(srv.port, req)
+            assert answer.startswith(b"HTTP/1.1 %d " % code), answer
+            if code == 200:
+                assert HELLO_RESPONSE.fullmatch(answer), answer
+        # responses are counted as they happen; connections are sampled each second
+        assert until(lambda: scrape(mport).get("uringserve_connections_accepted_total", 0) >= len(TRAFFIC))
+        m = scrape(mport)
+        log = [ACCESS.search(line) for line in srv.output().splitlines() if "uringserve.access" in line]
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.output()
     assert m['uringserve_http_requests_total{code="2xx"}'] == 5
     assert m['uringserve_http_requests_total{code="4xx"}'] == 3  # two 404s and a 400
-    assert m["uringserve_http_request_duration_seconds_count"] == 8
-    assert m["uringserve_connections_accepted_total"] == 8
-    assert m["uringserve_ring_sqes_total"] > 0 and m["uringserve_ring_accepts_total"] == 8
+    assert m['uringserve_http_requests_total{code="5xx"}'] == 1  # the 505
+    check_histogram(scraped_histogram(m), len(TRAFFIC), slow=0)
+    assert m["uringserve_connections_accepted_total"] == len(TRAFFIC)
+    assert m["uringserve_ring_accepts_total"] == len(TRAFFIC) and m["uringserve_ring_sqes_total"] > 0
     assert m["uringserve_ring_slots_total"] > 0
-    code, err = pool.stop()
-    assert code == 0, err
+    assert m["uringserve_connections_refused_total"] == 0
+    assert all(log) and len(log) == len(TRAFFIC), log
+    got = [(x.group(1), x.group(2), int(x.group(3)), int(x.group(4))) for x in log if x]
+    assert [g[:3] for g in got] == [(meth, target, code) for _, code, meth, target, _ in TRAFFIC]
+    assert [g[3] for g, t in zip(got, TRAFFIC, strict=True) if t[4] is not None] == [t[4] for t in TRAFFIC if t[4]]
 
 
-def test_workers_are_summed_and_restarts_counted(pools) -> None:  # noqa: F811
-    mport = free_port()
-    pool = Pool("--workers", "2", "--metrics", f"127.0.0.1:{mport}", app="apps.http:app")
-    pools.append(pool)
-    kids = pool.wait_children(lambda k: len(k) == 2)
-    for _ in range(4):
-        traffic(pool.port)  # 32 connections over the two workers
-    assert wait_for(lambda: scrape(mport).get("uringserve_connections_accepted_total", 0) >= 32)
-    m = scrape(mport)
-    assert m['uringserve_http_requests_total{code="2xx"}'] == 20
-    assert m['uringserve_http_requests_total{code="4xx"}'] == 12
-    assert m.get("uringserve_worker_restarts_total", 0) == 0
-    os.kill(min(kids), signal.SIGKILL)
-    pool.wait_children(lambda k: len(k) == 2 and min(kids) not in k)
-    assert wait_for(lambda: scrape(mport).get("uringserve_worker_restarts_total", 0) == 1)
-    assert wait_for(lambda: status(mport, "/ready") == 200)
-    # the dead worker's responses stay counted
-    assert scrape(mport)['uringserve_http_requests_total{code="2xx"}'] == 20
-    code, err = pool.stop()
-    assert code == 0, err
+def test_open_connections_are_a_gauge() -> None:
+    srv, mport = start("apps.http:app")
+    held = []
+    try:
+        for _ in range(3):  # answered, then held open (keep-alive)
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert s.recv(4096).endswith(b"Hello, world!\n")
+            held.append(s)
+        assert until(lambda: scrape(mport)["uringserve_connections_open"] == 3), scrape(mport)
+        for s in held:
+            s.close()
+        assert until(lambda: scrape(mport)["uringserve_connections_open"] == 0), scrape(mport)
+        assert scrape(mport)["uringserve_connections_accepted_total"] == 3
+    finally:
+        for s in held:
+            s.close()
+        srv.stop()
 
 
-def test_ready_turns_503_when_the_drain_begins(pools) -> None:  # noqa: F811
-    mport = free_port()
-    pool = Pool("--metrics", f"127.0.0.1:{mport}", "--graceful-timeout", "20")
-    pools.append(pool)
-    s = socket.create_connection(("127.0.0.1", pool.port), timeout=20)
-    s.sendall(b"GET /stream/1500 HTTP/1.1\r\nHost: t\r\n\r\n")
-    got = b""
-    while b"start;" not in got:
-        got += s.recv(4096)
-    assert status(mport, "/ready") == 200
-    pool.p.send_signal(signal.SIGTERM)
-    assert wait_for(lambda: status(mport, "/ready") == 503, timeout=5)
-    while chunk := s.recv(4096):  # the request in flight still finishes
-        got += chunk
-    assert got.endswith(b"3\r\nend\r\n0\r\n\r\n")
-    s.close()
-    code, err = pool.stop(signal_it=False)  # signalled already: a second signal would cut the drain
-    assert code == 0, err
+def test_failed_accepts_are_counted_as_refused() -> None:
+    """An accept the kernel fails (injected: ECONNABORTED, a peer gone from
+    the backlog) is counted; the listener goes on accepting."""
+    srv, mport = start("apps.http:app", env={faults.ENV: "accept=ECONNABORTED:nth=1"})
+    try:
+        for _ in range(2):
+            assert HELLO_RESPONSE.fullmatch(talk(srv.port, get("/")))
+        assert until(lambda: scrape(mport).get("uringserve_connections_accepted_total") == 2)
+        assert until(lambda: scrape(mport).get("uringserve_connections_refused_total") == 1), scrape(mport)
+        m = scrape(mport)
+        assert m["uringserve_ring_accept_errors_total"] == 1 and m["uringserve_ring_accepts_total"] == 2
+    finally:
+        srv.stop()
+
+
+# ---- workers ------------------------------------------------------------------
+
+
+def children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(x) for x in f.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def hold_on_both(port: int, per_worker: int = 2, tries: int = 200) -> dict[int, list[socket.socket]]:
+    """Keep-alive connections, answered (tests.worker_app says which worker
+    holds each) and held open: at least `per_worker` on each of two workers."""
+    held: dict[int, list[socket.socket]] = {}
+    for _ in range(tries):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while not re.search(rb"\r\n\r\n\d+$", data) or len(data.rpartition(b"\r\n\r\n")[2]) < int(
+            re.search(rb"Content-Length: (\d+)", data).group(1)  # type: ignore[union-attr]
+        ):
+            data += s.recv(4096)
+        held.setdefault(int(data.rpartition(b"\r\n\r\n")[2]), []).append(s)
+        if len(held) == 2 and all(len(v) >= per_worker for v in held.values()):
+            return held
+    raise AssertionError(f"connections never reached both workers: {[(p, len(v)) for p, v in held.items()]}")
+
+
+def test_workers_are_summed_and_a_dead_workers_gauges_leave_the_sum() -> None:
+    srv, mport = start("tests.worker_app:app", "--workers", "2", "--reuse-port")
+    held: dict[int, list[socket.socket]] = {}
+    try:
+        assert until(lambda: len(children(srv.p.pid)) == 2)
+        for _ in range(2):
+            for req, code in WORKER_TRAFFIC:
+                assert talk(srv.port, req).startswith(b"HTTP/1.1 %d " % code)
+        held = hold_on_both(srv.port)
+        total = sum(len(v) for v in held.values())
+        assert until(lambda: scrape(mport)["uringserve_connections_open"] == total), scrape(mport)
+        m = scrape(mport)
+        assert m['uringserve_http_requests_total{code="2xx"}'] == 10 + total
+        assert m['uringserve_http_requests_total{code="4xx"}'] == 2
+        assert m['uringserve_http_requests_total{code="5xx"}'] == 2
+        assert m.get("uringserve_worker_restarts_total", 0) == 0
+        assert m["uringserve_ring_slots_used"] >= total  # a summed ring gauge
+
+        victim = min(held)
+        os.kill(victim, signal.SIGKILL)
+        for s in held[victim]:  # the kernel ends its connections
+            s.settimeout(10)
+            assert s.recv(1) == b""
+        survivors = total - len(held[victim])
+        # the dead worker's last samples must not stay in the sums
+        assert until(lambda: scrape(mport)["uringserve_connections_open"] == survivors), scrape(mport)
+        assert until(lambda: scrape(mport).get("uringserve_worker_restarts_total", 0) == 1), (
+            scrape(mport),
+            srv.output(),
+        )
+        assert until(lambda: status(mport, "/ready") == 200)
+        m = scrape(mport)
+        assert m['uringserve_http_requests_total{code="2xx"}'] == 10 + total  # a dead worker's counts stay
+        assert m["uringserve_connections_open"] == survivors
+        assert not math.isnan(m["uringserve_ring_slots_used"])
+    finally:
+        for conns in held.values():
+            for s in conns:
+                s.close()
+        code = srv.stop()
+    assert code == 0, srv.output()
+
+
+def test_ready_turns_503_when_the_drain_begins() -> None:
+    srv, mport = start("tests.worker_app:app", "--graceful-timeout", "20")
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    try:
+        s.sendall(b"GET /stream/1500 HTTP/1.1\r\nHost: t\r\n\r\n")
+        got = b""
+        while b"start;" not in got:
+            got += s.recv(4096)
+        assert status(mport, "/ready") == 200
+        srv.p.send_signal(signal.SIGTERM)
+        assert until(lambda: status(mport, "/ready") == 503, timeout=5)
+        while chunk := s.recv(4096):  # the request in flight still finishes
+            got += chunk
+        assert got.endswith(b"3\r\nend\r\n0\r\n\r\n")
+        s.close()
+        assert srv.p.wait(20) == 0, srv.output()  # signalled once: a second signal would cut the drain
+    finally:
+        s.close()
+        srv.stop()
 
 
 def test_a_metrics_address_in_use_is_one_line() -> None:

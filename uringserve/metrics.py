@@ -110,9 +110,23 @@ class Metrics:
         tick()
 
 
+def _multiprocess_values() -> None:
+    """prometheus_client chooses in-memory or multiprocess values once, when
+    it is imported; the supervisor sets PROMETHEUS_MULTIPROC_DIR after that
+    may have happened (anything may import prometheus_client first, as the
+    CLI's checks do): choose again, or the supervisor's own counters stay in
+    its memory, where the summing endpoint never sees them."""
+    from prometheus_client import values
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and values.ValueClass is values.MutexValue:
+        values.ValueClass = values.get_value_class()
+
+
 def worker_restarts() -> Counter:
-    """The supervisor's own counter: written to the multiprocess directory,
-    summed with the workers' by multiprocess_registry() (so not registered)."""
+    """The supervisor's own counter (the first it makes): written to the
+    multiprocess directory, summed with the workers' by
+    multiprocess_registry() (so not registered)."""
+    _multiprocess_values()
     return Counter("uringserve_worker_restarts_total", "Workers replaced after they died", registry=None)
 
 
