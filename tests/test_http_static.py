@@ -1,13 +1,17 @@
 """Static files through uringserve.http on both loops: byte-exact bodies
 (through the ring's registered memory on UringEventLoop), types, lengths,
-validators and 304, single ranges and 416, HEAD, index files, and every
-way out of the root refused."""
+validators and 304 (If-None-Match's forms and precedence, If-Modified-Since's
+date forms), single ranges, If-Range and 416, HEAD, index files, and every
+way out of the root refused. Each conditional answer names the RFC 9110
+section it follows."""
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import hashlib
 import os
+import time
 from email.utils import formatdate
 from typing import Any
 
@@ -359,3 +363,146 @@ def test_a_path_served_before_costs_one_stat_and_follows_every_change(tmp_path, 
         assert body(b"/page.txt") == 404
     finally:
         files.close()
+
+
+# ---- validators and ranges, each answer checked against RFC 9110 ---------------------
+
+
+def validators(h, static, path: bytes = b"/static/hello.txt") -> tuple[str, str]:
+    first = get(h, static, path).responses[0]
+    etag, lm = first.header("etag"), first.header("last-modified")
+    assert etag and etag.startswith('"') and lm
+    return etag, lm
+
+
+def test_if_range_that_matches_sends_the_range(h, site) -> None:
+    """RFC 9110 13.1.5: a validator that matches the current one (an entity
+    tag by strong comparison, or the exact Last-Modified date) means the
+    Range is processed: 206 with the range; a weak tag never matches, nor
+    a date a second off: the whole representation, 200."""
+    static, big = site
+    etag, lm = validators(h, static, b"/static/big.bin")
+    for validator in (etag, lm):
+        extra = f"Range: bytes=10-19\r\nIf-Range: {validator}\r\n".encode()
+        r = get(h, static, b"/static/big.bin", extra).responses[0]
+        assert (r.status, r.body) == (206, big[10:20]), validator
+        assert r.header("content-range") == f"bytes 10-19/{len(big)}" and r.header("etag") == etag
+    later = formatdate(email.utils.parsedate_to_datetime(lm).timestamp() + 1, usegmt=True)
+    for validator in (f"W/{etag}", later):
+        extra = f"Range: bytes=10-19\r\nIf-Range: {validator}\r\n".encode()
+        r = get(h, static, b"/static/big.bin", extra).responses[0]
+        assert (r.status, len(r.body), r.header("content-range")) == (200, len(big), None), validator
+
+
+@pytest.mark.parametrize(
+    "inm,status",
+    [
+        ("*", 304),  # any current representation (13.1.2)
+        ("{etag}", 304),
+        ("W/{etag}", 304),  # If-None-Match compares weakly (13.1.2)
+        ('"other", {etag}', 304),  # a list: any member
+        ('"other",W/{etag} , "more"', 304),
+        ('"other", W/"other"', 200),
+        ('"{bare}"', 200),  # the tag's opaque part with other quotes is another tag
+    ],
+)
+def test_if_none_match_forms(h, site, inm: str, status: int) -> None:
+    static, _ = site
+    etag, _ = validators(h, static)
+    value = inm.format(etag=etag, bare=etag.strip('"') + "x")
+    r = get(h, static, b"/static/hello.txt", f"If-None-Match: {value}\r\n".encode()).responses[0]
+    assert r.status == status
+    assert r.body == (b"" if status == 304 else b"hello static\n")
+    if status == 304:  # 15.4.5: the validators a 200 would have carried, no content
+        assert (r.header("etag"), r.header("content-length")) == (etag, None)
+
+
+def test_if_none_match_wins_over_if_modified_since(h, site) -> None:
+    """13.1.3: a recipient MUST ignore If-Modified-Since when the request
+    has If-None-Match: a tag that does not match is a 200 even though the
+    date alone would be a 304, and a matching tag a 304 whatever the date."""
+    static, _ = site
+    etag, lm = validators(h, static)
+    old = formatdate(0, usegmt=True)
+    for inm, ims, status in [('"other"', lm, 200), (etag, old, 304)]:
+        extra = f"If-None-Match: {inm}\r\nIf-Modified-Since: {ims}\r\n".encode()
+        assert get(h, static, b"/static/hello.txt", extra).responses[0].status == status, (inm, ims)
+
+
+@pytest.fixture(params=["UTC0", "JST-9"])
+def zone(request, monkeypatch):
+    """The server's local time: GMT, and nine hours east of it (JST)."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_if_modified_since_forms(h, site, zone) -> None:
+    """5.6.7: the three HTTP-date forms are accepted, all in GMT whatever
+    the server's zone; 13.1.3: a value that is not one valid HTTP-date (a
+    list, another zone, garbage) is ignored: the whole response."""
+    static, _ = site
+    _, lm = validators(h, static)
+    t = email.utils.parsedate_to_datetime(lm).timestamp()
+    later = time.gmtime(t + 3600)
+    valid = [
+        lm,
+        time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(t)),  # RFC 850
+        time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(t)),  # asctime (no zone: GMT, not JST)
+        time.strftime("%a %b %e %H:%M:%S %Y", later),
+    ]
+    invalid = [
+        "yesterday",
+        f"{lm}, {lm}",  # more than one member
+        lm.replace("GMT", "+0000"),
+        time.strftime("%a, %d %b %Y %H:%M:%S", later),  # no zone
+        lm.replace(lm[5:7], "31").replace(lm[8:11], "Feb"),  # no such day
+        "",
+    ]
+    for ims, status in [(v, 304) for v in valid] + [(v, 200) for v in invalid]:
+        r = get(h, static, b"/static/hello.txt", f"If-Modified-Since: {ims}\r\n".encode()).responses[0]
+        assert r.status == status, ims
+
+
+def test_range_with_head_is_ignored(h, site) -> None:
+    """14.2: GET is the only method range handling is defined for; a server
+    MUST ignore Range with any other: HEAD gets the 200 head of the whole."""
+    static, big = site
+    for path, size in [(b"/static/big.bin", len(big)), (b"/static/hello.txt", 13)]:
+        r = get(h, static, path, b"Range: bytes=0-4\r\n", method=b"HEAD")
+        resp = r.responses[0]
+        assert (resp.status, resp.body, resp.header("content-range")) == (200, b"", None)
+        assert resp.header("content-length") == str(size) and not r.closed
+
+
+def test_a_range_of_a_small_file_answered_from_memory(h, site) -> None:
+    """A file read once into memory (SMALL_FILE) still answers a Range with
+    its bytes, not the cached whole response."""
+    static, _ = site
+    assert get(h, static, b"/static/hello.txt", responses=2).responses[1].body == b"hello static\n"
+    for rng, body, where in [(b"0-4", b"hello", "0-4"), (b"-7", b"static\n", "6-12"), (b"12-", b"\n", "12-12")]:
+        r = get(h, static, b"/static/hello.txt", b"Range: bytes=" + rng + b"\r\n").responses[0]
+        assert (r.status, r.body, r.header("content-range")) == (206, body, f"bytes {where}/13")
+        assert r.header("content-length") == str(len(body))
+
+
+@pytest.mark.parametrize(
+    "path,rng,size",
+    [
+        (b"/static/hello.txt", b"bytes=-0", 13),  # 14.1.1: a zero suffix-length is unsatisfiable
+        (b"/static/big.bin", b"bytes=-0", None),
+        (b"/static/empty.css", b"bytes=0-", 0),  # nothing in an empty file is satisfiable
+        (b"/static/empty.css", b"bytes=-5", 0),
+        (b"/static/empty.css", b"bytes=0-0", 0),
+    ],
+)
+def test_unsatisfiable_ranges_are_416_with_the_length(h, site, path: bytes, rng: bytes, size: int | None) -> None:
+    """15.5.17: 416, and Content-Range naming the current length."""
+    static, big = site
+    r = get(h, static, path, b"Range: " + rng + b"\r\n")
+    resp = r.responses[0]
+    length = len(big) if size is None else size
+    assert (resp.status, resp.body, resp.header("content-range")) == (416, b"", f"bytes */{length}")
+    assert resp.header("content-length") == "0" and not r.closed

@@ -15,13 +15,16 @@ instead."""
 
 from __future__ import annotations
 
+import calendar
 import collections
 import errno
 import mimetypes
 import os
+import re
 import stat
+import time
 import weakref
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
@@ -449,13 +452,50 @@ def _not_modified(headers: Headers, f: OpenFile) -> bool:
         tags = [t.strip() for t in inm.split(",")]
         etag = f.etag.decode()
         return "*" in tags or etag in tags or f"W/{etag}" in tags
+    # RFC 9110 13.1.3: ignored when If-None-Match is present (above), and
+    # when it is not one valid HTTP-date
     ims = headers.get("if-modified-since")
     if ims is not None:
-        try:
-            return int(f.mtime_ns // 1_000_000_000) <= int(parsedate_to_datetime(ims).timestamp())
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return False
+        since = http_date(ims)
+        return since is not None and f.mtime_ns // 1_000_000_000 <= since
     return False
+
+
+_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MON = r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_MONTHS = {m: i for i, m in enumerate(_MON[1:-1].split("|"), 1)}
+_TIME = r"(\d\d):(\d\d):(\d\d)"
+_IMF_FIXDATE = re.compile(rf"{_DAY}, (\d\d) {_MON} (\d{{4}}) {_TIME} GMT")
+_RFC850 = re.compile(rf"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day, (\d\d)-{_MON}-(\d\d) {_TIME} GMT")
+_ASCTIME = re.compile(rf"{_DAY} {_MON} ([ \d]\d) {_TIME} (\d{{4}})")
+
+
+def http_date(value: str) -> int | None:
+    """Seconds since the epoch for an HTTP-date (RFC 9110 5.6.7: IMF-fixdate,
+    or the obsolete RFC 850 and asctime forms a recipient must accept, all
+    in GMT), or None for anything else: another zone, a list, garbage. As
+    strict as nginx's parser: email.utils accepts all of those, and reads a
+    date without a zone (asctime's) in the server's local time."""
+    value = value.strip()
+    if m := _IMF_FIXDATE.fullmatch(value):
+        day, mon, year, hh, mm, ss = m.groups()
+    elif m := _ASCTIME.fullmatch(value):
+        mon, day, hh, mm, ss, year = m.groups()
+    elif m := _RFC850.fullmatch(value):
+        day, mon, yy, hh, mm, ss = m.groups()
+        # a two-digit year more than 50 years ahead is the last such year past
+        this_year = time.gmtime().tm_year
+        year = str(this_year - this_year % 100 + int(yy))
+        if int(year) > this_year + 50:
+            year = str(int(year) - 100)
+    else:
+        return None
+    fields = (int(year), _MONTHS[mon], int(day), int(hh), int(mm), int(ss))
+    if not (1 <= fields[2] <= calendar.monthrange(fields[0], fields[1])[1] and fields[3] < 24 and fields[4] < 60):
+        return None
+    if fields[5] > 60:  # 60: a leap second
+        return None
+    return calendar.timegm(fields)
 
 
 def _if_range_ok(headers: Headers, f: OpenFile) -> bool:
