@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from uringserve.http import HTTPConfig, framing
+from uringserve.http import HTTPConfig, framing, protocol
 from uringserve.http.body import Body
 from uringserve.http.protocol import Exchange, HTTPProtocol
 
@@ -120,11 +121,43 @@ def observe(conn: HTTPProtocol, t: FakeTransport, ex: Exchange, runs: list) -> d
     }
 
 
-def test_respond_prepared_is_the_rules_in_every_state() -> None:
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"  # as framing.whole_head() makes it
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """One wall-clock second for the whole test: the fast path's inline Date
+    (protocol._time) and the reference's framing.date_header() read the same
+    clock, so a second boundary between the two cannot make their Date
+    headers differ."""
+    now = 1_700_000_000.25  # in the past: the cached Date is refreshed after the test
+    saved = list(framing.DATE)
+    monkeypatch.setattr(protocol, "_time", lambda: now)
+    monkeypatch.setattr(framing, "time", SimpleNamespace(time=lambda: now))
+    framing.DATE[0] = 0.0  # refreshed at the frozen time on first use
+    yield now
+    framing.DATE[:] = saved
 
-    async def main() -> int:
-        checked = 0
+
+def inline_turn(state: dict[str, bool]) -> bool:
+    """Whether respond_prepared() takes the next request's turn inline: the
+    response keeps the connection and nothing else waits or has arrived."""
+    keeps = state["keep_alive"] and state["body_done"] and not (state["draining"] or state["at_limit"])
+    others = ("lost", "another_queued", "disconnect_waiter", "half_closed", "paused", "next_head_begun")
+    return keeps and not any(state[k] for k in others)
+
+
+def test_respond_prepared_is_the_rules_in_every_state(frozen_clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"  # as framing.whole_head() makes it
+    date = b"Date: Tue, 14 Nov 2023 22:13:20 GMT\r\n"  # the frozen second
+    general: list[HTTPProtocol] = []  # connections that went through the rule itself
+    rule = HTTPProtocol._exchange_done
+
+    def counted(self: HTTPProtocol, ex: Exchange) -> None:
+        general.append(self)
+        rule(self, ex)
+
+    monkeypatch.setattr(HTTPProtocol, "_exchange_done", counted)
+
+    async def main() -> list[tuple[tuple[bool, ...], str, str]]:
+        inline = []
         for values in itertools.product([False, True], repeat=len(STATE)):
             state = dict(zip(STATE, values, strict=True))
             for version, method in KINDS:
@@ -134,16 +167,22 @@ def test_respond_prepared_is_the_rules_in_every_state() -> None:
                 reference(slow[2], 200, head, b"hello")
                 got, want = observe(*fast), observe(*slow)
                 assert got == want, (state, version, method)
+                assert not want["written"] or date in want["written"]
+                if fast[0] not in general:
+                    inline.append((values, version, method))
                 for conn in (fast[0], slow[0]):
                     conn.stop_timer()
-                checked += 1
-        return checked
+        return inline
 
     loop = asyncio.new_event_loop()
     try:
-        assert loop.run_until_complete(main()) == 2 ** len(STATE) * len(KINDS)
+        inline = loop.run_until_complete(main())
     finally:
         loop.close()
+    # the inline copy is what runs where its conditions hold (the hot path), and only there
+    every = itertools.product([False, True], repeat=len(STATE))
+    want = [(v, ver, m) for v in every for ver, m in KINDS if inline_turn(dict(zip(STATE, v, strict=True)))]
+    assert inline == want and len(want) == len(KINDS)
 
 
 @pytest.mark.parametrize("case", ["at_limit", "draining"])
