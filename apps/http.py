@@ -23,7 +23,8 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 from typing import Any  # noqa: E402
 
-from uringserve.http import HTTPConfig, Request, Response, StaticFiles, run  # noqa: E402
+from uringserve.http import HTTPConfig, HTTPServer, Request, Response, StaticFiles  # noqa: E402
+from uringserve.server import run_command  # noqa: E402
 
 STATIC = StaticFiles(os.environ.get("URINGSERVE_STATIC", os.path.join(_here, "static")))
 HELLO = Response(b"Hello, world!\n")
@@ -96,29 +97,29 @@ async def asgi_app(scope: dict, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="0: one the kernel picks (the banner says which)")
     p.add_argument("--interface", choices=["native", "asgi"], default="native")
     p.add_argument("--loop", choices=["uring", "asyncio"], default="uring")
     p.add_argument("--static", help="folder served under /static/ (default apps/static)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     global STATIC
     if args.static:
-        STATIC = StaticFiles(args.static)
-    target = app if args.interface == "native" else asgi_app
-    run(
-        target,
-        args.host,
-        args.port,
-        interface=args.interface,
-        config=HTTPConfig(),
-        loop=args.loop,
-        ready=lambda s: print(f"uringserve.http ({args.interface}) on http://{args.host}:{args.port}/", flush=True),
-        on_shutdown=STATIC.close,
-    )
+        try:
+            STATIC = StaticFiles(args.static)
+        except (OSError, ValueError) as exc:
+            print(f"uringserve.http: --static: {exc}", file=sys.stderr)
+            return 1
+    server = HTTPServer(app if args.interface == "native" else asgi_app, interface=args.interface, config=HTTPConfig())
+    try:
+        # run_command: the banner names the address bound (the kernel's port
+        # for --port 0), and a listener that cannot open is one line, exit 1
+        return run_command(server, f"uringserve.http ({args.interface})", args.host, args.port, loop=args.loop)
+    finally:
+        STATIC.close()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

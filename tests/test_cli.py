@@ -1,26 +1,35 @@
 """The `uringserve` command: every option from the command line and from its
-environment variable reaches what runs, the command line wins, bad values
-are refused naming the option and what is accepted, the README's table is
-the one the code declares, and the subcommands serve."""
+environment variable reaches what runs (the built server, ring, listeners,
+supervisor and logging, and a running server for what only shows there),
+the command line wins, bad values are refused naming the option and what is
+accepted, the README's table is the one the code declares, the errors a
+user can cause are one line (once, before any worker starts), --log-format
+json prints nothing but JSON, and the subcommands serve."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import random
 import re
-import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import trustme
+from conftest import Proc
 
-from uringserve import cli
+from uringserve import cli, logs
 from uringserve.http import HTTPConfig, HTTPServer
-from uringserve.server import TCP, Inherited, Unix
+from uringserve.server import TCP, Inherited, Server, Unix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
 
 # a value for each option, other than its default, as text
 SAMPLE = {
@@ -35,10 +44,12 @@ SAMPLE = {
     "max_requests_jitter": "10",
     "loop": "asyncio",
     "graceful_timeout": "2.5",
+    "ready_timeout": "7.5",
     "log_level": "debug",
     "log_format": "json",
     "interface": "native",
     "root_path": "/api",
+    "lifespan": "on",
     "max_header_bytes": "1000",
     "max_headers": "7",
     "max_target_bytes": "99",
@@ -69,6 +80,7 @@ BAD = {
     "max_requests": ("many", "not an integer"),
     "loop": ("epoll", "uring, asyncio, uvloop"),
     "graceful_timeout": ("0", "positive"),
+    "ready_timeout": ("-1", "positive"),
     "log_level": ("loud", "debug, info, warning, error"),
     "log_format": ("xml", "text, json"),
     "metrics": ("9464", "not HOST:PORT"),
@@ -92,18 +104,133 @@ def test_every_option_has_a_sample_and_a_variable() -> None:
     assert all(o.env == "URINGSERVE_" + o.dest.upper() for o in cli.OPTIONS)
 
 
+# -- every option reaches what is built from it -------------------------------------------
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> dict[str, str]:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    d = tmp_path_factory.mktemp("tls")
+    files = {"cert_only": str(d / "cert.pem"), "tls_key": str(d / "key.pem"), "tls_ca": str(d / "ca.pem")}
+    files["tls_cert"] = str(d / "cert-and-key.pem")  # the key in the same file: --tls-key not needed
+    issued.cert_chain_pems[0].write_to_path(files["cert_only"])
+    issued.private_key_pem.write_to_path(files["tls_key"])
+    issued.private_key_and_cert_chain_pem.write_to_path(files["tls_cert"])
+    ca.cert_pem.write_to_path(files["tls_ca"])
+    return files
+
+
+def _outcome(build: Any) -> Any:
+    """What build() returns, or the one-line refusal it raises."""
+    try:
+        return build()
+    except SystemExit as exc:
+        return str(exc)
+
+
+def _tcp(args) -> TCP | None:
+    return next((s for s in cli.listeners(args, environ={}) if isinstance(s, TCP)), None)
+
+
+def _unix(args) -> Unix | None:
+    return next((s for s in cli.listeners(args, environ={}) if isinstance(s, Unix)), None)
+
+
+def _logging(args) -> tuple[int, str]:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, sys.excepthook
+    try:
+        cli.configure_logging(args)
+        return root.level, type(root.handlers[0].formatter).__name__
+    finally:
+        root.handlers[:], root.level, sys.excepthook = saved
+        logs._format = "text"
+
+
+# what each option sets, read back from the object the command builds and runs
+BUILT: dict[str, Any] = {
+    "host": lambda a: [s.host for s in cli.listeners(a, environ={}) if isinstance(s, TCP)],
+    "port": lambda a: getattr(_tcp(a), "port", None),
+    "uds": lambda a: getattr(_unix(a), "path", None),
+    "uds_mode": lambda a: getattr(_unix(a), "mode", None),
+    "fd": lambda a: [s.sock for s in cli.listeners(a, environ={}) if isinstance(s, Inherited)],
+    "backlog": lambda a: {s.backlog for s in cli.listeners(a, environ={})},
+    "reuse_port": lambda a: (getattr(_tcp(a), "reuse_port", None), cli.build_supervisor([], a).reuse_port),
+    "workers": lambda a: (cli.worker_count(a), cli.build_supervisor([], a).target),
+    "max_requests": lambda a: cli.request_limit(a, random.Random(1)),
+    "max_requests_jitter": lambda a: {cli.request_limit(a, random.Random(i)) for i in range(200)},
+    "loop": lambda a: (cli.ring_config(a), cli.build_server(a).max_connections),
+    "max_connections": lambda a: cli.build_server(a).max_connections,
+    "graceful_timeout": lambda a: (cli.build_server(a).shutdown_timeout, cli.build_supervisor([], a).graceful_timeout),
+    "ready_timeout": lambda a: cli.build_supervisor([], a).ready_timeout,
+    "log_level": lambda a: _logging(a)[0],
+    "log_format": lambda a: _logging(a)[1],
+    "access_log": lambda a: cli.build_server(a).config.access_log,
+    "metrics": lambda a: cli.build_supervisor([], a).metrics_address,
+    "tls_cert": lambda a: isinstance(cli.build_server(a).ssl, ssl.SSLContext),
+    "tls_key": lambda a: _outcome(lambda: isinstance(cli.build_server(a).ssl, ssl.SSLContext)),
+    "tls_ca": lambda a: cli.build_server(a).ssl.verify_mode,
+    "factory": lambda a: _outcome(lambda: cli.build_server(a).app.__name__),
+    "interface": lambda a: cli.build_server(a).interface,
+    "protocol": lambda a: type(cli.build_server(a)),
+    "root_path": lambda a: cli.build_server(a)._root_path,
+    "lifespan": lambda a: cli.build_server(a)._lifespan.mode,
+    "ring_files": lambda a: cli.ring_config(a).files,
+    "ring_buf_count": lambda a: cli.ring_config(a).buf_count,
+    "ring_buf_size": lambda a: cli.ring_config(a).buf_size,
+    "ring_arena_bytes": lambda a: cli.ring_config(a).arena_bytes,
+}
+for _f in cli.HTTP_FIELDS:
+    if _f != "access_log":
+        BUILT[_f] = lambda a, f=_f: getattr(cli.build_server(a).config, f)
+
+# what the sample makes of it (default: the option's parsed sample)
+EXPECT: dict[str, Any] = {
+    "host": ["::1"],
+    "fd": [7],
+    "backlog": {17},
+    "reuse_port": (True, True),
+    "workers": (3, 3),
+    "max_requests": 100,
+    "max_requests_jitter": set(range(100, 111)),  # --max-requests 100 plus every jitter 0..10
+    "loop": (None, None),  # no ring and no connection limit off the uring loop
+    "graceful_timeout": (2.5, 2.5),
+    "log_level": logging.DEBUG,
+    "log_format": "JSONFormatter",
+    "access_log": True,
+    "metrics": ("127.0.0.1", 9464),
+    "tls_cert": True,
+    "tls_key": True,  # a certificate file without its key loads only with --tls-key
+    "tls_ca": ssl.CERT_REQUIRED,
+    "factory": "info_app",
+    "protocol": Server,
+}
+# what else the option needs beside it to be built
+WITH = {
+    "uds_mode": ["--uds", "/tmp/x.sock"],
+    "max_requests_jitter": ["--max-requests", "100"],
+    "tls_key": ["--tls-cert", "{cert_only}"],
+    "tls_ca": ["--tls-cert", "{cert_only}", "--tls-key", "{tls_key}"],
+}
+APP = {"factory": "tests.worker_app:make_info_app", "lifespan": "tests.worker_app:info_app"}
+APP["root_path"] = APP["interface"] = APP["lifespan"]  # ASGI: --interface native is not what it detects
+
+
 @pytest.mark.parametrize("source", ["argv", "env"])
-def test_each_option_reaches_the_arguments(source: str) -> None:
-    for opt in cli.OPTIONS:
-        if opt.is_flag:
-            args = parse(["run", "m:a", opt.flag]) if source == "argv" else parse(["run", "m:a"], {opt.env: "1"})
-            assert getattr(args, opt.dest) is True
-            continue
-        text = SAMPLE[opt.dest]
-        argv = ["run", "m:a", opt.flag, text] if source == "argv" else ["run", "m:a"]
-        args = parse(argv, {} if source == "argv" else {opt.env: text})
-        expected = opt.type(text)  # type: ignore[misc]
-        assert getattr(args, opt.dest) == ([expected] if opt.repeat else expected), opt.flag
+@pytest.mark.parametrize("opt", cli.OPTIONS, ids=lambda o: o.flag)
+def test_each_option_reaches_what_is_built(opt: cli.Opt, source: str, tls_files: dict[str, str]) -> None:
+    assert set(BUILT) == {o.dest for o in cli.OPTIONS}
+    base = ["run", APP.get(opt.dest, "tests.worker_app:app")]
+    base += [w.format(**tls_files) for w in WITH.get(opt.dest, [])]
+    text = "1" if opt.is_flag else tls_files.get(opt.dest, SAMPLE[opt.dest])
+    default = BUILT[opt.dest](parse(base))
+    if source == "argv":
+        args = parse(base + ([opt.flag] if opt.is_flag else [opt.flag, text]))
+    else:
+        args = parse(base, {opt.env: text})
+    expected = EXPECT.get(opt.dest, None if opt.is_flag else opt.type(text))  # type: ignore[misc]
+    got = BUILT[opt.dest](args)
+    assert got == expected, opt.flag
+    assert got != default, f"{opt.flag}: the sample is what is built without it too"
 
 
 def test_the_command_line_wins_over_the_environment_and_lists_split_on_commas() -> None:
@@ -131,24 +258,34 @@ def test_bad_values_are_refused_naming_the_option(dest: str, capsys) -> None:
     assert f"{opt.env}={value!r} (for {opt.flag})" in err and says in err
 
 
-def test_options_reach_the_server_ring_and_listeners() -> None:
-    argv = ["run", "apps.http:app", "--host", "127.0.0.1", "--host", "::1", "--port", "0", "--uds", "@x"]
-    argv += ["--fd", "9", "--backlog", "33", "--reuse-port", "--graceful-timeout", "4"]
-    argv += [f"--{name.replace('_', '-')}" for name in ("max-pipelined",)] + ["5", "--ring-buf-count", "128"]
-    args = parse(argv + ["--max-connections", "7"])
-    server = cli.build_server(args)
-    assert isinstance(server, HTTPServer) and server.interface == "native"
-    assert server.max_connections == 7
-    assert cli.build_server(parse(["run", "apps.http:app"])).max_connections is None
+def test_listeners_together() -> None:
+    def kinds(argv: list[str]) -> list[tuple[str, Any]]:
+        out = []
+        for s in cli.listeners(parse(["run", "m:a", *argv]), environ={}):
+            out.append(("tcp", (s.host, s.port)) if isinstance(s, TCP) else (type(s).__name__.lower(), None))
+        return out
 
-    assert server.config == HTTPConfig(max_pipelined=5, shutdown_timeout=4)
-    specs = cli.listeners(args)
-    assert [type(s) for s in specs] == [Inherited, Unix, TCP, TCP]
-    assert [s.backlog for s in specs] == [33] * 4
-    assert (specs[2].host, specs[3].host, specs[2].reuse_port) == ("127.0.0.1", "::1", True)
-    ring = cli.ring_config(args)
-    assert ring is not None and ring.buf_count == 128
-    assert cli.ring_config(parse(["run", "m:a", "--loop", "asyncio"])) is None
+    assert kinds([]) == [("tcp", ("127.0.0.1", 8000))]
+    assert kinds(["--uds", "@u"]) == [("unix", None)]  # a Unix socket alone: no TCP beside it unasked
+    # --uds with --port or --host: both served, neither dropped
+    assert kinds(["--uds", "@u", "--port", "9000"]) == [("unix", None), ("tcp", ("127.0.0.1", 9000))]
+    assert kinds(["--uds", "@u", "--host", "::1"]) == [("unix", None), ("tcp", ("::1", 8000))]
+    assert kinds(["--fd", "3", "--port", "0"]) == [("inherited", None), ("tcp", ("127.0.0.1", 0))]
+    assert kinds(["--host", "127.0.0.1", "--host", "::1", "--port", "0"]) == [
+        ("tcp", ("127.0.0.1", 0)),
+        ("tcp", ("::1", 0)),
+    ]
+    server = cli.build_server(parse(["run", "apps.http:app"]))
+    assert isinstance(server, HTTPServer) and server.interface == "native" and server.max_connections is None
+    assert server.config == HTTPConfig()
+
+
+def test_the_default_host_and_port_are_shown() -> None:
+    help_text = cli.build_parser({}).subcommands["run"].format_help()  # type: ignore[attr-defined]
+    assert "(default: 127.0.0.1)" in help_text and "(default: 8000)" in help_text
+    assert "None" not in help_text
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in cli.options_table().splitlines()[2:]}
+    assert rows["`--host`"] == "127.0.0.1" and rows["`--port`"] == "8000"
 
 
 def test_a_connection_limit_on_a_loop_that_cannot_pause_accepting_is_refused(capsys) -> None:
@@ -167,6 +304,10 @@ def test_app_errors_are_one_line() -> None:
     ]:
         with pytest.raises(SystemExit, match=says):
             cli.build_server(parse(["run", spec]))
+    with pytest.raises(SystemExit, match="--factory: apps.http:app cannot be called without arguments"):
+        cli.build_server(parse(["run", "apps.http:app", "--factory"]))
+    with pytest.raises(SystemExit, match="--factory: apps.http:HELLO is not callable"):
+        cli.build_server(parse(["run", "apps.http:HELLO", "--factory"]))
 
 
 def test_the_readme_table_is_the_declared_options() -> None:
@@ -178,32 +319,34 @@ def test_the_readme_table_is_the_declared_options() -> None:
     assert m.group(1) == cli.options_table(), "README's table differs: paste uringserve.cli.options_table()"
 
 
-def serve(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    p = subprocess.Popen(
-        [sys.executable, "-m", "uringserve", *args],
+# -- the command, run ------------------------------------------------------------------------
+def command(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PY, "-m", "uringserve", *args],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-    assert p.stdout is not None
-    line = p.stdout.readline()
-    if " on " not in line:
-        p.kill()
-        raise AssertionError(f"did not start: {line!r} {p.communicate()[1]}")
-    return p, line
 
 
-def stop(p: subprocess.Popen) -> None:
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=20)
-    assert p.returncode == 0, err
-    assert "Traceback" not in err, err
+def serve(args: list[str], env: dict[str, str] | None = None) -> Proc:
+    return Proc([PY, "-m", "uringserve", *args], env={**os.environ, **(env or {})})
 
 
-def http_get(port: int, path: str = "/") -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+def stop(p: Proc) -> str:
+    code = p.stop()
+    out = p.output()
+    assert code == 0, out
+    assert "Traceback" not in out, out
+    return out
+
+
+def http_get(port: int, path: str = "/", family: int = socket.AF_INET, address: Any = None) -> bytes:
+    with socket.socket(family) as s:
+        s.settimeout(10)
+        s.connect(address or ("127.0.0.1", port))
         s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         data = b""
         while chunk := s.recv(65536):
@@ -211,36 +354,84 @@ def http_get(port: int, path: str = "/") -> bytes:
         return data
 
 
+def test_version() -> None:
+    from uringserve import __version__
+
+    out = command("--version")
+    assert out.returncode == 0 and out.stdout == f"uringserve {__version__}\n"
+
+
+def test_an_option_typo_after_run_is_runs_error() -> None:
+    out = command("run", "apps.http:app", "--wokers", "2")
+    assert out.returncode == 2
+    assert out.stderr.startswith("usage: uringserve run ")
+    assert "uringserve run: error: unrecognized arguments: --wokers (did you mean --workers?)" in out.stderr
+
+
 def test_run_serves_an_http_app_configured_from_the_environment() -> None:
-    p, line = serve(["run", "apps.http:app"], {"URINGSERVE_PORT": "0", "URINGSERVE_MAX_TARGET_BYTES": "20"})
-    port = int(re.search(r":(\d+) ", line).group(1))  # type: ignore[union-attr]
+    p = serve(["run", "apps.http:app"], {"URINGSERVE_PORT": "0", "URINGSERVE_MAX_TARGET_BYTES": "20"})
     try:
-        assert http_get(port).endswith(b"Hello, world!\n")
-        assert http_get(port, "/" + "x" * 30).startswith(b"HTTP/1.1 414 ")  # the limit from the environment
+        assert http_get(p.port).endswith(b"Hello, world!\n")
+        assert http_get(p.port, "/" + "x" * 30).startswith(b"HTTP/1.1 414 ")  # the limit from the environment
     finally:
         stop(p)
 
 
-@pytest.mark.parametrize("how", [["--interface", "protocol"], ["--protocol"]])
-def test_run_serves_a_protocol_factory_on_a_unix_socket(tmp_path, how: list[str]) -> None:
-    path = str(tmp_path / "e.sock")
-    p, line = serve(["run", "apps.echo:Echo", *how, "--uds", path, "--uds-mode", "600"])
+def test_ring_factory_root_path_and_loop_reach_the_running_server() -> None:
+    ring = ["--ring-files", "256", "--ring-buf-count", "64", "--ring-buf-size", "4096", "--ring-arena-bytes", "131072"]
+    p = serve(["run", "tests.worker_app:make_info_app", "--factory", "--root-path", "/api", "--port", "0", *ring])
     try:
-        assert line.startswith(f"uringserve on unix:{path} (uring loop")
+        info = json.loads(http_get(p.port).partition(b"\r\n\r\n")[2])
+    finally:
+        stop(p)
+    assert info["root_path"] == "/api" and info["loop"] == "UringEventLoop"
+    r = info["ring"]
+    assert (r["files"], r["buf_count"], r["buf_size"], r["arena_bytes"]) == (256, 64, 4096, 131072)
+    p = serve(["run", "tests.worker_app:info_app", "--port", "0", "--loop", "asyncio"])
+    try:
+        info = json.loads(http_get(p.port).partition(b"\r\n\r\n")[2])
+    finally:
+        stop(p)
+    assert info["loop"] != "UringEventLoop" and info["ring"] is None and info["root_path"] == ""
+
+
+@pytest.mark.parametrize("how", [["--interface", "protocol"], ["--protocol"]])
+@pytest.mark.parametrize("mode", [0o600, 0o660])
+def test_run_serves_a_protocol_factory_on_a_unix_socket(tmp_path, how: list[str], mode: int) -> None:
+    path = str(tmp_path / "e.sock")
+    args = ["run", "apps.echo:Echo", *how, "--uds", path, "--uds-mode", f"{mode:o}", "--log-level", "warning"]
+    p = Proc([PY, "-m", "uringserve", *args], ready=f"uringserve on unix:{path} (uring loop")
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(path)
             s.sendall(b"ping")
             assert s.recv(4) == b"ping"
     finally:
         stop(p)
+    assert not os.path.exists(path)  # removed at shutdown
+
+
+def test_uds_and_port_serve_both(tmp_path) -> None:
+    path = str(tmp_path / "h.sock")
+    args = [PY, "-m", "uringserve", "run", "apps.http:app", "--uds", path, "--port", "0", "--log-level", "warning"]
+    p = Proc(args, ready=f"uringserve on unix:{path}, 127.0.0.1:")
+    try:
+        m = re.search(r"127\.0\.0\.1:(\d+) \(uring loop", p.wait_line(lambda line: True))
+        assert m, p.output()
+        p.port = int(m.group(1))
+        assert http_get(p.port).endswith(b"Hello, world!\n")
+        assert http_get(0, family=socket.AF_UNIX, address=path).endswith(b"Hello, world!\n")
+    finally:
+        stop(p)
 
 
 @pytest.mark.parametrize("cmd", ["echo", "resp"])
 def test_the_demos_as_subcommands(cmd: str) -> None:
-    p, line = serve([cmd, "--port", "0", "--loop", "asyncio"])
-    port = int(re.search(r":(\d+) ", line).group(1))  # type: ignore[union-attr]
+    p = serve([cmd, "--port", "0", "--loop", "asyncio"])
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
             s.sendall(b"PING\r\n")
             assert s.recv(100) == (b"PING\r\n" if cmd == "echo" else b"+PONG\r\n")
     finally:
@@ -248,7 +439,7 @@ def test_the_demos_as_subcommands(cmd: str) -> None:
 
 
 def test_doctor_subcommand() -> None:
-    out = subprocess.run([sys.executable, "-m", "uringserve", "doctor", "--json"], capture_output=True, text=True)
+    out = command("doctor", "--json")
     assert out.returncode == 0 and '"usable": true' in out.stdout
 
 
@@ -273,38 +464,111 @@ def test_tls_options(tmp_path, client_certs: bool) -> None:
     args = ["run", "tests.worker_app:scheme_app", "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
     if client_certs:
         args += ["--tls-ca", str(ca_file)]
-    p, line = serve(args)
-    port = int(re.search(r":(\d+) ", line).group(1))  # type: ignore[union-attr]
+    p = serve(args)
     try:
         ctx = ssl.create_default_context()
         ca.configure_trust(ctx)
         if client_certs:
             try:  # no client certificate: refused (with TLS 1.3 the alert comes at the first read)
-                refused = _tls_get(port, ctx)
+                refused = _tls_get(p.port, ctx)
             except (ssl.SSLError, ConnectionError):
                 refused = b""
             assert not refused.startswith(b"HTTP/"), refused
             ca.issue_cert("client@example").configure_cert(ctx)
-        assert _tls_get(port, ctx).endswith(b"\r\n\r\nhttps")  # the ASGI scope says https
+        assert _tls_get(p.port, ctx).endswith(b"\r\n\r\nhttps")  # the ASGI scope says https
     finally:
         stop(p)
 
 
-def test_tls_files_that_cannot_load_are_named(tmp_path) -> None:
+# -- errors a user can cause: one line, once, exit 1 -------------------------------------
+def one_line(out: subprocess.CompletedProcess, says: str) -> None:
+    assert out.returncode == 1, out
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and says in lines[0], out.stderr  # once: not once per worker
+
+
+@pytest.fixture
+def busy_port() -> Any:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_settings_that_cannot_work_are_one_line_before_any_worker(workers: str, tmp_path) -> None:
     missing = str(tmp_path / "nope.pem")
+    key_less = str(tmp_path / "cert-only.pem")
+    trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(key_less)
+    cases = [
+        (["--ring-buf-count", "100"], "uringserve: --ring-buf-count 100: must be a power of two from 1 to 32768"),
+        (["--ring-buf-size", "200000", "--ring-buf-count", "32768"], "4 GiB: lower --ring-buf-size or --ring-files"),
+        (["--tls-cert", missing], f"uringserve: --tls-cert {missing}: no such file"),
+        (["--tls-cert", key_less], f"uringserve: --tls-cert {key_less}: cannot load a certificate chain and its"),
+        (["--tls-cert", key_less], "give the key file with --tls-key"),
+        (["--tls-key", missing], "uringserve: --tls-key and --tls-ca need --tls-cert"),
+        (["--uds", "@abstract", "--uds-mode", "600"], "--uds-mode: the abstract socket @abstract has no file"),
+        (["--uds-mode", "600"], "--uds-mode applies to a Unix socket: give --uds too"),
+    ]
+    for extra, says in cases:
+        one_line(command("run", "apps.http:app", "--port", "0", "--workers", workers, *extra), says)
+    one_line(command("run", "apps.http", "--workers", workers), "APP must be module:attribute")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_busy_port_is_one_line(workers: str, busy_port: int) -> None:
+    out = command("run", "apps.http:app", "--port", str(busy_port), "--workers", workers)
+    one_line(out, f"uringserve: [Errno 98] cannot listen on 127.0.0.1:{busy_port}: Address already in use")
+
+
+def test_the_http_demo_on_a_busy_port_is_one_line(busy_port: int) -> None:
+    """`make run` on a busy port."""
     out = subprocess.run(
-        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--tls-cert", missing],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
+        [PY, "apps/http.py", "--port", str(busy_port)], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
-    assert out.returncode == 1 and f"--tls-cert {missing}" in out.stderr and "Traceback" not in out.stderr
-    out = subprocess.run(
-        [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--tls-key", missing],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 1 and "--tls-key and --tls-ca need --tls-cert" in out.stderr
+    one_line(out, f"cannot listen on 127.0.0.1:{busy_port}: Address already in use")
+
+
+def test_the_http_demo_banner_names_the_bound_port() -> None:
+    p = Proc([PY, "apps/http.py", "--port", "0"])
+    try:
+        banner = p.wait_line(lambda line: " on " in line)
+        assert banner.startswith(f"uringserve.http (native) on 127.0.0.1:{p.port} (uring loop, pid {p.p.pid})")
+        assert p.port != 0 and http_get(p.port).endswith(b"Hello, world!\n")
+    finally:
+        stop(p)
+
+
+# -- --log-format json: nothing but JSON ----------------------------------------------------
+def _records(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]  # raises on any line that is not JSON
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_json_log_format_prints_only_json(workers: str) -> None:
+    args = [PY, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--log-format", "json"]
+    p = Proc([*args, "--workers", workers, "--access-log"], ready="{")
+    try:
+        banner = json.loads(p.wait_line(lambda line: '"listeners"' in line))
+        port = int(banner["listeners"][0].rsplit(":", 1)[1].split()[0])
+        assert banner["message"].startswith(f"uringserve on 127.0.0.1:{port} (")
+        assert banner["pid"] == p.p.pid and banner["level"] == "info"
+        assert http_get(port).endswith(b"Hello, world!\n")
+        p.wait_line(lambda line: '"status": 200' in line)  # the access log's record
+    finally:
+        code = p.stop()
+    assert code == 0
+    records = _records(p.output())
+    assert any(r.get("status") == 200 and r["logger"] == "uringserve.access" for r in records)
+
+
+def test_json_log_format_errors_are_json(busy_port: int) -> None:
+    for workers in ("1", "2"):
+        out = command("run", "apps.http:app", "--port", str(busy_port), "--log-format", "json", "--workers", workers)
+        assert out.returncode == 1 and out.stdout == ""
+        [record] = _records(out.stderr)
+        assert record["level"] == "error" and "Address already in use" in record["message"]
+    out = command("run", "apps.nothere:app", "--log-format", "json")
+    [record] = _records(out.stderr)
+    assert out.returncode == 1 and "cannot import 'apps.nothere'" in record["message"]

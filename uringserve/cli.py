@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib
+import inspect
 import logging
 import os
 import random
+import re
 import ssl
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +29,8 @@ from .ring import RingConfig
 from .server.lifecycle import LOOPS
 
 ENV_PREFIX = "URINGSERVE_"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
 
 
 def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
@@ -90,6 +95,9 @@ class Opt:
     repeat: bool = False  # may be given several times (the environment: comma-separated)
     commands: tuple[str, ...] = ("run",)
     metavar: str | None = None
+    # the default as --help and the README say it, when the parser's default
+    # is None to tell "not given" (e.g. --port 8000 only when no --uds/--fd)
+    shown: str | None = None
 
     @property
     def dest(self) -> str:
@@ -103,20 +111,50 @@ class Opt:
     def is_flag(self) -> bool:
         return self.type is None
 
+    @property
+    def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if self.is_flag:
+            return "off"
+        return "" if self.default is None else str(self.default)
+
 
 SERVE = ("run", "echo", "resp")
 
 OPTIONS: list[Opt] = [
     # where to listen
-    Opt("--host", "address to listen on (repeatable; '' or '::' for every interface)", repeat=True, commands=SERVE),
-    Opt("--port", "TCP port", _int_in(0, 65535), 8000, commands=SERVE),
-    Opt("--uds", "listen on this Unix socket path instead of TCP ('@name': abstract)", commands=SERVE),
+    Opt(
+        "--host",
+        "address to listen on (repeatable; '' or '::' for every interface)",
+        repeat=True,
+        commands=SERVE,
+        shown=DEFAULT_HOST,
+    ),
+    Opt("--port", "TCP port", _int_in(0, 65535), None, commands=SERVE, shown=str(DEFAULT_PORT)),
+    Opt(
+        "--uds",
+        "listen on this Unix socket path ('@name': abstract); TCP too only if --host or --port is given",
+        commands=SERVE,
+    ),
     Opt("--uds-mode", "file mode of the --uds socket, octal", _octal, None, commands=SERVE, metavar="MODE"),
     Opt("--fd", "serve an inherited listening socket on this fd (repeatable)", _int_in(0), repeat=True, commands=SERVE),
     Opt("--backlog", "listen backlog", _int_in(1), 1024, commands=SERVE),
     Opt("--reuse-port", "SO_REUSEPORT: with workers, one TCP socket per worker", None, False, commands=SERVE),
-    Opt("--workers", "worker processes (0: one per CPU); 1 serves in this process", _int_in(0), 1, commands=SERVE),
-    Opt("--max-requests", "a worker is replaced after this many requests (0: never)", _int_in(0), 0, commands=SERVE),
+    Opt(
+        "--workers",
+        "worker processes (0: one per CPU this process may run on); 1 serves in this process",
+        _int_in(0),
+        1,
+        commands=SERVE,
+    ),
+    Opt(
+        "--max-requests",
+        "a worker is replaced after this many requests (0: never); with --workers 1, a supervisor replaces it",
+        _int_in(0),
+        0,
+        commands=SERVE,
+    ),
     Opt("--max-requests-jitter", "plus a random 0..N, so workers recycle apart", _int_in(0), 0, commands=SERVE),
     Opt("--loop", "event loop", str, "uring", choices=LOOPS, commands=SERVE),
     Opt(
@@ -127,6 +165,13 @@ OPTIONS: list[Opt] = [
         commands=SERVE,
     ),
     Opt("--graceful-timeout", "seconds a drain (SIGTERM) waits for work in flight", _seconds, 30.0, commands=SERVE),
+    Opt(
+        "--ready-timeout",
+        "seconds a new worker may take to import the app and listen; later, it failed to start",
+        _seconds,
+        60.0,
+        commands=SERVE,
+    ),
     Opt("--log-level", "logging level", str, "info", choices=("debug", "info", "warning", "error"), commands=SERVE),
     Opt("--log-format", "log lines as text or JSON objects", str, "text", choices=("text", "json"), commands=SERVE),
     Opt("--access-log", "one line per HTTP response (costs: off by default)", None, False),
@@ -168,10 +213,33 @@ OPTION_BY_DEST = {o.dest: o for o in OPTIONS}
 HTTP_FIELDS = [f.name for f in dataclasses.fields(HTTPConfig) if f.name in OPTION_BY_DEST]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An option after a subcommand that the subcommand does not know is
+    that subcommand's error (with its usage), and names the option meant."""
+
+    def parse_known_args(  # type: ignore[override]  # one signature for its overloads
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        subs = getattr(self, "subcommands", None)
+        if extra and subs and getattr(parsed, "cmd", None) in subs:
+            sub = subs[parsed.cmd]
+            known = [f for action in sub._actions for f in action.option_strings]
+            hints = []
+            for word in extra:
+                close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1) if word.startswith("-") else []
+                hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
+            sub.error("unrecognized arguments: " + " ".join(hints))
+        return parsed, extra
+
+
 def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    from . import __version__
+
     env = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="uringserve", description="Serve TCP from Python on io_uring.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser = _Parser(prog="uringserve", description="Serve TCP from Python on io_uring.")
+    parser.add_argument("--version", action="version", version=f"uringserve {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=argparse.ArgumentParser)
     subs = {
         "run": sub.add_parser("run", help="serve APP (module:attribute)"),
         "echo": sub.add_parser("echo", help="the echo demo"),
@@ -187,6 +255,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
                 _add(p, opt, env, bad)
     if bad:  # refused before anything starts, each naming its variable, option and accepted values
         parser.exit(2, "".join(f"uringserve: {msg}\n" for msg in bad.values()))
+    parser.subcommands = {**subs, "doctor": doctor}  # type: ignore[attr-defined]
     return parser
 
 
@@ -217,7 +286,7 @@ def _add(p: argparse.ArgumentParser, opt: Opt, env: Any, bad: dict[str, str]) ->
             choices=opt.choices,
             action="append" if opt.repeat else "store",
             metavar=opt.metavar,
-            help=f"{opt.help} (default: {opt.default}) [{opt.env}]",
+            help=f"{opt.help} (default: {opt.shown_default or 'none'}) [{opt.env}]".replace("%", "%%"),
         )
 
 
@@ -225,7 +294,7 @@ def options_table() -> str:
     """The README's table of options, environment variables and defaults."""
     lines = ["| option | environment | default | commands | what it sets |", "|---|---|---|---|---|"]
     for o in OPTIONS:
-        default = "off" if o.is_flag else ("" if o.default is None else str(o.default))
+        default = o.shown_default
         if o.choices:
             default += " (" + " \\| ".join(o.choices) + ")"
         lines.append(f"| `{o.flag}` | `{o.env}` | {default} | {', '.join(o.commands)} | {o.help} |")
@@ -233,10 +302,15 @@ def options_table() -> str:
 
 
 # -- building what runs --------------------------------------------------------------
-def load_app(spec: str, factory: bool) -> Any:
+def split_app(spec: str) -> tuple[str, str]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise SystemExit(f"uringserve: APP must be module:attribute (e.g. apps.http:app), not {spec!r}")
+    return module_name, attr
+
+
+def load_app(spec: str, factory: bool) -> Any:
+    module_name, attr = split_app(spec)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as uvicorn and gunicorn do: the app's package from here
     try:
@@ -250,25 +324,39 @@ def load_app(spec: str, factory: bool) -> Any:
         except AttributeError:
             raise SystemExit(f"uringserve: {module_name!r} has no attribute {attr!r}") from None
     if factory:
+        if not callable(obj):
+            raise SystemExit(f"uringserve: --factory: {spec} is not callable (it should return the app)")
+        try:
+            inspect.signature(obj).bind()
+        except TypeError as exc:
+            raise SystemExit(f"uringserve: --factory: {spec} cannot be called without arguments ({exc})") from None
+        except ValueError:
+            pass  # no signature to read (a builtin): call it and see
         obj = obj()
     return obj
 
 
 def listeners(args: argparse.Namespace, environ: Any = None) -> list[Any]:
-    """--fd, socket activation (LISTEN_FDS), --uds, then TCP: --host, or
-    127.0.0.1 when nothing else says where."""
+    """Socket activation (LISTEN_FDS), --fd, --uds, then TCP on each --host
+    (127.0.0.1) and --port (8000). Where --uds, --fd or activation give a
+    listener, TCP is added only when --host or --port is given too: both
+    are served, neither is dropped."""
     from .server import TCP, Inherited, Unix, activated
 
     out: list[Any] = list(activated(environ))
     for fd in args.fd or ():
         out.append(Inherited(fd, backlog=args.backlog))
     if args.uds:
+        if args.uds.startswith("@") and args.uds_mode is not None:
+            raise SystemExit(f"uringserve: --uds-mode: the abstract socket {args.uds} has no file to give a mode")
         out.append(Unix(args.uds, mode=args.uds_mode, backlog=args.backlog))
     elif args.uds_mode is not None:
         raise SystemExit("uringserve: --uds-mode applies to a Unix socket: give --uds too")
-    hosts = args.host or ([] if out else ["127.0.0.1"])
-    for host in hosts:
-        out.append(TCP(host or None, args.port, backlog=args.backlog, reuse_port=args.reuse_port))
+    if out and not args.host and args.port is None:
+        return out
+    port = DEFAULT_PORT if args.port is None else args.port
+    for host in args.host or [DEFAULT_HOST]:
+        out.append(TCP(host or None, port, backlog=args.backlog, reuse_port=args.reuse_port))
     return out
 
 
@@ -280,10 +368,20 @@ def ring_config(args: argparse.Namespace) -> RingConfig | None:
         kw["files"] = args.ring_files
     if args.ring_arena_bytes is not None:
         kw["arena_bytes"] = args.ring_arena_bytes
+    config = RingConfig(**kw)
     try:
-        return RingConfig(**kw)
-    except ValueError as exc:
-        raise SystemExit(f"uringserve: {exc}") from None
+        config.validated()
+    except ValueError as exc:  # RingConfig's field names, said as the options that set them
+        msg = str(exc).replace("invalid RingConfig: ", "")
+        for field, opt in RING_OPTIONS.items():
+            msg = re.sub(rf"\b{field}=", f"{opt} ", msg)
+            msg = re.sub(rf"\b{field}\b", opt, msg)
+        raise SystemExit(f"uringserve: {msg}") from None
+    return config
+
+
+RING_OPTIONS = {"buf_count": "--ring-buf-count", "buf_size": "--ring-buf-size", "files": "--ring-files"}
+RING_OPTIONS["arena_bytes"] = "--ring-arena-bytes"
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -292,10 +390,21 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
             raise SystemExit("uringserve: --tls-key and --tls-ca need --tls-cert")
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    for opt, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"uringserve: {opt} {path}: no such file")
     try:
         ctx.load_cert_chain(args.tls_cert, args.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise SystemExit(f"uringserve: --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {exc}") from None
+        if args.tls_key is None:  # the one file must hold the key too
+            raise SystemExit(
+                f"uringserve: --tls-cert {args.tls_cert}: cannot load a certificate chain and its private key "
+                f"from it ({exc}); give the key file with --tls-key"
+            ) from None
+        raise SystemExit(
+            f"uringserve: --tls-cert {args.tls_cert} with --tls-key {args.tls_key}: cannot load them ({exc}); "
+            "the certificate and key must be PEM and belong together"
+        ) from None
     if args.tls_ca:
         try:
             ctx.load_verify_locations(args.tls_ca)
@@ -365,9 +474,27 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         rep = report()
         print(json.dumps(rep, indent=2) if args.json else format_report(rep))
         return 0 if rep["usable"] else 1
-    from . import logs, workers
+    from . import logs
+
+    configure_logging(args)
+    try:
+        return _serve(argv, args)
+    except SystemExit as exc:  # a one-line refusal: as the log format says it
+        if isinstance(exc.code, str):
+            logs.error(exc.code)
+            return 1
+        raise
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """--log-level and --log-format, for this process (a worker does it too)."""
+    from . import logs
 
     logs.configure(args.log_level, args.log_format)
+
+
+def _serve(argv: list[str], args: argparse.Namespace) -> int:
+    from . import workers
     from .server import Inherited, run_command
 
     name = "uringserve" if args.cmd == "run" else args.cmd
@@ -376,33 +503,28 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         workers.die_with_supervisor(spec)
         server = build_server(args)
         metrics = _metrics(args, server)
+        limit = request_limit(args)
+        recycler = _recycler(server, limit) if limit else None
 
         def ready(s: Any) -> None:
             workers.report_ready(spec)
             if metrics is not None:
                 metrics.start_sampling(s)
-            if args.max_requests:
-                _recycle_after(s, args.max_requests + random.randint(0, args.max_requests_jitter))
+            if recycler is not None:
+                recycler(s)
 
         specs = [Inherited(fd, backlog=args.backlog) for fd in spec["fds"]]
         return run_command(
             server, name, loop=args.loop, ring_config=ring_config(args), listeners=specs, on_ready=ready, quiet=True
         )
-    count = args.workers or os.cpu_count() or 1
-    if count > 1:
-        return workers.Supervisor(
-            argv,
-            listeners(args),
-            count,
-            reuse_port=args.reuse_port,
-            graceful_timeout=args.graceful_timeout,
-            name=name,
-            metrics=args.metrics,
-        ).run()
+    check(args)
+    if worker_count(args) > 1 or args.max_requests:
+        return build_supervisor(argv, args).run()
     server = build_server(args)
     metrics = _metrics(args, server)
     endpoint = None
     if metrics is not None:
+        from . import logs
         from . import metrics as metrics_module
 
         host, port = args.metrics
@@ -410,7 +532,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         try:
             endpoint = metrics_module.Endpoint(host, port, collect, lambda: server.serving)
         except OSError as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
+            logs.error(f"{name}: {exc}")
             return 1
     try:
         return run_command(
@@ -420,10 +542,83 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
             ring_config=ring_config(args),
             listeners=listeners(args),
             on_ready=metrics.start_sampling if metrics is not None else None,
+            note="" if endpoint is None else f"metrics on {workers.metrics_url(endpoint)}",
         )
     finally:
         if endpoint is not None:
             endpoint.close()
+
+
+def check(args: argparse.Namespace) -> None:
+    """What can be refused before any process starts, refused once, as one
+    line (SystemExit): a supervisor checks it before forking, so a bad
+    setting is not N workers' N tracebacks. The app itself is imported by
+    the workers only (a reload must import it afresh)."""
+    if args.cmd == "run":
+        split_app(args.app)
+    if args.cmd == "resp":
+        # the demo's keyspace is in its process's memory: several processes
+        # would be several databases, a replaced one an empty database
+        if worker_count(args) > 1:
+            raise SystemExit(
+                f"uringserve resp: {worker_count(args)} workers would be {worker_count(args)} separate keyspaces "
+                "(each process keeps its own in memory: a key SET through one connection is missing through "
+                "another); serve RESP from one process (--workers 1)"
+            )
+        if args.max_requests:
+            raise SystemExit("uringserve resp: --max-requests would replace the process and lose every key")
+    tls_context(args)
+    ring_config(args)
+    listeners(args, environ={})  # the combinations of --uds, --uds-mode, --host and --port
+    if args.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise SystemExit("uringserve: --loop uvloop needs the uvloop package: pip install uvloop") from None
+    if args.metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise SystemExit(METRICS_MISSING) from None
+
+
+def worker_count(args: argparse.Namespace) -> int:
+    """--workers, 0 meaning one per CPU this process may run on (its
+    affinity, which a container's cpuset limits, not the machine's count)."""
+    if args.workers:
+        return int(args.workers)
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def build_supervisor(argv: list[str], args: argparse.Namespace) -> Any:
+    """The Supervisor for --workers N (or for --max-requests with one worker:
+    a process must be there to start the replacement, as gunicorn's master is)."""
+    from . import workers
+
+    return workers.Supervisor(
+        argv,
+        listeners(args),
+        worker_count(args),
+        reuse_port=args.reuse_port,
+        graceful_timeout=args.graceful_timeout,
+        name="uringserve" if args.cmd == "run" else args.cmd,
+        metrics=args.metrics,
+        ready_timeout=args.ready_timeout,
+    )
+
+
+def request_limit(args: argparse.Namespace, rng: random.Random | None = None) -> int:
+    """The requests a worker serves before it is recycled: --max-requests
+    plus 0..--max-requests-jitter (each worker its own), 0 for never."""
+    if not args.max_requests:
+        return 0
+    return int(args.max_requests + (rng or random).randint(0, args.max_requests_jitter))
+
+
+METRICS_MISSING = "uringserve: --metrics needs prometheus_client: pip install 'uringserve[metrics]'"
 
 
 def _metrics(args: argparse.Namespace, server: Any) -> Any:
@@ -433,27 +628,56 @@ def _metrics(args: argparse.Namespace, server: Any) -> Any:
     try:
         from .metrics import Metrics
     except ImportError:
-        raise SystemExit("uringserve: --metrics needs prometheus_client: pip install 'uringserve[metrics]'") from None
+        raise SystemExit(METRICS_MISSING) from None
     metrics = Metrics()
     if hasattr(server, "observer"):
         server.observer = metrics.observe
     return metrics
 
 
-def _recycle_after(server: Any, limit: int) -> None:
-    """Drain and exit (status 0: the supervisor starts a fresh worker) after `limit` requests."""
+def _recycler(server: Any, limit: int) -> Callable[[Any], None]:
+    """Drain and exit (status 0: the supervisor starts a fresh worker) once
+    `limit` requests are answered. An HTTP server counts each response as it
+    ends (its observer), so it serves `limit` plus at most the requests
+    already in flight on its other connections; another protocol's count
+    (requests_served()) is polled. Returns what to call once serving."""
     import asyncio
 
-    loop = asyncio.get_running_loop()
+    log = logging.getLogger("uringserve.workers")
+    held: list[asyncio.Task] = []  # the shutdown task, kept from the garbage collector
 
-    def check() -> None:
-        if server.requests_served() >= limit:
-            logging.getLogger("uringserve.workers").info("recycling after %d requests", server.requests_served())
-            loop.create_task(server.shutdown())
-        elif server.serving:
-            loop.call_later(0.1, check)
+    def recycle(n: int) -> None:
+        if server.serving and not held:
+            log.info("recycling after %d requests", n)
+            held.append(asyncio.get_running_loop().create_task(server.shutdown()))
 
-    loop.call_later(0.1, check)
+    if hasattr(server, "observer"):  # HTTPServer: set before it starts, so every connection has it
+        inner = server.observer
+        answered = 0
+
+        def observe(*response: Any) -> None:
+            nonlocal answered
+            if inner is not None:
+                inner(*response)
+            answered += 1
+            if answered >= limit:
+                recycle(answered)
+
+        server.observer = observe
+        return lambda s: None
+
+    def start(s: Any) -> None:
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            if server.requests_served() >= limit:
+                recycle(server.requests_served())
+            elif server.serving:
+                loop.call_later(0.1, check)
+
+        loop.call_later(0.1, check)
+
+    return start
 
 
 __all__ = ["main", "build_parser", "options_table", "OPTIONS"]

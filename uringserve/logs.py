@@ -1,6 +1,13 @@
 """Logging for the uringserve command: text, or one JSON object per line
 (`--log-format json`, what log collectors read), with the access log's
-fields (client, method, target, status, bytes, duration) as keys."""
+fields (client, method, target, status, bytes, duration) as keys.
+
+What the command itself says outside the log goes through here too, so
+that with `--log-format json` a collector reading stdout and stderr gets
+nothing but JSON: the start-up banner (`banner()`, on stdout: what scripts
+and tests read the address from), one-line errors (`error()`, on stderr)
+and an uncaught exception (a record with its traceback as a field).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,13 @@ import json
 import logging
 import sys
 import time
+from types import TracebackType
+from typing import Any
 
 # attributes every LogRecord has; anything else was passed as extra= and is a field
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+_format = "text"  # what configure() chose
 
 
 class JSONFormatter(logging.Formatter):
@@ -30,15 +41,45 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure(level: str = "info", fmt: str = "text") -> None:
+    global _format
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
+        sys.excepthook = _log_uncaught
     elif fmt == "text":
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         raise ValueError(f"log format must be 'text' or 'json', not {fmt!r}")
+    _format = fmt
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # the access log is a record of traffic, not a diagnostic: on whenever it is asked for
     logging.getLogger("uringserve.access").setLevel(logging.INFO)
+
+
+def _record(level: int, name: str, message: str, fields: dict[str, Any]) -> str:
+    record = logging.LogRecord(name, level, "", 0, message, None, None)
+    record.__dict__.update(fields)
+    return JSONFormatter().format(record)
+
+
+def banner(message: str, **fields: Any) -> None:
+    """The start-up line on stdout ("NAME on WHERE (...)"): the text, or a
+    JSON record with `fields` beside the same message. Whatever the level:
+    it is the answer to "where does it listen"."""
+    line = _record(logging.INFO, "uringserve", message, fields) if _format == "json" else message
+    print(line, file=sys.stdout, flush=True)
+
+
+def error(message: str, **fields: Any) -> None:
+    """A one-line error for the user on stderr: the text, or a JSON record."""
+    line = _record(logging.ERROR, "uringserve", message, fields) if _format == "json" else message
+    print(line, file=sys.stderr, flush=True)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    logging.getLogger("uringserve").critical("uncaught %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
+
+
+__all__ = ["JSONFormatter", "configure", "banner", "error"]

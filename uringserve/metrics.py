@@ -130,6 +130,17 @@ def worker_restarts() -> Counter:
     return Counter("uringserve_worker_restarts_total", "Workers replaced after they died", registry=None)
 
 
+def reloads() -> Counter:
+    """The supervisor's reloads (SIGHUP) by result: "ok", or "failed" (the new
+    generation could not start; the old one kept serving). As worker_restarts()."""
+    return Counter(
+        "uringserve_reloads_total",
+        "Reloads by result (failed: the old generation kept serving)",
+        ["result"],
+        registry=None,
+    )
+
+
 class Endpoint:
     """/metrics, /ready, /live on HOST:PORT, served from a thread."""
 

@@ -16,10 +16,24 @@ Signals, as gunicorn's: TERM/INT drain the workers (each drains as
 Server.shutdown does) and stop, a second one cuts the drain; QUIT stops at
 once; HUP starts a new generation and, once every new worker is ready,
 drains the old one (the sockets never close: no connection is refused);
-TTIN/TTOU add or remove a worker. A worker that exits is replaced: at once
-after a planned exit (--max-requests), with backoff after a crash; a worker
-that crashes before it is ready three times in a row stops the supervisor
-with its exit status, not a restart storm.
+TTIN/TTOU add or remove a worker. Workers run in a session of their own:
+they take orders from the supervisor only, never from a terminal (Ctrl-C
+reaches the supervisor, which drains them once), and die with it
+(PR_SET_PDEATHSIG: a supervisor killed outright leaves no worker behind).
+
+A worker that exits is replaced: at once after a planned exit
+(--max-requests), with backoff after a crash. A worker that crashes before
+it is ready (or is not ready within --ready-timeout) three times in a row:
+- during a reload, fails the reload, as nginx does: the new generation is
+  stopped and the one serving keeps serving (logged, and counted in
+  uringserve_reloads_total{result="failed"}); a later SIGHUP tries again;
+- when no worker is serving, stops the supervisor with exit status 1 (an
+  app that cannot import does not become a restart storm);
+- otherwise (others serve), is retried every BACKOFF_MAX seconds.
+
+Exit status: 0 after a clean drain; 1 when a worker could not start, or
+when the stop cut work in flight (a second signal, SIGQUIT, a worker that
+did not finish within --graceful-timeout).
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import logs
 from .server.listeners import TCP, Listener
 
 logger = logging.getLogger("uringserve.workers")
@@ -44,6 +59,7 @@ logger = logging.getLogger("uringserve.workers")
 START_FAILURES = 3  # consecutive crashes before ready: the supervisor gives up
 BACKOFF_MAX = 5.0
 READY_TIMEOUT = 60.0  # a worker not ready by then is treated as failed to start
+KILL_AFTER = 5.0  # seconds past the graceful timeout before a worker that has not stopped is killed
 
 
 @dataclass
@@ -55,6 +71,8 @@ class Worker:
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     retiring: bool = False  # asked to stop: its exit is not a crash
+    timed_out: bool = False  # killed for not being ready within ready_timeout
+    killed: bool = False  # killed for not stopping in time
 
 
 class Supervisor:
@@ -68,6 +86,7 @@ class Supervisor:
         graceful_timeout: float = 30.0,
         name: str = "uringserve",
         metrics: tuple[str, int] | None = None,
+        ready_timeout: float = READY_TIMEOUT,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -76,12 +95,17 @@ class Supervisor:
         self.target = workers
         self.reuse_port = reuse_port
         self.graceful_timeout = graceful_timeout
+        self.ready_timeout = ready_timeout
         self.name = name
         self.metrics_address = metrics
         self.endpoint: Any = None
         self.restarts: Any = None
+        self.reloads: Any = None
         self._metrics_dir: str | None = None
-        self.generation = 0
+        self.generation = 0  # the generation being started or serving
+        self.previous: int | None = None  # during a reload: the generation serving until it succeeds
+        self._generations = 0  # the last generation number given out
+        self.reload_failures = 0
         self.workers: dict[int, Worker] = {}  # pid -> worker
         self.shared: list[socket.socket] = []  # every worker gets these
         self.per_slot: dict[int, list[socket.socket]] = {}  # --reuse-port: one set per slot
@@ -140,8 +164,18 @@ class Supervisor:
         fds = [s.fileno() for s in socks]
         spec = {"fds": fds, "ready_fd": w, "slot": slot, "supervisor": os.getpid()}
         env = {**os.environ, "URINGSERVE_WORKER": json.dumps(spec)}
+        # start_new_session: the worker takes orders from the supervisor only;
+        # in its process group a terminal's Ctrl-C would reach it beside the
+        # supervisor's SIGTERM, as a second signal that cuts its drain
+        # -P: the working directory is not put first on sys.path, so a checkout's
+        # uringserve/ there (the container's WORKDIR) does not shadow the installed
+        # package the supervisor runs; load_app() still finds the app's module there
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uringserve", *self.argv], pass_fds=[*fds, w], env=env, close_fds=True
+            [sys.executable, "-P", "-m", "uringserve", *self.argv],
+            pass_fds=[*fds, w],
+            env=env,
+            close_fds=True,
+            start_new_session=True,
         )
         os.close(w)
         os.set_blocking(r, False)
@@ -184,8 +218,18 @@ class Supervisor:
 
     def _exited(self, worker: Worker, code: int) -> None:
         pid = worker.proc.pid
+        how = _how(worker, code)
         if self.stopping or worker.retiring or worker.generation != self.generation:
-            logger.info("worker %d stopped (exit status %d)", pid, code)
+            # Killed by the stop signal we sent: it had no handler for it, so it
+            # was starting or already done, with no work (a worker serving
+            # drains on SIGTERM and aborts on SIGQUIT, exiting 1 if it cut work).
+            ours = code in (0, -signal.SIGTERM, -signal.SIGQUIT) and not worker.killed
+            if ours:
+                logger.info("worker %d stopped", pid)
+            else:  # it cut work in flight, crashed, or was killed: the stop was not clean
+                logger.warning("worker %d stopped (%s)", pid, how)
+                if self.stopping:
+                    self.exit_code = 1
             if worker.slot >= self.target and not any(w.slot == worker.slot for w in self.workers.values()):
                 self._close_slot(worker.slot)
             return
@@ -193,25 +237,51 @@ class Supervisor:
             logger.info("worker %d recycled", pid)
             self.restart_at[worker.slot] = time.monotonic()
             return
-        how = f"signal {-code}" if code < 0 else f"exit status {code}"
+        delay_n = 1
         if not worker.ready:
             n = self.failures[worker.slot] = self.failures.get(worker.slot, 0) + 1
+            delay_n = n
             if n >= START_FAILURES:
-                print(
-                    f"{self.name}: a worker failed to start {n} times in a row (last: {how}); stopping",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                self.exit_code = 1
-                self.stop("now")
-                return
-        else:
-            n = 1
-        delay = min(BACKOFF_MAX, 0.1 * 2 ** (n - 1))
+                what = f"a worker failed to start {n} times in a row (last: {how})"
+                if self.previous is not None:
+                    self._reload_failed(what)
+                    return
+                if not self._serving():
+                    logs.error(f"{self.name}: {what}; stopping", generation=self.generation)
+                    self.exit_code = 1
+                    self.stop("now")
+                    return
+                # others serve: the slot stays empty, tried again slowly rather than taking them down
+                logger.error("slot %d: %s; %d worker(s) serve; retrying", worker.slot, what, len(self._serving()))
+                delay_n = 100
+        delay = min(BACKOFF_MAX, 0.1 * 2 ** (delay_n - 1))
         logger.warning("worker %d died (%s); replacing it in %.1fs", pid, how, delay)
         self.restart_at[worker.slot] = time.monotonic() + delay
         if self.restarts is not None:
             self.restarts.inc()
+
+    def _serving(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.ready and not w.retiring]
+
+    def _reload_failed(self, what: str) -> None:
+        """The new generation cannot start: stop it, keep the one serving (as nginx does)."""
+        failed, kept = self.generation, self.previous
+        assert kept is not None
+        logs.error(
+            f"{self.name}: reload failed: generation {failed} could not start: {what}; generation {kept} keeps serving",
+            generation=failed,
+            serving_generation=kept,
+        )
+        for w in self.workers.values():
+            if w.generation == failed and not w.retiring:
+                w.retiring = True
+                w.proc.send_signal(signal.SIGTERM)
+        self.generation, self.previous = kept, None
+        self.failures.clear()
+        self.restart_at.clear()
+        self.reload_failures += 1
+        if self.reloads is not None:
+            self.reloads.labels(result="failed").inc()
 
     def _slots_filled(self) -> set[int]:
         return {w.slot for w in self.workers.values() if w.generation == self.generation and not w.retiring}
@@ -229,8 +299,9 @@ class Supervisor:
     def _check_start_timeouts(self) -> None:
         now = time.monotonic()
         for w in self.workers.values():
-            if not w.ready and not w.retiring and now - w.started > READY_TIMEOUT:
-                logger.warning("worker %d not ready after %.0fs: killing it", w.proc.pid, READY_TIMEOUT)
+            if not w.ready and not w.retiring and not w.timed_out and now - w.started > self.ready_timeout:
+                logger.warning("worker %d not ready after %gs: killing it", w.proc.pid, self.ready_timeout)
+                w.timed_out = True
                 w.proc.kill()
 
     # -- signals ------------------------------------------------------------------
@@ -238,10 +309,14 @@ class Supervisor:
         self._signals.append(signum)
 
     def _handle(self, signum: int) -> None:
+        name = signal.Signals(signum).name
         if signum in (signal.SIGTERM, signal.SIGINT):
-            self.stop("now" if self.stopping else "graceful")
+            if self.stopping:
+                self.stop("now", f"a second stop signal ({name}) cut the drain")
+            else:
+                self.stop("graceful", name)
         elif signum == signal.SIGQUIT:
-            self.stop("now")
+            self.stop("now", name)
         elif signum == signal.SIGHUP and not self.stopping:
             self.reload()
         elif signum == signal.SIGTTIN and not self.stopping:
@@ -255,36 +330,58 @@ class Supervisor:
                     w.retiring = True
                     w.proc.send_signal(signal.SIGTERM)
 
-    def stop(self, how: str) -> None:
+    def stop(self, how: str, why: str = "") -> None:
+        """ "graceful": the workers drain (SIGTERM); "now": they abort what
+        they have (SIGQUIT). `why` is what the log says did it."""
         if self.stopping == "now":
             return
+        if how == "graceful":
+            logger.info("%s: draining %d worker(s) (a second signal cuts it short)", why or "stop", len(self.workers))
+        elif why:
+            logger.warning("%s: the workers abort what they have", why)
         self.stopping = how
-        self.stop_deadline = time.monotonic() + (self.graceful_timeout + 5 if how == "graceful" else 5)
+        self.stop_deadline = time.monotonic() + (
+            self.graceful_timeout + KILL_AFTER if how == "graceful" else KILL_AFTER
+        )
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         for w in self.workers.values():
             w.proc.send_signal(sig)  # a no-op for one that has exited
 
     def reload(self) -> None:
-        """A new generation; the old one drains once every new worker is ready."""
-        self.generation += 1
+        """A new generation; the serving one drains once every new worker is
+        ready, or keeps serving if the new one cannot start."""
+        if self.previous is None:
+            self.previous = self.generation
+        else:  # a reload in progress is replaced by this one; the generation serving stays
+            for w in self.workers.values():
+                if w.generation == self.generation and not w.retiring:
+                    w.retiring = True
+                    w.proc.send_signal(signal.SIGTERM)
+        self._generations += 1
+        self.generation = self._generations
         logger.info("SIGHUP: starting generation %d", self.generation)
         self.restart_at.clear()
         self.failures.clear()
 
     def _retire_old(self) -> None:
-        current = [w for w in self.workers.values() if w.generation == self.generation]
+        current = [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
         if len(current) < self.target or not all(w.ready for w in current):
             return
         for w in self.workers.values():
             if w.generation != self.generation and not w.retiring:
                 w.retiring = True
                 w.proc.send_signal(signal.SIGTERM)
+        if self.previous is not None:
+            logger.info("reload done: generation %d serving", self.generation)
+            self.previous = None
+            if self.reloads is not None:
+                self.reloads.labels(result="ok").inc()
 
     # -- the loop -----------------------------------------------------------------
     def ready(self) -> bool:
-        """/ready: serving, every worker slot filled with a ready worker, no drain begun."""
-        current = [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
-        return not self.stopping and len(current) >= self.target and all(w.ready for w in current)
+        """/ready: no drain begun, and as many ready workers serve as there
+        are slots (during a reload, the generation serving until it is done)."""
+        return not self.stopping and len(self._serving()) >= self.target
 
     def _start_metrics(self) -> None:
         import tempfile
@@ -295,6 +392,7 @@ class Supervisor:
         from . import metrics
 
         self.restarts = metrics.worker_restarts()
+        self.reloads = metrics.reloads()
         assert self.metrics_address is not None
         self.endpoint = metrics.Endpoint(
             *self.metrics_address, metrics.collect(metrics.multiprocess_registry()), self.ready
@@ -306,7 +404,7 @@ class Supervisor:
             if self.metrics_address is not None:
                 self._start_metrics()
         except OSError as exc:  # a listener that cannot open: one line, as run_command() says it
-            print(f"{self.name}: {exc}", file=sys.stderr)
+            logs.error(f"{self.name}: {exc}")
             for s in self._all_sockets():
                 s.close()
             return 1
@@ -331,19 +429,24 @@ class Supervisor:
                         break
                     if time.monotonic() > self.stop_deadline:
                         for w in self.workers.values():
-                            logger.warning("worker %d did not stop in time: killing it", w.proc.pid)
-                            w.proc.kill()
-                        self.stop_deadline = time.monotonic() + 5
+                            if not w.killed:
+                                logger.warning("worker %d did not stop in time: killing it", w.proc.pid)
+                                w.killed = True
+                                w.proc.kill()
+                        self.stop_deadline = time.monotonic() + KILL_AFTER
                 else:
                     self._fill()
                     self._retire_old()
                     self._check_start_timeouts()
                     if not announced and self.workers and all(w.ready for w in self.workers.values()):
                         announced = True
-                        print(
-                            f"{self.name} on {', '.join(self.where)} ({self.target} workers, "
-                            f"supervisor pid {os.getpid()})",
-                            flush=True,
+                        metrics = "" if self.endpoint is None else f", metrics on {metrics_url(self.endpoint)}"
+                        logs.banner(
+                            f"{self.name} on {', '.join(self.where)} ({self.target} "
+                            f"worker{'s' if self.target != 1 else ''}, supervisor pid {os.getpid()}{metrics})",
+                            listeners=self.where,
+                            workers=self.target,
+                            pid=os.getpid(),
                         )
                 timeout = 0.5
                 if self.restart_at:
@@ -378,6 +481,22 @@ class Supervisor:
 
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)
         return self.exit_code
+
+
+def metrics_url(endpoint: Any) -> str:
+    """Where a metrics Endpoint answers (its port, when --metrics asked for port 0)."""
+    host, port = endpoint.httpd.server_address[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+
+def _how(worker: Worker, code: int) -> str:
+    if worker.timed_out:
+        return "not ready in time: killed"
+    if worker.killed:
+        return "did not stop in time: killed"
+    if code < 0:
+        return f"signal {-code}"
+    return f"exit status {code}"
 
 
 # -- the worker's side -------------------------------------------------------------------

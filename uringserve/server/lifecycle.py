@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import ssl as ssl_module
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -82,6 +81,10 @@ class Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._stopped: asyncio.Event | None = None
         self._cut: asyncio.Event | None = None
+        self._cut_by = ""  # what cut the drain short (cut()'s reason)
+        # connections with work in flight that the last shutdown aborted:
+        # run_command() exits non-zero when there were any
+        self.aborted = 0
         self._state = "new"  # new -> serving -> draining -> stopped
 
     def make_protocol(self, sock: socket.socket) -> Any:
@@ -233,7 +236,9 @@ class Server:
                 w.cancel()
         cut: list[asyncio.Task] = []
         if len(conns):
-            logger.warning("aborting %d connection(s) still busy after the %.1fs shutdown timeout", len(conns), timeout)
+            self.aborted = len(conns)
+            why = self._cut_by or f"the {timeout:g}s shutdown timeout passed"
+            logger.warning("%s: aborting %d connection(s) with work in flight", why, len(conns))
             for conn in conns:
                 cut += conn.abort()
         if cut:  # their handlers are cancelled: none outlives the server
@@ -246,9 +251,11 @@ class Server:
             self._state = "stopped"
             self._stopped.set()
 
-    def cut(self) -> None:
-        """End a shutdown in progress now: what is still draining is aborted."""
-        if self._cut is not None:
+    def cut(self, reason: str = "the drain was cut short") -> None:
+        """End a shutdown in progress now: what is still draining is aborted
+        (`reason`, e.g. "a second SIGTERM", is what the abort is logged with)."""
+        if self._cut is not None and not self._cut.is_set():
+            self._cut_by = reason
             self._cut.set()
 
     def _stop_listening(self) -> list[asyncio.AbstractServer]:
@@ -278,30 +285,45 @@ class Server:
         """start() with these arguments (`listen`: start()'s keywords), serve
         until SIGTERM or SIGINT, then drain. A second signal during the drain
         cuts it short; SIGQUIT stops at once. `ready(server)` is called once
-        listening."""
+        listening. What the drain had to abort is `self.aborted`."""
 
         async def main() -> None:
             running = asyncio.get_running_loop()
-            await self.start(host, port, **listen)
             signals = 0
+            started = False
+            early: list[int] = []  # stop signals that came while starting
+            tasks: set[asyncio.Task] = set()
 
             def on_signal(signum: int) -> None:
                 nonlocal signals
+                if not started:  # acted on once listening (start() is not cut in half)
+                    early.append(signum)
+                    return
                 signals += 1
+                name = signal.Signals(signum).name
                 if signum == signal.SIGQUIT:  # immediate stop, as gunicorn's workers take it
                     logger.info("SIGQUIT: stopping now")
-                    self.cut()
-                    running.create_task(self.shutdown(0))
+                    self.cut("SIGQUIT")
+                    task = running.create_task(self.shutdown(0))
                 elif signals == 1:
-                    logger.info("%s: draining (a second signal cuts it short)", signal.Signals(signum).name)
-                    running.create_task(self.shutdown())
+                    logger.info("%s: draining (a second signal cuts it short)", name)
+                    task = running.create_task(self.shutdown())
                 else:
-                    self.cut()
+                    self.cut(f"a second stop signal ({name}) cut the drain")
+                    return
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
 
+            # before the listeners open: a process that listens always drains
+            # on SIGTERM, never dies of it with a connection just accepted
             for sig in STOP_SIGNALS:
                 running.add_signal_handler(sig, on_signal, sig)
             try:
-                if ready is not None:
+                await self.start(host, port, **listen)
+                started = True
+                for signum in early:
+                    on_signal(signum)
+                if ready is not None and self.serving:
                     ready(self)
                 await self.serve_forever()
             finally:
@@ -322,23 +344,33 @@ def run_command(
     ring_config: Any = None,
     on_ready: Callable[[Server], None] | None = None,
     quiet: bool = False,
+    note: str = "",
     **listen: Any,
 ) -> int:
     """A server as a command: run() until SIGTERM/SIGINT, printing
     "NAME on WHERE (LOOP loop, pid N)" once it listens (unless `quiet`: a
     worker, whose supervisor says it) and calling `on_ready`; a listener
-    that cannot open is one line on stderr and exit status 1, not a traceback."""
+    that cannot open is one line on stderr and exit status 1, not a
+    traceback. The exit status is 1 too when the drain aborted work in
+    flight (a second signal, SIGQUIT or the shutdown timeout cut it).
+    `note` ends the banner's parenthesis (e.g. where the metrics are)."""
+    from .. import logs
 
     def ready(s: Server) -> None:
         if not quiet:
-            where = ", ".join(spec.describe(sock) for spec, sock in s._bound)
-            print(f"{name} on {where} ({loop} loop, pid {os.getpid()})", flush=True)
+            where = [spec.describe(sock) for spec, sock in s._bound]
+            logs.banner(
+                f"{name} on {', '.join(where)} ({loop} loop, pid {os.getpid()}{', ' + note if note else ''})",
+                listeners=where,
+                loop=loop,
+                pid=os.getpid(),
+            )
         if on_ready is not None:
             on_ready(s)
 
     try:
         server.run(host, port, loop=loop, ring_config=ring_config, ready=ready, **listen)
     except (OSError, StartupError) as exc:  # the message names the listener (or the app) and the reason
-        print(f"{name}: {exc}", file=sys.stderr)
+        logs.error(f"{name}: {exc}")
         return 1
-    return 0
+    return 1 if server.aborted else 0
