@@ -49,9 +49,11 @@ run: deps $(STAMP)
 echo: deps $(STAMP)
 	$(VPY) apps/echo.py --host $(HOST) --port $(PORT)
 
-# the RESP demo (redis-cli -p 6379 ping)
+# the RESP demo (redis-cli -p 6379 ping): Redis's port unless PORT is given
+# (`make resp PORT=7379`); PORT's own default, 8000, is the HTTP demo's
+RESP_PORT = $(if $(filter file,$(origin PORT)),6379,$(PORT))
 resp: deps $(STAMP)
-	$(VPY) apps/resp_server.py --host $(HOST) --port $(or $(RESP_PORT),6379)
+	$(VPY) apps/resp_server.py --host $(HOST) --port $(RESP_PORT)
 
 test: deps $(STAMP) lint
 	$(VPY) -m pytest -q
