@@ -32,6 +32,9 @@ class Stats:
     def __init__(self) -> None:
         self.started = time.time()
         self.connections = 0
+        # as Redis's total_commands_processed: commands that ran (an error
+        # they answer included), not those refused (unknown, wrong arity),
+        # each counted once it is done (INFO does not count itself)
         self.commands = 0
         self.next_client_id = 1
 
@@ -46,6 +49,7 @@ class Session:
     quit: bool
     open_clients: Callable[[], int]
     max_bulk: int
+    idle_timeout: float | None
     resp3 = False  # HELLO 3: nulls and maps in RESP3 form
     null = NULL
 
@@ -229,7 +233,7 @@ def config(s: Session, argv: list[bytes]) -> bytes:
         b"save": b"",
         b"appendonly": b"no",
         b"databases": b"1",
-        b"timeout": b"0",
+        b"timeout": f"{s.idle_timeout or 0:g}".encode(),  # --idle-timeout
         b"proto-max-bulk-len": b"%d" % s.max_bulk,
         b"maxmemory": b"0",
     }
@@ -583,9 +587,11 @@ def execute(s: Session, argv: list[bytes]) -> bytes:
     if (arity > 0 and n != arity) or n < -arity:
         return wrong_args(argv)
     try:
-        return fn(s, argv)
+        reply = fn(s, argv)
     except CommandError as exc:
-        return exc.line
+        reply = exc.line
+    s.stats.commands += 1
+    return reply
 
 
 __all__ = ["COMMANDS", "Session", "Stats", "execute"]

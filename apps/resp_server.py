@@ -1,5 +1,6 @@
-"""The RESP demo: an in-memory key-value server speaking RESP2 (and RESP3 after HELLO 3), which
-redis-py, redis-cli and redis-benchmark talk to as to Redis.
+"""The RESP demo: an in-memory key-value server speaking RESP2 (and RESP3
+after HELLO 3), which redis-py, redis-cli and redis-benchmark talk to as to
+Redis.
 
     python apps/resp_server.py --host 127.0.0.1 --port 6379 [--loop uring|asyncio|uvloop]
     python apps/resp_server.py --uds /tmp/resp.sock
@@ -7,7 +8,9 @@ redis-py, redis-cli and redis-benchmark talk to as to Redis.
 Commands: apps/resp_commands.py (strings, expiry, KEYS/SCAN, lists, and the
 connection commands clients send on connect). Protocol errors, bulks over
 --max-bulk and commands over --max-args are answered with Redis's
-`-ERR Protocol error: ...` and the connection is closed.
+`-ERR Protocol error: ...` and the connection is closed. The keyspace lives
+in this process's memory: one process is one database (`uringserve resp`
+refuses --workers, which would make several).
 """
 
 from __future__ import annotations
@@ -61,7 +64,6 @@ class RESPProtocol(Connection, Session, asyncio.Protocol):
         if self.idle_timeout:
             self.touch()
         if len(commands) == 1 and parser.error is None and not self.held:  # the common case, unpipelined
-            self.stats.commands += 1
             self.transport.write(execute(self, commands[0]))
             if self.quit:
                 self.transport.close()
@@ -81,7 +83,6 @@ class RESPProtocol(Connection, Session, asyncio.Protocol):
         while i < len(held) and not self.quit:
             reply = execute(self, held[i])
             i += 1
-            self.stats.commands += 1
             out.append(reply)
             size += len(reply)
             if size >= BATCH:
@@ -156,17 +157,30 @@ class RESPServer(Server):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=6379)
+    p = argparse.ArgumentParser(
+        description="The RESP demo: an in-memory key-value server speaking RESP2 (and RESP3 after HELLO 3), "
+        "which redis-py, redis-cli and redis-benchmark talk to as to Redis.",
+        epilog="One process, one keyspace, in memory: nothing is kept when it stops. Protocol errors, bulks "
+        "over --max-bulk and commands over --max-args are answered with -ERR Protocol error and the "
+        "connection is closed.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=6379, help="TCP port (default: 6379; 0: one the kernel picks)")
     p.add_argument("--uds", help="listen on this Unix socket path (@name: abstract) instead of TCP")
-    p.add_argument("--loop", choices=["uring", "asyncio", "uvloop"], default="uring")
+    p.add_argument("--loop", choices=["uring", "asyncio", "uvloop"], default="uring", help="event loop (uring)")
     p.add_argument("--max-bulk", type=int, default=MAX_BULK, help="longest bulk string, bytes (proto-max-bulk-len)")
     p.add_argument("--max-args", type=int, default=MAX_ARGS, help="most arguments in one command")
-    p.add_argument("--idle-timeout", type=float, default=0, help="close clients idle this many seconds (0: never)")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0,
+        help="close a client that sent nothing this many seconds (Redis's timeout; 0: never)",
+    )
     args = p.parse_args(argv)
     if args.max_bulk < 1 or args.max_args < 1:
         p.error("--max-bulk and --max-args must be at least 1")
+    if args.idle_timeout < 0:
+        p.error("--idle-timeout must be 0 (never) or more")
     server = RESPServer(max_bulk=args.max_bulk, max_args=args.max_args, idle_timeout=args.idle_timeout)
 
     return run_command(server, "resp", args.host, args.port, loop=args.loop, uds=args.uds)

@@ -179,7 +179,7 @@ class Proc:
         self.p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()
-        if ready:
+        if ready is not None:  # "": any first line (the caller waits for its own with wait_line)
             line = self.wait_line(lambda line: True, timeout)
             assert ready in line, line
         elif port == 0:  # `banner`: another program's start-up line, the port its group 1

@@ -135,14 +135,23 @@ def test_a_line_without_its_end_is_refused_past_64k_not_buffered(head: bytes, me
 
 
 def test_a_large_bulk_in_many_pieces_is_joined_once() -> None:
+    """A 1 MiB bulk in 1,000-byte pieces: each piece is kept as it came
+    until the bulk is all there, then joined once (joining on every piece
+    would copy half a gigabyte). Counted where the joining happens: the
+    parts held grow by one per piece, never collapsing to one before the end."""
     value = bytes(range(256)) * 4096  # 1 MiB
     data = encode([b"SET", b"k", value])
     p = RequestParser()
     out = []
-    for i in range(0, len(data), 1000):
+    head = data.index(value)  # "*3 $3 SET $1 k $1048576": parsed with the first piece
+    for n, i in enumerate(range(0, len(data), 1000), start=1):
         out += p.feed(data[i : i + 1000])
         assert p.pending <= len(data)
+        if i + 1000 < len(data):  # the bulk's end has not come: nothing joined yet
+            assert len(p._parts) == n, (n, len(p._parts))
+            assert p._have == i + 1000 - head
     assert out == [[b"SET", b"k", value]]
+    assert p._parts == [] and p.pending == 0
 
 
 def test_inline_splitting_as_redis() -> None:
@@ -160,3 +169,19 @@ def test_replies_encode_binary_values() -> None:
     assert bulk(b"a\r\nb") == b"$4\r\na\r\nb\r\n"
     assert bulk(None) == b"$-1\r\n"
     assert array([b"x", None]) == b"*2\r\n$1\r\nx\r\n$-1\r\n"
+
+
+def test_the_line_limit_can_be_set_and_bounds_what_is_held() -> None:
+    """max_inline (Redis's constant 64 KiB by default): 16 bytes of a line
+    without its end are held, the 17th is refused; a bulk's body is not a
+    line (max_bulk bounds it)."""
+    for head in (b"", b"*", b"*1\r\n$"):
+        p = RequestParser(max_inline=16)
+        p.feed(head + b"1" * (16 - len(head) + head.rfind(b"\n") + 1))
+        assert p.error is None and p.pending <= 16
+        p.feed(b"1")
+        assert p.error is not None and str(p.error).startswith("too big"), head
+    p = RequestParser(max_bulk=100, max_inline=16)
+    assert p.feed(b"*1\r\n$100\r\n" + b"x" * 100 + b"\r\n") == [[b"x" * 100]]
+    with pytest.raises(ValueError, match="max_inline must be at least 1"):
+        RequestParser(max_inline=0)

@@ -1,10 +1,11 @@
 """apps/resp_server.py with clients nobody here wrote: redis-py (sync and
-asyncio, pipelines, a 100,000-key bulk load), redis-cli (inline commands,
-error texts), redis-benchmark (counts checked afterwards), a byte-for-byte
-comparison with Debian's redis-server, bad input, expiry, SCAN's guarantee,
-bounded memory against a client that does not read, and SIGTERM. The server
-runs as the demo runs, in its own process, on UringEventLoop and on the
-stdlib loop."""
+asyncio, pipelines, a 100,000-key bulk load, TLS, Unix sockets), redis-cli
+(inline commands, error texts, --tls, -s), redis-benchmark (counts checked
+afterwards), a byte-for-byte comparison with Debian's redis-server (replies,
+COMMAND's table, INFO's fields and counters), bad input, expiry, the idle
+timeout, SCAN's guarantee, bounded memory against a client that does not
+read, and SIGTERM. The server runs as the demo runs, in its own process, on
+UringEventLoop and on the stdlib loop."""
 
 from __future__ import annotations
 
@@ -17,15 +18,22 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio
+import trustme
+
+from apps.resp_commands import COMMANDS
+from tests.conftest import Proc as ServerProc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.path.join(ROOT, "apps", "resp_server.py")
+PY = sys.executable
 
 
 def need(tool: str) -> str:
@@ -88,23 +96,81 @@ SENTINEL = b"ECHO end-of-exchange\r\n"
 SENTINEL_REPLY = b"$15\r\nend-of-exchange\r\n"
 
 
-def raw(port: int, data: bytes, timeout: float = 5.0, sentinel: bool = True) -> bytes:
+def connect(address: int | str, timeout: float = 30.0) -> socket.socket:
+    """A TCP port on 127.0.0.1, or a Unix socket's path."""
+    if isinstance(address, int):
+        return socket.create_connection(("127.0.0.1", address), timeout=timeout)
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    s.connect(address)
+    return s
+
+
+def raw(address: int | str, data: bytes, sentinel: bool = True) -> bytes:
     """Send `data` and a sentinel command; read until the sentinel's reply
-    (removed), the server's close (marked <EOF>), or 0.3 s of quiet (data
-    that left the parser inside a command swallows the sentinel)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    (removed) or the server's close (marked <EOF>). Every exchange ends one
+    way or the other: one that does neither (a reply lost, a server stuck
+    inside a command) fails on the 30 s socket timeout, it is never taken
+    for an answer."""
+    with connect(address) as s:
         s.sendall(data + SENTINEL if sentinel else data)
-        s.settimeout(0.3)
         out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-                if out.endswith(SENTINEL_REPLY):
-                    return out[: -len(SENTINEL_REPLY)]
-            out += b"<EOF>"
-        except TimeoutError:
-            pass
-        return out
+        while chunk := s.recv(65536):
+            out += chunk
+            if sentinel and out.endswith(SENTINEL_REPLY):
+                return out[: -len(SENTINEL_REPLY)]
+        return out + b"<EOF>"
+
+
+def parse_reply(data: bytes, pos: int = 0) -> tuple[object, int]:
+    """The RESP2/RESP3 reply at `pos` and where the next begins; ValueError
+    when it is not one, IndexError when it is cut short. (Error replies
+    come back as ResponseError.)"""
+    end = data.index(b"\r\n", pos)
+    kind, line = data[pos : pos + 1], data[pos + 1 : end]
+    pos = end + 2
+    if kind == b"+":
+        return line, pos
+    if kind == b"-":
+        return redis.ResponseError(line.decode("utf-8", "replace")), pos
+    if kind == b"_":
+        return None, pos
+    n = int(line)  # ValueError for anything but a number
+    if kind == b":":
+        return n, pos
+    if kind == b"$":
+        if n < 0:
+            return None, pos
+        if len(data) < pos + n + 2:
+            raise IndexError("a bulk cut short")
+        if data[pos + n : pos + n + 2] != b"\r\n":
+            raise ValueError("a bulk without its CRLF")
+        return data[pos : pos + n], pos + n + 2
+    if kind in (b"*", b"%"):
+        if n < 0:
+            return None, pos
+        items = []
+        for _ in range(n * (2 if kind == b"%" else 1)):
+            item, pos = parse_reply(data, pos)
+            items.append(item)
+        return items, pos
+    raise ValueError(f"not a reply: {data[pos - len(line) - 3 :][:20]!r}")
+
+
+def parse_replies(data: bytes) -> list[object]:
+    """Every reply in `data`, which must hold whole replies and nothing else."""
+    out, pos = [], 0
+    while pos < len(data):
+        reply, pos = parse_reply(data, pos)
+        out.append(reply)
+    return out
+
+
+def ask(address: int | str, *commands: bytes) -> list[object]:
+    """The parsed replies to `commands` (inline), on a new connection."""
+    replies = parse_replies(raw(address, b"".join(c + b"\r\n" for c in commands)))
+    assert len(replies) == len(commands), replies
+    return replies
 
 
 # -- redis-py ---------------------------------------------------------------------
@@ -278,11 +344,22 @@ def test_redis_benchmark_counts_hold(server: Proc, r: redis.Redis, pipeline: int
     assert r.get("counter:__rand_int__") == b"5120"  # every INCR counted once
     run("-t", "lpush", "-n", "3200")
     assert r.llen("mylist") == 3200
-    r.delete("key:__rand_int__")
-    run("-t", "set", "-n", "4000", "-r", "500", "-d", "100")
-    assert 1 <= r.dbsize() <= 2 + 500  # counter, mylist, at most 500 keys
-    assert all(len(v) == 100 for v in r.mget(r.keys("key:*")))
-    run("-t", "get,ping", "-n", "4000")
+    assert r.dbsize() == 2
+    run("-t", "set", "-n", "6400", "-r", "500", "-d", "100")
+    # 6,400 SETs of 500 random keys: every key met (the chance that one is
+    # missed is 500 x (1 - 1/500)^6400, under 1e-3), each holding the one
+    # 100-byte value redis-benchmark sends
+    keys = r.keys("key:*")
+    assert len(keys) == 500 and r.dbsize() == 502, (len(keys), r.dbsize())
+    (value,) = set(r.mget(keys))
+    assert len(value) == 100
+    # GET and PING (inline and multibulk) are only read: the server's own count shows each ran once
+    before = r.info("stats")["total_commands_processed"]
+    out = run("-t", "get,ping", "-n", "3200")
+    assert "PING_INLINE:" in out and "PING_MBULK:" in out and "GET:" in out, out
+    ran = r.info("stats")["total_commands_processed"] - before - 1  # less the first INFO
+    # redis-benchmark also asks CONFIG GET save and appendonly on starting
+    assert ran == 3 * 3200 + 2, ran
 
 
 # -- the same bytes as redis-server ------------------------------------------------------
@@ -312,38 +389,28 @@ COMPARED = [
     b"*2\r\n$3\r\nGET\r\n$abc\r\n",
     b"*abc\r\n",
     b"PING\r\n*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$600000000\r\n",
+    b"INFO keyspace\r\nSET a 1\r\nSET b 2 EX 100\r\nINFO keyspace\r\nINFO nosuch\r\nINFO KEYSPACE\r\n",
+    b"COMMAND INFO nosuch\r\nCOMMAND FOO\r\nCONFIG GET timeout\r\n",
 ]
 
 
 @pytest.fixture(scope="module")
-def real_redis() -> Iterator[int]:
+def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's redis-server on a Unix socket of its own (no TCP port, so
+    none to race for): its path."""
     exe = need("redis-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    p = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    path = str(tmp_path_factory.mktemp("redis") / "redis.sock")
+    args = [exe, "--port", "0", "--unixsocket", path, "--save", "", "--appendonly", "no", "--daemonize", "no"]
+    p = ServerProc(args, ready="")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield port
+        p.wait_line(lambda line: "ready to accept connections" in line.lower(), 30)
+        yield path
     finally:
-        p.terminate()
-        p.wait(timeout=10)
+        p.stop()
 
 
 @pytest.mark.parametrize("case", range(len(COMPARED)))
-def test_replies_are_byte_for_byte_redis_servers(server: Proc, real_redis: int, case: int) -> None:
+def test_replies_are_byte_for_byte_redis_servers(server: Proc, real_redis: str, case: int) -> None:
     data = COMPARED[case]
     raw(real_redis, b"FLUSHALL\r\n")
     raw(server.port, b"FLUSHALL\r\n")
@@ -353,15 +420,25 @@ def test_replies_are_byte_for_byte_redis_servers(server: Proc, real_redis: int, 
 
 
 # -- bad input, limits, memory ------------------------------------------------------------
-def test_garbage_gets_an_error_or_a_close_and_others_are_served(server: Proc, r: redis.Redis) -> None:
+def test_garbage_gets_replies_that_parse_and_others_are_served(server: Proc, r: redis.Redis) -> None:
     rng = random.Random(15)
+    errors = 0
     for _ in range(30):
         junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))
-        got = raw(server.port, junk, timeout=5)
-        # whatever it is: replies that parse, and if one is a protocol error it is the last, then EOF
-        if b"-ERR Protocol error" in got:
-            assert got.endswith(b"\r\n<EOF>")
+        with connect(server.port) as s:
+            s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)  # the server answers what it could parse, then closes
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        # whatever it is: whole replies and nothing else (parse_replies
+        # raises on a cut or malformed one), a protocol error only as the last
+        replies = parse_replies(got)
+        protocol = [i for i, x in enumerate(replies) if "Protocol error" in str(x)]
+        assert protocol in ([], [len(replies) - 1]), replies
+        errors += bool(protocol)
         assert r.ping()
+    assert errors > 0  # the junk did reach the parser's errors
 
 
 def test_a_half_sent_command_then_a_close_leaves_nothing_behind(server: Proc, r: redis.Redis) -> None:
@@ -395,26 +472,63 @@ def test_limits_are_answered_with_a_protocol_error_and_a_close() -> None:
 
 
 def test_a_client_that_does_not_read_holds_bounded_memory(server: Proc, r: redis.Redis) -> None:
-    r.set("big", b"x" * 16384)
+    """A client pipelines 2,000 GETs of 1 KiB values (2 MB of replies from
+    20 KB of commands), then PINGs without end, and reads nothing: the
+    server stops reading it (its sends block) with bounded memory and
+    serves others meanwhile; once the client reads, every reply it asked
+    for arrives, whole and in order."""
+    values = [bytes([65 + k]) * 1024 for k in range(8)]
+    r.mset({f"big{k}": v for k, v in enumerate(values)})
+    gets = b"".join(b"GET big%d\r\n" % (k % 8) for k in range(2000))
+    get_replies = b"".join(b"$1024\r\n" + values[k % 8] + b"\r\n" for k in range(2000))
+    pings = b"PING\r\n" * 10_000
+    offered = 2000 * len(pings)  # 20 million PINGs: 140 MB of replies
     before = server.rss_kib()
-    request = b"GET big\r\n" * 1000
-    sent = 0
     s = socket.create_connection(("127.0.0.1", server.port))
-    s.settimeout(3)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.settimeout(30)
+    s.sendall(gets)
+    sent = 0  # bytes of PINGs
+    done = threading.Event()
+
+    def send() -> None:
+        nonlocal sent
+        s.settimeout(1.0)
+        try:
+            while sent < offered:
+                sent += s.send(pings[sent % len(pings) :])
+        except TimeoutError:
+            pass  # blocked a whole second: the server stopped reading us
+        done.set()
+
+    threading.Thread(target=send, daemon=True).start()
     try:
-        # 4,000,000 GETs (36 MB, far beyond socket buffers) would be 64 GB of
-        # replies: the server must stop reading, and then sendall() blocks
-        while sent < 4000:
-            s.sendall(request)
-            sent += 1
-    except TimeoutError:
-        pass
-    try:
+        assert done.wait(60)
+        assert sent < offered, "the server kept reading a client that reads nothing"
         grew = server.rss_kib() - before
-        assert sent < 4000, "the server kept reading a client that reads nothing"
         # what a read of pipelined commands can make it hold: the commands, and replies up to the high-water mark
         assert grew < 40_000, f"RSS grew {grew} KiB"
         assert r.ping()  # others are served meanwhile
+        # the client reads now, after sending the rest of its last PING and an end marker
+        cut = sent % 6
+        expected = get_replies + b"+PONG\r\n" * -(-sent // 6) + SENTINEL_REPLY
+        received = bytearray()
+
+        def read_all() -> None:
+            while len(received) < len(expected):
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                received.extend(chunk)
+
+        s.settimeout(30)
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        s.sendall((b"PING\r\n"[cut:] if cut else b"") + SENTINEL)
+        reader.join(60)
+        if received != expected:  # where they part, not megabytes of diff
+            at = next((i for i, (a, b) in enumerate(zip(received, expected, strict=False)) if a != b), None)
+            pytest.fail(f"{len(received)} bytes of replies, {len(expected)} expected; first difference at {at}")
     finally:
         s.close()
 
@@ -428,3 +542,237 @@ def test_sigterm_drains_and_exits_cleanly() -> None:
     assert code == 0 and "Traceback" not in err, err
     assert c.recv(100) == b""  # the idle client was closed by the drain
     c.close()
+
+
+# -- COMMAND and INFO, against redis-server's --------------------------------------------
+def test_command_table_is_redis_servers_for_every_command(server: Proc, real_redis: str) -> None:
+    """COMMAND lists what this server runs (COMMAND COUNT of them); for each,
+    the name, arity, key positions and write flag are redis-server's, which
+    is what clients (cluster routing, read-only replicas) read."""
+    table, count = ask(server.port, b"COMMAND", b"COMMAND COUNT")
+    assert isinstance(table, list) and count == len(table) == len(COMMANDS)
+    names = [entry[0] for entry in table]
+    assert sorted(names) == sorted(n.lower() for n in COMMANDS)
+    (ours,) = ask(server.port, b"COMMAND INFO " + b" ".join(names))
+    (theirs,) = ask(real_redis, b"COMMAND INFO " + b" ".join(names))
+    assert ours == table  # COMMAND INFO gives the same entries
+    for mine, real in zip(ours, theirs, strict=True):
+        assert mine[:2] + mine[3:6] == real[:2] + real[3:6], (mine, real)  # name, arity, first, last, step
+        assert (b"write" in mine[2]) == (b"write" in real[2]), (mine, real)
+
+
+def info(address: int | str, *sections: bytes) -> dict[str, dict[str, str]]:
+    """INFO's sections: {"Server": {"redis_version": "7.0.0", ...}, ...}."""
+    (text,) = ask(address, b" ".join((b"INFO", *sections)))
+    assert isinstance(text, bytes) and b"\n" not in text.replace(b"\r\n", b"")  # lines end in CRLF
+    out: dict[str, dict[str, str]] = {}
+    for line in text.decode().split("\r\n"):
+        if line.startswith("# "):
+            current = out.setdefault(line[2:], {})
+        elif line:
+            name, _, value = line.partition(":")
+            current[name] = value
+    return out
+
+
+def test_info_sections_and_fields_are_redis_servers(server: Proc, real_redis: str) -> None:
+    """Every section and field INFO answers is one redis-server answers
+    under that name (tools parse them), in redis-server's order; the
+    additions are uringserve's version and, on the ring, INFO ring."""
+    for address in (real_redis, server.port):  # a key in each, so that both have a keyspace line
+        assert ask(address, b"FLUSHALL", b"SET k v") == [b"OK", b"OK"]
+    theirs_all = info(real_redis, b"everything")
+    ours_all = info(server.port, b"everything")
+    assert list(ours_all) == [s for s in theirs_all if s in ours_all] + (["Ring"] if server.loop == "uring" else [])
+    for section, fields in ours_all.items():
+        if section == "Ring":
+            assert fields["sqes"].isdigit()
+            continue
+        theirs = list(theirs_all[section])
+        mine = [f for f in fields if f != "uringserve_version"]
+        assert mine == [f for f in theirs if f in fields], (section, mine)
+    # the default set: the same sections as redis-server's default, less those it has and this server not
+    theirs_default = list(info(real_redis))
+    assert list(info(server.port)) == [s for s in theirs_default if s in ours_all]
+    assert list(info(server.port, b"server", b"clients")) == ["Server", "Clients"]
+
+
+def test_info_counters_move_as_redis_servers_do(server: Proc, real_redis: str) -> None:
+    """The same exchange on both servers moves total_connections_received,
+    connected_clients, total_commands_processed (which counts commands that
+    ran, not refused ones, and not the INFO answering) and expired_keys
+    alike."""
+
+    def exchange(address: int | str) -> list[int]:
+        raw(address, b"FLUSHALL\r\n")
+        with connect(address) as c:
+
+            def counters() -> list[int]:
+                c.sendall(b"INFO everything\r\n")
+                data = b""
+                while True:
+                    data += c.recv(65536)
+                    try:
+                        text, _ = parse_reply(data)
+                        break
+                    except IndexError:
+                        continue
+                fields = dict(line.split(":", 1) for line in text.decode().split("\r\n") if ":" in line)  # type: ignore[union-attr]
+                names = ("total_connections_received", "connected_clients", "total_commands_processed", "expired_keys")
+                return [int(fields[n]) for n in names]
+
+            # clients of earlier tests may still be closing: from when this one is alone
+            deadline = time.monotonic() + 10
+            while (before := counters())[1] != 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            others = [connect(address) for _ in range(3)]
+            for o in others:
+                o.sendall(b"PING\r\n")
+                assert o.recv(100) == b"+PONG\r\n"  # accepted and served
+            c.sendall(b"SET k v\r\nGET k\r\nNOPE\r\nGET\r\nINCR k\r\nPING\r\nSET e v PX 1\r\n")
+            replies = b""
+            while replies.count(b"\r\n") < 8:  # 7 replies, GET's in two lines
+                replies += c.recv(65536)
+            time.sleep(0.01)  # past e's 1 ms
+            c.sendall(b"GET e\r\n")
+            assert c.recv(100) == b"$-1\r\n"  # expired: removed when touched
+            during = counters()
+            for o in others:
+                o.close()
+        return [a - b for a, b in zip(during, before, strict=True)]
+
+    expected = exchange(real_redis)
+    # for the reader, what redis-server 7 does: 3 connections, 3 open, commands: the
+    # first INFO, 3 PINGs, the 5 of the 7 pipelined that ran (not NOPE, nor GET
+    # without its key), GET e; e expired
+    assert expected == [3, 3, 1 + 3 + 5 + 1, 1]
+    assert exchange(server.port) == expected
+
+
+# -- the idle timeout -----------------------------------------------------------------------
+def test_idle_timeout_closes_a_silent_client_not_a_busy_one() -> None:
+    srv = ServerProc([PY, SERVER, "--port", "0", "--idle-timeout", "1"])
+    try:
+        assert ask(srv.port, b"CONFIG GET timeout") == [[b"timeout", b"1"]]
+        busy = connect(srv.port)
+        answers: list[bytes] = []
+        stop = threading.Event()
+
+        def ping() -> None:  # a command every 50 ms: never idle for long
+            try:
+                while not stop.is_set():
+                    busy.sendall(b"PING\r\n")
+                    answers.append(busy.recv(100))
+                    stop.wait(0.05)
+            except OSError as exc:
+                answers.append(repr(exc).encode())
+
+        pinger = threading.Thread(target=ping, daemon=True)
+        pinger.start()
+        # the busy client is half a timeout older than the silent one: were
+        # its activity not counted, it would be closed first
+        time.sleep(0.5)
+        silent = connect(srv.port)
+        silent.sendall(b"PING\r\n")
+        assert silent.recv(100) == b"+PONG\r\n"
+        last = time.monotonic()
+        assert silent.recv(100) == b""  # closed by the server
+        idle = time.monotonic() - last
+        stop.set()
+        pinger.join(30)
+        assert idle >= 0.9, idle  # not before its time (less the reply's way back)
+        assert answers and set(answers) == {b"+PONG\r\n"}, answers[-3:]
+        busy.sendall(b"PING\r\n")
+        assert busy.recv(100) == b"+PONG\r\n"  # still open
+        busy.close()
+        silent.close()
+    finally:
+        assert srv.stop() == 0, srv.output()
+
+
+def test_a_negative_idle_timeout_is_refused() -> None:
+    out = subprocess.run([PY, SERVER, "--idle-timeout", "-1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--idle-timeout must be 0 (never) or more" in out.stderr
+
+
+def test_help_says_what_the_server_is_in_whole_sentences() -> None:
+    out = subprocess.run([PY, SERVER, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert (
+        "The RESP demo: an in-memory key-value server speaking RESP2 (and RESP3 after HELLO 3), "
+        "which redis-py, redis-cli and redis-benchmark talk to as to Redis." in text
+    )
+    assert "One process, one keyspace, in memory" in text
+    assert "--idle-timeout IDLE_TIMEOUT close a client that sent nothing this many seconds" in text
+
+
+# -- Unix sockets, TLS, workers -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "command",
+    [[PY, SERVER], [PY, "-m", "uringserve", "resp", "--uds-mode", "600"]],
+    ids=["apps/resp_server.py", "uringserve resp"],
+)
+def test_a_unix_socket_serves_redis_cli_and_redis_py_and_is_removed(tmp_path: Path, command: list[str]) -> None:
+    path = str(tmp_path / "resp.sock")
+    srv = ServerProc([*command, "--uds", path], ready="")
+    try:
+        srv.wait_line(lambda line: line.startswith(f"resp on unix:{path} "), 30)
+        cli = need("redis-cli")
+        out = subprocess.run([cli, "-s", path, "SET", "k", "over unix"], capture_output=True, text=True, timeout=30)
+        assert out.stdout == "OK\n", out.stderr
+        client = redis.Redis(unix_socket_path=path)
+        assert client.get("k") == b"over unix"
+        client.close()
+        if "--uds-mode" in command:
+            assert os.stat(path).st_mode & 0o777 == 0o600
+    finally:
+        assert srv.stop() == 0, srv.output()
+    assert not os.path.exists(path)  # nothing left behind
+
+
+def test_tls_serves_redis_cli_and_redis_py(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    args = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
+    srv = ServerProc([PY, "-m", "uringserve", "resp", "--port", "0", *args])
+    try:
+        cli = [need("redis-cli"), "-p", str(srv.port), "--tls", "--cacert", str(tmp_path / "ca.pem")]
+        out = subprocess.run([*cli, "SET", "k", "over tls"], capture_output=True, text=True, timeout=30)
+        assert out.stdout == "OK\n", out.stderr
+        client = redis.Redis(
+            host="127.0.0.1", port=srv.port, ssl=True, ssl_ca_certs=str(tmp_path / "ca.pem"), socket_timeout=30
+        )
+        assert client.get("k") == b"over tls"
+        pipe = client.pipeline(transaction=False)
+        for _ in range(1000):
+            pipe.incr("n")
+        assert pipe.execute() == list(range(1, 1001))
+        client.close()
+        # plain text to a TLS port gets no reply
+        with connect(srv.port) as s:
+            s.sendall(b"PING\r\n")
+            got = b""
+            while chunk := s.recv(100):
+                got += chunk
+        assert b"PONG" not in got
+    finally:
+        assert srv.stop() == 0, srv.output()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "2"], "uringserve resp: 2 workers would be 2 separate keyspaces"),
+        (["--max-requests", "100"], "uringserve resp: --max-requests would replace the process and lose every key"),
+    ],
+)
+def test_uringserve_resp_refuses_what_would_split_or_lose_the_keyspace(args: list[str], message: str) -> None:
+    out = subprocess.run(
+        [PY, "-m", "uringserve", "resp", "--port", "0", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 1
+    assert out.stdout == "" and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr

@@ -29,15 +29,22 @@ class RequestParser:
     """feed(data) returns the commands completed by `data`, in order. After a
     protocol error, feed() returns the commands before it and `error` is set:
     the caller answers those, then error.reply(), then closes; nothing more
-    is parsed. Memory held is bounded by the limits: one partial command."""
+    is parsed. Memory held is bounded by the limits: one partial command,
+    after any feed() at most (max_args - 1) x max_bulk bytes of its
+    arguments plus max(max_bulk + 1, max_inline) bytes not yet parsed (see
+    `pending`). `max_inline` is Redis's PROTO_INLINE_MAX_SIZE, a constant
+    there; settable here so that a fuzzer's small inputs reach it."""
 
-    __slots__ = ("_parts", "_have", "_need", "_args", "_want", "_bulk", "max_bulk", "max_args", "error")
+    __slots__ = ("_parts", "_have", "_need", "_args", "_want", "_bulk", "max_bulk", "max_args", "max_inline", "error")
 
-    def __init__(self, max_bulk: int = MAX_BULK, max_args: int = MAX_ARGS) -> None:
-        if max_bulk < 1 or max_args < 1:
-            raise ValueError(f"max_bulk and max_args must be at least 1, got {max_bulk}, {max_args}")
+    def __init__(self, max_bulk: int = MAX_BULK, max_args: int = MAX_ARGS, max_inline: int = INLINE_MAX) -> None:
+        if max_bulk < 1 or max_args < 1 or max_inline < 1:
+            raise ValueError(
+                f"max_bulk, max_args and max_inline must be at least 1, got {max_bulk}, {max_args}, {max_inline}"
+            )
         self.max_bulk = max_bulk
         self.max_args = max_args
+        self.max_inline = max_inline
         # the unparsed rest, as received: joined once `_need` bytes are there,
         # so a large bulk arriving in many pieces is copied once, not each time
         self._parts: list[bytes] = []
@@ -78,7 +85,7 @@ class RequestParser:
                 elif buf[pos] == 42:  # b"*"
                     nl = buf.find(b"\r\n", pos)
                     if nl < 0:
-                        if n - pos > INLINE_MAX:
+                        if n - pos > self.max_inline:
                             raise ProtocolError("too big mbulk count string")
                         break
                     count = _int(buf, pos + 1, nl)
@@ -92,7 +99,7 @@ class RequestParser:
                 else:
                     nl = buf.find(b"\n", pos)
                     if nl < 0:
-                        if n - pos > INLINE_MAX:
+                        if n - pos > self.max_inline:
                             raise ProtocolError("too big inline request")
                         break
                     end = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
@@ -126,7 +133,7 @@ class RequestParser:
                     raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
                 nl = buf.find(b"\r\n", pos)
                 if nl < 0:
-                    if n - pos > INLINE_MAX:
+                    if n - pos > self.max_inline:
                         raise ProtocolError("too big bulk count string")
                     break
                 parsed = _int(buf, pos + 1, nl)
