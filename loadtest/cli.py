@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     live = sys.stderr.isatty() and not args.json
     try:
         res = run(plan, args.server_pid, (lambda e, st: _progress(e, st, state)) if live else None)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: a load worker process failed
         print(f"uringload: {exc}", file=sys.stderr)
         return 1
     if live:

@@ -724,3 +724,14 @@ def test_the_worker_does_not_leak_between_runs(misbehaving) -> None:
     assert open_fds() == fds
     assert children() == kids  # the worker processes were waited for
     assert [o for o in gc.get_objects() if isinstance(o, ring.Ring) and not o.closed] == rings
+
+
+def test_a_failed_load_worker_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import loadtest.cli
+
+    def failed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("load worker(s) failed: [(1, -9)] (their stderr is above)")
+
+    monkeypatch.setattr(loadtest.cli, "run", failed)
+    assert loadtest.cli.main(["-t", "2", "-c", "2", "http://127.0.0.1:1/"]) == 1
+    assert capsys.readouterr().err == "uringload: load worker(s) failed: [(1, -9)] (their stderr is above)\n"
