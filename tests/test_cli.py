@@ -171,7 +171,7 @@ BUILT: dict[str, Any] = {
     "tls_ca": lambda a: cli.build_server(a).ssl.verify_mode,
     "factory": lambda a: _outcome(lambda: cli.build_server(a).app.__name__),
     "interface": lambda a: cli.build_server(a).interface,
-    "protocol": lambda a: type(cli.build_server(a)),
+    "protocol": lambda a: _outcome(lambda: type(cli.build_server(a))),
     "root_path": lambda a: cli.build_server(a)._root_path,
     "lifespan": lambda a: cli.build_server(a)._lifespan.mode,
     "ring_files": lambda a: cli.ring_config(a).files,
@@ -212,6 +212,7 @@ WITH = {
     "tls_ca": ["--tls-cert", "{cert_only}", "--tls-key", "{tls_key}"],
 }
 APP = {"factory": "tests.worker_app:make_info_app", "lifespan": "tests.worker_app:info_app"}
+APP["protocol"] = "apps.echo:Echo"
 APP["root_path"] = APP["interface"] = APP["lifespan"]  # ASGI: --interface native is not what it detects
 
 
@@ -308,6 +309,9 @@ def test_app_errors_are_one_line() -> None:
         cli.build_server(parse(["run", "apps.http:app", "--factory"]))
     with pytest.raises(SystemExit, match="--factory: apps.http:HELLO is not callable"):
         cli.build_server(parse(["run", "apps.http:HELLO", "--factory"]))
+    with pytest.raises(SystemExit, match="apps.http:app is not a protocol factory: it cannot be called without"):
+        cli.build_server(parse(["run", "apps.http:app", "--protocol"]))
+    assert type(cli.build_server(parse(["run", "apps.echo:Echo", "--protocol"]))) is Server
 
 
 def test_the_readme_table_is_the_declared_options() -> None:
@@ -572,3 +576,11 @@ def test_json_log_format_errors_are_json(busy_port: int) -> None:
     out = command("run", "apps.nothere:app", "--log-format", "json")
     [record] = _records(out.stderr)
     assert out.returncode == 1 and "cannot import 'apps.nothere'" in record["message"]
+    # an app that raises as it is imported: its traceback is a field of one record per try
+    out = command("run", "tests.broken_app:app", "--port", "0", "--workers", "2", "--log-format", "json")
+    records = _records(out.stderr)
+    assert out.returncode == 1 and out.stdout == ""
+    crashes = [r for r in records if r["message"] == "uncaught RuntimeError: this app cannot start"]
+    assert crashes and all("Traceback" in r["exception"] for r in crashes)
+    stopping = "uringserve: a worker failed to start 3 times in a row (last: exit status 1); stopping"
+    assert [r["level"] for r in records if r["message"] == stopping] == ["error"]

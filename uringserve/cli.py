@@ -448,6 +448,15 @@ def _protocol_server(args: argparse.Namespace) -> Any:
 
         if not callable(app):
             raise SystemExit(f"uringserve: {args.app} is not a protocol factory (a callable)")
+        try:  # called once per connection, with nothing: an HTTP app here would fail each connection
+            inspect.signature(app).bind()
+        except TypeError:
+            raise SystemExit(
+                f"uringserve: {args.app} is not a protocol factory: it cannot be called without arguments "
+                "(an HTTP handler or ASGI app is served without --protocol)"
+            ) from None
+        except ValueError:
+            pass  # no signature to read
         return Server(app, shutdown_timeout=args.graceful_timeout, ssl=tls)
     from .http import HTTPServer
 
