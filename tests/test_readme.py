@@ -19,9 +19,10 @@ SIGTERM (the `make` targets: make hands it on to the demo).
 
 Two liberties, both made here and nowhere else: every `uringload` run is
 cut to 1 s (`-d 1s`: the README's runs of 3 to 10 s would add minutes),
-and the sandbox's copy of `.venv/.installed` is touched so that `make`
-does not try to reinstall (offline) when a file it depends on is newer:
-`make test` has just brought the venv up to date.
+and the sandbox's copy of `.venv/.installed` is dated a day ahead so that
+`make` does not try to reinstall (offline) when a file it depends on is
+newer, even one edited while the tests run: `make test` has just brought
+the venv up to date.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs {layer}
 mkdir {layer}/upper {layer}/work
 mount -t overlay overlay -o lowerdir={root},upperdir={layer}/upper,workdir={layer}/work {root}
-touch {root}/.venv/.installed
+touch -d "+1 day" {root}/.venv/.installed
 echo ready
 exec sleep infinity
 """
