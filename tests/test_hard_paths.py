@@ -221,7 +221,7 @@ def test_ablation_modes_are_byte_exact(cfg: RingConfig) -> None:
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
         await until(lambda: loop.ring_stats()["accepts"] >= 8)
         # a regular fd appears when its accept completes: counted above
-        await until(lambda: cfg.fixed_files or socket_fds() - before - len(held) >= 8, timeout=1.0)
+        await until(lambda: cfg.fixed_files or socket_fds() - before - len(held) >= 8, timeout=20)
         server_side = socket_fds() - before - len(held)
         for s in held:
             s.close()
