@@ -27,6 +27,7 @@ the venv up to date.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -114,17 +115,25 @@ def sandbox_unavailable() -> str | None:
     return None
 
 
+def die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Sandbox:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         layer = tmp / "layer"
         layer.mkdir()
+        # --kill-child, and unshare itself dying with this process: nothing
+        # started inside outlives the tests, even when they are killed
         self.holder = subprocess.Popen(
-            ["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private"]
+            ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
+            + ["--propagation", "private"]
             + ["sh", "-c", SETUP.format(layer=shlex.quote(str(layer)), root=shlex.quote(str(ROOT)))],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=die_with_parent,
         )
         assert self.holder.stdout is not None
         said = self.holder.stdout.readline()
