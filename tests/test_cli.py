@@ -537,7 +537,7 @@ def test_the_http_demo_on_a_busy_port_is_one_line(busy_port: int) -> None:
 def test_the_http_demo_banner_names_the_bound_port() -> None:
     p = Proc([PY, "apps/http.py", "--port", "0"])
     try:
-        banner = p.wait_line(lambda line: " on " in line)
+        banner = p.wait_line(lambda line: "uringserve.http (native) on " in line)
         assert banner.startswith(f"uringserve.http (native) on 127.0.0.1:{p.port} (uring loop, pid {p.p.pid})")
         assert p.port != 0 and http_get(p.port).endswith(b"Hello, world!\n")
     finally:

@@ -17,17 +17,20 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Proc
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -298,24 +301,28 @@ def test_a_reload_that_cannot_start_keeps_the_old_generation_serving(pools: list
     the next SIGHUP, with the code fixed, takes."""
     app = AppModule(tmp_path)
     app.serve("v1")
-    pool = Pool("--workers", "2", app=app.spec, env=app.env, level="info")
+    pool = Pool("--workers", "2", "--metrics", "127.0.0.1:0", app=app.spec, env=app.env, level="info")
     pools.append(pool)
+    metrics = re.search(r"metrics on (http://\S+)\)", pool.wait_line(lambda line: "uringserve on " in line))
+    assert metrics, pool.output()
     old = pool.wait_children(lambda k: len(k) == 2)
     load = Load(pool.port)
     try:
         load.wait_for(50)
         app.break_it()
         pool.p.send_signal(signal.SIGHUP)
-        failed = pool.wait_line(lambda line: "reload failed" in line, timeout=90)
+        failed = pool.wait_line(lambda line: "reload failed" in line, timeout=60)
         pool.wait_children(lambda k: k == old)  # the failed generation's workers are gone, the old ones serve
+        assert reloads(metrics[1]) == {"failed": 1.0}
         load.wait_for(50)
         broken_until = len(load.bodies)
         app.serve("v2")
         pool.p.send_signal(signal.SIGHUP)
-        pool.wait_line(lambda line: "reload done: generation 2 serving" in line, timeout=90)
+        pool.wait_line(lambda line: "reload done: generation 2 serving" in line, timeout=60)
         new = pool.wait_children(lambda k: len(k) == 2 and not (k & old))
         fixed_from = len(load.bodies)
         load.wait_for(50)
+        assert reloads(metrics[1]) == {"failed": 1.0, "ok": 1.0}
     finally:
         load.stop()
     assert failed.startswith(
@@ -331,6 +338,50 @@ def test_a_reload_that_cannot_start_keeps_the_old_generation_serving(pools: list
     code, out = pool.stop()
     assert code == 0, out
     assert out.count("RuntimeError: a broken deploy") <= 2 * 3  # three tries at most per slot: no storm
+
+
+def reloads(url: str) -> dict[str, float]:
+    """uringserve_reloads_total by result, from the supervisor's /metrics."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {
+        s.labels["result"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "uringserve_reloads_total"
+    }
+
+
+def test_a_slot_that_cannot_be_refilled_leaves_the_others_serving(pools: list[Pool], tmp_path: Path) -> None:
+    """The code on disk broken, a worker dies: its replacement cannot start,
+    the other worker serves on (the supervisor does not stop them all), and
+    the slot is refilled once the code is fixed."""
+    app = AppModule(tmp_path)
+    app.serve("v1")
+    pool = Pool("--workers", "2", app=app.spec, env=app.env, level="info")
+    pools.append(pool)
+    kids = pool.wait_children(lambda k: len(k) == 2)
+    survivor, victim = sorted(kids)
+    app.break_it()
+    load = Load(pool.port, threads=2)
+    try:
+        load.wait_for(20)
+        os.kill(victim, signal.SIGKILL)
+        pool.wait_line(lambda line: "a worker failed to start 3 times in a row" in line and "retrying" in line)
+        retried_from = len(load.bodies)
+        load.wait_for(50)
+        assert pool.p.poll() is None  # still supervising
+        app.serve("v2")
+        refilled = pool.wait_children(lambda k: len(k) == 2 and survivor in k and victim not in k, timeout=30)
+        load.until(lambda: any(b.startswith(b"v2 ") for b in load.bodies[retried_from:]), timeout=30)
+    finally:
+        load.stop()
+    # only requests the killed worker had taken can have failed: at most one per load thread
+    assert len(load.failed) <= 2, load.failed
+    during = load.bodies[retried_from:]
+    assert len(during) >= 50 and all(b == b"v1 %d" % survivor or b.startswith(b"v2 ") for b in during)
+    assert any(b.startswith(b"v2 ") and pid_of(b) in refilled - {survivor} for b in during)
+    code, out = pool.stop()
+    assert code == 0, out
 
 
 def test_a_worker_that_cannot_start_stops_the_supervisor() -> None:
@@ -388,7 +439,7 @@ def test_max_requests_with_one_worker_recycles_it_through_a_supervisor(pools: li
     replacement (as gunicorn's master does), not a limit silently ignored."""
     pool = Pool("--max-requests", "5")
     pools.append(pool)
-    assert f"(1 worker, supervisor pid {pool.p.pid})" in pool.wait_line(lambda line: " on " in line)
+    assert f"(1 worker, supervisor pid {pool.p.pid})" in pool.wait_line(lambda line: "uringserve on " in line)
     pids = [pid_of(get(pool.port)) for _ in range(16)]  # one at a time
     runs = [len(list(group)) for _, group in itertools.groupby(pids)]
     assert len(runs) >= 3, pids  # two recycled at least

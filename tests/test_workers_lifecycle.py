@@ -235,7 +235,7 @@ def test_workers_0_is_one_per_cpu_this_process_may_use(pools: list[Pool]) -> Non
     n = len(os.sched_getaffinity(0))
     pool = Pool("--workers", "0")
     pools.append(pool)
-    banner = pool.wait_line(lambda line: " on " in line)
+    banner = pool.wait_line(lambda line: "uringserve on " in line)
     if n == 1:  # one CPU: served in this process
         assert "(uring loop, pid" in banner and pool.children() == set()
     else:
