@@ -179,15 +179,20 @@ class Proc:
         self.p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()
-        if ready is not None:  # "": any first line (the caller waits for its own with wait_line)
-            line = self.wait_line(lambda line: True, timeout)
-            assert ready in line, line
-        elif port == 0:  # `banner`: another program's start-up line, the port its group 1
-            m = banner.search(self.wait_line(banner.search, timeout))
-            assert m
-            self.port = int(m.group(1))
-        else:
-            wait_port(port, self.p)
+        try:
+            if ready is not None:  # "": any first line (the caller waits for its own with wait_line)
+                line = self.wait_line(lambda line: True, timeout)
+                assert ready in line, line
+            elif port == 0:  # `banner`: another program's start-up line, the port its group 1
+                m = banner.search(self.wait_line(banner.search, timeout))
+                assert m
+                self.port = int(m.group(1))
+            else:
+                wait_port(port, self.p)
+        except BaseException:  # no test will stop() a server it never got: not left running
+            self.p.kill()
+            self.p.wait()
+            raise
 
     def _drain(self) -> None:
         assert self.p.stdout
