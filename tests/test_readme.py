@@ -27,6 +27,7 @@ the venv up to date.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -199,7 +200,9 @@ class Sandbox:
 
 
 # what a user's shell has before `. .venv/bin/activate`, not what this test runs under
+# (and PYTHONFAULTHANDLER: a server that hangs is made to print where, see post_mortem)
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTEST_CURRENT_TEST")}
+ENV["PYTHONFAULTHANDLER"] = "1"
 
 
 def children(pid: int) -> list[int]:
@@ -233,6 +236,24 @@ class Background:
 
     def output(self) -> str:
         return "".join(self.lines)
+
+    def post_mortem(self) -> str:
+        """What it printed and, while it still runs, each of its processes'
+        Python stacks (PYTHONFAULTHANDLER, SIGABRT): where a server that does
+        not answer as it should is."""
+        if self.pid is None or self.p.poll() is not None:
+            return self.output()
+        tree = [self.pid]
+        for pid in tree:
+            with contextlib.suppress(OSError):
+                tree += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        for pid in reversed(tree):  # the workers first: the supervisor would kill them as it dies
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.p.wait(10)
+        self.reader.join(10)
+        return self.output()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.pid is not None and self.p.poll() is None:
@@ -548,7 +569,8 @@ def serve_and_check(sandbox: Sandbox, command: str, spec: Serve, clients: list[s
     srv = sandbox.start(command)
     try:
         got = sandbox.probe([c for c, _ in spec.checks], srv)
-        assert got == [want for _, want in spec.checks], srv.output()
+        if got != [want for _, want in spec.checks]:
+            pytest.fail(f"{command} answered {got}\n{srv.post_mortem()}")
         for client in clients:
             out = sandbox.run(unloaded(client))
             if plot_extra_missing(client):
