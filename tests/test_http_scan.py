@@ -389,6 +389,23 @@ def test_a_head_that_fails_before_the_limit_is_not_431() -> None:
                 assert parse(data, TIGHT, native, cuts)[1] == 431
 
 
+def test_a_head_without_ows_near_the_limit_gets_one_answer() -> None:
+    """Found by the fuzzer: llhttp's path holds a head to its size as its
+    fields tell ("name: value" each), which a head written without OWS
+    exceeds by a byte a field; the recogniser counted raw bytes only, so a
+    94-byte head under a 96-byte limit was served by one path and 431 by the
+    other. It now declines such a head and both give 431."""
+    head = b"GET /x?y HTTP/1.0\r\nConnection:keep-alive\r\nH:1.1\r\nHost:" + b"s" * 34 + b" a\r\n\r\n"
+    assert len(head) == 94 < TIGHT.max_header_bytes
+    assert scan(head, TIGHT) == 0
+    for native in (True, False):
+        assert parse(head, TIGHT, native) == ([], 431)
+    # the same fields with OWS fit the recogniser's count exactly and are its to take
+    roomy = HTTPConfig(max_header_bytes=len(head) + 3, max_target_bytes=12, max_headers=3)
+    assert scan(head, roomy) & ring.SCAN_HEAD_LEN_MASK == len(head)
+    assert parse(head, roomy, True) == parse(head, roomy, False) and parse(head, roomy, True)[1] is None
+
+
 def test_offsets_and_lengths() -> None:
     data = b"xx" + WRK
     r = scan(data, off=2)
