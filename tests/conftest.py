@@ -10,24 +10,38 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import re
 import socket
-import subprocess
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
-import uringserve
+# the process helpers live in procs.py (tests/stress.py, no pytest, uses them too)
+from procs import (  # noqa: F401 (re-exported: `from conftest import Proc` and the others)
+    BANNER,
+    METRICS_LINE,
+    PY,
+    ROOT,
+    Pool,
+    Proc,
+    children,
+    die_with_parent,
+    get,
+    pid_of,
+    uringserve,
+    wait_port,
+    wait_until,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
+import uringserve as uringserve_package
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
-    "uring": uringserve.new_event_loop,
+    "uring": uringserve_package.new_event_loop,
 }
 
 
@@ -102,12 +116,6 @@ async def until(cond: Callable[[], object], timeout: float = 10.0) -> bool:
     return True
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def blocking_client(
     port: int, payload: bytes, expect: int, result: dict, shut: bool = True, timeout: float = 20.0
 ) -> threading.Thread:
@@ -149,109 +157,40 @@ async def serve_and_read(loop: asyncio.AbstractEventLoop, factory: Callable[[], 
     return data
 
 
-BANNER = re.compile(r"^[\w.]+(?: \([\w ]+\))? on (?:https?://)?(?:\[[0-9a-f:]+\]|[\w.-]+):(\d+)\b")
+@dataclass(frozen=True)
+class TLSFiles:
+    """A certificate for 127.0.0.1 from a throwaway CA, as the files a
+    server and a client are given."""
+
+    ca: trustme.CA  # configure_trust(ctx) for an ssl client; issue_cert() for a client certificate
+    cert: Path  # the certificate chain (--tls-cert with --tls-key)
+    key: Path  # its private key
+    cacert: Path  # the CA's certificate: what a client trusts (--tls-ca, --cacert)
+    cert_and_key: Path  # the key and the chain in one file (--tls-cert alone)
 
 
-class Proc:
-    """A server process of the repository's, stopped by stop().
-
-    Give it `port=0` and the server's own `--port 0` (or no port at all for
-    a command that prints one): the kernel picks a free port on the
-    server's socket and the port is read back from the start-up banner
-    ("NAME on HOST:PORT ..."), so no other process can take it in between.
-    With `ready`, the first line must contain it instead. Everything the
-    process prints (stdout and stderr) is kept: `output()`."""
-
-    def __init__(
-        self,
-        args: list[str],
-        port: int = 0,
-        ready: str | None = None,
-        env: dict[str, str] | None = None,
-        timeout: float = 30.0,
-        banner: re.Pattern[str] = BANNER,
-        cwd: str | Path = ROOT,
-    ) -> None:
-        self.port = port
-        self.args = args
-        self._lines: list[str] = []
-        self._seen = threading.Condition()
-        self.p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self._drainer = threading.Thread(target=self._drain, daemon=True)
-        self._drainer.start()
-        try:
-            if ready is not None:  # "": any first line (the caller waits for its own with wait_line)
-                line = self.wait_line(lambda line: True, timeout)
-                assert ready in line, line
-            elif port == 0:  # `banner`: another program's start-up line, the port its group 1
-                m = banner.search(self.wait_line(banner.search, timeout))
-                assert m
-                self.port = int(m.group(1))
-            else:
-                wait_port(port, self.p)
-        except BaseException:  # no test will stop() a server it never got: not left running
-            self.p.kill()
-            self.p.wait()
-            raise
-
-    def _drain(self) -> None:
-        assert self.p.stdout
-        for line in self.p.stdout:
-            with self._seen:
-                self._lines.append(line)
-                self._seen.notify_all()
-        with self._seen:
-            self._lines.append("")  # EOF
-            self._seen.notify_all()
-
-    def wait_line(self, match: Callable[[str], object], timeout: float = 30.0) -> str:
-        """The first line printed so far or later for which `match` is true;
-        an error naming what was printed if the process ends or `timeout`
-        passes first."""
-        deadline = time.monotonic() + timeout
-        with self._seen:
-            i = 0
-            while True:
-                while i < len(self._lines):
-                    line = self._lines[i]
-                    if line == "":
-                        raise RuntimeError(f"{self.args} exited ({self.p.wait()}) printing:\n{self.output()}")
-                    if match(line):
-                        return line
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError(f"{self.args}: no such line after {timeout}s; printed:\n{self.output()}")
-                self._seen.wait(left)
-
-    def output(self) -> str:
-        """Everything printed so far."""
-        with self._seen:
-            return "".join(self._lines)
-
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL after 10 s; the exit status."""
-        self.p.terminate()
-        try:
-            self.p.wait(10)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-        self._drainer.join(5)  # EOF once every process holding the pipe is gone
-        if not self._drainer.is_alive() and self.p.stdout:
-            self.p.stdout.close()
-        return self.p.returncode
+def make_tls_files(folder: Path) -> TLSFiles:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    files = TLSFiles(ca, folder / "cert.pem", folder / "key.pem", folder / "ca.pem", folder / "cert-and-key.pem")
+    issued.cert_chain_pems[0].write_to_path(str(files.cert))
+    issued.private_key_pem.write_to_path(str(files.key))
+    issued.private_key_and_cert_chain_pem.write_to_path(str(files.cert_and_key))
+    ca.cert_pem.write_to_path(str(files.cacert))
+    return files
 
 
-def wait_port(port: int, p: subprocess.Popen[str]) -> None:
-    """Until something listens on `port`; an error if `p` exits first."""
-    end = time.monotonic() + 20
-    while time.monotonic() < end:
-        if p.poll() is not None:
-            raise RuntimeError(f"server exited with {p.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not listen")
+@pytest.fixture
+def tls_files(tmp_path: Path) -> TLSFiles:
+    """A CA and a certificate for 127.0.0.1 (see TLSFiles); make_tls_files(folder) for a wider scope."""
+    return make_tls_files(tmp_path)
+
+
+@pytest.fixture
+def pools() -> Iterator[list[Pool]]:
+    """Append each Pool the test starts: one still running at the end is
+    killed with its workers."""
+    started: list[Pool] = []
+    yield started
+    for pool in started:
+        pool.kill()

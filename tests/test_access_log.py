@@ -1,5 +1,5 @@
 """The access log: one record per response with what was answered (status,
-body bytes, method, target), for every handler kind (tests/test_http_kinds.py)
+body bytes, method, target), for every handler kind (tests/http_kinds.py)
 and every way a response is made, alone and chained with the metrics
 observer, on both loops; nothing when it is off; JSON lines from the
 command for both demo kinds."""
@@ -16,8 +16,8 @@ import sys
 from typing import Any
 
 import pytest
+from http_kinds import ROUTES, kind, serve  # noqa: F401 (kind: the fixture)
 from prometheus_client import CollectorRegistry
-from test_http_kinds import ROUTES, kind, serve  # noqa: F401 (kind: the fixture)
 from test_http_server import H, app, run, sync_app
 
 from uringserve.http import HTTPConfig

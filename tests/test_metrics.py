@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, Proc
+from http_kinds import ROUTES, SLOW, kind, serve  # noqa: F401 (kind: the fixture)
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from test_http_kinds import ROUTES, SLOW, kind, serve  # noqa: F401 (kind: the fixture)
 
 from uringserve import faults
 from uringserve.metrics import LATENCY_BUCKETS, Metrics
