@@ -179,3 +179,12 @@ def _feed(col: _Collector, data: bytes, head_for: set[int]) -> None:
             return
     assert col.parser is not None
     col.parser.feed_data(data)
+
+
+def talk(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """`data` on a connection of its own: the raw bytes of its one response,
+    after which the server must have ended the connection (send
+    `Connection: close`, or a request it refuses)."""
+    result = exchange(port, data, timeout=timeout)
+    assert result.closed, f"the server kept the connection open after {result.raw!r}"
+    return result.raw

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import socket
 import subprocess
 import sys
 from typing import Any
 
 import pytest
+from conftest import ROOT
+from http_client import talk
 from http_kinds import ROUTES, kind, serve  # noqa: F401 (kind: the fixture)
 from prometheus_client import CollectorRegistry
 from test_http_server import H, app, run, sync_app
@@ -23,7 +23,6 @@ from test_http_server import H, app, run, sync_app
 from uringserve.http import HTTPConfig
 from uringserve.metrics import Metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLF = re.compile(
     r"^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "
     r'"(\S+) (\S+) HTTP/(1\.[01])" (\d{3}) (\d+) \d+\.\d{6}$'
@@ -49,15 +48,6 @@ def access() -> Any:
     yield handler.records
     log.removeHandler(handler)
     log.setLevel(old)
-
-
-def talk(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out
 
 
 def logged(access: list[logging.LogRecord]) -> list[tuple[str, str, int, int]]:

@@ -17,16 +17,15 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import ROOT, Proc
+from conftest import Proc, children, uringserve, wait_until
+from http_client import talk
 from http_kinds import ROUTES, SLOW, kind, serve  # noqa: F401 (kind: the fixture)
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,7 +33,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from uringserve import faults
 from uringserve.metrics import LATENCY_BUCKETS, Metrics
 
-METRICS_LINE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 HIST = "uringserve_http_request_duration_seconds"
 
 
@@ -78,9 +76,7 @@ def start(*args: str, env: dict[str, str] | None = None) -> tuple[Proc, int]:
         [sys.executable, "-m", "uringserve", "run", *args, "--port", "0", "--metrics", "127.0.0.1:0"],
         env=None if env is None else dict(os.environ, **env),
     )
-    m = METRICS_LINE.search(srv.wait_line(METRICS_LINE.search, timeout=5))  # logged before the banner
-    assert m
-    return srv, int(m.group(1))
+    return srv, srv.metrics_port()  # in the banner, once the endpoint listens
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -107,27 +103,6 @@ def status(port: int, path: str) -> int:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10).status
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-def until(cond: Callable[[], object], timeout: float = 20.0) -> bool:
-    """Poll a condition no event announces (a counter sampled each second);
-    `timeout` bounds a hang only."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def talk(port: int, data: bytes) -> bytes:
-    """`data` on a connection of its own; everything until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out
 
 
 def get(path: str) -> bytes:
@@ -164,7 +139,7 @@ def test_one_process_with_access_log_and_metrics(demo: str) -> None:
             if code == 200:
                 assert HELLO_RESPONSE.fullmatch(answer), answer
         # responses are counted as they happen; connections are sampled each second
-        assert until(lambda: scrape(mport).get("uringserve_connections_accepted_total", 0) >= len(TRAFFIC))
+        assert wait_until(lambda: scrape(mport).get("uringserve_connections_accepted_total", 0) >= len(TRAFFIC))
         m = scrape(mport)
         log = [ACCESS.search(line) for line in srv.output().splitlines() if "uringserve.access" in line]
     finally:
@@ -193,10 +168,10 @@ def test_open_connections_are_a_gauge() -> None:
             s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
             assert s.recv(4096).endswith(b"Hello, world!\n")
             held.append(s)
-        assert until(lambda: scrape(mport)["uringserve_connections_open"] == 3), scrape(mport)
+        assert wait_until(lambda: scrape(mport)["uringserve_connections_open"] == 3), scrape(mport)
         for s in held:
             s.close()
-        assert until(lambda: scrape(mport)["uringserve_connections_open"] == 0), scrape(mport)
+        assert wait_until(lambda: scrape(mport)["uringserve_connections_open"] == 0), scrape(mport)
         assert scrape(mport)["uringserve_connections_accepted_total"] == 3
     finally:
         for s in held:
@@ -211,8 +186,8 @@ def test_failed_accepts_are_counted_as_refused() -> None:
     try:
         for _ in range(2):
             assert HELLO_RESPONSE.fullmatch(talk(srv.port, get("/")))
-        assert until(lambda: scrape(mport).get("uringserve_connections_accepted_total") == 2)
-        assert until(lambda: scrape(mport).get("uringserve_connections_refused_total") == 1), scrape(mport)
+        assert wait_until(lambda: scrape(mport).get("uringserve_connections_accepted_total") == 2)
+        assert wait_until(lambda: scrape(mport).get("uringserve_connections_refused_total") == 1), scrape(mport)
         m = scrape(mport)
         assert m["uringserve_ring_accept_errors_total"] == 1 and m["uringserve_ring_accepts_total"] == 2
     finally:
@@ -220,14 +195,6 @@ def test_failed_accepts_are_counted_as_refused() -> None:
 
 
 # ---- workers ------------------------------------------------------------------
-
-
-def children(pid: int) -> set[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return {int(x) for x in f.read().split()}
-    except FileNotFoundError:
-        return set()
 
 
 def hold_on_both(port: int, per_worker: int = 2, tries: int = 200) -> dict[int, list[socket.socket]]:
@@ -252,13 +219,13 @@ def test_workers_are_summed_and_a_dead_workers_gauges_leave_the_sum() -> None:
     srv, mport = start("tests.worker_app:app", "--workers", "2", "--reuse-port")
     held: dict[int, list[socket.socket]] = {}
     try:
-        assert until(lambda: len(children(srv.p.pid)) == 2)
+        assert wait_until(lambda: len(children(srv.p.pid)) == 2)
         for _ in range(2):
             for req, code in WORKER_TRAFFIC:
                 assert talk(srv.port, req).startswith(b"HTTP/1.1 %d " % code)
         held = hold_on_both(srv.port)
         total = sum(len(v) for v in held.values())
-        assert until(lambda: scrape(mport)["uringserve_connections_open"] == total), scrape(mport)
+        assert wait_until(lambda: scrape(mport)["uringserve_connections_open"] == total), scrape(mport)
         m = scrape(mport)
         assert m['uringserve_http_requests_total{code="2xx"}'] == 10 + total
         assert m['uringserve_http_requests_total{code="4xx"}'] == 2
@@ -273,12 +240,12 @@ def test_workers_are_summed_and_a_dead_workers_gauges_leave_the_sum() -> None:
             assert s.recv(1) == b""
         survivors = total - len(held[victim])
         # the dead worker's last samples must not stay in the sums
-        assert until(lambda: scrape(mport)["uringserve_connections_open"] == survivors), scrape(mport)
-        assert until(lambda: scrape(mport).get("uringserve_worker_restarts_total", 0) == 1), (
+        assert wait_until(lambda: scrape(mport)["uringserve_connections_open"] == survivors), scrape(mport)
+        assert wait_until(lambda: scrape(mport).get("uringserve_worker_restarts_total", 0) == 1), (
             scrape(mport),
             srv.output(),
         )
-        assert until(lambda: status(mport, "/ready") == 200)
+        assert wait_until(lambda: status(mport, "/ready") == 200)
         m = scrape(mport)
         assert m['uringserve_http_requests_total{code="2xx"}'] == 10 + total  # a dead worker's counts stay
         assert m["uringserve_connections_open"] == survivors
@@ -292,21 +259,31 @@ def test_workers_are_summed_and_a_dead_workers_gauges_leave_the_sum() -> None:
 
 
 def test_ready_turns_503_when_the_drain_begins() -> None:
-    srv, mport = start("tests.worker_app:app", "--graceful-timeout", "20")
-    s = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    """A request in flight holds the drain open for as long as the test
+    wants (its body is sent only once 503 was seen), so the server cannot
+    exit before the 503 is looked for however slow the machine; it then
+    finishes, and the process exits 0."""
+    srv, mport = start("apps.http:app", "--graceful-timeout", "120")  # a bound: the test ends the request
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
     try:
-        s.sendall(b"GET /stream/1500 HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
         got = b""
-        while b"start;" not in got:
+        while not got.endswith(b"\r\n\r\n"):  # the server has the request: it is in flight
             got += s.recv(4096)
+        assert got == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello")
         assert status(mport, "/ready") == 200
         srv.p.send_signal(signal.SIGTERM)
-        assert until(lambda: status(mport, "/ready") == 503, timeout=5)
+        assert wait_until(lambda: status(mport, "/ready") == 503), srv.output()
+        assert srv.p.poll() is None  # still draining: the request is not done
+        s.sendall(b"world")
+        got = b""
         while chunk := s.recv(4096):  # the request in flight still finishes
             got += chunk
-        assert got.endswith(b"3\r\nend\r\n0\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"\r\n\r\nhelloworld"), got
+        assert b"\r\nConnection: close\r\n" in got  # draining: the last response on it
         s.close()
-        assert srv.p.wait(20) == 0, srv.output()  # signalled once: a second signal would cut the drain
+        assert srv.p.wait(60) == 0, srv.output()  # signalled once: a second signal would cut the drain
     finally:
         s.close()
         srv.stop()
@@ -317,13 +294,6 @@ def test_a_metrics_address_in_use_is_one_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run(
-            [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", "0"]
-            + ["--metrics", f"127.0.0.1:{port}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        out = uringserve("run", "apps.http:app", "--port", "0", "--metrics", f"127.0.0.1:{port}", timeout=30)
     assert out.returncode != 0 and f"cannot listen for --metrics on 127.0.0.1:{port}" in out.stderr
     assert re.search(r"Traceback", out.stderr) is None, out.stderr
