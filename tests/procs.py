@@ -147,16 +147,17 @@ def wait_port(port: int, p: subprocess.Popen[str]) -> None:
     raise RuntimeError("server did not listen")
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 30.0) -> bool:
+def wait_until(cond: Callable[[], object], timeout: float = 30.0, interval: float = 0.01) -> bool:
     """Poll `cond` until it is true; whether it became true before
     `timeout`, which bounds a hang and is never waited out by a correct
     program. For state no event announces (a process's children, a counter
-    sampled each second); the sync twin of conftest's async `until`."""
+    sampled each second); the sync twin of conftest's async `until`.
+    `interval`: longer where asking costs the server work (a scrape)."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.01)
+        time.sleep(interval)
     return True
 
 
