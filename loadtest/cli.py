@@ -18,7 +18,7 @@ from typing import Any
 
 from . import report
 from .plan import PlanError, build_plan
-from .run import need_hdrh, run
+from .run import LoadWorkerFailed, need_hdrh, run
 
 _UNITS = {"": 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     live = sys.stderr.isatty() and not args.json
     try:
         res = run(plan, args.server_pid, (lambda e, st: _progress(e, st, state)) if live else None)
-    except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: a load worker process failed
+    except (ValueError, OSError, LoadWorkerFailed) as exc:  # anything else is a bug: its traceback
         print(f"uringload: {exc}", file=sys.stderr)
         return 1
     if live:

@@ -28,6 +28,11 @@ HDRH_MISSING = "the hdrhistogram package is missing: pip install 'uringserve[loa
 START_DELAY = 0.3  # s: time for worker processes to start before the shared start
 
 
+class LoadWorkerFailed(RuntimeError):
+    """A load worker process (`-t` > 1) exited without its result: what it
+    said is on stderr already, so uringload adds one line, no traceback."""
+
+
 def need_hdrh() -> None:
     """Raise ImportError with what to install when hdrhistogram (the
     loadtest extra) is missing: imported here, not at the top, so that
@@ -217,7 +222,7 @@ def _run_workers(
                 p.stdout.close()
     failed = [(k, p.returncode) for k, p in enumerate(procs) if p.returncode or results[k] is None]
     if failed:
-        raise RuntimeError(f"load worker(s) failed: {failed} (their stderr is above)")
+        raise LoadWorkerFailed(f"load worker(s) failed: {failed} (their stderr is above)")
     return [r for r in results if r is not None]
 
 
@@ -239,7 +244,11 @@ def worker_main() -> int:
             last[0] = now
             print("P " + json.dumps(st), flush=True)
 
-    out = driver.run_share(plan, int(msg["start_at"]), tick)
+    try:
+        out = driver.run_share(plan, int(msg["start_at"]), tick)
+    except (ValueError, OSError) as exc:  # what -t 1 says in one line (a ring it may not set up): so does a worker
+        print(f"uringload: {exc}", file=sys.stderr, flush=True)
+        return 1
     print("R " + json.dumps(out), flush=True)
     return 0
 
