@@ -12,11 +12,9 @@ import subprocess
 import sys
 
 import pytest
-from test_workers import get
+from conftest import ROOT, get
 
 from uringserve.server import activated
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_variables_meant_for_another_process_are_ignored_and_removed() -> None:

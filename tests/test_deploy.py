@@ -8,8 +8,6 @@ recipe is exercised, not the image)."""
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
 import os
 import re
@@ -20,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Proc
+from conftest import ROOT, Proc, children
+from http_client import Resp, exchange
 
 from uringserve.cli import build_parser
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
 K8S = os.path.join(DEPLOY, "kubernetes")
 BIN = os.path.dirname(sys.executable)
@@ -123,7 +121,7 @@ def test_the_systemd_units_verify(tmp_path) -> None:
             text = f.read()
         # this checkout's paths: verify checks that ExecStart's program exists
         text = text.replace("/opt/uringserve/bin/uringserve", os.path.join(BIN, "uringserve"))
-        (tmp_path / name).write_text(text.replace("/srv/uringserve", ROOT))
+        (tmp_path / name).write_text(text.replace("/srv/uringserve", str(ROOT)))
     out = subprocess.run(
         [tool, "verify", str(tmp_path / "uringserve.socket"), str(tmp_path / "uringserve.service")],
         capture_output=True,
@@ -145,24 +143,6 @@ def container_cmd() -> list[str]:
         text = f.read().replace("\\\n", " ")
     (line,) = [line for line in text.splitlines() if line.startswith("CMD ")]
     return json.loads(line[4:])
-
-
-def listening_ports(pid: int) -> set[int]:
-    """The TCP ports process `pid` listens on: its socket fds' inodes, looked up in /proc/net/tcp{,6}."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for row in f.readlines()[1:]:
-                cols = row.split()
-                if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
-                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 @pytest.mark.timeout(720)  # the install's own limit is 600 s, the server's start and stop 60 s more
@@ -213,13 +193,13 @@ def test_the_container_recipe_installs_and_serves(tmp_path) -> None:
     banner = re.compile(r"uringserve on 127\.0\.0\.1:(\d+)\b")  # text or JSON (the CMD's --log-format json)
     srv = Proc([str(prefix / "bin" / "uringserve"), *cmd], env=env, banner=banner, cwd=src)
     try:
-        status, _, body = http_get(srv.port, "/")
-        assert (status, body) == (200, b"Hello, world!\n")
-        (metrics_port,) = listening_ports(srv.p.pid) - {srv.port}  # the supervisor serves the metrics
-        assert http_get(metrics_port, "/ready")[0] == 200
-        _, _, text = http_get(metrics_port, "/metrics")
+        hello = get(srv.port, "/")
+        assert (hello.status, hello.body) == (200, b"Hello, world!\n")
+        metrics_port = srv.metrics_port()  # the supervisor serves the metrics
+        assert get(metrics_port, "/ready").status == 200
+        text = get(metrics_port, "/metrics").body
         assert b'uringserve_http_requests_total{code="2xx"} 1.0' in text, text[:2000]
-        workers = [int(p) for p in Path(f"/proc/{srv.p.pid}/task/{srv.p.pid}/children").read_text().split()]
+        workers = children(srv.p.pid)
         assert workers
         for pid in workers:  # each worker runs the native core installed under the prefix, not the checkout's
             cores = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "_core" in line}
@@ -229,11 +209,7 @@ def test_the_container_recipe_installs_and_serves(tmp_path) -> None:
     assert status == 0, srv.output()
 
 
-def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, dict(r.getheaders()), r.read()
-    finally:
-        c.close()
+def get(port: int, path: str) -> Resp:
+    """GET `path` on a connection of its own, which the server ends after the response."""
+    (resp,) = exchange(port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()).responses
+    return resp
