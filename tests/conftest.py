@@ -32,6 +32,7 @@ from procs import (  # noqa: F401 (re-exported: `from conftest import Proc` and 
     die_with_parent,
     get,
     pid_of,
+    rss_kib,
     uringserve,
     wait_port,
     wait_until,

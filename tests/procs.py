@@ -1,8 +1,8 @@
 """Processes the tests start and look at: `Proc` (a server of the
 repository's, its port read from its banner, everything it prints kept),
 `Pool` (a `uringserve` supervisor and its workers), `uringserve(...)` (the
-command run to its end), `children(pid)`, `wait_until(cond)` for state no
-event announces, the metrics endpoint's address from its start-up line,
+command run to its end), `children(pid)`, `rss_kib(pid)`, `wait_until(cond)` for
+state no event announces, the metrics endpoint's address from its start-up line,
 and `die_with_parent` for helpers that must not outlive the tests.
 
 No import of uringserve or pytest here: tests/stress.py, a plain script,
@@ -175,6 +175,12 @@ def children(pid: int) -> list[int]:
             found = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
             kids += [int(k) for k in found if int(k) not in kids]
     return kids
+
+
+def rss_kib(pid: int) -> int:
+    """Process `pid`'s resident memory (VmRSS), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
 
 
 def uringserve(

@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,14 +23,11 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
-import trustme
+from conftest import PY, ROOT, Proc, TLSFiles, rss_kib, uringserve
 
 from apps.resp_commands import COMMANDS
-from tests.conftest import Proc as ServerProc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVER = os.path.join(ROOT, "apps", "resp_server.py")
-PY = sys.executable
+SERVER = str(ROOT / "apps" / "resp_server.py")
 
 
 def need(tool: str) -> str:
@@ -43,49 +37,29 @@ def need(tool: str) -> str:
     return path
 
 
-class Proc:
+class Resp(Proc):
+    """apps/resp_server.py on a port the kernel picks, on `loop`; all it
+    prints is read as it comes and kept (conftest's Proc)."""
+
     def __init__(self, *args: str, loop: str = "uring") -> None:
-        self.p = subprocess.Popen(
-            [sys.executable, SERVER, "--port", "0", "--loop", loop, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        super().__init__([PY, SERVER, "--port", "0", "--loop", loop, *args])
         self.loop = loop
-        assert self.p.stdout is not None
-        line = self.p.stdout.readline()
-        m = re.match(r"resp on 127\.0\.0\.1:(\d+) ", line)
-        if not m:
-            self.p.kill()
-            raise RuntimeError(f"the server did not start: {line!r} {self.p.stderr.read() if self.p.stderr else ''}")
-        self.port = int(m.group(1))
 
-    def rss_kib(self) -> int:
-        with open(f"/proc/{self.p.pid}/status") as f:
-            return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
-
-    def stop(self) -> tuple[int, str]:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.p.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            _, err = self.p.communicate()
-        return self.p.returncode, err
+    def stopped(self) -> None:
+        """SIGTERM: it exits 0, without a traceback."""
+        code = self.stop()
+        assert code == 0 and "Traceback" not in self.output(), self.output()
 
 
 @pytest.fixture(scope="module", params=["uring", "asyncio"])
-def server(request: pytest.FixtureRequest) -> Iterator[Proc]:
-    proc = Proc(loop=request.param)
+def server(request: pytest.FixtureRequest) -> Iterator[Resp]:
+    proc = Resp(loop=request.param)
     yield proc
-    code, err = proc.stop()
-    assert code == 0, err
-    assert "Traceback" not in err, err
+    proc.stopped()
 
 
 @pytest.fixture
-def r(server: Proc) -> Iterator[redis.Redis]:
+def r(server: Resp) -> Iterator[redis.Redis]:
     client = redis.Redis(port=server.port, socket_timeout=30)
     client.flushall()
     yield client
@@ -175,7 +149,7 @@ def ask(address: int | str, *commands: bytes) -> list[object]:
 
 # -- redis-py ---------------------------------------------------------------------
 @pytest.mark.parametrize("protocol", [2, 3])
-def test_redis_py_strings_keys_and_expiry(server: Proc, protocol: int) -> None:
+def test_redis_py_strings_keys_and_expiry(server: Resp, protocol: int) -> None:
     r = redis.Redis(port=server.port, protocol=protocol, client_name="t1")
     r.flushall()
     assert r.ping() is True
@@ -243,7 +217,7 @@ def test_redis_py_pipeline_loads_100000_keys(r: redis.Redis) -> None:
     assert len(list(r.scan_iter(match="key:1234*"))) == 11
 
 
-def test_redis_py_asyncio_clients_in_parallel(server: Proc) -> None:
+def test_redis_py_asyncio_clients_in_parallel(server: Resp) -> None:
     async def main() -> None:
         clients = [redis.asyncio.Redis(port=server.port) for _ in range(8)]
         await clients[0].flushall()
@@ -296,7 +270,7 @@ def test_expired_keys_nobody_touches_are_swept(r: redis.Redis) -> None:
 
 
 # -- redis-cli -----------------------------------------------------------------------
-def test_redis_cli_commands_and_error_texts(server: Proc, r: redis.Redis) -> None:
+def test_redis_cli_commands_and_error_texts(server: Resp, r: redis.Redis) -> None:
     cli = need("redis-cli")
 
     def run(*args: str, stdin: str | None = None) -> str:
@@ -319,14 +293,14 @@ def test_redis_cli_commands_and_error_texts(server: Proc, r: redis.Redis) -> Non
     assert "redis_version:7.0.0" in run("INFO", "server")
 
 
-def test_inline_commands_as_telnet_sends_them(server: Proc) -> None:
+def test_inline_commands_as_telnet_sends_them(server: Resp) -> None:
     got = raw(server.port, b"SET q \"hello\\x21 there\"\r\nGET q\r\nPING\r\n\r\nECHO 'a b'\nQUIT\r\nPING\r\n")
     assert got == b"+OK\r\n$12\r\nhello! there\r\n+PONG\r\n$3\r\na b\r\n+OK\r\n<EOF>"
 
 
 # -- redis-benchmark ---------------------------------------------------------------------
 @pytest.mark.parametrize("pipeline", [1, 16])
-def test_redis_benchmark_counts_hold(server: Proc, r: redis.Redis, pipeline: int) -> None:
+def test_redis_benchmark_counts_hold(server: Resp, r: redis.Redis, pipeline: int) -> None:
     bench = need("redis-benchmark")
 
     def run(*args: str) -> str:
@@ -401,7 +375,7 @@ def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     exe = need("redis-server")
     path = str(tmp_path_factory.mktemp("redis") / "redis.sock")
     args = [exe, "--port", "0", "--unixsocket", path, "--save", "", "--appendonly", "no", "--daemonize", "no"]
-    p = ServerProc(args, ready="")
+    p = Proc(args, ready="")
     try:
         p.wait_line(lambda line: "ready to accept connections" in line.lower(), 30)
         yield path
@@ -410,7 +384,7 @@ def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("case", range(len(COMPARED)))
-def test_replies_are_byte_for_byte_redis_servers(server: Proc, real_redis: str, case: int) -> None:
+def test_replies_are_byte_for_byte_redis_servers(server: Resp, real_redis: str, case: int) -> None:
     data = COMPARED[case]
     raw(real_redis, b"FLUSHALL\r\n")
     raw(server.port, b"FLUSHALL\r\n")
@@ -420,7 +394,7 @@ def test_replies_are_byte_for_byte_redis_servers(server: Proc, real_redis: str, 
 
 
 # -- bad input, limits, memory ------------------------------------------------------------
-def test_garbage_gets_replies_that_parse_and_others_are_served(server: Proc, r: redis.Redis) -> None:
+def test_garbage_gets_replies_that_parse_and_others_are_served(server: Resp, r: redis.Redis) -> None:
     rng = random.Random(15)
     errors = 0
     for _ in range(30):
@@ -441,7 +415,7 @@ def test_garbage_gets_replies_that_parse_and_others_are_served(server: Proc, r: 
     assert errors > 0  # the junk did reach the parser's errors
 
 
-def test_a_half_sent_command_then_a_close_leaves_nothing_behind(server: Proc, r: redis.Redis) -> None:
+def test_a_half_sent_command_then_a_close_leaves_nothing_behind(server: Resp, r: redis.Redis) -> None:
     for data in (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100\r\nabc", b"SET k", b"*2\r\n$3"):
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(data)
@@ -453,7 +427,7 @@ def test_a_half_sent_command_then_a_close_leaves_nothing_behind(server: Proc, r:
 
 
 def test_limits_are_answered_with_a_protocol_error_and_a_close() -> None:
-    proc = Proc("--max-bulk", "1024", "--max-args", "8")
+    proc = Resp("--max-bulk", "1024", "--max-args", "8")
     try:
         ok = raw(proc.port, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1024\r\n" + b"x" * 1024 + b"\r\nSTRLEN k\r\n")
         assert ok == b"+OK\r\n:1024\r\n"
@@ -467,11 +441,10 @@ def test_limits_are_answered_with_a_protocol_error_and_a_close() -> None:
             b"-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n:1024\r\n"
         )
     finally:
-        code, err = proc.stop()
-    assert code == 0, err
+        proc.stopped()
 
 
-def test_a_client_that_does_not_read_holds_bounded_memory(server: Proc, r: redis.Redis) -> None:
+def test_a_client_that_does_not_read_holds_bounded_memory(server: Resp, r: redis.Redis) -> None:
     """A client pipelines 2,000 GETs of 1 KiB values (2 MB of replies from
     20 KB of commands), then PINGs without end, and reads nothing: the
     server stops reading it (its sends block) with bounded memory and
@@ -483,7 +456,7 @@ def test_a_client_that_does_not_read_holds_bounded_memory(server: Proc, r: redis
     get_replies = b"".join(b"$1024\r\n" + values[k % 8] + b"\r\n" for k in range(2000))
     pings = b"PING\r\n" * 10_000
     offered = 2000 * len(pings)  # 20 million PINGs: 140 MB of replies
-    before = server.rss_kib()
+    before = rss_kib(server.p.pid)
     s = socket.create_connection(("127.0.0.1", server.port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     s.settimeout(30)
@@ -505,7 +478,7 @@ def test_a_client_that_does_not_read_holds_bounded_memory(server: Proc, r: redis
     try:
         assert done.wait(60)
         assert sent < offered, "the server kept reading a client that reads nothing"
-        grew = server.rss_kib() - before
+        grew = rss_kib(server.p.pid) - before
         # what a read of pipelined commands can make it hold: the commands, and replies up to the high-water mark
         assert grew < 40_000, f"RSS grew {grew} KiB"
         assert r.ping()  # others are served meanwhile
@@ -534,18 +507,17 @@ def test_a_client_that_does_not_read_holds_bounded_memory(server: Proc, r: redis
 
 
 def test_sigterm_drains_and_exits_cleanly() -> None:
-    proc = Proc(loop="uring")
+    proc = Resp(loop="uring")
     c = socket.create_connection(("127.0.0.1", proc.port))
     c.sendall(b"SET k v\r\n")
     assert c.recv(100) == b"+OK\r\n"
-    code, err = proc.stop()
-    assert code == 0 and "Traceback" not in err, err
+    proc.stopped()
     assert c.recv(100) == b""  # the idle client was closed by the drain
     c.close()
 
 
 # -- COMMAND and INFO, against redis-server's --------------------------------------------
-def test_command_table_is_redis_servers_for_every_command(server: Proc, real_redis: str) -> None:
+def test_command_table_is_redis_servers_for_every_command(server: Resp, real_redis: str) -> None:
     """COMMAND lists what this server runs (COMMAND COUNT of them); for each,
     the name, arity, key positions and write flag are redis-server's, which
     is what clients (cluster routing, read-only replicas) read."""
@@ -575,7 +547,7 @@ def info(address: int | str, *sections: bytes) -> dict[str, dict[str, str]]:
     return out
 
 
-def test_info_sections_and_fields_are_redis_servers(server: Proc, real_redis: str) -> None:
+def test_info_sections_and_fields_are_redis_servers(server: Resp, real_redis: str) -> None:
     """Every section and field INFO answers is one redis-server answers
     under that name (tools parse them), in redis-server's order; the
     additions are uringserve's version and, on the ring, INFO ring."""
@@ -597,7 +569,7 @@ def test_info_sections_and_fields_are_redis_servers(server: Proc, real_redis: st
     assert list(info(server.port, b"server", b"clients")) == ["Server", "Clients"]
 
 
-def test_info_counters_move_as_redis_servers_do(server: Proc, real_redis: str) -> None:
+def test_info_counters_move_as_redis_servers_do(server: Resp, real_redis: str) -> None:
     """The same exchange on both servers moves total_connections_received,
     connected_clients, total_commands_processed (which counts commands that
     ran, not refused ones, and not the INFO answering) and expired_keys
@@ -651,7 +623,7 @@ def test_info_counters_move_as_redis_servers_do(server: Proc, real_redis: str) -
 
 # -- the idle timeout -----------------------------------------------------------------------
 def test_idle_timeout_closes_a_silent_client_not_a_busy_one() -> None:
-    srv = ServerProc([PY, SERVER, "--port", "0", "--idle-timeout", "1"])
+    srv = Resp("--idle-timeout", "1")
     try:
         assert ask(srv.port, b"CONFIG GET timeout") == [[b"timeout", b"1"]]
         busy = connect(srv.port)
@@ -673,14 +645,14 @@ def test_idle_timeout_closes_a_silent_client_not_a_busy_one() -> None:
         # its activity not counted, it would be closed first
         time.sleep(0.5)
         silent = connect(srv.port)
+        sent = time.monotonic()  # the server's idle second starts later: when it reads the PING
         silent.sendall(b"PING\r\n")
         assert silent.recv(100) == b"+PONG\r\n"
-        last = time.monotonic()
         assert silent.recv(100) == b""  # closed by the server
-        idle = time.monotonic() - last
+        idle = time.monotonic() - sent
         stop.set()
         pinger.join(30)
-        assert idle >= 0.9, idle  # not before its time (less the reply's way back)
+        assert idle >= 1.0, idle  # not before its time (the same clock: CLOCK_MONOTONIC)
         assert answers and set(answers) == {b"+PONG\r\n"}, answers[-3:]
         busy.sendall(b"PING\r\n")
         assert busy.recv(100) == b"+PONG\r\n"  # still open
@@ -715,7 +687,7 @@ def test_help_says_what_the_server_is_in_whole_sentences() -> None:
 )
 def test_a_unix_socket_serves_redis_cli_and_redis_py_and_is_removed(tmp_path: Path, command: list[str]) -> None:
     path = str(tmp_path / "resp.sock")
-    srv = ServerProc([*command, "--uds", path], ready="")
+    srv = Proc([*command, "--uds", path], ready="")
     try:
         srv.wait_line(lambda line: line.startswith(f"resp on unix:{path} "), 30)
         cli = need("redis-cli")
@@ -731,20 +703,15 @@ def test_a_unix_socket_serves_redis_cli_and_redis_py_and_is_removed(tmp_path: Pa
     assert not os.path.exists(path)  # nothing left behind
 
 
-def test_tls_serves_redis_cli_and_redis_py(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    args = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
-    srv = ServerProc([PY, "-m", "uringserve", "resp", "--port", "0", *args])
+def test_tls_serves_redis_cli_and_redis_py(tls_files: TLSFiles) -> None:
+    args = ["--tls-cert", str(tls_files.cert), "--tls-key", str(tls_files.key)]
+    srv = Proc([PY, "-m", "uringserve", "resp", "--port", "0", *args])
     try:
-        cli = [need("redis-cli"), "-p", str(srv.port), "--tls", "--cacert", str(tmp_path / "ca.pem")]
+        cli = [need("redis-cli"), "-p", str(srv.port), "--tls", "--cacert", str(tls_files.cacert)]
         out = subprocess.run([*cli, "SET", "k", "over tls"], capture_output=True, text=True, timeout=30)
         assert out.stdout == "OK\n", out.stderr
         client = redis.Redis(
-            host="127.0.0.1", port=srv.port, ssl=True, ssl_ca_certs=str(tmp_path / "ca.pem"), socket_timeout=30
+            host="127.0.0.1", port=srv.port, ssl=True, ssl_ca_certs=str(tls_files.cacert), socket_timeout=30
         )
         assert client.get("k") == b"over tls"
         pipe = client.pipeline(transaction=False)
@@ -771,8 +738,6 @@ def test_tls_serves_redis_cli_and_redis_py(tmp_path: Path) -> None:
     ],
 )
 def test_uringserve_resp_refuses_what_would_split_or_lose_the_keyspace(args: list[str], message: str) -> None:
-    out = subprocess.run(
-        [PY, "-m", "uringserve", "resp", "--port", "0", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
-    )
+    out = uringserve("resp", "--port", "0", *args)
     assert out.returncode == 1
     assert out.stdout == "" and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
