@@ -49,9 +49,10 @@ run: deps $(STAMP)
 echo: deps $(STAMP)
 	$(VPY) apps/echo.py --host $(HOST) --port $(PORT)
 
-# the RESP demo (redis-cli -p 6379 ping): Redis's port unless PORT is given
-# (`make resp PORT=7379`); PORT's own default, 8000, is the HTTP demo's
-RESP_PORT = $(if $(filter file,$(origin PORT)),6379,$(PORT))
+# the RESP demo (redis-cli -p 6379 ping): Redis's port unless PORT is given on
+# make's command line (`make resp PORT=7379`); PORT's default, 8000, is the HTTP
+# demo's, and a PORT the environment exports (a PaaS's) is not meant for Redis
+RESP_PORT = $(if $(findstring command line,$(origin PORT)),$(PORT),6379)
 resp: deps $(STAMP)
 	$(VPY) apps/resp_server.py --host $(HOST) --port $(RESP_PORT)
 
