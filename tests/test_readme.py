@@ -28,7 +28,6 @@ the venv up to date.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -44,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT, children, die_with_parent, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 UNLOADED = "1s"  # every uringload run's duration here
@@ -116,10 +115,6 @@ def sandbox_unavailable() -> str | None:
     return None
 
 
-def die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 class Sandbox:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -142,7 +137,7 @@ class Sandbox:
             self.holder.kill()
             out = said + self.holder.communicate(timeout=10)[0]
             pytest.skip(f"no sandbox here: {out.strip()}")
-        self.init = children(self.holder.pid)[0]  # PID 1 inside: when it dies, all inside die
+        self.init = children(self.holder.pid)[0]  # PID 1 inside (it said ready): when it dies, all inside die
         self.n = 0
 
     def close(self) -> None:
@@ -205,16 +200,6 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_E
 ENV["PYTHONFAULTHANDLER"] = "1"
 
 
-def children(pid: int) -> list[int]:
-    """`pid`'s children, once it has one (a fork a moment away)."""
-    end = time.monotonic() + 10
-    while True:
-        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        if kids or time.monotonic() > end:
-            return kids
-        time.sleep(0.01)
-
-
 class Background:
     """A server started in the sandbox. nsenter forks to enter the PID
     namespace and waits for the command, exiting as it did; signals go to
@@ -225,6 +210,7 @@ class Background:
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+        wait_until(lambda: children(self.p.pid) or self.p.poll() is not None)  # nsenter forks into the namespace
         kids = children(self.p.pid)
         assert kids or self.p.poll() is not None, "nsenter started nothing"
         self.pid = kids[0] if kids else None
@@ -245,8 +231,7 @@ class Background:
             return self.output()
         tree = [self.pid]
         for pid in tree:
-            with contextlib.suppress(OSError):
-                tree += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            tree += children(pid)
         for pid in reversed(tree):  # the workers first: the supervisor would kill them as it dies
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGABRT)
@@ -553,16 +538,11 @@ def test_every_readme_command_is_run_or_skipped_with_a_reason() -> None:
     assert not stale, f"listed here, no longer in the README: {stale}"
     for c in INLINE_SERVERS:
         assert c in SERVERS
-
-
-def not_run() -> list[tuple[str, str]]:
-    bench = [(key(c), BENCHMARK_REASON) for c in shell_commands() if BENCHMARK.match(key(c))]
-    return sorted(SKIPPED.items()) + bench
-
-
-@pytest.mark.parametrize("command,reason", not_run())
-def test_readme_commands_not_run_here(command: str, reason: str) -> None:
-    pytest.skip(f"`{command}`: {reason}")
+    # what is not run says why, and where a test file covers it instead, that file exists
+    for command, reason in sorted(SKIPPED.items()) + [("benchmarks", BENCHMARK_REASON)]:
+        assert reason.strip(), command
+        for named in re.findall(r"\btest_\w+\.py\b", reason):
+            assert (ROOT / "tests" / named).is_file(), f"`{command}`: {reason}"
 
 
 def serve_and_check(sandbox: Sandbox, command: str, spec: Serve, clients: list[str]) -> None:
@@ -632,6 +612,21 @@ def test_readme_commands_that_report(sandbox: Sandbox, command: str) -> None:
     out = sandbox.run(command)
     assert out.returncode == 0, out.stdout + out.stderr
     assert INLINE_RUN[command] in out.stdout, out.stdout
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="needs make")
+@pytest.mark.parametrize(
+    ("exported", "args", "port"),
+    [({}, [], 6379), ({}, ["PORT=7379"], 7379), ({"PORT": "1234"}, [], 6379), ({"PORT": "1234"}, ["PORT=7379"], 7379)],
+    ids=["default", "given", "exported", "exported-and-given"],
+)
+def test_make_resp_moves_off_6379_only_for_a_port_given_to_make(exported: dict, args: list[str], port: int) -> None:
+    """`make resp PORT=7379` moves the RESP demo; a PORT the shell exports
+    (a PaaS's, meant for a web server) does not. make -n: what it would run."""
+    env = {k: v for k, v in ENV.items() if k != "PORT"} | exported
+    out = subprocess.run(["make", "-n", "resp", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    (line,) = [x for x in out.stdout.splitlines() if "apps/resp_server.py" in x]
+    assert line.endswith(f" --port {port}"), line
 
 
 def test_unloaded_cuts_every_run_and_nothing_else() -> None:
