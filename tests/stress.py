@@ -9,18 +9,13 @@ also when it is stopped by SIGTERM or SIGINT, and by the kernel
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+from procs import die_with_parent  # tests/ is this script's own directory, first on sys.path
 
 
 def stopped(signum: int, _frame: object) -> None:
