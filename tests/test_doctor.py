@@ -9,12 +9,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import uringserve
 
 from uringserve import diagnose
 
 
 def test_doctor_text_names_every_feature() -> None:
-    out = subprocess.run([sys.executable, "-m", "uringserve", "doctor"], capture_output=True, text=True)
+    out = uringserve("doctor")
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "io_uring: usable" in text
@@ -35,7 +36,7 @@ def test_doctor_text_names_every_feature() -> None:
 
 
 def test_doctor_json() -> None:
-    out = subprocess.run([sys.executable, "-m", "uringserve", "doctor", "--json"], capture_output=True, text=True)
+    out = uringserve("doctor", "--json")
     rep = json.loads(out.stdout)
     assert rep["usable"] is True
     names = {c["name"]: c for c in rep["checks"]}
