@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 from conftest import ROOT
-from http_client import talk
+from http_client import Resp, exchange, talk
 from http_kinds import ROUTES, kind, serve  # noqa: F401 (kind: the fixture)
 from prometheus_client import CollectorRegistry
 from test_http_server import H, app, run, sync_app
 
-from uringserve.http import HTTPConfig
+from uringserve.http import HTTPConfig, HTTPError, Request
+from uringserve.http.framing import error_body
 from uringserve.metrics import Metrics
 
 CLF = re.compile(
@@ -95,6 +96,33 @@ def test_a_request_that_cannot_be_parsed_is_logged(h, access) -> None:
     body = answer.partition(b"\r\n\r\n")[2]
     assert answer.startswith(b"HTTP/1.1 400 ") and body
     assert logged(access) == [("-", "-", 400, len(body))]
+
+
+def test_an_error_a_handler_raises_is_logged_as_answered(h, access) -> None:
+    """A body over the limit found while the handler reads it (HTTPError
+    413), and an HTTPError a handler raises itself, to GET and to HEAD: the
+    log has the status and the body bytes the wire has (fail() and the log
+    take them from one decision)."""
+    chunked = (
+        b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n14\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n"
+    )
+    result = run(h, app, lambda port: exchange(port, chunked), config=HTTPConfig(access_log=True, max_body_bytes=10))
+    (resp,) = result.responses
+    assert resp.status == 413 and resp.body == error_body(413, "request body larger than 10 bytes")
+    assert logged(access) == [("POST", "/echo", 413, len(resp.body))]
+    access.clear()
+
+    def refusing(req: Request) -> None:
+        raise HTTPError(422, "no such thing")
+
+    def client(port: int) -> list[Resp]:
+        head = exchange(port, b"HEAD /x HTTP/1.1\r\n" + H + b"\r\n", head_for={0}).responses
+        return head + exchange(port, b"GET /y HTTP/1.1\r\n" + H + b"\r\n").responses
+
+    head, get = run(h, refusing, client, config=HTTPConfig(access_log=True))
+    assert (head.status, head.body, get.status) == (422, b"", 422)
+    assert get.body == error_body(422, "no such thing")
+    assert logged(access) == [("HEAD", "/x", 422, 0), ("GET", "/y", 422, len(get.body))]
 
 
 def test_nothing_is_logged_when_it_is_off(h, access) -> None:

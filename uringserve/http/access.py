@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 from . import framing
-from .parser import HTTPError
 
 logger = logging.getLogger("uringserve.access")
 _classes: dict[type, type] = {}
@@ -119,10 +118,7 @@ def observed(base: Any) -> Any:
                     if self.started:  # the connection ends: what was sent is all there is
                         self._log(self.status, self._sent)
                     else:  # the error response fail() answers with, and its body
-                        if isinstance(exc, HTTPError):
-                            status, message = exc.status, exc.message
-                        else:
-                            status, message = 500, framing.HANDLER_FAILED
+                        status, message = framing.failure_of(exc)
                         bodyless = self.conn._lost or self.head_only
                         self._log(status, 0 if bodyless else len(framing.error_body(status, message)))
                 super().fail(exc)

@@ -8,6 +8,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+from .parser import HTTPError
+
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {}
 # [the time the cached Date header goes stale, the header]: hot paths read
@@ -119,6 +121,16 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 HANDLER_FAILED = "the handler failed"  # the 500's message when a handler raised before its response began
+
+
+def failure_of(exc: BaseException) -> tuple[int, str]:
+    """The status and message of the error response a handler that raised
+    `exc` before its response began is answered with: an HTTPError's own
+    (a body over the limit, ...), else 500. Exchange.fail() writes it and
+    the access log counts it from this one decision."""
+    if isinstance(exc, HTTPError):
+        return exc.status, exc.message
+    return 500, HANDLER_FAILED
 
 
 def error_body(status: int, message: str) -> bytes:

@@ -263,10 +263,11 @@ class Exchange:
         if self.finished:  # e.g. a framework answered 500 itself, then re-raised
             self._report(exc)
             return
+        status, message = framing.failure_of(exc)
         if isinstance(exc, HTTPError) and not self.started:
             self.keep_alive = False
             self.conn._write(
-                framing.error_response(exc.status, exc.message, self.conn._server_hdr, head_request=self.head_only)
+                framing.error_response(status, message, self.conn._server_hdr, head_request=self.head_only)
             )
             self.finished = True
             self.conn._exchange_done(self)
@@ -275,9 +276,7 @@ class Exchange:
         if not self.started and not self.conn._lost:
             self.keep_alive = self.conn.keeps_alive(self)
             self.conn._write(
-                framing.error_response(
-                    500, framing.HANDLER_FAILED, self.conn._server_hdr, not self.keep_alive, self.head_only
-                )
+                framing.error_response(status, message, self.conn._server_hdr, not self.keep_alive, self.head_only)
             )
             self.finished = True
             self.conn._exchange_done(self)
