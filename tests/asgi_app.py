@@ -3,6 +3,7 @@ apps whose lifespans behave as apps in the wild do."""
 
 import asyncio
 import contextlib
+import os
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -116,4 +117,19 @@ async def with_state(scope, receive, send) -> None:  # noqa: ANN001 (ASGI)
                 print("with_state: lifespan shutdown ran", flush=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    await _answer(scope, send)
+
+
+async def startup_hangs(scope, receive, send) -> None:  # noqa: ANN001 (ASGI)
+    """A lifespan startup that never ends (a database that never answers);
+    says so on stdout once it is waiting, and when it is cancelled."""
+    if scope["type"] == "lifespan":
+        await receive()
+        # one write each: workers share the pipe
+        os.write(1, b"startup_hangs: waiting in startup (pid %d)\n" % os.getpid())
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            os.write(1, b"startup_hangs: startup cancelled (pid %d)\n" % os.getpid())
+            raise
     await _answer(scope, send)

@@ -1,21 +1,21 @@
-"""ASGI lifespan with uvicorn's `--lifespan auto|on|off` rule, for the
-shapes apps in the wild have (tests/asgi_app.py): the tutorial app that
-returns for any scope but "http", one that raises there, one whose
-lifespan task raises after startup complete, one that refuses its startup,
-and a proper lifespan with state. In process (both loops) and through
-`uringserve run` with one and two workers."""
+"""ASGI lifespan with uvicorn's `--lifespan auto|on|off` rule
+(uvicorn/lifespan/on.py), for the shapes apps in the wild have
+(tests/asgi_app.py): the tutorial app that returns for any scope but
+"http", one that raises there, one whose lifespan task raises after
+startup complete, one that refuses its startup, and a proper lifespan with
+state. In process (both loops) and through `uringserve run` with one and
+two workers. A startup that never ends is in test_workers_lifecycle.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import sys
 from typing import Any
 
 import asgi_app
 import pytest
-from conftest import ROOT, Proc
+from conftest import Proc, uringserve
 from http_client import exchange
 
 from uringserve.http import HTTPServer
@@ -27,6 +27,7 @@ STATE = b"[('db', 'up')]"
 UNSUPPORTED = "ASGI app does not support lifespan (it {how} before startup complete); serving without it"
 AFTER_STARTUP = "ASGI lifespan task raised after startup complete; serving on, without the app's shutdown"
 FAILED = "ASGI lifespan startup failed: database unreachable at db:5432"
+ON_RAISED = "ASGI lifespan startup did not complete: the app raised AssertionError('only http') (--lifespan on)"
 SHUTDOWN_LINE = "with_state: lifespan shutdown ran"
 
 
@@ -70,27 +71,29 @@ def test_auto_serves_an_app_without_lifespan_and_says_so_once(h, http_log, app, 
     assert messages(http_log, logging.ERROR) == []
 
 
-@pytest.mark.parametrize(
-    "app,how",
-    [(asgi_app.tutorial, "returned"), (asgi_app.asserts_http, "raised AssertionError('only http')")],
-    ids=["returns", "raises"],
-)
-def test_on_refuses_an_app_without_lifespan(h, http_log, app, how: str) -> None:
+def test_on_refuses_an_app_that_raises_in_the_lifespan_scope(h, http_log) -> None:
     async def main() -> None:
-        srv = HTTPServer(app, interface="asgi", lifespan="on")
+        srv = HTTPServer(asgi_app.asserts_http, interface="asgi", lifespan="on")
         with pytest.raises(LifespanError) as info:
             await srv.start("127.0.0.1", 0)
-        assert str(info.value) == f"ASGI lifespan startup did not complete: the app {how} (--lifespan on)"
+        assert str(info.value) == ON_RAISED
         assert srv.sockets == () and not srv.serving
 
     h.run(main())
     # what the app raised is logged with its traceback (the app's bug, for its author)
     errors = [r for r in http_log.records if r.levelno == logging.ERROR]
-    if app is asgi_app.asserts_http:
-        assert [r.getMessage() for r in errors] == ["ASGI lifespan startup raised"]
-        assert isinstance(errors[0].exc_info[1], AssertionError)  # type: ignore[index]
-    else:
-        assert errors == []
+    assert [r.getMessage() for r in errors] == ["ASGI lifespan startup raised"]
+    assert isinstance(errors[0].exc_info[1], AssertionError)  # type: ignore[index]
+
+
+def test_on_serves_an_app_that_returns_from_the_lifespan_scope(h, http_log) -> None:
+    """uvicorn's "on" refuses an exception only: an app that returns is a
+    startup without complaint there, and served here too (said once)."""
+    body, srv = serve_once(h, asgi_app.tutorial, "on")
+    assert body == NO_STATE
+    assert messages(http_log, logging.INFO) == [UNSUPPORTED.format(how="returned")]
+    assert messages(http_log, logging.ERROR) == []
+    assert srv._lifespan is not None and not srv._lifespan.supported
 
 
 @pytest.mark.parametrize("mode", ["auto", "on"])
@@ -140,9 +143,7 @@ def test_a_mode_that_does_not_exist_is_refused() -> None:
 
 
 def command(app: str, workers: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "uringserve", "run", f"tests.asgi_app:{app}", "--port", "0"] + (
-        ["--workers", str(workers), *extra]
-    )
+    return ["run", f"tests.asgi_app:{app}", "--port", "0", "--workers", str(workers), *extra]
 
 
 def served_body(srv: Proc) -> bytes:
@@ -163,7 +164,7 @@ def served_body(srv: Proc) -> bytes:
     ],
 )
 def test_the_command_serves_each_kind_of_lifespan(app: str, body: bytes, logged: str | None, workers: int) -> None:
-    srv = Proc(command(app, workers))
+    srv = Proc([sys.executable, "-m", "uringserve", *command(app, workers)])
     try:
         for _ in range(2 * workers):  # on a shared socket either worker may answer
             assert served_body(srv) == body
@@ -178,27 +179,36 @@ def test_the_command_serves_each_kind_of_lifespan(app: str, body: bytes, logged:
     assert "startup did not complete" not in out
 
 
+STOPPING = "uringserve: a worker failed to start 3 times in a row (last: exit status 1); stopping"
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize(
     "app,mode,line",
-    [
-        ("startup_fails", "auto", FAILED),
-        ("tutorial", "on", "ASGI lifespan startup did not complete: the app returned (--lifespan on)"),
-    ],
-    ids=["startup-failed", "on-without-lifespan"],
+    [("startup_fails", "auto", FAILED), ("asserts_http", "on", ON_RAISED)],
+    ids=["startup-failed", "on-raises"],
 )
-def test_the_command_refuses_a_failed_startup_in_one_line(app: str, mode: str, line: str, workers: int) -> None:
-    out = subprocess.run(
-        command(app, workers, "--lifespan", mode), cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+def test_the_command_refuses_a_failed_startup_one_line_per_try(app: str, mode: str, line: str, workers: int) -> None:
+    """One process: its one line. Workers: the module is found, so only a
+    worker's startup can fail: each try says it in one line (three tries a
+    slot at most), then the supervisor's line."""
+    out = uringserve(*command(app, workers, "--lifespan", mode, "--log-level", "error"))
     assert out.returncode == 1, out
-    assert f"uringserve: {line}\n" in out.stderr
-    assert "Traceback" not in out.stderr
+    said = [x for x in out.stderr.splitlines() if x.startswith("uringserve: ")]
+    if workers == 1:
+        assert said == [f"uringserve: {line}"], out.stderr
+    else:
+        assert 3 <= said.count(f"uringserve: {line}") <= 3 * workers and said[-1] == STOPPING, out.stderr
+        assert len(said) == said.count(f"uringserve: {line}") + 1, out.stderr
+    if mode == "on":  # the app's own exception, for its author
+        assert out.stderr.count("AssertionError: only http\n") == len(said) - (workers > 1), out.stderr
+    else:
+        assert "Traceback" not in out.stderr
     assert "uringserve on " not in out.stdout  # never served
 
 
 def test_the_command_with_lifespan_off_never_calls_it() -> None:
-    srv = Proc(command("with_state", 1, "--lifespan", "off"))
+    srv = Proc([sys.executable, "-m", "uringserve", *command("with_state", 1, "--lifespan", "off")])
     try:
         assert served_body(srv) == NO_STATE
     finally:

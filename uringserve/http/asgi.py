@@ -187,21 +187,28 @@ async def _run(app: Callable[..., Any], scope: dict[str, Any], ex: ASGIExchange)
 
 class LifespanError(StartupError, RuntimeError):
     """The app's lifespan refused the startup (lifespan.startup.failed), or,
-    with lifespan "on", did not complete it. run_command() prints it as one
-    line and exits 1."""
+    with lifespan "on", raised before completing it. run_command() prints it
+    as one line and exits 1."""
 
 
 class Lifespan:
-    """The lifespan protocol, with uvicorn's `--lifespan` rule.
+    """The lifespan protocol, with uvicorn's `--lifespan` rule
+    (uvicorn/lifespan/on.py).
 
     "auto": an app that returns or raises in the lifespan scope before it
     sends lifespan.startup.complete does not speak lifespan (most tutorial
     apps return at once for any scope but "http"): that is logged once and
-    the app is served without it. "on": the same is an error. "off": the
-    lifespan scope is never called. lifespan.startup.failed is an error in
-    every mode, naming the app's message. An app whose lifespan task ends
-    after startup completed is served on; its error is logged, and shutdown
-    is not sent to it (nothing would receive it)."""
+    the app is served without it. "on": an app that raises there is an
+    error (its traceback logged); one that returns is served, as in "auto"
+    (uvicorn takes a return as a startup without complaint in either mode).
+    "off": the lifespan scope is never called. lifespan.startup.failed is
+    an error in every mode, naming the app's message. An app whose lifespan
+    task ends after startup completed is served on; its error is logged,
+    and shutdown is not sent to it (nothing would receive it). Where this
+    differs from uvicorn: uvicorn logs "Application startup complete" for
+    an app that returned (here: that it does not support lifespan), and
+    logs a lifespan task that raises after startup at info level in "auto"
+    (here: an error, in both modes)."""
 
     def __init__(self, app: Callable[..., Any], mode: str = "auto") -> None:
         if mode not in ("auto", "on", "off"):
@@ -224,7 +231,11 @@ class Lifespan:
         self._stopped = loop.create_future()
         self._task = loop.create_task(self._main())
         await self._inbox.put({"type": "lifespan.startup"})
-        await asyncio.wait([self._started, self._task], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait([self._started, self._task], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (a stop signal while starting): the app's startup is cancelled too
+            await self._end_task()
+            raise
         if self._started.done():
             ok, msg = self._started.result()
             if not ok:
@@ -235,11 +246,10 @@ class Lifespan:
             return
         # the app ended its lifespan scope without answering the startup
         exc = self._task.exception()
+        if exc is not None and self.mode == "on":
+            logger.error("ASGI lifespan startup raised", exc_info=exc)
+            raise LifespanError(f"ASGI lifespan startup did not complete: the app raised {exc!r} (--lifespan on)")
         how = "returned" if exc is None else f"raised {exc!r}"
-        if self.mode == "on":
-            if exc is not None:
-                logger.error("ASGI lifespan startup raised", exc_info=exc)
-            raise LifespanError(f"ASGI lifespan startup did not complete: the app {how} (--lifespan on)")
         logger.info("ASGI app does not support lifespan (it %s before startup complete); serving without it", how)
 
     async def _end_task(self) -> None:

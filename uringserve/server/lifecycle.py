@@ -30,6 +30,11 @@ class StartupError(Exception):
     prints the message as one line and exits 1, no traceback."""
 
 
+class StoppedBeforeServing(StartupError):
+    """A stop signal came while the server was starting (its app's startup
+    may never end): start() was cancelled, what it opened is closed."""
+
+
 def new_loop(kind: str = "uring", ring_config: Any = None) -> asyncio.AbstractEventLoop:
     """'uring' (UringEventLoop), 'asyncio' (the stdlib loop) or 'uvloop'."""
     if kind == "uring":
@@ -85,6 +90,9 @@ class Server:
         # connections with work in flight that the last shutdown aborted:
         # run_command() exits non-zero when there were any
         self.aborted = 0
+        # the first stop signal run() took (None: none; a shutdown begun
+        # otherwise, e.g. by --max-requests, is not a signal's)
+        self.signalled: str | None = None
         self._state = "new"  # new -> serving -> draining -> stopped
 
     def make_protocol(self, sock: socket.socket) -> Any:
@@ -284,23 +292,33 @@ class Server:
     ) -> None:
         """start() with these arguments (`listen`: start()'s keywords), serve
         until SIGTERM or SIGINT, then drain. A second signal during the drain
-        cuts it short; SIGQUIT stops at once. `ready(server)` is called once
-        listening. What the drain had to abort is `self.aborted`."""
+        cuts it short; SIGQUIT stops at once. A stop signal while starting
+        (an app's startup that never ends) cancels start() and raises
+        StoppedBeforeServing. `ready(server)` is called once listening. What
+        the drain had to abort is `self.aborted`."""
 
         async def main() -> None:
             running = asyncio.get_running_loop()
+            main_task = asyncio.current_task()
+            assert main_task is not None
             signals = 0
             started = False
-            early: list[int] = []  # stop signals that came while starting
+            early: list[str] = []  # stop signals that came while starting
             tasks: set[asyncio.Task] = set()
 
             def on_signal(signum: int) -> None:
                 nonlocal signals
-                if not started:  # acted on once listening (start() is not cut in half)
-                    early.append(signum)
+                name = signal.Signals(signum).name
+                if not started:
+                    # start() may wait on anything (an app's lifespan startup that
+                    # hangs): a stop signal cancels it, and start() closes what it
+                    # opened. A second one cancels that cleanup too.
+                    early.append(name)
+                    main_task.cancel()
                     return
                 signals += 1
-                name = signal.Signals(signum).name
+                if self.signalled is None:
+                    self.signalled = name
                 if signum == signal.SIGQUIT:  # immediate stop, as gunicorn's workers take it
                     logger.info("SIGQUIT: stopping now")
                     self.cut("SIGQUIT")
@@ -319,10 +337,16 @@ class Server:
             for sig in STOP_SIGNALS:
                 running.add_signal_handler(sig, on_signal, sig)
             try:
-                await self.start(host, port, **listen)
+                try:
+                    await self.start(host, port, **listen)
+                except asyncio.CancelledError:
+                    if not early:
+                        raise
+                    self.signalled = early[0]
+                    raise StoppedBeforeServing(f"{early[0]} during startup: stopped before serving") from None
+                # nothing ran between start()'s last step and here: a signal
+                # that came meanwhile cancelled start() instead (above)
                 started = True
-                for signum in early:
-                    on_signal(signum)
                 if ready is not None and self.serving:
                     ready(self)
                 await self.serve_forever()
@@ -351,8 +375,10 @@ def run_command(
     "NAME on WHERE (LOOP loop, pid N)" once it listens (unless `quiet`: a
     worker, whose supervisor says it) and calling `on_ready`; a listener
     that cannot open is one line on stderr and exit status 1, not a
-    traceback. The exit status is 1 too when the drain aborted work in
-    flight (a second signal, SIGQUIT or the shutdown timeout cut it).
+    traceback. So is a stop signal before it listens ("SIGTERM during
+    startup: stopped before serving"). The exit status is 1 too when the
+    drain aborted work in flight (a second signal, SIGQUIT or the shutdown
+    timeout cut it).
     `note` ends the banner's parenthesis (e.g. where the metrics are)."""
     from .. import logs
 
