@@ -21,15 +21,12 @@ import sys
 from typing import Any
 
 import pytest
-import trustme
-from conftest import Proc
+from conftest import PY, ROOT, Proc, TLSFiles, make_tls_files, uringserve
+from http_client import talk
 
 from uringserve import cli, logs
 from uringserve.http import HTTPConfig, HTTPServer
 from uringserve.server import TCP, Inherited, Server, Unix
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PY = sys.executable
 
 # a value for each option, other than its default, as text
 SAMPLE = {
@@ -106,17 +103,15 @@ def test_every_option_has_a_sample_and_a_variable() -> None:
 
 # -- every option reaches what is built from it -------------------------------------------
 @pytest.fixture(scope="module")
-def tls_files(tmp_path_factory) -> dict[str, str]:
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1")
-    d = tmp_path_factory.mktemp("tls")
-    files = {"cert_only": str(d / "cert.pem"), "tls_key": str(d / "key.pem"), "tls_ca": str(d / "ca.pem")}
-    files["tls_cert"] = str(d / "cert-and-key.pem")  # the key in the same file: --tls-key not needed
-    issued.cert_chain_pems[0].write_to_path(files["cert_only"])
-    issued.private_key_pem.write_to_path(files["tls_key"])
-    issued.private_key_and_cert_chain_pem.write_to_path(files["tls_cert"])
-    ca.cert_pem.write_to_path(files["tls_ca"])
-    return files
+def tls_paths(tmp_path_factory) -> dict[str, str]:
+    """conftest's TLS files (one set for the module), by what each option takes."""
+    files = make_tls_files(tmp_path_factory.mktemp("tls"))
+    return {
+        "cert_only": str(files.cert),
+        "tls_key": str(files.key),
+        "tls_ca": str(files.cacert),
+        "tls_cert": str(files.cert_and_key),  # the key in the same file: --tls-key not needed
+    }
 
 
 def _outcome(build: Any) -> Any:
@@ -218,11 +213,11 @@ APP["root_path"] = APP["interface"] = APP["lifespan"]  # ASGI: --interface nativ
 
 @pytest.mark.parametrize("source", ["argv", "env"])
 @pytest.mark.parametrize("opt", cli.OPTIONS, ids=lambda o: o.flag)
-def test_each_option_reaches_what_is_built(opt: cli.Opt, source: str, tls_files: dict[str, str]) -> None:
+def test_each_option_reaches_what_is_built(opt: cli.Opt, source: str, tls_paths: dict[str, str]) -> None:
     assert set(BUILT) == {o.dest for o in cli.OPTIONS}
     base = ["run", APP.get(opt.dest, "tests.worker_app:app")]
-    base += [w.format(**tls_files) for w in WITH.get(opt.dest, [])]
-    text = "1" if opt.is_flag else tls_files.get(opt.dest, SAMPLE[opt.dest])
+    base += [w.format(**tls_paths) for w in WITH.get(opt.dest, [])]
+    text = "1" if opt.is_flag else tls_paths.get(opt.dest, SAMPLE[opt.dest])
     default = BUILT[opt.dest](parse(base))
     if source == "argv":
         args = parse(base + ([opt.flag] if opt.is_flag else [opt.flag, text]))
@@ -324,15 +319,7 @@ def test_the_readme_table_is_the_declared_options() -> None:
 
 
 # -- the command, run ------------------------------------------------------------------------
-def command(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [PY, "-m", "uringserve", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+command = uringserve  # `python -m uringserve ARGS`, run to its end
 
 
 def serve(args: list[str], env: dict[str, str] | None = None) -> Proc:
@@ -347,15 +334,9 @@ def stop(p: Proc) -> str:
     return out
 
 
-def http_get(port: int, path: str = "/", family: int = socket.AF_INET, address: Any = None) -> bytes:
-    with socket.socket(family) as s:
-        s.settimeout(10)
-        s.connect(address or ("127.0.0.1", port))
-        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-        return data
+def http_get(port: int, path: str = "/") -> bytes:
+    """GET `path` on a connection of its own: the raw response (the server closes after it)."""
+    return talk(port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
 
 
 def test_version() -> None:
@@ -426,7 +407,11 @@ def test_uds_and_port_serve_both(tmp_path) -> None:
         assert m, p.output()
         p.port = int(m.group(1))
         assert http_get(p.port).endswith(b"Hello, world!\n")
-        assert http_get(0, family=socket.AF_UNIX, address=path).endswith(b"Hello, world!\n")
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert b"".join(iter(lambda: s.recv(65536), b"")).endswith(b"Hello, world!\n")
     finally:
         stop(p)
 
@@ -458,16 +443,12 @@ def _tls_get(port: int, ctx: ssl.SSLContext) -> bytes:
 
 
 @pytest.mark.parametrize("client_certs", [False, True], ids=["server-only", "client-certs"])
-def test_tls_options(tmp_path, client_certs: bool) -> None:
-    ca = trustme.CA()
-    server_cert = ca.issue_cert("127.0.0.1")
-    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    server_cert.cert_chain_pems[0].write_to_path(str(cert))
-    server_cert.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_file))
-    args = ["run", "tests.worker_app:scheme_app", "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+def test_tls_options(tls_files: TLSFiles, client_certs: bool) -> None:
+    ca = tls_files.ca
+    args = ["run", "tests.worker_app:scheme_app", "--port", "0", "--tls-cert", str(tls_files.cert)]
+    args += ["--tls-key", str(tls_files.key)]
     if client_certs:
-        args += ["--tls-ca", str(ca_file)]
+        args += ["--tls-ca", str(tls_files.cacert)]
     p = serve(args)
     try:
         ctx = ssl.create_default_context()
@@ -501,10 +482,9 @@ def busy_port() -> Any:
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_settings_that_cannot_work_are_one_line_before_any_worker(workers: str, tmp_path) -> None:
+def test_settings_that_cannot_work_are_one_line_before_any_worker(workers: str, tmp_path, tls_files: TLSFiles) -> None:
     missing = str(tmp_path / "nope.pem")
-    key_less = str(tmp_path / "cert-only.pem")
-    trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(key_less)
+    key_less = str(tls_files.cert)  # the chain without its key
     cases = [
         (["--ring-buf-count", "100"], "uringserve: --ring-buf-count 100: must be a power of two from 1 to 32768"),
         (["--ring-buf-size", "200000", "--ring-buf-count", "32768"], "4 GiB: lower --ring-buf-size or --ring-files"),
@@ -518,6 +498,34 @@ def test_settings_that_cannot_work_are_one_line_before_any_worker(workers: str, 
     for extra, says in cases:
         one_line(command("run", "apps.http:app", "--port", "0", "--workers", workers, *extra), says)
     one_line(command("run", "apps.http", "--workers", workers), "APP must be module:attribute")
+    # a module that does not exist: looked up (not imported) before any worker starts
+    for app, says in [
+        ("nosuchmod:app", "uringserve: cannot import 'nosuchmod': No module named 'nosuchmod'"),
+        ("apps.nothere:app", "uringserve: cannot import 'apps.nothere': No module named 'apps.nothere'"),
+        ("nosuchpkg.mod:app", "uringserve: cannot import 'nosuchpkg.mod': No module named 'nosuchpkg'"),
+        ("apps.http.x:app", "uringserve: cannot import 'apps.http.x': No module named 'apps.http.x'; 'apps.http' is"),
+    ]:
+        out = command("run", app, "--port", "0", "--workers", workers)
+        one_line(out, says)
+        assert "worker" not in out.stderr and out.stdout == ""
+
+
+def test_the_app_module_is_found_without_running_it(tmp_path) -> None:
+    """The supervisor looks the app's module up without importing it (nor
+    its package): a reload must import it afresh in a worker, and its import
+    may have side effects. A module that needs its package's own lookup (a
+    submodule a module puts in sys.modules) is left to the import."""
+    pkg = tmp_path / "sidefx"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("print('sidefx imported', flush=True)\n")
+    (pkg / "app.py").write_text("print('sidefx.app imported', flush=True)\n")
+    code = "from uringserve import cli\nfor m in ('sidefx.app', 'os.path', 'sidefx.nope'):\n"
+    code += "    print(cli._module_missing(m))"
+    out = subprocess.run([PY, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # found, and nothing of it ran; os.path: os is a module, the import system is asked (os is imported anyway);
+    # sidefx.nope is under no path of the package: only then is sidefx imported, to ask
+    assert out.stdout == "None\nNone\nsidefx imported\nNo module named 'sidefx.nope'\n", out.stdout
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -584,3 +592,73 @@ def test_json_log_format_errors_are_json(busy_port: int) -> None:
     assert crashes and all("Traceback" in r["exception"] for r in crashes)
     stopping = "uringserve: a worker failed to start 3 times in a row (last: exit status 1); stopping"
     assert [r["level"] for r in records if r["message"] == stopping] == ["error"]
+
+
+def test_json_log_format_covers_threads_warnings_and_unraisable_exceptions() -> None:
+    """Beside the log, what Python itself would print as text: an exception
+    in a thread (the metrics endpoint's), a warning, an exception it cannot
+    raise (in __del__). Back to text, Python's own hooks are back."""
+    code = """
+import gc, sys, threading, warnings
+from uringserve import logs
+logs.configure("info", "json")
+warnings.warn("a warning")
+t = threading.Thread(target=lambda: 1 / 0, name="uringserve-metrics")
+t.start()
+t.join()
+class Dies:
+    def __del__(self):
+        raise ValueError("in __del__")
+Dies()
+gc.collect()
+logs.configure("info", "text")
+print(sys.excepthook is sys.__excepthook__, threading.excepthook is threading.__excepthook__,
+      sys.unraisablehook is sys.__unraisablehook__, warnings.showwarning is warnings._showwarning_orig)
+"""
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    records = _records(out.stderr)  # every line JSON
+    assert [(r["level"], r["logger"]) for r in records] == [
+        ("warning", "py.warnings"),
+        ("error", "uringserve"),
+        ("error", "uringserve"),
+    ], records
+    assert "UserWarning: a warning" in records[0]["message"]
+    assert records[1]["message"] == "uncaught ZeroDivisionError in thread uringserve-metrics: division by zero"
+    assert "ZeroDivisionError" in records[1]["exception"]
+    assert records[2]["message"].startswith("Exception ignored in: <function Dies.__del__")
+    assert "ValueError: in __del__" in records[2]["exception"]
+    assert out.stdout == "True True True True\n"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_without_prometheus_client_is_one_line(workers: str) -> None:
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None; from uringserve.cli import main; "
+        f"sys.exit(main(['run', 'apps.http:app', '--port', '0', '--workers', '{workers}', '--metrics', '127.0.0.1:0']))"
+    )
+    out = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    one_line(out, cli.METRICS_MISSING)
+
+
+def test_the_check_does_not_import_prometheus_client() -> None:
+    """The supervisor's own counters are multiprocess values only if
+    prometheus_client is first imported after PROMETHEUS_MULTIPROC_DIR is
+    set (it chooses as it is imported): the check before it only looks."""
+    code = (
+        "import sys; from uringserve import cli; "
+        "cli.check(cli.build_parser({}).parse_args(['run', 'apps.http:app', '--metrics', '127.0.0.1:0'])); "
+        "print('prometheus_client' in sys.modules)"
+    )
+    out = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (0, "False\n"), out.stderr
+
+
+def test_max_requests_costs_no_work_per_request() -> None:
+    """The recycler reads the count the protocol keeps anyway: it installs
+    no per-response observer (which would build every exchange through the
+    observed path, a clock read and more layers each)."""
+    args = parse(["run", "apps.http:app", "--max-requests", "100"])
+    server = cli.build_server(args)
+    recycler = cli.Recycler(server, cli.request_limit(args))
+    assert server.observer is None and recycler.limit == 100 and not recycler.began

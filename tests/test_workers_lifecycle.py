@@ -15,15 +15,12 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_workers import ROOT, Pool, get, pools  # noqa: F401 (pools: the fixture)
-
-PY = sys.executable
+from conftest import PY, ROOT, Pool, Proc, get, uringserve, wait_until
 
 
 def in_flight(port: int, path: str = "/stream/30000") -> tuple[socket.socket, bytes]:
@@ -129,7 +126,7 @@ def test_ctrl_c_on_a_terminal_drains_the_workers_once() -> None:
     assert "uringserve.server: SIGINT" not in term.text, term.text
 
 
-def test_a_second_signal_cuts_the_supervisors_drain_and_exits_1(pools: list[Pool]) -> None:  # noqa: F811
+def test_a_second_signal_cuts_the_supervisors_drain_and_exits_1(pools: list[Pool]) -> None:
     pool = Pool("--workers", "2", "--graceful-timeout", "60", level="info")
     pools.append(pool)
     pool.wait_children(lambda k: len(k) == 2)
@@ -171,7 +168,7 @@ def test_one_process_says_what_cut_its_drain_and_exits_1(cut: str) -> None:
     assert not rest_of(s, got).endswith(WHOLE)
 
 
-def test_a_worker_that_does_not_stop_is_killed_after_the_graceful_timeout(pools: list[Pool]) -> None:  # noqa: F811
+def test_a_worker_that_does_not_stop_is_killed_after_the_graceful_timeout(pools: list[Pool]) -> None:
     pool = Pool("--workers", "2", "--graceful-timeout", "1", level="info")
     pools.append(pool)
     kids = pool.wait_children(lambda k: len(k) == 2)
@@ -191,10 +188,11 @@ def test_a_worker_not_ready_in_time_is_a_failed_start(tmp_path: Path) -> None:
     (tmp_path / "hanging_app.py").write_text(
         "import time\n\ntime.sleep(3600)  # an import that never ends\napp = None\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    args = ["run", "hanging_app:app", "--port", "0", "--workers", "2", "--ready-timeout", "1"]
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     t0 = time.monotonic()
-    out = subprocess.run([PY, "-m", "uringserve", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    out = uringserve(
+        "run", "hanging_app:app", "--port", "0", "--workers", "2", "--ready-timeout", "1", env=env, timeout=90
+    )
     assert out.returncode == 1, out.stderr
     assert "not ready after 1s: killing it" in out.stderr
     assert (
@@ -213,16 +211,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_workers_die_with_a_supervisor_killed_outright(pools: list[Pool]) -> None:  # noqa: F811
+def test_workers_die_with_a_supervisor_killed_outright(pools: list[Pool]) -> None:
     pool = Pool("--workers", "2")
     pools.append(pool)
     kids = pool.wait_children(lambda k: len(k) == 2)
     assert all(_alive(pid) for pid in kids)
     pool.p.kill()  # SIGKILL: the supervisor cannot tell them
     pool.p.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in kids) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not any(_alive(pid) for pid in kids))
     left = [pid for pid in kids if _alive(pid)]
     for pid in left:  # orphans are no longer the supervisor's children: the fixture cannot find them
         os.kill(pid, signal.SIGKILL)
@@ -231,7 +227,7 @@ def test_workers_die_with_a_supervisor_killed_outright(pools: list[Pool]) -> Non
         socket.create_connection(("127.0.0.1", pool.port), timeout=5).close()
 
 
-def test_workers_0_is_one_per_cpu_this_process_may_use(pools: list[Pool]) -> None:  # noqa: F811
+def test_workers_0_is_one_per_cpu_this_process_may_use(pools: list[Pool]) -> None:
     n = len(os.sched_getaffinity(0))
     pool = Pool("--workers", "0")
     pools.append(pool)
@@ -246,7 +242,7 @@ def test_workers_0_is_one_per_cpu_this_process_may_use(pools: list[Pool]) -> Non
     assert code == 0, out
 
 
-def test_the_environment_reaches_every_worker(pools: list[Pool]) -> None:  # noqa: F811
+def test_the_environment_reaches_every_worker(pools: list[Pool]) -> None:
     env = {"URINGSERVE_ROOT_PATH": "/api", "URINGSERVE_RING_BUF_COUNT": "64", "URINGSERVE_WORKERS": "2"}
     pool = Pool(app="tests.worker_app:info_app", env=env)
     pools.append(pool)
@@ -262,3 +258,52 @@ def test_the_environment_reaches_every_worker(pools: list[Pool]) -> None:  # noq
         assert info["root_path"] == "/api" and info["ring"]["buf_count"] == 64, info
     code, out = pool.stop()
     assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    "workers,sig", [(1, signal.SIGTERM), (1, signal.SIGINT), (2, signal.SIGTERM)], ids=["1-TERM", "1-INT", "2-TERM"]
+)
+def test_a_stop_signal_during_startup_stops_at_once(workers: int, sig: signal.Signals) -> None:
+    """An app whose lifespan startup never ends: a stop signal ends the
+    process (no SIGKILL needed, as systemctl stop would wait for), with one
+    line and exit status 1, and no banner ever. One process cancels the
+    startup; a supervisor kills its workers (not ready: they have no work)."""
+    args = [PY, "-m", "uringserve", "run", "tests.asgi_app:startup_hangs", "--port", "0", "--workers", str(workers)]
+    p = Proc(args, ready="")  # no banner: it never serves
+    try:
+        assert wait_until(lambda: p.output().count("startup_hangs: waiting in startup") == workers), p.output()
+        p.p.send_signal(sig)
+        code = p.p.wait(30)
+    finally:
+        if p.p.poll() is None:
+            p.p.kill()
+            p.p.wait()
+        p.close()
+    out = p.output()
+    assert code == 1, out
+    assert out.count(f"uringserve: {sig.name} during startup: stopped before serving\n") == 1, out
+    assert "uringserve on " not in out and "Traceback" not in out, out
+    if workers == 1:
+        assert "startup_hangs: startup cancelled" in out, out  # the app's startup was cancelled, not abandoned
+    else:
+        assert out.count("stopped (not ready: killed)") == workers, out
+
+
+def test_a_metrics_port_that_cannot_open_leaves_nothing_behind(tmp_path: Path) -> None:
+    """--metrics on a busy port with workers: one line, exit 1, and neither
+    the metrics directory nor the Unix socket file is left."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    uds = tmp_path / "s.sock"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = uringserve(
+            "run", "tests.worker_app:app", "--uds", str(uds), "--workers", "2", "--metrics", f"127.0.0.1:{port}",
+            env={"TMPDIR": str(tmp)},
+        )  # fmt: skip
+    assert out.returncode == 1, out
+    busy = f"uringserve: [Errno 98] cannot listen for --metrics on 127.0.0.1:{port}: Address already in use\n"
+    assert out.stderr == busy
+    assert list(tmp.iterdir()) == [] and not uds.exists()

@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import difflib
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import logging
 import os
@@ -186,7 +188,8 @@ OPTIONS: list[Opt] = [
     Opt("--root-path", "ASGI root_path", str, ""),
     Opt(
         "--lifespan",
-        "ASGI lifespan: auto serves an app that does not speak it; on requires it; off never calls it",
+        "ASGI lifespan, uvicorn's rule: auto serves an app that returns or raises in it; on refuses one that raises; "
+        "off never calls it",
         str,
         "auto",
         choices=("auto", "on", "off"),
@@ -513,19 +516,24 @@ def _serve(argv: list[str], args: argparse.Namespace) -> int:
         server = build_server(args)
         metrics = _metrics(args, server)
         limit = request_limit(args)
-        recycler = _recycler(server, limit) if limit else None
+        recycler = Recycler(server, limit, spec.get("pause_fd")) if limit else None
 
         def ready(s: Any) -> None:
             workers.report_ready(spec)
             if metrics is not None:
                 metrics.start_sampling(s)
             if recycler is not None:
-                recycler(s)
+                recycler.start()
 
         specs = [Inherited(fd, backlog=args.backlog) for fd in spec["fds"]]
-        return run_command(
+        code = run_command(
             server, name, loop=args.loop, ring_config=ring_config(args), listeners=specs, on_ready=ready, quiet=True
         )
+        if code and recycler is not None and recycler.began and server.signalled is None:
+            # a recycle whose drain hit --graceful-timeout: planned all the same (the
+            # abort is logged); a crash would make the supervisor back off and count it
+            return 0
+        return code
     check(args)
     if worker_count(args) > 1 or args.max_requests:
         return build_supervisor(argv, args).run()
@@ -551,7 +559,7 @@ def _serve(argv: list[str], args: argparse.Namespace) -> int:
             ring_config=ring_config(args),
             listeners=listeners(args),
             on_ready=metrics.start_sampling if metrics is not None else None,
-            note="" if endpoint is None else f"metrics on {workers.metrics_url(endpoint)}",
+            note="" if endpoint is None else f"metrics on {endpoint.url}",
         )
     finally:
         if endpoint is not None:
@@ -562,9 +570,15 @@ def check(args: argparse.Namespace) -> None:
     """What can be refused before any process starts, refused once, as one
     line (SystemExit): a supervisor checks it before forking, so a bad
     setting is not N workers' N tracebacks. The app itself is imported by
-    the workers only (a reload must import it afresh)."""
+    the workers only (a reload must import it afresh): here its module is
+    only looked up, so a module that does not exist is said once. Nor is
+    prometheus_client imported here: it must first be imported after the
+    supervisor set its multiprocess directory (metrics.worker_restarts())."""
     if args.cmd == "run":
-        split_app(args.app)
+        module_name, _ = split_app(args.app)
+        missing = _module_missing(module_name)
+        if missing is not None:
+            raise SystemExit(f"uringserve: cannot import {module_name!r}: {missing}")
     if args.cmd == "resp":
         # the demo's keyspace is in its process's memory: several processes
         # would be several databases, a replaced one an empty database
@@ -584,11 +598,51 @@ def check(args: argparse.Namespace) -> None:
             import uvloop  # noqa: F401
         except ImportError:
             raise SystemExit("uringserve: --loop uvloop needs the uvloop package: pip install uvloop") from None
-    if args.metrics is not None:
+    if args.metrics is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise SystemExit(METRICS_MISSING)
+
+
+def _module_missing(name: str) -> str | None:
+    """Why module `name` cannot be imported (ModuleNotFoundError's message),
+    or None when it can, or when only importing it can tell. Looked up as
+    load_app() imports it (the working directory first), without running
+    its code or its packages' where the path finder can tell."""
+    cwd = os.getcwd()
+    added = "" not in sys.path and cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        parts = name.split(".")
         try:
-            import prometheus_client  # noqa: F401
-        except ImportError:
-            raise SystemExit(METRICS_MISSING) from None
+            spec = importlib.util.find_spec(parts[0])  # a top-level name: no package is imported
+        except ValueError:  # in sys.modules without a spec: only importing it tells
+            return None
+        if spec is None:
+            return f"No module named {parts[0]!r}"
+        depth = 1
+        while spec is not None and depth < len(parts) and spec.submodule_search_locations is not None:
+            depth += 1
+            spec = importlib.machinery.PathFinder.find_spec(
+                ".".join(parts[:depth]), list(spec.submodule_search_locations)
+            )
+        if spec is not None and depth == len(parts):
+            return None
+        parent = ".".join(parts[:depth])
+        not_a_package = spec is not None  # the walk stopped at a module
+        # What the path finder cannot settle (a package whose __init__ extends
+        # its __path__, a module that is not a package but puts submodules in
+        # sys.modules): the import system's answer, which imports the
+        # packages above it, here only.
+        try:
+            found = importlib.util.find_spec(name)
+        except ModuleNotFoundError as exc:  # worded as the import's own error
+            return f"No module named {name!r}; {parent!r} is not a package" if not_a_package else str(exc)
+        except Exception:  # a package above it that fails as it is imported: the workers say how
+            return None
+        return None if found is not None else f"No module named {name!r}"
+    finally:
+        if added:
+            sys.path.remove(cwd)
 
 
 def worker_count(args: argparse.Namespace) -> int:
@@ -616,6 +670,7 @@ def build_supervisor(argv: list[str], args: argparse.Namespace) -> Any:
         name="uringserve" if args.cmd == "run" else args.cmd,
         metrics=args.metrics,
         ready_timeout=args.ready_timeout,
+        recycling=bool(args.max_requests),
     )
 
 
@@ -644,49 +699,54 @@ def _metrics(args: argparse.Namespace, server: Any) -> Any:
     return metrics
 
 
-def _recycler(server: Any, limit: int) -> Callable[[Any], None]:
-    """Drain and exit (status 0: the supervisor starts a fresh worker) once
-    `limit` requests are answered. An HTTP server counts each response as it
-    ends (its observer), so it serves `limit` plus at most the requests
-    already in flight on its other connections; another protocol's count
-    (requests_served()) is polled. Returns what to call once serving."""
-    import asyncio
+RECYCLE_POLL = 0.1  # seconds between looks at the request count (uvicorn's --limit-max-requests: the same tick)
 
-    log = logging.getLogger("uringserve.workers")
-    held: list[asyncio.Task] = []  # the shutdown task, kept from the garbage collector
 
-    def recycle(n: int) -> None:
-        if server.serving and not held:
-            log.info("recycling after %d requests", n)
-            held.append(asyncio.get_running_loop().create_task(server.shutdown()))
+class Recycler:
+    """--max-requests in a worker: drain and exit (status 0: the supervisor
+    starts a fresh worker) once `limit` requests are answered. The count
+    (server.requests_served(), kept by the protocol anyway) is read every
+    RECYCLE_POLL seconds, so a request costs nothing more with the option
+    on; the worker serves its limit plus what arrives before the next look.
+    `pause_fd`: the supervisor's byte, "1" while the last reload failed
+    (a recycled worker would be replaced by the code that cannot start)."""
 
-    if hasattr(server, "observer"):  # HTTPServer: set before it starts, so every connection has it
-        inner = server.observer
-        answered = 0
+    def __init__(self, server: Any, limit: int, pause_fd: int | None = None) -> None:
+        self.server = server
+        self.limit = limit
+        self.pause_fd = pause_fd
+        self.began = False  # the drain is this recycle's
+        self._paused_said = False
+        self._task: Any = None  # the shutdown task, kept from the garbage collector
+        self._log = logging.getLogger("uringserve.workers")
 
-        def observe(*response: Any) -> None:
-            nonlocal answered
-            if inner is not None:
-                inner(*response)
-            answered += 1
-            if answered >= limit:
-                recycle(answered)
+    def paused(self) -> bool:
+        return self.pause_fd is not None and os.pread(self.pause_fd, 1, 0) == b"1"
 
-        server.observer = observe
-        return lambda s: None
+    def start(self) -> None:
+        """Once serving, on its loop."""
+        import asyncio
 
-    def start(s: Any) -> None:
         loop = asyncio.get_running_loop()
 
-        def check() -> None:
-            if server.requests_served() >= limit:
-                recycle(server.requests_served())
-            elif server.serving:
-                loop.call_later(0.1, check)
+        def look() -> None:
+            if not self.server.serving:
+                return
+            n = self.server.requests_served()
+            if n >= self.limit:
+                if not self.paused():
+                    self._log.info("recycling after %d requests (limit %d)", n, self.limit)
+                    self.began = True
+                    self._task = loop.create_task(self.server.shutdown())
+                    return
+                if not self._paused_said:
+                    self._paused_said = True
+                    self._log.warning(
+                        "%d requests served (limit %d): not recycling while the last reload failed", n, self.limit
+                    )
+            loop.call_later(RECYCLE_POLL, look)
 
-        loop.call_later(0.1, check)
-
-    return start
+        loop.call_later(RECYCLE_POLL, look)
 
 
 __all__ = ["main", "build_parser", "options_table", "OPTIONS"]

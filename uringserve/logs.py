@@ -4,9 +4,13 @@ fields (client, method, target, status, bytes, duration) as keys.
 
 What the command itself says outside the log goes through here too, so
 that with `--log-format json` a collector reading stdout and stderr gets
-nothing but JSON: the start-up banner (`banner()`, on stdout: what scripts
-and tests read the address from), one-line errors (`error()`, on stderr)
-and an uncaught exception (a record with its traceback as a field).
+JSON records from uringserve: the start-up banner (`banner()`, on stdout:
+what scripts and tests read the address from), one-line errors (`error()`,
+on stderr), an uncaught exception in any thread (the metrics endpoint's
+too) and one Python could only report (`sys.unraisablehook`: a record
+with its traceback as a field), and warnings (`logging.captureWarnings`).
+Not covered: what an app prints itself, and the interpreter's own fatal
+errors (faulthandler, "Fatal Python error").
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import Any
@@ -46,10 +51,17 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
         sys.excepthook = _log_uncaught
+        threading.excepthook = _log_thread_uncaught
+        sys.unraisablehook = _log_unraisable
     elif fmt == "text":
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        # Python's own, as before any JSON run in this process
+        sys.excepthook = sys.__excepthook__
+        threading.excepthook = threading.__excepthook__
+        sys.unraisablehook = sys.__unraisablehook__
     else:
         raise ValueError(f"log format must be 'text' or 'json', not {fmt!r}")
+    logging.captureWarnings(fmt == "json")  # py.warnings records; in text, Python's own lines
     _format = fmt
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -80,6 +92,23 @@ def error(message: str, **fields: Any) -> None:
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     logging.getLogger("uringserve").critical("uncaught %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
+
+
+def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:  # as threading's own hook: a thread's exit, not an error
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+    logging.getLogger("uringserve").error(
+        "uncaught %s in thread %s: %s", args.exc_type.__name__, name, args.exc_value, exc_info=exc_info
+    )
+
+
+def _log_unraisable(u: Any) -> None:
+    what = u.err_msg or "Exception ignored in"
+    where = f": {u.object!r}" if u.object is not None else ""
+    exc_info = (u.exc_type, u.exc_value, u.exc_traceback) if u.exc_value is not None else None
+    logging.getLogger("uringserve").error("%s%s", what, where, exc_info=exc_info)
 
 
 __all__ = ["JSONFormatter", "configure", "banner", "error"]

@@ -110,23 +110,12 @@ class Metrics:
         tick()
 
 
-def _multiprocess_values() -> None:
-    """prometheus_client chooses in-memory or multiprocess values once, when
-    it is imported; the supervisor sets PROMETHEUS_MULTIPROC_DIR after that
-    may have happened (anything may import prometheus_client first, as the
-    CLI's checks do): choose again, or the supervisor's own counters stay in
-    its memory, where the summing endpoint never sees them."""
-    from prometheus_client import values
-
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and values.ValueClass is values.MutexValue:
-        values.ValueClass = values.get_value_class()
-
-
 def worker_restarts() -> Counter:
-    """The supervisor's own counter (the first it makes): written to the
-    multiprocess directory, summed with the workers' by
-    multiprocess_registry() (so not registered)."""
-    _multiprocess_values()
+    """The supervisor's own counter: written to the multiprocess directory
+    and summed with the workers' by multiprocess_registry() (so not
+    registered). prometheus_client chooses multiprocess values once, as it
+    is imported: the supervisor imports this module only after it has set
+    PROMETHEUS_MULTIPROC_DIR (the CLI's check only looks the package up)."""
     return Counter("uringserve_worker_restarts_total", "Workers replaced after they died", registry=None)
 
 
@@ -179,6 +168,13 @@ class Endpoint:
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="uringserve-metrics", daemon=True)
         self.thread.start()
+
+    @property
+    def url(self) -> str:
+        """Where /metrics answers (the port the kernel picked for port 0)."""
+        host, port = self.httpd.server_address[:2]
+        assert isinstance(host, str)  # an IP address: AF_INET or AF_INET6
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
     def close(self) -> None:
         self.httpd.shutdown()

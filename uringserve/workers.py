@@ -21,6 +21,10 @@ they take orders from the supervisor only, never from a terminal (Ctrl-C
 reaches the supervisor, which drains them once), and die with it
 (PR_SET_PDEATHSIG: a supervisor killed outright leaves no worker behind).
 
+A worker that is not ready holds no connection (and its startup may never
+end, or take no signal): whenever the supervisor stops or retires one, it
+is killed, and that is no crash and no cut work.
+
 A worker that exits is replaced: at once after a planned exit
 (--max-requests), with backoff after a crash. A worker that crashes before
 it is ready (or is not ready within --ready-timeout) three times in a row:
@@ -31,9 +35,16 @@ it is ready (or is not ready within --ready-timeout) three times in a row:
   app that cannot import does not become a restart storm);
 - otherwise (others serve), is retried every BACKOFF_MAX seconds.
 
-Exit status: 0 after a clean drain; 1 when a worker could not start, or
-when the stop cut work in flight (a second signal, SIGQUIT, a worker that
-did not finish within --graceful-timeout).
+After a failed reload the code on disk is the code that cannot start, and
+only the workers already serving run the good one: they stop recycling
+(--max-requests) until a reload succeeds, since each recycle would replace
+a good worker with one that cannot start. A worker that crashes meanwhile
+is still replaced from the code on disk (its slot then retried as above).
+
+Exit status: 0 after a clean drain; 1 when a worker could not start, when
+a stop signal came before any worker served, or when the stop cut work in
+flight (a second signal, SIGQUIT, a worker that did not finish within
+--graceful-timeout).
 """
 
 from __future__ import annotations
@@ -73,6 +84,7 @@ class Worker:
     retiring: bool = False  # asked to stop: its exit is not a crash
     timed_out: bool = False  # killed for not being ready within ready_timeout
     killed: bool = False  # killed for not stopping in time
+    killed_unready: bool = False  # stopped or retired before it was ready: killed, it had no work
 
 
 class Supervisor:
@@ -87,6 +99,7 @@ class Supervisor:
         name: str = "uringserve",
         metrics: tuple[str, int] | None = None,
         ready_timeout: float = READY_TIMEOUT,
+        recycling: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -116,6 +129,14 @@ class Supervisor:
         self.stopping: str | None = None  # "graceful" or "now"
         self.stop_deadline = 0.0
         self.exit_code = 0
+        self.stop_signal: str | None = None  # the signal that began the stop
+        self.announced = False  # the banner was printed: the workers served
+        # --max-requests: the workers read one byte here before they recycle
+        # ("1": paused, while the last reload failed); a memfd, so nothing is
+        # left on disk however the supervisor ends
+        self.recycling = recycling
+        self.recycling_paused = False
+        self._pause_fd = -1
         self._sel = selectors.DefaultSelector()
         self._signals: list[int] = []
 
@@ -163,6 +184,10 @@ class Supervisor:
         os.set_inheritable(w, True)
         fds = [s.fileno() for s in socks]
         spec = {"fds": fds, "ready_fd": w, "slot": slot, "supervisor": os.getpid()}
+        passed = [*fds, w]
+        if self._pause_fd >= 0:
+            spec["pause_fd"] = self._pause_fd
+            passed.append(self._pause_fd)
         env = {**os.environ, "URINGSERVE_WORKER": json.dumps(spec)}
         # start_new_session: the worker takes orders from the supervisor only;
         # in its process group a terminal's Ctrl-C would reach it beside the
@@ -172,7 +197,7 @@ class Supervisor:
         # package the supervisor runs; load_app() still finds the app's module there
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "uringserve", *self.argv],
-            pass_fds=[*fds, w],
+            pass_fds=passed,
             env=env,
             close_fds=True,
             start_new_session=True,
@@ -220,11 +245,13 @@ class Supervisor:
         pid = worker.proc.pid
         how = _how(worker, code)
         if self.stopping or worker.retiring or worker.generation != self.generation:
-            # Killed by the stop signal we sent: it had no handler for it, so it
-            # was starting or already done, with no work (a worker serving
-            # drains on SIGTERM and aborts on SIGQUIT, exiting 1 if it cut work).
-            ours = code in (0, -signal.SIGTERM, -signal.SIGQUIT) and not worker.killed
-            if ours:
+            # A ready worker drains on SIGTERM and aborts on SIGQUIT, exiting 1
+            # if it cut work; one that was done already may die of the signal.
+            # One that was not ready was killed (_retire): it had no work.
+            ours = worker.killed_unready or (code in (0, -signal.SIGTERM, -signal.SIGQUIT) and not worker.killed)
+            if worker.killed_unready:
+                logger.info("worker %d stopped (%s)", pid, how)
+            elif ours:
                 logger.info("worker %d stopped", pid)
             else:  # it cut work in flight, crashed, or was killed: the stop was not clean
                 logger.warning("worker %d stopped (%s)", pid, how)
@@ -272,16 +299,45 @@ class Supervisor:
             generation=failed,
             serving_generation=kept,
         )
-        for w in self.workers.values():
+        for w in list(self.workers.values()):
             if w.generation == failed and not w.retiring:
-                w.retiring = True
-                w.proc.send_signal(signal.SIGTERM)
+                self._retire(w)
         self.generation, self.previous = kept, None
         self.failures.clear()
         self.restart_at.clear()
         self.reload_failures += 1
         if self.reloads is not None:
             self.reloads.labels(result="failed").inc()
+        self._pause_recycling(True)
+
+    def _pause_recycling(self, paused: bool) -> None:
+        """While the last reload failed, the workers serving do not recycle:
+        their replacements would run the code that could not start."""
+        if not self.recycling or self._pause_fd < 0 or paused == self.recycling_paused:
+            return
+        self.recycling_paused = paused
+        os.pwrite(self._pause_fd, b"1" if paused else b"0", 0)
+        if paused:
+            logger.warning(
+                "--max-requests recycling paused: a recycled worker would be replaced by the code that cannot "
+                "start; the workers serving stay until a reload succeeds"
+            )
+        else:
+            logger.info("--max-requests recycling resumed")
+
+    def _retire(self, w: Worker, sig: int = signal.SIGTERM) -> None:
+        """Ask `w` to stop: `sig` if it is ready (SIGTERM drains, SIGQUIT
+        aborts); killed if it is not, since it holds no connection and its
+        startup may never end (an app's lifespan that hangs) or take no
+        signal (Python's default SIGQUIT dumps core)."""
+        w.retiring = True
+        if not w.ready and w.ready_fd >= 0:
+            self._on_ready_pipe(w)  # a ready byte not read yet: it serves
+        if w.ready:
+            w.proc.send_signal(sig)  # a no-op for one that has exited
+        elif not w.killed_unready:
+            w.killed_unready = True
+            w.proc.kill()
 
     def _slots_filled(self) -> set[int]:
         return {w.slot for w in self.workers.values() if w.generation == self.generation and not w.retiring}
@@ -310,6 +366,8 @@ class Supervisor:
 
     def _handle(self, signum: int) -> None:
         name = signal.Signals(signum).name
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and self.stop_signal is None:
+            self.stop_signal = name
         if signum in (signal.SIGTERM, signal.SIGINT):
             if self.stopping:
                 self.stop("now", f"a second stop signal ({name}) cut the drain")
@@ -325,14 +383,14 @@ class Supervisor:
         elif signum == signal.SIGTTOU and not self.stopping and self.target > 1:
             self.target -= 1
             logger.info("SIGTTOU: %d workers", self.target)
-            for w in self.workers.values():
+            for w in list(self.workers.values()):
                 if w.slot >= self.target and not w.retiring:
-                    w.retiring = True
-                    w.proc.send_signal(signal.SIGTERM)
+                    self._retire(w)
 
     def stop(self, how: str, why: str = "") -> None:
         """ "graceful": the workers drain (SIGTERM); "now": they abort what
-        they have (SIGQUIT). `why` is what the log says did it."""
+        they have (SIGQUIT). A worker not ready yet is killed (_retire).
+        `why` is what the log says did it."""
         if self.stopping == "now":
             return
         if how == "graceful":
@@ -344,8 +402,8 @@ class Supervisor:
             self.graceful_timeout + KILL_AFTER if how == "graceful" else KILL_AFTER
         )
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
-        for w in self.workers.values():
-            w.proc.send_signal(sig)  # a no-op for one that has exited
+        for w in list(self.workers.values()):
+            self._retire(w, sig)
 
     def reload(self) -> None:
         """A new generation; the serving one drains once every new worker is
@@ -353,10 +411,9 @@ class Supervisor:
         if self.previous is None:
             self.previous = self.generation
         else:  # a reload in progress is replaced by this one; the generation serving stays
-            for w in self.workers.values():
+            for w in list(self.workers.values()):
                 if w.generation == self.generation and not w.retiring:
-                    w.retiring = True
-                    w.proc.send_signal(signal.SIGTERM)
+                    self._retire(w)
         self._generations += 1
         self.generation = self._generations
         logger.info("SIGHUP: starting generation %d", self.generation)
@@ -367,15 +424,15 @@ class Supervisor:
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
         if len(current) < self.target or not all(w.ready for w in current):
             return
-        for w in self.workers.values():
+        for w in list(self.workers.values()):
             if w.generation != self.generation and not w.retiring:
-                w.retiring = True
-                w.proc.send_signal(signal.SIGTERM)
+                self._retire(w)
         if self.previous is not None:
             logger.info("reload done: generation %d serving", self.generation)
             self.previous = None
             if self.reloads is not None:
                 self.reloads.labels(result="ok").inc()
+            self._pause_recycling(False)
 
     # -- the loop -----------------------------------------------------------------
     def ready(self) -> bool:
@@ -398,6 +455,23 @@ class Supervisor:
             *self.metrics_address, metrics.collect(metrics.multiprocess_registry()), self.ready
         )
 
+    def _close(self) -> None:
+        """What run() opened: sockets (and socket files), the metrics
+        endpoint and directory, the pause byte."""
+        for s in self._all_sockets():
+            s.close()
+        for spec in self.specs:
+            spec.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
+        if self._metrics_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        if self._pause_fd >= 0:
+            os.close(self._pause_fd)
+            self._pause_fd = -1
+
     def run(self) -> int:
         try:
             self.open_listeners()
@@ -405,9 +479,11 @@ class Supervisor:
                 self._start_metrics()
         except OSError as exc:  # a listener that cannot open: one line, as run_command() says it
             logs.error(f"{self.name}: {exc}")
-            for s in self._all_sockets():
-                s.close()
+            self._close()
             return 1
+        if self.recycling:
+            self._pause_fd = os.memfd_create("uringserve-recycling")
+            os.pwrite(self._pause_fd, b"0", 0)
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
@@ -416,7 +492,6 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_signal)
         self._sel.register(wake_r, selectors.EVENT_READ, None)
-        announced = False
         try:
             while True:
                 self._reap()
@@ -438,9 +513,9 @@ class Supervisor:
                     self._fill()
                     self._retire_old()
                     self._check_start_timeouts()
-                    if not announced and self.workers and all(w.ready for w in self.workers.values()):
-                        announced = True
-                        metrics = "" if self.endpoint is None else f", metrics on {metrics_url(self.endpoint)}"
+                    if not self.announced and self.workers and all(w.ready for w in self.workers.values()):
+                        self.announced = True
+                        metrics = "" if self.endpoint is None else f", metrics on {self.endpoint.url}"
                         logs.banner(
                             f"{self.name} on {', '.join(self.where)} ({self.target} "
                             f"worker{'s' if self.target != 1 else ''}, supervisor pid {os.getpid()}{metrics})",
@@ -470,26 +545,17 @@ class Supervisor:
             self._sel.close()
             os.close(wake_r)
             os.close(wake_w)
-            for s in self._all_sockets():
-                s.close()
-            for spec in self.specs:
-                spec.close()
-            if self.endpoint is not None:
-                self.endpoint.close()
-            if self._metrics_dir is not None:
-                import shutil
-
-                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            self._close()
+        if self.stop_signal is not None and not self.announced and self.exit_code == 0:
+            # stopped before any worker served: as one process says it (run_command)
+            logs.error(f"{self.name}: {self.stop_signal} during startup: stopped before serving")
+            self.exit_code = 1
         return self.exit_code
 
 
-def metrics_url(endpoint: Any) -> str:
-    """Where a metrics Endpoint answers (its port, when --metrics asked for port 0)."""
-    host, port = endpoint.httpd.server_address[:2]
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
-
-
 def _how(worker: Worker, code: int) -> str:
+    if worker.killed_unready:
+        return "not ready: killed"
     if worker.timed_out:
         return "not ready in time: killed"
     if worker.killed:
