@@ -203,6 +203,26 @@ def test_a_worker_not_ready_in_time_is_a_failed_start(tmp_path: Path) -> None:
     assert out.stdout == ""  # it never served
 
 
+def test_stopping_after_failed_starts_kills_a_worker_still_starting(tmp_path: Path) -> None:
+    """Slot 0 cannot start (three tries), slot 1 is still in its import: the
+    supervisor stops "now", and slot 1's worker, which has no work, is
+    killed, not sent SIGQUIT (Python's default for it dumps core)."""
+    (tmp_path / "slotted_app.py").write_text(
+        "import json, os, time\n\n"
+        "if json.loads(os.environ['URINGSERVE_WORKER'])['slot'] == 0:\n"
+        "    raise RuntimeError('slot 0 cannot start')\n"
+        "os.write(1, b'slot 1 importing\\n')\n"
+        "time.sleep(3600)\n"
+    )
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    out = uringserve("run", "slotted_app:app", "--port", "0", "--workers", "2", env=env)
+    assert out.returncode == 1, out.stderr
+    assert "uringserve: a worker failed to start 3 times in a row (last: exit status 1); stopping" in out.stderr
+    [slot1] = re.findall(r"worker (\d+) \(slot 1, generation 0\) started", out.stderr)
+    assert f"worker {slot1} stopped (not ready: killed)" in out.stderr, out.stderr
+    assert "uringserve on " not in out.stdout  # it never served
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
