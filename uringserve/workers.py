@@ -248,10 +248,9 @@ class Supervisor:
             # A ready worker drains on SIGTERM and aborts on SIGQUIT, exiting 1
             # if it cut work; one that was done already may die of the signal.
             # One that was not ready was killed (_retire): it had no work.
-            ours = worker.killed_unready or (code in (0, -signal.SIGTERM, -signal.SIGQUIT) and not worker.killed)
             if worker.killed_unready:
                 logger.info("worker %d stopped (%s)", pid, how)
-            elif ours:
+            elif code in (0, -signal.SIGTERM, -signal.SIGQUIT) and not worker.killed:
                 logger.info("worker %d stopped", pid)
             else:  # it cut work in flight, crashed, or was killed: the stop was not clean
                 logger.warning("worker %d stopped (%s)", pid, how)
