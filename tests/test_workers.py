@@ -3,10 +3,14 @@ serve with every worker; a worker killed under load is replaced and no
 listener is lost; SIGTERM under load finishes every request a worker took;
 SIGHUP under constant load loses no request and serves the new code; a
 reload whose code cannot start keeps the old generation serving, and a
-later one with fixed code succeeds; a worker that cannot start stops the
-supervisor instead of a restart storm; TTIN/TTOU; --max-requests recycles
-workers within their limit without losing requests, with one worker too;
-SIGQUIT stops at once. Every count is the client's own.
+later one with fixed code succeeds; a generation hanging in its startup is
+killed by the next reload; after a failed reload the serving workers do
+not recycle into the bad code; a worker that cannot start stops the
+supervisor instead of a restart storm; SIGQUIT kills workers still
+starting; TTIN/TTOU; --max-requests recycles workers within their limit
+without losing requests, with one worker too, and a recycle cut by the
+graceful timeout is no crash; SIGQUIT stops at once. Every count is the
+client's own.
 
 The process lifecycle (signals from a terminal, a second signal, the kill
 after the graceful timeout, the ready timeout, workers dying with their
