@@ -69,8 +69,10 @@ lint: deps $(STAMP)
 test-stress: deps $(STAMP)
 	$(VPY) tests/stress.py
 
-# the planted bugs, then mutmut over protocol.py, parser.py, transport.py, ring.py, the server layer and resp/parser.py;
-# SAMPLE=N: N mutants per module (a full run takes hours); MODULE=parser narrows it
+# the planted bugs, then mutmut over protocol.py, parser.py, static.py, transport.py, ring.py, the server layer,
+# resp/parser.py, the RESP demo's commands and keyspace, cli.py, workers.py, metrics.py and loadtest/ (also through
+# the processes tests start); SAMPLE=N: N mutants per module (a full run takes hours), SEED=15; MODULE=parser narrows
+# it; JOBS=1 one mutmut child; PLANTED=0 skips the planted bugs
 mutate: deps $(STAMP)
 	$(VPY) -m pip install -q 'mutmut==3.8.1'
 	$(VPY) tests/mutation/run.py
