@@ -115,7 +115,9 @@ def test_a_waiting_file_range_refused_by_the_core_ends_its_connection(tmp_path, 
     iteration, before the loop delivers the failure). The core refuses the
     range at once (-EPIPE): the connection ends with BrokenPipeError, its
     client gets nothing, and nothing is left: arena, segment, the range's
-    hold on its fixed-file slot."""
+    hold on its fixed-file slot -- given back once: the hold another range
+    of the same file has (a static file sent to two clients) keeps the slot
+    until it is given back too."""
     data = os.urandom(24 << 20)  # more than the kernel's socket buffers take from an unread socket
     path = tmp_path / "big.bin"
     path.write_bytes(data)
@@ -126,6 +128,7 @@ def test_a_waiting_file_range_refused_by_the_core_ends_its_connection(tmp_path, 
     async def main(loop):
         transports: dict = {}
         lost: dict = {}
+        kept: dict = {}  # the fixed-file slot and whether it stayed while another hold remained
         answers: list = []
         stats = loop.ring_stats
 
@@ -145,12 +148,15 @@ def test_a_waiting_file_range_refused_by_the_core_ends_its_connection(tmp_path, 
                 if fixed:
                     self.slot = loop._ring.file_register(fd)
                     assert self.slot >= 0
+                    assert loop._ring.file_hold(self.slot, 1) == 0  # another range's, as for a second client
                     fd = self.slot
                 assert transport.write_file(fd, 0, len(small), fixed=fixed, owner=self.f) == len(small)
 
             def connection_lost(self, exc) -> None:
                 if self.slot >= 0:
                     loop._ring.file_unregister(self.slot)
+                    loop._ring.flush()  # a drop, if one was due, is done and counted now
+                    kept["slot"], kept["registered"] = self.slot, loop.ring_stats()["files_registered"]
                 self.f.close()
                 lost[self.role] = exc
 
@@ -192,13 +198,17 @@ def test_a_waiting_file_range_refused_by_the_core_ends_its_connection(tmp_path, 
         got = await reading
         slow.close()
         assert await until(lambda: len(lost) == 2)
+        if fixed:
+            loop._ring.file_hold(kept["slot"], -1)  # the other range is done: now the slot goes
         server.close()
         await server.wait_closed()
         await until(lambda: stats()["slots_used"] == 0 and stats()["files_registered"] == 0)
-        return got, answers, lost, stats()
+        return got, answers, lost, kept, stats()
 
-    (got, answers, lost, st), _ = run_uring(cfg, main)
+    (got, answers, lost, kept, st), _ = run_uring(cfg, main)
     assert answers == [-errno.EPIPE]  # refused at once, tried once
     assert isinstance(lost["waiting"], BrokenPipeError) and lost["stalled"] is None
     assert got == b""  # the failed send moved no byte; none of the range either
+    if fixed:
+        assert kept["registered"] == 1, "the slot went while another range still held it"
     assert st["arena_in_use"] == 0 and st["ext_in_use"] == 0 and st["files_registered"] == 0

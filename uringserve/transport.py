@@ -392,11 +392,11 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
                 if ret == -errno.ENOBUFS:  # every segment in flight: US_EV_ARENA says when one frees
                     self._loop._arena_waiters[self._slot] = self
                     break
-                if chunk.fixed:
-                    ring.file_hold(chunk.fd, -1)
-                if ret < 0:
+                if ret < 0:  # the range is still in _pending: _drop_pending() gives its hold back
                     self._fatal_error(_conn_error(-ret), "Fatal write error on socket transport")
                     return
+                if chunk.fixed:
+                    ring.file_hold(chunk.fd, -1)
                 self._pending_size -= chunk.count
                 self._pending.popleft()
                 continue
