@@ -23,7 +23,8 @@ module, drawn with a fixed seed (SEED, default 15; each module's draw
 depends only on the seed and the module), for a score in minutes;
 `MODULE=parser` (a substring of the module's last name) narrows it; JOBS
 sets mutmut's parallel children. mutmut keeps its results in mutants/, so a
-run that is stopped resumes where it was.
+run that is stopped resumes where it was (delete mutants/ when the tests
+change: a result once found is kept).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MUTMUT = [sys.executable, "-m", "mutmut"]
@@ -111,9 +114,13 @@ def _mutmut_once(*args: str, check: bool) -> str:
         text=True,
         start_new_session=True,
     )
+    done = threading.Event()
+    sweeper = threading.Thread(target=sweep_orphans, args=(_mutmut.pid, done), daemon=True)
+    sweeper.start()
     try:
         stdout, stderr = _mutmut.communicate()
     finally:
+        done.set()
         end_group(_mutmut)
     # the whole output, for what the messages below cut short
     with open(ROOT / "mutants" / "run.log", "a") as log:
@@ -121,6 +128,51 @@ def _mutmut_once(*args: str, check: bool) -> str:
     if check and _mutmut.returncode != 0:
         sys.exit(f"mutmut {' '.join(args[:3])} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}")
     return stdout
+
+
+ORPHAN_GRACE = 10.0  # s: longer than a test waits for workers to follow a killed supervisor
+
+
+def sweep_orphans(session: int, done: threading.Event) -> None:
+    """Kill what a mutant's run left behind while mutmut goes on: a test
+    process that timed out (SIGXCPU) or a mutant that loses track of its
+    children leaves servers, supervisors and their workers in mutmut's
+    session whose parent is gone -- once a supervisor mutant kept starting
+    workers until the machine ran out of memory. A process of the session
+    that does not descend from mutmut through living parents, and is still
+    such an orphan ORPHAN_GRACE seconds later, is killed."""
+    first_seen: dict[int, float] = {}
+    while not done.wait(2.0):
+        parent = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session:  # fields: state ppid pgrp session
+                parent[int(entry)] = int(fields[1])
+        alive = {session}
+        for pid in sorted(parent, key=lambda p: depth(p, parent)):
+            if parent[pid] in alive:
+                alive.add(pid)
+        now = time.monotonic()
+        first_seen = {pid: first_seen.get(pid, now) for pid in parent if pid not in alive}
+        for pid, since in first_seen.items():
+            if now - since >= ORPHAN_GRACE:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def depth(pid: int, parent: dict[int, int]) -> int:
+    n = 0
+    while pid in parent and n < 1000:
+        pid, n = parent[pid], n + 1
+    return n
 
 
 def end_group(proc: subprocess.Popen) -> None:
@@ -204,18 +256,23 @@ def main() -> int:
     failures = ROOT / "mutants" / "stats-failures.txt"
     if failures.exists():
         print(f"tests that failed in the stats run (they must pass in the clean run):\n{failures.read_text()}")
-    names = sorted(n for n in results() if module_of(n) in modules)
+    status = results()
+    names = sorted(n for n in status if module_of(n) in modules)
     reach(modules)
+    chosen = names
     if sample:
         chosen = []
         for m in modules:
             mine = [n for n in names if module_of(n) == m]
             chosen += random.Random(f"{seed}:{m}").sample(mine, min(sample, len(mine)))
-        print(f"SAMPLE={sample} SEED={seed}: {len(chosen)} mutants", flush=True)
-        mutmut("run", *children, *chosen, check=False)
-    else:
-        chosen = names
-        mutmut("run", *children, *[m + ".*" for m in modules], check=False)
+    # by name, and only those without a result: mutmut runs a mutant it is
+    # given by name (or pattern) again, so a stopped run resumes only this way
+    # (a mutant whose function changed has no result again; delete mutants/
+    # when the tests changed)
+    todo = [n for n in chosen if status[n] == "not checked"]
+    print(f"SAMPLE={sample} SEED={seed}: {len(chosen)} mutants, {len(todo)} to run", flush=True)
+    if todo:
+        mutmut("run", *children, *todo, check=False)
     res = {n: s for n, s in results().items() if n in set(chosen)}
     # a timeout under load may be a slow test, not a hang: once more, alone
     timed_out = sorted(n for n, s in res.items() if s == "timeout")

@@ -107,5 +107,33 @@ def _run_shadowed_sitecustomize() -> None:
             return
 
 
+def _limit_processes() -> None:
+    """A mutant can make the code start processes without end: without its
+    environment a worker takes itself for a supervisor and starts workers of
+    its own (uringserve.workers spawn(), a mutant that drops env=), and the
+    tree grows until the kernel's OOM killer steps in on a shared machine.
+    Every process a mutant's tests start passes here first: past
+    MUTMUT_MAX_PROCESSES (100) processes running for the same mutant, it
+    does not start, and the test that caused it fails."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    if not mutant or mutant in ("stats", "fail", "list_all_tests", "mutant_generation"):
+        return
+    limit = int(os.environ.get("MUTMUT_MAX_PROCESSES", "100"))
+    mark = b"\0MUTANT_UNDER_TEST=" + mutant.encode() + b"\0"
+    running = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                running += mark in b"\0" + f.read()
+        except OSError:
+            continue
+    if running > limit:
+        sys.stderr.write(f"make mutate: {running} processes run for {mutant}; no more are started\n")
+        os._exit(70)
+
+
+_limit_processes()
 _record_subprocess_hits()
 _run_shadowed_sitecustomize()
