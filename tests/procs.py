@@ -55,7 +55,18 @@ class Proc:
         self.args = args
         self._lines: list[str] = []
         self._seen = threading.Condition()
-        self.p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        # setpriv: the kernel kills the server if this test process dies
+        # without stop() (a mutmut or pytest timeout's SIGKILL): no server,
+        # nor its workers (which die with it), outlives the run. A wrapper that
+        # execs rather than a preexec_fn, which is unsafe beside the threads here
+        self.p = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "KILL", "--", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()
         try:
