@@ -129,11 +129,13 @@ def loadtest(url: str, server_pid: int, conns: int, seconds: float, *extra: str,
     return res
 
 
-def run_child(argv: list[str], timeout: float) -> tuple[str, float]:
+def run_child(argv: list[str], timeout: float, cwd: str | None = None) -> tuple[str, float]:
     """Run a command to the end: its output and the CPU seconds it used
-    (its own rusage from wait4, exact, whatever it forked included)."""
+    (its own rusage from wait4, exact, whatever it forked included). With
+    cwd, the command runs in that checkout and imports its packages."""
+    env = {**os.environ, "PYTHONPATH": cwd} if cwd else None
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
         try:

@@ -1,6 +1,11 @@
 """The load generator against its peers: loadtest vs wrk on nginx, loadtest vs the C echo client.
 
     python bench/loadgen_bench.py [--rounds 5] [--seconds 3] [--conns 100] [--sizes 64,4096]
+                                  [--before DIR]
+
+--before DIR adds `loadtest@before`: the load generator of another checkout
+DIR (its native core built in place: `python setup.py build_ext --inplace`
+there), measured in the same rounds, for before/after runs of a change.
 
 The server is pinned to CPU 0, the load tool to CPU 1; in each round every
 tool runs once against the same server process, in turn. Reported per tool
@@ -34,10 +39,17 @@ PY = sys.executable
 NGINX_FOREGROUND = "daemon off; master_process off;"
 
 
+BEFORE: str | None = None  # --before DIR
+
+
 def measure(argv: list[str], server_pid: int, seconds: float, parse) -> tuple[float, float, float]:
-    """(requests/s, client CPU us/request, server CPU us/request) of one run."""
+    """(requests/s, client CPU us/request, server CPU us/request) of one run;
+    argv ["@DIR", ...] runs in checkout DIR."""
+    where = None
+    if argv[0].startswith("@"):
+        where, argv = argv[0][1:], argv[1:]
     before = cpu.tree_ns([server_pid])
-    text, client_s = run_child(["taskset", "-c", "1", *argv], timeout=seconds + 60)
+    text, client_s = run_child(["taskset", "-c", "1", *argv], timeout=seconds + 60, cwd=where)
     server_ns = cpu.window_ns(before, cpu.tree_ns([server_pid]))
     n, secs = parse(text)
     return n / secs, client_s * 1e6 / n, server_ns / 1e3 / n
@@ -132,6 +144,8 @@ def nginx_rounds(rounds: int, seconds: float, conns: int) -> Result:
                 "wrk": (["wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", url], parse_wrk),
                 "loadtest": ([*LOADTEST, url, "-c", str(conns), "-d", f"{seconds:g}s", "--json"], parse_loadtest),
             }
+            if BEFORE:
+                tools["loadtest@before"] = (["@" + BEFORE, *tools["loadtest"][0]], parse_loadtest)
             return interleave(rounds, seconds, proc.pid, tools, "nginx", "req")
         finally:
             stop(proc)
@@ -158,6 +172,8 @@ def echo_rounds(rounds: int, seconds: float, conns: int, size: int) -> Result:
                 parse_loadtest,
             ),
         }
+        if BEFORE:
+            tools["loadtest@before"] = (["@" + BEFORE, *tools["loadtest"][0]], parse_loadtest)
         return interleave(rounds, seconds, proc.pid, tools, f"echo {size}B", "msg")
     finally:
         stop(proc)
@@ -169,7 +185,10 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--conns", type=int, default=100)
     p.add_argument("--sizes", default="64,4096")
+    p.add_argument("--before", metavar="DIR", help="also measure the load generator of checkout DIR")
     args = p.parse_args()
+    global BEFORE
+    BEFORE = args.before
     build()
     print(report(args.rounds, args.seconds, args.conns, [int(s) for s in args.sizes.split(",")]))
     return 0

@@ -4,6 +4,10 @@ UringEventLoop and on uvloop, and against Debian's redis-server, interleaved.
     python bench/resp_bench.py [--rounds 5] [--clients 50] [--servers uring,uvloop,redis-server]
                                [--tests get,set] [--pipelines 1,16]
 
+A server NAME@DIR runs NAME from another checkout DIR (its native core built
+in place: `python setup.py build_ext --inplace` there), for before/after runs
+of a change: --servers uring@/tmp/before,uring,redis-server
+
 Each round runs every (test, pipeline, server) once in a fresh server
 process pinned to CPU 0, with redis-benchmark pinned to CPU 1. The keys are
 written once before a GET run (unmeasured), so GET finds its 3-byte value.
@@ -52,8 +56,14 @@ REQUESTS = {1: 300_000, 16: 1_600_000}
 
 def bench(server: str, test: str, pipeline: int, clients: int) -> tuple[float, float]:
     port = free_port()
+    base, _, where = server.partition("@")
+    env = {**os.environ, "PYTHONPATH": where} if where else None
     proc = subprocess.Popen(
-        ["taskset", "-c", "0", *SERVERS[server](port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        ["taskset", "-c", "0", *SERVERS[base](port)],
+        cwd=where or ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_listening(port, proc)
@@ -90,7 +100,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: make bench-resp installs it")
     names = args.servers.split(",")
-    unknown = [n for n in names if n not in SERVERS]
+    unknown = [n for n in names if n.partition("@")[0] not in SERVERS]
     if unknown:
         sys.exit(f"unknown server(s) {unknown}; choose from {', '.join(SERVERS)}")
     cases = [(t, int(p)) for t in args.tests.split(",") for p in args.pipelines.split(",")]
