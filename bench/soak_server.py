@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import uringserve  # noqa: E402
-from apps.echo import Echo  # noqa: E402
 from apps.http import app  # noqa: E402
+from uringserve.echo import Echo  # noqa: E402
 from uringserve.http import HTTPConfig, HTTPServer  # noqa: E402
 from uringserve.server import Server  # noqa: E402
 

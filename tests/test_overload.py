@@ -19,8 +19,8 @@ import pytest
 from conftest import Proc, until
 
 import uringserve
-from apps.echo import Echo
 from loadtest import build_plan, run
+from uringserve.echo import Echo
 from uringserve.server import Server
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from apps.resp_keyspace import SCAN_BUCKETS, Keyspace, glob
+from uringserve.resp.keyspace import SCAN_BUCKETS, Keyspace, glob
 
 
 class Clock:

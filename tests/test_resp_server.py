@@ -25,7 +25,7 @@ import redis
 import redis.asyncio
 from conftest import PY, ROOT, Proc, TLSFiles, rss_kib, uringserve
 
-from apps.resp_commands import COMMANDS
+from uringserve.resp.commands import COMMANDS
 
 SERVER = str(ROOT / "apps" / "resp_server.py")
 

@@ -432,12 +432,11 @@ def _protocol_server(args: argparse.Namespace) -> Any:
             sys.path.insert(0, os.getcwd())
         try:
             if args.cmd == "echo":
-                from apps.echo import Echo
-
+                from .echo import Echo
                 from .server import Server
 
                 return Server(Echo, shutdown_timeout=args.graceful_timeout, ssl=tls)
-            from apps.resp_server import RESPServer
+            from .resp.server import RESPServer
 
             server = RESPServer(shutdown_timeout=args.graceful_timeout)
             server.ssl = tls

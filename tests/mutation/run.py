@@ -53,8 +53,8 @@ MODULES = [
     "uringserve.resp.parser",
     # issue 22
     "uringserve.http.static",
-    "apps.resp_commands",
-    "apps.resp_keyspace",
+    "uringserve.resp.commands",
+    "uringserve.resp.keyspace",
     "uringserve.cli",
     "uringserve.workers",
     "uringserve.metrics",

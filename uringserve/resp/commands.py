@@ -1,4 +1,4 @@
-"""The RESP demo's commands: each takes (session, argv) and returns the
+"""The RESP server's commands: each takes (session, argv) and returns the
 encoded reply. Replies and error texts are Redis 7.0's, checked against a
 real redis-server by tests/test_resp_server.py; the differences (one
 database, no RESP3) are listed in README's RESP section."""
@@ -14,9 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import uringserve
-from apps.resp_keyspace import Keyspace, glob, type_name
-from uringserve.resp import reply
-from uringserve.resp.reply import EMPTY_ARRAY, NULL, NULL3, OK, ONE, ZERO, array, bulk, error, integer
+
+from . import reply
+from .keyspace import Keyspace, glob, type_name
+from .reply import EMPTY_ARRAY, NULL, NULL3, OK, ONE, ZERO, array, bulk, error, integer
 
 REDIS_VERSION = "7.0.0"  # the command set and replies this server follows
 INT64_MAX = (1 << 63) - 1

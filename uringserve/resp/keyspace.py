@@ -1,4 +1,4 @@
-"""The RESP demo's data: one in-memory database of strings and lists, with
+"""The RESP server's data: one in-memory database of strings and lists, with
 expiry both lazy (a key is checked when it is touched) and active (sweep():
 Redis's sampling cycle, bounded in time so it cannot stall the loop)."""
 
