@@ -426,24 +426,17 @@ def build_server(args: argparse.Namespace) -> Any:
 
 def _protocol_server(args: argparse.Namespace) -> Any:
     tls = tls_context(args)
-    if args.cmd in ("echo", "resp"):
-        # the demos live in the repository's apps/, not in the installed package
-        if "" not in sys.path and os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            if args.cmd == "echo":
-                from .echo import Echo
-                from .server import Server
+    if args.cmd == "echo":
+        from .echo import Echo
+        from .server import Server
 
-                return Server(Echo, shutdown_timeout=args.graceful_timeout, ssl=tls)
-            from .resp.server import RESPServer
+        return Server(Echo, shutdown_timeout=args.graceful_timeout, ssl=tls)
+    if args.cmd == "resp":
+        from .resp.server import RESPServer
 
-            server = RESPServer(shutdown_timeout=args.graceful_timeout)
-            server.ssl = tls
-            return server
-        except ImportError as exc:
-            where = "the demos are in a uringserve checkout's apps/: run there"
-            raise SystemExit(f"uringserve {args.cmd}: {where} ({exc})") from None
+        server = RESPServer(shutdown_timeout=args.graceful_timeout)
+        server.ssl = tls
+        return server
     app = load_app(args.app, args.factory)
     if args.protocol or args.interface == "protocol":
         from .server import Server
