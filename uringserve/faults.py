@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._native._core import ffi, lib
+from ._native import ffi, lib
 
 if TYPE_CHECKING:
     from .ring import Ring

@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 
 from . import ring as _ring
 from . import scheduling
-from .ring import EVENT_HEAD, Ring, RingConfig, ffi
+from ._native import ffi
+from .ring import EVENT_HEAD, Ring, RingConfig
 from .selector import UringSelector, drain
 from .transport import UringTransport
 

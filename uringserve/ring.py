@@ -1,4 +1,4 @@
-"""Python face of the native core: the only module that touches `_native`.
+"""Python face of the native core (loaded by uringserve._native).
 
 Everything above this module sees ints, bytes and memoryviews. Kernel errors
 come back from C as negative errnos and leave here as `OSError` naming the
@@ -15,14 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import diagnose, faults
-
-try:
-    from ._native._core import ffi, lib
-except ImportError as exc:  # pragma: no cover - exercised only on broken installs
-    raise ImportError(
-        "uringserve's native core is not built: reinstall with `pip install .` "
-        f"on Linux with a C compiler and Python headers ({exc})"
-    ) from exc
+from ._native import check, ffi, lib, oserror
 
 SEND_MODES = {
     "auto": lib.US_SEND_AUTO,
@@ -196,16 +189,6 @@ class RingConfig:
         return replace(self, reserved_slots=reserved, arena_bytes=arena - arena % self.chunk_size)
 
 
-def _oserror(err: int, what: str) -> OSError:
-    return OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def check(ret: int, what: str) -> int:
-    if ret < 0:
-        raise _oserror(-ret, what)
-    return ret
-
-
 class Ring:
     """One io_uring with its fixed-file table, buffer ring and send arena."""
 
@@ -314,7 +297,7 @@ class Ring:
         if self._released[0]:
             self._drop_released()
         if n < 0:
-            raise _oserror(-n, "io_uring_enter")
+            raise oserror(-n, "io_uring_enter")
         return n
 
     def _drop_released(self) -> None:
@@ -503,7 +486,7 @@ class Load:
             ring.handle, cf, cunits, len(units), ffi.new("uint32_t[]", flat), ffi.new("uint32_t[]", seq_off), err
         )
         if ptr == ffi.NULL:
-            raise _oserror(-err[0], "configuring the load (units, sequences, depth)")
+            raise oserror(-err[0], "configuring the load (units, sequences, depth)")
         self._ptr = ffi.gc(ptr, lib.us_load_free)
         self._stats = ffi.new("struct us_load_stats *")
 
