@@ -14,8 +14,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import uringserve.http.parser as parser_mod
-from uringserve import ring
 from uringserve.http import HTTPConfig, HTTPError, RequestParser
+from uringserve.http import scan as head_scan
 
 DEFAULT = HTTPConfig()
 TIGHT = HTTPConfig(max_header_bytes=96, max_target_bytes=12, max_headers=3)
@@ -80,7 +80,9 @@ def _merge_bodies(events: list) -> list:
 
 
 def scan(data: bytes, config: HTTPConfig = DEFAULT, off: int = 0) -> int:
-    return ring.http_scan(data, off, len(data), config.max_header_bytes, config.max_target_bytes, config.max_headers)
+    return head_scan.http_scan(
+        data, off, len(data), config.max_header_bytes, config.max_target_bytes, config.max_headers
+    )
 
 
 # -- generated request heads: mostly the common form, with every kind of deviation
@@ -229,16 +231,16 @@ def test_what_the_recogniser_accepts_llhttp_reads_the_same(config: HTTPConfig, d
     if r <= 0:
         assert r == 0
         return
-    head_len = r & ring.SCAN_HEAD_LEN_MASK
+    head_len = r & head_scan.SCAN_HEAD_LEN_MASK
     ref, status = parse(data[:head_len], config, native=False)
     assert status is None, f"recogniser accepted what llhttp answers {status}: {data[:head_len]!r}"
     assert len(ref) == 2 and ref[0][0] == "head" and ref[1] == ("end",)
     _, method, target, version, headers, keep_alive, length, chunked, expect, upgrade = ref[0]
     assert (length, chunked, expect, upgrade) == (None, False, False, False)
-    assert method == (b"HEAD" if r & ring.SCAN_HEAD_METHOD else b"GET")
-    assert len(target) == (r >> ring.SCAN_TARGET_SHIFT) & 0xFFFF
-    assert version == ("1.0" if r & ring.SCAN_HTTP10 else "1.1")
-    assert keep_alive == bool(r & ring.SCAN_KEEP_ALIVE)
+    assert method == (b"HEAD" if r & head_scan.SCAN_HEAD_METHOD else b"GET")
+    assert len(target) == (r >> head_scan.SCAN_TARGET_SHIFT) & 0xFFFF
+    assert version == ("1.0" if r & head_scan.SCAN_HTTP10 else "1.1")
+    assert keep_alive == bool(r & head_scan.SCAN_KEEP_ALIVE)
     # and the parser that used the recogniser reported exactly that head
     assert parse(data[:head_len], config, native=True) == (ref, None)
     # llhttp's head ends where the recogniser's does: one byte less is incomplete for both
@@ -252,7 +254,7 @@ def test_the_common_form_is_always_recognised(data: bytes) -> None:
     """What the generator calls common, the recogniser takes (so the
     comparison above runs on it), whole, with the head's exact length."""
     r = scan(data)
-    assert r > 0 and r & ring.SCAN_HEAD_LEN_MASK == len(data), data
+    assert r > 0 and r & head_scan.SCAN_HEAD_LEN_MASK == len(data), data
 
 
 @pytest.mark.parametrize("config", [DEFAULT, TIGHT], ids=["default-limits", "tight-limits"])
@@ -359,7 +361,7 @@ def test_limits_are_declined_at_the_boundary() -> None:
     at the limit it accepts."""
     head = b"GET /abcdefghijk HTTP/1.1\r\nHost: a\r\nX-A: b\r\nX-B: c\r\n\r\n"  # 12-byte target, 3 fields
     at = HTTPConfig(max_header_bytes=len(head), max_target_bytes=12, max_headers=3)
-    assert scan(head, at) & ring.SCAN_HEAD_LEN_MASK == len(head)
+    assert scan(head, at) & head_scan.SCAN_HEAD_LEN_MASK == len(head)
     for over, status in (
         (HTTPConfig(max_header_bytes=len(head) - 1, max_target_bytes=12, max_headers=3), 431),
         (HTTPConfig(max_header_bytes=len(head), max_target_bytes=11, max_headers=3), 414),
@@ -402,14 +404,14 @@ def test_a_head_without_ows_near_the_limit_gets_one_answer() -> None:
         assert parse(head, TIGHT, native) == ([], 431)
     # the same fields with OWS fit the recogniser's count exactly and are its to take
     roomy = HTTPConfig(max_header_bytes=len(head) + 3, max_target_bytes=12, max_headers=3)
-    assert scan(head, roomy) & ring.SCAN_HEAD_LEN_MASK == len(head)
+    assert scan(head, roomy) & head_scan.SCAN_HEAD_LEN_MASK == len(head)
     assert parse(head, roomy, True) == parse(head, roomy, False) and parse(head, roomy, True)[1] is None
 
 
 def test_offsets_and_lengths() -> None:
     data = b"xx" + WRK
     r = scan(data, off=2)
-    assert r & ring.SCAN_HEAD_LEN_MASK == len(WRK) and (r >> ring.SCAN_TARGET_SHIFT) & 0xFFFF == 1
+    assert r & head_scan.SCAN_HEAD_LEN_MASK == len(WRK) and (r >> head_scan.SCAN_TARGET_SHIFT) & 0xFFFF == 1
     assert scan(data, off=len(data)) == 0 and scan(data, off=len(data) + 5) == 0
 
 

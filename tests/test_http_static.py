@@ -19,7 +19,7 @@ import pytest
 from http_client import exchange
 from test_http_server import H, run
 
-from uringserve import ring
+from uringserve import fs
 from uringserve.http import Request, Response, StaticFiles
 from uringserve.http.messages import FileResponse, Headers
 
@@ -33,7 +33,7 @@ def site(request, tmp_path, monkeypatch):
         def no_openat2(*args: Any) -> int:
             raise OSError(errno.ENOSYS, "openat2 refused by this test")
 
-        monkeypatch.setattr(ring, "open_beneath", no_openat2)
+        monkeypatch.setattr(fs, "open_beneath", no_openat2)
     root = tmp_path / "site"
     (root / "sub").mkdir(parents=True)
     big = os.urandom(3 * 1024 * 1024 + 777)
@@ -299,13 +299,13 @@ def test_a_path_served_before_costs_one_stat_and_follows_every_change(tmp_path, 
     (tmp_path / "outdir").mkdir()
     (tmp_path / "outdir" / "index.html").write_bytes(b"outside the root")
     opens: list[bytes] = []
-    real_open_beneath = ring.open_beneath
+    real_open_beneath = fs.open_beneath
     if mode == "realpath":
 
         def no_openat2(*args: Any) -> int:
             raise OSError(errno.ENOSYS, "openat2 refused by this test")
 
-        monkeypatch.setattr(ring, "open_beneath", no_openat2)
+        monkeypatch.setattr(fs, "open_beneath", no_openat2)
         real_files_open = static_mod.FileCache.open
 
         def counting_files_open(self, path: str):
@@ -319,7 +319,7 @@ def test_a_path_served_before_costs_one_stat_and_follows_every_change(tmp_path, 
             opens.append(rel)
             return real_open_beneath(dirfd, rel, flags)
 
-        monkeypatch.setattr(ring, "open_beneath", counting_open_beneath)
+        monkeypatch.setattr(fs, "open_beneath", counting_open_beneath)
     files = static_mod.StaticFiles(str(root))
     headers = Headers([])
 

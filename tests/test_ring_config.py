@@ -10,7 +10,7 @@ import resource
 
 import pytest
 
-from uringserve import ring
+from uringserve import fs, ring
 from uringserve.ring import MiB, Ring, RingConfig
 
 
@@ -58,10 +58,10 @@ def test_open_beneath_names_the_path_it_could_not_open(tmp_path) -> None:
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with pytest.raises(FileNotFoundError) as info:
-            ring.open_beneath(fd, b"missing.txt", os.O_RDONLY)
+            fs.open_beneath(fd, b"missing.txt", os.O_RDONLY)
         assert info.value.filename == "missing.txt"
         with pytest.raises(OSError) as info:
-            ring.open_beneath(fd, b"../escape", os.O_RDONLY)
+            fs.open_beneath(fd, b"../escape", os.O_RDONLY)
         assert info.value.errno == errno.EXDEV and info.value.filename == "../escape"
     finally:
         os.close(fd)

@@ -215,7 +215,7 @@ def report() -> dict:
 
 def openat2_error() -> str | None:
     """None when openat2(RESOLVE_BENEATH) works here, else why not."""
-    from .ring import open_beneath
+    from .fs import open_beneath
 
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     fd = os.open("/", flags)

@@ -30,15 +30,6 @@ STAGE_SENDS = {
     "send": lib.US_STAGE_SEND,
 }
 
-# the HTTP head recogniser (http_scan.h) for uringserve.http.parser: a C
-# function that needs no ring, so the parser stays testable without one
-http_scan = lib.us_http_scan
-SCAN_HEAD_LEN_MASK = lib.US_SCAN_HEAD_LEN_MASK
-SCAN_TARGET_SHIFT = lib.US_SCAN_TARGET_SHIFT
-SCAN_HEAD_METHOD = lib.US_SCAN_HEAD_METHOD
-SCAN_HTTP10 = lib.US_SCAN_HTTP10
-SCAN_KEEP_ALIVE = lib.US_SCAN_KEEP_ALIVE
-
 
 class ResponseFramer:
     """HTTP/1.x response framing (http_frame.h): where each response in a
@@ -530,24 +521,3 @@ def resp_replies(data: bytes) -> int:
 
 def data_of(ev: Any) -> bytes:
     return ffi.unpack(ev.data, ev.res)
-
-
-def file_identity(st: os.stat_result) -> Any:
-    """What same_file() compares: inode, device, size, mtime and ctime (ns)."""
-    return ffi.new("uint64_t[5]", [st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
-
-
-# same_file(path, file_identity(st)): 1 if the path still leads to that file,
-# unchanged; 0 if not; -errno if nothing is there (one stat(), no stat_result)
-same_file = lib.us_same_file
-
-
-def open_beneath(dirfd: int, path: bytes, flags: int) -> int:
-    """openat2() confined to `dirfd`'s tree (RESOLVE_BENEATH): a path or
-    symlink leading out fails with EXDEV. Raises OSError (its subclass by
-    errno, e.g. FileNotFoundError); ENOSYS where the kernel or a seccomp
-    profile lacks openat2."""
-    fd = lib.us_open_beneath(dirfd, path, flags)
-    if fd < 0:
-        raise OSError(-fd, os.strerror(-fd), path.decode("utf-8", "surrogateescape"))
-    return fd

@@ -22,17 +22,16 @@ from typing import Any, Protocol
 
 import httptools
 
-from .. import ring
+from . import scan
 from .config import HTTPConfig
 
-# us_http_scan and its result bits (uringserve/_native/http_scan.h), through
-# ring.py, the one module that loads the native core; tests set _scan to None
-# to compare with llhttp alone
-_scan: Any = ring.http_scan
-_HEAD_LEN = ring.SCAN_HEAD_LEN_MASK
-_TARGET_SHIFT = ring.SCAN_TARGET_SHIFT
-_HEAD_METHOD = ring.SCAN_HEAD_METHOD
-_HTTP10 = ring.SCAN_HTTP10
+# us_http_scan and its result bits (uringserve/_native/http_scan.h, through
+# scan.py); tests set _scan to None to compare with llhttp alone
+_scan: Any = scan.http_scan
+_HEAD_LEN = scan.SCAN_HEAD_LEN_MASK
+_TARGET_SHIFT = scan.SCAN_TARGET_SHIFT
+_HEAD_METHOD = scan.SCAN_HEAD_METHOD
+_HTTP10 = scan.SCAN_HTTP10
 
 
 # the fewest bytes a head has besides its target and fields: "GET " " HTTP/1.1\r\n" "\r\n"

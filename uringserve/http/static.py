@@ -28,7 +28,7 @@ from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
-from .. import ring
+from .. import fs
 from .messages import FileResponse, Headers, Response, _prepare_headers
 from .parser import HTTPError
 
@@ -254,7 +254,7 @@ class StaticFiles:
         self._root_b = os.fsencode(self.root)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.close(ring.open_beneath(fd, b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            os.close(fs.open_beneath(fd, b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         except OSError as exc:
             os.close(fd)
             if exc.errno not in (errno.ENOSYS, errno.EPERM, errno.EACCES):
@@ -305,7 +305,7 @@ class StaticFiles:
         known = self._known
         if len(known) >= self.files.max_open:
             del known[next(iter(known))]  # the oldest
-        known[raw_path] = (path, ring.file_identity(st), (f.dev, f.ino))
+        known[raw_path] = (path, fs.file_identity(st), (f.dev, f.ino))
 
     def open(self, raw_path: bytes) -> OpenFile | None:
         """The open file a request path names under the root (a directory's
@@ -345,7 +345,7 @@ class StaticFiles:
 
     def _open_beneath(self, rel: bytes, name: str) -> tuple[OpenFile | None, bytes]:
         """The file at `rel` (a directory's index) and the path it was opened by."""
-        fd = ring.open_beneath(self._root_fd, rel, _OPEN_FLAGS)
+        fd = fs.open_beneath(self._root_fd, rel, _OPEN_FLAGS)
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
@@ -355,7 +355,7 @@ class StaticFiles:
                     return None, rel
                 name = self.index
                 rel = rel + b"/" + self.index.encode()
-                fd = ring.open_beneath(self._root_fd, rel, _OPEN_FLAGS)
+                fd = fs.open_beneath(self._root_fd, rel, _OPEN_FLAGS)
                 st = os.fstat(fd)
         except BaseException:
             if fd >= 0:
@@ -440,7 +440,7 @@ class StaticFiles:
             os.close(self._root_fd)
 
 
-_same_file = ring.same_file
+_same_file = fs.same_file
 
 # the request fields that can change a static response (If-Range only matters with Range)
 _ASKS = (b"if-none-match", b"if-modified-since", b"range")
