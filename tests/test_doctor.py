@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import uringserve
 
-from uringserve import diagnose
+from uringserve import diagnose, host
 
 
 def test_doctor_text_names_every_feature() -> None:
@@ -70,9 +70,9 @@ def test_unavailable_reasons(monkeypatch, files, err, words) -> None:
         key = path.rsplit("/", 1)[1]
         return files.get(key)
 
-    monkeypatch.setattr(diagnose, "_read", fake_read)
-    monkeypatch.setattr(diagnose, "seccomp_mode", lambda: files.get("seccomp"))
-    exc = diagnose.unavailable_error(err)
+    monkeypatch.setattr(host, "_read", fake_read)
+    monkeypatch.setattr(host, "seccomp_mode", lambda: files.get("seccomp"))
+    exc = host.unavailable_error(err)
     assert isinstance(exc, OSError) and exc.errno == err
     assert words in str(exc)
     assert "python -m uringserve doctor" in str(exc)

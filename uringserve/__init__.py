@@ -1,6 +1,6 @@
 """uringserve: a network-server framework whose event core is Linux io_uring."""
 
-from .diagnose import UringUnavailable
+from .host import UringUnavailable
 from .loop import EventLoopPolicy, UringEventLoop, new_event_loop, run
 from .ring import RingConfig
 

@@ -1,18 +1,21 @@
-"""Why io_uring works or does not here, and which of its features we use.
-
-Used in two places: the error raised when a ring cannot be created, and
-`python -m uringserve doctor`. Features are found by probing the running
-kernel (IORING_REGISTER_PROBE, setup flags), never by its version number;
-the version column only tells a reader which kernel brings a feature.
+"""`python -m uringserve doctor`: why io_uring works or does not here
+(host.py says why, as the error a failed ring setup raises does), and which
+of its features we use. Features are found by probing the running kernel
+(IORING_REGISTER_PROBE, setup flags), never by its version number; the
+version column only tells a reader which kernel brings a feature.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import platform
 import resource
 from dataclasses import asdict, dataclass
+
+from . import ring  # ring.Ring looked up per report: a test stands in one whose kernel refused a flag
+from ._native import ffi, lib
+from .fs import open_beneath
+from .host import has_cap_ipc_lock, seccomp_mode, sysctl, unavailable_reason
 
 # io_uring opcodes and the kernel that brought each (uapi enum io_uring_op)
 OPS = {
@@ -48,88 +51,12 @@ class Check:
     detail: str = ""
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def has_cap_ipc_lock() -> bool:
-    status = _read("/proc/self/status") or ""
-    for line in status.splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) & (1 << 14))
-    return False
-
-
-def seccomp_mode() -> int | None:
-    for line in (_read("/proc/self/status") or "").splitlines():
-        if line.startswith("Seccomp:"):
-            return int(line.split()[1])
-    return None
-
-
-def unavailable_reason(err: int) -> str:
-    """A sentence naming why io_uring_setup failed with `err` and how to fix it."""
-    if platform.system() != "Linux":
-        return f"io_uring exists only on Linux; this is {platform.system()}"
-    disabled = _read("/proc/sys/kernel/io_uring_disabled")
-    if disabled == "2":
-        return (
-            "io_uring is disabled host-wide (sysctl kernel.io_uring_disabled=2): "
-            "set it to 0 with `sysctl -w kernel.io_uring_disabled=0`"
-        )
-    if disabled == "1" and err == errno.EPERM:
-        group = _read("/proc/sys/kernel/io_uring_group") or "?"
-        return (
-            "io_uring is limited to one group (sysctl kernel.io_uring_disabled=1, "
-            f"kernel.io_uring_group={group}): add this user to that group or set the sysctl to 0"
-        )
-    seccomp = seccomp_mode()
-    if err in (errno.EPERM, errno.ENOSYS) and seccomp == 2:
-        return (
-            "io_uring system calls are blocked by a seccomp filter (container runtimes' default "
-            "profiles block them): run with a profile that allows io_uring_setup, io_uring_enter "
-            "and io_uring_register (e.g. docker --security-opt seccomp=<profile>)"
-        )
-    if err == errno.ENOSYS:
-        return (
-            f"this kernel ({platform.release()}) has no io_uring (CONFIG_IO_URING off or older "
-            "than 5.1); uringserve needs Linux 6.1 or newer"
-        )
-    if err == errno.ENOMEM:
-        return (
-            "io_uring_setup ran out of locked memory: raise RLIMIT_MEMLOCK (ulimit -l) or lower sq_entries/cq_entries"
-        )
-    if err == errno.EINVAL:
-        return (
-            f"the kernel ({platform.release()}) refused every io_uring setup we tried; "
-            "uringserve needs Linux 6.1 or newer"
-        )
-    return f"io_uring_setup failed: {os.strerror(err)}"
-
-
-class UringUnavailable(OSError):
-    """io_uring cannot be used in this process; the message says why and how to fix it."""
-
-
-def unavailable_error(err: int) -> UringUnavailable:
-    return UringUnavailable(
-        err,
-        f"io_uring is unavailable: {unavailable_reason(err)}. Run `python -m uringserve doctor` for the full picture.",
-    )
-
-
 def report() -> dict:
     """Everything doctor prints, as data."""
-    from .ring import Ring, RingConfig, ffi, lib  # local: the report must work even if setup fails
-
     out: dict = {
         "kernel": platform.release(),
         "machine": platform.machine(),
-        "io_uring_disabled_sysctl": _read("/proc/sys/kernel/io_uring_disabled"),
+        "io_uring_disabled_sysctl": sysctl("io_uring_disabled"),
         "seccomp_mode": seccomp_mode(),
         "rlimit_memlock": resource.getrlimit(resource.RLIMIT_MEMLOCK)[0],
         "cap_ipc_lock": has_cap_ipc_lock(),
@@ -147,16 +74,16 @@ def report() -> dict:
     for name, (op, kver) in OPS.items():
         checks.append(Check(f"op {name}", bool(ops[op]), kver, _OP_WHERE.get(name, "")))
     try:
-        ring = Ring(
-            RingConfig(files=64, reserved_slots=8, buf_count=8, arena_bytes=2 * 32768, sq_entries=8, cq_entries=16)
+        probe = ring.Ring(
+            ring.RingConfig(files=64, reserved_slots=8, buf_count=8, arena_bytes=2 * 32768, sq_entries=8, cq_entries=16)
         )
     except OSError as exc:
         out["reason"] = str(exc)
         out["checks"] = [asdict(c) for c in checks]
         return out
-    ring.wait(0)  # the first enter enables the ring and registers its fd
-    st = ring.stats()
-    ring.close()
+    probe.wait(0)  # the first enter enables the ring and registers its fd
+    st = probe.stats()
+    probe.close()
     out["usable"] = True
     for name, (bit, kver) in SETUP_FLAGS.items():
         checks.append(
@@ -189,7 +116,7 @@ def report() -> dict:
     )
     out["checks"] = [asdict(c) for c in checks]
     budget = None if has_cap_ipc_lock() else out["rlimit_memlock"]
-    cfg = RingConfig().validated()
+    cfg = ring.RingConfig().validated()
     out["defaults"] = {
         "files": cfg.files,
         "arena_bytes": cfg.arena_bytes,
@@ -215,8 +142,6 @@ def report() -> dict:
 
 def openat2_error() -> str | None:
     """None when openat2(RESOLVE_BENEATH) works here, else why not."""
-    from .fs import open_beneath
-
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     fd = os.open("/", flags)
     try:

@@ -14,8 +14,9 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import diagnose, faults
+from . import faults
 from ._native import check, ffi, lib, oserror
+from .host import has_cap_ipc_lock, unavailable_error
 
 SEND_MODES = {
     "auto": lib.US_SEND_AUTO,
@@ -98,7 +99,7 @@ EVENT_HEAD = struct.Struct(f"IIiIII{ffi.sizeof('struct us_event') - 24}x")
 
 def _memlock_budget() -> int | None:
     """Bytes of pinned memory we may use, or None when there is no limit."""
-    if diagnose.has_cap_ipc_lock():
+    if has_cap_ipc_lock():
         return None
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     return None if soft == resource.RLIM_INFINITY else soft
@@ -243,7 +244,7 @@ class Ring:
     def _setup_error(err: int, stage: int, cfg: RingConfig) -> OSError:
         where = _STAGES.get(stage, "validating the configuration")
         if stage == 1:
-            return diagnose.unavailable_error(err)
+            return unavailable_error(err)
         hint = ""
         if err in (errno.ENOMEM, errno.EPERM) and stage in (5, 6):
             budget = _memlock_budget()
