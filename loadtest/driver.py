@@ -12,15 +12,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from uringserve import ring, sockaddr
+from uringserve import sockaddr
+from uringserve.ring import Ring, RingConfig
 
 from . import cpu
+from .engine import Load
 from .plan import Plan
 
 SLICE = 0.1
 
 
-def ring_config(plan: Plan) -> ring.RingConfig:
+def ring_config(plan: Plan) -> RingConfig:
     stage = sum(len(b) for b, _ in plan.units)
     big = max(len(b) for b, _ in plan.units)
     options: dict[str, Any] = {
@@ -36,7 +38,7 @@ def ring_config(plan: Plan) -> ring.RingConfig:
         "cq_entries": 32768,
     }
     options.update(plan.ring)
-    return ring.RingConfig(**options)
+    return RingConfig(**options)
 
 
 class Window:
@@ -81,9 +83,9 @@ def run_share(
         from . import tls  # the native driver does not speak TLS
 
         return tls.run_share(plan, start_at, progress, on_window)
-    r = ring.Ring(ring_config(plan))
+    r = Ring(ring_config(plan))
     try:
-        load = ring.Load(
+        load = Load(
             r,
             mode=plan.target.mode,
             address=sockaddr.encode(plan.target.family, plan.target.address),

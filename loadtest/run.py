@@ -16,9 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from uringserve import ring
-
 from . import cpu, driver
+from .engine import HIST_HIGHEST
 from .plan import Plan
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ def new_histogram() -> HdrHistogram:
     need_hdrh()
     from hdrh.histogram import HdrHistogram
 
-    return HdrHistogram(1, ring.HIST_HIGHEST, 3)
+    return HdrHistogram(1, HIST_HIGHEST, 3)
 
 
 def histogram_from(buckets: list[tuple[int, int]], into: HdrHistogram | None = None) -> HdrHistogram:

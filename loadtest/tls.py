@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 import uringserve
-from uringserve import ring
 
 from .driver import SLICE, Window
+from .engine import LOAD_ERRORS, ResponseFramer, hist_index
 from .plan import Plan
 
 
@@ -44,7 +44,7 @@ class _Load:
         self.stats: dict[str, Any] = {
             "responses": 0, "sent": 0, "units_sent": 0, "bytes_in": 0, "connects": 0, "closes_by_peer": 0,
             "ring_errors": 0, "open": 0, "connecting": 0, "last_errno": 0, "cert_errors": 0, "cert_error": "",
-            "errors": dict.fromkeys(ring.LOAD_ERRORS, 0), "by_class": [0] * 6,
+            "errors": dict.fromkeys(LOAD_ERRORS, 0), "by_class": [0] * 6,
         }  # fmt: skip
         self.hist: list[dict[int, int]] = [{}, {}]
         self.running = True
@@ -57,13 +57,13 @@ class _Load:
             if isinstance(v, int):
                 self.stats[k] = 0
         self.stats.update(keep)
-        self.stats["errors"] = dict.fromkeys(ring.LOAD_ERRORS, 0)
+        self.stats["errors"] = dict.fromkeys(LOAD_ERRORS, 0)
         self.stats["by_class"] = [0] * 6
         self.hist = [{}, {}]
 
     def _record(self, n: int, now: int, sent_at: int, due: int) -> None:
         for which, since in ((0, sent_at), (1, due)):
-            idx = ring.hist_index(max(1, now - since))
+            idx = hist_index(max(1, now - since))
             self.hist[which][idx] = self.hist[which].get(idx, 0) + n
         self.stats["responses"] += n
 
@@ -101,7 +101,7 @@ class _Load:
             st["connects"] += 1
             st["open"] += 1
             self.writers.add(writer)
-            framer = ring.ResponseFramer(p.head_only)
+            framer = ResponseFramer(p.head_only)
             try:
                 while self.running:
                     data, count = p.units[seq[pos]]

@@ -26,8 +26,9 @@ from conftest import Proc, fd_targets, open_fds
 
 import uringserve
 from loadtest import build_plan, run
+from loadtest.engine import LOAD_ERRORS
 from uringserve import RingConfig, faults
-from uringserve.ring import LOAD_ERRORS, Ring
+from uringserve.ring import Ring
 
 OK, ERROR = "ok", "error"
 

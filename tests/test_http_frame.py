@@ -13,7 +13,7 @@ import httptools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uringserve.ring import ResponseFramer
+from loadtest.engine import ResponseFramer
 
 REASONS = {100: "Continue", 200: "OK", 204: "No Content", 301: "Moved", 304: "Not Modified", 404: "Not Found"}
 

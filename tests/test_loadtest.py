@@ -30,6 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadtest import build_plan, run
+from loadtest.engine import HIST_HIGHEST, HIST_LEN, LOAD_ERRORS, hist_index, resp_replies
 from loadtest.plan import PlanError
 from loadtest.report import PERCENTILES, hist_summary, text, to_json
 from loadtest.run import histogram_from, new_histogram
@@ -97,7 +98,7 @@ def test_http_counts_match_the_servers_own_count() -> None:
         srv.stop()
     served = _metric(metrics, "uringserve_http_requests_total", 'code="2xx"')
     st = res.stats
-    assert st["errors"] == dict.fromkeys(ring.LOAD_ERRORS, 0)
+    assert st["errors"] == dict.fromkeys(LOAD_ERRORS, 0)
     assert res.requests > 1000
     # the server answered every request counted, and none that was not sent
     assert res.requests <= served <= st["sent"], (res.requests, served, st["sent"])
@@ -126,7 +127,7 @@ def test_connections_the_server_ends_never_end_another() -> None:
     finally:
         srv.stop()
     assert res.stats["closes_by_peer"] > 100
-    assert res.stats["errors"] == dict.fromkeys(ring.LOAD_ERRORS, 0)
+    assert res.stats["errors"] == dict.fromkeys(LOAD_ERRORS, 0)
     assert stats["closes_deferred"] > 0  # the race was there to lose
 
 
@@ -322,35 +323,35 @@ def test_scenario_mistakes_are_explained(tmp_path: Path) -> None:
         build_plan("http://127.0.0.1:1/", scenario=str(none))
 
 
-@given(st.integers(min_value=1, max_value=ring.HIST_HIGHEST))
+@given(st.integers(min_value=1, max_value=HIST_HIGHEST))
 @settings(max_examples=2000, deadline=None)
 def test_native_histogram_index_is_hdrhistograms(ns: int) -> None:
-    assert ring.hist_index(ns) == HIST._counts_index_for(ns)
+    assert hist_index(ns) == HIST._counts_index_for(ns)
 
 
 def test_native_histogram_layout_is_hdrhistograms() -> None:
     h = new_histogram()
-    values = [1, 2, 1000, 2047, 2048, 2049, 4095, 123_456, 10**9, 3 * 10**12, ring.HIST_HIGHEST]
+    values = [1, 2, 1000, 2047, 2048, 2049, 4095, 123_456, 10**9, 3 * 10**12, HIST_HIGHEST]
     for v in values:
         h.record_value(v)
-        assert ring.hist_index(v) == h._counts_index_for(v)
+        assert hist_index(v) == h._counts_index_for(v)
     # rebuilding from the native (index, count) pairs gives the same histogram
-    buckets = [(ring.hist_index(v), 1) for v in values]
+    buckets = [(hist_index(v), 1) for v in values]
     again = histogram_from(buckets)
     assert [again.get_value_at_percentile(p) for p in (10, 50, 90, 100)] == [
         h.get_value_at_percentile(p) for p in (10, 50, 90, 100)
     ]
-    assert ring.HIST_LEN == h.counts_len
+    assert HIST_LEN == h.counts_len
 
 
 def test_resp_reply_counter() -> None:
-    assert ring.resp_replies(b"+OK\r\n:1\r\n$3\r\nabc\r\n$-1\r\n") == 4
-    assert ring.resp_replies(b"*2\r\n$1\r\na\r\n*1\r\n:2\r\n-ERR x\r\n") == 2
-    assert ring.resp_replies(b"%1\r\n+k\r\n+v\r\n_\r\n*0\r\n") == 3
-    assert ring.resp_replies(b"*2\r\n$1\r\na\r\n") == 0  # incomplete
-    assert ring.resp_replies(b"$5\r\nab") == 0
-    assert ring.resp_replies(b"?what\r\n") == -1
-    assert ring.resp_replies(b"$x\r\n") == -1
+    assert resp_replies(b"+OK\r\n:1\r\n$3\r\nabc\r\n$-1\r\n") == 4
+    assert resp_replies(b"*2\r\n$1\r\na\r\n*1\r\n:2\r\n-ERR x\r\n") == 2
+    assert resp_replies(b"%1\r\n+k\r\n+v\r\n_\r\n*0\r\n") == 3
+    assert resp_replies(b"*2\r\n$1\r\na\r\n") == 0  # incomplete
+    assert resp_replies(b"$5\r\nab") == 0
+    assert resp_replies(b"?what\r\n") == -1
+    assert resp_replies(b"$x\r\n") == -1
 
 
 # ---- https ----------------------------------------------------------------------
