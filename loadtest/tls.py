@@ -18,9 +18,9 @@ from typing import Any
 
 import uringserve
 
-from .driver import SLICE, Window
 from .engine import LOAD_ERRORS, ResponseFramer, hist_index
 from .plan import Plan
+from .window import SLICE, Window
 
 
 class _Drop(Exception):
