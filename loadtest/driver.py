@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from uringserve import sockaddr
-from uringserve.ring import Ring, RingConfig
+from uringserve.ring import FaultPlan, Ring, RingConfig
 
 from .engine import Load
 from .plan import Plan
@@ -43,15 +43,17 @@ def run_share(
     start_at: int,
     progress: Callable[[dict[str, Any]], None] | None = None,
     on_window: Callable[[str], None] | None = None,
+    faults: FaultPlan | None = None,
 ) -> dict[str, Any]:
     """Connect at `start_at` (time.monotonic_ns()), warm up, measure, stop.
     Returns counts, the two histograms' buckets, rate samples and this
-    process's CPU over the measured window."""
+    process's CPU over the measured window. `faults`: the ring's fault plan
+    (tests only, uringserve.faults)."""
     if plan.target.scheme == "https":
         from . import tls  # the native driver does not speak TLS
 
-        return tls.run_share(plan, start_at, progress, on_window)
-    r = Ring(ring_config(plan))
+        return tls.run_share(plan, start_at, progress, on_window, faults)
+    r = Ring(ring_config(plan), faults=faults)
     try:
         load = Load(
             r,

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from uringserve import faults
+
 from . import cpu, driver
 from .engine import HIST_HIGHEST
 from .plan import Plan
@@ -244,7 +246,9 @@ def worker_main() -> int:
             print("P " + json.dumps(st), flush=True)
 
     try:
-        out = driver.run_share(plan, int(msg["start_at"]), tick)
+        # tests only: a load worker process takes a fault plan from its
+        # environment (URINGSERVE_FAULTS), as a server process does
+        out = driver.run_share(plan, int(msg["start_at"]), tick, faults=faults.from_env())
     except (ValueError, OSError) as exc:  # what -t 1 says in one line (a ring it may not set up): so does a worker
         print(f"uringload: {exc}", file=sys.stderr, flush=True)
         return 1

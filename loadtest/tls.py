@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import uringserve
+from uringserve.loop import UringEventLoop
+from uringserve.ring import FaultPlan
 
 from .engine import LOAD_ERRORS, ResponseFramer, hist_index
 from .plan import Plan
@@ -220,8 +221,9 @@ def run_share(
     start_at: int,
     progress: Callable[[dict[str, Any]], None] | None = None,
     on_window: Callable[[str], None] | None = None,
+    faults: FaultPlan | None = None,
 ) -> dict[str, Any]:
-    loop = uringserve.new_event_loop()
+    loop = UringEventLoop(faults=faults)
     try:
         return loop.run_until_complete(
             _main(_Load(plan, context(plan.insecure, plan.cafile)), start_at, progress, on_window)

@@ -19,6 +19,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -28,7 +29,9 @@ import uringserve
 from loadtest import build_plan, run
 from loadtest.engine import LOAD_ERRORS
 from uringserve import RingConfig, faults
+from uringserve.loop import UringEventLoop
 from uringserve.ring import Ring
+from uringserve.server import new_loop
 
 OK, ERROR = "ok", "error"
 
@@ -96,14 +99,21 @@ def clients_in_thread(port: int, conns: int, rounds: int, size: int) -> list[str
         loop.close()
 
 
-def run_under(plan: str, cfg: RingConfig | None = None, conns: int = 16, rounds: int = 6, size: int = 20_000) -> Run:
+def run_under(
+    plan: str,
+    cfg: RingConfig | None = None,
+    conns: int = 16,
+    rounds: int = 6,
+    size: int = 20_000,
+    make_loop: Callable[[RingConfig | None], asyncio.AbstractEventLoop] = uringserve.new_event_loop,
+) -> Run:
     """Echo `conns` clients through a server whose ring runs `plan`; then
     one more client with the plan cleared (the server still accepts), and
     the leak checks."""
     gc.collect()
     fds = open_fds()
     Echo.made = Echo.lost = 0
-    loop = uringserve.new_event_loop(cfg)
+    loop = make_loop(cfg)
     errors: list[dict] = []
     loop.set_exception_handler(lambda _l, ctx: errors.append(ctx))
     ring = loop._ring  # type: ignore[attr-defined]
@@ -241,15 +251,30 @@ def test_fault_plans_explain_their_mistakes() -> None:
             faults.parse(plan)
 
 
-def test_environment_plan_applies_to_every_ring(monkeypatch: pytest.MonkeyPatch) -> None:
-    """URINGSERVE_FAULTS: how a whole server process is run under faults."""
+def test_a_plan_given_to_a_loop_fails_its_setup_and_its_operations() -> None:
+    """Whoever wants faults passes a Plan: UringEventLoop(faults=...) gives it
+    to its Ring, whose setup and operations then meet it."""
+    run = run_under(
+        "", conns=2, rounds=2, make_loop=lambda cfg: UringEventLoop(cfg, faults=faults.plan("send=short:every=1"))
+    )
+    assert run.outcomes == [OK, OK]
+    assert run.counts["send"][1] > 0 and run.stats["send_partial"] > 0
+    with pytest.raises(OSError, match="RLIMIT_MEMLOCK"):
+        Ring(RingConfig(), faults=faults.plan("setup=arena:ENOMEM"))
+
+
+def test_environment_plan_applies_where_a_server_makes_its_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """URINGSERVE_FAULTS: how a whole server process is run under faults.
+    It is read where a server makes its loop (server.new_loop; a load worker
+    reads it too), never by Ring."""
     monkeypatch.setenv(faults.ENV, "send=short:every=1")
-    run = run_under("", conns=2, rounds=2)
+    run = run_under("", conns=2, rounds=2, make_loop=lambda cfg: new_loop("uring", cfg))
     assert run.outcomes == [OK, OK]
     assert run.counts["send"][1] > 0 and run.stats["send_partial"] > 0
     monkeypatch.setenv(faults.ENV, "setup=arena:ENOMEM")
     with pytest.raises(OSError, match="RLIMIT_MEMLOCK"):
-        Ring(RingConfig())
+        new_loop("uring")
+    Ring(RingConfig()).close()  # a ring made elsewhere takes no plan from the environment
 
 
 def test_a_ring_without_a_plan_counts_nothing() -> None:

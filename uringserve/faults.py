@@ -9,11 +9,16 @@ A plan is a few rules, each "operation=error" with when it fires::
     send=EPIPE:rate=0.01:limit=5   at most five EPIPEs
     setup=arena:ENOMEM             the next ring's send-arena registration fails
 
-`inject(ring, plan)` applies one to a ring; a process started with the
-environment variable URINGSERVE_FAULTS set to a plan (rules separated by
-";") applies it to every ring it makes, so a whole server (apps/echo.py,
-apps/http.py) can be run under faults. Nothing is injected otherwise: the
-core checks one pointer per operation.
+Whoever wants faults passes them: `inject(ring, rules)` on a ring that
+exists, or a Plan to `Ring(config, faults=plan)` / `UringEventLoop(config,
+faults=plan)`, which also fails that ring's setup. Nothing is injected
+otherwise: the core checks one pointer per operation.
+
+For tests that run a whole process (a server, a load worker), the plan is
+the environment variable URINGSERVE_FAULTS (rules separated by ";"), read
+by from_env() at the process's edge only: where a server makes its loop
+(uringserve.server.new_loop) and where a load worker makes its ring
+(loadtest.run.worker_main). Ring itself never reads it.
 
 Errors are injected where the kernel reports them (see
 uringserve/_native/faults.h): the operation is replaced by a NOP that
@@ -157,7 +162,31 @@ def counts(ring: Ring) -> dict[str, tuple[int, int]]:
     return {name: (int(calls[code]), int(hits[code])) for name, code in OPS.items()}
 
 
-def from_env() -> tuple[list[Fault], list[SetupFault]]:
-    """The plan in URINGSERVE_FAULTS, split into ring rules and setup rules."""
-    rules = parse(os.environ.get(ENV, ""))
-    return [r for r in rules if isinstance(r, Fault)], [r for r in rules if isinstance(r, SetupFault)]
+@dataclass(frozen=True)
+class Plan:
+    """Rules for one ring and failures of its setup: what Ring(faults=...)
+    applies (ring.FaultPlan)."""
+
+    rules: tuple[Fault, ...] = ()
+    setup: tuple[SetupFault, ...] = ()
+
+    def before_setup(self) -> None:
+        for f in self.setup:
+            fail_next_setup(f)
+
+    def apply(self, ring: Ring) -> None:
+        if self.rules:
+            inject(ring, list(self.rules))
+
+
+def plan(text: str) -> Plan:
+    """A Plan from rules separated by ";" (see the module's docstring)."""
+    rules = parse(text)
+    return Plan(tuple(r for r in rules if isinstance(r, Fault)), tuple(r for r in rules if isinstance(r, SetupFault)))
+
+
+def from_env() -> Plan | None:
+    """Tests only: the plan in URINGSERVE_FAULTS, or None. The one reader of
+    the variable, called at a process's edge (see the module's docstring)."""
+    text = os.environ.get(ENV)
+    return plan(text) if text else None

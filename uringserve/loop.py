@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from . import ring as _ring
 from . import scheduling
 from ._native import ffi
-from .ring import EVENT_HEAD, Ring, RingConfig
+from .ring import EVENT_HEAD, FaultPlan, Ring, RingConfig
 from .selector import UringSelector, drain
 from .transport import UringTransport
 
@@ -82,9 +82,9 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     _ready: Any
     _scheduled: list[asyncio.TimerHandle]
 
-    def __init__(self, config: RingConfig | None = None) -> None:
+    def __init__(self, config: RingConfig | None = None, *, faults: FaultPlan | None = None) -> None:
         try:
-            self._ring = Ring(config)
+            self._ring = Ring(config, faults=faults)  # faults: tests only (uringserve.faults)
         except BaseException:
             self._closed = True  # so BaseEventLoop.__del__ has nothing to close
             raise

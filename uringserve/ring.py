@@ -1,8 +1,9 @@
-"""Python face of the native core (loaded by uringserve._native).
+"""The ring: one io_uring with its fixed-file table, buffer ring and send
+arena (core.h), its settings (RingConfig) and the events it reaps (EV_*).
 
 Everything above this module sees ints, bytes and memoryviews. Kernel errors
 come back from C as negative errnos and leave here as `OSError` naming the
-operation that failed.
+operation that failed (`check`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import os
 import resource
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
-from . import faults
 from ._native import check, ffi, lib, oserror
 from .host import has_cap_ipc_lock, unavailable_error
 
@@ -25,12 +25,13 @@ SEND_MODES = {
     "zc_fixed": lib.US_SEND_ZC_FIXED,
 }
 RECV_MODES = {"pbuf": lib.US_RECV_PBUF, "plain": lib.US_RECV_PLAIN}
+# how the ring sends from its stage (RingConfig.stage_send): a ring setting,
+# though only the load generator (loadtest/engine.py) fills the stage
 STAGE_SENDS = {
     "write_fixed": lib.US_STAGE_WRITE_FIXED,
     "send_zc_fixed": lib.US_STAGE_SEND_ZC_FIXED,
     "send": lib.US_STAGE_SEND,
 }
-
 
 EV_ACCEPT = lib.US_EV_ACCEPT
 EV_RECV = lib.US_EV_RECV
@@ -146,10 +147,21 @@ class RingConfig:
         return replace(self, reserved_slots=reserved, arena_bytes=arena - arena % self.chunk_size)
 
 
-class Ring:
-    """One io_uring with its fixed-file table, buffer ring and send arena."""
+class FaultPlan(Protocol):
+    """What Ring needs of a fault plan (tests only; uringserve.faults.Plan)."""
 
-    def __init__(self, config: RingConfig | None = None) -> None:
+    def before_setup(self) -> None: ...
+
+    def apply(self, ring: Ring) -> None: ...
+
+
+class Ring:
+    """One io_uring with its fixed-file table, buffer ring and send arena.
+
+    `faults`: a plan whose setup failures this ring's setup meets and whose
+    rules its operations then meet (uringserve.faults; tests only)."""
+
+    def __init__(self, config: RingConfig | None = None, *, faults: FaultPlan | None = None) -> None:
         cfg = (config or RingConfig()).validated()
         self.config = cfg
         c = ffi.new("struct us_config *")
@@ -173,11 +185,8 @@ class Ring:
         c.stage_send = STAGE_SENDS[cfg.stage_send]
         err = ffi.new("int *")
         stage = ffi.new("int *")
-        planned = os.environ.get(faults.ENV)
-        if planned:  # tests run whole servers under faults (uringserve.faults)
-            ring_faults, setup_faults = faults.from_env()
-            for f in setup_faults:
-                faults.fail_next_setup(f)
+        if faults is not None:
+            faults.before_setup()
         ptr = lib.us_ring_new(c, err, stage)
         if ptr == ffi.NULL:
             raise self._setup_error(err[0], stage[0], cfg)
@@ -202,8 +211,8 @@ class Ring:
         self._released = memoryview(ffi.buffer(lib.us_released(ptr), 4 * (cfg.ext_segments + 1))).cast("I")
         self._stats = ffi.new("struct us_stats *")
         self.fd = lib.us_ring_fd(ptr)
-        if planned and ring_faults:
-            faults.inject(self, ring_faults)
+        if faults is not None:
+            faults.apply(self)
 
     @staticmethod
     def _setup_error(err: int, stage: int, cfg: RingConfig) -> OSError:
@@ -380,4 +389,5 @@ class Ring:
 
 
 def data_of(ev: Any) -> bytes:
+    """The bytes an EV_RECV event in `events` carries (for tests that reap themselves)."""
     return ffi.unpack(ev.data, ev.res)

@@ -38,9 +38,12 @@ class StoppedBeforeServing(StartupError):
 def new_loop(kind: str = "uring", ring_config: Any = None) -> asyncio.AbstractEventLoop:
     """'uring' (UringEventLoop), 'asyncio' (the stdlib loop) or 'uvloop'."""
     if kind == "uring":
+        from .. import faults
         from ..loop import UringEventLoop
 
-        return UringEventLoop(ring_config)
+        # tests only: the one place a server process takes a fault plan from
+        # its environment (URINGSERVE_FAULTS), so a whole server runs under it
+        return UringEventLoop(ring_config, faults=faults.from_env())
     if ring_config is not None:
         raise ValueError(f"ring_config applies to the uring loop only, not {kind!r}")
     if kind == "asyncio":
