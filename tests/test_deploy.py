@@ -4,7 +4,8 @@ command accepts, selectors), the seccomp profile is what its generator
 writes and keeps io_uring, the systemd units pass `systemd-analyze verify`,
 and the container's install script works on this machine and the package
 it installs serves the image's CMD (there is no container runtime here: the
-recipe is exercised, not the image)."""
+recipe is exercised, not the image) and its built-in protocols (`uringserve
+resp`, `uringserve echo`) from a directory outside any checkout."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -145,14 +147,11 @@ def container_cmd() -> list[str]:
     return json.loads(line[4:])
 
 
-@pytest.mark.timeout(720)  # the install's own limit is 600 s, the server's start and stop 60 s more
-def test_the_container_recipe_installs_and_serves(tmp_path) -> None:
-    """build.sh as the image runs it, then the image's CMD from the installed
-    package in the image's WORKDIR (the copied checkout, whose uringserve/
-    has no native core built: a worker that imported it from there instead
-    of the installed package would fail), on 127.0.0.1 and ports the kernel
-    picks: it answers HTTP and its metrics, from the native core installed
-    under the prefix, and drains on SIGTERM."""
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """build.sh as the image runs it: (the image's /src, the install prefix).
+    Once for the module: the install takes minutes."""
+    tmp_path = tmp_path_factory.mktemp("container")
     # the image's /src: the checkout as a fresh clone has it (what git tracks or
     # would, with this tree's edits), without this machine's build products
     src = tmp_path / "src"
@@ -172,11 +171,28 @@ def test_the_container_recipe_installs_and_serves(tmp_path) -> None:
     out = subprocess.run(
         ["sh", os.path.join(DEPLOY, "container", "build.sh")],
         env={**os.environ, "SRC": str(src), "PREFIX": str(prefix), "PYTHON": PYTHON},
+        # not in a checkout, as in the image: the script's own import check
+        # must find the installed package, not the one in the working directory
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+    return src, prefix
+
+
+# the install's own limit is 600 s, the server's start and stop 60 s more (the
+# first test to use `installed` waits for it)
+@pytest.mark.timeout(720)
+def test_the_container_recipe_installs_and_serves(installed: tuple[Path, Path]) -> None:
+    """build.sh as the image runs it, then the image's CMD from the installed
+    package in the image's WORKDIR (the copied checkout, whose uringserve/
+    has no native core built: a worker that imported it from there instead
+    of the installed package would fail), on 127.0.0.1 and ports the kernel
+    picks: it answers HTTP and its metrics, from the native core installed
+    under the prefix, and drains on SIGTERM."""
+    src, prefix = installed
     doctor = subprocess.run([str(prefix / "bin" / "uringserve"), "doctor"], capture_output=True, text=True, timeout=60)
     assert doctor.returncode == 0 and "defaults here" in doctor.stdout
     with open(os.path.join(DEPLOY, "container", "Containerfile")) as f:
@@ -207,6 +223,71 @@ def test_the_container_recipe_installs_and_serves(tmp_path) -> None:
     finally:
         status = srv.stop()
     assert status == 0, srv.output()
+
+
+@pytest.mark.timeout(720)
+def test_the_installed_package_serves_resp_and_echo_outside_a_checkout(
+    installed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`uringserve resp` and `uringserve echo` are the installed package's:
+    run from an empty directory (no checkout's apps/ to import, no
+    PYTHONPATH) they answer PING/SET/GET and echo bytes back, on the native
+    core installed under the prefix, and stop cleanly on SIGTERM."""
+    _, prefix = installed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    # what the demos used to be imported as is not there to be found
+    found = subprocess.run(
+        [str(prefix / "bin" / "python"), "-c", "import importlib.util; print(importlib.util.find_spec('apps'))"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert found.stdout == "None\n", found.stdout + found.stderr
+
+    def serve(command: str) -> Proc:
+        return Proc([str(prefix / "bin" / "uringserve"), command, "--port", "0"], env=env, cwd=elsewhere)
+
+    srv = serve("resp")
+    try:
+        replies = talk(srv.port, b"PING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nwheel\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+        assert replies == b"+PONG\r\n+OK\r\n$5\r\nwheel\r\n", replies
+        assert_installed_core(srv.p.pid, prefix)
+    finally:
+        status = srv.stop()
+    assert status == 0, srv.output()
+
+    srv = serve("echo")
+    try:
+        payload = bytes(range(256)) * 64
+        assert talk(srv.port, payload) == payload
+        assert_installed_core(srv.p.pid, prefix)
+    finally:
+        status = srv.stop()
+    assert status == 0, srv.output()
+
+
+def talk(port: int, data: bytes) -> bytes:
+    """Send `data` on a connection of its own, shut the sending side and read
+    until the server closes: every reply, in order."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def assert_installed_core(pid: int, prefix: Path) -> None:
+    """The process `pid` (one process: neither command starts workers unless
+    told) runs the native core installed under `prefix`."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    cores = {line.split()[-1] for line in maps if "_core" in line}
+    assert cores and all(c.startswith(str(prefix)) for c in cores), cores
 
 
 def get(port: int, path: str) -> Resp:
