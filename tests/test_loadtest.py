@@ -665,6 +665,22 @@ def test_warmup_is_run_but_not_measured(misbehaving, tls_files: TLSFiles, scheme
     assert res.stats["by_class"][5] == 10 and res.requests > 10
 
 
+def test_pipeline_and_warmup_reach_the_wire_through_the_command(misbehaving) -> None:
+    """uringload's --pipeline and --warmup, not only build_plan()'s: the
+    batch server answers only 8 requests sent together, the warm one answers
+    its first 10 with 500, all within the warm-up."""
+    batch = misbehaving("batch", 8)
+    out = uringload("-c", "2", "-d", "0.5", "--pipeline", "8", "--timeout", "5", "--json", f"http://127.0.0.1:{batch}/")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["pipeline"] == 8 and data["requests"] > 0 and data["status"]["2xx"] == data["requests"], data
+    warm = misbehaving("warm", 10)
+    out = uringload("-c", "2", "-d", "0.3", "--warmup", "1", "--json", f"http://127.0.0.1:{warm}/")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["requests"] > 0 and data["status"]["5xx"] == 0 and data["status"]["2xx"] == data["requests"], data
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -59,12 +60,19 @@ def check_histogram(hist: dict[str, float], count: int, slow: int) -> None:
 def test_every_kind_is_counted_by_class_and_timed(h, kind) -> None:  # noqa: F811
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    began = time.monotonic()
     serve(h, kind, observer=metrics.observe)
+    took = time.monotonic() - began
     value = registry.get_sample_value
     by_class = {c: value("uringserve_http_requests_total", {"code": f"{c}xx"}) for c in range(1, 6)}
     assert by_class == {c: sum(1 for r in ROUTES if r.status // 100 == c) for c in range(1, 6)}
     assert by_class[5] == 1  # /boom
-    check_histogram(histogram(value), len(ROUTES), slow=1)
+    hist = histogram(value)
+    check_histogram(hist, len(ROUTES), slow=1)
+    # in seconds: no response is timed longer than the whole exchange took
+    within = next((le for le in LATENCY_BUCKETS if le >= took), None)
+    if within is not None:  # the exchange took less than the last bucket (10 s)
+        assert hist[str(within)] == len(ROUTES), (hist, took)
 
 
 # ---- through the command --------------------------------------------------------

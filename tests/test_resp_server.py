@@ -367,6 +367,8 @@ COMPARED = [
     b"PING\r\n*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$600000000\r\n",
     b"INFO keyspace\r\nSET a 1\r\nSET b 2 EX 100\r\nINFO keyspace\r\nINFO nosuch\r\nINFO KEYSPACE\r\n",
     b"COMMAND INFO nosuch\r\nCOMMAND FOO\r\nCONFIG GET timeout\r\n",
+    # a fixed arity is exact: one argument too many is refused as one too few is
+    b"SET k v\r\nGET k extra\r\nECHO a b\r\nTTL k k\r\nDBSIZE x\r\nTYPE k k\r\nLLEN l l\r\n",
 ]
 
 

@@ -1,9 +1,15 @@
-"""The bugs issue 15 planted by hand, planted again: each must fail at least
-one of the tests named for it. Run by `make mutate` (and alone:
+"""The bugs issues 15 and 22 planted by hand, planted again: each must fail
+at least one of the tests named for it. Run by `make mutate` (and alone:
 `python tests/mutation/planted.py`); the source is restored after each.
 
 A bug is (name, file, the exact text it replaces, the replacement, the
-pytest selection that must fail)."""
+pytest selection that must fail). Issue 15's are the HTTP protocol's and
+the transport's; issue 22's are the layers built since: static files'
+validators and ranges, the RESP commands and keyspace, the CLI, the
+workers, metrics and the load generator, one line each of the kind a
+real change makes (a boundary, a flag kept or dropped, a default, a
+comparison, a branch). Each selection is one test file and a -k, so the
+whole list runs in minutes."""
 
 from __future__ import annotations
 
@@ -71,13 +77,203 @@ PLANTED = [
         '        conn._transport.write(b"".join((head, _DATE[1], tail, b"" if self.method == "HEAD" else body[:-1])))',
         ["tests/test_http_server.py", "-k", "garbage"],
     ),
+    # -- issue 22: the layers built since (static files, RESP, CLI, workers, metrics, loadtest) --
+    (
+        "static If-Range: a later date taken as a match (If-Modified-Since's rule), not the exact Last-Modified",
+        "uringserve/http/static.py",
+        "    return ir == f.last_modified.decode()",
+        "    return (d := http_date(ir)) is not None and f.mtime_ns // 1_000_000_000 <= d",
+        ["tests/test_http_static.py", "-k", "if_range"],
+    ),
+    (
+        "static If-None-Match: a weak W/ tag no longer matches (compared strongly)",
+        "uringserve/http/static.py",
+        'return "*" in tags or etag in tags or f"W/{etag}" in tags',
+        'return "*" in tags or etag in tags',
+        ["tests/test_http_static.py", "-k", "if_none_match_forms"],
+    ),
+    (
+        "static Range: bytes=-0 (a zero suffix) served instead of 416",
+        "uringserve/http/static.py",
+        "            if n == 0 or size == 0:",
+        "            if size == 0:",
+        ["tests/test_http_static.py", "-k", "unsatisfiable"],
+    ),
+    (
+        "static Range: an empty file's bytes=0- is a 200, not 416 (start > size)",
+        "uringserve/http/static.py",
+        "    if start >= size:",
+        "    if start > size:",
+        ["tests/test_http_static.py", "-k", "unsatisfiable"],
+    ),
+    (
+        "RESP arity: a fixed arity read as a minimum (GET k extra runs)",
+        "uringserve/resp/commands.py",
+        "if (arity > 0 and n != arity) or n < -arity:",
+        "if (arity > 0 and n < arity) or n < -arity:",
+        ["tests/test_resp_server.py", "-k", "byte_for_byte"],
+    ),
+    (
+        "RESP COMMAND INFO: the first name asked for is skipped",
+        "uringserve/resp/commands.py",
+        "names = [a.upper() for a in argv[2:]] or list(COMMANDS)",
+        "names = [a.upper() for a in argv[3:]] or list(COMMANDS)",
+        ["tests/test_resp_server.py", "-k", "command_table"],
+    ),
+    (
+        "RESP INFO: the ring section in the default set",
+        "uringserve/resp/commands.py",
+        '("default" in wanted and name != "ring")',
+        '("default" in wanted)',
+        ["tests/test_resp_server.py", "-k", "info_sections"],
+    ),
+    (
+        "RESP keyspace sweep: removes the live keys (comparison reversed)",
+        "uringserve/resp/keyspace.py",
+        "                if self.expires[key] <= now:",
+        "                if self.expires[key] >= now:",
+        ["tests/test_resp_keyspace.py", "-k", "sweep_removes"],
+    ),
+    (
+        "RESP keyspace sweep: its time budget ignored",
+        "uringserve/resp/keyspace.py",
+        "if hits * 4 <= n or self._clock() - start >= budget_s:",
+        "if hits * 4 <= n:",
+        ["tests/test_resp_keyspace.py", "-k", "time_budget"],
+    ),
+    (
+        "RESP keyspace: SET keeps the deadline unless KEEPTTL (flag reversed)",
+        "uringserve/resp/keyspace.py",
+        "        elif not keep_ttl and self.expires:",
+        "        elif keep_ttl and self.expires:",
+        ["tests/test_resp_keyspace.py", "-k", "deadline_unless_kept"],
+    ),
+    (
+        "cli: --uds with --port drops the TCP listener",
+        "uringserve/cli.py",
+        "    if out and not args.host and args.port is None:",
+        "    if out and not args.host:",
+        ["tests/test_cli.py", "-k", "listeners_together"],
+    ),
+    (
+        "cli: --max-requests with one worker silently ignored (no supervisor)",
+        "uringserve/cli.py",
+        "    if worker_count(args) > 1 or args.max_requests:",
+        "    if worker_count(args) > 1:",
+        ["tests/test_workers.py", "-k", "max_requests_with_one_worker"],
+    ),
+    (
+        "cli: a one-line refusal exits 0",
+        "uringserve/cli.py",
+        "            logs.error(exc.code)\n            return 1",
+        "            logs.error(exc.code)\n            return 0",
+        ["tests/test_cli.py", "-k", "settings_that_cannot_work"],
+    ),
+    (
+        "workers: a failed reload stops the generation serving instead of the failed one",
+        "uringserve/workers.py",
+        "            if w.generation == failed and not w.retiring:",
+        "            if w.generation != failed and not w.retiring:",
+        ["tests/test_workers.py", "-k", "reload_that_cannot_start"],
+    ),
+    (
+        "workers: a worker that does not stop is killed at the graceful timeout, not 5 s after",
+        "uringserve/workers.py",
+        'self.graceful_timeout + KILL_AFTER if how == "graceful" else KILL_AFTER',
+        'self.graceful_timeout if how == "graceful" else KILL_AFTER',
+        ["tests/test_workers_lifecycle.py", "-k", "killed_after_the_graceful_timeout"],
+    ),
+    (
+        "workers: a fourth start tried before giving up (START_FAILURES off by one)",
+        "uringserve/workers.py",
+        "            if n >= START_FAILURES:",
+        "            if n > START_FAILURES:",
+        ["tests/test_workers.py", "-k", "cannot_start_stops_the_supervisor"],
+    ),
+    (
+        "metrics: connections_open summed over dead workers too (multiprocess mode sum, not livesum)",
+        "uringserve/metrics.py",
+        'Gauge("uringserve_connections_open", "Connections open", multiprocess_mode="livesum", **kw)',
+        'Gauge("uringserve_connections_open", "Connections open", multiprocess_mode="sum", **kw)',
+        ["tests/test_metrics.py", "-k", "dead_workers_gauges"],
+    ),
+    (
+        "metrics: the latency histogram on prometheus_client's default buckets",
+        "uringserve/metrics.py",
+        "            buckets=LATENCY_BUCKETS,\n",
+        "",
+        ["tests/test_metrics.py", "-k", "every_kind_is_counted"],
+    ),
+    (
+        "metrics: no 5xx class (range off by one)",
+        "uringserve/metrics.py",
+        'self._codes = {c: self.requests.labels(code=f"{c}xx") for c in range(1, 6)}',
+        'self._codes = {c: self.requests.labels(code=f"{c}xx") for c in range(1, 5)}',
+        ["tests/test_metrics.py", "-k", "every_kind_is_counted"],
+    ),
+    (
+        "metrics: latency observed in milliseconds",
+        "uringserve/metrics.py",
+        "        self.latency.observe(took)",
+        "        self.latency.observe(took * 1000)",
+        ["tests/test_metrics.py", "-k", "every_kind_is_counted"],
+    ),
+    (
+        "loadtest plan: --pipeline groups requests only with a rate (branches swapped)",
+        "loadtest/plan.py",
+        "    per = 1 if rate else pipeline",
+        "    per = pipeline if rate else 1",
+        ["tests/test_loadtest.py", "-k", "http_pipelining_sends"],
+    ),
+    (
+        "loadtest report: every HTTP response counts as a success (4xx/5xx too)",
+        "loadtest/report.py",
+        "        return int(by_class[2] + by_class[3])",
+        "        return res.requests",
+        ["tests/test_loadtest.py", "-k", "exit_status_1"],
+    ),
+    (
+        "loadtest run: -t N reports one worker's counts, not their sum",
+        "loadtest/run.py",
+        "                out[k] = out.get(k, 0) + v",
+        "                out[k] = v",
+        ["tests/test_loadtest.py", "-k", "threads_merge"],
+    ),
+    (
+        "loadtest cli: nothing succeeded, the reason printed, exit status 0",
+        "loadtest/cli.py",
+        '        print(f"uringload: {reason}", file=sys.stderr)\n        return 1',
+        '        print(f"uringload: {reason}", file=sys.stderr)\n        return 0',
+        ["tests/test_loadtest.py", "-k", "exit_status_1"],
+    ),
+    (
+        "loadtest cli: --warmup does not reach the plan",
+        "loadtest/cli.py",
+        "            warmup=args.warmup,\n",
+        "",
+        ["tests/test_loadtest.py", "-k", "through_the_command"],
+    ),
+    (
+        "loadtest cli: --pipeline does not reach the plan",
+        "loadtest/cli.py",
+        "            pipeline=args.pipeline,\n",
+        "",
+        ["tests/test_loadtest.py", "-k", "through_the_command"],
+    ),
+    (
+        "loadtest cli: a missing package exits 1 (as a failed run), not 2 (could not start)",
+        "loadtest/cli.py",
+        '        print(f"uringload: {exc}", file=sys.stderr)\n        return 2\n    if args.compare:',
+        '        print(f"uringload: {exc}", file=sys.stderr)\n        return 1\n    if args.compare:',
+        ["tests/test_loadtest.py", "-k", "without_hdrhistogram"],
+    ),
 ]
 
 
 def run(name: str, path: str, old: str, new: str, tests: list[str]) -> bool:
     """True when the planted bug fails a test (as it must)."""
     file = ROOT / path
-    source = file.read_text()
+    source = file.read_text() if file.is_file() else ""
     if source.count(old) != 1:
         print(f"STALE  {name}: the text to replace is not in {path} exactly once; update planted.py")
         return False
