@@ -69,8 +69,8 @@ lint: deps $(STAMP)
 test-stress: deps $(STAMP)
 	$(VPY) tests/stress.py
 
-# the planted bugs, then mutmut over protocol.py, parser.py, static.py, transport.py, ring.py, the server layer,
-# resp/parser.py, the RESP demo's commands and keyspace, cli.py, workers.py, metrics.py and loadtest/ (also through
+# the planted bugs, then mutmut over protocol.py, parser.py, scan.py, static.py, transport.py, ring.py, fs.py, the
+# server layer, the RESP parser, commands and keyspace, cli.py, workers.py, metrics.py and loadtest/ (also through
 # the processes tests start); SAMPLE=N: N mutants per module (a full run takes hours), SEED=15; MODULE=parser narrows
 # it; JOBS=1 one mutmut child; PLANTED=0 skips the planted bugs
 mutate: deps $(STAMP)
