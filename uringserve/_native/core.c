@@ -56,9 +56,53 @@
 #define EV_ROOM 10 /* a bundle recv yields up to 8 RECV events + EOF/err */
 #define BUNDLE_MAX_BUFS 8
 
-enum op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_SENDZC, OP_CLOSE, OP_SHUTDOWN,
-          OP_CANCEL, OP_POLL, OP_POLL_REMOVE, OP_INSTALL, OP_LCLOSE, OP_ADOPT, OP_FREAD,
-          OP_FILE, OP_FILE_DROP, OP_SOCKET, OP_CONNECT, OP_PROBE, OP_SENDV };
+/* The operations the core submits, one line each: the tag that user_data
+ * carries (op:8), the io_uring opcode submitted under it (prep() takes the
+ * opcode from here, so nothing is submitted that this table does not name),
+ * the kernel that brought that opcode (for a reader and for doctor: support
+ * is probed, never inferred from the version), and the function that
+ * finishes its completions in process_cqe(). on_none: nothing to finish (a
+ * cancel, or a synchronous operation whose CQE sync_op() takes). us_ops()
+ * hands this table to Python. */
+#define US_OPS(X)                                                                    \
+    /* tag          IORING_OP_*       kernel  completion */                          \
+    X(ACCEPT,       ACCEPT,           "5.5",  on_accept)    /* listeners */          \
+    X(RECV,         RECV,             "5.6",  on_recv)      /* multishot or plain */ \
+    X(SEND,         SEND,             "5.6",  on_send)                               \
+    X(SENDZC,       SEND_ZC,          "6.0",  on_send)      /* and its notif CQE */  \
+    X(CLOSE,        CLOSE,            "5.6",  on_close)     /* a connection's slot */ \
+    X(SHUTDOWN,     SHUTDOWN,         "5.11", on_shutdown)                           \
+    X(CANCEL,       ASYNC_CANCEL,     "5.5",  on_none)      /* before a close, pause */ \
+    X(POLL,         POLL_ADD,         "5.1",  on_poll)      /* foreign fds */        \
+    X(POLL_REMOVE,  ASYNC_CANCEL,     "5.5",  on_none)                               \
+    X(INSTALL,      FIXED_FD_INSTALL, "6.8",  on_none)      /* sync: us_fd_install */ \
+    X(LCLOSE,       CLOSE,            "5.6",  on_lclose)    /* a listener's slot */  \
+    X(ADOPT,        FILES_UPDATE,     "5.6",  on_none)      /* sync: us_conn_adopt */ \
+    X(FREAD,        READ_FIXED,       "5.1",  on_fread)     /* file into a chunk */  \
+    X(FILE,         FILES_UPDATE,     "5.6",  on_none)      /* sync: us_file_register */ \
+    X(FILE_DROP,    FILES_UPDATE,     "5.6",  on_file_drop)                          \
+    X(SOCKET,       SOCKET,           "5.19", on_socket)    /* client connections */ \
+    X(CONNECT,      CONNECT,          "5.5",  on_connect)                            \
+    X(PROBE,        NOP,              "5.1",  on_none)      /* sync: us_fault_set */ \
+    X(SENDV,        SENDMSG,          "5.3",  on_sendv)     /* several segments */   \
+    X(STAGE_WRITE,  WRITE_FIXED,      "5.1",  on_send)      /* from the stage */     \
+    X(FREAD_PLAIN,  READ,             "5.6",  on_fread)     /* arena not registered */
+
+enum op {
+    OP_NONE = 0,
+#define X(tag, iop, since, handler) OP_##tag,
+    US_OPS(X)
+#undef X
+    OP_COUNT
+};
+_Static_assert(OP_COUNT <= 256, "the tag is 8 bits of user_data");
+
+/* a tag's io_uring opcode: a constant where the tag is one (prep() inlined) */
+static const uint8_t op_opcode[OP_COUNT] = {
+#define X(tag, iop, since, handler) [OP_##tag] = IORING_OP_##iop,
+    US_OPS(X)
+#undef X
+};
 
 /* A vectored send: up to VEC_MAX queued segments in one IORING_OP_SENDMSG.
  * The record lives until the send's CQE (its segments hold a reference), so
@@ -276,7 +320,7 @@ static int do_enter(struct us_ring *r, unsigned min, unsigned flags, void *arg, 
     return ret;
 }
 
-static struct io_uring_sqe *get_sqe(struct us_ring *r)
+static inline struct io_uring_sqe *get_sqe(struct us_ring *r)
 {
     unsigned head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
     if (r->sqe_tail - head >= r->sq_entries) {
@@ -293,14 +337,15 @@ static struct io_uring_sqe *get_sqe(struct us_ring *r)
     return sqe;
 }
 
-/* one small prep per operation, over a common one (as liburing does) */
-static struct io_uring_sqe *prep(struct us_ring *r, int op, int fd, int fixed,
-                                 const void *addr, uint32_t len, uint64_t ud)
+/* one small prep per operation, over a common one (as liburing does); the
+ * opcode is the one US_OPS names for the user_data's tag */
+static inline struct io_uring_sqe *prep(struct us_ring *r, uint64_t ud, int fd, int fixed,
+                                        const void *addr, uint32_t len)
 {
     struct io_uring_sqe *sqe = get_sqe(r);
     if (!sqe)
         return NULL;
-    sqe->opcode = (uint8_t)op;
+    sqe->opcode = op_opcode[UD_OP(ud)];
     sqe->fd = fd;
     if (fixed)
         sqe->flags |= IOSQE_FIXED_FILE;
@@ -314,7 +359,7 @@ static int conn_fixed(struct us_ring *r) { return r->cfg.fixed_files; }
 
 static int prep_cancel_fd(struct us_ring *r, int fd, uint64_t ud, int link)
 {
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_ASYNC_CANCEL, fd, 0, NULL, 0, ud);
+    struct io_uring_sqe *sqe = prep(r, ud, fd, 0, NULL, 0);
     if (!sqe)
         return -EBUSY;
     sqe->cancel_flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
@@ -329,11 +374,11 @@ static int prep_close_slot(struct us_ring *r, int fd, uint64_t ud)
 {
     struct io_uring_sqe *sqe;
     if (conn_fixed(r)) {
-        sqe = prep(r, IORING_OP_CLOSE, 0, 0, NULL, 0, ud);
+        sqe = prep(r, ud, 0, 0, NULL, 0);
         if (sqe)
             sqe->file_index = (uint32_t)fd + 1;
     } else {
-        sqe = prep(r, IORING_OP_CLOSE, fd, 0, NULL, 0, ud);
+        sqe = prep(r, ud, fd, 0, NULL, 0);
     }
     return sqe ? 0 : -EBUSY;
 }
@@ -380,8 +425,7 @@ static void rearm_starved(struct us_ring *r);
 static void issue_file_drop(struct us_ring *r, uint32_t slot)
 {
     struct conn *c = &r->conns[slot];
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_FILES_UPDATE, -1, 0, &r->drop_fd, 1,
-                                    UD(OP_FILE_DROP, slot, c->gen, 0));
+    struct io_uring_sqe *sqe = prep(r, UD(OP_FILE_DROP, slot, c->gen, 0), -1, 0, &r->drop_fd, 1);
     if (sqe)
         sqe->off = slot;
 }
@@ -397,7 +441,7 @@ static void file_unref(struct us_ring *r, uint32_t slot)
         issue_file_drop(r, slot);
 }
 
-static void on_file_drop(struct us_ring *r, struct io_uring_cqe *cqe)
+static void on_file_drop(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint32_t slot = UD_SLOT(cqe->user_data);
     struct conn *c = &r->conns[slot];
@@ -471,12 +515,11 @@ static int submit_staged(struct us_ring *r, uint32_t slot, struct conn *c, uint3
 {
     int how = r->arena_registered ? r->cfg.stage_send : US_STAGE_SEND;
     int zc = how == US_STAGE_SEND_ZC_FIXED;
-    int op = zc ? IORING_OP_SEND_ZC : how == US_STAGE_WRITE_FIXED ? IORING_OP_WRITE_FIXED : IORING_OP_SEND;
-    struct io_uring_sqe *sqe = prep(r, op, c->fd, conn_fixed(r), p, n,
-                                    UD(zc ? OP_SENDZC : OP_SEND, slot, c->gen, ch));
+    int tag = zc ? OP_SENDZC : how == US_STAGE_WRITE_FIXED ? OP_STAGE_WRITE : OP_SEND;
+    struct io_uring_sqe *sqe = prep(r, UD(tag, slot, c->gen, ch), c->fd, conn_fixed(r), p, n);
     if (!sqe)
         return -EBUSY;
-    if (op == IORING_OP_WRITE_FIXED) {
+    if (tag == OP_STAGE_WRITE) {
         sqe->buf_index = 0; /* the arena and the stage are one registered buffer */
     } else {
         sqe->msg_flags = MSG_NOSIGNAL;
@@ -528,7 +571,7 @@ static int submit_sendv(struct us_ring *r, uint32_t slot, struct conn *c)
     v->mh.msg_iov = v->iov;
     v->mh.msg_iovlen = k;
     v->nseg = k;
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_SENDMSG, c->fd, conn_fixed(r), &v->mh, 1, UD(OP_SENDV, slot, c->gen, rec));
+    struct io_uring_sqe *sqe = prep(r, UD(OP_SENDV, slot, c->gen, rec), c->fd, conn_fixed(r), &v->mh, 1);
     if (!sqe)
         return -EBUSY;
     r->nvfree--;
@@ -570,8 +613,8 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
         if (v)
             return v < 0 ? v : 0;
     }
-    struct io_uring_sqe *sqe = prep(r, zc ? IORING_OP_SEND_ZC : IORING_OP_SEND, c->fd,
-                                    conn_fixed(r), p, n, UD(zc ? OP_SENDZC : OP_SEND, slot, c->gen, ch));
+    struct io_uring_sqe *sqe = prep(r, UD(zc ? OP_SENDZC : OP_SEND, slot, c->gen, ch), c->fd,
+                                    conn_fixed(r), p, n);
     if (!sqe)
         return -EBUSY;
     sqe->msg_flags = MSG_NOSIGNAL;
@@ -655,8 +698,8 @@ static int file_fill(struct us_ring *r, uint32_t slot, struct conn *c)
     uint32_t n = r->ch_len[f] < r->cfg.chunk_size ? r->ch_len[f] : r->cfg.chunk_size;
     char *dst = r->arena + (size_t)a * r->cfg.chunk_size;
     int fixedbuf = r->arena_registered;
-    struct io_uring_sqe *sqe = prep(r, fixedbuf ? IORING_OP_READ_FIXED : IORING_OP_READ, r->ext_fd[e],
-                                    r->ext_ffixed[e], dst, n, UD(OP_FREAD, slot, c->gen, a));
+    struct io_uring_sqe *sqe = prep(r, UD(fixedbuf ? OP_FREAD : OP_FREAD_PLAIN, slot, c->gen, a), r->ext_fd[e],
+                                    r->ext_ffixed[e], dst, n);
     if (!sqe) {
         r->ch_detached[a] = 1;
         chunk_maybe_free(r, a);
@@ -769,10 +812,9 @@ static int arm_recv(struct us_ring *r, uint32_t slot, struct conn *c)
 {
     struct io_uring_sqe *sqe;
     if (r->cfg.recv_mode == US_RECV_PLAIN) {
-        sqe = prep(r, IORING_OP_RECV, c->fd, conn_fixed(r), c->rbuf, r->cfg.buf_size,
-                   UD(OP_RECV, slot, c->gen, 0));
+        sqe = prep(r, UD(OP_RECV, slot, c->gen, 0), c->fd, conn_fixed(r), c->rbuf, r->cfg.buf_size);
     } else {
-        sqe = prep(r, IORING_OP_RECV, c->fd, conn_fixed(r), NULL, 0, UD(OP_RECV, slot, c->gen, 0));
+        sqe = prep(r, UD(OP_RECV, slot, c->gen, 0), c->fd, conn_fixed(r), NULL, 0);
         if (sqe) {
             sqe->ioprio = IORING_RECV_MULTISHOT;
             sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -834,8 +876,7 @@ static void issue_shutdown(struct us_ring *r, uint32_t slot, struct conn *c)
 {
     c->flags &= ~F_SHUT_PENDING;
     c->flags |= F_SHUT_DONE | F_SHUT_INFLIGHT;
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_SHUTDOWN, c->fd, conn_fixed(r), NULL, SHUT_WR,
-                                    UD(OP_SHUTDOWN, slot, c->gen, 0));
+    struct io_uring_sqe *sqe = prep(r, UD(OP_SHUTDOWN, slot, c->gen, 0), c->fd, conn_fixed(r), NULL, SHUT_WR);
     if (!sqe)
         c->flags &= ~F_SHUT_INFLIGHT; /* no SQE: nothing in flight to wait for */
 }
@@ -894,8 +935,8 @@ static void arm_listener(struct us_ring *r, uint32_t lid)
         }
         a->len = sizeof(a->addr);
         int fixed = conn_fixed(r);
-        struct io_uring_sqe *sqe = prep(r, IORING_OP_ACCEPT, fixed ? (int)lid : l->fd, fixed,
-                                        &a->addr, 0, UD(OP_ACCEPT, lid, l->gen, lid * depth + k));
+        struct io_uring_sqe *sqe = prep(r, UD(OP_ACCEPT, lid, l->gen, lid * depth + k),
+                                        fixed ? (int)lid : l->fd, fixed, &a->addr, 0);
         if (!sqe)
             return;
         sqe->addr2 = (uint64_t)(uintptr_t)&a->len;
@@ -1074,8 +1115,7 @@ static void on_socket(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o
     uint32_t slot = (uint32_t)res;
     conn_init(r, slot, res);
     struct conn *c = &r->conns[slot];
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_CONNECT, c->fd, conn_fixed(r), &r->tgt[target], 0,
-                                    UD(OP_CONNECT, slot, c->gen, tag));
+    struct io_uring_sqe *sqe = prep(r, UD(OP_CONNECT, slot, c->gen, tag), c->fd, conn_fixed(r), &r->tgt[target], 0);
     if (!sqe) {
         connect_failed(r, o, slot, c->gen, tag, -EBUSY);
         issue_close(r, slot, c);
@@ -1358,47 +1398,46 @@ static void on_close(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
     rearm_starved(r);
 }
 
-static void process_cqe(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+static void on_shutdown(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint64_t ud = cqe->user_data;
-    int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    struct conn *c = conn_get(r, UD_SLOT(ud), UD_GEN(ud));
+    if (!c)
+        return;
+    c->flags &= ~F_SHUT_INFLIGHT;
+    if (c->flags & F_CLOSE_DEFER)
+        issue_close(r, UD_SLOT(ud), c);
+    else
+        emit(o, US_EV_SHUTDOWN, UD_SLOT(ud), c->gen, cqe->res);
+}
+
+static void on_poll(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    struct us_event *e = emit(o, US_EV_POLL, UD_SLOT(ud), UD_GEN(ud), cqe->res);
+    e->flags = (cqe->flags & IORING_CQE_F_MORE) != 0;
+}
+
+static void on_lclose(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    struct listener *l = &r->lst[UD_SLOT(ud)];
+    if (l->gen == (uint16_t)UD_GEN(ud) && !l->active)
+        l->used = 0;
+}
+
+static void on_none(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o) {}
+
+static void process_cqe(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
     r->st.cqes++;
-    if (!more)
+    if (!(cqe->flags & IORING_CQE_F_MORE))
         r->st.inflight--;
-    switch (UD_OP(ud)) {
-    case OP_ACCEPT: on_accept(r, cqe, o); break;
-    case OP_RECV: on_recv(r, cqe, o); break;
-    case OP_SEND:
-    case OP_SENDZC: on_send(r, cqe, o); break;
-    case OP_SENDV: on_sendv(r, cqe, o); break;
-    case OP_CLOSE: on_close(r, cqe, o); break;
-    case OP_FREAD: on_fread(r, cqe, o); break;
-    case OP_FILE_DROP: on_file_drop(r, cqe); break;
-    case OP_SOCKET: on_socket(r, cqe, o); break;
-    case OP_CONNECT: on_connect(r, cqe, o); break;
-    case OP_SHUTDOWN: {
-        struct conn *c = conn_get(r, UD_SLOT(ud), UD_GEN(ud));
-        if (!c)
-            break;
-        c->flags &= ~F_SHUT_INFLIGHT;
-        if (c->flags & F_CLOSE_DEFER)
-            issue_close(r, UD_SLOT(ud), c);
-        else
-            emit(o, US_EV_SHUTDOWN, UD_SLOT(ud), c->gen, cqe->res);
-        break;
-    }
-    case OP_POLL: {
-        struct us_event *e = emit(o, US_EV_POLL, UD_SLOT(ud), UD_GEN(ud), cqe->res);
-        e->flags = (uint32_t)more;
-        break;
-    }
-    case OP_LCLOSE: {
-        struct listener *l = &r->lst[UD_SLOT(ud)];
-        if (l->gen == (uint16_t)UD_GEN(ud) && !l->active)
-            l->used = 0;
-        break;
-    }
-    default: /* cancels, poll removals */
+    switch (UD_OP(cqe->user_data)) {
+#define X(tag, iop, since, handler) case OP_##tag: handler(r, cqe, o); break;
+    US_OPS(X)
+#undef X
+    default: /* no tag of ours */
         break;
     }
 }
@@ -1567,7 +1606,7 @@ static int slot_alloc_install(struct us_ring *r, int fd, int op)
 {
     int fds[1] = { fd };
     uint64_t ud = UD(op, 0, 0, 0);
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_FILES_UPDATE, -1, 0, fds, 1, ud);
+    struct io_uring_sqe *sqe = prep(r, ud, -1, 0, fds, 1);
     if (!sqe)
         return -EBUSY;
     sqe->off = IORING_FILE_INDEX_ALLOC;
@@ -1647,7 +1686,7 @@ int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen)
     /* a multishot recv would keep taking data: cancel it; what it already
      * took still arrives and the caller holds it */
     if ((c->flags & F_RECV_ARMED) && r->cfg.recv_mode == US_RECV_PBUF) {
-        struct io_uring_sqe *sqe = prep(r, IORING_OP_ASYNC_CANCEL, 0, 0, NULL, 0, UD(OP_CANCEL, slot, c->gen, 0));
+        struct io_uring_sqe *sqe = prep(r, UD(OP_CANCEL, slot, c->gen, 0), 0, 0, NULL, 0);
         if (!sqe)
             return -EBUSY;
         sqe->addr = UD(OP_RECV, slot, c->gen, 0);
@@ -1763,7 +1802,7 @@ int us_connect(struct us_ring *r, uint32_t target, uint32_t tag)
     if (!accept_room(r))
         return -ENFILE;
     int family = ((struct sockaddr *)&r->tgt[target])->sa_family;
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_SOCKET, family, 0, NULL, 0, UD(OP_SOCKET, target, 0, tag));
+    struct io_uring_sqe *sqe = prep(r, UD(OP_SOCKET, target, 0, tag), family, 0, NULL, 0);
     if (!sqe)
         return -EBUSY;
     sqe->off = SOCK_STREAM | (conn_fixed(r) ? 0 : SOCK_CLOEXEC); /* SOCK_CLOEXEC is invalid for direct */
@@ -1988,7 +2027,7 @@ int us_fd_install(struct us_ring *r, uint32_t slot, uint32_t gen)
         return fd < 0 ? -errno : fd;
     }
     uint64_t ud = UD(OP_INSTALL, slot, c->gen, 0);
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_FIXED_FD_INSTALL, (int)slot, 1, NULL, 0, ud);
+    struct io_uring_sqe *sqe = prep(r, ud, (int)slot, 1, NULL, 0);
     if (!sqe)
         return -EBUSY;
     return sync_op(r, ud);
@@ -1998,8 +2037,8 @@ int us_fd_install(struct us_ring *r, uint32_t slot, uint32_t gen)
 
 int us_poll_add(struct us_ring *r, int fd, uint32_t mask, uint32_t id, uint32_t gen, int multishot)
 {
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_POLL_ADD, fd, 0, NULL,
-                                    multishot ? IORING_POLL_ADD_MULTI : 0, UD(OP_POLL, id, gen, 0));
+    struct io_uring_sqe *sqe = prep(r, UD(OP_POLL, id, gen, 0), fd, 0, NULL,
+                                    multishot ? IORING_POLL_ADD_MULTI : 0);
     if (!sqe)
         return -EBUSY;
     sqe->poll32_events = mask;
@@ -2012,7 +2051,7 @@ int us_poll_add(struct us_ring *r, int fd, uint32_t mask, uint32_t id, uint32_t 
  * marks the poll cancelled and its pending task work then ends it. */
 int us_poll_remove(struct us_ring *r, uint32_t id, uint32_t gen)
 {
-    struct io_uring_sqe *sqe = prep(r, IORING_OP_ASYNC_CANCEL, 0, 0, NULL, 0, UD(OP_POLL_REMOVE, id, gen, 0));
+    struct io_uring_sqe *sqe = prep(r, UD(OP_POLL_REMOVE, id, gen, 0), 0, 0, NULL, 0);
     if (!sqe)
         return -EBUSY;
     sqe->addr = UD(OP_POLL, id, gen, 0);
@@ -2328,7 +2367,7 @@ int us_fault_set(struct us_ring *r, int op, const struct us_fault_spec *spec)
             return 0;
         /* the kernel must inject NOP results (6.10), or every fault would be EINVAL */
         uint64_t ud = UD(OP_PROBE, 0, 0, 0);
-        struct io_uring_sqe *sqe = prep(r, IORING_OP_NOP, -1, 0, NULL, (uint32_t)-EHOSTDOWN, ud);
+        struct io_uring_sqe *sqe = prep(r, ud, -1, 0, NULL, (uint32_t)-EHOSTDOWN);
         if (!sqe)
             return -EBUSY;
         sqe->rw_flags = 1; /* IORING_NOP_INJECT_RESULT */
@@ -2376,6 +2415,40 @@ void us_stats_get(struct us_ring *r, struct us_stats *st)
     st->bufs_circulating = r->cfg.buf_count - r->nreserve;
     st->slots_used = r->accept_used;
     st->accepts_inflight = r->accepts_inflight;
+}
+
+static const struct us_opinfo op_info[] = {
+#define X(tag, iop, since, handler) { #tag, #iop, IORING_OP_##iop, since },
+    US_OPS(X)
+#undef X
+};
+
+const struct us_opinfo *us_ops(int *n)
+{
+    *n = (int)(sizeof(op_info) / sizeof(op_info[0]));
+    return op_info;
+}
+
+/* US_EVENTS lists the kinds densely and in order: entry k is kind k + 1 */
+enum { EVX_NONE,
+#define X(name) EVX_##name,
+       US_EVENTS(X)
+#undef X
+};
+#define X(name) _Static_assert(EVX_##name == US_EV_##name, "US_EVENTS out of order: " #name);
+US_EVENTS(X)
+#undef X
+
+static const struct us_evinfo ev_info[] = {
+#define X(name) { #name, US_EV_##name },
+    US_EVENTS(X)
+#undef X
+};
+
+const struct us_evinfo *us_events(int *n)
+{
+    *n = (int)(sizeof(ev_info) / sizeof(ev_info[0]));
+    return ev_info;
 }
 
 static int probe_fd(int fd, int op)
