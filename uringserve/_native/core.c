@@ -127,34 +127,42 @@ struct vrec {
 
 enum cstate { C_FREE = 0, C_OPEN, C_CLOSING /* close waits for the queue */, C_CLOSE_WAIT /* close issued */ };
 
+/* One flag word per slot; the part that owns each bit is named. */
 enum cflag {
-    F_RECV_ARMED = 1 << 0, F_RECV_PAUSED = 1 << 1, F_SEND_INFLIGHT = 1 << 2,
-    F_NO_ZC = 1 << 3, F_SHUT_PENDING = 1 << 4, F_SHUT_DONE = 1 << 5,
-    F_REARM_Q = 1 << 6, F_EOF = 1 << 7, F_SEND_BROKEN = 1 << 8,
+    /* connections (receive, shutdown, close) */
+    F_RECV_ARMED = 1 << 0, F_RECV_PAUSED = 1 << 1, F_SHUT_PENDING = 1 << 4, F_SHUT_DONE = 1 << 5,
+    F_REARM_Q = 1 << 6, F_EOF = 1 << 7,
+    F_SHUT_INFLIGHT = 1 << 13 /* an IORING_OP_SHUTDOWN is in flight (see issue_close) */,
+    F_CLOSE_DEFER = 1 << 14 /* close asked for while the shutdown was in flight: issued at its CQE */,
+    /* sends */
+    F_SEND_INFLIGHT = 1 << 2, F_NO_ZC = 1 << 3, F_SEND_BROKEN = 1 << 8,
     F_FREAD = 1 << 9 /* a file read for this conn is in flight */,
     F_FILL_WAIT = 1 << 10 /* on fillwait: a file read waits for a free chunk */,
     F_FILE_DROP = 1 << 11 /* C_FILE: unregistered; the slot goes when no segment names it */,
     F_ZC_UNSUP = 1 << 12 /* send_zc failed with EOPNOTSUPP (AF_UNIX): plain sends only, in every mode */,
-    F_SHUT_INFLIGHT = 1 << 13 /* an IORING_OP_SHUTDOWN is in flight (see issue_close) */,
-    F_CLOSE_DEFER = 1 << 14 /* close asked for while the shutdown was in flight: issued at its CQE */,
     F_SEND_Q = 1 << 15 /* on sendq: its send is prepared at the next enter */,
 };
 
 enum cstate_extra { C_FILE = 4 /* the slot holds a registered file, not a connection */ };
 
+/* sends: a connection's queue of segments (arena chunks, caller buffers, file ranges) */
+struct sendq {
+    uint32_t head, tail; /* send chunk queue */
+    uint32_t head_off;   /* bytes of the head chunk already sent */
+    uint32_t inflight_len;
+    uint64_t queued;     /* C_FILE slots: the segments and holds naming the file */
+    uint64_t sent;       /* bytes the kernel took, over the connection's life */
+    int64_t notify_at;   /* emit WRITABLE when queued <= this; -1 off */
+    uint32_t fseg;       /* the first file segment in the queue, NONE if none */
+    uint32_t fprev;      /* the segment queued just before fseg, NONE if fseg is the head */
+};
+
 struct conn {
     uint16_t gen;
     uint8_t state;
     uint16_t flags;
-    uint32_t head, tail; /* send chunk queue */
-    uint32_t head_off;   /* bytes of the head chunk already sent */
-    uint32_t inflight_len;
-    uint64_t queued;
-    uint64_t sent;       /* bytes the kernel took, over the connection's life */
-    int64_t notify_at;   /* emit WRITABLE when queued <= this; -1 off */
+    struct sendq q;      /* the send part's */
     int fd;              /* fixed: the slot; fd mode: the fd */
-    uint32_t fseg;       /* the first file segment in the queue, NONE if none */
-    uint32_t fprev;      /* the segment queued just before fseg, NONE if fseg is the head */
     char *rbuf;          /* US_RECV_PLAIN: this slot's buffer in the data region */
 };
 
@@ -176,8 +184,8 @@ struct out {
     int n, max;
 };
 
-struct us_ring {
-    struct us_config cfg;
+/* ring: the kernel ring, its two queues and how we enter it */
+struct us_io {
     int fd, enter_fd;
     unsigned enter_flags;
     int enabled, disabled_setup;
@@ -192,30 +200,52 @@ struct us_ring {
     struct io_uring_cqe *cqes;
     void *sq_map, *cq_map;
     size_t sq_map_len, cq_map_len, sqes_len;
-    /* connections */
-    struct conn *conns;
-    uint32_t nconn;
+};
+
+/* ring: completions reaped outside us_wait() (a synchronous op, us_flush)
+ * wait in the stash. The buffers and plain-recv re-arms they imply are held
+ * (us_pbufs.held, us_conns.held_rearm: `on` says where recycle_buf and
+ * rearm_later put them) until their events have been handed out, then
+ * recycled a call later, like any other batch's. */
+struct us_stash {
+    struct us_event *ev;
+    int n, cap, on;
+};
+
+/* connections: the slot table, listeners and accepting, receive re-arms */
+struct us_conns {
+    struct conn *table;
+    uint32_t size;
     uint32_t *rearm;
     uint32_t nrearm;
-    uint32_t *sendq; /* connections whose queued data waits for flush_sends() */
-    uint32_t nsendq;
+    uint32_t *held_rearm;           /* re-arms implied by stashed events */
+    uint32_t nheld_rearm;
     uint32_t accept_used, accepts_inflight, accept_range;
     uint32_t accept_limit;          /* connections (slots in use) at which accepting pauses: <= accept_range */
     int accept_starved;
     struct listener *lst;
     struct accept_ctx *acc;
-    /* provided buffers */
-    struct io_uring_buf_ring *br;
-    size_t br_len;
-    char *bufs;
-    size_t bufs_len;
-    uint32_t br_mask, br_tail, cons_pos;
+};
+
+/* connections: the provided buffer ring and the data region it hands out */
+struct us_pbufs {
+    struct io_uring_buf_ring *ring;
+    size_t ring_len;
+    char *data;
+    size_t data_len;
+    uint32_t mask, tail, cons_pos;
     uint16_t *shadow;   /* bid placed at each ring position */
     uint16_t *recycle;
     uint32_t nrecycle;
     uint16_t *reserve;  /* buffers not yet circulating (see setup_bufring) */
     uint32_t nreserve;
-    /* send arena */
+    uint16_t *held;     /* buffers of stashed events */
+    uint32_t nheld;
+};
+
+/* sends: the arena, segments, vectored records, file reads, the send queue */
+struct us_sends {
+    /* registered memory: the arena's chunks, then the stage (client.c) */
     char *arena;
     size_t arena_len;
     /* send segments: [0, arena_chunks) are arena chunks, the rest are
@@ -233,28 +263,31 @@ struct us_ring {
     uint32_t *ext_free, nextfree;
     struct vrec *vrecs; /* one per connection: at most one send in flight each */
     uint32_t *vfree, nvfree;
+    uint32_t *sendq; /* connections whose queued data waits for flush_sends() */
+    uint32_t nsendq;
     uint32_t *fillwait, nfillwait;  /* conns whose next file read waits for a chunk */
     int drop_fd;                    /* -1: what a FILES_UPDATE that empties a slot reads */
     uint32_t *released;             /* [count, segment...]: the caller empties it */
     int arena_registered, arena_waiting, arena_freed;
     int seg_waiting, seg_freed;     /* the same for segments (us_send_file) */
-    /* Completions reaped outside us_wait() (a synchronous op, us_flush) wait
-     * in the stash. The buffers and plain-recv re-arms they imply are held
-     * until their events have been handed out, then recycled a call later,
-     * like any other batch's. */
-    struct us_event *stash;
-    int nstash, stash_cap, stashing;
-    uint16_t *held_bufs;
-    uint32_t nheld_bufs;
-    uint32_t *held_rearm;
-    uint32_t nheld_rearm;
-    /* stage: registered with the arena, after its chunks */
-    char *stage;
-    size_t stage_len;
-    /* client connect targets (us_target_set) */
+};
+
+/* client connections (the load generator's): targets set by us_target_set() */
+struct us_client {
     struct sockaddr_storage tgt[MAX_TARGETS];
     socklen_t tgtlen[MAX_TARGETS];
-    struct us_stats st;
+};
+
+/* A ring is its parts, each owned by one file; everything else reads them. */
+struct us_ring {
+    struct us_config cfg;
+    struct us_io io;                /* ring.c */
+    struct us_stash stash;          /* ring.c */
+    struct us_conns conn;           /* conn.c */
+    struct us_pbufs pbuf;           /* conn.c */
+    struct us_sends send;           /* send.c */
+    struct us_client *client;       /* client.c: NULL until us_target_set() */
+    struct us_stats st;             /* counted by every part */
     struct us_fault_plan *faults;   /* tests only (faults.h); NULL: no fault is ever injected */
 };
 
@@ -283,17 +316,17 @@ static int sys_register(int fd, unsigned op, void *arg, unsigned nr)
 
 static int enable_ring(struct us_ring *r)
 {
-    if (r->enabled)
+    if (r->io.enabled)
         return 0;
-    if (r->disabled_setup && sys_register(r->fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+    if (r->io.disabled_setup && sys_register(r->io.fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
         return -errno;
-    r->enabled = 1;
-    r->owner = gettid();
+    r->io.enabled = 1;
+    r->io.owner = gettid();
     /* registered ring fds are per thread: register from the submitting one */
-    struct io_uring_rsrc_update up = { .offset = (unsigned)-1, .data = (uint64_t)r->fd };
-    if (sys_register(r->fd, IORING_REGISTER_RING_FDS, &up, 1) == 1) {
-        r->enter_fd = (int)up.offset;
-        r->enter_flags = IORING_ENTER_REGISTERED_RING;
+    struct io_uring_rsrc_update up = { .offset = (unsigned)-1, .data = (uint64_t)r->io.fd };
+    if (sys_register(r->io.fd, IORING_REGISTER_RING_FDS, &up, 1) == 1) {
+        r->io.enter_fd = (int)up.offset;
+        r->io.enter_flags = IORING_ENTER_REGISTERED_RING;
         r->st.registered_ring = 1;
     }
     return 0;
@@ -307,31 +340,31 @@ static int do_enter(struct us_ring *r, unsigned min, unsigned flags, void *arg, 
     /* another thread (closing a loop another thread ran) cannot use the
      * owner's registered fd, and under SINGLE_ISSUER the kernel refuses it
      * with EEXIST, which the caller sees */
-    int other = gettid() != r->owner;
-    unsigned submit = r->sqe_tail - r->sqe_submitted;
-    __atomic_store_n(r->sq_tail, r->sqe_tail, __ATOMIC_RELEASE);
+    int other = gettid() != r->io.owner;
+    unsigned submit = r->io.sqe_tail - r->io.sqe_submitted;
+    __atomic_store_n(r->io.sq_tail, r->io.sqe_tail, __ATOMIC_RELEASE);
     r->st.enters++;
-    int ret = sys_enter(other ? r->fd : r->enter_fd, submit, min,
-                        flags | (other ? 0 : r->enter_flags), arg, argsz);
+    int ret = sys_enter(other ? r->io.fd : r->io.enter_fd, submit, min,
+                        flags | (other ? 0 : r->io.enter_flags), arg, argsz);
     if (ret < 0)
         return -errno;
-    r->sqe_submitted += (unsigned)ret;
+    r->io.sqe_submitted += (unsigned)ret;
     /* SUBMIT_ALL or not, whatever the kernel did not take stays queued */
     return ret;
 }
 
 static inline struct io_uring_sqe *get_sqe(struct us_ring *r)
 {
-    unsigned head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
-    if (r->sqe_tail - head >= r->sq_entries) {
+    unsigned head = __atomic_load_n(r->io.sq_head, __ATOMIC_ACQUIRE);
+    if (r->io.sqe_tail - head >= r->io.sq_entries) {
         do_enter(r, 0, 0, NULL, 0);
-        head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
-        if (r->sqe_tail - head >= r->sq_entries)
+        head = __atomic_load_n(r->io.sq_head, __ATOMIC_ACQUIRE);
+        if (r->io.sqe_tail - head >= r->io.sq_entries)
             return NULL;
     }
-    struct io_uring_sqe *sqe = &r->sqes[r->sqe_tail & r->sq_mask];
+    struct io_uring_sqe *sqe = &r->io.sqes[r->io.sqe_tail & r->io.sq_mask];
     memset(sqe, 0, sizeof(*sqe));
-    r->sqe_tail++;
+    r->io.sqe_tail++;
     r->st.sqes++;
     r->st.inflight++;
     return sqe;
@@ -404,13 +437,13 @@ static struct us_event *emit(struct out *o, uint32_t kind, uint32_t conn, uint32
 
 static uint32_t chunk_alloc(struct us_ring *r)
 {
-    if (!r->nfree)
+    if (!r->send.nfree)
         return NONE;
-    uint32_t c = r->ch_free[--r->nfree];
-    r->ch_next[c] = NONE;
-    r->ch_len[c] = 0;
-    r->ch_refs[c] = 0;
-    r->ch_detached[c] = 0;
+    uint32_t c = r->send.ch_free[--r->send.nfree];
+    r->send.ch_next[c] = NONE;
+    r->send.ch_len[c] = 0;
+    r->send.ch_refs[c] = 0;
+    r->send.ch_detached[c] = 0;
     r->st.arena_in_use++;
     return c;
 }
@@ -424,70 +457,70 @@ static void rearm_starved(struct us_ring *r);
  * read that names it, so no read can find the slot empty or reused. */
 static void issue_file_drop(struct us_ring *r, uint32_t slot)
 {
-    struct conn *c = &r->conns[slot];
-    struct io_uring_sqe *sqe = prep(r, UD(OP_FILE_DROP, slot, c->gen, 0), -1, 0, &r->drop_fd, 1);
+    struct conn *c = &r->conn.table[slot];
+    struct io_uring_sqe *sqe = prep(r, UD(OP_FILE_DROP, slot, c->gen, 0), -1, 0, &r->send.drop_fd, 1);
     if (sqe)
         sqe->off = slot;
 }
 
 static void file_unref(struct us_ring *r, uint32_t slot)
 {
-    if (slot >= r->nconn)
+    if (slot >= r->conn.size)
         return;
-    struct conn *c = &r->conns[slot];
-    if (c->state != C_FILE || !c->queued)
+    struct conn *c = &r->conn.table[slot];
+    if (c->state != C_FILE || !c->q.queued)
         return;
-    if (--c->queued == 0 && (c->flags & F_FILE_DROP))
+    if (--c->q.queued == 0 && (c->flags & F_FILE_DROP))
         issue_file_drop(r, slot);
 }
 
 static void on_file_drop(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint32_t slot = UD_SLOT(cqe->user_data);
-    struct conn *c = &r->conns[slot];
+    struct conn *c = &r->conn.table[slot];
     r->st.files_registered--;
     if (c->state == C_FILE && c->gen == (uint16_t)UD_GEN(cqe->user_data))
         slot_release(r, c);
     else
-        r->accept_used--; /* the kernel already gave the slot to an accept */
+        r->conn.accept_used--; /* the kernel already gave the slot to an accept */
     rearm_starved(r);
 }
 
 static void chunk_maybe_free(struct us_ring *r, uint32_t c)
 {
-    if (!r->ch_detached[c] || r->ch_refs[c])
+    if (!r->send.ch_detached[c] || r->send.ch_refs[c])
         return;
-    r->ch_detached[c] = 0;
-    if (c >= r->nchunks) {
+    r->send.ch_detached[c] = 0;
+    if (c >= r->send.nchunks) {
         /* the kernel is done with the caller's buffer: hand its index back */
-        uint32_t e = c - r->nchunks;
-        if (!r->ext_ptr[e] && r->ext_ffixed[e])
-            file_unref(r, (uint32_t)r->ext_fd[e]);
-        if (!r->ext_staged[e])
-            r->released[1 + r->released[0]++] = e;
-        r->ext_free[r->nextfree++] = e;
+        uint32_t e = c - r->send.nchunks;
+        if (!r->send.ext_ptr[e] && r->send.ext_ffixed[e])
+            file_unref(r, (uint32_t)r->send.ext_fd[e]);
+        if (!r->send.ext_staged[e])
+            r->send.released[1 + r->send.released[0]++] = e;
+        r->send.ext_free[r->send.nextfree++] = e;
         r->st.ext_in_use--;
-        r->seg_freed = 1;
+        r->send.seg_freed = 1;
         return;
     }
-    r->ch_free[r->nfree++] = c;
+    r->send.ch_free[r->send.nfree++] = c;
     r->st.arena_in_use--;
-    r->arena_freed = 1;
+    r->send.arena_freed = 1;
 }
 
 static void queue_discard(struct us_ring *r, struct conn *c)
 {
-    uint32_t ch = c->head;
+    uint32_t ch = c->q.head;
     while (ch != NONE) {
-        uint32_t next = r->ch_next[ch];
-        r->ch_detached[ch] = 1;
+        uint32_t next = r->send.ch_next[ch];
+        r->send.ch_detached[ch] = 1;
         chunk_maybe_free(r, ch);
         ch = next;
     }
-    c->head = c->tail = NONE;
-    c->head_off = 0;
-    c->queued = 0;
-    c->fseg = c->fprev = NONE;
+    c->q.head = c->q.tail = NONE;
+    c->q.head_off = 0;
+    c->q.queued = 0;
+    c->q.fseg = c->q.fprev = NONE;
 }
 
 static int file_fill(struct us_ring *r, uint32_t slot, struct conn *c);
@@ -496,13 +529,13 @@ static struct conn *conn_get(struct us_ring *r, uint32_t slot, uint32_t gen);
 
 static int is_file_seg(struct us_ring *r, uint32_t ch)
 {
-    return ch >= r->nchunks && r->ext_ptr[ch - r->nchunks] == NULL;
+    return ch >= r->send.nchunks && r->send.ext_ptr[ch - r->send.nchunks] == NULL;
 }
 
 static void sent_inflight(struct us_ring *r, struct conn *c, uint32_t ch, uint32_t n)
 {
-    r->ch_refs[ch]++;
-    c->inflight_len = n;
+    r->send.ch_refs[ch]++;
+    c->q.inflight_len = n;
     c->flags |= F_SEND_INFLIGHT;
     r->st.sends++;
 }
@@ -513,7 +546,7 @@ static void sent_inflight(struct us_ring *r, struct conn *c, uint32_t ch, uint32
 static int submit_staged(struct us_ring *r, uint32_t slot, struct conn *c, uint32_t ch,
                          const char *p, uint32_t n)
 {
-    int how = r->arena_registered ? r->cfg.stage_send : US_STAGE_SEND;
+    int how = r->send.arena_registered ? r->cfg.stage_send : US_STAGE_SEND;
     int zc = how == US_STAGE_SEND_ZC_FIXED;
     int tag = zc ? OP_SENDZC : how == US_STAGE_WRITE_FIXED ? OP_STAGE_WRITE : OP_SEND;
     struct io_uring_sqe *sqe = prep(r, UD(tag, slot, c->gen, ch), c->fd, conn_fixed(r), p, n);
@@ -537,9 +570,17 @@ static int submit_staged(struct us_ring *r, uint32_t slot, struct conn *c, uint3
     return 0;
 }
 
+/* The stage: `stage_bytes` of registered memory after the arena's chunks,
+ * which the load generator fills once and sends from (client.c). */
+static char *send_stage(struct us_ring *r, size_t *len)
+{
+    *len = r->cfg.stage_bytes;
+    return r->send.arena + (size_t)r->send.nchunks * r->cfg.chunk_size;
+}
+
 static const char *seg_ptr(struct us_ring *r, uint32_t ch)
 {
-    return ch >= r->nchunks ? r->ext_ptr[ch - r->nchunks] : r->arena + (size_t)ch * r->cfg.chunk_size;
+    return ch >= r->send.nchunks ? r->send.ext_ptr[ch - r->send.nchunks] : r->send.arena + (size_t)ch * r->cfg.chunk_size;
 }
 
 /* Two or more memory segments queued (arena chunks, the caller's objects):
@@ -549,15 +590,15 @@ static const char *seg_ptr(struct us_ring *r, uint32_t ch)
  * zero-copy send stays one segment (its notification frees one chunk). */
 static int submit_sendv(struct us_ring *r, uint32_t slot, struct conn *c)
 {
-    uint32_t ch = c->head, k = 0, total = 0;
-    if (ch == c->tail || !r->nvfree)
+    uint32_t ch = c->q.head, k = 0, total = 0;
+    if (ch == c->q.tail || !r->send.nvfree)
         return 0;
-    uint32_t rec = r->vfree[r->nvfree - 1]; /* taken once the SQE is */
-    struct vrec *v = &r->vrecs[rec];
-    for (uint32_t off = c->head_off; ch != NONE && k < VEC_MAX; ch = r->ch_next[ch], off = 0) {
-        if (is_file_seg(r, ch) || (ch >= r->nchunks && r->ext_staged[ch - r->nchunks]))
+    uint32_t rec = r->send.vfree[r->send.nvfree - 1]; /* taken once the SQE is */
+    struct vrec *v = &r->send.vrecs[rec];
+    for (uint32_t off = c->q.head_off; ch != NONE && k < VEC_MAX; ch = r->send.ch_next[ch], off = 0) {
+        if (is_file_seg(r, ch) || (ch >= r->send.nchunks && r->send.ext_staged[ch - r->send.nchunks]))
             break; /* read first, or sent from the stage: its own way */
-        uint32_t n = r->ch_len[ch] - off;
+        uint32_t n = r->send.ch_len[ch] - off;
         if (n > 0x7fffffffu - total)
             break;
         v->iov[k].iov_base = (void *)(seg_ptr(r, ch) + off);
@@ -574,39 +615,39 @@ static int submit_sendv(struct us_ring *r, uint32_t slot, struct conn *c)
     struct io_uring_sqe *sqe = prep(r, UD(OP_SENDV, slot, c->gen, rec), c->fd, conn_fixed(r), &v->mh, 1);
     if (!sqe)
         return -EBUSY;
-    r->nvfree--;
+    r->send.nvfree--;
     sqe->msg_flags = MSG_NOSIGNAL;
     r->st.plain_sends++;
     r->st.vec_sends++;
     FAULT_SQE(r, US_FAULT_SEND, sqe);
     for (uint32_t i = 1; i < k; i++)
-        r->ch_refs[v->seg[i]]++;
+        r->send.ch_refs[v->seg[i]]++;
     sent_inflight(r, c, v->seg[0], total);
-    if (c->fseg != NONE)
+    if (c->q.fseg != NONE)
         file_fill(r, slot, c); /* read the next piece while these are sent */
     return 1;
 }
 
 static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
 {
-    uint32_t ch = c->head;
+    uint32_t ch = c->q.head;
     if (is_file_seg(r, ch))
         return file_fill(r, slot, c); /* its data is read first; the read's completion sends */
-    uint32_t off = c->head_off;
-    uint32_t n = r->ch_len[ch] - off;
-    int ext = ch >= r->nchunks;
-    const char *p = ext ? r->ext_ptr[ch - r->nchunks] + off
-                        : r->arena + (size_t)ch * r->cfg.chunk_size + off;
+    uint32_t off = c->q.head_off;
+    uint32_t n = r->send.ch_len[ch] - off;
+    int ext = ch >= r->send.nchunks;
+    const char *p = ext ? r->send.ext_ptr[ch - r->send.nchunks] + off
+                        : r->send.arena + (size_t)ch * r->cfg.chunk_size + off;
     int mode = r->cfg.send_mode;
     int zc, fixedbuf;
-    if (ext && r->ext_staged[ch - r->nchunks])
+    if (ext && r->send.ext_staged[ch - r->send.nchunks])
         return submit_staged(r, slot, c, ch, p, n);
     if (mode == US_SEND_AUTO) {
-        zc = !(c->flags & F_NO_ZC) && n >= r->cfg.zc_threshold && (ext || r->arena_registered);
+        zc = !(c->flags & F_NO_ZC) && n >= r->cfg.zc_threshold && (ext || r->send.arena_registered);
         fixedbuf = zc && !ext;
     } else {
         zc = (mode == US_SEND_ZC || mode == US_SEND_ZC_FIXED) && !(c->flags & F_ZC_UNSUP);
-        fixedbuf = zc && mode == US_SEND_ZC_FIXED && r->arena_registered && !ext;
+        fixedbuf = zc && mode == US_SEND_ZC_FIXED && r->send.arena_registered && !ext;
     }
     if (!zc) {
         int v = submit_sendv(r, slot, c);
@@ -628,7 +669,7 @@ static int submit_send(struct us_ring *r, uint32_t slot, struct conn *c)
     }
     FAULT_SQE(r, US_FAULT_SEND, sqe);
     sent_inflight(r, c, ch, n);
-    if (c->fseg != NONE)
+    if (c->q.fseg != NONE)
         file_fill(r, slot, c); /* read the next piece while this one is sent */
     return 0;
 }
@@ -644,20 +685,20 @@ static void send_later(struct us_ring *r, uint32_t slot, struct conn *c)
     if (c->flags & (F_SEND_Q | F_SEND_INFLIGHT))
         return;
     c->flags |= F_SEND_Q;
-    r->sendq[r->nsendq++] = slot;
+    r->send.sendq[r->send.nsendq++] = slot;
 }
 
 static void flush_sends(struct us_ring *r)
 {
-    uint32_t n = r->nsendq;
-    r->nsendq = 0;
+    uint32_t n = r->send.nsendq;
+    r->send.nsendq = 0;
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t slot = r->sendq[i];
-        struct conn *c = &r->conns[slot];
+        uint32_t slot = r->send.sendq[i];
+        struct conn *c = &r->conn.table[slot];
         if (!(c->flags & F_SEND_Q))
             continue; /* listed twice (closed and reused in between): done already */
         c->flags &= ~F_SEND_Q;
-        if ((c->state == C_OPEN || c->state == C_CLOSING) && c->queued && !(c->flags & F_SEND_INFLIGHT)
+        if ((c->state == C_OPEN || c->state == C_CLOSING) && c->q.queued && !(c->flags & F_SEND_INFLIGHT)
             && submit_send(r, slot, c) == -EBUSY)
             send_later(r, slot, c); /* no SQE free even after submitting: the next enter */
     }
@@ -678,37 +719,37 @@ static void fill_wait(struct us_ring *r, uint32_t slot, struct conn *c)
     if (c->flags & F_FILL_WAIT)
         return;
     c->flags |= F_FILL_WAIT;
-    r->fillwait[r->nfillwait++] = slot;
+    r->send.fillwait[r->send.nfillwait++] = slot;
     r->st.file_waits++;
 }
 
 static int file_fill(struct us_ring *r, uint32_t slot, struct conn *c)
 {
-    uint32_t f = c->fseg;
+    uint32_t f = c->q.fseg;
     if (f == NONE || (c->flags & F_FREAD))
         return 0;
-    if (!(c->head == f || c->fprev == c->head))
+    if (!(c->q.head == f || c->q.fprev == c->q.head))
         return 0; /* enough is read ahead */
     uint32_t a = chunk_alloc(r);
     if (a == NONE) {
         fill_wait(r, slot, c);
         return 0;
     }
-    uint32_t e = f - r->nchunks;
-    uint32_t n = r->ch_len[f] < r->cfg.chunk_size ? r->ch_len[f] : r->cfg.chunk_size;
-    char *dst = r->arena + (size_t)a * r->cfg.chunk_size;
-    int fixedbuf = r->arena_registered;
-    struct io_uring_sqe *sqe = prep(r, UD(fixedbuf ? OP_FREAD : OP_FREAD_PLAIN, slot, c->gen, a), r->ext_fd[e],
-                                    r->ext_ffixed[e], dst, n);
+    uint32_t e = f - r->send.nchunks;
+    uint32_t n = r->send.ch_len[f] < r->cfg.chunk_size ? r->send.ch_len[f] : r->cfg.chunk_size;
+    char *dst = r->send.arena + (size_t)a * r->cfg.chunk_size;
+    int fixedbuf = r->send.arena_registered;
+    struct io_uring_sqe *sqe = prep(r, UD(fixedbuf ? OP_FREAD : OP_FREAD_PLAIN, slot, c->gen, a), r->send.ext_fd[e],
+                                    r->send.ext_ffixed[e], dst, n);
     if (!sqe) {
-        r->ch_detached[a] = 1;
+        r->send.ch_detached[a] = 1;
         chunk_maybe_free(r, a);
         return -EBUSY;
     }
-    sqe->off = r->ext_foff[e];
+    sqe->off = r->send.ext_foff[e];
     sqe->buf_index = 0;
-    r->ch_refs[a] = 1;
-    r->ch_detached[a] = 1; /* not queued yet: freed by the completion if the queue is gone */
+    r->send.ch_refs[a] = 1;
+    r->send.ch_detached[a] = 1; /* not queued yet: freed by the completion if the queue is gone */
     c->flags |= F_FREAD;
     r->st.file_reads++;
     return 0;
@@ -718,13 +759,13 @@ static int file_fill(struct us_ring *r, uint32_t slot, struct conn *c)
 static void file_next(struct us_ring *r, struct conn *c, uint32_t from)
 {
     uint32_t prev = from;
-    for (uint32_t ch = r->ch_next[from]; ch != NONE; prev = ch, ch = r->ch_next[ch])
+    for (uint32_t ch = r->send.ch_next[from]; ch != NONE; prev = ch, ch = r->send.ch_next[ch])
         if (is_file_seg(r, ch)) {
-            c->fseg = ch;
-            c->fprev = prev;
+            c->q.fseg = ch;
+            c->q.fprev = prev;
             return;
         }
-    c->fseg = c->fprev = NONE;
+    c->q.fseg = c->q.fprev = NONE;
 }
 
 static void send_failed(struct us_ring *r, uint32_t slot, struct conn *c, int res, struct out *o)
@@ -743,14 +784,14 @@ static void on_fread(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
     uint64_t ud = cqe->user_data;
     uint32_t slot = UD_SLOT(ud), a = UD_AUX(ud);
     struct conn *c = conn_get(r, slot, UD_GEN(ud));
-    r->ch_refs[a]--;
+    r->send.ch_refs[a]--;
     if (!c) {
         r->st.stale_cqes++;
         chunk_maybe_free(r, a);
         return;
     }
     c->flags &= ~F_FREAD;
-    uint32_t f = c->fseg;
+    uint32_t f = c->q.fseg;
     if (f == NONE) { /* the queue was discarded meanwhile */
         chunk_maybe_free(r, a);
         return;
@@ -763,23 +804,23 @@ static void on_fread(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         send_failed(r, slot, c, res < 0 ? res : -ENODATA, o);
         return;
     }
-    uint32_t e = f - r->nchunks;
-    r->ch_detached[a] = 0;
-    r->ch_len[a] = (uint32_t)res;
-    r->ch_next[a] = f;
-    if (c->fprev == NONE)
-        c->head = a;
+    uint32_t e = f - r->send.nchunks;
+    r->send.ch_detached[a] = 0;
+    r->send.ch_len[a] = (uint32_t)res;
+    r->send.ch_next[a] = f;
+    if (c->q.fprev == NONE)
+        c->q.head = a;
     else
-        r->ch_next[c->fprev] = a;
-    c->fprev = a;
-    r->ext_foff[e] += (uint64_t)res;
-    r->ch_len[f] -= (uint32_t)res;
+        r->send.ch_next[c->q.fprev] = a;
+    c->q.fprev = a;
+    r->send.ext_foff[e] += (uint64_t)res;
+    r->send.ch_len[f] -= (uint32_t)res;
     r->st.file_bytes += (uint64_t)res;
-    if (r->ch_len[f] == 0) { /* all read: the segment leaves the queue */
-        r->ch_next[a] = r->ch_next[f];
-        if (c->tail == f)
-            c->tail = a;
-        r->ch_detached[f] = 1;
+    if (r->send.ch_len[f] == 0) { /* all read: the segment leaves the queue */
+        r->send.ch_next[a] = r->send.ch_next[f];
+        if (c->q.tail == f)
+            c->q.tail = a;
+        r->send.ch_detached[f] = 1;
         chunk_maybe_free(r, f); /* hands the segment back: the caller may close the file */
         file_next(r, c, a);
     }
@@ -791,14 +832,14 @@ static void on_fread(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 
 static void retry_fills(struct us_ring *r)
 {
-    uint32_t n = r->nfillwait;
-    r->nfillwait = 0;
+    uint32_t n = r->send.nfillwait;
+    r->send.nfillwait = 0;
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t slot = r->fillwait[i];
-        struct conn *c = &r->conns[slot];
+        uint32_t slot = r->send.fillwait[i];
+        struct conn *c = &r->conn.table[slot];
         c->flags &= ~F_FILL_WAIT;
-        if ((c->state == C_OPEN || c->state == C_CLOSING) && c->fseg != NONE) {
-            if (c->head == c->fseg && !(c->flags & F_SEND_INFLIGHT))
+        if ((c->state == C_OPEN || c->state == C_CLOSING) && c->q.fseg != NONE) {
+            if (c->q.head == c->q.fseg && !(c->flags & F_SEND_INFLIGHT))
                 submit_send(r, slot, c);
             else
                 file_fill(r, slot, c);
@@ -837,15 +878,15 @@ static void rearm_later(struct us_ring *r, uint32_t slot, struct conn *c)
     if (c->flags & (F_REARM_Q | F_RECV_PAUSED | F_EOF))
         return;
     c->flags |= F_REARM_Q;
-    if (r->stashing)
-        r->held_rearm[r->nheld_rearm++] = slot;
+    if (r->stash.on)
+        r->conn.held_rearm[r->conn.nheld_rearm++] = slot;
     else
-        r->rearm[r->nrearm++] = slot;
+        r->conn.rearm[r->conn.nrearm++] = slot;
 }
 
 static void slot_release(struct us_ring *r, struct conn *c)
 {
-    r->accept_used--;
+    r->conn.accept_used--;
     c->state = C_FREE;
     c->flags = 0;
 }
@@ -883,9 +924,9 @@ static void issue_shutdown(struct us_ring *r, uint32_t slot, struct conn *c)
 
 static struct conn *conn_get(struct us_ring *r, uint32_t slot, uint32_t gen)
 {
-    if (slot >= r->nconn)
+    if (slot >= r->conn.size)
         return NULL;
-    struct conn *c = &r->conns[slot];
+    struct conn *c = &r->conn.table[slot];
     if (c->state != C_OPEN && c->state != C_CLOSING)
         return NULL;
     if (c->gen != (uint16_t)gen)
@@ -895,42 +936,42 @@ static struct conn *conn_get(struct us_ring *r, uint32_t slot, uint32_t gen)
 
 static void conn_init(struct us_ring *r, uint32_t slot, int fd)
 {
-    struct conn *c = &r->conns[slot];
+    struct conn *c = &r->conn.table[slot];
     c->gen++;
     c->state = C_OPEN;
     c->flags = 0;
-    c->head = c->tail = NONE;
-    c->head_off = c->inflight_len = 0;
-    c->queued = 0;
-    c->sent = 0;
-    c->notify_at = -1;
+    c->q.head = c->q.tail = NONE;
+    c->q.head_off = c->q.inflight_len = 0;
+    c->q.queued = 0;
+    c->q.sent = 0;
+    c->q.notify_at = -1;
     c->fd = fd;
-    c->fseg = c->fprev = NONE;
+    c->q.fseg = c->q.fprev = NONE;
     if (r->cfg.recv_mode == US_RECV_PLAIN)
-        c->rbuf = r->bufs + ((size_t)r->cfg.buf_count + slot) * r->cfg.buf_size;
+        c->rbuf = r->pbuf.data + ((size_t)r->cfg.buf_count + slot) * r->cfg.buf_size;
 }
 
 /* ---- listeners --------------------------------------------------------- */
 
 static uint32_t accept_room(struct us_ring *r)
 {
-    uint32_t busy = r->accept_used + r->accepts_inflight;
-    return busy >= r->accept_limit ? 0 : r->accept_limit - busy;
+    uint32_t busy = r->conn.accept_used + r->conn.accepts_inflight;
+    return busy >= r->conn.accept_limit ? 0 : r->conn.accept_limit - busy;
 }
 
 static void arm_listener(struct us_ring *r, uint32_t lid)
 {
-    struct listener *l = &r->lst[lid];
+    struct listener *l = &r->conn.lst[lid];
     uint32_t depth = r->cfg.accept_depth;
     for (uint32_t k = 0; k < depth && l->active; k++) {
-        struct accept_ctx *a = &r->acc[lid * depth + k];
+        struct accept_ctx *a = &r->conn.acc[lid * depth + k];
         if (a->busy)
             continue;
         if (!accept_room(r)) {
             if (!l->starved)
                 r->st.accept_paused++;
             l->starved = 1;
-            r->accept_starved = 1;
+            r->conn.accept_starved = 1;
             return;
         }
         a->len = sizeof(a->addr);
@@ -947,26 +988,26 @@ static void arm_listener(struct us_ring *r, uint32_t lid)
         FAULT_SQE(r, US_FAULT_ACCEPT, sqe);
         a->busy = 1;
         l->inflight++;
-        r->accepts_inflight++;
+        r->conn.accepts_inflight++;
     }
     l->starved = 0;
 }
 
 static void rearm_starved(struct us_ring *r)
 {
-    if (!r->accept_starved || !accept_room(r))
+    if (!r->conn.accept_starved || !accept_room(r))
         return;
-    r->accept_starved = 0;
+    r->conn.accept_starved = 0;
     for (uint32_t i = 0; i < r->cfg.reserved_slots; i++)
-        if (r->lst[i].used && r->lst[i].active && r->lst[i].starved)
+        if (r->conn.lst[i].used && r->conn.lst[i].active && r->conn.lst[i].starved)
             arm_listener(r, i);
 }
 
 static int reserve_slot(struct us_ring *r)
 {
     for (uint32_t i = 0; i < r->cfg.reserved_slots; i++)
-        if (!r->lst[i].used) {
-            r->lst[i].used = 1;
+        if (!r->conn.lst[i].used) {
+            r->conn.lst[i].used = 1;
             return (int)i;
         }
     return -ENFILE;
@@ -976,7 +1017,7 @@ static int install_fd(struct us_ring *r, uint32_t slot, int fd)
 {
     int fds[1] = { fd };
     struct io_uring_rsrc_update up = { .offset = slot, .data = (uint64_t)(uintptr_t)fds };
-    int ret = sys_register(r->fd, IORING_REGISTER_FILES_UPDATE, &up, 1);
+    int ret = sys_register(r->io.fd, IORING_REGISTER_FILES_UPDATE, &up, 1);
     return ret < 0 ? -errno : 0;
 }
 
@@ -988,11 +1029,11 @@ int us_listener_add(struct us_ring *r, int fd)
     if (conn_fixed(r)) {
         int err = install_fd(r, (uint32_t)lid, fd);
         if (err) {
-            r->lst[lid].used = 0;
+            r->conn.lst[lid].used = 0;
             return err;
         }
     }
-    struct listener *l = &r->lst[lid];
+    struct listener *l = &r->conn.lst[lid];
     l->fd = fd;
     l->gen++;
     l->active = l->starved = 0;
@@ -1001,18 +1042,18 @@ int us_listener_add(struct us_ring *r, int fd)
 
 int us_listener_start(struct us_ring *r, int lid)
 {
-    if (lid < 0 || (uint32_t)lid >= r->cfg.reserved_slots || !r->lst[lid].used)
+    if (lid < 0 || (uint32_t)lid >= r->cfg.reserved_slots || !r->conn.lst[lid].used)
         return -EBADF;
-    r->lst[lid].active = 1;
+    r->conn.lst[lid].active = 1;
     arm_listener(r, (uint32_t)lid);
     return 0;
 }
 
 int us_listener_stop(struct us_ring *r, int lid)
 {
-    if (lid < 0 || (uint32_t)lid >= r->cfg.reserved_slots || !r->lst[lid].used)
+    if (lid < 0 || (uint32_t)lid >= r->cfg.reserved_slots || !r->conn.lst[lid].used)
         return -EBADF;
-    struct listener *l = &r->lst[lid];
+    struct listener *l = &r->conn.lst[lid];
     l->active = 0;
     l->gen++; /* accepts still in flight become stale; a connection they bring is closed */
     int fd = conn_fixed(r) ? lid : l->fd;
@@ -1030,10 +1071,10 @@ static void on_accept(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o
 {
     uint64_t ud = cqe->user_data;
     uint32_t lid = UD_SLOT(ud), k = UD_AUX(ud);
-    struct listener *l = &r->lst[lid];
-    struct accept_ctx *a = &r->acc[k];
+    struct listener *l = &r->conn.lst[lid];
+    struct accept_ctx *a = &r->conn.acc[k];
     a->busy = 0;
-    r->accepts_inflight--;
+    r->conn.accepts_inflight--;
     l->inflight--;
     int stale = !(l->used && l->active && l->gen == (uint16_t)UD_GEN(ud));
     int res = cqe->res;
@@ -1054,7 +1095,7 @@ static void on_accept(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o
             if (!l->starved)
                 r->st.accept_paused++;
             l->starved = 1;
-            r->accept_starved = 1;
+            r->conn.accept_starved = 1;
         }
         /* the caller logs it and retries after a delay (never a spin) */
         struct us_event *e = emit(o, US_EV_ACCEPT, lid, l->gen, res);
@@ -1062,16 +1103,16 @@ static void on_accept(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o
         return;
     }
     uint32_t slot = (uint32_t)res;
-    if (slot >= r->nconn) { /* fd mode only: an fd beyond the table */
+    if (slot >= r->conn.size) { /* fd mode only: an fd beyond the table */
         close(res);
         r->st.accept_errors++;
         arm_listener(r, lid);
         return;
     }
-    r->accept_used++;
+    r->conn.accept_used++;
     r->st.accepts++;
     conn_init(r, slot, res);
-    struct conn *c = &r->conns[slot];
+    struct conn *c = &r->conn.table[slot];
     /* Stale: the listener was stopped while this accept completed. The
      * connection has left the backlog (on a shared socket another process
      * would have served it), so the caller decides, never a silent close. */
@@ -1102,26 +1143,26 @@ static void on_socket(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o
     uint64_t ud = cqe->user_data;
     uint32_t target = UD_SLOT(ud), tag = UD_AUX(ud);
     int res = cqe->res;
-    if (res >= 0 && !conn_fixed(r) && (uint32_t)res >= r->nconn) {
+    if (res >= 0 && !conn_fixed(r) && (uint32_t)res >= r->conn.size) {
         close(res); /* an fd beyond the table */
         res = -EMFILE;
     }
     if (res < 0) {
-        r->accept_used--; /* us_connect() held the slot */
+        r->conn.accept_used--; /* us_connect() held the slot */
         connect_failed(r, o, NONE, 0, tag, res);
         rearm_starved(r);
         return;
     }
     uint32_t slot = (uint32_t)res;
     conn_init(r, slot, res);
-    struct conn *c = &r->conns[slot];
-    struct io_uring_sqe *sqe = prep(r, UD(OP_CONNECT, slot, c->gen, tag), c->fd, conn_fixed(r), &r->tgt[target], 0);
+    struct conn *c = &r->conn.table[slot];
+    struct io_uring_sqe *sqe = prep(r, UD(OP_CONNECT, slot, c->gen, tag), c->fd, conn_fixed(r), &r->client->tgt[target], 0);
     if (!sqe) {
         connect_failed(r, o, slot, c->gen, tag, -EBUSY);
         issue_close(r, slot, c);
         return;
     }
-    sqe->off = r->tgtlen[target]; /* connect's addrlen */
+    sqe->off = r->client->tgtlen[target]; /* connect's addrlen */
 }
 
 static void on_connect(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
@@ -1146,10 +1187,10 @@ static void on_connect(struct us_ring *r, struct io_uring_cqe *cqe, struct out *
 
 static void recycle_buf(struct us_ring *r, uint32_t bid)
 {
-    if (r->stashing)
-        r->held_bufs[r->nheld_bufs++] = (uint16_t)bid;
+    if (r->stash.on)
+        r->pbuf.held[r->pbuf.nheld++] = (uint16_t)bid;
     else
-        r->recycle[r->nrecycle++] = (uint16_t)bid;
+        r->pbuf.recycle[r->pbuf.nrecycle++] = (uint16_t)bid;
 }
 
 /* The kernel takes buffers from the ring head in order, so every buffer in
@@ -1158,9 +1199,9 @@ static void recycle_buf(struct us_ring *r, uint32_t bid)
  * out (ENOBUFS): light load gets locality, bursts get the whole ring. */
 static void grow_bufs(struct us_ring *r)
 {
-    uint32_t circulating = r->cfg.buf_count - r->nreserve;
-    for (uint32_t i = 0; i < circulating && r->nreserve; i++) {
-        r->recycle[r->nrecycle++] = r->reserve[--r->nreserve]; /* no event refers to these */
+    uint32_t circulating = r->cfg.buf_count - r->pbuf.nreserve;
+    for (uint32_t i = 0; i < circulating && r->pbuf.nreserve; i++) {
+        r->pbuf.recycle[r->pbuf.nrecycle++] = r->pbuf.reserve[--r->pbuf.nreserve]; /* no event refers to these */
         r->st.bufs_out++; /* refill() counts it back in */
     }
 }
@@ -1175,17 +1216,17 @@ static int take_bufs(struct us_ring *r, struct io_uring_cqe *cqe, uint16_t *bids
     int n = 1;
     if (r->cfg.recv_bundle && res > 0)
         n = (int)((res + r->cfg.buf_size - 1) / r->cfg.buf_size);
-    if (r->shadow[r->cons_pos & r->br_mask] != bid) {
+    if (r->pbuf.shadow[r->pbuf.cons_pos & r->pbuf.mask] != bid) {
         /* ring order lost (bundle regressions): resync on the named buffer */
         r->st.buf_resyncs++;
-        for (uint32_t i = 0; i <= r->br_mask; i++)
-            if (r->shadow[(r->cons_pos + i) & r->br_mask] == bid) {
-                r->cons_pos += i;
+        for (uint32_t i = 0; i <= r->pbuf.mask; i++)
+            if (r->pbuf.shadow[(r->pbuf.cons_pos + i) & r->pbuf.mask] == bid) {
+                r->pbuf.cons_pos += i;
                 break;
             }
     }
     for (int i = 0; i < n; i++)
-        bids[i] = r->shadow[(r->cons_pos++) & r->br_mask];
+        bids[i] = r->pbuf.shadow[(r->pbuf.cons_pos++) & r->pbuf.mask];
     if (n > 1)
         r->st.bundles++;
     r->st.bufs_out += (uint32_t)n;
@@ -1216,7 +1257,7 @@ static void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
             r->st.plain_recvs++;
             struct us_event *e = emit(o, US_EV_RECV, slot, c->gen, res);
             e->data = c->rbuf;
-            e->off = (uint32_t)(c->rbuf - r->bufs);
+            e->off = (uint32_t)(c->rbuf - r->pbuf.data);
             rearm_later(r, slot, c); /* after Python has read rbuf */
         } else {
             int left = res;
@@ -1224,7 +1265,7 @@ static void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
                 int n = left < (int)r->cfg.buf_size ? left : (int)r->cfg.buf_size;
                 struct us_event *e = emit(o, US_EV_RECV, slot, c->gen, n);
                 e->off = (uint32_t)bids[i] * r->cfg.buf_size;
-                e->data = r->bufs + e->off;
+                e->data = r->pbuf.data + e->off;
                 recycle_buf(r, bids[i]);
                 left -= n;
             }
@@ -1261,24 +1302,24 @@ static void send_done(struct us_ring *r, uint32_t slot, struct conn *c, struct o
 static void consume_sent(struct us_ring *r, struct conn *c, uint32_t res)
 {
     r->st.send_bytes += res;
-    if (res < c->inflight_len)
+    if (res < c->q.inflight_len)
         r->st.send_partial++;
-    c->queued -= res;
-    c->sent += res;
+    c->q.queued -= res;
+    c->q.sent += res;
     for (uint32_t left = res; left;) {
-        uint32_t old = c->head, avail = r->ch_len[old] - c->head_off;
+        uint32_t old = c->q.head, avail = r->send.ch_len[old] - c->q.head_off;
         if (left < avail) {
-            c->head_off += left;
+            c->q.head_off += left;
             break;
         }
         left -= avail;
-        c->head = old == c->tail ? NONE : r->ch_next[old];
-        if (c->head == NONE)
-            c->tail = NONE;
-        c->head_off = 0;
-        if (c->fprev == old)
-            c->fprev = NONE; /* the file segment is the head now */
-        r->ch_detached[old] = 1;
+        c->q.head = old == c->q.tail ? NONE : r->send.ch_next[old];
+        if (c->q.head == NONE)
+            c->q.tail = NONE;
+        c->q.head_off = 0;
+        if (c->q.fprev == old)
+            c->q.fprev = NONE; /* the file segment is the head now */
+        r->send.ch_detached[old] = 1;
         chunk_maybe_free(r, old);
     }
 }
@@ -1299,12 +1340,12 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
             if (c)
                 c->flags |= F_NO_ZC; /* the kernel copied anyway: plain send is cheaper */
         }
-        r->ch_refs[ch]--;
+        r->send.ch_refs[ch]--;
         chunk_maybe_free(r, ch);
         return;
     }
     if (!(zc && (cqe->flags & IORING_CQE_F_MORE)))
-        r->ch_refs[ch]--;
+        r->send.ch_refs[ch]--;
     if (!c) {
         r->st.stale_cqes++;
         chunk_maybe_free(r, ch);
@@ -1333,13 +1374,13 @@ static void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
  * waited for the queue to drain, and WRITABLE once below the caller's mark. */
 static void send_done(struct us_ring *r, uint32_t slot, struct conn *c, struct out *o)
 {
-    if (c->queued) {
+    if (c->q.queued) {
         submit_send(r, slot, c);
     } else if (c->state == C_CLOSING) {
-        if (c->notify_at >= 0) {
+        if (c->q.notify_at >= 0) {
             /* a paused writer closed: as with asyncio, it may still write its
              * last words when resumed (TLS close_notify); Python closes again */
-            c->notify_at = -1;
+            c->q.notify_at = -1;
             emit(o, US_EV_WRITABLE, slot, c->gen, 0);
             return;
         }
@@ -1348,9 +1389,9 @@ static void send_done(struct us_ring *r, uint32_t slot, struct conn *c, struct o
     } else if (c->flags & F_SHUT_PENDING) {
         issue_shutdown(r, slot, c);
     }
-    if (c->notify_at >= 0 && (int64_t)c->queued <= c->notify_at) {
-        c->notify_at = -1;
-        emit(o, US_EV_WRITABLE, slot, c->gen, (int32_t)(c->queued > 0x7fffffff ? 0x7fffffff : c->queued));
+    if (c->q.notify_at >= 0 && (int64_t)c->q.queued <= c->q.notify_at) {
+        c->q.notify_at = -1;
+        emit(o, US_EV_WRITABLE, slot, c->gen, (int32_t)(c->q.queued > 0x7fffffff ? 0x7fffffff : c->q.queued));
     }
 }
 
@@ -1360,11 +1401,11 @@ static void on_sendv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint64_t ud = cqe->user_data;
     uint32_t slot = UD_SLOT(ud), rec = UD_AUX(ud);
-    struct vrec *v = &r->vrecs[rec];
+    struct vrec *v = &r->send.vrecs[rec];
     struct conn *c = conn_get(r, slot, UD_GEN(ud));
     for (uint32_t i = 0; i < v->nseg; i++)
-        r->ch_refs[v->seg[i]]--;
-    r->vfree[r->nvfree++] = rec;
+        r->send.ch_refs[v->seg[i]]--;
+    r->send.vfree[r->send.nvfree++] = rec;
     if (!c) {
         r->st.stale_cqes++;
         for (uint32_t i = 0; i < v->nseg; i++)
@@ -1388,7 +1429,7 @@ static void on_close(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint64_t ud = cqe->user_data;
     uint32_t slot = UD_SLOT(ud);
-    struct conn *c = &r->conns[slot];
+    struct conn *c = &r->conn.table[slot];
     if (c->state != C_CLOSE_WAIT || c->gen != (uint16_t)UD_GEN(ud)) {
         r->st.stale_cqes++;
         return;
@@ -1421,7 +1462,7 @@ static void on_poll(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 static void on_lclose(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint64_t ud = cqe->user_data;
-    struct listener *l = &r->lst[UD_SLOT(ud)];
+    struct listener *l = &r->conn.lst[UD_SLOT(ud)];
     if (l->gen == (uint16_t)UD_GEN(ud) && !l->active)
         l->used = 0;
 }
@@ -1446,26 +1487,26 @@ static void process_cqe(struct us_ring *r, struct io_uring_cqe *cqe, struct out 
 
 static void refill(struct us_ring *r)
 {
-    if (r->nrecycle) {
-        for (uint32_t i = 0; i < r->nrecycle; i++) {
-            uint16_t bid = r->recycle[i];
-            uint32_t pos = r->br_tail & r->br_mask;
-            struct io_uring_buf *b = &r->br->bufs[pos];
-            b->addr = (uint64_t)(uintptr_t)(r->bufs + (size_t)bid * r->cfg.buf_size);
+    if (r->pbuf.nrecycle) {
+        for (uint32_t i = 0; i < r->pbuf.nrecycle; i++) {
+            uint16_t bid = r->pbuf.recycle[i];
+            uint32_t pos = r->pbuf.tail & r->pbuf.mask;
+            struct io_uring_buf *b = &r->pbuf.ring->bufs[pos];
+            b->addr = (uint64_t)(uintptr_t)(r->pbuf.data + (size_t)bid * r->cfg.buf_size);
             b->len = r->cfg.buf_size;
             b->bid = bid;
-            r->shadow[pos] = bid;
-            r->br_tail++;
+            r->pbuf.shadow[pos] = bid;
+            r->pbuf.tail++;
         }
-        r->st.bufs_out -= r->nrecycle;
-        r->nrecycle = 0;
-        __atomic_store_n(&r->br->tail, (uint16_t)r->br_tail, __ATOMIC_RELEASE);
+        r->st.bufs_out -= r->pbuf.nrecycle;
+        r->pbuf.nrecycle = 0;
+        __atomic_store_n(&r->pbuf.ring->tail, (uint16_t)r->pbuf.tail, __ATOMIC_RELEASE);
     }
-    uint32_t n = r->nrearm;
-    r->nrearm = 0;
+    uint32_t n = r->conn.nrearm;
+    r->conn.nrearm = 0;
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t slot = r->rearm[i];
-        struct conn *c = &r->conns[slot];
+        uint32_t slot = r->conn.rearm[i];
+        struct conn *c = &r->conn.table[slot];
         c->flags &= ~F_REARM_Q;
         if (c->state == C_OPEN && !(c->flags & (F_RECV_ARMED | F_RECV_PAUSED | F_EOF))) {
             arm_recv(r, slot, c);
@@ -1476,30 +1517,30 @@ static void refill(struct us_ring *r)
 
 static int reap(struct us_ring *r, struct out *o)
 {
-    unsigned head = *r->cq_head;
-    unsigned tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    unsigned head = *r->io.cq_head;
+    unsigned tail = __atomic_load_n(r->io.cq_tail, __ATOMIC_ACQUIRE);
     while (head != tail && o->max - o->n >= EV_ROOM) {
-        process_cqe(r, &r->cqes[head & r->cq_mask], o);
+        process_cqe(r, &r->io.cqes[head & r->io.cq_mask], o);
         head++;
         if (head == tail)
-            tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+            tail = __atomic_load_n(r->io.cq_tail, __ATOMIC_ACQUIRE);
     }
-    __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    __atomic_store_n(r->io.cq_head, head, __ATOMIC_RELEASE);
     return head != tail;
 }
 
 static int cq_ready(struct us_ring *r)
 {
-    return *r->cq_head != __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    return *r->io.cq_head != __atomic_load_n(r->io.cq_tail, __ATOMIC_ACQUIRE);
 }
 
 static void stash_cqe(struct us_ring *r, struct io_uring_cqe *cqe)
 {
-    struct out o = { r->stash, r->nstash, r->stash_cap };
-    r->stashing = 1;
+    struct out o = { r->stash.ev, r->stash.n, r->stash.cap };
+    r->stash.on = 1;
     process_cqe(r, cqe, &o);
-    r->stashing = 0;
-    r->nstash = o.n;
+    r->stash.on = 0;
+    r->stash.n = o.n;
 }
 
 static int64_t now_ns(void)
@@ -1517,11 +1558,11 @@ static int64_t now_ns(void)
  * waiting for an event that never comes left the connection unread. */
 static void release_held(struct us_ring *r)
 {
-    for (uint32_t i = 0; i < r->nheld_bufs; i++)
-        r->recycle[r->nrecycle++] = r->held_bufs[i];
-    for (uint32_t i = 0; i < r->nheld_rearm; i++)
-        r->rearm[r->nrearm++] = r->held_rearm[i];
-    r->nheld_bufs = r->nheld_rearm = 0;
+    for (uint32_t i = 0; i < r->pbuf.nheld; i++)
+        r->pbuf.recycle[r->pbuf.nrecycle++] = r->pbuf.held[i];
+    for (uint32_t i = 0; i < r->conn.nheld_rearm; i++)
+        r->conn.rearm[r->conn.nrearm++] = r->conn.held_rearm[i];
+    r->pbuf.nheld = r->conn.nheld_rearm = 0;
 }
 
 int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, int64_t timeout_ns)
@@ -1529,18 +1570,18 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
     struct out o = { ev, 0, max };
     if (max < EV_ROOM)
         return -EINVAL;
-    if (!r->nstash)
+    if (!r->stash.n)
         release_held(r); /* stashed CQEs that made no event (a re-arm after ECANCELED) */
     refill(r); /* what the caller's previous batch held goes back first */
     flush_sends(r);
-    if (r->nstash) {
-        int n = r->nstash < max ? r->nstash : max;
-        memcpy(ev, r->stash, (size_t)n * sizeof(*ev));
-        memmove(r->stash, r->stash + n, (size_t)(r->nstash - n) * sizeof(*ev));
-        r->nstash -= n;
+    if (r->stash.n) {
+        int n = r->stash.n < max ? r->stash.n : max;
+        memcpy(ev, r->stash.ev, (size_t)n * sizeof(*ev));
+        memmove(r->stash.ev, r->stash.ev + n, (size_t)(r->stash.n - n) * sizeof(*ev));
+        r->stash.n -= n;
         o.n = n;
         min_complete = 0;
-        if (!r->nstash) /* all handed out: their buffers come back with this batch's */
+        if (!r->stash.n) /* all handed out: their buffers come back with this batch's */
             release_held(r);
     }
     if (cq_ready(r))
@@ -1564,13 +1605,13 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
         if (ret < 0 && ret != -EINTR && ret != -ETIME && ret != -EBUSY && ret != -EAGAIN)
             return ret;
         reap(r, &o);
-        if (r->nfillwait && r->nfree)
+        if (r->send.nfillwait && r->send.nfree)
             retry_fills(r); /* submitted with the next enter */
-        if (((r->arena_waiting && r->arena_freed) || (r->seg_waiting && r->seg_freed)) && o.n < o.max) {
-            r->arena_waiting = r->seg_waiting = 0;
-            emit(&o, US_EV_ARENA, 0, 0, (int32_t)r->nfree);
+        if (((r->send.arena_waiting && r->send.arena_freed) || (r->send.seg_waiting && r->send.seg_freed)) && o.n < o.max) {
+            r->send.arena_waiting = r->send.seg_waiting = 0;
+            emit(&o, US_EV_ARENA, 0, 0, (int32_t)r->send.nfree);
         }
-        r->arena_freed = r->seg_freed = 0;
+        r->send.arena_freed = r->send.seg_freed = 0;
         if (o.n || min_complete <= 0 || ret == -EINTR || ret == -ETIME)
             break;
         /* Only completions the core finishes itself arrived (sends, zc
@@ -1613,7 +1654,7 @@ static int slot_alloc_install(struct us_ring *r, int fd, int op)
     int res = sync_op(r, ud);
     if (res < 0)
         return res;
-    if (res != 1 || fds[0] < 0 || (uint32_t)fds[0] >= r->nconn)
+    if (res != 1 || fds[0] < 0 || (uint32_t)fds[0] >= r->conn.size)
         return -ENFILE;
     return fds[0];
 }
@@ -1633,15 +1674,15 @@ int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen)
         int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
         if (own < 0)
             return -errno;
-        if ((uint32_t)own >= r->nconn) {
+        if ((uint32_t)own >= r->conn.size) {
             close(own);
             return -EMFILE;
         }
         slot = (uint32_t)own;
         conn_init(r, slot, own);
     }
-    r->accept_used++;
-    *gen = r->conns[slot].gen;
+    r->conn.accept_used++;
+    *gen = r->conn.table[slot].gen;
     return (int)slot;
 }
 
@@ -1654,13 +1695,13 @@ int us_flush(struct us_ring *r)
     int ret = do_enter(r, 0, IORING_ENTER_GETEVENTS, NULL, 0);
     if (ret < 0 && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
         return ret;
-    unsigned head = *r->cq_head;
-    unsigned tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
-    while (head != tail && r->stash_cap - r->nstash >= EV_ROOM) {
-        stash_cqe(r, &r->cqes[head & r->cq_mask]);
+    unsigned head = *r->io.cq_head;
+    unsigned tail = __atomic_load_n(r->io.cq_tail, __ATOMIC_ACQUIRE);
+    while (head != tail && r->stash.cap - r->stash.n >= EV_ROOM) {
+        stash_cqe(r, &r->io.cqes[head & r->io.cq_mask]);
         head++;
     }
-    __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    __atomic_store_n(r->io.cq_head, head, __ATOMIC_RELEASE);
     return 0;
 }
 
@@ -1713,29 +1754,29 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
     size_t copied = 0;
     uint32_t cs = r->cfg.chunk_size;
     while (copied < len) {
-        uint32_t t = c->tail;
-        if (t == NONE || t >= r->nchunks || r->ch_len[t] == cs) {
+        uint32_t t = c->q.tail;
+        if (t == NONE || t >= r->send.nchunks || r->send.ch_len[t] == cs) {
             uint32_t n = chunk_alloc(r);
             if (n == NONE) {
-                r->arena_waiting = 1;
+                r->send.arena_waiting = 1;
                 r->st.arena_short++;
                 break;
             }
             if (t == NONE)
-                c->head = n;
+                c->q.head = n;
             else
-                r->ch_next[t] = n;
-            c->tail = t = n;
+                r->send.ch_next[t] = n;
+            c->q.tail = t = n;
         }
-        size_t room = cs - r->ch_len[t];
+        size_t room = cs - r->send.ch_len[t];
         size_t n = len - copied < room ? len - copied : room;
         /* appending past an in-flight send's range is safe: the kernel reads only that range */
-        memcpy(r->arena + (size_t)t * cs + r->ch_len[t], data + copied, n);
-        r->ch_len[t] += (uint32_t)n;
+        memcpy(r->send.arena + (size_t)t * cs + r->send.ch_len[t], data + copied, n);
+        r->send.ch_len[t] += (uint32_t)n;
         copied += n;
     }
-    c->queued += copied;
-    if (c->queued)
+    c->q.queued += copied;
+    if (c->q.queued)
         send_later(r, slot, c);
     return (int64_t)copied;
 }
@@ -1746,23 +1787,23 @@ static int64_t queue_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const c
     struct conn *c = send_conn(r, slot, gen, &err);
     if (!c)
         return err;
-    if (!r->nextfree || len == 0 || len > 0x7fffffff)
+    if (!r->send.nextfree || len == 0 || len > 0x7fffffff)
         return -ENOBUFS; /* the caller copies instead */
-    uint32_t e = r->ext_free[--r->nextfree];
-    uint32_t seg = r->nchunks + e;
-    r->ext_ptr[e] = data;
-    r->ext_staged[e] = (uint8_t)staged;
-    r->ch_next[seg] = NONE;
-    r->ch_len[seg] = (uint32_t)len;
-    r->ch_refs[seg] = 0;
-    r->ch_detached[seg] = 0;
+    uint32_t e = r->send.ext_free[--r->send.nextfree];
+    uint32_t seg = r->send.nchunks + e;
+    r->send.ext_ptr[e] = data;
+    r->send.ext_staged[e] = (uint8_t)staged;
+    r->send.ch_next[seg] = NONE;
+    r->send.ch_len[seg] = (uint32_t)len;
+    r->send.ch_refs[seg] = 0;
+    r->send.ch_detached[seg] = 0;
     r->st.ext_in_use++;
-    if (c->tail == NONE)
-        c->head = seg;
+    if (c->q.tail == NONE)
+        c->q.head = seg;
     else
-        r->ch_next[c->tail] = seg;
-    c->tail = seg;
-    c->queued += len;
+        r->send.ch_next[c->q.tail] = seg;
+    c->q.tail = seg;
+    c->q.queued += len;
     r->st.ext_sends += !staged;
     send_later(r, slot, c);
     return (int64_t)e;
@@ -1775,33 +1816,36 @@ int64_t us_send_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *
 
 int64_t us_send_staged(struct us_ring *r, uint32_t slot, uint32_t gen, uint32_t off, uint32_t len)
 {
-    if ((uint64_t)off + len > r->stage_len || len == 0)
+    size_t stage_len;
+    char *stage = send_stage(r, &stage_len);
+    if ((uint64_t)off + len > stage_len || len == 0)
         return -EINVAL;
-    return queue_ref(r, slot, gen, r->stage + off, len, 1);
+    return queue_ref(r, slot, gen, stage + off, len, 1);
 }
 
 char *us_stage_region(struct us_ring *r, size_t *len)
 {
-    *len = r->stage_len;
-    return r->stage;
+    return send_stage(r, len);
 }
 
 int us_target_set(struct us_ring *r, uint32_t target, const void *addr, uint32_t addrlen)
 {
-    if (target >= MAX_TARGETS || addrlen > sizeof(r->tgt[0]) || addrlen < sizeof(sa_family_t))
+    if (target >= MAX_TARGETS || addrlen > sizeof(r->client->tgt[0]) || addrlen < sizeof(sa_family_t))
         return -EINVAL;
-    memcpy(&r->tgt[target], addr, addrlen);
-    r->tgtlen[target] = addrlen;
+    if (!r->client && !(r->client = calloc(1, sizeof(*r->client))))
+        return -ENOMEM; /* a server's ring never carries targets */
+    memcpy(&r->client->tgt[target], addr, addrlen);
+    r->client->tgtlen[target] = addrlen;
     return 0;
 }
 
 int us_connect(struct us_ring *r, uint32_t target, uint32_t tag)
 {
-    if (target >= MAX_TARGETS || !r->tgtlen[target] || tag > 0xFFFFF)
+    if (target >= MAX_TARGETS || !r->client || !r->client->tgtlen[target] || tag > 0xFFFFF)
         return -EINVAL;
     if (!accept_room(r))
         return -ENFILE;
-    int family = ((struct sockaddr *)&r->tgt[target])->sa_family;
+    int family = ((struct sockaddr *)&r->client->tgt[target])->sa_family;
     struct io_uring_sqe *sqe = prep(r, UD(OP_SOCKET, target, 0, tag), family, 0, NULL, 0);
     if (!sqe)
         return -EBUSY;
@@ -1809,7 +1853,7 @@ int us_connect(struct us_ring *r, uint32_t target, uint32_t tag)
     sqe->len = 0;
     if (conn_fixed(r))
         sqe->file_index = IORING_FILE_INDEX_ALLOC;
-    r->accept_used++; /* the slot is spoken for until on_socket() */
+    r->conn.accept_used++; /* the slot is spoken for until on_socket() */
     return 0;
 }
 
@@ -1827,37 +1871,37 @@ int64_t us_send_file(struct us_ring *r, uint32_t slot, uint32_t gen, int file, i
     if (len == 0 || len > 0x7fffffff)
         return -EINVAL; /* the caller splits big files */
     /* an unregistered file's slot lives on only while something holds it */
-    if (fixed && (!conn_fixed(r) || (uint32_t)file >= r->nconn || r->conns[file].state != C_FILE ||
-                  ((r->conns[file].flags & F_FILE_DROP) && !r->conns[file].queued)))
+    if (fixed && (!conn_fixed(r) || (uint32_t)file >= r->conn.size || r->conn.table[file].state != C_FILE ||
+                  ((r->conn.table[file].flags & F_FILE_DROP) && !r->conn.table[file].q.queued)))
         return -EBADF;
-    if (!r->nextfree) {
-        r->seg_waiting = 1; /* a queued range retries on US_EV_ARENA, as writes do */
+    if (!r->send.nextfree) {
+        r->send.seg_waiting = 1; /* a queued range retries on US_EV_ARENA, as writes do */
         return -ENOBUFS;
     }
     if (fixed)
-        r->conns[file].queued++;
-    uint32_t e = r->ext_free[--r->nextfree];
-    uint32_t seg = r->nchunks + e;
-    r->ext_ptr[e] = NULL;
-    r->ext_fd[e] = file;
-    r->ext_ffixed[e] = (uint8_t)(fixed != 0);
-    r->ext_foff[e] = off;
-    r->ch_next[seg] = NONE;
-    r->ch_len[seg] = (uint32_t)len;
-    r->ch_refs[seg] = 0;
-    r->ch_detached[seg] = 0;
+        r->conn.table[file].q.queued++;
+    uint32_t e = r->send.ext_free[--r->send.nextfree];
+    uint32_t seg = r->send.nchunks + e;
+    r->send.ext_ptr[e] = NULL;
+    r->send.ext_fd[e] = file;
+    r->send.ext_ffixed[e] = (uint8_t)(fixed != 0);
+    r->send.ext_foff[e] = off;
+    r->send.ch_next[seg] = NONE;
+    r->send.ch_len[seg] = (uint32_t)len;
+    r->send.ch_refs[seg] = 0;
+    r->send.ch_detached[seg] = 0;
     r->st.ext_in_use++;
     r->st.file_sends++;
-    if (c->tail == NONE)
-        c->head = seg;
+    if (c->q.tail == NONE)
+        c->q.head = seg;
     else
-        r->ch_next[c->tail] = seg;
-    if (c->fseg == NONE) {
-        c->fseg = seg;
-        c->fprev = c->tail;
+        r->send.ch_next[c->q.tail] = seg;
+    if (c->q.fseg == NONE) {
+        c->q.fseg = seg;
+        c->q.fprev = c->q.tail;
     }
-    c->tail = seg;
-    c->queued += len;
+    c->q.tail = seg;
+    c->q.queued += len;
     if (!(c->flags & F_SEND_INFLIGHT))
         send_later(r, slot, c);
     else
@@ -1877,13 +1921,13 @@ int us_file_register(struct us_ring *r, int fd)
     int slot = slot_alloc_install(r, fd, OP_FILE);
     if (slot < 0)
         return slot;
-    struct conn *c = &r->conns[slot];
+    struct conn *c = &r->conn.table[slot];
     c->gen++;
     c->state = C_FILE;
     c->flags = 0;
-    c->head = c->tail = c->fseg = c->fprev = NONE;
-    c->queued = 0;
-    r->accept_used++;
+    c->q.head = c->q.tail = c->q.fseg = c->q.fprev = NONE;
+    c->q.queued = 0;
+    r->conn.accept_used++;
     r->st.files_registered++;
     return slot;
 }
@@ -1892,12 +1936,12 @@ int us_file_register(struct us_ring *r, int fd)
  * later, or let it go (-1). */
 int us_file_hold(struct us_ring *r, uint32_t slot, int delta)
 {
-    if (slot >= r->nconn || r->conns[slot].state != C_FILE)
+    if (slot >= r->conn.size || r->conn.table[slot].state != C_FILE)
         return -EBADF;
     if (delta > 0) {
-        if (r->conns[slot].flags & F_FILE_DROP)
+        if (r->conn.table[slot].flags & F_FILE_DROP)
             return -EBADF;
-        r->conns[slot].queued++;
+        r->conn.table[slot].q.queued++;
     } else {
         file_unref(r, slot);
     }
@@ -1907,30 +1951,30 @@ int us_file_hold(struct us_ring *r, uint32_t slot, int delta)
 /* The slot empties once no queued file segment names it (see file_unref). */
 int us_file_unregister(struct us_ring *r, uint32_t slot)
 {
-    if (slot >= r->nconn || r->conns[slot].state != C_FILE || (r->conns[slot].flags & F_FILE_DROP))
+    if (slot >= r->conn.size || r->conn.table[slot].state != C_FILE || (r->conn.table[slot].flags & F_FILE_DROP))
         return -EBADF;
-    struct conn *c = &r->conns[slot];
+    struct conn *c = &r->conn.table[slot];
     c->flags |= F_FILE_DROP;
-    if (!c->queued)
+    if (!c->q.queued)
         issue_file_drop(r, slot);
     return 0;
 }
 
 uint32_t *us_released(struct us_ring *r)
 {
-    return r->released;
+    return r->send.released;
 }
 
 int64_t us_queued(struct us_ring *r, uint32_t slot, uint32_t gen)
 {
     struct conn *c = conn_get(r, slot, gen);
-    return c ? (int64_t)c->queued : -EBADF;
+    return c ? (int64_t)c->q.queued : -EBADF;
 }
 
 int64_t us_sent(struct us_ring *r, uint32_t slot, uint32_t gen)
 {
     struct conn *c = conn_get(r, slot, gen);
-    return c ? (int64_t)c->sent : -EBADF;
+    return c ? (int64_t)c->q.sent : -EBADF;
 }
 
 int us_notify_below(struct us_ring *r, uint32_t slot, uint32_t gen, int64_t level)
@@ -1938,7 +1982,7 @@ int us_notify_below(struct us_ring *r, uint32_t slot, uint32_t gen, int64_t leve
     struct conn *c = conn_get(r, slot, gen);
     if (!c)
         return -EBADF;
-    c->notify_at = level;
+    c->q.notify_at = level;
     return 0;
 }
 
@@ -1950,7 +1994,7 @@ int us_shutdown(struct us_ring *r, uint32_t slot, uint32_t gen)
     if (c->flags & (F_SHUT_PENDING | F_SHUT_DONE))
         return 0;
     c->flags |= F_SHUT_PENDING;
-    if (!c->queued && !(c->flags & F_SEND_INFLIGHT))
+    if (!c->q.queued && !(c->flags & F_SEND_INFLIGHT))
         issue_shutdown(r, slot, c);
     return 0;
 }
@@ -1960,7 +2004,7 @@ int us_close(struct us_ring *r, uint32_t slot, uint32_t gen, int graceful)
     struct conn *c = conn_get(r, slot, gen);
     if (!c)
         return -EBADF;
-    if (graceful && (c->queued || (c->flags & F_SEND_INFLIGHT))) {
+    if (graceful && (c->q.queued || (c->flags & F_SEND_INFLIGHT))) {
         if (c->state == C_OPEN && (c->flags & F_RECV_ARMED))
             us_recv_pause(r, slot, gen);
         c->state = C_CLOSING;
@@ -1973,10 +2017,10 @@ int us_close(struct us_ring *r, uint32_t slot, uint32_t gen, int graceful)
 int us_cancel_all(struct us_ring *r)
 {
     for (uint32_t i = 0; i < r->cfg.reserved_slots; i++)
-        if (r->lst[i].used && r->lst[i].active)
+        if (r->conn.lst[i].used && r->conn.lst[i].active)
             us_listener_stop(r, (int)i);
-    for (uint32_t s = 0; s < r->nconn; s++) {
-        struct conn *c = &r->conns[s];
+    for (uint32_t s = 0; s < r->conn.size; s++) {
+        struct conn *c = &r->conn.table[s];
         if (c->state == C_OPEN || c->state == C_CLOSING)
             issue_close(r, s, c);
     }
@@ -1991,24 +2035,24 @@ static int sync_op(struct us_ring *r, uint64_t want)
         int ret = do_enter(r, 1, IORING_ENTER_GETEVENTS, NULL, 0);
         if (ret < 0 && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
             return ret;
-        unsigned head = *r->cq_head;
-        unsigned tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+        unsigned head = *r->io.cq_head;
+        unsigned tail = __atomic_load_n(r->io.cq_tail, __ATOMIC_ACQUIRE);
         int found = 0, res = 0;
         while (head != tail) {
-            struct io_uring_cqe *cqe = &r->cqes[head & r->cq_mask];
+            struct io_uring_cqe *cqe = &r->io.cqes[head & r->io.cq_mask];
             if (cqe->user_data == want) {
                 r->st.cqes++;
                 r->st.inflight--;
                 found = 1;
                 res = cqe->res;
             } else {
-                if (r->stash_cap - r->nstash < EV_ROOM)
+                if (r->stash.cap - r->stash.n < EV_ROOM)
                     break;
                 stash_cqe(r, cqe);
             }
             head++;
         }
-        __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+        __atomic_store_n(r->io.cq_head, head, __ATOMIC_RELEASE);
         if (found)
             return res;
         if (head != tail)
@@ -2084,43 +2128,43 @@ static int ring_setup(struct us_ring *r)
         p.cq_entries = r->cfg.cq_entries;
         int fd = sys_setup(r->cfg.sq_entries, &p);
         if (fd >= 0) {
-            r->fd = r->enter_fd = fd;
-            r->setup_flags = flags;
-            r->features = p.features;
-            r->disabled_setup = (flags & IORING_SETUP_R_DISABLED) != 0;
+            r->io.fd = r->io.enter_fd = fd;
+            r->io.setup_flags = flags;
+            r->io.features = p.features;
+            r->io.disabled_setup = (flags & IORING_SETUP_R_DISABLED) != 0;
             size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
             size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
             if (p.features & IORING_FEAT_SINGLE_MMAP)
                 sq_len = cq_len = sq_len > cq_len ? sq_len : cq_len;
-            r->sq_map = mmap(NULL, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
-            if (r->sq_map == MAP_FAILED)
+            r->io.sq_map = mmap(NULL, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+            if (r->io.sq_map == MAP_FAILED)
                 return -errno;
-            r->sq_map_len = sq_len;
+            r->io.sq_map_len = sq_len;
             if (p.features & IORING_FEAT_SINGLE_MMAP) {
-                r->cq_map = r->sq_map;
+                r->io.cq_map = r->io.sq_map;
             } else {
-                r->cq_map = mmap(NULL, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_CQ_RING);
-                if (r->cq_map == MAP_FAILED)
+                r->io.cq_map = mmap(NULL, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_CQ_RING);
+                if (r->io.cq_map == MAP_FAILED)
                     return -errno;
-                r->cq_map_len = cq_len;
+                r->io.cq_map_len = cq_len;
             }
-            r->sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
-            r->sqes = mmap(NULL, r->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
-            if (r->sqes == MAP_FAILED)
+            r->io.sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
+            r->io.sqes = mmap(NULL, r->io.sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+            if (r->io.sqes == MAP_FAILED)
                 return -errno;
-            char *sq = r->sq_map, *cq = r->cq_map;
-            r->sq_head = (unsigned *)(sq + p.sq_off.head);
-            r->sq_tail = (unsigned *)(sq + p.sq_off.tail);
-            r->sq_mask = *(unsigned *)(sq + p.sq_off.ring_mask);
-            r->sq_entries = *(unsigned *)(sq + p.sq_off.ring_entries);
-            r->sq_array = (unsigned *)(sq + p.sq_off.array);
-            for (unsigned k = 0; k < r->sq_entries; k++)
-                r->sq_array[k] = k; /* identity: SQE k sits at ring position k */
-            r->cq_head = (unsigned *)(cq + p.cq_off.head);
-            r->cq_tail = (unsigned *)(cq + p.cq_off.tail);
-            r->cq_mask = *(unsigned *)(cq + p.cq_off.ring_mask);
-            r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
-            r->sqe_tail = r->sqe_submitted = *r->sq_tail;
+            char *sq = r->io.sq_map, *cq = r->io.cq_map;
+            r->io.sq_head = (unsigned *)(sq + p.sq_off.head);
+            r->io.sq_tail = (unsigned *)(sq + p.sq_off.tail);
+            r->io.sq_mask = *(unsigned *)(sq + p.sq_off.ring_mask);
+            r->io.sq_entries = *(unsigned *)(sq + p.sq_off.ring_entries);
+            r->io.sq_array = (unsigned *)(sq + p.sq_off.array);
+            for (unsigned k = 0; k < r->io.sq_entries; k++)
+                r->io.sq_array[k] = k; /* identity: SQE k sits at ring position k */
+            r->io.cq_head = (unsigned *)(cq + p.cq_off.head);
+            r->io.cq_tail = (unsigned *)(cq + p.cq_off.tail);
+            r->io.cq_mask = *(unsigned *)(cq + p.cq_off.ring_mask);
+            r->io.cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+            r->io.sqe_tail = r->io.sqe_submitted = *r->io.sq_tail;
             return 0;
         }
         int err = errno;
@@ -2135,11 +2179,11 @@ static int setup_files(struct us_ring *r)
     if (!conn_fixed(r))
         return 0;
     struct io_uring_rsrc_register reg = { .nr = r->cfg.files, .flags = IORING_RSRC_REGISTER_SPARSE };
-    if (sys_register(r->fd, IORING_REGISTER_FILES2, &reg, sizeof(reg)) < 0)
+    if (sys_register(r->io.fd, IORING_REGISTER_FILES2, &reg, sizeof(reg)) < 0)
         return -errno;
     struct io_uring_file_index_range range = {
         .off = r->cfg.reserved_slots, .len = r->cfg.files - r->cfg.reserved_slots };
-    if (sys_register(r->fd, IORING_REGISTER_FILE_ALLOC_RANGE, &range, 0) < 0)
+    if (sys_register(r->io.fd, IORING_REGISTER_FILE_ALLOC_RANGE, &range, 0) < 0)
         return -errno;
     return 0;
 }
@@ -2147,31 +2191,31 @@ static int setup_files(struct us_ring *r)
 static int setup_bufring(struct us_ring *r)
 {
     uint32_t n = r->cfg.buf_count;
-    r->br_len = ((size_t)n * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095;
-    r->br = map_anon(r->br_len);
+    r->pbuf.ring_len = ((size_t)n * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095;
+    r->pbuf.ring = map_anon(r->pbuf.ring_len);
     /* one region for all received data: the ring's buffers, then (plain
      * recv ablation) one buffer per slot; untouched pages cost nothing */
-    r->bufs_len = (size_t)n * r->cfg.buf_size;
+    r->pbuf.data_len = (size_t)n * r->cfg.buf_size;
     if (r->cfg.recv_mode == US_RECV_PLAIN)
-        r->bufs_len += (size_t)r->nconn * r->cfg.buf_size;
-    r->bufs = map_anon(r->bufs_len);
-    r->shadow = calloc(n, sizeof(uint16_t));
-    r->recycle = calloc(n, sizeof(uint16_t));
-    r->reserve = calloc(n, sizeof(uint16_t));
-    if (!r->br || !r->bufs || !r->shadow || !r->recycle || !r->reserve)
+        r->pbuf.data_len += (size_t)r->conn.size * r->cfg.buf_size;
+    r->pbuf.data = map_anon(r->pbuf.data_len);
+    r->pbuf.shadow = calloc(n, sizeof(uint16_t));
+    r->pbuf.recycle = calloc(n, sizeof(uint16_t));
+    r->pbuf.reserve = calloc(n, sizeof(uint16_t));
+    if (!r->pbuf.ring || !r->pbuf.data || !r->pbuf.shadow || !r->pbuf.recycle || !r->pbuf.reserve)
         return -ENOMEM;
-    r->br_mask = n - 1;
-    struct io_uring_buf_reg reg = { .ring_addr = (uint64_t)(uintptr_t)r->br, .ring_entries = n, .bgid = 0 };
+    r->pbuf.mask = n - 1;
+    struct io_uring_buf_reg reg = { .ring_addr = (uint64_t)(uintptr_t)r->pbuf.ring, .ring_entries = n, .bgid = 0 };
     int injected = fault_setup_take(US_SETUP_FAULT_BUF_RING);
     if (injected)
         return -injected;
-    if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0)
+    if (sys_register(r->io.fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0)
         return -errno;
     uint32_t initial = n < 64 ? n : 64;
     for (uint32_t i = 0; i < initial; i++)
         recycle_buf(r, i);
     for (uint32_t i = n; i > initial; i--)
-        r->reserve[r->nreserve++] = (uint16_t)(i - 1);
+        r->pbuf.reserve[r->pbuf.nreserve++] = (uint16_t)(i - 1);
     r->st.bufs_out = initial;
     refill(r);
     return 0;
@@ -2180,44 +2224,42 @@ static int setup_bufring(struct us_ring *r)
 static int setup_arena(struct us_ring *r)
 {
     uint32_t n = r->cfg.arena_chunks, x = r->cfg.ext_segments, all = n + x;
-    r->nchunks = n;
-    r->next = x;
+    r->send.nchunks = n;
+    r->send.next = x;
     size_t chunks_len = (size_t)n * r->cfg.chunk_size;
-    r->stage_len = r->cfg.stage_bytes;
-    r->arena_len = chunks_len + r->stage_len;
-    r->arena = map_anon(r->arena_len);
-    r->stage = r->arena ? r->arena + chunks_len : NULL;
-    r->ch_next = calloc(all, sizeof(uint32_t));
-    r->ch_len = calloc(all, sizeof(uint32_t));
-    r->ch_free = calloc(n, sizeof(uint32_t));
-    r->ch_refs = calloc(all, sizeof(uint16_t));
-    r->ch_detached = calloc(all, 1);
-    r->ext_ptr = calloc(x + 1, sizeof(char *));
-    r->ext_fd = calloc(x + 1, sizeof(int));
-    r->ext_ffixed = calloc(x + 1, 1);
-    r->ext_staged = calloc(x + 1, 1);
-    r->ext_foff = calloc(x + 1, sizeof(uint64_t));
-    r->ext_free = calloc(x + 1, sizeof(uint32_t));
-    r->released = calloc(x + 1, sizeof(uint32_t));
-    if (!r->arena || !r->ch_next || !r->ch_len || !r->ch_free || !r->ch_refs || !r->ch_detached ||
-        !r->ext_ptr || !r->ext_free || !r->released || !r->ext_fd || !r->ext_ffixed || !r->ext_foff || !r->ext_staged)
+    r->send.arena_len = chunks_len + r->cfg.stage_bytes; /* the stage after the chunks: one registration */
+    r->send.arena = map_anon(r->send.arena_len);
+    r->send.ch_next = calloc(all, sizeof(uint32_t));
+    r->send.ch_len = calloc(all, sizeof(uint32_t));
+    r->send.ch_free = calloc(n, sizeof(uint32_t));
+    r->send.ch_refs = calloc(all, sizeof(uint16_t));
+    r->send.ch_detached = calloc(all, 1);
+    r->send.ext_ptr = calloc(x + 1, sizeof(char *));
+    r->send.ext_fd = calloc(x + 1, sizeof(int));
+    r->send.ext_ffixed = calloc(x + 1, 1);
+    r->send.ext_staged = calloc(x + 1, 1);
+    r->send.ext_foff = calloc(x + 1, sizeof(uint64_t));
+    r->send.ext_free = calloc(x + 1, sizeof(uint32_t));
+    r->send.released = calloc(x + 1, sizeof(uint32_t));
+    if (!r->send.arena || !r->send.ch_next || !r->send.ch_len || !r->send.ch_free || !r->send.ch_refs || !r->send.ch_detached ||
+        !r->send.ext_ptr || !r->send.ext_free || !r->send.released || !r->send.ext_fd || !r->send.ext_ffixed || !r->send.ext_foff || !r->send.ext_staged)
         return -ENOMEM;
     for (uint32_t i = 0; i < x; i++)
-        r->ext_free[i] = x - 1 - i;
-    r->nextfree = x;
+        r->send.ext_free[i] = x - 1 - i;
+    r->send.nextfree = x;
     for (uint32_t i = 0; i < n; i++)
-        r->ch_free[i] = n - 1 - i;
-    r->nfree = n;
+        r->send.ch_free[i] = n - 1 - i;
+    r->send.nfree = n;
     if (r->cfg.send_mode == US_SEND_PLAIN || r->cfg.send_mode == US_SEND_ZC)
         return 0; /* ablations that never use the fixed buffer: nothing to pin */
-    struct iovec iov = { .iov_base = r->arena, .iov_len = r->arena_len };
+    struct iovec iov = { .iov_base = r->send.arena, .iov_len = r->send.arena_len };
     int injected = fault_setup_take(US_SETUP_FAULT_ARENA);
     if (injected)
         return -injected;
     /* pins the pages; counts against RLIMIT_MEMLOCK for users without CAP_IPC_LOCK */
-    if (sys_register(r->fd, IORING_REGISTER_BUFFERS, &iov, 1) < 0)
+    if (sys_register(r->io.fd, IORING_REGISTER_BUFFERS, &iov, 1) < 0)
         return -errno;
-    r->arena_registered = 1;
+    r->send.arena_registered = 1;
     return 0;
 }
 
@@ -2256,30 +2298,30 @@ struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
         return NULL;
     }
     r->cfg = *cfg;
-    r->fd = -1;
+    r->io.fd = -1;
     int e = ring_setup(r);
     if (e) { *stage = 1; goto fail; }
-    r->nconn = cfg->files;
-    r->accept_range = cfg->files - cfg->reserved_slots;
-    r->accept_limit = r->accept_range;
-    r->conns = calloc(r->nconn, sizeof(struct conn));
+    r->conn.size = cfg->files;
+    r->conn.accept_range = cfg->files - cfg->reserved_slots;
+    r->conn.accept_limit = r->conn.accept_range;
+    r->conn.table = calloc(r->conn.size, sizeof(struct conn));
     /* a slot can sit in the list twice: queued, closed and reused within one batch */
-    r->rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
-    r->sendq = calloc(2 * (size_t)r->nconn, sizeof(uint32_t)); /* as rearm */
-    r->vrecs = calloc(r->nconn, sizeof(struct vrec));
-    r->vfree = calloc(r->nconn, sizeof(uint32_t));
-    if (r->vfree)
-        for (uint32_t i = 0; i < r->nconn; i++)
-            r->vfree[r->nvfree++] = r->nconn - 1 - i;
-    r->fillwait = calloc(2 * (size_t)r->nconn, sizeof(uint32_t)); /* as rearm */
-    r->drop_fd = -1;
-    r->lst = calloc(cfg->reserved_slots, sizeof(struct listener));
-    r->acc = calloc((size_t)cfg->reserved_slots * cfg->accept_depth, sizeof(struct accept_ctx));
-    r->stash_cap = (int)cfg->cq_entries + EV_ROOM;
-    r->stash = calloc((size_t)r->stash_cap, sizeof(struct us_event));
-    r->held_rearm = calloc(2 * (size_t)r->nconn, sizeof(uint32_t));
-    r->held_bufs = calloc(cfg->buf_count, sizeof(uint16_t));
-    if (!r->conns || !r->rearm || !r->sendq || !r->vrecs || !r->vfree || !r->fillwait || !r->lst || !r->acc || !r->stash || !r->held_rearm || !r->held_bufs) {
+    r->conn.rearm = calloc(2 * (size_t)r->conn.size, sizeof(uint32_t));
+    r->send.sendq = calloc(2 * (size_t)r->conn.size, sizeof(uint32_t)); /* as rearm */
+    r->send.vrecs = calloc(r->conn.size, sizeof(struct vrec));
+    r->send.vfree = calloc(r->conn.size, sizeof(uint32_t));
+    if (r->send.vfree)
+        for (uint32_t i = 0; i < r->conn.size; i++)
+            r->send.vfree[r->send.nvfree++] = r->conn.size - 1 - i;
+    r->send.fillwait = calloc(2 * (size_t)r->conn.size, sizeof(uint32_t)); /* as rearm */
+    r->send.drop_fd = -1;
+    r->conn.lst = calloc(cfg->reserved_slots, sizeof(struct listener));
+    r->conn.acc = calloc((size_t)cfg->reserved_slots * cfg->accept_depth, sizeof(struct accept_ctx));
+    r->stash.cap = (int)cfg->cq_entries + EV_ROOM;
+    r->stash.ev = calloc((size_t)r->stash.cap, sizeof(struct us_event));
+    r->conn.held_rearm = calloc(2 * (size_t)r->conn.size, sizeof(uint32_t));
+    r->pbuf.held = calloc(cfg->buf_count, sizeof(uint16_t));
+    if (!r->conn.table || !r->conn.rearm || !r->send.sendq || !r->send.vrecs || !r->send.vfree || !r->send.fillwait || !r->conn.lst || !r->conn.acc || !r->stash.ev || !r->conn.held_rearm || !r->pbuf.held) {
         e = -ENOMEM;
         *stage = 7;
         goto fail;
@@ -2290,12 +2332,12 @@ struct us_ring *us_ring_new(const struct us_config *cfg, int *err, int *stage)
     if (e) { *stage = 5; goto fail; }
     e = setup_arena(r);
     if (e) { *stage = 6; goto fail; }
-    r->st.slots_total = r->accept_range;
+    r->st.slots_total = r->conn.accept_range;
     r->st.arena_chunks = cfg->arena_chunks;
     r->st.bufs_total = cfg->buf_count;
-    r->st.setup_flags = r->setup_flags;
-    r->st.features = r->features;
-    r->st.arena_registered = r->arena_registered;
+    r->st.setup_flags = r->io.setup_flags;
+    r->st.features = r->io.features;
+    r->st.arena_registered = r->send.arena_registered;
     return r;
 fail:
     *err = -e;
@@ -2307,53 +2349,54 @@ void us_ring_free(struct us_ring *r)
 {
     if (!r)
         return;
-    if (r->st.registered_ring && gettid() == r->owner) {
+    if (r->st.registered_ring && gettid() == r->io.owner) {
         /* from another thread the registration stays until the owner thread exits */
-        struct io_uring_rsrc_update up = { .offset = (unsigned)r->enter_fd };
-        sys_register(r->fd, IORING_UNREGISTER_RING_FDS, &up, 1);
+        struct io_uring_rsrc_update up = { .offset = (unsigned)r->io.enter_fd };
+        sys_register(r->io.fd, IORING_UNREGISTER_RING_FDS, &up, 1);
     }
     /* closing the ring fd cancels what is left and unregisters files,
      * buffers and the buffer ring; then our memory can go */
-    if (r->fd >= 0)
-        close(r->fd);
-    if (r->sqes && r->sqes != MAP_FAILED)
-        munmap(r->sqes, r->sqes_len);
-    if (r->cq_map && r->cq_map != MAP_FAILED && r->cq_map != r->sq_map)
-        munmap(r->cq_map, r->cq_map_len);
-    if (r->sq_map && r->sq_map != MAP_FAILED)
-        munmap(r->sq_map, r->sq_map_len);
-    if (r->br)
-        munmap(r->br, r->br_len);
-    if (r->bufs)
-        munmap(r->bufs, r->bufs_len);
-    if (r->arena)
-        munmap(r->arena, r->arena_len);
-    free(r->conns);
-    free(r->rearm);
-    free(r->sendq);
-    free(r->vrecs);
-    free(r->vfree);
-    free(r->lst);
-    free(r->acc);
-    free(r->stash);
-    free(r->held_bufs);
-    free(r->held_rearm);
-    free(r->shadow);
-    free(r->recycle);
-    free(r->reserve);
-    free(r->ch_next);
-    free(r->ch_len);
-    free(r->ch_free);
-    free(r->ch_refs);
-    free(r->ch_detached);
-    free(r->ext_ptr);
-    free(r->ext_fd);
-    free(r->ext_ffixed);
-    free(r->ext_staged);
-    free(r->ext_foff);
-    free(r->fillwait);
-    free(r->ext_free);
-    free(r->released);
+    if (r->io.fd >= 0)
+        close(r->io.fd);
+    if (r->io.sqes && r->io.sqes != MAP_FAILED)
+        munmap(r->io.sqes, r->io.sqes_len);
+    if (r->io.cq_map && r->io.cq_map != MAP_FAILED && r->io.cq_map != r->io.sq_map)
+        munmap(r->io.cq_map, r->io.cq_map_len);
+    if (r->io.sq_map && r->io.sq_map != MAP_FAILED)
+        munmap(r->io.sq_map, r->io.sq_map_len);
+    if (r->pbuf.ring)
+        munmap(r->pbuf.ring, r->pbuf.ring_len);
+    if (r->pbuf.data)
+        munmap(r->pbuf.data, r->pbuf.data_len);
+    if (r->send.arena)
+        munmap(r->send.arena, r->send.arena_len);
+    free(r->conn.table);
+    free(r->conn.rearm);
+    free(r->send.sendq);
+    free(r->send.vrecs);
+    free(r->send.vfree);
+    free(r->conn.lst);
+    free(r->conn.acc);
+    free(r->stash.ev);
+    free(r->pbuf.held);
+    free(r->conn.held_rearm);
+    free(r->pbuf.shadow);
+    free(r->pbuf.recycle);
+    free(r->pbuf.reserve);
+    free(r->send.ch_next);
+    free(r->send.ch_len);
+    free(r->send.ch_free);
+    free(r->send.ch_refs);
+    free(r->send.ch_detached);
+    free(r->send.ext_ptr);
+    free(r->send.ext_fd);
+    free(r->send.ext_ffixed);
+    free(r->send.ext_staged);
+    free(r->send.ext_foff);
+    free(r->send.fillwait);
+    free(r->send.ext_free);
+    free(r->send.released);
+    free(r->client);
     free(r->faults);
     free(r);
 }
@@ -2393,28 +2436,28 @@ void us_fault_counts(struct us_ring *r, uint64_t *calls, uint64_t *hits)
  * it is never passed (lowered later, accepts already armed may complete). */
 int us_accept_limit(struct us_ring *r, uint32_t limit)
 {
-    if (limit > r->accept_range)
+    if (limit > r->conn.accept_range)
         return -ERANGE;
-    r->accept_limit = limit ? limit : r->accept_range;
+    r->conn.accept_limit = limit ? limit : r->conn.accept_range;
     rearm_starved(r); /* a raised limit accepts at once */
     return 0;
 }
 
-int us_ring_fd(struct us_ring *r) { return r->fd; }
-uint32_t us_table_size(struct us_ring *r) { return r->nconn; }
+int us_ring_fd(struct us_ring *r) { return r->io.fd; }
+uint32_t us_table_size(struct us_ring *r) { return r->conn.size; }
 
 char *us_data_region(struct us_ring *r, size_t *len)
 {
-    *len = r->bufs_len;
-    return r->bufs;
+    *len = r->pbuf.data_len;
+    return r->pbuf.data;
 }
 
 void us_stats_get(struct us_ring *r, struct us_stats *st)
 {
     *st = r->st;
-    st->bufs_circulating = r->cfg.buf_count - r->nreserve;
-    st->slots_used = r->accept_used;
-    st->accepts_inflight = r->accepts_inflight;
+    st->bufs_circulating = r->cfg.buf_count - r->pbuf.nreserve;
+    st->slots_used = r->conn.accept_used;
+    st->accepts_inflight = r->conn.accepts_inflight;
 }
 
 static const struct us_opinfo op_info[] = {
@@ -2471,7 +2514,7 @@ static int probe_fd(int fd, int op)
 
 int us_probe_op(struct us_ring *r, int op)
 {
-    return probe_fd(r->fd, op);
+    return probe_fd(r->io.fd, op);
 }
 
 int us_probe_all(int *ops_out, int nops)
