@@ -170,19 +170,7 @@ int us_close(struct us_ring *r, uint32_t slot, uint32_t gen, int graceful);
 int us_fd_install(struct us_ring *r, uint32_t slot, uint32_t gen);        /* a real fd for the caller, or -errno */
 int us_cancel_all(struct us_ring *r);                /* loop close: abort every connection and listener */
 
-/* client connections: a socket made by the ring straight into a slot
- * (IORING_OP_SOCKET, direct) and connected there to a target set once.
- * US_EV_CONNECT reports the outcome; on success receiving has started. */
-int us_target_set(struct us_ring *r, uint32_t target, const void *addr, uint32_t addrlen); /* target < 4 */
-int us_connect(struct us_ring *r, uint32_t target, uint32_t tag);  /* tag < 2^20; -ENFILE: no free slot */
-
-/* The stage: `stage_bytes` of registered memory the caller fills once
- * (requests a load generator repeats). us_send_staged() queues [off, off+len)
- * of it like any write, sent without a copy into the arena, by the
- * `stage_send` operation; the caller must not change those bytes while a
- * send of them may be in flight. -ENOBUFS: no free segment. */
-char *us_stage_region(struct us_ring *r, size_t *len);
-int64_t us_send_staged(struct us_ring *r, uint32_t slot, uint32_t gen, uint32_t off, uint32_t len);
+/* client connections and the stage (the load generator's): client.h */
 
 /* readiness for foreign fds */
 int us_poll_add(struct us_ring *r, int fd, uint32_t mask, uint32_t id, uint32_t gen, int multishot);
