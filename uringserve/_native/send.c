@@ -568,7 +568,7 @@ void on_sendv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 /* The connection a send may queue on, or NULL with *err set. A CLOSING
  * connection still takes data: asyncio flushes writes made after close()
  * while earlier data is still queued. */
-static struct conn *send_conn(struct us_ring *r, uint32_t slot, uint32_t gen, int *err)
+static inline struct conn *send_conn(struct us_ring *r, uint32_t slot, uint32_t gen, int *err)
 {
     struct conn *c = conn_get(r, slot, gen);
     *err = !c ? -EBADF : (c->flags & (F_SHUT_PENDING | F_SHUT_DONE | F_SEND_BROKEN)) ? -EPIPE : 0;
