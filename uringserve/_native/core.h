@@ -112,9 +112,10 @@ char *us_data_region(struct us_ring *r, size_t *len);  /* where RECV data lives 
 int us_probe_op(struct us_ring *r, int op);           /* 1 supported, 0 not, <0 -errno */
 int us_probe_all(int *ops_out, int nops);             /* probe without a configured ring */
 
-/* What the core submits, read-only: one entry per operation (user_data tag;
- * several may share an io_uring opcode), so that doctor probes every opcode
- * (us_probe_all) and names what lacks it. `n` gets the count. */
+/* What the core submits, read-only (US_OPS in ring_internal.h): one entry
+ * per operation (user_data tag; several may share an io_uring opcode), so
+ * that doctor probes every opcode (us_probe_all) and names what lacks it.
+ * `n` gets the count. */
 struct us_opinfo {
     const char *tag;    /* the core's operation, e.g. "SENDV", "FILE_DROP" */
     const char *name;   /* its io_uring opcode without IORING_OP_, e.g. "SENDMSG" */
@@ -129,6 +130,7 @@ struct us_evinfo {
     uint32_t kind;
 };
 const struct us_evinfo *us_events(int *n);
+
 void us_stats_get(struct us_ring *r, struct us_stats *st);
 
 /* submit everything queued, wait for min_complete completions or timeout_ns
