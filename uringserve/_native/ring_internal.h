@@ -59,28 +59,28 @@
  *
  * A new operation: a line here, its handler in its part, and the prep that
  * submits it (prep(r, UD(OP_NEW, ...), ...)). */
-#define US_OPS(X)                                                                    \
-    /* tag          IORING_OP_*       kernel  completion      part */                \
-    X(ACCEPT,       ACCEPT,           "5.5",  on_accept)    /* conn.c: listeners */  \
-    X(RECV,         RECV,             "5.6",  on_recv)      /* conn.c */             \
-    X(SEND,         SEND,             "5.6",  on_send)      /* send.c */             \
-    X(SENDZC,       SEND_ZC,          "6.0",  on_send)      /* send.c, and notifs */ \
-    X(CLOSE,        CLOSE,            "5.6",  on_close)     /* conn.c */             \
-    X(SHUTDOWN,     SHUTDOWN,         "5.11", on_shutdown)  /* conn.c */             \
-    X(CANCEL,       ASYNC_CANCEL,     "5.5",  on_none)      /* before close, pause */ \
-    X(POLL,         POLL_ADD,         "5.1",  on_poll)      /* ring.c: foreign fds */ \
-    X(POLL_REMOVE,  ASYNC_CANCEL,     "5.5",  on_none)      /* ring.c */             \
-    X(INSTALL,      FIXED_FD_INSTALL, "6.8",  on_none)      /* sync: us_fd_install */ \
-    X(LCLOSE,       CLOSE,            "5.6",  on_lclose)    /* conn.c: a listener */ \
-    X(ADOPT,        FILES_UPDATE,     "5.6",  on_none)      /* sync: us_conn_adopt */ \
-    X(FREAD,        READ_FIXED,       "5.1",  on_fread)     /* send.c: file reads */ \
+#define US_OPS(X)                                                                        \
+    /* tag          IORING_OP_*       kernel  completion      part */                    \
+    X(ACCEPT,       ACCEPT,           "5.5",  on_accept)    /* conn.c: listeners */      \
+    X(RECV,         RECV,             "5.6",  on_recv)      /* conn.c */                 \
+    X(SEND,         SEND,             "5.6",  on_send)      /* send.c */                 \
+    X(SENDZC,       SEND_ZC,          "6.0",  on_send)      /* send.c, and notifs */     \
+    X(CLOSE,        CLOSE,            "5.6",  on_close)     /* conn.c */                 \
+    X(SHUTDOWN,     SHUTDOWN,         "5.11", on_shutdown)  /* conn.c */                 \
+    X(CANCEL,       ASYNC_CANCEL,     "5.5",  on_none)      /* before close, pause */    \
+    X(POLL,         POLL_ADD,         "5.1",  on_poll)      /* ring.c: foreign fds */    \
+    X(POLL_REMOVE,  ASYNC_CANCEL,     "5.5",  on_none)      /* ring.c */                 \
+    X(INSTALL,      FIXED_FD_INSTALL, "6.8",  on_none)      /* sync: us_fd_install */    \
+    X(LCLOSE,       CLOSE,            "5.6",  on_lclose)    /* conn.c: a listener */     \
+    X(ADOPT,        FILES_UPDATE,     "5.6",  on_none)      /* sync: us_conn_adopt */    \
+    X(FREAD,        READ_FIXED,       "5.1",  on_fread)     /* send.c: file reads */     \
     X(FILE,         FILES_UPDATE,     "5.6",  on_none)      /* sync: us_file_register */ \
-    X(FILE_DROP,    FILES_UPDATE,     "5.6",  on_file_drop) /* send.c */             \
-    X(SOCKET,       SOCKET,           "5.19", on_socket)    /* client.c */           \
-    X(CONNECT,      CONNECT,          "5.5",  on_connect)   /* client.c */           \
-    X(PROBE,        NOP,              "5.1",  on_none)      /* sync: us_fault_set */ \
-    X(SENDV,        SENDMSG,          "5.3",  on_sendv)     /* send.c: segments */   \
-    X(STAGE_WRITE,  WRITE_FIXED,      "5.1",  on_send)      /* send.c: the stage */  \
+    X(FILE_DROP,    FILES_UPDATE,     "5.6",  on_file_drop) /* send.c */                 \
+    X(SOCKET,       SOCKET,           "5.19", on_socket)    /* client.c */               \
+    X(CONNECT,      CONNECT,          "5.5",  on_connect)   /* client.c */               \
+    X(PROBE,        NOP,              "5.1",  on_none)      /* sync: us_fault_set */     \
+    X(SENDV,        SENDMSG,          "5.3",  on_sendv)     /* send.c: segments */       \
+    X(STAGE_WRITE,  WRITE_FIXED,      "5.1",  on_send)      /* send.c: the stage */      \
     X(FREAD_PLAIN,  READ,             "5.6",  on_fread)     /* arena not registered */
 
 enum op {
