@@ -2,7 +2,7 @@
  *
  *   c_echo PORT
  *
- * The same native core the Python loop drives (uringserve/_native/core.c),
+ * The same native core the Python loop drives (uringserve/_native/ring.c and its parts),
  * driven from C with no interpreter: accept-direct, multishot recv from the
  * provided buffer ring, sends from the registered arena. The gap between
  * this and UringEventLoop is what Python costs per message.

@@ -70,7 +70,7 @@ EXTRA = {  # --servers may name these too
 def build() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     native = ROOT / "uringserve" / "_native"
-    core = [str(native / "core.c"), str(native / "faults.c")]
+    core = [str(native / f"{m}.c") for m in ("ring", "conn", "send", "client", "faults")]
     for out, srcs in (("echo_load", ["bench/echo_load.c"]), ("c_echo", ["bench/c_echo.c", *core])):
         subprocess.run(["cc", "-O2", "-Wall", f"-I{native}", "-o", str(BUILD / out), *srcs], cwd=ROOT, check=True)
 

@@ -17,14 +17,17 @@ def _source(name: str) -> str:
     return str((HERE / name).relative_to(Path.cwd())) if HERE.is_relative_to(Path.cwd()) else str(HERE / name)
 
 
-# each module: its header's CDEF block, its #include, its source
-MODULES = ["core", "http_scan", "http_frame", "fs", "loadgen", "faults"]
+# the public headers: each one's CDEF block is part of the cffi API (core.h
+# first: it declares struct us_ring for the others)
+HEADERS = ["core", "client", "http_scan", "http_frame", "fs", "loadgen", "faults"]
+# the sources: the ring's parts (ring_internal.h ties them together), then the rest
+MODULES = ["ring", "conn", "send", "client", "faults", "http_scan", "http_frame", "fs", "loadgen"]
 
 ffibuilder = FFI()
-ffibuilder.cdef("".join(_cdef(f"{m}.h") for m in MODULES))
+ffibuilder.cdef("".join(_cdef(f"{h}.h") for h in HEADERS))
 ffibuilder.set_source(
     "uringserve._native._core",
-    "\n".join(f'#include "{m}.h"' for m in MODULES),
+    "\n".join(f'#include "{h}.h"' for h in HEADERS),
     sources=[_source(f"{m}.c") for m in MODULES],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],

@@ -111,6 +111,26 @@ uint32_t us_table_size(struct us_ring *r);            /* slots (conn table entri
 char *us_data_region(struct us_ring *r, size_t *len);  /* where RECV data lives */
 int us_probe_op(struct us_ring *r, int op);           /* 1 supported, 0 not, <0 -errno */
 int us_probe_all(int *ops_out, int nops);             /* probe without a configured ring */
+
+/* What the core submits, read-only (US_OPS in ring_internal.h): one entry
+ * per operation (user_data tag; several may share an io_uring opcode), so
+ * that doctor probes every opcode (us_probe_all) and names what lacks it.
+ * `n` gets the count. */
+struct us_opinfo {
+    const char *tag;    /* the core's operation, e.g. "SENDV", "FILE_DROP" */
+    const char *name;   /* its io_uring opcode without IORING_OP_, e.g. "SENDMSG" */
+    int32_t op;         /* the IORING_OP_* number */
+    const char *since;  /* the kernel that brought the opcode, e.g. "5.19" */
+};
+const struct us_opinfo *us_ops(int *n);
+
+/* the event kinds above by name ("ACCEPT" for US_EV_ACCEPT), in kind order */
+struct us_evinfo {
+    const char *name;
+    uint32_t kind;
+};
+const struct us_evinfo *us_events(int *n);
+
 void us_stats_get(struct us_ring *r, struct us_stats *st);
 
 /* submit everything queued, wait for min_complete completions or timeout_ns
@@ -152,23 +172,16 @@ int us_close(struct us_ring *r, uint32_t slot, uint32_t gen, int graceful);
 int us_fd_install(struct us_ring *r, uint32_t slot, uint32_t gen);        /* a real fd for the caller, or -errno */
 int us_cancel_all(struct us_ring *r);                /* loop close: abort every connection and listener */
 
-/* client connections: a socket made by the ring straight into a slot
- * (IORING_OP_SOCKET, direct) and connected there to a target set once.
- * US_EV_CONNECT reports the outcome; on success receiving has started. */
-int us_target_set(struct us_ring *r, uint32_t target, const void *addr, uint32_t addrlen); /* target < 4 */
-int us_connect(struct us_ring *r, uint32_t target, uint32_t tag);  /* tag < 2^20; -ENFILE: no free slot */
-
-/* The stage: `stage_bytes` of registered memory the caller fills once
- * (requests a load generator repeats). us_send_staged() queues [off, off+len)
- * of it like any write, sent without a copy into the arena, by the
- * `stage_send` operation; the caller must not change those bytes while a
- * send of them may be in flight. -ENOBUFS: no free segment. */
-char *us_stage_region(struct us_ring *r, size_t *len);
-int64_t us_send_staged(struct us_ring *r, uint32_t slot, uint32_t gen, uint32_t off, uint32_t len);
+/* client connections and the stage (the load generator's): client.h */
 
 /* readiness for foreign fds */
 int us_poll_add(struct us_ring *r, int fd, uint32_t mask, uint32_t id, uint32_t gen, int multishot);
 int us_poll_remove(struct us_ring *r, uint32_t id, uint32_t gen);
 /* CDEF END */
+
+/* Every US_EV_* above, in kind order (us_events() is made from this; a new
+ * kind is its #define and a line here) */
+#define US_EVENTS(X) \
+    X(ACCEPT) X(RECV) X(EOF) X(RECV_ERR) X(WRITABLE) X(SEND_ERR) X(CLOSED) X(SHUTDOWN) X(POLL) X(ARENA) X(CONNECT)
 
 #endif

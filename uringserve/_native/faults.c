@@ -1,4 +1,5 @@
 /* Fault plans: which operations fail, when, and how (see faults.h). */
+#define _GNU_SOURCE
 #include "faults.h"
 
 #include <errno.h>
@@ -6,6 +7,7 @@
 #include <string.h>
 
 #include "abi.h"
+#include "ring_internal.h"
 
 #ifndef IORING_NOP_INJECT_RESULT
 #define IORING_NOP_INJECT_RESULT (1U << 0) /* 6.10: sqe->len is the result */
@@ -112,4 +114,32 @@ int fault_setup_take(int stage)
     int e = setup_err;
     setup_err = setup_stage = 0;
     return e;
+}
+
+/* ---- a ring's plan ---------------------------------------------------- */
+
+int us_fault_set(struct us_ring *r, int op, const struct us_fault_spec *spec)
+{
+    if (!r->faults) {
+        if (!spec)
+            return 0;
+        /* the kernel must inject NOP results (6.10), or every fault would be EINVAL */
+        uint64_t ud = UD(OP_PROBE, 0, 0, 0);
+        struct io_uring_sqe *sqe = prep(r, ud, -1, 0, NULL, (uint32_t)-EHOSTDOWN);
+        if (!sqe)
+            return -EBUSY;
+        sqe->rw_flags = 1; /* IORING_NOP_INJECT_RESULT */
+        int res = sync_op(r, ud);
+        if (res != -EHOSTDOWN)
+            return res == -EINVAL || res == 0 ? -EOPNOTSUPP : res;
+        r->faults = fault_plan_new();
+        if (!r->faults)
+            return -ENOMEM;
+    }
+    return fault_plan_set(r->faults, op, spec);
+}
+
+void us_fault_counts(struct us_ring *r, uint64_t *calls, uint64_t *hits)
+{
+    fault_plan_counts(r->faults, calls, hits);
 }

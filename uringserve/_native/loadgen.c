@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "core.h"
+#include "client.h"
 #include "http_frame.h"
 #include "loadgen.h"
 
