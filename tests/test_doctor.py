@@ -124,3 +124,24 @@ def test_doctor_reports_a_setup_flag_the_kernel_refused(monkeypatch) -> None:
     check = {c["name"]: c for c in rep["checks"]}["setup DEFER_TASKRUN"]
     assert check["ok"] is False and "refused" in check["detail"]
     assert {c["name"]: c for c in rep["checks"]}["setup SINGLE_ISSUER"]["ok"] is True
+
+
+def test_doctor_probes_every_opcode_the_core_submits() -> None:
+    """The probe list is the core's own table: each opcode the core can
+    submit has its row (named, with its kernel), so a kernel without one is
+    said, and a new operation in the core is probed without a change here."""
+    from uringserve._native import ffi, lib
+
+    n = ffi.new("int *")
+    table = lib.us_ops(n)
+    submitted = {ffi.string(e.name).decode(): e.op for e in table[0 : n[0]]}
+    assert {"SENDMSG", "READ_FIXED", "FILES_UPDATE", "SOCKET", "CONNECT", "WRITE_FIXED", "READ"} <= set(submitted)
+    rep = diagnose.report()
+    rows = {c["name"]: c for c in rep["checks"] if c["name"].startswith("op ")}
+    assert set(rows) == {f"op {name}" for name in submitted}
+    probed = ffi.new("int[]", 128)
+    lib.us_probe_all(probed, 128)
+    for name, op in submitted.items():
+        assert rows[f"op {name}"]["ok"] is bool(probed[op]), name
+        assert rows[f"op {name}"]["where"], name
+        assert rows[f"op {name}"]["needs"].count(".") == 1, name
