@@ -1,11 +1,12 @@
 """The HTTP connection's rules, each written once, and the hot path's inline
-copies held to them: Exchange.respond_prepared() settles keep-alive and
-takes the next request's turn inline; here it is run in every combination
-of the state those decisions read, beside a reference that calls the rules
-themselves (HTTPProtocol.keeps_alive, HTTPProtocol._exchange_done), and
-both must leave the same bytes and the same connection state. (The
-one-frame path, _answer_common(), is held to the general path by the
-differential tests in test_http_scan.py.)"""
+copies held to them: HTTPProtocol.respond_whole() (Exchange.respond_prepared())
+settles keep-alive and takes the next request's turn inline; here it is run
+in every combination of the state those decisions read, beside a reference
+that calls the rules themselves (HTTPProtocol.keeps_alive,
+HTTPProtocol.response_done), and both must leave the same bytes and the same
+connection state. (The one-frame path, _answer_common(), is held to the
+general path by the differential tests in test_http_scan.py; the moves
+between states are held to http/state.py's table by test_http_state_machine.py.)"""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from uringserve.http import HTTPConfig, framing, protocol
 from uringserve.http.body import Body
 from uringserve.http.protocol import Exchange, HTTPProtocol
+from uringserve.http.state import ANSWERING, BODY, CLOSED, HALF_CLOSED
 
 
 class FakeTransport:
@@ -70,9 +72,11 @@ def build(state: dict[str, bool], version: str, method: str) -> tuple[HTTPProtoc
     t = FakeTransport()
     conn.connection_made(t)
     ex = Exchange(method.encode(), b"/", version, [], state["keep_alive"])
+    conn.state = ANSWERING
     if not state["body_done"]:
         ex.has_body = True
         ex.body_in = Body(lambda: None, None)
+        conn.state = BODY
     ex.conn = conn
     ex.running = True
     conn._queue.append(ex)
@@ -82,11 +86,12 @@ def build(state: dict[str, bool], version: str, method: str) -> tuple[HTTPProtoc
         conn._queue.append(other)
     conn._draining = state["draining"]
     conn._served = conn._last_keepalive if state["at_limit"] else conn._last_keepalive - 1
+    if state["half_closed"]:
+        conn.state = HALF_CLOSED
     if state["lost"]:
-        conn._lost = conn._closing = True
+        conn.state = CLOSED
     if state["disconnect_waiter"]:
         conn._disconnect_waiters.append(conn._loop.create_future())
-    conn._closing_after_queue = state["half_closed"]
     if state["paused"]:
         conn._pause()
     if state["next_head_begun"]:
@@ -100,10 +105,10 @@ def reference(ex: Exchange, status: int, head: bytes, body: bytes) -> None:
     ex.started = ex.finished = True
     ex.status = status
     ex.keep_alive = conn.keeps_alive(ex)
-    if not conn._lost:
+    if conn.state is not CLOSED:
         tail = (conn._tail_11 if ex.version == "1.1" else conn._tail_10) if ex.keep_alive else conn._tail_close
         conn._transport.write(head + framing.date_header() + tail + (b"" if ex.method == "HEAD" else body))
-    conn._exchange_done(ex)
+    conn.response_done(ex)
 
 
 def observe(conn: HTTPProtocol, t: FakeTransport, ex: Exchange, runs: list) -> dict[str, Any]:
@@ -112,6 +117,7 @@ def observe(conn: HTTPProtocol, t: FakeTransport, ex: Exchange, runs: list) -> d
         "keep_alive": ex.keep_alive,
         "queue": [e.target for e in conn._queue],
         "served": conn._served,
+        "state": conn.state,
         "timer": conn._timer_kind,
         "closed": t.closed,
         "reading": t.reading,
@@ -148,13 +154,13 @@ def test_respond_prepared_is_the_rules_in_every_state(frozen_clock, monkeypatch:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"  # as framing.whole_head() makes it
     date = b"Date: Tue, 14 Nov 2023 22:13:20 GMT\r\n"  # the frozen second
     general: list[HTTPProtocol] = []  # connections that went through the rule itself
-    rule = HTTPProtocol._exchange_done
+    rule = HTTPProtocol.response_done
 
     def counted(self: HTTPProtocol, ex: Exchange) -> None:
         general.append(self)
         rule(self, ex)
 
-    monkeypatch.setattr(HTTPProtocol, "_exchange_done", counted)
+    monkeypatch.setattr(HTTPProtocol, "response_done", counted)
 
     async def main() -> list[tuple[tuple[bool, ...], str, str]]:
         inline = []

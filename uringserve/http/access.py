@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import framing
+from .state import CLOSED
 
 logger = logging.getLogger("uringserve.access")
 _classes: dict[type, type] = {}
@@ -88,10 +89,8 @@ def observed(base: Any) -> Any:
 
             # Each logs before the base method: that may answer the next pipelined
             # request at once (a plain handler), whose line must come after this one.
-            def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
-                if not self.started:
-                    self._log(status, 0 if self.method == "HEAD" else len(body))
-                super().respond_prepared(status, head, body)
+            # A whole response (respond_prepared) is logged by the connection
+            # (HTTPProtocol._respond_whole_observed), which the front ends call.
 
             # Body bytes are counted where every front end's body passes
             # (start()'s first part and Exchange.send() both frame here), not
@@ -110,25 +109,26 @@ def observed(base: Any) -> Any:
 
             def end(self) -> None:
                 if not self.finished:
-                    self._log(self.status, self._sent)
+                    self.log_response(self.status, self._sent)
                 super().end()
 
             def fail(self, exc: BaseException) -> None:
                 if not self.finished:
                     if self.started:  # the connection ends: what was sent is all there is
-                        self._log(self.status, self._sent)
+                        self.log_response(self.status, self._sent)
                     else:  # the error response fail() answers with, and its body
                         status, message = framing.failure_of(exc)
-                        bodyless = self.conn._lost or self.head_only
-                        self._log(status, 0 if bodyless else len(framing.error_body(status, message)))
+                        bodyless = self.conn.state is CLOSED or self.head_only
+                        self.log_response(status, 0 if bodyless else len(framing.error_body(status, message)))
                 super().fail(exc)
 
-            def _log(self, status: int, size: int) -> None:
+            def log_response(self, status: int, size: int) -> None:
+                """The observer's one call for this response (later calls do nothing)."""
                 if not self._logged:
                     self._logged = True
                     took = time.monotonic() - self._t0
                     conn = self.conn
-                    conn._observe(conn, self.method, self.target, self.version, status or 500, size, took)
+                    conn.observer(conn, self.method, self.target, self.version, status or 500, size, took)
 
         Logged.__name__ = f"Observed{base.__name__}"
         Logged.__qualname__ = Logged.__name__

@@ -17,6 +17,7 @@ from . import framing
 from .body import ClientDisconnected
 from .parser import HeaderBlock, HTTPError
 from .protocol import Exchange, Runner
+from .state import CLOSED
 
 logger = logging.getLogger("uringserve.http")
 
@@ -44,7 +45,7 @@ class ASGIExchange(Exchange):
     async def receive(self) -> dict[str, Any]:
         body = self.body_in
         conn = self.conn
-        if not self.body_sent_end and not conn._lost:
+        if not self.body_sent_end and conn.state is not CLOSED:
             try:
                 data = await body.next_chunk()
             except ClientDisconnected:
@@ -55,9 +56,8 @@ class ASGIExchange(Exchange):
             return {"type": "http.request", "body": data, "more_body": more}
         # nothing more to read: the next message is the disconnect, once the
         # response is complete or the client is gone
-        if not self.finished and not conn._lost:
-            self.disc = conn._loop.create_future()
-            conn._disconnect_waiters.append(self.disc)
+        if not self.finished and conn.state is not CLOSED:
+            self.disc = conn.disconnect_waiter()
             await self.disc
         return {"type": "http.disconnect"}
 
@@ -69,10 +69,10 @@ class ASGIExchange(Exchange):
         coroutine."""
         conn = self.conn
         kind = message["type"]
-        if conn._lost:
+        if conn.state is CLOSED:
             if kind == "http.response.body" or kind == "http.response.pathsend":
                 raise ClientDisconnected("the client closed the connection")
-            return conn._done
+            return conn.completed
         if kind == "http.response.body":
             data = message.get("body", b"")
             more = message.get("more_body", False)
@@ -86,8 +86,8 @@ class ASGIExchange(Exchange):
                     head, data = framing.whole_head(
                         self.asgi_status, block, data if type(data) is bytes else bytes(data)
                     )
-                    self.respond_prepared(self.asgi_status, head, data)
-                    return conn._done
+                    conn.respond_whole(self, self.asgi_status, head, data)
+                    return conn.completed
                 self.start(self.asgi_status, block, length, bytes(data))
             elif self.finished:
                 raise RuntimeError("ASGI: the response is already complete")
@@ -95,9 +95,9 @@ class ASGIExchange(Exchange):
                 Exchange.send(self, bytes(data))
             if not more:
                 self.end()
-            elif conn._write_paused:
+            elif conn.write_paused:
                 return conn.drain()
-            return conn._done
+            return conn.completed
         if kind == "http.response.start":
             if self.asgi_block is not None or self.started:
                 raise RuntimeError("ASGI: http.response.start sent twice")
@@ -111,7 +111,7 @@ class ASGIExchange(Exchange):
                     self.asgi_length = int(value)
                 elif lname == b"connection" and framing.close_option(value):
                     self.keep_alive = False
-            return conn._done
+            return conn.completed
         if kind == "http.response.pathsend":
             if self.asgi_block is None or self.started:
                 raise RuntimeError("ASGI: http.response.pathsend needs http.response.start and no body")
@@ -121,7 +121,7 @@ class ASGIExchange(Exchange):
             if pending is not None:
                 return self._end_after(pending)
             self.end()
-            return conn._done
+            return conn.completed
         raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http scope")
 
     # ASGI calls send "an asynchronous callable": tools that ask whether a
@@ -162,7 +162,7 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any, root
             "state": state.copy() if state else {},
             "extensions": _EXTENSIONS,
         }
-        ex.task = conn._spawn(_run(app, scope, ex))
+        ex.task = conn.spawn(_run(app, scope, ex))
 
     run.exchange_class = _Exchange  # type: ignore[attr-defined]
     return run
@@ -172,14 +172,14 @@ async def _run(app: Callable[..., Any], scope: dict[str, Any], ex: ASGIExchange)
     try:
         await app(scope, ex.receive, ex.send)
     except BaseException as exc:
-        if isinstance(exc, ClientDisconnected) and ex.conn._lost:
+        if isinstance(exc, ClientDisconnected) and ex.conn.state is CLOSED:
             return
         ex.fail(exc)
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             raise
         return
     if not ex.finished:
-        if ex.conn._lost:
+        if ex.conn.state is CLOSED:
             return
         what = "without sending a response" if not ex.started else "without completing its response"
         ex.fail(RuntimeError(f"ASGI app returned {what}"))

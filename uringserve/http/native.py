@@ -23,7 +23,7 @@ def native_runner(handler: Callable[[Request], Any]) -> Runner:
 
     def run(ex: Request) -> None:
         if is_async or not ex.body_in.done:
-            ex.task = ex.conn._spawn(_serve(ex, handler, False))
+            ex.task = ex.conn.spawn(_serve(ex, handler, False))
             return
         # the fast path: no task, the response is written before this returns
         finish(ex, handler(ex))
@@ -31,7 +31,7 @@ def native_runner(handler: Callable[[Request], Any]) -> Runner:
     def finish(ex: Request, result: Any) -> None:
         pending = answer(ex, result)
         if pending is not None:  # a streamed body, or a file the transport cannot queue
-            ex.task = ex.conn._loop.create_task(_serve(ex, handler, True, pending))
+            ex.task = ex.conn.loop.create_task(_serve(ex, handler, True, pending))
 
     run.exchange_class = Request  # type: ignore[attr-defined]
     if not is_async:  # HTTPProtocol answers the common request itself (_answer_common)
@@ -66,7 +66,7 @@ def answer(ex: Exchange, result: Any) -> Any:
     if isinstance(result, Response):
         if result._close:
             ex.keep_alive = False
-        ex.respond_prepared(result._status, result._head, result._wire)
+        ex.conn.respond_whole(ex, result._status, result._head, result._wire)
         return None
     if isinstance(result, (bytes, str)):
         return answer(ex, Response(result))

@@ -5,14 +5,21 @@ queued in order; one exchange is answered at a time, so pipelined responses
 leave in request order. Reading pauses when `max_pipelined` requests wait or
 request bodies buffer more than `body_buffer_bytes`.
 
-One deadline per connection, by state:
-    head       a request head has begun (or the connection is new): header_timeout -> 408
-    body       a request body is arriving: body_timeout between reads -> 408
-    keepalive  idle between requests: keepalive_timeout -> silent close
-    (none)     a response is being produced or written
-Changing state only moves the deadline; the one timer handle, when it
-fires early, re-arms itself for the deadline. So a request costs two clock
-reads, not two call_later()s and their cancelled handles in the heap.
+The connection's states and the moves between them are written down in
+state.py (HEAD, IDLE, BODY, ANSWERING, HALF_CLOSED, LINGERING, CLOSING,
+CLOSED); `conn.state` holds where it is. One deadline per connection, set
+by the waiting state it belongs to:
+    HEAD   a request head has begun (or the connection is new): header_timeout -> 408
+    BODY   a request body is arriving: body_timeout between reads -> 408
+    IDLE   kept alive between requests: keepalive_timeout -> silent close
+Entering a state only moves the deadline; the one timer handle, when it
+fires early, re-arms itself for the deadline, and a deadline whose state
+was left is void. So a request costs two clock reads, not two
+call_later()s and their cancelled handles in the heap.
+
+Exchange talks to its connection through HTTPProtocol's public methods
+(respond_whole, response_done, response_failed, write, write_file, drain,
+keeps_alive, ...), never its private attributes.
 """
 
 from __future__ import annotations
@@ -23,17 +30,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..server.connection import KIND_IDLE, KIND_NONE, KIND_USER, Connection
+from ..server.connection import Connection
 from . import access, framing
 from . import parser as _parser_mod
 from .body import Body, ClientDisconnected
 from .config import HTTPConfig
 from .parser import _HEAD_LEN, HeaderBlock, HTTPError, RequestParser, scanned_head
+from .state import ANSWERING, BODY, CLOSED, CLOSING, HALF_CLOSED, HEAD, IDLE, LINGERING, State
 
 logger = logging.getLogger("uringserve.http")
 
-# the connection's one deadline (server.Connection's timer), by state; keep-alive is its idle kind
-_T_NONE, _T_KEEPALIVE, _T_HEAD, _T_BODY = KIND_NONE, KIND_IDLE, KIND_USER, KIND_USER + 1
 # seconds a new connection gets, once a drain began, for its first request to arrive
 DRAIN_GRACE = 1.0
 # seconds a connection closed after a response reads on (and discards) what the client still sends
@@ -71,7 +77,8 @@ class Exchange:
     upgrade = False
     has_body = False
     body_in: Body = EMPTY_BODY  # the request body, as it arrives (a Body of its own when there is one)
-    # the response
+    # the response, and the exchange's progress (state.py): queued, running
+    # (handed to the runner), started (its head written), finished
     started = False
     finished = False
     chunked_out = False  # the response's body is chunked
@@ -130,58 +137,21 @@ class Exchange:
     def head_only(self) -> bool:
         return self.method == "HEAD"
 
-    def _send_continue(self) -> None:
+    def send_continue(self) -> None:
+        """100 Continue, on the handler's first read of a body the client
+        waits to send (Expect: 100-continue), unless the response began."""
         if not self.started and not self.continue_sent and not self.body_in.done:
             self.continue_sent = True
-            self.conn._write(framing.CONTINUE)
+            self.conn.write(framing.CONTINUE)
 
     # -- response --------------------------------------------------------------
     def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response in one write (start() and end() for a body known in
         advance): `head` is the status line, headers and Content-Length,
         `body` what follows them, as framing.whole_head() makes them (a native
-        Response makes them once). The hot
-        path: keep-alive is settled as in start(), the Date read as in
-        framing.date_header() and, in the common case, the next request's
-        turn taken as in _exchange_done(), all inline: on the reference
-        machine a Python call costs ~0.3 us, a tenth of this method's budget."""
-        if self.started:
-            raise RuntimeError("the response has already started")
-        conn = self.conn
-        self.started = self.finished = True
-        self.status = status
-        # HTTPProtocol.keeps_alive(self), inline (tests/test_http_state.py holds the copy to it)
-        if self.keep_alive and self.body_in.done and conn._served < conn._last_keepalive and not conn._draining:
-            tail = conn._tail_11 if self.version == "1.1" else conn._tail_10
-        else:
-            self.keep_alive = False
-            tail = conn._tail_close
-        if conn._lost:
-            conn._exchange_done(self)
-            return
-        if _time() >= _DATE[0]:
-            framing.refresh_date()
-        conn._transport.write(b"".join((head, _DATE[1], tail, b"" if self.method == "HEAD" else body)))
-        queue = conn._queue
-        if (
-            self.keep_alive
-            and len(queue) == 1
-            and queue[0] is self
-            and not conn._disconnect_waiters
-            and not conn._closing_after_queue
-            and not conn._paused
-            and not conn._parser.head_bytes
-        ):  # not head_started: no call
-            # HTTPProtocol._exchange_done(self) for the case where nothing waits and nothing of
-            # the next request has arrived, inline (tests/test_http_state.py holds it to the rule)
-            del queue[0]
-            conn._served += 1
-            conn._timer_kind = _T_KEEPALIVE
-            conn._deadline = deadline = conn._clock() + conn._keepalive_timeout
-            if conn._timer is None or deadline < conn._timer_at:  # set_deadline(), inline
-                conn._schedule(deadline)
-            return
-        conn._exchange_done(self)
+        Response makes them once). The connection does it:
+        HTTPProtocol.respond_whole(), which the front ends call directly."""
+        self.conn.respond_whole(self, status, head, body)
 
     def start(self, status: int, block: bytes, length: int | None, first_body: bytes = b"") -> None:
         """Send the status line and the encoded headers `block`
@@ -194,7 +164,7 @@ class Exchange:
         conn = self.conn
         self.keep_alive = conn.keeps_alive(self)
         close = _CONNECTION[self.keep_alive, self.version]
-        parts = [framing.status_line(status), framing.date_header(), conn._server_hdr, block]
+        parts = [framing.status_line(status), framing.date_header(), conn.server_header, block]
         has_body = framing.body_allowed(status)
         if not has_body:
             self.remaining = 0
@@ -211,7 +181,7 @@ class Exchange:
         parts.append(close)
         if first_body and self._body_allowed():
             parts.append(self._frame(first_body))
-        conn._write(b"".join(parts))
+        conn.write(b"".join(parts))
 
     def _body_allowed(self) -> bool:
         return not self.head_only and framing.body_allowed(self.status)
@@ -230,7 +200,7 @@ class Exchange:
         if self.finished:
             raise RuntimeError("the response is complete")
         if data and self._body_allowed():
-            self.conn._write(self._frame(data))
+            self.conn.write(self._frame(data))
 
     def send_file(self, file: Any, offset: int, count: int) -> Any:
         """Queue a file range after what was sent (a Content-Length response).
@@ -241,7 +211,7 @@ class Exchange:
             if count > self.remaining:
                 raise RuntimeError("file range longer than the response's Content-Length")
             self.remaining -= count
-        return self.conn._write_file(file, offset, count)
+        return self.conn.write_file(file, offset, count)
 
     def end(self) -> None:
         """The response is complete: the next request's turn."""
@@ -251,12 +221,12 @@ class Exchange:
             self.finished = True
             exc = RuntimeError(f"response ended {self.remaining} bytes short of its Content-Length")
             self._report(exc)
-            self.conn._abort_exchange(self, exc)
+            self.conn.response_failed(self, exc)
             return
         if self.chunked_out and self._body_allowed():
-            self.conn._write(framing.LAST_CHUNK)
+            self.conn.write(framing.LAST_CHUNK)
         self.finished = True
-        self.conn._exchange_done(self)
+        self.conn.response_done(self)
 
     def fail(self, exc: BaseException) -> None:
         """The handler failed: 500 if nothing was sent, else the connection ends."""
@@ -264,30 +234,27 @@ class Exchange:
             self._report(exc)
             return
         status, message = framing.failure_of(exc)
+        conn = self.conn
         if isinstance(exc, HTTPError) and not self.started:
             self.keep_alive = False
-            self.conn._write(
-                framing.error_response(status, message, self.conn._server_hdr, head_request=self.head_only)
-            )
+            conn.write(framing.error_response(status, message, conn.server_header, head_request=self.head_only))
             self.finished = True
-            self.conn._exchange_done(self)
+            conn.response_done(self)
             return
         self._report(exc)
-        if not self.started and not self.conn._lost:
-            self.keep_alive = self.conn.keeps_alive(self)
-            self.conn._write(
-                framing.error_response(status, message, self.conn._server_hdr, not self.keep_alive, self.head_only)
-            )
+        if not self.started and conn.state is not CLOSED:
+            self.keep_alive = conn.keeps_alive(self)
+            conn.write(framing.error_response(status, message, conn.server_header, not self.keep_alive, self.head_only))
             self.finished = True
-            self.conn._exchange_done(self)
+            conn.response_done(self)
         else:
             self.finished = True
-            self.conn._abort_exchange(self, exc)
+            conn.response_failed(self, exc)
 
     def _report(self, exc: BaseException) -> None:
         # a cancelled handler was cut by the server (shutdown, send timeout): not its bug
         if not isinstance(exc, (ClientDisconnected, ConnectionError, HTTPError, asyncio.CancelledError)):
-            self.conn._loop.call_exception_handler(
+            self.conn.loop.call_exception_handler(
                 {
                     "message": f"HTTP handler failed for {self.method} {self.target.decode('latin-1')}",
                     "exception": exc,
@@ -299,7 +266,11 @@ class Exchange:
 class HTTPProtocol(Connection, asyncio.Protocol):
     """`runner(exchange)` answers each request: it is called in order, one at
     a time, and must end with exchange.end() or exchange.fail() (at once or
-    later). The native and ASGI front ends are runners."""
+    later). The native and ASGI front ends are runners.
+
+    `state` is where the connection is (state.py names the states and the
+    moves between them); the methods below the "exchanges" line are what an
+    Exchange and the front ends use."""
 
     def __init__(
         self, runner: Runner, config: HTTPConfig, registry: Any = None, observer: access.Observer | None = None
@@ -308,20 +279,22 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         self._cfg = config
         if registry is not None:
             self.registry = registry
-        self._server_hdr = (
+        # the Server field, with its CRLF (or nothing): what every response head carries
+        self.server_header = (
             b"Server: " + config.server_header.encode("latin-1") + b"\r\n" if config.server_header else b""
         )
         head_class = getattr(runner, "exchange_class", Exchange)
         # called once per response: the access log, metrics
-        self._observe = access.chain(access.log if config.access_log else None, observer)
-        if self._observe is not None:
+        self.observer = access.chain(access.log if config.access_log else None, observer)
+        if self.observer is not None:
             head_class = access.observed(head_class)
+            self.respond_whole = self._respond_whole_observed  # type: ignore[method-assign]
         self._parser = RequestParser(self, config, head_class)
         # a runner for a plain handler offers it, its Response class and how it
         # finishes any other result: _answer_common() then answers in one frame
         # (not when observed: it answers without the methods that observe)
         self._plain_handler: Callable[[Any], Any] | None = (
-            None if self._observe is not None else getattr(runner, "plain_handler", None)
+            None if self.observer is not None else getattr(runner, "plain_handler", None)
         )
         self._response_class: Any = getattr(runner, "response_class", None)
         self._finish: Callable[[Any, Any], None] | None = getattr(runner, "finish", None)
@@ -329,15 +302,15 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         self._parsing: Exchange | None = None  # the exchange whose body is arriving
         self._transport: Any = None
         self._loop: Any = None
-        self._lost = False
-        self._closing = False
+        self.loop: Any = None  # the running loop, once connected (what exchanges create tasks and futures on)
+        self.state: State = HEAD  # a new connection waits for its first request head
         self._draining = False
         self._served = 0
         self._last_keepalive = config.keepalive_requests - 1  # answered before it: keep-alive
         # what follows the Date in a whole response, by HTTP version and keep-alive
-        self._tail_11 = self._server_hdr + b"\r\n"
-        self._tail_10 = self._server_hdr + b"Connection: keep-alive\r\n\r\n"
-        self._tail_close = self._server_hdr + b"Connection: close\r\n\r\n"
+        self._tail_11 = self.server_header + b"\r\n"
+        self._tail_10 = self.server_header + b"Connection: keep-alive\r\n\r\n"
+        self._tail_close = self.server_header + b"Connection: close\r\n\r\n"
         self._max_pipelined = config.max_pipelined
         self._keepalive_timeout = config.keepalive_timeout
         self._paused = False
@@ -348,10 +321,10 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         self._timer_at = 0.0
         self._clock: Callable[[], float] = time.monotonic
         self._send_timer: Any = None
-        self._timer_kind = _T_NONE
+        self._timer_kind = 0  # KIND_NONE: no deadline yet
         self._deadline = 0.0
         self._write_file_native: Any = None
-        self._done: Any = None
+        self.completed: Any = None  # a future already done: awaited for what completed at once (ASGI send)
         self.client: Any = None
         self.server_addr: Any = None
         self.scheme = "http"  # "https" behind TLS (the ASGI scope's)
@@ -360,19 +333,18 @@ class HTTPProtocol(Connection, asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         Connection.connection_made(self, transport)  # the loop, its clock, the registry
         self._transport = transport
-        loop = self._loop
+        self.loop = loop = self._loop
         self.client = transport.get_extra_info("peername")
         self._write_file_native = getattr(transport, "write_file", None)
         eager = getattr(loop, "create_eager_task", None)
         if eager is not None:
-            self._spawn = eager  # type: ignore[method-assign]
-        self._done = loop.create_future()  # awaited for what completed at once (ASGI send)
-        self._done.set_result(None)
-        self._arm(_T_HEAD)
+            self.spawn = eager  # type: ignore[method-assign]
+        self.completed = loop.create_future()
+        self.completed.set_result(None)
+        self._wait(HEAD)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._lost = True
-        self._closing = True
+        self.state = CLOSED
         if self._linger_handle is not None:
             self._linger_handle.cancel()
         if self._send_timer is not None:
@@ -391,39 +363,39 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         Connection.connection_lost(self, exc)  # the timer stops, the registry lets go
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return
-        if self._timer_kind == _T_BODY:
-            self._arm(_T_BODY)
+        state = self.state
         parser = self._parser
-        if (
-            self._plain_handler is not None
-            and parser.at_boundary
-            and not self._queue
-            and not self._paused
-            and not self._write_paused
-            and not self._draining
-            and not self._closing_after_queue
-            and not parser.upgraded
-            and _parser_mod._scan is not None
-        ):
-            data = self._answer_common(data)
-            if not data:
-                return
+        if state is IDLE or state is HEAD:  # nothing in hand
+            if (
+                self._plain_handler is not None
+                and parser.at_boundary
+                and not self._paused
+                and not self._write_paused
+                and not self._draining
+                and not parser.upgraded
+                and _parser_mod._scan is not None
+            ):
+                data = self._answer_common(data)
+                if not data:
+                    return
+        elif state is BODY:
+            self._arm(BODY)  # body_timeout runs between reads
+        elif state >= LINGERING:
+            return  # ending: what still arrives is discarded
         try:
             parser.feed(data)
         except HTTPError as exc:
             self._parse_failed(exc)
             return
         # a request that arrived whole needs no head timer; one that did not starts it now
-        if self._timer_kind == _T_KEEPALIVE and parser.head_bytes and parser.in_head:  # head_started, inline
-            self._arm(_T_HEAD)
+        if self.state is IDLE and parser.head_bytes and parser.in_head:  # head_started, inline
+            self._wait(HEAD)
 
     def _answer_common(self, data: bytes) -> bytes:
         """The common case in one frame: on an idle connection, requests the
         recogniser takes, answered by a plain native handler with a
         keep-alive Response. Exactly what parser.feed(), on_request(),
-        _start(), the native runner and respond_prepared() do for them (the
+        _start(), the native runner and respond_whole() do for them (the
         differential test in test_http_scan.py holds it to that), without
         their calls and repeated checks: 359 bytecodes per request against
         420 (bench/http_micro.py --bytecodes), 8% of the server's CPU per
@@ -451,7 +423,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             # on_request() and _start() on an idle connection
             ex.conn = self
             queue.append(ex)
-            self._timer_kind = _T_NONE
+            self.state = ANSWERING
             ex.running = True
             try:
                 result = handler(ex)
@@ -463,7 +435,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             if type(result) is not response_class or result._close or self._served >= self._last_keepalive:
                 self._finish(ex, result)  # type: ignore[misc]  # the native runner's own way
                 break
-            # respond_prepared() for a keep-alive response with nothing waiting
+            # respond_whole() for a keep-alive response with nothing waiting
             ex.started = ex.finished = True
             ex.status = result._status
             if _time() >= _DATE[0]:
@@ -478,18 +450,17 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             del queue[0]
             self._served += 1
             answered = True
-            if self._write_paused or self._closing:  # the write filled the buffer: the general path waits
+            if self._write_paused or self.state is not ANSWERING:  # the write filled the buffer: the general path waits
                 break
-        if answered and not queue and not self._closing:
-            self._timer_kind = _T_KEEPALIVE
+        if answered and not queue and self.state is ANSWERING:
+            self.state = self._timer_kind = IDLE  # _wait(IDLE), inline
             self._deadline = deadline = self._clock() + self._keepalive_timeout
             if self._timer is None or deadline < self._timer_at:  # set_deadline(), inline
                 self._schedule(deadline)
         return data[pos:] if pos else data
 
     def eof_received(self) -> bool | None:
-        self._eof = True
-        if self._closing:  # lingering: the client is done too, so the close can be a clean one
+        if self.state >= LINGERING:  # lingering: the client is done too, so the close can be a clean one
             return None
         # a half-closed client still gets the answers to what it sent
         if self._parsing is not None and not self._parsing.body_in.done:
@@ -497,11 +468,9 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         if not self._queue:
             self._close()
             return None
-        self._closing_after_queue = True
+        self.state = HALF_CLOSED  # a body deadline goes with BODY: that body has failed
         return True
 
-    _closing_after_queue = False
-    _eof = False
     _linger_handle: Any = None
 
     def pause_writing(self) -> None:
@@ -514,7 +483,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
 
     def _send_timed_out(self) -> None:
         self._send_timer = None
-        if self._write_paused and not self._lost:
+        if self._write_paused and self.state is not CLOSED:
             logger.debug("closing a connection whose client read nothing for %.1fs", self._cfg.send_timeout)
             self.abort()
 
@@ -532,7 +501,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
 
     async def drain(self) -> None:
         """Until the transport's buffer is below its high-water mark."""
-        if self._lost:
+        if self.state is CLOSED:
             raise ClientDisconnected("the client closed the connection")
         if self._write_paused:
             w = self._loop.create_future()
@@ -541,19 +510,19 @@ class HTTPProtocol(Connection, asyncio.Protocol):
 
     # -- parser sink ----------------------------------------------------------
     def on_head(self, ex: Exchange) -> None:
-        if self._closing:
+        if self.state >= LINGERING:
             return  # requests after a Connection: close (or an error) are not answered
         ex.conn = self
         queue = self._queue
         queue.append(ex)
         if ex.has_body:
-            ex.body_in = Body(self._body_consumed, ex._send_continue if ex.expect_continue else None)
+            ex.body_in = Body(self._body_consumed, ex.send_continue if ex.expect_continue else None)
             self._parsing = ex
-            self._arm(_T_BODY)
+            self._wait(BODY)
         else:
-            self._timer_kind = _T_NONE  # _cancel_timer(), inline
+            self.state = ANSWERING  # the head's deadline (or the keep-alive one) goes with the state it belonged to
         if len(queue) == 1:
-            if not self._write_paused and not self._lost:  # _next(), inline: the common case
+            if not self._write_paused:  # _next(), inline: the common case
                 self._start(ex)
         elif len(queue) > self._max_pipelined:
             self._pause()
@@ -576,7 +545,8 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         if ex is not None:
             self._parsing = None
             ex.body_in.end()
-            self.clear_deadline()
+            if self.state is BODY:  # not when a response ended the connection within this read
+                self.state = ANSWERING
         if self._parser.upgraded:  # the bytes after this request are not HTTP/1.1 (its keep_alive is off)
             self._pause()
 
@@ -594,56 +564,87 @@ class HTTPProtocol(Connection, asyncio.Protocol):
     def requests_served(self) -> int:
         return self._served
 
-    # -- answering ----------------------------------------------------------------
+    # -- exchanges: what an Exchange and the front ends call ----------------------
     def keeps_alive(self, ex: Exchange) -> bool:
         """The keep-alive rule, the one place it is written: the connection
         stays open after `ex`'s response when the request allows it (HTTP/1.1
         without `Connection: close`, 1.0 with keep-alive, not an upgrade), its
         body was read to the end (an unread rest would be parsed as the next
         request), the server is not draining, and fewer than
-        keepalive_requests were answered before it. Exchange.respond_prepared()
-        and _answer_common() carry inline copies for the hot path; the tests
+        keepalive_requests were answered before it. respond_whole() and
+        _answer_common() carry inline copies for the hot path; the tests
         in test_http_state.py and test_http_scan.py hold them to this."""
         return ex.keep_alive and ex.body_in.done and not self._draining and self._served < self._last_keepalive
 
-    def _next(self) -> None:
-        """Answer the next request, unless the client is not reading what we
-        write: then answers wait, so its pipelined requests cannot pile up
-        responses in memory."""
-        queue = self._queue
-        if queue and not self._write_paused and not queue[0].running and not self._lost:
-            self._start(queue[0])
-
-    def _start(self, ex: Exchange) -> None:
-        ex.running = True
-        if type(ex) is _ErrorExchange:
-            ex.run()
+    def respond_whole(self, ex: Exchange, status: int, head: bytes, body: bytes) -> None:
+        """`ex`'s whole response in one write (Exchange.respond_prepared(),
+        which the front ends call here directly): `head` is the status line,
+        headers and Content-Length, `body` what follows them, as
+        framing.whole_head() makes them (a native Response makes them once).
+        The hot path: keep-alive is settled as in keeps_alive(), the Date
+        read as in framing.date_header() and, in the common case, the next
+        request's turn taken as in response_done(), all inline: on the
+        reference machine a Python call costs ~0.3 us, a tenth of this
+        method's budget (tests/test_http_state.py holds the copies to the
+        rules). An observed connection has _respond_whole_observed() here."""
+        if ex.started:
+            raise RuntimeError("the response has already started")
+        ex.started = ex.finished = True
+        ex.status = status
+        # keeps_alive(ex), inline
+        if ex.keep_alive and ex.body_in.done and self._served < self._last_keepalive and not self._draining:
+            tail = self._tail_11 if ex.version == "1.1" else self._tail_10
+        else:
+            ex.keep_alive = False
+            tail = self._tail_close
+        if self.state is CLOSED:
+            self.response_done(ex)
             return
-        try:
-            self._runner(ex)
-        except BaseException as exc:  # a runner's own failure: answer 500
-            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-                raise
-            ex.fail(exc)
+        if _time() >= _DATE[0]:
+            framing.refresh_date()
+        self._transport.write(b"".join((head, _DATE[1], tail, b"" if ex.method == "HEAD" else body)))
+        queue = self._queue
+        if (
+            ex.keep_alive
+            and self.state is ANSWERING
+            and len(queue) == 1
+            and queue[0] is ex
+            and not self._disconnect_waiters
+            and not self._paused
+            and not self._parser.head_bytes
+        ):  # not head_started: no call
+            # response_done(ex) for the case where nothing waits and nothing of
+            # the next request has arrived, inline (tests/test_http_state.py holds it to the rule)
+            del queue[0]
+            self._served += 1
+            self.state = self._timer_kind = IDLE  # _wait(IDLE), inline
+            self._deadline = deadline = self._clock() + self._keepalive_timeout
+            if self._timer is None or deadline < self._timer_at:  # set_deadline(), inline
+                self._schedule(deadline)
+            return
+        self.response_done(ex)
 
-    def _wake_disconnect(self) -> None:
-        waiters, self._disconnect_waiters = self._disconnect_waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
+    def _respond_whole_observed(self, ex: Exchange, status: int, head: bytes, body: bytes) -> None:
+        # respond_whole() of a connection with an observer (access log, metrics):
+        # the response is logged before the next pipelined one can be answered
+        if not ex.started:
+            ex.log_response(status, 0 if ex.method == "HEAD" else len(body))  # type: ignore[attr-defined]  # access.observed()'s
+        HTTPProtocol.respond_whole(self, ex, status, head, body)
 
-    def _exchange_done(self, ex: Exchange) -> None:
-        """The next request's turn, the one place it is written: close after a
-        response that did not keep alive; else answer the next queued request,
-        or close if the client half-closed or the server drains, or wait for
-        one (head timer if part of it arrived, keep-alive timer if not)."""
+    def response_done(self, ex: Exchange) -> None:
+        """`ex`'s response is complete: the next request's turn, the one place
+        it is written. Close after a response that did not keep alive; else
+        answer the next queued request, or close if the client half-closed or
+        the server drains, or wait for one: HEAD if part of it arrived, IDLE
+        if not."""
         if self._disconnect_waiters:
             self._wake_disconnect()
         queue = self._queue
         if queue and queue[0] is ex:
             del queue[0]
         self._served += 1
-        if self._lost:
+        state = self.state
+        if state is CLOSED:
             return
         if not ex.keep_alive:
             # the client may still be sending (pipelined requests, a body, or
@@ -653,55 +654,44 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         if queue:
             self._next()
             return
-        if self._closing_after_queue or self._draining:
+        if state is HALF_CLOSED or self._draining:
             self._close(linger=self._draining)  # a half-closed client sends nothing more
+            return
+        if state >= LINGERING:  # cut already (abort()): nothing to wait for
             return
         if self._paused:
             self._resume()
-        self._arm(_T_HEAD if self._parser.head_started else _T_KEEPALIVE)
+        self._wait(HEAD if self._parser.head_started else IDLE)
 
-    def _abort_exchange(self, ex: Exchange, exc: BaseException) -> None:
+    def response_failed(self, ex: Exchange, exc: BaseException) -> None:
+        """`ex`'s response cannot be completed (its handler failed after it
+        started, or it ended short of its Content-Length): the connection ends."""
         self._wake_disconnect()
         self._queue.clear()
-        self._closing = True
         self.stop_timer()
-        if not self._lost:
+        if self.state is not CLOSED:
+            self.state = CLOSING
             # what was sent goes out, then FIN: a chunked body without its last
             # chunk, or a short Content-Length body, tells the client it is cut
             logger.debug("ending connection mid-response: %s", exc)
             self._transport.close()
 
-    def _parse_failed(self, exc: HTTPError) -> None:
-        """Answer after the requests before it, then close."""
-        # nothing more is read, even what a paused transport still delivers
-        self._parser.stop()
-        if self._closing:
-            # the response before it ended the connection (not keep-alive)
-            # within the same read: nothing may follow its FIN
-            return
-        self._pause()
-        ex = self._parsing
-        if ex is not None:
-            self._parsing = None
-            ex.body_in.fail(exc)
-        self._queue.append(_ErrorExchange(self, exc, self._parser.head_request))
-        if len(self._queue) == 1:
-            self._next()
-
-    # -- writing --------------------------------------------------------------
-    def _spawn(self, coro: Any) -> asyncio.Task:
+    def spawn(self, coro: Any) -> asyncio.Task:
         """The task answering a request: started eagerly where the loop can
         (UringEventLoop.create_eager_task), so a handler that does not wait
         answers before this returns. Set in connection_made to the loop's
         own method, so a request goes through one frame, not two."""
         return self._loop.create_task(coro)
 
-    def _write(self, data: bytes) -> None:
-        if not self._lost:
+    def write(self, data: bytes) -> None:
+        """Send an exchange's bytes; nothing once the transport is gone."""
+        if self.state is not CLOSED:
             self._transport.write(data)
 
-    def _write_file(self, file: Any, offset: int, count: int) -> Any:
-        if self._lost:
+    def write_file(self, file: Any, offset: int, count: int) -> Any:
+        """Send a range of a static.FileCache file after what was written:
+        None when the transport took it all, else a task sending the rest."""
+        if self.state is CLOSED:
             raise ClientDisconnected("the client closed the connection")
         native = self._write_file_native
         if native is not None:
@@ -722,53 +712,128 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         with open(file.fd, "rb", closefd=False) as f:
             await self._loop.sendfile(self._transport, f, offset, count)
 
+    @property
+    def write_paused(self) -> bool:
+        """The client is not reading fast enough: await drain() before writing more."""
+        return self._write_paused
+
+    def disconnect_waiter(self) -> asyncio.Future:
+        """A future done when a response completes or the client is gone (for
+        ASGI's receive() once the body is read: its next message is the
+        disconnect)."""
+        w = self._loop.create_future()
+        self._disconnect_waiters.append(w)
+        return w
+
+    # -- answering ------------------------------------------------------------------
+    def _next(self) -> None:
+        """Answer the next request, unless the client is not reading what we
+        write: then answers wait, so its pipelined requests cannot pile up
+        responses in memory."""
+        queue = self._queue
+        if queue and not self._write_paused and not queue[0].running and self.state is not CLOSED:
+            ex = queue[0]
+            if type(ex) is _ErrorExchange:
+                self._refuse(ex)
+            else:
+                self._start(ex)
+
+    def _start(self, ex: Exchange) -> None:
+        ex.running = True
+        try:
+            self._runner(ex)
+        except BaseException as exc:  # a runner's own failure: answer 500
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                raise
+            ex.fail(exc)
+
+    def _refuse(self, ex: _ErrorExchange) -> None:
+        """Answer a request that could not be parsed (or did not arrive in
+        time) with its status, then close: nothing after it is answered."""
+        ex.running = True
+        self._queue.clear()
+        exc = ex.exc
+        response = framing.error_response(exc.status, exc.message, self.server_header, head_request=ex.head_request)
+        self.write(response)
+        if self.observer is not None:  # a request that could not be parsed: no method or target to name
+            self.observer(self, "-", b"-", "1.1", exc.status, len(response.partition(b"\r\n\r\n")[2]), 0.0)
+        self._close(linger=True)
+
+    def _wake_disconnect(self) -> None:
+        waiters, self._disconnect_waiters = self._disconnect_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _parse_failed(self, exc: HTTPError) -> None:
+        """Answer after the requests before it, then close."""
+        # nothing more is read, even what a paused transport still delivers
+        self._parser.stop()
+        state = self.state
+        if state >= LINGERING:
+            # the response before it ended the connection (not keep-alive)
+            # within the same read: nothing may follow its FIN
+            return
+        self._pause()
+        ex = self._parsing
+        if ex is not None:
+            self._parsing = None
+            ex.body_in.fail(exc)
+        if state is not HALF_CLOSED:
+            self.state = ANSWERING  # the refusal is in hand; the deadline of what was being read goes
+        self._queue.append(_ErrorExchange(exc, self._parser.head_request))
+        if len(self._queue) == 1:
+            self._next()
+
     # -- flow and timers -------------------------------------------------------
     def _pause(self) -> None:
-        if not self._paused and not self._lost:
+        if not self._paused and self.state is not CLOSED:
             self._paused = True
             self._transport.pause_reading()
 
     def _resume(self) -> None:
-        if (
-            self._paused
-            and not self._lost
-            and not self._closing
-            and not self._parser.upgraded
-            and not self._write_paused
-        ):
+        if self._paused and self.state < LINGERING and not self._parser.upgraded and not self._write_paused:
             self._paused = False
             self._transport.resume_reading()
 
-    def _arm(self, kind: int) -> None:
+    def _wait(self, state: State) -> None:
+        """Enter a state that waits for the client (HEAD, BODY or IDLE), under its deadline."""
+        self.state = state
+        self._arm(state)
+
+    def _arm(self, state: State) -> None:
+        """The deadline of a waiting state, from now (its kind is the state)."""
         cfg = self._cfg
         self.set_deadline(
-            kind,
-            cfg.header_timeout if kind == _T_HEAD else cfg.body_timeout if kind == _T_BODY else cfg.keepalive_timeout,
+            state,
+            cfg.header_timeout if state is HEAD else cfg.body_timeout if state is BODY else cfg.keepalive_timeout,
         )
 
     def timed_out(self, kind: int) -> None:
-        if self._lost or self._closing:
+        if kind is not self.state:
+            return  # the state that set this deadline was left: the deadline went with it
+        if kind is BODY and self._paused:
+            self._arm(BODY)  # we stopped reading, not the client
             return
-        if kind == _T_BODY and self._paused:
-            self._arm(_T_BODY)  # we stopped reading, not the client
-            return
-        if kind == _T_KEEPALIVE or (kind == _T_HEAD and not self._parser.head_started and not self._queue):
+        if kind is IDLE or (kind is HEAD and not self._parser.head_started):
             self._close()  # an idle connection: nothing to answer
             return
-        what = "request head" if kind == _T_HEAD else "request body"
+        what = "request head" if kind is HEAD else "request body"
         self._parse_failed(HTTPError(408, f"the {what} did not arrive in time"))
 
     def _close(self, linger: bool = False) -> None:
-        if not self._closing:
-            self._closing = True
-            self.stop_timer()
-            if not self._lost:
-                t = self._transport
-                can_write_eof = getattr(t, "can_write_eof", None)  # a transport-like object may lack it
-                if linger and not self._eof and can_write_eof is not None and can_write_eof():
-                    self._linger(t)
-                else:
-                    t.close()
+        state = self.state
+        if state >= LINGERING:
+            return
+        self.stop_timer()
+        t = self._transport
+        can_write_eof = getattr(t, "can_write_eof", None)  # a transport-like object may lack it
+        if linger and state is not HALF_CLOSED and can_write_eof is not None and can_write_eof():
+            self.state = LINGERING
+            self._linger(t)
+        else:
+            self.state = CLOSING
+            t.close()
 
     def _linger(self, t: Any) -> None:
         """Close after a response while the client may still be sending (it
@@ -776,11 +841,12 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         then read and discard until the client closes too, or LINGER seconds.
         Closing with its bytes unread would make the kernel answer RST, which
         can destroy the end of the response before the client reads it
-        (nginx's lingering_close, for the same reason)."""
+        (nginx's lingering_close, for the same reason). A client that sent
+        EOF first (HALF_CLOSED) sends nothing more: it is closed at once."""
         t.write_eof()
         if self._paused:
             self._paused = False
-            t.resume_reading()  # data_received discards while closing
+            t.resume_reading()  # data_received discards while lingering
         self._linger_handle = self._loop.call_later(LINGER, t.close)
 
     # -- server shutdown ----------------------------------------------------------
@@ -795,8 +861,8 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         if not self._queue:
             if self._parser.head_started:
                 return
-            if self._served == 0 and not self._lost:
-                self.set_deadline(_T_HEAD, min(self._cfg.header_timeout, DRAIN_GRACE))
+            if self._served == 0 and self.state is not CLOSED:
+                self.set_deadline(HEAD, min(self._cfg.header_timeout, DRAIN_GRACE))
                 return
             self._close()
         else:
@@ -809,8 +875,8 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         cancelled and returned, for a caller that must see them finish
         (a shutdown leaves no task behind)."""
         tasks = [ex.task for ex in self._queue if ex.task is not None and not ex.task.done()]
-        if not self._lost:
-            self._closing = True
+        if self.state is not CLOSED:
+            self.state = CLOSING
             self._transport.abort()
         for t in tasks:
             t.cancel()
@@ -818,24 +884,13 @@ class HTTPProtocol(Connection, asyncio.Protocol):
 
 
 class _ErrorExchange(Exchange):
-    """The answer to a request that could not be parsed: status, then close.
-    It waits in the queue like an exchange (Exchange's defaults are what the
-    connection reads there) but has no request: only run() is called on it."""
+    """The answer to a request that could not be parsed: status, then close
+    (HTTPProtocol._refuse). It waits in the queue like an exchange
+    (Exchange's defaults are what the connection reads there) but has no
+    request."""
 
     keep_alive = False
 
-    def __init__(self, conn: HTTPProtocol, exc: HTTPError, head_request: bool) -> None:  # no request head to take
-        self.conn = conn
+    def __init__(self, exc: HTTPError, head_request: bool) -> None:  # no request head to take
         self.exc = exc
         self.head_request = head_request  # the refused request was a HEAD: no body (RFC 9110 9.3.2)
-
-    def run(self) -> None:
-        conn = self.conn
-        conn._queue.clear()
-        response = framing.error_response(
-            self.exc.status, self.exc.message, conn._server_hdr, head_request=self.head_request
-        )
-        conn._write(response)
-        if conn._observe is not None:  # a request that could not be parsed: no method or target to name
-            conn._observe(conn, "-", b"-", "1.1", self.exc.status, len(response.partition(b"\r\n\r\n")[2]), 0.0)
-        conn._close(linger=True)
