@@ -1,5 +1,6 @@
 """The ring: one io_uring with its fixed-file table, buffer ring and send
-arena (core.h), its settings (RingConfig) and the events it reaps (EV_*).
+arena (core.h), and the events it reaps (EV_*). Its settings (RingConfig)
+are declared in ring_settings.py and re-exported here.
 
 Everything above this module sees ints, bytes and memoryviews. Kernel errors
 come back from C as negative errnos and leave here as `OSError` naming the
@@ -12,26 +13,16 @@ import errno
 import os
 import resource
 import struct
-from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from . import ring_settings
 from ._native import check, ffi, lib, oserror
-from .host import has_cap_ipc_lock, unavailable_error
-
-SEND_MODES = {
-    "auto": lib.US_SEND_AUTO,
-    "plain": lib.US_SEND_PLAIN,
-    "zc": lib.US_SEND_ZC,
-    "zc_fixed": lib.US_SEND_ZC_FIXED,
-}
-RECV_MODES = {"pbuf": lib.US_RECV_PBUF, "plain": lib.US_RECV_PLAIN}
-# how the ring sends from its stage (RingConfig.stage_send): a ring setting,
-# though only the load generator (loadtest/engine.py) fills the stage
-STAGE_SENDS = {
-    "write_fixed": lib.US_STAGE_WRITE_FIXED,
-    "send_zc_fixed": lib.US_STAGE_SEND_ZC_FIXED,
-    "send": lib.US_STAGE_SEND,
-}
+from .host import unavailable_error
+from .ring_settings import RECV_MODES as RECV_MODES
+from .ring_settings import SEND_MODES as SEND_MODES
+from .ring_settings import STAGE_SENDS as STAGE_SENDS
+from .ring_settings import MiB as MiB
+from .ring_settings import RingConfig as RingConfig
 
 EV_ACCEPT = lib.US_EV_ACCEPT
 EV_RECV = lib.US_EV_RECV
@@ -56,95 +47,10 @@ _STAGES = {
     7: "allocating core memory",
 }
 
-MiB = 1 << 20
 _GRAVEYARD: list = []  # buffers a closed ring might still have read
 
 # the leading fields of struct us_event, read in bulk: kind, conn, res, off, gen, flags
 EVENT_HEAD = struct.Struct(f"IIiIII{ffi.sizeof('struct us_event') - 24}x")
-
-
-def _memlock_budget() -> int | None:
-    """Bytes of pinned memory we may use, or None when there is no limit."""
-    if has_cap_ipc_lock():
-        return None
-    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
-def _default_files() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # the kernel caps the fixed-file table at RLIMIT_NOFILE
-    return max(64, min(soft if soft != resource.RLIM_INFINITY else 65536, 65536))
-
-
-def _default_arena(chunk: int) -> int:
-    budget = _memlock_budget()
-    want = 8 * MiB
-    if budget is not None:
-        # half the limit: the rest stays for other users of locked memory
-        want = min(want, budget // 2)
-    return max(2 * chunk, want - want % chunk)
-
-
-@dataclass(frozen=True)
-class RingConfig:
-    """Sizes and switches of one ring. Defaults fit an unprivileged user."""
-
-    sq_entries: int = 1024
-    cq_entries: int = 8192
-    files: int = field(default_factory=_default_files)
-    reserved_slots: int = 64
-    buf_count: int = 512
-    buf_size: int = 16384
-    chunk_size: int = 32768
-    arena_bytes: int | None = None  # None: from RLIMIT_MEMLOCK
-    zc_threshold: int = 32768
-    inplace_min: int = 16 * 1024  # bytes writes this large are sent in place, not copied
-    ext_segments: int = 4096
-    accept_depth: int = 4
-    send_mode: str = "auto"
-    recv_mode: str = "pbuf"
-    fixed_files: bool = True
-    recv_bundle: bool = False
-    setup_flags_off: int = 0
-    max_events: int = 512
-    stage_bytes: int = 0  # registered memory for bytes sent many times (the load generator's requests)
-    stage_send: str = "write_fixed"
-
-    def validated(self) -> RingConfig:
-        problems = []
-        if self.send_mode not in SEND_MODES:
-            problems.append(f"send_mode {self.send_mode!r} is not one of {sorted(SEND_MODES)}")
-        if self.stage_send not in STAGE_SENDS:
-            problems.append(f"stage_send {self.stage_send!r} is not one of {sorted(STAGE_SENDS)}")
-        if not 0 <= self.stage_bytes < 1 << 31:
-            problems.append(f"stage_bytes={self.stage_bytes}: must be 0..2 GiB")
-        if self.recv_mode not in RECV_MODES:
-            problems.append(f"recv_mode {self.recv_mode!r} is not one of {sorted(RECV_MODES)}")
-        if self.buf_count < 1 or self.buf_count & (self.buf_count - 1) or self.buf_count > 32768:
-            problems.append(f"buf_count={self.buf_count}: must be a power of two from 1 to 32768")
-        if self.files < 2 or self.files > (1 << 20):
-            problems.append(f"files={self.files}: must be 2..1048576")
-        reserved = min(self.reserved_slots, max(1, self.files // 2))
-        if reserved < 1:
-            problems.append("reserved_slots must be at least 1")
-        if self.buf_size < 64 or self.chunk_size < 64:
-            problems.append("buf_size and chunk_size must be at least 64 bytes")
-        if not 1 <= self.accept_depth <= 64:
-            problems.append(f"accept_depth={self.accept_depth}: must be 1..64")
-        if not 0 <= self.ext_segments < (1 << 19):
-            problems.append(f"ext_segments={self.ext_segments}: must be 0..524287")
-        if self.max_events < 16:
-            problems.append("max_events must be at least 16")
-        region = self.buf_count * self.buf_size + (self.files * self.buf_size if self.recv_mode == "plain" else 0)
-        if region >= 1 << 32:
-            problems.append(f"received-data region of {region} bytes exceeds 4 GiB: lower buf_size or files")
-        if problems:
-            raise ValueError("invalid RingConfig: " + "; ".join(problems))
-        arena = self.arena_bytes if self.arena_bytes is not None else _default_arena(self.chunk_size)
-        if arena < self.chunk_size:
-            raise ValueError(f"invalid RingConfig: arena_bytes={arena} is smaller than one chunk ({self.chunk_size})")
-        return replace(self, reserved_slots=reserved, arena_bytes=arena - arena % self.chunk_size)
 
 
 class FaultPlan(Protocol):
@@ -165,24 +71,8 @@ class Ring:
         cfg = (config or RingConfig()).validated()
         self.config = cfg
         c = ffi.new("struct us_config *")
-        c.sq_entries = cfg.sq_entries
-        c.cq_entries = max(cfg.cq_entries, cfg.sq_entries)
-        c.files = cfg.files
-        c.reserved_slots = cfg.reserved_slots
-        c.buf_count = cfg.buf_count
-        c.buf_size = cfg.buf_size
-        c.chunk_size = cfg.chunk_size
-        c.arena_chunks = cfg.arena_bytes // cfg.chunk_size  # type: ignore[operator]  # validated() sized it
-        c.zc_threshold = cfg.zc_threshold
-        c.accept_depth = cfg.accept_depth
-        c.ext_segments = cfg.ext_segments
-        c.send_mode = SEND_MODES[cfg.send_mode]
-        c.recv_mode = RECV_MODES[cfg.recv_mode]
-        c.fixed_files = int(cfg.fixed_files)
-        c.recv_bundle = int(cfg.recv_bundle)
-        c.setup_flags_off = cfg.setup_flags_off
-        c.stage_bytes = cfg.stage_bytes
-        c.stage_send = STAGE_SENDS[cfg.stage_send]
+        for name, value in ring_settings.c_values(cfg):
+            setattr(c, name, value)
         err = ffi.new("int *")
         stage = ffi.new("int *")
         if faults is not None:
@@ -221,7 +111,7 @@ class Ring:
             return unavailable_error(err)
         hint = ""
         if err in (errno.ENOMEM, errno.EPERM) and stage in (5, 6):
-            budget = _memlock_budget()
+            budget = ring_settings.memlock_budget()
             hint = (
                 f" — the send arena is {cfg.arena_bytes} bytes and RLIMIT_MEMLOCK allows "
                 f"{'unlimited' if budget is None else budget} bytes: lower arena_bytes or raise "

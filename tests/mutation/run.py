@@ -71,6 +71,7 @@ MODULES = [
     "loadtest.window",
     "uringserve.fs",
     "uringserve.http.scan",
+    "uringserve.ring_settings",  # RingConfig and its rules, out of ring.py
 ]
 ACCEPTED = pathlib.Path(__file__).with_name("survivors.txt")
 SITE = pathlib.Path(__file__).with_name("site")
