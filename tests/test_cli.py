@@ -26,6 +26,7 @@ from http_client import talk
 
 from uringserve import cli, logs
 from uringserve.http import HTTPConfig, HTTPServer
+from uringserve.ring_settings import SETTINGS, RingConfig
 from uringserve.server import TCP, Inherited, Server, Unix
 
 # a value for each option, other than its default, as text
@@ -307,6 +308,43 @@ def test_app_errors_are_one_line() -> None:
     with pytest.raises(SystemExit, match="apps.http:app is not a protocol factory: it cannot be called without"):
         cli.build_server(parse(["run", "apps.http:app", "--protocol"]))
     assert type(cli.build_server(parse(["run", "apps.echo:Echo", "--protocol"]))) is Server
+
+
+def test_the_ring_options_are_the_ring_settings_that_declare_one(capsys) -> None:
+    """Each from its RingConfig setting (ring_settings.py): its help, its
+    default, its rule's range (or a higher floor the command asks for)."""
+    declared = {s.option: s for s in SETTINGS if s.option is not None}
+    ring_opts = [o for o in cli.OPTIONS if o.dest.startswith("ring_")]
+    assert [o.flag for o in ring_opts] == list(declared)
+    for o in ring_opts:
+        s = declared[o.flag]
+        assert o.help == s.help and o.default == s.default and o.commands == cli.SERVE
+    assert cli.OPTION_BY_DEST["ring_buf_count"].default == RingConfig().buf_count
+    for argv, says in [
+        (["--ring-files", "127"], "127 is out of range: 128..1048576"),  # the command's floor, above the ring's 2
+        (["--ring-files", str((1 << 20) + 1)], "is out of range: 128..1048576"),
+        (["--ring-buf-count", "65536"], "65536 is out of range: 1..32768"),
+        (["--ring-arena-bytes", "65535"], "65535 is out of range: 65536.."),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            parse(["run", "m:a", *argv])
+        assert e.value.code == 2 and says in capsys.readouterr().err, argv
+    assert cli.ring_config(parse(["run", "m:a", "--ring-files", "128"])).files == 128
+
+
+def test_ring_settings_are_refused_in_the_words_of_the_options_that_set_them() -> None:
+    """The options' names in the message, the fields' names for settings the
+    command has no option for (nothing rewritten after the fact)."""
+    with pytest.raises(SystemExit) as e:
+        cli.ring_config(parse(["run", "m:a", "--ring-arena-bytes", str(64 << 30), "--ring-buf-count", "3"]))
+    assert str(e.value) == "uringserve: --ring-buf-count 3: must be a power of two from 1 to 32768"  # alone first
+    with pytest.raises(SystemExit) as e:
+        cli.ring_config(parse(["run", "m:a", "--ring-arena-bytes", str(64 << 30)]))
+    assert str(e.value) == (
+        f"uringserve: --ring-arena-bytes {64 << 30}: 2097152 chunks of 32768 bytes and ext_segments=4096 must be "
+        "fewer than 1048576 in all: lower --ring-arena-bytes or ext_segments, or raise chunk_size"
+    )
+    assert cli.ring_config(parse(["run", "m:a", "--loop", "asyncio", "--ring-buf-count", "3"])) is None
 
 
 def test_the_readme_table_is_the_declared_options() -> None:

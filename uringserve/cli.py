@@ -3,8 +3,9 @@ asyncio protocol factory), the demos, and the doctor.
 
 Every option has an environment variable (URINGSERVE_<NAME>); the command
 line wins over the environment, the environment over the default. The
-options are declared once, in OPTIONS: the parser, the environment and the
-README's table (`options_table()`, checked by a test) all come from it.
+options are declared once, in OPTIONS (the ring's with the ring's settings,
+in ring_settings.py): the parser, the environment and the README's table
+(`options_table()`, checked by a test) all come from it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import inspect
 import logging
 import os
 import random
-import re
 import ssl
 import sys
 from collections.abc import Callable, Sequence
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .http.config import HTTPConfig
-from .ring import RingConfig
+from .ring_settings import SETTINGS, RingConfig, RingConfigError, Setting, validate
 from .server.lifecycle import LOOPS
 
 ENV_PREFIX = "URINGSERVE_"
@@ -124,6 +124,20 @@ class Opt:
 
 SERVE = ("run", "echo", "resp")
 
+
+def _ring_option(s: Setting) -> Opt:
+    """The option of a ring setting that has one, from its declaration
+    (ring_settings): its help, its default, and the range its rule allows,
+    from option_lo where the command asks for more. The options so far take
+    integers."""
+    floors = [x for x in (s.lo, s.option_lo) if x is not None]
+    assert s.option is not None and s.kind is int and floors, f"{s.option}: not an integer with a least value"
+    return Opt(s.option, s.help, _int_in(max(floors), s.hi), s.default, commands=SERVE, metavar="N")
+
+
+# the ring settings the command sets (their option, by RingConfig field)
+RING_OPTIONS = {s.name: _ring_option(s) for s in SETTINGS if s.option is not None}
+
 OPTIONS: list[Opt] = [
     # where to listen
     Opt(
@@ -206,11 +220,8 @@ OPTIONS: list[Opt] = [
     Opt("--send-timeout", "seconds a client may leave responses unread", _seconds, HTTPConfig.send_timeout),
     Opt("--keepalive-timeout", "seconds an idle keep-alive connection stays", _seconds, HTTPConfig.keepalive_timeout),
     Opt("--keepalive-requests", "requests per connection", _int_in(1), HTTPConfig.keepalive_requests),
-    # the ring (RingConfig)
-    Opt("--ring-files", "fixed-file table slots", _int_in(128), None, commands=SERVE, metavar="N"),
-    Opt("--ring-buf-count", "provided receive buffers (power of 2)", _int_in(1), RingConfig.buf_count, commands=SERVE),
-    Opt("--ring-buf-size", "bytes per provided buffer", _int_in(64), RingConfig.buf_size, commands=SERVE),
-    Opt("--ring-arena-bytes", "send arena bytes (default: from RLIMIT_MEMLOCK)", _int_in(65536), None, commands=SERVE),
+    # the ring (RingConfig): declared with its settings in ring_settings.py
+    *RING_OPTIONS.values(),
 ]
 OPTION_BY_DEST = {o.dest: o for o in OPTIONS}
 HTTP_FIELDS = [f.name for f in dataclasses.fields(HTTPConfig) if f.name in OPTION_BY_DEST]
@@ -364,27 +375,17 @@ def listeners(args: argparse.Namespace, environ: Any = None) -> list[Any]:
 
 
 def ring_config(args: argparse.Namespace) -> RingConfig | None:
+    """The ring the options set (None off the uring loop); what is not given
+    is left to RingConfig, and sized when the loop makes its ring."""
     if args.loop != "uring":
         return None
-    kw: dict[str, Any] = {"buf_count": args.ring_buf_count, "buf_size": args.ring_buf_size}
-    if args.ring_files is not None:
-        kw["files"] = args.ring_files
-    if args.ring_arena_bytes is not None:
-        kw["arena_bytes"] = args.ring_arena_bytes
-    config = RingConfig(**kw)
-    try:
-        config.validated()
-    except ValueError as exc:  # RingConfig's field names, said as the options that set them
-        msg = str(exc).replace("invalid RingConfig: ", "")
-        for field, opt in RING_OPTIONS.items():
-            msg = re.sub(rf"\b{field}=", f"{opt} ", msg)
-            msg = re.sub(rf"\b{field}\b", opt, msg)
-        raise SystemExit(f"uringserve: {msg}") from None
+    given = {name: getattr(args, opt.dest) for name, opt in RING_OPTIONS.items()}
+    config = RingConfig(**{name: value for name, value in given.items() if value is not None})
+    try:  # refused here, once, in the options' words
+        validate(config, names={name: opt.flag for name, opt in RING_OPTIONS.items()})
+    except RingConfigError as exc:
+        raise SystemExit("uringserve: " + "; ".join(exc.problems)) from None
     return config
-
-
-RING_OPTIONS = {"buf_count": "--ring-buf-count", "buf_size": "--ring-buf-size", "files": "--ring-files"}
-RING_OPTIONS["arena_bytes"] = "--ring-arena-bytes"
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
