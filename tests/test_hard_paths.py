@@ -49,7 +49,7 @@ def run_uring(cfg: RingConfig, main, timeout: float = 60.0):
     try:
         result = loop.run_until_complete(asyncio.wait_for(main(loop), timeout))
         stats = loop.ring_stats()
-        waiting = dict(loop._arena_waiters)  # transports waiting for arena chunks: none once all closed
+        waiting = list(loop.arena_waits)  # transports waiting for arena chunks: none once all closed
     finally:
         loop.close()
     gc.collect()

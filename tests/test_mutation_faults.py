@@ -193,7 +193,7 @@ def test_a_waiting_file_range_refused_by_the_core_ends_its_connection(tmp_path, 
             return bytes(got)
 
         reading = loop.run_in_executor(None, client)
-        assert await until(lambda: "waiting" in transports and loop._arena_waiters), "the write did not wait"
+        assert await until(lambda: "waiting" in transports and loop.arena_waits), "the write did not wait"
         transports["stalled"].abort()
         got = await reading
         slow.close()

@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import heapq
-import io
 import logging
 import os
 import socket
-import stat
 import sys
 import threading
 from asyncio import constants, sslproto
@@ -30,7 +28,7 @@ from . import scheduling
 from ._native import ffi
 from .ring import EVENT_HEAD, FaultPlan, Ring, RingConfig
 from .selector import UringSelector, drain
-from .transport import UringTransport
+from .transport import ArenaWaits, UringTransport
 
 logger = logging.getLogger("uringserve")
 T = TypeVar("T")
@@ -93,7 +91,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         # stopped listeners, by id, for connections the kernel accepted as they stopped
         self._retired: dict[int, _Listener] = {}
         self._listener_by_fd: dict[int, int] = {}
-        self._arena_waiters: dict[int, UringTransport] = {}
+        self._arena_waits = ArenaWaits()
         self._owner_thread: int | None = None
         self._single_issuer = bool(self._ring.stats()["setup_flags"] & SETUP_SINGLE_ISSUER)
         self._iter_heads = EVENT_HEAD.iter_unpack
@@ -160,7 +158,9 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             return _drop_own_frame(super().call_later(delay, callback, *args, context=context))
         return self.call_at(self.time() + delay, callback, *args, context=context)
 
-    def _on_owner_thread(self) -> bool:
+    def in_owner_thread(self) -> bool:
+        """Whether this thread may submit to the ring now (the thread that
+        runs the loop, or any thread before it first ran)."""
         return self._owner_thread == threading.get_ident()
 
     def run_forever(self) -> None:
@@ -185,6 +185,11 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     @property
     def ring(self) -> Ring:
         return self._ring
+
+    @property
+    def arena_waits(self) -> ArenaWaits:
+        """The transports whose writes wait for the send arena (EV_ARENA wakes them)."""
+        return self._arena_waits
 
     def set_connection_limit(self, limit: int | None) -> None:
         """Accept no more while `limit` connections are open on this loop
@@ -272,10 +277,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 if t is not None:
                     t._on_writable()
             elif kind == _EV_ARENA:
-                waiters = self._arena_waiters
-                self._arena_waiters = {}
-                for t in waiters.values():
-                    t._flush_pending()
+                self._arena_waits.wake()
             elif kind == _EV_EOF:
                 t = conns.get(slot)
                 if t is not None:
@@ -351,12 +353,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         # one accepted just before (the asyncio Server has closed: not attached)
         t = UringTransport(self, slot, gen, protocol, peer, lst.sock, None if late else lst.server)
         self._conns[slot] = t
-        try:
-            protocol.connection_made(t)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            t._fatal_error(exc, "Error on transport creation for incoming connection")
+        t.start_accepted()
 
     # -- connected sockets (client connections, connect_accepted_socket) ----------
     def _make_socket_transport(
@@ -373,7 +370,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio does for TCP
         t = UringTransport(self, slot, gen, protocol, b"", None, server, sock=sock, extra=extra)
         self._conns[slot] = t
-        self.call_soon(self._start_adopted, t, waiter)
+        self.call_soon(t.start_adopted, waiter)
         return t
 
     def _make_ssl_transport(
@@ -405,64 +402,11 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         return ssl_protocol._app_transport
 
     async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: int | None) -> int:
-        """loop.sendfile() on a UringTransport: the file goes through the ring
-        (read into registered memory, sent from there). As asyncio's native
-        path: reading pauses, earlier writes drain first, write() raises while
-        it runs, and the file position ends after the last byte sent."""
+        # loop.sendfile() on a transport whose _sendfile_compatible is
+        # TRY_NATIVE: the transport sends the file through the ring
         if not isinstance(transp, UringTransport):
             raise asyncio.SendfileNotAvailableError("not a uringserve transport")
-        try:
-            fileno = file.fileno()
-            st = os.fstat(fileno)
-        except (AttributeError, io.UnsupportedOperation, OSError) as exc:
-            raise asyncio.SendfileNotAvailableError("not a regular file") from exc
-        if not stat.S_ISREG(st.st_mode):
-            raise asyncio.SendfileNotAvailableError("not a regular file")
-        left = max(0, st.st_size - offset)
-        if count:
-            left = min(left, count)
-        if not left:
-            return 0
-        resume_reading = transp.is_reading()
-        transp.pause_reading()
-        await transp._wait_empty()
-        sent = 0
-        base = transp._bytes_sent()
-        transp._set_sendfile_active(True)  # write() refuses until done
-        try:
-            while sent < left:
-                if transp.is_closing():
-                    raise ConnectionError("the transport closed during sendfile()")
-                transp.write_file(fileno, offset + sent, left - sent, owner=file)
-                await transp._wait_empty()  # none free (0 queued): queued sends finish first
-                sent = transp._bytes_sent() - base
-        finally:
-            sent = min(left, transp._bytes_sent() - base)
-            transp._set_sendfile_active(False)
-            if resume_reading:
-                transp.resume_reading()
-            file.seek(offset + sent)
-        return sent
-
-    def _start_adopted(self, t: UringTransport, waiter: Any) -> None:
-        # the order asyncio's socket transports keep: connection_made, then
-        # reading, then the waiter
-        try:
-            t._protocol.connection_made(t)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            t._fatal_error(exc, "Exception in callback protocol.connection_made()")
-        if waiter is not None and not waiter.cancelled():
-            waiter.set_result(None)
-        # Reading starts an iteration later, as with asyncio (whose reader is
-        # added only then): the task awaiting create_connection() resumes
-        # before the first data_received(), which code relies on.
-        self.call_soon(self._begin_reading, t)
-
-    def _begin_reading(self, t: UringTransport) -> None:
-        if not t._closing and not t._paused and not self._ring.closed:
-            self._ring.recv_start(t._slot, t._gen)
+        return await transp.sendfile(file, offset, count)
 
     # -- servers -----------------------------------------------------------------
     def _start_serving(
@@ -515,7 +459,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         self._retired[lid] = self._listeners.pop(lid)
         if not self._ring.closed:
             self._ring.listener_stop(lid)
-            if self._on_owner_thread():
+            if self.in_owner_thread():
                 # the accepts and the slot hold the listening socket: cancel and
                 # drop them now, so it is closed when server.close() returns
                 self._ring.flush()
@@ -544,9 +488,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             elif left:
                 logger.warning("closing ring with %d operations still in flight", left)
             for t in conns.values():
-                if t._sock_obj is not None:
-                    t._sock_obj.close()
-            self._arena_waiters.clear()
+                t.loop_closing()
+            self._arena_waits.clear()
             ring.close()
 
 

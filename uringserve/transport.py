@@ -33,11 +33,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import io
 import logging
 import os
 import socket
+import stat
 import warnings
 from asyncio import constants, transports, trsock
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import sockaddr
@@ -85,7 +88,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
     ) -> None:
         super().__init__(None, loop)
         self._loop = loop
-        self._ring = loop._ring
+        self._ring = loop.ring
         self._slot = slot
         self._gen = gen
         self._peer_raw = peer
@@ -136,6 +139,38 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
     def _update_recv_cb(self) -> None:
         plain = not (self._buffered or self._paused or self._closing or self._held)
         self._recv_cb = self._protocol.data_received if plain else None  # type: ignore[attr-defined]
+
+    def start_accepted(self) -> None:
+        """A connection the ring accepted (reading already armed by the core):
+        connection_made() now."""
+        try:
+            self._protocol.connection_made(self)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Error on transport creation for incoming connection")
+
+    def start_adopted(self, waiter: asyncio.Future | None) -> None:
+        """A connected socket the ring adopted (create_connection,
+        connect_accepted_socket), an iteration after it was made: the order
+        asyncio's socket transports keep, connection_made(), then the waiter,
+        then reading."""
+        try:
+            self._protocol.connection_made(self)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Exception in callback protocol.connection_made()")
+        if waiter is not None and not waiter.cancelled():
+            waiter.set_result(None)
+        # Reading starts an iteration later, as with asyncio (whose reader is
+        # added only then): the task awaiting create_connection() resumes
+        # before the first data_received(), which code relies on.
+        self._loop.call_soon(self._begin_reading)
+
+    def _begin_reading(self) -> None:
+        if not self._closing and not self._paused and not self._ring.closed:
+            self._ring.recv_start(self._slot, self._gen)
 
     def _callback_failed(self, exc: BaseException) -> None:
         self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
@@ -378,7 +413,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         chunk = bytes(memoryview(data)[offset:])
         self._queue_pending(chunk)
         self._pending_size += len(chunk)
-        self._loop._arena_waiters[self._slot] = self
+        self._loop.arena_waits.add(self)
 
     def _flush_pending(self) -> None:
         """The core freed arena chunks: move what waits here into it, in order."""
@@ -390,7 +425,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
                     self._slot, self._gen, chunk.fd, chunk.fixed, chunk.offset, chunk.count, chunk.owner
                 )
                 if ret == -errno.ENOBUFS:  # every segment in flight: US_EV_ARENA says when one frees
-                    self._loop._arena_waiters[self._slot] = self
+                    self._loop.arena_waits.add(self)
                     break
                 if ret < 0:  # the range is still in _pending: _drop_pending() gives its hold back
                     self._fatal_error(_conn_error(-ret), "Fatal write error on socket transport")
@@ -407,7 +442,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
             self._pending_size -= n
             if n < len(chunk):
                 self._pending[0] = chunk[n:]
-                self._loop._arena_waiters[self._slot] = self
+                self._loop.arena_waits.add(self)
                 break
             self._pending.popleft()
         if not self._pending:
@@ -454,6 +489,45 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         self._qbound += n
         self._maybe_pause_protocol()
         return n
+
+    async def sendfile(self, file: Any, offset: int, count: int | None) -> int:
+        """loop.sendfile() on this transport: the file goes through the ring
+        (read into registered memory, sent from there). As asyncio's native
+        path: reading pauses, earlier writes drain first, write() raises while
+        it runs, and the file position ends after the last byte sent. Raises
+        asyncio.SendfileNotAvailableError for anything but a regular file."""
+        try:
+            fileno = file.fileno()
+            st = os.fstat(fileno)
+        except (AttributeError, io.UnsupportedOperation, OSError) as exc:
+            raise asyncio.SendfileNotAvailableError("not a regular file") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise asyncio.SendfileNotAvailableError("not a regular file")
+        left = max(0, st.st_size - offset)
+        if count:
+            left = min(left, count)
+        if not left:
+            return 0
+        resume_reading = self.is_reading()
+        self.pause_reading()
+        await self._wait_empty()
+        sent = 0
+        base = self._bytes_sent()
+        self._set_sendfile_active(True)  # write() refuses until done
+        try:
+            while sent < left:
+                if self.is_closing():
+                    raise ConnectionError("the transport closed during sendfile()")
+                self.write_file(fileno, offset + sent, left - sent, owner=file)
+                await self._wait_empty()  # none free (0 queued): queued sends finish first
+                sent = self._bytes_sent() - base
+        finally:
+            sent = min(left, self._bytes_sent() - base)
+            self._set_sendfile_active(False)
+            if resume_reading:
+                self.resume_reading()
+            file.seek(offset + sent)
+        return sent
 
     async def _wait_empty(self) -> None:
         """Until everything queued has been sent (loop.sendfile()'s contract)."""
@@ -531,7 +605,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         # Sends go to the kernel at the next enter, so this counts data the
         # stdlib loop would already have written into the socket. Let the
         # kernel take what it can now, and pause only for what it cannot.
-        if self._loop._on_owner_thread():
+        if self._loop.in_owner_thread():
             self._ring.flush()
             size = self.get_write_buffer_size()
             if size <= self._high_water:
@@ -620,7 +694,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         self._recv_cb = None
         self._held = _EMPTY
         self._drop_pending()
-        self._loop._arena_waiters.pop(self._slot, None)
+        self._loop.arena_waits.discard(self)
         self._conn_lost += 1
         self._write_fast = False
         self._closed_called = True
@@ -643,7 +717,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         """The core closed the slot: the end of this transport."""
         self._closing = True
         self._recv_cb = None
-        self._loop._arena_waiters.pop(self._slot, None)
+        self._loop.arena_waits.discard(self)
         if self._empty_waiter is not None:
             self._wake_empty(self._exc or ConnectionError("Connection is closed by peer"))
         if self._sock_obj is not None:
@@ -668,10 +742,50 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
             if server is not None:
                 _server_detach(server, self)
 
+    def loop_closing(self) -> None:
+        """The loop is closing, and its ring with it, without this connection's
+        end being reported: close the socket object it holds, if any (an
+        adopted socket, or the one get_extra_info('socket') made)."""
+        if self._sock_obj is not None:
+            self._sock_obj.close()
+
     def __del__(self, _warn: Any = warnings.warn) -> None:
         # as asyncio's transports: a transport dropped while open is a leak
         if not self._closing:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+
+
+class ArenaWaits:
+    """The transports of one ring whose writes wait for its send arena (the
+    core took only part of them, or had no segment free): the loop makes it
+    and wakes it when the core reports chunks or segments freed (EV_ARENA);
+    each transport then moves what waits into the arena, in the order they
+    began to wait."""
+
+    __slots__ = ("_waiting",)
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, UringTransport] = {}
+
+    def add(self, transport: UringTransport) -> None:
+        self._waiting[transport._slot] = transport
+
+    def discard(self, transport: UringTransport) -> None:
+        self._waiting.pop(transport._slot, None)
+
+    def wake(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for transport in waiting.values():
+            transport._flush_pending()
+
+    def clear(self) -> None:
+        self._waiting.clear()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __iter__(self) -> Iterator[UringTransport]:
+        return iter(list(self._waiting.values()))
 
 
 class _FileRange:
