@@ -208,13 +208,11 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     def _dispatch(self, n: int) -> list[tuple[int, int, int, int]] | None:
         """Deliver n ring completions to transports; return the poll events.
 
-        The hot path: event heads come out of one struct.iter_unpack, bytes
-        are sliced from the data region, and a transport in its plain state
-        hands them straight to protocol.data_received (its `_recv_cb`).
+        The hot path: event heads come out of one struct.iter_unpack, and a
+        RECV's bytes are sliced from the data region into the transport's
+        `receive` -- in its plain state the protocol's data_received itself.
         """
         conns = self._conns
-        data = self._ring.data_bytes  # data[a:b] is bytes
-        view = self._ring.data_view
         polls = None
         heads = self._iter_heads(self._ring.events_view[: n * self._head_size])
         # A message larger than one provided buffer arrives as RECVs of full
@@ -228,38 +226,39 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         run_slot = run_start = run_end = -1
         for i, (kind, slot, res, off, gen, flags) in enumerate(heads):
             if kind == _EV_RECV:
-                if run is not None:
-                    if slot == run_slot and off == run_end and run_end + res - run_start <= _MAX_RUN:
-                        run_end += res
-                        if res == full:
-                            continue
-                        res = 0  # this RECV ends the run: nothing of its own left
-                    self._deliver(run, run_start, run_end)
-                    run = None
-                    if not res:
+                if run is None:
+                    t = conns.get(slot)
+                    if t is None:
                         continue
-                t = conns.get(slot)
-                if t is None:
-                    continue
-                if res == full:  # the next RECV may continue it
-                    run, run_slot, run_start, run_end = t, slot, off, off + res
-                    continue
-                cb = t._recv_cb
-                if cb is not None:
-                    try:
-                        cb(data[off : off + res])
-                    except (SystemExit, KeyboardInterrupt):
-                        raise
-                    except BaseException as exc:
-                        t._callback_failed(exc)
-                elif t._buffered:
-                    # copied once, from the provided buffer into get_buffer()
-                    t._on_view(view[off : off + res])
+                    if res == full:  # the next RECV may continue it
+                        run, run_slot, run_start, run_end = t, slot, off, off + res
+                        continue
+                elif slot == run_slot and off == run_end and run_end + res - run_start <= _MAX_RUN:
+                    run_end += res
+                    if res == full:
+                        continue
+                    # this RECV ends the run: the whole run is delivered below, as one
+                    t, off, res, run = run, run_start, run_end - run_start, None
                 else:
-                    t._on_data(data[off : off + res])
+                    self._deliver_run(run, run_start, run_end)
+                    run = None
+                    t = conns.get(slot)
+                    if t is None:
+                        continue
+                    if res == full:
+                        run, run_slot, run_start, run_end = t, slot, off, off + res
+                        continue
+                # what the transport's state wants (see UringTransport._update_receiver)
+                receive = t.receive
+                try:
+                    receive(t.receive_from[off : off + res])
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    t.receive_failed(exc)
                 continue
             if run is not None:
-                self._deliver(run, run_start, run_end)
+                self._deliver_run(run, run_start, run_end)
                 run = None
             if kind == _EV_POLL:
                 if polls is None:
@@ -291,23 +290,21 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 if t is not None:
                     t._on_send_error(res)
         if run is not None:
-            self._deliver(run, run_start, run_end)
+            self._deliver_run(run, run_start, run_end)
         return polls
 
-    def _deliver(self, t: Any, a: int, b: int) -> None:
-        """A run of RECVs, data region [a, b), to its transport (as _dispatch does one)."""
-        cb = t._recv_cb
-        if cb is not None:
-            try:
-                cb(self._ring.data_bytes[a:b])
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                t._callback_failed(exc)
-        elif t._buffered:
-            t._on_view(self._ring.data_view[a:b])
-        else:
-            t._on_data(self._ring.data_bytes[a:b])
+    @staticmethod
+    def _deliver_run(t: UringTransport, a: int, b: int) -> None:
+        """A run of RECVs, data region [a, b), that another event or the batch's
+        end cut: delivered as _dispatch delivers in line (kept there, without
+        this frame, for the plain path's sake)."""
+        receive = t.receive
+        try:
+            receive(t.receive_from[a:b])
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            t.receive_failed(exc)
 
     def _accept_again(self, lst: _Listener) -> None:
         if self._listeners.get(lst.lid) is lst and not self.is_closed():

@@ -40,7 +40,7 @@ import socket
 import stat
 import warnings
 from asyncio import constants, transports, trsock
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import sockaddr
@@ -63,10 +63,14 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         "_buffered", "_closed_called", "_closing", "_conn_lost", "_empty_waiter", "_eof_written", "_exc",
         "_extra_cache", "_gen", "_handle", "_held", "_held_scheduled", "_inplace", "_inplace_min",
         "_listener_sock", "_paused", "_peer_raw", "_pending", "_pending_size", "_protocol", "_qbound",
-        "_raw_send", "_raw_send_ref", "_recv_cb", "_ring", "_sendfile_active", "_sent_final", "_server",
-        "_slot", "_sock_obj", "_write_fast", "__weakref__",
+        "_raw_send", "_raw_send_ref", "_ring", "_sendfile_active", "_sent_final", "_server",
+        "_slot", "_sock_obj", "_write_fast", "receive", "receive_from", "__weakref__",
     )  # fmt: skip
     _high_water: int  # _FlowControlMixin's, set by set_write_buffer_limits()
+    # what the loop hands each received slice to, and what it slices (the
+    # ring's data region as bytes or as a memoryview): see _update_receiver()
+    receive: Callable[[Any], object]
+    receive_from: Any
     _low_water: int
     _start_tls_compatible = True
     # loop.sendfile() queues the file in the core, which reads it into
@@ -114,9 +118,6 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         self._empty_waiter: asyncio.Future | None = None  # loop.sendfile() waits for the queue to drain
         self._sendfile_active = False
         self._sent_final = -1  # bytes sent, kept when the slot goes
-        # hot path: bytes handed straight to data_received while nothing is
-        # special (not paused, closing or holding data, not a BufferedProtocol)
-        self._recv_cb: Any = None
         # write() tracks an upper bound of the bytes queued in the core (sends
         # only shrink it) and asks the core only when the bound passes high-water
         self._qbound = 0
@@ -134,11 +135,23 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        self._update_recv_cb()
+        self._update_receiver()
 
-    def _update_recv_cb(self) -> None:
-        plain = not (self._buffered or self._paused or self._closing or self._held)
-        self._recv_cb = self._protocol.data_received if plain else None  # type: ignore[attr-defined]
+    def _update_receiver(self) -> None:
+        """Point the loop's deliveries where this state wants them. For each
+        RECV the loop calls `receive(receive_from[a:b])` and looks at nothing
+        else, so the state is read here, when it changes, not per delivery.
+        While nothing is special (reading, not closing, nothing held, not a
+        BufferedProtocol) that is the protocol's own data_received: bytes
+        reach it with no frame of the transport's in between."""
+        if self._buffered:
+            # a view of the ring's buffer, copied once, into get_buffer()
+            self.receive, self.receive_from = self._on_view, self._ring.data_view
+        elif self._paused or self._closing or self._held:
+            self.receive, self.receive_from = self._on_data, self._ring.data_bytes
+        else:
+            self.receive = self._protocol.data_received  # type: ignore[attr-defined]
+            self.receive_from = self._ring.data_bytes
 
     def start_accepted(self) -> None:
         """A connection the ring accepted (reading already armed by the core):
@@ -172,7 +185,8 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         if not self._closing and not self._paused and not self._ring.closed:
             self._ring.recv_start(self._slot, self._gen)
 
-    def _callback_failed(self, exc: BaseException) -> None:
+    def receive_failed(self, exc: BaseException) -> None:
+        """`receive` raised: the protocol's data_received, called by the loop."""
         self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
     def get_protocol(self) -> asyncio.BaseProtocol:
@@ -236,7 +250,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or self._paused:
             return
         self._paused = True
-        self._recv_cb = None
+        self._update_receiver()
         self._ring.recv_pause(self._slot, self._gen)
 
     def resume_reading(self) -> None:
@@ -246,7 +260,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         if self._held and not self._held_scheduled:
             self._held_scheduled = True
             self._loop.call_soon(self._deliver_held)
-        self._update_recv_cb()
+        self._update_receiver()
         self._ring.recv_start(self._slot, self._gen)
 
     def _deliver_held(self) -> None:
@@ -259,10 +273,10 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
                 self._eof()
             else:
                 self._recv_error(item)
-        self._update_recv_cb()
+        self._update_receiver()
 
     def _on_data(self, data: bytes) -> None:
-        """Called by the loop for each RECV completion."""
+        """`receive` while reading is paused, data is held or the transport is closing."""
         if self._closing:
             return
         if self._paused or self._held:
@@ -281,7 +295,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         self._pending.append(chunk)
 
     def _on_view(self, view: memoryview) -> None:
-        """A BufferedProtocol's RECV: `view` is the ring's buffer, valid until
+        """A BufferedProtocol's `receive`: `view` is the ring's buffer, valid until
         the loop next waits, so it is copied into the protocol's buffer now,
         or into bytes if it has to wait (paused, or behind held data)."""
         if self._closing:
@@ -674,8 +688,8 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing:
             return
         self._closing = True
-        self._recv_cb = None
         self._held = _EMPTY
+        self._update_receiver()
         if not self._pending:
             if not self._ring.queued(self._slot, self._gen):
                 self._conn_lost += 1  # as asyncio: later writes are dropped, not sent
@@ -691,8 +705,8 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         if exc is not None and self._exc is None:
             self._exc = exc
         self._closing = True
-        self._recv_cb = None
         self._held = _EMPTY
+        self._update_receiver()
         self._drop_pending()
         self._loop.arena_waits.discard(self)
         self._conn_lost += 1
@@ -716,7 +730,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
     def _on_closed(self) -> None:
         """The core closed the slot: the end of this transport."""
         self._closing = True
-        self._recv_cb = None
+        self._update_receiver()
         self._loop.arena_waits.discard(self)
         if self._empty_waiter is not None:
             self._wake_empty(self._exc or ConnectionError("Connection is closed by peer"))
