@@ -482,3 +482,22 @@ def test_debug_mode_reports_slow_callbacks(h, caplog) -> None:
         h.run(main())
     h.loop.set_debug(False)
     assert any("took" in r.getMessage() and "slow" in r.getMessage() for r in caplog.records)
+
+
+def test_every_event_kind_the_core_declares_has_a_place_in_the_loop(monkeypatch) -> None:
+    """ring.EVENTS is core.h's US_EVENTS list: it names every US_EV_* the
+    core defines, and a kind the loop does not place stops the loop's
+    dispatch table from being made (a new kind is a line of
+    _CONNECTION_EVENTS and a transport method, or one of the loop's own)."""
+    from uringserve import loop as loop_module
+    from uringserve._native import lib
+    from uringserve.ring import EVENTS
+
+    assert EVENTS == {name[6:]: getattr(lib, name) for name in dir(lib) if name.startswith("US_EV_")}
+    table = loop_module._handler_table()
+    assert [name for name, kind in EVENTS.items() if table[kind] is not None] == sorted(
+        loop_module._CONNECTION_EVENTS, key=EVENTS.__getitem__
+    )
+    monkeypatch.setattr(loop_module, "EVENTS", {**EVENTS, "NEW": max(EVENTS.values()) + 1})
+    with pytest.raises(RuntimeError, match="NEW"):
+        loop_module._handler_table()

@@ -25,8 +25,7 @@ from typing import Any, TypeVar
 
 from . import ring as _ring
 from . import scheduling
-from ._native import ffi
-from .ring import EVENT_HEAD, FaultPlan, Ring, RingConfig
+from .ring import EVENT_HEAD, EVENTS, FaultPlan, Ring, RingConfig, accept_of
 from .selector import UringSelector, drain
 from .transport import ArenaWaits, UringTransport
 
@@ -39,10 +38,43 @@ ACCEPT_RETRY_DELAY = 1.0
 # what asyncio.current_task(loop) reads (a Python function on 3.11; this dict is _asyncio's, in C)
 _current_tasks: dict = getattr(asyncio.tasks, "_current_tasks", {})  # used below 3.12 only, where it exists
 
-_EV_ACCEPT, _EV_RECV, _EV_EOF, _EV_RECV_ERR = _ring.EV_ACCEPT, _ring.EV_RECV, _ring.EV_EOF, _ring.EV_RECV_ERR
+_EV_ACCEPT, _EV_RECV, _EV_POLL, _EV_ARENA = _ring.EV_ACCEPT, _ring.EV_RECV, _ring.EV_POLL, _ring.EV_ARENA
 _ACCEPT_LATE = _ring.ACCEPT_LATE
-_EV_WRITABLE, _EV_SEND_ERR, _EV_CLOSED = _ring.EV_WRITABLE, _ring.EV_SEND_ERR, _ring.EV_CLOSED
-_EV_SHUTDOWN, _EV_POLL, _EV_ARENA = _ring.EV_SHUTDOWN, _ring.EV_POLL, _ring.EV_ARENA
+
+# Where each kind of event the core reports (ring.EVENTS) goes. A
+# connection's events go to its transport: RECV to its `receive`, in
+# _dispatch's hot path, and the others to the handler named here, called as
+# handler(transport, res, gen). ACCEPT (a new connection), POLL (readiness of
+# a foreign fd, for the selector) and ARENA (send memory freed, for every
+# transport waiting for it) are the loop's own. A new kind of connection
+# event is a line here and a method of UringTransport.
+_CONNECTION_EVENTS: dict[str, Callable[[UringTransport, int, int], None]] = {
+    "EOF": UringTransport.on_eof,
+    "RECV_ERR": UringTransport.on_recv_error,
+    "WRITABLE": UringTransport.on_writable,
+    "SEND_ERR": UringTransport.on_send_error,
+    "CLOSED": UringTransport.on_closed,
+}
+_LOOP_EVENTS = {"RECV", "ACCEPT", "POLL", "ARENA"}
+# SHUTDOWN: the write side closed after write_eof(), which needs nothing
+# more; CONNECT: the load generator's client connections (loadgen.c takes its events)
+_NOT_DELIVERED = {"SHUTDOWN", "CONNECT"}
+
+
+def _handler_table() -> tuple[Callable[[UringTransport, int, int], None] | None, ...]:
+    """_CONNECTION_EVENTS indexed by kind (None: not a connection's event)."""
+    unknown = EVENTS.keys() - _CONNECTION_EVENTS.keys() - _LOOP_EVENTS - _NOT_DELIVERED
+    if unknown:
+        raise RuntimeError(
+            f"the core reports events the loop does not place: {sorted(unknown)} (see _CONNECTION_EVENTS)"
+        )
+    table: list[Callable[[UringTransport, int, int], None] | None] = [None] * (max(EVENTS.values()) + 1)
+    for name, handler in _CONNECTION_EVENTS.items():
+        table[EVENTS[name]] = handler
+    return tuple(table)
+
+
+_HANDLERS = _handler_table()
 
 
 # the most one data_received gets: asyncio's selector loop and uvloop read
@@ -95,7 +127,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         self._owner_thread: int | None = None
         self._single_issuer = bool(self._ring.stats()["setup_flags"] & SETUP_SINGLE_ISSUER)
         self._iter_heads = EVENT_HEAD.iter_unpack
-        self._head_size = ffi.sizeof("struct us_event")
+        self._head_size = EVENT_HEAD.size
         self._buf_size = self._ring.config.buf_size  # a RECV this long may continue in the next buffer
         super().__init__(UringSelector(self._ring, self._dispatch))
         # asyncio always drains its self-pipe, so a multishot poll is safe there
@@ -200,6 +232,11 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             raise ValueError(f"connection limit must be at least 1, got {limit}")
         self._ring.accept_limit(limit or 0)
 
+    def connection_closed(self, slot: int) -> None:
+        """The connection in `slot` has ended (its transport says so on EV_CLOSED):
+        the slot's events no longer go to it."""
+        del self._conns[slot]
+
     def ring_stats(self) -> dict[str, int]:
         """The core's counters (SQEs, enters, CQEs, stale CQEs, ENOBUFS, zc, slots, arena)."""
         return self._ring.stats()
@@ -213,6 +250,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         `receive` -- in its plain state the protocol's data_received itself.
         """
         conns = self._conns
+        handlers = _HANDLERS
         polls = None
         heads = self._iter_heads(self._ring.events_view[: n * self._head_size])
         # A message larger than one provided buffer arrives as RECVs of full
@@ -260,35 +298,19 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             if run is not None:
                 self._deliver_run(run, run_start, run_end)
                 run = None
-            if kind == _EV_POLL:
+            handler = handlers[kind]
+            if handler is not None:  # a connection's event: its transport's handler
+                t = conns.get(slot)
+                if t is not None:
+                    handler(t, res, gen)
+            elif kind == _EV_POLL:
                 if polls is None:
                     polls = []
                 polls.append((slot, gen, res, flags))
             elif kind == _EV_ACCEPT:
-                self._on_accept(self._ring.events[i])
-            elif kind == _EV_CLOSED:
-                t = conns.get(slot)
-                if t is not None and t._gen == gen:
-                    del conns[slot]
-                    t._on_closed()
-            elif kind == _EV_WRITABLE:
-                t = conns.get(slot)
-                if t is not None:
-                    t._on_writable()
+                self._on_accept(slot, res, gen, flags, *accept_of(self._ring.events[i]))
             elif kind == _EV_ARENA:
                 self._arena_waits.wake()
-            elif kind == _EV_EOF:
-                t = conns.get(slot)
-                if t is not None:
-                    t._on_eof()
-            elif kind == _EV_RECV_ERR:
-                t = conns.get(slot)
-                if t is not None:
-                    t._on_recv_error(res)
-            elif kind == _EV_SEND_ERR:
-                t = conns.get(slot)
-                if t is not None:
-                    t._on_send_error(res)
         if run is not None:
             self._deliver_run(run, run_start, run_end)
         return polls
@@ -310,9 +332,9 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         if self._listeners.get(lst.lid) is lst and not self.is_closed():
             self._ring.listener_start(lst.lid)
 
-    def _on_accept(self, ev: Any) -> None:
-        if ev.res < 0:
-            lst = self._listeners.get(ev.aux)
+    def _on_accept(self, slot: int, res: int, gen: int, flags: int, lid: int, peer: bytes) -> None:
+        if res < 0:
+            lst = self._listeners.get(lid)
             if lst is None:
                 return
             # as asyncio's selector loop does: say so, wait, accept again
@@ -320,15 +342,14 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             self.call_exception_handler(
                 {
                     "message": f"accept failed; accepting again in {ACCEPT_RETRY_DELAY:g} second(s)",
-                    "exception": OSError(-ev.res, f"accept: {os.strerror(-ev.res)}"),
+                    "exception": OSError(-res, f"accept: {os.strerror(-res)}"),
                     "socket": lst.sock,
                 }
             )
             self.call_later(ACCEPT_RETRY_DELAY, self._accept_again, lst)
             return
-        slot, gen = ev.conn, ev.gen
-        late = ev.flags & _ACCEPT_LATE
-        lst = self._retired.get(ev.aux) if late else self._listeners.get(ev.aux)
+        late = flags & _ACCEPT_LATE
+        lst = self._retired.get(lid) if late else self._listeners.get(lid)
         if lst is None or (late and self._closed):
             self._ring.close_conn(slot, gen, False)
             return
@@ -345,7 +366,6 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             self._ring.close_conn(slot, gen, False)
             self.call_exception_handler({"message": "Error in protocol factory; connection closed", "exception": exc})
             return
-        peer = bytes(ffi.buffer(ev.addr, ev.addrlen))
         # a late connection was accepted as its listener stopped: served like
         # one accepted just before (the asyncio Server has closed: not attached)
         t = UringTransport(self, slot, gen, protocol, peer, lst.sock, None if late else lst.server)

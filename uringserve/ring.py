@@ -24,17 +24,27 @@ from .ring_settings import STAGE_SENDS as STAGE_SENDS
 from .ring_settings import MiB as MiB
 from .ring_settings import RingConfig as RingConfig
 
-EV_ACCEPT = lib.US_EV_ACCEPT
-EV_RECV = lib.US_EV_RECV
-EV_EOF = lib.US_EV_EOF
-EV_RECV_ERR = lib.US_EV_RECV_ERR
-EV_WRITABLE = lib.US_EV_WRITABLE
-EV_SEND_ERR = lib.US_EV_SEND_ERR
-EV_CLOSED = lib.US_EV_CLOSED
-EV_SHUTDOWN = lib.US_EV_SHUTDOWN
-EV_POLL = lib.US_EV_POLL
-EV_ARENA = lib.US_EV_ARENA
-EV_CONNECT = lib.US_EV_CONNECT
+
+def _event_kinds() -> dict[str, int]:
+    n = ffi.new("int *")
+    table = lib.us_events(n)
+    return {ffi.string(table[i].name).decode(): table[i].kind for i in range(n[0])}
+
+
+# The kinds of event the core reports, by name, as core.h's US_EVENTS
+# declares them (us_events()); the loop's dispatch table is made from this
+EVENTS: dict[str, int] = _event_kinds()
+EV_ACCEPT = EVENTS["ACCEPT"]
+EV_RECV = EVENTS["RECV"]
+EV_EOF = EVENTS["EOF"]
+EV_RECV_ERR = EVENTS["RECV_ERR"]
+EV_WRITABLE = EVENTS["WRITABLE"]
+EV_SEND_ERR = EVENTS["SEND_ERR"]
+EV_CLOSED = EVENTS["CLOSED"]
+EV_SHUTDOWN = EVENTS["SHUTDOWN"]
+EV_POLL = EVENTS["POLL"]
+EV_ARENA = EVENTS["ARENA"]
+EV_CONNECT = EVENTS["CONNECT"]
 ACCEPT_LATE = lib.US_ACCEPT_LATE
 
 _STAGES = {
@@ -50,6 +60,7 @@ _STAGES = {
 _GRAVEYARD: list = []  # buffers a closed ring might still have read
 
 # the leading fields of struct us_event, read in bulk: kind, conn, res, off, gen, flags
+# (EVENT_HEAD.size is the whole event's)
 EVENT_HEAD = struct.Struct(f"IIiIII{ffi.sizeof('struct us_event') - 24}x")
 
 
@@ -281,3 +292,9 @@ class Ring:
 def data_of(ev: Any) -> bytes:
     """The bytes an EV_RECV event in `events` carries (for tests that reap themselves)."""
     return ffi.unpack(ev.data, ev.res)
+
+
+def accept_of(ev: Any) -> tuple[int, bytes]:
+    """An EV_ACCEPT event in `events`: the listener id it was accepted on
+    and the peer's address as the kernel wrote it (a sockaddr)."""
+    return ev.aux, bytes(ffi.buffer(ev.addr, ev.addrlen))

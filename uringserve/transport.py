@@ -330,7 +330,10 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
             if self._closing:
                 return
 
-    def _on_eof(self) -> None:
+    # -- the core's events for this connection (the loop's dispatch table calls
+    # these as handler(transport, res, gen); RECV goes to `receive`)
+    def on_eof(self, res: int, gen: int) -> None:
+        """EV_EOF: the peer sent FIN."""
         if self._closing:
             return
         if self._paused or self._held:
@@ -349,13 +352,14 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         if not keep_open:
             self.close()
 
-    def _on_recv_error(self, err: int) -> None:
+    def on_recv_error(self, res: int, gen: int) -> None:
+        """EV_RECV_ERR: receiving stopped with the error -res."""
         if self._closing:
             return
         if self._paused or self._held:
-            self._hold((2, err))
+            self._hold((2, res))
             return
-        self._recv_error(err)
+        self._recv_error(res)
 
     def _recv_error(self, err: int) -> None:
         self._fatal_error(_conn_error(-err), "Fatal read error on socket transport")
@@ -604,7 +608,9 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         self._qbound = queued
         return queued + self._pending_size
 
-    def _on_writable(self) -> None:
+    def on_writable(self, res: int, gen: int) -> None:
+        """EV_WRITABLE: what is queued in the core fell to the level asked of
+        notify_below() (res bytes are still queued)."""
         if self._empty_waiter is not None:
             self._wake_empty(None)
         self._maybe_resume_protocol()
@@ -675,10 +681,11 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         self._pending = _EMPTY
         self._pending_size = 0
 
-    def _on_send_error(self, err: int) -> None:
+    def on_send_error(self, res: int, gen: int) -> None:
+        """EV_SEND_ERR: a send failed with the error -res; the core dropped what was queued."""
         self._drop_pending()
         self._write_fast = False
-        self._fatal_error(_conn_error(-err), "Fatal write error on socket transport")
+        self._fatal_error(_conn_error(-res), "Fatal write error on socket transport")
 
     # -- closing ---------------------------------------------------------------
     def is_closing(self) -> bool:
@@ -727,8 +734,14 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
             )
         self._force_close(exc)
 
-    def _on_closed(self) -> None:
-        """The core closed the slot: the end of this transport."""
+    def on_closed(self, res: int, gen: int) -> None:
+        """EV_CLOSED: the core closed the slot of generation `gen` and freed
+        it. For this transport's generation, its end: connection_lost()."""
+        if gen != self._gen:
+            return  # the close of the slot's connection before this one
+        # out of the loop's table first: connection_lost() may open a
+        # connection that the core puts in this same slot
+        self._loop.connection_closed(self._slot)
         self._closing = True
         self._update_receiver()
         self._loop.arena_waits.discard(self)
