@@ -216,7 +216,17 @@ async def body_left_unread(srv: HTTPServer, port: int) -> None:
         c.eof()  # FIN after the response; the server lingers until we close
         c.close()
 
+    def whole_body_in_one_read() -> None:
+        # on UringEventLoop the handler runs eagerly inside on_head and answers
+        # before the parser reaches the body's end in the same read: that end
+        # moves nothing (the connection is LINGERING already)
+        c = Client(port)
+        c.send(post(b"/ignore-body", 10) + b"x" * 10)
+        c.response()
+        c.close()
+
     await in_thread(client)
+    await in_thread(whole_body_in_one_read)
 
 
 async def expect_continue(srv: HTTPServer, port: int) -> None:
@@ -365,7 +375,15 @@ async def half_closes(srv: HTTPServer, port: int) -> None:
         c.eof()
         c.close()
 
-    await asyncio.gather(in_thread(after_request), in_thread(mid_body))
+    def last_request() -> None:
+        c = Client(port)
+        c.send(b"GET /sleep/100 HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        c.shut_wr()  # a last response to a client that sent EOF: closed at once, no lingering
+        assert b"Connection: close" in c.response()
+        c.eof()
+        c.close()
+
+    await asyncio.gather(in_thread(after_request), in_thread(mid_body), in_thread(last_request))
 
 
 async def refused(srv: HTTPServer, port: int) -> None:
@@ -568,6 +586,36 @@ def test_the_scenarios_name_every_move_in_the_table() -> None:
     unnamed = sorted(f"{a.name} -> {b.name}" for a, b in MOVES - named)
     assert not unnamed, f"moves in the table no scenario makes: {unnamed}"
     assert named <= MOVES
+
+
+def test_a_response_after_abort_moves_nothing() -> None:
+    """abort() cuts a connection while its handler runs: the handler's
+    answer to its cancellation completes the exchange on a CLOSING
+    connection, which must stay CLOSING (not wait for a next request)."""
+
+    class Aborting(FakeTransport):
+        def abort(self) -> None:
+            self.closed = True
+
+    async def slow(req: Request) -> Any:
+        await asyncio.sleep(10)
+        return Response(b"late")
+
+    async def main() -> HTTPProtocol:
+        conn = HTTPProtocol(_native_runner(slow), HTTPConfig())
+        conn.connection_made(Aborting())
+        conn.data_received(GET)
+        assert conn.state is ANSWERING
+        await asyncio.sleep(0)  # the handler runs, and waits
+        tasks = conn.abort()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert conn._served == 1  # the cancelled exchange was completed (its 500 went nowhere)
+        return conn
+
+    with state.checking(HTTPProtocol, strict=False) as moves:
+        conn = asyncio.run(main())
+        assert conn.state is CLOSING
+    assert [(a, b) for _, a, b in moves] == [(HEAD, ANSWERING), (ANSWERING, CLOSING)]
 
 
 def test_every_state_is_in_the_table() -> None:

@@ -769,8 +769,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         """Answer after the requests before it, then close."""
         # nothing more is read, even what a paused transport still delivers
         self._parser.stop()
-        state = self.state
-        if state >= LINGERING:
+        if self.state >= LINGERING:
             # the response before it ended the connection (not keep-alive)
             # within the same read: nothing may follow its FIN
             return
@@ -779,8 +778,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         if ex is not None:
             self._parsing = None
             ex.body_in.fail(exc)
-        if state is not HALF_CLOSED:
-            self.state = ANSWERING  # the refusal is in hand; the deadline of what was being read goes
+        self.state = ANSWERING  # the refusal is in hand; the deadline of what was being read goes with it
         self._queue.append(_ErrorExchange(exc, self._parser.head_request))
         if len(self._queue) == 1:
             self._next()
