@@ -41,16 +41,43 @@ import stat
 import warnings
 from asyncio import constants, transports, trsock
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import sockaddr
 
 if TYPE_CHECKING:
-    from .loop import UringEventLoop
+    import contextvars
+
+    from .ring import Ring
 
 logger = logging.getLogger("uringserve")
 _LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
 _FILE_SEGMENT_MAX = 1 << 30  # the core's segments hold < 2 GiB
+
+
+class TransportLoop(Protocol):
+    """What a UringTransport needs of its loop (UringEventLoop is one): a
+    Protocol, so that this module does not import the loop, which imports it."""
+
+    @property
+    def ring(self) -> Ring: ...
+
+    @property
+    def arena_waits(self) -> ArenaWaits: ...
+
+    def in_owner_thread(self) -> bool: ...
+
+    def connection_closed(self, slot: int) -> None: ...
+
+    def get_debug(self) -> bool: ...
+
+    def create_future(self) -> asyncio.Future[Any]: ...
+
+    def call_soon(
+        self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
+    ) -> asyncio.Handle: ...
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None: ...
 
 
 _EMPTY: Any = ()  # the held/pending queue of a transport that has none (read-only: falsy, iterable)
@@ -74,12 +101,13 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
     _low_water: int
     _start_tls_compatible = True
     # loop.sendfile() queues the file in the core, which reads it into
-    # registered memory and sends it from there (UringEventLoop._sendfile_native)
+    # registered memory and sends it from there (sendfile(), which the loop's
+    # _sendfile_native calls)
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(
         self,
-        loop: UringEventLoop,
+        loop: TransportLoop,
         slot: int,
         gen: int,
         protocol: asyncio.BaseProtocol,
@@ -90,7 +118,7 @@ class UringTransport(transports._FlowControlMixin, transports.Transport):
         sock: socket.socket | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(None, loop)
+        super().__init__(None, loop)  # type: ignore[arg-type]  # _FlowControlMixin only keeps it
         self._loop = loop
         self._ring = loop.ring
         self._slot = slot
