@@ -412,7 +412,6 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         queue = self._queue
         n = len(data)
         pos = 0
-        answered = False
         while pos < n:
             r = scan(data, pos, n, parser.max_head, parser.max_target, parser.max_headers)
             if r <= 0:
@@ -449,10 +448,11 @@ class HTTPProtocol(Connection, asyncio.Protocol):
                 self._transport.write(_whole_response(result, tail))
             del queue[0]
             self._served += 1
-            answered = True
-            if self._write_paused or self.state is not ANSWERING:  # the write filled the buffer: the general path waits
-                break
-        if answered and not queue and self.state is ANSWERING:
+            if self._write_paused or self.state is not ANSWERING:
+                break  # the write filled the buffer (or ended the connection): the general path waits
+        # still ANSWERING with nothing queued: the last request taken was answered here
+        # (one the general path took moved the state itself, and none taken left it IDLE or HEAD)
+        if not queue and self.state is ANSWERING:
             self.state = self._timer_kind = IDLE  # _wait(IDLE), inline
             self._deadline = deadline = self._clock() + self._keepalive_timeout
             if self._timer is None or deadline < self._timer_at:  # set_deadline(), inline
