@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 
 from . import ring as _ring
 from . import scheduling
+from .arena_waits import ArenaWaits
 from .ring import EVENT_HEAD, EVENTS, FaultPlan, Ring, RingConfig, accept_of
 from .selector import UringSelector, drain
-from .transport import ArenaWaits, UringTransport
+from .transport import UringTransport
 
 logger = logging.getLogger("uringserve")
 T = TypeVar("T")

@@ -72,6 +72,12 @@ MODULES = [
     "uringserve.fs",
     "uringserve.http.scan",
     "uringserve.ring_settings",  # RingConfig and its rules, out of ring.py
+    # the transport split by job (the receive side, the send side, their
+    # state) and what waits for the send arena, out of transport.py and loop.py
+    "uringserve.transport_base",
+    "uringserve.transport_reading",
+    "uringserve.transport_writing",
+    "uringserve.arena_waits",
 ]
 ACCEPTED = pathlib.Path(__file__).with_name("survivors.txt")
 SITE = pathlib.Path(__file__).with_name("site")

@@ -1,0 +1,171 @@
+"""The receive side of UringTransport: what the loop delivers, pausing and
+resuming, and what is held while paused.
+
+A multishot recv is armed by the core when the connection is accepted (an
+adopted socket: start_adopted()) and stays armed. The loop hands each RECV's
+bytes to the transport's `receive`, which this part points where the state
+wants them (_update_receiver): the protocol's data_received itself while
+nothing is special. pause_reading() asks the core to cancel the recv; what
+the kernel had already taken still arrives and is held here, in order, and
+handed to the protocol on resume_reading(). EOF or an error that arrives
+while paused is held behind that data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from .transport_base import EMPTY, TransportBase, conn_error
+
+
+class Reading(TransportBase):
+    """UringTransport's receive side (its state is TransportBase's)."""
+
+    __slots__ = ()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        self._update_receiver()
+
+    def _update_receiver(self) -> None:
+        """Point the loop's deliveries where this state wants them. For each
+        RECV the loop calls `receive(receive_from[a:b])` and looks at nothing
+        else, so the state is read here, when it changes, not per delivery.
+        While nothing is special (reading, not closing, nothing held, not a
+        BufferedProtocol) that is the protocol's own data_received: bytes
+        reach it with no frame of the transport's in between."""
+        if self._buffered:
+            # a view of the ring's buffer, copied once, into get_buffer()
+            self.receive, self.receive_from = self._on_view, self._ring.data_view
+        elif self._paused or self._closing or self._held:
+            self.receive, self.receive_from = self._on_data, self._ring.data_bytes
+        else:
+            self.receive = self._protocol.data_received  # type: ignore[attr-defined]
+            self.receive_from = self._ring.data_bytes
+
+    def receive_failed(self, exc: BaseException) -> None:
+        """`receive` raised: the protocol's data_received, called by the loop."""
+        self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def is_reading(self) -> bool:
+        return not self._paused and not self._closing
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._update_receiver()
+        self._ring.recv_pause(self._slot, self._gen)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held and not self._held_scheduled:
+            self._held_scheduled = True
+            self._loop.call_soon(self._deliver_held)
+        self._update_receiver()
+        self._ring.recv_start(self._slot, self._gen)
+
+    def _begin_reading(self) -> None:
+        if not self._closing and not self._paused and not self._ring.closed:
+            self._ring.recv_start(self._slot, self._gen)
+
+    def _deliver_held(self) -> None:
+        self._held_scheduled = False
+        while self._held and not self._paused and not self._closing:
+            kind, item = self._held.popleft()
+            if kind == 0:
+                self._feed(item)
+            elif kind == 1:
+                self._eof()
+            else:
+                self._recv_error(item)
+        self._update_receiver()
+
+    def _on_data(self, data: bytes) -> None:
+        """`receive` while reading is paused, data is held or the transport is closing."""
+        if self._closing:
+            return
+        if self._paused or self._held:
+            self._hold((0, data))
+            return
+        self._feed(data)
+
+    def _on_view(self, view: memoryview) -> None:
+        """A BufferedProtocol's `receive`: `view` is the ring's buffer, valid until
+        the loop next waits, so it is copied into the protocol's buffer now,
+        or into bytes if it has to wait (paused, or behind held data)."""
+        if self._closing:
+            return
+        if self._paused or self._held:
+            self._hold((0, bytes(view)))
+            return
+        self._feed(view)
+
+    def _hold(self, item: tuple[int, Any]) -> None:
+        if self._held is EMPTY:
+            self._held = collections.deque()
+        self._held.append(item)
+
+    def _feed(self, data: Any) -> None:
+        try:
+            if self._buffered:
+                self._feed_buffered(data)
+            else:
+                self._protocol.data_received(data)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            name = "buffer_updated" if self._buffered else "data_received"
+            self._fatal_error(exc, f"Fatal error: protocol.{name}() call failed.")
+
+    def _feed_buffered(self, data: Any) -> None:
+        mv = memoryview(data)
+        while mv:
+            buf = memoryview(self._protocol.get_buffer(len(mv)))  # type: ignore[attr-defined]
+            if not len(buf):
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            n = min(len(buf), len(mv))
+            buf[:n] = mv[:n]
+            self._protocol.buffer_updated(n)  # type: ignore[attr-defined]
+            mv = mv[n:]
+            if self._closing:
+                return
+
+    # -- the core's events for this connection (the loop's dispatch table calls
+    # these as handler(transport, res, gen); RECV goes to `receive`)
+    def on_eof(self, res: int, gen: int) -> None:
+        """EV_EOF: the peer sent FIN."""
+        if self._closing:
+            return
+        if self._paused or self._held:
+            self._hold((1, None))
+            return
+        self._eof()
+
+    def _eof(self) -> None:
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    def on_recv_error(self, res: int, gen: int) -> None:
+        """EV_RECV_ERR: receiving stopped with the error -res."""
+        if self._closing:
+            return
+        if self._paused or self._held:
+            self._hold((2, res))
+            return
+        self._recv_error(res)
+
+    def _recv_error(self, err: int) -> None:
+        self._fatal_error(conn_error(-err), "Fatal read error on socket transport")
