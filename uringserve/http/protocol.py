@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..server.connection import Connection
+from ..server.connection import KIND_NONE, Connection
 from . import access, framing
 from . import parser as _parser_mod
 from .body import Body, ClientDisconnected
@@ -321,7 +321,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         self._timer_at = 0.0
         self._clock: Callable[[], float] = time.monotonic
         self._send_timer: Any = None
-        self._timer_kind = 0  # KIND_NONE: no deadline yet
+        self._timer_kind = KIND_NONE  # no deadline yet: connection_made() enters HEAD
         self._deadline = 0.0
         self._write_file_native: Any = None
         self.completed: Any = None  # a future already done: awaited for what completed at once (ASGI send)
