@@ -22,10 +22,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 PLANTED = [
     (
-        "keepalive_requests: one request too many (respond_prepared)",
+        "keepalive_requests: one request too many (respond_whole)",
         "uringserve/http/protocol.py",
-        "if self.keep_alive and self.body_in.done and conn._served < conn._last_keepalive",
-        "if self.keep_alive and self.body_in.done and conn._served <= conn._last_keepalive",
+        "if ex.keep_alive and ex.body_in.done and self._served < self._last_keepalive",
+        "if ex.keep_alive and ex.body_in.done and self._served <= self._last_keepalive",
         ["tests/test_http_server.py", "-k", "keepalive_requests"],
     ),
     (
@@ -73,8 +73,8 @@ PLANTED = [
     (
         "a response a byte short of its Content-Length",
         "uringserve/http/protocol.py",
-        '        conn._transport.write(b"".join((head, _DATE[1], tail, b"" if self.method == "HEAD" else body)))',
-        '        conn._transport.write(b"".join((head, _DATE[1], tail, b"" if self.method == "HEAD" else body[:-1])))',
+        '        self._transport.write(b"".join((head, _DATE[1], tail, b"" if ex.method == "HEAD" else body)))',
+        '        self._transport.write(b"".join((head, _DATE[1], tail, b"" if ex.method == "HEAD" else body[:-1])))',
         ["tests/test_http_server.py", "-k", "garbage"],
     ),
     # -- issue 22: the layers built since (static files, RESP, CLI, workers, metrics, loadtest) --
