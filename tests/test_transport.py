@@ -7,11 +7,13 @@ else must behave identically.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import socket
 import threading
 import time
+import weakref
 
 import pytest
 from conftest import blocking_client, serve_and_read, until
@@ -553,6 +555,58 @@ def test_buffered_protocol_that_pauses_gets_every_byte(h) -> None:
             asyncio.get_running_loop().call_later(0.001, self.t.resume_reading)
 
     echo_through(h, Pausing, 1_000_000)
+
+
+def test_what_a_protocol_holds_is_freed_once_its_connection_ended(h) -> None:
+    """Once a connection has ended its transport keeps nothing alive that
+    reference counting would not free: the protocol, and what it holds (a
+    TLS context: CPython's test_ssl finds such leaks by a weakref, without
+    the cyclic GC). asyncio's transports drop their protocol at the end; on
+    the ring a receiver bound to the transport (a BufferedProtocol's, or
+    while paused) is a cycle until it closes, and must not outlive that."""
+    protocols: list = []
+    lost: list = []
+
+    class Plain(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = weakref.ref(transport)  # a protocol that keeps its transport makes a cycle of its own
+            protocols.append(weakref.ref(self))
+
+        def data_received(self, data: bytes) -> None:
+            pass
+
+        def connection_lost(self, exc) -> None:
+            lost.append(exc)
+
+    class PausedThenClosed(Plain):
+        def data_received(self, data: bytes) -> None:
+            t = self.t()
+            t.pause_reading()
+            asyncio.get_running_loop().call_soon(t.close)
+
+    class Buffered(asyncio.BufferedProtocol, Plain):
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return bytearray(4096)
+
+        def buffer_updated(self, nbytes: int) -> None:
+            pass
+
+    async def main() -> None:
+        for n, factory in enumerate((Plain, PausedThenClosed, Buffered), 1):
+            server, port = await start(h.loop, factory)
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"x" * 100)
+                assert await until(lambda n=n: len(protocols) == n)
+            assert await until(lambda n=n: len(lost) == n)  # the client's FIN, or the close
+            await close_server(server)
+        await asyncio.sleep(0)
+        assert [p() for p in protocols] == [None, None, None]
+
+    gc.disable()
+    try:
+        h.run(main())
+    finally:
+        gc.enable()
 
 
 def test_extra_info(h) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from . import sockaddr
 from .transport_base import EMPTY, TransportLoop
-from .transport_reading import Reading
+from .transport_reading import Reading, discard
 from .transport_writing import Writing
 
 logger = logging.getLogger("uringserve")
@@ -259,9 +259,11 @@ class UringTransport(Reading, Writing):
     def loop_closing(self) -> None:
         """The loop is closing, and its ring with it, without this connection's
         end being reported: close the socket object it holds, if any (an
-        adopted socket, or the one get_extra_info('socket') made)."""
+        adopted socket, or the one get_extra_info('socket') made), and let go of
+        a receiver bound to this transport (a cycle: see _update_receiver)."""
         if self._sock_obj is not None:
             self._sock_obj.close()
+        self.receive = discard
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         # as asyncio's transports: a transport dropped while open is a leak

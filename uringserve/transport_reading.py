@@ -37,10 +37,16 @@ class Reading(TransportBase):
         While nothing is special (reading, not closing, nothing held, not a
         BufferedProtocol) that is the protocol's own data_received: bytes
         reach it with no frame of the transport's in between."""
-        if self._buffered:
+        if self._closing:
+            # dropped, uncopied, by a function that holds nothing of this
+            # transport: a receiver bound to it is a reference cycle, and one
+            # left past the end would keep a closed transport (and what its
+            # protocol holds, a TLS context) alive until the cyclic GC ran
+            self.receive, self.receive_from = discard, self._ring.data_view
+        elif self._buffered:
             # a view of the ring's buffer, copied once, into get_buffer()
             self.receive, self.receive_from = self._on_view, self._ring.data_view
-        elif self._paused or self._closing or self._held:
+        elif self._paused or self._held:
             self.receive, self.receive_from = self._on_data, self._ring.data_bytes
         else:
             self.receive = self._protocol.data_received  # type: ignore[attr-defined]
@@ -87,9 +93,7 @@ class Reading(TransportBase):
         self._update_receiver()
 
     def _on_data(self, data: bytes) -> None:
-        """`receive` while reading is paused, data is held or the transport is closing."""
-        if self._closing:
-            return
+        """`receive` while reading is paused or data is held."""
         if self._paused or self._held:
             self._hold((0, data))
             return
@@ -99,8 +103,6 @@ class Reading(TransportBase):
         """A BufferedProtocol's `receive`: `view` is the ring's buffer, valid until
         the loop next waits, so it is copied into the protocol's buffer now,
         or into bytes if it has to wait (paused, or behind held data)."""
-        if self._closing:
-            return
         if self._paused or self._held:
             self._hold((0, bytes(view)))
             return
@@ -169,3 +171,7 @@ class Reading(TransportBase):
 
     def _recv_error(self, err: int) -> None:
         self._fatal_error(conn_error(-err), "Fatal read error on socket transport")
+
+
+def discard(data: Any) -> None:
+    """`receive` once the transport is closing: what still arrives is dropped."""
