@@ -192,8 +192,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         return self.call_at(self.time() + delay, callback, *args, context=context)
 
     def in_owner_thread(self) -> bool:
-        """Whether this thread may submit to the ring now (the thread that
-        runs the loop, or any thread before it first ran)."""
+        """Whether this is the thread that runs the loop, the one that submits
+        to its ring (False before the loop first ran)."""
         return self._owner_thread == threading.get_ident()
 
     def run_forever(self) -> None:
@@ -221,7 +221,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
 
     @property
     def arena_waits(self) -> ArenaWaits:
-        """The transports whose writes wait for the send arena (EV_ARENA wakes them)."""
+        """The connections whose writes wait for the send arena (EV_ARENA wakes them)."""
         return self._arena_waits
 
     def set_connection_limit(self, limit: int | None) -> None:
@@ -236,7 +236,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):
     def connection_closed(self, slot: int) -> None:
         """The connection in `slot` has ended (its transport says so on EV_CLOSED):
         the slot's events no longer go to it."""
-        del self._conns[slot]
+        self._conns.pop(slot, None)
 
     def ring_stats(self) -> dict[str, int]:
         """The core's counters (SQEs, enters, CQEs, stale CQEs, ENOBUFS, zc, slots, arena)."""
