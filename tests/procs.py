@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -285,9 +287,30 @@ class Pool:
 
 
 def get(port: int, path: str = "/", timeout: float = 10.0) -> bytes:
-    """One request on its own connection; the body (raises on anything but a whole 200)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    """One request on its own connection; the body (raises on anything but a whole 200).
+
+    The request leaves with the connection, as a browser's does: in one
+    sendto(MSG_FASTOPEN) the kernel connects and sends it (in the SYN where
+    the server takes TCP Fast Open, else right after the handshake). A
+    connect() then a sendall() leave a gap in which this process can stall
+    (a gc pause in mutmut's big process, a loaded machine), and a server
+    that drains (a reload, a recycle) gives a new connection DRAIN_GRACE
+    (1 s) to send its first request, then closes it, as it may: the test's
+    own stall would lose the request."""
+    request = f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+    with socket.socket() as s:
+        # blocking (with a timeout set the socket is non-blocking, and the
+        # connect would return EINPROGRESS, the request unsent); bounded by SO_SNDTIMEO
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(timeout), int(timeout % 1 * 1e6)))
+        try:
+            sent = s.sendto(request, socket.MSG_FASTOPEN, ("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:  # client Fast Open off (net.ipv4.tcp_fastopen): the gap stays
+                raise
+            s.connect(("127.0.0.1", port))
+            sent = 0
+        s.settimeout(timeout)
+        s.sendall(request[sent:])
         data = b""
         while chunk := s.recv(65536):
             data += chunk
