@@ -38,12 +38,14 @@ from uringserve.cli import RECYCLE_POLL
 
 class Load:
     """Threads making requests (GET `path`) on new connections until
-    stopped; every body, in order, and every failure."""
+    stopped; every body, in the order they were answered, when each request
+    began, and every failure."""
 
     def __init__(self, port: int, threads: int = 4, path: str = "/") -> None:
         self.port = port
         self.path = path
         self.bodies: list[bytes] = []
+        self.began: list[float] = []  # time.monotonic() as each request of `bodies` began
         self.failed: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -62,9 +64,11 @@ class Load:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                began = time.monotonic()
                 body = get(self.port, self.path)
                 with self._lock:
                     self.bodies.append(body)
+                    self.began.append(began)
             except (OSError, ValueError) as exc:
                 with self._lock:
                     self.failed.append(repr(exc))
@@ -74,10 +78,29 @@ class Load:
         start = self.ok
         wait_until(lambda: self.ok - start >= n, timeout)
 
+    def since(self, t: float) -> list[bytes]:
+        """The bodies of the requests that began after `t` (time.monotonic()).
+        Not `bodies[len(bodies) at t:]`: a thread that stalls between its
+        answer and recording it records an older answer after `t`."""
+        with self._lock:
+            return [b for b, began in zip(self.bodies, self.began, strict=True) if began > t]
+
+    def wait_since(self, t: float, n: int, timeout: float = 30.0) -> None:
+        """Until n requests that began after `t` were answered (bounded: the asserts say what happened)."""
+        wait_until(lambda: len(self.since(t)) >= n, timeout)
+
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
             t.join(30)
+
+
+def pythonpath(folder: Path) -> str:
+    """`folder` and the checkout first, then the PYTHONPATH this process has:
+    under `make mutate` that is the mutants and tests/mutation/site, whose
+    sitecustomize the workers need (it credits the functions they reach to
+    the test, and replaces mutmut's call stack, which crashed workers)."""
+    return os.pathsep.join([str(folder), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 class AppModule:
@@ -88,7 +111,7 @@ class AppModule:
         self.path = folder / f"{name}.py"
         self.spec = f"{name}:app"
         # no bytecode cache: a rewrite within the same second is imported afresh
-        self.env = {"PYTHONPATH": f"{folder}{os.pathsep}{ROOT}", "PYTHONDONTWRITEBYTECODE": "1"}
+        self.env = {"PYTHONPATH": pythonpath(folder), "PYTHONDONTWRITEBYTECODE": "1"}
 
     def write(self, source: str) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -141,11 +164,11 @@ def test_a_killed_worker_is_replaced_and_no_listener_is_lost(pools: list[Pool]) 
         victim = min(kids)
         os.kill(victim, signal.SIGKILL)
         new = pool.wait_children(lambda k: len(k) == 2 and victim not in k)
-        seen = len(load.pids)
-        load.wait_for(200)
+        replaced = time.monotonic()  # the victim is gone: it answers no request that begins from here
+        load.wait_since(replaced, 200)
     finally:
         load.stop()
-    after = load.pids[seen:]
+    after = [pid_of(b) for b in load.since(replaced)]
     assert len(after) >= 200 and set(after) <= new
     # only requests the killed worker had taken can have failed: at most one per load thread
     assert len(load.failed) <= 4, load.failed
@@ -194,12 +217,12 @@ def test_sighup_under_constant_load_serves_the_new_code_and_loses_no_request(
         app.serve("v2")
         pool.p.send_signal(signal.SIGHUP)
         new = pool.wait_children(lambda k: len(k) == 2 and not (k & old))
-        seen = len(load.bodies)
-        load.wait_for(200)
+        reloaded = time.monotonic()  # the old workers are gone: they answer no request that begins from here
+        load.wait_since(reloaded, 200)
     finally:
         load.stop()
     assert load.failed == [], load.failed[:5]
-    after = load.bodies[seen:]
+    after = load.since(reloaded)
     # once the old workers are gone, every answer is the new code's, from a new worker
     assert len(after) >= 200 and all(b.startswith(b"v2 ") and pid_of(b) in new for b in after), after[:5]
     assert load.bodies[0].startswith(b"v1 ")
@@ -231,8 +254,8 @@ def test_a_reload_that_cannot_start_keeps_the_old_generation_serving(pools: list
         pool.p.send_signal(signal.SIGHUP)
         pool.wait_line(lambda line: "reload done: generation 2 serving" in line, timeout=60)
         new = pool.wait_children(lambda k: len(k) == 2 and not (k & old))
-        fixed_from = len(load.bodies)
-        load.wait_for(50)
+        fixed = time.monotonic()  # the old workers are gone: they answer no request that begins from here
+        load.wait_since(fixed, 50)
         assert reloads(metrics[1]) == {"failed": 1.0, "ok": 1.0}
     finally:
         load.stop()
@@ -243,7 +266,7 @@ def test_a_reload_that_cannot_start_keeps_the_old_generation_serving(pools: list
     assert load.failed == [], load.failed[:5]  # served throughout
     before = load.bodies[:broken_until]
     assert all(b.startswith(b"v1 ") and pid_of(b) in old for b in before), before[-5:]
-    after = load.bodies[fixed_from:]
+    after = load.since(fixed)
     assert len(after) >= 50 and all(b.startswith(b"v2 ") and pid_of(b) in new for b in after), after[:5]
     assert get(pool.port).startswith(b"v2 ")
     code, out = pool.stop()
@@ -291,7 +314,7 @@ def test_stop_now_kills_workers_that_are_not_ready(pools: list[Pool], tmp_path: 
     # one write: the workers share the pipe
     hangs = "import os, time\n\nos.write(1, b'importing\\n')\ntime.sleep(3600)\n"
     (tmp_path / "hangs_at_import.py").write_text(hangs)
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    env = {"PYTHONPATH": pythonpath(tmp_path)}
     args = [PY, "-m", "uringserve", "run", "hangs_at_import:app", "--port", "0", "--workers", "2"]
     p = Proc(args, env={**os.environ, **env}, ready="")  # no banner: it never serves
     try:
@@ -374,18 +397,19 @@ def test_a_slot_that_cannot_be_refilled_leaves_the_others_serving(pools: list[Po
     try:
         load.wait_for(20)
         os.kill(victim, signal.SIGKILL)
-        pool.wait_line(lambda line: "a worker failed to start 3 times in a row" in line and "retrying" in line)
-        retried_from = len(load.bodies)
-        load.wait_for(50)
+        # three starts in a row: bounded as the failed reload's three are (a hang, not a slow machine)
+        pool.wait_line(lambda line: "a worker failed to start 3 times in a row" in line and "retrying" in line, 60)
+        retried = time.monotonic()  # the victim is long gone: it answers no request that begins from here
+        load.wait_since(retried, 50)
         assert pool.p.poll() is None  # still supervising
         app.serve("v2")
         refilled = pool.wait_children(lambda k: len(k) == 2 and survivor in k and victim not in k, timeout=30)
-        wait_until(lambda: any(b.startswith(b"v2 ") for b in load.bodies[retried_from:]), timeout=30)
+        wait_until(lambda: any(b.startswith(b"v2 ") for b in load.since(retried)), timeout=30)
     finally:
         load.stop()
     # only requests the killed worker had taken can have failed: at most one per load thread
     assert len(load.failed) <= 2, load.failed
-    during = load.bodies[retried_from:]
+    during = load.since(retried)
     assert len(during) >= 50 and all(b == b"v1 %d" % survivor or b.startswith(b"v2 ") for b in during)
     assert any(b.startswith(b"v2 ") and pid_of(b) in refilled - {survivor} for b in during)
     code, out = pool.stop()
