@@ -30,13 +30,21 @@ def activate(tool: str, uds: str, argv: list[str]) -> tuple[subprocess.Popen, in
     Unix socket `uds` (fd 4, "admin"), running `argv` on the first
     connection; the port. The tool takes no port 0: a port the kernel just
     had free is a candidate, and it is ours once the tool says it listens on
-    it (it holds the socket); a taken one is tried again."""
+    it (it holds the socket); a taken one is tried again.
+
+    `argv` gets this process's environment, as every server the tests start
+    does: the tool passes on only TERM, PATH, USER and HOME, and without
+    PYTHONPATH the workers (`python -P`, no working directory on sys.path)
+    would import the editable install's checkout, not the code under test
+    (under `make mutate`: the live checkout beside the mutants the
+    supervisor runs, and no MUTANT_UNDER_TEST)."""
+    setenv = [f"--setenv={name}" for name in os.environ if not name.startswith("LISTEN_")]
     for _ in range(10):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         p = subprocess.Popen(
-            [tool, "-l", f"127.0.0.1:{port}", "-l", uds, "--fdname=web:admin", *argv],
+            [tool, "-l", f"127.0.0.1:{port}", "-l", uds, "--fdname=web:admin", *setenv, *argv],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
