@@ -1,9 +1,12 @@
-"""No import circle in uringserve/ or loadtest/.
+"""The structure's rules, checked on the source: no import circle in
+uringserve/ or loadtest/; one import of the compiled core; no private
+member read across the loop/transport boundary or from the HTTP front ends
+into the connection (each below, with its own comment).
 
-Every module's source is parsed (ast, nothing imported) and each of its
-import statements becomes an edge to the module it names: `import a.b`,
-`from a import b` (to a.b when b is a module, else to a) and the relative
-forms. Imports inside functions count: a circle that a local import hides
+For circles, every module's source is parsed (ast, nothing imported)
+and each of its import statements becomes an edge to the module it names:
+`import a.b`, `from a import b` (to a.b when b is a module, else to a) and
+the relative forms. Imports inside functions count: a circle that a local import hides
 still ties the two modules together, and an edit that hoists the import
 makes it fail at import time. Imports under `if TYPE_CHECKING:` never run,
 so they are checked apart, for the type checker's sake. Only edges between
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import ast
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
 
@@ -199,6 +202,385 @@ def test_no_import_circle_for_the_type_checker() -> None:
     graph = edges()
     found = groups(graph)
     assert found == TYPING_ONLY, "import circles:\n" + "\n".join(describe(graph, g) for g in found)
+
+
+# -- one import of the compiled core ---------------------------------------------
+# Only uringserve/_native/__init__.py loads _native._core (ffi, lib); every
+# other module takes them from uringserve._native, so a missing build is one
+# error raised in one place. Held for every Python file of the checkout:
+# import statements in every form (absolute, relative, from-imports of the
+# module, inside functions), importlib.import_module / __import__ /
+# find_spec with a literal name, sys.modules[...] and an attribute path
+# through an imported name (`import uringserve._native as n; n._core`).
+
+CORE = "uringserve._native._core"
+CORE_LOADER = ROOT / "uringserve" / "_native" / "__init__.py"
+SOURCE_DIRS = ("uringserve", "loadtest", "apps", "bench", "tests", "deploy")
+_IMPORT_CALLS = {"import_module", "__import__", "find_spec"}
+
+
+def python_files(root: Path = ROOT) -> list[Path]:
+    """Every .py of the checkout's source directories."""
+    return sorted(path for d in SOURCE_DIRS for path in (root / d).rglob("*.py") if "__pycache__" not in path.parts)
+
+
+def _module_name(path: Path, root: Path) -> tuple[str, str]:
+    """(module, package) of a file, as a relative import in it resolves."""
+    parts = path.relative_to(root).with_suffix("").parts
+    if parts[-1] == "__init__":
+        name = ".".join(parts[:-1])
+        return name, name
+    name = ".".join(parts)
+    return name, name.rpartition(".")[0]
+
+
+def _absolute(package: str, level: int, module: str | None) -> str:
+    base = package.split(".") if package else []
+    base = base[: len(base) - (level - 1)] if level > 1 else base
+    return ".".join(base + ([module] if module else []))
+
+
+def _dotted(node: ast.expr) -> str | None:
+    """`a.b.c` for a Name/Attribute chain, else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return None if head is None else f"{head}.{node.attr}"
+    return None
+
+
+def core_imports(source: str, path: Path, root: Path = ROOT) -> list[str]:
+    """Each place `source` (the file at `path` under `root`) loads the
+    compiled core, as "path:line: code"."""
+    tree = ast.parse(source, str(path))
+    package = _module_name(path, root)[1]
+
+    def is_core(name: str) -> bool:
+        return name == CORE or name.startswith(CORE + ".")
+
+    bound: dict[str, str] = {}  # a name an import binds -> the module or attribute it names
+    found: list[ast.stmt | ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if is_core(alias.name):
+                    found.append(node)
+                # `import a.b` binds a; `import a.b as n` binds n to a.b
+                bound[alias.asname or alias.name.partition(".")[0]] = (
+                    alias.name if alias.asname else alias.name.partition(".")[0]
+                )
+        elif isinstance(node, ast.ImportFrom):
+            origin = _absolute(package, node.level, node.module) if node.level else (node.module or "")
+            for alias in node.names:
+                if is_core(origin) or is_core(f"{origin}.{alias.name}"):
+                    found.append(node)
+                bound[alias.asname or alias.name] = f"{origin}.{alias.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name in _IMPORT_CALLS and node.args and isinstance(node.args[0], ast.Constant):
+                target = node.args[0].value
+                if isinstance(target, str) and target.startswith("."):
+                    anchor = (
+                        node.args[1]
+                        if len(node.args) > 1
+                        else next((k.value for k in node.keywords if k.arg == "package"), None)
+                    )
+                    if isinstance(anchor, ast.Constant) and isinstance(anchor.value, str):
+                        dots = len(target) - len(target.lstrip("."))
+                        target = _absolute(anchor.value, dots, target.lstrip(".") or None)
+                if isinstance(target, str) and is_core(target):
+                    found.append(node)
+        elif isinstance(node, ast.Subscript) and _dotted(node.value) == "sys.modules":
+            key = node.slice
+            if isinstance(key, ast.Constant) and isinstance(key.value, str) and is_core(key.value):
+                found.append(node)
+        elif isinstance(node, ast.Attribute):
+            # `n._core.lib` is found as its part `n._core` too: one line, reported once
+            chain = _dotted(node)
+            if chain:
+                head, _, rest = chain.partition(".")
+                full = f"{bound[head]}.{rest}" if head in bound else chain
+                if is_core(full):
+                    found.append(node)
+    lines = source.splitlines()
+    return sorted({f"{path}:{n.lineno}: {lines[n.lineno - 1].strip()}" for n in found})
+
+
+def test_only_the_loader_imports_the_compiled_core(root: Path = ROOT) -> None:
+    found = [
+        hit
+        for path in python_files(root)
+        if path != root / CORE_LOADER.relative_to(ROOT)
+        for hit in core_imports(path.read_text(), path, root)
+    ]
+    assert not found, (
+        f"only {CORE_LOADER.relative_to(ROOT)} imports {CORE}; take ffi, lib from uringserve._native:\n"
+        + "\n".join(found)
+    )
+
+
+def test_the_core_check_sees_every_form_of_import() -> None:
+    """The checker itself: the loader's own import is found, and so is each
+    form a module elsewhere could use; `from .._native import ffi` is not."""
+    assert [h.split(": ", 1)[1] for h in core_imports(CORE_LOADER.read_text(), CORE_LOADER)] == [
+        "from ._core import ffi, lib"
+    ]
+    planted = {
+        "uringserve/x.py": [
+            "import uringserve._native._core",
+            "import uringserve._native._core as core",
+            "from uringserve._native._core import lib",
+            "from uringserve._native import _core",
+            "from ._native._core import ffi",
+            "from ._native import _core as c",
+            "import uringserve._native as n; n._core.lib.us_wait",
+            "import uringserve; uringserve._native._core",
+            "from . import _native; _native._core",
+            "def f():\n    from ._native._core import lib",
+            "importlib.import_module('uringserve._native._core')",
+            "importlib.import_module('._core', 'uringserve._native')",
+            "__import__('uringserve._native._core')",
+            "importlib.util.find_spec('uringserve._native._core')",
+            "sys.modules['uringserve._native._core']",
+        ],
+        "uringserve/_native/y.py": ["from ._core import ffi", "from . import _core"],
+        "loadtest/z.py": ["from uringserve._native._core import ffi"],
+    }
+    for where, sources in planted.items():
+        for source in sources:
+            assert core_imports(source, ROOT / where), f"{where}: not found: {source}"
+    for clean in ("from ._native import ffi, lib", "from uringserve._native import check", "core = 1; x._core"):
+        assert not core_imports(clean, ROOT / "uringserve/x.py"), clean
+
+
+# -- no private member read across the loop/transport boundary -------------------
+# The loop hands events to the transport through its public methods
+# (receive, receive_from, receive_failed, on_*, start_accepted, ...) and
+# the transport reaches the loop through TransportLoop (transport_base.py):
+# neither reads or writes the other's private members. The check: in
+# loop.py, `<expr>._name` (and getattr/setattr/hasattr/delattr with a
+# literal "_name") on anything but `self` or `super()` is refused unless
+# it is one of asyncio's own objects listed below; the transport's modules
+# likewise. Dunders are not private.
+
+LOOP = ROOT / "uringserve" / "loop.py"
+TRANSPORT_PARTS = sorted((ROOT / "uringserve").glob("transport*.py")) + [ROOT / "uringserve" / "arena_waits.py"]
+
+# (expression, member) -> why the loop touches it. Each is asyncio's, not a
+# transport's: what an asyncio loop subclass must do to stay asyncio.
+LOOP_ASYNCIO_INTERNALS: dict[tuple[str, str], str] = {
+    ("timer", "_scheduled"): "call_at() builds asyncio's TimerHandle and pushes it on the loop's heap itself, as "
+    "BaseEventLoop.call_at does; _scheduled is the flag BaseEventLoop._run_once and TimerHandle.cancel() read",
+    ("handle", "_source_traceback"): "debug mode: asyncio's Handle records where it was scheduled, and the loop's "
+    "call_soon/call_at overrides drop their own frame from it, as asyncio drops its own",
+    ("ssl_protocol", "_app_transport"): "_make_ssl_transport returns the application side of asyncio's "
+    "SSLProtocol, as selector_events' _make_ssl_transport does",
+    ("asyncio.tasks", "_current_tasks"): "Python 3.11: each loop's running task (what asyncio.current_task reads); "
+    "create_eager_task runs a first step in place only when no task is running",
+}
+
+# The same for the transport's modules: asyncio's, none of them the loop's.
+TRANSPORT_ASYNCIO_INTERNALS: dict[tuple[str, str], str] = {
+    ("constants", "_SendfileMode"): "loop.sendfile() asks a transport's _sendfile_compatible, one of "
+    "asyncio.constants._SendfileMode (TRY_NATIVE sends it through the ring)",
+    ("server", "_attach"): "asyncio.Server counts its connections (close(), wait_closed()) through "
+    "_attach/_detach, which asyncio's own transports call",
+    ("server", "_detach"): "as _attach",
+    ("transports", "_FlowControlMixin"): "asyncio's base for write flow control (set_write_buffer_limits, "
+    "pause_writing/resume_writing), which its own transports share",
+}
+
+_ATTR_CALLS = {"getattr", "setattr", "hasattr", "delattr"}
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _is_own(node: ast.expr) -> bool:
+    """`self` or `super()`: the object's own members, inherited ones included."""
+    return (isinstance(node, ast.Name) and node.id == "self") or (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
+    )
+
+
+def private_uses(tree: ast.AST) -> Iterator[tuple[ast.expr, str, int]]:
+    """(the object, its private member, line) for each read, write or delete
+    of `obj._name`, and each getattr/setattr/hasattr/delattr(obj, "_name")."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _is_private(node.attr):
+            yield node.value, node.attr, node.lineno
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _ATTR_CALLS
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _is_private(node.args[1].value)
+        ):
+            yield node.args[0], node.args[1].value, node.lineno
+
+
+def foreign_private_uses(source: str, path: Path, allowed: dict[tuple[str, str], str]) -> list[str]:
+    """Each private member `source` reaches on an object other than self,
+    outside `allowed`, as "path:line: obj._name"."""
+    return [
+        f"{path}:{line}: {ast.unparse(obj)}.{name}"
+        for obj, name, line in private_uses(ast.parse(source, str(path)))
+        if not _is_own(obj) and (ast.unparse(obj), name) not in allowed
+    ]
+
+
+def test_the_loop_touches_no_private_member_of_a_transport(path: Path = LOOP) -> None:
+    found = foreign_private_uses(path.read_text(), path, LOOP_ASYNCIO_INTERNALS)
+    assert not found, (
+        "loop.py reaches a private member of another object (a transport's? use or add a public method; "
+        "asyncio's own? list it in LOOP_ASYNCIO_INTERNALS with why):\n" + "\n".join(found)
+    )
+
+
+def test_the_transport_touches_no_private_member_of_the_loop(paths: Sequence[Path] = TRANSPORT_PARTS) -> None:
+    found = [hit for path in paths for hit in foreign_private_uses(path.read_text(), path, TRANSPORT_ASYNCIO_INTERNALS)]
+    assert not found, (
+        "the transport reaches a private member of another object (the loop's? use TransportLoop, "
+        "transport_base.py; asyncio's own? list it in TRANSPORT_ASYNCIO_INTERNALS with why):\n" + "\n".join(found)
+    )
+
+
+def test_the_allow_lists_name_only_what_is_used() -> None:
+    """An entry the code no longer uses leaves its list, so the lists stay
+    the loop's and the transport's real dependencies on asyncio's internals."""
+    for paths, allowed in (([LOOP], LOOP_ASYNCIO_INTERNALS), (TRANSPORT_PARTS, TRANSPORT_ASYNCIO_INTERNALS)):
+        used = {
+            (ast.unparse(obj), name) for path in paths for obj, name, _ in private_uses(ast.parse(path.read_text()))
+        }
+        assert not allowed.keys() - used, f"listed but not used: {sorted(allowed.keys() - used)}"
+
+
+def test_the_private_member_check_sees_each_form() -> None:
+    """The checker itself, on planted code: reads, writes, deletes, getattr
+    forms, a subscripted or aliased object, the loop's members reached
+    through the transport's _loop; not self's, super()'s or a dunder."""
+    planted = [
+        "def _dispatch(self, n):\n    t = self._conns.get(n)\n    t._slot",
+        "t._gen = 3",
+        "del t._protocol",
+        "self._conns[slot]._closing",
+        "getattr(t, '_recv_cb')",
+        "setattr(t, '_paused', True)",
+        "self._loop._arena_waits",
+        "loop = self._loop\nloop._ring",
+        "self._loop._conns[self._slot] = self",
+        "hasattr(self._loop, '_owner_thread')",
+        "self._ring._ptr",
+    ]
+    for source in planted:
+        assert foreign_private_uses(source, Path("planted.py"), {}), source
+    for clean in ("self._conns", "super()._stop_serving(sock)", "t.receive(view)", "t.__class__", "self._loop.ring"):
+        assert not foreign_private_uses(clean, Path("clean.py"), {}), clean
+    assert not foreign_private_uses("timer._scheduled = True", Path("loop.py"), LOOP_ASYNCIO_INTERNALS)
+
+
+# -- the HTTP front ends use the connection's public interface --------------------
+# Exchange, the ASGI and native front ends, the access log and the message
+# types call HTTPProtocol's public methods (respond_whole, response_done,
+# write, spawn, state, ...) and read none of its private attributes. The
+# connection is whatever is reached as `conn`, `connection`, `protocol` or
+# `proto`, or as an attribute of those names (`ex.conn`, `self.conn`,
+# `ex._conn`, `t._protocol`), or a name given one of those (`c = ex.conn`)
+# or annotated HTTPProtocol/Connection.
+
+HTTP = ROOT / "uringserve" / "http"
+# file -> the classes checked in it (None: the whole file)
+FRONT_ENDS: dict[Path, tuple[str, ...] | None] = {
+    HTTP / "asgi.py": None,
+    HTTP / "native.py": None,
+    HTTP / "access.py": None,
+    HTTP / "messages.py": None,
+    HTTP / "protocol.py": ("Exchange", "_ErrorExchange"),  # HTTPProtocol's own module: only the exchange
+}
+_CONN_NAMES = {"conn", "connection", "protocol", "proto"}
+_CONN_TYPES = {"HTTPProtocol", "Connection"}
+
+
+def connection_private_uses(source: str, path: Path, classes: tuple[str, ...] | None = None) -> list[str]:
+    """Each private member of the connection `source` reaches (only inside
+    `classes` when given), as "path:line: obj._name"."""
+    tree = ast.parse(source, str(path))
+    scopes: list[ast.AST] = (
+        [tree] if classes is None else [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name in classes]
+    )
+    names = set(_CONN_NAMES)
+
+    def is_conn(node: ast.expr) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in names
+        if isinstance(node, ast.Attribute):
+            return node.attr.lstrip("_") in _CONN_NAMES
+        if isinstance(node, ast.Subscript):  # conns[i]
+            return is_conn(node.value)
+        return False
+
+    for _ in range(3):  # aliases of aliases
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and is_conn(node.value):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value is not None and is_conn(node.value):
+                if isinstance(node.target, ast.Name):
+                    names.add(node.target.id)
+            elif isinstance(node, ast.arg) and node.annotation is not None:
+                if {n.id for n in ast.walk(node.annotation) if isinstance(n, ast.Name)} & _CONN_TYPES or (
+                    isinstance(node.annotation, ast.Constant) and node.annotation.value in _CONN_TYPES
+                ):
+                    names.add(node.arg)
+    return sorted(
+        {
+            f"{path}:{line}: {ast.unparse(obj)}.{name}"
+            for scope in scopes
+            for obj, name, line in private_uses(scope)
+            if not _is_own(obj) and is_conn(obj)
+        }
+    )
+
+
+def test_the_http_front_ends_read_no_private_member_of_the_connection(
+    front_ends: dict[Path, tuple[str, ...] | None] = FRONT_ENDS,
+) -> None:
+    found = [
+        hit for path, classes in front_ends.items() for hit in connection_private_uses(path.read_text(), path, classes)
+    ]
+    assert not found, "a front end reads the connection's private state; use or add a public method:\n" + "\n".join(
+        found
+    )
+
+
+def test_the_connection_check_sees_each_form() -> None:
+    planted = [
+        "conn._transport",
+        "ex.conn._queue",
+        "self.conn._paused = True",
+        "ex._conn._cfg",
+        "c = ex.conn\nc._timer",
+        "def log(p: HTTPProtocol):\n    p._served",
+        "def log(p: 'HTTPProtocol'):\n    p._served",
+        "getattr(ex.conn, '_parser')",
+        "if (c := self.conn) is not None:\n    c._loop",
+    ]
+    for source in planted:
+        assert connection_private_uses(source, Path("planted.py")), source
+    for clean in ("ex.conn.respond_whole(ex, 200, h, b)", "result._status", "super()._frame(data)", "ex._headers"):
+        assert not connection_private_uses(clean, Path("clean.py")), clean
+    inside = (
+        "class Exchange:\n    def f(self):\n        self.conn._queue\n"
+        "class HTTPProtocol:\n    def g(self, conn):\n        conn._x"
+    )
+    assert [h.split(": ")[1] for h in connection_private_uses(inside, Path("p.py"), ("Exchange",))] == [
+        "self.conn._queue"
+    ]
 
 
 if __name__ == "__main__":
