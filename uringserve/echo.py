@@ -7,8 +7,10 @@
 The protocol code is identical on every loop, so the loops can be compared;
 uringserve.server gives it listeners, the registry and the graceful drain
 (the default hook: close once what was written has gone out).
-Ablation switches (--send-mode, --recv-mode, --regular-fds) choose which
-io_uring features the uring loop uses; bench/echo_bench.py drives them.
+Ablation switches (--send-mode, --recv-mode, --regular-fds, --bundle and
+the buffer sizes, RING_OPTIONS) choose which io_uring features the uring
+loop uses, each a ring setting as ring_settings.py declares it;
+bench/echo_bench.py drives them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import sys
 from typing import Any
 
+from .ring_settings import SETTING, RingConfig, RingConfigError, validate
 from .server import Connection, Server, run_command
 
 
@@ -37,23 +40,49 @@ class Echo(Connection, asyncio.Protocol):
         self.transport.resume_reading()
 
 
-def ring_config(args: argparse.Namespace) -> object | None:
+# The ring settings the demo's switches set (bench/echo_bench.py's
+# ablations), by option. Their help, choices and rules are the settings'
+# own declarations (ring_settings.py), as the `uringserve` command's ring
+# options are; a switch (a bool setting) sets the opposite of the
+# setting's default, so --regular-fds is fixed_files=False.
+RING_OPTIONS: dict[str, str] = {
+    "--send-mode": "send_mode",
+    "--recv-mode": "recv_mode",
+    "--regular-fds": "fixed_files",
+    "--bundle": "recv_bundle",
+    "--buf-count": "buf_count",
+    "--buf-size": "buf_size",
+    "--inplace-min": "inplace_min",
+}
+
+
+def _add_ring_options(p: argparse.ArgumentParser) -> None:
+    """RING_OPTIONS on `p`, each with its setting's name as dest; not given: None."""
+    for flag, name in RING_OPTIONS.items():
+        s = SETTING[name]
+        if s.kind is bool:
+            p.add_argument(
+                flag, dest=name, action="store_const", const=not s.default, help=f"{name}={not s.default}: {s.help}"
+            )
+        elif s.choices is not None:
+            p.add_argument(flag, dest=name, choices=list(s.choices), help=f"{s.help}; default {s.default}")
+        else:
+            rule = f", {s.allowed}" if s.lo is not None else ""
+            p.add_argument(flag, dest=name, type=int, metavar="N", help=f"{s.help}; default {s.default}{rule}")
+
+
+def ring_config(args: argparse.Namespace) -> RingConfig | None:
+    """The ring the switches set (None off the uring loop); what is not given
+    is left to RingConfig. A value that breaks its setting's rule stops the
+    demo, named by its option."""
     if args.loop != "uring":
         return None
-    import uringserve
-
-    sizes = {
-        k: v
-        for k, v in (("buf_count", args.buf_count), ("buf_size", args.buf_size), ("inplace_min", args.inplace_min))
-        if v
-    }
-    return uringserve.RingConfig(
-        send_mode=args.send_mode,
-        recv_mode=args.recv_mode,
-        fixed_files=not args.regular_fds,
-        recv_bundle=args.bundle,
-        **sizes,
-    )
+    config = RingConfig(**{name: v for name in RING_OPTIONS.values() if (v := getattr(args, name)) is not None})
+    try:
+        validate(config, names={name: flag for flag, name in RING_OPTIONS.items()})
+    except RingConfigError as exc:
+        raise SystemExit("echo: " + "; ".join(exc.problems)) from None
+    return config
 
 
 class StatsServer(Server):
@@ -76,13 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--loop", choices=["uring", "asyncio", "uvloop"], default="uring")
-    p.add_argument("--send-mode", choices=["auto", "plain", "zc", "zc_fixed"], default="auto")
-    p.add_argument("--recv-mode", choices=["pbuf", "plain"], default="pbuf")
-    p.add_argument("--regular-fds", action="store_true", help="ablation: no fixed-file table")
-    p.add_argument("--bundle", action="store_true", help="recv bundles (6.10+)")
-    p.add_argument("--buf-count", type=int, help="provided buffers (power of two)")
-    p.add_argument("--buf-size", type=int, help="bytes per provided buffer")
-    p.add_argument("--inplace-min", type=int, help="bytes writes this large are sent without a copy")
+    _add_ring_options(p)
     p.add_argument("--backlog", type=int, default=1024)
     p.add_argument("--uds", help="listen on this Unix socket path (@name: abstract) instead of TCP")
     p.add_argument("--uds-mode", type=lambda v: int(v, 8), help="octal file mode of the --uds socket, e.g. 660")
