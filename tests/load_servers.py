@@ -7,7 +7,8 @@ The server binds a port the kernel picks and prints "load_servers on
 
 Modes: ok (200 hello), status500, reset (half a response, then RST),
 cut (half a response, then FIN), silent (reads, never answers), garbage
-(answers with something that is not HTTP), stall (200 hello; at the Nth
+(answers with something that is not HTTP), close (reads a request,
+closes without an answer), stall (200 hello; at the Nth
 request the whole server sleeps 1 s, once), warm (500 to the first N
 requests, then 200 hello), batch (answers a connection's requests only
 once N of them have arrived, then all N: a client that does not pipeline
@@ -107,6 +108,8 @@ class Server(asyncio.Protocol):
                 self.t.close()
         elif m == "garbage":
             self.t.write(b"HELLO THERE\r\n\r\n")
+        elif m == "close":
+            self.t.close()
         # silent: nothing
 
 

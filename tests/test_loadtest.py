@@ -11,6 +11,7 @@ its exit status says whether anything succeeded.
 from __future__ import annotations
 
 import gc
+import io
 import json
 import os
 import pty
@@ -22,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -202,7 +204,7 @@ def test_non_2xx_responses_are_counted_not_errors(misbehaving) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "cls"),
-    [("reset", "read"), ("cut", "short"), ("silent", "timeout"), ("garbage", "protocol")],
+    [("reset", "read"), ("cut", "short"), ("silent", "timeout"), ("garbage", "protocol"), ("close", "read")],
 )
 def test_each_error_class(misbehaving, mode: str, cls: str) -> None:
     port = misbehaving(mode)
@@ -654,6 +656,7 @@ def test_warmup_is_run_but_not_measured(misbehaving, tls_files: TLSFiles, scheme
     took = time.monotonic() - began
     st = res.stats
     assert res.requests > 0 and st["by_class"][5] == 0 and st["by_class"][2] == res.requests
+    assert not any(st["errors"].values()), st["errors"]  # the counts begin again from 0 after the warm-up
     assert res.latency.get_total_count() == res.requests
     # the window reported is the measured one, which begins once the warm-up's
     # second has passed: however slow the machine, it is at most what the run
@@ -746,3 +749,270 @@ def test_only_a_failed_load_worker_is_one_line(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(loadtest.cli, "run", buggy)
     with pytest.raises(RuntimeError, match="a bug in the driver"):
         loadtest.cli.main(["-t", "2", "-c", "2", "http://127.0.0.1:1/"])
+
+
+# ---- the report, the CPU and the window, piece by piece (issue 22's mutation sample) ----
+
+
+def made_result(*, elapsed: float = 1.0, requests: int = 0, errors: dict[str, int] | None = None, **kw: Any) -> Any:
+    """A Result as run() returns one, with the given counts (no load run)."""
+    from loadtest.run import Result
+
+    hist = new_histogram()
+    for _ in range(requests):
+        hist.record_value(1_000_000)
+    stats = {"responses": requests, "errors": {**dict.fromkeys(LOAD_ERRORS, 0), **(errors or {})}, "by_class": [0] * 6}
+    fields: dict[str, Any] = {"client_cpu_ns": 0, "server_cpu_ns": None, "server_pids": [], "samples": [[]]}
+    fields.update(kw)
+    plan = build_plan("http://127.0.0.1:1/", conns=1, duration=1.0)
+    return Result(plan=plan, elapsed=elapsed, stats=stats, latency=hist, corrected=new_histogram(), **fields)
+
+
+def test_failure_counts_each_error_class_in_words() -> None:
+    from loadtest.report import failure
+
+    one, two = made_result(errors={"connect": 1}), made_result(errors={"connect": 2, "read": 1})
+    assert failure(one) == "no request succeeded: 1 connect error"
+    assert failure(two) == "no request succeeded: 2 connect errors, 1 read error"
+
+
+def test_metric_units_start_at_their_scale() -> None:
+    from loadtest.report import fmt_metric
+
+    assert [fmt_metric(n) for n in (999.0, 1000.0, 999_999.0, 1e6)] == ["999.00", "1.00k", "1000.00k", "1.00M"]
+
+
+def test_json_and_text_name_the_server_pids_and_a_zero_length_window() -> None:
+    res = made_result(elapsed=0.0, server_pids=[os.getpid()], server_cpu_ns=0)
+    assert to_json(res)["server_pids"] == [os.getpid()]
+    assert "Transfer/sec:      0.00B" in text(res).splitlines()
+
+
+def test_compare_shows_the_cpu_per_request_of_each_run(tmp_path: Path) -> None:
+    from loadtest.report import compare
+
+    paths = []
+    for k, (client, server) in enumerate(((2_000_000, None), (3_000_000, 5_000_000))):
+        res = made_result(requests=1000, client_cpu_ns=client, server_cpu_ns=server)
+        paths.append(tmp_path / f"r{k}.json")
+        paths[-1].write_text(json.dumps(to_json(res)))
+    out = io.StringIO()
+    compare([str(p) for p in paths], out)
+    rows = {line[:14].strip(): line[14:].split() for line in out.getvalue().splitlines()}
+    assert rows["client us/req"] == ["2.00", "3.00"]
+    assert rows["server us/req"] == ["-", "5.00"]
+
+
+def test_plot_puts_each_percentile_under_its_tick(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The x axis is 1/(1-p), its ticks labelled so (50% at 2, 90% at 10): of
+    latencies 1..100 ms, 10 ms is the 10th percentile, at 1/0.9, and 19 ms the
+    19th, at 1/0.81 (matplotlib is replaced by a recorder)."""
+    from loadtest import report
+
+    drawn: list[tuple[list[float], list[float]]] = []
+
+    class Axes:
+        def plot(self, xs: list[float], ys: list[float], label: str) -> None:
+            drawn.append((xs, ys))
+
+        def __getattr__(self, name: str) -> Callable[..., None]:
+            return lambda *a, **k: None
+
+    class Figure(Axes):
+        pass
+
+    class Plt:
+        def subplots(self, **kw: object) -> tuple[Figure, Axes]:
+            return Figure(), Axes()
+
+        def close(self, fig: object) -> None:
+            pass
+
+    monkeypatch.setattr(report, "pyplot", Plt)
+    res = made_result(requests=0)
+    for v in range(1, 101):
+        res.latency.record_value(v * 1_000_000)
+    report.plot(res, str(tmp_path / "p.png"))
+    ((xs, ys),) = drawn
+    at = {round(y): x for x, y in zip(xs, ys, strict=True)}  # latency in ms (within the histogram's precision)
+    assert at[1] == 1.0 and at[10] == pytest.approx(1 / 0.9) and at[19] == pytest.approx(1 / 0.81)
+
+
+def test_window_ns_is_what_each_process_used_between_samples() -> None:
+    from loadtest import cpu
+
+    assert cpu.window_ns({1: 100, 2: 50, 4: 7}, {1: 150, 2: 60, 3: 10}) == 60
+
+
+def test_descendants_are_the_tree_below_a_pid() -> None:
+    from loadtest import cpu
+
+    child = subprocess.Popen([PY, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        tree = cpu.descendants(os.getpid())
+        assert tree[0] == os.getpid() and child.pid in tree
+        assert cpu.descendants(child.pid) == [child.pid]
+    finally:
+        assert child.stdin
+        child.stdin.close()
+        child.wait(timeout=30)
+
+
+def test_process_ns_counts_the_threads_left_after_one_that_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread gone between the listing and its read is skipped; the others still count."""
+    from loadtest import cpu
+
+    real = os.listdir(f"/proc/{os.getpid()}/task")
+    listdir = os.listdir
+    monkeypatch.setattr(cpu.os, "listdir", lambda p: ["999999999", *real] if p.endswith("/task") else listdir(p))
+    assert cpu.process_ns(os.getpid()) > 0
+
+
+def test_window_samples_are_requests_per_second_and_its_cpu_a_difference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadtest import window
+
+    clock = iter([1_000_000_000, 1_500_000_000, 2_000_000_000, 2_250_000_000])
+    cpu_ns = iter([7_000, 10_000])
+    monkeypatch.setattr(window, "time", type("T", (), {"monotonic_ns": staticmethod(lambda: next(clock))}))
+    monkeypatch.setattr(window.cpu, "process_ns", lambda pid: next(cpu_ns))
+    w = window.Window(1.0, None)
+    w.sample(100)  # 100 responses in 0.5 s
+    w.sample(150)  # 50 more in 0.5 s
+    out = w.close()
+    assert out == {"elapsed_ns": 1_250_000_000, "cpu_ns": 3_000, "samples": [200.0, 100.0]}
+
+
+@pytest.mark.parametrize("bad", [("X-A", "1\r2"), ("X-A", "1\n2"), ("X\rA", "1")])
+def test_a_header_with_a_lone_cr_or_lf_is_refused(bad: tuple[str, str]) -> None:
+    from loadtest.plan import http_request
+
+    with pytest.raises(PlanError, match="is not a valid header line"):
+        http_request("GET", "/", "h", [bad])
+
+
+def test_scenario_dicts_default_to_get_and_the_cycle_limit_is_inclusive(tmp_path: Path) -> None:
+    scenario = tmp_path / "defaults.py"
+    scenario.write_text("def requests():\n    yield {'target': '/x'}\n")
+    plan = build_plan("http://127.0.0.1:1/", conns=1, scenario=str(scenario))
+    assert plan.units == [(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n", 1)]
+    many = tmp_path / "many.py"  # 1024 requests pipelined 4096 deep: a cycle of exactly 4 * 1024
+    many.write_text("def requests():\n    for i in range(1024):\n        yield ('GET', f'/{i}')\n")
+    plan = build_plan("http://127.0.0.1:1/", conns=1, scenario=str(many), pipeline=4096)
+    assert plan.sequences == [[0]] and plan.units[0][1] == 4096
+    three = tmp_path / "three.py"
+    three.write_text("def requests():\n    yield ('GET', '/a')\n    yield ('GET', '/b')\n    yield ('GET', '/c')\n")
+    with pytest.raises(PlanError, match="make a cycle too long to stage"):
+        build_plan("http://127.0.0.1:1/", conns=1, scenario=str(three), pipeline=4096)
+
+
+def test_progress_is_reported_from_load_worker_processes(misbehaving) -> None:
+    """With -t 2 each worker process sends its counts as it goes: the
+    progress callback sees them merged before the run ends."""
+    port = misbehaving("ok")
+    seen: list[dict[str, Any]] = []
+    res = run(
+        build_plan(f"http://127.0.0.1:{port}/", conns=2, threads=2, duration=1.5),
+        progress=lambda t, st: seen.append(st),
+    )
+    assert res.requests > 0
+    assert seen and seen[-1]["responses"] > 0 and set(seen[-1]["errors"]) == set(LOAD_ERRORS)
+
+
+# ---- tls.py's error classes, one connection over a scripted stream ----
+
+
+@pytest.mark.parametrize(
+    ("step", "cls", "errno_"),
+    [(b"", "read", 0), (ConnectionResetError(104, "reset"), "read", 104), ("never", "timeout", 0)],
+)
+def test_tls_connection_counts_each_error_as_the_native_driver(
+    monkeypatch: pytest.MonkeyPatch, step: object, cls: str, errno_: int
+) -> None:
+    """One request over a stream that closes before any answer (a read error,
+    not a short response), is reset, or never answers (a timeout at --timeout,
+    not a wait to the run's end). The stream replaces asyncio's TLS connection."""
+    import asyncio
+
+    from loadtest import tls
+
+    plan = build_plan("https://127.0.0.1:1/", conns=1, duration=1.0, timeout=0.05, insecure=True)
+    load = tls._Load(plan, tls.context(True))
+    sent: list[bytes] = []
+
+    class Reader:
+        async def read(self, n: int) -> bytes:
+            load.running = False  # this one attempt only
+            if isinstance(step, BaseException):
+                raise step
+            if step == "never":
+                await asyncio.Event().wait()
+            assert isinstance(step, bytes)
+            return step
+
+    class Writer:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+        def close(self) -> None:
+            pass
+
+    async def open_connection(*args: object, **kwargs: object) -> tuple[Reader, Writer]:
+        return Reader(), Writer()
+
+    async def one() -> None:
+        task = asyncio.ensure_future(load.connection(0))
+        done, _ = await asyncio.wait([task], timeout=10)
+        assert task in done, "the connection waited past its --timeout"
+        task.result()
+
+    monkeypatch.setattr(asyncio, "open_connection", open_connection)
+    asyncio.run(one())
+    assert sent == [plan.units[0][0]]
+    errors = load.stats["errors"]
+    assert errors == {**dict.fromkeys(LOAD_ERRORS, 0), cls: 1}
+    assert load.stats["last_errno"] == errno_
+    assert load.stats["closes_by_peer"] == (step == b"")
+
+
+def test_tls_window_ends_at_its_duration_not_a_slice_later(tls_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last slice of the measured window is cut to what is left of it: with
+    slices made 20 s long, a 0.3 s run still measures about 0.3 s."""
+    from loadtest import tls
+
+    port, ca, _ = tls_server
+    monkeypatch.setattr(tls, "SLICE", 20.0)
+    res = run(build_plan(f"https://127.0.0.1:{port}/", conns=1, duration=0.3, cafile=str(ca)))
+    no_transport_left_open()
+    assert res.requests > 0
+    assert 0.3 <= res.elapsed < 10.0, res.elapsed
+
+
+def test_a_load_the_core_refuses_says_which_step_and_why() -> None:
+    """The core's refusals (an address it cannot take, units it cannot stage
+    under the depth) are OSErrors with their errno and the step named."""
+    import errno
+
+    from loadtest.driver import ring_config
+    from loadtest.engine import Load
+    from uringserve import sockaddr
+    from uringserve.ring import Ring
+
+    plan = build_plan("http://127.0.0.1:1/", conns=1, duration=1.0)
+    address = sockaddr.encode(plan.target.family, plan.target.address)
+    r = Ring(ring_config(plan))
+    try:
+        good = {"mode": "http", "conns": 1, "units": plan.units, "sequences": plan.sequences}
+        with pytest.raises(OSError) as exc:
+            Load(r, **{**good, "address": b"\x02"})
+        assert (exc.value.errno, exc.value.strerror) == (
+            errno.EINVAL,
+            "setting the load target: Invalid argument",
+        )
+        with pytest.raises(OSError) as exc:
+            Load(r, **{**good, "address": address, "units": [(plan.units[0][0], 2)]})  # 2 requests, depth 1
+        assert (exc.value.errno, exc.value.strerror) == (
+            errno.EINVAL,
+            "configuring the load (units, sequences, depth): Invalid argument",
+        )
+    finally:
+        r.close()
