@@ -160,6 +160,7 @@ def test_inline_splitting_as_redis() -> None:
     assert split_inline(b"SET k 'a\\nb'") == [b"SET", b"k", b"a\\nb"]  # no escapes in single quotes
     assert split_inline(b'a"b c" d') == [b"ab c", b"d"]  # a quote may open mid-word
     assert split_inline(b'SET k ""') == [b"SET", b"k", b""]
+    assert split_inline(b'SET k "\\xz1\\x4g"') == [b"SET", b"k", b"xz1x4g"]  # not \xHH: a plain x
     for bad in (b'"\\"', b'a"b c"d'):
         with pytest.raises(ProtocolError, match="unbalanced quotes"):
             split_inline(bad)

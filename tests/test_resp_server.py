@@ -369,6 +369,12 @@ COMPARED = [
     b"COMMAND INFO nosuch\r\nCOMMAND FOO\r\nCONFIG GET timeout\r\n",
     # a fixed arity is exact: one argument too many is refused as one too few is
     b"SET k v\r\nGET k extra\r\nECHO a b\r\nTTL k k\r\nDBSIZE x\r\nTYPE k k\r\nLLEN l l\r\n",
+    # XX sets a deadline only over one there is; TYPE filters SCAN; a bad \x escape is literal
+    b"SET k v\r\nEXPIRE k 100 XX\r\nTTL k\r\nEXPIRE k 100\r\nEXPIRE k 50 XX\r\nTTL k\r\n",
+    b"RPUSH l a\r\nSET s v\r\nSCAN 0 TYPE string\r\nSCAN 0 TYPE list\r\nSCAN 0 TYPE hash\r\n",
+    b'SET q "\\xz1\\x4g"\r\nGET q\r\n',
+    # an unknown subcommand is named in the error, cut at 128 characters
+    b"CLIENT " + b"x" * 200 + b"\r\n",
 ]
 
 
@@ -395,6 +401,16 @@ def test_replies_are_byte_for_byte_redis_servers(server: Resp, real_redis: str, 
     expected = raw(real_redis, data)
     assert expected  # the reference answered
     assert raw(server.port, data) == expected
+
+
+def test_client_ids_count_from_1_in_each_server() -> None:
+    """CLIENT ID: each connection's own number, counted from 1 in a new server."""
+    srv = Resp()
+    try:
+        assert ask(srv.port, b"CLIENT ID", b"CLIENT ID") == [1, 1]
+        assert ask(srv.port, b"CLIENT ID") == [2]
+    finally:
+        srv.stopped()
 
 
 # -- bad input, limits, memory ------------------------------------------------------------
