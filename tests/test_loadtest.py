@@ -874,7 +874,7 @@ def test_window_samples_are_requests_per_second_and_its_cpu_a_difference(monkeyp
     clock = iter([1_000_000_000, 1_500_000_000, 2_000_000_000, 2_250_000_000])
     cpu_ns = iter([7_000, 10_000])
     monkeypatch.setattr(window, "time", type("T", (), {"monotonic_ns": staticmethod(lambda: next(clock))}))
-    monkeypatch.setattr(window.cpu, "process_ns", lambda pid: next(cpu_ns))
+    monkeypatch.setattr(window.cpu, "process_ns", lambda pid: next(cpu_ns) if pid == os.getpid() else 0)
     w = window.Window(1.0, None)
     w.sample(100)  # 100 responses in 0.5 s
     w.sample(150)  # 50 more in 0.5 s
@@ -1016,3 +1016,50 @@ def test_a_load_the_core_refuses_says_which_step_and_why() -> None:
         )
     finally:
         r.close()
+
+
+def test_a_url_without_a_scheme_is_http() -> None:
+    from loadtest.plan import parse_target
+
+    t = parse_target("127.0.0.1:8080/x?y=1")
+    assert (t.scheme, t.host, t.port, t.path, t.address) == ("http", "127.0.0.1", 8080, "/x?y=1", ("127.0.0.1", 8080))
+
+
+def test_head_responses_are_framed_without_a_body() -> None:
+    """-m HEAD: the server's Content-Length is not followed by a body, and
+    the native driver must not wait for one (a timeout or protocol error each)."""
+    srv = Proc([PY, "apps/http.py", "--port", "0"])
+    try:
+        res = run(build_plan(f"http://127.0.0.1:{srv.port}/", method="HEAD", conns=2, duration=0.4, timeout=1.0))
+    finally:
+        srv.stop()
+    assert res.requests > 0 and res.stats["by_class"][2] == res.requests
+    assert not any(res.stats["errors"].values()), res.stats["errors"]
+
+
+def test_worker_processes_start_together_after_the_spawn(misbehaving, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-t 2: the shared start lies ahead of each worker's spawn (time for its
+    process to start), and the server's CPU is first sampled at that start,
+    not before the load began."""
+    import sys
+
+    run_module = sys.modules["loadtest.run"]  # loadtest.run is also the package's run()
+    spawned: list[tuple[int, int]] = []
+    sampled: list[int] = []
+    spawn, tree_ns = run_module._spawn, run_module.cpu.tree_ns
+
+    def spy_spawn(share: Any, start_at: int) -> Any:
+        spawned.append((time.monotonic_ns(), start_at))
+        return spawn(share, start_at)
+
+    def spy_tree_ns(pids: list[int]) -> dict[int, int]:
+        sampled.append(time.monotonic_ns())
+        return tree_ns(pids)
+
+    monkeypatch.setattr(run_module, "_spawn", spy_spawn)
+    monkeypatch.setattr(run_module.cpu, "tree_ns", spy_tree_ns)
+    port = misbehaving("ok")
+    res = run(build_plan(f"http://127.0.0.1:{port}/", conns=2, threads=2, duration=0.3), server_pids=[os.getpid()])
+    assert res.requests > 0 and len(spawned) == 2 and len(sampled) == 2
+    ((t0, start), (t1, start1)) = spawned
+    assert start == start1 and t0 < t1 < start <= sampled[0]

@@ -85,6 +85,19 @@ def test_the_sweep_stops_at_its_time_budget() -> None:
     assert len(ks) == 0 and ks.expired == 100_000
 
 
+def test_a_sweep_round_samples_20_keys_as_redis() -> None:
+    """Redis's active expiry takes 20 keys with a deadline per round
+    (ACTIVE_EXPIRE_CYCLE_KEYS_PER_LOOP): with every key expired and no time
+    left after one round, one round removes exactly 20."""
+    clock = Clock()
+    ks = Keyspace(clock)
+    for i in range(100):
+        ks.set(b"k%d" % i, b"v")
+        ks.set_deadline(b"k%d" % i, ks.now_ms() + 1)
+    clock.t += 1
+    assert ks.sweep(budget_s=0) == 20 and len(ks.data) == 80
+
+
 def test_scan_walks_every_bucket_once() -> None:
     ks = Keyspace(Clock())
     keys = {b"k%d" % i for i in range(10_000)}

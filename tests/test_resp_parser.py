@@ -154,6 +154,25 @@ def test_a_large_bulk_in_many_pieces_is_joined_once() -> None:
     assert p._parts == [] and p.pending == 0
 
 
+def test_lengths_longer_than_20_characters_are_refused_as_redis() -> None:
+    """string2ll takes at most 20 characters: a longer count is a protocol
+    error, not a negative count (which would be skipped as *-1 is)."""
+    p = RequestParser()
+    assert p.feed(b"*-10000000000000000000\r\nPING\r\n") == []
+    assert str(p.error) == "invalid multibulk length"
+    p = RequestParser()
+    assert p.feed(b"*1\r\n$-10000000000000000000\r\nPING\r\n") == []
+    assert str(p.error) == "invalid bulk length"
+
+
+def test_a_parser_may_take_one_argument_at_most() -> None:
+    p = RequestParser(max_args=1)
+    assert p.feed(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$1\r\nx\r\n") == [[b"PING"]]
+    assert str(p.error) == "invalid multibulk length"
+    with pytest.raises(ValueError, match="must be at least 1, got 1, 0, 1"):
+        RequestParser(max_bulk=1, max_args=0, max_inline=1)
+
+
 def test_inline_splitting_as_redis() -> None:
     assert split_inline(b"  GET   k  ") == [b"GET", b"k"]
     assert split_inline(b'SET k "\\x4a\\t\\"z"') == [b"SET", b"k", b'J\t"z']
