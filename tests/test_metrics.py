@@ -141,6 +141,9 @@ def test_one_process_with_access_log_and_metrics(demo: str) -> None:
     srv, mport = start(demo, "--access-log")
     try:
         assert (status(mport, "/ready"), status(mport, "/live"), status(mport, "/x")) == (200, 200, 404)
+        with pytest.raises(urllib.error.HTTPError) as nope:  # a wrong path says which are served
+            urllib.request.urlopen(f"http://127.0.0.1:{mport}/x", timeout=10)
+        assert (nope.value.headers["Content-Type"], nope.value.read()) == ("text/plain", b"/metrics, /ready or /live\n")
         for req, code, *_ in TRAFFIC:
             answer = talk(srv.port, req)
             assert answer.startswith(b"HTTP/1.1 %d " % code), answer

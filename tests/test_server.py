@@ -206,10 +206,20 @@ def test_a_live_socket_or_a_plain_file_is_not_replaced(h, tmp_path) -> None:
             await second.start(uds=live_path)
         assert e.value.errno == 98
         assert await roundtrip(socket.AF_UNIX, live_path) == b"ping"  # the first still serves
-        with pytest.raises(OSError, match="not a socket; not replacing it"):
+        with pytest.raises(OSError) as e:
             await Server(Echo).start(uds=file_path)
+        assert (e.value.errno, e.value.strerror) == (
+            errno.EEXIST,
+            f"cannot listen on {file_path}: it exists and is not a socket; not replacing it",
+        )
         with open(file_path) as f:
             assert f.read() == "keep me"
+        # a path that cannot be bound: the OS's errno and reason, with the path
+        missing = str(tmp_path / "no-such-dir" / "s.sock")
+        with pytest.raises(OSError) as e:
+            await Server(Echo).start(uds=missing)
+        why = f"cannot listen on {missing}: No such file or directory"
+        assert (e.value.errno, e.value.strerror) == (errno.ENOENT, why)
         await first.shutdown(2)
 
     h.run(main())
@@ -520,6 +530,34 @@ def test_drain_cuts_what_outlasts_the_timeout_and_awaits_its_tasks(h) -> None:
         w.close()
 
     h.run(main())
+
+
+def test_cut_ends_a_drain_at_once_and_says_so(h, caplog: pytest.LogCaptureFixture) -> None:
+    """Server.cut() without a reason: the busy connection is aborted now,
+    not at the 30 s timeout, and the log line says the drain was cut."""
+
+    class Held(Job):
+        gate = asyncio.Event()  # never set: only the cut ends the job
+
+    async def main() -> None:
+        Job.aborted = 0
+        srv = Server(Held)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"held")
+        assert await until(lambda: any(c.task for c in srv.connections))
+        stop = asyncio.create_task(srv.shutdown(30))
+        assert await until(lambda: srv.connections.counts()["open"] == 1 and not srv.sockets)  # draining
+        srv.cut()
+        await asyncio.wait_for(stop, 10)
+        assert Job.aborted == 1 and srv.aborted == 1
+        assert await r.read() == b""
+        w.close()
+
+    with caplog.at_level("WARNING", logger="uringserve"):
+        h.run(main())
+    assert "the drain was cut short: aborting 1 connection(s) with work in flight" in caplog.messages
 
 
 class Blast(asyncio.Protocol):

@@ -414,6 +414,41 @@ def test_abort_discards_and_reports(h) -> None:
     assert [x for x in log if isinstance(x, tuple)] == [("lost", None)]
 
 
+def test_a_write_after_abort_sends_nothing(h) -> None:
+    """After abort(), write() is dropped as asyncio's transports drop it: the
+    peer gets the end of the connection and not one byte."""
+    log: list = []
+    aborted = asyncio.Event()
+
+    class Late(Echo):
+        def data_received(self, data: bytes) -> None:
+            self.transport.abort()
+            self.transport.write(b"late")
+            self.transport.write(b"x" * 100_000)
+            aborted.set()
+
+    async def main() -> bytes:
+        server, port = await start(h.loop, lambda: Late(log))
+        sock = socket.socket()
+        sock.setblocking(False)
+        await h.loop.sock_connect(sock, ("127.0.0.1", port))
+        await h.loop.sock_sendall(sock, b"go")
+        await aborted.wait()
+        got = b""
+        try:
+            while chunk := await h.loop.sock_recv(sock, 1 << 20):
+                got += chunk
+        except ConnectionResetError:
+            pass
+        sock.close()
+        await until(lambda: ("lost", None) in log)
+        await close_server(server)
+        return got
+
+    assert h.run(main()) == b""
+    assert [x for x in log if isinstance(x, tuple)] == [("lost", None)]
+
+
 def test_exception_in_data_received_goes_to_handler(h) -> None:
     log: list = []
 
