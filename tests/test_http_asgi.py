@@ -217,6 +217,29 @@ def test_asgi_apps_that_break_the_protocol(h, misbehaviour: str) -> None:
     assert h.take_errors()
 
 
+def test_pathsend_longer_than_the_content_length_is_the_apps_error(h, tmp_path) -> None:
+    """A file longer than the Content-Length the app declared: its send()
+    raises, saying so, and the response is not finished with bytes it did not promise."""
+    path = tmp_path / "ten.txt"
+    path.write_bytes(b"0123456789")
+    raised: list[str] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]})
+        try:
+            await send({"type": "http.response.pathsend", "path": str(path)})
+        except RuntimeError as exc:
+            raised.append(str(exc))
+            raise
+
+    r = run(h, app, lambda port: exchange(port, b"GET / HTTP/1.1\r\n" + H + b"\r\n"), interface="asgi")
+    assert raised == ["file range longer than the response's Content-Length"]
+    assert b"0123456789" not in r.raw
+    assert h.take_errors()
+
+
 def test_lifespan_failure_stops_startup(h) -> None:
     async def app(scope, receive, send):
         assert scope["type"] == "lifespan"

@@ -506,3 +506,40 @@ def test_unsatisfiable_ranges_are_416_with_the_length(h, site, path: bytes, rng:
     length = len(big) if size is None else size
     assert (resp.status, resp.body, resp.header("content-range")) == (416, b"", f"bytes */{length}")
     assert resp.header("content-length") == "0" and not r.closed
+
+
+def test_rfc850_two_digit_years_more_than_50_years_ahead_are_last_century() -> None:
+    """RFC 9110 5.6.7: a two-digit year that looks more than 50 years in the
+    future is the most recent past year with those digits; 50 years ahead is kept."""
+    import calendar
+
+    from uringserve.http.static import http_date
+
+    now = time.gmtime().tm_year
+    for ahead, year in ((51, now + 51 - 100), (50, now + 50)):
+        date = f"Sunday, 01-Jan-{(now + ahead) % 100:02d} 00:00:00 GMT"
+        assert http_date(date) == calendar.timegm((year, 1, 1, 0, 0, 0)), date
+    assert http_date("Sunday, 06-Nov-94 08:49:37 GMT") == 784111777  # RFC 9110's example
+
+
+def test_the_200_headers_are_sent_as_written(h, site) -> None:
+    """Header names go out byte for byte as their canonical spelling."""
+    static, _ = site
+    r = get(h, static, b"/static/big.bin")
+    assert r.responses[0].status == 200
+    assert b"\r\nAccept-Ranges: bytes\r\n" in r.raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+
+
+def test_a_directory_whose_index_cannot_be_served_closes_only_what_it_opened(h, site) -> None:
+    """The directory's fd is closed before its index is opened: when that
+    open fails (an index linking out of the root, or none at all) nothing
+    else is closed; fd 1 (this process's stdout) is the one a stray close
+    would take."""
+    static, _ = site
+    os.mkdir(os.path.join(static.root, "bare"))  # a directory without index.html
+    before = os.fstat(1)
+    for path in (b"/static/trap/", b"/static/bare/"):
+        r = get(h, static, path)
+        assert r.responses[0].status == 404
+        after = os.fstat(1)
+        assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
