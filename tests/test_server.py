@@ -241,6 +241,18 @@ def test_abstract_unix_name(h) -> None:
         Unix("@x", mode=0o600).open()
 
 
+def test_an_inherited_socket_is_described_by_its_address_fd_and_name() -> None:
+    """What the start-up banner says of an inherited socket (socket activation's name when it has one)."""
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        where = f"127.0.0.1:{s.getsockname()[1]}"
+        assert Inherited(s).describe(s) == f"{where} (fd {s.fileno()})"
+        assert Inherited(s, name="web").describe(s) == f"{where} (fd {s.fileno()}, web)"
+    finally:
+        s.close()
+
+
 def test_inherited_socket_and_fd(h) -> None:
     async def main() -> None:
         bound = socket.socket()

@@ -272,6 +272,9 @@ def test_a_reload_that_cannot_start_keeps_the_old_generation_serving(pools: list
     code, out = pool.stop()
     assert code == 0, out
     assert out.count("RuntimeError: a broken deploy") <= 2 * 3  # three tries at most per slot: no storm
+    # each slot's failed starts back off 0.1 s, then 0.2 s (doubling); the third failure ends the reload
+    delays = re.findall(r"worker \d+ died \(exit status 1\); replacing it in ([0-9.]+)s", out)
+    assert "0.1" in delays and "0.2" in delays and set(delays) == {"0.1", "0.2"}, delays
 
 
 def test_a_reload_over_a_generation_hanging_in_startup_kills_it(pools: list[Pool], tmp_path: Path) -> None:

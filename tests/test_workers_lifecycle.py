@@ -188,7 +188,7 @@ def test_a_worker_not_ready_in_time_is_a_failed_start(tmp_path: Path) -> None:
     (tmp_path / "hanging_app.py").write_text(
         "import time\n\ntime.sleep(3600)  # an import that never ends\napp = None\n"
     )
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     t0 = time.monotonic()
     out = uringserve(
         "run", "hanging_app:app", "--port", "0", "--workers", "2", "--ready-timeout", "1", env=env, timeout=90
@@ -214,7 +214,7 @@ def test_stopping_after_failed_starts_kills_a_worker_still_starting(tmp_path: Pa
         "os.write(1, b'slot 1 importing\\n')\n"
         "time.sleep(3600)\n"
     )
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     out = uringserve("run", "slotted_app:app", "--port", "0", "--workers", "2", env=env)
     assert out.returncode == 1, out.stderr
     assert "uringserve: a worker failed to start 3 times in a row (last: exit status 1); stopping" in out.stderr
