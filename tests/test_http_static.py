@@ -543,3 +543,30 @@ def test_a_directory_whose_index_cannot_be_served_closes_only_what_it_opened(h, 
         assert r.responses[0].status == 404
         after = os.fstat(1)
         assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+def test_open_beneath_errors_and_the_lowest_fd(tmp_path) -> None:
+    """fs.open_beneath's OSError: its errno class, the OS's reason, the path
+    as given (bytes that are not UTF-8 kept by surrogateescape); and fd 0 is
+    a file like any other (a daemon may have closed its stdin)."""
+    (tmp_path / "f").write_bytes(b"x")
+    dirfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileNotFoundError) as exc:
+            fs.open_beneath(dirfd, b"\xff-missing", os.O_RDONLY)
+        assert (exc.value.errno, exc.value.strerror, exc.value.filename) == (
+            errno.ENOENT,
+            "No such file or directory",
+            "\udcff-missing",
+        )
+        saved = os.dup(0)
+        os.close(0)
+        try:
+            fd = fs.open_beneath(dirfd, b"f", os.O_RDONLY)
+            assert fd == 0 and os.read(fd, 10) == b"x"
+            os.close(fd)
+        finally:
+            os.dup2(saved, 0)
+            os.close(saved)
+    finally:
+        os.close(dirfd)
