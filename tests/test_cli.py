@@ -700,3 +700,19 @@ def test_max_requests_costs_no_work_per_request() -> None:
     server = cli.build_server(args)
     recycler = cli.Recycler(server, cli.request_limit(args))
     assert server.observer is None and recycler.limit == 100 and not recycler.began
+
+
+@pytest.mark.parametrize("has_cwd", ["", "abs", None])
+def test_the_app_is_imported_from_the_current_directory_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, has_cwd: str | None
+) -> None:
+    """As uvicorn and gunicorn: the current directory is put first on
+    sys.path unless it is there already, as '' or by its path."""
+    (tmp_path / "cwd_app_for_test.py").write_text("app = 'from the cwd'\n")
+    monkeypatch.chdir(tmp_path)
+    rest = [p for p in sys.path if p not in ("", str(tmp_path))]
+    first = {"": [""], "abs": [str(tmp_path)], None: []}[has_cwd]
+    monkeypatch.setattr(sys, "path", [*rest, *first])  # after the rest: not moved ahead of it either
+    monkeypatch.delitem(sys.modules, "cwd_app_for_test", raising=False)
+    assert cli.load_app("cwd_app_for_test:app", False) == "from the cwd"
+    assert sys.path == ([str(tmp_path), *rest] if has_cwd is None else [*rest, *first])
