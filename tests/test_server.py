@@ -253,6 +253,33 @@ def test_an_inherited_socket_is_described_by_its_address_fd_and_name() -> None:
         s.close()
 
 
+def test_a_socket_given_to_start_listens_with_the_backlog_given(h) -> None:
+    """start(sock=..., backlog=N): the socket listens with N (ss shows a
+    listener's backlog as its Send-Q)."""
+
+    async def main() -> str:
+        bound = socket.socket()
+        bound.bind(("127.0.0.1", 0))  # bound, not listening: start() listens
+        srv = Server(Echo)
+        await srv.start(sock=bound, backlog=7)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            ss = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=30)
+        finally:
+            await srv.shutdown(2)
+        return ss.stdout
+
+    (line,) = h.run(main()).splitlines()
+    assert line.split()[:3] == ["LISTEN", "0", "7"], line
+
+
+def test_an_unknown_loop_is_refused_naming_the_choices() -> None:
+    from uringserve.server.lifecycle import new_loop
+
+    with pytest.raises(ValueError, match=r"^loop must be one of uring, asyncio, uvloop, not 'tokio'$"):
+        new_loop("tokio")
+
+
 def test_inherited_socket_and_fd(h) -> None:
     async def main() -> None:
         bound = socket.socket()

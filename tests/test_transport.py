@@ -449,6 +449,35 @@ def test_a_write_after_abort_sends_nothing(h) -> None:
     assert [x for x in log if isinstance(x, tuple)] == [("lost", None)]
 
 
+def test_writes_after_close_are_dropped(h) -> None:
+    """After close() with nothing queued, write() is dropped as asyncio's
+    transports drop it (a warning only from the fifth): the peer gets a clean
+    end and nothing more, connection_lost(None) comes once."""
+    log: list = []
+    closed = asyncio.Event()
+
+    class Late(Echo):
+        def data_received(self, data: bytes) -> None:
+            self.transport.close()
+            for k in range(4):
+                self.transport.write(b"late%d" % k)
+            closed.set()
+
+    async def main() -> bytes:
+        server, port = await start(h.loop, lambda: Late(log))
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"go")
+        await closed.wait()
+        got = await asyncio.wait_for(r.read(), 10)
+        w.close()
+        await until(lambda: ("lost", None) in log)
+        await close_server(server)
+        return got
+
+    assert h.run(main()) == b""
+    assert [x for x in log if isinstance(x, tuple)] == [("lost", None)]
+
+
 def test_exception_in_data_received_goes_to_handler(h) -> None:
     log: list = []
 
