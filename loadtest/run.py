@@ -250,7 +250,10 @@ def worker_main() -> int:
         # environment (URINGSERVE_FAULTS), as a server process does
         out = driver.run_share(plan, int(msg["start_at"]), tick, faults=faults.from_env())
     except (ValueError, OSError) as exc:  # what -t 1 says in one line (a ring it may not set up): so does a worker
-        print(f"uringload: {exc}", file=sys.stderr, flush=True)
+        # one write of the whole line: workers share the stderr pipe, and a
+        # print's text and newline, written apart, interleave with another's
+        sys.stderr.write(f"uringload: {exc}\n")
+        sys.stderr.flush()
         return 1
     print("R " + json.dumps(out), flush=True)
     return 0
