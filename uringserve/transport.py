@@ -216,9 +216,7 @@ class UringTransport(Reading, Writing):
             if self._loop.get_debug():
                 logger.debug("%r: %s", self, message, exc_info=True)
         else:
-            self._loop.call_exception_handler(
-                {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
-            )
+            self._report(message, exc)
         self._force_close(exc)
 
     def on_closed(self, res: int, gen: int) -> None:
@@ -242,14 +240,7 @@ class UringTransport(Reading, Writing):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": "Exception in callback protocol.connection_lost()",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            self._report("Exception in callback protocol.connection_lost()", exc)
         finally:
             server = self._server
             self._server = None

@@ -122,6 +122,12 @@ class TransportBase(transports._FlowControlMixin, transports.Transport):
         """Report `exc` and end the connection at once (UringTransport's)."""
         raise NotImplementedError
 
+    def _report(self, message: str, exc: BaseException) -> None:
+        """A protocol callback (or the connection) failed: the loop's exception handler hears of it, as asyncio's."""
+        self._loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+        )
+
 
 def conn_error(err: int) -> OSError:
     """The OSError a connection's errno `err` is, as asyncio's transports raise it."""

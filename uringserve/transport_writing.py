@@ -307,14 +307,7 @@ class Writing(TransportBase):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": "protocol.pause_writing() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            self._report("protocol.pause_writing() failed", exc)
 
     def _maybe_resume_protocol(self) -> None:
         if not self._protocol_paused:
@@ -328,14 +321,7 @@ class Writing(TransportBase):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": "protocol.resume_writing() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            self._report("protocol.resume_writing() failed", exc)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         super().set_write_buffer_limits(high, low)
