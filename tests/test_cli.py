@@ -68,6 +68,8 @@ SAMPLE = {
     "tls_ca": "/ca.pem",
     "metrics": "127.0.0.1:9464",
     "max_connections": "500",
+    "forwarded_allow_ips": "10.0.0.0/8, ::1",
+    "proxy_protocol_timeout": "2.5",
 }
 BAD = {
     "port": ("70000", "out of range"),
@@ -88,6 +90,7 @@ BAD = {
     "ring_buf_size": ("8", "out of range"),
     "reuse_port": ("maybe", "not a boolean"),
     "max_connections": ("-1", "out of range"),
+    "forwarded_allow_ips": ("10.0.0.300", "'10.0.0.300' is not an IP address"),
 }
 
 
@@ -174,6 +177,13 @@ BUILT: dict[str, Any] = {
     "ring_buf_count": lambda a: cli.ring_config(a).buf_count,
     "ring_buf_size": lambda a: cli.ring_config(a).buf_size,
     "ring_arena_bytes": lambda a: cli.ring_config(a).arena_bytes,
+    "proxy_headers": lambda a: getattr(getattr(cli.build_server(a).forwarding, "trusted", None), "spec", None),
+    "forwarded_allow_ips": lambda a: (
+        cli.build_server(a).forwarding.trusted.spec,
+        cli.build_server(a).proxy_protocol.trusted.spec,
+    ),
+    "proxy_protocol": lambda a: getattr(cli.build_server(a).proxy_protocol, "timeout", None),
+    "proxy_protocol_timeout": lambda a: cli.build_server(a).proxy_protocol.timeout,
 }
 for _f in cli.HTTP_FIELDS:
     if _f != "access_log":
@@ -181,6 +191,9 @@ for _f in cli.HTTP_FIELDS:
 
 # what the sample makes of it (default: the option's parsed sample)
 EXPECT: dict[str, Any] = {
+    "proxy_headers": "127.0.0.1",  # uvicorn's default list
+    "forwarded_allow_ips": ("10.0.0.0/8,::1", "10.0.0.0/8,::1"),  # one list for both
+    "proxy_protocol": 30.0,
     "host": ["::1"],
     "fd": [7],
     "backlog": {17},
@@ -206,6 +219,8 @@ WITH = {
     "max_requests_jitter": ["--max-requests", "100"],
     "tls_key": ["--tls-cert", "{cert_only}"],
     "tls_ca": ["--tls-cert", "{cert_only}", "--tls-key", "{tls_key}"],
+    "forwarded_allow_ips": ["--proxy-headers", "--proxy-protocol"],
+    "proxy_protocol_timeout": ["--proxy-protocol"],
 }
 APP = {"factory": "tests.worker_app:make_info_app", "lifespan": "tests.worker_app:info_app"}
 APP["protocol"] = "apps.echo:Echo"

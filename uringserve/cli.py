@@ -76,6 +76,15 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _trusted(text: str) -> str:
+    from .server.trust import TrustedPeers
+
+    try:
+        return TrustedPeers(text).spec
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _flag(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -195,6 +204,38 @@ OPTIONS: list[Opt] = [
     Opt("--tls-cert", "TLS: certificate chain file (PEM); serves TLS on every listener", commands=SERVE),
     Opt("--tls-key", "TLS: private key file (PEM), if not in --tls-cert", commands=SERVE),
     Opt("--tls-ca", "TLS: CA file; clients must present a certificate it signed", commands=SERVE),
+    # behind a proxy
+    Opt(
+        "--proxy-headers",
+        "take the client, scheme and host from X-Forwarded-For/-Proto/-Host/-Port and Forwarded "
+        "sent by --forwarded-allow-ips peers",
+        None,
+        False,
+    ),
+    Opt(
+        "--forwarded-allow-ips",
+        "peers trusted to name the client (--proxy-headers, --proxy-protocol): comma-separated IP addresses, "
+        "networks (10.0.0.0/8), '*', Unix socket paths or 'unix'",
+        _trusted,
+        "127.0.0.1",
+        commands=SERVE,
+        metavar="LIST",
+    ),
+    Opt(
+        "--proxy-protocol",
+        "every connection begins with a PROXY protocol v1/v2 header (haproxy send-proxy, nginx proxy_protocol) "
+        "from a --forwarded-allow-ips peer; others are closed",
+        None,
+        False,
+        commands=SERVE,
+    ),
+    Opt(
+        "--proxy-protocol-timeout",
+        "seconds a connection has to send its PROXY header",
+        _seconds,
+        30.0,
+        commands=SERVE,
+    ),
     # the app
     Opt("--factory", "APP is a callable that returns the app", None, False),
     Opt("--interface", "what APP is", str, "auto", choices=("auto", "asgi", "native", "protocol")),
@@ -422,6 +463,10 @@ def build_server(args: argparse.Namespace) -> Any:
     """The Server the command runs, from its arguments."""
     server = _protocol_server(args)
     server.max_connections = args.max_connections or None
+    if args.proxy_protocol:
+        from .server.proxy_protocol import ProxyProtocol
+
+        server.proxy_protocol = ProxyProtocol(args.forwarded_allow_ips, timeout=args.proxy_protocol_timeout)
     return server
 
 
@@ -457,9 +502,20 @@ def _protocol_server(args: argparse.Namespace) -> Any:
     from .http import HTTPServer
 
     config = HTTPConfig(shutdown_timeout=args.graceful_timeout, **{name: getattr(args, name) for name in HTTP_FIELDS})
+    forwarding = None
+    if args.proxy_headers:
+        from .http.forwarded import Forwarding
+
+        forwarding = Forwarding(args.forwarded_allow_ips)
     try:
         return HTTPServer(
-            app, interface=args.interface, config=config, lifespan=args.lifespan, root_path=args.root_path, ssl=tls
+            app,
+            interface=args.interface,
+            config=config,
+            lifespan=args.lifespan,
+            root_path=args.root_path,
+            ssl=tls,
+            forwarding=forwarding,
         )
     except TypeError as exc:  # what detect_interface() could not tell
         raise SystemExit(f"uringserve: {exc}; or --interface protocol for an asyncio protocol factory") from None
@@ -583,7 +639,13 @@ def check(args: argparse.Namespace) -> None:
             )
         if args.max_requests:
             raise SystemExit("uringserve resp: --max-requests would replace the process and lose every key")
-    tls_context(args)
+    if tls_context(args) is not None and args.proxy_protocol:
+        raise SystemExit(
+            "uringserve: --proxy-protocol with --tls-cert is not supported (the PROXY header comes before the "
+            "TLS handshake): terminate TLS at the proxy"
+        )
+    if getattr(args, "proxy_headers", False) and (args.protocol or args.interface == "protocol"):
+        raise SystemExit("uringserve: --proxy-headers applies to HTTP apps, not to --protocol factories")
     ring_config(args)
     listeners(args, environ={})  # the combinations of --uds, --uds-mode, --host and --port
     if args.loop == "uvloop":

@@ -60,6 +60,12 @@ class Metrics:
         self.refused = Counter(
             "uringserve_connections_refused_total", "Accepts that failed (the kernel's accept errors)", **kw
         )
+        self.proxy_rejected = Counter(
+            "uringserve_proxy_protocol_rejected_total",
+            "Connections closed for their PROXY protocol header, by reason (--proxy-protocol)",
+            ["reason"],
+            **kw,
+        )
         self.ring = {
             name: Counter(f"uringserve_ring_{name}_total", f"io_uring core: {name}", **kw) for name in RING_COUNTERS
         }
@@ -80,6 +86,10 @@ class Metrics:
         counts = server.connections.counts()
         self.open.set(counts["open"])
         self._add("accepted", counts["accepted"], self.accepted)
+        proxy = getattr(server, "proxy_protocol", None)
+        if proxy is not None:
+            for reason, n in proxy.rejected.items():
+                self._add("proxy:" + reason, n, self.proxy_rejected.labels(reason=reason))
         stats = loop.ring_stats() if hasattr(loop, "ring_stats") else {}
         for name, counter in self.ring.items():
             if name in stats:

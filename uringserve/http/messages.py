@@ -89,10 +89,26 @@ class Request(Exchange):
     request costs one object."""
 
     _headers_view: Headers | None = None
+    # (client, scheme, server) a trusted proxy's headers gave (http/forwarded.py); None: the connection's
+    seen_as: tuple[Any, str, Any] | None = None
 
     @property
     def client(self) -> Any:
-        return self.conn.client
+        """(host, port) of the client: the peer, or what a trusted proxy said (--proxy-headers)."""
+        seen = self.seen_as
+        return self.conn.client if seen is None else seen[0]
+
+    @property
+    def scheme(self) -> str:
+        """ "http" or "https" (TLS, or what a trusted proxy said)."""
+        seen = self.seen_as
+        return self.conn.scheme if seen is None else seen[1]
+
+    @property
+    def server(self) -> Any:
+        """(host, port) the request was addressed to: the listener's, or a trusted proxy's X-Forwarded-Host/-Port."""
+        seen = self.seen_as
+        return self.conn.server_addr if seen is None else seen[2]
 
     @property
     def http_version(self) -> str:

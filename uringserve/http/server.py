@@ -11,6 +11,7 @@ from typing import Any
 from ..server import Server
 from .asgi import Lifespan, asgi_runner
 from .config import HTTPConfig
+from .forwarded import ForwardedHTTPProtocol, Forwarding
 from .native import native_runner
 from .protocol import HTTPProtocol
 from .static import FileCache
@@ -51,8 +52,11 @@ class HTTPServer(Server):
         lifespan: str = "auto",
         root_path: str = "",
         ssl: Any = None,
+        forwarding: Forwarding | None = None,
     ) -> None:
         self.config = config or HTTPConfig()
+        # --proxy-headers: the client, scheme and server as trusted proxies say (http/forwarded.py)
+        self.forwarding = forwarding
         super().__init__(shutdown_timeout=self.config.shutdown_timeout, ssl=ssl)
         self.app = app
         self.interface = detect_interface(app) if interface == "auto" else interface
@@ -73,7 +77,11 @@ class HTTPServer(Server):
             self._runner = native_runner(self.app)
 
     def make_protocol(self, sock: socket.socket) -> HTTPProtocol:
-        p = HTTPProtocol(self._runner, self.config, observer=self.observer)
+        p: HTTPProtocol
+        if self.forwarding is not None:
+            p = ForwardedHTTPProtocol(self._runner, self.config, self.forwarding, observer=self.observer)
+        else:
+            p = HTTPProtocol(self._runner, self.config, observer=self.observer)
         if self.ssl is not None:
             p.scheme = "https"
         addr = self._addrs.get(sock)

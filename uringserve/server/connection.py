@@ -44,6 +44,13 @@ class Connections:
             if not self._open and self._empty is not None:
                 self._empty.set()
 
+    def replace(self, old: Any, new: Any) -> None:
+        """`new` serves the connection `old` was registered for (a PROXY
+        header reader handing over to the protocol): counted once."""
+        if old in self._open:
+            self._open.remove(old)
+            self._open.add(new)
+
     def __len__(self) -> int:
         return len(self._open)
 

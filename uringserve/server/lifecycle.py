@@ -16,6 +16,7 @@ from typing import Any
 from .. import heap
 from .connection import Connections, served
 from .listeners import TCP, Inherited, Listener, Unix
+from .proxy_protocol import ProxyProtocol
 
 logger = logging.getLogger("uringserve.server")
 
@@ -98,6 +99,9 @@ class Server:
         self.signalled: str | None = None
         self._state = "new"  # new -> serving -> draining -> stopped
 
+    #: a proxy_protocol.ProxyProtocol: every connection begins with a PROXY header (--proxy-protocol)
+    proxy_protocol: ProxyProtocol | None = None
+
     def make_protocol(self, sock: socket.socket) -> Any:
         """The protocol for a connection accepted on `sock`: protocol_factory()
         (a subclass may override this and use the listener)."""
@@ -139,6 +143,9 @@ class Server:
             raise ValueError("uds_mode applies to a Unix socket: pass uds= too")
         if not specs:
             specs.append(TCP(host, port, backlog=backlog, reuse_port=reuse_port))
+        if self.proxy_protocol is not None and self.ssl is not None:
+            # asyncio's server TLS reads the handshake before any protocol of ours could read the header
+            raise ValueError("the PROXY protocol with TLS is not supported: terminate TLS at the proxy")
         heap.keep_heap_top()  # large received bytes objects, freed and made again (heap.py)
         loop = asyncio.get_running_loop()
         if self.max_connections is not None:
@@ -190,6 +197,14 @@ class Server:
 
     def _factory_for(self, sock: socket.socket) -> Callable[[], Any]:
         registry = self.connections
+        proxy = self.proxy_protocol
+        if proxy is not None:  # each connection's PROXY header is read first
+            name = sock.getsockname()
+
+            def proxied() -> Any:
+                return served(proxy.reader(served(self.make_protocol(sock), registry), name), registry)
+
+            return proxied
 
         def factory() -> Any:
             return served(self.make_protocol(sock), registry)

@@ -1,0 +1,295 @@
+"""--proxy-headers: the trusted-peer list, the header rules (X-Forwarded-*,
+RFC 7239 Forwarded), what the app sees through them (ASGI scope, native
+Request, access log) on both loops, and that arbitrary header bytes never
+raise. The same behind real nginx: tests/test_behind_proxies.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from typing import Any
+
+import pytest
+from http_client import exchange
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_http_server import H, run
+
+from uringserve.http import HTTPServer
+from uringserve.http.config import HTTPConfig
+from uringserve.http.forwarded import Forwarding, header_values, parse_forwarded, parse_node
+from uringserve.http.messages import Response
+from uringserve.http.parser import HeaderBlock
+from uringserve.server.trust import TrustedPeers
+
+# -- the trusted list -------------------------------------------------------------------
+
+
+def test_trusted_peers_take_addresses_networks_star_and_unix_sockets() -> None:
+    t = TrustedPeers("127.0.0.1, 10.0.0.0/8,::1, 2001:db8::/32,/run/app.sock,unix:/tmp/b.sock,@abs")
+    assert t.trusts("127.0.0.1") and t.trusts("10.1.2.3") and t.trusts("::1") and t.trusts("2001:db8::5")
+    assert not t.trusts("127.0.0.2") and not t.trusts("11.0.0.1") and not t.trusts("2001:db9::1")
+    assert not t.trusts("unknown") and not t.trusts("") and not t.trusts("_hidden")
+    assert t.trusts("::ffff:10.0.0.7")  # an IPv4 client on a dual-stack listener
+    assert t.trusts_peer(("10.9.9.9", 5000), ("0.0.0.0", 80))
+    assert not t.trusts_peer(("192.0.2.1", 5000), ("0.0.0.0", 80))
+    # a Unix-socket client has no address: the listener's path decides
+    assert t.trusts_peer("", ("/run/app.sock", None)) and t.trusts_peer("", "/tmp/b.sock")
+    assert t.trusts_peer("", "\0abs") and not t.trusts_peer("", ("/run/other.sock", None))
+    assert TrustedPeers("unix").trusts_peer("", "/any/path") and not TrustedPeers("unix").trusts("127.0.0.1")
+    star = TrustedPeers("*")
+    assert star.trusts("203.0.113.9") and star.trusts_peer("", "/x")
+    # uvicorn's default
+    default = TrustedPeers()
+    assert default.trusts("127.0.0.1") and not default.trusts("127.0.0.2") and not default.trusts_peer("", "/x")
+
+
+@pytest.mark.parametrize(
+    "entry, says",
+    [
+        ("10.0.0.300", "is not an IP address"),
+        ("localhost", "is not an IP address"),
+        ("10.0.0.1/8", "is not a network"),
+        ("10.0.0.0/33", "is not a network"),
+        ("unix:", "needs the socket's path"),
+    ],
+)
+def test_a_bad_entry_is_refused_naming_it(entry: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says) as info:
+        TrustedPeers(f"127.0.0.1,{entry}")
+    assert repr(entry) in str(info.value)
+
+
+# -- the header rules ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, node",
+    [
+        ("192.0.2.60", ("192.0.2.60", 0)),
+        ("192.0.2.60:8080", ("192.0.2.60", 8080)),
+        ("[2001:db8:cafe::17]:4711", ("2001:db8:cafe::17", 4711)),
+        ('"[2001:db8:cafe::17]"', ("2001:db8:cafe::17", 0)),
+        ("2001:db8::1", ("2001:db8::1", 0)),
+        ("192.0.2.43:_port", ("192.0.2.43", 0)),
+        ("unknown", None),
+        ("_hidden", None),
+        ("[2001:db8::1", None),
+        ("[2001:db8::1]x", None),
+        ("1.2.3.4:99999", None),
+        ("1.2.3.4:", None),
+        ("", None),
+        ("999.1.1.1", None),
+    ],
+)
+def test_a_node_is_an_address_and_port_or_nothing(text: str, node: Any) -> None:
+    assert parse_node(text) == node
+
+
+def test_forwarded_elements_quoted_strings_and_garbage() -> None:
+    assert parse_forwarded('for=192.0.2.60;proto=http;by=203.0.113.43, for="[2001:db8:cafe::17]:4711"') == [
+        {"for": "192.0.2.60", "proto": "http", "by": "203.0.113.43"},
+        {"for": "[2001:db8:cafe::17]:4711"},
+    ]
+    assert parse_forwarded('For="\\"quoted\\"";PROTO=https') == [{"for": '"quoted"', "proto": "https"}]
+    assert parse_forwarded(" , for=1.2.3.4 ,, ") == [{"for": "1.2.3.4"}]
+    for garbage in ('for="unterminated', "for", "for=", "=x", "for=1;for=2", "for==1", "for=1 2", 'a"b=1'):
+        assert parse_forwarded(garbage) is None, garbage
+
+
+def resolved(trusted: str, **headers: str) -> Any:
+    names = {"xff": 0, "proto": 1, "host": 2, "port": 3, "fwd": 4}
+    values: list[bytes | None] = [None] * 5
+    for k, v in headers.items():
+        values[names[k]] = v.encode("latin-1")
+    return Forwarding(trusted).resolve(tuple(values))
+
+
+def test_x_forwarded_for_is_the_right_most_untrusted_hop() -> None:
+    # the client sent a spoofed entry; each trusted proxy appended what it saw
+    assert resolved("127.0.0.1,10.0.0.0/8", xff="6.6.6.6, 203.0.113.7, 10.0.0.2")[0] == ("203.0.113.7", 0)
+    # every hop trusted: the left-most (uvicorn's rule)
+    assert resolved("127.0.0.1,10.0.0.0/8", xff="10.0.0.9, 10.0.0.2")[0] == ("10.0.0.9", 0)
+    assert resolved("*", xff="6.6.6.6, 203.0.113.7")[0] == ("6.6.6.6", 0)
+    assert resolved("127.0.0.1", xff="[2001:db8::9]:5555")[0] == ("2001:db8::9", 5555)
+    # the chosen hop is no address: the client stays the peer (None), never the garbage
+    assert resolved("127.0.0.1", xff="1.2.3.4, unknown")[0] is None
+    assert resolved("127.0.0.1", xff="1.2.3.4, _secret")[0] is None
+    assert resolved("127.0.0.1", xff="")[0] is None
+
+
+def test_proto_host_and_port() -> None:
+    assert resolved("127.0.0.1", proto="https")[1] == "https"
+    assert resolved("127.0.0.1", proto=" WSS ")[1] == "https"
+    assert resolved("127.0.0.1", proto="ws")[1] == "http"
+    assert resolved("127.0.0.1", proto="gopher")[1] is None
+    # a list: read at the client hop's place when it lines up with X-Forwarded-For
+    assert resolved("127.0.0.1,10.0.0.0/8", xff="203.0.113.7, 10.0.0.2", proto="https, http")[1] == "https"
+    assert resolved("127.0.0.1", xff="203.0.113.7, 10.0.0.2", proto="https, http")[1] == "http"
+    assert resolved("127.0.0.1", proto="https, http")[1] is None
+    assert resolved("127.0.0.1", host="example.com")[2:] == ("example.com", None)
+    assert resolved("127.0.0.1", host="example.com:8443")[2:] == ("example.com", 8443)
+    assert resolved("127.0.0.1", host="[2001:db8::1]:8443")[2:] == ("[2001:db8::1]", 8443)
+    assert resolved("127.0.0.1", host="example.com", port="444")[2:] == ("example.com", 444)
+    assert resolved("127.0.0.1", host="bad host/x")[2:] == (None, None)
+    assert resolved("127.0.0.1", port="65536")[2:] == (None, None)
+
+
+def test_forwarded_wins_over_x_forwarded_and_follows_the_same_hop_rule() -> None:
+    got = resolved(
+        "127.0.0.1,10.0.0.0/8",
+        fwd='for=6.6.6.6;proto=http, for="[2001:db8::7]:4711";proto=https;host=example.com, for=10.0.0.2',
+        xff="9.9.9.9",
+    )
+    assert got == (("2001:db8::7", 4711), "https", "example.com", None)
+    assert resolved("127.0.0.1", fwd="for=unknown;proto=https") == (None, None, None, None)
+    assert resolved("127.0.0.1", fwd="for=_hidden") == (None, None, None, None)
+    assert resolved("127.0.0.1", fwd="by=1.2.3.4") == (None, None, None, None)  # no for=: no client to name
+    assert resolved("127.0.0.1", fwd='for="broken', xff="1.2.3.4") == (None, None, None, None)
+
+
+def test_header_values_from_a_block_and_from_pairs() -> None:
+    block = HeaderBlock(
+        b"Host: a\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\nFORWARDED: for=3.3.3.3\r\n"
+    )
+    assert header_values(block) == (b"1.1.1.1, 2.2.2.2", None, None, None, b"for=3.3.3.3")
+    assert header_values(HeaderBlock(b"Host: a\r\nX-Other: forwarded\r\n")) is None
+    assert header_values(HeaderBlock(b"Host: a\r\n")) is None
+    assert header_values([(b"x-forwarded-proto", b"https"), (b"host", b"a")]) == (None, b"https", None, None, None)
+    assert header_values([(b"host", b"a")]) is None
+
+
+_value = st.binary(max_size=80) | st.text(alphabet='[]:;,="\\ _-.0123456789abcdefunknowfrpthsFOR', max_size=60).map(
+    lambda s: s.encode()
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.tuples(*[st.none() | _value] * 5), st.sampled_from(["127.0.0.1", "*", "127.0.0.1,10.0.0.0/8"]))
+def test_arbitrary_header_bytes_never_raise(values: tuple, trusted: str) -> None:
+    f = Forwarding(trusted)
+    found = f._resolve(values)  # the rules themselves, without resolve()'s last-resort catch
+    client, scheme, host, port = found
+    assert client is None or (isinstance(client[0], str) and 0 <= client[1] <= 65535)
+    assert scheme in (None, "http", "https")
+    assert port is None or 0 < port <= 65535
+    # and through the header block the recogniser makes
+    lines = b"".join(b"X-Forwarded-For: " + v.replace(b"\r", b"").replace(b"\n", b"") + b"\r\n" for v in values if v)
+    header_values(HeaderBlock(b"Host: a\r\n" + lines))
+
+
+# -- what the app sees --------------------------------------------------------------------
+
+
+def native(request: Any) -> Response:
+    return Response(json.dumps([request.client, request.scheme, request.server]))
+
+
+async def asgi(scope: dict, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = json.dumps([scope["client"], scope["scheme"], scope["server"]]).encode()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def seen(h: Any, app: Any, heads: list[bytes], trusted: str | None = "127.0.0.1", **kw: Any) -> list[Any]:
+    forwarding = None if trusted is None else Forwarding(trusted)
+    data = b"".join(b"GET / HTTP/1.1\r\n" + H + head + b"\r\n" for head in heads)
+    r = run(h, app, lambda port: exchange(port, data, responses=len(heads)), forwarding=forwarding, **kw)
+    return [json.loads(resp.body) for resp in r.responses]
+
+
+@pytest.mark.parametrize("app", [native, asgi], ids=["native", "asgi"])
+def test_a_trusted_proxy_sets_client_scheme_and_server_per_request(h, app) -> None:
+    got = seen(
+        h,
+        app,
+        [
+            b"X-Forwarded-For: 6.6.6.6, 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: example.com\r\n",
+            b"",  # no proxy headers: the peer again
+            b'Forwarded: for="[2001:db8::7]:4711";proto=https;host="example.org:8443"\r\n',
+            b"X-Forwarded-Port: 8080\r\n",
+        ],
+    )
+    assert got[0] == [["203.0.113.7", 0], "https", ["example.com", 443]]
+    assert got[1][0][0] == "127.0.0.1" and got[1][0][1] > 0 and got[1][1] == "http" and got[1][2][0] == "127.0.0.1"
+    assert got[2] == [["2001:db8::7", 4711], "https", ["example.org", 8443]]
+    assert got[3][2] == ["127.0.0.1", 8080] and got[3][0][0] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("app", [native, asgi], ids=["native", "asgi"])
+def test_a_spoofed_header_from_an_untrusted_peer_is_ignored(h, app) -> None:
+    spoof = (
+        b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nForwarded: for=7.7.7.7\r\nX-Forwarded-Host: evil\r\n"
+    )
+    got = seen(h, app, [spoof], trusted="10.0.0.0/8")
+    assert got[0][0][0] == "127.0.0.1" and got[0][1] == "http" and got[0][2][0] == "127.0.0.1"
+    # and without --proxy-headers at all
+    got = seen(h, app, [spoof], trusted=None)
+    assert got[0][0][0] == "127.0.0.1" and got[0][1] == "http"
+
+
+def test_garbage_headers_are_ignored_and_the_request_answered(h) -> None:
+    heads = [
+        b"X-Forwarded-For: \xff\xfe, ][, :::::, 1.2.3.4:bad\r\nX-Forwarded-Proto: https https\r\n",
+        b'Forwarded: for="[::1;proto=https\r\nX-Forwarded-Host: a b\r\n',
+        b"Forwarded: for=_x;proto=https, for=unknown\r\n",
+    ]
+    got = seen(h, native, heads)
+    for g in got:
+        assert g[0][0] == "127.0.0.1" and g[2][0] == "127.0.0.1"
+    assert [g[1] for g in got] == ["http", "http", "http"]
+
+
+def test_the_access_log_names_the_forwarded_client(h, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="uringserve.access")
+    seen(h, native, [b"", b"X-Forwarded-For: 203.0.113.7\r\n"], config=HTTPConfig(access_log=True))
+    records = [r for r in caplog.records if r.name == "uringserve.access"]
+    lines = [r.getMessage() for r in records]
+    # the two requests, then the client's probe (a request line refused with 400: see http_client)
+    assert len(lines) == 3 and '"- - HTTP/1.1" 400' in lines[2]
+    assert lines[0].startswith("127.0.0.1 - - [") and lines[1].startswith("203.0.113.7 - - [")
+    assert records[1].client == "203.0.113.7"  # type: ignore[attr-defined]
+    # a request refused before its headers were read is the peer's, not the last forwarded client's
+    assert lines[2].startswith("127.0.0.1 - - [")
+
+
+def test_a_unix_socket_client_is_trusted_by_the_socket_path(h, tmp_path) -> None:
+    path = str(tmp_path / "app.sock")
+
+    def ask(trusted: str) -> Any:
+        async def main() -> Any:
+            srv = HTTPServer(native, forwarding=Forwarding(trusted))
+            await srv.start(uds=path)
+            try:
+
+                def client() -> bytes:
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.settimeout(10)
+                        s.connect(path)
+                        s.sendall(
+                            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n"
+                        )
+                        out = b""
+                        while chunk := s.recv(4096):
+                            out += chunk
+                        return out
+
+                import asyncio
+
+                raw = await asyncio.to_thread(client)
+                return json.loads(raw.partition(b"\r\n\r\n")[2])
+            finally:
+                await srv.shutdown(timeout=2)
+
+        return h.run(main(), timeout=30)
+
+    assert ask(path)[0] == ["203.0.113.7", 0]
+    assert ask("unix")[0] == ["203.0.113.7", 0]
+    assert ask("127.0.0.1")[0] != ["203.0.113.7", 0]
+    assert not os.path.exists(path)

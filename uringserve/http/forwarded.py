@@ -1,0 +1,330 @@
+"""Proxy headers (`--proxy-headers`): the client, scheme and server a
+trusted proxy reports, in place of the proxy's own.
+
+Read from a connection whose peer is in `--forwarded-allow-ips`
+(server/trust.py), decided once per connection; a request on any other
+connection costs nothing and its headers are ignored, so a spoofed
+X-Forwarded-For from a client straight on the listener changes nothing.
+
+The headers, and the rules (uvicorn's for X-Forwarded-For/-Proto):
+
+- `Forwarded` (RFC 7239): `for=`, `proto=`, `host=` of the chosen element;
+  quoted strings, `[IPv6]:port`, obfuscated identifiers (`_abc`) and
+  `unknown` are understood. When present it is used instead of the
+  X-Forwarded-* headers. A value that does not parse is ignored whole.
+- `X-Forwarded-For`: the client is the right-most address that is not a
+  trusted proxy (every proxy appends the peer it saw, so what is left of a
+  trusted one is only as true as that proxy's own client); when every
+  address is trusted, the left-most. A chosen hop that is not an IP
+  address (`unknown`, an obfuscated name, garbage) says nothing usable: the
+  client stays the peer. The client's port is the hop's if it has one, else 0.
+- `X-Forwarded-Proto`: http, https, ws or wss (ws/wss count as http/https:
+  the request is HTTP). A list (`https, http`) is read at the chosen
+  client hop's place when it has as many entries as X-Forwarded-For.
+- `X-Forwarded-Host` / `X-Forwarded-Port`: the ASGI `server` (host, port);
+  the port defaults to the host's own, then the scheme's.
+
+Nothing here raises on a header's content: what does not parse is ignored.
+Results are cached by the headers' raw values (a proxy repeats the same
+few), so a request behind a proxy costs a search of its head and a dict
+lookup."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from ..server.trust import TrustedPeers
+from .parser import HeaderBlock
+from .protocol import HTTPProtocol
+
+# (client (host, port) | None, scheme | None, server host | None, server port | None)
+Found = tuple[tuple[str, int] | None, str | None, str | None, int | None]
+NOTHING: Found = (None, None, None, None)
+
+_FIELDS = {
+    b"x-forwarded-for": 0,
+    b"x-forwarded-proto": 1,
+    b"x-forwarded-host": 2,
+    b"x-forwarded-port": 3,
+    b"forwarded": 4,
+}
+# one field line of a HeaderBlock (each ends in CRLF; no blanks before the colon)
+_LINE = re.compile(rb"^(x-forwarded-(?:for|proto|host|port)|forwarded):[ \t]*(.*?)[ \t]*\r?$", re.I | re.M)
+_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+_DEFAULT_PORT = {"http": 80, "https": 443}
+# RFC 7239's grammar: quoted strings, the separators, tokens (a bracketed IPv6 unquoted too,
+# as some proxies send it), blanks; anything else stops the parse
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[;,=]|[^;,="\s]+|[ \t]+')
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_~%!$&'()*+=]+)(?::([0-9]{1,5}))?\Z")
+_CACHE_MAX = 1024
+
+
+def header_values(headers: Any) -> tuple[bytes | None, ...] | None:
+    """The raw values of the five proxy fields (several lines of one
+    field joined with ", "), or None when there is none. `headers`: a
+    HeaderBlock or (lower-cased name, value) pairs."""
+    if type(headers) is HeaderBlock:
+        if b"orwarded" not in headers and b"ORWARDED" not in headers.upper():
+            return None
+        lines = [(m.group(1).lower(), m.group(2)) for m in _LINE.finditer(headers)]
+    else:
+        lines = [(n, v) for n, v in headers if n in _FIELDS]
+    if not lines:
+        return None
+    out: list[bytes | None] = [None] * 5
+    for name, value in lines:
+        i = _FIELDS[name]
+        prev = out[i]
+        out[i] = value if prev is None else prev + b", " + value
+    return tuple(out)
+
+
+def parse_node(text: str) -> tuple[str, int] | None:
+    """An X-Forwarded-For entry or a `for=` node: (IP address, port or 0),
+    or None for anything that is not an address (`unknown`, `_hidden`,
+    garbage). IPv6 bare or in brackets; a port after IPv4 or `]`."""
+    text = text.strip().strip('"').strip()
+    port = 0
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        rest = text[end + 1 :]
+        host = text[1:end]
+        if rest:
+            if not rest.startswith(":"):
+                return None
+            port = _port(rest[1:])
+            if port < 0:
+                return None
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = _port(p)
+        if port < 0:
+            return None
+    else:
+        host = text
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        return None
+
+
+def _port(text: str) -> int:
+    """A port number, 0 for an obfuscated one (`_abc`), -1 for garbage."""
+    if text.startswith("_") and len(text) > 1:
+        return 0
+    if text.isdigit() and text.isascii() and len(text) <= 5 and int(text) <= 65535:
+        return int(text)
+    return -1
+
+
+def parse_forwarded(text: str) -> list[dict[str, str]] | None:
+    """RFC 7239 `Forwarded`: its elements (parameter -> value, names
+    lower-cased, quoted strings unquoted), or None when it does not parse
+    (the whole header is then ignored). Empty elements are skipped."""
+    tokens = _TOKEN.findall(text)
+    if sum(map(len, tokens)) != len(text):  # an unterminated quote, a stray character
+        return None
+    elements: list[dict[str, str]] = [{}]
+    state = "key"  # key -> eq -> value -> after
+    key = ""
+    for tok in tokens:
+        c = tok[0]
+        if c == " " or c == "\t":
+            continue
+        if state == "key":
+            if tok == ",":
+                elements.append({})
+            elif tok == ";":
+                pass
+            elif c not in '"=':
+                key, state = tok.lower(), "eq"
+            else:
+                return None
+        elif state == "eq":
+            if tok != "=":
+                return None
+            state = "value"
+        elif state == "value":
+            if c == '"':
+                value = re.sub(r"\\(.)", r"\1", tok[1:-1])
+            elif tok in (";", ",", "="):
+                return None
+            else:
+                value = tok
+            element = elements[-1]
+            if key in element:  # RFC 7239 5: once per element
+                return None
+            element[key] = value
+            state = "after"
+        else:  # after a pair
+            if tok == ";":
+                state = "key"
+            elif tok == ",":
+                elements.append({})
+                state = "key"
+            else:
+                return None
+    if state in ("eq", "value"):
+        return None
+    return [e for e in elements if e]
+
+
+def _scheme(text: str | None) -> str | None:
+    return None if text is None else _SCHEMES.get(text.strip().lower())
+
+
+def _host(text: str | None) -> tuple[str, int | None] | None:
+    """A Host-like value: (host, port or None), None for garbage."""
+    if text is None:
+        return None
+    m = _HOST.match(text.strip())
+    if m is None:
+        return None
+    port = m.group(2)
+    if port is not None and int(port) > 65535:
+        return None
+    return m.group(1), int(port) if port is not None else None
+
+
+class Forwarding:
+    """`--proxy-headers` for one server: the trusted peers and the cache
+    of resolved header values."""
+
+    def __init__(self, trusted: TrustedPeers | str = "127.0.0.1") -> None:
+        self.trusted = trusted if isinstance(trusted, TrustedPeers) else TrustedPeers(trusted)
+        self._cache: dict[tuple[bytes | None, ...], Found] = {}
+
+    def resolve(self, values: tuple[bytes | None, ...]) -> Found:
+        """What the proxy fields' raw values (header_values()) say: cached."""
+        found = self._cache.get(values)
+        if found is None:
+            try:
+                found = self._resolve(values)
+            except Exception:  # a parse this module missed must not fail a request: ignored, like garbage
+                found = NOTHING
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[values] = found
+        return found
+
+    def _resolve(self, values: tuple[bytes | None, ...]) -> Found:
+        xff, xfproto, xfhost, xfport, fwd = (None if v is None else v.decode("latin-1") for v in values)
+        if fwd is not None:
+            return self._from_forwarded(fwd)
+        client = None
+        index = -1
+        hops: list[str] = []
+        if xff is not None:
+            hops = [h.strip() for h in xff.split(",")]
+            index = self._client_hop([parse_node(h) for h in hops])
+            if index >= 0:
+                client = parse_node(hops[index])
+        scheme = None
+        if xfproto is not None:
+            protos = [p.strip() for p in xfproto.split(",")]
+            if len(protos) == 1:
+                scheme = _scheme(protos[0])
+            elif index >= 0 and len(protos) == len(hops):
+                scheme = _scheme(protos[index])
+        host = _host(xfhost) if xfhost is not None and "," not in xfhost else None
+        port = _port(xfport.strip()) if xfport is not None else -1
+        server_port = port if port > 0 else host[1] if host is not None else None
+        return client, scheme, host[0] if host is not None else None, server_port
+
+    def _client_hop(self, nodes: list[tuple[str, int] | None]) -> int:
+        """The index of the client among the hops (right-most untrusted; the
+        left-most when all are trusted), -1 when that hop is no address."""
+        if not nodes:
+            return -1
+        if not self.trusted.everyone:
+            for i in range(len(nodes) - 1, -1, -1):
+                node = nodes[i]
+                if node is None or not self.trusted.trusts(node[0]):
+                    return i if node is not None else -1
+        return 0 if nodes[0] is not None else -1
+
+    def _from_forwarded(self, text: str) -> Found:
+        elements = parse_forwarded(text)
+        if not elements:
+            return NOTHING
+        index = self._client_hop([parse_node(e["for"]) if "for" in e else None for e in elements])
+        if index < 0:
+            return NOTHING
+        element = elements[index]
+        host = _host(element.get("host"))
+        return (
+            parse_node(element["for"]),
+            _scheme(element.get("proto")),
+            host[0] if host is not None else None,
+            host[1] if host is not None else None,
+        )
+
+
+class ForwardedHTTPProtocol(HTTPProtocol):
+    """An HTTP connection served with `--proxy-headers`. From an untrusted
+    peer it is an HTTPProtocol and nothing more. From a trusted one, each
+    request's proxy headers set what it sees: the connection's `client`,
+    `scheme` and `server_addr` (which the ASGI scope, the native Request
+    and the access log read) are the request's while it is answered
+    (requests are answered one at a time, in order), and the peer's again
+    for a request without proxy headers or one refused before its headers
+    were read. The native Request keeps its own copy (request.client after
+    the response)."""
+
+    _peer: tuple[Any, str, Any] | None = None  # (client, scheme, server) of the connection itself
+
+    def __init__(self, runner: Any, config: Any, forwarding: Forwarding, **kw: Any) -> None:
+        super().__init__(runner, config, **kw)
+        self._forwarding = forwarding
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if not self._forwarding.trusted.trusts_peer(self.client, self.server_addr):
+            return
+        self._peer = (self.client, self.scheme, self.server_addr)
+        runner = self._runner
+        plain = self._plain_handler
+        forward = self._forward
+
+        def run(ex: Any) -> None:
+            forward(ex)
+            runner(ex)
+
+        self._runner = run
+        if plain is not None:
+
+            def plain_forwarded(ex: Any) -> Any:
+                forward(ex)
+                return plain(ex)
+
+            self._plain_handler = plain_forwarded
+
+    def _forward(self, ex: Any) -> None:
+        client, scheme, server = self._peer  # type: ignore[misc]  # set with the runner that calls this
+        values = header_values(ex._headers)
+        if values is not None:
+            f_client, f_scheme, f_host, f_port = self._forwarding.resolve(values)
+            if f_client is not None:
+                client = f_client
+            if f_scheme is not None:
+                scheme = f_scheme
+            if f_host is not None or f_port is not None:
+                host = f_host if f_host is not None else server[0] if server else None
+                port = f_port if f_port is not None else _DEFAULT_PORT.get(scheme)
+                server = (host, port)
+        self.client = client
+        self.scheme = scheme
+        self.server_addr = server
+        ex.seen_as = (client, scheme, server)
+
+    def _refuse(self, ex: Any) -> None:
+        if self._peer is not None:  # a request that could not be read: nothing a proxy said about it
+            self.client, self.scheme, self.server_addr = self._peer
+        super()._refuse(ex)
+
+
+__all__ = ["Forwarding", "ForwardedHTTPProtocol", "header_values", "parse_forwarded", "parse_node"]
