@@ -13,8 +13,10 @@ PORT ?= 8000
 # redis-tools (redis-cli, redis-benchmark) and redis-server: the RESP demo's tests talk
 # to it with them and compare its replies with redis-server's (started by the tests)
 # systemd: systemd-socket-activate and systemd-analyze for the socket-activation and unit tests
-DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd
-BENCH_DEBS := wrk nginx-light curl
+# haproxy, nginx-light and its stream module: real proxies in front of the server (tests/test_behind_proxies.py)
+DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd \
+	haproxy nginx-light libnginx-mod-stream
+BENCH_DEBS := wrk curl
 
 .PHONY: run echo resp bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 

@@ -48,6 +48,7 @@ _V2_HEAD = struct.Struct("!12sBBH")
 _V2_INET = struct.Struct("!4s4sHH")
 _V2_INET6 = struct.Struct("!16s16sHH")
 KIND_PROXY_HEADER = KIND_USER  # the reader's one deadline
+DRAIN_GRACE = 1.0  # seconds a connection still without its header gets once a drain began
 
 # why a connection was refused: the metric's label values
 REASONS = ("signature", "malformed", "oversized", "cut", "timeout", "untrusted")
@@ -282,8 +283,11 @@ class ProxyHeaderReader(Connection, asyncio.Protocol):
 
     def shutdown(self) -> None:
         # a connection just made: its header (and first request) are likely on
-        # their way; the protocol gets the drain as soon as it has the connection
+        # their way; the protocol gets the drain as soon as it has the connection.
+        # One that sends nothing is not waited for long (HTTP's grace for a new connection)
         self.draining = True
+        if not self.done:
+            self.set_deadline(KIND_PROXY_HEADER, min(self.settings.timeout, DRAIN_GRACE))
 
     def requests_served(self) -> int:
         return 0
@@ -307,13 +311,13 @@ class ProxyHeaderReader(Connection, asyncio.Protocol):
         transport.set_protocol(protocol)
         seen = PeerTransport(transport, header) if header.source is not None else transport
         protocol.connection_made(seen)
+        if self.draining and hasattr(protocol, "shutdown"):
+            protocol.shutdown()  # before its first bytes: it answers them as a draining server does
         if rest and not transport.is_closing():
             if isinstance(protocol, asyncio.BufferedProtocol):
                 _feed_buffered(protocol, rest)
             else:
                 protocol.data_received(rest)
-        if self.draining and hasattr(protocol, "shutdown"):
-            protocol.shutdown()
 
 
 def _feed_buffered(protocol: asyncio.BufferedProtocol, data: bytes) -> None:

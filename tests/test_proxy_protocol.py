@@ -1,0 +1,379 @@
+"""--proxy-protocol: the v1/v2 parser (sans-I/O), and the server layer's
+reader in front of HTTP and of any protocol, on both loops: the real peer
+reaches the app and the access log; a header split over reads is put
+together; a missing, cut, oversized, malformed, slow or untrusted one
+closes the connection without a byte reaching the protocol, counted by
+reason. Against real haproxy and nginx: tests/test_behind_proxies.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import struct
+import sys
+from typing import Any
+
+import pytest
+from conftest import Proc, until
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from uringserve.http import HTTPServer
+from uringserve.http.config import HTTPConfig
+from uringserve.http.messages import Response
+from uringserve.server import Server
+from uringserve.server.proxy_protocol import (
+    V2_SIGNATURE,
+    ProxyHeader,
+    ProxyHeaderError,
+    ProxyProtocol,
+    parse,
+)
+
+
+def v2(command: int, fam: int, payload: bytes, version: int = 2) -> bytes:
+    return V2_SIGNATURE + bytes([(version << 4) | command, fam]) + struct.pack("!H", len(payload)) + payload
+
+
+def inet(src: str, dst: str, sport: int, dport: int) -> bytes:
+    return socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+
+
+def inet6(src: str, dst: str, sport: int, dport: int) -> bytes:
+    return (
+        socket.inet_pton(socket.AF_INET6, src)
+        + socket.inet_pton(socket.AF_INET6, dst)
+        + struct.pack("!HH", sport, dport)
+    )
+
+
+V1_TCP4 = b"PROXY TCP4 203.0.113.7 192.0.2.1 4444 80\r\n"
+V2_TCP4 = v2(1, 0x11, inet("203.0.113.7", "192.0.2.1", 4444, 80))
+TLVS = b"\x01\x00\x02h2" + b"\x04\x00\x03abc" + b"\xee\x00\x00"  # ALPN, authority-like, an unknown empty one
+
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, header",
+    [
+        (V1_TCP4, ProxyHeader(1, source=("203.0.113.7", 4444), dest=("192.0.2.1", 80))),
+        (
+            b"PROXY TCP6 2001:db8::7 2001:db8::1 65535 0\r\n",
+            ProxyHeader(1, source=("2001:db8::7", 65535), dest=("2001:db8::1", 0)),
+        ),
+        (b"PROXY UNKNOWN\r\n", ProxyHeader(1)),
+        (b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", ProxyHeader(1)),
+        (V2_TCP4, ProxyHeader(2, source=("203.0.113.7", 4444), dest=("192.0.2.1", 80))),
+        (
+            v2(1, 0x21, inet6("2001:db8::7", "::1", 5, 443) + TLVS),
+            ProxyHeader(2, source=("2001:db8::7", 5), dest=("::1", 443)),
+        ),
+        (
+            v2(1, 0x11, inet("10.0.0.1", "10.0.0.2", 1, 2) + TLVS),
+            ProxyHeader(2, source=("10.0.0.1", 1), dest=("10.0.0.2", 2)),
+        ),
+        (v2(0, 0x00, b""), ProxyHeader(2, local=True)),  # LOCAL: a health check; the peer stays
+        (v2(0, 0x11, inet("1.1.1.1", "2.2.2.2", 1, 2)), ProxyHeader(2, local=True)),
+        (v2(1, 0x00, b""), ProxyHeader(2)),  # UNSPEC
+        (v2(1, 0x31, b"\0" * 216), ProxyHeader(2)),  # UNIX: the socket's own peer is kept
+    ],
+)
+def test_headers_parse_and_whatever_follows_is_left(data: bytes, header: ProxyHeader) -> None:
+    assert parse(data + b"GET / HTTP/1.1\r\n") == (header, len(data))
+    # every cut short of the whole header asks for more, never guesses
+    for i in range(len(data)):
+        assert parse(data[:i]) is None, i
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"GET / HTTP/1.1\r\n", "signature"),
+        (b"PROXI", "signature"),
+        (b"\r\n\r\n\x00\r\nQUIX", "signature"),
+        (b"\x16\x03\x01", "signature"),  # a TLS ClientHello
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "malformed"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", "malformed"),
+        (b"PROXY TCP4 ::1 5.6.7.8 1 2\r\n", "malformed"),
+        (b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n", "malformed"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n", "malformed"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n", "malformed"),
+        (b"PROXY TCP4 1.2.3.999 5.6.7.8 1 2\r\n", "malformed"),
+        (b"PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n", "malformed"),
+        (b"PROXY\r\n", "signature"),
+        (b"PROXY " + b"1" * 120, "oversized"),
+        (v2(1, 0x11, inet("1.1.1.1", "2.2.2.2", 1, 2), version=1), "malformed"),
+        (v2(2, 0x11, inet("1.1.1.1", "2.2.2.2", 1, 2)), "malformed"),
+        (v2(1, 0x11, b"\0" * 11), "malformed"),  # a wrong length for its family
+        (v2(1, 0x21, b"\0" * 35), "malformed"),
+        (v2(1, 0x31, b"\0" * 100), "malformed"),
+        (v2(1, 0x41, b"\0" * 12), "malformed"),
+        (V2_SIGNATURE + b"\x21\x11\xff\xff", "oversized"),  # refused on its length, before 64 KiB arrive
+    ],
+)
+def test_bad_headers_are_refused_by_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ProxyHeaderError) as info:
+        parse(data)
+    assert info.value.reason == reason
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300) | st.builds(lambda tail: V2_SIGNATURE + tail, st.binary(max_size=80)))
+def test_arbitrary_bytes_parse_or_are_refused(data: bytes) -> None:
+    try:
+        found = parse(data)
+    except ProxyHeaderError as exc:
+        assert exc.reason in ("signature", "malformed", "oversized")
+        return
+    if found is not None:
+        header, used = found
+        assert 0 < used <= len(data)
+
+
+# -- on a server, both loops ----------------------------------------------------------------
+
+
+def app(request: Any) -> Response:
+    return Response(json.dumps([request.client, request.scheme]))
+
+
+def exchange_raw(port: int, chunks: list[bytes], close: bool = False) -> bytes:
+    """Send each chunk in its own send (TCP_NODELAY), then read to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for c in chunks:
+            s.sendall(c)
+        if close:
+            s.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def serve(h: Any, server: Server, client: Any, settings: ProxyProtocol) -> Any:
+    server.proxy_protocol = settings
+
+    async def main() -> Any:
+        await server.start("127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.to_thread(client, port)
+        finally:
+            await server.shutdown(timeout=2)
+
+    return h.run(main(), timeout=60)
+
+
+REQ = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+
+
+def body(raw: bytes) -> Any:
+    assert raw.startswith(b"HTTP/1.1 200 "), raw
+    return json.loads(raw.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("header", [V1_TCP4, V2_TCP4, v2(1, 0x11, inet("203.0.113.7", "192.0.2.1", 4444, 80) + TLVS)])
+@pytest.mark.parametrize("split", ["whole", "bytewise"])
+def test_the_app_sees_the_client_the_header_names(h, header: bytes, split: str) -> None:
+    pp = ProxyProtocol("127.0.0.1")
+    data = header + REQ
+    chunks = (
+        [data] if split == "whole" else [data[i : i + 1] for i in range(len(header) + 3)] + [data[len(header) + 3 :]]
+    )
+    raw = serve(h, HTTPServer(app), lambda port: exchange_raw(port, chunks), pp)
+    assert body(raw) == [["203.0.113.7", 4444], "http"]
+    assert pp.accepted == 1 and not pp.rejected
+
+
+def test_local_and_unknown_keep_the_socket_peer(h) -> None:
+    pp = ProxyProtocol("127.0.0.1")
+
+    def client(port: int) -> list[Any]:
+        return [body(exchange_raw(port, [hdr + REQ])) for hdr in (v2(0, 0, b""), b"PROXY UNKNOWN\r\n")]
+
+    for got in serve(h, HTTPServer(app), client, pp):
+        assert got[0][0] == "127.0.0.1" and got[0][1] != 4444
+    assert pp.accepted == 2
+
+
+def test_the_access_log_names_the_client_the_header_names(h, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="uringserve.access")
+    serve(
+        h,
+        HTTPServer(app, config=HTTPConfig(access_log=True)),
+        lambda p: exchange_raw(p, [V1_TCP4 + REQ]),
+        ProxyProtocol(),
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name == "uringserve.access"]
+    assert len(lines) == 1 and lines[0].startswith("203.0.113.7 - - [") and '"GET / HTTP/1.1" 200' in lines[0]
+
+
+@pytest.mark.parametrize(
+    "chunks, close, reason",
+    [
+        ([REQ], False, "signature"),  # plain HTTP on a PROXY listener: never parsed as HTTP
+        ([b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n" + REQ], False, "malformed"),
+        ([b"PROXY TCP4 ", b"1.2.3.4 "], True, "cut"),  # the client ends mid-header
+        ([V2_TCP4[:20]], True, "cut"),
+        ([b"PROXY " + b"9" * 200], False, "oversized"),
+        ([V2_SIGNATURE + b"\x21\x11\x00\x05" + b"\0" * 5 + REQ], False, "malformed"),  # a wrong length
+    ],
+)
+def test_a_bad_header_closes_the_connection_unanswered_and_is_counted(h, chunks, close, reason) -> None:
+    pp = ProxyProtocol("127.0.0.1")
+    server = HTTPServer(app)
+    raw = serve(h, server, lambda port: exchange_raw(port, chunks, close=close), pp)
+    assert raw == b""
+    assert pp.rejected == {reason: 1} and pp.accepted == 0
+    assert server.connections.counts() == {"open": 0, "accepted": 1, "closed": 1}
+
+
+def test_an_untrusted_peer_is_closed_before_it_sends(h) -> None:
+    pp = ProxyProtocol("10.0.0.0/8")
+    assert serve(h, HTTPServer(app), lambda port: exchange_raw(port, [V1_TCP4 + REQ]), pp) == b""
+    assert pp.rejected == {"untrusted": 1}
+
+
+def test_a_header_that_does_not_come_in_time_closes_the_connection(h) -> None:
+    pp = ProxyProtocol("127.0.0.1", timeout=0.3)
+    # the client sends half a header and waits: the server's deadline, not the client, ends it
+    assert serve(h, HTTPServer(app), lambda port: exchange_raw(port, [b"PROXY TCP4 1.2"]), pp) == b""
+    assert pp.rejected == {"timeout": 1}
+
+
+def test_any_protocol_gets_the_real_peer_through_the_server_layer(h) -> None:
+    class Peer(asyncio.Protocol):
+        """Echoes, after saying whose connection it has: a protocol that knows nothing of PROXY."""
+
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            transport.write(
+                repr((transport.get_extra_info("peername"), transport.get_extra_info("sockname"))).encode() + b"\n"
+            )
+
+        def data_received(self, data: bytes) -> None:
+            self.t.write(data)
+
+        def eof_received(self) -> None:
+            self.t.close()
+
+    raw = serve(
+        h, Server(Peer), lambda port: exchange_raw(port, [V1_TCP4 + b"hello", b" world"], close=True), ProxyProtocol()
+    )
+    assert raw == b"(('203.0.113.7', 4444), ('192.0.2.1', 80))\nhello world"
+
+
+def test_a_drain_reaches_the_protocol_a_header_is_handed_to(h) -> None:
+    """A connection still sending its header when the server drains is not
+    cut: the protocol gets the drain once it has the connection (HTTP then
+    answers the first request with Connection: close)."""
+    pp = ProxyProtocol("127.0.0.1")
+    server = HTTPServer(app)
+    server.proxy_protocol = pp
+
+    async def main() -> bytes:
+        await server.start("127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(V1_TCP4[:10])
+        await writer.drain()
+        assert await until(lambda: len(server.connections) == 1)
+        stopping = asyncio.ensure_future(server.shutdown(timeout=10))
+        await asyncio.sleep(0)
+        writer.write(V1_TCP4[10:] + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = await reader.read()
+        writer.close()
+        await stopping
+        return data
+
+    raw = h.run(main(), timeout=30)
+    assert b"Connection: close" in raw and body(raw) == [["203.0.113.7", 4444], "http"]
+
+
+def test_metrics_count_refusals_by_reason(h) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from uringserve.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    pp = ProxyProtocol("127.0.0.1")
+    server = HTTPServer(app)
+
+    def client(port: int) -> None:
+        exchange_raw(port, [REQ])
+        exchange_raw(port, [REQ])
+        exchange_raw(port, [b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"])
+
+    serve(h, server, client, pp)
+    metrics.sample(server, h.loop)
+    metrics.sample(server, h.loop)  # a second look adds nothing new
+    value = registry.get_sample_value
+    assert value("uringserve_proxy_protocol_rejected_total", {"reason": "signature"}) == 2
+    assert value("uringserve_proxy_protocol_rejected_total", {"reason": "malformed"}) == 1
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", ["uring", "asyncio"])
+def test_uringserve_run_with_proxy_protocol(loop: str) -> None:
+    srv = Proc(
+        [
+            sys.executable,
+            "-m",
+            "uringserve",
+            "run",
+            "apps.http:app",
+            "--port",
+            "0",
+            "--loop",
+            loop,
+            "--proxy-protocol",
+            "--access-log",
+        ]
+    )
+    try:
+        raw = exchange_raw(srv.port, [V2_TCP4 + b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"])
+        assert raw.startswith(b"HTTP/1.1 200 ")
+        logged = srv.wait_line(lambda line: "uringserve.access: 203.0.113.7 - - [" in line, 20)
+        assert '"GET / HTTP/1.1" 200' in logged
+        assert exchange_raw(srv.port, [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]) == b""
+    finally:
+        srv.stop()
+
+
+def test_proxy_protocol_with_tls_is_refused_in_one_line(tls_files) -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uringserve",
+            "run",
+            "apps.http:app",
+            "--port",
+            "0",
+            "--proxy-protocol",
+            "--tls-cert",
+            str(tls_files.cert_and_key),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--proxy-protocol with --tls-cert is not supported" in lines[0], out.stderr
