@@ -293,3 +293,18 @@ def test_a_unix_socket_client_is_trusted_by_the_socket_path(h, tmp_path) -> None
     assert ask("unix")[0] == ["203.0.113.7", 0]
     assert ask("127.0.0.1")[0] != ["203.0.113.7", 0]
     assert not os.path.exists(path)
+
+
+def test_of_a_block_finds_the_fields_among_other_headers_in_any_case() -> None:
+    f = Forwarding("127.0.0.1")
+    block = HeaderBlock(
+        b"Referer: http://a/forwarded\r\nHost: a\r\nX-FoRwArDeD-FoR: 203.0.113.7\r\nAccept: */*\r\n"
+        b"X-FORWARDED-PROTO: https\r\nCookie: forwarded=1\r\n"
+    )
+    assert f.of(block) == (("203.0.113.7", 0), "https", None, None)
+    assert f.of(block) == (("203.0.113.7", 0), "https", None, None)  # from the cache
+    # "forwarded" only in values: no proxy field, nothing said
+    assert f.of(HeaderBlock(b"Referer: http://a/forwarded\r\nHost: a\r\n")) == (None, None, None, None)
+    assert f.of(HeaderBlock(b"Host: a\r\n")) is None
+    assert f.of([(b"x-forwarded-for", b"203.0.113.9")]) == (("203.0.113.9", 0), None, None, None)
+    assert f.of([(b"host", b"a")]) is None
