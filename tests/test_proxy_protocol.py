@@ -191,9 +191,13 @@ def test_the_app_sees_the_client_the_header_names(h, header: bytes, split: str) 
     chunks = (
         [data] if split == "whole" else [data[i : i + 1] for i in range(len(header) + 3)] + [data[len(header) + 3 :]]
     )
-    raw = serve(h, HTTPServer(app), lambda port: exchange_raw(port, chunks), pp)
+    server = HTTPServer(app)
+    raw = serve(h, server, lambda port: exchange_raw(port, chunks), pp)
     assert body(raw) == [["203.0.113.7", 4444], "http"]
     assert pp.accepted == 1 and not pp.rejected
+    # the reader handed its place in the registry to the protocol: one connection, counted once, gone
+    assert server.connections.counts() == {"open": 0, "accepted": 1, "closed": 1}
+    assert server.aborted == 0
 
 
 def test_local_and_unknown_keep_the_socket_peer(h) -> None:
