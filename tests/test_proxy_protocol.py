@@ -381,3 +381,37 @@ def test_proxy_protocol_with_tls_is_refused_in_one_line(tls_files) -> None:
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "--proxy-protocol with --tls-cert is not supported" in lines[0], out.stderr
+
+
+def test_uringserve_echo_with_proxy_protocol() -> None:
+    """The reader is the server layer's: the echo demo takes the header too."""
+    srv = Proc([sys.executable, "-m", "uringserve", "echo", "--port", "0", "--proxy-protocol"])
+    try:
+        assert exchange_raw(srv.port, [V1_TCP4 + b"ping", b" pong"], close=True) == b"ping pong"
+        assert exchange_raw(srv.port, [b"ping"], close=True) == b""  # no header: nothing echoed
+    finally:
+        srv.stop()
+
+
+def test_a_draining_server_does_not_wait_long_for_a_header_that_never_comes(h) -> None:
+    pp = ProxyProtocol("127.0.0.1")  # 30 s to send a header while serving
+    server = HTTPServer(app)
+    server.proxy_protocol = pp
+
+    async def main() -> float:
+        await server.start("127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"PROXY TCP4")
+        await writer.drain()
+        assert await until(lambda: len(server.connections) == 1)
+        t0 = asyncio.get_running_loop().time()
+        await server.shutdown(timeout=20)
+        took = asyncio.get_running_loop().time() - t0
+        assert await reader.read() == b""
+        writer.close()
+        return took
+
+    took = h.run(main(), timeout=60)
+    assert took < 15 and server.aborted == 0  # ended by the drain's grace (1 s), not the 20 s timeout
+    assert pp.rejected == {"timeout": 1}
