@@ -332,6 +332,28 @@ def test_metrics_count_refusals_by_reason(h) -> None:
 
 
 @pytest.mark.parametrize("loop", ["uring", "asyncio"])
+def test_a_static_file_goes_out_whole_through_the_peer_transport(loop: str, tmp_path) -> None:
+    """Files take the transport's own paths (the ring's file sends; asyncio's
+    sendfile, which reaches into the transport) through PeerTransport."""
+    import hashlib
+    import os
+
+    blob = os.urandom(3_000_000)
+    (tmp_path / "big.bin").write_bytes(blob)
+    env = dict(os.environ, URINGSERVE_STATIC=str(tmp_path))
+    args = [sys.executable, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--loop", loop]
+    srv = Proc([*args, "--proxy-protocol"], env=env)
+    try:
+        raw = exchange_raw(
+            srv.port, [V1_TCP4 + b"GET /static/big.bin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"]
+        )
+        head, _, got = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("loop", ["uring", "asyncio"])
 def test_uringserve_run_with_proxy_protocol(loop: str) -> None:
     srv = Proc(
         [
