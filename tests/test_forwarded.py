@@ -308,3 +308,25 @@ def test_of_a_block_finds_the_fields_among_other_headers_in_any_case() -> None:
     assert f.of(HeaderBlock(b"Host: a\r\n")) is None
     assert f.of([(b"x-forwarded-for", b"203.0.113.9")]) == (("203.0.113.9", 0), None, None, None)
     assert f.of([(b"host", b"a")]) is None
+
+
+_names = st.sampled_from(
+    [b"X-Forwarded-For", b"x-forwarded-proto", b"X-FORWARDED-HOST", b"X-Forwarded-Port", b"Forwarded", b"Host"]
+    + [b"Referer", b"X-Not-Forwarded-For", b"Forwarded-X", b"Accept"]
+)
+_field_value = st.text(alphabet='0123456789abcdef.:[]_, ;="forwardedunknownhttps/', max_size=40).map(
+    lambda s: s.strip(" ").encode()
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_names, _field_value), max_size=8))
+def test_of_a_block_says_what_the_whole_block_says(lines: list) -> None:
+    """of()'s cache key, the stretch from the first line naming "forwarded"
+    to the last, holds every proxy field: it resolves as the whole block does."""
+    block = HeaderBlock(b"".join(n + b": " + v + b"\r\n" if v else n + b":\r\n" for n, v in lines))
+    f = Forwarding("127.0.0.1,10.0.0.0/8")
+    values = header_values(block)
+    whole = (None, None, None, None) if values is None else f.resolve(values)
+    assert (f.of(block) or (None, None, None, None)) == whole
+    assert (f.of(block) or (None, None, None, None)) == whole  # cached
