@@ -59,6 +59,7 @@ SAMPLE = {
     "send_timeout": "3.5",
     "keepalive_timeout": "4.5",
     "keepalive_requests": "9",
+    "limit_concurrency": "4",
     "ring_files": "256",
     "ring_buf_count": "64",
     "ring_buf_size": "4096",
@@ -88,6 +89,7 @@ BAD = {
     "ring_buf_size": ("8", "out of range"),
     "reuse_port": ("maybe", "not a boolean"),
     "max_connections": ("-1", "out of range"),
+    "limit_concurrency": ("-1", "out of range"),
 }
 
 

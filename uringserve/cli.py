@@ -220,6 +220,13 @@ OPTIONS: list[Opt] = [
     Opt("--send-timeout", "seconds a client may leave responses unread", _seconds, HTTPConfig.send_timeout),
     Opt("--keepalive-timeout", "seconds an idle keep-alive connection stays", _seconds, HTTPConfig.keepalive_timeout),
     Opt("--keepalive-requests", "requests per connection", _int_in(1), HTTPConfig.keepalive_requests),
+    Opt(
+        "--limit-concurrency",
+        "requests in flight per worker beyond which a request is answered 503 with Retry-After at once (0: no limit)",
+        _int_in(0),
+        HTTPConfig.limit_concurrency,
+        metavar="N",
+    ),
     # the ring (RingConfig): declared with its settings in ring_settings.py
     *RING_OPTIONS.values(),
 ]

@@ -60,6 +60,9 @@ class Metrics:
         self.refused = Counter(
             "uringserve_connections_refused_total", "Accepts that failed (the kernel's accept errors)", **kw
         )
+        self.limited = Counter(
+            "uringserve_http_limited_total", "Requests answered 503 beyond --limit-concurrency", **kw
+        )
         self.ring = {
             name: Counter(f"uringserve_ring_{name}_total", f"io_uring core: {name}", **kw) for name in RING_COUNTERS
         }
@@ -80,6 +83,9 @@ class Metrics:
         counts = server.connections.counts()
         self.open.set(counts["open"])
         self._add("accepted", counts["accepted"], self.accepted)
+        limit = getattr(server, "concurrency", None)  # an HTTPServer's, with --limit-concurrency
+        if limit is not None:
+            self._add("limited", limit.refused, self.limited)
         stats = loop.ring_stats() if hasattr(loop, "ring_stats") else {}
         for name, counter in self.ring.items():
             if name in stats:

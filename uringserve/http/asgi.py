@@ -17,6 +17,7 @@ from ..server.lifecycle import StartupError
 from . import framing
 from .appfile import AppFile
 from .body import ClientDisconnected
+from .limit import ConcurrencyLimit
 from .parser import HeaderBlock, HTTPError
 from .protocol import Exchange, Runner
 from .state import CLOSED
@@ -276,7 +277,16 @@ class ASGIExchange(Exchange):
 _ZEROCOPY = "http.response.zerocopysend"
 
 
-def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any, root_path: str = "") -> Runner:
+def asgi_runner(
+    app: Callable[..., Any],
+    state: dict[str, Any],
+    files: Any,
+    root_path: str = "",
+    limit: ConcurrencyLimit | None = None,
+) -> Runner:
+    """The runner of an ASGI app; with `limit`, beyond its count of requests
+    in flight a request is answered 503 before the app sees it (limit.py)."""
+
     class _Exchange(ASGIExchange):
         pass
 
@@ -305,6 +315,16 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any, root
             "extensions": _EXTENSIONS,
         }
         ex.task = conn.spawn(_run(app, scope, ex))
+
+    if limit is not None:  # a runner of its own: nothing of the limit on the way when it is off
+        unlimited = run
+
+        def run(ex: ASGIExchange) -> None:
+            if limit.admit(ex):
+                try:
+                    unlimited(ex)
+                finally:
+                    limit.hold(ex.task)
 
     run.exchange_class = _Exchange  # type: ignore[attr-defined]
     return run
