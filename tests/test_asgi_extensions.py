@@ -9,6 +9,7 @@ client's parser) where it reads what a client would."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from typing import Any
@@ -434,3 +435,47 @@ def test_trailers_dropped_are_logged_once(h, caplog) -> None:
     assert [r.message for r in caplog.records if "trailers dropped" in r.message] == [
         "ASGI trailers dropped: sent only to a client whose request says TE: trailers (logged once)"
     ]
+
+
+def test_extensions_on_an_observed_connection(h, blob) -> None:
+    """With an observer (access log, metrics) the exchange is a subclass that
+    counts body bytes: a trailers response and a zerocopysend one log their
+    status and body size (file ranges included, framing not)."""
+    from uringserve.http import HTTPConfig, HTTPServer
+
+    path, data = blob
+    seen: list[tuple[str, int, int]] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan here")
+        if scope["path"] == "/trailers":
+            await trailing_app(scope, receive, send)
+            return
+        with open(path, "rb") as f:
+            await send({"type": "http.response.early_hint", "links": [b"</a>; rel=preload"]})
+            await send({"type": "http.response.start", "status": 200})
+            await send(_zc(f, offset=0, count=1000, more_body=True))
+            await send({"type": "http.response.body", "body": b"end"})
+
+    async def main() -> Any:
+        srv = HTTPServer(app, config=HTTPConfig(), interface="asgi")
+        srv.observer = lambda conn, method, target, version, status, size, took: seen.append(
+            (target.decode(), status, size)
+        )
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.to_thread(
+                lambda: (h11_get(port, "/trailers", [("TE", "trailers")]), h11_get(port, "/file", []))
+            )
+        finally:
+            await srv.shutdown(timeout=2)
+
+    (t_events, _), (f_events, f_raw) = h.run(main(), timeout=60)
+    assert [list(e.headers) for e in t_events if type(e) is h11.EndOfMessage] == [
+        [(b"x-sum", b"abc"), (b"x-more", b"1")]
+    ]
+    assert b"".join(e.data for e in f_events if type(e) is h11.Data) == data[:1000] + b"end"
+    assert f_raw.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+    assert seen == [("/trailers", 200, 12), ("/file", 200, 1003)]

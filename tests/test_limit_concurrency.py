@@ -85,12 +85,13 @@ class Gate:
         self.loop.call_soon_threadsafe(self.go.set)
 
 
-def serve(h, app: Any, client: Any, limit: int = N) -> tuple[Any, HTTPServer, float | None]:
+def serve(h, app: Any, client: Any, limit: int = N, observer: Any = None) -> tuple[Any, HTTPServer, float | None]:
     """Serve `app` with the limit; run client(port) in a thread; the result,
     the server and the limited counter a Metrics sampled from it."""
 
     async def main() -> Any:
         srv = HTTPServer(app, config=HTTPConfig(limit_concurrency=limit))
+        srv.observer = observer
         await srv.start("127.0.0.1", 0)
         port = srv.sockets[0].getsockname()[1]
         try:
@@ -153,9 +154,15 @@ def test_asgi_requests_beyond_the_limit_get_503_at_once(h) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"done " + scope["path"].encode()})
 
-    out, srv, counted = serve(h, app, lambda port: overload(port, gate, GET % b"slow", GET % b"fast"))
+    statuses: list[int] = []  # what the access log and the per-status metrics see
+
+    def observe(conn, method, target, version, status, size, took) -> None:
+        statuses.append(status)
+
+    out, srv, counted = serve(h, app, lambda port: overload(port, gate, GET % b"slow", GET % b"fast"), observer=observe)
     check_refusal(out["first"])
     check_refusal(out["second"])  # an ASGI request is a task whatever its path: refused too
+    assert sorted(statuses) == [200] * (N + 1) + [503, 503]
     assert out["started"] == N  # the refused ones never reached the app
     assert [a[0] for a in out["answered"]] == [200] * N and out["answered"][0][2] == b"done /slow"
     assert out["after"][0] == 200 and gate.started == N + 1
