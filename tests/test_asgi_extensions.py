@@ -479,3 +479,33 @@ def test_extensions_on_an_observed_connection(h, blob) -> None:
     assert b"".join(e.data for e in f_events if type(e) is h11.Data) == data[:1000] + b"end"
     assert f_raw.startswith(b"HTTP/1.1 103 Early Hints\r\n")
     assert seen == [("/trailers", 200, 12), ("/file", 200, 1003)]
+
+
+@pytest.mark.parametrize("te", [True, False], ids=["te-trailers", "no-te"])
+def test_pathsend_and_zerocopysend_end_a_body_with_trailers(h, blob, te: bool) -> None:
+    """A file message that ends the body (more_body False) is a body message
+    like any: with trailers promised, they follow its last chunk (or, for a
+    client that did not ask, it ends the response and they are dropped)."""
+    path, data = blob
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "trailers": True})
+        if scope["path"] == "/path":
+            await send({"type": "http.response.pathsend", "path": path})
+        else:
+            with open(path, "rb") as f:
+                await send(_zc(f, offset=0, count=100, more_body=True))
+                await send(_zc(f, offset=100))
+        await send({"type": "http.response.trailers", "headers": [(b"x-t", b"1")]})
+
+    def client(port: int) -> Any:
+        headers = [("TE", "trailers")] if te else []
+        return h11_get(port, "/path", headers), h11_get(port, "/zc", headers)
+
+    for events, raw in serve(h, app, client):
+        assert b"".join(e.data for e in events if type(e) is h11.Data) == data
+        ends = [list(e.headers) for e in events if type(e) is h11.EndOfMessage]
+        if te:
+            assert ends == [[(b"x-t", b"1")]] and raw.endswith(b"\r\n0\r\nx-t: 1\r\n\r\n")
+        else:
+            assert ends == [[]] and b"x-t: 1" not in raw

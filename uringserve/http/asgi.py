@@ -106,11 +106,9 @@ class ASGIExchange(Exchange):
                         self.asgi_status, block, data if type(data) is bytes else bytes(data)
                     )
                     conn.respond_whole(self, self.asgi_status, head, data)
-                    if self.asgi_trailers:
-                        self.asgi_trailers = TRAILERS_DUE
                     return conn.completed
                 self.start(self.asgi_status, block, length, bytes(data))
-            elif self.finished or self.asgi_trailers >= TRAILERS_DUE:
+            elif self.finished or self.asgi_trailers > TRAILERS_PROMISED:
                 raise RuntimeError("ASGI: the response body is already complete")
             elif data:
                 Exchange.send(self, bytes(data))
@@ -129,7 +127,7 @@ class ASGIExchange(Exchange):
             # the server writes the framing headers itself
             framing_headers: list[tuple[bytes, bytes]] = []
             block = framing.encode_headers(message.get("headers", ()), framing_headers)
-            if message.get("trailers"):
+            if "trailers" in message and message["trailers"]:
                 self._promise_trailers(framing_headers)  # which may refuse the start: nothing taken yet
             self.asgi_block = block
             for lname, value in framing_headers:
@@ -142,6 +140,8 @@ class ASGIExchange(Exchange):
             if self.asgi_block is None or self.started:
                 raise RuntimeError("ASGI: http.response.pathsend needs http.response.start and no body")
             f = self.files.open(os.fspath(message["path"]))
+            if self.asgi_trailers:  # framed as a body message that ends the body, with trailers to follow
+                return self._send_range(f, 0, f.size, False)
             self.start(self.asgi_status, self.asgi_block, f.size if self.asgi_length is None else self.asgi_length)
             pending = self.send_file(f, 0, f.size)
             if pending is not None:
@@ -198,7 +198,7 @@ class ASGIExchange(Exchange):
         state = self.asgi_trailers
         if not state:
             raise RuntimeError("ASGI: http.response.trailers, but http.response.start did not say trailers: True")
-        if state == TRAILERS_PROMISED:
+        if state == TRAILERS_PROMISED and not self.finished:  # finished: a whole body or a file ended it
             raise RuntimeError("ASGI: http.response.trailers before the body ended (more_body: False)")
         if state == TRAILERS_SENT:
             raise RuntimeError("ASGI: http.response.trailers after the last one (more_trailers: False)")
@@ -229,12 +229,17 @@ class ASGIExchange(Exchange):
         the app may close its own once this resolves."""
         if self.asgi_block is None:
             raise RuntimeError("ASGI: http.response.zerocopysend before http.response.start")
-        if self.finished or self.asgi_trailers >= TRAILERS_DUE:
+        if self.finished or self.asgi_trailers > TRAILERS_PROMISED:
             raise RuntimeError("ASGI: the response body is already complete")
         src = message["file"]
         f = AppFile(src)
         offset, count = f.span(message.get("offset"), message.get("count"), src)
-        more = message.get("more_body", False)
+        return self._send_range(f, offset, count, message.get("more_body", False))
+
+    def _send_range(self, f: Any, offset: int, count: int, more: bool) -> Awaitable[None]:
+        """A file range as one body message: the head first if it is not
+        out (Content-Length `count` when this is the whole body), then the
+        range (in a chunk of its own when chunked)."""
         if not self.started:
             length = self.asgi_length
             if length is None and not more and not self.trailers_out:
