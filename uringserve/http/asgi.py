@@ -241,6 +241,8 @@ class ASGIExchange(Exchange):
         out (Content-Length `count` when this is the whole body), then the
         range (in a chunk of its own when chunked)."""
         if not self.started:
+            block = self.asgi_block
+            assert block is not None  # its callers checked: http.response.start came
             length = self.asgi_length
             if length is None and not more and not self.trailers_out:
                 length = count  # the whole body: framed by its length, as a whole body message is
@@ -248,7 +250,7 @@ class ASGIExchange(Exchange):
                 raise RuntimeError(
                     f"ASGI: http.response.zerocopysend of {count} bytes, longer than the Content-Length {length}"
                 )
-            self.start(self.asgi_status, self.asgi_block, length)
+            self.start(self.asgi_status, block, length)
         chunked = self.chunked_out and count > 0
         if chunked:
             self.conn.write(b"%x\r\n" % count)
