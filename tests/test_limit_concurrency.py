@@ -286,3 +286,43 @@ def test_retry_after_is_configurable(h) -> None:
 
     status, headers, _ = h.run(main(), timeout=60)
     assert status == 503 and headers[b"retry-after"] == b"7"
+
+
+@pytest.mark.parametrize("loop", ["uring", "asyncio"])
+@pytest.mark.parametrize("demo", ["apps.http:app", "apps.http:asgi_app"], ids=["native", "asgi"])
+def test_the_command_sheds_beyond_the_limit_and_counts(demo: str, loop: str) -> None:
+    """`uringserve run --limit-concurrency 1`: a request in flight (its
+    handler reading a body the test holds back; its 100 Continue says it
+    runs), the next one 503 at once, the held one 200 when its body comes,
+    and the 503 counted in /metrics."""
+    from conftest import wait_until
+    from test_metrics import scrape, start
+
+    srv, mport = start(demo, "--limit-concurrency", "1", "--loop", loop)
+    try:
+        held = Reader(srv.port)
+        held.ask(b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert held.sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # its handler reads: in flight
+        # a request with a body (the native demo's plain handler answers a GET at once: never refused)
+        post = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+        refused = Reader(srv.port)
+        refused.ask(post)
+        status, headers, _ = refused.response()
+        # answered before its body was read: the connection ends, as after any early answer
+        assert (status, headers[b"retry-after"], headers[b"connection"]) == (503, b"1", b"close")
+        refused.close()
+        held.ask(b"3\r\nabc\r\n0\r\n\r\n")
+        assert held.response()[::2] == (200, b"abc")
+        extra = Reader(srv.port)
+        extra.ask(post)
+        assert extra.response()[::2] == (200, b"hi")
+        # counters are sampled each second
+        assert wait_until(lambda: scrape(mport).get("uringserve_http_limited_total") == 1, interval=0.2)
+        m = scrape(mport)
+        held.close()
+        extra.close()
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.output()
+    assert m['uringserve_http_requests_total{code="5xx"}'] == 1
+    assert m['uringserve_http_requests_total{code="2xx"}'] == 2
