@@ -18,6 +18,7 @@ import h11
 import pytest
 from http_client import exchange
 from test_http_server import H, run
+from test_tls import ca, client_ctx, server_ctx  # noqa: F401 (fixtures)
 
 from uringserve.http import asgi
 
@@ -509,3 +510,47 @@ def test_pathsend_and_zerocopysend_end_a_body_with_trailers(h, blob, te: bool) -
             assert ends == [[(b"x-t", b"1")]] and raw.endswith(b"\r\n0\r\nx-t: 1\r\n\r\n")
         else:
             assert ends == [[]] and b"x-t: 1" not in raw
+
+
+def test_zerocopysend_over_tls(h, blob, server_ctx, client_ctx) -> None:  # noqa: F811 (the fixtures)
+    """Behind TLS there is no file path to the socket: the range goes through
+    asyncio's sendfile fallback (read, encrypt, write), byte-exact all the same."""
+    from uringserve.http import HTTPServer
+
+    path, data = blob
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            raise RuntimeError("no lifespan here")
+        with open(path, "rb") as f:
+            await send({"type": "http.response.start", "status": 200, "trailers": True})
+            await send(_zc(f, offset=5, more_body=True))
+            await send(_body(b"!"))
+            await send(_trailers())
+
+    def client(port: int) -> tuple[list[Any], bytes]:
+        conn = h11.Connection(h11.CLIENT)
+        events: list[Any] = []
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw_sock:
+            with client_ctx.wrap_socket(raw_sock, server_hostname="localhost") as s:
+                req = h11.Request(method="GET", target="/", headers=[("Host", "t"), ("TE", "trailers")])
+                s.sendall(conn.send(req) + conn.send(h11.EndOfMessage()))
+                while not events or type(events[-1]) is not h11.EndOfMessage:
+                    ev = conn.next_event()
+                    if ev is h11.NEED_DATA:
+                        conn.receive_data(s.recv(65536))
+                    else:
+                        events.append(ev)
+        return events, b""
+
+    async def main() -> Any:
+        srv = HTTPServer(app, interface="asgi", ssl=server_ctx)
+        await srv.start("127.0.0.1", 0)
+        try:
+            return await asyncio.to_thread(client, srv.sockets[0].getsockname()[1])
+        finally:
+            await srv.shutdown(timeout=2)
+
+    events, _ = h.run(main(), timeout=60)
+    assert b"".join(e.data for e in events if type(e) is h11.Data) == data[5:] + b"!"
+    assert [list(e.headers) for e in events if type(e) is h11.EndOfMessage] == [[(b"x-t", b"1")]]
