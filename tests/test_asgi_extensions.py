@@ -386,6 +386,18 @@ MISUSES: dict[str, Any] = {
         "needs a regular file",
         lambda f: [_body(b"ok")],
     ),
+    "zerocopysend of an fd not open": (
+        lambda f: [_start()],
+        lambda f: _zc(1_000_000),
+        "fd 1000000 is not open",
+        lambda f: [_body(b"ok")],
+    ),
+    "zerocopysend at a negative offset": (
+        lambda f: [_start()],
+        lambda f: _zc(f, offset=-1),
+        "negative offset or count",
+        lambda f: [_body(b"ok")],
+    ),
     "zerocopysend of no file": (
         lambda f: [_start()],
         lambda f: _zc(b"not a file"),
@@ -409,7 +421,7 @@ def test_misuse_raises_a_clear_error_and_the_connection_goes_on(h, tmp_path, nam
                 await send(m)
             try:
                 await send(bad(f))
-            except (RuntimeError, ValueError, TypeError) as exc:
+            except (RuntimeError, ValueError, TypeError, OSError) as exc:
                 raised.append(exc)
             for m in after(f):
                 await send(m)
