@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import flag_aliases
 from .http.config import HTTPConfig
 from .ring_settings import SETTINGS, RingConfig, RingConfigError, Setting, validate
 from .server.lifecycle import LOOPS
@@ -74,6 +75,34 @@ def _address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _bind(text: str) -> tuple[str, Any, Any]:
+    """gunicorn's and hypercorn's --bind: HOST[:PORT] (PORT 8000), [IPv6]:PORT,
+    unix:PATH, fd://N; as ("tcp", host, port), ("unix", path, None) or ("fd", n, None)."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise argparse.ArgumentTypeError(f"{text!r}: unix: needs a socket path, as unix:/run/app.sock")
+        return ("unix", path, None)
+    if text.startswith("fd://"):
+        fd = text[5:]
+        if not fd.isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r}: fd:// needs a file descriptor number, as fd://3")
+        return ("fd", int(fd), None)
+    host, port = text, str(DEFAULT_PORT)
+    if text.startswith("["):  # [IPv6] or [IPv6]:PORT
+        end = text.find("]")
+        if end < 0 or (text[end + 1 :] and not text[end + 1 :].startswith(":")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not [IPV6]:PORT")
+        host, port = text[1:end], text[end + 2 :] if end + 1 < len(text) else port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif ":" in text:  # a bare IPv6 address: gunicorn takes it without a port
+        host = text
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be 0..65535 (HOST:PORT, unix:PATH or fd://N)")
+    return ("tcp", host, int(port))
 
 
 def _flag(text: str) -> bool:
@@ -155,6 +184,15 @@ OPTIONS: list[Opt] = [
     ),
     Opt("--uds-mode", "file mode of the --uds socket, octal", _octal, None, commands=SERVE, metavar="MODE"),
     Opt("--fd", "serve an inherited listening socket on this fd (repeatable)", _int_in(0), repeat=True, commands=SERVE),
+    Opt(
+        "--bind",
+        "listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N, as gunicorn spells it (repeatable; with --host, "
+        "--port, --uds or --fd, all are served)",
+        _bind,
+        repeat=True,
+        commands=SERVE,
+        metavar="ADDRESS",
+    ),
     Opt("--backlog", "listen backlog", _int_in(1), 1024, commands=SERVE),
     Opt("--reuse-port", "SO_REUSEPORT: with workers, one TCP socket per worker", None, False, commands=SERVE),
     Opt(
@@ -227,6 +265,7 @@ OPTIONS: list[Opt] = [
         HTTPConfig.limit_concurrency,
         metavar="N",
     ),
+    Opt("--no-server-header", "leave the Server header out of responses", None, False),
     # the ring (RingConfig): declared with its settings in ring_settings.py
     *RING_OPTIONS.values(),
 ]
@@ -245,11 +284,17 @@ class _Parser(argparse.ArgumentParser):
         subs = getattr(self, "subcommands", None)
         if extra and subs and getattr(parsed, "cmd", None) in subs:
             sub = subs[parsed.cmd]
-            known = [f for action in sub._actions for f in action.option_strings]
+            # every spelling (uvicorn's too) is matched; the hint names uringserve's own
+            known = {
+                f: action.option_strings[0]
+                for action in sub._actions
+                if not isinstance(action, flag_aliases.Refused)
+                for f in action.option_strings
+            }
             hints = []
             for word in extra:
                 close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1) if word.startswith("-") else []
-                hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
+                hints.append(f"{word} (did you mean {known[close[0]]}?)" if close else word)
             sub.error("unrecognized arguments: " + " ".join(hints))
         return parsed, extra
 
@@ -274,6 +319,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         for opt in OPTIONS:
             if name in opt.commands:
                 _add(p, opt, env, bad)
+        flag_aliases.add_refused(p)  # other servers' flags that mean something else: an error naming ours
     if bad:  # refused before anything starts, each naming its variable, option and accepted values
         parser.exit(2, "".join(f"uringserve: {msg}\n" for msg in bad.values()))
     parser.subcommands = {**subs, "doctor": doctor}  # type: ignore[attr-defined]
@@ -296,12 +342,16 @@ def _add(p: argparse.ArgumentParser, opt: Opt, env: Any, bad: dict[str, str]) ->
         except argparse.ArgumentTypeError as exc:
             bad[opt.env] = f"{opt.env}={raw!r} (for {opt.flag}): {exc}"
             default = opt.default
+    names = [opt.flag, *flag_aliases.spellings(opt.flag)]  # uvicorn's or gunicorn's name for the same thing
     if opt.is_flag:
-        p.add_argument(opt.flag, action="store_true", default=default, help=f"{opt.help} [{opt.env}]")
+        p.add_argument(*names, dest=opt.dest, action="store_true", default=default, help=f"{opt.help} [{opt.env}]")
+        for negation in flag_aliases.negations(opt.flag):
+            p.add_argument(negation, dest=opt.dest, action="store_false", help=argparse.SUPPRESS)
     else:
         assert opt.type is not None  # only flags have none
         p.add_argument(
-            opt.flag,
+            *names,
+            dest=opt.dest,
             type=opt.type,
             default=default,
             choices=opt.choices,
@@ -358,21 +408,28 @@ def load_app(spec: str, factory: bool) -> Any:
 
 
 def listeners(args: argparse.Namespace, environ: Any = None) -> list[Any]:
-    """Socket activation (LISTEN_FDS), --fd, --uds, then TCP on each --host
-    (127.0.0.1) and --port (8000). Where --uds, --fd or activation give a
-    listener, TCP is added only when --host or --port is given too: both
-    are served, neither is dropped."""
+    """Socket activation (LISTEN_FDS), --fd, --bind, --uds, then TCP on
+    each --host (127.0.0.1) and --port (8000). Where --uds, --fd, --bind or
+    activation give a listener, TCP is added only when --host or --port is
+    given too: all are served, none is dropped."""
     from .server import TCP, Inherited, Unix, activated
 
     out: list[Any] = list(activated(environ))
     for fd in args.fd or ():
         out.append(Inherited(fd, backlog=args.backlog))
+    for kind, where, port in args.bind or ():
+        if kind == "tcp":
+            out.append(TCP(where or None, port, backlog=args.backlog, reuse_port=args.reuse_port))
+        elif kind == "unix":
+            out.append(Unix(where, mode=args.uds_mode, backlog=args.backlog))
+        else:
+            out.append(Inherited(where, backlog=args.backlog))
     if args.uds:
         if args.uds.startswith("@") and args.uds_mode is not None:
             raise SystemExit(f"uringserve: --uds-mode: the abstract socket {args.uds} has no file to give a mode")
         out.append(Unix(args.uds, mode=args.uds_mode, backlog=args.backlog))
-    elif args.uds_mode is not None:
-        raise SystemExit("uringserve: --uds-mode applies to a Unix socket: give --uds too")
+    elif args.uds_mode is not None and not any(kind == "unix" for kind, _, _ in args.bind or ()):
+        raise SystemExit("uringserve: --uds-mode applies to a Unix socket: give --uds (or --bind unix:PATH) too")
     if out and not args.host and args.port is None:
         return out
     port = DEFAULT_PORT if args.port is None else args.port
@@ -463,7 +520,11 @@ def _protocol_server(args: argparse.Namespace) -> Any:
         return Server(app, shutdown_timeout=args.graceful_timeout, ssl=tls)
     from .http import HTTPServer
 
-    config = HTTPConfig(shutdown_timeout=args.graceful_timeout, **{name: getattr(args, name) for name in HTTP_FIELDS})
+    config = HTTPConfig(
+        shutdown_timeout=args.graceful_timeout,
+        server_header=None if args.no_server_header else HTTPConfig.server_header,
+        **{name: getattr(args, name) for name in HTTP_FIELDS},
+    )
     try:
         return HTTPServer(
             app, interface=args.interface, config=config, lifespan=args.lifespan, root_path=args.root_path, ssl=tls
