@@ -122,6 +122,10 @@ class Watcher:
 
         # its "N changes detected" per batch: the supervisor says what a change does
         logging.getLogger("watchfiles").setLevel(logging.WARNING)
+        # the workers write no bytecode: a .pyc records its source's mtime in
+        # whole seconds and its size, so an edit in the same second that keeps
+        # the size (v1 -> v2) would import the stale .pyc
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)

@@ -433,6 +433,13 @@ class Supervisor:
         self.restart_at.clear()
         self.failures.clear()
 
+    def _changes(self, paths: set[str]) -> None:
+        if paths and self.previous is not None and not self.stopping:
+            from .reload import describe
+
+            logger.info("%s changed during a reload: one more reload after it", describe(paths))
+        self.changed |= paths
+
     def _reload_on_change(self) -> None:
         """--reload: the files changed since the last reload began start a
         generation once the first one served and no reload is in flight, so
@@ -564,7 +571,7 @@ class Supervisor:
                         except BlockingIOError:
                             pass
                     elif key.data is self.watcher:
-                        self.changed |= self.watcher.take()
+                        self._changes(self.watcher.take())
                     else:
                         self._on_ready_pipe(key.data)
         finally:
