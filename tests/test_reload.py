@@ -65,7 +65,9 @@ def write(folder: Path, body: str, template: str = ASGI, extra: str = "") -> Non
 
 def serve(folder: Path, *args: str, loop: str = "uring") -> Proc:
     command = [PY, "-m", "uringserve", "run", "app:app", "--port", "0", "--loop", loop, "--reload", *args]
-    return Proc(command, cwd=folder)
+    # bytecode written as a user's Python writes it: --reload must keep a stale .pyc from being imported
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return Proc(command, cwd=folder, env=env)
 
 
 def answer(port: int) -> bytes | None:
