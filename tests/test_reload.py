@@ -152,11 +152,12 @@ def test_a_change_during_a_reload_is_one_more_reload_after_it(tmp_path: Path) ->
 
 def test_ignored_and_excluded_files_do_not_reload(tmp_path: Path) -> None:
     write(tmp_path, "v1")
+    # made before it starts: inotify does not see a file made in a directory just made before its watch is added
+    for d in ("__pycache__", ".venv/lib", ".git", ".hidden", "myenv", "vendor/pkg"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "myenv" / "pyvenv.cfg").write_text("home = /usr/bin\n")  # a virtualenv of another name
     srv = serve(tmp_path, "--reload-exclude", "skip_*.py", "--reload-exclude", "vendor", "--reload-include", "*.tmpl")
     try:
-        for d in ("__pycache__", ".venv/lib", ".git", ".hidden", "myenv", "vendor/pkg"):
-            (tmp_path / d).mkdir(parents=True)
-        (tmp_path / "myenv" / "pyvenv.cfg").write_text("home = /usr/bin\n")  # a virtualenv of another name
         ignored = [
             "__pycache__/app.py",
             ".venv/lib/dep.py",
@@ -238,6 +239,7 @@ def test_a_reload_dir_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
         (".venv/lib/x.py", False),
         ("venv/x.py", False),
         ("pkg/.git/x.py", False),
+        ("pkg/.cache/x.py", False),  # any hidden directory
         (".hidden.py", False),
         ("build/gen.py", False),  # --reload-exclude build: the directory
         ("pkg/test_x.py", False),  # --reload-exclude test_*.py
