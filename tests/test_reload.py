@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PY, Proc, children, get, uringserve, wait_until
+from conftest import BANNER, PY, Proc, children, get, uringserve, wait_until
 
 from uringserve import reload
 
@@ -127,6 +127,25 @@ def test_a_syntax_error_keeps_the_old_code_answering_until_it_is_fixed(tmp_path:
         code = srv.stop()
     assert code == 0, srv.output()
     assert srv.output().count("SyntaxError") == 1, srv.output()  # one try per save, not three tracebacks
+
+
+def test_an_app_that_cannot_start_waits_for_the_fix(tmp_path: Path) -> None:
+    """As uvicorn's reloader: started on a broken file, it says why and waits;
+    the change that fixes it starts the worker (no exit 1 to restart by hand)."""
+    write(tmp_path, "v1", extra="\n\ndef half_typed(:\n")
+    command = [PY, "-m", "uringserve", "run", "app:app", "--port", "0", "--reload"]
+    srv = Proc(command, cwd=tmp_path, ready="")
+    try:
+        srv.wait_line(lambda line: "a worker failed to start (exit status 1); waiting for a change" in line)
+        write(tmp_path, "v2")
+        srv.wait_line(lambda line: "detected changes in 'app.py': starting the workers again" in line)
+        m = BANNER.search(srv.wait_line(BANNER.search))
+        assert m
+        assert answer(int(m.group(1))) == b"v2"
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.output()
+    assert srv.output().count("SyntaxError") == 1, srv.output()
 
 
 def test_a_change_during_a_reload_is_one_more_reload_after_it(tmp_path: Path) -> None:

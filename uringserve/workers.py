@@ -44,7 +44,8 @@ is still replaced from the code on disk (its slot then retried as above).
 With --reload (reload.py) the supervisor runs one worker and a file
 watcher whose changes start the same reload as SIGHUP, one at a time (the
 changes made during one start another after it); one failure to start fails
-such a reload, and the next change tries again.
+such a reload, and the next change tries again. Nor does a worker that
+cannot start when none serves stop the supervisor: it waits for a change.
 
 Exit status: 0 after a clean drain; 1 when a worker could not start, when
 a stop signal came before any worker served, or when the stop cut work in
@@ -286,6 +287,10 @@ class Supervisor:
                 if self.previous is not None:
                     self._reload_failed(what)
                     return
+                if not self._serving() and self.watcher is not None:  # --reload: the fix is a change away
+                    logs.error(f"{self.name}: {what}; waiting for a change to start again", generation=self.generation)
+                    self.restart_at[worker.slot] = float("inf")
+                    return
                 if not self._serving():
                     logs.error(f"{self.name}: {what}; stopping", generation=self.generation)
                     self.exit_code = 1
@@ -445,11 +450,18 @@ class Supervisor:
         generation once the first one served and no reload is in flight, so
         a burst of changes is one reload, and a change during a reload (which
         may have imported the file before it) is one more after it, whether
-        that one took or failed."""
-        if self.changed and self.announced and self.previous is None:
-            from .reload import describe
+        that one took or failed. When no worker could start, they start again."""
+        if not self.changed:
+            return
+        from .reload import describe
 
-            why = f"WatchFiles detected changes in {describe(self.changed)}"
+        why = f"WatchFiles detected changes in {describe(self.changed)}"
+        if float("inf") in self.restart_at.values():  # no worker could start: start them again, now
+            logger.info("%s: starting the workers again", why)
+            self.changed.clear()
+            self.restart_at.clear()
+            self.failures.clear()
+        elif self.announced and self.previous is None:
             self.changed.clear()
             self.reload(why)
 
