@@ -200,6 +200,22 @@ def test_ignored_and_excluded_files_do_not_reload(tmp_path: Path) -> None:
     assert len(lines(srv, "detected changes in")) == 1, srv.output()
 
 
+def test_max_requests_recycles_the_worker_and_reload_still_follows_edits(tmp_path: Path) -> None:
+    write(tmp_path, "v1")
+    srv = serve(tmp_path, "--max-requests", "2")
+    try:
+        for _ in range(2):
+            assert answer(srv.port) == b"v1"
+        srv.wait_line(lambda line: "recycled" in line)
+        answers(srv, b"v1")  # its replacement
+        write(tmp_path, "v2")
+        srv.wait_line(lambda line: "reload done: generation 1 serving" in line)
+        answers(srv, b"v2")
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.output()
+
+
 def test_sigterm_stops_the_supervisor_its_worker_and_the_watcher(tmp_path: Path) -> None:
     write(tmp_path, "v1")
     srv = serve(tmp_path)
