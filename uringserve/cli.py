@@ -503,7 +503,8 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         parser.exit(
             2,
             f"uringserve: --reload runs one worker (it is for development: each change restarts it), "
-            f"not --workers {args.workers}: drop --workers, or --reload to serve with workers\n",
+            f"not --workers {args.workers}{f' ({worker_count(args)} here)' if not args.workers else ''}: "
+            "drop --workers, or --reload to serve with workers\n",
         )
     if args.cmd == "doctor":
         import json
