@@ -120,13 +120,16 @@ def test_a_syntax_error_keeps_the_old_code_answering_until_it_is_fixed(tmp_path:
         ), failed
         assert "SyntaxError" in srv.output() and "half_typed(:" in srv.output()  # the error, where it is
         assert answer(srv.port) == b"v1"  # the old code serves
+        srv.p.send_signal(signal.SIGHUP)  # a reload by hand tries again, and fails the same way
+        srv.wait_line(lambda line: "reload failed: generation 2 could not start" in line)
+        assert answer(srv.port) == b"v1"
         write(tmp_path, "v2")  # fixed: the next change reloads
-        srv.wait_line(lambda line: "reload done: generation 2 serving" in line)
+        srv.wait_line(lambda line: "reload done: generation 3 serving" in line)
         answers(srv, b"v2")
     finally:
         code = srv.stop()
     assert code == 0, srv.output()
-    assert srv.output().count("SyntaxError") == 1, srv.output()  # one try per save, not three tracebacks
+    assert srv.output().count("SyntaxError") == 2, srv.output()  # one try per save or SIGHUP, not three each
 
 
 def test_an_app_that_cannot_start_waits_for_the_fix(tmp_path: Path) -> None:
