@@ -303,3 +303,14 @@ def test_the_log_line_names_at_most_five_files(tmp_path: Path, monkeypatch: pyte
     said = reload.describe(str(tmp_path / f"m{i}.py") for i in range(7))
     assert said == "'m0.py', 'm1.py', 'm2.py', 'm3.py', 'm4.py' and 2 more"
     assert reload.describe(["/elsewhere/x.py"]) == "'/elsewhere/x.py'"
+
+
+def test_reload_options_without_reload_are_said_to_do_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    from uringserve import cli
+
+    with caplog.at_level("WARNING"):
+        cli.check_reload(cli.build_parser({}).parse_args(["run", "m:a", "--reload-exclude", "tests"]))
+        cli.check_reload(cli.build_parser({}).parse_args(["run", "m:a"]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "--reload-dir, --reload-include and --reload-exclude do nothing without --reload"
+    ]
