@@ -289,6 +289,13 @@ def test_the_filter(tmp_path: Path, path: str, reloads: bool) -> None:
     assert f(None, str(tmp_path / path)) is reloads
 
 
+def test_an_exclude_that_names_a_directory_excludes_it(tmp_path: Path) -> None:
+    (tmp_path / "src" / "gen").mkdir(parents=True)
+    f = reload.ReloadFilter.from_options([str(tmp_path)], None, [str(tmp_path / "src" / "gen")])
+    assert not f(None, str(tmp_path / "src" / "gen" / "x.py"))
+    assert f(None, str(tmp_path / "src" / "x.py"))
+
+
 def test_the_filter_knows_a_virtualenv_by_its_pyvenv_cfg(tmp_path: Path) -> None:
     (tmp_path / "tools").mkdir()
     f = reload.ReloadFilter.from_options([str(tmp_path)], None, None)

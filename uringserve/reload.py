@@ -54,11 +54,14 @@ class ReloadFilter:
     """Which changed paths reload. Globs match the path relative to the
     watched directory from the right, as PurePath.match does (`*.py`,
     `templates/*.html`); an exclude glob that matches a directory excludes
-    everything below it (`build`, `tests/fixtures`)."""
+    everything below it (`build`, `tests/fixtures`), and so does an exclude
+    that names an existing directory, absolute or from the working
+    directory, as uvicorn's does."""
 
     dirs: tuple[Path, ...]
     includes: tuple[str, ...] = (DEFAULT_INCLUDE,)
     excludes: tuple[str, ...] = ()
+    exclude_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def from_options(
@@ -67,13 +70,16 @@ class ReloadFilter:
         """As uvicorn: the working directory by default; includes add to `*.py`."""
         roots = tuple(dict.fromkeys(Path(d).resolve() for d in (dirs or [os.getcwd()])))
         inc = tuple(dict.fromkeys([DEFAULT_INCLUDE, *(includes or [])]))
-        return cls(roots, inc, tuple(excludes or ()))
+        exc = tuple(excludes or ())
+        return cls(roots, inc, exc, tuple(Path(e).resolve() for e in exc if os.path.isdir(e)))
 
     def __call__(self, change: Any, path: str) -> bool:
         """watchfiles' filter signature: True when `path` should reload."""
         return self.matches(Path(path))
 
     def matches(self, path: Path) -> bool:
+        if any(path.is_relative_to(d) for d in self.exclude_dirs):
+            return False
         root = next((d for d in self.dirs if path.is_relative_to(d)), None)
         rel = PurePath(path.relative_to(root)) if root is not None else PurePath(path.name)
         if not rel.parts or rel.name.startswith("."):
