@@ -18,6 +18,7 @@ import ssl
 import stat
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,6 +71,9 @@ SAMPLE = {
     "tls_ca": "/ca.pem",
     "metrics": "127.0.0.1:9464",
     "max_connections": "500",
+    "reload_dir": "/tmp",
+    "reload_include": "*.html",
+    "reload_exclude": "tests/*",
 }
 BAD = {
     "port": ("70000", "out of range"),
@@ -176,6 +180,10 @@ BUILT: dict[str, Any] = {
     "protocol": lambda a: _outcome(lambda: type(cli.build_server(a))),
     "root_path": lambda a: cli.build_server(a)._root_path,
     "lifespan": lambda a: cli.build_server(a)._lifespan.mode,
+    "reload": lambda a: (cli.build_supervisor([], a).watcher is not None, cli.build_supervisor([], a).start_failures),
+    "reload_dir": lambda a: cli.build_watcher(a).filter.dirs,
+    "reload_include": lambda a: cli.build_watcher(a).filter.includes,
+    "reload_exclude": lambda a: cli.build_watcher(a).filter.excludes,
     "ring_files": lambda a: cli.ring_config(a).files,
     "ring_buf_count": lambda a: cli.ring_config(a).buf_count,
     "ring_buf_size": lambda a: cli.ring_config(a).buf_size,
@@ -206,6 +214,10 @@ EXPECT: dict[str, Any] = {
     "tls_ca": ssl.CERT_REQUIRED,
     "factory": "info_app",
     "protocol": Server,
+    "reload": (True, 1),  # one failure to start fails a reload: the next change tries again
+    "reload_dir": (Path("/tmp").resolve(),),
+    "reload_include": ("*.py", "*.html"),
+    "reload_exclude": ("tests/*",),
 }
 # what else the option needs beside it to be built
 WITH = {
@@ -213,6 +225,9 @@ WITH = {
     "max_requests_jitter": ["--max-requests", "100"],
     "tls_key": ["--tls-cert", "{cert_only}"],
     "tls_ca": ["--tls-cert", "{cert_only}", "--tls-key", "{tls_key}"],
+    "reload_dir": ["--reload"],
+    "reload_include": ["--reload"],
+    "reload_exclude": ["--reload"],
 }
 APP = {"factory": "tests.worker_app:make_info_app", "lifespan": "tests.worker_app:info_app"}
 APP["protocol"] = "apps.echo:Echo"

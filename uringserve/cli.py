@@ -230,6 +230,33 @@ OPTIONS: list[Opt] = [
     Opt("--log-format", "log lines as text or JSON objects", str, "text", choices=("text", "json"), commands=SERVE),
     Opt("--access-log", "one line per HTTP response (costs: off by default)", None, False),
     Opt("--metrics", "serve /metrics, /ready and /live on HOST:PORT", _address, None, commands=SERVE),
+    # development
+    Opt(
+        "--reload",
+        "restart the worker when a source file changes (development; needs watchfiles; one worker)",
+        None,
+        False,
+    ),
+    Opt(
+        "--reload-dir",
+        "--reload: directory to watch (repeatable)",
+        repeat=True,
+        metavar="DIR",
+        shown="the working directory",
+    ),
+    Opt(
+        "--reload-include",
+        "--reload: glob of files that reload, besides *.py (repeatable)",
+        repeat=True,
+        metavar="GLOB",
+        shown="*.py",
+    ),
+    Opt(
+        "--reload-exclude",
+        "--reload: glob of files or directories that do not (repeatable; .venv, __pycache__, hidden dirs: always)",
+        repeat=True,
+        metavar="GLOB",
+    ),
     Opt("--tls-cert", "TLS: certificate chain file (PEM); serves TLS on every listener", commands=SERVE),
     Opt("--tls-key", "TLS: private key file (PEM), if not in --tls-cert", commands=SERVE),
     Opt("--tls-ca", "TLS: CA file; clients must present a certificate it signed", commands=SERVE),
@@ -539,6 +566,14 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     args = parser.parse_args(argv)
     if getattr(args, "max_connections", 0) and args.loop != "uring":
         parser.error(f"--max-connections needs --loop uring: the {args.loop} loop cannot pause accepting")
+    if getattr(args, "reload", False) and worker_count(args) > 1:
+        # uvicorn ignores --workers with --reload (a warning); a worker count asked for and not given is refused here
+        parser.exit(
+            2,
+            f"uringserve: --reload runs one worker (it is for development: each change restarts it), "
+            f"not --workers {args.workers}{f' ({worker_count(args)} here)' if not args.workers else ''}: "
+            "drop --workers, or --reload to serve with workers\n",
+        )
     if args.cmd == "doctor":
         import json
 
@@ -596,7 +631,7 @@ def _serve(argv: list[str], args: argparse.Namespace) -> int:
             return 0
         return code
     check(args)
-    if worker_count(args) > 1 or args.max_requests:
+    if worker_count(args) > 1 or args.max_requests or getattr(args, "reload", False):
         return build_supervisor(argv, args).run()
     server = build_server(args)
     metrics = _metrics(args, server)
@@ -661,6 +696,25 @@ def check(args: argparse.Namespace) -> None:
             raise SystemExit("uringserve: --loop uvloop needs the uvloop package: pip install uvloop") from None
     if args.metrics is not None and importlib.util.find_spec("prometheus_client") is None:
         raise SystemExit(METRICS_MISSING)
+    if args.cmd == "run":
+        check_reload(args)
+
+
+def check_reload(args: argparse.Namespace) -> None:
+    """--reload's package and directories; its options without it are said once (as uvicorn does)."""
+    from . import reload
+
+    if not args.reload:
+        if args.reload_dir or args.reload_include or args.reload_exclude:
+            logging.getLogger("uringserve").warning(
+                "--reload-dir, --reload-include and --reload-exclude do nothing without --reload"
+            )
+        return
+    if not reload.available():
+        raise SystemExit(reload.MISSING)
+    for d in args.reload_dir or []:
+        if not os.path.isdir(d):
+            raise SystemExit(f"uringserve: --reload-dir {d}: no such directory")
 
 
 def _module_missing(name: str) -> str | None:
@@ -719,7 +773,8 @@ def worker_count(args: argparse.Namespace) -> int:
 
 def build_supervisor(argv: list[str], args: argparse.Namespace) -> Any:
     """The Supervisor for --workers N (or for --max-requests with one worker:
-    a process must be there to start the replacement, as gunicorn's master is)."""
+    a process must be there to start the replacement, as gunicorn's master is;
+    or for --reload: its one worker is replaced when a file changes)."""
     from . import workers
 
     return workers.Supervisor(
@@ -732,7 +787,17 @@ def build_supervisor(argv: list[str], args: argparse.Namespace) -> Any:
         metrics=args.metrics,
         ready_timeout=args.ready_timeout,
         recycling=bool(args.max_requests),
+        watcher=build_watcher(args),
     )
+
+
+def build_watcher(args: argparse.Namespace) -> Any:
+    """--reload's file watcher (reload.Watcher), None without it."""
+    if not getattr(args, "reload", False):
+        return None
+    from .reload import ReloadFilter, Watcher
+
+    return Watcher(ReloadFilter.from_options(args.reload_dir, args.reload_include, args.reload_exclude))
 
 
 def request_limit(args: argparse.Namespace, rng: random.Random | None = None) -> int:
