@@ -18,7 +18,7 @@ DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.
 	haproxy nginx-light libnginx-mod-stream
 BENCH_DEBS := wrk curl
 
-.PHONY: run echo resp bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo resp bench-asgi bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -117,6 +117,10 @@ bench-resp: bench-deps $(STAMP)
 
 bench-uvicorn: bench-deps $(STAMP)
 	$(VPY) bench/uvicorn_bench.py
+
+# ASGI hello and a FastAPI JSON endpoint vs uvicorn and granian; what --proxy-headers costs
+bench-asgi: bench-deps $(STAMP)
+	$(VPY) bench/asgi_bench.py
 
 # uringserve.http (native, ASGI) vs uvicorn, granian and nginx; a 1 MiB file vs nginx
 bench-http: bench-deps $(STAMP)

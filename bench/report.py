@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import asgi_bench  # noqa: E402
 import echo_bench  # noqa: E402
 import http_bench  # noqa: E402
 import idle_bench  # noqa: E402
@@ -159,7 +160,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--out", default=str(ROOT / "bench" / "build" / "report.md"))
-    p.add_argument("--only", default="echo,http,ablation,loadgen,idle")
+    p.add_argument("--only", default="echo,http,asgi,ablation,loadgen,idle")
     args = p.parse_args()
     only = set(args.only.split(","))
     started = time.time()
@@ -174,6 +175,12 @@ def main() -> int:
         parts += ["## Echo, 100 connections", echo_section(args.rounds, args.seconds, 100, [64, 4096, 65536])]
     if "http" in only:
         parts += ["## HTTP", http_section(args.rounds, args.seconds, 100)]
+    if "asgi" in only:
+        names = ["uringserve", "uringserve-proxy", "uvicorn", "granian"]
+        parts += [
+            "## ASGI: hello world and a FastAPI JSON endpoint; --proxy-headers' cost",
+            "```\n" + asgi_bench.report(args.rounds, args.seconds, 100, names, ["hello", "fastapi"]) + "\n```",
+        ]
     if "ablation" in only:
         parts += [
             "## io_uring features, echo over 1,000 connections",

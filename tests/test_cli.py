@@ -18,13 +18,14 @@ import ssl
 import stat
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PY, ROOT, Proc, TLSFiles, make_tls_files, uringserve
 from http_client import talk
 
-from uringserve import cli, logs
+from uringserve import cli, flag_aliases, logs
 from uringserve.http import HTTPConfig, HTTPServer
 from uringserve.ring_settings import SETTINGS, RingConfig
 from uringserve.server import TCP, Inherited, Server, Unix
@@ -36,6 +37,7 @@ SAMPLE = {
     "uds": "/tmp/x.sock",
     "uds_mode": "640",
     "fd": "7",
+    "bind": "[::1]:9124",
     "backlog": "17",
     "workers": "3",
     "max_requests": "100",
@@ -59,6 +61,7 @@ SAMPLE = {
     "send_timeout": "3.5",
     "keepalive_timeout": "4.5",
     "keepalive_requests": "9",
+    "limit_concurrency": "4",
     "ring_files": "256",
     "ring_buf_count": "64",
     "ring_buf_size": "4096",
@@ -68,6 +71,9 @@ SAMPLE = {
     "tls_ca": "/ca.pem",
     "metrics": "127.0.0.1:9464",
     "max_connections": "500",
+    "reload_dir": "/tmp",
+    "reload_include": "*.html",
+    "reload_exclude": "tests/*",
     "forwarded_allow_ips": "10.0.0.0/8, ::1",
     "proxy_protocol_timeout": "2.5",
 }
@@ -75,6 +81,7 @@ BAD = {
     "port": ("70000", "out of range"),
     "uds_mode": ("999", "octal"),
     "fd": ("-1", "out of range"),
+    "bind": ("host:99999", "the port must be 0..65535"),
     "backlog": ("0", "out of range"),
     "workers": ("-1", "out of range"),
     "max_requests": ("many", "not an integer"),
@@ -90,6 +97,7 @@ BAD = {
     "ring_buf_size": ("8", "out of range"),
     "reuse_port": ("maybe", "not a boolean"),
     "max_connections": ("-1", "out of range"),
+    "limit_concurrency": ("-1", "out of range"),
     "forwarded_allow_ips": ("10.0.0.300", "'10.0.0.300' is not an IP address"),
 }
 
@@ -152,6 +160,8 @@ BUILT: dict[str, Any] = {
     "uds": lambda a: getattr(_unix(a), "path", None),
     "uds_mode": lambda a: getattr(_unix(a), "mode", None),
     "fd": lambda a: [s.sock for s in cli.listeners(a, environ={}) if isinstance(s, Inherited)],
+    "bind": lambda a: [(s.host, s.port) for s in cli.listeners(a, environ={}) if isinstance(s, TCP)],
+    "no_server_header": lambda a: cli.build_server(a).config.server_header,
     "backlog": lambda a: {s.backlog for s in cli.listeners(a, environ={})},
     "reuse_port": lambda a: (getattr(_tcp(a), "reuse_port", None), cli.build_supervisor([], a).reuse_port),
     "workers": lambda a: (cli.worker_count(a), cli.build_supervisor([], a).target),
@@ -173,6 +183,10 @@ BUILT: dict[str, Any] = {
     "protocol": lambda a: _outcome(lambda: type(cli.build_server(a))),
     "root_path": lambda a: cli.build_server(a)._root_path,
     "lifespan": lambda a: cli.build_server(a)._lifespan.mode,
+    "reload": lambda a: (cli.build_supervisor([], a).watcher is not None, cli.build_supervisor([], a).start_failures),
+    "reload_dir": lambda a: cli.build_watcher(a).filter.dirs,
+    "reload_include": lambda a: cli.build_watcher(a).filter.includes,
+    "reload_exclude": lambda a: cli.build_watcher(a).filter.excludes,
     "ring_files": lambda a: cli.ring_config(a).files,
     "ring_buf_count": lambda a: cli.ring_config(a).buf_count,
     "ring_buf_size": lambda a: cli.ring_config(a).buf_size,
@@ -196,6 +210,7 @@ EXPECT: dict[str, Any] = {
     "proxy_protocol": 30.0,
     "host": ["::1"],
     "fd": [7],
+    "bind": [("::1", 9124)],
     "backlog": {17},
     "reuse_port": (True, True),
     "workers": (3, 3),
@@ -212,6 +227,10 @@ EXPECT: dict[str, Any] = {
     "tls_ca": ssl.CERT_REQUIRED,
     "factory": "info_app",
     "protocol": Server,
+    "reload": (True, 1),  # one failure to start fails a reload: the next change tries again
+    "reload_dir": (Path("/tmp").resolve(),),
+    "reload_include": ("*.py", "*.html"),
+    "reload_exclude": ("tests/*",),
 }
 # what else the option needs beside it to be built
 WITH = {
@@ -219,6 +238,9 @@ WITH = {
     "max_requests_jitter": ["--max-requests", "100"],
     "tls_key": ["--tls-cert", "{cert_only}"],
     "tls_ca": ["--tls-cert", "{cert_only}", "--tls-key", "{tls_key}"],
+    "reload_dir": ["--reload"],
+    "reload_include": ["--reload"],
+    "reload_exclude": ["--reload"],
     "forwarded_allow_ips": ["--proxy-headers", "--proxy-protocol"],
     "proxy_protocol_timeout": ["--proxy-protocol"],
 }
@@ -371,6 +393,93 @@ def test_the_readme_table_is_the_declared_options() -> None:
     assert m.group(1) == cli.options_table(), "README's table differs: paste uringserve.cli.options_table()"
 
 
+# -- other servers' flag names (flag_aliases) -----------------------------------------------
+SAME = [a for a in flag_aliases.ALIASES if a.target is not None and not a.negates]
+REFUSED = [a for a in flag_aliases.ALIASES if a.target is None]
+
+
+@pytest.mark.parametrize("alias", SAME, ids=lambda a: a.flag)
+def test_a_flag_that_means_the_same_is_the_same_option(alias: flag_aliases.Alias) -> None:
+    opt = next(o for o in cli.OPTIONS if o.flag == alias.target)
+    value = SAMPLE[opt.dest]
+    ours = parse(["run", "m:a", opt.flag, value])
+    theirs = parse(["run", "m:a", alias.flag, value])
+    assert getattr(theirs, opt.dest) == getattr(ours, opt.dest) != getattr(parse(["run", "m:a"]), opt.dest)
+    assert getattr(
+        parse(
+            ["run", "m:a", f"{alias.flag}={value}"]
+            if alias.flag.startswith("--")
+            else ["run", "m:a", alias.flag + value]
+        ),
+        opt.dest,
+    ) == getattr(ours, opt.dest)
+
+
+def test_uvicorns_negations_turn_the_option_off() -> None:
+    assert parse(["run", "m:a", "--access-log", "--no-access-log"]).access_log is False
+    assert parse(["run", "m:a", "--no-server-header", "--server-header"]).no_server_header is False
+    assert parse(["run", "m:a", "--no-server-header"]).no_server_header is True
+
+
+@pytest.mark.parametrize("cmd", ["run", "echo", "resp"])
+@pytest.mark.parametrize("alias", REFUSED, ids=lambda a: a.flag)
+def test_a_flag_that_means_something_else_is_refused_naming_ours(alias: flag_aliases.Alias, cmd: str, capsys) -> None:
+    argv = [cmd, "m:a"] if cmd == "run" else [cmd]
+    for given in ([alias.flag], [alias.flag, "x"]):
+        with pytest.raises(SystemExit) as e:
+            parse([*argv, *given])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"uringserve {cmd}: error: {alias.flag} is {alias.servers}'s; uringserve has no such option: " in err
+        assert alias.why in err and "Traceback" not in err
+
+
+def test_refused_flags_are_not_in_help_nor_typo_hints(capsys) -> None:
+    help_text = cli.build_parser({}).subcommands["run"].format_help()  # type: ignore[attr-defined]
+    assert "--ssl-ca-certs" not in help_text and "--worker-class" not in help_text
+    assert "--timeout-keep-alive" in help_text  # a spelling of an option is listed with it
+    out = command("run", "apps.http:app", "--timeout-keep-alve", "3")
+    assert out.returncode == 2
+    assert "unrecognized arguments: --timeout-keep-alve (did you mean --keepalive-timeout?)" in out.stderr
+    with pytest.raises(SystemExit):
+        parse(["run", "m:a", "--wroker-class", "x"])
+    assert "did you mean --worker-class" not in capsys.readouterr().err  # a refused flag is no hint
+
+
+def test_the_readme_has_the_aliases_table() -> None:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    begin = r"<!-- aliases: generated by uringserve\.flag_aliases\.aliases_table\(\) -->\n"
+    m = re.search(begin + r"(.*?)\n<!-- /aliases -->", readme, re.S)
+    assert m, "README lost its aliases table markers"
+    assert m.group(1) == flag_aliases.aliases_table(), "README's table differs: paste flag_aliases.aliases_table()"
+
+
+@pytest.mark.parametrize(
+    "text, parsed",
+    [
+        ("0.0.0.0:9000", ("tcp", "0.0.0.0", 9000)),
+        ("localhost", ("tcp", "localhost", 8000)),
+        ("[::1]:81", ("tcp", "::1", 81)),
+        ("[::]", ("tcp", "::", 8000)),
+        ("::1", ("tcp", "::1", 8000)),
+        (":9001", ("tcp", "", 9001)),
+        ("unix:/run/a.sock", ("unix", "/run/a.sock", None)),
+        ("fd://3", ("fd", 3, None)),
+    ],
+)
+def test_bind_addresses(text: str, parsed: tuple) -> None:
+    assert parse(["run", "m:a", "--bind", text]).bind == [parsed]
+
+
+@pytest.mark.parametrize("text", ["unix:", "fd://x", "fd://", "h:p", "h:70000", "[::1", "[::1]x", "[::1]:"])
+def test_bad_bind_addresses_are_refused(text: str, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse(["run", "m:a", "-b", text])
+    assert e.value.code == 2
+    assert f"argument --bind/-b: {text!r}" in capsys.readouterr().err
+
+
 # -- the command, run ------------------------------------------------------------------------
 command = uringserve  # `python -m uringserve ARGS`, run to its end
 
@@ -469,6 +578,24 @@ def test_uds_and_port_serve_both(tmp_path) -> None:
         stop(p)
 
 
+def test_bind_serves_tcp_and_unix_as_gunicorn_spells_them(tmp_path) -> None:
+    path = str(tmp_path / "b.sock")
+    args = [PY, "-m", "uringserve", "run", "apps.http:app", "-b", f"unix:{path}", "--bind", "127.0.0.1:0"]
+    p = Proc([*args, "--no-server-header", "--log-level", "warning"], ready=f"uringserve on unix:{path}, 127.0.0.1:")
+    try:
+        m = re.search(r"127\.0\.0\.1:(\d+) \(uring loop", p.wait_line(lambda line: True))
+        assert m, p.output()
+        response = http_get(int(m.group(1)))
+        assert response.endswith(b"Hello, world!\n") and b"\r\nserver:" not in response.lower()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert b"".join(iter(lambda: s.recv(65536), b"")).endswith(b"Hello, world!\n")
+    finally:
+        stop(p)
+
+
 @pytest.mark.parametrize("cmd", ["echo", "resp"])
 def test_the_demos_as_subcommands(cmd: str) -> None:
     p = serve([cmd, "--port", "0", "--loop", "asyncio"])
@@ -546,7 +673,7 @@ def test_settings_that_cannot_work_are_one_line_before_any_worker(workers: str, 
         (["--tls-cert", key_less], "give the key file with --tls-key"),
         (["--tls-key", missing], "uringserve: --tls-key and --tls-ca need --tls-cert"),
         (["--uds", "@abstract", "--uds-mode", "600"], "--uds-mode: the abstract socket @abstract has no file"),
-        (["--uds-mode", "600"], "--uds-mode applies to a Unix socket: give --uds too"),
+        (["--uds-mode", "600"], "--uds-mode applies to a Unix socket: give --uds (or --bind unix:PATH) too"),
     ]
     for extra, says in cases:
         one_line(command("run", "apps.http:app", "--port", "0", "--workers", workers, *extra), says)

@@ -456,6 +456,11 @@ SKIPPED = {
     "uvicorn app:app --loop uringserve.uvicorn:loop_factory": (
         "app:app stands for the reader's app (test_uvicorn.py runs uvicorn with this --loop)"
     ),
+    "pip install 'uringserve[reload]'": "installs from the package index (the test extra has watchfiles)",
+    "uringserve run myapp:app --reload": "myapp stands for the reader's module (test_reload.py edits one it serves)",
+    "uringserve run myapp:app --reload --reload-dir src --reload-include '*.html' --reload-exclude 'tests'": (
+        "as above (test_reload.py runs --reload-include and --reload-exclude, test_cli.py --reload-dir)"
+    ),
 }
 # the benchmarks: minutes each, with wrk, nginx, granian; `make bench` is their own check
 BENCHMARK = re.compile(r"^(make bench|\.venv/bin/python bench/|URINGSERVE_STATIC=DIR \.venv/bin/python bench/)")

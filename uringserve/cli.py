@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import flag_aliases
 from .http.config import HTTPConfig
 from .ring_settings import SETTINGS, RingConfig, RingConfigError, Setting, validate
 from .server.lifecycle import LOOPS
@@ -83,6 +84,34 @@ def _trusted(text: str) -> str:
         return TrustedPeers(text).spec
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bind(text: str) -> tuple[str, Any, Any]:
+    """gunicorn's and hypercorn's --bind: HOST[:PORT] (PORT 8000), [IPv6]:PORT,
+    unix:PATH, fd://N; as ("tcp", host, port), ("unix", path, None) or ("fd", n, None)."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise argparse.ArgumentTypeError(f"{text!r}: unix: needs a socket path, as unix:/run/app.sock")
+        return ("unix", path, None)
+    if text.startswith("fd://"):
+        fd = text[5:]
+        if not fd.isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r}: fd:// needs a file descriptor number, as fd://3")
+        return ("fd", int(fd), None)
+    host, port = text, str(DEFAULT_PORT)
+    if text.startswith("["):  # [IPv6] or [IPv6]:PORT
+        end = text.find("]")
+        if end < 0 or (text[end + 1 :] and not text[end + 1 :].startswith(":")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not [IPV6]:PORT")
+        host, port = text[1:end], text[end + 2 :] if end + 1 < len(text) else port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif ":" in text:  # a bare IPv6 address: gunicorn takes it without a port
+        host = text
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be 0..65535 (HOST:PORT, unix:PATH or fd://N)")
+    return ("tcp", host, int(port))
 
 
 def _flag(text: str) -> bool:
@@ -164,6 +193,15 @@ OPTIONS: list[Opt] = [
     ),
     Opt("--uds-mode", "file mode of the --uds socket, octal", _octal, None, commands=SERVE, metavar="MODE"),
     Opt("--fd", "serve an inherited listening socket on this fd (repeatable)", _int_in(0), repeat=True, commands=SERVE),
+    Opt(
+        "--bind",
+        "listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N, as gunicorn spells it (repeatable; with --host, "
+        "--port, --uds or --fd, all are served)",
+        _bind,
+        repeat=True,
+        commands=SERVE,
+        metavar="ADDRESS",
+    ),
     Opt("--backlog", "listen backlog", _int_in(1), 1024, commands=SERVE),
     Opt("--reuse-port", "SO_REUSEPORT: with workers, one TCP socket per worker", None, False, commands=SERVE),
     Opt(
@@ -201,6 +239,33 @@ OPTIONS: list[Opt] = [
     Opt("--log-format", "log lines as text or JSON objects", str, "text", choices=("text", "json"), commands=SERVE),
     Opt("--access-log", "one line per HTTP response (costs: off by default)", None, False),
     Opt("--metrics", "serve /metrics, /ready and /live on HOST:PORT", _address, None, commands=SERVE),
+    # development
+    Opt(
+        "--reload",
+        "restart the worker when a source file changes (development; needs watchfiles; one worker)",
+        None,
+        False,
+    ),
+    Opt(
+        "--reload-dir",
+        "--reload: directory to watch (repeatable)",
+        repeat=True,
+        metavar="DIR",
+        shown="the working directory",
+    ),
+    Opt(
+        "--reload-include",
+        "--reload: glob of files that reload, besides *.py (repeatable)",
+        repeat=True,
+        metavar="GLOB",
+        shown="*.py",
+    ),
+    Opt(
+        "--reload-exclude",
+        "--reload: glob of files or directories that do not (repeatable; .venv, __pycache__, hidden dirs: always)",
+        repeat=True,
+        metavar="GLOB",
+    ),
     Opt("--tls-cert", "TLS: certificate chain file (PEM); serves TLS on every listener", commands=SERVE),
     Opt("--tls-key", "TLS: private key file (PEM), if not in --tls-cert", commands=SERVE),
     Opt("--tls-ca", "TLS: CA file; clients must present a certificate it signed", commands=SERVE),
@@ -261,6 +326,14 @@ OPTIONS: list[Opt] = [
     Opt("--send-timeout", "seconds a client may leave responses unread", _seconds, HTTPConfig.send_timeout),
     Opt("--keepalive-timeout", "seconds an idle keep-alive connection stays", _seconds, HTTPConfig.keepalive_timeout),
     Opt("--keepalive-requests", "requests per connection", _int_in(1), HTTPConfig.keepalive_requests),
+    Opt(
+        "--limit-concurrency",
+        "requests in flight per worker beyond which a request is answered 503 with Retry-After at once (0: no limit)",
+        _int_in(0),
+        HTTPConfig.limit_concurrency,
+        metavar="N",
+    ),
+    Opt("--no-server-header", "leave the Server header out of responses", None, False),
     # the ring (RingConfig): declared with its settings in ring_settings.py
     *RING_OPTIONS.values(),
 ]
@@ -279,11 +352,17 @@ class _Parser(argparse.ArgumentParser):
         subs = getattr(self, "subcommands", None)
         if extra and subs and getattr(parsed, "cmd", None) in subs:
             sub = subs[parsed.cmd]
-            known = [f for action in sub._actions for f in action.option_strings]
+            # every spelling (uvicorn's too) is matched; the hint names uringserve's own
+            known = {
+                f: action.option_strings[0]
+                for action in sub._actions
+                if not isinstance(action, flag_aliases.Refused)
+                for f in action.option_strings
+            }
             hints = []
             for word in extra:
                 close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1) if word.startswith("-") else []
-                hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
+                hints.append(f"{word} (did you mean {known[close[0]]}?)" if close else word)
             sub.error("unrecognized arguments: " + " ".join(hints))
         return parsed, extra
 
@@ -308,6 +387,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         for opt in OPTIONS:
             if name in opt.commands:
                 _add(p, opt, env, bad)
+        flag_aliases.add_refused(p)  # other servers' flags that mean something else: an error naming ours
     if bad:  # refused before anything starts, each naming its variable, option and accepted values
         parser.exit(2, "".join(f"uringserve: {msg}\n" for msg in bad.values()))
     parser.subcommands = {**subs, "doctor": doctor}  # type: ignore[attr-defined]
@@ -330,12 +410,16 @@ def _add(p: argparse.ArgumentParser, opt: Opt, env: Any, bad: dict[str, str]) ->
         except argparse.ArgumentTypeError as exc:
             bad[opt.env] = f"{opt.env}={raw!r} (for {opt.flag}): {exc}"
             default = opt.default
+    names = [opt.flag, *flag_aliases.spellings(opt.flag)]  # uvicorn's or gunicorn's name for the same thing
     if opt.is_flag:
-        p.add_argument(opt.flag, action="store_true", default=default, help=f"{opt.help} [{opt.env}]")
+        p.add_argument(*names, dest=opt.dest, action="store_true", default=default, help=f"{opt.help} [{opt.env}]")
+        for negation in flag_aliases.negations(opt.flag):
+            p.add_argument(negation, dest=opt.dest, action="store_false", help=argparse.SUPPRESS)
     else:
         assert opt.type is not None  # only flags have none
         p.add_argument(
-            opt.flag,
+            *names,
+            dest=opt.dest,
             type=opt.type,
             default=default,
             choices=opt.choices,
@@ -392,21 +476,28 @@ def load_app(spec: str, factory: bool) -> Any:
 
 
 def listeners(args: argparse.Namespace, environ: Any = None) -> list[Any]:
-    """Socket activation (LISTEN_FDS), --fd, --uds, then TCP on each --host
-    (127.0.0.1) and --port (8000). Where --uds, --fd or activation give a
-    listener, TCP is added only when --host or --port is given too: both
-    are served, neither is dropped."""
+    """Socket activation (LISTEN_FDS), --fd, --bind, --uds, then TCP on
+    each --host (127.0.0.1) and --port (8000). Where --uds, --fd, --bind or
+    activation give a listener, TCP is added only when --host or --port is
+    given too: all are served, none is dropped."""
     from .server import TCP, Inherited, Unix, activated
 
     out: list[Any] = list(activated(environ))
     for fd in args.fd or ():
         out.append(Inherited(fd, backlog=args.backlog))
+    for kind, where, port in args.bind or ():
+        if kind == "tcp":
+            out.append(TCP(where or None, port, backlog=args.backlog, reuse_port=args.reuse_port))
+        elif kind == "unix":
+            out.append(Unix(where, mode=args.uds_mode, backlog=args.backlog))
+        else:
+            out.append(Inherited(where, backlog=args.backlog))
     if args.uds:
         if args.uds.startswith("@") and args.uds_mode is not None:
             raise SystemExit(f"uringserve: --uds-mode: the abstract socket {args.uds} has no file to give a mode")
         out.append(Unix(args.uds, mode=args.uds_mode, backlog=args.backlog))
-    elif args.uds_mode is not None:
-        raise SystemExit("uringserve: --uds-mode applies to a Unix socket: give --uds too")
+    elif args.uds_mode is not None and not any(kind == "unix" for kind, _, _ in args.bind or ()):
+        raise SystemExit("uringserve: --uds-mode applies to a Unix socket: give --uds (or --bind unix:PATH) too")
     if out and not args.host and args.port is None:
         return out
     port = DEFAULT_PORT if args.port is None else args.port
@@ -501,7 +592,11 @@ def _protocol_server(args: argparse.Namespace) -> Any:
         return Server(app, shutdown_timeout=args.graceful_timeout, ssl=tls)
     from .http import HTTPServer
 
-    config = HTTPConfig(shutdown_timeout=args.graceful_timeout, **{name: getattr(args, name) for name in HTTP_FIELDS})
+    config = HTTPConfig(
+        shutdown_timeout=args.graceful_timeout,
+        server_header=None if args.no_server_header else HTTPConfig.server_header,
+        **{name: getattr(args, name) for name in HTTP_FIELDS},
+    )
     forwarding = None
     if args.proxy_headers:
         from .http.forwarded import Forwarding
@@ -527,6 +622,14 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     args = parser.parse_args(argv)
     if getattr(args, "max_connections", 0) and args.loop != "uring":
         parser.error(f"--max-connections needs --loop uring: the {args.loop} loop cannot pause accepting")
+    if getattr(args, "reload", False) and worker_count(args) > 1:
+        # uvicorn ignores --workers with --reload (a warning); a worker count asked for and not given is refused here
+        parser.exit(
+            2,
+            f"uringserve: --reload runs one worker (it is for development: each change restarts it), "
+            f"not --workers {args.workers}{f' ({worker_count(args)} here)' if not args.workers else ''}: "
+            "drop --workers, or --reload to serve with workers\n",
+        )
     if args.cmd == "doctor":
         import json
 
@@ -584,7 +687,7 @@ def _serve(argv: list[str], args: argparse.Namespace) -> int:
             return 0
         return code
     check(args)
-    if worker_count(args) > 1 or args.max_requests:
+    if worker_count(args) > 1 or args.max_requests or getattr(args, "reload", False):
         return build_supervisor(argv, args).run()
     server = build_server(args)
     metrics = _metrics(args, server)
@@ -655,6 +758,25 @@ def check(args: argparse.Namespace) -> None:
             raise SystemExit("uringserve: --loop uvloop needs the uvloop package: pip install uvloop") from None
     if args.metrics is not None and importlib.util.find_spec("prometheus_client") is None:
         raise SystemExit(METRICS_MISSING)
+    if args.cmd == "run":
+        check_reload(args)
+
+
+def check_reload(args: argparse.Namespace) -> None:
+    """--reload's package and directories; its options without it are said once (as uvicorn does)."""
+    from . import reload
+
+    if not args.reload:
+        if args.reload_dir or args.reload_include or args.reload_exclude:
+            logging.getLogger("uringserve").warning(
+                "--reload-dir, --reload-include and --reload-exclude do nothing without --reload"
+            )
+        return
+    if not reload.available():
+        raise SystemExit(reload.MISSING)
+    for d in args.reload_dir or []:
+        if not os.path.isdir(d):
+            raise SystemExit(f"uringserve: --reload-dir {d}: no such directory")
 
 
 def _module_missing(name: str) -> str | None:
@@ -713,7 +835,8 @@ def worker_count(args: argparse.Namespace) -> int:
 
 def build_supervisor(argv: list[str], args: argparse.Namespace) -> Any:
     """The Supervisor for --workers N (or for --max-requests with one worker:
-    a process must be there to start the replacement, as gunicorn's master is)."""
+    a process must be there to start the replacement, as gunicorn's master is;
+    or for --reload: its one worker is replaced when a file changes)."""
     from . import workers
 
     return workers.Supervisor(
@@ -726,7 +849,17 @@ def build_supervisor(argv: list[str], args: argparse.Namespace) -> Any:
         metrics=args.metrics,
         ready_timeout=args.ready_timeout,
         recycling=bool(args.max_requests),
+        watcher=build_watcher(args),
     )
+
+
+def build_watcher(args: argparse.Namespace) -> Any:
+    """--reload's file watcher (reload.Watcher), None without it."""
+    if not getattr(args, "reload", False):
+        return None
+    from .reload import ReloadFilter, Watcher
+
+    return Watcher(ReloadFilter.from_options(args.reload_dir, args.reload_include, args.reload_exclude))
 
 
 def request_limit(args: argparse.Namespace, rng: random.Random | None = None) -> int:

@@ -60,6 +60,9 @@ class Metrics:
         self.refused = Counter(
             "uringserve_connections_refused_total", "Accepts that failed (the kernel's accept errors)", **kw
         )
+        self.limited = Counter(
+            "uringserve_http_limited_total", "Requests answered 503 beyond --limit-concurrency", **kw
+        )
         self.proxy_rejected = Counter(
             "uringserve_proxy_protocol_rejected_total",
             "Connections closed for their PROXY protocol header, by reason (--proxy-protocol)",
@@ -86,6 +89,9 @@ class Metrics:
         counts = server.connections.counts()
         self.open.set(counts["open"])
         self._add("accepted", counts["accepted"], self.accepted)
+        limit = getattr(server, "concurrency", None)  # an HTTPServer's, with --limit-concurrency
+        if limit is not None:
+            self._add("limited", limit.refused, self.limited)
         proxy = getattr(server, "proxy_protocol", None)
         if proxy is not None:
             for reason, n in proxy.rejected.items():

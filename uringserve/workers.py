@@ -41,6 +41,12 @@ only the workers already serving run the good one: they stop recycling
 a good worker with one that cannot start. A worker that crashes meanwhile
 is still replaced from the code on disk (its slot then retried as above).
 
+With --reload (reload.py) the supervisor runs one worker and a file
+watcher whose changes start the same reload as SIGHUP, one at a time (the
+changes made during one start another after it); one failure to start fails
+such a reload, and the next change tries again. Nor does a worker that
+cannot start when none serves stop the supervisor: it waits for a change.
+
 Exit status: 0 after a clean drain; 1 when a worker could not start, when
 a stop signal came before any worker served, or when the stop cut work in
 flight (a second signal, SIGQUIT, a worker that did not finish within
@@ -100,6 +106,7 @@ class Supervisor:
         metrics: tuple[str, int] | None = None,
         ready_timeout: float = READY_TIMEOUT,
         recycling: bool = False,
+        watcher: Any = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -139,6 +146,12 @@ class Supervisor:
         self._pause_fd = -1
         self._sel = selectors.DefaultSelector()
         self._signals: list[int] = []
+        # --reload (reload.Watcher): a change reloads as SIGHUP does. Until the
+        # files change again the code that failed fails the same way, so one
+        # failure fails the reload: one traceback per save, not three
+        self.watcher = watcher
+        self.changed: set[str] = set()  # changed since the last reload began
+        self.start_failures = 1 if watcher is not None else START_FAILURES
 
     # -- listeners ------------------------------------------------------------------
     def open_listeners(self) -> None:
@@ -267,10 +280,16 @@ class Supervisor:
         if not worker.ready:
             n = self.failures[worker.slot] = self.failures.get(worker.slot, 0) + 1
             delay_n = n
-            if n >= START_FAILURES:
+            if n >= self.start_failures:
                 what = f"a worker failed to start {n} times in a row (last: {how})"
+                if n == 1:  # --reload: one try
+                    what = f"a worker failed to start ({how})"
                 if self.previous is not None:
                     self._reload_failed(what)
+                    return
+                if not self._serving() and self.watcher is not None:  # --reload: the fix is a change away
+                    logs.error(f"{self.name}: {what}; waiting for a change to start again", generation=self.generation)
+                    self.restart_at[worker.slot] = float("inf")
                     return
                 if not self._serving():
                     logs.error(f"{self.name}: {what}; stopping", generation=self.generation)
@@ -404,7 +423,7 @@ class Supervisor:
         for w in list(self.workers.values()):
             self._retire(w, sig)
 
-    def reload(self) -> None:
+    def reload(self, why: str = "SIGHUP") -> None:
         """A new generation; the serving one drains once every new worker is
         ready, or keeps serving if the new one cannot start."""
         if self.previous is None:
@@ -415,9 +434,36 @@ class Supervisor:
                     self._retire(w)
         self._generations += 1
         self.generation = self._generations
-        logger.info("SIGHUP: starting generation %d", self.generation)
+        logger.info("%s: starting generation %d", why, self.generation)
         self.restart_at.clear()
         self.failures.clear()
+
+    def _changes(self, paths: set[str]) -> None:
+        if paths and self.previous is not None and not self.stopping:
+            from .reload import describe
+
+            logger.info("%s changed during a reload: one more reload after it", describe(paths))
+        self.changed |= paths
+
+    def _reload_on_change(self) -> None:
+        """--reload: the files changed since the last reload began start a
+        generation once the first one served and no reload is in flight, so
+        a burst of changes is one reload, and a change during a reload (which
+        may have imported the file before it) is one more after it, whether
+        that one took or failed. When no worker could start, they start again."""
+        if not self.changed:
+            return
+        from .reload import describe
+
+        why = f"WatchFiles detected changes in {describe(self.changed)}"
+        if float("inf") in self.restart_at.values():  # no worker could start: start them again, now
+            logger.info("%s: starting the workers again", why)
+            self.changed.clear()
+            self.restart_at.clear()
+            self.failures.clear()
+        elif self.announced and self.previous is None:
+            self.changed.clear()
+            self.reload(why)
 
     def _retire_old(self) -> None:
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
@@ -492,6 +538,9 @@ class Supervisor:
         previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_signal)
         self._sel.register(wake_r, selectors.EVENT_READ, None)
         try:
+            if self.watcher is not None:
+                self.watcher.start()
+                self._sel.register(self.watcher.fileno(), selectors.EVENT_READ, self.watcher)
             while True:
                 self._reap()
                 while self._signals:
@@ -509,6 +558,7 @@ class Supervisor:
                                 w.proc.kill()
                         self.stop_deadline = time.monotonic() + KILL_AFTER
                 else:
+                    self._reload_on_change()
                     self._fill()
                     self._retire_old()
                     self._check_start_timeouts()
@@ -532,9 +582,13 @@ class Supervisor:
                                 pass
                         except BlockingIOError:
                             pass
+                    elif key.data is self.watcher:
+                        self._changes(self.watcher.take())
                     else:
                         self._on_ready_pipe(key.data)
         finally:
+            if self.watcher is not None:
+                self.watcher.stop()
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

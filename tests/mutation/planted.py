@@ -186,8 +186,8 @@ PLANTED = [
     (
         "workers: a fourth start tried before giving up (START_FAILURES off by one)",
         "uringserve/workers.py",
-        "            if n >= START_FAILURES:",
-        "            if n > START_FAILURES:",
+        "            if n >= self.start_failures:",
+        "            if n > self.start_failures:",
         ["tests/test_workers.py", "-k", "cannot_start_stops_the_supervisor"],
     ),
     (
@@ -266,6 +266,28 @@ PLANTED = [
         '        print(f"uringload: {exc}", file=sys.stderr)\n        return 2\n    if args.compare:',
         '        print(f"uringload: {exc}", file=sys.stderr)\n        return 1\n    if args.compare:',
         ["tests/test_loadtest.py", "-k", "without_hdrhistogram"],
+    ),
+    # issue 24: --reload
+    (
+        "reload: a change during a reload is dropped instead of reloading after it",
+        "uringserve/workers.py",
+        "        self.changed |= paths\n",
+        "        if self.previous is None:\n            self.changed |= paths\n",
+        ["tests/test_reload.py", "-k", "change_during_a_reload"],
+    ),
+    (
+        "reload: a hidden directory's files reload",
+        "uringserve/reload.py",
+        'if part in IGNORED_DIRS or part.startswith("."):',
+        "if part in IGNORED_DIRS:",
+        ["tests/test_reload.py", "-k", "ignored_and_excluded"],
+    ),
+    (
+        "reload: a stale .pyc is imported after a same-second, same-size edit",
+        "uringserve/reload.py",
+        'os.environ["PYTHONDONTWRITEBYTECODE"] = "1"',
+        "pass",
+        ["tests/test_reload.py", "-k", "edit_changes_the_answer"],
     ),
 ]
 

@@ -1,6 +1,7 @@
-"""ASGI 3 over HTTPProtocol: the `http` scope (with the
-`http.response.pathsend` extension, sent zero-copy through the ring) and
-`lifespan`."""
+"""ASGI 3 over HTTPProtocol: the `http` scope and `lifespan`, with the
+extensions (asgiref's docs/extensions.rst) `http.response.pathsend` and
+`http.response.zerocopysend` (files sent through the ring's file path),
+`http.response.early_hint` (103) and `http.response.trailers`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from urllib.parse import unquote
 
 from ..server.lifecycle import StartupError
 from . import framing
+from .appfile import AppFile
 from .body import ClientDisconnected
+from .limit import ConcurrencyLimit
 from .parser import HeaderBlock, HTTPError
 from .protocol import Exchange, Runner
 from .state import CLOSED
@@ -22,7 +25,18 @@ from .state import CLOSED
 logger = logging.getLogger("uringserve.http")
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
-_EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
+# Advertised on every request, trailers included: the spec has the app
+# send them regardless and the server send them only to a client whose
+# request said `TE: trailers` (the others never see them: see _trailers()).
+_EXTENSIONS: dict[str, Any] = {
+    "http.response.pathsend": {},
+    "http.response.zerocopysend": {},
+    "http.response.early_hint": {},
+    "http.response.trailers": {},
+}
+# where a response that announced trailers (`trailers: True`) is
+TRAILERS_PROMISED, TRAILERS_DUE, TRAILERS_SENT = 1, 2, 3
+_dropped_said = False  # trailers dropped for a client that did not ask: logged once per process
 
 
 def _mark_async(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,6 +55,11 @@ class ASGIExchange(Exchange):
     asgi_length: int | None = None
     disc: asyncio.Future | None = None
     body_sent_end = False
+    # http.response.trailers: 0, or where the response that promised them is;
+    # and whether this client gets them (else they are dropped)
+    asgi_trailers = 0
+    trailers_out = False
+    trailer_block = b""
 
     async def receive(self) -> dict[str, Any]:
         body = self.body_in
@@ -70,7 +89,7 @@ class ASGIExchange(Exchange):
         conn = self.conn
         kind = message["type"]
         if conn.state is CLOSED:
-            if kind == "http.response.body" or kind == "http.response.pathsend":
+            if kind == "http.response.body" or kind == "http.response.pathsend" or kind == _ZEROCOPY:
                 raise ClientDisconnected("the client closed the connection")
             return conn.completed
         if kind == "http.response.body":
@@ -81,7 +100,7 @@ class ASGIExchange(Exchange):
                 if block is None:
                     raise RuntimeError("ASGI: http.response.body before http.response.start")
                 length = self.asgi_length
-                if not more and (length is None or length == len(data)):
+                if not more and (length is None or length == len(data)) and not self.trailers_out:
                     # a whole response: one write
                     head, data = framing.whole_head(
                         self.asgi_status, block, data if type(data) is bytes else bytes(data)
@@ -89,11 +108,13 @@ class ASGIExchange(Exchange):
                     conn.respond_whole(self, self.asgi_status, head, data)
                     return conn.completed
                 self.start(self.asgi_status, block, length, bytes(data))
-            elif self.finished:
-                raise RuntimeError("ASGI: the response is already complete")
+            elif self.finished or self.asgi_trailers > TRAILERS_PROMISED:
+                raise RuntimeError("ASGI: the response body is already complete")
             elif data:
                 Exchange.send(self, bytes(data))
             if not more:
+                if self.asgi_trailers:
+                    return self._body_ended()
                 self.end()
             elif conn.write_paused:
                 return conn.drain()
@@ -105,7 +126,10 @@ class ASGIExchange(Exchange):
             framing.status_line(status)  # a bad status is the app's error, raised here
             # the server writes the framing headers itself
             framing_headers: list[tuple[bytes, bytes]] = []
-            self.asgi_block = framing.encode_headers(message.get("headers", ()), framing_headers)
+            block = framing.encode_headers(message.get("headers", ()), framing_headers)
+            if "trailers" in message and message["trailers"]:
+                self._promise_trailers(framing_headers)  # which may refuse the start: nothing taken yet
+            self.asgi_block = block
             for lname, value in framing_headers:
                 if lname == b"content-length":
                     self.asgi_length = int(value)
@@ -116,12 +140,25 @@ class ASGIExchange(Exchange):
             if self.asgi_block is None or self.started:
                 raise RuntimeError("ASGI: http.response.pathsend needs http.response.start and no body")
             f = self.files.open(os.fspath(message["path"]))
+            if self.asgi_trailers:  # framed as a body message that ends the body, with trailers to follow
+                return self._send_range(f, 0, f.size, False)
             self.start(self.asgi_status, self.asgi_block, f.size if self.asgi_length is None else self.asgi_length)
             pending = self.send_file(f, 0, f.size)
             if pending is not None:
                 return self._end_after(pending)
             self.end()
             return conn.completed
+        if kind == _ZEROCOPY:
+            return self._zerocopy(message)
+        if kind == "http.response.early_hint":
+            if self.started:
+                raise RuntimeError("ASGI: http.response.early_hint after the response began")
+            # RFC 9110 15.2: no 1xx to an HTTP/1.0 client (the spec lets a server ignore hints)
+            if self.version == "1.1":
+                conn.write(framing.early_hints(message.get("links", ())))
+            return conn.completed
+        if kind == "http.response.trailers":
+            return self._trailers(message)
         raise RuntimeError(f"ASGI: unexpected message type {kind!r} on an http scope")
 
     # ASGI calls send "an asynchronous callable": tools that ask whether a
@@ -133,8 +170,130 @@ class ASGIExchange(Exchange):
         await pending
         self.end()
 
+    # -- http.response.trailers ----------------------------------------------------
+    def _promise_trailers(self, framing_headers: list[tuple[bytes, bytes]]) -> None:
+        """http.response.start said `trailers: True`: the body is chunked and
+        ends with the trailers the app sends after it, for a client that
+        asked (TE: trailers) over HTTP/1.1 with a body to carry them; for any
+        other the response ends with its body and the trailers are dropped."""
+        if any(name == b"content-length" for name, _ in framing_headers):
+            raise RuntimeError("ASGI: a response with trailers is chunked: it cannot have a Content-Length")
+        self.asgi_trailers = TRAILERS_PROMISED
+        self.trailers_out = (
+            self.version == "1.1"
+            and not self.head_only
+            and framing.body_allowed(self.asgi_status)
+            and framing.accepts_trailers(self.raw_headers)
+        )
 
-def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any, root_path: str = "") -> Runner:
+    def _body_ended(self) -> Awaitable[None]:
+        """The last body message of a response that promised trailers: its end
+        waits for them when the client gets them."""
+        self.asgi_trailers = TRAILERS_DUE
+        if not self.trailers_out:
+            self.end()
+        return self.conn.completed
+
+    def _trailers(self, message: dict[str, Any]) -> Awaitable[None]:
+        state = self.asgi_trailers
+        if not state:
+            raise RuntimeError("ASGI: http.response.trailers, but http.response.start did not say trailers: True")
+        if state == TRAILERS_PROMISED and not self.finished:  # finished: a whole body or a file ended it
+            raise RuntimeError("ASGI: http.response.trailers before the body ended (more_body: False)")
+        if state == TRAILERS_SENT:
+            raise RuntimeError("ASGI: http.response.trailers after the last one (more_trailers: False)")
+        block = framing.encode_trailers(message.get("headers", ()))
+        more = message.get("more_trailers", False)
+        if self.trailers_out:
+            self.trailer_block += block
+            if not more:
+                self.asgi_trailers = TRAILERS_SENT
+                self.conn.write(framing.last_chunk(self.trailer_block))
+                self.chunked_out = False  # its last chunk is written: end() must not write another
+                self.end()
+            return self.conn.completed
+        if not more:
+            self.asgi_trailers = TRAILERS_SENT
+        global _dropped_said
+        if not _dropped_said:
+            _dropped_said = True
+            logger.debug("ASGI trailers dropped: sent only to a client whose request says TE: trailers (logged once)")
+        return self.conn.completed
+
+    # -- http.response.zerocopysend ------------------------------------------------
+    def _zerocopy(self, message: dict[str, Any]) -> Awaitable[None]:
+        """A range of the app's open file, as a body message would send it
+        (Content-Length, chunked, or up to the close), through the
+        connection's file path: on the ring, read into registered memory and
+        sent from there. The file is ours to hold (AppFile) until sent, so
+        the app may close its own once this resolves."""
+        if self.asgi_block is None:
+            raise RuntimeError("ASGI: http.response.zerocopysend before http.response.start")
+        if self.finished or self.asgi_trailers > TRAILERS_PROMISED:
+            raise RuntimeError("ASGI: the response body is already complete")
+        src = message["file"]
+        f = AppFile(src)
+        offset, count = f.span(message.get("offset"), message.get("count"), src)
+        return self._send_range(f, offset, count, message.get("more_body", False))
+
+    def _send_range(self, f: Any, offset: int, count: int, more: bool) -> Awaitable[None]:
+        """A file range as one body message: the head first if it is not
+        out (Content-Length `count` when this is the whole body), then the
+        range (in a chunk of its own when chunked)."""
+        if not self.started:
+            block = self.asgi_block
+            assert block is not None  # its callers checked: http.response.start came
+            length = self.asgi_length
+            if length is None and not more and not self.trailers_out:
+                length = count  # the whole body: framed by its length, as a whole body message is
+            elif length is not None and count > length:
+                raise RuntimeError(
+                    f"ASGI: http.response.zerocopysend of {count} bytes, longer than the Content-Length {length}"
+                )
+            self.start(self.asgi_status, block, length)
+        chunked = self.chunked_out and count > 0
+        if chunked:
+            self.conn.write(b"%x\r\n" % count)
+        pending = self.send_file(f, offset, count)
+        if pending is not None:
+            return self._zerocopy_after(pending, chunked, more)
+        if chunked:
+            self.conn.write(b"\r\n")
+        if not more:
+            if self.asgi_trailers:
+                return self._body_ended()
+            self.end()
+            return self.conn.completed
+        if self.conn.write_paused:
+            return self.conn.drain()
+        return self.conn.completed
+
+    async def _zerocopy_after(self, pending: Any, chunked: bool, more: bool) -> None:
+        # the transport sends the rest itself (asyncio's sendfile): what
+        # follows the range is written once it is out
+        await pending
+        if chunked:
+            self.conn.write(b"\r\n")
+        if not more:
+            if self.asgi_trailers:
+                self._body_ended()
+            else:
+                self.end()
+
+
+_ZEROCOPY = "http.response.zerocopysend"
+
+
+def asgi_runner(
+    app: Callable[..., Any],
+    state: dict[str, Any],
+    files: Any,
+    root_path: str = "",
+    limit: ConcurrencyLimit | None = None,
+) -> Runner:
+    """The runner of an ASGI app; with `limit`, beyond its count of requests
+    in flight a request is answered 503 before the app sees it (limit.py)."""
+
     class _Exchange(ASGIExchange):
         pass
 
@@ -163,6 +322,16 @@ def asgi_runner(app: Callable[..., Any], state: dict[str, Any], files: Any, root
             "extensions": _EXTENSIONS,
         }
         ex.task = conn.spawn(_run(app, scope, ex))
+
+    if limit is not None:  # a runner of its own: nothing of the limit on the way when it is off
+        unlimited = run
+
+        def run(ex: ASGIExchange) -> None:
+            if limit.admit(ex):
+                try:
+                    unlimited(ex)
+                finally:
+                    limit.hold(ex.task)
 
     run.exchange_class = _Exchange  # type: ignore[attr-defined]
     return run

@@ -39,6 +39,11 @@ class HTTPConfig:
     server_header: str | None = "uringserve"
     #: one log line per response (uringserve.access); costs per request, so off by default
     access_log: bool = False
+    #: requests in flight per worker (handlers running as tasks) beyond which a request
+    #: is answered 503 with Retry-After at once (uvicorn: --limit-concurrency); 0: no limit
+    limit_concurrency: int = 0
+    #: the Retry-After of those 503s, seconds
+    retry_after: int = 1
 
     def __post_init__(self) -> None:
         for name in (
@@ -51,8 +56,9 @@ class HTTPConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"HTTPConfig.{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_body_bytes < 0:
-            raise ValueError(f"HTTPConfig.max_body_bytes must be >= 0, got {self.max_body_bytes}")
+        for name in ("max_body_bytes", "limit_concurrency", "retry_after"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"HTTPConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("header_timeout", "body_timeout", "send_timeout", "keepalive_timeout", "shutdown_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"HTTPConfig.{name} must be a positive number of seconds, got {getattr(self, name)}")

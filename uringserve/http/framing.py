@@ -120,6 +120,45 @@ LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+def last_chunk(trailers: bytes) -> bytes:
+    """The last chunk of a chunked body with its trailer section (`trailers`:
+    encoded header lines, as encode_headers() makes them)."""
+    return b"0\r\n" + trailers + b"\r\n"
+
+
+def encode_trailers(headers: Any) -> bytes:
+    """Trailer fields, refused as encode_headers() refuses a header, and the
+    fields that frame a message too: a Content-Length or Transfer-Encoding
+    after the body cannot frame it (RFC 9110 6.5.1), and one a client did
+    take would be a smuggling vector, so they are the app's error."""
+    framing: list[tuple[bytes, bytes]] = []
+    block = encode_headers(headers, framing)
+    if framing:
+        raise ValueError(f"{framing[0][0].decode('latin-1')} cannot be a trailer field")
+    return block
+
+
+def accepts_trailers(headers: Any) -> bool:
+    """Whether a request's TE fields list `trailers` (RFC 9110 10.1.4: a
+    comma-separated list of codings, each with optional `;q=` parameters):
+    the client takes trailer fields in a chunked response. `headers`: the
+    request's (name, value) pairs, names lower-cased."""
+    for name, value in headers:
+        if name == b"te" and any(t.split(b";", 1)[0].strip(b" \t").lower() == b"trailers" for t in value.split(b",")):
+            return True
+    return False
+
+
+def early_hints(links: Any) -> bytes:
+    """A 103 Early Hints response (RFC 8297) with one Link field per value in
+    `links` (bytes, or str as latin-1); empty when there are none. A CR or LF
+    in a value is refused, as in encode_headers()."""
+    values = [v.encode("latin-1") if isinstance(v, str) else bytes(v) for v in links]
+    if not values:
+        return b""
+    return b"HTTP/1.1 103 Early Hints\r\n" + encode_headers([(b"Link", v) for v in values]) + b"\r\n"
+
+
 HANDLER_FAILED = "the handler failed"  # the 500's message when a handler raised before its response began
 
 

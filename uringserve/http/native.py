@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from .limit import ConcurrencyLimit
 from .messages import FileResponse, Request, Response, StreamingResponse
 from .protocol import Exchange, Runner
 
@@ -16,9 +17,11 @@ def is_async_handler(handler: Any) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004 (its method, not callable())
 
 
-def native_runner(handler: Callable[[Request], Any]) -> Runner:
+def native_runner(handler: Callable[[Request], Any], limit: ConcurrencyLimit | None = None) -> Runner:
     """The runner for HTTPProtocol; the parser makes each request a Request
-    (the runner's exchange_class)."""
+    (the runner's exchange_class). With `limit`, a request whose handler
+    would run as a task is answered 503 beyond its count of requests in
+    flight; one a plain function answers at once is not (limit.py)."""
     is_async = is_async_handler(handler)
 
     def run(ex: Request) -> None:
@@ -32,6 +35,21 @@ def native_runner(handler: Callable[[Request], Any]) -> Runner:
         pending = answer(ex, result)
         if pending is not None:  # a streamed body, or a file the transport cannot queue
             ex.task = ex.conn.loop.create_task(_serve(ex, handler, True, pending))
+            if limit is not None:
+                limit.count(ex.task)
+
+    if limit is not None:  # a runner of its own: nothing of the limit on the way when it is off
+        unlimited = run
+
+        def run(ex: Request) -> None:
+            if is_async or not ex.body_in.done:
+                if limit.admit(ex):
+                    try:
+                        unlimited(ex)
+                    finally:
+                        limit.hold(ex.task)
+                return
+            unlimited(ex)
 
     run.exchange_class = Request  # type: ignore[attr-defined]
     if not is_async:  # HTTPProtocol answers the common request itself (_answer_common)

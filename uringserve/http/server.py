@@ -12,6 +12,7 @@ from ..server import Server
 from .asgi import Lifespan, asgi_runner
 from .config import HTTPConfig
 from .forwarded import ForwardedHTTPProtocol, Forwarding
+from .limit import ConcurrencyLimit
 from .native import native_runner
 from .protocol import HTTPProtocol
 from .static import FileCache
@@ -68,13 +69,18 @@ class HTTPServer(Server):
         self._runner: Any = None
         self._addrs: dict[socket.socket, Any] = {}  # listener -> the ASGI scope's "server"
         self.observer: Any = None  # called once per response (metrics); see http/access.py
+        # --limit-concurrency's count and its 503s (the metrics read `refused`), once started
+        self.concurrency: ConcurrencyLimit | None = None
 
     async def on_start(self) -> None:
+        cfg = self.config
+        if cfg.limit_concurrency:
+            self.concurrency = ConcurrencyLimit(cfg.limit_concurrency, cfg.retry_after)
         if self._lifespan is not None:
             await self._lifespan.startup()
-            self._runner = asgi_runner(self.app, self._lifespan.state, self.files, self._root_path)
+            self._runner = asgi_runner(self.app, self._lifespan.state, self.files, self._root_path, self.concurrency)
         else:
-            self._runner = native_runner(self.app)
+            self._runner = native_runner(self.app, self.concurrency)
 
     def make_protocol(self, sock: socket.socket) -> HTTPProtocol:
         p: HTTPProtocol
