@@ -43,6 +43,9 @@ ALIASES: list[Alias] = [
     Alias("--limit-request-fields", "gunicorn", "--max-headers"),
     Alias("--no-access-log", "uvicorn", "--access-log", negates=True),  # off is the default here
     Alias("--server-header", "uvicorn", "--no-server-header", negates=True),  # on is the default here
+    # --proxy-headers, --forwarded-allow-ips and --proxy-protocol are spelt as uvicorn and gunicorn spell them
+    Alias("--no-proxy-headers", "uvicorn", "--proxy-headers", negates=True),  # off is the default here
+    Alias("--proxy-allow-from", "gunicorn", "--forwarded-allow-ips"),  # one list for headers and PROXY here
     # a different meaning, or none here: refused, naming what to use
     Alias(
         "--ssl-ca-certs",
