@@ -289,6 +289,77 @@ PLANTED = [
         "pass",
         ["tests/test_reload.py", "-k", "edit_changes_the_answer"],
     ),
+    # issue 24: behind a proxy (--proxy-headers, --proxy-protocol)
+    (
+        "proxy headers: an IPv4 client on a dual-stack listener is not trusted",
+        "uringserve/server/trust.py",
+        "candidates.append(ip.ipv4_mapped)",
+        "pass",
+        ["tests/test_forwarded.py", "-k", "trusted_peers"],
+    ),
+    (
+        "proxy headers: X-Forwarded-For's left-most untrusted hop (the client's own claim) wins",
+        "uringserve/http/forwarded.py",
+        "for i in range(len(nodes) - 1, -1, -1):",
+        "for i in range(len(nodes)):",
+        ["tests/test_forwarded.py", "-k", "right_most"],
+    ),
+    (
+        "proxy headers: read from an untrusted peer",
+        "uringserve/http/forwarded.py",
+        "if not self._forwarding.trusted.trusts_peer(self.client, self.server_addr):",
+        "if False:",
+        ["tests/test_forwarded.py", "-k", "spoofed"],
+    ),
+    (
+        "proxy headers: a refused request is logged as the last forwarded client's",
+        "uringserve/http/forwarded.py",
+        "            self.client, self.scheme, self.server_addr = self._peer",
+        "            pass",
+        ["tests/test_forwarded.py", "-k", "access_log"],
+    ),
+    (
+        "proxy headers: the cache key starts at the first 'forwarded', not at its line",
+        "uringserve/http/forwarded.py",
+        'key = low[low.rfind(b"\\n", 0, first) + 1 : end if end >= 0 else len(low)]',
+        "key = low[first : end if end >= 0 else len(low)]",
+        ["tests/test_forwarded.py", "-k", "says_what_the_whole"],
+    ),
+    (
+        "PROXY v2: an INET header one byte short is read past its end",
+        "uringserve/server/proxy_protocol.py",
+        "        if length < _V2_INET.size:",
+        "        if length < 11:",
+        ["tests/test_proxy_protocol.py", "-k", "bad_headers"],
+    ),
+    (
+        "PROXY: the protocol keeps the proxy's address",
+        "uringserve/server/proxy_protocol.py",
+        '            self._extra["peername"] = header.source',
+        "            pass",
+        ["tests/test_proxy_protocol.py", "-k", "sees_the_client"],
+    ),
+    (
+        "PROXY: the reader stays in the registry after the hand-over",
+        "uringserve/server/proxy_protocol.py",
+        "            registry.replace(self, protocol)",
+        "            pass",
+        ["tests/test_proxy_protocol.py", "-k", "sees_the_client"],
+    ),
+    (
+        "PROXY: a draining server's first response keeps the connection alive",
+        "uringserve/server/proxy_protocol.py",
+        '        if self.draining and hasattr(protocol, "shutdown"):\n',
+        "        if False:\n",
+        ["tests/test_proxy_protocol.py", "-k", "drain_reaches"],
+    ),
+    (
+        "PROXY: a header that never comes holds the connection",
+        "uringserve/server/proxy_protocol.py",
+        "        self.set_deadline(KIND_PROXY_HEADER, self.settings.timeout)",
+        "        pass",
+        ["tests/test_proxy_protocol.py", "-k", "in_time"],
+    ),
 ]
 
 
