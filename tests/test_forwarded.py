@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from http_client import exchange
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_http_server import H, run
 
@@ -319,14 +319,57 @@ _field_value = st.text(alphabet='0123456789abcdef.:[]_, ;="forwardedunknownhttps
 )
 
 
+_block_lines = st.lists(st.tuples(_names, _field_value), max_size=8)
+
+
+def _block(lines: list) -> HeaderBlock:
+    return HeaderBlock(b"".join(n + b": " + v + b"\r\n" if v else n + b":\r\n" for n, v in lines))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(_names, _field_value), max_size=8))
-def test_of_a_block_says_what_the_whole_block_says(lines: list) -> None:
+@example([[(b"X-Forwarded-For", b"1.1.1.1")], [(b"X-Not-Forwarded-For", b"1.1.1.1")]])
+@given(st.lists(_block_lines, min_size=1, max_size=4))
+def test_of_a_block_says_what_the_whole_block_says(blocks: list) -> None:
     """of()'s cache key, the stretch from the first line naming "forwarded"
-    to the last, holds every proxy field: it resolves as the whole block does."""
-    block = HeaderBlock(b"".join(n + b": " + v + b"\r\n" if v else n + b":\r\n" for n, v in lines))
+    to the last, holds every proxy field: it resolves as the whole block
+    does; and so does a connection's inline copy of it, with its own cache
+    of views, over several requests."""
     f = Forwarding("127.0.0.1,10.0.0.0/8")
-    values = header_values(block)
-    whole = (None, None, None, None) if values is None else f.resolve(values)
-    assert (f.of(block) or (None, None, None, None)) == whole
-    assert (f.of(block) or (None, None, None, None)) == whole  # cached
+    heads = [_block(lines) for lines in blocks]
+    seen_all = _seen_through_a_connection(f, heads + heads)
+    for block, seen in zip(heads + heads, seen_all, strict=True):
+        values = header_values(block)
+        whole = (None, None, None, None) if values is None else Forwarding(f.trusted).resolve(values)
+        assert (f.of(block) or (None, None, None, None)) == whole
+        client, scheme, host, port = whole
+        assert seen[0] == (client or ("127.0.0.1", 5555)) and seen[1] == (scheme or "http")
+        if host is None and port is None:
+            assert seen[2] == ("127.0.0.1", 8000)
+        else:
+            assert seen[2] == (host or "127.0.0.1", port or {"http": 80, "https": 443}[seen[1]])
+
+
+def _seen_through_a_connection(f: Forwarding, blocks: list[HeaderBlock]) -> list[Any]:
+    """ex.seen_as for each head, in order, on one trusted ForwardedHTTPProtocol."""
+    import asyncio
+
+    from uringserve.http.forwarded import ForwardedHTTPProtocol
+    from uringserve.http.protocol import Exchange
+
+    class Peer:
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return ("127.0.0.1", 5555) if name == "peername" else default
+
+    async def main() -> list[Any]:
+        proto = ForwardedHTTPProtocol(lambda ex: None, HTTPConfig(), f)
+        proto.server_addr = ("127.0.0.1", 8000)
+        proto.connection_made(Peer())
+        proto.stop_timer()
+        out = []
+        for block in blocks:
+            ex = Exchange(b"GET", b"/", "1.1", block, True)
+            proto._runner(ex)
+            out.append(ex.seen_as)
+        return out
+
+    return asyncio.run(main())

@@ -60,6 +60,7 @@ _DEFAULT_PORT = {"http": 80, "https": 443}
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[;,=]|[^;,="\s]+|[ \t]+')
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_~%!$&'()*+=]+)(?::([0-9]{1,5}))?\Z")
 _CACHE_MAX = 1024
+_VIEWS_MAX = 64  # per connection (a proxy's keep-alive connection carries many clients)
 
 
 def header_values(headers: Any) -> tuple[bytes | None, ...] | None:
@@ -324,26 +325,47 @@ class ForwardedHTTPProtocol(HTTPProtocol):
         plain = self._plain_handler
         found_in = self._forwarding.of
         conn = self
+        # this connection's views by the head's stretch of proxy lines (Forwarding.of()'s
+        # key): a client seen before on it costs the key's searches and one lookup
+        views: dict[bytes, tuple[Any, str, Any]] = {}
+
+        def combine(found: Found | None) -> tuple[Any, str, Any]:
+            if found is None:
+                return peer
+            client, scheme, server = peer
+            f_client, f_scheme, f_host, f_port = found
+            if f_client is not None:
+                client = f_client
+            if f_scheme is not None:
+                scheme = f_scheme
+            if f_host is not None or f_port is not None:
+                host = f_host if f_host is not None else server[0] if server else None
+                server = (host, f_port if f_port is not None else _DEFAULT_PORT.get(scheme))
+            return (client, scheme, server)
 
         def viewed(target: Any) -> Any:
             # `target` (the runner, or the plain handler of the one-frame path)
             # called with the request's view set, in one frame: the hot path's
             # cost is this frame and what it does
             def call(ex: Any) -> Any:
-                found = found_in(ex._headers)
-                if found is None:
-                    seen = peer
+                headers = ex._headers
+                if type(headers) is HeaderBlock:
+                    # Forwarding.of()'s key, inline (test_forwarded.py holds the two to one result)
+                    low = headers.lower()
+                    first = low.find(b"forwarded")
+                    if first < 0:
+                        seen = peer
+                    else:
+                        end = low.find(b"\r", low.rfind(b"forwarded"))
+                        key = low[low.rfind(b"\n", 0, first) + 1 : end if end >= 0 else len(low)]
+                        seen = views.get(key)  # type: ignore[assignment]
+                        if seen is None:
+                            seen = combine(found_in(headers))
+                            if len(views) >= _VIEWS_MAX:
+                                views.clear()
+                            views[key] = seen
                 else:
-                    client, scheme, server = peer
-                    f_client, f_scheme, f_host, f_port = found
-                    if f_client is not None:
-                        client = f_client
-                    if f_scheme is not None:
-                        scheme = f_scheme
-                    if f_host is not None or f_port is not None:
-                        host = f_host if f_host is not None else server[0] if server else None
-                        server = (host, f_port if f_port is not None else _DEFAULT_PORT.get(scheme))
-                    seen = (client, scheme, server)
+                    seen = combine(found_in(headers))
                 # on the connection for what reads it there (the ASGI scope, the access
                 # log), on the exchange for a native Request read after its response
                 conn.client, conn.scheme, conn.server_addr = ex.seen_as = seen
