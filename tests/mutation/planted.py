@@ -319,10 +319,17 @@ PLANTED = [
         ["tests/test_forwarded.py", "-k", "access_log"],
     ),
     (
-        "proxy headers: the cache key starts at the first 'forwarded', not at its line",
+        "proxy headers: of()'s cache key starts at the first 'forwarded', not at its line",
         "uringserve/http/forwarded.py",
-        'key = low[low.rfind(b"\\n", 0, first) + 1 : end if end >= 0 else len(low)]',
-        "key = low[first : end if end >= 0 else len(low)]",
+        'key = low[low.rfind(b"\\n", 0, first) + 1 : end if end >= 0 else len(low)]\n        found',
+        "key = low[first : end if end >= 0 else len(low)]\n        found",
+        ["tests/test_forwarded.py", "-k", "says_what_the_whole"],
+    ),
+    (
+        "proxy headers: a connection's views keyed from the first 'forwarded', not its line",
+        "uringserve/http/forwarded.py",
+        'key = low[low.rfind(b"\\n", 0, first) + 1 : end if end >= 0 else len(low)]\n                        seen',
+        "key = low[first : end if end >= 0 else len(low)]\n                        seen",
         ["tests/test_forwarded.py", "-k", "says_what_the_whole"],
     ),
     (
