@@ -40,7 +40,12 @@ from .state import ANSWERING, BODY, CLOSED, CLOSING, HALF_CLOSED, HEAD, IDLE, LI
 
 logger = logging.getLogger("uringserve.http")
 
-# seconds a new connection gets, once a drain began, for its first request to arrive
+# seconds of quiet after which a draining connection with nothing in hand
+# closes (counted from its last response; a new connection's from the drain's
+# start): a request that arrives in it is answered with Connection: close.
+# Closed-loop clients send their next request within microseconds, pools far
+# later or never; one second is short beside a drain's graceful timeout and
+# keepalive_timeout, and long beside any network round trip.
 DRAIN_GRACE = 1.0
 # seconds a connection closed after a response reads on (and discards) what the client still sends
 LINGER = 2.0
@@ -654,13 +659,20 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         if queue:
             self._next()
             return
-        if state is HALF_CLOSED or self._draining:
-            self._close(linger=self._draining)  # a half-closed client sends nothing more
+        if state is HALF_CLOSED:
+            self._close()  # a half-closed client sends nothing more
             return
         if state >= LINGERING:  # cut already (abort()): nothing to wait for
             return
         if self._paused:
             self._resume()
+        if self._draining and not self._parser.head_started:
+            # a response begun before the drain promised keep-alive: the
+            # client may send its next request now, which is answered with
+            # Connection: close; quiet for DRAIN_GRACE, the connection closes
+            self._wait(IDLE)
+            self.set_deadline(IDLE, min(self._keepalive_timeout, DRAIN_GRACE))
+            return
         self._wait(HEAD if self._parser.head_started else IDLE)
 
     def response_failed(self, ex: Exchange, exc: BaseException) -> None:
@@ -849,24 +861,38 @@ class HTTPProtocol(Connection, asyncio.Protocol):
 
     # -- server shutdown ----------------------------------------------------------
     def shutdown(self) -> None:
-        """Finish what is in flight, answer with Connection: close, then close.
-        Idle between requests: close now. A request partly arrived: it is in
-        flight (the head timer still bounds it). A new connection with nothing
-        yet: its first request may be on its way (a client sends it right
-        after connecting), so it gets DRAIN_GRACE to arrive, as nginx lets a
-        new connection's first request finish."""
+        """The drain hook: end the connection where the client expects it.
+        What is in flight is finished and its response says Connection:
+        close. A connection with nothing in hand is not closed at once: a
+        closed-loop client's next request is usually on its way (it sent it
+        microseconds after reading the last response), and closing then
+        resets it (ECONNRESET in the client, an error in wrk). It gets
+        DRAIN_GRACE of quiet, counted from its last response (a new one's
+        from now): a request that arrives in it is answered with
+        Connection: close, and one quiet that long is closed, as Envoy's
+        drain period and nginx's lingering do. A request partly arrived is
+        in flight (its head timer bounds it)."""
         self._draining = True
-        if not self._queue:
-            if self._parser.head_started:
-                return
-            if self._served == 0 and self.state is not CLOSED:
-                self.set_deadline(HEAD, min(self._cfg.header_timeout, DRAIN_GRACE))
-                return
-            self._close()
-        else:
-            for ex in self._queue:
+        queue = self._queue
+        if queue:
+            for ex in queue:
                 if not ex.started:
                     ex.keep_alive = False
+            return
+        state = self.state
+        if state >= LINGERING or self._parser.head_started:
+            return
+        now = self._clock()
+        if state is IDLE and self._timer_kind is IDLE:
+            # quiet since the keep-alive deadline was set: the last response
+            quiet_since = self._deadline - self._keepalive_timeout
+            left = quiet_since + DRAIN_GRACE - now
+            if left <= 0:
+                self._close()  # idle for DRAIN_GRACE already: nothing is on its way
+                return
+            self.set_deadline(IDLE, min(left, self._deadline - now))
+        else:  # a new connection (HEAD, nothing yet): its first request may be on its way
+            self.set_deadline(HEAD, min(self._cfg.header_timeout, DRAIN_GRACE))
 
     def abort(self) -> list[asyncio.Task]:
         """Cut the connection now. The handlers still running for it are
