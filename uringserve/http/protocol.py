@@ -680,13 +680,14 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         started, or it ended short of its Content-Length): the connection ends."""
         self._wake_disconnect()
         self._queue.clear()
-        self.stop_timer()
-        if self.state is not CLOSED:
-            self.state = CLOSING
+        if self.state < LINGERING:
             # what was sent goes out, then FIN: a chunked body without its last
-            # chunk, or a short Content-Length body, tells the client it is cut
+            # chunk, or a short Content-Length body, tells the client it is cut.
+            # Lingering, as after any last response: a client still sending
+            # (pipelined requests) would otherwise get RST, which drops what
+            # was sent before it arrives
             logger.debug("ending connection mid-response: %s", exc)
-            self._transport.close()
+            self._close(linger=True)
 
     def spawn(self, coro: Any) -> asyncio.Task:
         """The task answering a request: started eagerly where the loop can
