@@ -18,21 +18,26 @@ the test waits for were printed by the server, not after a fixed time."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from typing import Any
 
 import pytest
-from conftest import PY, Proc, wait_until
+from conftest import PY, Proc, until, wait_until
+
+from uringserve.http import HTTPServer, Request, Response, StreamingResponse, protocol
+from uringserve.http.state import CLOSED, CLOSING, IDLE
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 CONNS = 20
 
-pytestmark = pytest.mark.skipif(not os.path.exists(WRK), reason="wrk is not installed (make test's setup installs it)")
+needs_wrk = pytest.mark.skipif(not os.path.exists(WRK), reason="wrk is not installed (make test's setup installs it)")
 
 STARTED = re.compile(r"worker (\d+) \(slot \d+, generation (\d+)\) started")
 
@@ -113,6 +118,7 @@ def assert_clean(report: dict[str, Any], srv: Proc) -> None:
 LISTENERS = {"shared": (), "reuse-port": ("--reuse-port",)}
 
 
+@needs_wrk
 @pytest.mark.parametrize(
     "loop, listener",
     [("uring", "shared"), ("uring", "reuse-port"), ("asyncio", "shared")],
@@ -133,6 +139,7 @@ def test_a_reload_under_load_loses_nothing(loop: str, listener: str) -> None:
     assert_clean(report, srv)
 
 
+@needs_wrk
 @pytest.mark.parametrize(
     "loop, listener",
     [("uring", "shared"), ("uring", "reuse-port"), ("asyncio", "reuse-port")],
@@ -158,3 +165,163 @@ def test_recycling_under_load_loses_nothing(loop: str, listener: str) -> None:
     finally:
         srv.stop()
     assert_clean(report, srv)
+
+
+# -- the drain's rules, one connection at a time, on both loops -----------------------------
+H = b"Host: t\r\n"
+GET = b"GET / HTTP/1.1\r\n" + H + b"\r\n"
+
+
+class Client:
+    """Blocking: exact bytes out, whole Content-Length or chunked responses in."""
+
+    def __init__(self, port: int) -> None:
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def _more(self) -> bool:
+        chunk = self.s.recv(65536)
+        self.buf += chunk
+        return bool(chunk)
+
+    def response(self) -> bytes:
+        while b"\r\n\r\n" not in self.buf:
+            assert self._more(), f"the connection ended before a response: {self.buf!r}"
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        m = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+        end = b"\r\n0\r\n\r\n"
+        if m is not None:
+            while len(self.buf) < int(m.group(1)):
+                assert self._more()
+            body, self.buf = self.buf[: int(m.group(1))], self.buf[int(m.group(1)) :]
+        else:
+            while end not in self.buf:
+                assert self._more()
+            i = self.buf.index(end) + len(end)
+            body, self.buf = self.buf[:i], self.buf[i:]
+        return head + b"\r\n\r\n" + body
+
+    def at_eof(self) -> bool:
+        return not self._more() and not self.buf
+
+    def close(self) -> None:
+        self.s.close()
+
+
+async def gated(go: asyncio.Event) -> Any:
+    yield b"first;"
+    await go.wait()
+    yield b"last"
+
+
+def one_server(h: Any, handler: Any, scenario: Any) -> Any:
+    async def main() -> Any:
+        srv = HTTPServer(handler)
+        await srv.start("127.0.0.1", 0)
+        try:
+            return await scenario(srv, srv.sockets[0].getsockname()[1])
+        finally:
+            await srv.shutdown(timeout=5)
+
+    return h.run(main(), timeout=60)
+
+
+def hello(req: Request) -> Any:
+    return Response(b"hello")
+
+
+def test_a_connection_quiet_for_the_grace_closes_when_the_drain_begins(h: Any, monkeypatch: Any) -> None:
+    """Idle for DRAIN_GRACE since its last response: nothing is on its way,
+    so the drain closes it at once (the drain's first step, before any
+    loop turn)."""
+    monkeypatch.setattr(protocol, "DRAIN_GRACE", 0.2)
+
+    async def scenario(srv: HTTPServer, port: int) -> Any:
+        c = await asyncio.to_thread(Client, port)
+        await asyncio.to_thread(c.s.sendall, GET)
+        await asyncio.to_thread(c.response)
+        (conn,) = list(srv.connections)
+        answered = time.monotonic()
+        # the behaviour under test is the connection's quiet age: it must pass
+        assert await until(lambda: conn.state is IDLE and time.monotonic() - answered > 0.3)
+        stop = asyncio.ensure_future(srv.shutdown(timeout=5))
+        await asyncio.sleep(0)
+        state = conn.state
+        await stop
+        assert await asyncio.to_thread(c.at_eof)
+        c.close()
+        return state
+
+    assert one_server(h, hello, scenario) in (CLOSING, CLOSED)
+
+
+def test_a_connection_just_answered_gets_its_next_request_answered_with_close(h: Any) -> None:
+    """Answered microseconds ago: the next request may be on its way. The
+    drain leaves the connection open; the request that comes is answered,
+    with Connection: close, and then the connection ends."""
+
+    async def scenario(srv: HTTPServer, port: int) -> None:
+        c = await asyncio.to_thread(Client, port)
+        await asyncio.to_thread(c.s.sendall, GET)
+        await asyncio.to_thread(c.response)
+        (conn,) = list(srv.connections)
+        assert await until(lambda: conn.state is IDLE)
+        stop = asyncio.ensure_future(srv.shutdown(timeout=5))
+        await asyncio.sleep(0)
+        assert conn.state is IDLE  # not closed under the client's next request
+        await asyncio.to_thread(c.s.sendall, GET)
+        resp = await asyncio.to_thread(c.response)
+        assert resp.startswith(b"HTTP/1.1 200 ") and b"connection: close" in resp.lower(), resp
+        assert await asyncio.to_thread(c.at_eof)
+        c.close()
+        await stop
+
+    one_server(h, hello, scenario)
+
+
+def test_a_drain_closes_a_connection_that_stays_quiet_after_the_grace(h: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(protocol, "DRAIN_GRACE", 0.2)
+
+    async def scenario(srv: HTTPServer, port: int) -> None:
+        c = await asyncio.to_thread(Client, port)
+        await asyncio.to_thread(c.s.sendall, GET)
+        await asyncio.to_thread(c.response)
+        t0 = time.monotonic()
+        await srv.shutdown(timeout=5)  # ends when the connection closed: the grace, not the timeout
+        assert time.monotonic() - t0 < 4
+        assert await asyncio.to_thread(c.at_eof)
+        c.close()
+
+    one_server(h, hello, scenario)
+
+
+def test_a_response_that_promised_keep_alive_before_the_drain_gets_one_more_request(h: Any) -> None:
+    """A streamed response whose head went out (kept alive) before the drain
+    began: its client, closed-loop, sends its next request once the
+    response ends; that request is answered with Connection: close, not met
+    by a close."""
+    go: list[asyncio.Event] = []
+
+    def handler(req: Request) -> Any:
+        if req.raw_path == b"/stream":
+            go.append(asyncio.Event())
+            return StreamingResponse(gated(go[-1]))
+        return Response(b"next")
+
+    async def scenario(srv: HTTPServer, port: int) -> None:
+        c = await asyncio.to_thread(Client, port)
+        await asyncio.to_thread(c.s.sendall, b"GET /stream HTTP/1.1\r\n" + H + b"\r\n")
+        assert await until(lambda: bool(go))
+        stop = asyncio.ensure_future(srv.shutdown(timeout=5))
+        await asyncio.sleep(0)
+        go[0].set()
+        first = await asyncio.to_thread(c.response)
+        assert b"connection: close" not in first.lower() and first.endswith(b"last\r\n0\r\n\r\n"), first
+        await asyncio.to_thread(c.s.sendall, GET)
+        resp = await asyncio.to_thread(c.response)
+        assert b"connection: close" in resp.lower() and resp.endswith(b"next"), resp
+        assert await asyncio.to_thread(c.at_eof)
+        c.close()
+        await stop
+
+    one_server(h, handler, scenario)
