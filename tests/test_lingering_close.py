@@ -25,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ from test_http_server import H, handler_errors, run
 from loadtest import build_plan
 from loadtest import run as load
 from loadtest.engine import LOAD_ERRORS
-from uringserve.http import HTTPConfig, HTTPServer, StreamingResponse
+from uringserve.http import HTTPConfig, HTTPServer, Response, StreamingResponse, protocol
 
 CHUNK = 32 * 1024
 CHUNKS = 8  # 256 KiB: more than the loopback socket buffers take at once, so the end is in flight at the close
@@ -215,6 +216,54 @@ def test_a_drain_ends_a_streamed_response_whole_while_the_client_keeps_sending(h
         assert dechunk(rest[:end]) == (WHOLE, True)
         data = rest[end:]
     assert_whole(data)
+
+
+def test_a_slow_reader_of_a_large_last_response_gets_it_whole(h: Any, monkeypatch: Any) -> None:
+    """LINGER counts from when the response has left, not from the FIN's
+    request: a last response that takes longer than LINGER to leave (a
+    large one, a slow reader) is not cut by the linger's end while the
+    client keeps sending (LINGER shortened to 0.2 s, a 16 MiB response read
+    64 KiB at a time at ~30 MB/s, through a small receive window)."""
+    monkeypatch.setattr(protocol, "LINGER", 0.2)
+    big = b"z" * (16 << 20)
+
+    def app(req: Any) -> Any:
+        return Response(big)
+
+    def client(port: int) -> bytes:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", port))
+        with s:
+            s.sendall(CLOSE_REQUEST)
+            stop = threading.Event()
+
+            def junk() -> None:
+                with contextlib.suppress(OSError):
+                    while not stop.is_set():
+                        s.sendall(PIPELINED)
+
+            t = threading.Thread(target=junk)
+            t.start()
+            data = bytearray()
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+                    time.sleep(0.002)  # the slow reader this test is about
+            except ConnectionResetError:
+                data += b"<RST>"
+            finally:
+                stop.set()
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                t.join(10)
+            return bytes(data)
+
+    data = run(h, app, client)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower()
+    assert body == big, (len(body), data[-40:])
 
 
 # -- whole runs: connections the server ends every 100 requests -----------------------------

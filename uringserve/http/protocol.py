@@ -477,6 +477,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         return True
 
     _linger_handle: Any = None
+    _unsent = 0  # lingering: what the transport still held when the linger was last (re)armed
 
     def pause_writing(self) -> None:
         # a client that does not read its responses stops being read: requests
@@ -853,12 +854,28 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         Closing with its bytes unread would make the kernel answer RST, which
         can destroy the end of the response before the client reads it
         (nginx's lingering_close, for the same reason). A client that sent
-        EOF first (HALF_CLOSED) sends nothing more: it is closed at once."""
+        EOF first (HALF_CLOSED) sends nothing more: it is closed at once.
+        LINGER counts from when the response has left the transport's
+        buffer, as nginx's lingering_timeout: a large last response to a slow
+        reader would otherwise be cut by the close it was lingering to avoid."""
         t.write_eof()
         if self._paused:
             self._paused = False
             t.resume_reading()  # data_received discards while lingering
-        self._linger_handle = self._loop.call_later(LINGER, t.close)
+        self._unsent = t.get_write_buffer_size()
+        self._linger_handle = self._loop.call_later(LINGER, self._linger_ended)
+
+    def _linger_ended(self) -> None:
+        t = self._transport
+        unsent = t.get_write_buffer_size()
+        if unsent < self._unsent and self.state is LINGERING:
+            # still leaving, or left since the last look: LINGER more for the
+            # client to read it (one that reads nothing is cut by send_timeout)
+            self._unsent = unsent
+            self._linger_handle = self._loop.call_later(LINGER, self._linger_ended)
+            return
+        self._linger_handle = None
+        t.close()
 
     # -- server shutdown ----------------------------------------------------------
     def shutdown(self) -> None:
