@@ -315,6 +315,23 @@ async def drain(srv: HTTPServer, port: int) -> None:
     new.close()
 
 
+async def drain_next_request(srv: HTTPServer, port: int) -> None:
+    """A drain begun just after a keep-alive response: the connection is not
+    closed under the client's next request, which is answered with
+    Connection: close; then the connection lingers until the client closes."""
+    c = await in_thread(lambda: Client(port))
+    await in_thread(lambda: c.send(GET))
+    await in_thread(c.response)
+    await until(lambda: any(conn.state is IDLE for conn in srv.connections))
+    stop = asyncio.ensure_future(srv.shutdown(timeout=5))
+    await asyncio.sleep(0)
+    await in_thread(lambda: c.send(GET))
+    assert b"Connection: close" in await in_thread(c.response)
+    await in_thread(c.eof)
+    c.close()
+    await stop
+
+
 async def drain_cut(srv: HTTPServer, port: int) -> None:
     """A shutdown whose timeout passes: a lingering connection, a body still
     arriving and a head still arriving are aborted."""
@@ -455,6 +472,12 @@ SCENARIOS: dict[str, tuple[Scenario, Any, HTTPConfig | None, set[tuple[State, St
         },
     ),
     "drain": (drain, app, None, {(ANSWERING, LINGERING), (IDLE, CLOSING), (HEAD, CLOSING), (LINGERING, CLOSED)}),
+    "drain_next_request": (
+        drain_next_request,
+        app,
+        None,
+        {(ANSWERING, IDLE), (IDLE, ANSWERING), (ANSWERING, LINGERING), (LINGERING, CLOSED)},
+    ),
     "drain_cut": (
         drain_cut,
         app,

@@ -671,7 +671,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             # a response begun before the drain promised keep-alive: the
             # client may send its next request now, which is answered with
             # Connection: close; quiet for DRAIN_GRACE, the connection closes
-            self._wait(IDLE)
+            self.state = IDLE
             self.set_deadline(IDLE, min(self._keepalive_timeout, DRAIN_GRACE))
             return
         self._wait(HEAD if self._parser.head_started else IDLE)
