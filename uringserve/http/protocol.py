@@ -87,6 +87,7 @@ class Exchange:
     started = False
     finished = False
     chunked_out = False  # the response's body is chunked
+    close_delimited = False  # the response's body ends with the connection (HTTP/1.0 without a length)
     remaining: int | None = None  # bytes of a Content-Length body still to send
     continue_sent = False
     status = 0
@@ -182,6 +183,7 @@ class Exchange:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:  # the close delimits the body
                 self.keep_alive = False
+                self.close_delimited = True
                 close = _CONNECTION[False, "1.0"]
         parts.append(close)
         if first_body and self._body_allowed():
@@ -655,7 +657,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         if not ex.keep_alive:
             # the client may still be sending (pipelined requests, a body, or
             # bytes already in flight): see _linger
-            self._close(linger=True)
+            self._close(linger=True, delimits=ex.close_delimited)
             return
         if queue:
             self._next()
@@ -688,7 +690,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             # (pipelined requests) would otherwise get RST, which drops what
             # was sent before it arrives
             logger.debug("ending connection mid-response: %s", exc)
-            self._close(linger=True)
+            self._close(linger=True, delimits=True)  # only the close tells the client
 
     def spawn(self, coro: Any) -> asyncio.Task:
         """The task answering a request: started eagerly where the loop can
@@ -833,21 +835,33 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         what = "request head" if kind is HEAD else "request body"
         self._parse_failed(HTTPError(408, f"the {what} did not arrive in time"))
 
-    def _close(self, linger: bool = False) -> None:
+    def _close(self, linger: bool = False, delimits: bool = False) -> None:
+        """End the connection; `linger` after a last response (see _linger),
+        `delimits` when the close is what ends that response's body."""
         state = self.state
         if state >= LINGERING:
             return
         self.stop_timer()
         t = self._transport
-        can_write_eof = getattr(t, "can_write_eof", None)  # a transport-like object may lack it
-        if linger and state is not HALF_CLOSED and can_write_eof is not None and can_write_eof():
-            self.state = LINGERING
-            self._linger(t)
-        else:
-            self.state = CLOSING
-            t.close()
+        if linger and state is not HALF_CLOSED:
+            can_write_eof = getattr(t, "can_write_eof", None)  # a transport-like object may lack it
+            if can_write_eof is not None and can_write_eof():
+                self.state = LINGERING
+                self._linger(t, fin=True)
+                return
+            if not delimits and t.get_extra_info("ssl_object") is not None:
+                # TLS: asyncio's SSL transport cannot half-close, and its close
+                # (close_notify, then unwrap) fails on the client's further
+                # bytes and aborts, resetting what it had not yet delivered.
+                # The response is framed, so the client knows it ended: linger
+                # without FIN, until it closes or LINGER passes
+                self.state = LINGERING
+                self._linger(t, fin=False)
+                return
+        self.state = CLOSING
+        t.close()
 
-    def _linger(self, t: Any) -> None:
+    def _linger(self, t: Any, fin: bool) -> None:
         """Close after a response while the client may still be sending (it
         pipelined more, or sent what was refused): FIN after the response,
         then read and discard until the client closes too, or LINGER seconds.
@@ -858,7 +872,8 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         LINGER counts from when the response has left the transport's
         buffer, as nginx's lingering_timeout: a large last response to a slow
         reader would otherwise be cut by the close it was lingering to avoid."""
-        t.write_eof()
+        if fin:
+            t.write_eof()
         if self._paused:
             self._paused = False
             t.resume_reading()  # data_received discards while lingering
