@@ -56,7 +56,7 @@ class State(enum.IntEnum):
     BODY = KIND_USER + 2  # a request body is arriving (its handler may run already)
     ANSWERING = KIND_USER + 3  # requests in hand, no body arriving: a handler runs or a response is written
     HALF_CLOSED = KIND_USER + 4  # the client sent EOF: what it sent is answered, then the connection closes
-    LINGERING = KIND_USER + 5  # ended after a last response: FIN sent, the client's bytes read and discarded
+    LINGERING = KIND_USER + 5  # ended after a last response: FIN sent (not over TLS), the client's bytes discarded
     CLOSING = KIND_USER + 6  # closed or cut: nothing more is read or answered
     CLOSED = KIND_USER + 7  # connection_lost(): the transport is gone
 
@@ -101,7 +101,8 @@ TRANSITIONS: dict[State, dict[str, State]] = {
         "the client's EOF: the body fails, what is in hand is answered": HALF_CLOSED,
         "a response that does not keep the connection (its own, sent before the body was read), "
         "or that failed midway": LINGERING,
-        "as above, on a transport that cannot send FIN alone (no write_eof)": CLOSING,
+        "as above, on a transport that cannot send FIN alone (no write_eof; TLS lingers without FIN "
+        "unless the close delimits the body)": CLOSING,
         _CUT: CLOSING,
         _LOST: CLOSED,
     },
@@ -112,7 +113,8 @@ TRANSITIONS: dict[State, dict[str, State]] = {
         "the client's EOF": HALF_CLOSED,
         "a response that does not keep the connection (Connection: close, an error answer, draining), "
         "or that cannot be completed (its handler failed after it began)": LINGERING,
-        "as above, on a transport that cannot send FIN alone (no write_eof)": CLOSING,
+        "as above, on a transport that cannot send FIN alone (no write_eof; TLS lingers without FIN "
+        "unless the close delimits the body)": CLOSING,
         _CUT: CLOSING,
         _LOST: CLOSED,
     },
