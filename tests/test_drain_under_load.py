@@ -13,8 +13,14 @@ request was already on its way: one read error (ECONNRESET) per
 connection. A drain now answers that request with Connection: close and
 closes only a connection quiet for DRAIN_GRACE (http/protocol.py).
 
+Removing a --reuse-port slot (SIGTTOU) steers new connections away from
+its socket before its worker drains (reuseport.py), so its close resets
+nothing queued there.
+
 The load is stopped by SIGINT (wrk prints its report then) once the events
-the test waits for were printed by the server, not after a fixed time."""
+the test waits for were printed by the server, not after a fixed time.
+Below the load tests, the drain's rules one connection at a time, in
+process, on both loops."""
 
 from __future__ import annotations
 
