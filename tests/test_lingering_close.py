@@ -318,6 +318,35 @@ def test_streamed_responses_over_tls_to_a_client_that_keeps_sending_arrive_whole
         assert_whole(data)
 
 
+def test_over_tls_a_body_the_close_delimits_ends_with_the_close(h: Any, monkeypatch: Any) -> None:
+    """HTTP/1.0 without a length over TLS: the close is the end of the body,
+    so it is not held back by a linger (LINGER made 60 s: a linger would
+    leave the client waiting past its 10 s timeout)."""
+    import trustme
+
+    monkeypatch.setattr(protocol, "LINGER", 60.0)
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client_ctx)
+
+    def client(port: int) -> bytes:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with client_ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"GET /stream HTTP/1.0\r\n" + H + b"\r\n")
+            data = b""
+            with contextlib.suppress(ssl.SSLEOFError):  # a close without close_notify still ends it
+                while chunk := s.recv(65536):
+                    data += chunk
+            return data
+
+    data = run(h, native, client, ssl=server_ctx)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding" not in head.lower(), head
+    assert body == WHOLE, len(body)
+
+
 # -- whole runs: connections the server ends every 100 requests -----------------------------
 LOOPS = ["uring", "asyncio"]
 
