@@ -289,7 +289,8 @@ async def timeouts(srv: HTTPServer, port: int) -> None:
 
 async def drain(srv: HTTPServer, port: int) -> None:
     """A graceful shutdown: an answer in flight ends with Connection: close,
-    an idle connection closes, a new one gets DRAIN_GRACE for its request."""
+    an idle connection closes once quiet for DRAIN_GRACE, a new one gets
+    DRAIN_GRACE for its request."""
     idle = await in_thread(lambda: Client(port))
     await in_thread(lambda: idle.send(GET))
     await in_thread(idle.response)
@@ -312,6 +313,23 @@ async def drain(srv: HTTPServer, port: int) -> None:
     await in_thread(new.eof)
     idle.close()
     new.close()
+
+
+async def drain_next_request(srv: HTTPServer, port: int) -> None:
+    """A drain begun just after a keep-alive response: the connection is not
+    closed under the client's next request, which is answered with
+    Connection: close; then the connection lingers until the client closes."""
+    c = await in_thread(lambda: Client(port))
+    await in_thread(lambda: c.send(GET))
+    await in_thread(c.response)
+    await until(lambda: any(conn.state is IDLE for conn in srv.connections))
+    stop = asyncio.ensure_future(srv.shutdown(timeout=5))
+    await asyncio.sleep(0)
+    await in_thread(lambda: c.send(GET))
+    assert b"Connection: close" in await in_thread(c.response)
+    await in_thread(c.eof)
+    c.close()
+    await stop
 
 
 async def drain_cut(srv: HTTPServer, port: int) -> None:
@@ -438,7 +456,8 @@ SCENARIOS: dict[str, tuple[Scenario, Any, HTTPConfig | None, set[tuple[State, St
     ),
     "body_left_unread": (body_left_unread, app, None, {(HEAD, BODY), (BODY, LINGERING), (LINGERING, CLOSED)}),
     "expect_continue": (expect_continue, app, None, {(IDLE, BODY), (BODY, ANSWERING), (ANSWERING, IDLE)}),
-    "handler_errors": (handler_errors, app, None, {(ANSWERING, IDLE), (IDLE, ANSWERING), (ANSWERING, CLOSING)}),
+    # /boom-late fails after its response began: the connection ends lingering, as after any last response
+    "handler_errors": (handler_errors, app, None, {(ANSWERING, IDLE), (IDLE, ANSWERING), (ANSWERING, LINGERING)}),
     "timeouts": (
         timeouts,
         app,
@@ -453,6 +472,12 @@ SCENARIOS: dict[str, tuple[Scenario, Any, HTTPConfig | None, set[tuple[State, St
         },
     ),
     "drain": (drain, app, None, {(ANSWERING, LINGERING), (IDLE, CLOSING), (HEAD, CLOSING), (LINGERING, CLOSED)}),
+    "drain_next_request": (
+        drain_next_request,
+        app,
+        None,
+        {(ANSWERING, IDLE), (IDLE, ANSWERING), (ANSWERING, LINGERING), (LINGERING, CLOSED)},
+    ),
     "drain_cut": (
         drain_cut,
         app,

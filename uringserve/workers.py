@@ -185,6 +185,25 @@ class Supervisor:
     def _close_slot(self, slot: int) -> None:
         for s in self.per_slot.pop(slot, []):
             s.close()
+        self._steer()
+
+    def _steer(self) -> None:
+        """--reuse-port: while a removed slot's socket is open (its worker
+        drains), new connections go to the kept slots' sockets only, so none
+        waits in a backlog that its close would reset (reuseport.py)."""
+        if not self.tcp_reuse or 0 not in self.per_slot:
+            return
+        from . import reuseport
+
+        removed = any(slot >= self.target for slot in self.per_slot)
+        for sock in self.per_slot[0]:  # one per TCP listener: each its own group
+            try:
+                if removed:
+                    reuseport.steer(sock, self.target)
+                else:
+                    reuseport.unsteer(sock)
+            except OSError as exc:  # a kernel without it: the kernel's hash, as before
+                logger.warning("cannot steer connections away from removed slots: %s", exc)
 
     def _all_sockets(self) -> list[socket.socket]:
         return self.shared + [s for socks in self.per_slot.values() for s in socks]
@@ -398,9 +417,11 @@ class Supervisor:
         elif signum == signal.SIGTTIN and not self.stopping:
             self.target += 1
             logger.info("SIGTTIN: %d workers", self.target)
+            self._steer()
         elif signum == signal.SIGTTOU and not self.stopping and self.target > 1:
             self.target -= 1
             logger.info("SIGTTOU: %d workers", self.target)
+            self._steer()  # before the removed slot's worker stops accepting
             for w in list(self.workers.values()):
                 if w.slot >= self.target and not w.retiring:
                     self._retire(w)

@@ -40,7 +40,12 @@ from .state import ANSWERING, BODY, CLOSED, CLOSING, HALF_CLOSED, HEAD, IDLE, LI
 
 logger = logging.getLogger("uringserve.http")
 
-# seconds a new connection gets, once a drain began, for its first request to arrive
+# seconds of quiet after which a draining connection with nothing in hand
+# closes (counted from its last response; a new connection's from the drain's
+# start): a request that arrives in it is answered with Connection: close.
+# Closed-loop clients send their next request within microseconds, pools far
+# later or never; one second is short beside a drain's graceful timeout and
+# keepalive_timeout, and long beside any network round trip.
 DRAIN_GRACE = 1.0
 # seconds a connection closed after a response reads on (and discards) what the client still sends
 LINGER = 2.0
@@ -82,6 +87,7 @@ class Exchange:
     started = False
     finished = False
     chunked_out = False  # the response's body is chunked
+    close_delimited = False  # the response's body ends with the connection (HTTP/1.0 without a length)
     remaining: int | None = None  # bytes of a Content-Length body still to send
     continue_sent = False
     status = 0
@@ -177,6 +183,7 @@ class Exchange:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:  # the close delimits the body
                 self.keep_alive = False
+                self.close_delimited = True
                 close = _CONNECTION[False, "1.0"]
         parts.append(close)
         if first_body and self._body_allowed():
@@ -472,6 +479,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         return True
 
     _linger_handle: Any = None
+    _unsent = 0  # lingering: what the transport still held when the linger was last (re)armed
 
     def pause_writing(self) -> None:
         # a client that does not read its responses stops being read: requests
@@ -649,18 +657,25 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         if not ex.keep_alive:
             # the client may still be sending (pipelined requests, a body, or
             # bytes already in flight): see _linger
-            self._close(linger=True)
+            self._close(linger=True, delimits=ex.close_delimited)
             return
         if queue:
             self._next()
             return
-        if state is HALF_CLOSED or self._draining:
-            self._close(linger=self._draining)  # a half-closed client sends nothing more
+        if state is HALF_CLOSED:
+            self._close()  # a half-closed client sends nothing more
             return
         if state >= LINGERING:  # cut already (abort()): nothing to wait for
             return
         if self._paused:
             self._resume()
+        if self._draining and not self._parser.head_started:
+            # a response begun before the drain promised keep-alive: the
+            # client may send its next request now, which is answered with
+            # Connection: close; quiet for DRAIN_GRACE, the connection closes
+            self.state = IDLE
+            self.set_deadline(IDLE, min(self._keepalive_timeout, DRAIN_GRACE))
+            return
         self._wait(HEAD if self._parser.head_started else IDLE)
 
     def response_failed(self, ex: Exchange, exc: BaseException) -> None:
@@ -668,13 +683,14 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         started, or it ended short of its Content-Length): the connection ends."""
         self._wake_disconnect()
         self._queue.clear()
-        self.stop_timer()
-        if self.state is not CLOSED:
-            self.state = CLOSING
+        if self.state < LINGERING:
             # what was sent goes out, then FIN: a chunked body without its last
-            # chunk, or a short Content-Length body, tells the client it is cut
+            # chunk, or a short Content-Length body, tells the client it is cut.
+            # Lingering, as after any last response: a client still sending
+            # (pipelined requests) would otherwise get RST, which drops what
+            # was sent before it arrives
             logger.debug("ending connection mid-response: %s", exc)
-            self._transport.close()
+            self._close(linger=True, delimits=True)  # only the close tells the client
 
     def spawn(self, coro: Any) -> asyncio.Task:
         """The task answering a request: started eagerly where the loop can
@@ -819,54 +835,97 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         what = "request head" if kind is HEAD else "request body"
         self._parse_failed(HTTPError(408, f"the {what} did not arrive in time"))
 
-    def _close(self, linger: bool = False) -> None:
+    def _close(self, linger: bool = False, delimits: bool = False) -> None:
+        """End the connection; `linger` after a last response (see _linger),
+        `delimits` when the close is what ends that response's body."""
         state = self.state
         if state >= LINGERING:
             return
         self.stop_timer()
         t = self._transport
-        can_write_eof = getattr(t, "can_write_eof", None)  # a transport-like object may lack it
-        if linger and state is not HALF_CLOSED and can_write_eof is not None and can_write_eof():
-            self.state = LINGERING
-            self._linger(t)
-        else:
-            self.state = CLOSING
-            t.close()
+        if linger and state is not HALF_CLOSED:
+            can_write_eof = getattr(t, "can_write_eof", None)  # a transport-like object may lack it
+            if can_write_eof is not None and can_write_eof():
+                self.state = LINGERING
+                self._linger(t, fin=True)
+                return
+            if not delimits and t.get_extra_info("ssl_object") is not None:
+                # TLS: asyncio's SSL transport cannot half-close, and its close
+                # (close_notify, then unwrap) fails on the client's further
+                # bytes and aborts, resetting what it had not yet delivered.
+                # The response is framed, so the client knows it ended: linger
+                # without FIN, until it closes or LINGER passes
+                self.state = LINGERING
+                self._linger(t, fin=False)
+                return
+        self.state = CLOSING
+        t.close()
 
-    def _linger(self, t: Any) -> None:
+    def _linger(self, t: Any, fin: bool) -> None:
         """Close after a response while the client may still be sending (it
         pipelined more, or sent what was refused): FIN after the response,
         then read and discard until the client closes too, or LINGER seconds.
         Closing with its bytes unread would make the kernel answer RST, which
         can destroy the end of the response before the client reads it
         (nginx's lingering_close, for the same reason). A client that sent
-        EOF first (HALF_CLOSED) sends nothing more: it is closed at once."""
-        t.write_eof()
+        EOF first (HALF_CLOSED) sends nothing more: it is closed at once.
+        LINGER counts from when the response has left the transport's
+        buffer, as nginx's lingering_timeout: a large last response to a slow
+        reader would otherwise be cut by the close it was lingering to avoid."""
+        if fin:
+            t.write_eof()
         if self._paused:
             self._paused = False
             t.resume_reading()  # data_received discards while lingering
-        self._linger_handle = self._loop.call_later(LINGER, t.close)
+        self._unsent = t.get_write_buffer_size()
+        self._linger_handle = self._loop.call_later(LINGER, self._linger_ended)
+
+    def _linger_ended(self) -> None:
+        t = self._transport
+        unsent = t.get_write_buffer_size()
+        if unsent < self._unsent and self.state is LINGERING:
+            # still leaving, or left since the last look: LINGER more for the
+            # client to read it (one that reads nothing is cut by send_timeout)
+            self._unsent = unsent
+            self._linger_handle = self._loop.call_later(LINGER, self._linger_ended)
+            return
+        self._linger_handle = None
+        t.close()
 
     # -- server shutdown ----------------------------------------------------------
     def shutdown(self) -> None:
-        """Finish what is in flight, answer with Connection: close, then close.
-        Idle between requests: close now. A request partly arrived: it is in
-        flight (the head timer still bounds it). A new connection with nothing
-        yet: its first request may be on its way (a client sends it right
-        after connecting), so it gets DRAIN_GRACE to arrive, as nginx lets a
-        new connection's first request finish."""
+        """The drain hook: end the connection where the client expects it.
+        What is in flight is finished and its response says Connection:
+        close. A connection with nothing in hand is not closed at once: a
+        closed-loop client's next request is usually on its way (it sent it
+        microseconds after reading the last response), and closing then
+        resets it (ECONNRESET in the client, an error in wrk). It gets
+        DRAIN_GRACE of quiet, counted from its last response (a new one's
+        from now): a request that arrives in it is answered with
+        Connection: close, and one quiet that long is closed, as Envoy's
+        drain period and nginx's lingering do. A request partly arrived is
+        in flight (its head timer bounds it)."""
         self._draining = True
-        if not self._queue:
-            if self._parser.head_started:
-                return
-            if self._served == 0 and self.state is not CLOSED:
-                self.set_deadline(HEAD, min(self._cfg.header_timeout, DRAIN_GRACE))
-                return
-            self._close()
-        else:
-            for ex in self._queue:
+        queue = self._queue
+        if queue:
+            for ex in queue:
                 if not ex.started:
                     ex.keep_alive = False
+            return
+        state = self.state
+        if state >= LINGERING or self._parser.head_started:
+            return
+        now = self._clock()
+        if state is IDLE and self._timer_kind is IDLE:
+            # quiet since the keep-alive deadline was set: the last response
+            quiet_since = self._deadline - self._keepalive_timeout
+            left = quiet_since + DRAIN_GRACE - now
+            if left <= 0:
+                self._close()  # idle for DRAIN_GRACE already: nothing is on its way
+                return
+            self.set_deadline(IDLE, min(left, self._deadline - now))
+        else:  # a new connection (HEAD, nothing yet): its first request may be on its way
+            self.set_deadline(HEAD, min(self._cfg.header_timeout, DRAIN_GRACE))
 
     def abort(self) -> list[asyncio.Task]:
         """Cut the connection now. The handlers still running for it are

@@ -24,8 +24,10 @@ Beside its state a connection has three conditions that change no state:
 reading paused (flow control: too many requests queued, too much body
 buffered, or the client not reading our responses), writing paused (the
 transport's buffer above its high-water mark), and draining (the server
-is shutting down: no response keeps the connection alive, and an idle one
-closes). Each exchange (one request and its response) has its own
+is shutting down: no response keeps the connection alive, and one with
+nothing in hand closes once quiet for DRAIN_GRACE since its last response,
+so a client's next request already on its way is answered, with
+Connection: close, rather than reset). Each exchange (one request and its response) has its own
 progress, in its own fields: queued, running (its handler was called),
 started (the response head was written), finished.
 
@@ -54,7 +56,7 @@ class State(enum.IntEnum):
     BODY = KIND_USER + 2  # a request body is arriving (its handler may run already)
     ANSWERING = KIND_USER + 3  # requests in hand, no body arriving: a handler runs or a response is written
     HALF_CLOSED = KIND_USER + 4  # the client sent EOF: what it sent is answered, then the connection closes
-    LINGERING = KIND_USER + 5  # ended after a last response: FIN sent, the client's bytes read and discarded
+    LINGERING = KIND_USER + 5  # ended after a last response: FIN sent (not over TLS), the client's bytes discarded
     CLOSING = KIND_USER + 6  # closed or cut: nothing more is read or answered
     CLOSED = KIND_USER + 7  # connection_lost(): the transport is gone
 
@@ -73,7 +75,7 @@ CLOSED = State.CLOSED
 # An event not listed for a state does not happen there (or moves nothing:
 # a pipelined request queued while ANSWERING, a response with more requests
 # queued behind it). Events every live state shares:
-_CUT = "cut: a response that cannot be completed, or abort() (send timeout, drain timeout)"
+_CUT = "cut: abort() (send timeout, drain timeout)"
 _LOST = "the transport is gone: the client reset the connection, or our close completed"
 
 TRANSITIONS: dict[State, dict[str, State]] = {
@@ -90,15 +92,17 @@ TRANSITIONS: dict[State, dict[str, State]] = {
         "a request head without a body": ANSWERING,
         "a request head with a body": BODY,
         "bytes that are no request: the error answer queued": ANSWERING,
-        "keepalive_timeout, the client's EOF, or the server drains": CLOSING,
+        "keepalive_timeout, the client's EOF, or a drain (at once if quiet for DRAIN_GRACE, else when it is)": CLOSING,
         _CUT: CLOSING,
         _LOST: CLOSED,
     },
     BODY: {
         "the body ended, or could not be parsed, or paused in body_timeout (its error answer queued)": ANSWERING,
         "the client's EOF: the body fails, what is in hand is answered": HALF_CLOSED,
-        "a response that does not keep the connection (its own, sent before the body was read)": LINGERING,
-        "as above, on a transport that cannot send FIN alone (no write_eof)": CLOSING,
+        "a response that does not keep the connection (its own, sent before the body was read), "
+        "or that failed midway": LINGERING,
+        "as above, on a transport that cannot send FIN alone (no write_eof; TLS lingers without FIN "
+        "unless the close delimits the body)": CLOSING,
         _CUT: CLOSING,
         _LOST: CLOSED,
     },
@@ -107,13 +111,15 @@ TRANSITIONS: dict[State, dict[str, State]] = {
         "the last response in hand kept the connection, and the next head has begun": HEAD,
         "a pipelined request head with a body (while an earlier one is answered)": BODY,
         "the client's EOF": HALF_CLOSED,
-        "a response that does not keep the connection (Connection: close, an error answer, draining)": LINGERING,
-        "as above, on a transport that cannot send FIN alone (no write_eof)": CLOSING,
+        "a response that does not keep the connection (Connection: close, an error answer, draining), "
+        "or that cannot be completed (its handler failed after it began)": LINGERING,
+        "as above, on a transport that cannot send FIN alone (no write_eof; TLS lingers without FIN "
+        "unless the close delimits the body)": CLOSING,
         _CUT: CLOSING,
         _LOST: CLOSED,
     },
     HALF_CLOSED: {
-        "the last response in hand (no lingering: the client sends nothing more)": CLOSING,
+        "the last response in hand, or one that failed midway (no lingering: the client sends nothing more)": CLOSING,
         _CUT: CLOSING,
         _LOST: CLOSED,
     },
