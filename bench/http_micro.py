@@ -49,9 +49,10 @@ class NullTransport:
     def close(self) -> None: ...
 
 
-async def measure(runner: Any, n: int, request: bytes = REQUEST) -> float:
+async def measure(runner: Any, n: int, request: bytes = REQUEST, protocol: Any = None) -> float:
+    """Microseconds per request through `protocol(runner)` (an HTTPProtocol by default)."""
     loop = asyncio.get_running_loop()
-    proto = HTTPProtocol(runner, HTTPConfig(keepalive_requests=1 << 62))
+    proto = protocol(runner) if protocol is not None else HTTPProtocol(runner, HTTPConfig(keepalive_requests=1 << 62))
     proto.connection_made(NullTransport())
     done = loop.create_future()
     left = [n]

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_micro import NullTransport  # noqa: E402
+from http_micro import NullTransport, measure  # noqa: E402
 
 import uringserve  # noqa: E402
 from apps.http import app, asgi_app  # noqa: E402
@@ -67,25 +67,7 @@ def frame_cost() -> None:
 
 
 async def layer(make: Any, runner: Any, n: int, request: bytes) -> float:
-    loop = asyncio.get_running_loop()
-    proto = make(runner)
-    proto.connection_made(NullTransport())
-    done = loop.create_future()
-    left = [n]
-
-    def step() -> None:
-        for _ in range(100):
-            proto.data_received(request)
-        left[0] -= 100
-        if left[0] > 0:
-            loop.call_soon(step)
-        else:
-            done.set_result(None)
-
-    t0 = loop.time()
-    loop.call_soon(step)
-    await done
-    return (loop.time() - t0) / n * 1e6
+    return await measure(runner, n, request, protocol=make)
 
 
 async def layers(n: int, rounds: int) -> None:
