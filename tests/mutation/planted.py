@@ -1,4 +1,4 @@
-"""The bugs issues 15 and 22 planted by hand, planted again: each must fail
+"""The bugs issues 15, 22 and 24 planted by hand, planted again: each must fail
 at least one of the tests named for it. Run by `make mutate` (and alone:
 `python tests/mutation/planted.py`); the source is restored after each.
 
@@ -366,6 +366,49 @@ PLANTED = [
         "        self.set_deadline(KIND_PROXY_HEADER, self.settings.timeout)",
         "        pass",
         ["tests/test_proxy_protocol.py", "-k", "in_time"],
+    ),
+    # issue 24: the ASGI extensions, --limit-concurrency, the lingering close and the drain
+    (
+        "--limit-concurrency: one request more than N in flight",
+        "uringserve/http/limit.py",
+        "if self.in_flight >= self.limit:",
+        "if self.in_flight > self.limit:",
+        ["tests/test_limit_concurrency.py", "-k", "asgi_requests_beyond_the_limit"],
+    ),
+    (
+        "trailers: TE's coding compared case-sensitively",
+        "uringserve/http/framing.py",
+        'strip(b" \\t").lower() == b"trailers"',
+        'strip(b" \\t") == b"trailers"',
+        ["tests/test_asgi_extensions.py", "-k", "trailers_follow_the_last_chunk"],
+    ),
+    (
+        "early hints sent to an HTTP/1.0 client",
+        "uringserve/http/asgi.py",
+        'if self.version == "1.1":\n                conn.write(framing.early_hints(',
+        "if True:\n                conn.write(framing.early_hints(",
+        ["tests/test_asgi_extensions.py", "-k", "early_hints_are_not_sent_to_http_1_0"],
+    ),
+    (
+        "a drain closes an idle keep-alive connection at once (its next request may be on its way)",
+        "uringserve/http/protocol.py",
+        "            if left <= 0:\n                self._close()",
+        "            if True:\n                self._close()",
+        ["tests/test_drain_under_load.py", "-k", "just_answered_gets_its_next_request"],
+    ),
+    (
+        "no lingering close: closed with the client's bytes unread (RST)",
+        "uringserve/http/protocol.py",
+        "if linger and state is not HALF_CLOSED:",
+        "if False and linger and state is not HALF_CLOSED:",
+        ["tests/test_lingering_close.py", "-k", "streamed_responses_to_a_client_that_keeps_sending"],
+    ),
+    (
+        "LINGER counted from the FIN's request, not from the response's leaving",
+        "uringserve/http/protocol.py",
+        "if unsent < self._unsent and self.state is LINGERING:",
+        "if False:",
+        ["tests/test_lingering_close.py", "-k", "slow_reader_of_a_large_last_response"],
     ),
 ]
 
