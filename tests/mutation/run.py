@@ -78,6 +78,17 @@ MODULES = [
     "uringserve.transport_reading",
     "uringserve.transport_writing",
     "uringserve.arena_waits",
+    # issue 24: proxies (trust list, PROXY protocol, proxy headers), the
+    # concurrency limit, an app's file for zerocopysend, --reload, reuseport
+    # steering, other servers' flag names
+    "uringserve.server.trust",
+    "uringserve.server.proxy_protocol",
+    "uringserve.http.forwarded",
+    "uringserve.http.limit",
+    "uringserve.http.appfile",
+    "uringserve.reload",
+    "uringserve.reuseport",
+    "uringserve.flag_aliases",
 ]
 ACCEPTED = pathlib.Path(__file__).with_name("survivors.txt")
 SITE = pathlib.Path(__file__).with_name("site")
