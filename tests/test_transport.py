@@ -451,18 +451,27 @@ def test_a_write_after_abort_sends_nothing(h) -> None:
     assert [x for x in log if isinstance(x, tuple)] == [("lost", None)]
 
 
-def test_writes_after_close_are_dropped(h) -> None:
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "socket.send() raised exception."]
+
+
+def test_writes_after_close_are_dropped(h, caplog: pytest.LogCaptureFixture) -> None:
     """After close() with nothing queued, write() is dropped as asyncio's
     transports drop it (a warning only from the fifth): the peer gets a clean
     end and nothing more, connection_lost(None) comes once."""
     log: list = []
     closed = asyncio.Event()
 
+    warned: list = []
+
     class Late(Echo):
         def data_received(self, data: bytes) -> None:
             self.transport.close()
             for k in range(4):
                 self.transport.write(b"late%d" % k)
+            warned.append(len(warnings_of(caplog)))
+            self.transport.write(b"late4")
+            warned.append(len(warnings_of(caplog)))
             closed.set()
 
     async def main() -> bytes:
@@ -476,8 +485,10 @@ def test_writes_after_close_are_dropped(h) -> None:
         await close_server(server)
         return got
 
-    assert h.run(main()) == b""
+    with caplog.at_level(logging.WARNING):
+        assert h.run(main()) == b""
     assert [x for x in log if isinstance(x, tuple)] == [("lost", None)]
+    assert warned == [0, 1]  # silent for four dropped writes, one warning at the fifth
 
 
 def test_exception_in_data_received_goes_to_handler(h) -> None:
@@ -540,6 +551,91 @@ def test_exception_in_connection_made_goes_to_handler(h) -> None:
 
     h.run(main())
     assert any(isinstance(e.get("exception"), RuntimeError) for e in h.take_errors())
+
+
+def test_exception_in_data_received_after_a_pause_names_it(h) -> None:
+    """A plain Protocol that fails on data delivered after a pause (on the
+    ring: data that arrived in the same batch as the pause and was held) is
+    reported by the callback's name, as when it fails on data delivered at
+    once: "Fatal error: protocol.data_received() call failed."."""
+    sent = threading.Event()
+    made: list = []
+    got: list[int] = []
+
+    class PauseThenFail(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+            transport.pause_reading()  # until the whole payload waits in the socket
+            made.append(transport)
+
+        def data_received(self, data: bytes) -> None:
+            got.append(len(data))
+            if len(got) == 1:  # what else came with this piece is held
+                self.t.pause_reading()
+                asyncio.get_running_loop().call_soon(self.t.resume_reading)
+            elif len(got) == 2:
+                raise ValueError("second piece")
+
+        def connection_lost(self, exc) -> None:
+            got.append(-1)
+
+    payload = os.urandom(2 << 20)  # several pieces: the loops deliver at most 256 KiB at once
+
+    def client(port: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(payload)
+            sent.set()
+            try:
+                while s.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+
+    async def main() -> None:
+        lsock = socket.socket()
+        # the connection's receive buffer (inherited from the listener) takes
+        # the whole payload while the server does not read
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        lsock.bind(("127.0.0.1", 0))
+        server = await h.loop.create_server(PauseThenFail, sock=lsock)
+        port = lsock.getsockname()[1]
+        thread = threading.Thread(target=client, args=(port,), daemon=True)
+        thread.start()
+        await h.loop.run_in_executor(None, sent.wait, 20)
+        await until(lambda: made)
+        made[0].resume_reading()
+        await until(lambda: -1 in got)
+        await h.loop.run_in_executor(None, thread.join, 20)
+        await close_server(server)
+
+    h.run(main())
+    errors = h.take_errors()
+    assert [(type(e["exception"]), e["message"]) for e in errors] == [
+        (ValueError, "Fatal error: protocol.data_received() call failed.")
+    ]
+
+
+def test_exception_in_connection_made_of_a_client_connection_goes_to_handler(h) -> None:
+    """create_connection() whose protocol fails in connection_made(): the
+    loop's exception handler hears of it, naming the callback, and the call
+    still returns the transport."""
+
+    class Bad(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            raise RuntimeError("client start")
+
+    async def main() -> None:
+        server, port = await start(h.loop, Echo)
+        transport, _ = await h.loop.create_connection(Bad, "127.0.0.1", port)
+        await until(lambda: h.errors, timeout=2)
+        transport.close()
+        await asyncio.sleep(0.05)
+        await close_server(server)
+
+    h.run(main())
+    (error,) = h.take_errors()
+    assert isinstance(error["exception"], RuntimeError)
+    assert "connection_made" in error["message"]
 
 
 def test_peer_reset_reports_connection_lost_with_error(h) -> None:
@@ -660,6 +756,59 @@ def test_buffered_protocol_that_pauses_gets_every_byte(h) -> None:
             asyncio.get_running_loop().call_later(0.001, self.t.resume_reading)
 
     echo_through(h, Pausing, 1_000_000)
+
+
+@pytest.mark.parametrize(
+    "fault,message,words",
+    [
+        ("empty", "Fatal error: protocol.get_buffer() call failed.", "get_buffer() returned an empty buffer"),
+        ("get_buffer", "Fatal error: protocol.get_buffer() call failed.", "no buffer"),
+        ("buffer_updated", "Fatal error: protocol.buffer_updated() call failed.", "no update"),
+    ],
+    ids=["empty", "get_buffer", "buffer_updated"],
+)
+def test_buffered_protocol_callback_errors_name_the_callback(h, fault: str, message: str, words: str) -> None:
+    """A BufferedProtocol whose get_buffer() fails (raises, or gives an empty
+    buffer) or whose buffer_updated() raises: the exception handler hears
+    asyncio's message naming that callback, with the exception (asyncio's
+    own words for an empty buffer); the connection ends with it."""
+    lost: list = []
+
+    class Failing(asyncio.BufferedProtocol):
+        def connection_made(self, transport) -> None:
+            self.buf = bytearray(1000)
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            if fault == "empty":
+                return bytearray()
+            if fault == "get_buffer":
+                raise ValueError("no buffer")
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            raise ValueError("no update")
+
+        def connection_lost(self, exc) -> None:
+            lost.append(exc)
+
+    async def main() -> bytes:
+        server, port = await start(h.loop, Failing)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"data")
+        try:
+            got = await asyncio.wait_for(r.read(), 10)  # the server ended the connection
+        except ConnectionResetError:
+            got = b""
+        w.close()
+        await until(lambda: lost)
+        await close_server(server)
+        return got
+
+    assert h.run(main()) == b""
+    (error,) = h.take_errors()
+    assert error["message"] == message
+    assert str(error["exception"]) == words
+    assert lost == [error["exception"]]
 
 
 def test_what_a_protocol_holds_is_freed_once_its_connection_ended(h) -> None:
