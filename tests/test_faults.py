@@ -16,6 +16,7 @@ import gc
 import http.client
 import json
 import os
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import Proc, fd_targets, open_fds
+from test_hard_paths import run_uring
 
 import uringserve
 from loadtest import build_plan, run
@@ -210,6 +212,36 @@ def test_fatal_faults_end_only_their_connections_cleanly(plan: str, op: str) -> 
     assert 1 <= failed <= fired, (failed, fired, run.outcomes)
     assert run.outcomes.count(OK) == 16 - failed
     assert not run.errors, [e["message"] for e in run.errors]  # a peer's error is not the server's
+
+
+@pytest.mark.parametrize("err", ["ECONNRESET", "EPIPE", "ECONNABORTED", "ETIMEDOUT", "EHOSTUNREACH"])
+def test_a_receive_error_reaches_connection_lost_as_the_socket_module_raises_it(err: str) -> None:
+    """The errno a failed receive ends with reaches connection_lost() as the
+    OSError asyncio's transports pass on, which the socket module raised:
+    its subclass for the errno, the errno, and its words."""
+    code = getattr(errno, err)
+    lost: list = []
+
+    class Watch(asyncio.Protocol):
+        def connection_lost(self, exc) -> None:
+            lost.append(exc)
+
+    async def main(loop) -> None:
+        server = await loop.create_server(Watch, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        faults.inject(loop._ring, [faults.Fault("recv", err, nth=1)])
+        with socket.create_connection(("127.0.0.1", port)):
+            deadline = loop.time() + 10
+            while not lost and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+
+    run_uring(RingConfig(), main)
+    (exc,) = lost
+    expected = OSError(code, os.strerror(code))  # of the subclass the errno maps to (OSError for EHOSTUNREACH)
+    assert type(exc) is type(expected)
+    assert (exc.errno, exc.strerror, str(exc)) == (code, os.strerror(code), str(expected))
 
 
 @pytest.mark.parametrize("err", ["EMFILE", "ENFILE", "ENOMEM", "EPERM"])

@@ -10,6 +10,7 @@ import asyncio
 import errno
 import gc
 import hashlib
+import io
 import os
 import socket
 
@@ -76,6 +77,72 @@ def test_loop_sendfile_refuses_write_while_running(h, data_file) -> None:
     got = h.run(serve_and_read(h.loop, Sender))
     assert got == data
     assert seen == ["unable to write; sendfile is in progress"]
+
+
+def test_loop_sendfile_of_a_file_without_a_descriptor(h) -> None:
+    """A file object with no descriptor (BytesIO): loop.sendfile() with
+    fallback=False raises asyncio's SendfileNotAvailableError("not a regular
+    file"); with the fallback it sends the bytes by reading them."""
+    seen: list = []
+
+    class Sender(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+            asyncio.ensure_future(self.send())
+
+        async def send(self) -> None:
+            f = io.BytesIO(b"in memory")
+            try:
+                await h.loop.sendfile(self.t, f, fallback=False)
+            except asyncio.SendfileNotAvailableError as exc:
+                seen.append(str(exc))
+            seen.append(await h.loop.sendfile(self.t, f))
+            self.t.close()
+
+    assert h.run(serve_and_read(h.loop, Sender)) == b"in memory"
+    assert seen == ["not a regular file", 9]
+
+
+def test_loop_sendfile_waiting_for_earlier_writes_ends_when_aborted(h, data_file) -> None:
+    """loop.sendfile() first waits for what was written before it to be sent;
+    a peer that reads nothing keeps it waiting, and abort() then ends it with
+    asyncio's ConnectionError("Connection is closed by peer"); the file
+    position is where it was."""
+    path, _ = data_file
+    seen: list = []
+
+    class Sender(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+            asyncio.ensure_future(self.send())
+
+        async def send(self) -> None:
+            self.t.write(b"w" * (32 << 20))  # more than a peer that reads nothing takes
+            with open(path, "rb") as f:
+                task = asyncio.ensure_future(h.loop.sendfile(self.t, f))
+                for _ in range(5):  # sendfile() is waiting for the writes to drain
+                    await asyncio.sleep(0)
+                self.t.abort()
+                try:
+                    await task
+                except ConnectionError as exc:
+                    seen.append((type(exc), str(exc), f.tell()))
+
+        def connection_lost(self, exc) -> None:
+            seen.append(("lost", exc))
+
+    async def main() -> None:
+        server = await h.loop.create_server(Sender, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            await until(lambda: len(seen) == 2)
+        server.close()
+        await server.wait_closed()
+
+    h.run(main())
+    assert sorted(seen, key=str) == sorted(
+        [("lost", None), (ConnectionError, "Connection is closed by peer", 0)], key=str
+    )
 
 
 def _write_file_server(loop, path: str, *, fixed: bool, copies: int, gap: bytes = b"|"):

@@ -762,6 +762,47 @@ def test_client_that_resets_mid_body_leaves_nothing(h) -> None:
     assert not handler_errors(h)
 
 
+def test_client_that_half_closes_mid_body_is_told_so(h) -> None:
+    """A handler reading the body when the client sends EOF before the body
+    ended gets ClientDisconnected saying that (not logged as a handler
+    failure); the connection then ends."""
+    got_some = threading.Event()
+    seen: list = []
+
+    async def reader(req: Request) -> Any:
+        try:
+            async for _ in req.stream():
+                got_some.set()
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+        return Response(b"never")
+
+    def client(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /count HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\n" + b"x" * 1000)
+            assert got_some.wait(20)
+            s.shutdown(socket.SHUT_WR)
+            return read_to_close(s)
+
+    async def main():
+        srv = HTTPServer(reader)
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        answer = await asyncio.to_thread(client, port)
+        await until(lambda: seen and not srv.connections)
+        left = len(srv.connections)
+        await srv.shutdown(timeout=2)
+        return answer, left
+
+    answer, left = h.run(main())
+    assert left == 0
+    assert len(seen) == 1 and isinstance(seen[0], ClientDisconnected)
+    assert str(seen[0]) == "the client closed before the body ended"
+    assert not handler_errors(h)
+    assert answer.count(b"HTTP/1.1 ") <= 1  # at most one answer to the one request, then the close
+
+
 def test_a_client_that_does_not_read_stops_being_read(h) -> None:
     """200 pipelined requests for 256 KiB each, and a client that reads
     nothing for a while: the server stops reading it (flow control), so it
@@ -1169,6 +1210,20 @@ def test_nothing_after_a_last_request_is_answered(h, handler, bytewise: bool, la
     assert [x.status for x in r.responses] == [200, 200] and r.raw.count(b"HTTP/1.") == 2
     assert r.responses[1].body.endswith(b"/last") and r.responses[1].header("connection") == "close"
     assert r.closed
+
+
+@pytest.mark.parametrize("handler", [_plain_hello, _async_hello, _stream_hello], ids=["plain", "async", "streamed"])
+def test_an_upgrade_request_is_answered_and_the_connection_closed(h, handler) -> None:
+    """A request that asks to upgrade the connection (which this server does
+    not do) is answered like any other, with Connection: close, whichever
+    way the response is sent; the bytes after it are not HTTP/1.1 and get no
+    answer, and the connection ends."""
+    req = b"GET /up HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    r = run(h, handler, lambda port: exchange(port, req + b"\x81\x05hello" + b"GET / HTTP/1.1\r\n" + H + b"\r\n"))
+    assert [x.status for x in r.responses] == [200] and r.raw.count(b"HTTP/1.") == 1
+    assert r.responses[0].body.endswith(b"/up") and r.responses[0].header("connection") == "close"
+    assert r.closed
+    assert not handler_errors(h)
 
 
 def test_header_values_reach_the_handler_as_sent(h) -> None:

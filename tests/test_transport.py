@@ -7,10 +7,15 @@ else must behave identically.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import gc
 import hashlib
+import logging
 import os
 import socket
+import struct
+import termios
 import threading
 import time
 import weakref
@@ -449,18 +454,27 @@ def test_a_write_after_abort_sends_nothing(h) -> None:
     assert [x for x in log if isinstance(x, tuple)] == [("lost", None)]
 
 
-def test_writes_after_close_are_dropped(h) -> None:
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "socket.send() raised exception."]
+
+
+def test_writes_after_close_are_dropped(h, caplog: pytest.LogCaptureFixture) -> None:
     """After close() with nothing queued, write() is dropped as asyncio's
     transports drop it (a warning only from the fifth): the peer gets a clean
     end and nothing more, connection_lost(None) comes once."""
     log: list = []
     closed = asyncio.Event()
 
+    warned: list = []
+
     class Late(Echo):
         def data_received(self, data: bytes) -> None:
             self.transport.close()
             for k in range(4):
                 self.transport.write(b"late%d" % k)
+            warned.append(len(warnings_of(caplog)))
+            self.transport.write(b"late4")
+            warned.append(len(warnings_of(caplog)))
             closed.set()
 
     async def main() -> bytes:
@@ -474,8 +488,10 @@ def test_writes_after_close_are_dropped(h) -> None:
         await close_server(server)
         return got
 
-    assert h.run(main()) == b""
+    with caplog.at_level(logging.WARNING):
+        assert h.run(main()) == b""
     assert [x for x in log if isinstance(x, tuple)] == [("lost", None)]
+    assert warned == [0, 1]  # silent for four dropped writes, one warning at the fifth
 
 
 def test_exception_in_data_received_goes_to_handler(h) -> None:
@@ -540,6 +556,99 @@ def test_exception_in_connection_made_goes_to_handler(h) -> None:
     assert any(isinstance(e.get("exception"), RuntimeError) for e in h.take_errors())
 
 
+def test_exception_in_data_received_after_a_pause_names_it(h) -> None:
+    """A plain Protocol that fails on data delivered after a pause (on the
+    ring: data that arrived in the same batch as the pause and was held) is
+    reported by the callback's name, as when it fails on data delivered at
+    once: "Fatal error: protocol.data_received() call failed."."""
+    sent = threading.Event()
+    made: list = []
+    got: list[int] = []
+
+    class PauseThenFail(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+            transport.pause_reading()  # until the whole payload waits in the socket
+            made.append(transport)
+
+        def data_received(self, data: bytes) -> None:
+            got.append(len(data))
+            if len(got) == 1:  # what else came with this piece is held
+                self.t.pause_reading()
+                asyncio.get_running_loop().call_soon(self.t.resume_reading)
+            elif len(got) == 2:
+                raise ValueError("second piece")
+
+        def connection_lost(self, exc) -> None:
+            got.append(-1)
+
+    payload = os.urandom(1 << 20)  # several pieces: the loops deliver at most 256 KiB at once
+
+    def client(port: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            try:
+                s.sendall(payload)
+                sent.set()
+                while s.recv(65536):
+                    pass
+            except OSError:  # reset by the failed connection
+                pass
+
+    def waiting(transport) -> int:
+        """Bytes in the server socket's receive queue."""
+        fd = transport.get_extra_info("socket").fileno()
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+
+    async def main() -> None:
+        lsock = socket.socket()
+        # the connection's receive buffer (inherited from the listener) takes
+        # the whole payload while the server does not read
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        lsock.bind(("127.0.0.1", 0))
+        server = await h.loop.create_server(PauseThenFail, sock=lsock)
+        port = lsock.getsockname()[1]
+        thread = threading.Thread(target=client, args=(port,), daemon=True)
+        thread.start()
+        await until(lambda: made)
+        # more than one piece waits (a kernel short of socket memory may hold
+        # less: then the second piece may come apart from the first, which
+        # must be named the same way)
+        await until(lambda: sent.is_set() or waiting(made[0]) > 600_000)
+        made[0].resume_reading()
+        await until(lambda: -1 in got)
+        await h.loop.run_in_executor(None, thread.join, 20)
+        await close_server(server)
+
+    h.run(main())
+    errors = h.take_errors()
+    assert [(type(e["exception"]), e["message"]) for e in errors] == [
+        (ValueError, "Fatal error: protocol.data_received() call failed.")
+    ]
+
+
+def test_exception_in_connection_made_of_a_client_connection_goes_to_handler(h) -> None:
+    """create_connection() whose protocol fails in connection_made(): the
+    loop's exception handler hears of it, naming the callback, and the call
+    still returns the transport."""
+
+    class Bad(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            raise RuntimeError("client start")
+
+    async def main() -> None:
+        server, port = await start(h.loop, Echo)
+        transport, _ = await h.loop.create_connection(Bad, "127.0.0.1", port)
+        await until(lambda: h.errors, timeout=2)
+        transport.close()
+        await asyncio.sleep(0.05)
+        await close_server(server)
+
+    h.run(main())
+    (error,) = h.take_errors()
+    assert isinstance(error["exception"], RuntimeError)
+    assert "connection_made" in error["message"]
+
+
 def test_peer_reset_reports_connection_lost_with_error(h) -> None:
     lost: list = []
 
@@ -566,7 +675,46 @@ def test_peer_reset_reports_connection_lost_with_error(h) -> None:
     h.run(main())
     assert len(lost) == 1
     assert isinstance(lost[0], ConnectionResetError)
+    # the errno and its words, as the socket module raises them
+    assert (lost[0].errno, lost[0].strerror) == (errno.ECONNRESET, os.strerror(errno.ECONNRESET))
     assert not h.errors  # a reset is an OSError: logged in debug only, as asyncio does
+
+
+def test_a_peer_reset_is_logged_in_debug_mode(h, caplog: pytest.LogCaptureFixture) -> None:
+    """In debug mode the loop logs a connection's fatal OSError as asyncio
+    does: one debug record, "<transport repr>: <what failed>", with the
+    traceback; the exception handler hears nothing of it."""
+    lost: list = []
+
+    class Watch(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            pass
+
+        def connection_lost(self, exc) -> None:
+            lost.append((exc, self.t))
+
+    async def main() -> None:
+        server, port = await start(h.loop, Watch)
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"hello")
+        await asyncio.sleep(0.05)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()  # RST
+        await until(lambda: lost, timeout=2)
+        await close_server(server)
+
+    h.loop.set_debug(True)
+    with caplog.at_level(logging.DEBUG):
+        h.run(main())
+    h.loop.set_debug(False)
+    ((exc, transport),) = lost
+    records = [r for r in caplog.records if "Fatal read error" in r.getMessage()]
+    assert [r.getMessage() for r in records] == [f"{transport!r}: Fatal read error on socket transport"]
+    assert records[0].levelno == logging.DEBUG and records[0].exc_info[1] is exc
+    assert not h.errors
 
 
 class EchoBuffered(asyncio.BufferedProtocol):
@@ -619,6 +767,59 @@ def test_buffered_protocol_that_pauses_gets_every_byte(h) -> None:
             asyncio.get_running_loop().call_later(0.001, self.t.resume_reading)
 
     echo_through(h, Pausing, 1_000_000)
+
+
+@pytest.mark.parametrize(
+    "fault,message,words",
+    [
+        ("empty", "Fatal error: protocol.get_buffer() call failed.", "get_buffer() returned an empty buffer"),
+        ("get_buffer", "Fatal error: protocol.get_buffer() call failed.", "no buffer"),
+        ("buffer_updated", "Fatal error: protocol.buffer_updated() call failed.", "no update"),
+    ],
+    ids=["empty", "get_buffer", "buffer_updated"],
+)
+def test_buffered_protocol_callback_errors_name_the_callback(h, fault: str, message: str, words: str) -> None:
+    """A BufferedProtocol whose get_buffer() fails (raises, or gives an empty
+    buffer) or whose buffer_updated() raises: the exception handler hears
+    asyncio's message naming that callback, with the exception (asyncio's
+    own words for an empty buffer); the connection ends with it."""
+    lost: list = []
+
+    class Failing(asyncio.BufferedProtocol):
+        def connection_made(self, transport) -> None:
+            self.buf = bytearray(1000)
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            if fault == "empty":
+                return bytearray()
+            if fault == "get_buffer":
+                raise ValueError("no buffer")
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            raise ValueError("no update")
+
+        def connection_lost(self, exc) -> None:
+            lost.append(exc)
+
+    async def main() -> bytes:
+        server, port = await start(h.loop, Failing)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"data")
+        try:
+            got = await asyncio.wait_for(r.read(), 10)  # the server ended the connection
+        except ConnectionResetError:
+            got = b""
+        w.close()
+        await until(lambda: lost)
+        await close_server(server)
+        return got
+
+    assert h.run(main()) == b""
+    (error,) = h.take_errors()
+    assert error["message"] == message
+    assert str(error["exception"]) == words
+    assert lost == [error["exception"]]
 
 
 def test_what_a_protocol_holds_is_freed_once_its_connection_ended(h) -> None:

@@ -214,7 +214,9 @@ class UringTransport(Reading, Writing):
     def _fatal_error(self, exc: BaseException, message: str) -> None:
         if isinstance(exc, OSError):
             if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
+                # the exception itself: an errno the core reported was never
+                # raised, so exc_info=True would log "NoneType: None"
+                logger.debug("%r: %s", self, message, exc_info=exc)
         else:
             self._report(message, exc)
         self._force_close(exc)

@@ -128,9 +128,16 @@ class Reading(TransportBase):
     def _feed_buffered(self, data: Any) -> None:
         mv = memoryview(data)
         while mv:
-            buf = memoryview(self._protocol.get_buffer(len(mv)))  # type: ignore[attr-defined]
-            if not len(buf):
-                raise RuntimeError("get_buffer() returned an empty buffer")
+            try:
+                buf = memoryview(self._protocol.get_buffer(len(mv)))  # type: ignore[attr-defined]
+                if not len(buf):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                # named apart from buffer_updated(), as asyncio's transports report it
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
             n = min(len(buf), len(mv))
             buf[:n] = mv[:n]
             self._protocol.buffer_updated(n)  # type: ignore[attr-defined]
