@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tempfile
 from typing import Any
 
 import h11
@@ -386,6 +387,13 @@ MISUSES: dict[str, Any] = {
         "needs a regular file",
         lambda f: [_body(b"ok")],
     ),
+    # opening a FIFO's /proc link waits for a writer: with none, the worker would freeze
+    "zerocopysend of a FIFO with no writer": (
+        lambda f: [_start()],
+        lambda f: _zc(_orphan_fifo()),
+        "needs a regular file",
+        lambda f: [_body(b"ok")],
+    ),
     "zerocopysend of an fd not open": (
         lambda f: [_start()],
         lambda f: _zc(1_000_000),
@@ -405,7 +413,18 @@ MISUSES: dict[str, Any] = {
         lambda f: [_body(b"ok")],
     ),
 }
-PIPE: list[int] = []
+PIPE: list[int] = []  # fds the misuse cases use, closed after each
+
+
+def _orphan_fifo() -> int:
+    """A named pipe open for reading with no writer: reopening it through
+    /proc waits for a writer (an anonymous pipe's link does not)."""
+    path = os.path.join(tempfile.mkdtemp(), "fifo")
+    os.mkfifo(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    os.unlink(path)
+    PIPE.append(fd)
+    return fd
 
 
 @pytest.mark.parametrize("name", list(MISUSES))

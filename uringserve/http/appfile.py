@@ -41,6 +41,14 @@ class AppFile:
         ring's reads take), OSError if it cannot be opened again."""
         src = _fileno(file)
         try:
+            # before the reopen: opening a pipe's or a FIFO's /proc link waits
+            # for a writer, and a device's open may have effects of its own
+            src_mode = os.fstat(src).st_mode
+        except OSError:
+            raise OSError(f"ASGI: http.response.zerocopysend: fd {src} is not open") from None
+        if not stat.S_ISREG(src_mode):
+            raise ValueError(f"ASGI: http.response.zerocopysend needs a regular file (fd {src} is not one)")
+        try:
             fd = os.open(f"/proc/self/fd/{src}", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise OSError(f"ASGI: http.response.zerocopysend: fd {src} is not open") from None

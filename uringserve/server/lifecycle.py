@@ -62,8 +62,9 @@ class Server:
     """Serves `protocol_factory()` on every listener given to start().
 
     Drain contract (shutdown()): stop accepting; call each connection's
-    shutdown() hook, which closes an idle connection at once and lets one
-    with work in flight finish it and close; when `timeout` passes, abort()
+    shutdown() hook, which lets one with work in flight finish it and close
+    and closes an idle one (HTTP's after a short grace: its next request may
+    be on its way; the default hook at once); when `timeout` passes, abort()
     what is left and wait for the tasks it cancels. Subclasses hook in with
     on_start() (before listening) and on_stop() (after the last connection).
     """
