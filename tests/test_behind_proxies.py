@@ -208,11 +208,12 @@ def access_line(srv: Proc, client: str) -> str:
 
 
 LOOPS = ["uring", "asyncio"]
-# a client naming itself in every proxy header of both families
+# a client naming itself in every proxy header of both families (X-Forwarded-Ssl, which nginx
+# passes on too, after its Forwarded: a head's proxy lines around it)
 SPOOF = (
-    b"Forwarded: for=203.0.113.66;proto=http;host=evil.example\r\n"
     b"X-Forwarded-For: 203.0.113.66\r\nX-Forwarded-Proto: http\r\n"
     b"X-Forwarded-Host: evil.example\r\nX-Forwarded-Port: 1\r\n"
+    b"Forwarded: for=203.0.113.66;proto=http;host=evil.example\r\nX-Forwarded-Ssl: off\r\n"
 )
 
 

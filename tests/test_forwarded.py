@@ -275,13 +275,15 @@ def test_a_trusted_proxy_sets_client_scheme_and_server_per_request(h, app) -> No
         [
             b"X-Forwarded-For: 6.6.6.6, 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: example.com\r\n",
             b"",  # no proxy headers: the peer again
-            b'Forwarded: for="[2001:db8::7]:4711";proto=https;host="example.org:8443"\r\n',  # the client's own
+            # the client's own Forwarded, here amid the proxy's lines
+            b'X-Forwarded-Port: 8080\r\nForwarded: for="[2001:db8::7]:4711";proto=https;host=example.org\r\n'
+            b"X-Forwarded-Ssl: on\r\n",
             b"X-Forwarded-Port: 8080\r\n",
         ],
     )
     assert got[0] == [["203.0.113.7", 0], "https", ["example.com", 443]]
     assert got[1][0][0] == "127.0.0.1" and got[1][0][1] > 0 and got[1][1] == "http" and got[1][2][0] == "127.0.0.1"
-    assert got[2] == got[1]
+    assert got[2] == got[3]
     assert got[3][2] == ["127.0.0.1", 8080] and got[3][0][0] == "127.0.0.1"
     got = seen(
         h,

@@ -266,6 +266,7 @@ def test_the_access_log_names_the_client_the_header_names(h, caplog) -> None:
         ([V2_TCP4[:20]], True, "cut"),
         ([b"PROXY " + b"9" * 200], False, "oversized"),
         ([V2_SIGNATURE + b"\x21\x11\x00\x05" + b"\0" * 5 + REQ], False, "malformed"),  # a wrong length
+        ([v2(1, 0x12, inet("203.0.113.7", "192.0.2.1", 4444, 80)) + REQ], False, "malformed"),  # UDP over IPv4
     ],
 )
 def test_a_bad_header_closes_the_connection_unanswered_and_is_counted(h, chunks, close, reason) -> None:
