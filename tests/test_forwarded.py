@@ -228,9 +228,13 @@ _value = st.binary(max_size=80) | st.text(alphabet='[]:;,="\\ _-.0123456789abcde
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.tuples(*[st.none() | _value] * 5), st.sampled_from(["127.0.0.1", "*", "127.0.0.1,10.0.0.0/8"]))
-def test_arbitrary_header_bytes_never_raise(values: tuple, trusted: str) -> None:
-    f = Forwarding(trusted)
+@given(
+    st.tuples(*[st.none() | _value] * 5),
+    st.sampled_from(["127.0.0.1", "*", "127.0.0.1,10.0.0.0/8"]),
+    st.sampled_from(STYLES),
+)
+def test_arbitrary_header_bytes_never_raise(values: tuple, trusted: str, style: str) -> None:
+    f = Forwarding(trusted, style)
     found = f._resolve(values)  # the rules themselves, without resolve()'s last-resort catch
     client, scheme, host, port = found
     assert client is None or (isinstance(client[0], str) and 0 <= client[1] <= 65535)
