@@ -2,7 +2,9 @@
 own blocks ("Behind a proxy": only the ports, the certificate and the
 paths are changed here, and each change must find its text, so the README
 cannot drift from what is run): nginx terminating TLS with X-Forwarded-For
-/-Proto (--proxy-headers), haproxy with send-proxy and send-proxy-v2 and
+/-Proto/-Host/-Port (--proxy-headers), and with the README's RFC 7239
+`Forwarded` line in their place (--forwarded-style rfc7239), a client's
+own proxy headers of either family never reaching the app; haproxy with send-proxy and send-proxy-v2 and
 nginx's stream module with proxy_protocol on (--proxy-protocol), on both
 loops. The client connects from 127.0.0.2, so the address the app sees is
 the client's and not the proxy's (127.0.0.1). Each proxy runs in the
@@ -206,6 +208,13 @@ def access_line(srv: Proc, client: str) -> str:
 
 
 LOOPS = ["uring", "asyncio"]
+# a client naming itself in every proxy header of both families (X-Forwarded-Ssl, which nginx
+# passes on too, after its Forwarded: a head's proxy lines around it)
+SPOOF = (
+    b"X-Forwarded-For: 203.0.113.66\r\nX-Forwarded-Proto: http\r\n"
+    b"X-Forwarded-Host: evil.example\r\nX-Forwarded-Port: 1\r\n"
+    b"Forwarded: for=203.0.113.66;proto=http;host=evil.example\r\nX-Forwarded-Ssl: off\r\n"
+)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -226,15 +235,57 @@ def test_nginx_with_tls_and_proxy_headers(tmp_path: Path, tls_files: Any, loop: 
         with proxy(nginx(tmp_path, body), "nginx") as port:
             seen, _ = ask(port, context=context)
             assert seen["client"] == [CLIENT_ADDR, 0] and seen["scheme"] == "https"
-            assert seen["server"] == ["127.0.0.1", srv.port]  # no X-Forwarded-Host in this config
+            assert seen["server"] == ["example.com", port]  # nginx's $host and $server_port
             line = access_line(srv, CLIENT_ADDR)
             assert '"GET / HTTP/1.1" 200' in line
             # what the client claims is kept left of what nginx saw: the right-most untrusted hop wins
             seen, _ = ask(port, b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: http\r\n", context=context)
             assert seen["client"] == [CLIENT_ADDR, 0] and seen["scheme"] == "https"
+            # headers nginx does not set pass through as the client sent them: a Forwarded of
+            # its own is ignored (--forwarded-style x-forwarded), X-Forwarded-Host/-Port nginx overwrites
+            seen, _ = ask(port, SPOOF, context=context)
+            assert seen == {"client": [CLIENT_ADDR, 0], "scheme": "https", "server": ["example.com", port]}
         # the same claim straight to the server, from a peer it does not trust: ignored
         seen, own_port = ask(srv.port, b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n")
         assert seen["client"] == [CLIENT_ADDR, own_port] and seen["scheme"] == "http"
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_nginx_with_forwarded_and_the_rfc7239_style(tmp_path: Path, tls_files: Any, loop: str) -> None:
+    """The README's nginx block with its `Forwarded` line (the prose's) in
+    place of the four X-Forwarded ones: the client's own X-Forwarded-*,
+    which nginx now passes through, are ignored, and so is its Forwarded,
+    which nginx overwrites."""
+    m = re.search(r"`(proxy_set_header Forwarded [^`]+)`", (ROOT / "README.md").read_text())
+    assert m, "README.md no longer says which Forwarded line nginx sets for --forwarded-style rfc7239"
+    srv = uringserve(tmp_path, "app", loop, "--proxy-headers", "--forwarded-style", "rfc7239")
+    try:
+        x_forwarded = [
+            "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+            "proxy_set_header X-Forwarded-Proto $scheme;",
+            "proxy_set_header X-Forwarded-Host $host;",
+            "proxy_set_header X-Forwarded-Port $server_port;",
+        ]
+        body = substitute(
+            readme_block("nginx-http"),
+            {
+                "server 127.0.0.1:8000;": f"server 127.0.0.1:{srv.port};",
+                "listen 443 ssl;": "listen 127.0.0.1:{PORT} ssl;",
+                "/etc/ssl/certs/example.pem": str(tls_files.cert),
+                "/etc/ssl/private/example.key": str(tls_files.key),
+                x_forwarded[0]: m.group(1),
+                **{line: "" for line in x_forwarded[1:]},
+            },
+        )
+        context = ssl.create_default_context()
+        tls_files.ca.configure_trust(context)
+        with proxy(nginx(tmp_path, body), "nginx") as port:
+            for head in (b"", SPOOF):
+                seen, _ = ask(port, head, context=context)
+                assert seen == {"client": [CLIENT_ADDR, 0], "scheme": "https", "server": ["example.com", 443]}
+            assert '"GET / HTTP/1.1" 200' in access_line(srv, CLIENT_ADDR)
     finally:
         srv.stop()
 

@@ -75,6 +75,7 @@ SAMPLE = {
     "reload_include": "*.html",
     "reload_exclude": "tests/*",
     "forwarded_allow_ips": "10.0.0.0/8, ::1",
+    "forwarded_style": "rfc7239",
     "proxy_protocol_timeout": "2.5",
 }
 BAD = {
@@ -99,6 +100,7 @@ BAD = {
     "max_connections": ("-1", "out of range"),
     "limit_concurrency": ("-1", "out of range"),
     "forwarded_allow_ips": ("10.0.0.300", "'10.0.0.300' is not an IP address"),
+    "forwarded_style": ("modern", "x-forwarded, rfc7239"),
 }
 
 
@@ -196,6 +198,7 @@ BUILT: dict[str, Any] = {
         cli.build_server(a).forwarding.trusted.spec,
         cli.build_server(a).proxy_protocol.trusted.spec,
     ),
+    "forwarded_style": lambda a: cli.build_server(a).forwarding.style,
     "proxy_protocol": lambda a: getattr(cli.build_server(a).proxy_protocol, "timeout", None),
     "proxy_protocol_timeout": lambda a: cli.build_server(a).proxy_protocol.timeout,
 }
@@ -242,6 +245,7 @@ WITH = {
     "reload_include": ["--reload"],
     "reload_exclude": ["--reload"],
     "forwarded_allow_ips": ["--proxy-headers", "--proxy-protocol"],
+    "forwarded_style": ["--proxy-headers"],
     "proxy_protocol_timeout": ["--proxy-protocol"],
 }
 APP = {"factory": "tests.worker_app:make_info_app", "lifespan": "tests.worker_app:info_app"}

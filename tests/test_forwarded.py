@@ -1,7 +1,8 @@
 """--proxy-headers: the trusted-peer list, the header rules (X-Forwarded-*,
-RFC 7239 Forwarded), what the app sees through them (ASGI scope, native
-Request, access log) on both loops, and that arbitrary header bytes never
-raise. The same behind real nginx: tests/test_behind_proxies.py."""
+RFC 7239 Forwarded, one family per --forwarded-style), what the app sees
+through them (ASGI scope, native Request, access log) on both loops, that
+arbitrary header bytes never raise, and that the caches keep no key a
+client pads. The same behind real nginx: tests/test_behind_proxies.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,17 @@ from test_http_server import H, run
 
 from uringserve.http import HTTPServer
 from uringserve.http.config import HTTPConfig
-from uringserve.http.forwarded import Forwarding, header_values, parse_forwarded, parse_node
+from uringserve.http.forwarded import (
+    _CACHE_MAX,
+    _KEY_MAX,
+    _VIEWS_MAX,
+    STYLES,
+    ForwardedHTTPProtocol,
+    Forwarding,
+    header_values,
+    parse_forwarded,
+    parse_node,
+)
 from uringserve.http.messages import Response
 from uringserve.http.parser import HeaderBlock
 from uringserve.server.trust import TrustedPeers
@@ -82,6 +93,15 @@ def test_a_bad_entry_is_refused_naming_it(entry: str, says: str) -> None:
         ("1.2.3.4:", None),
         ("", None),
         ("999.1.1.1", None),
+        # a zone is no address: ipaddress takes any characters after "%", escapes too
+        ("fe80::1%eth0", None),
+        ("[fe80::1%25eth0]:80", None),
+        ("fe80::1%\x1b[31m", None),
+        ("[fe80::1%\x1b[31m]", None),
+        # an IPv4 client a dual-stack proxy reports: its IPv4 address (3.11 prints ::ffff:102:304)
+        ("::ffff:1.2.3.4", ("1.2.3.4", 0)),
+        ("[::ffff:102:304]:5", ("1.2.3.4", 5)),
+        ("::ffff:0:1.2.3.4", ("::ffff:0:102:304", 0)),  # IPv4-translated (RFC 2765) is not mapped
     ],
 )
 def test_a_node_is_an_address_and_port_or_nothing(text: str, node: Any) -> None:
@@ -99,12 +119,16 @@ def test_forwarded_elements_quoted_strings_and_garbage() -> None:
         assert parse_forwarded(garbage) is None, garbage
 
 
-def resolved(trusted: str, **headers: str) -> Any:
+def resolved(trusted: str, style: str = "x-forwarded", **headers: str) -> Any:
     names = {"xff": 0, "proto": 1, "host": 2, "port": 3, "fwd": 4}
     values: list[bytes | None] = [None] * 5
     for k, v in headers.items():
         values[names[k]] = v.encode("latin-1")
-    return Forwarding(trusted).resolve(tuple(values))
+    return Forwarding(trusted, style).resolve(tuple(values))
+
+
+NOTHING = (None, None, None, None)
+RFC = "rfc7239"
 
 
 def test_x_forwarded_for_is_the_right_most_untrusted_hop() -> None:
@@ -118,6 +142,10 @@ def test_x_forwarded_for_is_the_right_most_untrusted_hop() -> None:
     assert resolved("127.0.0.1", xff="1.2.3.4, unknown")[0] is None
     assert resolved("127.0.0.1", xff="1.2.3.4, _secret")[0] is None
     assert resolved("127.0.0.1", xff="")[0] is None
+    # ... and a lined-up proto list is still read at that hop's place, as Forwarded's proto= is
+    assert resolved("127.0.0.1", xff="1.2.3.4, unknown", proto="http, https")[:2] == (None, "https")
+    assert resolved("127.0.0.1", xff="fe80::1%\x1b[31m")[0] is None
+    assert resolved("127.0.0.1", xff="::ffff:203.0.113.7")[0] == ("203.0.113.7", 0)
 
 
 def test_proto_host_and_port() -> None:
@@ -137,17 +165,50 @@ def test_proto_host_and_port() -> None:
     assert resolved("127.0.0.1", port="65536")[2:] == (None, None)
 
 
-def test_forwarded_wins_over_x_forwarded_and_follows_the_same_hop_rule() -> None:
+def test_each_style_reads_only_its_own_family() -> None:
+    """A proxy passes on the headers of the other family as the client sent
+    them (nginx does), so they are the client's word: ignored whole."""
+    both = {
+        "fwd": "for=203.0.113.66;proto=https;host=evil.example",
+        "xff": "198.51.100.1",
+        "proto": "http",
+        "host": "example.com",
+        "port": "8443",
+    }
+    assert resolved("127.0.0.1", **both) == (("198.51.100.1", 0), "http", "example.com", 8443)
+    assert resolved("127.0.0.1", fwd=both["fwd"]) == NOTHING
+    assert resolved("127.0.0.1", RFC, **both) == (("203.0.113.66", 0), "https", "evil.example", None)
+    assert resolved("127.0.0.1", RFC, **{k: v for k, v in both.items() if k != "fwd"}) == NOTHING
+    with pytest.raises(ValueError, match="'legacy' is not a forwarded style: x-forwarded or rfc7239"):
+        Forwarding("127.0.0.1", "legacy")
+    assert STYLES == ("x-forwarded", "rfc7239")
+
+
+def test_forwarded_follows_the_same_hop_rule() -> None:
     got = resolved(
         "127.0.0.1,10.0.0.0/8",
+        RFC,
         fwd='for=6.6.6.6;proto=http, for="[2001:db8::7]:4711";proto=https;host=example.com, for=10.0.0.2',
-        xff="9.9.9.9",
     )
     assert got == (("2001:db8::7", 4711), "https", "example.com", None)
-    assert resolved("127.0.0.1", fwd="for=unknown;proto=https") == (None, None, None, None)
-    assert resolved("127.0.0.1", fwd="for=_hidden") == (None, None, None, None)
-    assert resolved("127.0.0.1", fwd="by=1.2.3.4") == (None, None, None, None)  # no for=: no client to name
-    assert resolved("127.0.0.1", fwd='for="broken', xff="1.2.3.4") == (None, None, None, None)
+    assert resolved("127.0.0.1", RFC, fwd='for="broken;proto=https') == NOTHING
+
+
+@pytest.mark.parametrize(
+    "fwd, found",
+    [
+        ("for=unknown;proto=https", (None, "https", None, None)),
+        ("for=_hidden;proto=https;host=example.com:8443", (None, "https", "example.com", 8443)),
+        ("by=1.2.3.4;proto=https;host=example.com", (None, "https", "example.com", None)),  # no for=
+        ('for="[fe80::1%25eth0]";proto=https', (None, "https", None, None)),
+        # the right-most element that is not a trusted proxy's: here the last
+        ("for=1.2.3.4;proto=http, for=_x;proto=https", (None, "https", None, None)),
+        ("for=1.2.3.4;proto=http, for=127.0.0.1;proto=https", (("1.2.3.4", 0), "http", None, None)),
+    ],
+)
+def test_a_forwarded_element_without_an_address_still_gives_its_proto_and_host(fwd: str, found: Any) -> None:
+    """The client is unnamed (it stays the peer), what else the element says stands."""
+    assert resolved("127.0.0.1", RFC, fwd=fwd) == found
 
 
 def test_header_values_from_a_block_and_from_pairs() -> None:
@@ -167,9 +228,13 @@ _value = st.binary(max_size=80) | st.text(alphabet='[]:;,="\\ _-.0123456789abcde
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.tuples(*[st.none() | _value] * 5), st.sampled_from(["127.0.0.1", "*", "127.0.0.1,10.0.0.0/8"]))
-def test_arbitrary_header_bytes_never_raise(values: tuple, trusted: str) -> None:
-    f = Forwarding(trusted)
+@given(
+    st.tuples(*[st.none() | _value] * 5),
+    st.sampled_from(["127.0.0.1", "*", "127.0.0.1,10.0.0.0/8"]),
+    st.sampled_from(STYLES),
+)
+def test_arbitrary_header_bytes_never_raise(values: tuple, trusted: str, style: str) -> None:
+    f = Forwarding(trusted, style)
     found = f._resolve(values)  # the rules themselves, without resolve()'s last-resort catch
     client, scheme, host, port = found
     assert client is None or (isinstance(client[0], str) and 0 <= client[1] <= 65535)
@@ -197,8 +262,10 @@ async def asgi(scope: dict, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def seen(h: Any, app: Any, heads: list[bytes], trusted: str | None = "127.0.0.1", **kw: Any) -> list[Any]:
-    forwarding = None if trusted is None else Forwarding(trusted)
+def seen(
+    h: Any, app: Any, heads: list[bytes], trusted: str | None = "127.0.0.1", style: str = "x-forwarded", **kw: Any
+) -> list[Any]:
+    forwarding = None if trusted is None else Forwarding(trusted, style)
     data = b"".join(b"GET / HTTP/1.1\r\n" + H + head + b"\r\n" for head in heads)
     r = run(h, app, lambda port: exchange(port, data, responses=len(heads)), forwarding=forwarding, **kw)
     return [json.loads(resp.body) for resp in r.responses]
@@ -212,14 +279,29 @@ def test_a_trusted_proxy_sets_client_scheme_and_server_per_request(h, app) -> No
         [
             b"X-Forwarded-For: 6.6.6.6, 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: example.com\r\n",
             b"",  # no proxy headers: the peer again
-            b'Forwarded: for="[2001:db8::7]:4711";proto=https;host="example.org:8443"\r\n',
+            # the client's own Forwarded, here amid the proxy's lines
+            b'X-Forwarded-Port: 8080\r\nForwarded: for="[2001:db8::7]:4711";proto=https;host=example.org\r\n'
+            b"X-Forwarded-Ssl: on\r\n",
             b"X-Forwarded-Port: 8080\r\n",
         ],
     )
     assert got[0] == [["203.0.113.7", 0], "https", ["example.com", 443]]
     assert got[1][0][0] == "127.0.0.1" and got[1][0][1] > 0 and got[1][1] == "http" and got[1][2][0] == "127.0.0.1"
-    assert got[2] == [["2001:db8::7", 4711], "https", ["example.org", 8443]]
+    assert got[2] == got[3]
     assert got[3][2] == ["127.0.0.1", 8080] and got[3][0][0] == "127.0.0.1"
+    got = seen(
+        h,
+        app,
+        [
+            b'Forwarded: for="[2001:db8::7]:4711";proto=https;host="example.org:8443"\r\n',
+            b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n",  # the client's own
+            b"Forwarded: for=unknown;proto=https\r\n",
+        ],
+        style=RFC,
+    )
+    assert got[0] == [["2001:db8::7", 4711], "https", ["example.org", 8443]]
+    assert got[1][0][0] == "127.0.0.1" and got[1][1] == "http" and got[1][2][0] == "127.0.0.1"
+    assert got[2][0][0] == "127.0.0.1" and got[2][1] == "https"
 
 
 @pytest.mark.parametrize("app", [native, asgi], ids=["native", "asgi"])
@@ -227,8 +309,9 @@ def test_a_spoofed_header_from_an_untrusted_peer_is_ignored(h, app) -> None:
     spoof = (
         b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nForwarded: for=7.7.7.7\r\nX-Forwarded-Host: evil\r\n"
     )
-    got = seen(h, app, [spoof], trusted="10.0.0.0/8")
-    assert got[0][0][0] == "127.0.0.1" and got[0][1] == "http" and got[0][2][0] == "127.0.0.1"
+    for style in STYLES:
+        got = seen(h, app, [spoof], trusted="10.0.0.0/8", style=style)
+        assert got[0][0][0] == "127.0.0.1" and got[0][1] == "http" and got[0][2][0] == "127.0.0.1"
     # and without --proxy-headers at all
     got = seen(h, app, [spoof], trusted=None)
     assert got[0][0][0] == "127.0.0.1" and got[0][1] == "http"
@@ -303,8 +386,10 @@ def test_of_a_block_finds_the_fields_among_other_headers_in_any_case() -> None:
     )
     assert f.of(block) == (("203.0.113.7", 0), "https", None, None)
     assert f.of(block) == (("203.0.113.7", 0), "https", None, None)  # from the cache
-    # "forwarded" only in values: no proxy field, nothing said
-    assert f.of(HeaderBlock(b"Referer: http://a/forwarded\r\nHost: a\r\n")) == (None, None, None, None)
+    # "x-forwarded" only in values: no proxy field, nothing said
+    assert f.of(HeaderBlock(b"Referer: http://a/x-forwarded\r\nHost: a\r\n")) == (None, None, None, None)
+    # only the other family's field: none of this style's
+    assert f.of(HeaderBlock(b"Forwarded: for=1.2.3.4\r\nHost: a\r\n")) is None
     assert f.of(HeaderBlock(b"Host: a\r\n")) is None
     assert f.of([(b"x-forwarded-for", b"203.0.113.9")]) == (("203.0.113.9", 0), None, None, None)
     assert f.of([(b"host", b"a")]) is None
@@ -312,7 +397,7 @@ def test_of_a_block_finds_the_fields_among_other_headers_in_any_case() -> None:
 
 _names = st.sampled_from(
     [b"X-Forwarded-For", b"x-forwarded-proto", b"X-FORWARDED-HOST", b"X-Forwarded-Port", b"Forwarded", b"Host"]
-    + [b"Referer", b"X-Not-Forwarded-For", b"Forwarded-X", b"Accept"]
+    + [b"Referer", b"X-Not-Forwarded-For", b"Forwarded-X", b"Accept", b"X-Forwarded", b"Not-Forwarded"]
 )
 _field_value = st.text(alphabet='0123456789abcdef.:[]_, ;="forwardedunknownhttps/', max_size=40).map(
     lambda s: s.strip(" ").encode()
@@ -327,19 +412,20 @@ def _block(lines: list) -> HeaderBlock:
 
 
 @settings(max_examples=300, deadline=None)
-@example([[(b"X-Forwarded-For", b"1.1.1.1")], [(b"X-Not-Forwarded-For", b"1.1.1.1")]])
-@given(st.lists(_block_lines, min_size=1, max_size=4))
-def test_of_a_block_says_what_the_whole_block_says(blocks: list) -> None:
-    """of()'s cache key, the stretch from the first line naming "forwarded"
-    to the last, holds every proxy field: it resolves as the whole block
-    does; and so does a connection's inline copy of it, with its own cache
-    of views, over several requests."""
-    f = Forwarding("127.0.0.1,10.0.0.0/8")
+@example([[(b"X-Forwarded-For", b"1.1.1.1")], [(b"X-Not-Forwarded-For", b"1.1.1.1")]], "x-forwarded")
+@example([[(b"Forwarded", b"for=1.1.1.1")], [(b"Not-Forwarded", b"for=1.1.1.1")]], RFC)
+@given(st.lists(_block_lines, min_size=1, max_size=4), st.sampled_from(STYLES))
+def test_of_a_block_says_what_the_whole_block_says(blocks: list, style: str) -> None:
+    """of()'s cache key, the stretch from the first line naming the style's
+    needle to the last, holds every proxy field of the style: it resolves as
+    the whole block does; and so does a connection's inline copy of it, with
+    its own cache of views, over several requests."""
+    f = Forwarding("127.0.0.1,10.0.0.0/8", style)
     heads = [_block(lines) for lines in blocks]
     seen_all = _seen_through_a_connection(f, heads + heads)
     for block, seen in zip(heads + heads, seen_all, strict=True):
         values = header_values(block)
-        whole = (None, None, None, None) if values is None else Forwarding(f.trusted).resolve(values)
+        whole = (None, None, None, None) if values is None else Forwarding(f.trusted, style).resolve(values)
         assert (f.of(block) or (None, None, None, None)) == whole
         client, scheme, host, port = whole
         assert seen[0] == (client or ("127.0.0.1", 5555)) and seen[1] == (scheme or "http")
@@ -349,11 +435,13 @@ def test_of_a_block_says_what_the_whole_block_says(blocks: list) -> None:
             assert seen[2] == (host or "127.0.0.1", port or {"http": 80, "https": 443}[seen[1]])
 
 
-def _seen_through_a_connection(f: Forwarding, blocks: list[HeaderBlock]) -> list[Any]:
-    """ex.seen_as for each head, in order, on one trusted ForwardedHTTPProtocol."""
+def _seen_through_a_connection(
+    f: Forwarding, blocks: list[HeaderBlock], keep: list[ForwardedHTTPProtocol] | None = None
+) -> list[Any]:
+    """ex.seen_as for each head, in order, on one trusted ForwardedHTTPProtocol
+    (put in `keep`, when given, to look at after)."""
     import asyncio
 
-    from uringserve.http.forwarded import ForwardedHTTPProtocol
     from uringserve.http.protocol import Exchange
 
     class Peer:
@@ -365,6 +453,8 @@ def _seen_through_a_connection(f: Forwarding, blocks: list[HeaderBlock]) -> list
         proto.server_addr = ("127.0.0.1", 8000)
         proto.connection_made(Peer())
         proto.stop_timer()
+        if keep is not None:
+            keep.append(proto)
         out = []
         for block in blocks:
             ex = Exchange(b"GET", b"/", "1.1", block, True)
@@ -373,3 +463,40 @@ def _seen_through_a_connection(f: Forwarding, blocks: list[HeaderBlock]) -> list
         return out
 
     return asyncio.run(main())
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_the_caches_keep_no_key_a_client_pads(style: str) -> None:
+    """Every cache key is a stretch of the client's own bytes: a client
+    ending its head with a line naming the needle, or padding a field's
+    value, makes each request a new key of up to --max-header-bytes. Such
+    keys are parsed and not kept, so the caches stay bounded in bytes; a
+    proxy's short lines are still kept."""
+    f = Forwarding("127.0.0.1", style)
+    field = b"Forwarded: for=203.0.113.7" if style == RFC else b"X-Forwarded-For: 203.0.113.7"
+    needle = b"forwarded:" if style == RFC else b"x-forwarded"
+    prefix = "for=" if style == RFC else ""
+    pad = b"a" * 30_000
+    heads = []
+    for i in range(200):
+        # the stretch from the field to the client's last line naming the needle, one byte varied
+        heads.append(HeaderBlock(field + b"\r\nX-Pad: " + pad + b"%d\r\nX-Z: %s\r\n" % (i, needle)))
+        # the field's own value padded
+        hops = [f"198.51.100.{i % 250}"] + ["127.0.0.1"] * 3000
+        heads.append(HeaderBlock(field + "".join(f", {prefix}{hop}" for hop in hops).encode() + b"\r\n"))
+    keep: list[ForwardedHTTPProtocol] = []
+    seen_all = _seen_through_a_connection(f, heads, keep)
+    assert [s[0] for s in seen_all[::2]] == [("203.0.113.7", 0)] * 200  # still read right
+    assert [s[0] for s in seen_all[1::2]] == [(f"198.51.100.{i % 250}", 0) for i in range(200)]
+    views = keep[0]._views
+    assert views is not None
+    by_lines = sum(map(len, f._by_lines))
+    cache = sum(len(v) for values in f._cache for v in values if v is not None)
+    in_views = sum(map(len, views))
+    assert by_lines <= _CACHE_MAX * _KEY_MAX and cache <= _CACHE_MAX * _KEY_MAX, (by_lines, cache)
+    assert in_views <= _VIEWS_MAX * _KEY_MAX, in_views
+    assert max(map(len, [*f._by_lines, *views]), default=0) <= _KEY_MAX
+    # a proxy's own short lines are kept: the next request like them is a lookup
+    short = HeaderBlock(field + b"\r\n")
+    _seen_through_a_connection(f, [short], keep)
+    assert len(keep[1]._views or {}) == 1 and len(f._by_lines) == 1 and len(f._cache) == 1

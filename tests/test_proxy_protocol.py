@@ -80,6 +80,15 @@ TLVS = b"\x01\x00\x02h2" + b"\x04\x00\x03abc" + b"\xee\x00\x00"  # ALPN, authori
         (v2(0, 0x11, inet("1.1.1.1", "2.2.2.2", 1, 2)), ProxyHeader(2, local=True)),
         (v2(1, 0x00, b""), ProxyHeader(2)),  # UNSPEC
         (v2(1, 0x31, b"\0" * 216), ProxyHeader(2)),  # UNIX: the socket's own peer is kept
+        # an IPv4 client of a dual-stack proxy: its IPv4 address (Python 3.11 prints ::ffff:102:304)
+        (
+            b"PROXY TCP6 ::ffff:1.2.3.4 ::ffff:192.0.2.1 1 2\r\n",
+            ProxyHeader(1, source=("1.2.3.4", 1), dest=("192.0.2.1", 2)),
+        ),
+        (
+            v2(1, 0x21, inet6("::ffff:1.2.3.4", "::1", 5, 443)),
+            ProxyHeader(2, source=("1.2.3.4", 5), dest=("::1", 443)),
+        ),
     ],
 )
 def test_headers_parse_and_whatever_follows_is_left(data: bytes, header: ProxyHeader) -> None:
@@ -112,6 +121,10 @@ def test_headers_parse_and_whatever_follows_is_left(data: bytes, header: ProxyHe
         (v2(1, 0x21, b"\0" * 35), "malformed"),
         (v2(1, 0x31, b"\0" * 100), "malformed"),
         (v2(1, 0x41, b"\0" * 12), "malformed"),
+        # an IPv6 zone: ipaddress would keep any bytes after "%", escapes for the access log too
+        (b"PROXY TCP6 fe80::1%\x1b[31m ::1 1 2\r\n", "malformed"),
+        (b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "malformed"),
+        (b"PROXY TCP6 ::1 fe80::1%1 1 2\r\n", "malformed"),
         (V2_SIGNATURE + b"\x21\x11\xff\xff", "oversized"),  # refused on its length, before 64 KiB arrive
     ],
 )
@@ -119,6 +132,27 @@ def test_bad_headers_are_refused_by_reason(data: bytes, reason: str) -> None:
     with pytest.raises(ProxyHeaderError) as info:
         parse(data)
     assert info.value.reason == reason
+
+
+# the family/transport bytes the specification defines for a stream: UNSPEC, TCP4, TCP6, UNIX stream
+_STREAM_FAMILIES = {0x00, 0x11, 0x21, 0x31}
+
+
+@pytest.mark.parametrize("fam", range(256), ids=lambda f: f"{f:#04x}")
+def test_v2_takes_only_the_stream_families(fam: int) -> None:
+    """UDP (0x12, 0x22), UNIX datagram (0x32), a family without its
+    transport (0x10, 0x20, 0x30) or a transport without its family (0x01):
+    no connection of ours, refused as malformed; the address block is long
+    enough for any family, so only the byte decides."""
+    data = v2(1, fam, b"\0" * 216)
+    if fam in _STREAM_FAMILIES:
+        zero = {0x11: ("0.0.0.0", 0), 0x21: ("::", 0)}.get(fam)  # UNSPEC, UNIX: no address
+        assert parse(data) == (ProxyHeader(2, source=zero, dest=zero), len(data))
+    else:
+        with pytest.raises(ProxyHeaderError) as info:
+            parse(data)
+        assert info.value.reason == "malformed"
+    assert parse(v2(0, fam, b"\0" * 216)) == (ProxyHeader(2, local=True), len(data))  # LOCAL: the byte is ignored
 
 
 @settings(max_examples=500, deadline=None)
@@ -232,6 +266,7 @@ def test_the_access_log_names_the_client_the_header_names(h, caplog) -> None:
         ([V2_TCP4[:20]], True, "cut"),
         ([b"PROXY " + b"9" * 200], False, "oversized"),
         ([V2_SIGNATURE + b"\x21\x11\x00\x05" + b"\0" * 5 + REQ], False, "malformed"),  # a wrong length
+        ([v2(1, 0x12, inet("203.0.113.7", "192.0.2.1", 4444, 80)) + REQ], False, "malformed"),  # UDP over IPv4
     ],
 )
 def test_a_bad_header_closes_the_connection_unanswered_and_is_counted(h, chunks, close, reason) -> None:
@@ -241,6 +276,36 @@ def test_a_bad_header_closes_the_connection_unanswered_and_is_counted(h, chunks,
     assert raw == b""
     assert pp.rejected == {reason: 1} and pp.accepted == 0
     assert server.connections.counts() == {"open": 0, "accepted": 1, "closed": 1}
+
+
+@pytest.mark.parametrize(
+    "headers_from, honoured",
+    [
+        # the PROXY header names 203.0.113.7, whom nothing trusts: the headers still come from the
+        # proxy at 127.0.0.1, a trusted peer
+        ("127.0.0.1", True),
+        # only the client the PROXY header names is in the headers' list, not the socket's peer
+        # that sent the headers (possible only with two lists; the command has one, see below)
+        ("203.0.113.7", False),
+    ],
+)
+def test_proxy_headers_are_trusted_by_the_socket_peer_not_the_proxy_header_client(
+    h, headers_from: str, honoured: bool
+) -> None:
+    """--proxy-protocol with --proxy-headers: who sent the headers is the
+    socket's peer (the transport under the PeerTransport), as gunicorn
+    decides it. With the command's one list (--forwarded-allow-ips for
+    both) a PROXY header is only read from a trusted peer (an untrusted one
+    is closed before it sends: the next test), so that peer is always
+    trusted for the headers too."""
+    from uringserve.http.forwarded import Forwarding
+
+    pp = ProxyProtocol("127.0.0.1")
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n"
+    server = HTTPServer(app, forwarding=Forwarding(headers_from))
+    raw = serve(h, server, lambda port: exchange_raw(port, [V1_TCP4 + head]), pp)
+    assert body(raw) == [["203.0.113.7", 4444], "https" if honoured else "http"]
+    assert pp.accepted == 1
 
 
 def test_an_untrusted_peer_is_closed_before_it_sends(h) -> None:

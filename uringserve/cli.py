@@ -272,8 +272,8 @@ OPTIONS: list[Opt] = [
     # behind a proxy
     Opt(
         "--proxy-headers",
-        "take the client, scheme and host from X-Forwarded-For/-Proto/-Host/-Port and Forwarded "
-        "sent by --forwarded-allow-ips peers",
+        "take the client, scheme and host from X-Forwarded-For/-Proto/-Host/-Port or Forwarded "
+        "(--forwarded-style) sent by --forwarded-allow-ips peers",
         None,
         False,
     ),
@@ -285,6 +285,14 @@ OPTIONS: list[Opt] = [
         "127.0.0.1",
         commands=SERVE,
         metavar="LIST",
+    ),
+    Opt(
+        "--forwarded-style",
+        "--proxy-headers: the one header family the proxy sets, the other is ignored: X-Forwarded-For/-Proto/"
+        "-Host/-Port (x-forwarded) or RFC 7239 Forwarded (rfc7239)",
+        str,
+        "x-forwarded",
+        choices=("x-forwarded", "rfc7239"),
     ),
     Opt(
         "--proxy-protocol",
@@ -601,7 +609,7 @@ def _protocol_server(args: argparse.Namespace) -> Any:
     if args.proxy_headers:
         from .http.forwarded import Forwarding
 
-        forwarding = Forwarding(args.forwarded_allow_ips)
+        forwarding = Forwarding(args.forwarded_allow_ips, args.forwarded_style)
     try:
         return HTTPServer(
             app,

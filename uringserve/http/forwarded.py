@@ -6,12 +6,16 @@ Read from a connection whose peer is in `--forwarded-allow-ips`
 connection costs nothing and its headers are ignored, so a spoofed
 X-Forwarded-For from a client straight on the listener changes nothing.
 
+A trusted proxy is trusted for one family of headers, the one it sets
+(`--forwarded-style`, hypercorn's ProxyFixMiddleware "legacy"/"modern"):
+`x-forwarded` (the default, the only one uvicorn and gunicorn read) or
+`rfc7239`. The other family is ignored whole: a proxy passes on what the
+client sent of a header it does not set itself (nginx does), so reading it
+would let the client name itself. For the same reason the proxy must set
+or clear every header of its family.
+
 The headers, and the rules (uvicorn's for X-Forwarded-For/-Proto):
 
-- `Forwarded` (RFC 7239): `for=`, `proto=`, `host=` of the chosen element;
-  quoted strings, `[IPv6]:port`, obfuscated identifiers (`_abc`) and
-  `unknown` are understood. When present it is used instead of the
-  X-Forwarded-* headers. A value that does not parse is ignored whole.
 - `X-Forwarded-For`: the client is the right-most address that is not a
   trusted proxy (every proxy appends the peer it saw, so what is left of a
   trusted one is only as true as that proxy's own client); when every
@@ -23,19 +27,30 @@ The headers, and the rules (uvicorn's for X-Forwarded-For/-Proto):
   client hop's place when it has as many entries as X-Forwarded-For.
 - `X-Forwarded-Host` / `X-Forwarded-Port`: the ASGI `server` (host, port);
   the port defaults to the host's own, then the scheme's.
+- `Forwarded` (RFC 7239, `--forwarded-style rfc7239`): `for=`, `proto=`,
+  `host=` of the element chosen by X-Forwarded-For's rule; quoted strings,
+  `[IPv6]:port`, obfuscated identifiers (`_abc`) and `unknown` are
+  understood. An element whose `for=` is no address (or missing) still
+  gives its `proto=` and `host=`; the client stays the peer. A value that
+  does not parse is ignored whole.
+
+Addresses: an IPv6 zone (`fe80::1%eth0`) is no address; an IPv4-mapped one
+is reported as its IPv4 address (server/trust.py's address_text()).
 
 Nothing here raises on a header's content: what does not parse is ignored.
 Results are cached by the headers' raw values (a proxy repeats the same
 few), so a request behind a proxy costs a search of its head and a dict
-lookup."""
+lookup. The keys are the client's bytes, so only short ones are kept
+(_KEY_MAX): a longer one is parsed each time it comes, and a cache never
+holds more than its count times that many bytes."""
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 
-from ..server.trust import TrustedPeers
+from ..server.proxy_protocol import PeerTransport
+from ..server.trust import TrustedPeers, address_text
 from .parser import HeaderBlock
 from .protocol import HTTPProtocol
 
@@ -61,6 +76,10 @@ _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[;,=]|[^;,="\s]+|[ \t]+')
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_~%!$&'()*+=]+)(?::([0-9]{1,5}))?\Z")
 _CACHE_MAX = 1024
 _VIEWS_MAX = 64  # per connection (a proxy's keep-alive connection carries many clients)
+# the longest key a cache keeps, in bytes: a proxy's lines for one client fit many times over;
+# a client padding its own header lines (up to --max-header-bytes) is parsed, not remembered
+_KEY_MAX = 512
+STYLES = ("x-forwarded", "rfc7239")
 
 
 def header_values(headers: Any) -> tuple[bytes | None, ...] | None:
@@ -115,10 +134,8 @@ def parse_node(text: str) -> tuple[str, int] | None:
             return None
     else:
         host = text
-    try:
-        return str(ipaddress.ip_address(host)), port
-    except ValueError:
-        return None
+    address = address_text(host)
+    return None if address is None else (address, port)
 
 
 def _port(text: str) -> int:
@@ -203,34 +220,43 @@ class Forwarding:
     """`--proxy-headers` for one server: the trusted peers and the cache
     of resolved header values."""
 
-    def __init__(self, trusted: TrustedPeers | str = "127.0.0.1") -> None:
+    def __init__(self, trusted: TrustedPeers | str = "127.0.0.1", style: str = "x-forwarded") -> None:
+        if style not in STYLES:
+            raise ValueError(f"{style!r} is not a forwarded style: x-forwarded or rfc7239")
         self.trusted = trusted if isinstance(trusted, TrustedPeers) else TrustedPeers(trusted)
+        self.style = style
+        self.rfc7239 = style == "rfc7239"
+        # what every line of the style's fields has in its lower-cased head: of()'s key is
+        # the stretch of lines naming it, so the other family's lines add no keys
+        self.needle = b"forwarded:" if self.rfc7239 else b"x-forwarded"
         self._cache: dict[tuple[bytes | None, ...], Found] = {}
         self._by_lines: dict[bytes, Found] = {}  # of(): by the block's stretch of proxy lines
 
     def of(self, headers: Any) -> Found | None:
-        """What a request's proxy fields say, None when it has none: the
-        per-request call. For a HeaderBlock the cache key is the stretch of
-        the lower-cased block from the first line naming "forwarded" to the
-        last (every proxy field's line lies in it; other headers rarely
-        do), found with C-level searches: a request from a client seen
-        before costs those and a dict lookup, not a parse."""
+        """What a request's proxy fields say, None when it has none of its
+        style's: the per-request call. For a HeaderBlock the cache key is the
+        stretch of the lower-cased block from the first line naming the
+        style's needle to the last (every field's line of the style lies in
+        it; other headers rarely do), found with C-level searches: a request
+        from a client seen before costs those and a dict lookup, not a parse."""
         if type(headers) is not HeaderBlock:
             values = header_values(headers)
             return None if values is None else self.resolve(values)
         low = headers.lower()
-        first = low.find(b"forwarded")
+        needle = self.needle
+        first = low.find(needle)
         if first < 0:
             return None
-        end = low.find(b"\r", low.rfind(b"forwarded"))
+        end = low.find(b"\r", low.rfind(needle))
         key = low[low.rfind(b"\n", 0, first) + 1 : end if end >= 0 else len(low)]
         found = self._by_lines.get(key)
         if found is None:
             values = header_values(HeaderBlock(key + b"\r\n"))
             found = NOTHING if values is None else self.resolve(values)
-            if len(self._by_lines) >= _CACHE_MAX:
-                self._by_lines.clear()
-            self._by_lines[key] = found
+            if len(key) <= _KEY_MAX:
+                if len(self._by_lines) >= _CACHE_MAX:
+                    self._by_lines.clear()
+                self._by_lines[key] = found
         return found
 
     def resolve(self, values: tuple[bytes | None, ...]) -> Found:
@@ -241,23 +267,27 @@ class Forwarding:
                 found = self._resolve(values)
             except Exception:  # a parse this module missed must not fail a request: ignored, like garbage
                 found = NOTHING
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[values] = found
+            if sum(len(v) for v in values if v is not None) <= _KEY_MAX:
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.clear()
+                self._cache[values] = found
         return found
 
     def _resolve(self, values: tuple[bytes | None, ...]) -> Found:
-        xff, xfproto, xfhost, xfport, fwd = (None if v is None else v.decode("latin-1") for v in values)
-        if fwd is not None:
-            return self._from_forwarded(fwd)
+        if self.rfc7239:  # the X-Forwarded-* headers are the client's own: ignored
+            fwd = values[4]
+            return NOTHING if fwd is None else self._from_forwarded(fwd.decode("latin-1"))
+        # Forwarded (values[4]) is the client's own: ignored
+        xff, xfproto, xfhost, xfport = (None if v is None else v.decode("latin-1") for v in values[:4])
         client = None
         index = -1
         hops: list[str] = []
         if xff is not None:
             hops = [h.strip() for h in xff.split(",")]
-            index = self._client_hop([parse_node(h) for h in hops])
+            nodes = [parse_node(h) for h in hops]
+            index = self._client_hop(nodes)
             if index >= 0:
-                client = parse_node(hops[index])
+                client = nodes[index]
         scheme = None
         if xfproto is not None:
             protos = [p.strip() for p in xfproto.split(",")]
@@ -271,28 +301,28 @@ class Forwarding:
         return client, scheme, host[0] if host is not None else None, server_port
 
     def _client_hop(self, nodes: list[tuple[str, int] | None]) -> int:
-        """The index of the client among the hops (right-most untrusted; the
-        left-most when all are trusted), -1 when that hop is no address."""
+        """The index of the client's hop (right-most untrusted, a hop that is
+        no address counting as untrusted; the left-most when all are
+        trusted), -1 when there is none."""
         if not nodes:
             return -1
         if not self.trusted.everyone:
             for i in range(len(nodes) - 1, -1, -1):
                 node = nodes[i]
                 if node is None or not self.trusted.trusts(node[0]):
-                    return i if node is not None else -1
-        return 0 if nodes[0] is not None else -1
+                    return i
+        return 0
 
     def _from_forwarded(self, text: str) -> Found:
         elements = parse_forwarded(text)
         if not elements:
             return NOTHING
-        index = self._client_hop([parse_node(e["for"]) if "for" in e else None for e in elements])
-        if index < 0:
-            return NOTHING
+        nodes = [parse_node(e["for"]) if "for" in e else None for e in elements]
+        index = self._client_hop(nodes)
         element = elements[index]
         host = _host(element.get("host"))
         return (
-            parse_node(element["for"]),
+            nodes[index],
             _scheme(element.get("proto")),
             host[0] if host is not None else None,
             host[1] if host is not None else None,
@@ -311,6 +341,7 @@ class ForwardedHTTPProtocol(HTTPProtocol):
     the response)."""
 
     _peer: tuple[Any, str, Any] | None = None  # (client, scheme, server) of the connection itself
+    _views: dict[bytes, tuple[Any, str, Any]] | None = None  # a trusted connection's cache (connection_made)
 
     def __init__(self, runner: Any, config: Any, forwarding: Forwarding, **kw: Any) -> None:
         super().__init__(runner, config, **kw)
@@ -318,16 +349,21 @@ class ForwardedHTTPProtocol(HTTPProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        if not self._forwarding.trusted.trusts_peer(self.client, self.server_addr):
+        # trust goes to who sent the headers: the socket's peer, not the client a
+        # PROXY header names (PeerTransport's peername), as gunicorn decides it
+        sender = transport.transport.get_extra_info("peername") if isinstance(transport, PeerTransport) else self.client
+        if not self._forwarding.trusted.trusts_peer(sender, self.server_addr):
             return
         self._peer = peer = (self.client, self.scheme, self.server_addr)
         runner = self._runner
         plain = self._plain_handler
         found_in = self._forwarding.of
+        needle = self._forwarding.needle
         conn = self
         # this connection's views by the head's stretch of proxy lines (Forwarding.of()'s
         # key): a client seen before on it costs the key's searches and one lookup
         views: dict[bytes, tuple[Any, str, Any]] = {}
+        self._views = views
 
         def combine(found: Found | None) -> tuple[Any, str, Any]:
             if found is None:
@@ -352,18 +388,19 @@ class ForwardedHTTPProtocol(HTTPProtocol):
                 if type(headers) is HeaderBlock:
                     # Forwarding.of()'s key, inline (test_forwarded.py holds the two to one result)
                     low = headers.lower()
-                    first = low.find(b"forwarded")
+                    first = low.find(needle)
                     if first < 0:
                         seen = peer
                     else:
-                        end = low.find(b"\r", low.rfind(b"forwarded"))
+                        end = low.find(b"\r", low.rfind(needle))
                         key = low[low.rfind(b"\n", 0, first) + 1 : end if end >= 0 else len(low)]
                         seen = views.get(key)  # type: ignore[assignment]
                         if seen is None:
                             seen = combine(found_in(headers))
-                            if len(views) >= _VIEWS_MAX:
-                                views.clear()
-                            views[key] = seen
+                            if len(key) <= _KEY_MAX:  # a longer one is the client's padding: not kept
+                                if len(views) >= _VIEWS_MAX:
+                                    views.clear()
+                                views[key] = seen
                 else:
                     seen = combine(found_in(headers))
                 # on the connection for what reads it there (the ASGI scope, the access
@@ -383,4 +420,4 @@ class ForwardedHTTPProtocol(HTTPProtocol):
         super()._refuse(ex)
 
 
-__all__ = ["Forwarding", "ForwardedHTTPProtocol", "header_values", "parse_forwarded", "parse_node"]
+__all__ = ["STYLES", "Forwarding", "ForwardedHTTPProtocol", "header_values", "parse_forwarded", "parse_node"]

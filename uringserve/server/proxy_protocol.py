@@ -23,6 +23,10 @@ connection from another peer is closed at once ("untrusted").
 
 Kept: the peer the socket has, for LOCAL (a proxy's health check), UNKNOWN
 (v1) and the UNSPEC and UNIX families (v2). TLVs (v2) are skipped unread.
+A v2 header for another transport (UDP, UNIX datagram) or with a family
+byte the specification leaves undefined is malformed. An address with an
+IPv6 zone (`fe80::1%eth0`, v1) is malformed; an IPv4-mapped one
+(`::ffff:1.2.3.4`) is reported as its IPv4 address (server/trust.py).
 TLS: the header comes before the TLS handshake, which asyncio's server
 TLS would read first, so --proxy-protocol with TLS is refused: terminate
 TLS at the proxy, or pass it through to a server without the header.
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .connection import KIND_USER, Connection
-from .trust import TrustedPeers
+from .trust import TrustedPeers, reported
 
 V1_PREFIX = b"PROXY "
 V1_MAX = 107  # the whole v1 line, CRLF included (the specification's bound)
@@ -47,6 +51,9 @@ V2_MAX = 16 + 4096  # header and addresses/TLVs accepted; a larger one is refuse
 _V2_HEAD = struct.Struct("!12sBBH")
 _V2_INET = struct.Struct("!4s4sHH")
 _V2_INET6 = struct.Struct("!16s16sHH")
+# the v2 family/transport bytes a stream listener takes: UNSPEC, TCP over IPv4 and IPv6, UNIX
+# stream. The rest (UDP, UNIX datagram, a family without its transport) is no connection of ours
+_V2_FAMILIES = frozenset((0x00, 0x11, 0x21, 0x31))
 KIND_PROXY_HEADER = KIND_USER  # the reader's one deadline
 DRAIN_GRACE = 1.0  # seconds a connection still without its header gets once a drain began
 
@@ -108,6 +115,8 @@ def _parse_v1(buf: bytes) -> tuple[ProxyHeader, int] | None:
     if family not in (b"TCP4", b"TCP6") or len(parts) != 6:
         raise ProxyHeaderError("malformed", "PROXY v1 line is not 'PROXY TCP4|TCP6 src dst sport dport'")
     version = 4 if family == b"TCP4" else 6
+    if b"%" in parts[2] or b"%" in parts[3]:  # ipaddress takes any bytes as a zone, escapes included
+        raise ProxyHeaderError("malformed", "PROXY v1 address with an IPv6 zone")
     try:
         src = ipaddress.ip_address(parts[2].decode("ascii"))
         dst = ipaddress.ip_address(parts[3].decode("ascii"))
@@ -116,7 +125,7 @@ def _parse_v1(buf: bytes) -> tuple[ProxyHeader, int] | None:
     if src.version != version or dst.version != version:
         raise ProxyHeaderError("malformed", f"PROXY v1 {family.decode()} with an address of another family")
     sport, dport = _v1_port(parts[4]), _v1_port(parts[5])
-    return ProxyHeader(1, source=(str(src), sport), dest=(str(dst), dport)), end + 2
+    return ProxyHeader(1, source=(reported(src), sport), dest=(reported(dst), dport)), end + 2
 
 
 def _v1_port(text: bytes) -> int:
@@ -144,9 +153,9 @@ def _parse_v2(buf: bytes) -> tuple[ProxyHeader, int] | None:
         return None
     if command == 0:  # LOCAL: the proxy's own connection (a health check); addresses ignored
         return ProxyHeader(2, local=True), total
-    family, transport = fam >> 4, fam & 0x0F
-    if family > 3 or transport > 2:
+    if fam not in _V2_FAMILIES:
         raise ProxyHeaderError("malformed", f"PROXY v2 header with address family byte {fam:#04x}")
+    family = fam >> 4
     if family == 1:
         if length < _V2_INET.size:
             raise ProxyHeaderError("malformed", f"PROXY v2 INET addresses need 12 bytes, the header has {length}")
@@ -159,7 +168,7 @@ def _parse_v2(buf: bytes) -> tuple[ProxyHeader, int] | None:
             raise ProxyHeaderError("malformed", f"PROXY v2 INET6 addresses need 36 bytes, the header has {length}")
         s, d, sp, dp = _V2_INET6.unpack_from(buf, 16)
         return ProxyHeader(
-            2, source=(str(ipaddress.IPv6Address(s)), sp), dest=(str(ipaddress.IPv6Address(d)), dp)
+            2, source=(reported(ipaddress.IPv6Address(s)), sp), dest=(reported(ipaddress.IPv6Address(d)), dp)
         ), total
     if family == 3 and length < 216:
         raise ProxyHeaderError("malformed", f"PROXY v2 UNIX addresses need 216 bytes, the header has {length}")

@@ -23,6 +23,32 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CACHE_MAX = 4096  # distinct peer addresses remembered; the cache starts over beyond
 
 
+def address_text(text: str) -> str | None:
+    """An IP address a peer names (a PROXY header, X-Forwarded-For, `for=`)
+    as the server reports it, or None when it is not one.
+
+    An IPv6 zone (`fe80::1%eth0`) is refused: `ipaddress` takes any
+    characters after the `%` (control characters too, which would reach
+    the access log), and a zone names an interface of the sender's host,
+    meaningless here. An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`, what
+    a dual-stack proxy reports for an IPv4 client) is reported as the IPv4
+    address: Python before 3.13 prints it as `::ffff:102:304`, and the
+    client is the IPv4 one either way."""
+    if "%" in text:
+        return None
+    try:
+        return reported(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def reported(ip: _Address) -> str:
+    """`ip` as the server reports it: an IPv4-mapped one as its IPv4 address."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 class TrustedPeers:
     """The parsed `--forwarded-allow-ips`; ValueError names a bad entry."""
 
@@ -106,4 +132,4 @@ class TrustedPeers:
         return path in self.unix_paths
 
 
-__all__ = ["TrustedPeers"]
+__all__ = ["TrustedPeers", "address_text", "reported"]
