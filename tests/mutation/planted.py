@@ -158,8 +158,8 @@ PLANTED = [
     (
         "cli: --max-requests with one worker silently ignored (no supervisor)",
         "uringserve/cli.py",
-        "    if worker_count(args) > 1 or args.max_requests:",
-        "    if worker_count(args) > 1:",
+        '    if worker_count(args) > 1 or args.max_requests or getattr(args, "reload", False):',
+        '    if worker_count(args) > 1 or getattr(args, "reload", False):',
         ["tests/test_workers.py", "-k", "max_requests_with_one_worker"],
     ),
     (
