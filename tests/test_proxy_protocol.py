@@ -25,6 +25,8 @@ from uringserve.http.config import HTTPConfig
 from uringserve.http.messages import Response
 from uringserve.server import Server
 from uringserve.server.proxy_protocol import (
+    V1_MAX,
+    V2_MAX,
     V2_SIGNATURE,
     ProxyHeader,
     ProxyHeaderError,
@@ -132,6 +134,24 @@ def test_bad_headers_are_refused_by_reason(data: bytes, reason: str) -> None:
     with pytest.raises(ProxyHeaderError) as info:
         parse(data)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        (b"GET / HTTP/1.1\r\n", "the connection does not begin with a PROXY protocol header"),
+        (b"PROXY " + b"1" * 120, f"PROXY v1 line longer than {V1_MAX} bytes"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n", "PROXY v1 port is not 0..65535"),
+        (V2_SIGNATURE + b"\x21\x11\xff\xff", f"PROXY v2 header of {16 + 0xFFFF} bytes (at most {V2_MAX})"),
+        (v2(1, 0x11, b"\0" * 11), "PROXY v2 INET addresses need 12 bytes, the header has 11"),
+    ],
+)
+def test_a_refusal_says_what_was_wrong(data: bytes, says: str) -> None:
+    """parse() is the sans-I/O reader's public face: its error names the
+    fault in words, beside the reason the metrics count."""
+    with pytest.raises(ProxyHeaderError) as info:
+        parse(data)
+    assert str(info.value) == says
 
 
 # the family/transport bytes the specification defines for a stream: UNSPEC, TCP4, TCP6, UNIX stream
