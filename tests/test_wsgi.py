@@ -504,3 +504,34 @@ def test_requests_beyond_the_threads_wait_their_turn(h) -> None:
     results = serve(h, app, client, config=HTTPConfig(wsgi_threads=2))
     assert sorted(r.responses[0].body for r in results) == [b"hello /%d" % i for i in range(5)]
     assert most[0] == 2
+
+
+def test_limit_concurrency_refuses_beyond_its_count_and_multiprocess_is_said(h) -> None:
+    release = threading.Event()
+    started = threading.Event()
+    seen: list[Any] = []
+
+    def app(environ, start_response):
+        seen.append(environ["wsgi.multiprocess"])
+        if environ["PATH_INFO"] == "/hold":
+            started.set()
+            release.wait(20)
+        return hello(environ, start_response)
+
+    def client(port, srv):
+        held: list[Any] = []
+        t = threading.Thread(target=lambda: held.append(get(port, "/hold")))
+        t.start()
+        assert started.wait(20)
+        refused = get(port, "/more")
+        release.set()
+        t.join(20)
+        return held[0], refused, get(port, "/after")
+
+    held, refused, after = serve(
+        h, app, client, config=HTTPConfig(limit_concurrency=1, wsgi_threads=4), multiprocess=True
+    )
+    assert held.responses[0].body == b"hello /hold"
+    assert refused.responses[0].status == 503 and refused.responses[0].header("retry-after") == "1"
+    assert after.responses[0].body == b"hello /after"
+    assert seen == [True, True]  # the refused request never reached the app
