@@ -443,10 +443,12 @@ def test_a_non_iterable_or_headless_return_is_a_500(h) -> None:
     assert kinds == [TypeError, TypeError, RuntimeError]
 
 
-@pytest.mark.parametrize("shape", ["list", "generator"])
+@pytest.mark.parametrize("shape", ["list", "generator", "filled-then-more"])
 def test_more_bytes_than_the_content_length_end_the_connection(h, shape: str) -> None:
     def app(environ, start_response):
         start_response("200 OK", [("Content-Length", "3")])
+        if shape == "filled-then-more":  # the first chunk fills the length: the next is one too many
+            return iter([b"abc", b"def"])
         return [b"abcdef"] if shape == "list" else iter([b"ab", b"cdef"])
 
     def client(port, srv):
@@ -535,3 +537,42 @@ def test_limit_concurrency_refuses_beyond_its_count_and_multiprocess_is_said(h) 
     assert refused.responses[0].status == 503 and refused.responses[0].header("retry-after") == "1"
     assert after.responses[0].body == b"hello /after"
     assert seen == [True, True]  # the refused request never reached the app
+
+
+def test_an_iterator_that_fills_its_content_length_at_once_is_one_write(h, monkeypatch) -> None:
+    from uringserve.http import wsgi
+
+    hops: list[str] = []
+    real = wsgi._Call.hop
+
+    def counted(self, op, *args):
+        hops.append(op.__name__)
+        return real(self, op, *args)
+
+    monkeypatch.setattr(wsgi._Call, "hop", counted)
+
+    class Closing:  # werkzeug's ClosingIterator in shape: an iterator with close()
+        def __init__(self, parts):
+            self.parts = iter(parts)
+
+        def __iter__(self):
+            return self.parts
+
+        def close(self):
+            pass
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/one":
+            start_response("200 OK", [("Content-Length", "5")])
+            return Closing([b"12345"])
+        if environ["PATH_INFO"] == "/empty-tail":
+            start_response("200 OK", [("Content-Length", "5")])
+            return Closing([b"12345", b""])
+        start_response("200 OK", [])  # no length: streamed as it comes
+        return Closing([b"ab"])
+
+    a, b, c = serve(h, app, lambda port, srv: (get(port, "/one"), get(port, "/empty-tail"), get(port, "/stream")))
+    assert a.responses[0].body == b"12345" and b.responses[0].body == b"12345" and not b.closed
+    assert c.responses[0].body == b"ab" and c.responses[0].header("transfer-encoding") == "chunked"
+    # /one: none; /empty-tail: the first chunk, an empty one (nothing to hop), the end; /stream: a chunk, the end
+    assert hops == ["op_send", "op_end", "op_send", "op_end"]

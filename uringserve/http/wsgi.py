@@ -314,7 +314,26 @@ class _Call:
                     self.head_sent = True
                     self.hop(self.op_file, f, offset, count)
                     return None
-        for data in result:
+        it = iter(result)
+        if not self.streaming and self.length is not None:
+            # a framework's one-piece body behind an iterator (werkzeug's
+            # ClosingIterator, Django's HttpResponse): a first chunk that
+            # fills the promised Content-Length is the whole body when the
+            # iterator ends there -- one write, no hop per chunk. Anything
+            # else (a stream without a length) is sent as it comes: waiting
+            # for a second chunk would delay the first.
+            for first in it:
+                if type(first) is bytes and len(first) == self.length:
+                    for more in it:
+                        self._out(first)
+                        self._out(more)
+                        break
+                    else:
+                        return first
+                else:
+                    self._out(first)
+                break
+        for data in it:
             self._out(data)
         if self.block is None:
             raise RuntimeError("WSGI: the app returned without calling start_response")
