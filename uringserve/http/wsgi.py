@@ -289,9 +289,15 @@ class _Call:
                 if close is not None:
                     close()
         except BaseException as exc:
-            self.loop.call_soon_threadsafe(self._settle, None, exc)
+            self._report(None, exc)
             return
-        self.loop.call_soon_threadsafe(self._settle, outcome, None)
+        self._report(outcome, None)
+
+    def _report(self, outcome: Any, exc: BaseException | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._settle, outcome, exc)
+        except RuntimeError:  # the loop is closed: the server stopped without this request
+            logger.debug("WSGI: %s ended after its loop closed", self.environ.get("PATH_INFO"))
 
     def _respond(self, result: Any) -> Any:
         if not self.streaming:
