@@ -20,7 +20,7 @@ DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.
 	haproxy nginx-light libnginx-mod-stream wrk
 BENCH_DEBS := curl
 
-.PHONY: run echo resp bench-asgi bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo resp bench-asgi bench-wsgi bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -123,6 +123,10 @@ bench-uvicorn: bench-deps $(STAMP)
 # ASGI hello and a FastAPI JSON endpoint vs uvicorn and granian; what --proxy-headers costs
 bench-asgi: bench-deps $(STAMP)
 	$(VPY) bench/asgi_bench.py
+
+# WSGI hello and a Flask JSON endpoint vs gunicorn (sync, gthread) and granian; a 1 MiB file vs gunicorn
+bench-wsgi: bench-deps $(STAMP)
+	$(VPY) bench/wsgi_bench.py
 
 # uringserve.http (native, ASGI) vs uvicorn, granian and nginx; a 1 MiB file vs nginx
 bench-http: bench-deps $(STAMP)

@@ -260,8 +260,8 @@ def test_interface_detection() -> None:
 
     assert HTTPServer(asgi).interface == "asgi"
     assert HTTPServer(native).interface == "native"
-    with pytest.raises(TypeError, match="takes 2 arguments"):
-        HTTPServer(lambda a, b: None)
+    with pytest.raises(TypeError, match="takes 4 arguments"):
+        HTTPServer(lambda a, b, c, d: None)
 
 
 def test_demo_app_in_both_interfaces(h) -> None:

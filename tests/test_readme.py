@@ -442,6 +442,9 @@ INLINE_RUN = {  # run to their end, by themselves: what they must print
 SKIPPED = {
     "make test": "it is this suite (and the lint before it)",
     "uringserve run myapp:make_app --factory": "myapp stands for the reader's module (test_cli.py runs --factory)",
+    "uringserve run myflaskapp:app --wsgi-threads 20": (
+        "myflaskapp stands for the reader's module (test_wsgi_apps.py serves a Flask app with uringserve run)"
+    ),
     "sudo cp deploy/systemd/uringserve.socket deploy/systemd/uringserve.service /etc/systemd/system/": (
         "installs units on this machine and needs systemd as PID 1 "
         "(test_deploy.py verifies the units, test_activation.py runs uringserve behind systemd-socket-activate)"

@@ -311,9 +311,16 @@ OPTIONS: list[Opt] = [
     ),
     # the app
     Opt("--factory", "APP is a callable that returns the app", None, False),
-    Opt("--interface", "what APP is", str, "auto", choices=("auto", "asgi", "native", "protocol")),
+    Opt("--interface", "what APP is", str, "auto", choices=("auto", "asgi", "wsgi", "native", "protocol")),
     Opt("--protocol", "APP is an asyncio.Protocol factory (--interface protocol)", None, False),
-    Opt("--root-path", "ASGI root_path", str, ""),
+    Opt("--root-path", "ASGI root_path, WSGI SCRIPT_NAME", str, ""),
+    Opt(
+        "--wsgi-threads",
+        "threads a WSGI app runs on per worker (each a thread stack of memory); more requests wait their turn",
+        _int_in(1),
+        HTTPConfig.wsgi_threads,
+        metavar="N",
+    ),
     Opt(
         "--lifespan",
         "ASGI lifespan, uvicorn's rule: auto serves an app that returns or raises in it; on refuses one that raises; "
@@ -619,6 +626,7 @@ def _protocol_server(args: argparse.Namespace) -> Any:
             root_path=args.root_path,
             ssl=tls,
             forwarding=forwarding,
+            multiprocess=hasattr(args, "workers") and worker_count(args) > 1,
         )
     except TypeError as exc:  # what detect_interface() could not tell
         raise SystemExit(f"uringserve: {exc}; or --interface protocol for an asyncio protocol factory") from None

@@ -85,7 +85,7 @@ ALIASES: list[Alias] = [
     ),
     Alias("--worker-class", "gunicorn", None, "uringserve runs its own workers: drop it and give --workers N"),
     Alias("-k", "gunicorn", None, "uringserve runs its own workers: drop it and give --workers N"),
-    Alias("--threads", "gunicorn", None, "handlers run on each worker's event loop: give --workers N for more CPUs"),
+    Alias("--threads", "gunicorn", "--wsgi-threads"),
     Alias(
         "--preload",
         "gunicorn",

@@ -1,4 +1,4 @@
-"""The bugs issues 15, 22 and 24 planted by hand, planted again: each must fail
+"""The bugs issues 15, 22, 24 and 25 planted by hand, planted again: each must fail
 at least one of the tests named for it. Run by `make mutate` (and alone:
 `python tests/mutation/planted.py`); the source is restored after each.
 
@@ -479,6 +479,111 @@ PLANTED = [
         "if unsent < self._unsent and self.state is LINGERING:",
         "if False:",
         ["tests/test_lingering_close.py", "-k", "slow_reader_of_a_large_last_response"],
+    ),
+    (
+        "WSGI: the thread does not wait while the client is not reading",
+        "uringserve/http/wsgi.py",
+        "if conn.write_paused:\n            return conn.drain()",
+        "if False:\n            return conn.drain()",
+        ["tests/test_wsgi.py", "-k", "pauses_the_generator"],
+    ),
+    (
+        "WSGI: two positional parameters not detected as WSGI",
+        "uringserve/http/server.py",
+        "    if len(params) == 2:",
+        "    if len(params) == 5:",
+        ["tests/test_wsgi.py", "-k", "detected_as_wsgi"],
+    ),
+    (
+        "WSGI: repeated Cookie fields joined with a comma",
+        "uringserve/http/wsgi.py",
+        '("; " if key == "HTTP_COOKIE" else ",")',
+        '","',
+        ["tests/test_wsgi.py", "-k", "environ"],
+    ),
+    (
+        "WSGI: close() not called on the app's iterable",
+        "uringserve/http/wsgi.py",
+        '                close = getattr(result, "close", None)',
+        "                close = None",
+        ["tests/test_wsgi.py", "-k", "pauses_the_generator or after_the_head"],
+    ),
+    (
+        "WSGI: start_response twice without exc_info accepted",
+        "uringserve/http/wsgi.py",
+        "        elif self.block is not None:\n            raise RuntimeError",
+        "        elif False:\n            raise RuntimeError",
+        ["tests/test_wsgi.py", "-k", "twice"],
+    ),
+    (
+        "WSGI: exc_info after the head does not re-raise",
+        "uringserve/http/wsgi.py",
+        "                if self.head_sent:\n",
+        "                if False:\n",
+        ["tests/test_wsgi.py", "-k", "exc_info_after"],
+    ),
+    (
+        "WSGI: file_wrapper of a regular file iterated, not sent by the file path",
+        "uringserve/http/wsgi.py",
+        "        return AppFile(filelike)",
+        "        return None",
+        ["tests/test_wsgi.py", "-k", "file_wrapper"],
+    ),
+    (
+        "WSGI: wsgi.input.read(n) takes the whole body",
+        "uringserve/http/wsgi.py",
+        "        while len(self._buf) < size and self._fill():",
+        "        while self._fill():",
+        ["tests/test_wsgi.py", "-k", "large_upload"],
+    ),
+    (
+        "WSGI: one thread more than --wsgi-threads",
+        "uringserve/http/wsgi.py",
+        "            if len(self._threads) < self.size:",
+        "            if len(self._threads) <= self.size:",
+        ["tests/test_wsgi.py", "-k", "wait_their_turn"],
+    ),
+    (
+        "WSGI: a thread left behind by the drain not reported",
+        "uringserve/http/server.py",
+        '                logger.warning("WSGI thread',
+        '                logger.debug("WSGI thread',
+        ["tests/test_wsgi_apps.py", "-k", "blocked"],
+    ),
+    (
+        "WSGI: a whole body answered whatever its Content-Length",
+        "uringserve/http/wsgi.py",
+        "    if length is None or length == len(body):",
+        "    if True:",
+        ["tests/test_wsgi.py", "-k", "content_length"],
+    ),
+    (
+        "WSGI: --limit-concurrency not handed to the WSGI runner",
+        "uringserve/http/server.py",
+        "self._root_path, self._multiprocess, self.concurrency)",
+        "self._root_path, self._multiprocess, None)",
+        ["tests/test_wsgi.py", "-k", "limit_concurrency"],
+    ),
+    (
+        "WSGI: wsgi.multiprocess always False",
+        "uringserve/http/wsgi.py",
+        '        "wsgi.multiprocess": multiprocess,',
+        '        "wsgi.multiprocess": False,',
+        ["tests/test_wsgi.py", "-k", "limit_concurrency"],
+    ),
+    (
+        "WSGI: a chunk past a filled Content-Length dropped",
+        "uringserve/http/wsgi.py",
+        "                        self._out(more)\n",
+        "",
+        ["tests/test_wsgi.py", "-k", "more_bytes"],
+    ),
+    (
+        "WSGI: a one-piece iterator body not answered as one write",
+        "uringserve/http/wsgi.py",
+        "                    else:\n                        return first",
+        "                    else:\n                        self._out(first)",
+        ["tests/test_wsgi.py", "-k", "fills_its_content_length"],
     ),
 ]
 

@@ -1,5 +1,5 @@
 """uringserve.http: an HTTP/1.1 server on httptools with a native handler
-API and ASGI 3, zero-copy static files, limits and timeouts."""
+API, ASGI 3 and WSGI, zero-copy static files, limits and timeouts."""
 
 from .config import HTTPConfig
 from .messages import ClientDisconnected, FileResponse, Headers, Request, Response, StreamingResponse

@@ -44,6 +44,8 @@ class HTTPConfig:
     limit_concurrency: int = 0
     #: the Retry-After of those 503s, seconds
     retry_after: int = 1
+    #: threads a WSGI app runs on, per worker (gunicorn gthread: --threads); a request beyond waits its turn
+    wsgi_threads: int = 10
 
     def __post_init__(self) -> None:
         for name in (
@@ -53,6 +55,7 @@ class HTTPConfig:
             "max_pipelined",
             "body_buffer_bytes",
             "keepalive_requests",
+            "wsgi_threads",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"HTTPConfig.{name} must be at least 1, got {getattr(self, name)}")

@@ -1,9 +1,10 @@
-"""HTTPServer: the native or ASGI front end on the server layer
+"""HTTPServer: the native, ASGI or WSGI front end on the server layer
 (uringserve.server: listeners, registry, graceful drain, run())."""
 
 from __future__ import annotations
 
 import inspect
+import logging
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -16,10 +17,15 @@ from .limit import ConcurrencyLimit
 from .native import native_runner
 from .protocol import HTTPProtocol
 from .static import FileCache
+from .wsgi import WSGIPool, wsgi_runner
+
+logger = logging.getLogger("uringserve.http")
 
 
 def detect_interface(app: Any) -> str:
-    """'asgi' for app(scope, receive, send), 'native' for handler(request)."""
+    """'asgi' for app(scope, receive, send), 'wsgi' for app(environ,
+    start_response), 'native' for handler(request): told apart by the count
+    of positional parameters, which no two of them share."""
     target = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", app)  # noqa: B004 (its signature)
     try:
         params = [
@@ -28,13 +34,16 @@ def detect_interface(app: Any) -> str:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
     except (TypeError, ValueError):
-        raise TypeError(f"cannot tell whether {app!r} is an ASGI app or a handler: pass interface=") from None
+        raise TypeError(f"cannot tell whether {app!r} is an ASGI or WSGI app or a handler: pass interface=") from None
     if len(params) == 3:
         return "asgi"
+    if len(params) == 2:
+        return "wsgi"
     if len(params) == 1:
         return "native"
     raise TypeError(
-        f"{app!r} takes {len(params)} arguments: a native handler takes (request), an ASGI app (scope, receive, send)"
+        f"{app!r} takes {len(params)} arguments: a native handler takes (request), a WSGI app (environ, "
+        "start_response), an ASGI app (scope, receive, send)"
     )
 
 
@@ -54,15 +63,18 @@ class HTTPServer(Server):
         root_path: str = "",
         ssl: Any = None,
         forwarding: Forwarding | None = None,
+        multiprocess: bool = False,
     ) -> None:
+        """`multiprocess`: what a WSGI app's environ says (wsgi.multiprocess:
+        served by several workers)."""
         self.config = config or HTTPConfig()
         # --proxy-headers: the client, scheme and server as trusted proxies say (http/forwarded.py)
         self.forwarding = forwarding
         super().__init__(shutdown_timeout=self.config.shutdown_timeout, ssl=ssl)
         self.app = app
         self.interface = detect_interface(app) if interface == "auto" else interface
-        if self.interface not in ("native", "asgi"):
-            raise ValueError(f"interface must be 'auto', 'native' or 'asgi', not {interface!r}")
+        if self.interface not in ("native", "asgi", "wsgi"):
+            raise ValueError(f"interface must be 'auto', 'native', 'asgi' or 'wsgi', not {interface!r}")
         self.files = FileCache()  # ASGI http.response.pathsend
         self._lifespan = Lifespan(app, lifespan) if self.interface == "asgi" else None
         self._root_path = root_path
@@ -71,6 +83,8 @@ class HTTPServer(Server):
         self.observer: Any = None  # called once per response (metrics); see http/access.py
         # --limit-concurrency's count and its 503s (the metrics read `refused`), once started
         self.concurrency: ConcurrencyLimit | None = None
+        self._multiprocess = multiprocess
+        self.wsgi_pool: WSGIPool | None = None  # the WSGI app's threads, once started
 
     async def on_start(self) -> None:
         cfg = self.config
@@ -79,6 +93,9 @@ class HTTPServer(Server):
         if self._lifespan is not None:
             await self._lifespan.startup()
             self._runner = asgi_runner(self.app, self._lifespan.state, self.files, self._root_path, self.concurrency)
+        elif self.interface == "wsgi":
+            self.wsgi_pool = WSGIPool(cfg.wsgi_threads)
+            self._runner = wsgi_runner(self.app, self.wsgi_pool, self._root_path, self._multiprocess, self.concurrency)
         else:
             self._runner = native_runner(self.app, self.concurrency)
 
@@ -100,6 +117,11 @@ class HTTPServer(Server):
     async def on_stop(self) -> None:
         if self._lifespan is not None:
             await self._lifespan.shutdown()
+        if self.wsgi_pool is not None:
+            # threads the drain could not wait for: named, and left behind (daemons)
+            for name, what in self.wsgi_pool.running():
+                logger.warning("WSGI thread %s still running %s at exit; the worker exits without it", name, what)
+            self.wsgi_pool.close()
         self.files.close()
 
 
