@@ -148,3 +148,20 @@ def run_child(argv: list[str], timeout: float, cwd: str | None = None) -> tuple[
     if proc.returncode:
         raise RuntimeError(f"{argv} failed ({proc.returncode}): {text}")
     return text, ru.ru_utime + ru.ru_stime
+
+
+def serve_and_load(
+    cmd: list[str], port: int, path: str, conns: int, seconds: float, extra: list[str], env: dict, cwd: Path = ROOT
+) -> tuple[float, float]:
+    """Start a server (`cmd`, listening on `port`) pinned to CPU 0, load it
+    with loadtest from CPU 1 after a 0.5 s warm-up, stop it: (req/s, server
+    CPU us/req)."""
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", *cmd], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_listening(port, proc)
+        res = loadtest(f"http://127.0.0.1:{port}{path}", proc.pid, conns, seconds, *extra, "--warmup", "0.5s")
+    finally:
+        stop(proc)
+    return res["rps"], res["server_cpu_us_per_request"]

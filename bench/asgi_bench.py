@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, loadtest, stop, summary, wait_listening  # noqa: E402
+from _common import free_port, serve_and_load, summary  # noqa: E402
 from fastapi_app import BODY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,24 +58,13 @@ def run_one(server: str, which: str, conns: int, seconds: float) -> tuple[float,
     port = free_port()
     base, _, where = server.partition("@")  # NAME@DIR: another checkout, built in place
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (where, str(ROOT / "bench")) if x)}
-    proc = subprocess.Popen(
-        ["taskset", "-c", "0", *command(base, app, port)],
-        cwd=where or ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     extra: list[str] = []
     if which == "fastapi":
         extra += ["-m", "POST", "--body", BODY.decode(), "-H", "Content-Type: application/json"]
     if base.startswith("uringserve"):
         extra += list(PROXIED)  # both uringserve runs get them: only the option differs
-    try:
-        wait_listening(port, proc)
-        res = loadtest(f"http://127.0.0.1:{port}{path}", proc.pid, conns, seconds, *extra, "--warmup", "0.5s")
-    finally:
-        stop(proc)
-    return res["rps"], res["server_cpu_us_per_request"]
+    cwd = Path(where) if where else ROOT
+    return serve_and_load(command(base, app, port), port, path, conns, seconds, extra, env, cwd)
 
 
 def report(rounds: int, seconds: float, conns: int, names: list[str], apps: list[str]) -> str:

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, loadtest, stop, summary, wait_listening  # noqa: E402
+from _common import free_port, serve_and_load, summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -70,22 +69,10 @@ def run_one(server: str, which: str, conns: int, seconds: float) -> tuple[float,
     app, path = APPS[which]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "bench"), "BENCH_WSGI_FILE": str(bench_file())}
-    proc = subprocess.Popen(
-        ["taskset", "-c", "0", *command(server, app, port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     extra: list[str] = []
     if which == "flask":
         extra += ["-m", "POST", "--body", BODY.decode(), "-H", "Content-Type: application/json"]
-    try:
-        wait_listening(port, proc)
-        res = loadtest(f"http://127.0.0.1:{port}{path}", proc.pid, conns, seconds, *extra, "--warmup", "0.5s")
-    finally:
-        stop(proc)
-    return res["rps"], res["server_cpu_us_per_request"]
+    return serve_and_load(command(server, app, port), port, path, conns, seconds, extra, env)
 
 
 def report(rounds: int, seconds: float, conns: int, names: list[str], apps: list[str]) -> str:
