@@ -30,6 +30,7 @@ import echo_bench  # noqa: E402
 import http_bench  # noqa: E402
 import idle_bench  # noqa: E402
 import loadgen_bench  # noqa: E402
+import wsgi_bench  # noqa: E402
 from _common import ROOT, free_port, loadtest, summary, wait_listening  # noqa: E402
 
 from loadtest.report import fmt_time  # noqa: E402
@@ -160,7 +161,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--out", default=str(ROOT / "bench" / "build" / "report.md"))
-    p.add_argument("--only", default="echo,http,asgi,ablation,loadgen,idle")
+    p.add_argument("--only", default="echo,http,asgi,wsgi,ablation,loadgen,idle")
     args = p.parse_args()
     only = set(args.only.split(","))
     started = time.time()
@@ -180,6 +181,12 @@ def main() -> int:
         parts += [
             "## ASGI: hello world and a FastAPI JSON endpoint; --proxy-headers' cost",
             "```\n" + asgi_bench.report(args.rounds, args.seconds, 100, names, ["hello", "fastapi"]) + "\n```",
+        ]
+    if "wsgi" in only:
+        names = ["uringserve", "gunicorn-gthread", "gunicorn-sync", "granian"]
+        parts += [
+            "## WSGI: hello world, a Flask JSON endpoint and a 1 MiB file_wrapper download",
+            "```\n" + wsgi_bench.report(args.rounds, args.seconds, 100, names, ["hello", "flask", "file"]) + "\n```",
         ]
     if "ablation" in only:
         parts += [
