@@ -323,18 +323,10 @@ def asgi_runner(
         }
         ex.task = conn.spawn(_run(app, scope, ex))
 
-    if limit is not None:  # a runner of its own: nothing of the limit on the way when it is off
-        unlimited = run
-
-        def run(ex: ASGIExchange) -> None:
-            if limit.admit(ex):
-                try:
-                    unlimited(ex)
-                finally:
-                    limit.hold(ex.task)
-
-    run.exchange_class = _Exchange  # type: ignore[attr-defined]
-    return run
+    # with the limit on, a runner of its own: nothing of it on the way when it is off
+    runner: Callable[[Any], None] = run if limit is None else limit.wrap(run)
+    runner.exchange_class = _Exchange  # type: ignore[attr-defined]
+    return runner
 
 
 async def _run(app: Callable[..., Any], scope: dict[str, Any], ex: ASGIExchange) -> None:

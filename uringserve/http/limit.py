@@ -22,6 +22,7 @@ been read closes, as every early answer does (keeps_alive()).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from . import framing
@@ -51,6 +52,22 @@ class ConcurrencyLimit:
             % (retry_after, len(BODY))
         )
         self._release = self.release
+
+    def wrap(self, run: Callable[[Any], None]) -> Callable[[Any], None]:
+        """`run` (a runner, or the part of one that makes a task) counted in:
+        each request admitted and held until its task ends, or answered 503.
+        The runners call this only with the limit on: off, nothing of it is
+        on the way."""
+        admit, hold = self.admit, self.hold
+
+        def limited(ex: Any) -> None:
+            if admit(ex):
+                try:
+                    run(ex)
+                finally:
+                    hold(ex.task)
+
+        return limited
 
     def admit(self, ex: Any) -> bool:
         """Count `ex` in, or, at the limit, answer it 503 now and say no."""

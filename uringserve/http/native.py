@@ -40,16 +40,11 @@ def native_runner(handler: Callable[[Request], Any], limit: ConcurrencyLimit | N
 
     if limit is not None:  # a runner of its own: nothing of the limit on the way when it is off
         unlimited = run
+        limited = limit.wrap(unlimited)
 
         def run(ex: Request) -> None:
-            if is_async or not ex.body_in.done:
-                if limit.admit(ex):
-                    try:
-                        unlimited(ex)
-                    finally:
-                        limit.hold(ex.task)
-                return
-            unlimited(ex)
+            # only a request whose handler becomes a task is counted (limit.py)
+            (limited if is_async or not ex.body_in.done else unlimited)(ex)
 
     run.exchange_class = Request  # type: ignore[attr-defined]
     if not is_async:  # HTTPProtocol answers the common request itself (_answer_common)

@@ -429,17 +429,8 @@ def wsgi_runner(
     def run(ex: Exchange) -> None:
         ex.task = ex.conn.spawn(_serve(app, pool, ex, environ_of(ex, base, root)))
 
-    if limit is not None:  # a runner of its own: nothing of the limit on the way when it is off
-        unlimited = run
-
-        def run(ex: Exchange) -> None:
-            if limit.admit(ex):
-                try:
-                    unlimited(ex)
-                finally:
-                    limit.hold(ex.task)
-
-    return run
+    # with the limit on, a runner of its own: nothing of it on the way when it is off
+    return run if limit is None else limit.wrap(run)
 
 
 def environ_of(ex: Exchange, base: dict[str, Any], root: bytes) -> dict[str, Any]:
