@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -165,3 +166,20 @@ def serve_and_load(
     finally:
         stop(proc)
     return res["rps"], res["server_cpu_us_per_request"]
+
+
+def interleave(
+    plan: dict[str, list[str]], rounds: int, run: Callable[[str, str], tuple[float, float]]
+) -> dict[str, dict[str, list]]:
+    """Each round, every server of every case once (`plan`: case -> servers;
+    `run(server, case)` -> (req/s, CPU us/req)), printed as it goes: the
+    results by case and server, a list of rounds each."""
+    results: dict[str, dict[str, list]] = {case: {n: [] for n in names} for case, names in plan.items()}
+    for rnd in range(rounds):
+        for case, names in plan.items():
+            for n in names:
+                r = run(n, case)
+                results[case][n].append(r)
+                line = f"round {rnd + 1} {case:8} {n:18} {r[0]:9.0f} req/s {r[1]:8.2f} us/req"
+                print(line, file=sys.stderr, flush=True)
+    return results

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, serve_and_load, summary  # noqa: E402
+from _common import free_port, interleave, serve_and_load, summary  # noqa: E402
 from fastapi_app import BODY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,13 +69,7 @@ def run_one(server: str, which: str, conns: int, seconds: float) -> tuple[float,
 
 def report(rounds: int, seconds: float, conns: int, names: list[str], apps: list[str]) -> str:
     """Run the rounds; the tables as text."""
-    results: dict[str, dict[str, list]] = {a: {n: [] for n in names} for a in apps}
-    for rnd in range(rounds):
-        for a in apps:
-            for n in names:
-                r = run_one(n, a, conns, seconds)
-                results[a][n].append(r)
-                print(f"round {rnd + 1} {a:8} {n:18} {r[0]:9.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr, flush=True)
+    results = interleave({a: names for a in apps}, rounds, lambda n, a: run_one(n, a, conns, seconds))
     host = f"{os.uname().release}, {os.cpu_count()} CPUs"
     out = [
         f"ASGI: loadtest -c{conns} -d{seconds:g}s, medians over {rounds} rounds; {host}",
