@@ -563,33 +563,16 @@ def test_run_serves_a_protocol_factory_on_a_unix_socket(tmp_path, how: list[str]
     assert not os.path.exists(path)  # removed at shutdown
 
 
-def test_uds_and_port_serve_both(tmp_path) -> None:
-    path = str(tmp_path / "h.sock")
-    args = [PY, "-m", "uringserve", "run", "apps.http:app", "--uds", path, "--port", "0", "--log-level", "warning"]
-    p = Proc(args, ready=f"uringserve on unix:{path}, 127.0.0.1:")
-    try:
-        m = re.search(r"127\.0\.0\.1:(\d+) \(uring loop", p.wait_line(lambda line: True))
-        assert m, p.output()
-        p.port = int(m.group(1))
-        assert http_get(p.port).endswith(b"Hello, world!\n")
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(10)
-            s.connect(path)
-            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            assert b"".join(iter(lambda: s.recv(65536), b"")).endswith(b"Hello, world!\n")
-    finally:
-        stop(p)
-
-
-def test_bind_serves_tcp_and_unix_as_gunicorn_spells_them(tmp_path) -> None:
-    path = str(tmp_path / "b.sock")
-    args = [PY, "-m", "uringserve", "run", "apps.http:app", "-b", f"unix:{path}", "--bind", "127.0.0.1:0"]
-    p = Proc([*args, "--no-server-header", "--log-level", "warning"], ready=f"uringserve on unix:{path}, 127.0.0.1:")
+def serve_unix_and_tcp(path: str, args: list[str]) -> bytes:
+    """`uringserve run apps.http:app ARGS` listening on the Unix socket
+    `path` and on TCP 127.0.0.1: both answer the demo's hello; the TCP
+    response, whole."""
+    p = Proc([PY, "-m", "uringserve", "run", "apps.http:app", *args], ready=f"uringserve on unix:{path}, 127.0.0.1:")
     try:
         m = re.search(r"127\.0\.0\.1:(\d+) \(uring loop", p.wait_line(lambda line: True))
         assert m, p.output()
         response = http_get(int(m.group(1)))
-        assert response.endswith(b"Hello, world!\n") and b"\r\nserver:" not in response.lower()
+        assert response.endswith(b"Hello, world!\n")
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(10)
             s.connect(path)
@@ -597,6 +580,18 @@ def test_bind_serves_tcp_and_unix_as_gunicorn_spells_them(tmp_path) -> None:
             assert b"".join(iter(lambda: s.recv(65536), b"")).endswith(b"Hello, world!\n")
     finally:
         stop(p)
+    return response
+
+
+def test_uds_and_port_serve_both(tmp_path) -> None:
+    path = str(tmp_path / "h.sock")
+    serve_unix_and_tcp(path, ["--uds", path, "--port", "0", "--log-level", "warning"])
+
+
+def test_bind_serves_tcp_and_unix_as_gunicorn_spells_them(tmp_path) -> None:
+    path = str(tmp_path / "b.sock")
+    args = ["-b", f"unix:{path}", "--bind", "127.0.0.1:0", "--no-server-header", "--log-level", "warning"]
+    assert b"\r\nserver:" not in serve_unix_and_tcp(path, args).lower()
 
 
 @pytest.mark.parametrize("cmd", ["echo", "resp"])
