@@ -649,41 +649,9 @@ def test_exception_in_connection_made_of_a_client_connection_goes_to_handler(h) 
     assert "connection_made" in error["message"]
 
 
-def test_peer_reset_reports_connection_lost_with_error(h) -> None:
-    lost: list = []
-
-    class Watch(asyncio.Protocol):
-        def connection_made(self, transport) -> None:
-            self.t = transport
-
-        def data_received(self, data: bytes) -> None:
-            pass
-
-        def connection_lost(self, exc) -> None:
-            lost.append(exc)
-
-    async def main() -> None:
-        server, port = await start(h.loop, Watch)
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"hello")
-        await asyncio.sleep(0.05)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        s.close()  # RST
-        await until(lambda: lost, timeout=2)
-        await close_server(server)
-
-    h.run(main())
-    assert len(lost) == 1
-    assert isinstance(lost[0], ConnectionResetError)
-    # the errno and its words, as the socket module raises them
-    assert (lost[0].errno, lost[0].strerror) == (errno.ECONNRESET, os.strerror(errno.ECONNRESET))
-    assert not h.errors  # a reset is an OSError: logged in debug only, as asyncio does
-
-
-def test_a_peer_reset_is_logged_in_debug_mode(h, caplog: pytest.LogCaptureFixture) -> None:
-    """In debug mode the loop logs a connection's fatal OSError as asyncio
-    does: one debug record, "<transport repr>: <what failed>", with the
-    traceback; the exception handler hears nothing of it."""
+def reset_by_peer(h) -> list[tuple]:
+    """A client sends a few bytes, then resets (SO_LINGER 0): each
+    connection_lost() the server's protocol heard, with its transport."""
     lost: list = []
 
     class Watch(asyncio.Protocol):
@@ -706,9 +674,26 @@ def test_a_peer_reset_is_logged_in_debug_mode(h, caplog: pytest.LogCaptureFixtur
         await until(lambda: lost, timeout=2)
         await close_server(server)
 
+    h.run(main())
+    return lost
+
+
+def test_peer_reset_reports_connection_lost_with_error(h) -> None:
+    lost = [exc for exc, _ in reset_by_peer(h)]
+    assert len(lost) == 1
+    assert isinstance(lost[0], ConnectionResetError)
+    # the errno and its words, as the socket module raises them
+    assert (lost[0].errno, lost[0].strerror) == (errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+    assert not h.errors  # a reset is an OSError: logged in debug only, as asyncio does
+
+
+def test_a_peer_reset_is_logged_in_debug_mode(h, caplog: pytest.LogCaptureFixture) -> None:
+    """In debug mode the loop logs a connection's fatal OSError as asyncio
+    does: one debug record, "<transport repr>: <what failed>", with the
+    traceback; the exception handler hears nothing of it."""
     h.loop.set_debug(True)
     with caplog.at_level(logging.DEBUG):
-        h.run(main())
+        lost = reset_by_peer(h)
     h.loop.set_debug(False)
     ((exc, transport),) = lost
     records = [r for r in caplog.records if "Fatal read error" in r.getMessage()]
