@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -723,49 +724,10 @@ def test_pipelining_is_bounded(h) -> None:
     assert [x.body for x in r.responses] == [b"/sleep/%d" % (i % 3) for i in range(n)]
 
 
-def test_client_that_resets_mid_body_leaves_nothing(h) -> None:
-    """A handler reading the body when the client resets gets
-    ClientDisconnected saying so (not logged as a handler failure), and the
-    connection is gone from the server."""
-    got_some = threading.Event()
-    seen: list = []
-
-    async def reader(req: Request) -> Any:
-        try:
-            async for _ in req.stream():
-                got_some.set()
-        except BaseException as exc:
-            seen.append(exc)
-            raise
-        return Response(b"never")
-
-    def client(port: int) -> None:
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(b"POST /count HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\n" + b"x" * 1000)
-        assert got_some.wait(20)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        s.close()
-
-    async def main():
-        srv = HTTPServer(reader)
-        await srv.start("127.0.0.1", 0)
-        port = srv.sockets[0].getsockname()[1]
-        await asyncio.to_thread(client, port)
-        await until(lambda: seen and not srv.connections)
-        left = len(srv.connections)
-        await srv.shutdown(timeout=2)
-        return left
-
-    assert h.run(main()) == 0
-    assert len(seen) == 1 and isinstance(seen[0], ClientDisconnected)
-    assert str(seen[0]) == "the client closed the connection"
-    assert not handler_errors(h)
-
-
-def test_client_that_half_closes_mid_body_is_told_so(h) -> None:
-    """A handler reading the body when the client sends EOF before the body
-    ended gets ClientDisconnected saying that (not logged as a handler
-    failure); the connection then ends."""
+def ends_mid_body(h, end: Callable[[socket.socket], bytes]) -> tuple[list, bytes, int]:
+    """A handler reading a 100,000-byte body of which the client sent 1,000,
+    then `end(sock)`: what the handler's read raised, what `end` read back,
+    and the connections the server still held once the handler had seen it."""
     got_some = threading.Event()
     seen: list = []
 
@@ -779,13 +741,12 @@ def test_client_that_half_closes_mid_body_is_told_so(h) -> None:
         return Response(b"never")
 
     def client(port: int) -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b"POST /count HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\n" + b"x" * 1000)
-            assert got_some.wait(20)
-            s.shutdown(socket.SHUT_WR)
-            return read_to_close(s)
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"POST /count HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\n" + b"x" * 1000)
+        assert got_some.wait(20)
+        return end(s)
 
-    async def main():
+    async def main() -> tuple[bytes, int]:
         srv = HTTPServer(reader)
         await srv.start("127.0.0.1", 0)
         port = srv.sockets[0].getsockname()[1]
@@ -796,6 +757,37 @@ def test_client_that_half_closes_mid_body_is_told_so(h) -> None:
         return answer, left
 
     answer, left = h.run(main())
+    return seen, answer, left
+
+
+def test_client_that_resets_mid_body_leaves_nothing(h) -> None:
+    """A handler reading the body when the client resets gets
+    ClientDisconnected saying so (not logged as a handler failure), and the
+    connection is gone from the server."""
+
+    def reset(s: socket.socket) -> bytes:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+        return b""
+
+    seen, _, left = ends_mid_body(h, reset)
+    assert left == 0
+    assert len(seen) == 1 and isinstance(seen[0], ClientDisconnected)
+    assert str(seen[0]) == "the client closed the connection"
+    assert not handler_errors(h)
+
+
+def test_client_that_half_closes_mid_body_is_told_so(h) -> None:
+    """A handler reading the body when the client sends EOF before the body
+    ended gets ClientDisconnected saying that (not logged as a handler
+    failure); the connection then ends."""
+
+    def half_close(s: socket.socket) -> bytes:
+        with s:
+            s.shutdown(socket.SHUT_WR)
+            return read_to_close(s)
+
+    seen, answer, left = ends_mid_body(h, half_close)
     assert left == 0
     assert len(seen) == 1 and isinstance(seen[0], ClientDisconnected)
     assert str(seen[0]) == "the client closed before the body ended"
