@@ -217,19 +217,23 @@ SPOOF = (
 )
 
 
+def nginx_http_block(upstream_port: int, tls_files: Any, more: dict[str, str]) -> str:
+    """The README's nginx block with only its ports and certificate paths
+    (and `more`) replaced, each replacement required to find its text."""
+    changes = {
+        "server 127.0.0.1:8000;": f"server 127.0.0.1:{upstream_port};",
+        "listen 443 ssl;": "listen 127.0.0.1:{PORT} ssl;",
+        "/etc/ssl/certs/example.pem": str(tls_files.cert),
+        "/etc/ssl/private/example.key": str(tls_files.key),
+    }
+    return substitute(readme_block("nginx-http"), {**changes, **more})
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_nginx_with_tls_and_proxy_headers(tmp_path: Path, tls_files: Any, loop: str) -> None:
     srv = uringserve(tmp_path, "app", loop, "--proxy-headers")
     try:
-        body = substitute(
-            readme_block("nginx-http"),
-            {
-                "server 127.0.0.1:8000;": f"server 127.0.0.1:{srv.port};",
-                "listen 443 ssl;": "listen 127.0.0.1:{PORT} ssl;",
-                "/etc/ssl/certs/example.pem": str(tls_files.cert),
-                "/etc/ssl/private/example.key": str(tls_files.key),
-            },
-        )
+        body = nginx_http_block(srv.port, tls_files, {})
         context = ssl.create_default_context()
         tls_files.ca.configure_trust(context)
         with proxy(nginx(tmp_path, body), "nginx") as port:
@@ -268,17 +272,7 @@ def test_nginx_with_forwarded_and_the_rfc7239_style(tmp_path: Path, tls_files: A
             "proxy_set_header X-Forwarded-Host $host;",
             "proxy_set_header X-Forwarded-Port $server_port;",
         ]
-        body = substitute(
-            readme_block("nginx-http"),
-            {
-                "server 127.0.0.1:8000;": f"server 127.0.0.1:{srv.port};",
-                "listen 443 ssl;": "listen 127.0.0.1:{PORT} ssl;",
-                "/etc/ssl/certs/example.pem": str(tls_files.cert),
-                "/etc/ssl/private/example.key": str(tls_files.key),
-                x_forwarded[0]: m.group(1),
-                **{line: "" for line in x_forwarded[1:]},
-            },
-        )
+        body = nginx_http_block(srv.port, tls_files, {x_forwarded[0]: m.group(1), **{x: "" for x in x_forwarded[1:]}})
         context = ssl.create_default_context()
         tls_files.ca.configure_trust(context)
         with proxy(nginx(tmp_path, body), "nginx") as port:
