@@ -32,8 +32,8 @@ BODY = b"503 Service Unavailable: too many requests in flight; retry later\n"
 
 class ConcurrencyLimit:
     """The count of requests in flight in one worker and what answers beyond
-    it. The runners call admit() as a request's handler starts and hold()
-    with its task; `refused` counts the 503s (the metrics read it)."""
+    it. The runners, wrapped by wrap(), call admit() as a request's handler
+    starts and hold() with its task; `refused` counts the 503s (the metrics read it)."""
 
     __slots__ = ("limit", "in_flight", "refused", "head", "body", "_release")
 
