@@ -87,7 +87,10 @@ def banner(message: str, **fields: Any) -> None:
 def error(message: str, **fields: Any) -> None:
     """A one-line error for the user on stderr: the text, or a JSON record."""
     line = _record(logging.ERROR, "uringserve", message, fields) if _format == "json" else message
-    print(line, file=sys.stderr, flush=True)
+    # one write of the whole line: workers share the supervisor's stderr, and a
+    # print's text and newline, written apart, splice with another worker's
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
