@@ -570,6 +570,19 @@ FEW = HTTPConfig(keepalive_requests=2, max_pipelined=1)
     cuts=[],
 )
 @example(data=WRK * 3 + b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n" + WRK, cuts=[len(WRK) + 3])
+# a piece that ends one head and begins the next: the next head's first byte
+# counts toward its size (it crosses the limit by that byte): 431 for its size both ways
+@example(
+    data=WRK + b"HEAD / HTTP/1.0\r\nHost: a\r\nUser-Agent: curl/8.0\r\nUser-Agent: x\r\nX-A: x\r\n"
+    b"Connection: keep-alive\r\n\r\n",
+    cuts=[len(WRK) + 1],
+)
+# a blank line before the next head (95 bytes): llhttp skips it, both paths count it (97: 431)
+@example(
+    data=WRK + b"\r\nHEAD / HTTP/1.0\r\nHost: a\r\nUser-Agent: curl/8\r\nUser-Agent: x\r\nX-A: x\r\n"
+    b"Connection: keep-alive\r\n\r\n",
+    cuts=[len(WRK) + 3],
+)
 def test_the_server_answers_the_same_with_and_without_the_recogniser(
     config: HTTPConfig, api: str, pressure: bool, data: bytes, cuts: list[int]
 ) -> None:

@@ -224,8 +224,30 @@ class RequestParser:
                     self._feed(data)  # its body, and whatever follows it
                     return
                 self.head_bytes = n
+                self._feed(data)
+                if not self.head_bytes and self.in_head and not self.at_boundary and not self._ignore_rest:
+                    self._count_next_head(data)
+                return
             self._feed(data)
             return
+
+    def _count_next_head(self, data: bytes) -> None:
+        """A head ended inside `data` and the next one began after it: count
+        the next head's bytes here, as if they had arrived on their own (as
+        the recogniser does, which counts each head from its first byte).
+        llhttp's callbacks give no offsets, so this is done only in this
+        case, after the call, not by searching every piece for a head's end.
+        After a message with a body the next head is held by its fields'
+        count (on_headers_complete), alike on both paths."""
+        if self._bodied:
+            return
+        end = data.rfind(b"\r\n\r\n")  # the next head has no end yet: this is the last one's
+        if end < 0:  # its end came partly in the last piece
+            self.head_bytes = len(data.lstrip(b"\r\n"))
+            return
+        while end >= 2 and data[end - 2 : end + 2] == b"\r\n\r\n":
+            end -= 2  # blank lines before the next head are its bytes, as in feed()
+        self.head_bytes = len(data) - end - 4
 
     def stop(self) -> None:
         """Read nothing more: after a refused request (or a timeout) the
@@ -302,6 +324,7 @@ class RequestParser:
             self._too_many = True
 
     _too_many = False
+    _bodied = False  # the last head read announced a body
 
     def on_message_begin(self) -> None:
         self.at_boundary = False
@@ -347,6 +370,7 @@ class RequestParser:
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         self.in_head = False
         self.head_bytes = 0
+        self._bodied = chunked or bool(content_length)
         self._keep_alive = keep_alive = p.should_keep_alive()
         self._on_head(
             self.head_class(
