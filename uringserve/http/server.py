@@ -91,6 +91,7 @@ class HTTPServer(Server):
         self.wsgi_pool: WSGIPool | None = None  # the WSGI app's threads, once started
         # WebSockets: HTTPProtocol's ws_upgrade hook, and what the metrics read (ws_stats)
         self.ws_upgrade: Any = None
+        self.ws_config: Any = None  # the WSConfig, unless WebSockets are off
         self.ws_stats: Any = None
         if ws not in (None, "none") and self.interface != "wsgi":
             from ..ws.config import WSConfig
@@ -100,6 +101,7 @@ class HTTPServer(Server):
                 ws = WSConfig()
             elif not isinstance(ws, WSConfig):
                 raise ValueError(f"ws must be 'auto', 'none' or a WSConfig, not {ws!r}")
+            self.ws_config = ws
             self.ws_upgrade = Upgrader(ws)
             self.ws_stats = self.ws_upgrade.stats
 
