@@ -111,7 +111,14 @@ class HTTPServer(Server):
             self.concurrency = ConcurrencyLimit(cfg.limit_concurrency, cfg.retry_after)
         if self._lifespan is not None:
             await self._lifespan.startup()
-            self._runner = asgi_runner(self.app, self._lifespan.state, self.files, self._root_path, self.concurrency)
+            websocket = None
+            if self.ws_upgrade is not None:
+                from ..ws.asgi import websocket_runner
+
+                websocket = websocket_runner(self.app, self._lifespan.state, self._root_path)
+            self._runner = asgi_runner(
+                self.app, self._lifespan.state, self.files, self._root_path, self.concurrency, websocket
+            )
         elif self.interface == "wsgi":
             self.wsgi_pool = WSGIPool(cfg.wsgi_threads)
             self._runner = wsgi_runner(self.app, self.wsgi_pool, self._root_path, self._multiprocess, self.concurrency)
