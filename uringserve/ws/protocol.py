@@ -254,8 +254,7 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
         reason longer than 123 bytes."""
         if self.state is not OPEN:
             return
-        if code != 1005:
-            frames.check_close_code(code)
+        frames.check_close_code(code)
         if len(reason.encode("utf-8")) > 123:
             raise ValueError("a close reason is at most 123 bytes of UTF-8")
         self.state = CLOSING
