@@ -372,3 +372,96 @@ def test_the_drain_sends_1001_to_an_asgi_app_and_it_sees_the_disconnect(h) -> No
 
     h.run(main())
     assert seen == [{"type": "websocket.disconnect", "code": 1001, "reason": "server shutting down"}]
+
+
+def test_reading_pauses_while_the_app_decides_and_the_frames_wait_for_the_websocket(h) -> None:
+    go = asyncio.Event()
+
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await go.wait()
+        await send({"type": "websocket.accept"})
+        msg = await receive()
+        await send({"type": "websocket.send", "text": msg["text"]})
+
+    async def client(port: int, srv: HTTPServer) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(handshake())
+        (conn,) = list(srv.connections)
+        # the bytes after the head are not HTTP's to read: nothing more is, until the accept
+        assert await until(lambda: not conn.transport.is_reading())
+        w.write(frame(0x1, b"sent early"))
+        await w.drain()
+        go.set()
+        assert (await read_head(r))[0] == 101
+        assert await read_frame(r) == (0x1, b"sent early")
+        w.close()
+
+    serve(h, app_of(body), client)
+
+
+def test_a_handshake_accepted_during_the_drain_is_closed_with_1001(h) -> None:
+    go = asyncio.Event()
+
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await go.wait()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    async def main() -> None:
+        srv = HTTPServer(app_of(body))
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(handshake())
+        assert await until(lambda: len(srv.connections) == 1)
+        stopping = asyncio.ensure_future(srv.shutdown(timeout=10))
+        await asyncio.sleep(0)
+        go.set()  # accepted after the drain told the HTTP connection
+        assert (await read_head(r))[0] == 101
+        op, payload = await read_frame(r)
+        assert op == 0x8 and struct.unpack("!H", payload[:2])[0] == 1001
+        w.write(close_frame(1001))
+        await stopping
+        assert not len(srv.connections) and not srv.aborted
+        w.close()
+
+    h.run(main())
+
+
+def test_the_scope_says_what_trusted_proxy_headers_say(h) -> None:
+    from uringserve.http.forwarded import Forwarding
+
+    scopes: list[dict] = []
+
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        await receive()
+        await send({"type": "websocket.close"})
+
+    async def client(port: int, srv: HTTPServer) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(handshake(extra=b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"))
+        assert (await read_head(r))[0] == 403
+        w.close()
+
+    serve(h, app_of(body), client, forwarding=Forwarding("127.0.0.1"))
+    assert scopes[0]["client"][0] == "203.0.113.7" and scopes[0]["scheme"] == "wss"
+
+
+def test_an_app_that_never_answers_the_handshake_is_cut_with_500(h) -> None:
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await asyncio.Event().wait()  # never
+
+    async def client(port: int, srv: HTTPServer) -> None:
+        with pytest.raises(InvalidStatus) as e:
+            await connect(f"ws://127.0.0.1:{port}/ws")
+        assert e.value.response.status_code == 500
+        assert await until(lambda: not len(srv.connections))
+
+    serve(h, app_of(body), client, ws=WSConfig(handshake_timeout=0.3))
+    assert len(raised) == 1 and isinstance(raised[0], asyncio.CancelledError)
+    errors = app_errors(h)
+    assert len(errors) == 1 and "did not answer the WebSocket handshake" in str(errors[0]["exception"])

@@ -119,6 +119,8 @@ class ASGIWebSocket:
         ex = self.ex
         if isinstance(exc, ClientDisconnected) and (self.disconnected or ex.conn.state_closed):
             return  # the client left: nothing to answer, nobody to tell
+        if isinstance(exc, asyncio.CancelledError) and self.state is DONE:
+            return  # cut by the server (the handshake timeout, the drain's abort): answered there
         if self.state is PENDING or self.state is RESPONDING:
             self.state = DONE
             self._push_disconnect(1006, "")
@@ -204,6 +206,7 @@ class ASGIWebSocket:
         """The drain timed out: the app's task is cancelled."""
         task = self.task
         if task is not None and not task.done():
+            self.state = DONE
             task.cancel()
             return [task]
         return []
