@@ -465,3 +465,27 @@ def test_an_app_that_never_answers_the_handshake_is_cut_with_500(h) -> None:
     assert len(raised) == 1 and isinstance(raised[0], asyncio.CancelledError)
     errors = app_errors(h)
     assert len(errors) == 1 and "did not answer the WebSocket handshake" in str(errors[0]["exception"])
+
+
+def test_a_peer_that_ignores_the_drains_1001_is_cut_at_the_drain_timeout_and_the_app_cancelled(h) -> None:
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.Event().wait()  # never receives: only the abort ends it
+
+    async def main() -> None:
+        srv = HTTPServer(app_of(body))
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w, _ = await opened(port)
+        loop = asyncio.get_running_loop()
+        before = len(asyncio.all_tasks(loop))
+        await srv.shutdown(timeout=0.3)
+        op, payload = await read_frame(r)
+        assert op == 0x8 and struct.unpack("!H", payload[:2])[0] == 1001
+        assert srv.aborted == 1 and not len(srv.connections)
+        assert len(asyncio.all_tasks(loop)) == before - 1  # the app's task is gone
+        w.close()
+
+    h.run(main())
+    assert len(raised) == 1 and isinstance(raised[0], asyncio.CancelledError)
