@@ -390,6 +390,9 @@ def test_7_encode_close() -> None:
     long = F.encode_close(1001, "€" * 100)  # 300 bytes of reason: cut on a character boundary
     (_, _, _, payload) = sframe(long)[0]
     assert len(payload) <= 125 and payload[2:].decode() == "€" * 41
+    (_, _, _, payload) = sframe(F.encode_close(1000, "a" * 200))[0]
+    assert payload == b"\x03\xe8" + b"a" * 123  # the most a control frame holds
+    assert sframe(F.encode_close(1000, "a" * 124))[0][3] == b"\x03\xe8" + b"a" * 123
     for code in (1005, 1006, 1015, 999, 5000):
         if code != 1005:
             with pytest.raises(ValueError):
@@ -585,6 +588,20 @@ def test_13_a_final_block_from_the_client_is_read() -> None:
     r = F.FrameReader(MAX, D.Deflate())
     assert r.feed(cframe(OP_TEXT, payload, rsv=4)) == [(OP_TEXT, "final block")]
     assert r.feed(client_deflated(ws_client_deflate(client_nct=True), OP_TEXT, b"after")) == [(OP_TEXT, "after")]
+
+
+def test_13_data_after_a_final_block_is_1007() -> None:
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    final = c.compress(b"the end") + c.flush(zlib.Z_FINISH)
+    # the final block in a first fragment, then only empty fragments: fine
+    ok = cframe(OP_TEXT, final, fin=False, rsv=4) + cframe(OP_CONT, b"", fin=False) + cframe(OP_CONT, b"")
+    assert events(ok, deflate=D.Deflate()) == [(OP_TEXT, "the end")]
+    # anything after it, in the same frame or a later one, is not deflate data
+    refused(cframe(OP_TEXT, final + b"\x00", rsv=4), 1007, deflate=D.Deflate())
+    refused(cframe(OP_TEXT, final, fin=False, rsv=4) + cframe(OP_CONT, b"\x00"), 1007, deflate=D.Deflate())
+    refused(
+        cframe(OP_TEXT, final + b"\x00\x00\xff\xff", fin=False, rsv=4) + cframe(OP_CONT, b""), 1007, deflate=D.Deflate()
+    )
 
 
 def test_13_inflated_size_limit() -> None:
@@ -828,6 +845,7 @@ def test_handshake_subprotocols_and_extensions() -> None:
         ("GET", "1.1", {"Connection": b"keep-alive"}, 400, "Connection"),
         ("GET", "1.1", {"Sec_WebSocket_Key": None}, 400, "Sec-WebSocket-Key"),
         ("GET", "1.1", {"Sec_WebSocket_Key": b"not base64!"}, 400, "Sec-WebSocket-Key"),
+        ("GET", "1.1", {"Sec_WebSocket_Key": b"dGhlIHNh!bXBsZSBub25jZQ=="}, 400, "Sec-WebSocket-Key"),  # 16 bytes, lax
         ("GET", "1.1", {"Sec_WebSocket_Key": b"AAAAAAAAAAAAAAAAAAAAAAAAAAAA"}, 400, "16 bytes"),  # 21 bytes
         ("GET", "1.1", {"Sec_WebSocket_Key": b"AAAAAAAAAAAAAAAAAAAAAA"}, 400, "16 bytes"),  # unpadded
         ("GET", "1.1", {"Sec_WebSocket_Version": None}, 426, "missing"),
