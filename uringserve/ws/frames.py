@@ -113,14 +113,12 @@ class FrameReader:
             buf = data  # the common case: parse straight out of what arrived, no copy
         events: list[tuple] = []
         end = len(buf)
-        pos = 0
-        try:
-            pos = self._parse(buf, end, events)
-        finally:
-            if buf is self._buf:
-                del buf[:pos]
-            elif pos < end and not self._closed:
-                self._buf = bytearray(buf[pos:])
+        # no try/finally for the rest: after a ProtocolError the reader is not used again
+        pos = self._parse(buf, end, events)
+        if buf is self._buf:
+            del buf[:pos]
+        elif pos < end and not self._closed:
+            self._buf = bytearray(buf[pos:])
         return events
 
     def _parse(self, buf: Any, end: int, events: list[tuple]) -> int:
@@ -133,6 +131,22 @@ class FrameReader:
                 return pos
             b0 = buf[pos]
             b1 = buf[pos + 1]
+            if (b0 == 0x81 or b0 == 0x82) and 0x80 <= b1 <= 0xFD and self._op is None:
+                # the common case first: a whole small text/binary message in one
+                # masked, uncompressed frame (every rule below holds for it)
+                length = b1 - 0x80
+                start = pos + 6
+                if length <= max_size and start + length <= end:
+                    payload = _apply_mask(buf[start : start + length], buf[pos + 2 : start])
+                    pos = start + length
+                    if b0 == 0x81:
+                        try:
+                            events.append((OP_TEXT, payload.decode()))
+                        except UnicodeDecodeError:
+                            raise ProtocolError(1007, _TEXT_ERROR) from None
+                    else:
+                        events.append((OP_BINARY, payload))
+                    continue
             opcode = b0 & 0x0F
             fin = b0 & 0x80
             rsv1 = b0 & 0x40
@@ -192,7 +206,7 @@ class FrameReader:
                 return pos
             start = pos + head
             pos = start + length
-            mask = bytes(buf[start - 4 : start])
+            mask = buf[start - 4 : start]
             if length <= 1024:
                 payload = _apply_mask(buf[start:pos], mask)
             else:  # a view: no copy of a big payload before the unmasking one
