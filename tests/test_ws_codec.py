@@ -308,6 +308,7 @@ def test_6_valid_utf8_single_and_fragmented(text: str) -> None:
 @pytest.mark.parametrize("bad", INVALID)
 def test_6_invalid_utf8_is_1007(bad: bytes) -> None:
     refused(cframe(OP_TEXT, bad), 1007)
+    refused(cframe(OP_TEXT, b"a" * 200 + bad), 1007)  # a frame of 126+ bytes takes the general path
     refused(cframe(OP_TEXT, bad[:1], fin=False) + cframe(OP_CONT, bad[1:]), 1007)
     # binary is not text: anything goes
     assert events(cframe(OP_BINARY, bad)) == [(OP_BINARY, bad)]
@@ -437,6 +438,13 @@ def test_9_max_size_exactly_is_accepted_one_more_is_1009() -> None:
     # the limit is per message: after one ends the count starts again
     two = cframe(OP_BINARY, b"a" * 1000) + cframe(OP_BINARY, b"a" * 600, fin=False) + cframe(OP_CONT, b"a" * 400)
     assert len(events(two, max_size=1000)) == 2
+
+
+@pytest.mark.parametrize("op", [OP_TEXT, OP_BINARY])
+def test_9_small_limits_hold_for_small_frames(op: int) -> None:
+    assert events(cframe(op, b"x" * 10), max_size=10) == [(op, "x" * 10 if op == OP_TEXT else b"x" * 10)]
+    refused(cframe(op, b"x" * 11), 1009, max_size=10)
+    refused(cframe(op, b""), 1009, max_size=-1)  # nothing at all
 
 
 def test_9_oversize_refused_from_the_header_alone() -> None:
