@@ -153,6 +153,23 @@ def test_1_feed_accepts_memoryview_and_bytearray_and_keeps_no_reference() -> Non
     assert r.feed(cframe(OP_BINARY, b"ab")[3:]) == [(OP_BINARY, b"ab")]
 
 
+def test_1_pure_python_unmasking_matches_the_c_one() -> None:
+    from websockets.speedups import apply_mask
+
+    for n in (0, 1, 3, 4, 5, 125, 4096, 65537):
+        data, mask = os.urandom(n), os.urandom(4)
+        expect = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        assert apply_mask(data, mask) == expect
+        assert F.apply_mask_py(data, mask) == F.apply_mask_py(memoryview(data), memoryview(mask)) == expect
+
+
+def test_1_reader_works_with_the_pure_python_unmasking(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(F, "_apply_mask", F.apply_mask_py)
+    blob = os.urandom(70000)
+    data = cframe(OP_TEXT, "héllo".encode()) + cframe(OP_BINARY, blob)
+    assert events(data) == events(memoryview(data)) == [(OP_TEXT, "héllo"), (OP_BINARY, blob)]
+
+
 def test_1_unmasked_client_frame_is_1002() -> None:
     refused(cframe(OP_TEXT, b"hi", masked=False), 1002)
     refused(cframe(OP_PING, b"", masked=False), 1002)
