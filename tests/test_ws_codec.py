@@ -117,6 +117,8 @@ def test_1_text_and_binary_of_each_size(n: int) -> None:
         assert sframe(out) == [(1, 0, op, payload)]
         form = 2 if n < 126 else 4 if n < 65536 else 10
         assert len(out) == form + n
+        assert F.frame_header(op, n) + payload == out
+        assert sframe(F.frame_header(op, n, fin=False, rsv1=True) + payload) == [(0, 1, op, payload)]
 
 
 def test_1_server_frames_read_by_websockets() -> None:

@@ -300,6 +300,17 @@ def encode(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) ->
     return struct.pack("!BBQ", b0, 127, n) + payload
 
 
+def frame_header(opcode: int, length: int, fin: bool = True, rsv1: bool = False) -> bytes:
+    """encode()'s header alone, for a writer that sends a big payload
+    beside it (transport.writelines) instead of copying it into one bytes."""
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    if length < 126:
+        return bytes((b0, length))
+    if length < 0x10000:
+        return struct.pack("!BBH", b0, 126, length)
+    return struct.pack("!BBQ", b0, 127, length)
+
+
 def encode_close(code: int | None, reason: str = "") -> bytes:
     """A close frame; code None or 1005 (no status) gives an empty payload.
     The reason is cut to fit the 125-byte control frame limit, on a
