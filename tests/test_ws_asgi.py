@@ -156,6 +156,16 @@ ERRORS = {
         "expected websocket.http.response.body",
         500,  # nothing of the app's response was written yet
     ),
+    "close-code-not-to-send": (
+        [{"type": "websocket.accept"}, {"type": "websocket.close", "code": 1006}],
+        "websocket.close: ",
+        1011,
+    ),
+    "close-reason-too-long": (
+        [{"type": "websocket.accept"}, {"type": "websocket.close", "code": 1000, "reason": "x" * 124}],
+        "123 bytes",
+        1011,
+    ),
     "subprotocol-not-offered": ([{"type": "websocket.accept", "subprotocol": "zz"}], "was not offered", 500),
 }
 

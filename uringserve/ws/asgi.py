@@ -235,9 +235,12 @@ class ASGIWebSocket:
                     return ws.drain()  # a peer that does not read holds the app here
                 return self.done
             if kind == "websocket.close":
-                self.state = DONE
                 if ws.state is OPEN:
-                    ws.close(int(message.get("code") or 1000), message.get("reason") or "")
+                    try:
+                        ws.close(int(message.get("code") or 1000), message.get("reason") or "")
+                    except ValueError as exc:  # a code an endpoint must not send, a reason too long
+                        raise RuntimeError(f"ASGI: websocket.close: {exc}") from None
+                self.state = DONE
                 return self.done
             if kind == "websocket.accept":
                 raise RuntimeError("ASGI: websocket.accept sent twice")
