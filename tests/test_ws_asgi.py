@@ -499,3 +499,23 @@ def test_a_peer_that_ignores_the_drains_1001_is_cut_at_the_drain_timeout_and_the
 
     h.run(main())
     assert len(raised) == 1 and isinstance(raised[0], asyncio.CancelledError)
+
+
+def test_an_open_asgi_websocket_counts_against_limit_concurrency(h) -> None:
+    from uringserve.http import HTTPConfig
+
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    async def client(port: int, srv: HTTPServer) -> None:
+        async with connect(f"ws://127.0.0.1:{port}/ws"):
+            with pytest.raises(InvalidStatus) as e:
+                await connect(f"ws://127.0.0.1:{port}/ws")
+            assert e.value.response.status_code == 503
+        assert await until(lambda: srv.concurrency.in_flight == 0)
+        async with connect(f"ws://127.0.0.1:{port}/ws"):  # its slot is free again
+            pass
+
+    serve(h, app_of(body), client, config=HTTPConfig(limit_concurrency=1))
