@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import zlib
 
-from .frames import ProtocolError
+from .errors import ProtocolError
 from .handshake import HandshakeError
 
 _TAIL = b"\x00\x00\xff\xff"  # RFC 7692 7.2.1: stripped by the sender, appended by the receiver

@@ -14,6 +14,8 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .errors import ProtocolError
+
 if TYPE_CHECKING:
     from .deflate import Deflate
 
@@ -39,16 +41,6 @@ try:
     from websockets.speedups import apply_mask as _apply_mask
 except ImportError:  # websockets built without its C extension: correct, slower
     _apply_mask = apply_mask_py
-
-
-class ProtocolError(Exception):
-    """The peer broke RFC 6455/7692: close with `code` (1002, 1007, 1009) and
-    `reason` (str, <= 123 bytes UTF-8)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{code} {reason}")
-        self.code = code
-        self.reason = reason
 
 
 # Close codes a peer may send (RFC 6455 7.4.1/7.4.2 and the IANA registry):
