@@ -56,8 +56,12 @@ class Chat(WebSocketHandler):
 
     def on_message(self, ws: Any, data: str | bytes) -> None:
         for member in list(self.members):
-            if not member.closed:
-                member.send(data)
+            if member.closed:
+                continue
+            if member.write_paused:  # it does not read what it is sent: let go, not buffered without bound
+                member.close(1008, "not reading the broadcast")
+                continue
+            member.send(data)
 
     def on_close(self, ws: Any, code: int, reason: str) -> None:
         self.members.discard(ws)

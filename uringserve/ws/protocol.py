@@ -237,10 +237,16 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
         Connection.connection_lost(self, exc)  # the timer stops, the registry lets go
 
     def pause_writing(self) -> None:
+        # what the peer does not read holds what it sends: a handler that
+        # answers as it reads (an echo) would otherwise buffer without bound
         self.write_paused = True
+        if not self.read_paused and self.state is not CLOSED:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if not self.read_paused and self.state is not CLOSED:
+            self.transport.resume_reading()
         waiters, self._drain_waiters = self._drain_waiters, []
         for w in waiters:
             if not w.done():
@@ -294,10 +300,12 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """Read nothing more until resume_reading(): the peer's sends wait in
-        the kernel's buffers, then its own."""
+        the kernel's buffers, then its own. (Reading also waits, by itself,
+        while the peer does not read what was sent: write_paused.)"""
         if not self.read_paused and self.state is OPEN:
             self.read_paused = True
-            self.transport.pause_reading()
+            if not self.write_paused:
+                self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.read_paused:
@@ -308,7 +316,7 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
                 self._deliver(held)
                 if self.read_paused:
                     return
-            if self.state is not CLOSED:
+            if self.state is not CLOSED and not self.write_paused:
                 self.transport.resume_reading()
 
     @property
