@@ -16,7 +16,7 @@ PORT ?= 8000
 # haproxy, nginx-light and its stream module: real proxies in front of the server (tests/test_behind_proxies.py)
 # wrk: a real client's count of socket errors across drains and lingering closes (test_drain_under_load.py,
 # test_lingering_close.py)
-DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd \
+DEBS := gcc libc6-dev zlib1g-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd \
 	haproxy nginx-light libnginx-mod-stream wrk
 BENCH_DEBS := curl
 

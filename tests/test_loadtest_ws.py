@@ -1,0 +1,306 @@
+"""uringload's ws:// and wss:// targets against WebSocket servers nobody here
+wrote (the `websockets` library's asyncio server, in a thread of the test),
+made to misbehave on purpose where a test needs it: echoes cut off after a
+count, a corrupted echo, a refused upgrade, a close code, fragmented echoes
+with pings between the fragments, a declined deflate offer, TLS.
+
+The native driver runs in this process with the GIL released (cffi), so the
+server thread runs beside it; each run is about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from conftest import PY, TLSFiles
+
+from loadtest import build_plan, run
+from loadtest.engine import LOAD_ERRORS
+from loadtest.plan import PlanError, ws_deflate
+from loadtest.report import failure, text, to_json
+
+websockets = pytest.importorskip("websockets")
+from websockets.asyncio.server import ServerConnection, serve  # noqa: E402
+from websockets.datastructures import Headers  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.http11 import Response  # noqa: E402
+
+NO_ERRORS = dict.fromkeys(LOAD_ERRORS, 0)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    """A server-side count catching up (bounded only to stop a hang)."""
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "timed out waiting for the server's count"
+        time.sleep(0.01)
+
+
+@dataclass
+class Behaviour:
+    silent_after: int = 0  # > 0: echo this many messages per connection, then read and say nothing
+    corrupt_nth: int = 0  # > 0: this message of each connection comes back with one byte changed
+    refuse: int = 0  # an HTTP status answering every upgrade
+    close_after: int = 0  # > 0: close with close_code after echoing this many messages
+    close_code: int = 1008
+    fragment: bool = False  # echo in three fragments with a ping before each
+    compression: str | None = "deflate"
+    received: int = 0
+    echoed: int = 0
+    deflated: int = 0  # connections that agreed permessage-deflate
+    pongs: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class WSServer:
+    """A websockets echo server on its own loop in a thread."""
+
+    def __init__(self, b: Behaviour, tls: ssl.SSLContext | None = None) -> None:
+        self.b = b
+        self.tls = tls
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = 0
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        b, n = self.b, 0
+        if any(type(e).__name__ == "PerMessageDeflate" for e in ws.protocol.extensions):
+            with b.lock:
+                b.deflated += 1
+        try:
+            async for msg in ws:
+                n += 1
+                with b.lock:
+                    b.received += 1
+                if b.silent_after and n > b.silent_after:
+                    continue
+                if b.corrupt_nth and n == b.corrupt_nth:
+                    msg = (b"!" + msg[1:]) if isinstance(msg, bytes) else "!" + msg[1:]
+                if b.fragment:
+                    third = max(1, len(msg) // 3)
+                    parts = [msg[:third], msg[third : 2 * third], msg[2 * third :]]
+                    for _ in parts:
+                        pong = await ws.ping()
+                        await pong
+                        with b.lock:
+                            b.pongs += 1
+                    await ws.send(iter(parts))
+                else:
+                    await ws.send(msg)
+                with b.lock:
+                    b.echoed += 1
+                if b.close_after and n == b.close_after:
+                    await ws.close(b.close_code, "test")
+                    return
+        except ConnectionClosed:
+            pass
+
+    def _process_request(self, ws: ServerConnection, request: Any) -> Response | None:
+        if self.b.refuse:
+            return Response(self.b.refuse, "Refused", Headers([("Content-Length", "0")]), b"")
+        return None
+
+    async def _start(self) -> None:
+        self.server = await serve(
+            self._handler,
+            "127.0.0.1",
+            0,
+            compression=self.b.compression,
+            max_size=None,
+            ssl=self.tls,
+            process_request=self._process_request,
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+
+    def __enter__(self) -> WSServer:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop)
+        assert self.ready.wait(10), "the websockets server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            self.server.close()
+            await asyncio.wait_for(self.server.wait_closed(), 10)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def ws_server() -> Iterator[Any]:
+    started: list[WSServer] = []
+
+    def start(**kw: Any) -> WSServer:
+        tls = kw.pop("tls", None)
+        s = WSServer(Behaviour(**kw), tls)
+        started.append(s.__enter__())
+        return s
+
+    yield start
+    for s in started:
+        s.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("text_mode", [True, False], ids=["text", "binary"])
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+def test_message_counts_are_exact(ws_server, text_mode: bool, deflate: bool) -> None:
+    """Each connection gets 5 echoes, then none: 5 per connection counted,
+    6 sent (the one unanswered), no error: nothing counted twice or lost,
+    whichever frames carry it."""
+    srv = ws_server(silent_after=5)
+    res = run(
+        build_plan(
+            f"ws://127.0.0.1:{srv.port}/echo",
+            conns=4,
+            duration=0.8,
+            timeout=30.0,
+            size=300,
+            text=text_mode,
+            deflate=deflate,
+        )
+    )
+    assert res.stats["errors"] == NO_ERRORS
+    assert res.requests == 20 and res.stats["sent"] == 24
+    assert res.stats["by_class"][1] == 4  # four 101s, one handshake per connection
+    assert srv.b.deflated == (4 if deflate else 0)
+    assert res.latency.get_total_count() == 20
+
+
+@pytest.mark.parametrize("size", [1, 125, 126, 65535, 65536, 70000])
+def test_echo_runs_clean_at_every_length_encoding(ws_server, size: int) -> None:
+    """7-bit, 16-bit and 64-bit payload lengths, both ways; the server
+    counts what it got, which bounds what came back."""
+    srv = ws_server()
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=3, duration=0.5, size=size, text=False))
+    assert res.stats["errors"] == NO_ERRORS
+    assert res.requests > 3
+    assert res.requests <= srv.b.echoed and res.stats["sent"] - res.requests <= 3
+    j = to_json(res)
+    assert j["ws"]["handshakes"]["1xx"] == 3 and j["ws"]["close_codes"] == {}
+
+
+def test_the_goodbye_is_a_close_frame_1000(ws_server) -> None:
+    """At the end of the run each connection sends close 1000: the server
+    saw every message sent (no reset dropped one)."""
+    srv = ws_server()
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=4, duration=0.5, size=64))
+    assert res.left_open == 0
+    wait_for(lambda: srv.b.received >= res.stats["sent"])
+    assert srv.b.received == res.stats["sent"]
+
+
+def test_deflate_round_trip_compresses_on_the_wire(ws_server) -> None:
+    """--deflate sends RSV1 frames (the precomputed payloads) and inflates
+    the server's compressed echoes, context takeover included (websockets
+    keeps its compression context across messages by default)."""
+    srv = ws_server()
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.5, size=4096, deflate=True))
+    assert res.stats["errors"] == NO_ERRORS and res.requests > 10
+    assert srv.b.deflated == 2
+    # the echo is compressed too: far fewer bytes came back than the messages' size
+    assert res.stats["bytes_in"] < res.requests * 4096 / 4
+    payload = ws_deflate(b"a" * 4096)
+    assert len(payload) < 100 and not payload.endswith(b"\x00\x00\xff\xff")
+
+
+def test_a_declined_deflate_offer_is_a_handshake_error(ws_server) -> None:
+    srv = ws_server(compression=None)
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.3, deflate=True))
+    assert res.requests == 0 and res.stats["errors"]["handshake"] > 0
+    assert res.stats["hs_invalid"] == res.stats["errors"]["handshake"]
+
+
+def test_a_corrupted_echo_is_a_mismatch(ws_server) -> None:
+    """The 3rd echo of every connection has one byte changed: counted as a
+    mismatch, the connection made again; the rest still count."""
+    srv = ws_server(corrupt_nth=3)
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.5, timeout=5.0))
+    e = res.stats["errors"]
+    assert e["mismatch"] >= 2 and res.stats["connects"] >= 4
+    assert {k: v for k, v in e.items() if k != "mismatch"} == {k: 0 for k in e if k != "mismatch"}
+    assert res.requests >= 4
+    assert "Echoes not the message sent" in text(res)
+
+
+def test_a_refused_handshake_is_counted_with_its_status(ws_server) -> None:
+    srv = ws_server(refuse=403)
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/chat", conns=2, duration=0.3))
+    assert res.requests == 0
+    assert res.stats["errors"]["handshake"] > 0 and res.stats["by_class"][4] == res.stats["errors"]["handshake"]
+    assert to_json(res)["ws"]["refused_status"] == 403
+    reason = failure(res)
+    assert reason and "answered 403" in reason and "'/chat'" in reason
+    assert "last status 403" in text(res)
+
+
+def test_a_close_frame_is_counted_by_code(ws_server) -> None:
+    srv = ws_server(close_after=2, close_code=1008)
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.4, timeout=5.0))
+    closed = res.stats["errors"]["closed"]
+    assert closed >= 2 and to_json(res)["ws"]["close_codes"] == {"1008": closed}
+    assert res.stats["last_close_code"] == 1008
+    assert res.requests >= 2 * closed  # two echoes per connection before each close
+    assert "Closed by the server" in text(res)
+
+
+def test_fragments_and_pings_between_them(ws_server) -> None:
+    """Echoes in three fragments, a ping before each: reassembled in C and
+    each ping answered with its pong (the server waits for it)."""
+    srv = ws_server(fragment=True)
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.5, size=1000, timeout=5.0))
+    assert res.stats["errors"] == NO_ERRORS and res.requests > 2
+    assert srv.b.pongs >= 3 * res.requests
+
+
+def test_constant_rate_is_held(ws_server) -> None:
+    srv = ws_server()
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=4, duration=1.0, rate=300))
+    assert res.stats["errors"] == NO_ERRORS
+    assert 0.85 * 300 <= res.requests / res.elapsed <= 1.1 * 300
+    assert res.corrected.get_total_count() == res.requests
+
+
+def test_ws_options_are_checked() -> None:
+    with pytest.raises(PlanError, match="one message per connection"):
+        build_plan("ws://127.0.0.1:9/", pipeline=4)
+    with pytest.raises(PlanError, match="--deflate is for ws"):
+        build_plan("http://127.0.0.1:9/", deflate=True)
+    with pytest.raises(PlanError, match="--size"):
+        build_plan("ws://127.0.0.1:9/", size=0)
+
+
+def test_wss_through_the_python_path(ws_server, tls_files: TLSFiles) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls_files.cert, tls_files.key)
+    srv = ws_server(tls=ctx)
+    res = run(
+        build_plan(f"wss://127.0.0.1:{srv.port}/", conns=2, duration=0.5, cafile=str(tls_files.cacert), deflate=True)
+    )
+    assert res.stats["errors"] == NO_ERRORS and res.requests > 2
+    assert srv.b.deflated == 2
+
+
+def test_the_command_line(ws_server) -> None:
+    srv = ws_server(refuse=404)
+    out = subprocess.run(
+        [PY, "-m", "loadtest", "-c", "1", "-d", "0.3", f"ws://127.0.0.1:{srv.port}/nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "answered 404" in out.stderr and "Traceback" not in out.stderr
+    assert "Handshakes failed" in out.stdout
