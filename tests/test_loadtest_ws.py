@@ -53,6 +53,7 @@ class Behaviour:
     close_code: int = 1008
     fragment: bool = False  # echo in three fragments with a ping before each
     compression: str | None = "deflate"
+    as_binary: bool = False  # echo text messages as binary ones (same bytes, wrong type)
     received: int = 0
     echoed: int = 0
     deflated: int = 0  # connections that agreed permessage-deflate
@@ -85,6 +86,8 @@ class WSServer:
                     continue
                 if b.corrupt_nth and n == b.corrupt_nth:
                     msg = (b"!" + msg[1:]) if isinstance(msg, bytes) else "!" + msg[1:]
+                if b.as_binary and isinstance(msg, str):
+                    msg = msg.encode()
                 if b.fragment:
                     third = max(1, len(msg) // 3)
                     parts = [msg[:third], msg[third : 2 * third], msg[2 * third :]]
@@ -233,6 +236,13 @@ def test_a_corrupted_echo_is_a_mismatch(ws_server) -> None:
     assert {k: v for k, v in e.items() if k != "mismatch"} == {k: 0 for k in e if k != "mismatch"}
     assert res.requests >= 4
     assert "Echoes not the message sent" in text(res)
+
+
+def test_an_echo_of_the_wrong_type_is_a_mismatch(ws_server) -> None:
+    """The same bytes in a binary message for a text one are not the echo."""
+    srv = ws_server(as_binary=True)
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.3, timeout=5.0))
+    assert res.requests == 0 and res.stats["errors"]["mismatch"] >= 2
 
 
 def test_a_refused_handshake_is_counted_with_its_status(ws_server) -> None:
