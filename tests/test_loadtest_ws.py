@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import PY, TLSFiles
+from conftest import PY, Proc, TLSFiles
 
 from loadtest import build_plan, run
 from loadtest.engine import LOAD_ERRORS
@@ -314,3 +314,26 @@ def test_the_command_line(ws_server) -> None:
     assert out.returncode == 1
     assert "answered 404" in out.stderr and "Traceback" not in out.stderr
     assert "Handshakes failed" in out.stdout
+
+
+# ---- against uringserve's own server (i26-proto's /ws; skipped where it is not merged yet) --------
+
+
+@pytest.mark.parametrize("loop", ["uring", "asyncio"])
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+def test_against_uringserve_ws_echo(loop: str, deflate: bool) -> None:
+    pytest.importorskip("uringserve.ws", reason="uringserve's WebSocket server is not on this branch yet")
+    srv = Proc([PY, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--loop", loop])
+    try:
+        res = run(
+            build_plan(f"ws://127.0.0.1:{srv.port}/ws", conns=8, duration=0.6, size=2000, deflate=deflate),
+            [srv.p.pid],
+        )
+        assert res.stats["errors"] == NO_ERRORS, text(res)
+        assert res.requests > 8 and res.stats["by_class"][1] == 8
+        assert res.server_cpu_ns and res.per_request_us(res.server_cpu_ns)
+        refused = run(build_plan(f"ws://127.0.0.1:{srv.port}/no-such-ws", conns=1, duration=0.3))
+        assert refused.requests == 0 and refused.stats["errors"]["handshake"] > 0
+        assert to_json(refused)["ws"]["refused_status"] == 404
+    finally:
+        srv.stop()
