@@ -11,7 +11,11 @@ server thread runs beside it; each run is about a second.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -314,6 +318,138 @@ def test_the_command_line(ws_server) -> None:
     assert out.returncode == 1
     assert "answered 404" in out.stderr and "Traceback" not in out.stderr
     assert "Handshakes failed" in out.stdout
+
+
+# ---- a raw server: frames cut anywhere, and frames a server must not send ---------------------
+
+
+class RawWS:
+    """A hand-written WebSocket echo over asyncio streams, for what no library
+    server sends: `mode` bytewise (each echo written one byte per write, so
+    headers arrive cut at every byte, payloads in pieces), ping101 (an unsolicited
+    ping in the same write as the 101), masked (echo frames with the mask bit
+    set), rsv2 (a reserved bit set), bigping (a 126-byte ping)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.pongs = 0
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            )
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            out = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            out += b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            if self.mode == "ping101":
+                out += b"\x89\x03abc"
+            writer.write(out)
+            while True:
+                b0, b1 = await reader.readexactly(2)
+                n = b1 & 0x7F
+                if n == 126:
+                    (n,) = struct.unpack("!H", await reader.readexactly(2))
+                elif n == 127:
+                    (n,) = struct.unpack("!Q", await reader.readexactly(8))
+                mask = await reader.readexactly(4)
+                data = bytes(x ^ mask[i & 3] for i, x in enumerate(await reader.readexactly(n)))
+                op = b0 & 0x0F
+                if op == 0xA:
+                    self.pongs += 1
+                    continue
+                if op == 0x8:
+                    return
+                frame = self._frame(b0, data)
+                if self.mode == "bytewise":
+                    # the header and the payload's first bytes one by one, the rest in seven pieces
+                    cuts = [*range(min(len(frame), 14)), *range(14, len(frame), max(1, len(frame) // 7))]
+                    for i, j in zip(cuts, [*cuts[1:], len(frame)], strict=True):
+                        writer.write(frame[i:j])
+                        await writer.drain()
+                        await asyncio.sleep(0)
+                else:
+                    writer.write(frame)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _frame(self, b0: int, data: bytes) -> bytes:
+        n = len(data)
+        ext = bytes([n]) if n < 126 else b"\x7e" + struct.pack("!H", n) if n < 65536 else b"\x7f" + struct.pack("!Q", n)
+        if self.mode == "masked":
+            return bytes([0x80 | (b0 & 0x0F), 0x80 | ext[0]]) + ext[1:] + b"\0\0\0\0" + data
+        if self.mode == "rsv2":
+            return bytes([b0 | 0x20]) + ext + data
+        if self.mode == "bigping":
+            return b"\x89\x7e\x00\x7e" + b"p" * 126
+        return bytes([b0]) + ext + data
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+
+    def __enter__(self) -> RawWS:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop)
+        assert self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.mark.parametrize("size", [5, 300, 70000])
+def test_frames_cut_at_every_byte(size: int) -> None:
+    """Echoes written a byte at a time: the header (2, 4 or 10 bytes) and
+    the payload reassembled across receives."""
+    with RawWS("bytewise") as srv:
+        res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.5, size=size, timeout=10.0))
+    assert res.stats["errors"] == NO_ERRORS and res.requests >= 2
+
+
+def test_a_ping_in_the_101s_write_is_answered() -> None:
+    """Bytes after the 101's blank line are frames (here a ping): answered
+    with the same payload, and the echo loop runs after it."""
+    with RawWS("ping101") as srv:
+        res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.4))
+        wait_for(lambda: srv.pongs >= 2)
+    assert res.stats["errors"] == NO_ERRORS and res.requests > 2
+
+
+@pytest.mark.parametrize("mode", ["masked", "rsv2", "bigping"])
+def test_frames_a_server_must_not_send_are_protocol_errors(mode: str) -> None:
+    with RawWS(mode) as srv:
+        res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.3))
+    assert res.requests == 0 and res.stats["errors"]["protocol"] >= 2
+    assert {k: v for k, v in res.stats["errors"].items() if k != "protocol"} == {
+        k: 0 for k in LOAD_ERRORS if k != "protocol"
+    }
+
+
+def test_a_server_that_never_answers_the_upgrade_times_out() -> None:
+    """No answer to the upgrade within --timeout: a timeout, the connection made again."""
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(16)
+        port = lsock.getsockname()[1]
+        res = run(build_plan(f"ws://127.0.0.1:{port}/", conns=1, duration=0.5, timeout=0.1))
+    assert res.requests == 0 and res.stats["errors"]["timeout"] >= 2
 
 
 # ---- against uringserve's own server (i26-proto's /ws; skipped where it is not merged yet) --------
