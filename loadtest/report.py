@@ -236,7 +236,8 @@ def text(res: Result, latency_table: bool = False) -> str:
             lines.append("  Latency Distribution")
             for q in PERCENTILES:
                 lines.append(f"  {q:>6g}% {fmt_time(main['percentiles'][str(q)]):>10}")
-    lines.append(f"  {res.requests} requests in {res.elapsed:.2f}s, {fmt_bytes(j['bytes_read'])} read")
+    what = "messages" if p.target.mode == "ws" else "requests"
+    lines.append(f"  {res.requests} {what} in {res.elapsed:.2f}s, {fmt_bytes(j['bytes_read'])} read")
     e = j["errors"]
     if any(e[k] for k in ("connect", "read", "write", "timeout")):
         lines.append(

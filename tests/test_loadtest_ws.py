@@ -279,6 +279,15 @@ def test_fragments_and_pings_between_them(ws_server) -> None:
     assert srv.b.pongs >= 3 * res.requests
 
 
+def test_worker_processes_split_the_connections(ws_server) -> None:
+    """-t 2: each worker process has its own ring and half the connections;
+    the plan's WebSocket units cross to them as JSON."""
+    srv = ws_server(silent_after=3)
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=4, threads=2, duration=0.6, timeout=30.0, deflate=True))
+    assert res.stats["errors"] == NO_ERRORS
+    assert res.requests == 12 and res.stats["sent"] == 16 and res.stats["by_class"][1] == 4
+
+
 def test_constant_rate_is_held(ws_server) -> None:
     srv = ws_server()
     res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=4, duration=1.0, rate=300))
