@@ -58,6 +58,8 @@ class Behaviour:
     fragment: bool = False  # echo in three fragments with a ping before each
     compression: str | None = "deflate"
     as_binary: bool = False  # echo text messages as binary ones (same bytes, wrong type)
+    stall_nth: int = 0  # > 0: this message of each connection is echoed after stall_s (the server's own delay)
+    stall_s: float = 0.0
     received: int = 0
     echoed: int = 0
     deflated: int = 0  # connections that agreed permessage-deflate
@@ -90,6 +92,8 @@ class WSServer:
                     continue
                 if b.corrupt_nth and n == b.corrupt_nth:
                     msg = (b"!" + msg[1:]) if isinstance(msg, bytes) else "!" + msg[1:]
+                if b.stall_nth and n == b.stall_nth:
+                    await asyncio.sleep(b.stall_s)
                 if b.as_binary and isinstance(msg, str):
                     msg = msg.encode()
                 if b.fragment:
@@ -294,6 +298,22 @@ def test_constant_rate_is_held(ws_server) -> None:
     assert res.stats["errors"] == NO_ERRORS
     assert 0.85 * 300 <= res.requests / res.elapsed <= 1.1 * 300
     assert res.corrected.get_total_count() == res.requests
+
+
+def at_least(h: Any, ns: int) -> int:
+    """How many recorded latencies are at least `ns` (within the histogram's precision)."""
+    return sum(i.count_added_in_this_iter_step for i in h.get_recorded_iterator() if i.value_iterated_to >= ns)
+
+
+def test_rate_mode_corrects_for_coordinated_omission(ws_server) -> None:
+    """One echo per connection held 300 ms by the server, at 200 msg/s: the
+    ~30 messages due meanwhile go out late; from their send they are fast
+    (uncorrected), from when they were due they are not (corrected)."""
+    srv = ws_server(stall_nth=20, stall_s=0.3)
+    res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=1.0, rate=200, timeout=5.0))
+    assert res.stats["errors"] == NO_ERRORS
+    assert at_least(res.latency, 150_000_000) <= 2
+    assert at_least(res.corrected, 150_000_000) >= 20
 
 
 def test_ws_options_are_checked() -> None:
