@@ -105,7 +105,7 @@ def to_json(res: Result) -> dict[str, Any]:
         "connects": st.get("connects", 0),
         "errors": st.get("errors", {}),
         "status": dict(zip(CLASSES, by_class, strict=True)),
-        "non_2xx_3xx": sum(by_class) - by_class[2] - by_class[3] if p.target.mode == "http" else by_class[5],
+        "non_2xx_3xx": _non_2xx_3xx(p.target.mode, by_class),
         "latency_ns": hist_summary(res.latency),
         "latency_corrected_ns": hist_summary(res.corrected) if p.rate else None,
         "req_per_sec": sample_summary(res.samples),
@@ -120,6 +120,15 @@ def to_json(res: Result) -> dict[str, Any]:
         },
     }
     return out
+
+
+def _non_2xx_3xx(mode: str, by_class: list[int]) -> int:
+    """HTTP: responses not 2xx/3xx; RESP: error replies; ws: upgrades answered other than 101."""
+    if mode == "http":
+        return sum(by_class) - by_class[2] - by_class[3]
+    if mode == "ws":
+        return sum(by_class) - by_class[1]
+    return by_class[5]
 
 
 def _ws_json(st: dict[str, Any]) -> dict[str, Any]:

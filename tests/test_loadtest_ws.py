@@ -259,6 +259,7 @@ def test_a_refused_handshake_is_counted_with_its_status(ws_server) -> None:
     assert res.requests == 0
     assert res.stats["errors"]["handshake"] > 0 and res.stats["by_class"][4] == res.stats["errors"]["handshake"]
     assert to_json(res)["ws"]["refused_status"] == 403
+    assert to_json(res)["non_2xx_3xx"] == res.stats["errors"]["handshake"]
     reason = failure(res)
     assert reason and "answered 403" in reason and "'/chat'" in reason
     assert "last status 403" in text(res)
