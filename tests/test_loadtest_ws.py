@@ -380,6 +380,10 @@ class RawWS:
             out += b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
             if self.mode == "ping101":
                 out += b"\x89\x03abc"
+            elif self.mode == "hugehead":
+                out = out[:-2] + b"X-Pad: " + b"x" * 9000 + b"\r\n\r\n"
+            elif self.mode == "garbage":
+                out = b"SSH-2.0-OpenSSH_9.2\r\n\r\n"
             writer.write(out)
             while True:
                 b0, b1 = await reader.readexactly(2)
@@ -470,6 +474,21 @@ def test_frames_a_server_must_not_send_are_protocol_errors(mode: str) -> None:
     assert {k: v for k, v in res.stats["errors"].items() if k != "protocol"} == {
         k: 0 for k in LOAD_ERRORS if k != "protocol"
     }
+
+
+@pytest.mark.parametrize("mode", ["hugehead", "garbage"])
+def test_an_answer_that_is_no_101_is_a_handshake_error(mode: str) -> None:
+    """A head past 8 KiB, or not HTTP at all: a handshake error, no crash, no frames read."""
+    with RawWS(mode) as srv:
+        res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.3))
+    assert res.requests == 0 and res.stats["errors"]["handshake"] >= 2
+    assert {k: v for k, v in res.stats["errors"].items() if k != "handshake"} == {
+        k: 0 for k in LOAD_ERRORS if k != "handshake"
+    }
+    if mode == "garbage":
+        assert res.stats["by_class"][0] == res.stats["errors"]["handshake"]
+    else:
+        assert res.stats["hs_invalid"] == res.stats["errors"]["handshake"]
 
 
 def test_a_server_that_never_answers_the_upgrade_times_out() -> None:
