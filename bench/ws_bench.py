@@ -14,7 +14,7 @@ and the issue's targets with their paired ratios.
 
 The servers: `uringserve-asgi` (bench/ws_echo_asgi.py, `uringserve run`),
 `uringserve-native` (apps.http:app /ws, the native handler API), uvicorn
-(uvloop, --ws websockets), granian (ASGI), hypercorn (uvloop worker), all
+(uvloop, httptools, its default --ws auto: the websockets library), granian (ASGI), hypercorn (uvloop worker), all
 on the same raw ASGI app; `websockets` (its own asyncio server on uvloop,
 bench/ws_websockets_server.py) and `picows` (bench/ws_picows_server.py, on
 uvloop; no permessage-deflate, so only in the deflate-off cases). A server
@@ -67,7 +67,8 @@ def command(server: str, port: int) -> tuple[list[str], str]:
     if server == "uringserve-native":
         return [PY, "-m", "uringserve", "run", "apps.http:app", "--port", str(port), *quiet], "/ws"
     if server == "uvicorn":
-        cmd = [PY, "-m", "uvicorn", APP, "--port", str(port), "--loop", "uvloop", "--ws", "websockets"]
+        # its default --ws (auto: the websockets library's sans-I/O protocol in uvicorn 0.3x+)
+        cmd = [PY, "-m", "uvicorn", APP, "--port", str(port), "--loop", "uvloop", "--http", "httptools"]
         return [*cmd, "--no-access-log", *quiet], "/"
     if server == "granian":
         return [str(BIN / "granian"), "--interface", "asgi", "--workers", "1", "--port", str(port), *quiet, APP], "/"
