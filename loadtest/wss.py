@@ -67,6 +67,13 @@ class _Load(_TLSLoad):
                     open_timeout=p.timeout or None,
                     proxy=None,
                 )
+            except ssl.SSLCertVerificationError as exc:
+                st["connecting"] -= 1
+                st["cert_errors"] += 1  # the report then says what to do (--cacert, --insecure)
+                st["cert_error"] = exc.verify_message or str(exc.reason)
+                self._error("connect")
+                await asyncio.sleep(0.01)
+                continue
             except InvalidStatus as exc:
                 st["connecting"] -= 1
                 status = exc.response.status_code

@@ -337,6 +337,18 @@ def test_wss_through_the_python_path(ws_server, tls_files: TLSFiles) -> None:
     assert srv.b.deflated == 2
 
 
+def test_wss_refuses_an_unverified_certificate_with_the_hint(ws_server, tls_files: TLSFiles) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls_files.cert, tls_files.key)
+    srv = ws_server(tls=ctx)
+    res = run(build_plan(f"wss://127.0.0.1:{srv.port}/", conns=1, duration=0.3))
+    assert res.requests == 0 and res.stats["cert_errors"] > 0
+    reason = failure(res)
+    assert reason and "--cacert" in reason
+    ok = run(build_plan(f"wss://127.0.0.1:{srv.port}/", conns=1, duration=0.3, insecure=True, rate=100))
+    assert ok.stats["errors"] == NO_ERRORS and ok.requests > 10
+
+
 def test_the_command_line(ws_server) -> None:
     srv = ws_server(refuse=404)
     out = subprocess.run(
