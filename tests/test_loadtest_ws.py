@@ -436,6 +436,11 @@ class RawWS:
             return bytes([b0 | 0x20]) + ext + data
         if self.mode == "bigping":
             return b"\x89\x7e\x00\x7e" + b"p" * 126
+        if self.mode == "interleave":  # two fragments with a ping and a pong between them
+            half = len(data) // 2
+            first, second = data[:half], data[half:]
+            control = b"\x89\x02hi" + b"\x8a\x00"
+            return bytes([b0 & 0x0F, len(first)]) + first + control + bytes([0x80, len(second)]) + second
         return bytes([b0]) + ext + data
 
     async def _start(self) -> None:
@@ -475,6 +480,14 @@ def test_a_ping_in_the_101s_write_is_answered() -> None:
     with RawWS("ping101") as srv:
         res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.4))
         wait_for(lambda: srv.pongs >= 2)
+    assert res.stats["errors"] == NO_ERRORS and res.requests > 2
+
+
+def test_control_frames_between_fragments() -> None:
+    """A ping (answered) and an unsolicited pong inside a fragmented echo."""
+    with RawWS("interleave") as srv:
+        res = run(build_plan(f"ws://127.0.0.1:{srv.port}/", conns=2, duration=0.4, size=100))
+        wait_for(lambda: srv.pongs >= res.requests)
     assert res.stats["errors"] == NO_ERRORS and res.requests > 2
 
 
