@@ -96,6 +96,8 @@ class WSServer:
                     await asyncio.sleep(b.stall_s)
                 if b.as_binary and isinstance(msg, str):
                     msg = msg.encode()
+                with b.lock:  # counted before the send: the client may see the echo before this thread runs again
+                    b.echoed += 1
                 if b.fragment:
                     third = max(1, len(msg) // 3)
                     parts = [msg[:third], msg[third : 2 * third], msg[2 * third :]]
@@ -107,8 +109,6 @@ class WSServer:
                     await ws.send(iter(parts))
                 else:
                     await ws.send(msg)
-                with b.lock:
-                    b.echoed += 1
                 if b.close_after and n == b.close_after:
                     await ws.close(b.close_code, "test")
                     return
