@@ -786,6 +786,8 @@ static void on_data(struct us_load *l, uint32_t i, const char *p, uint32_t len)
             static const int cls[] = {0, US_LERR_PROTOCOL, US_LERR_CLOSED, US_LERR_MISMATCH, US_LERR_WRITE};
             if (n)
                 completed(l, i, n);
+            if (c->ws_phase == WS_HS)
+                c->retry_at = l->now + RETRY_NS; /* a refused upgrade is tried again after 10 ms, not in a spin */
             if (ret == WSR_COUNTED)
                 drop(l, i);
             else
@@ -849,10 +851,13 @@ static void on_eof(struct us_load *l, uint32_t i, int res)
             return;
         }
     } else if (l->cf.mode == US_LOAD_WS && (c->ws_phase == WS_HS || c->f_left || c->fh_len || c->in_msg)) {
-        if (c->ws_phase == WS_HS)
-            l->st.errors[US_LERR_HANDSHAKE]++, l->st.hs_invalid++, drop(l, i);
-        else
+        if (c->ws_phase == WS_HS) {
+            l->st.errors[US_LERR_HANDSHAKE]++; /* the server closed without answering the upgrade */
+            c->retry_at = l->now + RETRY_NS;
+            drop(l, i);
+        } else {
             fail(l, i, US_LERR_SHORT, 0);
+        }
         return;
     } else if (l->cf.mode == US_LOAD_ECHO && c->echo_off) {
         fail(l, i, US_LERR_SHORT, 0);
