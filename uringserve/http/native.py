@@ -32,7 +32,15 @@ def native_runner(handler: Callable[[Request], Any], limit: ConcurrencyLimit | N
         finish(ex, handler(ex))
 
     def finish(ex: Request, result: Any) -> None:
-        pending = answer(ex, result)
+        try:
+            pending = answer(ex, result)
+        except Exception as exc:
+            # a result answer() refuses (or a WebSocket accept that fails): 500.
+            # HTTPProtocol._answer_common calls this outside any try, so
+            # uncaught it would be the transport's fatal error, dropping the
+            # connection unanswered
+            ex.fail(exc)
+            return
         if pending is not None:  # a streamed body, or a file the transport cannot queue
             ex.task = ex.conn.loop.create_task(_serve(ex, handler, True, pending))
             if limit is not None:
@@ -94,6 +102,10 @@ def answer(ex: Exchange, result: Any) -> Any:
         return _finish_after(pending, ex)
     if isinstance(result, StreamingResponse):
         return _stream(ex, result)
+    take_over = getattr(result, "take_over", None)  # uringserve.ws.accept(): the connection becomes a WebSocket
+    if take_over is not None:
+        take_over(ex)
+        return None
     raise TypeError(
         f"a handler must return a Response, StreamingResponse, FileResponse, bytes or str, not {type(result).__name__}"
     )
