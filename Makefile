@@ -16,11 +16,11 @@ PORT ?= 8000
 # haproxy, nginx-light and its stream module: real proxies in front of the server (tests/test_behind_proxies.py)
 # wrk: a real client's count of socket errors across drains and lingering closes (test_drain_under_load.py,
 # test_lingering_close.py)
-DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd \
+DEBS := gcc libc6-dev zlib1g-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd \
 	haproxy nginx-light libnginx-mod-stream wrk
 BENCH_DEBS := curl
 
-.PHONY: run echo resp bench-asgi bench-wsgi bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo resp bench-asgi bench-wsgi bench-ws bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -127,6 +127,11 @@ bench-asgi: bench-deps $(STAMP)
 # WSGI hello and a Flask JSON endpoint vs gunicorn (sync, gthread) and granian; a 1 MiB file vs gunicorn
 bench-wsgi: bench-deps $(STAMP)
 	$(VPY) bench/wsgi_bench.py
+
+# WebSocket echo (64 B, 16 KiB, deflate off/on): uringserve ASGI and native vs uvicorn, granian,
+# hypercorn, websockets and picows; which load generator (uringload, picows client) drove each figure
+bench-ws: bench-deps $(STAMP)
+	$(VPY) bench/ws_bench.py
 
 # uringserve.http (native, ASGI) vs uvicorn, granian and nginx; a 1 MiB file vs nginx
 bench-http: bench-deps $(STAMP)

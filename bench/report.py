@@ -1,11 +1,12 @@
 """`make bench`: the project's benchmarks on its own load generator, as one Markdown report.
 
-    python bench/report.py [--rounds 3] [--seconds 3] [--out bench/build/report.md] [--only echo,http,ablation,loadgen]
+    python bench/report.py [--rounds 3] [--seconds 3] [--out bench/build/report.md] [--only echo,http,ws,...]
 
 Sections: echo (64 B, 4 KiB, 64 KiB) on the stdlib loop, uvloop,
 UringEventLoop and the C reference; HTTP hello (native and ASGI) against
 nginx, uvicorn and granian, and a 1 MiB static file against nginx; the
-io_uring feature ablation over 1,000 connections; the load generator
+WebSocket echo against uvicorn, granian, hypercorn, websockets and picows
+(bench/ws_bench.py); the io_uring feature ablation over 1,000 connections; the load generator
 against wrk and the C echo client. Every figure is a median over rounds
 interleaved in time; the server is pinned to CPU 0, the load to CPU 1.
 """
@@ -30,6 +31,7 @@ import echo_bench  # noqa: E402
 import http_bench  # noqa: E402
 import idle_bench  # noqa: E402
 import loadgen_bench  # noqa: E402
+import ws_bench  # noqa: E402
 import wsgi_bench  # noqa: E402
 from _common import ROOT, free_port, loadtest, summary, wait_listening  # noqa: E402
 
@@ -161,7 +163,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--out", default=str(ROOT / "bench" / "build" / "report.md"))
-    p.add_argument("--only", default="echo,http,asgi,wsgi,ablation,loadgen,idle")
+    p.add_argument("--only", default="echo,http,asgi,wsgi,ws,ablation,loadgen,idle")
     args = p.parse_args()
     only = set(args.only.split(","))
     started = time.time()
@@ -187,6 +189,11 @@ def main() -> int:
         parts += [
             "## WSGI: hello world, a Flask JSON endpoint and a 1 MiB file_wrapper download",
             "```\n" + wsgi_bench.report(args.rounds, args.seconds, 100, names, ["hello", "flask", "file"]) + "\n```",
+        ]
+    if "ws" in only:
+        parts += [
+            "## WebSockets: echo at 64 B and 16 KiB, permessage-deflate off and on",
+            "```\n" + ws_bench.report(args.rounds, args.seconds, 100, ws_bench.SERVERS, list(ws_bench.CASES)) + "\n```",
         ]
     if "ablation" in only:
         parts += [

@@ -4,6 +4,7 @@ uringload -c 100 -d 10s -t 2 --latency http://127.0.0.1:8000/
 uringload -R 2000 -c 50 -d 30s --hgrm out.hgrm http://127.0.0.1:8000/
 uringload tcp://127.0.0.1:7000 --size 4096 -c 100
 uringload redis://127.0.0.1:6379 --command "GET key" --pipeline 16
+uringload ws://127.0.0.1:8000/ws -c 100 --size 16384 --deflate
 uringload --compare before.json after.json
 """
 
@@ -49,7 +50,9 @@ def parser() -> argparse.ArgumentParser:
         "an echo returned intact), even beside errors, which the report counts; 1 when none did (the reason "
         "on stderr); 2 when the run could not start (a bad option, a missing package).",
     )
-    p.add_argument("url", nargs="?", help="http://host:port/path, tcp://host:port (echo) or redis://host:port")
+    p.add_argument(
+        "url", nargs="?", help="http://host:port/path, tcp://host:port (echo), redis://host:port or ws://host:port/path"
+    )
     p.add_argument("-c", "--connections", type=count, default=10, help="connections to keep open (10)")
     p.add_argument("-d", "--duration", type=duration, default=10.0, help="measured time: 10s, 1m (10s)")
     p.add_argument("-t", "--threads", type=int, default=1, help="worker processes, each with its own ring (1)")
@@ -64,7 +67,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-R", "--rate", type=count, default=0, help="constant rate, requests/s over all connections")
     p.add_argument("--warmup", type=duration, default=0.0, help="run this long before measuring (0)")
     p.add_argument("-s", "--scenario", default=None, help="a Python file whose requests(conn) yields requests")
-    p.add_argument("--size", type=int, default=64, help="tcp:// echo message size in bytes (64)")
+    p.add_argument("--size", type=int, default=64, help="tcp:// and ws:// echo message size in bytes (64)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--text", dest="text", action="store_true", default=True, help="ws: text messages (default)")
+    kind.add_argument("--binary", dest="text", action="store_false", help="ws: binary messages")
+    p.add_argument("--deflate", action="store_true", help="ws: offer permessage-deflate, send compressed messages")
     p.add_argument("--command", default="PING", help="redis:// command to send (PING)")
     p.add_argument("-k", "--insecure", action="store_true", help="https: do not verify the certificate")
     p.add_argument("--cacert", default=None, help="https: also trust the CA certificates in this file")
@@ -132,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             command=args.command,
             insecure=args.insecure,
             cafile=args.cacert,
+            text=args.text,
+            deflate=args.deflate,
         )
     except PlanError as exc:
         print(f"uringload: {exc}", file=sys.stderr)

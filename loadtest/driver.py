@@ -22,13 +22,16 @@ from .window import SLICE, Window
 def ring_config(plan: Plan) -> RingConfig:
     stage = sum(len(b) for b, _ in plan.units)
     big = max(len(b) for b, _ in plan.units)
+    # ws frames are masked per send and copied into the send arena (us_send):
+    # room for every connection's frames in flight, chunk-rounded, and pongs
+    chunks = plan.conns * plan.depth * ((big + 14) // 4096 + 2) if plan.target.mode == "ws" else 0
     options: dict[str, Any] = {
         "files": 2 * plan.conns + 8,  # a closing slot and its replacement may overlap
         "reserved_slots": 1,
         "buf_count": 4096 if big * plan.depth > 65536 else 1024,
         "buf_size": 16384,
         "chunk_size": 4096,
-        "arena_bytes": 65536,
+        "arena_bytes": 65536 + chunks * 4096,
         "stage_bytes": stage + 64,
         "ext_segments": min(plan.conns * plan.depth + 64, (1 << 19) - 1),
         "sq_entries": 4096,
@@ -53,6 +56,10 @@ def run_share(
         from . import tls  # the native driver does not speak TLS
 
         return tls.run_share(plan, start_at, progress, on_window, faults)
+    if plan.target.scheme == "wss":
+        from . import wss  # nor WebSocket over TLS
+
+        return wss.run_share(plan, start_at, progress, on_window, faults)
     r = Ring(ring_config(plan), faults=faults)
     try:
         load = Load(
@@ -67,6 +74,7 @@ def run_share(
             head_only=plan.head_only,
             rate=plan.rate,
             timeout=plan.timeout,
+            ws=plan.ws or None,
         )
         delay = start_at - time.monotonic_ns()
         if delay > 0:

@@ -11,9 +11,11 @@ from typing import Any
 from uringserve._native import check, ffi, lib, oserror
 from uringserve.ring import Ring
 
-LOAD_MODES = {"http": lib.US_LOAD_HTTP, "echo": lib.US_LOAD_ECHO, "resp": lib.US_LOAD_RESP}
+LOAD_MODES = {"http": lib.US_LOAD_HTTP, "echo": lib.US_LOAD_ECHO, "resp": lib.US_LOAD_RESP, "ws": lib.US_LOAD_WS}
 # the error classes of the load driver, in US_LERR_* order
-LOAD_ERRORS = ("connect", "read", "write", "timeout", "protocol", "short")
+LOAD_ERRORS = ("connect", "read", "write", "timeout", "protocol", "short", "handshake", "closed", "mismatch")
+# ws: the close codes counted one by one (US_WS_CLOSE_N's layout); the last two are ranges
+WS_CLOSE_KEYS = (*(str(c) for c in range(1000, 1016)), "3000-4999", "other")
 HIST_LEN = lib.US_HIST_LEN
 HIST_HIGHEST = lib.US_HIST_HIGHEST
 
@@ -40,6 +42,7 @@ class Load:
         head_only: bool = False,
         rate: float = 0.0,
         timeout: float = 0.0,
+        ws: dict[str, Any] | None = None,
     ) -> None:
         if mode not in LOAD_MODES:
             raise ValueError(f"mode {mode!r} is not one of {sorted(LOAD_MODES)}")
@@ -69,6 +72,11 @@ class Load:
         cf.target = 0
         cf.rate_ns = round(1e9 / rate) if rate > 0 else 0
         cf.timeout_ns = round(timeout * 1e9)
+        if ws:
+            cf.ws_flags = (lib.US_WS_TEXT if ws["text"] else 0) | (lib.US_WS_DEFLATE if ws["deflate"] else 0)
+            cf.ws_hs_unit = ws["hs_unit"]
+            cf.ws_expect = ws["expect"]
+            cf.ws_accept = ws["accept"].encode()
         check(lib.us_target_set(ring.handle, 0, address, len(address)), "setting the load target")
         err = ffi.new("int *")
         ptr = lib.us_load_new(
@@ -96,9 +104,10 @@ class Load:
     def stats(self) -> dict[str, Any]:
         lib.us_load_stats_get(self._ptr, self._stats)
         s = self._stats
-        out: dict[str, Any] = {n: getattr(s, n) for n in dir(s) if n not in ("errors", "by_class")}
+        out: dict[str, Any] = {n: getattr(s, n) for n in dir(s) if n not in ("errors", "by_class", "ws_closes")}
         out["errors"] = dict(zip(LOAD_ERRORS, s.errors, strict=True))
         out["by_class"] = list(s.by_class)
+        out["ws_closes"] = list(s.ws_closes)
         return out
 
     def histogram(self, corrected: bool) -> list[tuple[int, int]]:

@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import importlib.util
 import inspect
 import math
+import os
 import socket
 import sys
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-DEFAULT_PORTS = {"http": 80, "https": 443, "tcp": 7, "redis": 6379, "resp": 6379}
-MODES = {"http": "http", "https": "http", "tcp": "echo", "redis": "resp", "resp": "resp"}
+DEFAULT_PORTS = {"http": 80, "https": 443, "tcp": 7, "redis": 6379, "resp": 6379, "ws": 80, "wss": 443}
+MODES = {"http": "http", "https": "http", "tcp": "echo", "redis": "resp", "resp": "resp", "ws": "ws", "wss": "ws"}
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
+# what --deflate offers: our messages are compressed once, so we promise no context takeover
+WS_DEFLATE_OFFER = "permessage-deflate; client_no_context_takeover"
 # a scenario's generator is read this far per connection, then cycled: the
 # requests are staged once in registered memory, so they are a finite set
 SCENARIO_LIMIT = 1024
@@ -51,16 +57,17 @@ class Target:
         return host if self.port == default else f"{host}:{self.port}"
 
     def url(self) -> str:
-        rest = self.path if self.mode == "http" else ""
+        rest = self.path if self.mode in ("http", "ws") else ""
         return f"{self.scheme}://{self.host_header}{rest}"
 
 
 def parse_target(url: str) -> Target:
-    """http://, https:// (HTTP/1.1), tcp:// (echo), redis:// or resp:// (RESP)."""
+    """http://, https:// (HTTP/1.1), tcp:// (echo), redis:// or resp:// (RESP), ws:// or wss:// (WebSocket echo)."""
     parts = urlsplit(url if "://" in url else "http://" + url)
     scheme = parts.scheme.lower()
     if scheme not in MODES:
-        raise PlanError(f"unsupported scheme {parts.scheme!r} in {url!r}: use http://, https://, tcp:// or redis://")
+        use = "http://, https://, tcp://, redis://, ws:// or wss://"
+        raise PlanError(f"unsupported scheme {parts.scheme!r} in {url!r}: use {use}")
     if not parts.hostname:
         raise PlanError(f"no host in {url!r}")
     try:
@@ -97,6 +104,9 @@ class Plan:
     ring: dict[str, Any] = field(default_factory=dict)  # RingConfig overrides (ablations)
     insecure: bool = False  # https: no certificate verification
     cafile: str | None = None  # https: trust these CA certificates too
+    # ws/wss: text, deflate, accept (the 101's Sec-WebSocket-Accept), hs_unit (the
+    # upgrade request's unit), expect (unit k's echo is unit k + expect)
+    ws: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -208,6 +218,8 @@ def build_plan(
     ring: dict[str, Any] | None = None,
     insecure: bool = False,
     cafile: str | None = None,
+    text: bool = True,
+    deflate: bool = False,
 ) -> Plan:
     target = parse_target(url)
     if threads < 1 or conns < threads:
@@ -220,13 +232,25 @@ def build_plan(
         raise PlanError("the rate must be positive")
     if cafile and not Path(cafile).is_file():
         raise PlanError(f"--cacert {cafile!r} does not exist")
-    if (insecure or cafile) and target.scheme != "https":
-        raise PlanError("--insecure and --cacert are for https:// targets")
+    if (insecure or cafile) and target.scheme not in ("https", "wss"):
+        raise PlanError("--insecure and --cacert are for https:// and wss:// targets")
+    if deflate and target.mode != "ws":
+        raise PlanError("--deflate is for ws:// and wss:// targets")
     per = 1 if rate else pipeline  # constant rate paces single requests; pipeline = how many may be in flight
     head_only = False
     units: list[tuple[bytes, int]] = []
     sequences: list[list[int]]
-    if target.mode == "http":
+    ws: dict[str, Any] = {}
+    if target.mode == "ws":
+        if size < 1:
+            raise PlanError("--size must be at least 1 byte")
+        if pipeline > 1 and not rate:
+            raise PlanError("ws:// sends one message per connection at a time in a closed loop: use -c for more")
+        if not keepalive:
+            raise PlanError("--no-keepalive is not for ws:// targets (the handshake is made once per connection)")
+        units, ws = _ws_units(target, [parse_header(h) for h in headers], size, text, deflate)
+        sequences = [[(i + k) % 4 for k in range(4)] for i in range(conns)]
+    elif target.mode == "http":
         hdrs = [parse_header(h) for h in headers]
         if scenario:
             units, sequences, head_only = _scenario_units(scenario, target, conns, keepalive, per)
@@ -266,7 +290,49 @@ def build_plan(
         ring=dict(ring or {}),
         insecure=insecure,
         cafile=cafile,
+        ws=ws,
     )
+
+
+def ws_deflate(message: bytes) -> bytes:
+    """One permessage-deflate payload with no context (RFC 7692 7.2.1): the
+    sync-flushed raw deflate stream without its final 00 00 ff ff."""
+    z = zlib.compressobj(wbits=-15)
+    out = z.compress(message) + z.flush(zlib.Z_SYNC_FLUSH)
+    return out[:-4] if out.endswith(b"\x00\x00\xff\xff") else out
+
+
+def _ws_units(
+    target: Target, headers: list[tuple[str, str]], size: int, text: bool, deflate: bool
+) -> tuple[list[tuple[bytes, int]], dict[str, Any]]:
+    """Four distinct messages (so an echo out of order or from another
+    connection is caught), their compressed payloads when deflating, and
+    the upgrade request. One key per run: the server checks only its form,
+    and the accept value it implies is then one string for the C driver."""
+    messages = [_text_pattern(size, k) if text else _pattern(size, k) for k in range(4)]
+    key = base64.b64encode(os.urandom(16)).decode()
+    accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+    names = {n.lower() for n, _ in headers}
+    hdrs = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", key),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    if deflate and "sec-websocket-extensions" not in names:
+        hdrs.append(("Sec-WebSocket-Extensions", WS_DEFLATE_OFFER))
+    request = http_request("GET", target.path, target.host_header, [*hdrs, *headers])
+    sends = [(ws_deflate(m) if deflate else m, 1) for m in messages]
+    units = [*sends, *((m, 1) for m in messages)] if deflate else sends
+    units.append((request, 1))
+    ws = {"text": text, "deflate": deflate, "accept": accept, "hs_unit": len(units) - 1, "expect": 4 if deflate else 0}
+    return units, ws
+
+
+def _text_pattern(size: int, k: int) -> bytes:
+    """ASCII, so every cut of it is valid UTF-8 for a text frame."""
+    base = bytes(0x21 + (i * 7 + k * 31) % 94 for i in range(256))
+    return (base * (size // 256 + 1))[:size]
 
 
 def _pattern(size: int, k: int) -> bytes:

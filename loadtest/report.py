@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from .engine import WS_CLOSE_KEYS
 from .run import Result, need_hdrh
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def to_json(res: Result) -> dict[str, Any]:
         "connects": st.get("connects", 0),
         "errors": st.get("errors", {}),
         "status": dict(zip(CLASSES, by_class, strict=True)),
-        "non_2xx_3xx": sum(by_class) - by_class[2] - by_class[3] if p.target.mode == "http" else by_class[5],
+        "non_2xx_3xx": _non_2xx_3xx(p.target.mode, by_class),
         "latency_ns": hist_summary(res.latency),
         "latency_corrected_ns": hist_summary(res.corrected) if p.rate else None,
         "req_per_sec": sample_summary(res.samples),
@@ -112,12 +113,35 @@ def to_json(res: Result) -> dict[str, Any]:
         "server_cpu_us_per_request": res.per_request_us(res.server_cpu_ns),
         "server_pids": res.server_pids,
         "ring": res.ring,
+        "ws": _ws_json(st) if p.target.mode == "ws" else None,
         "histogram": {
             "uncorrected": res.latency.encode().decode(),
             "corrected": res.corrected.encode().decode() if p.rate else None,
         },
     }
     return out
+
+
+def _non_2xx_3xx(mode: str, by_class: list[int]) -> int:
+    """HTTP: responses not 2xx/3xx; RESP: error replies; ws: upgrades answered other than 101."""
+    if mode == "http":
+        return sum(by_class) - by_class[2] - by_class[3]
+    if mode == "ws":
+        return sum(by_class) - by_class[1]
+    return by_class[5]
+
+
+def _ws_json(st: dict[str, Any]) -> dict[str, Any]:
+    """The handshakes' answers by class, the last refusal's status, close frames received by code."""
+    by_class = st.get("by_class", [0] * 6)
+    closes = st.get("ws_closes", [])
+    return {
+        "handshakes": dict(zip(CLASSES, by_class, strict=True)),
+        "refused_status": st.get("last_hs_status") or None,
+        "invalid_101": st.get("hs_invalid", 0),
+        "close_codes": {k: n for k, n in zip(WS_CLOSE_KEYS, closes, strict=False) if n},
+        "last_close_code": st.get("last_close_code") or None,
+    }
 
 
 def succeeded(res: Result) -> int:
@@ -150,6 +174,9 @@ def failure(res: Result) -> str | None:
     if not what:
         what.append(f"no response within the {res.elapsed:.1f}s run")
     reason = f"no request succeeded: {', '.join(what)}"
+    ws = _ws_json(st) if res.plan.target.mode == "ws" else None
+    if ws and ws["refused_status"]:
+        reason += f" (the upgrade was answered {ws['refused_status']}: is {res.plan.target.path!r} a WebSocket path?)"
     if res.plan.target.mode == "http" and res.requests and by_class[4]:
         reason += f" (is {res.plan.target.path!r} a path the server has?)"
     cert = st.get("cert_error")
@@ -173,6 +200,22 @@ def _stat_line(name: str, s: dict[str, Any], fmt: Any) -> str:
     if not s or not s.get("mean") and not s.get("max"):
         return f"    {name:9} {'-':>9} {'-':>9} {'-':>9} {'-':>9}"
     return f"    {name:9} {fmt(s['mean']):>9} {fmt(s['stdev']):>9} {fmt(s['max']):>9} {s['within_stdev']:8.2f}%"
+
+
+def _ws_lines(ws: dict[str, Any], e: dict[str, int]) -> list[str]:
+    lines = []
+    if e.get("handshake"):
+        refused = sum(n for k, n in ws["handshakes"].items() if k != "1xx")
+        lines.append(
+            f"  Handshakes failed: {e['handshake']} (refused {refused}, last status {ws['refused_status'] or '-'}; "
+            f"101 without the accept value or the offered deflate {ws['invalid_101']})"
+        )
+    if e.get("closed"):
+        codes = ", ".join(f"{k}: {n}" for k, n in ws["close_codes"].items())
+        lines.append(f"  Closed by the server: {e['closed']} ({codes})")
+    if e.get("mismatch"):
+        lines.append(f"  Echoes not the message sent: {e['mismatch']}")
+    return lines
 
 
 def text(res: Result, latency_table: bool = False) -> str:
@@ -202,7 +245,8 @@ def text(res: Result, latency_table: bool = False) -> str:
             lines.append("  Latency Distribution")
             for q in PERCENTILES:
                 lines.append(f"  {q:>6g}% {fmt_time(main['percentiles'][str(q)]):>10}")
-    lines.append(f"  {res.requests} requests in {res.elapsed:.2f}s, {fmt_bytes(j['bytes_read'])} read")
+    what = "messages" if p.target.mode == "ws" else "requests"
+    lines.append(f"  {res.requests} {what} in {res.elapsed:.2f}s, {fmt_bytes(j['bytes_read'])} read")
     e = j["errors"]
     if any(e[k] for k in ("connect", "read", "write", "timeout")):
         lines.append(
@@ -210,8 +254,11 @@ def text(res: Result, latency_table: bool = False) -> str:
         )
     if e.get("protocol") or e.get("short"):
         what = "not the bytes sent" if p.target.mode == "echo" else "malformed"
+        what = "frames breaking RFC 6455" if p.target.mode == "ws" else what
         lines.append(f"  Protocol errors: {what} {e['protocol']}, cut short {e['short']}")
-    if j["non_2xx_3xx"]:
+    if j["ws"]:
+        lines.extend(_ws_lines(j["ws"], e))
+    elif j["non_2xx_3xx"]:
         label = "Non-2xx or 3xx responses" if p.target.mode == "http" else "Error replies"
         lines.append(f"  {label}: {j['non_2xx_3xx']}")
     lines.append(f"Requests/sec: {res.rps:>10.2f}")

@@ -93,11 +93,11 @@ def _merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 e = out.setdefault("errors", dict.fromkeys(v, 0))
                 for name, n in v.items():
                     e[name] += n
-            elif k == "by_class":
-                b = out.setdefault("by_class", [0] * len(v))
+            elif isinstance(v, list):  # by_class, ws_closes: counts by index
+                b = out.setdefault(k, [0] * len(v))
                 for i, n in enumerate(v):
                     b[i] += n
-            elif k == "last_errno" or isinstance(v, str):  # one example: any process's
+            elif k.startswith("last_") or isinstance(v, str):  # one example: any process's
                 out[k] = out.get(k) or v
             else:
                 out[k] = out.get(k, 0) + v

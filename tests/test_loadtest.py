@@ -688,7 +688,7 @@ def test_pipeline_and_warmup_reach_the_wire_through_the_command(misbehaving) -> 
     ("args", "message"),
     [
         (["ftp://x/"], "unsupported scheme 'ftp'"),
-        (["--insecure", "http://127.0.0.1:1/"], "--insecure and --cacert are for https:// targets"),
+        (["--insecure", "http://127.0.0.1:1/"], "--insecure and --cacert are for https:// and wss:// targets"),
         (["--cacert", "/nonexistent.pem", "https://127.0.0.1:1/"], "--cacert '/nonexistent.pem' does not exist"),
         (["-c", "1", "-t", "2", "http://127.0.0.1:1/"], "need at least one connection per thread"),
         (["-d", "soon", "http://127.0.0.1:1/"], "'soon' is not a duration"),

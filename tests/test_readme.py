@@ -426,7 +426,7 @@ SNIPPETS: dict[str, Serve] = {
 # commands run to their end while a server runs: which one, by the address they talk to
 CLIENT_TARGETS = [
     # (--compare reads the two runs the lines before it saved from the HTTP demo)
-    (re.compile(r"https?://127\.0\.0\.1:(8000|8443)\b|^cat > scenario\.py|^uringload --compare "), "make run"),
+    (re.compile(r"(https?|wss?)://127\.0\.0\.1:(8000|8443)\b|^cat > scenario\.py|^uringload --compare "), "make run"),
     (re.compile(r"tcp://127\.0\.0\.1:8000\b"), "make echo"),
     (re.compile(r"redis://127\.0\.0\.1:6379\b|^redis-cli ping$"), "make resp"),
 ]

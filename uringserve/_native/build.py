@@ -30,6 +30,7 @@ ffibuilder.set_source(
     "\n".join(f'#include "{h}.h"' for h in HEADERS),
     sources=[_source(f"{m}.c") for m in MODULES],
     include_dirs=[str(HERE)],
+    libraries=["z"],  # loadgen.c: inflating permessage-deflate echoes
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
 )
 

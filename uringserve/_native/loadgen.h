@@ -17,6 +17,10 @@
 #define US_LOAD_HTTP 0
 #define US_LOAD_ECHO 1
 #define US_LOAD_RESP 2
+#define US_LOAD_WS   3   /* WebSocket echo: upgrade once per connection, masked frames, echoes compared */
+
+#define US_WS_TEXT    1  /* ws: send text frames (else binary) */
+#define US_WS_DEFLATE 2  /* ws: the units are permessage-deflate payloads (RSV1 set); echoes are inflated */
 
 /* error classes, as wrk counts them plus the two a framer can see */
 #define US_LERR_CONNECT  0
@@ -25,7 +29,13 @@
 #define US_LERR_TIMEOUT  3
 #define US_LERR_PROTOCOL 4  /* not a valid response (or, echo: not the bytes sent) */
 #define US_LERR_SHORT    5  /* the server closed in the middle of a response */
-#define US_LERR_N        6
+#define US_LERR_HANDSHAKE 6 /* ws: the upgrade was refused (its status: by_class, last_hs_status) or its 101 was wrong */
+#define US_LERR_CLOSED   7  /* ws: the server sent a close frame (its code: ws_closes, last_close_code) */
+#define US_LERR_MISMATCH 8  /* ws: an echo that is not the message sent (bytes, length or type) */
+#define US_LERR_N        9
+
+/* ws_closes[] index of a close code: 1000..1015 -> 0..15, 3000..4999 -> 16, others -> 17 */
+#define US_WS_CLOSE_N 18
 
 /* HdrHistogram(lowest 1, highest 3600e9, 3 significant digits) in ns:
  * counts[] has this layout (hdr_index() in loadgen.c) */
@@ -42,6 +52,11 @@ struct us_load_conf {
     uint32_t target;      /* us_target_set() id */
     uint64_t rate_ns;     /* > 0: constant rate, one request every rate_ns over all connections */
     uint64_t timeout_ns;  /* a request unanswered this long: timeout, connection closed */
+    /* US_LOAD_WS: units are message payloads (count 1), masked per frame when sent */
+    uint32_t ws_flags;    /* US_WS_* */
+    uint32_t ws_hs_unit;  /* the staged upgrade request, sent once per connection */
+    uint32_t ws_expect;   /* the echo of unit k must be the bytes of unit k + ws_expect */
+    char ws_accept[32];   /* the Sec-WebSocket-Accept value the 101 must carry, NUL-terminated */
 };
 
 /* staged bytes [off, off+len) asking for `count` responses */
@@ -52,12 +67,17 @@ struct us_load_unit {
 struct us_load_stats {
     uint64_t responses, sent, units_sent;
     uint64_t bytes_in;
-    uint64_t errors[6];       /* US_LERR_* */
-    uint64_t by_class[6];     /* HTTP: [1]..[5] status classes, [0] other; RESP: [2] replies, [5] error replies */
+    uint64_t errors[9];       /* US_LERR_* */
+    uint64_t by_class[6];     /* HTTP: [1]..[5] status classes, [0] other; RESP: [2] replies, [5] error replies;
+                                 ws: the handshake answers' classes ([1]: 101) */
     uint64_t connects, closes_by_peer;
     uint64_t ring_errors;     /* operations the ring refused (reported, never retried silently) */
     uint32_t open, connecting;
     int32_t last_errno;       /* of the last connect/read/write error */
+    uint64_t ws_closes[18];   /* ws: close frames received, by code (US_WS_CLOSE_N) */
+    uint64_t hs_invalid;      /* ws: 101 answers without the right accept value or the offered deflate */
+    uint32_t last_close_code; /* ws: of the last close frame received */
+    int32_t last_hs_status;   /* ws: of the last refused handshake */
 };
 
 struct us_load;
