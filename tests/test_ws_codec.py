@@ -256,6 +256,26 @@ def test_5_fragmented_text_and_binary_reassembled() -> None:
         assert fed_one_by_one(frames) == [[], [], [], [(op, expect)]]
 
 
+@pytest.mark.parametrize("op", [OP_TEXT, OP_BINARY])
+def test_5_empty_and_tiny_fragments_hold_no_more_than_their_bytes(op: int) -> None:
+    """A message that never ends, in empty and 1-byte fragments: what the
+    reader holds is the payload so far, not one object per fragment (the
+    size limit counts payload bytes, so per-fragment pieces would let a
+    peer hold many times max_size)."""
+    r = F.FrameReader(1024)
+    tracemalloc.start()
+    try:
+        assert r.feed(cframe(op, b"a", fin=False)) == []
+        empty, tiny = cframe(OP_CONT, b"", fin=False), cframe(OP_CONT, b"b", fin=False)
+        for _ in range(50):
+            assert r.feed((empty * 1000) + tiny) == []
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024, f"{peak} bytes held for a 51-byte message in 50,051 fragments"
+    assert r.feed(cframe(OP_CONT, b"", fin=True)) == [(op, "a" + "b" * 50 if op == OP_TEXT else b"a" + b"b" * 50)]
+
+
 def test_5_control_frames_interleaved_in_a_fragmented_message() -> None:
     data = (
         cframe(OP_TEXT, b"a", fin=False)

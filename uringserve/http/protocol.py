@@ -820,12 +820,14 @@ class HTTPProtocol(Connection, asyncio.Protocol):
             registry.replace(self, protocol)
             protocol.registry = registry
         t.set_protocol(protocol)
+        if self._paused:
+            # before the new protocol runs, so that its own pauses stand (on_connect's,
+            # or pause_writing's below); what the transport delivers comes after `rest`
+            self._paused = False
+            t.resume_reading()
         protocol.connection_made(t)
         if self._write_paused:  # the transport tells only the protocol it has of the next change
             protocol.pause_writing()
-        if self._paused:
-            self._paused = False
-            t.resume_reading()  # what the transport delivers after this comes after `rest`
         if rest:
             protocol.data_received(rest)
         if self._draining:  # the drain told this protocol, not that one

@@ -85,7 +85,9 @@ class FrameReader:
         # the fragmented message in progress (_op None: none)
         self._op: int | None = None
         self._compressed = False
-        self._parts: list[Any] = []
+        # the message so far, raw (text too: decoded once at its end, so a
+        # message in tiny or empty fragments holds its bytes and no more)
+        self._msg = bytearray()
         self._size = 0  # message bytes so far (inflated)
         self._wire = 0  # message bytes so far on the wire (compressed)
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -246,22 +248,27 @@ class FrameReader:
             self._size += len(payload)
         decoder = self._decoder
         if decoder is not None:
+            # checked as it arrives (the bad byte is refused in its frame); the
+            # pieces are not kept: one str per fragment would let empty or
+            # 1-byte fragments hold many times max_size
             try:
-                self._parts.append(decoder.decode(payload, fin))
+                decoder.decode(payload, fin)
             except UnicodeDecodeError:
                 raise ProtocolError(1007, _TEXT_ERROR) from None
             if not fin:
                 _check_surrogate_prefix(decoder)
-        else:
-            self._parts.append(payload)
         if fin:
             op = self._op
-            message: str | bytes = "".join(self._parts) if op == OP_TEXT else b"".join(self._parts)
+            msg = self._msg
+            msg += payload
+            message: str | bytes = msg.decode() if op == OP_TEXT else bytes(msg)
             events.append((op, message))
             self._op = None
-            self._parts = []
+            self._msg = bytearray()
             self._size = self._wire = 0
             self._decoder = None
+        else:
+            self._msg += payload
 
 
 def _close_event(payload: bytes) -> tuple[int, int, str]:

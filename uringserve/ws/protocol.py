@@ -150,7 +150,10 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
         self._stats.opened += 1
         if self.config.ping_interval:
             self.set_deadline(KIND_PING, self.config.ping_interval)
-        self.handler.on_connect(self)
+        try:
+            self.handler.on_connect(self)
+        except Exception as exc:
+            self._handler_failed("on_connect", exc)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -163,22 +166,28 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
         if self._held is not None:  # behind events a pause held back
             self._held.extend(events)
             return
+        if self.read_paused:  # paused before any read (on_connect): held from the first
+            self._held = events
+            return
         # _deliver(events), inline: this is the per-read path (a call is a tenth of a small message's cost)
         on_message = self._on_message
         it = iter(events)
-        for ev in it:
-            op = ev[0]
-            if op == OP_TEXT or op == OP_BINARY:
-                if self.state is OPEN:  # after our close frame, messages are dropped (RFC 6455 §5.5.1)
-                    self.messages_in += 1
-                    on_message(self, ev[1])
-                    if self.read_paused:  # the handler paused: the rest of this read waits with the socket
-                        self._held = list(it)
+        try:
+            for ev in it:
+                op = ev[0]
+                if op == OP_TEXT or op == OP_BINARY:
+                    if self.state is OPEN:  # after our close frame, messages are dropped (RFC 6455 §5.5.1)
+                        self.messages_in += 1
+                        on_message(self, ev[1])
+                        if self.read_paused:  # the handler paused: the rest of this read waits with the socket
+                            self._held = list(it)
+                            return
+                else:
+                    self._control(ev)
+                    if op == OP_CLOSE:
                         return
-            else:
-                self._control(ev)
-                if op == OP_CLOSE:
-                    return
+        except Exception as exc:  # the handler's: 1011 to the peer, not the transport's fatal error (a reset)
+            self._handler_failed("on_message", exc)
 
     def _control(self, ev: tuple) -> None:
         op = ev[0]
@@ -195,19 +204,28 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
         """Events held by a pause, on resume: as data_received delivers them."""
         on_message = self._on_message
         it = iter(events)
-        for ev in it:
-            op = ev[0]
-            if op == OP_TEXT or op == OP_BINARY:
-                if self.state is OPEN:  # after our close frame, messages are dropped (RFC 6455 §5.5.1)
-                    self.messages_in += 1
-                    on_message(self, ev[1])
-                    if self.read_paused:
-                        self._held = list(it)
+        try:
+            for ev in it:
+                op = ev[0]
+                if op == OP_TEXT or op == OP_BINARY:
+                    if self.state is OPEN:  # after our close frame, messages are dropped (RFC 6455 §5.5.1)
+                        self.messages_in += 1
+                        on_message(self, ev[1])
+                        if self.read_paused:
+                            self._held = list(it)
+                            return
+                else:
+                    self._control(ev)
+                    if op == OP_CLOSE:
                         return
-            else:
-                self._control(ev)
-                if op == OP_CLOSE:
-                    return
+        except Exception as exc:
+            self._handler_failed("on_message", exc)
+
+    def _handler_failed(self, where: str, exc: Exception) -> None:
+        self._loop.call_exception_handler(
+            {"message": f"WebSocket handler's {where} failed", "exception": exc, "protocol": self}
+        )
+        self._fail(1011, "internal error")
 
     def eof_received(self) -> bool | None:
         # the peer ended its side without a close frame (or after ours): the
@@ -216,6 +234,8 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.state = CLOSED
+        self.read_paused = False  # a resume_reading() after this delivers nothing
+        self._held = None
         if self.close_code is None:
             self.close_code = 1006  # no close frame came (RFC 6455 §7.1.5)
         self._tell(self.close_code, self.close_reason)
@@ -352,6 +372,8 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
         """The handshake is over: the server closes the TCP connection first
         (RFC 6455 §7.1.1); what was written goes out first, for at most
         close_timeout (a peer that never reads is cut)."""
+        if self.state is CLOSED:
+            return
         self.state = ENDING
         self._tell(self.close_code or 1005, self.close_reason)
         if self.read_paused:
@@ -383,7 +405,9 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
                 else:
                     self.set_deadline(KIND_PING, self.config.ping_interval)
         elif kind == KIND_PONG:
-            if self.read_paused:  # we stopped reading, not the peer: its pong waits unread
+            if self.read_paused and not self.write_paused:
+                # we stopped reading, not the peer (it still takes our bytes):
+                # its pong waits unread. A peer that takes nothing is not excused
                 self.set_deadline(KIND_PONG, self.config.ping_timeout)
                 return
             logger.debug("closing a WebSocket whose peer did not answer a ping in %.1fs", self.config.ping_timeout)

@@ -65,7 +65,10 @@ class WSRequest:
                 raise RuntimeError(f"response header {name!r} has a line break in it")
             extra.append((name, value))
         conn = ex.conn
-        head = handshake.response_101(self.handshake.key, subprotocol, self.extension, extra)
+        try:
+            head = handshake.response_101(self.handshake.key, subprotocol, self.extension, extra)
+        except ValueError as exc:  # a header name that is not a token, a value with NUL
+            raise RuntimeError(str(exc)) from None
         up = self.upgrader
         log = access.log if conn.config.access_log else None
         proto = WebSocketProtocol(
