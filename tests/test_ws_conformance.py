@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-from ws_raw import BINARY, CLOSE, CONT, PING, PONG, TEXT, Closed, RawWS, close_payload, frame
+from ws_raw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWS, close_payload, frame
 from ws_servers import KINDS, WSServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -90,7 +90,9 @@ def test_1_unmasked_client_frame_is_1002(ws: RawWS) -> None:
 # -- 2 ping/pong --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("payload", [b"", b"hello", bytes(range(256))[:125], os.urandom(125)], ids=["0", "5", "125seq", "125rand"])
+@pytest.mark.parametrize(
+    "payload", [b"", b"hello", bytes(range(256))[:125], os.urandom(125)], ids=["0", "5", "125seq", "125rand"]
+)
 def test_2_ping_is_answered_with_the_same_payload(ws: RawWS, payload: bytes) -> None:
     ws.send_frame(PING, payload)
     f = ws.recv_frame()
@@ -162,7 +164,9 @@ def test_5_fragmented_binary_is_reassembled(ws: RawWS) -> None:
 
 
 def test_5_empty_fragments(ws: RawWS) -> None:
-    ws.send(frame(TEXT, b"", fin=False) + frame(CONT, b"ab", fin=False) + frame(CONT, b"", fin=False) + frame(CONT, b""))
+    ws.send(
+        frame(TEXT, b"", fin=False) + frame(CONT, b"ab", fin=False) + frame(CONT, b"", fin=False) + frame(CONT, b"")
+    )
     assert ws.recv_message()[:2] == (TEXT, b"ab")
 
 
@@ -359,7 +363,10 @@ OFFERS = {
         "permessage-deflate; client_no_context_takeover; server_no_context_takeover",
         {"client_no_context_takeover": None, "server_no_context_takeover": None},
     ),
-    "server_no_context_takeover": ("permessage-deflate; server_no_context_takeover", {"server_no_context_takeover": None}),
+    "server_no_context_takeover": (
+        "permessage-deflate; server_no_context_takeover",
+        {"server_no_context_takeover": None},
+    ),
     "server_max_window_bits=9": ("permessage-deflate; server_max_window_bits=9", {"server_max_window_bits": "9"}),
     "server_max_window_bits=10": ("permessage-deflate; server_max_window_bits=10", {"server_max_window_bits": "10"}),
 }
