@@ -5,7 +5,10 @@
 
 Routes: /  hello world;  /echo  the request body back;  /static/...  files
 under --static (default apps/static), zero-copy through the ring;  /stats
-the ring's counters as JSON.
+the ring's counters as JSON;  /ws  a WebSocket echo (text back as text,
+binary as binary);  /ws/chat  a WebSocket broadcast: each message goes to
+every open /ws/chat connection of this process, the sender's included, in
+the order received (the page: /static/chat.html).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any  # noqa: E402
 
 from uringserve.http import HTTPConfig, HTTPServer, Request, Response, StaticFiles  # noqa: E402
 from uringserve.server import run_command  # noqa: E402
+from uringserve.ws import WebSocketHandler, accept  # noqa: E402
 
 STATIC = StaticFiles(os.environ.get("URINGSERVE_STATIC", os.path.join(_here, "static")))
 HELLO = Response(b"Hello, world!\n")
@@ -36,11 +40,42 @@ def stats() -> bytes:
     return json.dumps(counters, indent=1, sort_keys=True).encode() + b"\n"
 
 
+class Echo(WebSocketHandler):
+    def on_message(self, ws: Any, data: str | bytes) -> None:
+        ws.send(data)
+
+
+class Chat(WebSocketHandler):
+    """One instance for every /ws/chat connection: `members` are the open ones."""
+
+    def __init__(self) -> None:
+        self.members: set[Any] = set()
+
+    def on_connect(self, ws: Any) -> None:
+        self.members.add(ws)
+
+    def on_message(self, ws: Any, data: str | bytes) -> None:
+        for member in list(self.members):
+            if not member.closed:
+                member.send(data)
+
+    def on_close(self, ws: Any, code: int, reason: str) -> None:
+        self.members.discard(ws)
+
+
+ECHO = accept(Echo)
+CHAT = accept(Chat())
+
+
 def app(request: Request) -> Any:
     """The native handler: a plain function, so it runs without a task."""
     path = request.raw_path
     if path == b"/":
         return HELLO
+    if path == b"/ws":
+        return ECHO
+    if path == b"/ws/chat":
+        return CHAT
     if path == b"/echo":
         return Response(request.content, content_type="application/octet-stream")
     if path.startswith(b"/static/"):
@@ -48,6 +83,37 @@ def app(request: Request) -> Any:
     if path == b"/stats":
         return Response(stats(), content_type="application/json")
     return Response(b"404 Not Found\n", status=404)
+
+
+CHAT_MEMBERS: set[Any] = set()  # the ASGI /ws/chat connections' send
+
+
+async def asgi_websocket(scope: dict, receive: Any, send: Any) -> None:
+    path = scope["path"]
+    if path not in ("/ws", "/ws/chat"):
+        await send({"type": "websocket.close", "code": 1008})  # before the accept: 403
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    chat = path == "/ws/chat"
+    if chat:
+        CHAT_MEMBERS.add(send)
+    try:
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            out = {"type": "websocket.send", "text": msg.get("text"), "bytes": msg.get("bytes")}
+            if not chat:
+                await send(out)
+                continue
+            for member in list(CHAT_MEMBERS):
+                try:
+                    await member(out)
+                except (ConnectionError, RuntimeError):  # it closed meanwhile: its own loop ends
+                    CHAT_MEMBERS.discard(member)
+    finally:
+        CHAT_MEMBERS.discard(send)
 
 
 async def asgi_app(scope: dict, receive: Any, send: Any) -> None:
@@ -58,6 +124,9 @@ async def asgi_app(scope: dict, receive: Any, send: Any) -> None:
             await send({"type": msg["type"] + ".complete"})
             if msg["type"] == "lifespan.shutdown":
                 return
+    if scope["type"] == "websocket":
+        await asgi_websocket(scope, receive, send)
+        return
     path = scope["path"]
     status, ctype, body = 200, b"text/plain; charset=utf-8", b""
     if path == "/":

@@ -297,9 +297,16 @@ def asgi_runner(
     class _Exchange(ASGIExchange):
         pass
 
+    from ..ws.asgi import websocket_runner  # here: uringserve.ws imports this module
+
+    websocket = websocket_runner(app, state, root_path)
+
     _Exchange.files = files
 
     def run(ex: ASGIExchange) -> None:
+        if ex.ws is not None:  # a checked WebSocket handshake (uringserve.ws.upgrade): the websocket scope
+            websocket(ex)
+            return
         conn = ex.conn
         raw_path = ex.raw_path
         target = ex.target

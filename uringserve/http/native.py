@@ -94,6 +94,10 @@ def answer(ex: Exchange, result: Any) -> Any:
         return _finish_after(pending, ex)
     if isinstance(result, StreamingResponse):
         return _stream(ex, result)
+    take_over = getattr(result, "take_over", None)  # uringserve.ws.accept(): the connection becomes a WebSocket
+    if take_over is not None:
+        take_over(ex)
+        return None
     raise TypeError(
         f"a handler must return a Response, StreamingResponse, FileResponse, bytes or str, not {type(result).__name__}"
     )

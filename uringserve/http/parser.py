@@ -172,6 +172,9 @@ class RequestParser:
         self.at_boundary = True  # llhttp is between messages: the recogniser may take the next head
         self._keep_alive = True  # the last message llhttp read was not a last request
         self._ignore_rest = False  # an upgrade, a last request or stop(): nothing after it is read
+        # the bytes after an upgrade request: the next protocol's (HTTPProtocol.switch_protocol)
+        self.upgrade_rest = b""
+        self._on_upgrade = getattr(sink, "on_upgrade", None)
 
     @property
     def head_started(self) -> bool:
@@ -181,8 +184,10 @@ class RequestParser:
     def feed(self, data: bytes) -> None:
         while True:  # once per head that ends inside `data` and crosses the limit with what follows
             if self._ignore_rest:
-                # after an upgrade the rest is another protocol's; after a last
-                # request it is not read at all. The connection closes after the response
+                # after an upgrade the rest is another protocol's (kept for it);
+                # after a last request it is not read at all. The connection closes after the response
+                if self.upgraded and data:
+                    self.upgrade_rest += data
                 return
             if self.at_boundary and _scan is not None:
                 # complete body-less GET/HEAD heads in the common form, in one C
@@ -269,12 +274,17 @@ class RequestParser:
             raise HTTPError(431, f"request head larger than {self.max_head} bytes")
         if not self.upgraded:
             self.feed(data[room:])
+        else:
+            self.upgrade_rest += data[room:]
 
     def _feed(self, data: bytes) -> None:
         try:
             self._p.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             self.upgraded = self._ignore_rest = True
+            self.upgrade_rest = bytes(data[exc.args[0] :])  # where the upgrade request ended
+            if self._on_upgrade is not None:
+                self._on_upgrade()
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__  # what a callback raised: an HTTPError, or the sink's own bug
             if cause is not None:

@@ -93,6 +93,7 @@ class Exchange:
     status = 0
     task: asyncio.Task | None = None
     running = False  # handed to the runner
+    ws: Any = None  # a WebSocket handshake the app may accept (ws.upgrade.WSRequest), once checked
     conn: HTTPProtocol  # set by HTTPProtocol.on_head
 
     def __init__(
@@ -275,6 +276,12 @@ class HTTPProtocol(Connection, asyncio.Protocol):
     a time, and must end with exchange.end() or exchange.fail() (at once or
     later). The native and ASGI front ends are runners.
 
+    `ws_upgrade(conn, exchange)`, when set (uringserve.ws.upgrade.Upgrader,
+    by the server unless `--ws none`), is offered each request with an
+    Upgrade header in its turn, before the runner; it returns True when it
+    takes the request (a WebSocket handshake). The app's accept then hands
+    the transport over (switch_protocol()).
+
     `state` is where the connection is (state.py names the states and the
     moves between them); the methods below the "exchanges" line are what an
     Exchange and the front ends use."""
@@ -335,6 +342,8 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         self.client: Any = None
         self.server_addr: Any = None
         self.scheme = "http"  # "https" behind TLS (the ASGI scope's)
+
+    ws_upgrade: Callable[[Any, Exchange], bool] | None = None  # see the class
 
     # -- connection ------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -757,11 +766,77 @@ class HTTPProtocol(Connection, asyncio.Protocol):
     def _start(self, ex: Exchange) -> None:
         ex.running = True
         try:
+            if ex.upgrade and self.ws_upgrade is not None and self.ws_upgrade(self, ex):
+                return  # a WebSocket handshake: ws/upgrade.py answers it, through run_app()
             self._runner(ex)
         except BaseException as exc:  # a runner's own failure: answer 500
             if isinstance(exc, (SystemExit, KeyboardInterrupt)):
                 raise
             ex.fail(exc)
+
+    def run_app(self, ex: Exchange) -> None:
+        """Hand `ex` to the runner now (the WebSocket upgrade does, once the
+        handshake is checked); a runner's own failure answers 500."""
+        try:
+            self._runner(ex)
+        except BaseException as exc:
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                raise
+            ex.fail(exc)
+
+    @property
+    def config(self) -> HTTPConfig:
+        return self._cfg
+
+    @property
+    def state_closed(self) -> bool:
+        """The client is gone, or the connection is closing."""
+        return self.state >= LINGERING
+
+    def switch_protocol(self, ex: Exchange, protocol: Any, head: bytes) -> None:
+        """`ex` was answered by `head` (a 101): the transport goes to
+        `protocol` (transport.set_protocol, then its connection_made, as
+        asyncio's loop.start_tls-style hand-overs do), with the bytes that
+        arrived after the request's head (pipelined into the same read), and
+        it takes this connection's place in the registry. HTTP's timers,
+        keep-alive and limits end here; this protocol is CLOSED."""
+        if self.state >= LINGERING:
+            raise ClientDisconnected("the client closed the connection")
+        t = self._transport
+        ex.started = ex.finished = True
+        ex.status = 101
+        t.write(head)
+        self.stop_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        self._queue.clear()
+        self.state = CLOSED
+        self._served += 1
+        rest = self._parser.upgrade_rest
+        self._parser.upgrade_rest = b""
+        registry = self.registry
+        if registry is not None:
+            registry.replace(self, protocol)
+            protocol.registry = registry
+        t.set_protocol(protocol)
+        protocol.connection_made(t)
+        if self._write_paused:  # the transport tells only the protocol it has of the next change
+            protocol.pause_writing()
+        if self._paused:
+            self._paused = False
+            t.resume_reading()  # what the transport delivers after this comes after `rest`
+        if rest:
+            protocol.data_received(rest)
+        if self._draining:  # the drain told this protocol, not that one
+            protocol.shutdown()
+
+    def on_upgrade(self) -> None:
+        """The parser met the end of an upgrade request: the bytes after it
+        are not HTTP (the parser keeps them, for switch_protocol()); nothing
+        more is read until that protocol takes the transport, or this
+        connection closes after its answer."""
+        self._pause()
 
     def _refuse(self, ex: _ErrorExchange) -> None:
         """Answer a request that could not be parsed (or did not arrive in

@@ -64,9 +64,13 @@ class HTTPServer(Server):
         ssl: Any = None,
         forwarding: Forwarding | None = None,
         multiprocess: bool = False,
+        ws: Any = "auto",
     ) -> None:
         """`multiprocess`: what a WSGI app's environ says (wsgi.multiprocess:
-        served by several workers)."""
+        served by several workers). `ws`: "auto" (WebSockets with WSConfig's
+        defaults), a uringserve.ws.WSConfig, or "none"/None: an upgrade
+        request is plain HTTP to the app (uvicorn's --ws none); a WSGI app
+        has none."""
         self.config = config or HTTPConfig()
         # --proxy-headers: the client, scheme and server as trusted proxies say (http/forwarded.py)
         self.forwarding = forwarding
@@ -85,6 +89,19 @@ class HTTPServer(Server):
         self.concurrency: ConcurrencyLimit | None = None
         self._multiprocess = multiprocess
         self.wsgi_pool: WSGIPool | None = None  # the WSGI app's threads, once started
+        # WebSockets: HTTPProtocol's ws_upgrade hook, and what the metrics read (ws_stats)
+        self.ws_upgrade: Any = None
+        self.ws_stats: Any = None
+        if ws not in (None, "none") and self.interface != "wsgi":
+            from ..ws.config import WSConfig
+            from ..ws.upgrade import Upgrader
+
+            if ws == "auto":
+                ws = WSConfig()
+            elif not isinstance(ws, WSConfig):
+                raise ValueError(f"ws must be 'auto', 'none' or a WSConfig, not {ws!r}")
+            self.ws_upgrade = Upgrader(ws)
+            self.ws_stats = self.ws_upgrade.stats
 
     async def on_start(self) -> None:
         cfg = self.config
@@ -107,6 +124,8 @@ class HTTPServer(Server):
             p = HTTPProtocol(self._runner, self.config, observer=self.observer)
         if self.ssl is not None:
             p.scheme = "https"
+        if self.ws_upgrade is not None:
+            p.ws_upgrade = self.ws_upgrade
         addr = self._addrs.get(sock)
         if addr is None:
             name = sock.getsockname()
