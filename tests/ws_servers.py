@@ -20,6 +20,16 @@ KINDS = [k for k in os.environ.get("WS_TEST_SERVERS", "uring,asyncio").split(","
 UVICORN_BANNER = re.compile(r"Uvicorn running on http://[\d.]+:(\d+)")
 
 
+def _only_ws_options(options: tuple[str, ...]) -> list[str]:
+    out, keep = [], False
+    for o in options:
+        if o.startswith("--"):
+            keep = o.startswith("--ws")
+        if keep:
+            out.append(o)
+    return out
+
+
 class WSServer:
     """A server of `kind` serving the demo's routes; `app`: "native"
     (apps.http:app) or "asgi" (apps.http:asgi_app); `module_app` serves
@@ -29,6 +39,8 @@ class WSServer:
         self.kind = kind
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if kind == "uvicorn":
+            # uvicorn has the --ws-* options under the same names, not uringserve's HTTP and ring ones
+            options = tuple(_only_ws_options(options))
             target = module_app or "tests.ws_ref_app:app"
             args = [PY, "-m", "uvicorn", target, "--port", "0", "--ws", "websockets-sansio", *options]
             self.proc = Proc(args, env=env, banner=UVICORN_BANNER, timeout=60)
