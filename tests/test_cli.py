@@ -78,6 +78,12 @@ SAMPLE = {
     "forwarded_allow_ips": "10.0.0.0/8, ::1",
     "forwarded_style": "rfc7239",
     "proxy_protocol_timeout": "2.5",
+    "ws": "none",
+    "ws_max_size": "1000",
+    "ws_max_queue": "4",
+    "ws_ping_interval": "0",
+    "ws_ping_timeout": "2.5",
+    "ws_per_message_deflate": "false",
 }
 BAD = {
     "port": ("70000", "out of range"),
@@ -103,6 +109,10 @@ BAD = {
     "wsgi_threads": ("0", "out of range"),
     "forwarded_allow_ips": ("10.0.0.300", "'10.0.0.300' is not an IP address"),
     "forwarded_style": ("modern", "x-forwarded, rfc7239"),
+    "ws": ("wsproto", "auto, none"),
+    "ws_max_queue": ("0", "out of range"),
+    "ws_ping_interval": ("-1", "or 0 for none"),
+    "ws_per_message_deflate": ("maybe", "not a boolean"),
 }
 
 
@@ -207,9 +217,13 @@ BUILT: dict[str, Any] = {
 for _f in cli.HTTP_FIELDS:
     if _f != "access_log":
         BUILT[_f] = lambda a, f=_f: getattr(cli.build_server(a).config, f)
+BUILT["ws"] = lambda a: cli.build_server(a).ws_upgrade is not None
+for _f in cli.WS_FIELDS:
+    BUILT["ws_" + _f] = lambda a, f=_f: getattr(cli.build_server(a).ws_config, f)
 
 # what the sample makes of it (default: the option's parsed sample)
 EXPECT: dict[str, Any] = {
+    "ws": False,  # --ws none: no WebSocket hook
     "proxy_headers": "127.0.0.1",  # uvicorn's default list
     "forwarded_allow_ips": ("10.0.0.0/8,::1", "10.0.0.0/8,::1"),  # one list for both
     "proxy_protocol": 30.0,

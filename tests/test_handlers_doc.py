@@ -32,9 +32,9 @@ def snippets() -> list[tuple[str, list[str]]]:
 
 
 def test_the_guide_has_its_snippets_and_says_what_each_prints() -> None:
-    # one per section: protocol, buffered, flow control, timeouts, drain, embedding, loops
+    # one per section: protocol, buffered, flow control, timeouts, drain, embedding, loops, WebSockets
     found = snippets()
-    assert len(found) == 7
+    assert len(found) == 8
     assert all(printed for _, printed in found), [code[:60] for code, printed in found if not printed]
     # the demo servers are the package's: no block needs the checkout's apps/
     assert [i for i, (code, _) in enumerate(found) if "from apps" in code] == []

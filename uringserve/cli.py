@@ -30,6 +30,7 @@ from . import flag_aliases
 from .http.config import HTTPConfig
 from .ring_settings import SETTINGS, RingConfig, RingConfigError, Setting, validate
 from .server.lifecycle import LOOPS
+from .ws.config import WSConfig
 
 ENV_PREFIX = "URINGSERVE_"
 DEFAULT_HOST = "127.0.0.1"
@@ -57,6 +58,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"{v} must be a positive number of seconds")
+    return v
+
+
+def _seconds_or_off(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{v} must be a number of seconds, or 0 for none")
     return v
 
 
@@ -349,11 +360,42 @@ OPTIONS: list[Opt] = [
         metavar="N",
     ),
     Opt("--no-server-header", "leave the Server header out of responses", None, False),
+    # WebSockets (ws/config.py's WSConfig): uvicorn's names and defaults
+    Opt("--ws", "WebSockets; none: an upgrade request is plain HTTP to the app", str, "auto", choices=("auto", "none")),
+    Opt("--ws-max-size", "WebSocket message, bytes (close 1009 beyond)", _int_in(1), WSConfig.max_size, metavar="N"),
+    Opt(
+        "--ws-max-queue",
+        "WebSocket messages an ASGI app has not received; reading pauses beyond",
+        _int_in(1),
+        WSConfig.max_queue,
+        metavar="N",
+    ),
+    Opt(
+        "--ws-ping-interval",
+        "seconds between WebSocket keep-alive pings (0: none)",
+        _seconds_or_off,
+        WSConfig.ping_interval,
+    ),
+    Opt(
+        "--ws-ping-timeout",
+        "seconds a ping waits for its pong (close 1011 after; 0: no wait)",
+        _seconds_or_off,
+        WSConfig.ping_timeout,
+    ),
+    Opt(
+        "--ws-per-message-deflate",
+        "accept a client's permessage-deflate offer (RFC 7692)",
+        _flag,
+        WSConfig.per_message_deflate,
+        metavar="BOOL",
+    ),
     # the ring (RingConfig): declared with its settings in ring_settings.py
     *RING_OPTIONS.values(),
 ]
 OPTION_BY_DEST = {o.dest: o for o in OPTIONS}
 HTTP_FIELDS = [f.name for f in dataclasses.fields(HTTPConfig) if f.name in OPTION_BY_DEST]
+# WSConfig's fields set by options (--ws-NAME)
+WS_FIELDS = [f.name for f in dataclasses.fields(WSConfig) if "ws_" + f.name in OPTION_BY_DEST]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -627,6 +669,7 @@ def _protocol_server(args: argparse.Namespace) -> Any:
             ssl=tls,
             forwarding=forwarding,
             multiprocess=hasattr(args, "workers") and worker_count(args) > 1,
+            ws="none" if args.ws == "none" else WSConfig(**{f: getattr(args, "ws_" + f) for f in WS_FIELDS}),
         )
     except TypeError as exc:  # what detect_interface() could not tell
         raise SystemExit(f"uringserve: {exc}; or --interface protocol for an asyncio protocol factory") from None

@@ -119,7 +119,6 @@ ALIASES: list[Alias] = [
     Alias("--error-logfile", "gunicorn, hypercorn", None, "logs go to stderr, for the service manager's journal"),
     Alias("--log-file", "gunicorn", None, "logs go to stderr, for the service manager's journal"),
     Alias("--http", "uvicorn", None, "HTTP/1.1 is always parsed with httptools: drop it"),
-    Alias("--ws", "uvicorn", None, "there is no choice of WebSocket implementation: drop it"),
     Alias(
         "--date-header",
         "uvicorn",

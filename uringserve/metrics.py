@@ -69,6 +69,19 @@ class Metrics:
             ["reason"],
             **kw,
         )
+        # WebSockets (an HTTPServer's ws_stats: ws/protocol.py's WSStats)
+        self.ws_open = Gauge(
+            "uringserve_ws_connections_open", "WebSocket connections open", multiprocess_mode="livesum", **kw
+        )
+        self.ws_messages = Counter(
+            "uringserve_ws_messages_total", "WebSocket messages, by direction (in|out)", ["direction"], **kw
+        )
+        self.ws_bytes = Counter(
+            "uringserve_ws_bytes_total", "WebSocket frame bytes on the wire, by direction (in|out)", ["direction"], **kw
+        )
+        self.ws_close = Counter(
+            "uringserve_ws_close_total", "WebSocket connections closed, by close code (1006: none)", ["code"], **kw
+        )
         self.ring = {
             name: Counter(f"uringserve_ring_{name}_total", f"io_uring core: {name}", **kw) for name in RING_COUNTERS
         }
@@ -96,6 +109,15 @@ class Metrics:
         if proxy is not None:
             for reason, n in proxy.rejected.items():
                 self._add("proxy:" + reason, n, self.proxy_rejected.labels(reason=reason))
+        ws = getattr(server, "ws_stats", None)
+        if ws is not None:
+            self.ws_open.set(ws.open)
+            totals = ws.totals(server.connections)
+            for direction in ("in", "out"):
+                self._add("ws_msg_" + direction, totals["messages_" + direction], self.ws_messages.labels(direction))
+                self._add("ws_bytes_" + direction, totals["bytes_" + direction], self.ws_bytes.labels(direction))
+            for code, n in list(ws.close_codes.items()):
+                self._add(f"ws_close:{code}", n, self.ws_close.labels(code=str(code)))
         stats = loop.ring_stats() if hasattr(loop, "ring_stats") else {}
         for name, counter in self.ring.items():
             if name in stats:

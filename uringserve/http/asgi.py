@@ -290,22 +290,22 @@ def asgi_runner(
     files: Any,
     root_path: str = "",
     limit: ConcurrencyLimit | None = None,
+    websocket: Callable[[Any], None] | None = None,
 ) -> Runner:
     """The runner of an ASGI app; with `limit`, beyond its count of requests
-    in flight a request is answered 503 before the app sees it (limit.py)."""
+    in flight a request is answered 503 before the app sees it (limit.py).
+    `websocket(ex)` runs the app on a checked WebSocket handshake (the
+    exchange's `ws`, set only where the server has WebSockets on:
+    uringserve.ws.asgi.websocket_runner)."""
 
     class _Exchange(ASGIExchange):
         pass
-
-    from ..ws.asgi import websocket_runner  # here: uringserve.ws imports this module
-
-    websocket = websocket_runner(app, state, root_path)
 
     _Exchange.files = files
 
     def run(ex: ASGIExchange) -> None:
         if ex.ws is not None:  # a checked WebSocket handshake (uringserve.ws.upgrade): the websocket scope
-            websocket(ex)
+            websocket(ex)  # type: ignore[misc]  # given whenever ws can be set
             return
         conn = ex.conn
         raw_path = ex.raw_path

@@ -32,7 +32,15 @@ def native_runner(handler: Callable[[Request], Any], limit: ConcurrencyLimit | N
         finish(ex, handler(ex))
 
     def finish(ex: Request, result: Any) -> None:
-        pending = answer(ex, result)
+        try:
+            pending = answer(ex, result)
+        except Exception as exc:
+            # a result answer() refuses (or a WebSocket accept that fails): 500.
+            # HTTPProtocol._answer_common calls this outside any try, so
+            # uncaught it would be the transport's fatal error, dropping the
+            # connection unanswered
+            ex.fail(exc)
+            return
         if pending is not None:  # a streamed body, or a file the transport cannot queue
             ex.task = ex.conn.loop.create_task(_serve(ex, handler, True, pending))
             if limit is not None:

@@ -91,6 +91,7 @@ class HTTPServer(Server):
         self.wsgi_pool: WSGIPool | None = None  # the WSGI app's threads, once started
         # WebSockets: HTTPProtocol's ws_upgrade hook, and what the metrics read (ws_stats)
         self.ws_upgrade: Any = None
+        self.ws_config: Any = None  # the WSConfig, unless WebSockets are off
         self.ws_stats: Any = None
         if ws not in (None, "none") and self.interface != "wsgi":
             from ..ws.config import WSConfig
@@ -100,6 +101,7 @@ class HTTPServer(Server):
                 ws = WSConfig()
             elif not isinstance(ws, WSConfig):
                 raise ValueError(f"ws must be 'auto', 'none' or a WSConfig, not {ws!r}")
+            self.ws_config = ws
             self.ws_upgrade = Upgrader(ws)
             self.ws_stats = self.ws_upgrade.stats
 
@@ -109,7 +111,14 @@ class HTTPServer(Server):
             self.concurrency = ConcurrencyLimit(cfg.limit_concurrency, cfg.retry_after)
         if self._lifespan is not None:
             await self._lifespan.startup()
-            self._runner = asgi_runner(self.app, self._lifespan.state, self.files, self._root_path, self.concurrency)
+            websocket = None
+            if self.ws_upgrade is not None:
+                from ..ws.asgi import websocket_runner
+
+                websocket = websocket_runner(self.app, self._lifespan.state, self._root_path)
+            self._runner = asgi_runner(
+                self.app, self._lifespan.state, self.files, self._root_path, self.concurrency, websocket
+            )
         elif self.interface == "wsgi":
             self.wsgi_pool = WSGIPool(cfg.wsgi_threads)
             self._runner = wsgi_runner(self.app, self.wsgi_pool, self._root_path, self._multiprocess, self.concurrency)

@@ -251,7 +251,7 @@ class ASGIWebSocket:
             else f"ASGI: {kind} after the handshake was answered over HTTP"
         )
 
-    send = _mark_async(send)
+    send = _mark_async(send)  # an "asynchronous callable" to tools that ask (as http/asgi.py's send)
 
     def _answer(self, kind: str, message: dict[str, Any]) -> Awaitable[None]:
         ex = self.ex

@@ -204,8 +204,11 @@ class FrameReader:
                     self._closed = True
                     return end  # what follows a close frame is ignored
                 events.append((opcode, payload))
-            elif fin and opcode and not rsv1:
-                # the common case: a whole message in one uncompressed frame
+            elif fin and opcode:
+                # the common case: a whole message in one frame
+                if rsv1:
+                    assert self.deflate is not None
+                    payload = self.deflate.decompress(payload, max_size)
                 if opcode == OP_TEXT:
                     try:
                         events.append((OP_TEXT, payload.decode()))

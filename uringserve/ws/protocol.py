@@ -130,6 +130,7 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
         self._told = False  # on_close was called
         self.write_paused = False
         self.read_paused = False
+        self._held: list | None = None  # events read after the handler paused reading, delivered on resume
         self._drain_waiters: list[asyncio.Future] = []
         self._ping_payload = b""
         self._pings = 0
@@ -159,13 +160,23 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
             self._fail(exc.code, exc.reason)
             return
         self.bytes_in += len(data)
+        if self._held is not None:  # behind events a pause held back
+            self._held.extend(events)
+            return
+        self._deliver(events)
+
+    def _deliver(self, events: list) -> None:
         on_message = self._on_message
-        for ev in events:
+        it = iter(events)
+        for ev in it:
             op = ev[0]
             if op == OP_TEXT or op == OP_BINARY:
                 if self.state is OPEN:  # after our close frame, messages are dropped (RFC 6455 §5.5.1)
                     self.messages_in += 1
                     on_message(self, ev[1])
+                    if self.read_paused:  # the handler paused: the rest of this read waits with the socket
+                        self._held = list(it)
+                        return
             elif op == OP_PING:
                 if self.state is OPEN or self.state is CLOSING:
                     self._send_raw(_pong(OP_PONG, ev[1]))
@@ -243,8 +254,7 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
         reason longer than 123 bytes."""
         if self.state is not OPEN:
             return
-        if code != 1005:
-            frames.check_close_code(code)
+        frames.check_close_code(code)
         if len(reason.encode("utf-8")) > 123:
             raise ValueError("a close reason is at most 123 bytes of UTF-8")
         self.state = CLOSING
@@ -270,6 +280,12 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.read_paused:
             self.read_paused = False
+            held = self._held
+            if held is not None:  # what the last read brought after the pause, first
+                self._held = None
+                self._deliver(held)
+                if self.read_paused:
+                    return
             if self.state is not CLOSED:
                 self.transport.resume_reading()
 

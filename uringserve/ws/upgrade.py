@@ -107,6 +107,14 @@ class Upgrader:
         if conn.state_closed:
             return
         try:
+            self._check(conn, ex)
+        except BaseException as exc:  # our own failure: 500, as a runner's
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                raise
+            ex.fail(exc)
+
+    def _check(self, conn: Any, ex: Any) -> None:
+        try:
             if ex.has_body:
                 raise HandshakeError(400, "a WebSocket handshake request has no body")
             hs = handshake.check(ex.method, ex.version, ex.raw_headers)
@@ -122,8 +130,8 @@ def refuse(ex: Any, err: HandshakeError) -> None:
     """The handshake's refusal (400 naming the fault, 426 with the version),
     written whole; the connection closes after it, as after any upgrade
     request's HTTP answer."""
-    conn = ex.conn
-    data = handshake.refusal(err, conn.server_header or None)
+    name = ex.conn.config.server_header
+    data = handshake.refusal(err, name.encode("latin-1") if name else None)
     raw_response(ex, err.status, data)
 
 
