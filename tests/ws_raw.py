@@ -112,8 +112,12 @@ class RawWS:
         self.inflater: zlib._Decompress | None = None
         self.deflater: zlib._Compress | None = None
         if handshake:
-            self.sock.sendall(self.request)
-            self.read_response()
+            try:
+                self.sock.sendall(self.request)
+                self.read_response()
+            except BaseException:
+                self.sock.close()
+                raise
 
     # -- the handshake -----------------------------------------------------------------------
 
