@@ -101,6 +101,19 @@ def peak_kib(pid: int) -> int:
         return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
 
 
+def closes(m: dict[str, float]) -> float:
+    """uringserve_ws_close_total summed over its codes: the WebSocket connections that ended."""
+    return sum(v for k, v in m.items() if k.startswith("uringserve_ws_close_total{"))
+
+
+def quiet_metrics(srv: WSServer, gauge: str = "uringserve_ws_connections_open") -> dict[str, float]:
+    """A scrape once no WebSocket is open (the earlier tests' closes are not
+    announced, and a scrape is the last one-second sample): its gauge 0, or
+    what it still shows after 30 s."""
+    wait_until(lambda: srv.stats().get("slots_used", 0) <= 1 and metrics(srv).get(gauge, 0) == 0, 30, 0.25)
+    return metrics(srv)
+
+
 def server_fds(srv: WSServer) -> int:
     return len(os.listdir(f"/proc/{srv.pid}/fd"))
 
@@ -392,10 +405,8 @@ def test_1000_abandoned_connections_leave_nothing_behind(srv: WSServer) -> None:
     ws_connections_open gauge are back to their counts before."""
     still_serves(srv)
     gauge = "uringserve_ws_connections_open"
-    # the counts before: once the earlier tests' connections are gone (their closes are not announced)
-    wait_until(lambda: srv.stats().get("slots_used", 0) <= 1 and metrics(srv).get(gauge, 0) == 0, 30, 0.25)
+    m_before = quiet_metrics(srv)  # the counts before: once the earlier tests' connections are gone
     before, fds_before = srv.stats(), server_fds(srv)
-    m_before = metrics(srv)
     rss = reset_peak(srv.pid)
     for batch in range(4):
         socks = [abandon(srv.port, batch * 250 + i, "permessage-deflate") for i in range(250)]
@@ -407,10 +418,17 @@ def test_1000_abandoned_connections_leave_nothing_behind(srv: WSServer) -> None:
     assert peak_kib(srv.pid) - rss < 96 * MIB_KIB
     if srv.uringserve:
         assert gauge in m_before, f"no {gauge} in /metrics: {sorted(k for k in m_before if 'ws' in k)}"
-        assert wait_until(lambda: metrics(srv).get(gauge) == m_before[gauge], timeout=60, interval=0.5), (
-            m_before.get(gauge),
-            metrics(srv).get(gauge),
-        )
+        # the metrics are sampled each second: a scrape that counts the 1,000
+        # closes is one taken after them, and its gauge is the one to judge
+        closed_before = closes(m_before)
+        last: dict[str, float] = {}
+
+        def back() -> bool:
+            nonlocal last
+            last = metrics(srv)
+            return closes(last) >= closed_before + 1000 and last.get(gauge) == m_before[gauge]
+
+        assert wait_until(back, timeout=60, interval=0.5), (m_before.get(gauge), last.get(gauge), closes(last))
     still_serves(srv)
 
 
@@ -419,7 +437,7 @@ def test_open_connections_gauge_counts_and_returns(srv: WSServer) -> None:
     if not srv.uringserve:
         pytest.skip("uringserve's metrics")
     gauge = "uringserve_ws_connections_open"
-    base = metrics(srv).get(gauge)
+    base = quiet_metrics(srv).get(gauge)
     assert base is not None, "no uringserve_ws_connections_open in /metrics"
     held = [RawWS(srv.port) for _ in range(10)]
     try:
