@@ -151,14 +151,16 @@ def test_a_handshake_cut_in_the_middle_is_closed_at_the_header_timeout(srv: WSSe
 
 
 def bytewise(ws: RawWS, data: bytes) -> None:
+    """One byte per send, each read by the server before the next is sent."""
     for i in range(len(data)):
-        ws.send(data[i : i + 1])
+        ws.send_read(data[i : i + 1])
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 1000, 65535, 65536, 70000])
 def test_a_frame_header_split_at_every_byte(srv: WSServer, size: int) -> None:
     """Header, mask key and the first bytes of the payload one byte per send
-    (TCP_NODELAY: a segment each), the rest at once: the echo is right."""
+    (TCP_NODELAY: a segment each, each read by the server before the next
+    goes), the rest at once: the echo is right."""
     with RawWS(srv.port, nodelay=True) as ws:
         payload = os.urandom(size)
         raw = frame(BINARY, payload)
@@ -175,7 +177,7 @@ def test_every_split_point_of_one_frame(srv: WSServer) -> None:
         payload = os.urandom(65536 + 3)
         raw = frame(BINARY, payload)
         for k in range(1, 2 + 8 + 4 + 4):
-            ws.send(raw[:k])
+            ws.send_read(raw[:k])
             ws.send(raw[k:])
             assert ws.recv_message()[1] == payload, k
 

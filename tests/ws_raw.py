@@ -13,6 +13,7 @@ import hashlib
 import os
 import socket
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -173,6 +174,28 @@ class RawWS:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def send_read(self, data: bytes, timeout: float = 10.0) -> None:
+        """Send `data` and wait until the server has taken it off its socket
+        (its receive queue is empty in /proc/net/tcp): the next send arrives
+        in a read of its own, so a split the test makes is a split the
+        server's parser sees, not one the kernel coalesced."""
+        self.sock.sendall(data)
+        server_port, client_port = self.sock.getpeername()[1], self.sock.getsockname()[1]
+        local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open("/proc/net/tcp") as f:
+                for line in f:
+                    cols = line.split()
+                    if cols[1] == local and cols[2] == remote:
+                        if int(cols[4].split(":")[1], 16) == 0:
+                            return
+                        break
+                else:
+                    return  # no such socket (the server closed it): nothing left to read
+            time.sleep(0.001)
+        raise AssertionError(f"the server did not read {len(data)} bytes within {timeout} s")
 
     def send_frame(self, opcode: int, payload: bytes = b"", **kw: object) -> None:
         self.sock.sendall(frame(opcode, payload, **kw))  # type: ignore[arg-type]
