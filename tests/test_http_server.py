@@ -1206,11 +1206,12 @@ def test_nothing_after_a_last_request_is_answered(h, handler, bytewise: bool, la
 
 @pytest.mark.parametrize("handler", [_plain_hello, _async_hello, _stream_hello], ids=["plain", "async", "streamed"])
 def test_an_upgrade_request_is_answered_and_the_connection_closed(h, handler) -> None:
-    """A request that asks to upgrade the connection (which this server does
-    not do) is answered like any other, with Connection: close, whichever
-    way the response is sent; the bytes after it are not HTTP/1.1 and get no
+    """A request that asks to upgrade the connection to a protocol this
+    server does not speak (h2c; websocket is tests/test_ws_*.py's) is
+    answered like any other, with Connection: close, whichever way the
+    response is sent; the bytes after it are not HTTP/1.1 and get no
     answer, and the connection ends."""
-    req = b"GET /up HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    req = b"GET /up HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
     r = run(h, handler, lambda port: exchange(port, req + b"\x81\x05hello" + b"GET / HTTP/1.1\r\n" + H + b"\r\n"))
     assert [x.status for x in r.responses] == [200] and r.raw.count(b"HTTP/1.") == 1
     assert r.responses[0].body.endswith(b"/up") and r.responses[0].header("connection") == "close"

@@ -156,6 +156,16 @@ ERRORS = {
         "expected websocket.http.response.body",
         500,  # nothing of the app's response was written yet
     ),
+    "close-code-not-to-send": (
+        [{"type": "websocket.accept"}, {"type": "websocket.close", "code": 1006}],
+        "websocket.close: ",
+        1011,
+    ),
+    "close-reason-too-long": (
+        [{"type": "websocket.accept"}, {"type": "websocket.close", "code": 1000, "reason": "x" * 124}],
+        "123 bytes",
+        1011,
+    ),
     "subprotocol-not-offered": ([{"type": "websocket.accept", "subprotocol": "zz"}], "was not offered", 500),
 }
 
@@ -372,3 +382,140 @@ def test_the_drain_sends_1001_to_an_asgi_app_and_it_sees_the_disconnect(h) -> No
 
     h.run(main())
     assert seen == [{"type": "websocket.disconnect", "code": 1001, "reason": "server shutting down"}]
+
+
+def test_reading_pauses_while_the_app_decides_and_the_frames_wait_for_the_websocket(h) -> None:
+    go = asyncio.Event()
+
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await go.wait()
+        await send({"type": "websocket.accept"})
+        msg = await receive()
+        await send({"type": "websocket.send", "text": msg["text"]})
+
+    async def client(port: int, srv: HTTPServer) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(handshake())
+        (conn,) = list(srv.connections)
+        # the bytes after the head are not HTTP's to read: nothing more is, until the accept
+        assert await until(lambda: not conn.transport.is_reading())
+        w.write(frame(0x1, b"sent early"))
+        await w.drain()
+        go.set()
+        assert (await read_head(r))[0] == 101
+        assert await read_frame(r) == (0x1, b"sent early")
+        w.close()
+
+    serve(h, app_of(body), client)
+
+
+def test_a_handshake_accepted_during_the_drain_is_closed_with_1001(h) -> None:
+    go = asyncio.Event()
+
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await go.wait()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    async def main() -> None:
+        srv = HTTPServer(app_of(body))
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(handshake())
+        assert await until(lambda: len(srv.connections) == 1)
+        stopping = asyncio.ensure_future(srv.shutdown(timeout=10))
+        await asyncio.sleep(0)
+        go.set()  # accepted after the drain told the HTTP connection
+        assert (await read_head(r))[0] == 101
+        op, payload = await read_frame(r)
+        assert op == 0x8 and struct.unpack("!H", payload[:2])[0] == 1001
+        w.write(close_frame(1001))
+        await stopping
+        assert not len(srv.connections) and not srv.aborted
+        w.close()
+
+    h.run(main())
+
+
+def test_the_scope_says_what_trusted_proxy_headers_say(h) -> None:
+    from uringserve.http.forwarded import Forwarding
+
+    scopes: list[dict] = []
+
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        await receive()
+        await send({"type": "websocket.close"})
+
+    async def client(port: int, srv: HTTPServer) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(handshake(extra=b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"))
+        assert (await read_head(r))[0] == 403
+        w.close()
+
+    serve(h, app_of(body), client, forwarding=Forwarding("127.0.0.1"))
+    assert scopes[0]["client"][0] == "203.0.113.7" and scopes[0]["scheme"] == "wss"
+
+
+def test_an_app_that_never_answers_the_handshake_is_cut_with_500(h) -> None:
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await asyncio.Event().wait()  # never
+
+    async def client(port: int, srv: HTTPServer) -> None:
+        with pytest.raises(InvalidStatus) as e:
+            await connect(f"ws://127.0.0.1:{port}/ws")
+        assert e.value.response.status_code == 500
+        assert await until(lambda: not len(srv.connections))
+
+    serve(h, app_of(body), client, ws=WSConfig(handshake_timeout=0.3))
+    assert len(raised) == 1 and isinstance(raised[0], asyncio.CancelledError)
+    errors = app_errors(h)
+    assert len(errors) == 1 and "did not answer the WebSocket handshake" in str(errors[0]["exception"])
+
+
+def test_a_peer_that_ignores_the_drains_1001_is_cut_at_the_drain_timeout_and_the_app_cancelled(h) -> None:
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.Event().wait()  # never receives: only the abort ends it
+
+    async def main() -> None:
+        srv = HTTPServer(app_of(body))
+        await srv.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w, _ = await opened(port)
+        loop = asyncio.get_running_loop()
+        before = len(asyncio.all_tasks(loop))
+        await srv.shutdown(timeout=0.3)
+        op, payload = await read_frame(r)
+        assert op == 0x8 and struct.unpack("!H", payload[:2])[0] == 1001
+        assert srv.aborted == 1 and not len(srv.connections)
+        assert len(asyncio.all_tasks(loop)) == before - 1  # the app's task is gone
+        w.close()
+
+    h.run(main())
+    assert len(raised) == 1 and isinstance(raised[0], asyncio.CancelledError)
+
+
+def test_an_open_asgi_websocket_counts_against_limit_concurrency(h) -> None:
+    from uringserve.http import HTTPConfig
+
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    async def client(port: int, srv: HTTPServer) -> None:
+        async with connect(f"ws://127.0.0.1:{port}/ws"):
+            with pytest.raises(InvalidStatus) as e:
+                await connect(f"ws://127.0.0.1:{port}/ws")
+            assert e.value.response.status_code == 503
+        assert await until(lambda: srv.concurrency.in_flight == 0)
+        async with connect(f"ws://127.0.0.1:{port}/ws"):  # its slot is free again
+            pass
+
+    serve(h, app_of(body), client, config=HTTPConfig(limit_concurrency=1))

@@ -10,6 +10,7 @@ nobody here wrote."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import tracemalloc
@@ -116,6 +117,8 @@ def test_1_text_and_binary_of_each_size(n: int) -> None:
         assert sframe(out) == [(1, 0, op, payload)]
         form = 2 if n < 126 else 4 if n < 65536 else 10
         assert len(out) == form + n
+        assert F.frame_header(op, n) + payload == out
+        assert sframe(F.frame_header(op, n, fin=False, rsv1=True) + payload) == [(0, 1, op, payload)]
 
 
 def test_1_server_frames_read_by_websockets() -> None:
@@ -151,6 +154,23 @@ def test_1_feed_accepts_memoryview_and_bytearray_and_keeps_no_reference() -> Non
     assert r.feed(memoryview(data)) == [(OP_TEXT, "hello")]
     data[:] = b"\xff" * len(data)  # the caller reuses its buffer: the reader kept a copy of the rest
     assert r.feed(cframe(OP_BINARY, b"ab")[3:]) == [(OP_BINARY, b"ab")]
+
+
+def test_1_pure_python_unmasking_matches_the_c_one() -> None:
+    from websockets.speedups import apply_mask
+
+    for n in (0, 1, 3, 4, 5, 125, 4096, 65537):
+        data, mask = os.urandom(n), os.urandom(4)
+        expect = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        assert apply_mask(data, mask) == expect
+        assert F.apply_mask_py(data, mask) == F.apply_mask_py(memoryview(data), memoryview(mask)) == expect
+
+
+def test_1_reader_works_with_the_pure_python_unmasking(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(F, "_apply_mask", F.apply_mask_py)
+    blob = os.urandom(70000)
+    data = cframe(OP_TEXT, "héllo".encode()) + cframe(OP_BINARY, blob)
+    assert events(data) == events(memoryview(data)) == [(OP_TEXT, "héllo"), (OP_BINARY, blob)]
 
 
 def test_1_unmasked_client_frame_is_1002() -> None:
@@ -308,6 +328,7 @@ def test_6_valid_utf8_single_and_fragmented(text: str) -> None:
 @pytest.mark.parametrize("bad", INVALID)
 def test_6_invalid_utf8_is_1007(bad: bytes) -> None:
     refused(cframe(OP_TEXT, bad), 1007)
+    refused(cframe(OP_TEXT, b"a" * 200 + bad), 1007)  # a frame of 126+ bytes takes the general path
     refused(cframe(OP_TEXT, bad[:1], fin=False) + cframe(OP_CONT, bad[1:]), 1007)
     # binary is not text: anything goes
     assert events(cframe(OP_BINARY, bad)) == [(OP_BINARY, bad)]
@@ -337,6 +358,60 @@ def test_6_bad_byte_found_in_the_frame_that_carries_it(parts: list[bytes], bad_f
     with pytest.raises(ProtocolError) as e:
         fed_one_by_one(frames)
     assert e.value.code == 1007 and e.value.frame == bad_frame  # type: ignore[attr-defined]
+
+
+def first_bad_byte(data: bytes) -> int | None:
+    """Where RFC 3629's UTF-8 grammar first fails (the index of the byte that
+    cannot continue any valid sequence; len(data) if it ends inside a
+    sequence), or None: a DFA written from the RFC's table, independent of
+    Python's decoder."""
+    need, lo, hi = 0, 0x80, 0xBF
+    for i, b in enumerate(data):
+        if need:
+            if not lo <= b <= hi:
+                return i
+            need, lo, hi = need - 1, 0x80, 0xBF
+        elif b < 0x80:
+            continue
+        elif 0xC2 <= b <= 0xDF:
+            need = 1
+        elif 0xE0 <= b <= 0xEF:
+            need, lo, hi = 2, {0xE0: 0xA0}.get(b, 0x80), {0xED: 0x9F}.get(b, 0xBF)
+        elif 0xF0 <= b <= 0xF4:
+            need, lo, hi = 3, {0xF0: 0x90}.get(b, 0x80), {0xF4: 0x8F}.get(b, 0xBF)
+        else:
+            return i
+    return len(data) if need else None
+
+
+utf8ish = st.lists(
+    st.one_of(
+        st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.binary(max_size=3),
+        st.sampled_from(
+            [b"\xed\xa0\x80", b"\xed\x9f\xbf", b"\xf4\x8f\xbf\xbf", b"\xf4\x90", b"\xe0\x9f", b"\xc1", b"\xef"]
+        ),
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(utf8ish, st.lists(st.integers(0, 40), max_size=6))
+def test_6_property_refused_in_exactly_the_frame_with_the_first_bad_byte(raw: bytes, cuts: list[int]) -> None:
+    bounds = sorted({min(c, len(raw)) for c in cuts} | {0, len(raw)})
+    pieces = [raw[a:b] for a, b in zip(bounds, bounds[1:], strict=False)] or [b""]
+    frames = [cframe(OP_TEXT if i == 0 else OP_CONT, p, fin=i == len(pieces) - 1) for i, p in enumerate(pieces)]
+    bad = first_bad_byte(raw)
+    if bad is None:
+        assert fed_one_by_one(frames)[-1] == [(OP_TEXT, raw.decode())]
+        return
+    # the frame that carries the bad byte; a sequence cut off by the message's end: the last frame
+    ends = list(itertools.accumulate(len(p) for p in pieces))
+    expect = next(i for i, end in enumerate(ends) if end > bad) if bad < len(raw) else len(pieces) - 1
+    with pytest.raises(ProtocolError) as e:
+        fed_one_by_one(frames)
+    assert e.value.code == 1007 and e.value.frame == expect, (bad, ends)  # type: ignore[attr-defined]
 
 
 # -- 7 close -------------------------------------------------------------------------------
@@ -390,6 +465,9 @@ def test_7_encode_close() -> None:
     long = F.encode_close(1001, "€" * 100)  # 300 bytes of reason: cut on a character boundary
     (_, _, _, payload) = sframe(long)[0]
     assert len(payload) <= 125 and payload[2:].decode() == "€" * 41
+    (_, _, _, payload) = sframe(F.encode_close(1000, "a" * 200))[0]
+    assert payload == b"\x03\xe8" + b"a" * 123  # the most a control frame holds
+    assert sframe(F.encode_close(1000, "a" * 124))[0][3] == b"\x03\xe8" + b"a" * 123
     for code in (1005, 1006, 1015, 999, 5000):
         if code != 1005:
             with pytest.raises(ValueError):
@@ -424,6 +502,20 @@ def test_9_fragmented_large_text() -> None:
     assert events(b"".join(frames), max_size=len(raw)) == [(OP_TEXT, text)]
 
 
+@pytest.mark.parametrize("fragment", [64, 4096, 1 << 20])
+def test_9_one_mib_text_in_fragments(fragment: int) -> None:
+    """Autobahn 9.3/9.4: a big message in fragments of 64 B up to whole."""
+    raw = ("κόσμε" * 100_000).encode()[: 1 << 20]
+    raw = raw[: len(raw.decode("utf-8", "ignore").encode())]
+    frames = b"".join(
+        cframe(OP_TEXT if i == 0 else OP_CONT, raw[i : i + fragment], fin=i + fragment >= len(raw))
+        for i in range(0, len(raw), fragment)
+    )
+    r = F.FrameReader(1 << 20)
+    got = [e for i in range(0, len(frames), 65536) for e in r.feed(frames[i : i + 65536])]
+    assert got == [(OP_TEXT, raw.decode())]
+
+
 def test_9_max_size_exactly_is_accepted_one_more_is_1009() -> None:
     assert events(cframe(OP_BINARY, b"x" * 1000), max_size=1000) == [(OP_BINARY, b"x" * 1000)]
     refused(cframe(OP_BINARY, b"x" * 1001), 1009, max_size=1000)
@@ -434,6 +526,13 @@ def test_9_max_size_exactly_is_accepted_one_more_is_1009() -> None:
     # the limit is per message: after one ends the count starts again
     two = cframe(OP_BINARY, b"a" * 1000) + cframe(OP_BINARY, b"a" * 600, fin=False) + cframe(OP_CONT, b"a" * 400)
     assert len(events(two, max_size=1000)) == 2
+
+
+@pytest.mark.parametrize("op", [OP_TEXT, OP_BINARY])
+def test_9_small_limits_hold_for_small_frames(op: int) -> None:
+    assert events(cframe(op, b"x" * 10), max_size=10) == [(op, "x" * 10 if op == OP_TEXT else b"x" * 10)]
+    refused(cframe(op, b"x" * 11), 1009, max_size=10)
+    refused(cframe(op, b""), 1009, max_size=-1)  # nothing at all
 
 
 def test_9_oversize_refused_from_the_header_alone() -> None:
@@ -585,6 +684,20 @@ def test_13_a_final_block_from_the_client_is_read() -> None:
     r = F.FrameReader(MAX, D.Deflate())
     assert r.feed(cframe(OP_TEXT, payload, rsv=4)) == [(OP_TEXT, "final block")]
     assert r.feed(client_deflated(ws_client_deflate(client_nct=True), OP_TEXT, b"after")) == [(OP_TEXT, "after")]
+
+
+def test_13_data_after_a_final_block_is_1007() -> None:
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    final = c.compress(b"the end") + c.flush(zlib.Z_FINISH)
+    # the final block in a first fragment, then only empty fragments: fine
+    ok = cframe(OP_TEXT, final, fin=False, rsv=4) + cframe(OP_CONT, b"", fin=False) + cframe(OP_CONT, b"")
+    assert events(ok, deflate=D.Deflate()) == [(OP_TEXT, "the end")]
+    # anything after it, in the same frame or a later one, is not deflate data
+    refused(cframe(OP_TEXT, final + b"\x00", rsv=4), 1007, deflate=D.Deflate())
+    refused(cframe(OP_TEXT, final, fin=False, rsv=4) + cframe(OP_CONT, b"\x00"), 1007, deflate=D.Deflate())
+    refused(
+        cframe(OP_TEXT, final + b"\x00\x00\xff\xff", fin=False, rsv=4) + cframe(OP_CONT, b""), 1007, deflate=D.Deflate()
+    )
 
 
 def test_13_inflated_size_limit() -> None:
@@ -761,6 +874,75 @@ def test_property_random_bytes_raise_only_protocol_error(data: bytes, step: int)
             assert e.code in (1002, 1007, 1009)
 
 
+def websockets_reads(stream: bytes) -> tuple[list[tuple], int | None]:
+    """What the websockets library's sans-I/O server makes of `stream`: the
+    messages and control frames (its fragments joined), and the close code it
+    fails with (None: no failure)."""
+    from websockets.server import ServerProtocol
+
+    proto = ServerProtocol(max_size=MAX)
+    proto.receive_data(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    proto.send_response(proto.accept(proto.events_received()[0]))
+    proto.receive_data(stream)
+    out: list[tuple] = []
+    parts: list[bytes] = []
+    start = None
+    for f in proto.events_received():
+        if f.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+            start = f.opcode if f.opcode is not Opcode.CONT else start
+            parts.append(f.data)
+            if f.fin:
+                out.append((int(start), b"".join(parts)))
+                parts = []
+        elif f.opcode is Opcode.CLOSE:
+            from websockets.frames import Close
+
+            close = Close.parse(f.data)
+            out.append((OP_CLOSE, close.code, close.reason))
+        else:
+            out.append((int(f.opcode), f.data))
+    failed = proto.close_sent.code if proto.parser_exc is not None and proto.close_sent else None
+    return out, failed
+
+
+wire_frame = st.builds(
+    lambda op, fin, rsv, masked, payload, code: cframe(
+        op,
+        (code + payload if op == OP_CLOSE and code is not None else payload)[: 140 if op >= 8 else None],
+        fin=fin,
+        rsv=rsv,
+        masked=masked,
+    ),
+    op=st.sampled_from([OP_TEXT, OP_BINARY, OP_CONT, OP_CONT, OP_PING, OP_PONG, OP_CLOSE, 3, 0xB]),
+    fin=st.booleans(),
+    rsv=st.sampled_from([0, 0, 0, 0, 1, 2, 4]),
+    masked=st.sampled_from([True, True, True, False]),
+    payload=st.one_of(st.binary(max_size=10).map(lambda b: bytes(c & 0x7F for c in b)), st.just(b"a" * 130)),
+    code=st.none()
+    | st.sampled_from([1000, 1001, 1004, 1005, 1012, 1016, 3000, 4999, 5000]).map(lambda c: c.to_bytes(2, "big"))
+    | st.just(b"\x03"),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(wire_frame, max_size=8))
+def test_property_same_verdict_as_websockets(frames: list[bytes]) -> None:
+    """Random frame sequences (ASCII payloads: websockets' sans-I/O layer does
+    not check text messages' UTF-8): the same messages, or the same close code."""
+    stream = b"".join(frames)
+    theirs, their_code = websockets_reads(stream)
+    try:
+        ours = events(stream)
+    except ProtocolError as e:
+        assert e.code == their_code, (e, their_code, theirs)
+        return
+    assert their_code is None, (their_code, ours)
+    assert [(e[0], e[1].encode()) if e[0] == OP_TEXT else e for e in ours] == theirs
+
+
 # -- the handshake -------------------------------------------------------------------------
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -828,6 +1010,7 @@ def test_handshake_subprotocols_and_extensions() -> None:
         ("GET", "1.1", {"Connection": b"keep-alive"}, 400, "Connection"),
         ("GET", "1.1", {"Sec_WebSocket_Key": None}, 400, "Sec-WebSocket-Key"),
         ("GET", "1.1", {"Sec_WebSocket_Key": b"not base64!"}, 400, "Sec-WebSocket-Key"),
+        ("GET", "1.1", {"Sec_WebSocket_Key": b"dGhlIHNh!bXBsZSBub25jZQ=="}, 400, "Sec-WebSocket-Key"),  # 16 bytes, lax
         ("GET", "1.1", {"Sec_WebSocket_Key": b"AAAAAAAAAAAAAAAAAAAAAAAAAAAA"}, 400, "16 bytes"),  # 21 bytes
         ("GET", "1.1", {"Sec_WebSocket_Key": b"AAAAAAAAAAAAAAAAAAAAAA"}, 400, "16 bytes"),  # unpadded
         ("GET", "1.1", {"Sec_WebSocket_Version": None}, 426, "missing"),

@@ -835,8 +835,10 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         """The parser met the end of an upgrade request: the bytes after it
         are not HTTP (the parser keeps them, for switch_protocol()); nothing
         more is read until that protocol takes the transport, or this
-        connection closes after its answer."""
-        self._pause()
+        connection closes after its answer (already, when it was answered
+        within the same read: then it lingers, reading on)."""
+        if self.state < LINGERING:
+            self._pause()
 
     def _refuse(self, ex: _ErrorExchange) -> None:
         """Answer a request that could not be parsed (or did not arrive in

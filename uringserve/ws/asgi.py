@@ -119,6 +119,8 @@ class ASGIWebSocket:
         ex = self.ex
         if isinstance(exc, ClientDisconnected) and (self.disconnected or ex.conn.state_closed):
             return  # the client left: nothing to answer, nobody to tell
+        if isinstance(exc, asyncio.CancelledError) and self.state is DONE:
+            return  # cut by the server (the handshake timeout, the drain's abort): answered there
         if self.state is PENDING or self.state is RESPONDING:
             self.state = DONE
             self._push_disconnect(1006, "")
@@ -204,6 +206,7 @@ class ASGIWebSocket:
         """The drain timed out: the app's task is cancelled."""
         task = self.task
         if task is not None and not task.done():
+            self.state = DONE
             task.cancel()
             return [task]
         return []
@@ -232,9 +235,12 @@ class ASGIWebSocket:
                     return ws.drain()  # a peer that does not read holds the app here
                 return self.done
             if kind == "websocket.close":
-                self.state = DONE
                 if ws.state is OPEN:
-                    ws.close(int(message.get("code") or 1000), message.get("reason") or "")
+                    try:
+                        ws.close(int(message.get("code") or 1000), message.get("reason") or "")
+                    except ValueError as exc:  # a code an endpoint must not send, a reason too long
+                        raise RuntimeError(f"ASGI: websocket.close: {exc}") from None
+                self.state = DONE
                 return self.done
             if kind == "websocket.accept":
                 raise RuntimeError("ASGI: websocket.accept sent twice")

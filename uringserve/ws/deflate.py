@@ -80,9 +80,9 @@ class Deflate:
     def compress(self, data: bytes) -> bytes:
         """One whole message, compressed, the trailing 00 00 ff ff stripped."""
         c = self._compressor
-        if c is None or self.server_no_context_takeover:
+        if c is None:
             c = zlib.compressobj(self.level, zlib.DEFLATED, -self.server_wbits, MEM_LEVEL)
-            if not self.server_no_context_takeover:
+            if not self.server_no_context_takeover:  # kept: the next message may refer back to this one
                 self._compressor = c
         out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
         return out[:-4] if out.endswith(_TAIL) else out

@@ -19,20 +19,26 @@ if TYPE_CHECKING:
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
-_apply_mask: Callable[[Any, bytes], bytes]
+
+def apply_mask_py(data: Any, mask: Any) -> bytes:
+    """XOR `data` with the 4-byte `mask` repeated (RFC 6455 5.3), in pure
+    Python: the whole payload as one big int, one XOR."""
+    n = len(data)
+    full = int.from_bytes((bytes(mask) * ((n + 3) >> 2))[:n], "little")
+    return (int.from_bytes(data, "little") ^ full).to_bytes(n, "little")
+
+
+_apply_mask: Callable[[Any, Any], bytes]
 try:
     # Unmasking touches every byte of every client frame. Measured with timeit
     # (websockets 17.4, CPython 3.11, this host): websockets' C apply_mask takes
     # ~76 ns for 64 B and ~0.41 us for 16 KiB; the int.from_bytes/XOR/to_bytes
-    # trick ~340 ns and ~24 us (it builds two big ints and a repeated mask).
-    # The C one wins 4.5x and 58x, and websockets is well kept (uvicorn's default).
+    # way (apply_mask_py) ~340 ns and ~24 us (it builds two big ints and a
+    # repeated mask). The C one wins 4.5x and 58x, and websockets is well kept
+    # (uvicorn's default): a runtime dependency for this.
     from websockets.speedups import apply_mask as _apply_mask
 except ImportError:  # websockets built without its C extension: correct, slower
-
-    def _apply_mask(data: Any, mask: bytes) -> bytes:
-        n = len(data)
-        full = int.from_bytes((mask * ((n + 3) >> 2))[:n], "little")
-        return (int.from_bytes(data, "little") ^ full).to_bytes(n, "little")
+    _apply_mask = apply_mask_py
 
 
 class ProtocolError(Exception):
@@ -113,14 +119,12 @@ class FrameReader:
             buf = data  # the common case: parse straight out of what arrived, no copy
         events: list[tuple] = []
         end = len(buf)
-        pos = 0
-        try:
-            pos = self._parse(buf, end, events)
-        finally:
-            if buf is self._buf:
-                del buf[:pos]
-            elif pos < end and not self._closed:
-                self._buf = bytearray(buf[pos:])
+        # no try/finally for the rest: after a ProtocolError the reader is not used again
+        pos = self._parse(buf, end, events)
+        if buf is self._buf:
+            del buf[:pos]
+        elif pos < end and not self._closed:
+            self._buf = bytearray(buf[pos:])
         return events
 
     def _parse(self, buf: Any, end: int, events: list[tuple]) -> int:
@@ -133,6 +137,22 @@ class FrameReader:
                 return pos
             b0 = buf[pos]
             b1 = buf[pos + 1]
+            if (b0 == 0x81 or b0 == 0x82) and 0x80 <= b1 <= 0xFD and self._op is None:
+                # the common case first: a whole small text/binary message in one
+                # masked, uncompressed frame (every rule below holds for it)
+                length = b1 - 0x80
+                start = pos + 6
+                if length <= max_size and start + length <= end:
+                    payload = _apply_mask(buf[start : start + length], buf[pos + 2 : start])
+                    pos = start + length
+                    if b0 == 0x81:
+                        try:
+                            events.append((OP_TEXT, payload.decode()))
+                        except UnicodeDecodeError:
+                            raise ProtocolError(1007, _TEXT_ERROR) from None
+                    else:
+                        events.append((OP_BINARY, payload))
+                    continue
             opcode = b0 & 0x0F
             fin = b0 & 0x80
             rsv1 = b0 & 0x40
@@ -192,7 +212,7 @@ class FrameReader:
                 return pos
             start = pos + head
             pos = start + length
-            mask = bytes(buf[start - 4 : start])
+            mask = buf[start - 4 : start]
             if length <= 1024:
                 payload = _apply_mask(buf[start:pos], mask)
             else:  # a view: no copy of a big payload before the unmasking one
@@ -278,6 +298,17 @@ def encode(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) ->
     if n < 0x10000:
         return struct.pack("!BBH", b0, 126, n) + payload
     return struct.pack("!BBQ", b0, 127, n) + payload
+
+
+def frame_header(opcode: int, length: int, fin: bool = True, rsv1: bool = False) -> bytes:
+    """encode()'s header alone, for a writer that sends a big payload
+    beside it (transport.writelines) instead of copying it into one bytes."""
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    if length < 126:
+        return bytes((b0, length))
+    if length < 0x10000:
+        return struct.pack("!BBH", b0, 126, length)
+    return struct.pack("!BBQ", b0, 127, length)
 
 
 def encode_close(code: int | None, reason: str = "") -> bytes:
