@@ -16,8 +16,10 @@ PORT ?= 8000
 # haproxy, nginx-light and its stream module: real proxies in front of the server (tests/test_behind_proxies.py)
 # wrk: a real client's count of socket errors across drains and lingering closes (test_drain_under_load.py,
 # test_lingering_close.py)
+# chromium: a real browser runs the WebSocket demo page's self-test (tests/test_ws_browser.py)
+# zlib1g-dev: the load generator inflates permessage-deflate echoes (loadgen.c)
 DEBS := gcc libc6-dev zlib1g-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd \
-	haproxy nginx-light libnginx-mod-stream wrk
+	haproxy nginx-light libnginx-mod-stream wrk chromium
 BENCH_DEBS := curl
 
 .PHONY: run echo resp bench-asgi bench-wsgi bench-ws bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
