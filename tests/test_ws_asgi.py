@@ -167,6 +167,12 @@ ERRORS = {
         1011,
     ),
     "subprotocol-not-offered": ([{"type": "websocket.accept", "subprotocol": "zz"}], "was not offered", 500),
+    # a header the 101 cannot carry: the app's error, not a connection left hanging
+    "header-name-not-a-token": (
+        [{"type": "websocket.accept", "headers": [(b"x bad", b"v")]}],
+        "websocket.accept: ",
+        500,
+    ),
 }
 
 

@@ -230,3 +230,40 @@ def test_raw_frames_reach_the_demo_through_uringserve_run() -> None:
     finally:
         srv.stop()
     assert handshake()  # the same bytes the in-process tests send
+
+
+def test_a_handler_that_raises_closes_1011_and_bad_accept_headers_are_a_500(h) -> None:
+    """A native handler's own failure is the peer's 1011 close, not a
+    half-switched connection (on_connect) or a reset (on_message); accept
+    headers the 101 cannot carry are the handler's error, answered 500."""
+
+    class Broken(Echo):
+        def on_connect(self, ws: Any) -> None:
+            raise ZeroDivisionError("on_connect")
+
+    class BrokenLater(Echo):
+        def on_message(self, ws: Any, data: Any) -> None:
+            raise ZeroDivisionError("on_message")
+
+    def app(request: Request) -> Any:
+        if request.raw_path == b"/connect":
+            return accept(Broken)
+        if request.raw_path == b"/message":
+            return accept(BrokenLater)
+        return accept(Echo, headers=[(b"x bad", b"v")])
+
+    async def body(port: int, srv: HTTPServer) -> None:
+        for path in ("/connect", "/message"):
+            async with connect(f"ws://127.0.0.1:{port}{path}") as c:
+                with pytest.raises(ConnectionClosed) as e:
+                    await c.send("x")
+                    await c.recv()
+                assert e.value.rcvd is not None and e.value.rcvd.code == 1011, path
+        with pytest.raises(InvalidStatus) as e2:
+            await connect(f"ws://127.0.0.1:{port}/bad-header")
+        assert e2.value.response.status_code == 500
+
+    serve(h, app, body)
+    assert len(h.take_errors("WebSocket handler's on_connect failed")) == 1
+    assert len(h.take_errors("WebSocket handler's on_message failed")) == 1
+    assert len(h.take_errors("HTTP handler failed")) == 1
