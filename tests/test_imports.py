@@ -591,3 +591,19 @@ if __name__ == "__main__":
     for g in found:
         print("CIRCLE:", describe(graph, g), file=sys.stderr)
     sys.exit(1 if groups(runtime(graph)) else 0)
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject's explicit package list names every package folder: one
+    missing installs without it, and only a built wheel or the container
+    shows it (uringserve.ws was missing once)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("uringserve", "loadtest")
+        for p in (ROOT / top).rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"

@@ -585,7 +585,7 @@ def check_client(command: str, out: subprocess.CompletedProcess[str]) -> None:
         return
     runs = re.findall(r"\buringload [^;&|\n]*", command)
     reports = [r for r in runs if "--compare" not in r and ">" not in r]  # each prints wrk's report
-    assert len(re.findall(r"\d+ requests in [\d.]+s", out.stdout)) == len(reports), out.stdout
+    assert len(re.findall(r"\d+ (?:requests|messages) in [\d.]+s", out.stdout)) == len(reports), out.stdout
     assert "Socket errors" not in out.stdout, out.stdout
     if any("--compare" in r for r in runs):
         assert "a.json" in out.stdout and "b.json" in out.stdout, out.stdout
