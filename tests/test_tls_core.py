@@ -1,0 +1,529 @@
+"""TLS in the core (_native/tls.c, transport_tls.py, tls.py): the record
+layer in C over the ring, on UringEventLoop; the same tests on the stdlib
+loop serve CoreTLS.context through asyncio's SSLProtocol (the fallback), so
+the two paths are held to the same behaviour.
+
+After each test on the ring the core's counters are back where they began:
+slots, provided buffers, arena chunks and live SSL objects (tls_live)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import hashlib
+import os
+import socket
+import ssl
+import struct
+import subprocess
+from typing import Any
+
+import pytest
+import trustme
+from conftest import TLSFiles, make_tls_files, until
+
+from uringserve.tls import CoreTLS
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def conf(files: TLSFiles) -> CoreTLS:
+    return CoreTLS(str(files.cert), str(files.key))
+
+
+@pytest.fixture(scope="module")
+def mtls_conf(files: TLSFiles) -> CoreTLS:
+    return CoreTLS(str(files.cert), str(files.key), ca=str(files.cacert))
+
+
+def client_ctx(files: TLSFiles, version: ssl.TLSVersion | None = None, alpn: list[str] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(files.cacert))
+    if version is not None:
+        ctx.minimum_version = ctx.maximum_version = version
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def tls_arg(h: Any, conf: CoreTLS) -> Any:
+    """What create_server() is given: the core's configuration on the ring,
+    its stdlib context (asyncio's SSLProtocol) on the stdlib loop."""
+    return conf if h.uring else conf.context
+
+
+def counters(h: Any) -> dict[str, int]:
+    s = h.loop.ring_stats()
+    return {k: s[k] for k in ("slots_used", "bufs_out", "arena_in_use", "ext_in_use", "tls_live")}
+
+
+async def settled(h: Any, before: dict[str, int] | None = None) -> None:
+    """Every connection's end has been reported: the ring's counters are back."""
+    if not h.uring:
+        return
+    want = before or {"slots_used": 0, "bufs_out": 0, "arena_in_use": 0, "ext_in_use": 0, "tls_live": 0}
+    await until(lambda: counters(h) == want)
+    assert counters(h) == want
+
+
+class Recorder(asyncio.Protocol):
+    """A server protocol that echoes and records how its connection went."""
+
+    made: list[Recorder] = []
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.lost = asyncio.get_running_loop().create_future()
+        self.received = 0
+        self.info: dict[str, Any] = {}
+        Recorder.made.append(self)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if not self.info:
+            obj = self.transport.get_extra_info("ssl_object")
+            self.info = {
+                "version": obj.version(),
+                "cipher": obj.cipher(),
+                "alpn": obj.selected_alpn_protocol(),
+                "peercert": obj.getpeercert(binary_form=True),
+                "transport": type(self.transport).__name__,
+            }
+        self.received += len(data)
+        self.transport.write(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def serve(h: Any, tls: Any, factory: Any = Recorder) -> tuple[asyncio.AbstractServer, int]:
+    Recorder.made = []
+    server = await h.loop.create_server(factory, "127.0.0.1", 0, ssl=tls_arg(h, tls))
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def stop(server: asyncio.AbstractServer) -> None:
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_echo_byte_exact_and_what_the_ssl_object_answers(h, files, conf, version) -> None:
+    async def main() -> None:
+        server, port = await serve(h, conf)
+        ctx = client_ctx(files, version, alpn=["h2", "http/1.1"])
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        for size in (1, 100, 16384, 16385, 100_000):
+            payload = os.urandom(size)
+            w.write(payload)
+            assert await r.readexactly(size) == payload
+        info = Recorder.made[0].info
+        name = {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+        assert info["version"] == name == w.get_extra_info("ssl_object").version()
+        assert info["cipher"] == w.get_extra_info("ssl_object").cipher()
+        assert info["alpn"] == "http/1.1" == w.get_extra_info("ssl_object").selected_alpn_protocol()
+        assert info["peercert"] is None
+        assert info["transport"] == ("TLSTransport" if h.uring else "_SSLProtocolTransport")
+        assert Recorder.made[0].transport.get_extra_info("sslcontext") is conf.context
+        w.close()
+        await w.wait_closed()
+        assert await Recorder.made[0].lost is None  # the client's close_notify: a clean end
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+
+
+def test_no_alpn_in_common_goes_on_without_alpn(h, files, conf) -> None:
+    async def main() -> None:
+        server, port = await serve(h, conf)
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx(files, alpn=["h2"]))
+        w.write(b"x")
+        assert await r.readexactly(1) == b"x"
+        assert Recorder.made[0].info["alpn"] is None
+        assert w.get_extra_info("ssl_object").selected_alpn_protocol() is None
+        w.close()
+        await w.wait_closed()
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+
+
+def test_megabytes_both_ways_past_the_arena_with_backpressure(h, files, conf) -> None:
+    """The server writes more than the send arena holds in one write (the
+    rest waits as plaintext for US_EV_ARENA, OpenSSL keeps the record it
+    could not place) while the client sends 1 MiB at a time."""
+    big = os.urandom(12 << 20)
+    upload = os.urandom(1 << 20)
+    paused: list[int] = []
+
+    class Big(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            self.got = bytearray()
+            self.done = asyncio.get_running_loop().create_future()
+
+        def data_received(self, data: bytes) -> None:
+            self.got += data
+            if len(self.got) == len(upload):
+                self.t.write(big)
+                self.t.write(hashlib.sha256(self.got).digest())
+
+        def pause_writing(self) -> None:
+            paused.append(self.t.get_write_buffer_size())
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.done.set_result(exc)
+
+    async def main() -> None:
+        server, port = await serve(h, conf, Big)
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx(files))
+        w.write(upload)
+        await w.drain()
+        got = await r.readexactly(len(big))
+        assert hashlib.sha256(got).digest() == hashlib.sha256(big).digest()
+        assert await r.readexactly(32) == hashlib.sha256(upload).digest()
+        if h.uring:  # asyncio's SSLProtocol pauses later, from its own buffer
+            assert paused  # the protocol was paused while the arena was full
+        w.close()
+        await w.wait_closed()
+        await stop(server)
+        await settled(h)
+
+    h.run(main(), timeout=120)
+
+
+def test_server_close_sends_close_notify(h, files, conf) -> None:
+    class Bye(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.t.write(b"bye")
+            self.t.close()
+
+    async def main() -> None:
+        server, port = await serve(h, conf, Bye)
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx(files))
+        w.write(b"hi")
+        assert await r.read() == b"bye"  # then a clean EOF: close_notify, not a cut
+        assert r.at_eof()
+        w.close()
+        await w.wait_closed()
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+
+
+def test_a_write_before_the_handshake_is_sent_after_it(h, files, conf) -> None:
+    class Greeter(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            transport.write(b"hello before the handshake")
+
+    async def main() -> None:
+        server, port = await serve(h, conf, Greeter)
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx(files))
+        assert await r.readexactly(26) == b"hello before the handshake"
+        w.close()
+        await w.wait_closed()
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+
+
+def raw_tls_client(port: int, ctx: ssl.SSLContext) -> tuple[socket.socket, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A blocking client whose records the test writes itself (to cut one)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if out.pending:
+                sock.sendall(out.read())
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed during the handshake") from None
+            inc.write(data)
+    if out.pending:
+        sock.sendall(out.read())
+    return sock, obj, inc, out
+
+
+def test_close_notify_reaches_a_strict_client(h, files, conf) -> None:
+    """The client reads to the socket's end with its own SSLObject: the
+    server's close() ends with close_notify (SSLZeroReturnError), not a bare
+    FIN (SSLEOFError: a truncation attack for a strict client)."""
+
+    class Bye(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.t.write(b"bye")
+            self.t.close()
+
+    async def main() -> None:
+        server, port = await serve(h, conf, Bye)
+
+        strict = client_ctx(files)
+        strict.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF  # CPython's default forgives a missing close_notify
+
+        def client() -> tuple[bytes, type]:
+            sock, obj, inc, out = raw_tls_client(port, strict)
+            obj.write(b"hi")
+            sock.sendall(out.read())
+            got = b""
+            with sock:
+                while True:
+                    try:
+                        data = obj.read(65536)
+                    except ssl.SSLWantReadError:
+                        data = None
+                    except ssl.SSLError as exc:  # SSLEOFError: the end without close_notify
+                        return got, type(exc)
+                    if data == b"":  # close_notify (CPython's read() says so with b""): ours back
+                        with contextlib.suppress(ssl.SSLError):
+                            obj.unwrap()
+                        sock.sendall(out.read())
+                        return got, ssl.SSLZeroReturnError
+                    if data:
+                        got += data
+                        continue
+                    chunk = sock.recv(65536)
+                    if chunk:
+                        inc.write(chunk)
+                    else:
+                        inc.write_eof()
+
+        got, ending = await asyncio.to_thread(client)
+        assert got == b"bye"
+        assert ending is ssl.SSLZeroReturnError
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+def test_a_record_cut_in_the_middle_ends_cleanly_and_leaks_nothing(h, files, conf, how) -> None:
+    async def main() -> None:
+        server, port = await serve(h, conf)
+
+        def client() -> None:
+            sock, obj, inc, out = raw_tls_client(port, client_ctx(files))
+            obj.write(b"x" * 5000)
+            record = out.read()
+            sock.sendall(record[: len(record) // 2])
+            if how == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:  # a FIN, then what the server still sends (its close_notify) is read: no RST from unread data
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):
+                    pass
+            sock.close()
+
+        await asyncio.to_thread(client)
+        await until(lambda: bool(Recorder.made))
+        exc = await Recorder.made[0].lost
+        assert Recorder.made[0].received == 0
+        if how == "fin":
+            assert exc is None  # a cut record with a FIN is the end, as a FIN
+        else:
+            assert isinstance(exc, ConnectionResetError)
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+
+
+@pytest.mark.parametrize(
+    "garbage, alert",
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None),  # plain HTTP to the TLS port: closed, no alert
+        (b"\x16\x03\x01\x00\x08" + b"\x01\x00\x00\x04junk", 50),  # a ClientHello that is not one: decode_error
+    ],
+    ids=["http", "bad-hello"],
+)
+def test_garbage_instead_of_a_client_hello_is_a_clean_close(h, files, conf, garbage, alert) -> None:
+    async def main() -> None:
+        server, port = await serve(h, conf)
+
+        def client() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                s.sendall(garbage)
+                got = b""
+                while chunk := s.recv(4096):
+                    got += chunk
+                return got
+
+        got = await asyncio.to_thread(client)
+        if alert is None:
+            assert got == b""
+        elif h.uring:  # an alert record: fatal, its description (asyncio's SSLProtocol drops it and aborts)
+            assert got[:1] == b"\x15" and got[5:7] == bytes([2, alert]), got
+        if h.uring:
+            exc = await Recorder.made[0].lost
+            assert isinstance(exc, ssl.SSLError), exc
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+    h.take_errors()  # asyncio's SSLProtocol reports a failed handshake in debug mode only
+
+
+def test_tls_1_1_and_1_0_are_refused(h, files, conf) -> None:
+    async def main() -> None:
+        server, port = await serve(h, conf)
+        for flag in ("-tls1_1", "-tls1"):
+            proc = await asyncio.create_subprocess_exec(
+                "openssl", "s_client", "-connect", f"127.0.0.1:{port}", flag, "-cipher", "DEFAULT@SECLEVEL=0",
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            assert proc.returncode != 0
+            if h.uring:  # the alert that says why (asyncio's SSLProtocol aborts without it)
+                assert b"alert protocol version" in out, out.decode(errors="replace")[-400:]
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+    h.take_errors()
+
+
+def test_renegotiation_is_refused(h, files, conf) -> None:
+    async def main() -> None:
+        server, port = await serve(h, conf)
+        # s_client renegotiates on a line "R"; then sends "after" if the connection lives
+        proc = await asyncio.create_subprocess_exec(
+            "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-CAfile", str(files.cacert),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        await proc.stdout.readuntil(b"---\n")
+        proc.stdin.write(b"R\n")
+        await proc.stdin.drain()
+        out = await asyncio.wait_for(proc.stdout.read(), 20)
+        await proc.wait()
+        assert b"RENEGOTIATING" in out
+        assert b"no renegotiation" in out or b"NO_RENEGOTIATION" in out, out.decode(errors="replace")[-600:]
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+    h.take_errors()
+
+
+@pytest.mark.parametrize("cert", ["none", "other-ca"])
+def test_mtls_refuses_a_missing_or_foreign_client_certificate(h, files, mtls_conf, cert) -> None:
+    async def main() -> None:
+        server, port = await serve(h, mtls_conf)
+        ctx = client_ctx(files, ssl.TLSVersion.TLSv1_3)
+        if cert == "other-ca":
+            trustme.CA().issue_cert("client@example.com").configure_cert(ctx)
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        w.write(b"x")  # TLS 1.3: the server's verdict comes after the client's handshake is done
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)) as info:
+            await r.readexactly(1)
+        w.close()
+        try:
+            await w.wait_closed()
+        except (ssl.SSLError, ConnectionError):
+            pass  # the connection has failed: closing it may say so again
+        if h.uring:  # the alert that says why (asyncio's SSLProtocol aborts without one)
+            want = "certificate required" if cert == "none" else "unknown ca"
+            assert want in str(info.value).lower().replace("_", " ")
+            assert isinstance(await Recorder.made[0].lost, ssl.SSLError)
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+    h.take_errors()
+
+
+def test_mtls_accepts_a_certificate_of_its_ca_and_shows_it(h, files, mtls_conf) -> None:
+    async def main() -> None:
+        server, port = await serve(h, mtls_conf)
+        ctx = client_ctx(files)
+        issued = files.ca.issue_cert("client@example.com")
+        issued.configure_cert(ctx)
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        w.write(b"x")
+        assert await r.readexactly(1) == b"x"
+        der = Recorder.made[0].info["peercert"]
+        assert der == ssl.PEM_cert_to_DER_cert(issued.cert_chain_pems[0].bytes().decode())
+        decoded = Recorder.made[0].transport.get_extra_info("ssl_object").getpeercert()
+        assert ("email", "client@example.com") in decoded["subjectAltName"]
+        w.close()
+        await w.wait_closed()
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+    )]  # fmt: skip
+
+
+def heap_in_use() -> int:
+    """Bytes malloc has handed out and not had back (glibc's mallinfo2):
+    OpenSSL's allocations and Python's large objects, not the allocator's
+    high-water mark that RSS keeps."""
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def test_abandoned_handshakes_leave_nothing_behind(h, files, conf) -> None:
+    """1,000 connections that send a ClientHello and go: every SSL object is
+    freed (tls_live back to 0 after each 50) and the heap stays flat."""
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_ctx(files).wrap_bio(inc, out, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    client_hello = out.read()
+
+    async def main() -> None:
+        server, port = await serve(h, conf, asyncio.Protocol)  # Recorder keeps what it saw
+
+        async def abandon(n: int) -> None:
+            for _ in range(n // 50):
+                conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(50)]
+                for _r, w in conns:
+                    w.write(client_hello)
+                    await w.drain()
+                for r, w in conns:
+                    await r.read(1)  # the server's first flight has begun: its SSL object exists
+                    w.transport.abort()
+                if h.uring:
+                    assert await until(lambda: counters(h)["tls_live"] == 0)
+
+        await abandon(200)  # caches and free lists filled: measured from here
+        gc.collect()
+        base = heap_in_use()
+        await abandon(1000)
+        gc.collect()
+        grown = heap_in_use() - base
+        assert grown < 1 << 20, f"the heap grew {grown} bytes over 1,000 abandoned handshakes"
+        await stop(server)
+        await settled(h)
+
+    h.run(main(), timeout=120)
+    h.take_errors()

@@ -1,0 +1,190 @@
+"""TLS in the core: a server configuration (CoreTLS) the C record layer
+serves (_native/tls.c), and what the protocol above sees of a connection's
+TLS (CoreSSLObject, get_extra_info('ssl_object')).
+
+CoreTLS is what `uringserve run --tls-cert` builds. On UringEventLoop its
+connections are TLSTransports (transport_tls.py): the handshake, decryption
+and encryption run in C, one call per read completion and per write. On
+any other loop, and for `loop.create_server(ssl=ctx)` with an arbitrary
+`ssl.SSLContext`, asyncio's SSLProtocol serves `CoreTLS.context` (the same
+configuration, built by the stdlib).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from ._native import ffi, lib
+
+MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+_WIRE_VERSION = {"1.2": 0x0303, "1.3": 0x0304}
+_TLS_VERSION_ID = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+DEFAULT_ALPN = ("http/1.1",)
+
+
+class CoreTLS:
+    """A server TLS configuration: certificate chain, key, optional client CA
+    (mTLS), TLS 1.2 ciphers, minimum version, ALPN protocols. Raises
+    ssl.SSLError (or OSError for a missing file) naming what is wrong."""
+
+    def __init__(
+        self,
+        cert: str,
+        key: str | None = None,
+        *,
+        ca: str | None = None,
+        ciphers: str | None = None,
+        min_version: str = "1.2",
+        alpn: Sequence[str] = DEFAULT_ALPN,
+    ) -> None:
+        if min_version not in MIN_VERSIONS:
+            raise ValueError(f"minimum TLS version {min_version!r}: one of {', '.join(MIN_VERSIONS)}")
+        self.cert, self.key, self.ca, self.ciphers, self.min_version = cert, key, ca, ciphers, min_version
+        self.alpn = tuple(alpn)
+        self.context = self._stdlib_context()  # checks the files first, with the stdlib's messages
+        wire = b"".join(bytes([len(p)]) + p for p in (a.encode() for a in self.alpn))
+        keep = [ffi.new("char[]", os.fsencode(p)) if p is not None else ffi.NULL for p in (cert, key, ca)]
+        keep.append(ffi.new("char[]", ciphers.encode()) if ciphers else ffi.NULL)
+        alpn_buf = ffi.new("unsigned char[]", wire) if wire else ffi.NULL
+        conf = ffi.new(
+            "struct us_tls_conf *",
+            {
+                "cert": keep[0],
+                "key": keep[1],
+                "ca": keep[2],
+                "ciphers": keep[3],
+                "min_version": _WIRE_VERSION[min_version],
+                "alpn": alpn_buf,
+                "alpn_len": len(wire),
+            },
+        )
+        err = ffi.new("char[256]")
+        ptr = lib.us_tls_ctx_new(conf, err, 256)
+        if ptr == ffi.NULL:
+            raise ssl.SSLError(f"TLS configuration: {ffi.string(err).decode(errors='replace')}")
+        # freed with this object; every TLSTransport holds it, so it outlives its connections
+        self.ptr = ffi.gc(ptr, lib.us_tls_ctx_free)
+        self.plain = lib.us_tls_plain(ptr)
+
+    def _stdlib_context(self) -> ssl.SSLContext:
+        """The same configuration as an ssl.SSLContext: asyncio's SSLProtocol
+        serves it where the core cannot (another loop), and it is the
+        connection's 'sslcontext'."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, self.key)
+        ctx.minimum_version = MIN_VERSIONS[self.min_version]
+        if self.ciphers:
+            ctx.set_ciphers(self.ciphers)
+        if self.alpn:
+            ctx.set_alpn_protocols(list(self.alpn))
+        if self.ca:
+            ctx.load_verify_locations(self.ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
+        return ctx
+
+    def __repr__(self) -> str:
+        return f"<CoreTLS cert={self.cert!r} ca={self.ca!r} min={self.min_version}>"
+
+
+def openssl_version() -> str:
+    """The OpenSSL the core links (the interpreter's ssl module's own)."""
+    return ffi.string(lib.us_tls_openssl_version()).decode()
+
+
+class CoreSSLObject:
+    """get_extra_info('ssl_object') of a core TLS connection: the parts of
+    ssl.SSLObject a server's users read (version, cipher, ALPN, the peer's
+    certificate). Answers None once the connection is gone."""
+
+    __slots__ = ("_transport", "context")
+    server_side = True
+    server_hostname = None
+
+    def __init__(self, transport: Any, context: ssl.SSLContext) -> None:
+        self._transport = transport
+        self.context = context
+
+    def _tls(self) -> Any:
+        return self._transport.tls_handle
+
+    def version(self) -> str | None:
+        t = self._tls()
+        if t is None:
+            return None
+        v = lib.us_tls_version(t)
+        return ffi.string(v).decode() if v != ffi.NULL else None
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        t = self._tls()
+        if t is None:
+            return None
+        proto = ffi.new("const char **")
+        bits = ffi.new("int *")
+        name = lib.us_tls_cipher(t, proto, bits)
+        if name == ffi.NULL:
+            return None
+        return ffi.string(name).decode(), ffi.string(proto[0]).decode(), bits[0]
+
+    def selected_alpn_protocol(self) -> str | None:
+        t = self._tls()
+        if t is None:
+            return None
+        out = ffi.new("const unsigned char **")
+        n = lib.us_tls_alpn(t, out)
+        return bytes(ffi.buffer(out[0], n)).decode("ascii", "replace") if n else None
+
+    def compression(self) -> None:
+        return None  # refused (SSL_OP_NO_COMPRESSION)
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """The client's certificate (mTLS): DER with binary_form, else the
+        stdlib's dict (empty when no certificate was asked for, as CPython's)."""
+        der = peer_cert_der(self._tls())
+        if binary_form:
+            return der
+        if der is None:
+            return {} if self.context.verify_mode == ssl.CERT_NONE else None
+        return _decode_cert(der)
+
+    def tls_version_id(self) -> int | None:
+        """The version as the ASGI TLS extension gives it (0x0304 for TLS 1.3)."""
+        return _TLS_VERSION_ID.get(self.version() or "")
+
+
+def peer_cert_der(t: Any) -> bytes | None:
+    if t is None:
+        return None
+    n = lib.us_tls_peer_cert(t, ffi.NULL, 0)
+    if n <= 0:
+        return None
+    buf = ffi.new("unsigned char[]", n)
+    n = lib.us_tls_peer_cert(t, buf, n)
+    return bytes(ffi.buffer(buf, n)) if n > 0 else None
+
+
+def _decode_cert(der: bytes) -> dict[str, Any]:
+    # the stdlib's own decoder reads only a file: asked for rarely (not per
+    # request), so a temporary file rather than a parser of our own
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as f:
+        f.write(ssl.DER_cert_to_PEM_cert(der))
+        f.flush()
+        return ssl._ssl._test_decode_cert(f.name)  # type: ignore[attr-defined]
+
+
+def tls_error(t: Any) -> ssl.SSLError:
+    """The exception a failed core TLS connection ends with: OpenSSL's
+    reason, and the alert number when one was sent or received."""
+    buf = ffi.new("char[256]")
+    alert = lib.us_tls_error(t, buf, 256)
+    reason = ffi.string(buf).decode(errors="replace")
+    exc = ssl.SSLError(1, f"[SSL] {reason}" + (f" (alert {alert})" if alert else ""))
+    exc.reason = reason.upper().replace(" ", "_")
+    return exc
+
+
+__all__ = ["CoreTLS", "CoreSSLObject", "openssl_version", "DEFAULT_ALPN", "MIN_VERSIONS"]
