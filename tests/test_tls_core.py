@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import TLSFiles, make_tls_files, until
+from conftest import PY, Proc, TLSFiles, make_tls_files, until
 
 from uringserve.tls import CoreTLS
 
@@ -236,6 +236,33 @@ def test_a_write_before_the_handshake_is_sent_after_it(h, files, conf) -> None:
         assert await r.readexactly(26) == b"hello before the handshake"
         w.close()
         await w.wait_closed()
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+
+
+def test_close_before_the_handshake_drops_what_could_never_be_sent(h, files, conf) -> None:
+    """A protocol writes and closes before the peer has finished its handshake
+    (a server's timeout, a refusal): the plaintext cannot be encrypted yet
+    and is dropped, and the connection closes, not held open for it."""
+
+    if not h.uring:
+        pytest.skip("asyncio's SSLProtocol makes the protocol only once the handshake is done")
+
+    class WriteAndGo(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            transport.write(b"408 or so")
+            transport.close()
+
+    async def main() -> None:
+        server, port = await serve(h, conf, WriteAndGo)
+
+        def client() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                return s.recv(4096)  # no ClientHello sent: the server has nothing it may send
+
+        assert await asyncio.to_thread(client) == b""
         await stop(server)
         await settled(h)
 
@@ -527,3 +554,174 @@ def test_abandoned_handshakes_leave_nothing_behind(h, files, conf) -> None:
 
     h.run(main(), timeout=120)
     h.take_errors()
+
+
+# -- `uringserve run --tls-*`: the HTTP server over the core (uring) and over SSLProtocol (asyncio) --------
+def https_get(port: int, ctx: ssl.SSLContext, request: bytes) -> bytes:
+    """`request` over TLS; what comes back until the server's close (close_notify: a clean end)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(request)
+            got = b""
+            while chunk := s.recv(1 << 16):
+                got += chunk
+            return got
+
+
+@pytest.fixture(scope="module", params=["uring", "asyncio"])
+def loop_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module", params=["apps.http:app", "apps.http:asgi_app"], ids=["native", "asgi"])
+def https_server(request: pytest.FixtureRequest, files: TLSFiles, loop_name: str) -> Any:
+    srv = Proc(
+        [PY, "-m", "uringserve", "run", request.param, "--port", "0", "--loop", loop_name,
+         "--tls-cert", str(files.cert), "--tls-key", str(files.key), "--header-timeout", "1"],
+    )  # fmt: skip
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_https_hello_byte_exact_over_both_versions(https_server, files, version) -> None:
+    strict = client_ctx(files, version)
+    strict.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF  # the server's close must be close_notify
+    got = https_get(https_server.port, strict, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\ncontent-length: 14" in head.lower()
+    assert body == b"Hello, world!\n"
+
+
+def test_https_a_mebibyte_each_way_and_keep_alive(https_server, files) -> None:
+    import httpx
+
+    body = os.urandom(1 << 20)
+    with httpx.Client(verify=client_ctx(files), timeout=30) as client:
+        for _ in range(3):  # one connection, kept alive
+            r = client.post(f"https://127.0.0.1:{https_server.port}/echo", content=body)
+            assert r.status_code == 200
+            assert r.content == body
+            assert r.http_version == "HTTP/1.1"
+
+
+@pytest.mark.parametrize("sent", ["nothing", "half a client hello"])
+def test_a_handshake_that_never_finishes_is_cut_at_the_header_timeout(https_server, files, loop_name, sent) -> None:
+    if loop_name == "asyncio":
+        pytest.skip("asyncio's SSLProtocol calls connection_made() after the handshake: its own 60 s timeout cuts it")
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    with pytest.raises(ssl.SSLWantReadError):
+        client_ctx(files).wrap_bio(inc, out, server_hostname="127.0.0.1").do_handshake()
+    hello = out.read()
+    with socket.create_connection(("127.0.0.1", https_server.port), timeout=30) as s:
+        if sent != "nothing":
+            s.sendall(hello[: len(hello) // 2])
+        assert s.recv(4096) == b""  # closed by the server (--header-timeout 1), nothing sent in clear
+
+
+def test_the_asgi_scope_carries_the_client_certificate(files, loop_name) -> None:
+    import httpx
+
+    srv = Proc(
+        [PY, "-m", "uringserve", "run", "tests.tls_apps:scope_app", "--port", "0", "--loop", loop_name,
+         "--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.cacert)],
+    )  # fmt: skip
+    try:
+        issued = files.ca.issue_cert("client@example.com")
+        ctx = client_ctx(files, ssl.TLSVersion.TLSv1_3)
+        issued.configure_cert(ctx)
+        with httpx.Client(verify=ctx, timeout=30) as client:
+            info = client.get(f"https://127.0.0.1:{srv.port}/").json()
+        assert info["scheme"] == "https"
+        tls = info["tls"]
+        assert tls["client_cert_chain"] == [issued.cert_chain_pems[0].bytes().decode()]
+        assert tls["tls_version"] == 0x0304
+        assert tls["client_cert_name"] and tls["client_cert_name"].startswith(("OU=", "O=", "CN="))
+        # without a certificate the handshake is refused: no request reaches the app
+        with pytest.raises((ssl.SSLError, httpx.HTTPError)):
+            with httpx.Client(verify=client_ctx(files), timeout=30) as client:
+                client.get(f"https://127.0.0.1:{srv.port}/")
+    finally:
+        srv.stop()
+
+
+def test_the_scope_has_no_tls_extension_over_plain_http(loop_name) -> None:
+    import httpx
+
+    srv = Proc([PY, "-m", "uringserve", "run", "tests.tls_apps:scope_app", "--port", "0", "--loop", loop_name])
+    try:
+        info = httpx.get(f"http://127.0.0.1:{srv.port}/", timeout=30).json()
+        assert info == {"scheme": "http", "tls": None}
+    finally:
+        srv.stop()
+
+
+# -- doctor: the TLS core and kTLS (detected only) ---------------------------------------------------
+def test_doctor_reports_the_tls_core_and_why_ktls_is_unavailable() -> None:
+    import json
+
+    from uringserve import ktls, tls
+
+    out = subprocess.run([PY, "-m", "uringserve", "doctor", "--json"], capture_output=True, text=True, timeout=60)
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    core = checks["TLS in the core (--tls-cert)"]
+    assert core["ok"] and core["detail"] == tls.openssl_version() == ssl.OPENSSL_VERSION  # one OpenSSL
+    k = checks["kTLS (TCP_ULP tls)"]
+    available, why = ktls.probe()
+    assert k["ok"] is available and k["detail"] == why
+    if not available:  # this kernel (no CONFIG_TLS): the reason in words
+        assert why == ktls.reason(2) or "permitted" in why or "TCP_ULP" in why
+
+
+@pytest.mark.parametrize(
+    "err, words",
+    [(2, "CONFIG_TLS"), (1, "not permitted"), (92, "older than 4.13"), (22, "TCP_ULP tls failed: Invalid argument")],
+)
+def test_ktls_unavailability_is_said_in_words(err: int, words: str) -> None:
+    from uringserve import ktls
+
+    assert words in ktls.reason(err)
+
+
+def test_ktls_probe_reports_what_setsockopt_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    from uringserve import ktls
+
+    def refuse(self: socket.socket, level: int, opt: int, value: Any) -> None:
+        if opt == ktls.TCP_ULP:
+            raise OSError(2, "No such file or directory")
+        return real(self, level, opt, value)
+
+    real = socket.socket.setsockopt
+    monkeypatch.setattr(socket.socket, "setsockopt", refuse)
+    assert ktls.probe() == (False, ktls.reason(2))
+
+    def accept(self: socket.socket, level: int, opt: int, value: Any) -> None:
+        if opt != ktls.TCP_ULP:
+            real(self, level, opt, value)
+
+    monkeypatch.setattr(socket.socket, "setsockopt", accept)
+    assert ktls.probe() == (True, "")
+
+
+def test_https_static_files_byte_exact(files, loop_name, tmp_path) -> None:
+    """Static files over TLS go through write() (encrypted by the core), not
+    the plaintext file path: a small one (held in memory) and 1 MiB (read
+    from the file per request)."""
+    import httpx
+
+    small, big = b"<p>hi</p>\n" * 10, os.urandom(1 << 20)
+    (tmp_path / "small.html").write_bytes(small)
+    (tmp_path / "big.bin").write_bytes(big)
+    srv = Proc(
+        [PY, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--loop", loop_name,
+         "--tls-cert", str(files.cert), "--tls-key", str(files.key)],
+        env={**os.environ, "URINGSERVE_STATIC": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        with httpx.Client(verify=client_ctx(files), timeout=30) as client:
+            for name, want in (("small.html", small), ("big.bin", big)):
+                r = client.get(f"https://127.0.0.1:{srv.port}/static/{name}")
+                assert r.status_code == 200 and r.content == want, name
+    finally:
+        srv.stop()

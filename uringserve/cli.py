@@ -24,12 +24,15 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import flag_aliases
 from .http.config import HTTPConfig
 from .ring_settings import SETTINGS, RingConfig, RingConfigError, Setting, validate
 from .server.lifecycle import LOOPS
+
+if TYPE_CHECKING:
+    from .tls import CoreTLS
 
 ENV_PREFIX = "URINGSERVE_"
 DEFAULT_HOST = "127.0.0.1"
@@ -269,6 +272,14 @@ OPTIONS: list[Opt] = [
     Opt("--tls-cert", "TLS: certificate chain file (PEM); serves TLS on every listener", commands=SERVE),
     Opt("--tls-key", "TLS: private key file (PEM), if not in --tls-cert", commands=SERVE),
     Opt("--tls-ca", "TLS: CA file; clients must present a certificate it signed", commands=SERVE),
+    Opt("--tls-ciphers", "TLS: OpenSSL cipher list for TLS 1.2 (TLS 1.3's suites are OpenSSL's)", commands=SERVE),
+    Opt(
+        "--tls-min-version",
+        "TLS: the oldest version served",
+        default="1.2",
+        choices=("1.2", "1.3"),
+        commands=SERVE,
+    ),
     # behind a proxy
     Opt(
         "--proxy-headers",
@@ -535,10 +546,14 @@ def ring_config(args: argparse.Namespace) -> RingConfig | None:
     return config
 
 
-def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+def tls_context(args: argparse.Namespace) -> CoreTLS | None:
+    """The TLS the command serves: the core's (tls.CoreTLS) on the uring loop,
+    its stdlib context through asyncio's SSLProtocol on the others."""
     if args.tls_cert is None:
         if args.tls_key or args.tls_ca:
             raise SystemExit("uringserve: --tls-key and --tls-ca need --tls-cert")
+        if args.tls_ciphers:
+            raise SystemExit("uringserve: --tls-ciphers needs --tls-cert")
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     for opt, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
@@ -562,7 +577,26 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
         except (OSError, ssl.SSLError) as exc:
             raise SystemExit(f"uringserve: --tls-ca {args.tls_ca}: {exc}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    if args.tls_ciphers:
+        try:
+            ctx.set_ciphers(args.tls_ciphers)
+        except ssl.SSLError:
+            raise SystemExit(
+                f"uringserve: --tls-ciphers {args.tls_ciphers!r}: OpenSSL knows no cipher in it "
+                "(an OpenSSL cipher list, e.g. ECDHE+AESGCM)"
+            ) from None
+    from .tls import CoreTLS
+
+    try:  # the files are known good (above): what fails here is the core's own setup
+        return CoreTLS(
+            args.tls_cert,
+            args.tls_key,
+            ca=args.tls_ca,
+            ciphers=args.tls_ciphers,
+            min_version=args.tls_min_version,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"uringserve: --tls-cert {args.tls_cert}: {exc}") from None
 
 
 def build_server(args: argparse.Namespace) -> Any:

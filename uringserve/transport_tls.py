@@ -139,8 +139,15 @@ class TLSTransport(UringTransport):
         raise NotImplementedError("TLS connections cannot write EOF; close() sends close_notify")
 
     def close(self) -> None:
-        if not self._closing and self._tls is not None and not self._pending:
-            lib.us_tls_close_notify(self._tls)
+        if not self._closing and self._tls is not None:
+            if not lib.us_tls_ready(self._tls):
+                # plaintext written for a peer that never finished its
+                # handshake (a 408 at the header timeout) can never be sent:
+                # dropped, or the close would wait for it forever
+                self._drop_pending()
+                self._loop.arena_waits.discard(self._slot)
+            elif not self._pending:
+                lib.us_tls_close_notify(self._tls)
         super().close()
 
     def _slot_closed(self) -> None:

@@ -335,6 +335,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         self.client: Any = None
         self.server_addr: Any = None
         self.scheme = "http"  # "https" behind TLS (the ASGI scope's)
+        self.asgi_extensions: Any = None  # over TLS: the scope's, made at the first request (asgi.py)
 
     # -- connection ------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
