@@ -68,7 +68,7 @@ ALIASES: list[Alias] = [
     ),
     Alias("--ssl-version", "uvicorn, gunicorn", None, "give the oldest version served: --tls-min-version 1.2 or 1.3"),
     Alias("--ssl-ciphers", "uvicorn", "--tls-ciphers"),
-    Alias("--ciphers", "gunicorn, hypercorn", None, "the TLS context takes Python's default ciphers"),
+    Alias("--ciphers", "gunicorn, hypercorn", "--tls-ciphers"),
     Alias(
         "--timeout",
         "gunicorn",
