@@ -725,3 +725,57 @@ def test_https_static_files_byte_exact(files, loop_name, tmp_path) -> None:
                 assert r.status_code == 200 and r.content == want, name
     finally:
         srv.stop()
+
+
+# -- SNI: several certificates, chosen by name ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def sni_files(files: TLSFiles, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str]]:
+    """(cert, key) for "127.0.0.1" (the default), "a.example" and "*.b.example", one CA (files.ca)."""
+    folder = tmp_path_factory.mktemp("sni")
+    pairs = [(str(files.cert), str(files.key))]
+    for i, names in enumerate((["a.example"], ["*.b.example"])):
+        issued = files.ca.issue_cert(*names)
+        cert, key = folder / f"{i}.crt", folder / f"{i}.key"
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+        pairs.append((str(cert), str(key)))
+    return pairs
+
+
+def served_names(port: int, files: TLSFiles, name: str) -> list[str]:
+    """The DNS names of the certificate the server shows a client asking for `name`."""
+    ctx = client_ctx(files)
+    ctx.check_hostname = False  # an unknown name gets the default certificate: looked at, not refused
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name) as s:
+            return [v for k, v in s.getpeercert()["subjectAltName"] if k in ("DNS", "IP Address")]
+
+
+SNI_CASES = [("a.example", ["a.example"]), ("x.b.example", ["*.b.example"]), ("A.EXAMPLE", ["a.example"]),
+             ("other.example", ["127.0.0.1"]), ("y.x.b.example", ["127.0.0.1"])]  # fmt: skip
+
+
+def test_sni_chooses_the_certificate_by_name(h, files, sni_files) -> None:
+    multi = CoreTLS(*sni_files[0], more=sni_files[1:])
+
+    async def main() -> None:
+        server, port = await serve(h, multi)
+        for name, want in SNI_CASES:
+            assert await asyncio.to_thread(served_names, port, files, name) == want, name
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+    h.take_errors()
+
+
+def test_sni_with_several_tls_cert_options(files, sni_files, loop_name) -> None:
+    args = [PY, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--loop", loop_name]
+    for cert, key in sni_files:
+        args += ["--tls-cert", cert, "--tls-key", key]
+    srv = Proc(args)
+    try:
+        for name, want in SNI_CASES:
+            assert served_names(srv.port, files, name) == want, name
+    finally:
+        srv.stop()

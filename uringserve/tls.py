@@ -40,11 +40,14 @@ class CoreTLS:
         ciphers: str | None = None,
         min_version: str = "1.2",
         alpn: Sequence[str] = DEFAULT_ALPN,
+        more: Sequence[tuple[str, str | None]] = (),
     ) -> None:
         if min_version not in MIN_VERSIONS:
             raise ValueError(f"minimum TLS version {min_version!r}: one of {', '.join(MIN_VERSIONS)}")
         self.cert, self.key, self.ca, self.ciphers, self.min_version = cert, key, ca, ciphers, min_version
         self.alpn = tuple(alpn)
+        # certificates besides the first, chosen by the client's SNI name (unknown or none: the first)
+        self.more = tuple(more)
         self.context = self._stdlib_context()  # checks the files first, with the stdlib's messages
         wire = b"".join(bytes([len(p)]) + p for p in (a.encode() for a in self.alpn))
         keep = [ffi.new("char[]", os.fsencode(p)) if p is not None else ffi.NULL for p in (cert, key, ca)]
@@ -68,6 +71,12 @@ class CoreTLS:
             raise ssl.SSLError(f"TLS configuration: {ffi.string(err).decode(errors='replace')}")
         # freed with this object; every TLSTransport holds it, so it outlives its connections
         self.ptr = ffi.gc(ptr, lib.us_tls_ctx_free)
+        for more_cert, more_key in self.more:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(more_cert, more_key)  # the messages
+            paths = [ffi.new("char[]", os.fsencode(more_cert)), ffi.new("char[]", os.fsencode(more_key or more_cert))]
+            conf.cert, conf.key = paths
+            if lib.us_tls_ctx_add(ptr, conf, err, 256) < 0:
+                raise ssl.SSLError(f"TLS certificate {more_cert}: {ffi.string(err).decode(errors='replace')}")
         self.plain = lib.us_tls_plain(ptr)
 
     def _stdlib_context(self) -> ssl.SSLContext:
@@ -81,6 +90,10 @@ class CoreTLS:
             ctx.set_ciphers(self.ciphers)
         if self.alpn:
             ctx.set_alpn_protocols(list(self.alpn))
+        if self.more:  # the same choice by SNI name for asyncio's SSLProtocol
+            by_name: list[tuple[tuple[str, ...], ssl.SSLContext | None]] = [(_names(self.cert), None)]
+            by_name += [(_names(c), _context_like(ctx, c, k)) for c, k in self.more]
+            ctx.sni_callback = _sni_chooser(by_name)
         if self.ca:
             ctx.load_verify_locations(self.ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
@@ -89,6 +102,47 @@ class CoreTLS:
 
     def __repr__(self) -> str:
         return f"<CoreTLS cert={self.cert!r} ca={self.ca!r} min={self.min_version}>"
+
+
+def _context_like(base: ssl.SSLContext, cert: str, key: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.minimum_version = base.minimum_version
+    return ctx
+
+
+def _names(cert: str) -> tuple[str, ...]:
+    """The DNS names a PEM certificate is for (its subjectAltName)."""
+    with open(cert) as f:
+        pem = f.read()
+    start = pem.index("-----BEGIN CERTIFICATE-----")
+    end = pem.index("-----END CERTIFICATE-----", start) + len("-----END CERTIFICATE-----")
+    decoded = _decode_cert(ssl.PEM_cert_to_DER_cert(pem[start:end]))
+    return tuple(v.lower() for k, v in decoded.get("subjectAltName", ()) if k == "DNS")
+
+
+def _sni_chooser(by_name: list[tuple[tuple[str, ...], ssl.SSLContext | None]]) -> Any:
+    """ssl's sni_callback choosing as the core does: the first certificate
+    whose DNS names match (the default's first; None: keep the default)."""
+
+    def choose(obj: Any, name: str | None, _ctx: Any) -> None:
+        if name is None:
+            return
+        name = name.lower()
+        for names, ctx in by_name:
+            if any(_matches(n, name) for n in names):
+                if ctx is not None:
+                    obj.context = ctx
+                return
+
+    return choose
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("*."):  # one leftmost label
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
 
 
 def openssl_version() -> str:

@@ -23,8 +23,13 @@
  * delivery (256 KiB) and a record OpenSSL held from before */
 #define PLAIN_CAP ((256 + 32) * 1024)
 
+/* certificates besides the default one, chosen by the client's SNI name */
+#define MORE_CERTS 32
+
 struct us_tls_ctx {
-    SSL_CTX *ctx;
+    SSL_CTX *ctx;                 /* the default certificate's, every connection starts on it */
+    SSL_CTX *more[MORE_CERTS];    /* us_tls_ctx_add: switched to when the SNI name is theirs */
+    uint32_t nmore;
     unsigned char alpn[256];
     uint32_t alpn_len;
     char *plain; /* PLAIN_CAP bytes, shared by the connections: copied out before the next call */
@@ -129,26 +134,31 @@ static void last_error(char *err, size_t len, const char *what)
 /* TLS 1.2's suites when none are given: forward secrecy and AEAD only (CPython's default list) */
 static const char DEFAULT_CIPHERS[] = "ECDH+AESGCM:ECDH+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM";
 
-struct us_tls_ctx *us_tls_ctx_new(const struct us_tls_conf *conf, char *err, size_t errlen)
+/* the SNI name's certificate (the default's when none or unknown): the
+ * first whose names (SAN, else CN; wildcards as RFC 6125) match */
+static int servername(SSL *ssl, int *alert, void *arg)
 {
-    ERR_clear_error();
-    if (!setup_bio_method()) {
-        last_error(err, errlen, "BIO method");
-        return NULL;
+    struct us_tls_ctx *x = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!name || !x->nmore || X509_check_host(SSL_CTX_get0_certificate(x->ctx), name, 0, 0, NULL) == 1)
+        return SSL_TLSEXT_ERR_OK;
+    for (uint32_t i = 0; i < x->nmore; i++) {
+        if (X509_check_host(SSL_CTX_get0_certificate(x->more[i]), name, 0, 0, NULL) == 1) {
+            SSL_set_SSL_CTX(ssl, x->more[i]);
+            return SSL_TLSEXT_ERR_OK;
+        }
     }
-    if (conf->alpn_len > sizeof(((struct us_tls_ctx *)0)->alpn)) {
-        snprintf(err, errlen, "ALPN list longer than %zu bytes", sizeof(((struct us_tls_ctx *)0)->alpn));
-        return NULL;
-    }
-    struct us_tls_ctx *x = calloc(1, sizeof(*x));
-    char *plain = malloc(PLAIN_CAP);
+    return SSL_TLSEXT_ERR_OK; /* an unknown name: the default certificate, as nginx's default server */
+}
+
+/* one SSL_CTX of the configuration (every certificate's has the same settings) */
+static SSL_CTX *make_ctx(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *err, size_t errlen)
+{
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (!x || !plain || !ctx) {
+    if (!ctx) {
         snprintf(err, errlen, "out of memory");
-        goto fail;
+        return NULL;
     }
-    x->ctx = ctx;
-    x->plain = plain;
     SSL_CTX_set_default_passwd_cb(ctx, no_password);
     /* renegotiation refused (a TLS 1.2 client asking gets no_renegotiation); no compression (CRIME) */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -185,18 +195,61 @@ struct us_tls_ctx *us_tls_ctx_new(const struct us_tls_conf *conf, char *err, siz
         SSL_CTX_set_client_CA_list(ctx, names);
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     }
-    if (conf->alpn_len) {
-        memcpy(x->alpn, conf->alpn, conf->alpn_len);
-        x->alpn_len = conf->alpn_len;
+    if (x->alpn_len)
         SSL_CTX_set_alpn_select_cb(ctx, alpn_select, x);
-    }
-    ERR_clear_error();
-    return x;
+    return ctx;
 fail:
     SSL_CTX_free(ctx);
-    free(plain);
-    free(x);
     return NULL;
+}
+
+struct us_tls_ctx *us_tls_ctx_new(const struct us_tls_conf *conf, char *err, size_t errlen)
+{
+    ERR_clear_error();
+    if (!setup_bio_method()) {
+        last_error(err, errlen, "BIO method");
+        return NULL;
+    }
+    if (conf->alpn_len > sizeof(((struct us_tls_ctx *)0)->alpn)) {
+        snprintf(err, errlen, "ALPN list longer than %zu bytes", sizeof(((struct us_tls_ctx *)0)->alpn));
+        return NULL;
+    }
+    struct us_tls_ctx *x = calloc(1, sizeof(*x));
+    char *plain = malloc(PLAIN_CAP);
+    if (!x || !plain) {
+        snprintf(err, errlen, "out of memory");
+        free(plain);
+        free(x);
+        return NULL;
+    }
+    x->plain = plain;
+    memcpy(x->alpn, conf->alpn, conf->alpn_len);
+    x->alpn_len = conf->alpn_len;
+    x->ctx = make_ctx(x, conf, err, errlen);
+    if (!x->ctx) {
+        free(plain);
+        free(x);
+        return NULL;
+    }
+    SSL_CTX_set_tlsext_servername_callback(x->ctx, servername);
+    SSL_CTX_set_tlsext_servername_arg(x->ctx, x);
+    ERR_clear_error();
+    return x;
+}
+
+int us_tls_ctx_add(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *err, size_t errlen)
+{
+    if (x->nmore == MORE_CERTS) {
+        snprintf(err, errlen, "more than %d certificates", MORE_CERTS + 1);
+        return -E2BIG;
+    }
+    ERR_clear_error();
+    SSL_CTX *ctx = make_ctx(x, conf, err, errlen);
+    if (!ctx)
+        return -EINVAL;
+    x->more[x->nmore++] = ctx;
+    ERR_clear_error();
+    return 0;
 }
 
 void us_tls_ctx_free(struct us_tls_ctx *x)
@@ -204,6 +257,8 @@ void us_tls_ctx_free(struct us_tls_ctx *x)
     if (!x)
         return;
     SSL_CTX_free(x->ctx);
+    for (uint32_t i = 0; i < x->nmore; i++)
+        SSL_CTX_free(x->more[i]);
     free(x->plain);
     free(x);
 }

@@ -42,6 +42,9 @@ struct us_tls_conf {
 
 /* NULL on failure, with OpenSSL's reason in err */
 struct us_tls_ctx *us_tls_ctx_new(const struct us_tls_conf *conf, char *err, size_t errlen);
+/* another certificate (conf's cert and key; its other fields as the first's),
+ * served to a client whose SNI name it holds; 0, or -errno with the reason in err */
+int us_tls_ctx_add(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *err, size_t errlen);
 void us_tls_ctx_free(struct us_tls_ctx *x);
 char *us_tls_plain(struct us_tls_ctx *x);      /* where us_tls_recv's plaintext is */
 
