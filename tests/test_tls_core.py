@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import gc
 import hashlib
+import json
 import os
 import socket
 import ssl
@@ -777,5 +778,108 @@ def test_sni_with_several_tls_cert_options(files, sni_files, loop_name) -> None:
     try:
         for name, want in SNI_CASES:
             assert served_names(srv.port, files, name) == want, name
+    finally:
+        srv.stop()
+
+
+# -- session tickets: shared by the workers ------------------------------------------------------------
+def resumed(port_first: int, port_then: int, files: TLSFiles, version: ssl.TLSVersion) -> bool:
+    """A full handshake with one server, then the session it gave offered to the other: resumed?"""
+    ctx = client_ctx(files, version)
+    with socket.create_connection(("127.0.0.1", port_first), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"x")
+            s.recv(1)  # TLS 1.3: the ticket comes after the handshake
+            session = s.session
+    with socket.create_connection(("127.0.0.1", port_then), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as s:
+            s.sendall(b"x")
+            s.recv(1)
+            return s.session_reused
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_session_resumes_on_another_server_with_the_same_ticket_secret(h, files, version) -> None:
+    if not h.uring:
+        pytest.skip("the ticket secret is the core's: asyncio's SSLProtocol has OpenSSL's per-context keys")
+    secret = os.urandom(32)
+    one = CoreTLS(str(files.cert), str(files.key), ticket_secret=secret)
+    same = CoreTLS(str(files.cert), str(files.key), ticket_secret=secret)
+    other = CoreTLS(str(files.cert), str(files.key))  # a secret of its own
+
+    async def main() -> None:
+        servers = [await serve(h, c) for c in (one, same, other)]
+        (s1, p1), (s2, p2), (s3, p3) = servers
+        assert await asyncio.to_thread(resumed, p1, p1, files, version)  # the same server
+        assert await asyncio.to_thread(resumed, p1, p2, files, version)  # a worker with the same secret
+        assert not await asyncio.to_thread(resumed, p1, p3, files, version)  # another secret: a full handshake
+        for server, _ in servers:
+            await stop(server)
+        await settled(h)
+
+    h.run(main())
+
+
+def test_ticket_keys_rotate_and_an_old_ticket_gets_a_full_handshake(h, files) -> None:
+    """With a 1-second period, a ticket is taken during its period and the
+    next, and refused two periods on (the keys that made it are gone)."""
+    if not h.uring:
+        pytest.skip("the ticket keys are the core's")
+    import time
+
+    conf = CoreTLS(str(files.cert), str(files.key), ticket_period=1)
+
+    async def main() -> None:
+        server, port = await serve(h, conf)
+        ctx = client_ctx(files, ssl.TLSVersion.TLSv1_2)
+
+        def first() -> tuple[Any, float]:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    return s.session, time.time()
+
+        def offer(session: Any) -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as s:
+                    return s.session_reused
+
+        session, issued = await asyncio.to_thread(first)
+        assert await asyncio.to_thread(offer, session)
+        # the period is the wall clock's: two whole periods on, whatever the phase
+        assert await until(lambda: time.time() > int(issued) + 2.05, timeout=10)
+        assert not await asyncio.to_thread(offer, session)
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+
+
+def test_workers_share_the_ticket_secret_so_a_session_resumes_on_any(files) -> None:
+    srv = Proc(
+        [PY, "-m", "uringserve", "run", "tests.worker_app:info_app", "--port", "0", "--workers", "2",
+         "--tls-cert", str(files.cert), "--tls-key", str(files.key)],
+    )  # fmt: skip
+    ctx = client_ctx(files, ssl.TLSVersion.TLSv1_3)
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+    def get(session: Any = None) -> tuple[int, Any, bool]:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as s:
+                s.sendall(request)
+                got = b""
+                while chunk := s.recv(65536):
+                    got += chunk
+                return json.loads(got.partition(b"\r\n\r\n")[2])["pid"], s.session, s.session_reused
+
+    try:
+        first_pid, session, _ = get()
+        pids = set()
+        for _ in range(200):  # until a connection lands on the other worker
+            pid, _, reused = get(session)
+            assert reused, f"worker {pid} did not resume a session of worker {first_pid}"
+            pids.add(pid)
+            if pid != first_pid:
+                break
+        assert pids - {first_pid}, "every connection went to one worker"
     finally:
         srv.stop()

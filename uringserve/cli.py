@@ -587,11 +587,13 @@ def tls_context(args: argparse.Namespace) -> CoreTLS | None:
                 "(an OpenSSL cipher list, e.g. ECDHE+AESGCM)"
             ) from None
     from .tls import CoreTLS
+    from .workers import ticket_secret
 
     try:  # the files are known good (above): what fails here is the core's own setup
         return CoreTLS(
             *pairs[0],
             more=pairs[1:],
+            ticket_secret=ticket_secret(),  # a worker's: the supervisor's, shared by all
             ca=args.tls_ca,
             ciphers=args.tls_ciphers,
             min_version=args.tls_min_version,

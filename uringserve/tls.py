@@ -24,6 +24,8 @@ MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _WIRE_VERSION = {"1.2": 0x0303, "1.3": 0x0304}
 _TLS_VERSION_ID = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 DEFAULT_ALPN = ("http/1.1",)
+TICKET_SECRET_BYTES = 32
+TICKET_PERIOD = 3600  # seconds a session-ticket key encrypts (it decrypts one period more)
 
 
 class CoreTLS:
@@ -41,6 +43,8 @@ class CoreTLS:
         min_version: str = "1.2",
         alpn: Sequence[str] = DEFAULT_ALPN,
         more: Sequence[tuple[str, str | None]] = (),
+        ticket_secret: bytes | None = None,
+        ticket_period: int = TICKET_PERIOD,
     ) -> None:
         if min_version not in MIN_VERSIONS:
             raise ValueError(f"minimum TLS version {min_version!r}: one of {', '.join(MIN_VERSIONS)}")
@@ -77,6 +81,13 @@ class CoreTLS:
             conf.cert, conf.key = paths
             if lib.us_tls_ctx_add(ptr, conf, err, 256) < 0:
                 raise ssl.SSLError(f"TLS certificate {more_cert}: {ffi.string(err).decode(errors='replace')}")
+        # session tickets: keys derived per period from one secret, so the
+        # workers given the same (the supervisor's) resume each other's clients
+        secret = ticket_secret if ticket_secret is not None else os.urandom(TICKET_SECRET_BYTES)
+        if len(secret) != TICKET_SECRET_BYTES:
+            raise ValueError(f"the ticket secret is {TICKET_SECRET_BYTES} bytes, not {len(secret)}")
+        if lib.us_tls_ctx_tickets(ptr, secret, ticket_period) < 0:
+            raise ValueError(f"ticket period {ticket_period}: a positive number of seconds")
         self.plain = lib.us_tls_plain(ptr)
 
     def _stdlib_context(self) -> ssl.SSLContext:

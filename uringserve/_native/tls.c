@@ -10,9 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/bio.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -26,8 +30,18 @@
 /* certificates besides the default one, chosen by the client's SNI name */
 #define MORE_CERTS 32
 
+/* one rotation period's session-ticket keys, derived from the shared secret */
+struct ticket_keys {
+    uint64_t period;
+    unsigned char name[16]; /* 8 bytes of HMAC, then the period: a ticket says which keys made it */
+    unsigned char aes[32], hmac[32];
+};
+
 struct us_tls_ctx {
     SSL_CTX *ctx;                 /* the default certificate's, every connection starts on it */
+    unsigned char secret[32];     /* us_tls_ctx_tickets: the same in every worker */
+    uint32_t ticket_period;       /* seconds a key encrypts; it decrypts one period more. 0: OpenSSL's own keys */
+    struct ticket_keys tk[2];     /* the last two periods derived (a cache) */
     SSL_CTX *more[MORE_CERTS];    /* us_tls_ctx_add: switched to when the SNI name is theirs */
     uint32_t nmore;
     unsigned char alpn[256];
@@ -203,6 +217,92 @@ fail:
     return NULL;
 }
 
+static int derive(const unsigned char *secret, const char *label, uint64_t period, unsigned char out[32])
+{
+    unsigned char msg[40];
+    size_t n = strlen(label), outlen = 0;
+    memcpy(msg, label, n);
+    for (int i = 0; i < 8; i++)
+        msg[n + i] = (unsigned char)(period >> (56 - 8 * i));
+    return EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, secret, 32, msg, n + 8, out, 32, &outlen) != NULL;
+}
+
+/* the keys of `period` (from the cache, else derived into it) */
+static struct ticket_keys *keys_of(struct us_tls_ctx *x, uint64_t period)
+{
+    struct ticket_keys *k = &x->tk[period & 1];
+    if (k->period == period && period)
+        return k;
+    unsigned char name[32];
+    if (!derive(x->secret, "uringserve ticket name", period, name) ||
+        !derive(x->secret, "uringserve ticket aes", period, k->aes) ||
+        !derive(x->secret, "uringserve ticket hmac", period, k->hmac))
+        return NULL;
+    memcpy(k->name, name, 8);
+    for (int i = 0; i < 8; i++)
+        k->name[8 + i] = (unsigned char)(period >> (56 - 8 * i));
+    k->period = period;
+    return k;
+}
+
+/* OpenSSL's ticket callback: encrypt with this period's keys; decrypt with
+ * this period's or the last one's (then ask for a new ticket, 2); any other
+ * ticket: a full handshake (0) */
+static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     EVP_MAC_CTX *hctx, int enc)
+{
+    struct us_tls_ctx *x = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    uint64_t now = (uint64_t)time(NULL) / x->ticket_period + 1; /* + 1: period 0 never occurs, the cache's empty */
+    uint64_t period = now;
+    int ret = 1;
+    if (!enc) {
+        period = 0;
+        for (int i = 8; i < 16; i++)
+            period = period << 8 | key_name[i];
+        if (period != now && period + 1 != now)
+            return 0;
+        ret = period == now ? 1 : 2;
+    }
+    struct ticket_keys *k = keys_of(x, period);
+    if (!k || (!enc && CRYPTO_memcmp(k->name, key_name, 16) != 0))
+        return k ? 0 : -1;
+    if (enc) {
+        memcpy(key_name, k->name, 16);
+        if (RAND_bytes(iv, 16) <= 0)
+            return -1;
+    }
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, k->hmac, 32),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (!EVP_MAC_CTX_set_params(hctx, params))
+        return -1;
+    int ok = enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv)
+                 : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv);
+    return ok ? ret : -1;
+}
+
+static void use_tickets(struct us_tls_ctx *x, SSL_CTX *ctx)
+{
+    SSL_CTX_set_app_data(ctx, x);
+    if (x->ticket_period)
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+}
+
+int us_tls_ctx_tickets(struct us_tls_ctx *x, const unsigned char *secret, uint32_t period)
+{
+    if (!period)
+        return -EINVAL;
+    memcpy(x->secret, secret, 32);
+    x->ticket_period = period;
+    memset(x->tk, 0, sizeof(x->tk));
+    use_tickets(x, x->ctx);
+    for (uint32_t i = 0; i < x->nmore; i++)
+        use_tickets(x, x->more[i]);
+    return 0;
+}
+
 struct us_tls_ctx *us_tls_ctx_new(const struct us_tls_conf *conf, char *err, size_t errlen)
 {
     ERR_clear_error();
@@ -247,6 +347,7 @@ int us_tls_ctx_add(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *e
     SSL_CTX *ctx = make_ctx(x, conf, err, errlen);
     if (!ctx)
         return -EINVAL;
+    use_tickets(x, ctx);
     x->more[x->nmore++] = ctx;
     ERR_clear_error();
     return 0;

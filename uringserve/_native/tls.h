@@ -45,6 +45,11 @@ struct us_tls_ctx *us_tls_ctx_new(const struct us_tls_conf *conf, char *err, siz
 /* another certificate (conf's cert and key; its other fields as the first's),
  * served to a client whose SNI name it holds; 0, or -errno with the reason in err */
 int us_tls_ctx_add(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *err, size_t errlen);
+/* session tickets from a 32-byte secret shared by the workers: the keys of
+ * each `period` seconds are derived from it (so every worker encrypts with
+ * the same and a client resumes on any), a ticket is accepted for one
+ * period more; -EINVAL for period 0 */
+int us_tls_ctx_tickets(struct us_tls_ctx *x, const unsigned char *secret, uint32_t period);
 void us_tls_ctx_free(struct us_tls_ctx *x);
 char *us_tls_plain(struct us_tls_ctx *x);      /* where us_tls_recv's plaintext is */
 
