@@ -883,3 +883,51 @@ def test_workers_share_the_ticket_secret_so_a_session_resumes_on_any(files) -> N
         assert pids - {first_pid}, "every connection went to one worker"
     finally:
         srv.stop()
+
+
+def test_sighup_serves_a_renewed_certificate_and_refuses_no_connection(files, tmp_path) -> None:
+    """The supervisor's rolling reload (SIGHUP) starts workers that read the
+    certificate files again; connections made throughout all succeed."""
+    import signal
+    import time
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    first = files.ca.issue_cert("127.0.0.1")
+    first.cert_chain_pems[0].write_to_path(str(cert))
+    first.private_key_pem.write_to_path(str(key))
+    srv = Proc(
+        [PY, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--workers", "2",
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+    )  # fmt: skip
+    ctx = client_ctx(files)
+
+    def served() -> bytes:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                got = b""
+                while chunk := s.recv(65536):
+                    got += chunk
+                assert got.endswith(b"Hello, world!\n"), got
+                der = s.getpeercert(binary_form=True)
+                assert der is not None
+                return der
+
+    try:
+        old_der = ssl.PEM_cert_to_DER_cert(first.cert_chain_pems[0].bytes().decode())
+        assert served() == old_der
+        renewed = files.ca.issue_cert("127.0.0.1")
+        for path, pem in ((cert, renewed.cert_chain_pems[0]), (key, renewed.private_key_pem)):
+            pem.write_to_path(str(path.with_suffix(".new")))
+            os.replace(path.with_suffix(".new"), path)  # as a certificate renewal does: whole files
+        new_der = ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())
+        srv.p.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        seen = []
+        while time.monotonic() < deadline:  # every connection meanwhile succeeds (served() asserts)
+            seen.append(served())
+            if seen[-5:] == [new_der] * 5:  # the old workers are gone: only the new certificate
+                break
+        assert seen[-5:] == [new_der] * 5 and set(seen) <= {old_der, new_der}
+    finally:
+        srv.stop()
