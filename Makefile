@@ -21,7 +21,7 @@ DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.
 	haproxy nginx-light libnginx-mod-stream wrk libssl-dev openssl
 BENCH_DEBS := curl
 
-.PHONY: run echo resp bench-asgi bench-wsgi bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo resp bench-asgi bench-wsgi bench-files bench-echo bench-loadgen bench-resp bench-tls test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -132,6 +132,10 @@ bench-wsgi: bench-deps $(STAMP)
 # uringserve.http (native, ASGI) vs uvicorn, granian and nginx; a 1 MiB file vs nginx
 bench-http: bench-deps $(STAMP)
 	$(VPY) bench/http_bench.py
+
+# HTTPS: uringserve (TLS in the core) against nginx ssl and uvicorn --ssl-*, keep-alive and one request per connection
+bench-tls: bench-deps $(STAMP)
+	$(VPY) bench/tls_bench.py
 
 # the ways to send a cached file, side by side, without Python: sendfile,
 # io_uring splice, send from memory, read + send (bench/file_paths.c)
