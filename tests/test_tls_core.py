@@ -931,3 +931,47 @@ def test_sighup_serves_a_renewed_certificate_and_refuses_no_connection(files, tm
         assert seen[-5:] == [new_der] * 5 and set(seen) <= {old_der, new_der}
     finally:
         srv.stop()
+
+
+def test_paused_reading_holds_the_plaintext_in_order_and_a_buffered_protocol_gets_it(h, files, conf) -> None:
+    """pause_reading() at the first bytes: what the kernel had already taken
+    is decrypted and held; resume_reading() hands it over in order, to a
+    BufferedProtocol through get_buffer() (small buffers: many calls)."""
+    payload = os.urandom(300_000)
+
+    class Slow(asyncio.BufferedProtocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            self.buf = bytearray(4096)
+            self.got = bytearray()
+            self.paused_once = False
+            self.done = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buf
+
+        def buffer_updated(self, n: int) -> None:
+            self.got += self.buf[:n]
+            if not self.paused_once:
+                self.paused_once = True
+                self.t.pause_reading()
+            if len(self.got) == len(payload) and not self.done.done():
+                self.done.set_result(None)
+
+    async def main() -> None:
+        made: list[Slow] = []
+        server, port = await serve(h, conf, lambda: made.append(Slow()) or made[-1])
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx(files))
+        w.write(payload)
+        await w.drain()
+        await until(lambda: bool(made) and getattr(made[0], "paused_once", False))
+        assert not made[0].t.is_reading()
+        made[0].t.resume_reading()
+        await made[0].done
+        assert bytes(made[0].got) == payload
+        w.close()
+        await w.wait_closed()
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
