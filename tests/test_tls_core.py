@@ -975,3 +975,50 @@ def test_paused_reading_holds_the_plaintext_in_order_and_a_buffered_protocol_get
         await settled(h)
 
     h.run(main())
+
+
+@pytest.mark.parametrize(
+    "ciphers",
+    ["ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA", "AES128-GCM-SHA256:AES256-SHA256", "DES-CBC3-SHA:RC4-SHA"],
+    ids=["sha1-cbc", "no-forward-secrecy", "3des-rc4"],
+)
+def test_weak_tls12_suites_are_refused(h, files, conf, ciphers) -> None:
+    async def main() -> None:
+        server, port = await serve(h, conf)
+        proc = await asyncio.create_subprocess_exec(
+            "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-cipher", f"{ciphers}@SECLEVEL=0",
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        assert proc.returncode != 0, out.decode(errors="replace")[-400:]
+        if h.uring:  # the alert that says why (asyncio's SSLProtocol aborts without it)
+            assert b"alert handshake failure" in out or b"no cipher" in out, out.decode(errors="replace")[-400:]
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+    h.take_errors()
+
+
+def test_tls_ciphers_narrows_what_tls12_accepts(h, files) -> None:
+    only_chacha = CoreTLS(str(files.cert), str(files.key), ciphers="ECDHE+CHACHA20")
+
+    async def main() -> None:
+        server, port = await serve(h, only_chacha)
+        for offered, ok in (("ECDHE+AESGCM", False), ("ECDHE+CHACHA20", True)):
+            ctx = client_ctx(files, ssl.TLSVersion.TLSv1_2)
+            ctx.set_ciphers(offered)
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+            except (ssl.SSLError, ConnectionError):
+                assert not ok, offered
+                continue
+            assert ok, offered
+            assert "CHACHA20" in w.get_extra_info("ssl_object").cipher()[0]
+            w.close()
+            await w.wait_closed()
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+    h.take_errors()

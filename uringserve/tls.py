@@ -97,8 +97,8 @@ class CoreTLS:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.cert, self.key)
         ctx.minimum_version = MIN_VERSIONS[self.min_version]
-        if self.ciphers:
-            ctx.set_ciphers(self.ciphers)
+        # the core's list when none is given: the stdlib's own server default takes SHA-1 CBC suites
+        ctx.set_ciphers(self.ciphers or ffi.string(lib.us_tls_default_ciphers()).decode())
         if self.alpn:
             ctx.set_alpn_protocols(list(self.alpn))
         if self.more:  # the same choice by SNI name for asyncio's SSLProtocol

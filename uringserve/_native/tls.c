@@ -549,3 +549,5 @@ int us_tls_peer_cert(struct us_tls *t, unsigned char *buf, int len)
 }
 
 const char *us_tls_openssl_version(void) { return OpenSSL_version(OPENSSL_VERSION); }
+
+const char *us_tls_default_ciphers(void) { return DEFAULT_CIPHERS; }

@@ -73,6 +73,7 @@ const char *us_tls_cipher(struct us_tls *t, const char **proto, int *bits);
 int us_tls_alpn(struct us_tls *t, const unsigned char **proto); /* its length, 0: none */
 int us_tls_peer_cert(struct us_tls *t, unsigned char *buf, int len); /* DER length (buf NULL: the size), 0: none */
 const char *us_tls_openssl_version(void);
+const char *us_tls_default_ciphers(void);     /* TLS 1.2's suites when none are given */
 /* CDEF END */
 
 #endif
