@@ -14,11 +14,11 @@ PORT ?= 8000
 # to it with them and compare its replies with redis-server's (started by the tests)
 # systemd: systemd-socket-activate and systemd-analyze for the socket-activation and unit tests
 # haproxy, nginx-light and its stream module: real proxies in front of the server (tests/test_behind_proxies.py)
-# libssl-dev: headers for the core's TLS (tls.c links the libssl the interpreter's ssl module links); openssl: s_client in tests/test_tls_core.py
+# libssl-dev: headers for the core's TLS (tls.c links the libssl the interpreter's ssl module links); openssl (s_client), sslscan: tests/test_tls_core.py
 # wrk: a real client's count of socket errors across drains and lingering closes (test_drain_under_load.py,
 # test_lingering_close.py)
 DEBS := gcc libc6-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd \
-	haproxy nginx-light libnginx-mod-stream wrk libssl-dev openssl
+	haproxy nginx-light libnginx-mod-stream wrk libssl-dev openssl sslscan
 BENCH_DEBS := curl
 
 .PHONY: run echo resp bench-asgi bench-wsgi bench-files bench-echo bench-loadgen bench-resp bench-tls test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor

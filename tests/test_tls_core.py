@@ -1022,3 +1022,30 @@ def test_tls_ciphers_narrows_what_tls12_accepts(h, files) -> None:
 
     h.run(main())
     h.take_errors()
+
+
+def test_sslscan_finds_only_tls12_and_13_with_forward_secret_aead_suites(h, conf) -> None:
+    """sslscan (Debian's) across every protocol and suite it knows."""
+    import re
+
+    async def main() -> None:
+        server, port = await serve(h, conf)
+        proc = await asyncio.create_subprocess_exec(
+            "sslscan", "--no-colour", f"127.0.0.1:{port}", stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        out = (await proc.communicate())[0].decode(errors="replace")
+        for version, state in (("SSLv2", "disabled"), ("SSLv3", "disabled"), ("TLSv1.0", "disabled"),
+                               ("TLSv1.1", "disabled"), ("TLSv1.2", "enabled"), ("TLSv1.3", "enabled")):  # fmt: skip
+            assert re.search(rf"^{re.escape(version)}\s+{state}$", out, re.M), (version, out)
+        suites = re.findall(r"^(?:Preferred|Accepted)\s+(TLSv1\.[23])\s+\d+ bits\s+(\S+)", out, re.M)
+        assert suites, out
+        for version, suite in suites:
+            assert suite.startswith("TLS_") if version == "TLSv1.3" else suite.startswith("ECDHE-"), suite
+            assert "GCM" in suite or "CHACHA20" in suite, suite
+        if h.uring:
+            assert "Session renegotiation not supported" in out, out
+        await stop(server)
+        await settled(h)
+
+    h.run(main(), timeout=120)
+    h.take_errors()
