@@ -31,7 +31,11 @@ TICKET_PERIOD = 3600  # seconds a session-ticket key encrypts (it decrypts one p
 class CoreTLS:
     """A server TLS configuration: certificate chain, key, optional client CA
     (mTLS), TLS 1.2 ciphers, minimum version, ALPN protocols. Raises
-    ssl.SSLError (or OSError for a missing file) naming what is wrong."""
+    ssl.SSLError (or OSError for a missing file) naming what is wrong.
+
+    One loop thread per CoreTLS: its connections decrypt into one shared
+    scratch buffer (tls.c), copied out before the next read; two loops in two
+    threads each need their own CoreTLS."""
 
     def __init__(
         self,
