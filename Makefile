@@ -14,15 +14,17 @@ PORT ?= 8000
 # to it with them and compare its replies with redis-server's (started by the tests)
 # systemd: systemd-socket-activate and systemd-analyze for the socket-activation and unit tests
 # haproxy, nginx-light and its stream module: real proxies in front of the server (tests/test_behind_proxies.py)
+# libssl-dev: headers for the core's TLS (tls.c links the libssl the interpreter's ssl module links); openssl (s_client), sslscan: tests/test_tls_core.py
 # wrk: a real client's count of socket errors across drains and lingering closes (test_drain_under_load.py,
 # test_lingering_close.py)
 # chromium: a real browser runs the WebSocket demo page's self-test (tests/test_ws_browser.py)
 # zlib1g-dev: the load generator inflates permessage-deflate echoes (loadgen.c)
+# libssl-dev, openssl, sslscan: TLS in the core (tls.c) links libssl; tests drive s_client and sslscan
 DEBS := gcc libc6-dev zlib1g-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd \
-	haproxy nginx-light libnginx-mod-stream wrk chromium
+	haproxy nginx-light libnginx-mod-stream wrk chromium libssl-dev openssl sslscan
 BENCH_DEBS := curl
 
-.PHONY: run echo resp bench-asgi bench-wsgi bench-ws bench-files bench-echo bench-loadgen bench-resp test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
+.PHONY: run echo resp bench-asgi bench-wsgi bench-ws bench-files bench-echo bench-loadgen bench-resp bench-tls test lint test-stress mutate fuzz soak bench bench-uvicorn bench-http conformance deps bench-deps apt clean doctor
 
 deps:
 	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
@@ -138,6 +140,10 @@ bench-ws: bench-deps $(STAMP)
 # uringserve.http (native, ASGI) vs uvicorn, granian and nginx; a 1 MiB file vs nginx
 bench-http: bench-deps $(STAMP)
 	$(VPY) bench/http_bench.py
+
+# HTTPS: uringserve (TLS in the core) against nginx ssl and uvicorn --ssl-*, keep-alive and one request per connection
+bench-tls: bench-deps $(STAMP)
+	$(VPY) bench/tls_bench.py
 
 # the ways to send a cached file, side by side, without Python: sendfile,
 # io_uring splice, send from memory, read + send (bench/file_paths.c)

@@ -29,6 +29,7 @@ from uringserve import cli, flag_aliases, logs
 from uringserve.http import HTTPConfig, HTTPServer
 from uringserve.ring_settings import SETTINGS, RingConfig
 from uringserve.server import TCP, Inherited, Server, Unix
+from uringserve.tls import CoreTLS
 
 # a value for each option, other than its default, as text
 SAMPLE = {
@@ -70,6 +71,8 @@ SAMPLE = {
     "tls_cert": "/c.pem",
     "tls_key": "/k.pem",
     "tls_ca": "/ca.pem",
+    "tls_ciphers": "ECDHE+AESGCM",
+    "tls_min_version": "1.3",
     "metrics": "127.0.0.1:9464",
     "max_connections": "500",
     "reload_dir": "/tmp",
@@ -189,9 +192,11 @@ BUILT: dict[str, Any] = {
     "log_format": lambda a: _logging(a)[1],
     "access_log": lambda a: cli.build_server(a).config.access_log,
     "metrics": lambda a: cli.build_supervisor([], a).metrics_address,
-    "tls_cert": lambda a: isinstance(cli.build_server(a).ssl, ssl.SSLContext),
-    "tls_key": lambda a: _outcome(lambda: isinstance(cli.build_server(a).ssl, ssl.SSLContext)),
-    "tls_ca": lambda a: cli.build_server(a).ssl.verify_mode,
+    "tls_cert": lambda a: isinstance(cli.build_server(a).ssl, CoreTLS),
+    "tls_key": lambda a: _outcome(lambda: isinstance(cli.build_server(a).ssl, CoreTLS)),
+    "tls_ca": lambda a: cli.build_server(a).ssl.context.verify_mode,
+    "tls_ciphers": lambda a: cli.build_server(a).ssl.ciphers,
+    "tls_min_version": lambda a: cli.build_server(a).ssl.min_version,
     "factory": lambda a: _outcome(lambda: cli.build_server(a).app.__name__),
     "interface": lambda a: cli.build_server(a).interface,
     "protocol": lambda a: _outcome(lambda: type(cli.build_server(a))),
@@ -257,6 +262,8 @@ WITH = {
     "max_requests_jitter": ["--max-requests", "100"],
     "tls_key": ["--tls-cert", "{cert_only}"],
     "tls_ca": ["--tls-cert", "{cert_only}", "--tls-key", "{tls_key}"],
+    "tls_ciphers": ["--tls-cert", "{tls_cert}"],
+    "tls_min_version": ["--tls-cert", "{tls_cert}"],
     "reload_dir": ["--reload"],
     "reload_include": ["--reload"],
     "reload_exclude": ["--reload"],
@@ -684,6 +691,11 @@ def test_settings_that_cannot_work_are_one_line_before_any_worker(workers: str, 
         (["--tls-cert", key_less], f"uringserve: --tls-cert {key_less}: cannot load a certificate chain and its"),
         (["--tls-cert", key_less], "give the key file with --tls-key"),
         (["--tls-key", missing], "uringserve: --tls-key and --tls-ca need --tls-cert"),
+        (["--tls-ciphers", "ECDHE+AESGCM"], "uringserve: --tls-ciphers needs --tls-cert"),
+        (
+            ["--tls-cert", str(tls_files.cert_and_key), "--tls-ciphers", "NOPE"],
+            "--tls-ciphers 'NOPE': OpenSSL knows no",
+        ),
         (["--uds", "@abstract", "--uds-mode", "600"], "--uds-mode: the abstract socket @abstract has no file"),
         (["--uds-mode", "600"], "--uds-mode applies to a Unix socket: give --uds (or --bind unix:PATH) too"),
     ]

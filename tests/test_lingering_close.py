@@ -28,6 +28,7 @@ import ssl
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -295,7 +296,24 @@ def tls_keeps_sending(port: int, ctx: ssl.SSLContext, request: bytes) -> bytes:
         return data
 
 
-def test_streamed_responses_over_tls_to_a_client_that_keeps_sending_arrive_whole(h: Any) -> None:
+def server_tls(kind: str, ca: Any, folder: Path) -> Any:
+    """What HTTPServer(ssl=) is given: asyncio's SSLProtocol's context, or
+    the core's TLS (uringserve.tls.CoreTLS; its stdlib context on the asyncio loop)."""
+    issued = ca.issue_cert("localhost")
+    if kind == "sslprotocol":
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        issued.configure_cert(ctx)
+        return ctx
+    from uringserve.tls import CoreTLS
+
+    issued.private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
+    return CoreTLS(str(folder / "server.pem"))
+
+
+@pytest.mark.parametrize("tls", ["sslprotocol", "core"])
+def test_streamed_responses_over_tls_to_a_client_that_keeps_sending_arrive_whole(
+    h: Any, tls: str, tmp_path: Path
+) -> None:
     """TLS: asyncio's SSL transport cannot half-close, and its close
     (close_notify, then reading the client's) aborts on the client's further
     bytes, resetting the end of the response: 15-22 of 30 cut on both loops.
@@ -303,8 +321,7 @@ def test_streamed_responses_over_tls_to_a_client_that_keeps_sending_arrive_whole
     import trustme
 
     ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
+    server_ctx = server_tls(tls, ca, tmp_path)
     client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ca.configure_trust(client_ctx)
 
@@ -321,7 +338,10 @@ def test_streamed_responses_over_tls_to_a_client_that_keeps_sending_arrive_whole
 @pytest.mark.parametrize(
     "request_bytes", [b"GET /stream HTTP/1.0\r\n" + H + b"\r\n", b"GET /broken HTTP/1.1\r\n" + H + b"\r\n"]
 )
-def test_over_tls_a_body_the_close_delimits_ends_with_the_close(h: Any, monkeypatch: Any, request_bytes: bytes) -> None:
+@pytest.mark.parametrize("tls", ["sslprotocol", "core"])
+def test_over_tls_a_body_the_close_delimits_ends_with_the_close(
+    h: Any, monkeypatch: Any, request_bytes: bytes, tls: str, tmp_path: Path
+) -> None:
     """Over TLS, where lingering sends no FIN, a body that only the close
     ends is not held back by a linger: HTTP/1.0 without a length, and a
     chunked body cut midway by its handler's failure (LINGER made 60 s: a
@@ -330,8 +350,7 @@ def test_over_tls_a_body_the_close_delimits_ends_with_the_close(h: Any, monkeypa
 
     monkeypatch.setattr(protocol, "LINGER", 60.0)
     ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
+    server_ctx = server_tls(tls, ca, tmp_path)
     client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ca.configure_trust(client_ctx)
 

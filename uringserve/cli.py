@@ -24,13 +24,16 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import flag_aliases
 from .http.config import HTTPConfig
 from .ring_settings import SETTINGS, RingConfig, RingConfigError, Setting, validate
 from .server.lifecycle import LOOPS
 from .ws.config import WSConfig
+
+if TYPE_CHECKING:
+    from .tls import CoreTLS
 
 ENV_PREFIX = "URINGSERVE_"
 DEFAULT_HOST = "127.0.0.1"
@@ -277,9 +280,28 @@ OPTIONS: list[Opt] = [
         repeat=True,
         metavar="GLOB",
     ),
-    Opt("--tls-cert", "TLS: certificate chain file (PEM); serves TLS on every listener", commands=SERVE),
-    Opt("--tls-key", "TLS: private key file (PEM), if not in --tls-cert", commands=SERVE),
+    Opt(
+        "--tls-cert",
+        "TLS: certificate chain file (PEM); serves TLS on every listener (repeatable: chosen by the client's SNI "
+        "name, the first for an unknown name)",
+        repeat=True,
+        commands=SERVE,
+    ),
+    Opt(
+        "--tls-key",
+        "TLS: private key file (PEM) of the --tls-cert in the same place, if not in that file (repeatable)",
+        repeat=True,
+        commands=SERVE,
+    ),
     Opt("--tls-ca", "TLS: CA file; clients must present a certificate it signed", commands=SERVE),
+    Opt("--tls-ciphers", "TLS: OpenSSL cipher list for TLS 1.2 (TLS 1.3's suites are OpenSSL's)", commands=SERVE),
+    Opt(
+        "--tls-min-version",
+        "TLS: the oldest version served",
+        default="1.2",
+        choices=("1.2", "1.3"),
+        commands=SERVE,
+    ),
     # behind a proxy
     Opt(
         "--proxy-headers",
@@ -577,33 +599,69 @@ def ring_config(args: argparse.Namespace) -> RingConfig | None:
     return config
 
 
-def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+def tls_context(args: argparse.Namespace) -> CoreTLS | None:
+    """The TLS the command serves: the core's (tls.CoreTLS) on the uring loop,
+    its stdlib context through asyncio's SSLProtocol on the others."""
     if args.tls_cert is None:
         if args.tls_key or args.tls_ca:
             raise SystemExit("uringserve: --tls-key and --tls-ca need --tls-cert")
+        if args.tls_ciphers:
+            raise SystemExit("uringserve: --tls-ciphers needs --tls-cert")
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    for opt, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
-        if path is not None and not os.path.isfile(path):
-            raise SystemExit(f"uringserve: {opt} {path}: no such file")
-    try:
-        ctx.load_cert_chain(args.tls_cert, args.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        if args.tls_key is None:  # the one file must hold the key too
-            raise SystemExit(
-                f"uringserve: --tls-cert {args.tls_cert}: cannot load a certificate chain and its private key "
-                f"from it ({exc}); give the key file with --tls-key"
-            ) from None
-        raise SystemExit(
-            f"uringserve: --tls-cert {args.tls_cert} with --tls-key {args.tls_key}: cannot load them ({exc}); "
-            "the certificate and key must be PEM and belong together"
-        ) from None
+    keys = list(args.tls_key or ())
+    if len(keys) > len(args.tls_cert):
+        raise SystemExit("uringserve: more --tls-key than --tls-cert: each key belongs to the certificate in its place")
+    pairs = [(cert, keys[i] if i < len(keys) else None) for i, cert in enumerate(args.tls_cert)]
+    for cert, key in pairs:
+        ctx = _load_pair(cert, key)
     if args.tls_ca:
         try:
             ctx.load_verify_locations(args.tls_ca)
         except (OSError, ssl.SSLError) as exc:
             raise SystemExit(f"uringserve: --tls-ca {args.tls_ca}: {exc}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
+    if args.tls_ciphers:
+        try:
+            ctx.set_ciphers(args.tls_ciphers)
+        except ssl.SSLError:
+            raise SystemExit(
+                f"uringserve: --tls-ciphers {args.tls_ciphers!r}: OpenSSL knows no cipher in it "
+                "(an OpenSSL cipher list, e.g. ECDHE+AESGCM)"
+            ) from None
+    from .tls import CoreTLS
+    from .workers import ticket_secret
+
+    try:  # the files are known good (above): what fails here is the core's own setup
+        return CoreTLS(
+            *pairs[0],
+            more=pairs[1:],
+            ticket_secret=ticket_secret(),  # a worker's: the supervisor's, shared by all
+            ca=args.tls_ca,
+            ciphers=args.tls_ciphers,
+            min_version=args.tls_min_version,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"uringserve: --tls-cert {pairs[0][0]}: {exc}") from None
+
+
+def _load_pair(cert: str, key: str | None) -> ssl.SSLContext:
+    """A context with one certificate and its key, or the one-line error saying what is wrong with them."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    for opt, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"uringserve: {opt} {path}: no such file")
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        if key is None:  # the one file must hold the key too
+            raise SystemExit(
+                f"uringserve: --tls-cert {cert}: cannot load a certificate chain and its private key "
+                f"from it ({exc}); give the key file with --tls-key"
+            ) from None
+        raise SystemExit(
+            f"uringserve: --tls-cert {cert} with --tls-key {key}: cannot load them ({exc}); "
+            "the certificate and key must be PEM and belong together"
+        ) from None
     return ctx
 
 

@@ -119,6 +119,7 @@ def report() -> dict:
             else f"{beneath}: request paths are resolved with realpath() and checked instead, a few system calls more",
         )
     )
+    checks.extend(tls_checks())
     out["checks"] = [asdict(c) for c in checks]
     budget = None if has_cap_ipc_lock() else out["rlimit_memlock"]
     cfg = ring.RingConfig().validated()
@@ -179,6 +180,18 @@ _OP_WHERE = {
     "WRITE_FIXED": "load generator (staged requests)",
     "NOP": "fault injection (tests)",
 }
+
+
+def tls_checks() -> list[Check]:
+    """TLS: the core's record layer (the OpenSSL it links) and kTLS, detected
+    only (uringserve does not use it yet: ktls.py)."""
+    from . import ktls, tls
+
+    ok, why = ktls.probe()
+    return [
+        Check("TLS in the core (--tls-cert)", True, "-", "TLS", tls.openssl_version()),
+        Check("kTLS (TCP_ULP tls)", ok, "4.13", "not used yet: TLS runs in user space", why),
+    ]
 
 
 def format_report(rep: dict) -> str:

@@ -66,9 +66,9 @@ ALIASES: list[Alias] = [
     Alias(
         "--ssl-keyfile-password", "uvicorn", None, "give --tls-key an unencrypted key file (readable by this user only)"
     ),
-    Alias("--ssl-version", "uvicorn, gunicorn", None, "the TLS context takes Python's defaults (TLS 1.2 and later)"),
-    Alias("--ssl-ciphers", "uvicorn", None, "the TLS context takes Python's default ciphers"),
-    Alias("--ciphers", "gunicorn, hypercorn", None, "the TLS context takes Python's default ciphers"),
+    Alias("--ssl-version", "uvicorn, gunicorn", None, "give the oldest version served: --tls-min-version 1.2 or 1.3"),
+    Alias("--ssl-ciphers", "uvicorn", "--tls-ciphers"),
+    Alias("--ciphers", "gunicorn, hypercorn", "--tls-ciphers"),
     Alias(
         "--timeout",
         "gunicorn",

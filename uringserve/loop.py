@@ -28,7 +28,9 @@ from . import scheduling
 from .arena_waits import ArenaWaits
 from .ring import EVENT_HEAD, EVENTS, FaultPlan, Ring, RingConfig, accept_of
 from .selector import UringSelector, drain
+from .tls import CoreTLS
 from .transport import UringTransport
+from .transport_tls import TLSTransport
 
 logger = logging.getLogger("uringserve")
 T = TypeVar("T")
@@ -354,9 +356,10 @@ class UringEventLoop(asyncio.SelectorEventLoop):
         if lst is None or (late and self._closed):
             self._ring.close_conn(slot, gen, False)
             return
+        tls = lst.ssl if type(lst.ssl) is CoreTLS else None
         try:
             protocol = lst.protocol_factory()
-            if lst.ssl is not None:
+            if lst.ssl is not None and tls is None:
                 # TLS is asyncio's own SSLProtocol over this transport
                 waiter = self.create_future()
                 waiter.add_done_callback(_handshake_done)
@@ -369,7 +372,16 @@ class UringEventLoop(asyncio.SelectorEventLoop):
             return
         # a late connection was accepted as its listener stopped: served like
         # one accepted just before (the asyncio Server has closed: not attached)
-        t = UringTransport(self, slot, gen, protocol, peer, lst.sock, None if late else lst.server)
+        server = None if late else lst.server
+        if tls is None:
+            t = UringTransport(self, slot, gen, protocol, peer, lst.sock, server)
+        else:  # TLS in the core (transport_tls.py)
+            try:
+                t = TLSTransport(self, slot, gen, protocol, peer, lst.sock, server, tls)
+            except MemoryError as exc:
+                self._ring.close_conn(slot, gen, False)
+                self.call_exception_handler({"message": "no memory for a TLS connection; closed", "exception": exc})
+                return
         self._conns[slot] = t
         t.start_accepted()
 

@@ -248,6 +248,10 @@ class UringTransport(Reading, Writing):
             self._server = None
             if server is not None:
                 _server_detach(server, self)
+            self._slot_closed()
+
+    def _slot_closed(self) -> None:
+        """After connection_lost(): what a subclass holds for the slot goes (the TLS transport's SSL object)."""
 
     def loop_closing(self) -> None:
         """The loop is closing, and its ring with it, without this connection's

@@ -92,7 +92,7 @@ class Writing(TransportBase):
         if self._pending:
             self._pend(data, 0)
         else:
-            n = self._ring.send(self._slot, self._gen, data)
+            n = self._send_copy(data)
             if n < 0:
                 self._fatal_error(conn_error(-n), "Fatal write error on socket transport")
                 return
@@ -100,6 +100,10 @@ class Writing(TransportBase):
             if n < len(data):
                 self._pend(data, n)
         self._maybe_pause_protocol()
+
+    def _send_copy(self, data: Any) -> int:
+        """Queue as much of `data` as the arena takes (the TLS transport encrypts it first); bytes taken or -errno."""
+        return self._ring.send(self._slot, self._gen, data)
 
     def _pend(self, data: Any, offset: int) -> None:
         self._write_fast = False
@@ -133,7 +137,7 @@ class Writing(TransportBase):
                 self._pending_size -= chunk.count
                 self._pending.popleft()
                 continue
-            n = ring.send(self._slot, self._gen, chunk)
+            n = self._send_copy(chunk)
             if n < 0:
                 self._fatal_error(conn_error(-n), "Fatal write error on socket transport")
                 return

@@ -144,6 +144,10 @@ class Supervisor:
         self.recycling = recycling
         self.recycling_paused = False
         self._pause_fd = -1
+        # TLS session tickets: one secret for every worker (and every
+        # generation), so a client resumes on any of them (tls.CoreTLS derives
+        # the rotated keys from it); a memfd, as the pause byte, never on disk
+        self._ticket_fd = -1
         self._sel = selectors.DefaultSelector()
         self._signals: list[int] = []
         # --reload (reload.Watcher): a change reloads as SIGHUP does. Until the
@@ -220,6 +224,9 @@ class Supervisor:
         if self._pause_fd >= 0:
             spec["pause_fd"] = self._pause_fd
             passed.append(self._pause_fd)
+        if self._ticket_fd >= 0:
+            spec["tls_ticket_fd"] = self._ticket_fd
+            passed.append(self._ticket_fd)
         env = {**os.environ, "URINGSERVE_WORKER": json.dumps(spec)}
         # start_new_session: the worker takes orders from the supervisor only;
         # in its process group a terminal's Ctrl-C would reach it beside the
@@ -537,6 +544,9 @@ class Supervisor:
         if self._pause_fd >= 0:
             os.close(self._pause_fd)
             self._pause_fd = -1
+        if self._ticket_fd >= 0:
+            os.close(self._ticket_fd)
+            self._ticket_fd = -1
 
     def run(self) -> int:
         try:
@@ -550,6 +560,8 @@ class Supervisor:
         if self.recycling:
             self._pause_fd = os.memfd_create("uringserve-recycling")
             os.pwrite(self._pause_fd, b"0", 0)
+        self._ticket_fd = os.memfd_create("uringserve-tls-tickets")
+        os.pwrite(self._ticket_fd, os.urandom(32), 0)
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
@@ -658,6 +670,14 @@ def die_with_supervisor(spec: dict[str, Any]) -> None:
         pass
     if os.getppid() != spec["supervisor"]:
         raise SystemExit(f"uringserve worker: the supervisor (pid {spec['supervisor']}) is gone")
+
+
+def ticket_secret() -> bytes | None:
+    """The supervisor's TLS session-ticket secret, in a worker; None elsewhere."""
+    spec = worker_spec()
+    if not spec or "tls_ticket_fd" not in spec:
+        return None
+    return os.pread(spec["tls_ticket_fd"], 32, 0)
 
 
 def report_ready(spec: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-TARGETS = ["http_request", "resp_request", "native_parsers", "transport", "ws_frames"]
+TARGETS = ["http_request", "resp_request", "native_parsers", "transport", "ws_frames", "tls_records"]
 
 
 def env_for(target: str) -> dict[str, str]:

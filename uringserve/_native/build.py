@@ -19,9 +19,9 @@ def _source(name: str) -> str:
 
 # the public headers: each one's CDEF block is part of the cffi API (core.h
 # first: it declares struct us_ring for the others)
-HEADERS = ["core", "client", "http_scan", "http_frame", "fs", "loadgen", "faults"]
+HEADERS = ["core", "client", "http_scan", "http_frame", "fs", "loadgen", "faults", "tls"]
 # the sources: the ring's parts (ring_internal.h ties them together), then the rest
-MODULES = ["ring", "conn", "send", "client", "faults", "http_scan", "http_frame", "fs", "loadgen"]
+MODULES = ["ring", "conn", "send", "client", "faults", "http_scan", "http_frame", "fs", "loadgen", "tls"]
 
 ffibuilder = FFI()
 ffibuilder.cdef("".join(_cdef(f"{h}.h") for h in HEADERS))
@@ -30,7 +30,9 @@ ffibuilder.set_source(
     "\n".join(f'#include "{h}.h"' for h in HEADERS),
     sources=[_source(f"{m}.c") for m in MODULES],
     include_dirs=[str(HERE)],
-    libraries=["z"],  # loadgen.c: inflating permessage-deflate echoes
+    # loadgen.c: inflating permessage-deflate echoes; tls.c: the libssl the
+    # interpreter's ssl module links (one OpenSSL in the process)
+    libraries=["z", "ssl", "crypto"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
 )
 

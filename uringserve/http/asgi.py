@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -34,6 +35,51 @@ _EXTENSIONS: dict[str, Any] = {
     "http.response.early_hint": {},
     "http.response.trailers": {},
 }
+_TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def _tls_extensions(conn: Any) -> dict[str, Any]:
+    """The scope's extensions on a connection whose scheme is not "http":
+    over TLS, _EXTENSIONS and ASGI's `tls` extension (the client's
+    certificate for mTLS), made once per connection (the handshake is over
+    when a request arrives). `https` from --proxy-headers alone: _EXTENSIONS."""
+    ext = conn.asgi_extensions
+    if ext is None:
+        obj = conn.transport.get_extra_info("ssl_object") if conn.transport is not None else None
+        if obj is None:
+            ext = _EXTENSIONS
+        else:
+            der = obj.getpeercert(binary_form=True)
+            ext = dict(_EXTENSIONS)
+            ext["tls"] = {
+                "server_cert": None,
+                # the client's own certificate (its chain's first), PEM, as the extension gives it
+                "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+                "client_cert_name": _rfc4514(obj.getpeercert()) if der else None,
+                "client_cert_error": None,  # a certificate that fails verification fails the handshake
+                "tls_version": _TLS_VERSIONS.get(obj.version() or ""),
+                "cipher_suite": None,
+            }
+        conn.asgi_extensions = ext
+    return ext
+
+
+def _rfc4514(cert: dict[str, Any] | None) -> str | None:
+    """The subject of a decoded certificate as RFC 4514 writes it (the last RDN first)."""
+    if not cert or not cert.get("subject"):
+        return None
+    rdns = ("+".join(f"{_RDN_KEYS.get(k, k)}={_rdn_escape(v)}" for k, v in rdn) for rdn in cert["subject"])
+    return ",".join(reversed(list(rdns)))
+
+
+def _rdn_escape(value: str) -> str:
+    for ch in '\\,+"<>;=':
+        value = value.replace(ch, "\\" + ch)
+    return value
+
+
+_RDN_KEYS = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+             "localityName": "L", "stateOrProvinceName": "ST", "emailAddress": "emailAddress"}  # fmt: skip
 # where a response that announced trailers (`trailers: True`) is
 TRAILERS_PROMISED, TRAILERS_DUE, TRAILERS_SENT = 1, 2, 3
 _dropped_said = False  # trailers dropped for a client that did not ask: logged once per process
@@ -326,7 +372,7 @@ def asgi_runner(
             "query_string": b"" if raw_path is target else target[len(raw_path) + 1 :],  # query_string, inline
             "headers": headers.pairs() if type(headers) is HeaderBlock else headers,  # raw_headers, inline
             "state": state.copy() if state else {},
-            "extensions": _EXTENSIONS,
+            "extensions": _EXTENSIONS if conn.scheme == "http" else _tls_extensions(conn),
         }
         ex.task = conn.spawn(_run(app, scope, ex))
 

@@ -342,6 +342,7 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         self.client: Any = None
         self.server_addr: Any = None
         self.scheme = "http"  # "https" behind TLS (the ASGI scope's)
+        self.asgi_extensions: Any = None  # over TLS: the scope's, made at the first request (asgi.py)
 
     ws_upgrade: Callable[[Any, Exchange], bool] | None = None  # see the class
 

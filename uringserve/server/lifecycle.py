@@ -11,12 +11,15 @@ import signal
 import socket
 import ssl as ssl_module
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import heap
 from .connection import Connections, served
 from .listeners import TCP, Inherited, Listener, Unix
 from .proxy_protocol import ProxyProtocol
+
+if TYPE_CHECKING:
+    from ..tls import CoreTLS
 
 logger = logging.getLogger("uringserve.server")
 
@@ -74,14 +77,16 @@ class Server:
         protocol_factory: Callable[[], Any] | None = None,
         *,
         shutdown_timeout: float = 30.0,
-        ssl: ssl_module.SSLContext | None = None,
+        ssl: ssl_module.SSLContext | CoreTLS | None = None,
         max_connections: int | None = None,
     ) -> None:
         self._factory = protocol_factory
         # open connections at which accepting pauses (the rest wait in the
         # listen backlog); the uring loop's, counted in its ring
         self.max_connections = max_connections
-        self.ssl = ssl  # TLS on every listener (asyncio's SSLProtocol over the transport)
+        # TLS on every listener: a tls.CoreTLS is served by the core on UringEventLoop
+        # (its stdlib context elsewhere); an ssl.SSLContext by asyncio's SSLProtocol
+        self.ssl = ssl
         if not shutdown_timeout > 0:
             raise ValueError(f"shutdown_timeout must be a positive number of seconds, got {shutdown_timeout}")
         self.shutdown_timeout = shutdown_timeout
@@ -164,7 +169,7 @@ class Server:
                 for i, sock in enumerate(socks):
                     try:
                         srv = await loop.create_server(
-                            self._factory_for(sock), sock=sock, backlog=spec.backlog, ssl=self.ssl
+                            self._factory_for(sock), sock=sock, backlog=spec.backlog, ssl=_tls_for(loop, self.ssl)
                         )
                     except BaseException:
                         for s in socks[i:]:
@@ -419,3 +424,13 @@ def run_command(
         logs.error(f"{name}: {exc}")
         return 1
     return 1 if server.aborted else 0
+
+
+def _tls_for(loop: asyncio.AbstractEventLoop, tls: Any) -> Any:
+    """What create_server() takes for `tls`: a CoreTLS only where the core serves it."""
+    from ..loop import UringEventLoop
+    from ..tls import CoreTLS
+
+    if isinstance(tls, CoreTLS) and not isinstance(loop, UringEventLoop):
+        return tls.context
+    return tls

@@ -1,0 +1,553 @@
+/* TLS in the core: OpenSSL's record layer over the ring (see tls.h for who
+ * owns what). The interpreter's ssl module links the same libssl, so there
+ * is one OpenSSL in the process.
+ *
+ * One custom BIO per connection is both ends of its SSL object: reads take
+ * ciphertext from the pointer us_tls_recv set (the ring's provided buffer,
+ * no copy in between), writes go through us_send into the send arena. A
+ * memory BIO pair would add a copy each way and a growing buffer. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/bio.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "ring_internal.h"
+#include "tls.h"
+
+/* plaintext one us_tls_recv call hands out at most: the loop's largest
+ * delivery (256 KiB) and a record OpenSSL held from before */
+#define PLAIN_CAP ((256 + 32) * 1024)
+
+/* certificates besides the default one, chosen by the client's SNI name */
+#define MORE_CERTS 32
+
+/* one rotation period's session-ticket keys, derived from the shared secret */
+struct ticket_keys {
+    uint64_t period;
+    unsigned char name[16]; /* 8 bytes of HMAC, then the period: a ticket says which keys made it */
+    unsigned char aes[32], hmac[32];
+};
+
+struct us_tls_ctx {
+    SSL_CTX *ctx;                 /* the default certificate's, every connection starts on it */
+    unsigned char secret[32];     /* us_tls_ctx_tickets: the same in every worker */
+    uint32_t ticket_period;       /* seconds a key encrypts; it decrypts one period more. 0: OpenSSL's own keys */
+    struct ticket_keys tk[2];     /* the last two periods derived (a cache) */
+    SSL_CTX *more[MORE_CERTS];    /* us_tls_ctx_add: switched to when the SNI name is theirs */
+    uint32_t nmore;
+    unsigned char alpn[256];
+    uint32_t alpn_len;
+    char *plain; /* PLAIN_CAP bytes, shared by the connections: copied out before the next call */
+};
+
+struct us_tls {
+    SSL *ssl;
+    struct us_tls_ctx *x;
+    struct us_ring *r;
+    uint32_t slot, gen;
+    const char *in;  /* ciphertext not yet read by OpenSSL: in the ring's region until the next us_wait */
+    size_t in_len;
+    int dead;        /* a fatal error or a cut: no more I/O, no close_notify */
+    int send_err;    /* the errno us_send gave the BIO */
+    int alert;       /* the alert the last failure sent or received, 0 none */
+    char err[200];
+};
+
+static BIO_METHOD *bio_method;
+
+static int bio_write(BIO *b, const char *data, int len)
+{
+    struct us_tls *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    int64_t n = us_send(t->r, t->slot, t->gen, data, (size_t)len);
+    if (n < 0) {
+        t->send_err = (int)-n;
+        return -1;
+    }
+    if (n == 0) {
+        BIO_set_retry_write(b); /* the arena is full: OpenSSL keeps the record and is asked again */
+        return -1;
+    }
+    return (int)n;
+}
+
+static int bio_read(BIO *b, char *buf, int len)
+{
+    struct us_tls *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (!t->in_len) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    size_t n = t->in_len < (size_t)len ? t->in_len : (size_t)len;
+    memcpy(buf, t->in, n);
+    t->in += n;
+    t->in_len -= n;
+    return (int)n;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    /* OpenSSL flushes after each flight; the ring sends at its next enter */
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static int setup_bio_method(void)
+{
+    if (bio_method)
+        return 1;
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "uringserve ring");
+    if (!m || !BIO_meth_set_write(m, bio_write) || !BIO_meth_set_read(m, bio_read) ||
+        !BIO_meth_set_ctrl(m, bio_ctrl) || !BIO_meth_set_create(m, bio_create)) {
+        BIO_meth_free(m);
+        return 0;
+    }
+    bio_method = m;
+    return 1;
+}
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                       unsigned int inlen, void *arg)
+{
+    struct us_tls_ctx *x = arg;
+    unsigned char *sel;
+    if (SSL_select_next_proto(&sel, outlen, x->alpn, x->alpn_len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK; /* no protocol in common: go on without ALPN, as CPython's ssl */
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static int no_password(char *buf, int size, int rwflag, void *u)
+{
+    return 0; /* an encrypted key is refused, never prompted for on the server's terminal */
+}
+
+static void last_error(char *err, size_t len, const char *what)
+{
+    unsigned long e = ERR_peek_last_error();
+    const char *reason = e ? ERR_reason_error_string(e) : NULL;
+    snprintf(err, len, "%s: %s", what, reason ? reason : "unknown error");
+    ERR_clear_error();
+}
+
+/* TLS 1.2's suites when none are given: forward secrecy and AEAD only (CPython's default list) */
+static const char DEFAULT_CIPHERS[] = "ECDH+AESGCM:ECDH+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM";
+
+/* the SNI name's certificate (the default's when none or unknown): the
+ * first whose names (SAN, else CN; wildcards as RFC 6125) match */
+static int servername(SSL *ssl, int *alert, void *arg)
+{
+    struct us_tls_ctx *x = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!name || !x->nmore || X509_check_host(SSL_CTX_get0_certificate(x->ctx), name, 0, 0, NULL) == 1)
+        return SSL_TLSEXT_ERR_OK;
+    for (uint32_t i = 0; i < x->nmore; i++) {
+        if (X509_check_host(SSL_CTX_get0_certificate(x->more[i]), name, 0, 0, NULL) == 1) {
+            SSL_set_SSL_CTX(ssl, x->more[i]);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_OK; /* an unknown name: the default certificate, as nginx's default server */
+}
+
+/* one SSL_CTX of the configuration (every certificate's has the same settings) */
+static SSL_CTX *make_ctx(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    SSL_CTX_set_default_passwd_cb(ctx, no_password);
+    /* renegotiation refused (a TLS 1.2 client asking gets no_renegotiation); no compression (CRIME) */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* a partial write returns what whole records took; the rest is offered
+     * again from a Python bytes object, not at the same address */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    /* no server-side session cache (it would grow per handshake); tickets still resume */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    if (!SSL_CTX_set_min_proto_version(ctx, conf->min_version ? conf->min_version : TLS1_2_VERSION)) {
+        last_error(err, errlen, "minimum TLS version");
+        goto fail;
+    }
+    if (!SSL_CTX_set_cipher_list(ctx, conf->ciphers ? conf->ciphers : DEFAULT_CIPHERS)) {
+        last_error(err, errlen, "ciphers");
+        goto fail;
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, conf->cert) != 1) {
+        last_error(err, errlen, "certificate chain");
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, conf->key ? conf->key : conf->cert, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        last_error(err, errlen, "private key");
+        goto fail;
+    }
+    if (conf->ca) {
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(conf->ca);
+        if (!names || SSL_CTX_load_verify_locations(ctx, conf->ca, NULL) != 1) {
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            last_error(err, errlen, "client CA");
+            goto fail;
+        }
+        SSL_CTX_set_client_CA_list(ctx, names);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    }
+    if (x->alpn_len)
+        SSL_CTX_set_alpn_select_cb(ctx, alpn_select, x);
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static int derive(const unsigned char *secret, const char *label, uint64_t period, unsigned char out[32])
+{
+    unsigned char msg[40];
+    size_t n = strlen(label), outlen = 0;
+    memcpy(msg, label, n);
+    for (int i = 0; i < 8; i++)
+        msg[n + i] = (unsigned char)(period >> (56 - 8 * i));
+    return EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, secret, 32, msg, n + 8, out, 32, &outlen) != NULL;
+}
+
+/* the keys of `period` (from the cache, else derived into it) */
+static struct ticket_keys *keys_of(struct us_tls_ctx *x, uint64_t period)
+{
+    struct ticket_keys *k = &x->tk[period & 1];
+    if (k->period == period && period)
+        return k;
+    unsigned char name[32];
+    if (!derive(x->secret, "uringserve ticket name", period, name) ||
+        !derive(x->secret, "uringserve ticket aes", period, k->aes) ||
+        !derive(x->secret, "uringserve ticket hmac", period, k->hmac))
+        return NULL;
+    memcpy(k->name, name, 8);
+    for (int i = 0; i < 8; i++)
+        k->name[8 + i] = (unsigned char)(period >> (56 - 8 * i));
+    k->period = period;
+    return k;
+}
+
+/* OpenSSL's ticket callback: encrypt with this period's keys; decrypt with
+ * this period's or the last one's (then ask for a new ticket, 2); any other
+ * ticket: a full handshake (0) */
+static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     EVP_MAC_CTX *hctx, int enc)
+{
+    struct us_tls_ctx *x = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    uint64_t now = (uint64_t)time(NULL) / x->ticket_period + 1; /* + 1: period 0 never occurs, the cache's empty */
+    uint64_t period = now;
+    int ret = 1;
+    if (!enc) {
+        period = 0;
+        for (int i = 8; i < 16; i++)
+            period = period << 8 | key_name[i];
+        if (period != now && period + 1 != now)
+            return 0;
+        ret = period == now ? 1 : 2;
+    }
+    struct ticket_keys *k = keys_of(x, period);
+    if (!k || (!enc && CRYPTO_memcmp(k->name, key_name, 16) != 0))
+        return k ? 0 : -1;
+    if (enc) {
+        memcpy(key_name, k->name, 16);
+        if (RAND_bytes(iv, 16) <= 0)
+            return -1;
+    }
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, k->hmac, 32),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (!EVP_MAC_CTX_set_params(hctx, params))
+        return -1;
+    int ok = enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv)
+                 : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv);
+    return ok ? ret : -1;
+}
+
+static void use_tickets(struct us_tls_ctx *x, SSL_CTX *ctx)
+{
+    SSL_CTX_set_app_data(ctx, x);
+    if (x->ticket_period)
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+}
+
+int us_tls_ctx_tickets(struct us_tls_ctx *x, const unsigned char *secret, uint32_t period)
+{
+    if (!period)
+        return -EINVAL;
+    memcpy(x->secret, secret, 32);
+    x->ticket_period = period;
+    memset(x->tk, 0, sizeof(x->tk));
+    use_tickets(x, x->ctx);
+    for (uint32_t i = 0; i < x->nmore; i++)
+        use_tickets(x, x->more[i]);
+    return 0;
+}
+
+struct us_tls_ctx *us_tls_ctx_new(const struct us_tls_conf *conf, char *err, size_t errlen)
+{
+    ERR_clear_error();
+    if (!setup_bio_method()) {
+        last_error(err, errlen, "BIO method");
+        return NULL;
+    }
+    if (conf->alpn_len > sizeof(((struct us_tls_ctx *)0)->alpn)) {
+        snprintf(err, errlen, "ALPN list longer than %zu bytes", sizeof(((struct us_tls_ctx *)0)->alpn));
+        return NULL;
+    }
+    struct us_tls_ctx *x = calloc(1, sizeof(*x));
+    char *plain = malloc(PLAIN_CAP);
+    if (!x || !plain) {
+        snprintf(err, errlen, "out of memory");
+        free(plain);
+        free(x);
+        return NULL;
+    }
+    x->plain = plain;
+    memcpy(x->alpn, conf->alpn, conf->alpn_len);
+    x->alpn_len = conf->alpn_len;
+    x->ctx = make_ctx(x, conf, err, errlen);
+    if (!x->ctx) {
+        free(plain);
+        free(x);
+        return NULL;
+    }
+    SSL_CTX_set_tlsext_servername_callback(x->ctx, servername);
+    SSL_CTX_set_tlsext_servername_arg(x->ctx, x);
+    ERR_clear_error();
+    return x;
+}
+
+int us_tls_ctx_add(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *err, size_t errlen)
+{
+    if (x->nmore == MORE_CERTS) {
+        snprintf(err, errlen, "more than %d certificates", MORE_CERTS + 1);
+        return -E2BIG;
+    }
+    ERR_clear_error();
+    SSL_CTX *ctx = make_ctx(x, conf, err, errlen);
+    if (!ctx)
+        return -EINVAL;
+    use_tickets(x, ctx);
+    x->more[x->nmore++] = ctx;
+    ERR_clear_error();
+    return 0;
+}
+
+void us_tls_ctx_free(struct us_tls_ctx *x)
+{
+    if (!x)
+        return;
+    SSL_CTX_free(x->ctx);
+    for (uint32_t i = 0; i < x->nmore; i++)
+        SSL_CTX_free(x->more[i]);
+    free(x->plain);
+    free(x);
+}
+
+char *us_tls_plain(struct us_tls_ctx *x) { return x->plain; }
+
+struct us_tls *us_tls_new(struct us_tls_ctx *x, struct us_ring *r, uint32_t slot, uint32_t gen)
+{
+    struct us_tls *t = calloc(1, sizeof(*t));
+    SSL *ssl = SSL_new(x->ctx);
+    BIO *b = BIO_new(bio_method);
+    if (!t || !ssl || !b) {
+        BIO_free(b);
+        SSL_free(ssl);
+        free(t);
+        ERR_clear_error();
+        return NULL;
+    }
+    BIO_set_data(b, t);
+    SSL_set_bio(ssl, b, b); /* one reference, both directions: the SSL owns the BIO */
+    SSL_set_accept_state(ssl);
+    t->ssl = ssl;
+    t->x = x;
+    t->r = r;
+    t->slot = slot;
+    t->gen = gen;
+    r->st.tls_live++;
+    return t;
+}
+
+void us_tls_free(struct us_tls *t)
+{
+    if (!t)
+        return;
+    t->r->st.tls_live--;
+    SSL_free(t->ssl);
+    free(t);
+}
+
+/* a fatal error: its text (OpenSSL's reason) and the alert, and no more I/O */
+static void fail(struct us_tls *t, int sslerr)
+{
+    unsigned long e = ERR_peek_last_error();
+    const char *reason = e ? ERR_reason_error_string(e) : NULL;
+    if (sslerr == SSL_ERROR_SYSCALL && t->send_err)
+        snprintf(t->err, sizeof(t->err), "send: %s", strerror(t->send_err));
+    else if (sslerr == SSL_ERROR_SYSCALL)
+        snprintf(t->err, sizeof(t->err), "unexpected end of stream");
+    else
+        snprintf(t->err, sizeof(t->err), "%s", reason ? reason : "protocol error");
+    if (e && ERR_GET_LIB(e) == ERR_LIB_SSL) {
+        int rs = ERR_GET_REASON(e);
+        /* SSL_R_SSLV3_ALERT_* and SSL_R_TLSV1_ALERT_* are 1000 + the alert received */
+        t->alert = rs >= 1000 && rs < 1256 ? rs - 1000 : 0;
+    }
+    t->dead = 1;
+    ERR_clear_error();
+}
+
+int64_t us_tls_recv(struct us_tls *t, uint32_t off, uint32_t len)
+{
+    if (t->dead)
+        return US_TLS_FAIL;
+    if (len) {
+        size_t region;
+        char *base = us_data_region(t->r, &region);
+        if ((size_t)off + len > region)
+            return -EINVAL;
+        t->in = base + off;
+        t->in_len = len;
+    }
+    ERR_clear_error();
+    char *out = t->x->plain;
+    size_t used = 0;
+    for (;;) {
+        if (used == PLAIN_CAP)
+            return (int64_t)used + US_TLS_AGAIN;
+        size_t n;
+        if (SSL_read_ex(t->ssl, out + used, PLAIN_CAP - used, &n)) {
+            used += n;
+            continue;
+        }
+        int e = SSL_get_error(t->ssl, 0);
+        if (e == SSL_ERROR_WANT_READ)
+            break; /* everything given is consumed: a record may be half here */
+        if (e == SSL_ERROR_WANT_WRITE) {
+            if (t->in_len) {
+                /* unread ciphertext lives in a buffer the ring takes back at
+                 * the next us_wait: it cannot wait for the arena */
+                snprintf(t->err, sizeof(t->err), "send arena full with ciphertext still to read");
+                t->dead = 1;
+                t->in_len = 0;
+                return used ? (int64_t)used + US_TLS_AGAIN : US_TLS_FAIL;
+            }
+            if (used)
+                return (int64_t)used + US_TLS_AGAIN;
+            return US_TLS_WANT_WRITE;
+        }
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            t->in_len = 0;
+            t->dead = 1; /* close_notify received: nothing more is read; ours is not owed */
+            return used ? (int64_t)used + US_TLS_AGAIN : US_TLS_EOF;
+        }
+        fail(t, e);
+        t->in_len = 0;
+        return used ? (int64_t)used + US_TLS_AGAIN : US_TLS_FAIL;
+    }
+    t->in_len = 0;
+    return (int64_t)used;
+}
+
+int64_t us_tls_send(struct us_tls *t, uint32_t slot, uint32_t gen, const char *data, size_t len)
+{
+    if (t->dead)
+        return -EPIPE;
+    if (!SSL_is_init_finished(t->ssl))
+        return 0; /* held by the caller until the handshake is done */
+    ERR_clear_error();
+    size_t done = 0;
+    while (done < len) {
+        size_t n;
+        if (SSL_write_ex(t->ssl, data + done, len - done, &n)) {
+            done += n;
+            continue;
+        }
+        int e = SSL_get_error(t->ssl, 0);
+        if (e == SSL_ERROR_WANT_WRITE)
+            break; /* a record waits in OpenSSL for the arena: offered again from `done` */
+        int err = t->send_err;
+        fail(t, e);
+        return err ? -err : -EPROTO;
+    }
+    return (int64_t)done;
+}
+
+int us_tls_close_notify(struct us_tls *t)
+{
+    if (t->dead || !SSL_is_init_finished(t->ssl))
+        return 0;
+    ERR_clear_error();
+    int ret = SSL_shutdown(t->ssl); /* 0: ours is queued, the peer's not read: the connection closes anyway */
+    ERR_clear_error();
+    t->dead = 1;
+    return ret >= 0;
+}
+
+int us_tls_ready(struct us_tls *t) { return SSL_is_init_finished(t->ssl); }
+
+int us_tls_error(struct us_tls *t, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", t->err[0] ? t->err : "no error");
+    return t->alert;
+}
+
+const char *us_tls_version(struct us_tls *t)
+{
+    return SSL_is_init_finished(t->ssl) ? SSL_get_version(t->ssl) : NULL;
+}
+
+const char *us_tls_cipher(struct us_tls *t, const char **proto, int *bits)
+{
+    const SSL_CIPHER *c = SSL_get_current_cipher(t->ssl);
+    if (!c)
+        return NULL;
+    *proto = SSL_CIPHER_get_version(c);
+    *bits = SSL_CIPHER_get_bits(c, NULL);
+    return SSL_CIPHER_get_name(c);
+}
+
+int us_tls_alpn(struct us_tls *t, const unsigned char **proto)
+{
+    unsigned int len = 0;
+    SSL_get0_alpn_selected(t->ssl, proto, &len);
+    return (int)len;
+}
+
+int us_tls_peer_cert(struct us_tls *t, unsigned char *buf, int len)
+{
+    X509 *cert = SSL_get0_peer_certificate(t->ssl);
+    if (!cert)
+        return 0;
+    int need = i2d_X509(cert, NULL);
+    if (!buf || need <= 0 || need > len)
+        return need;
+    unsigned char *p = buf;
+    return i2d_X509(cert, &p);
+}
+
+const char *us_tls_openssl_version(void) { return OpenSSL_version(OPENSSL_VERSION); }
+
+const char *us_tls_default_ciphers(void) { return DEFAULT_CIPHERS; }

@@ -1,0 +1,259 @@
+"""TLS in the core: a server configuration (CoreTLS) the C record layer
+serves (_native/tls.c), and what the protocol above sees of a connection's
+TLS (CoreSSLObject, get_extra_info('ssl_object')).
+
+CoreTLS is what `uringserve run --tls-cert` builds. On UringEventLoop its
+connections are TLSTransports (transport_tls.py): the handshake, decryption
+and encryption run in C, one call per read completion and per write. On
+any other loop, and for `loop.create_server(ssl=ctx)` with an arbitrary
+`ssl.SSLContext`, asyncio's SSLProtocol serves `CoreTLS.context` (the same
+configuration, built by the stdlib).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from ._native import ffi, lib
+
+MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+_WIRE_VERSION = {"1.2": 0x0303, "1.3": 0x0304}
+_TLS_VERSION_ID = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+DEFAULT_ALPN = ("http/1.1",)
+TICKET_SECRET_BYTES = 32
+TICKET_PERIOD = 3600  # seconds a session-ticket key encrypts (it decrypts one period more)
+
+
+class CoreTLS:
+    """A server TLS configuration: certificate chain, key, optional client CA
+    (mTLS), TLS 1.2 ciphers, minimum version, ALPN protocols. Raises
+    ssl.SSLError (or OSError for a missing file) naming what is wrong.
+
+    One loop thread per CoreTLS: its connections decrypt into one shared
+    scratch buffer (tls.c), copied out before the next read; two loops in two
+    threads each need their own CoreTLS."""
+
+    def __init__(
+        self,
+        cert: str,
+        key: str | None = None,
+        *,
+        ca: str | None = None,
+        ciphers: str | None = None,
+        min_version: str = "1.2",
+        alpn: Sequence[str] = DEFAULT_ALPN,
+        more: Sequence[tuple[str, str | None]] = (),
+        ticket_secret: bytes | None = None,
+        ticket_period: int = TICKET_PERIOD,
+    ) -> None:
+        if min_version not in MIN_VERSIONS:
+            raise ValueError(f"minimum TLS version {min_version!r}: one of {', '.join(MIN_VERSIONS)}")
+        self.cert, self.key, self.ca, self.ciphers, self.min_version = cert, key, ca, ciphers, min_version
+        self.alpn = tuple(alpn)
+        # certificates besides the first, chosen by the client's SNI name (unknown or none: the first)
+        self.more = tuple(more)
+        self.context = self._stdlib_context()  # checks the files first, with the stdlib's messages
+        wire = b"".join(bytes([len(p)]) + p for p in (a.encode() for a in self.alpn))
+        keep = [ffi.new("char[]", os.fsencode(p)) if p is not None else ffi.NULL for p in (cert, key, ca)]
+        keep.append(ffi.new("char[]", ciphers.encode()) if ciphers else ffi.NULL)
+        alpn_buf = ffi.new("unsigned char[]", wire) if wire else ffi.NULL
+        conf = ffi.new(
+            "struct us_tls_conf *",
+            {
+                "cert": keep[0],
+                "key": keep[1],
+                "ca": keep[2],
+                "ciphers": keep[3],
+                "min_version": _WIRE_VERSION[min_version],
+                "alpn": alpn_buf,
+                "alpn_len": len(wire),
+            },
+        )
+        err = ffi.new("char[256]")
+        ptr = lib.us_tls_ctx_new(conf, err, 256)
+        if ptr == ffi.NULL:
+            raise ssl.SSLError(f"TLS configuration: {ffi.string(err).decode(errors='replace')}")
+        # freed with this object; every TLSTransport holds it, so it outlives its connections
+        self.ptr = ffi.gc(ptr, lib.us_tls_ctx_free)
+        for more_cert, more_key in self.more:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(more_cert, more_key)  # the messages
+            paths = [ffi.new("char[]", os.fsencode(more_cert)), ffi.new("char[]", os.fsencode(more_key or more_cert))]
+            conf.cert, conf.key = paths
+            if lib.us_tls_ctx_add(ptr, conf, err, 256) < 0:
+                raise ssl.SSLError(f"TLS certificate {more_cert}: {ffi.string(err).decode(errors='replace')}")
+        # session tickets: keys derived per period from one secret, so the
+        # workers given the same (the supervisor's) resume each other's clients
+        secret = ticket_secret if ticket_secret is not None else os.urandom(TICKET_SECRET_BYTES)
+        if len(secret) != TICKET_SECRET_BYTES:
+            raise ValueError(f"the ticket secret is {TICKET_SECRET_BYTES} bytes, not {len(secret)}")
+        if lib.us_tls_ctx_tickets(ptr, secret, ticket_period) < 0:
+            raise ValueError(f"ticket period {ticket_period}: a positive number of seconds")
+        self.plain = lib.us_tls_plain(ptr)
+
+    def _stdlib_context(self) -> ssl.SSLContext:
+        """The same configuration as an ssl.SSLContext: asyncio's SSLProtocol
+        serves it where the core cannot (another loop), and it is the
+        connection's 'sslcontext'."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, self.key)
+        ctx.minimum_version = MIN_VERSIONS[self.min_version]
+        # the core's list when none is given: the stdlib's own server default takes SHA-1 CBC suites
+        ctx.set_ciphers(self.ciphers or ffi.string(lib.us_tls_default_ciphers()).decode())
+        if self.alpn:
+            ctx.set_alpn_protocols(list(self.alpn))
+        if self.more:  # the same choice by SNI name for asyncio's SSLProtocol
+            by_name: list[tuple[tuple[str, ...], ssl.SSLContext | None]] = [(_names(self.cert), None)]
+            by_name += [(_names(c), _context_like(ctx, c, k)) for c, k in self.more]
+            ctx.sni_callback = _sni_chooser(by_name)
+        if self.ca:
+            ctx.load_verify_locations(self.ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
+        return ctx
+
+    def __repr__(self) -> str:
+        return f"<CoreTLS cert={self.cert!r} ca={self.ca!r} min={self.min_version}>"
+
+
+def _context_like(base: ssl.SSLContext, cert: str, key: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.minimum_version = base.minimum_version
+    return ctx
+
+
+def _names(cert: str) -> tuple[str, ...]:
+    """The DNS names a PEM certificate is for (its subjectAltName)."""
+    with open(cert) as f:
+        pem = f.read()
+    start = pem.index("-----BEGIN CERTIFICATE-----")
+    end = pem.index("-----END CERTIFICATE-----", start) + len("-----END CERTIFICATE-----")
+    decoded = _decode_cert(ssl.PEM_cert_to_DER_cert(pem[start:end]))
+    return tuple(v.lower() for k, v in decoded.get("subjectAltName", ()) if k == "DNS")
+
+
+def _sni_chooser(by_name: list[tuple[tuple[str, ...], ssl.SSLContext | None]]) -> Any:
+    """ssl's sni_callback choosing as the core does: the first certificate
+    whose DNS names match (the default's first; None: keep the default)."""
+
+    def choose(obj: Any, name: str | None, _ctx: Any) -> None:
+        if name is None:
+            return
+        name = name.lower()
+        for names, ctx in by_name:
+            if any(_matches(n, name) for n in names):
+                if ctx is not None:
+                    obj.context = ctx
+                return
+
+    return choose
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("*."):  # one leftmost label
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
+
+
+def openssl_version() -> str:
+    """The OpenSSL the core links (the interpreter's ssl module's own)."""
+    return ffi.string(lib.us_tls_openssl_version()).decode()
+
+
+class CoreSSLObject:
+    """get_extra_info('ssl_object') of a core TLS connection: the parts of
+    ssl.SSLObject a server's users read (version, cipher, ALPN, the peer's
+    certificate). Answers None once the connection is gone."""
+
+    __slots__ = ("_transport", "context")
+    server_side = True
+    server_hostname = None
+
+    def __init__(self, transport: Any, context: ssl.SSLContext) -> None:
+        self._transport = transport
+        self.context = context
+
+    def _tls(self) -> Any:
+        return self._transport.tls_handle
+
+    def version(self) -> str | None:
+        t = self._tls()
+        if t is None:
+            return None
+        v = lib.us_tls_version(t)
+        return ffi.string(v).decode() if v != ffi.NULL else None
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        t = self._tls()
+        if t is None:
+            return None
+        proto = ffi.new("const char **")
+        bits = ffi.new("int *")
+        name = lib.us_tls_cipher(t, proto, bits)
+        if name == ffi.NULL:
+            return None
+        return ffi.string(name).decode(), ffi.string(proto[0]).decode(), bits[0]
+
+    def selected_alpn_protocol(self) -> str | None:
+        t = self._tls()
+        if t is None:
+            return None
+        out = ffi.new("const unsigned char **")
+        n = lib.us_tls_alpn(t, out)
+        return bytes(ffi.buffer(out[0], n)).decode("ascii", "replace") if n else None
+
+    def compression(self) -> None:
+        return None  # refused (SSL_OP_NO_COMPRESSION)
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """The client's certificate (mTLS): DER with binary_form, else the
+        stdlib's dict (empty when no certificate was asked for, as CPython's)."""
+        der = peer_cert_der(self._tls())
+        if binary_form:
+            return der
+        if der is None:
+            return {} if self.context.verify_mode == ssl.CERT_NONE else None
+        return _decode_cert(der)
+
+    def tls_version_id(self) -> int | None:
+        """The version as the ASGI TLS extension gives it (0x0304 for TLS 1.3)."""
+        return _TLS_VERSION_ID.get(self.version() or "")
+
+
+def peer_cert_der(t: Any) -> bytes | None:
+    if t is None:
+        return None
+    n = lib.us_tls_peer_cert(t, ffi.NULL, 0)
+    if n <= 0:
+        return None
+    buf = ffi.new("unsigned char[]", n)
+    n = lib.us_tls_peer_cert(t, buf, n)
+    return bytes(ffi.buffer(buf, n)) if n > 0 else None
+
+
+def _decode_cert(der: bytes) -> dict[str, Any]:
+    # the stdlib's own decoder reads only a file: asked for rarely (not per
+    # request), so a temporary file rather than a parser of our own
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as f:
+        f.write(ssl.DER_cert_to_PEM_cert(der))
+        f.flush()
+        return ssl._ssl._test_decode_cert(f.name)  # type: ignore[attr-defined]
+
+
+def tls_error(t: Any) -> ssl.SSLError:
+    """The exception a failed core TLS connection ends with: OpenSSL's
+    reason, and the alert number when one was sent or received."""
+    buf = ffi.new("char[256]")
+    alert = lib.us_tls_error(t, buf, 256)
+    reason = ffi.string(buf).decode(errors="replace")
+    exc = ssl.SSLError(1, f"[SSL] {reason}" + (f" (alert {alert})" if alert else ""))
+    exc.reason = reason.upper().replace(" ", "_")
+    return exc
+
+
+__all__ = ["CoreTLS", "CoreSSLObject", "openssl_version", "DEFAULT_ALPN", "MIN_VERSIONS"]

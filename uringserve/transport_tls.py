@@ -1,0 +1,174 @@
+"""TLSTransport: a UringTransport whose bytes are TLS records, decrypted and
+encrypted by the core (_native/tls.c), not by asyncio's SSLProtocol.
+
+Read: the loop hands `receive` an offset range of the ring's data region
+(`receive_from` is a `range`, so the loop's slice costs no copy); one call
+into C feeds that ciphertext to OpenSSL straight from the provided buffer,
+runs the handshake or decrypts every whole record, and leaves the plaintext
+in the configuration's scratch, which becomes one `bytes` for the protocol:
+one Python call per read completion, none per record.
+
+Write: `write()` is UringTransport's, with the core's raw send replaced by
+us_tls_send (encrypt into the send arena; what the arena cannot take waits
+in `_pending` as plaintext and is offered again after US_EV_ARENA, as a plain
+write waits). Writes before the handshake is done wait the same way and are
+flushed when it is.
+
+Close: close() queues close_notify before the slot's graceful close; the
+peer's close_notify, or a FIN (a cut record included), is eof_received();
+a protocol error (an alert queued, sent before the close) is
+connection_lost(ssl.SSLError). The SSL object is freed when the core reports
+the slot closed (`_slot_closed`), counted in the ring's stats (tls_live).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from asyncio import constants
+from typing import Any
+
+from ._native import ffi, lib
+from .tls import CoreSSLObject, CoreTLS, peer_cert_der, tls_error
+from .transport import UringTransport
+from .transport_base import TransportLoop
+from .transport_reading import discard
+
+_AGAIN = lib.US_TLS_AGAIN
+_EOF = lib.US_TLS_EOF
+_FAIL = lib.US_TLS_FAIL
+_WANT_WRITE = lib.US_TLS_WANT_WRITE
+_NEVER_IN_PLACE = 1 << 62  # ciphertext is copied into the arena by the core: no write is sent in place
+_recv = lib.us_tls_recv
+_unpack = ffi.unpack
+
+
+class TLSTransport(UringTransport):
+    """One TLS connection served by the core (see the module's docstring)."""
+
+    __slots__ = ("_tls", "_tls_conf", "_span", "_plain")
+    # a file goes through write() (plaintext must be encrypted): loop.sendfile() falls back
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    write_file = None  # type: ignore[assignment]  # HTTPProtocol reads it: no file path in the core over TLS yet
+    _start_tls_compatible = False
+
+    def __init__(
+        self,
+        loop: TransportLoop,
+        slot: int,
+        gen: int,
+        protocol: asyncio.BaseProtocol,
+        peer: bytes,
+        listener_sock: Any,
+        server: Any,
+        conf: CoreTLS,
+    ) -> None:
+        ring = loop.ring
+        tls = lib.us_tls_new(conf.ptr, ring.handle, slot, gen)
+        if tls == ffi.NULL:
+            raise MemoryError("no memory for a TLS connection")
+        self._tls = tls
+        self._tls_conf = conf
+        self._span = range(len(ring.data_bytes))
+        self._plain = conf.plain
+        super().__init__(loop, slot, gen, protocol, peer, listener_sock, server)
+        self._raw_send = lib.us_tls_send
+        self._handle = tls
+        self._inplace_min = _NEVER_IN_PLACE
+        self._extra_cache["sslcontext"] = conf.context
+        self._extra_cache["ssl_object"] = CoreSSLObject(self, conf.context)
+
+    def _update_receiver(self) -> None:
+        if self._closing:
+            self.receive, self.receive_from = discard, self._ring.data_view
+        else:
+            self.receive, self.receive_from = self._on_records, self._span
+
+    def _on_records(self, span: range) -> None:
+        """`receive`: ciphertext at span in the ring's data region."""
+        ret = _recv(self._tls, span.start, span.stop - span.start)
+        while ret >= 0:
+            if ret < _AGAIN:
+                if ret:
+                    self._on_data(_unpack(self._plain, ret))
+                break
+            if ret > _AGAIN:
+                self._on_data(_unpack(self._plain, ret - _AGAIN))
+            if self._tls is None:
+                return
+            ret = _recv(self._tls, 0, 0)
+        else:
+            self._tls_status(ret)
+            return
+        if self._pending and not self._closing and lib.us_tls_ready(self._tls):
+            # writes made before the handshake was done
+            self._loop.arena_waits.discard(self._slot)
+            self._flush_pending()
+
+    def _tls_status(self, ret: int) -> None:
+        if self._closing:
+            return
+        if ret == _EOF:  # close_notify: a clean end, as a FIN
+            self.on_eof(0, self._gen)
+        elif ret == _WANT_WRITE:  # the handshake's flight waits for the arena
+            self._loop.arena_waits.add(self._slot, self._resume_handshake)
+        elif ret == _FAIL:
+            # the alert OpenSSL queued leaves before the close (a graceful one)
+            self._exc = tls_error(self._tls)
+            self.close()
+        else:
+            self._fatal_error(OSError(-ret, f"TLS receive: {errno.errorcode.get(-ret, ret)}"), "TLS receive failed")
+
+    def _resume_handshake(self) -> None:
+        if self._tls is not None and not self._closing:
+            self._on_records(range(0))
+
+    def _send_copy(self, data: Any) -> int:
+        if self._tls is None:
+            return -errno.EPIPE
+        buf = ffi.from_buffer(data)
+        n = lib.us_tls_send(self._tls, self._slot, self._gen, buf, len(buf))
+        if n == -errno.EPROTO:
+            self._exc = tls_error(self._tls)
+        return n
+
+    def can_write_eof(self) -> bool:
+        return False  # TLS has no half-close (asyncio's SSL transport says the same)
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS connections cannot write EOF; close() sends close_notify")
+
+    def close(self) -> None:
+        if not self._closing and self._tls is not None:
+            if not lib.us_tls_ready(self._tls):
+                # plaintext written for a peer that never finished its
+                # handshake (a 408 at the header timeout) can never be sent:
+                # dropped, or the close would wait for it forever
+                self._drop_pending()
+                self._loop.arena_waits.discard(self._slot)
+            elif not self._pending:
+                lib.us_tls_close_notify(self._tls)
+        super().close()
+
+    def _slot_closed(self) -> None:
+        tls, self._tls = self._tls, None
+        self._write_fast = False  # the raw send's handle goes with it
+        self._conn_lost += 1
+        if tls is not None:
+            lib.us_tls_free(tls)
+
+    def loop_closing(self) -> None:
+        super().loop_closing()
+        self._slot_closed()
+
+    @property
+    def tls_handle(self) -> Any:
+        """The connection's SSL object in the core (a cffi pointer), None once the slot is closed."""
+        return self._tls
+
+    def peer_cert_der(self) -> bytes | None:
+        """The client's certificate, DER (mTLS), or None."""
+        return peer_cert_der(self._tls)
+
+    def __repr__(self) -> str:
+        return "<TLSTransport" + super().__repr__()[len("<UringTransport") :]
