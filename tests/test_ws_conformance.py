@@ -344,7 +344,10 @@ def test_9_a_fragmented_message_of_exactly_the_limit_is_echoed(ws: RawWS) -> Non
 
 
 def test_9_one_byte_over_the_limit_is_1009(ws: RawWS) -> None:
-    ws.send_frame(BINARY, os.urandom(MAX + 1))
+    try:
+        ws.send_frame(BINARY, os.urandom(MAX + 1))
+    except ConnectionError:  # refused from the header and closed: the rest of it may meet a reset (CI saw it once)
+        pass
     ws.expect_close(TOO_BIG)
 
 
