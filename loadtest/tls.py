@@ -62,6 +62,11 @@ class _Load:
         self.stats["by_class"] = [0] * 6
         self.hist = [{}, {}]
 
+    def snapshot(self) -> dict[str, Any]:
+        """The counters at the window's end, apart from the live ones."""
+        st = self.stats
+        return {**st, "errors": dict(st["errors"]), "by_class": list(st["by_class"])}
+
     def _record(self, n: int, now: int, sent_at: int, due: int) -> None:
         for which, since in ((0, sent_at), (1, due)):
             idx = hist_index(max(1, now - since))
@@ -192,11 +197,11 @@ async def _main(
         if progress:
             progress(load.stats)
     measured = window.close()
-    stats = {**load.stats, "errors": dict(load.stats["errors"]), "by_class": list(load.stats["by_class"])}
+    stats = load.snapshot()
     hist = {"uncorrected": sorted(load.hist[0].items()), "corrected": sorted(load.hist[1].items())}
     load.running = False
     for w in list(load.writers):
-        w.transport.abort()  # no TLS close_notify: the run is over
+        w.transport.abort()  # no TLS close_notify (nor WebSocket close): the run is over
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -222,11 +227,13 @@ def run_share(
     progress: Callable[[dict[str, Any]], None] | None = None,
     on_window: Callable[[str], None] | None = None,
     faults: FaultPlan | None = None,
+    load_class: type[_Load] | None = None,
 ) -> dict[str, Any]:
+    """This process's share of the connections, on its own loop (wss.py's
+    load passes its `load_class`: the run around the connections is this one)."""
     loop = UringEventLoop(faults=faults)
     try:
-        return loop.run_until_complete(
-            _main(_Load(plan, context(plan.insecure, plan.cafile)), start_at, progress, on_window)
-        )
+        load = (load_class or _Load)(plan, context(plan.insecure, plan.cafile))
+        return loop.run_until_complete(_main(load, start_at, progress, on_window))
     finally:
         loop.close()

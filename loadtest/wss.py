@@ -19,14 +19,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from uringserve.loop import UringEventLoop
 from uringserve.ring import FaultPlan
 
+from . import tls
 from .engine import WS_CLOSE_KEYS
 from .plan import Plan
 from .tls import _Load as _TLSLoad
-from .tls import context
-from .window import SLICE, Window
 
 
 def _close_index(code: int) -> int:
@@ -48,6 +46,9 @@ class _Load(_TLSLoad):
     def reset(self) -> None:
         super().reset()
         self.stats["ws_closes"] = [0] * len(WS_CLOSE_KEYS)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**super().snapshot(), "ws_closes": list(self.stats["ws_closes"])}
 
     async def connection(self, i: int) -> None:
         from websockets.asyncio.client import connect
@@ -139,51 +140,6 @@ class _Load(_TLSLoad):
                 ws.transport.abort()
 
 
-async def _main(
-    load: _Load,
-    start_at: int,
-    progress: Callable[[dict[str, Any]], None] | None,
-    on_window: Callable[[str], None] | None,
-) -> dict[str, Any]:
-    p = load.plan
-    delay = start_at - time.monotonic_ns()
-    if delay > 0:
-        await asyncio.sleep(delay / 1e9)
-    load.start = time.monotonic_ns()
-    tasks = [asyncio.ensure_future(load.connection(i)) for i in range(p.conns)]
-    if p.warmup > 0:
-        await asyncio.sleep(p.warmup)
-        load.reset()
-    window = Window(p.duration, on_window)
-    while (now := time.monotonic_ns()) < window.end:
-        await asyncio.sleep(min(SLICE, (window.end - now) / 1e9))
-        window.sample(load.stats["responses"])
-        if progress:
-            progress(load.stats)
-    measured = window.close()
-    st = load.stats
-    stats = {**st, "errors": dict(st["errors"]), "by_class": list(st["by_class"]), "ws_closes": list(st["ws_closes"])}
-    hist = {"uncorrected": sorted(load.hist[0].items()), "corrected": sorted(load.hist[1].items())}
-    load.running = False
-    for ws in list(load.writers):
-        ws.transport.abort()  # no closing handshake: the run is over
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    loop = asyncio.get_running_loop()
-    for t in list(getattr(loop, "_conns", {}).values()):
-        t.abort()
-    await asyncio.sleep(0)
-    rs = loop.ring_stats()  # type: ignore[attr-defined]
-    return {
-        **measured,
-        "stats": stats,
-        "hist": hist,
-        "left_open": 0,
-        "ring": {k: rs.get(k, 0) for k in ("staged_sends", "zc_sends", "zc_copied", "plain_sends", "recvs")},
-    }
-
-
 def run_share(
     plan: Plan,
     start_at: int,
@@ -191,10 +147,4 @@ def run_share(
     on_window: Callable[[str], None] | None = None,
     faults: FaultPlan | None = None,
 ) -> dict[str, Any]:
-    loop = UringEventLoop(faults=faults)
-    try:
-        return loop.run_until_complete(
-            _main(_Load(plan, context(plan.insecure, plan.cafile)), start_at, progress, on_window)
-        )
-    finally:
-        loop.close()
+    return tls.run_share(plan, start_at, progress, on_window, faults, load_class=_Load)

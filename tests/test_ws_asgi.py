@@ -525,3 +525,36 @@ def test_an_open_asgi_websocket_counts_against_limit_concurrency(h) -> None:
             pass
 
     serve(h, app_of(body), client, config=HTTPConfig(limit_concurrency=1))
+
+
+def test_a_push_only_app_and_a_peer_that_reads_nothing_end_at_the_ping_timeout(h) -> None:
+    """The app never calls receive() (its queue fills, reading pauses) and
+    pushes; the peer reads nothing and answers no ping. A missing pong is
+    excused while we hold reading only if the peer still takes our bytes:
+    this one does not (writes back up), so 1011 ends it at the timeout and
+    the app's send raises."""
+    state: dict[str, Any] = {}
+    go = asyncio.Event()
+
+    async def body(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await go.wait()  # reading is paused by the app's full queue first
+        blob = b"y" * 65536
+        try:
+            while True:
+                await send({"type": "websocket.send", "bytes": blob})
+        except ConnectionError:
+            state["ended"] = True
+
+    async def client(port: int, srv: HTTPServer) -> None:
+        r, w, _ = await opened(port)  # never reads
+        w.write(frame(0x1, b"a") + frame(0x1, b"b") + frame(0x1, b"c"))  # past max_queue: the server stops reading
+        assert await until(lambda: any(getattr(c, "read_paused", False) for c in srv.connections))
+        go.set()
+        assert await until(lambda: state.get("ended"), timeout=20)
+        assert await until(lambda: not len(srv.connections), timeout=20)
+        assert srv.ws_stats.close_codes == {1011: 1}
+        w.transport.abort()
+
+    serve(h, app_of(body), client, ws=WSConfig(max_queue=1, ping_interval=0.2, ping_timeout=0.2, close_timeout=0.3))

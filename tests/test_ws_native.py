@@ -267,3 +267,38 @@ def test_a_handler_that_raises_closes_1011_and_bad_accept_headers_are_a_500(h) -
     assert len(h.take_errors("WebSocket handler's on_connect failed")) == 1
     assert len(h.take_errors("WebSocket handler's on_message failed")) == 1
     assert len(h.take_errors("HTTP handler failed")) == 1
+
+
+def test_a_pause_in_on_connect_holds_the_frames_that_came_with_the_handshake(h) -> None:
+    """on_connect pauses reading: the frames pipelined behind the handshake
+    (fed by the hand-off) and those after wait until it resumes, then come
+    in order. The hand-off resumed the transport after on_connect once,
+    undoing the pause."""
+    got: list[Any] = []
+
+    class Paused(Echo):
+        def on_connect(self, ws: Any) -> None:
+            ws.pause_reading()
+            got.append(ws)
+
+        def on_message(self, ws: Any, data: Any) -> None:
+            got.append(data)
+            ws.send(data)
+
+    async def body(port: int, srv: HTTPServer) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(handshake() + frame(0x1, b"one") + frame(0x1, b"two"))
+        assert (await read_head(r))[0] == 101
+        assert await until(lambda: got and got[0].bytes_in > 0)  # the pipelined frames reached the WebSocket
+        w.write(frame(0x1, b"three"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        ws = got[0]
+        assert got[1:] == [] and ws.read_paused, got[1:]
+        ws.resume_reading()
+        for want in (b"one", b"two", b"three"):
+            assert await read_frame(r) == (0x1, want)
+        assert got[1:] == ["one", "two", "three"]
+        w.close()
+
+    serve(h, native(Paused), body)
