@@ -639,6 +639,12 @@ def test_the_asgi_scope_carries_the_client_certificate(files, loop_name) -> None
         assert tls["client_cert_chain"] == [issued.cert_chain_pems[0].bytes().decode()]
         assert tls["tls_version"] == 0x0304
         assert tls["client_cert_name"] and tls["client_cert_name"].startswith(("OU=", "O=", "CN="))
+        # the websocket scope over wss:// carries the same extension
+        from websockets.sync.client import connect
+
+        with connect(f"wss://127.0.0.1:{srv.port}/", ssl=ctx, open_timeout=30) as ws:
+            ws_info = json.loads(ws.recv(timeout=30))
+        assert ws_info == {"scheme": "wss", "tls": tls}
         # without a certificate the handshake is refused: no request reaches the app
         with pytest.raises((ssl.SSLError, httpx.HTTPError)):
             with httpx.Client(verify=client_ctx(files), timeout=30) as client:

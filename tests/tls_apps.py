@@ -13,6 +13,13 @@ async def scope_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
+    if scope["type"] == "websocket":  # the same answer, as the one message of a WebSocket
+        await receive()
+        await send({"type": "websocket.accept"})
+        info = {"scheme": scope["scheme"], "tls": scope["extensions"].get("tls")}
+        await send({"type": "websocket.send", "text": json.dumps(info)})
+        await send({"type": "websocket.close"})
+        return
     body = b""
     while True:
         msg = await receive()

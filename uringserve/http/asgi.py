@@ -38,28 +38,33 @@ _EXTENSIONS: dict[str, Any] = {
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
 
+def tls_extension(conn: Any) -> dict[str, Any] | None:
+    """ASGI's `tls` extension for a connection served over TLS (the
+    client's certificate for mTLS), None for one that is not (`https` from
+    --proxy-headers alone). The http and websocket scopes both carry it."""
+    obj = conn.transport.get_extra_info("ssl_object") if conn.transport is not None else None
+    if obj is None:
+        return None
+    der = obj.getpeercert(binary_form=True)
+    return {
+        "server_cert": None,
+        # the client's own certificate (its chain's first), PEM, as the extension gives it
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+        "client_cert_name": _rfc4514(obj.getpeercert()) if der else None,
+        "client_cert_error": None,  # a certificate that fails verification fails the handshake
+        "tls_version": _TLS_VERSIONS.get(obj.version() or ""),
+        "cipher_suite": None,
+    }
+
+
 def _tls_extensions(conn: Any) -> dict[str, Any]:
-    """The scope's extensions on a connection whose scheme is not "http":
-    over TLS, _EXTENSIONS and ASGI's `tls` extension (the client's
-    certificate for mTLS), made once per connection (the handshake is over
-    when a request arrives). `https` from --proxy-headers alone: _EXTENSIONS."""
+    """The http scope's extensions on a connection whose scheme is not
+    "http": _EXTENSIONS, and over TLS the `tls` extension, made once per
+    connection (the handshake is over when a request arrives)."""
     ext = conn.asgi_extensions
     if ext is None:
-        obj = conn.transport.get_extra_info("ssl_object") if conn.transport is not None else None
-        if obj is None:
-            ext = _EXTENSIONS
-        else:
-            der = obj.getpeercert(binary_form=True)
-            ext = dict(_EXTENSIONS)
-            ext["tls"] = {
-                "server_cert": None,
-                # the client's own certificate (its chain's first), PEM, as the extension gives it
-                "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
-                "client_cert_name": _rfc4514(obj.getpeercert()) if der else None,
-                "client_cert_error": None,  # a certificate that fails verification fails the handshake
-                "tls_version": _TLS_VERSIONS.get(obj.version() or ""),
-                "cipher_suite": None,
-            }
+        tls = tls_extension(conn)
+        ext = _EXTENSIONS if tls is None else {**_EXTENSIONS, "tls": tls}
         conn.asgi_extensions = ext
     return ext
 

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..http import framing
-from ..http.asgi import _mark_async
+from ..http.asgi import _mark_async, tls_extension
 from ..http.body import ClientDisconnected
 from ..http.parser import HeaderBlock
 from ..http.protocol import Exchange
@@ -64,6 +64,8 @@ def websocket_runner(app: Callable[..., Any], state: dict[str, Any], root_path: 
             "state": state.copy() if state else {},
             "extensions": _EXTENSIONS,
         }
+        if conn.scheme != "http" and (tls := tls_extension(conn)) is not None:  # wss: the http scope's tls extension
+            scope["extensions"] = {**_EXTENSIONS, "tls": tls}
         session = ASGIWebSocket(app, scope, ex)
         ex.task = session.task = conn.spawn(session.run())
 
