@@ -62,6 +62,19 @@ class _Load:
         self.stats["by_class"] = [0] * 6
         self.hist = [{}, {}]
 
+    async def _turn(self, i: int, k: int) -> int:
+        """Under -R, connection i's k-th send is due at a fixed time (the
+        corrected histogram counts from it): wait for it and return it; 0 in
+        a closed loop. wss.py's load paces with it too."""
+        p = self.plan
+        if not p.rate:
+            return 0
+        due = self.start + round((k * p.conns + i) * 1e9 / p.rate)
+        wait = due - time.monotonic_ns()
+        if wait > 0:
+            await asyncio.sleep(wait / 1e9)
+        return due
+
     def snapshot(self) -> dict[str, Any]:
         """The counters at the window's end, apart from the live ones."""
         st = self.stats
@@ -112,13 +125,8 @@ class _Load:
                 while self.running:
                     data, count = p.units[seq[pos]]
                     pos = (pos + 1) % len(seq)
-                    due = 0
-                    if p.rate:
-                        due = self.start + round((k * p.conns + i) * 1e9 / p.rate)
-                        k += 1
-                        wait = due - time.monotonic_ns()
-                        if wait > 0:
-                            await asyncio.sleep(wait / 1e9)
+                    due = await self._turn(i, k)
+                    k += 1
                     writer.write(data)
                     sent_at = time.monotonic_ns()
                     due = due or sent_at

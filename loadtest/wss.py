@@ -103,13 +103,8 @@ class _Load(_TLSLoad):
                 while self.running:
                     msg = self.messages[seq[pos]]
                     pos = (pos + 1) % len(seq)
-                    due = 0
-                    if p.rate:
-                        due = self.start + round((k * p.conns + i) * 1e9 / p.rate)
-                        k += 1
-                        wait = due - time.monotonic_ns()
-                        if wait > 0:
-                            await asyncio.sleep(wait / 1e9)
+                    due = await self._turn(i, k)
+                    k += 1
                     sent_at = time.monotonic_ns()
                     await ws.send(msg)
                     st["sent"] += 1
