@@ -141,9 +141,11 @@ bench-ws: bench-deps $(STAMP)
 bench-http: bench-deps $(STAMP)
 	$(VPY) bench/http_bench.py
 
-# HTTPS: uringserve (TLS in the core) against nginx ssl and uvicorn --ssl-*, keep-alive and one request per connection
+# HTTPS: uringserve (TLS in the core) against nginx ssl and uvicorn --ssl-*, keep-alive and one request per
+# connection; then wss:// against ws:// echo, each server against itself (the issue: TLS's cost per message)
 bench-tls: bench-deps $(STAMP)
 	$(VPY) bench/tls_bench.py
+	$(VPY) bench/ws_bench.py --cases 64B,64B-tls,16KiB,16KiB-tls
 
 # the ways to send a cached file, side by side, without Python: sendfile,
 # io_uring splice, send from memory, read + send (bench/file_paths.c)

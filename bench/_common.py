@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -183,3 +184,12 @@ def interleave(
                 line = f"round {rnd + 1} {case:8} {n:18} {r[0]:9.0f} req/s {r[1]:8.2f} us/req"
                 print(line, file=sys.stderr, flush=True)
     return results
+
+
+def server_context(files: list[str]) -> ssl.SSLContext | None:
+    """A server context from [CERT, KEY], or None (plain)."""
+    if not files:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*files)
+    return ctx

@@ -4,7 +4,11 @@ uvicorn, granian, hypercorn, the `websockets` library's server and picows'.
     python bench/ws_bench.py [--rounds 5] [--seconds 4] [--conns 100] [--cases ...] [--servers ...]
 
 100 connections, closed loop (each sends a text message, waits for its
-echo, sends the next), 64 B and 16 KiB, permessage-deflate off and on.
+echo, sends the next), 64 B and 16 KiB, permessage-deflate off and on, and
+over TLS (`wss://`, TLS 1.3, a trustme ECDSA P-256 certificate; the cases
+64B-tls and 16KiB-tls, driven by the picows client, the only generator here
+with TLS at speed): the report adds each server's wss:// cost over its
+ws:// cost, paired within each round, when both cases ran.
 Every server runs pinned to CPU 0 with one process, the load generator to
 CPU 1; a fresh server per run, rounds interleaved in time. Reported: median
 messages/s and server CPU microseconds per message over the measured
@@ -37,6 +41,8 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,8 +54,40 @@ PY = sys.executable
 BIN = Path(PY).parent
 APP = "ws_echo_asgi:app"
 SERVERS = ["uringserve-asgi", "uringserve-native", "uvicorn", "granian", "hypercorn", "websockets", "picows"]
-CASES = {"64B": (64, False), "16KiB": (16384, False), "64B-deflate": (64, True), "16KiB-deflate": (16384, True)}
+# case -> (message size, permessage-deflate, TLS)
+CASES = {
+    "64B": (64, False, False),
+    "16KiB": (16384, False, False),
+    "64B-deflate": (64, True, False),
+    "16KiB-deflate": (16384, True, False),
+    "64B-tls": (64, False, True),
+    "16KiB-tls": (16384, False, True),
+}
+DEFAULT_CASES = ["64B", "16KiB", "64B-deflate", "16KiB-deflate"]
 NO_DEFLATE = {"picows"}  # servers without permessage-deflate
+
+
+@dataclass(frozen=True)
+class Certs:
+    """A throwaway CA (trustme) and a certificate for 127.0.0.1 signed by it."""
+
+    ca: str
+    cert: str
+    key: str
+
+    @classmethod
+    def make(cls, folder: Path) -> Certs:
+        import trustme
+
+        ca = trustme.CA()
+        issued = ca.issue_cert("127.0.0.1")
+        paths = cls(str(folder / "ca.pem"), str(folder / "cert.pem"), str(folder / "key.pem"))
+        ca.cert_pem.write_to_path(paths.ca)
+        issued.cert_chain_pems[0].write_to_path(paths.cert)
+        issued.private_key_pem.write_to_path(paths.key)
+        return paths
+
+
 # (case kind, server, peer, at most): the issue's targets on server CPU per message
 TARGETS = [
     ("plain", "uringserve-asgi", "uvicorn", 0.5),
@@ -59,34 +97,40 @@ TARGETS = [
 ]
 
 
-def command(server: str, port: int) -> tuple[list[str], str]:
-    """The server's command line and the WebSocket path it echoes on."""
+def command(server: str, port: int, tls: tuple[str, str] | None = None) -> tuple[list[str], str]:
+    """The server's command line and the WebSocket path it echoes on;
+    `tls` = (certificate, key) files: the same server over TLS."""
     quiet = ["--log-level", "warning"]
-    if server == "uringserve-asgi":
-        return [PY, "-m", "uringserve", "run", APP, "--port", str(port), *quiet], "/"
-    if server == "uringserve-native":
-        return [PY, "-m", "uringserve", "run", "apps.http:app", "--port", str(port), *quiet], "/ws"
+    cert, key = tls or ("", "")
+    if server in ("uringserve-asgi", "uringserve-native"):
+        app, path = (APP, "/") if server == "uringserve-asgi" else ("apps.http:app", "/ws")
+        opts = ["--tls-cert", cert, "--tls-key", key] if tls else []
+        return [PY, "-m", "uringserve", "run", app, "--port", str(port), *quiet, *opts], path
     if server == "uvicorn":
         # its default --ws (auto: the websockets library's sans-I/O protocol in uvicorn 0.3x+)
         cmd = [PY, "-m", "uvicorn", APP, "--port", str(port), "--loop", "uvloop", "--http", "httptools"]
-        return [*cmd, "--no-access-log", *quiet], "/"
+        opts = ["--ssl-certfile", cert, "--ssl-keyfile", key] if tls else []
+        return [*cmd, "--no-access-log", *quiet, *opts], "/"
     if server == "granian":
-        return [str(BIN / "granian"), "--interface", "asgi", "--workers", "1", "--port", str(port), *quiet, APP], "/"
+        opts = ["--ssl-certificate", cert, "--ssl-keyfile", key] if tls else []
+        cmd = [str(BIN / "granian"), "--interface", "asgi", "--workers", "1", "--port", str(port), *quiet, *opts]
+        return [*cmd, APP], "/"
     if server == "hypercorn":
         cmd = [PY, "-m", "hypercorn", APP, "--bind", f"127.0.0.1:{port}", "--worker-class", "uvloop"]
-        return [*cmd, "--workers", "1", "--log-level", "warning"], "/"
-    if server == "websockets":
-        return [PY, str(BENCH / "ws_websockets_server.py"), str(port)], "/"
-    if server == "picows":
-        return [PY, str(BENCH / "ws_picows_server.py"), str(port)], "/"
+        opts = ["--certfile", cert, "--keyfile", key] if tls else []
+        return [*cmd, "--workers", "1", "--log-level", "warning", *opts], "/"
+    if server in ("websockets", "picows"):
+        script = BENCH / f"ws_{server}_server.py"
+        return [PY, str(script), str(port), *([cert, key] if tls else [])], "/"
     raise ValueError(server)
 
 
-def picows_load(url: str, server_pid: int, conns: int, seconds: float, size: int) -> dict:
+def picows_load(url: str, server_pid: int, conns: int, seconds: float, size: int, cafile: str = "") -> dict:
     """bench/ws_picows_load.py pinned to CPU 1: its JSON (uringload's keys)."""
     out = subprocess.run(
         ["taskset", "-c", "1", PY, str(BENCH / "ws_picows_load.py"), url, "-c", str(conns), "-d", str(seconds)]
-        + ["--size", str(size), "--warmup", "0.5", "--server-pid", str(server_pid)],
+        + ["--size", str(size), "--warmup", "0.5", "--server-pid", str(server_pid)]
+        + (["--cafile", cafile] if cafile else []),
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -101,19 +145,25 @@ def picows_load(url: str, server_pid: int, conns: int, seconds: float, size: int
     return res
 
 
-def run_one(server: str, case: str, conns: int, seconds: float, generator: str) -> tuple[float, float]:
+def run_one(
+    server: str, case: str, conns: int, seconds: float, generator: str, certs: Certs | None = None
+) -> tuple[float, float]:
     """A fresh server on CPU 0, loaded from CPU 1 after a 0.5 s warm-up: (messages/s, server CPU us/message)."""
-    size, deflate = CASES[case]
+    size, deflate, tls = CASES[case]
+    if tls and certs is None:
+        raise ValueError(f"case {case} needs certificates")
     port = free_port()
-    cmd, path = command(server, port)
+    cmd, path = command(server, port, (certs.cert, certs.key) if tls and certs else None)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(BENCH)))}
     proc = subprocess.Popen(
         ["taskset", "-c", "0", *cmd], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    url = f"ws://127.0.0.1:{port}{path}"
+    url = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}{path}"
     try:
         wait_listening(port, proc)
-        if generator == "picows":
+        if tls and certs:
+            res = picows_load(url, proc.pid, conns, seconds, size, certs.ca)
+        elif generator == "picows":
             res = picows_load(url, proc.pid, conns, seconds, size)
         else:
             extra = ["--size", str(size), "--warmup", "0.5s"] + (["--deflate"] if deflate else [])
@@ -180,7 +230,7 @@ def targets(results: dict[str, dict[str, list]], cases: list[str]) -> list[str]:
     out = []
     for kind, server, peer, limit in TARGETS:
         for case in cases:
-            if ("deflate" in case) != (kind == "deflate"):
+            if ("deflate" in case) != (kind == "deflate") or CASES[case][2]:
                 continue
             r = results.get(case, {})
             if server not in r or peer not in r:
@@ -188,6 +238,25 @@ def targets(results: dict[str, dict[str, list]], cases: list[str]) -> list[str]:
             paired = statistics.median(a[1] / b[1] for a, b in zip(r[server], r[peer], strict=True))
             verdict = "met" if paired <= limit else "NOT met"
             out.append(f"{case:14} {server} <= {limit:.1f}x {peer}: {paired:.2f}x paired ({verdict})")
+    return out
+
+
+def tls_costs(results: dict[str, dict[str, list]], cases: list[str]) -> list[str]:
+    """Each server's wss:// CPU per message over its ws:// one, paired within
+    each round, for every size run both ways."""
+    out = []
+    for case in cases:
+        size, deflate, tls = CASES[case]
+        plain = next((c for c, (sz, d, t) in CASES.items() if sz == size and not d and not t), None)
+        if not tls or plain not in results:
+            continue
+        for server, runs in results[case].items():
+            base = results[plain].get(server)
+            if not base:
+                continue
+            paired = statistics.median(a[1] / b[1] for a, b in zip(runs, base, strict=True))
+            extra = statistics.median(a[1] - b[1] for a, b in zip(runs, base, strict=True))
+            out.append(f"{case:10} {server:18} wss/ws {paired:.2f}x paired (+{extra:.2f} us per message)")
     return out
 
 
@@ -199,15 +268,19 @@ def report(
     cases: list[str],
     generator: str | None = None,
     check_seconds: float | None = None,
+    certs: Certs | None = None,
 ) -> str:
-    sizes = sorted({CASES[c][0] for c in cases if not CASES[c][1]})
+    sizes = sorted({CASES[c][0] for c in cases if not CASES[c][1] and not CASES[c][2]})
     gens, gen_lines = pick_generators(sizes, conns, check_seconds or seconds, generator) if sizes else ({}, [])
     declined = {n for n in names if n not in NO_DEFLATE and any(CASES[c][1] for c in cases) and declines_deflate(n)}
     plan = {c: [n for n in names if not CASES[c][1] or (n not in NO_DEFLATE and n not in declined)] for c in cases}
 
+    def generator_of(case: str) -> str:
+        size, deflate, tls = CASES[case]
+        return "uringload" if deflate else "picows" if tls else gens[size]
+
     def one(server: str, case: str) -> tuple[float, float]:
-        size, deflate = CASES[case]
-        return run_one(server, case, conns, seconds, "uringload" if deflate else gens[size])
+        return run_one(server, case, conns, seconds, generator_of(case), certs)
 
     results = interleave(plan, rounds, one)
     host = f"{os.uname().release}, {os.cpu_count()} CPUs"
@@ -222,13 +295,16 @@ def report(
         left = sorted((NO_DEFLATE & set(names)) | declined)
         if left:
             out.append(f"not in the deflate cases (no permessage-deflate): {', '.join(left)}")
+    if any(CASES[c][2] for c in cases):
+        out.append("generator: the picows client for every wss:// figure (TLS 1.3, ECDSA P-256)")
     for case in cases:
-        size, deflate = CASES[case]
-        gen = "uringload" if deflate else gens[size]
-        out += ["", f"{case} (generator: {gen})"]
+        out += ["", f"{case} (generator: {generator_of(case)})"]
         peers = [p for p in ("uvicorn", "granian", "picows") if p in plan[case]]
         out.append(summary(results[case], plan[case], peers, "msg", "msg/s"))
     out += ["", "Targets (server CPU per message, paired):", *targets(results, cases)]
+    costs = tls_costs(results, cases)
+    if costs:
+        out += ["", "TLS's cost: server CPU per message over wss:// / over ws://, same server, paired:", *costs]
     return "\n".join(out)
 
 
@@ -238,7 +314,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=4)
     p.add_argument("--conns", type=int, default=100)
     p.add_argument("--servers", default=",".join(SERVERS))
-    p.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
+    p.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"of {', '.join(CASES)}")
     p.add_argument("--generator", choices=["uringload", "picows"], default=None, help="skip the check, use this one")
     p.add_argument("--check-seconds", type=float, default=None, help="the generator check's run length (--seconds)")
     args = p.parse_args()
@@ -251,7 +327,10 @@ def main() -> int:
         if n not in SERVERS:
             print(f"ws_bench: unknown server {n!r}: use {', '.join(SERVERS)}", file=sys.stderr)
             return 2
-    print("\n" + report(args.rounds, args.seconds, args.conns, names, cases, args.generator, args.check_seconds))
+    with tempfile.TemporaryDirectory() as tmp:
+        certs = Certs.make(Path(tmp)) if any(CASES[c][2] for c in cases) else None
+        text = report(args.rounds, args.seconds, args.conns, names, cases, args.generator, args.check_seconds, certs)
+    print("\n" + text)
     return 0
 
 

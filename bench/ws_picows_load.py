@@ -5,7 +5,9 @@ rate on the same server). Closed loop like uringload: each connection
 sends one message, compares the echo byte for byte, sends the next.
 
     python bench/ws_picows_load.py ws://127.0.0.1:8000/ws -c 100 -d 4 --size 64 \
-        [--binary] [--warmup 0.5] [--server-pid PID]
+        [--binary] [--warmup 0.5] [--server-pid PID] [--cafile CA.pem]
+
+A wss:// URL connects over TLS, trusting --cafile (else the system's CAs).
 
 Prints JSON with the keys bench/_common.loadtest() reads from uringload's:
 rps (messages/s), server_cpu_us_per_request (per message), errors,
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -86,9 +89,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     kind = WSMsgType.BINARY if args.binary else WSMsgType.TEXT
     pids = [args.server_pid] if args.server_pid else []
 
+    tls = ssl.create_default_context(cafile=args.cafile) if args.url.startswith("wss:") else None
+
     async def one(i: int) -> WSTransport | None:
         try:
-            t, _ = await ws_connect(lambda: Client(st, messages, kind, i), args.url, max_frame_size=1 << 24)
+            factory = lambda: Client(st, messages, kind, i)  # noqa: E731
+            t, _ = await ws_connect(factory, args.url, max_frame_size=1 << 24, ssl_context=tls)
             return t
         except Exception:  # counted: the benchmark fails on any error
             st.errors["connect"] += 1
@@ -128,6 +134,7 @@ def main() -> int:
     p.add_argument("--binary", action="store_true")
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--server-pid", type=int, default=0)
+    p.add_argument("--cafile", default=None, help="the CA a wss:// server's certificate is checked against")
     args = p.parse_args()
     print(json.dumps(uvloop.run(run(args))))
     return 0
