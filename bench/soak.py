@@ -19,7 +19,14 @@ lost or corrupted byte, an error the load did not inject, or an upward
 trend after warm-up (the last fifth of the run against the first fifth
 after warm-up: RSS up by more than max(4 MiB, 5 %), or fds, slots, arena,
 buffers or tasks above their earlier maximum by more than the load's own
-spread). soak.png plots it all; summary.txt says what was found.
+spread), or RSS still climbing in the last half (its least-squares line over
+the last half of the samples under load rising more than max(2 MiB, 2 %)
+across that half: a slow leak that the first-against-last check would let
+through on a long run, where a rise that converges flattens out). The RSS
+rise is split into where it lives (anonymous or file-backed pages, glibc
+malloc's bytes in use and free, pymalloc's blocks and arenas), each with its
+slope over the last half. soak.png plots it all; summary.txt says what was
+found.
 """
 
 from __future__ import annotations
@@ -136,10 +143,51 @@ def trend(samples: list[dict], key: str, warmup: float) -> tuple[float, float, f
     """(median of the first fifth after warm-up, median of the last fifth, max
     of the first fifth), over the samples taken under load (the last few are
     taken after it, for what is left behind)."""
-    rows = [r for r in samples[:-IDLE_SAMPLES] if r["t"] >= warmup]
+    rows = loaded(samples, warmup)
     n = max(1, len(rows) // 5)
     first, last = [r[key] for r in rows[:n]], [r[key] for r in rows[-n:]]
     return median(first), median(last), max(first)
+
+
+def loaded(samples: list[dict], warmup: float) -> list[dict]:
+    """The samples taken under load after the warm-up."""
+    return [r for r in samples[:-IDLE_SAMPLES] if r["t"] >= warmup]
+
+
+def slope(rows: list[dict], key: str) -> float:
+    """Least squares: the gauge's change per second over these rows."""
+    ts = [r["t"] for r in rows]
+    ys = [r[key] for r in rows]
+    tm, ym = sum(ts) / len(ts), sum(ys) / len(ys)
+    den = sum((t - tm) ** 2 for t in ts)
+    return sum((t - tm) * (y - ym) for t, y in zip(ts, ys, strict=True)) / den if den else 0.0
+
+
+# where RSS lives, as soak_server.py samples it (a gauge absent from old samples is skipped)
+MEMORY_PARTS = (
+    ("rss_anon", "anonymous RSS"),
+    ("rss_file", "file-backed RSS"),
+    ("malloc_in_use", "glibc malloc in use"),
+    ("malloc_free", "glibc malloc free in its arenas"),
+    ("py_blocks", "pymalloc blocks"),
+    ("pymalloc_arenas", "pymalloc arenas"),
+)
+
+
+def memory_lines(samples: list[dict], warmup: float) -> list[str]:
+    """Each part of memory: its change after warm-up and its slope over the
+    last half, in units per hour (bytes as MiB)."""
+    rows = loaded(samples, warmup)
+    half = rows[len(rows) // 2 :]
+    out = []
+    for key, name in MEMORY_PARTS:
+        if len(half) < 2 or key not in half[0]:
+            continue
+        scale, unit = (2**20, " MiB") if key.startswith(("rss", "malloc")) else (1, "")
+        change = (rows[-1][key] - rows[0][key]) / scale
+        per_hour = slope(half, key) * 3600 / scale
+        out.append(f"  {name}: {change:+.2f}{unit} after warm-up, last half {per_hour:+.2f}{unit}/hour")
+    return ["where memory went (first and last sample under load; slope of the last half):", *out] if out else []
 
 
 def judge(samples: list[dict], warmup: float) -> tuple[list[str], list[str]]:
@@ -154,6 +202,19 @@ def judge(samples: list[dict], warmup: float) -> tuple[list[str], list[str]]:
     lines[-1] += f" (allowed +{allowed / mib:.1f})"
     if rss1 - rss0 > allowed:
         failures.append(f"RSS grew {(rss1 - rss0) / 2**20:.1f} MiB after warm-up")
+    half = loaded(samples, warmup)
+    half = half[len(half) // 2 :]
+    if len(half) >= 2:
+        span = half[-1]["t"] - half[0]["t"]
+        rise = slope(half, "rss") * span
+        limit = max(2 * 2**20, 0.02 * rss0)
+        lines.append(
+            f"RSS over the last half ({span:.0f} s): {rise / mib:+.2f} MiB along its fitted line "
+            f"({slope(half, 'rss') * 3600 / mib:+.2f} MiB/hour; allowed +{limit / mib:.1f} MiB)"
+        )
+        if rise > limit:
+            failures.append(f"RSS still climbing in the last half: {rise / mib:+.1f} MiB along its fitted line")
+    lines += memory_lines(samples, warmup)
     gauges = (("fds", 8), ("slots_used", 8), ("arena_in_use", 8), ("ext_in_use", 8), ("bufs_out", 8), ("tasks", 4))
     for key, slack in gauges:
         first, last, first_max = trend(samples, key, warmup)
@@ -179,9 +240,14 @@ def plot(samples: list[dict], path: Path, warmup: float) -> str:
     except ImportError:
         return "no plot: matplotlib is not installed (pip install matplotlib; make soak installs it)"
     t = [r["t"] for r in samples]
-    fig, axes = plt.subplots(4, 1, figsize=(10, 10), sharex=True)
+    fig, axes = plt.subplots(5, 1, figsize=(10, 12), sharex=True)
     axes[0].plot(t, [r["rss"] / 2**20 for r in samples])
     axes[0].set_ylabel("RSS MiB")
+    for key, name in MEMORY_PARTS:
+        if key in samples[0] and key.startswith(("rss_", "malloc")):
+            axes[4].plot(t, [r[key] / 2**20 for r in samples], label=name)
+    axes[4].set_ylabel("MiB")
+    axes[4].legend(loc="upper left", fontsize="small")
     axes[1].plot(t, [r["fds"] for r in samples], label="fds")
     axes[1].plot(t, [r["slots_used"] for r in samples], label="fixed slots in use")
     axes[1].plot(t, [r["connections"] for r in samples], label="connections")
@@ -192,7 +258,7 @@ def plot(samples: list[dict], path: Path, warmup: float) -> str:
     axes[2].legend(loc="upper left")
     axes[3].plot(t, [r["tasks"] for r in samples])
     axes[3].set_ylabel("asyncio tasks")
-    axes[3].set_xlabel("seconds")
+    axes[4].set_xlabel("seconds")
     for ax in axes:
         ax.axvline(warmup, color="grey", linestyle=":")
     fig.suptitle("uringserve soak: HTTP + echo load, churn, resets, slow peers")

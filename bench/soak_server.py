@@ -5,16 +5,27 @@
 
 Each sample is one JSON line: seconds since start, RSS, open fds, the ring's
 fixed slots in use, arena chunks and send segments in use, provided buffers
-out of the ring, open connections, asyncio tasks, requests served. SIGTERM
-drains both servers and exits."""
+out of the ring, open connections, asyncio tasks, requests served; and where
+RSS lives, to say which allocator grows when it rises: anonymous and
+file-backed RSS (/proc/self/status: a file-backed rise is code and data of
+the binaries paged in as new paths run, which stops when every path has
+run), glibc malloc's bytes in use and free inside its arenas
+(mallinfo2(), all arenas summed; the core, OpenSSL, CPython's large objects),
+and pymalloc's blocks and arenas (sys.getallocatedblocks() each second,
+the arena count from sys._debugmallocstats() every tenth). SIGTERM drains
+both servers and exits."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import json
 import os
+import re
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,13 +38,71 @@ from uringserve.http import HTTPConfig, HTTPServer  # noqa: E402
 from uringserve.server import Server  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+PYMALLOC_EVERY = 10  # samples between two sys._debugmallocstats() (it prints a few hundred lines)
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (2.33+): every field a size_t."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        + ("keepcost",)
+    ]
+
+
+def _libc_mallinfo2():  # type: ignore[no-untyped-def]
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    fn = getattr(libc, "mallinfo2", None)
+    if fn is not None:
+        fn.restype = MallInfo2
+    return fn
+
+
+MALLINFO2 = _libc_mallinfo2()
+
+
+def malloc_parts() -> dict:
+    """glibc malloc: bytes handed out (small chunks and mmapped ones) and
+    bytes free inside its arenas (fragmentation and the cache it keeps)."""
+    if MALLINFO2 is None:
+        return {}
+    m = MALLINFO2()
+    return {"malloc_in_use": m.uordblks + m.hblkhd, "malloc_free": m.fordblks}
+
+
+def rss_parts() -> dict:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                key, value = line.split(":")
+                out["rss_anon" if key == "RssAnon" else "rss_file"] = int(value.split()[0]) * 1024
+    return out
+
+
+def pymalloc_arenas() -> int:
+    """The arenas pymalloc holds now: sys._debugmallocstats() writes to the
+    C stderr, so fd 2 is pointed at a temporary file while it runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        found = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", tmp.read())
+    return int(found.group(1).replace(",", "")) if found else -1
 
 
 class TimedEcho(Echo):
     idle_timeout = 10.0  # a peer that stalls is let go
 
 
-def sample(t0: float, loop: asyncio.AbstractEventLoop, servers: list) -> dict:
+def sample(t0: float, loop: asyncio.AbstractEventLoop, servers: list, arenas: int) -> dict:
     with open("/proc/self/statm") as f:
         rss = int(f.read().split()[1]) * PAGE
     st = loop.ring_stats()  # type: ignore[attr-defined]
@@ -48,6 +117,10 @@ def sample(t0: float, loop: asyncio.AbstractEventLoop, servers: list) -> dict:
         "connections": sum(len(s.connections) for s in servers),
         "tasks": len(asyncio.all_tasks()),
         "served": sum(s.requests_served() for s in servers),
+        **rss_parts(),
+        **malloc_parts(),
+        "py_blocks": sys.getallocatedblocks(),
+        "pymalloc_arenas": arenas,
     }
 
 
@@ -61,9 +134,13 @@ async def main(http_port: int, echo_port: int, samples: str) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)
     t0 = time.monotonic()
+    arenas, n = pymalloc_arenas(), 0
     with open(samples, "w") as out:
         while not stop.is_set():
-            out.write(json.dumps(sample(t0, loop, [http, echo])) + "\n")
+            n += 1
+            if n % PYMALLOC_EVERY == 0:
+                arenas = pymalloc_arenas()
+            out.write(json.dumps(sample(t0, loop, [http, echo], arenas)) + "\n")
             out.flush()
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
