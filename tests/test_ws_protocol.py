@@ -399,7 +399,23 @@ def test_a_peer_that_never_answers_our_close_is_cut_after_the_closing_timeout(h)
         w.close()
 
     serve(h, native(rec), body, ws=WSConfig(close_timeout=0.3))
-    assert rec.closed == [(4001, "asked")]
+    # no close frame came from the peer: 1006, not the code we sent (RFC 6455 §7.1.5)
+    assert rec.closed == [(1006, "")]
+
+
+def test_a_peer_that_drops_tcp_after_our_close_is_told_as_1006(h) -> None:
+    rec = Recorder()
+
+    async def body(port: int, srv: HTTPServer) -> None:
+        r, w, _ = await opened(port)
+        w.write(frame(0x1, b"close-please"))
+        assert (await read_frame(r))[0] == 0x8
+        w.transport.abort()  # no close frame, the TCP connection gone
+        assert await until(lambda: not len(srv.connections))
+        assert srv.ws_stats.close_codes == {1006: 1}
+
+    serve(h, native(rec), body, ws=WSConfig(close_timeout=30))
+    assert rec.closed == [(1006, "")]
 
 
 # -- flow control -------------------------------------------------------------------------------

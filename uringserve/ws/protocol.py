@@ -233,11 +233,12 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self.close_code is None or self.state is CLOSING:
+            # no close frame came, ours unanswered included (RFC 6455 §7.1.5)
+            self.close_code, self.close_reason = 1006, ""
         self.state = CLOSED
         self.read_paused = False  # a resume_reading() after this delivers nothing
         self._held = None
-        if self.close_code is None:
-            self.close_code = 1006  # no close frame came (RFC 6455 §7.1.5)
         self._tell(self.close_code, self.close_reason)
         for w in self._drain_waiters:
             if not w.done():
@@ -415,7 +416,9 @@ class WebSocketProtocol(Connection, asyncio.Protocol):
         elif kind == KIND_CLOSING:
             logger.debug("cutting a WebSocket whose close did not complete in %.1fs", self.config.close_timeout)
             if self.close_code is None or self.state is CLOSING:
-                self._tell(self.close_code or 1006, self.close_reason)
+                # the peer never sent its close frame: 1006 (RFC 6455 §7.1.5), not the code we sent
+                self.close_code, self.close_reason = 1006, ""
+                self._tell(1006, "")
             self.state = ENDING
             self.transport.abort()
 
