@@ -64,6 +64,9 @@ EXTRA = {  # --servers may name these too
     "uring:copy-all": [PY, "apps/echo.py", "--inplace-min", str(1 << 30)],
     "uring:inplace-2k": [PY, "apps/echo.py", "--inplace-min", "2048"],
     "uring:inplace-16k": [PY, "apps/echo.py", "--inplace-min", "16384"],
+    # the echo as a BufferedProtocol: the loop reads into the protocol's buffer
+    "uvloop:buffered": [PY, "apps/echo.py", "--loop", "uvloop", "--buffered"],
+    "uring:buffered": [PY, "apps/echo.py", "--loop", "uring", "--buffered"],
 }
 
 

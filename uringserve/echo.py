@@ -40,6 +40,28 @@ class Echo(Connection, asyncio.Protocol):
         self.transport.resume_reading()
 
 
+class BufferedEcho(Connection, asyncio.BufferedProtocol):
+    """The same echo as a BufferedProtocol (--buffered): the loop reads into
+    the protocol's own buffer, 256 KiB as asyncio's loops read, and the echo
+    writes straight from it (a transport copies what it cannot send before
+    write() returns, so the buffer may be reused at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buf = memoryview(bytearray(256 * 1024))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.transport.write(self._buf[:nbytes])
+        if self.idle_timeout:
+            self.touch()
+
+    pause_writing = Echo.pause_writing
+    resume_writing = Echo.resume_writing
+
+
 # The ring settings the demo's switches set (bench/echo_bench.py's
 # ablations), by option. Their help, choices and rules are the settings'
 # own declarations (ring_settings.py), as the `uringserve` command's ring
@@ -113,10 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-timeout", type=float, default=0, help="close a connection idle this many seconds (0: never)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds SIGTERM waits for connections")
     p.add_argument("--stats-file", help="write the ring's counters (JSON) here at shutdown (benchmarks)")
+    p.add_argument("--buffered", action="store_true", help="the echo as an asyncio.BufferedProtocol (get_buffer)")
     args = p.parse_args(argv)
+    kind = BufferedEcho if args.buffered else Echo
 
-    def factory() -> Echo:
-        e = Echo()
+    def factory() -> Echo | BufferedEcho:
+        e = kind()
         e.idle_timeout = args.idle_timeout or None
         return e
 
