@@ -169,6 +169,7 @@ MEMORY_PARTS = (
     ("rss_file", "file-backed RSS"),
     ("malloc_in_use", "glibc malloc in use"),
     ("malloc_free", "glibc malloc free in its arenas"),
+    ("malloc_heap", "glibc malloc heap from the OS"),
     ("py_blocks", "pymalloc blocks"),
     ("pymalloc_arenas", "pymalloc arenas"),
 )

@@ -63,12 +63,14 @@ MALLINFO2 = _libc_mallinfo2()
 
 
 def malloc_parts() -> dict:
-    """glibc malloc: bytes handed out (small chunks and mmapped ones) and
-    bytes free inside its arenas (fragmentation and the cache it keeps)."""
+    """glibc malloc: bytes handed out (small chunks and mmapped ones), bytes
+    free inside its arenas (fragmentation and the cache it keeps), and the
+    heap's size."""
     if MALLINFO2 is None:
         return {}
     m = MALLINFO2()
-    return {"malloc_in_use": m.uordblks + m.hblkhd, "malloc_free": m.fordblks}
+    # heap: what the arenas took from the OS (sbrk'd and mmapped); RSS counts only its touched pages
+    return {"malloc_in_use": m.uordblks + m.hblkhd, "malloc_free": m.fordblks, "malloc_heap": m.arena + m.hblkhd}
 
 
 def rss_parts() -> dict:
