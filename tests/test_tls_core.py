@@ -788,6 +788,78 @@ def test_sni_with_several_tls_cert_options(files, sni_files, loop_name) -> None:
         srv.stop()
 
 
+def refused_alert(port: int, files: TLSFiles, name: str) -> str:
+    """The reason the client's handshake for `name` failed with ("" when it did not)."""
+    ctx = client_ctx(files)
+    ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        s = ctx.wrap_socket(raw, server_hostname=name, do_handshake_on_connect=False)
+        try:
+            s.do_handshake()
+        except (ssl.SSLError, ConnectionError) as exc:
+            return getattr(exc, "reason", None) or type(exc).__name__
+        finally:
+            s.close()
+    return ""
+
+
+def test_sni_strict_refuses_an_unknown_name_or_none_with_unrecognized_name(h, files, sni_files) -> None:
+    """--tls-sni-strict: a name no certificate holds, or no name at all (a
+    client by address: "127.0.0.1" is no SNI name), gets alert 112 and no
+    certificate; the known names are served as without it. With one
+    certificate, its own name is the known one."""
+    multi = CoreTLS(*sni_files[0], more=sni_files[1:], sni_strict=True)
+    single = CoreTLS(*sni_files[1], sni_strict=True)  # a.example only
+    # asyncio's SSLProtocol aborts a failed handshake without sending its alert: the client sees EOF
+    refused = {"TLSV1_UNRECOGNIZED_NAME"} if h.uring else {"SSLEOFError", "SSLZeroReturnError", "ConnectionResetError"}
+
+    async def main() -> None:
+        server, port = await serve(h, multi)
+        for name, want in SNI_CASES:
+            if want == ["127.0.0.1"]:  # the default's, for an unknown name: refused instead
+                assert await asyncio.to_thread(refused_alert, port, files, name) in refused, name
+            else:
+                assert await asyncio.to_thread(served_names, port, files, name) == want, name
+        assert await asyncio.to_thread(refused_alert, port, files, "127.0.0.1") in refused
+        await stop(server)
+        server, port = await serve(h, single)
+        assert await asyncio.to_thread(served_names, port, files, "a.example") == ["a.example"]
+        for name in ("other.example", "127.0.0.1"):
+            assert await asyncio.to_thread(refused_alert, port, files, name) in refused, name
+        await stop(server)
+        await settled(h)  # the refused handshakes' SSL objects and slots are back
+
+    h.run(main())
+    h.take_errors()
+
+
+def s_client(port: int, files: TLSFiles, *name_args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(files.cacert), "-ign_eof", *name_args],
+        input="GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_tls_sni_strict_with_openssl_s_client(files, sni_files, loop_name) -> None:
+    args = [PY, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--loop", loop_name, "--tls-sni-strict"]
+    for cert, key in sni_files:
+        args += ["--tls-cert", cert, "--tls-key", key]
+    srv = Proc(args)
+    try:
+        for known in ("a.example", "x.b.example"):
+            out = s_client(srv.port, files, "-servername", known)
+            assert "Verify return code: 0 (ok)" in out.stdout and "Hello, world!" in out.stdout, out.stderr
+        for unknown in (["-servername", "other.example"], ["-noservername"]):
+            out = s_client(srv.port, files, *unknown)
+            assert out.returncode != 0, unknown
+            if loop_name == "uring":  # asyncio's SSLProtocol aborts without the alert
+                assert "SSL alert number 112" in out.stderr, out.stderr
+            assert "Hello, world!" not in out.stdout
+    finally:
+        srv.stop()
+
+
 # -- session tickets: shared by the workers ------------------------------------------------------------
 def resumed(port_first: int, port_then: int, files: TLSFiles, version: ssl.TLSVersion) -> bool:
     """A full handshake with one server, then the session it gave offered to the other: resumed?"""

@@ -302,6 +302,14 @@ OPTIONS: list[Opt] = [
         choices=("1.2", "1.3"),
         commands=SERVE,
     ),
+    Opt(
+        "--tls-sni-strict",
+        "TLS: refuse a handshake whose SNI name no --tls-cert holds, or that sends none (a client connecting by "
+        "address), with the unrecognized_name alert, instead of serving the first certificate",
+        None,
+        False,
+        commands=SERVE,
+    ),
     # behind a proxy
     Opt(
         "--proxy-headers",
@@ -607,6 +615,8 @@ def tls_context(args: argparse.Namespace) -> CoreTLS | None:
             raise SystemExit("uringserve: --tls-key and --tls-ca need --tls-cert")
         if args.tls_ciphers:
             raise SystemExit("uringserve: --tls-ciphers needs --tls-cert")
+        if args.tls_sni_strict:
+            raise SystemExit("uringserve: --tls-sni-strict needs --tls-cert")
         return None
     keys = list(args.tls_key or ())
     if len(keys) > len(args.tls_cert):
@@ -639,6 +649,7 @@ def tls_context(args: argparse.Namespace) -> CoreTLS | None:
             ca=args.tls_ca,
             ciphers=args.tls_ciphers,
             min_version=args.tls_min_version,
+            sni_strict=args.tls_sni_strict,
         )
     except (OSError, ssl.SSLError) as exc:
         raise SystemExit(f"uringserve: --tls-cert {pairs[0][0]}: {exc}") from None

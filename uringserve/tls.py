@@ -49,6 +49,7 @@ class CoreTLS:
         more: Sequence[tuple[str, str | None]] = (),
         ticket_secret: bytes | None = None,
         ticket_period: int = TICKET_PERIOD,
+        sni_strict: bool = False,
     ) -> None:
         if min_version not in MIN_VERSIONS:
             raise ValueError(f"minimum TLS version {min_version!r}: one of {', '.join(MIN_VERSIONS)}")
@@ -56,6 +57,8 @@ class CoreTLS:
         self.alpn = tuple(alpn)
         # certificates besides the first, chosen by the client's SNI name (unknown or none: the first)
         self.more = tuple(more)
+        # an unknown SNI name, or none, refused with unrecognized_name instead (nginx's ssl_reject_handshake)
+        self.sni_strict = sni_strict
         self.context = self._stdlib_context()  # checks the files first, with the stdlib's messages
         wire = b"".join(bytes([len(p)]) + p for p in (a.encode() for a in self.alpn))
         keep = [ffi.new("char[]", os.fsencode(p)) if p is not None else ffi.NULL for p in (cert, key, ca)]
@@ -92,6 +95,7 @@ class CoreTLS:
             raise ValueError(f"the ticket secret is {TICKET_SECRET_BYTES} bytes, not {len(secret)}")
         if lib.us_tls_ctx_tickets(ptr, secret, ticket_period) < 0:
             raise ValueError(f"ticket period {ticket_period}: a positive number of seconds")
+        lib.us_tls_ctx_sni_strict(ptr, sni_strict)
         self.plain = lib.us_tls_plain(ptr)
 
     def _stdlib_context(self) -> ssl.SSLContext:
@@ -105,10 +109,10 @@ class CoreTLS:
         ctx.set_ciphers(self.ciphers or ffi.string(lib.us_tls_default_ciphers()).decode())
         if self.alpn:
             ctx.set_alpn_protocols(list(self.alpn))
-        if self.more:  # the same choice by SNI name for asyncio's SSLProtocol
+        if self.more or self.sni_strict:  # the same choice by SNI name for asyncio's SSLProtocol
             by_name: list[tuple[tuple[str, ...], ssl.SSLContext | None]] = [(_names(self.cert), None)]
             by_name += [(_names(c), _context_like(ctx, c, k)) for c, k in self.more]
-            ctx.sni_callback = _sni_chooser(by_name)
+            ctx.sni_callback = _sni_chooser(by_name, self.sni_strict)
         if self.ca:
             ctx.load_verify_locations(self.ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
@@ -136,19 +140,23 @@ def _names(cert: str) -> tuple[str, ...]:
     return tuple(v.lower() for k, v in decoded.get("subjectAltName", ()) if k == "DNS")
 
 
-def _sni_chooser(by_name: list[tuple[tuple[str, ...], ssl.SSLContext | None]]) -> Any:
+def _sni_chooser(by_name: list[tuple[tuple[str, ...], ssl.SSLContext | None]], strict: bool = False) -> Any:
     """ssl's sni_callback choosing as the core does: the first certificate
-    whose DNS names match (the default's first; None: keep the default)."""
+    whose DNS names match (the default's first; None: keep the default).
+    An unknown name, or none: the default, or with `strict` the handshake
+    refused with unrecognized_name."""
+    refuse = ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME if strict else None
 
-    def choose(obj: Any, name: str | None, _ctx: Any) -> None:
+    def choose(obj: Any, name: str | None, _ctx: Any) -> int | None:
         if name is None:
-            return
+            return refuse
         name = name.lower()
         for names, ctx in by_name:
             if any(_matches(n, name) for n in names):
                 if ctx is not None:
                     obj.context = ctx
-                return
+                return None
+        return refuse
 
     return choose
 

@@ -44,6 +44,7 @@ struct us_tls_ctx {
     struct ticket_keys tk[2];     /* the last two periods derived (a cache) */
     SSL_CTX *more[MORE_CERTS];    /* us_tls_ctx_add: switched to when the SNI name is theirs */
     uint32_t nmore;
+    int sni_strict;               /* us_tls_ctx_sni_strict: a name none of the certificates holds is refused */
     unsigned char alpn[256];
     uint32_t alpn_len;
     char *plain; /* PLAIN_CAP bytes, shared by the connections: copied out before the next call */
@@ -148,13 +149,31 @@ static void last_error(char *err, size_t len, const char *what)
 /* TLS 1.2's suites when none are given: forward secrecy and AEAD only (CPython's default list) */
 static const char DEFAULT_CIPHERS[] = "ECDH+AESGCM:ECDH+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM";
 
-/* the SNI name's certificate (the default's when none or unknown): the
- * first whose names (SAN, else CN; wildcards as RFC 6125) match */
+/* a client whose SNI name no certificate holds (or who sent none): the
+ * default certificate, as nginx's default server; with sni_strict the
+ * handshake is refused with unrecognized_name (112), as nginx's
+ * ssl_reject_handshake in the default server (which refuses a ClientHello
+ * without a name too: a client connecting by address sends none) */
+static int unknown_name(struct us_tls_ctx *x, int *alert)
+{
+    if (!x->sni_strict)
+        return SSL_TLSEXT_ERR_OK;
+    *alert = SSL_AD_UNRECOGNIZED_NAME;
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+/* the SNI name's certificate: the first whose names (SAN, else CN;
+ * wildcards as RFC 6125) match. OpenSSL calls it for every ClientHello,
+ * with a name or without. */
 static int servername(SSL *ssl, int *alert, void *arg)
 {
     struct us_tls_ctx *x = arg;
+    if (!x->nmore && !x->sni_strict)
+        return SSL_TLSEXT_ERR_OK; /* one certificate for every name */
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (!name || !x->nmore || X509_check_host(SSL_CTX_get0_certificate(x->ctx), name, 0, 0, NULL) == 1)
+    if (!name)
+        return unknown_name(x, alert);
+    if (X509_check_host(SSL_CTX_get0_certificate(x->ctx), name, 0, 0, NULL) == 1)
         return SSL_TLSEXT_ERR_OK;
     for (uint32_t i = 0; i < x->nmore; i++) {
         if (X509_check_host(SSL_CTX_get0_certificate(x->more[i]), name, 0, 0, NULL) == 1) {
@@ -162,8 +181,10 @@ static int servername(SSL *ssl, int *alert, void *arg)
             return SSL_TLSEXT_ERR_OK;
         }
     }
-    return SSL_TLSEXT_ERR_OK; /* an unknown name: the default certificate, as nginx's default server */
+    return unknown_name(x, alert);
 }
+
+void us_tls_ctx_sni_strict(struct us_tls_ctx *x, int on) { x->sni_strict = on != 0; }
 
 /* one SSL_CTX of the configuration (every certificate's has the same settings) */
 static SSL_CTX *make_ctx(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *err, size_t errlen)

@@ -50,6 +50,10 @@ int us_tls_ctx_add(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *e
  * the same and a client resumes on any), a ticket is accepted for one
  * period more; -EINVAL for period 0 */
 int us_tls_ctx_tickets(struct us_tls_ctx *x, const unsigned char *secret, uint32_t period);
+/* on: a ClientHello whose SNI name none of the certificates holds, or
+ * without a name, is refused with unrecognized_name (112); off (the
+ * default): such a client gets the first certificate */
+void us_tls_ctx_sni_strict(struct us_tls_ctx *x, int on);
 void us_tls_ctx_free(struct us_tls_ctx *x);
 char *us_tls_plain(struct us_tls_ctx *x);      /* where us_tls_recv's plaintext is */
 
