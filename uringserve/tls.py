@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,6 +105,7 @@ class CoreTLS:
         connection's 'sslcontext'."""
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.cert, self.key)
+        _SERVED[ctx] = _first_cert_der(self.cert)
         ctx.minimum_version = MIN_VERSIONS[self.min_version]
         # the core's list when none is given: the stdlib's own server default takes SHA-1 CBC suites
         ctx.set_ciphers(self.ciphers or ffi.string(lib.us_tls_default_ciphers()).decode())
@@ -126,17 +128,14 @@ class CoreTLS:
 def _context_like(base: ssl.SSLContext, cert: str, key: str | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
+    _SERVED[ctx] = _first_cert_der(cert)
     ctx.minimum_version = base.minimum_version
     return ctx
 
 
 def _names(cert: str) -> tuple[str, ...]:
     """The DNS names a PEM certificate is for (its subjectAltName)."""
-    with open(cert) as f:
-        pem = f.read()
-    start = pem.index("-----BEGIN CERTIFICATE-----")
-    end = pem.index("-----END CERTIFICATE-----", start) + len("-----END CERTIFICATE-----")
-    decoded = _decode_cert(ssl.PEM_cert_to_DER_cert(pem[start:end]))
+    decoded = _decode_cert(_first_cert_der(cert))
     return tuple(v.lower() for k, v in decoded.get("subjectAltName", ()) if k == "DNS")
 
 
@@ -228,6 +227,23 @@ class CoreSSLObject:
             return {} if self.context.verify_mode == ssl.CERT_NONE else None
         return _decode_cert(der)
 
+    def cipher_id(self) -> int | None:
+        """The suite's IANA number (0x1301 for TLS_AES_128_GCM_SHA256), as ASGI's TLS extension gives it."""
+        t = self._tls()
+        n = lib.us_tls_cipher_id(t) if t is not None else -1
+        return n if n >= 0 else None
+
+    def server_cert_der(self) -> bytes | None:
+        """The certificate this server showed (the one the SNI name chose), DER."""
+        return _cert_der(self._tls(), -1)
+
+    def peer_chain_der(self) -> list[bytes]:
+        """The certificates the client sent, its own first, DER (mTLS)."""
+        chain: list[bytes] = []
+        while (der := _cert_der(self._tls(), len(chain))) is not None:
+            chain.append(der)
+        return chain
+
     def tls_version_id(self) -> int | None:
         """The version as the ASGI TLS extension gives it (0x0304 for TLS 1.3)."""
         return _TLS_VERSION_ID.get(self.version() or "")
@@ -242,6 +258,63 @@ def peer_cert_der(t: Any) -> bytes | None:
     buf = ffi.new("unsigned char[]", n)
     n = lib.us_tls_peer_cert(t, buf, n)
     return bytes(ffi.buffer(buf, n)) if n > 0 else None
+
+
+def _cert_der(t: Any, which: int) -> bytes | None:
+    """us_tls_cert's certificate `which` (-1 the server's, 0.. the client's chain), None when there is none."""
+    if t is None:
+        return None
+    n = lib.us_tls_cert(t, which, ffi.NULL, 0)
+    if n <= 0:
+        return None
+    buf = ffi.new("unsigned char[]", n)
+    n = lib.us_tls_cert(t, which, buf, n)
+    return bytes(ffi.buffer(buf, n)) if n > 0 else None
+
+
+# -- what ASGI's TLS extension reads, from a core connection or from asyncio's SSLObject --------------
+# the certificate each stdlib context of a CoreTLS serves (DER): ssl.SSLContext cannot say it
+_SERVED: weakref.WeakKeyDictionary[ssl.SSLContext, bytes] = weakref.WeakKeyDictionary()
+
+
+def server_cert_der(obj: Any) -> bytes | None:
+    """The certificate the server showed on this connection, DER; None
+    for an SSLObject of a context that is not a CoreTLS's."""
+    if isinstance(obj, CoreSSLObject):
+        return obj.server_cert_der()
+    return _SERVED.get(obj.context)
+
+
+def peer_chain_der(obj: Any) -> list[bytes]:
+    """The certificates the client sent, its own first, DER. asyncio's
+    SSLObject tells the whole chain from Python 3.13 (get_unverified_chain);
+    before, only the client's own certificate."""
+    if isinstance(obj, CoreSSLObject):
+        return obj.peer_chain_der()
+    if hasattr(obj, "get_unverified_chain"):
+        chain = obj.get_unverified_chain() or []
+        return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
+    der = obj.getpeercert(binary_form=True)
+    return [der] if der else []
+
+
+def cipher_id(obj: Any) -> int | None:
+    """The suite's IANA number (0x1301) of a core connection or of an SSLObject."""
+    if isinstance(obj, CoreSSLObject):
+        return obj.cipher_id()
+    current = obj.cipher()
+    if current is None:
+        return None
+    # the stdlib names the suite only; its context lists each one's id (OpenSSL's: 0x0300 and the IANA pair)
+    return next((c["id"] & 0xFFFF for c in obj.context.get_ciphers() if c["name"] == current[0]), None)
+
+
+def _first_cert_der(path: str) -> bytes:
+    with open(path) as f:
+        pem = f.read()
+    start = pem.index("-----BEGIN CERTIFICATE-----")
+    end = pem.index("-----END CERTIFICATE-----", start) + len("-----END CERTIFICATE-----")
+    return ssl.PEM_cert_to_DER_cert(pem[start:end])
 
 
 def _decode_cert(der: bytes) -> dict[str, Any]:

@@ -19,6 +19,7 @@
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h> /* X509_check_host */
 
 #include "ring_internal.h"
 #include "tls.h"
@@ -567,6 +568,43 @@ int us_tls_peer_cert(struct us_tls *t, unsigned char *buf, int len)
         return need;
     unsigned char *p = buf;
     return i2d_X509(cert, &p);
+}
+
+static int der_of(X509 *cert, unsigned char *buf, int len)
+{
+    int need = i2d_X509(cert, NULL);
+    if (!buf || need <= 0 || need > len)
+        return need;
+    unsigned char *p = buf;
+    return i2d_X509(cert, &p);
+}
+
+int us_tls_cert(struct us_tls *t, int which, unsigned char *buf, int len)
+{
+    X509 *cert = NULL;
+    if (which < 0) {
+        cert = SSL_get_certificate(t->ssl); /* the SNI name's once the servername callback switched */
+    } else {
+        X509 *leaf = SSL_get0_peer_certificate(t->ssl);
+        /* a server's peer chain leaves the client's own certificate out
+         * (OpenSSL's "inconsistency" with the client side): it comes first,
+         * and is skipped in the chain should a later OpenSSL include it */
+        STACK_OF(X509) *chain = SSL_get_peer_cert_chain(t->ssl);
+        if (!leaf)
+            return 0;
+        int n = chain ? sk_X509_num(chain) : 0, skip = n && X509_cmp(sk_X509_value(chain, 0), leaf) == 0;
+        if (which == 0)
+            cert = leaf;
+        else if (which - 1 + skip < n)
+            cert = sk_X509_value(chain, which - 1 + skip);
+    }
+    return cert ? der_of(cert, buf, len) : 0;
+}
+
+int us_tls_cipher_id(struct us_tls *t)
+{
+    const SSL_CIPHER *c = SSL_get_current_cipher(t->ssl);
+    return c ? SSL_CIPHER_get_protocol_id(c) : -1;
 }
 
 const char *us_tls_openssl_version(void) { return OpenSSL_version(OPENSSL_VERSION); }

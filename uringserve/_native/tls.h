@@ -76,6 +76,11 @@ const char *us_tls_version(struct us_tls *t);  /* "TLSv1.3", NULL before the han
 const char *us_tls_cipher(struct us_tls *t, const char **proto, int *bits);
 int us_tls_alpn(struct us_tls *t, const unsigned char **proto); /* its length, 0: none */
 int us_tls_peer_cert(struct us_tls *t, unsigned char *buf, int len); /* DER length (buf NULL: the size), 0: none */
+/* a certificate, DER (its length; buf NULL or short: the length needed; 0: none):
+ * which -1 the server's (the one the SNI name chose), 0 the client's own,
+ * 1.. the rest of the chain the client sent, in its order */
+int us_tls_cert(struct us_tls *t, int which, unsigned char *buf, int len);
+int us_tls_cipher_id(struct us_tls *t);        /* the suite's IANA number (0x1301), -1 before the handshake */
 const char *us_tls_openssl_version(void);
 const char *us_tls_default_ciphers(void);     /* TLS 1.2's suites when none are given */
 /* CDEF END */
