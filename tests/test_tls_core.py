@@ -1101,6 +1101,82 @@ def test_sighup_serves_a_renewed_certificate_and_refuses_no_connection(files, tm
         srv.stop()
 
 
+def renew(files: TLSFiles, cert: Any, key: Any) -> bytes:
+    """A new certificate for 127.0.0.1 written over `cert` and `key` as a
+    renewal does (whole files replaced); its DER."""
+    issued = files.ca.issue_cert("127.0.0.1")
+    for path, pem in ((cert, issued.cert_chain_pems[0]), (key, issued.private_key_pem)):
+        pem.write_to_path(str(path.with_suffix(".new")))
+        os.replace(path.with_suffix(".new"), path)
+    return ssl.PEM_cert_to_DER_cert(issued.cert_chain_pems[0].bytes().decode())
+
+
+def test_sighup_in_a_single_process_reloads_the_certificate_and_keeps_open_connections(
+    files, tmp_path, loop_name
+) -> None:
+    """Without --workers, SIGHUP reads the certificate files again: a new
+    connection gets the renewed certificate, a keep-alive connection opened
+    before goes on undisturbed; a file that does not load is one log line
+    and the last good certificate stays."""
+    import http.client
+    import signal
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    old_der = renew(files, cert, key)
+    srv = Proc(
+        [PY, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--loop", loop_name,
+         "--tls-cert", str(cert), "--tls-key", str(key), "--keepalive-timeout", "120"],
+    )  # fmt: skip
+    ctx = client_ctx(files)
+
+    def connect() -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=ctx, timeout=30)
+        conn.connect()
+        return conn
+
+    def hello(conn: http.client.HTTPSConnection) -> bytes:
+        """One request on `conn` (kept alive); the certificate it was served with."""
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == b"Hello, world!\n"
+        assert conn.sock is not None
+        der = conn.sock.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    def fresh() -> bytes:
+        conn = connect()
+        try:
+            return hello(conn)
+        finally:
+            conn.close()
+
+    try:
+        kept = connect()
+        assert hello(kept) == old_der
+        new_der = renew(files, cert, key)
+        srv.p.send_signal(signal.SIGHUP)
+        srv.wait_line(lambda line: "TLS certificates reloaded" in line)
+        assert fresh() == new_der
+        assert hello(kept) == old_der  # the same connection, still served
+        # a broken renewal: the key of another certificate, then a file that is not PEM
+        files.ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
+        srv.p.send_signal(signal.SIGHUP)
+        first = srv.wait_line(lambda line: "not reloaded" in line)
+        assert str(cert) in first and "key" in first
+        cert.write_text("not a certificate\n")
+        srv.p.send_signal(signal.SIGHUP)
+        srv.wait_line(lambda line: "not reloaded" in line and line != first)
+        assert fresh() == new_der  # the last good one
+        assert hello(kept) == old_der
+        out = srv.output()
+        assert out.count("not reloaded") == 2 and "Traceback" not in out, out
+        assert srv.p.poll() is None
+        kept.close()
+    finally:
+        srv.stop()
+
+
 def test_paused_reading_holds_the_plaintext_in_order_and_a_buffered_protocol_gets_it(h, files, conf) -> None:
     """pause_reading() at the first bytes: what the kernel had already taken
     is decrypted and held; resume_reading() hands it over in order, to a

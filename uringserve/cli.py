@@ -820,6 +820,10 @@ def _serve(argv: list[str], args: argparse.Namespace) -> int:
     server = build_server(args)
     metrics = _metrics(args, server)
     endpoint = None
+    on_ready = metrics.start_sampling if metrics is not None else None
+    tls = getattr(server, "ssl", None)
+    if tls is not None:  # SIGHUP: the certificate files again (a supervisor would start new workers)
+        on_ready = _with_tls_reload(tls, on_ready)
     if metrics is not None:
         from . import logs
         from . import metrics as metrics_module
@@ -838,12 +842,25 @@ def _serve(argv: list[str], args: argparse.Namespace) -> int:
             loop=args.loop,
             ring_config=ring_config(args),
             listeners=listeners(args),
-            on_ready=metrics.start_sampling if metrics is not None else None,
+            on_ready=on_ready,
             note="" if endpoint is None else f"metrics on {endpoint.url}",
         )
     finally:
         if endpoint is not None:
             endpoint.close()
+
+
+def _with_tls_reload(tls: Any, then: Callable[[Any], None] | None) -> Callable[[Any], None]:
+    """An on_ready that makes SIGHUP reload `tls` (tls_reload.py), then calls `then`."""
+
+    def ready(server: Any) -> None:
+        from . import tls_reload
+
+        tls_reload.install(tls)
+        if then is not None:
+            then(server)
+
+    return ready
 
 
 def check(args: argparse.Namespace) -> None:

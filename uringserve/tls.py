@@ -60,10 +60,26 @@ class CoreTLS:
         self.more = tuple(more)
         # an unknown SNI name, or none, refused with unrecognized_name instead (nginx's ssl_reject_handshake)
         self.sni_strict = sni_strict
+        # session tickets: keys derived per period from one secret, so the
+        # workers given the same (the supervisor's) resume each other's clients
+        secret = ticket_secret if ticket_secret is not None else os.urandom(TICKET_SECRET_BYTES)
+        if len(secret) != TICKET_SECRET_BYTES:
+            raise ValueError(f"the ticket secret is {TICKET_SECRET_BYTES} bytes, not {len(secret)}")
+        if ticket_period <= 0:
+            raise ValueError(f"ticket period {ticket_period}: a positive number of seconds")
+        self._ticket_secret, self._ticket_period = secret, ticket_period
         self.context = self._stdlib_context()  # checks the files first, with the stdlib's messages
+        # freed with the last holder: this object until a reload replaces
+        # it, and every TLSTransport made from it, so it outlives its connections
+        self.ptr = self._native_context()
+        self.plain = lib.us_tls_plain(self.ptr)
+
+    def _native_context(self) -> Any:
+        """The core's configuration (a us_tls_ctx), read from the files now."""
         wire = b"".join(bytes([len(p)]) + p for p in (a.encode() for a in self.alpn))
-        keep = [ffi.new("char[]", os.fsencode(p)) if p is not None else ffi.NULL for p in (cert, key, ca)]
-        keep.append(ffi.new("char[]", ciphers.encode()) if ciphers else ffi.NULL)
+        named = (self.cert, self.key, self.ca)
+        keep = [ffi.new("char[]", os.fsencode(p)) if p is not None else ffi.NULL for p in named]
+        keep.append(ffi.new("char[]", self.ciphers.encode()) if self.ciphers else ffi.NULL)
         alpn_buf = ffi.new("unsigned char[]", wire) if wire else ffi.NULL
         conf = ffi.new(
             "struct us_tls_conf *",
@@ -72,32 +88,55 @@ class CoreTLS:
                 "key": keep[1],
                 "ca": keep[2],
                 "ciphers": keep[3],
-                "min_version": _WIRE_VERSION[min_version],
+                "min_version": _WIRE_VERSION[self.min_version],
                 "alpn": alpn_buf,
                 "alpn_len": len(wire),
             },
         )
         err = ffi.new("char[256]")
-        ptr = lib.us_tls_ctx_new(conf, err, 256)
-        if ptr == ffi.NULL:
+        raw = lib.us_tls_ctx_new(conf, err, 256)
+        if raw == ffi.NULL:
             raise ssl.SSLError(f"TLS configuration: {ffi.string(err).decode(errors='replace')}")
-        # freed with this object; every TLSTransport holds it, so it outlives its connections
-        self.ptr = ffi.gc(ptr, lib.us_tls_ctx_free)
+        ptr = ffi.gc(raw, lib.us_tls_ctx_free)
         for more_cert, more_key in self.more:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(more_cert, more_key)  # the messages
             paths = [ffi.new("char[]", os.fsencode(more_cert)), ffi.new("char[]", os.fsencode(more_key or more_cert))]
             conf.cert, conf.key = paths
             if lib.us_tls_ctx_add(ptr, conf, err, 256) < 0:
                 raise ssl.SSLError(f"TLS certificate {more_cert}: {ffi.string(err).decode(errors='replace')}")
-        # session tickets: keys derived per period from one secret, so the
-        # workers given the same (the supervisor's) resume each other's clients
-        secret = ticket_secret if ticket_secret is not None else os.urandom(TICKET_SECRET_BYTES)
-        if len(secret) != TICKET_SECRET_BYTES:
-            raise ValueError(f"the ticket secret is {TICKET_SECRET_BYTES} bytes, not {len(secret)}")
-        if lib.us_tls_ctx_tickets(ptr, secret, ticket_period) < 0:
-            raise ValueError(f"ticket period {ticket_period}: a positive number of seconds")
-        lib.us_tls_ctx_sni_strict(ptr, sni_strict)
-        self.plain = lib.us_tls_plain(ptr)
+        lib.us_tls_ctx_tickets(ptr, self._ticket_secret, self._ticket_period)
+        lib.us_tls_ctx_sni_strict(ptr, self.sni_strict)
+        return ptr
+
+    def reload(self) -> None:
+        """Read the certificate, key and CA files again: the connections
+        accepted from now on are served from them, those open keep theirs.
+        On any error (a missing file, a key that does not match) nothing
+        changes and CertificateReloadError says which file and why. The
+        ticket secret stays, so sessions still resume."""
+        for cert, key in ((self.cert, self.key), *self.more):
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                raise CertificateReloadError(f"{cert}{f' with key {key}' if key else ''}: {_reason(exc)}") from None
+        try:
+            fresh = self._stdlib_context()
+            ptr = self._native_context()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise CertificateReloadError(f"{self.cert}: {_reason(exc)}") from None
+        # the stdlib context in place: asyncio's servers (the other loops)
+        # hold this object; its SSL objects already made keep their certificate
+        ctx = self.context
+        try:
+            ctx.load_cert_chain(self.cert, self.key)
+            if self.ca:
+                ctx.load_verify_locations(self.ca)
+        except (OSError, ssl.SSLError) as exc:  # the files changed again meanwhile
+            raise CertificateReloadError(f"{self.cert}: {_reason(exc)}") from None
+        _SERVED[ctx] = _SERVED[fresh]
+        if fresh.sni_callback is not None:  # its other certificates' contexts are the fresh ones
+            ctx.sni_callback = fresh.sni_callback
+        self.ptr, self.plain = ptr, lib.us_tls_plain(ptr)
 
     def _stdlib_context(self) -> ssl.SSLContext:
         """The same configuration as an ssl.SSLContext: asyncio's SSLProtocol
@@ -123,6 +162,20 @@ class CoreTLS:
 
     def __repr__(self) -> str:
         return f"<CoreTLS cert={self.cert!r} ca={self.ca!r} min={self.min_version}>"
+
+
+class CertificateReloadError(Exception):
+    """CoreTLS.reload() found a file it cannot serve: the old certificates stay."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+        return "the key does not belong to the certificate"
+    if isinstance(exc, ssl.SSLError):
+        return f"not a PEM certificate chain with its private key ({exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 def _context_like(base: ssl.SSLContext, cert: str, key: str | None) -> ssl.SSLContext:
@@ -337,4 +390,4 @@ def tls_error(t: Any) -> ssl.SSLError:
     return exc
 
 
-__all__ = ["CoreTLS", "CoreSSLObject", "openssl_version", "DEFAULT_ALPN", "MIN_VERSIONS"]
+__all__ = ["CoreTLS", "CertificateReloadError", "CoreSSLObject", "openssl_version", "DEFAULT_ALPN", "MIN_VERSIONS"]
