@@ -129,7 +129,7 @@ class CoreTLS:
         ctx = self.context
         try:
             ctx.load_cert_chain(self.cert, self.key)
-            if self.ca:
+            if self.ca:  # added to the store: a CA dropped from the file stays trusted here until a restart
                 ctx.load_verify_locations(self.ca)
         except (OSError, ssl.SSLError) as exc:  # the files changed again meanwhile
             raise CertificateReloadError(f"{self.cert}: {_reason(exc)}") from None
