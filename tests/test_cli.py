@@ -197,6 +197,7 @@ BUILT: dict[str, Any] = {
     "tls_ca": lambda a: cli.build_server(a).ssl.context.verify_mode,
     "tls_ciphers": lambda a: cli.build_server(a).ssl.ciphers,
     "tls_min_version": lambda a: cli.build_server(a).ssl.min_version,
+    "tls_sni_strict": lambda a: cli.build_server(a).ssl.sni_strict,
     "factory": lambda a: _outcome(lambda: cli.build_server(a).app.__name__),
     "interface": lambda a: cli.build_server(a).interface,
     "protocol": lambda a: _outcome(lambda: type(cli.build_server(a))),
@@ -249,6 +250,7 @@ EXPECT: dict[str, Any] = {
     "tls_cert": True,
     "tls_key": True,  # a certificate file without its key loads only with --tls-key
     "tls_ca": ssl.CERT_REQUIRED,
+    "tls_sni_strict": True,
     "factory": "info_app",
     "protocol": Server,
     "reload": (True, 1),  # one failure to start fails a reload: the next change tries again
@@ -264,6 +266,7 @@ WITH = {
     "tls_ca": ["--tls-cert", "{cert_only}", "--tls-key", "{tls_key}"],
     "tls_ciphers": ["--tls-cert", "{tls_cert}"],
     "tls_min_version": ["--tls-cert", "{tls_cert}"],
+    "tls_sni_strict": ["--tls-cert", "{tls_cert}"],
     "reload_dir": ["--reload"],
     "reload_include": ["--reload"],
     "reload_exclude": ["--reload"],

@@ -37,3 +37,24 @@ def test_every_target_has_a_corpus_and_its_regressions_are_inputs() -> None:
         assert any((FUZZ / "corpus" / target).iterdir()), target
     regressions = [p for p in (FUZZ / "regressions").rglob("*") if p.is_file()]
     assert len(regressions) >= 3 and all(p.parent.name in TARGETS for p in regressions)
+
+
+def test_tls_records_runs_on_the_core_built_with_asan(tmp_path: Path) -> None:
+    """The tls_records harness serves with the sanitized core (the ring and
+    tls.c), not the installed one: a use after free in tls.c is an ASan
+    report there, not a silent corruption. Its corpus inputs are given as
+    files (run once each): the repository's corpus folder is not grown."""
+    from tests.fuzz.run import env_for
+
+    env = env_for("tls_records")
+    inputs = sorted((FUZZ / "corpus" / "tls_records").iterdir())[:10]
+    r = subprocess.run(
+        [sys.executable, str(FUZZ / "tls_records.py"), f"-artifact_prefix={tmp_path}/", *map(str, inputs)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "tls_records: the native core under ASan: " in r.stderr and "_core_asan" in r.stderr, r.stderr[-2000:]

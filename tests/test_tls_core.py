@@ -19,12 +19,14 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 from typing import Any
 
 import pytest
 import trustme
 from conftest import PY, Proc, TLSFiles, make_tls_files, until
 
+import uringserve.tls
 from uringserve.tls import CoreTLS
 
 
@@ -95,6 +97,8 @@ class Recorder(asyncio.Protocol):
                 "cipher": obj.cipher(),
                 "alpn": obj.selected_alpn_protocol(),
                 "peercert": obj.getpeercert(binary_form=True),
+                "server_cert": uringserve.tls.server_cert_der(obj),
+                "cipher_id": uringserve.tls.cipher_id(obj),
                 "transport": type(self.transport).__name__,
             }
         self.received += len(data)
@@ -636,7 +640,11 @@ def test_the_asgi_scope_carries_the_client_certificate(files, loop_name) -> None
             info = client.get(f"https://127.0.0.1:{srv.port}/").json()
         assert info["scheme"] == "https"
         tls = info["tls"]
-        assert tls["client_cert_chain"] == [issued.cert_chain_pems[0].bytes().decode()]
+        # the chain the client sent: its certificate, and the root its OpenSSL
+        # added from its trust store (no chain given); asyncio's SSLObject tells the first only
+        leaf, root = issued.cert_chain_pems[0].bytes().decode(), files.ca.cert_pem.bytes().decode()
+        whole = loop_name == "uring" or sys.version_info >= (3, 13)
+        assert tls["client_cert_chain"] == ([leaf, root] if whole else [leaf])
         assert tls["tls_version"] == 0x0304
         assert tls["client_cert_name"] and tls["client_cert_name"].startswith(("OU=", "O=", "CN="))
         # the websocket scope over wss:// carries the same extension
@@ -649,6 +657,60 @@ def test_the_asgi_scope_carries_the_client_certificate(files, loop_name) -> None
         with pytest.raises((ssl.SSLError, httpx.HTTPError)):
             with httpx.Client(verify=client_ctx(files), timeout=30) as client:
                 client.get(f"https://127.0.0.1:{srv.port}/")
+    finally:
+        srv.stop()
+
+
+def scope_over_tls(port: int, ctx: ssl.SSLContext) -> tuple[dict[str, Any], tuple[str, str, int], str]:
+    """GET / from tls_apps.scope_app: its answer, and the cipher and version this client used."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+            cipher, version = s.cipher(), s.version()
+            assert cipher is not None and version is not None
+    return json.loads(got.partition(b"\r\n\r\n")[2]), cipher, version
+
+
+# what this client negotiates: TLS 1.3's suites are the server's choice, TLS 1.2's ChaCha20 pinned
+IANA = {"TLS_AES_256_GCM_SHA384": 0x1302, "TLS_AES_128_GCM_SHA256": 0x1301, "TLS_CHACHA20_POLY1305_SHA256": 0x1303,
+        "ECDHE-ECDSA-CHACHA20-POLY1305": 0xCCA9, "ECDHE-RSA-CHACHA20-POLY1305": 0xCCA8}  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_the_tls_extension_is_complete_with_an_intermediate_ca(files, loop_name, version) -> None:
+    """server_cert, the whole chain the client sent (its certificate, then
+    an intermediate CA's), its name, the version and the suite as numbers,
+    in the http scope and the websocket scope alike."""
+    srv = Proc(
+        [PY, "-m", "uringserve", "run", "tests.tls_apps:scope_app", "--port", "0", "--loop", loop_name,
+         "--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.cacert)],
+    )  # fmt: skip
+    try:
+        issued = files.ca.create_child_ca().issue_cert("client@example.com")
+        sent = [pem.bytes().decode() for pem in issued.cert_chain_pems]
+        assert len(sent) == 2  # the client's certificate and the intermediate that signed it
+        ctx = client_ctx(files, version)
+        if version == ssl.TLSVersion.TLSv1_2:
+            ctx.set_ciphers("ECDHE+CHACHA20")
+        issued.configure_cert(ctx)  # sends the chain: the server trusts only the root (--tls-ca)
+        info, cipher, used = scope_over_tls(srv.port, ctx)
+        tls = info["tls"]
+        assert tls["server_cert"] == files.cert.read_text()
+        if loop_name == "uring" or sys.version_info >= (3, 13):
+            assert tls["client_cert_chain"] == sent
+        else:  # asyncio's SSLObject tells only the client's own certificate before 3.13
+            assert tls["client_cert_chain"] == sent[:1]
+        assert tls["client_cert_name"] and "Testing cert" in tls["client_cert_name"]
+        assert tls["client_cert_error"] is None
+        assert tls["tls_version"] == {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}[used] == version.value
+        assert tls["cipher_suite"] == IANA[cipher[0]], cipher
+        from websockets.sync.client import connect
+
+        with connect(f"wss://127.0.0.1:{srv.port}/", ssl=ctx, open_timeout=30) as ws:
+            assert json.loads(ws.recv(timeout=30)) == {"scheme": "wss", "tls": tls}
     finally:
         srv.stop()
 
@@ -776,6 +838,34 @@ def test_sni_chooses_the_certificate_by_name(h, files, sni_files) -> None:
     h.take_errors()
 
 
+def test_the_server_certificate_told_is_the_one_the_sni_name_chose(h, files, sni_files) -> None:
+    """What ASGI's server_cert is made of: the certificate of the client's name, not the first."""
+    multi = CoreTLS(*sni_files[0], more=sni_files[1:])
+
+    def der(path: str) -> bytes:
+        with open(path) as f:
+            return ssl.PEM_cert_to_DER_cert(f.read())
+
+    async def main() -> None:
+        server, port = await serve(h, multi)
+        for name, cert in (("a.example", sni_files[1][0]), ("x.b.example", sni_files[2][0]), ("z", sni_files[0][0])):
+            ctx = client_ctx(files)
+            ctx.check_hostname = False
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=name)
+            w.write(b"x")
+            assert await r.readexactly(1) == b"x"
+            info = Recorder.made[-1].info
+            assert info["server_cert"] == der(cert), name
+            assert info["cipher_id"] in (0x1301, 0x1302, 0x1303)  # TLS 1.3's
+            w.close()
+            await w.wait_closed()
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+    h.take_errors()
+
+
 def test_sni_with_several_tls_cert_options(files, sni_files, loop_name) -> None:
     args = [PY, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--loop", loop_name]
     for cert, key in sni_files:
@@ -784,6 +874,78 @@ def test_sni_with_several_tls_cert_options(files, sni_files, loop_name) -> None:
     try:
         for name, want in SNI_CASES:
             assert served_names(srv.port, files, name) == want, name
+    finally:
+        srv.stop()
+
+
+def refused_alert(port: int, files: TLSFiles, name: str) -> str:
+    """The reason the client's handshake for `name` failed with ("" when it did not)."""
+    ctx = client_ctx(files)
+    ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        s = ctx.wrap_socket(raw, server_hostname=name, do_handshake_on_connect=False)
+        try:
+            s.do_handshake()
+        except (ssl.SSLError, ConnectionError) as exc:
+            return getattr(exc, "reason", None) or type(exc).__name__
+        finally:
+            s.close()
+    return ""
+
+
+def test_sni_strict_refuses_an_unknown_name_or_none_with_unrecognized_name(h, files, sni_files) -> None:
+    """--tls-sni-strict: a name no certificate holds, or no name at all (a
+    client by address: "127.0.0.1" is no SNI name), gets alert 112 and no
+    certificate; the known names are served as without it. With one
+    certificate, its own name is the known one."""
+    multi = CoreTLS(*sni_files[0], more=sni_files[1:], sni_strict=True)
+    single = CoreTLS(*sni_files[1], sni_strict=True)  # a.example only
+    # asyncio's SSLProtocol aborts a failed handshake without sending its alert: the client sees EOF
+    refused = {"TLSV1_UNRECOGNIZED_NAME"} if h.uring else {"SSLEOFError", "SSLZeroReturnError", "ConnectionResetError"}
+
+    async def main() -> None:
+        server, port = await serve(h, multi)
+        for name, want in SNI_CASES:
+            if want == ["127.0.0.1"]:  # the default's, for an unknown name: refused instead
+                assert await asyncio.to_thread(refused_alert, port, files, name) in refused, name
+            else:
+                assert await asyncio.to_thread(served_names, port, files, name) == want, name
+        assert await asyncio.to_thread(refused_alert, port, files, "127.0.0.1") in refused
+        await stop(server)
+        server, port = await serve(h, single)
+        assert await asyncio.to_thread(served_names, port, files, "a.example") == ["a.example"]
+        for name in ("other.example", "127.0.0.1"):
+            assert await asyncio.to_thread(refused_alert, port, files, name) in refused, name
+        await stop(server)
+        await settled(h)  # the refused handshakes' SSL objects and slots are back
+
+    h.run(main())
+    h.take_errors()
+
+
+def s_client(port: int, files: TLSFiles, *name_args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(files.cacert), "-ign_eof", *name_args],
+        input="GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_tls_sni_strict_with_openssl_s_client(files, sni_files, loop_name) -> None:
+    args = [PY, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--loop", loop_name, "--tls-sni-strict"]
+    for cert, key in sni_files:
+        args += ["--tls-cert", cert, "--tls-key", key]
+    srv = Proc(args)
+    try:
+        for known in ("a.example", "x.b.example"):
+            out = s_client(srv.port, files, "-servername", known)
+            assert "Verify return code: 0 (ok)" in out.stdout and "Hello, world!" in out.stdout, out.stderr
+        for unknown in (["-servername", "other.example"], ["-noservername"]):
+            out = s_client(srv.port, files, *unknown)
+            assert out.returncode != 0, unknown
+            if loop_name == "uring":  # asyncio's SSLProtocol aborts without the alert
+                assert "SSL alert number 112" in out.stderr, out.stderr
+            assert "Hello, world!" not in out.stdout
     finally:
         srv.stop()
 
@@ -935,6 +1097,82 @@ def test_sighup_serves_a_renewed_certificate_and_refuses_no_connection(files, tm
             if seen[-5:] == [new_der] * 5:  # the old workers are gone: only the new certificate
                 break
         assert seen[-5:] == [new_der] * 5 and set(seen) <= {old_der, new_der}
+    finally:
+        srv.stop()
+
+
+def renew(files: TLSFiles, cert: Any, key: Any) -> bytes:
+    """A new certificate for 127.0.0.1 written over `cert` and `key` as a
+    renewal does (whole files replaced); its DER."""
+    issued = files.ca.issue_cert("127.0.0.1")
+    for path, pem in ((cert, issued.cert_chain_pems[0]), (key, issued.private_key_pem)):
+        pem.write_to_path(str(path.with_suffix(".new")))
+        os.replace(path.with_suffix(".new"), path)
+    return ssl.PEM_cert_to_DER_cert(issued.cert_chain_pems[0].bytes().decode())
+
+
+def test_sighup_in_a_single_process_reloads_the_certificate_and_keeps_open_connections(
+    files, tmp_path, loop_name
+) -> None:
+    """Without --workers, SIGHUP reads the certificate files again: a new
+    connection gets the renewed certificate, a keep-alive connection opened
+    before goes on undisturbed; a file that does not load is one log line
+    and the last good certificate stays."""
+    import http.client
+    import signal
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    old_der = renew(files, cert, key)
+    srv = Proc(
+        [PY, "-m", "uringserve", "run", "apps.http:app", "--port", "0", "--loop", loop_name,
+         "--tls-cert", str(cert), "--tls-key", str(key), "--keepalive-timeout", "120"],
+    )  # fmt: skip
+    ctx = client_ctx(files)
+
+    def connect() -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=ctx, timeout=30)
+        conn.connect()
+        return conn
+
+    def hello(conn: http.client.HTTPSConnection) -> bytes:
+        """One request on `conn` (kept alive); the certificate it was served with."""
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == b"Hello, world!\n"
+        assert conn.sock is not None
+        der = conn.sock.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    def fresh() -> bytes:
+        conn = connect()
+        try:
+            return hello(conn)
+        finally:
+            conn.close()
+
+    try:
+        kept = connect()
+        assert hello(kept) == old_der
+        new_der = renew(files, cert, key)
+        srv.p.send_signal(signal.SIGHUP)
+        srv.wait_line(lambda line: "TLS certificates reloaded" in line)
+        assert fresh() == new_der
+        assert hello(kept) == old_der  # the same connection, still served
+        # a broken renewal: the key of another certificate, then a file that is not PEM
+        files.ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
+        srv.p.send_signal(signal.SIGHUP)
+        first = srv.wait_line(lambda line: "not reloaded" in line)
+        assert str(cert) in first and "key" in first
+        cert.write_text("not a certificate\n")
+        srv.p.send_signal(signal.SIGHUP)
+        srv.wait_line(lambda line: "not reloaded" in line and line != first)
+        assert fresh() == new_der  # the last good one
+        assert hello(kept) == old_der
+        out = srv.output()
+        assert out.count("not reloaded") == 2 and "Traceback" not in out, out
+        assert srv.p.poll() is None
+        kept.close()
     finally:
         srv.stop()
 

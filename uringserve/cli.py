@@ -302,6 +302,14 @@ OPTIONS: list[Opt] = [
         choices=("1.2", "1.3"),
         commands=SERVE,
     ),
+    Opt(
+        "--tls-sni-strict",
+        "TLS: refuse a handshake whose SNI name no --tls-cert holds, or that sends none (a client connecting by "
+        "address), with the unrecognized_name alert, instead of serving the first certificate",
+        None,
+        False,
+        commands=SERVE,
+    ),
     # behind a proxy
     Opt(
         "--proxy-headers",
@@ -607,6 +615,8 @@ def tls_context(args: argparse.Namespace) -> CoreTLS | None:
             raise SystemExit("uringserve: --tls-key and --tls-ca need --tls-cert")
         if args.tls_ciphers:
             raise SystemExit("uringserve: --tls-ciphers needs --tls-cert")
+        if args.tls_sni_strict:
+            raise SystemExit("uringserve: --tls-sni-strict needs --tls-cert")
         return None
     keys = list(args.tls_key or ())
     if len(keys) > len(args.tls_cert):
@@ -639,6 +649,7 @@ def tls_context(args: argparse.Namespace) -> CoreTLS | None:
             ca=args.tls_ca,
             ciphers=args.tls_ciphers,
             min_version=args.tls_min_version,
+            sni_strict=args.tls_sni_strict,
         )
     except (OSError, ssl.SSLError) as exc:
         raise SystemExit(f"uringserve: --tls-cert {pairs[0][0]}: {exc}") from None
@@ -809,6 +820,10 @@ def _serve(argv: list[str], args: argparse.Namespace) -> int:
     server = build_server(args)
     metrics = _metrics(args, server)
     endpoint = None
+    on_ready = metrics.start_sampling if metrics is not None else None
+    tls = getattr(server, "ssl", None)
+    if tls is not None:  # SIGHUP: the certificate files again (a supervisor would start new workers)
+        on_ready = _with_tls_reload(tls, on_ready)
     if metrics is not None:
         from . import logs
         from . import metrics as metrics_module
@@ -827,12 +842,25 @@ def _serve(argv: list[str], args: argparse.Namespace) -> int:
             loop=args.loop,
             ring_config=ring_config(args),
             listeners=listeners(args),
-            on_ready=metrics.start_sampling if metrics is not None else None,
+            on_ready=on_ready,
             note="" if endpoint is None else f"metrics on {endpoint.url}",
         )
     finally:
         if endpoint is not None:
             endpoint.close()
+
+
+def _with_tls_reload(tls: Any, then: Callable[[Any], None] | None) -> Callable[[Any], None]:
+    """An on_ready that makes SIGHUP reload `tls` (tls_reload.py), then calls `then`."""
+
+    def ready(server: Any) -> None:
+        from . import tls_reload
+
+        tls_reload.install(tls)
+        if then is not None:
+            then(server)
+
+    return ready
 
 
 def check(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +50,7 @@ class CoreTLS:
         more: Sequence[tuple[str, str | None]] = (),
         ticket_secret: bytes | None = None,
         ticket_period: int = TICKET_PERIOD,
+        sni_strict: bool = False,
     ) -> None:
         if min_version not in MIN_VERSIONS:
             raise ValueError(f"minimum TLS version {min_version!r}: one of {', '.join(MIN_VERSIONS)}")
@@ -56,10 +58,28 @@ class CoreTLS:
         self.alpn = tuple(alpn)
         # certificates besides the first, chosen by the client's SNI name (unknown or none: the first)
         self.more = tuple(more)
+        # an unknown SNI name, or none, refused with unrecognized_name instead (nginx's ssl_reject_handshake)
+        self.sni_strict = sni_strict
+        # session tickets: keys derived per period from one secret, so the
+        # workers given the same (the supervisor's) resume each other's clients
+        secret = ticket_secret if ticket_secret is not None else os.urandom(TICKET_SECRET_BYTES)
+        if len(secret) != TICKET_SECRET_BYTES:
+            raise ValueError(f"the ticket secret is {TICKET_SECRET_BYTES} bytes, not {len(secret)}")
+        if ticket_period <= 0:
+            raise ValueError(f"ticket period {ticket_period}: a positive number of seconds")
+        self._ticket_secret, self._ticket_period = secret, ticket_period
         self.context = self._stdlib_context()  # checks the files first, with the stdlib's messages
+        # freed with the last holder: this object until a reload replaces
+        # it, and every TLSTransport made from it, so it outlives its connections
+        self.ptr = self._native_context()
+        self.plain = lib.us_tls_plain(self.ptr)
+
+    def _native_context(self) -> Any:
+        """The core's configuration (a us_tls_ctx), read from the files now."""
         wire = b"".join(bytes([len(p)]) + p for p in (a.encode() for a in self.alpn))
-        keep = [ffi.new("char[]", os.fsencode(p)) if p is not None else ffi.NULL for p in (cert, key, ca)]
-        keep.append(ffi.new("char[]", ciphers.encode()) if ciphers else ffi.NULL)
+        named = (self.cert, self.key, self.ca)
+        keep = [ffi.new("char[]", os.fsencode(p)) if p is not None else ffi.NULL for p in named]
+        keep.append(ffi.new("char[]", self.ciphers.encode()) if self.ciphers else ffi.NULL)
         alpn_buf = ffi.new("unsigned char[]", wire) if wire else ffi.NULL
         conf = ffi.new(
             "struct us_tls_conf *",
@@ -68,31 +88,55 @@ class CoreTLS:
                 "key": keep[1],
                 "ca": keep[2],
                 "ciphers": keep[3],
-                "min_version": _WIRE_VERSION[min_version],
+                "min_version": _WIRE_VERSION[self.min_version],
                 "alpn": alpn_buf,
                 "alpn_len": len(wire),
             },
         )
         err = ffi.new("char[256]")
-        ptr = lib.us_tls_ctx_new(conf, err, 256)
-        if ptr == ffi.NULL:
+        raw = lib.us_tls_ctx_new(conf, err, 256)
+        if raw == ffi.NULL:
             raise ssl.SSLError(f"TLS configuration: {ffi.string(err).decode(errors='replace')}")
-        # freed with this object; every TLSTransport holds it, so it outlives its connections
-        self.ptr = ffi.gc(ptr, lib.us_tls_ctx_free)
+        ptr = ffi.gc(raw, lib.us_tls_ctx_free)
         for more_cert, more_key in self.more:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(more_cert, more_key)  # the messages
             paths = [ffi.new("char[]", os.fsencode(more_cert)), ffi.new("char[]", os.fsencode(more_key or more_cert))]
             conf.cert, conf.key = paths
             if lib.us_tls_ctx_add(ptr, conf, err, 256) < 0:
                 raise ssl.SSLError(f"TLS certificate {more_cert}: {ffi.string(err).decode(errors='replace')}")
-        # session tickets: keys derived per period from one secret, so the
-        # workers given the same (the supervisor's) resume each other's clients
-        secret = ticket_secret if ticket_secret is not None else os.urandom(TICKET_SECRET_BYTES)
-        if len(secret) != TICKET_SECRET_BYTES:
-            raise ValueError(f"the ticket secret is {TICKET_SECRET_BYTES} bytes, not {len(secret)}")
-        if lib.us_tls_ctx_tickets(ptr, secret, ticket_period) < 0:
-            raise ValueError(f"ticket period {ticket_period}: a positive number of seconds")
-        self.plain = lib.us_tls_plain(ptr)
+        lib.us_tls_ctx_tickets(ptr, self._ticket_secret, self._ticket_period)
+        lib.us_tls_ctx_sni_strict(ptr, self.sni_strict)
+        return ptr
+
+    def reload(self) -> None:
+        """Read the certificate, key and CA files again: the connections
+        accepted from now on are served from them, those open keep theirs.
+        On any error (a missing file, a key that does not match) nothing
+        changes and CertificateReloadError says which file and why. The
+        ticket secret stays, so sessions still resume."""
+        for cert, key in ((self.cert, self.key), *self.more):
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                raise CertificateReloadError(f"{cert}{f' with key {key}' if key else ''}: {_reason(exc)}") from None
+        try:
+            fresh = self._stdlib_context()
+            ptr = self._native_context()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise CertificateReloadError(f"{self.cert}: {_reason(exc)}") from None
+        # the stdlib context in place: asyncio's servers (the other loops)
+        # hold this object; its SSL objects already made keep their certificate
+        ctx = self.context
+        try:
+            ctx.load_cert_chain(self.cert, self.key)
+            if self.ca:  # added to the store: a CA dropped from the file stays trusted here until a restart
+                ctx.load_verify_locations(self.ca)
+        except (OSError, ssl.SSLError) as exc:  # the files changed again meanwhile
+            raise CertificateReloadError(f"{self.cert}: {_reason(exc)}") from None
+        _SERVED[ctx] = _SERVED[fresh]
+        if fresh.sni_callback is not None:  # its other certificates' contexts are the fresh ones
+            ctx.sni_callback = fresh.sni_callback
+        self.ptr, self.plain = ptr, lib.us_tls_plain(ptr)
 
     def _stdlib_context(self) -> ssl.SSLContext:
         """The same configuration as an ssl.SSLContext: asyncio's SSLProtocol
@@ -100,15 +144,16 @@ class CoreTLS:
         connection's 'sslcontext'."""
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.cert, self.key)
+        _SERVED[ctx] = _first_cert_der(self.cert)
         ctx.minimum_version = MIN_VERSIONS[self.min_version]
         # the core's list when none is given: the stdlib's own server default takes SHA-1 CBC suites
         ctx.set_ciphers(self.ciphers or ffi.string(lib.us_tls_default_ciphers()).decode())
         if self.alpn:
             ctx.set_alpn_protocols(list(self.alpn))
-        if self.more:  # the same choice by SNI name for asyncio's SSLProtocol
+        if self.more or self.sni_strict:  # the same choice by SNI name for asyncio's SSLProtocol
             by_name: list[tuple[tuple[str, ...], ssl.SSLContext | None]] = [(_names(self.cert), None)]
             by_name += [(_names(c), _context_like(ctx, c, k)) for c, k in self.more]
-            ctx.sni_callback = _sni_chooser(by_name)
+            ctx.sni_callback = _sni_chooser(by_name, self.sni_strict)
         if self.ca:
             ctx.load_verify_locations(self.ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
@@ -119,36 +164,51 @@ class CoreTLS:
         return f"<CoreTLS cert={self.cert!r} ca={self.ca!r} min={self.min_version}>"
 
 
+class CertificateReloadError(Exception):
+    """CoreTLS.reload() found a file it cannot serve: the old certificates stay."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+        return "the key does not belong to the certificate"
+    if isinstance(exc, ssl.SSLError):
+        return f"not a PEM certificate chain with its private key ({exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
 def _context_like(base: ssl.SSLContext, cert: str, key: str | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
+    _SERVED[ctx] = _first_cert_der(cert)
     ctx.minimum_version = base.minimum_version
     return ctx
 
 
 def _names(cert: str) -> tuple[str, ...]:
     """The DNS names a PEM certificate is for (its subjectAltName)."""
-    with open(cert) as f:
-        pem = f.read()
-    start = pem.index("-----BEGIN CERTIFICATE-----")
-    end = pem.index("-----END CERTIFICATE-----", start) + len("-----END CERTIFICATE-----")
-    decoded = _decode_cert(ssl.PEM_cert_to_DER_cert(pem[start:end]))
+    decoded = _decode_cert(_first_cert_der(cert))
     return tuple(v.lower() for k, v in decoded.get("subjectAltName", ()) if k == "DNS")
 
 
-def _sni_chooser(by_name: list[tuple[tuple[str, ...], ssl.SSLContext | None]]) -> Any:
+def _sni_chooser(by_name: list[tuple[tuple[str, ...], ssl.SSLContext | None]], strict: bool = False) -> Any:
     """ssl's sni_callback choosing as the core does: the first certificate
-    whose DNS names match (the default's first; None: keep the default)."""
+    whose DNS names match (the default's first; None: keep the default).
+    An unknown name, or none: the default, or with `strict` the handshake
+    refused with unrecognized_name."""
+    refuse = ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME if strict else None
 
-    def choose(obj: Any, name: str | None, _ctx: Any) -> None:
+    def choose(obj: Any, name: str | None, _ctx: Any) -> int | None:
         if name is None:
-            return
+            return refuse
         name = name.lower()
         for names, ctx in by_name:
             if any(_matches(n, name) for n in names):
                 if ctx is not None:
                     obj.context = ctx
-                return
+                return None
+        return refuse
 
     return choose
 
@@ -220,6 +280,23 @@ class CoreSSLObject:
             return {} if self.context.verify_mode == ssl.CERT_NONE else None
         return _decode_cert(der)
 
+    def cipher_id(self) -> int | None:
+        """The suite's IANA number (0x1301 for TLS_AES_128_GCM_SHA256), as ASGI's TLS extension gives it."""
+        t = self._tls()
+        n = lib.us_tls_cipher_id(t) if t is not None else -1
+        return n if n >= 0 else None
+
+    def server_cert_der(self) -> bytes | None:
+        """The certificate this server showed (the one the SNI name chose), DER."""
+        return _cert_der(self._tls(), -1)
+
+    def peer_chain_der(self) -> list[bytes]:
+        """The certificates the client sent, its own first, DER (mTLS)."""
+        chain: list[bytes] = []
+        while (der := _cert_der(self._tls(), len(chain))) is not None:
+            chain.append(der)
+        return chain
+
     def tls_version_id(self) -> int | None:
         """The version as the ASGI TLS extension gives it (0x0304 for TLS 1.3)."""
         return _TLS_VERSION_ID.get(self.version() or "")
@@ -234,6 +311,63 @@ def peer_cert_der(t: Any) -> bytes | None:
     buf = ffi.new("unsigned char[]", n)
     n = lib.us_tls_peer_cert(t, buf, n)
     return bytes(ffi.buffer(buf, n)) if n > 0 else None
+
+
+def _cert_der(t: Any, which: int) -> bytes | None:
+    """us_tls_cert's certificate `which` (-1 the server's, 0.. the client's chain), None when there is none."""
+    if t is None:
+        return None
+    n = lib.us_tls_cert(t, which, ffi.NULL, 0)
+    if n <= 0:
+        return None
+    buf = ffi.new("unsigned char[]", n)
+    n = lib.us_tls_cert(t, which, buf, n)
+    return bytes(ffi.buffer(buf, n)) if n > 0 else None
+
+
+# -- what ASGI's TLS extension reads, from a core connection or from asyncio's SSLObject --------------
+# the certificate each stdlib context of a CoreTLS serves (DER): ssl.SSLContext cannot say it
+_SERVED: weakref.WeakKeyDictionary[ssl.SSLContext, bytes] = weakref.WeakKeyDictionary()
+
+
+def server_cert_der(obj: Any) -> bytes | None:
+    """The certificate the server showed on this connection, DER; None
+    for an SSLObject of a context that is not a CoreTLS's."""
+    if isinstance(obj, CoreSSLObject):
+        return obj.server_cert_der()
+    return _SERVED.get(obj.context)
+
+
+def peer_chain_der(obj: Any) -> list[bytes]:
+    """The certificates the client sent, its own first, DER. asyncio's
+    SSLObject tells the whole chain from Python 3.13 (get_unverified_chain);
+    before, only the client's own certificate."""
+    if isinstance(obj, CoreSSLObject):
+        return obj.peer_chain_der()
+    if hasattr(obj, "get_unverified_chain"):
+        chain = obj.get_unverified_chain() or []
+        return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
+    der = obj.getpeercert(binary_form=True)
+    return [der] if der else []
+
+
+def cipher_id(obj: Any) -> int | None:
+    """The suite's IANA number (0x1301) of a core connection or of an SSLObject."""
+    if isinstance(obj, CoreSSLObject):
+        return obj.cipher_id()
+    current = obj.cipher()
+    if current is None:
+        return None
+    # the stdlib names the suite only; its context lists each one's id (OpenSSL's: 0x0300 and the IANA pair)
+    return next((c["id"] & 0xFFFF for c in obj.context.get_ciphers() if c["name"] == current[0]), None)
+
+
+def _first_cert_der(path: str) -> bytes:
+    with open(path) as f:
+        pem = f.read()
+    start = pem.index("-----BEGIN CERTIFICATE-----")
+    end = pem.index("-----END CERTIFICATE-----", start) + len("-----END CERTIFICATE-----")
+    return ssl.PEM_cert_to_DER_cert(pem[start:end])
 
 
 def _decode_cert(der: bytes) -> dict[str, Any]:
@@ -256,4 +390,4 @@ def tls_error(t: Any) -> ssl.SSLError:
     return exc
 
 
-__all__ = ["CoreTLS", "CoreSSLObject", "openssl_version", "DEFAULT_ALPN", "MIN_VERSIONS"]
+__all__ = ["CoreTLS", "CertificateReloadError", "CoreSSLObject", "openssl_version", "DEFAULT_ALPN", "MIN_VERSIONS"]

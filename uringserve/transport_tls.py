@@ -68,7 +68,9 @@ class TLSTransport(UringTransport):
         if tls == ffi.NULL:
             raise MemoryError("no memory for a TLS connection")
         self._tls = tls
-        self._tls_conf = conf
+        # the native configuration this SSL object was made from, kept alive
+        # while the connection is: CoreTLS.reload() replaces conf.ptr
+        self._tls_conf = conf.ptr
         self._span = range(len(ring.data_bytes))
         self._plain = conf.plain
         super().__init__(loop, slot, gen, protocol, peer, listener_sock, server)

@@ -26,13 +26,22 @@ ROOT = HERE.parent.parent
 TARGETS = ["http_request", "resp_request", "native_parsers", "transport", "ws_frames", "tls_records"]
 
 
+# the targets whose C runs under ASan: their own parsers' module, or the whole core (the ring included)
+ASAN_PARSERS = {"native_parsers"}
+ASAN_CORE = {"tls_records"}
+
+
 def env_for(target: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if target == "native_parsers":
+    if target in ASAN_PARSERS | ASAN_CORE:
         sys.path.insert(0, str(ROOT))
         from tests.fuzz import native_build
 
-        native_build.build()
+        if target in ASAN_CORE:
+            native_build.build_core()
+            env["URINGSERVE_FUZZ_ASAN_CORE"] = "1"  # the harness loads it (native_build.load_core)
+        else:
+            native_build.build()
         env["LD_PRELOAD"] = native_build.asan_preload()
         env["ASAN_OPTIONS"] = "detect_leaks=0:allocator_may_return_null=1"
     return env

@@ -1,5 +1,7 @@
 """TLS in the core (tls.c, transport_tls.py): mutated records fed to an
-established server session on UringEventLoop.
+established server session on UringEventLoop. run.py runs it on the whole
+native core built with ASan and UBSan (native_build.build_core): the ring,
+the handshake and us_tls_recv/us_tls_send over the provided buffers.
 
 Each input: a client (its own ssl.SSLObject over a plain socket, in a
 thread) completes the handshake, then sends application-data records of a
@@ -25,6 +27,11 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from tests.fuzz.common import Carver, fuzz  # noqa: E402
+
+if os.environ.get("URINGSERVE_FUZZ_ASAN_CORE"):  # run.py: the core (ring, tls.c) built with ASan and UBSan
+    from tests.fuzz import native_build
+
+    native_build.load_core()
 
 PLAIN = bytes(range(251)) * 40  # a byte's value tells its offset (mod 251)
 STATE: dict[str, Any] = {}
@@ -68,6 +75,11 @@ def _setup() -> None:
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(pem)
     client = ssl.create_default_context()
     ca.configure_trust(client)
+    if os.environ.get("URINGSERVE_FUZZ_ASAN_CORE"):  # the sanitized core is the one serving
+        from uringserve import _native
+
+        assert _native.lib is sys.modules["_core_asan"].lib
+        print(f"tls_records: the native core under ASan: {sys.modules['_core_asan'].__file__}", file=sys.stderr)
     loop = uringserve.new_event_loop()
     loop.set_exception_handler(lambda _l, ctx: ERRORS.append(ctx))
     server = loop.run_until_complete(loop.create_server(Server, "127.0.0.1", 0, ssl=CoreTLS(pem)))

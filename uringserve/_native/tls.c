@@ -19,6 +19,7 @@
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h> /* X509_check_host */
 
 #include "ring_internal.h"
 #include "tls.h"
@@ -44,6 +45,7 @@ struct us_tls_ctx {
     struct ticket_keys tk[2];     /* the last two periods derived (a cache) */
     SSL_CTX *more[MORE_CERTS];    /* us_tls_ctx_add: switched to when the SNI name is theirs */
     uint32_t nmore;
+    int sni_strict;               /* us_tls_ctx_sni_strict: a name none of the certificates holds is refused */
     unsigned char alpn[256];
     uint32_t alpn_len;
     char *plain; /* PLAIN_CAP bytes, shared by the connections: copied out before the next call */
@@ -148,13 +150,31 @@ static void last_error(char *err, size_t len, const char *what)
 /* TLS 1.2's suites when none are given: forward secrecy and AEAD only (CPython's default list) */
 static const char DEFAULT_CIPHERS[] = "ECDH+AESGCM:ECDH+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM";
 
-/* the SNI name's certificate (the default's when none or unknown): the
- * first whose names (SAN, else CN; wildcards as RFC 6125) match */
+/* a client whose SNI name no certificate holds (or who sent none): the
+ * default certificate, as nginx's default server; with sni_strict the
+ * handshake is refused with unrecognized_name (112), as nginx's
+ * ssl_reject_handshake in the default server (which refuses a ClientHello
+ * without a name too: a client connecting by address sends none) */
+static int unknown_name(struct us_tls_ctx *x, int *alert)
+{
+    if (!x->sni_strict)
+        return SSL_TLSEXT_ERR_OK;
+    *alert = SSL_AD_UNRECOGNIZED_NAME;
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+/* the SNI name's certificate: the first whose names (SAN, else CN;
+ * wildcards as RFC 6125) match. OpenSSL calls it for every ClientHello,
+ * with a name or without. */
 static int servername(SSL *ssl, int *alert, void *arg)
 {
     struct us_tls_ctx *x = arg;
+    if (!x->nmore && !x->sni_strict)
+        return SSL_TLSEXT_ERR_OK; /* one certificate for every name */
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (!name || !x->nmore || X509_check_host(SSL_CTX_get0_certificate(x->ctx), name, 0, 0, NULL) == 1)
+    if (!name)
+        return unknown_name(x, alert);
+    if (X509_check_host(SSL_CTX_get0_certificate(x->ctx), name, 0, 0, NULL) == 1)
         return SSL_TLSEXT_ERR_OK;
     for (uint32_t i = 0; i < x->nmore; i++) {
         if (X509_check_host(SSL_CTX_get0_certificate(x->more[i]), name, 0, 0, NULL) == 1) {
@@ -162,8 +182,10 @@ static int servername(SSL *ssl, int *alert, void *arg)
             return SSL_TLSEXT_ERR_OK;
         }
     }
-    return SSL_TLSEXT_ERR_OK; /* an unknown name: the default certificate, as nginx's default server */
+    return unknown_name(x, alert);
 }
+
+void us_tls_ctx_sni_strict(struct us_tls_ctx *x, int on) { x->sni_strict = on != 0; }
 
 /* one SSL_CTX of the configuration (every certificate's has the same settings) */
 static SSL_CTX *make_ctx(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *err, size_t errlen)
@@ -546,6 +568,43 @@ int us_tls_peer_cert(struct us_tls *t, unsigned char *buf, int len)
         return need;
     unsigned char *p = buf;
     return i2d_X509(cert, &p);
+}
+
+static int der_of(X509 *cert, unsigned char *buf, int len)
+{
+    int need = i2d_X509(cert, NULL);
+    if (!buf || need <= 0 || need > len)
+        return need;
+    unsigned char *p = buf;
+    return i2d_X509(cert, &p);
+}
+
+int us_tls_cert(struct us_tls *t, int which, unsigned char *buf, int len)
+{
+    X509 *cert = NULL;
+    if (which < 0) {
+        cert = SSL_get_certificate(t->ssl); /* the SNI name's once the servername callback switched */
+    } else {
+        X509 *leaf = SSL_get0_peer_certificate(t->ssl);
+        /* a server's peer chain leaves the client's own certificate out
+         * (OpenSSL's "inconsistency" with the client side): it comes first,
+         * and is skipped in the chain should a later OpenSSL include it */
+        STACK_OF(X509) *chain = SSL_get_peer_cert_chain(t->ssl);
+        if (!leaf)
+            return 0;
+        int n = chain ? sk_X509_num(chain) : 0, skip = n && X509_cmp(sk_X509_value(chain, 0), leaf) == 0;
+        if (which == 0)
+            cert = leaf;
+        else if (which - 1 + skip < n)
+            cert = sk_X509_value(chain, which - 1 + skip);
+    }
+    return cert ? der_of(cert, buf, len) : 0;
+}
+
+int us_tls_cipher_id(struct us_tls *t)
+{
+    const SSL_CIPHER *c = SSL_get_current_cipher(t->ssl);
+    return c ? SSL_CIPHER_get_protocol_id(c) : -1;
 }
 
 const char *us_tls_openssl_version(void) { return OpenSSL_version(OPENSSL_VERSION); }

@@ -50,6 +50,10 @@ int us_tls_ctx_add(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *e
  * the same and a client resumes on any), a ticket is accepted for one
  * period more; -EINVAL for period 0 */
 int us_tls_ctx_tickets(struct us_tls_ctx *x, const unsigned char *secret, uint32_t period);
+/* on: a ClientHello whose SNI name none of the certificates holds, or
+ * without a name, is refused with unrecognized_name (112); off (the
+ * default): such a client gets the first certificate */
+void us_tls_ctx_sni_strict(struct us_tls_ctx *x, int on);
 void us_tls_ctx_free(struct us_tls_ctx *x);
 char *us_tls_plain(struct us_tls_ctx *x);      /* where us_tls_recv's plaintext is */
 
@@ -72,6 +76,11 @@ const char *us_tls_version(struct us_tls *t);  /* "TLSv1.3", NULL before the han
 const char *us_tls_cipher(struct us_tls *t, const char **proto, int *bits);
 int us_tls_alpn(struct us_tls *t, const unsigned char **proto); /* its length, 0: none */
 int us_tls_peer_cert(struct us_tls *t, unsigned char *buf, int len); /* DER length (buf NULL: the size), 0: none */
+/* a certificate, DER (its length; buf NULL or short: the length needed; 0: none):
+ * which -1 the server's (the one the SNI name chose), 0 the client's own,
+ * 1.. the rest of the chain the client sent, in its order */
+int us_tls_cert(struct us_tls *t, int which, unsigned char *buf, int len);
+int us_tls_cipher_id(struct us_tls *t);        /* the suite's IANA number (0x1301), -1 before the handshake */
 const char *us_tls_openssl_version(void);
 const char *us_tls_default_ciphers(void);     /* TLS 1.2's suites when none are given */
 /* CDEF END */

@@ -40,20 +40,24 @@ _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
 def tls_extension(conn: Any) -> dict[str, Any] | None:
     """ASGI's `tls` extension for a connection served over TLS (the
-    client's certificate for mTLS), None for one that is not (`https` from
-    --proxy-headers alone). The http and websocket scopes both carry it."""
+    client's certificate chain for mTLS), None for one that is not (`https`
+    from --proxy-headers alone). The http and websocket scopes both carry
+    it; made once per connection."""
     obj = conn.transport.get_extra_info("ssl_object") if conn.transport is not None else None
     if obj is None:
         return None
-    der = obj.getpeercert(binary_form=True)
+    from .. import tls
+
+    chain = tls.peer_chain_der(obj)
+    server = tls.server_cert_der(obj)
     return {
-        "server_cert": None,
-        # the client's own certificate (its chain's first), PEM, as the extension gives it
-        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
-        "client_cert_name": _rfc4514(obj.getpeercert()) if der else None,
+        "server_cert": ssl.DER_cert_to_PEM_cert(server) if server else None,
+        # every certificate the client sent, its own first, PEM
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der) for der in chain],
+        "client_cert_name": _rfc4514(obj.getpeercert()) if chain else None,
         "client_cert_error": None,  # a certificate that fails verification fails the handshake
         "tls_version": _TLS_VERSIONS.get(obj.version() or ""),
-        "cipher_suite": None,
+        "cipher_suite": tls.cipher_id(obj),
     }
 
 
