@@ -3,7 +3,8 @@ handshakes, resumed ones (the client offers the ticket of its last
 connection), and plain HTTP (and, to set the connection's cost apart from
 the request's, keep-alive requests over TLS and plain), for uringserve and nginx, counted by callgrind.
 
-    python bench/handshake_cost.py [-n 200] [--servers uringserve,nginx] [--modes full,resume,plain] [--top 25]
+    python bench/handshake_cost.py [-n 320] [--concurrency 16] [--servers uringserve,nginx]
+                                   [--modes full,resume,plain,keepalive,plain-keepalive] [--top 25] [--keep DIR]
 
 Instruction counts, not time: they do not move with what else runs on the
 machine, so this can run while others work (tls_bench.py's CPU times
@@ -13,6 +14,10 @@ are zeroed (callgrind_control -z), `-n` connections run, and the counters
 are dumped (-d): what the server's process executed in user space for
 those connections, divided by their number. The kernel's share (TCP,
 io_uring, epoll) is not in it: `perf record` tells that part.
+
+`--concurrency 16` runs 16 clients at once, as tls_bench.py's wrk does, so
+the loop's per-iteration costs are shared as on a busy server; with 1 each
+connection is served alone and pays them whole.
 
 The client (this process) does what wrk does per connection: TLS 1.3
 handshake (no ALPN), `GET /` with `Connection: close`, read the whole
@@ -214,6 +219,18 @@ def report(label: str, n: int, tickets: float, path: str, top: int) -> None:
             break
 
 
+def started(cmd: list[str], out: str, port: int) -> subprocess.Popen:
+    """`cmd` under callgrind, listening on `port` (slowly: the interpreter runs on valgrind's CPU)."""
+    proc = subprocess.Popen(callgrind(cmd, out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, proc, timeout=180)
+    except RuntimeError as exc:
+        stop(proc)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise RuntimeError(f"{' '.join(cmd)}: {exc}\n{err[-2000:]}") from None
+    return proc
+
+
 def run_server(name: str, modes: list[str], args: argparse.Namespace, cert: str, key: str, tmp: str) -> None:
     port = free_port()
     cmd = commands(port, tmp, cert, key)[name]
@@ -229,9 +246,8 @@ def run_server(name: str, modes: list[str], args: argparse.Namespace, cert: str,
     out = os.path.join(tmp, f"cg.{name}")
     procs = []
     try:
-        proc = subprocess.Popen(callgrind(cmd, out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = started(cmd, out, port)
         procs.append(proc)
-        wait_listening(port, proc, timeout=180)
         ports = {"full": port, "resume": port, "keepalive": port}
         pids = {"full": proc.pid, "resume": proc.pid, "keepalive": proc.pid}
         outs = {"full": out, "resume": out, "keepalive": out}
@@ -243,11 +259,8 @@ def run_server(name: str, modes: list[str], args: argparse.Namespace, cert: str,
                 pcmd = commands(plain_port, tmp, cert, key)[name]
                 pcmd = pcmd[: pcmd.index("--tls-cert")]
                 pout = out + ".plain"
-                pproc = subprocess.Popen(
-                    callgrind(pcmd, pout), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-                )
+                pproc = started(pcmd, pout, plain_port)
                 procs.append(pproc)
-                wait_listening(plain_port, pproc, timeout=180)
                 for m in ("plain", "plain-keepalive"):
                     ports[m], pids[m], outs[m] = plain_port, pproc.pid, pout
         dumps: dict[str, int] = defaultdict(int)
