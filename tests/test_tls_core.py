@@ -988,6 +988,90 @@ def test_a_session_resumes_on_another_server_with_the_same_ticket_secret(h, file
     h.run(main())
 
 
+def counting_tickets(ctx: ssl.SSLContext) -> list[int]:
+    """The NewSessionTicket messages the client reads, counted in the list's one item."""
+    seen = [0]
+
+    def count(conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any, data: Any) -> None:
+        if direction == "read" and content_type == ssl._TLSContentType.HANDSHAKE and msg_type == 4:  # type: ignore[attr-defined]
+            seen[0] += 1
+
+    ctx._msg_callback = count  # type: ignore[attr-defined]
+    return seen
+
+
+def ticket_chain(ports: list[int], files: TLSFiles) -> list[tuple[int, bool, bytes]]:
+    """Connections over TLS 1.3 in turn, to each port, each offering the
+    ticket of the one before, once (as RFC 8446 asks of clients): per
+    connection (tickets received, resumed, the session's id)."""
+    ctx = client_ctx(files, ssl.TLSVersion.TLSv1_3)
+    seen = counting_tickets(ctx)
+    session = None
+    got = []
+    for port in ports:
+        seen[0] = 0
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as s:
+                s.sendall(b"x")
+                s.recv(1)
+                while seen[0] == 0 and s.pending() == 0:  # a ticket comes with or after the echo, or none
+                    s.settimeout(0.5)
+                    try:
+                        if not s.recv(1):
+                            break
+                    except TimeoutError:
+                        break  # a resumption that issues no ticket: nothing more arrives
+                session = s.session
+                got.append((seen[0], s.session_reused, session.id))
+    return got
+
+
+def test_one_ticket_per_handshake_and_a_fresh_one_per_resumption_across_servers(h, files) -> None:
+    """A full TLS 1.3 handshake issues one ticket (TICKETS); each resumption
+    issues a new one in place of the ticket it used, so a client that uses
+    a ticket once resumes every connection after the first, on either of two
+    servers sharing the ticket secret (the workers)."""
+    if not h.uring:
+        pytest.skip("the ticket keys are the core's")
+    secret = os.urandom(32)
+    one = CoreTLS(str(files.cert), str(files.key), ticket_secret=secret)
+    two = CoreTLS(str(files.cert), str(files.key), ticket_secret=secret)
+
+    async def main() -> None:
+        (s1, p1), (s2, p2) = await serve(h, one), await serve(h, two)
+        got = await asyncio.to_thread(ticket_chain, [p1, p2, p1, p2, p2], files)
+        assert [(n, reused) for n, reused, _ in got] == [(1, False)] + [(1, True)] * 4
+        assert len({sid for _, _, sid in got}) == len(got)  # a new ticket each time: none offered twice
+        await stop(s1)
+        await stop(s2)
+        await settled(h)
+
+    h.run(main())
+
+
+def test_tickets_per_full_handshake_can_be_raised(h, files) -> None:
+    """CoreTLS(tickets=2): for clients that open a second connection before
+    resuming the first (the default, one, in the other tests; on the stdlib
+    loop, asyncio's SSLProtocol serves the same count from CoreTLS.context)."""
+    conf = CoreTLS(str(files.cert), str(files.key), tickets=2)
+    one = CoreTLS(str(files.cert), str(files.key))
+
+    async def main() -> None:
+        server, port = await serve(h, conf)
+        got = await asyncio.to_thread(ticket_chain, [port, port], files)
+        assert [(n, reused) for n, reused, _ in got] == [(2, False), (1, True)]
+        await stop(server)
+        server, port = await serve(h, one)
+        got = await asyncio.to_thread(ticket_chain, [port, port, port], files)
+        assert [(n, reused) for n, reused, _ in got] == [(1, False), (1, True), (1, True)]
+        await stop(server)
+        await settled(h)
+
+    h.run(main())
+    with pytest.raises(ValueError, match="tickets 0"):
+        CoreTLS(str(files.cert), str(files.key), tickets=0)
+
+
 def test_ticket_keys_rotate_and_an_old_ticket_gets_a_full_handshake(h, files) -> None:
     """With a 1-second period, a ticket is taken during its period and the
     next, and refused two periods on (the keys that made it are gone)."""

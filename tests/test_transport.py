@@ -1114,3 +1114,68 @@ def test_connection_lost_that_raises_goes_to_the_handler(h) -> None:
     assert "connection_lost" in errors[0]["message"]
     if h.uring:  # asyncio's message names its own handle; ours names the callback as asyncio's docs do
         assert errors[0]["message"] == "Exception in callback protocol.connection_lost()"
+
+
+def test_server_attach_passes_the_transport_only_where_asyncio_takes_it() -> None:
+    """asyncio.Server._attach/_detach took no transport before 3.13 and take
+    it since: each server class is asked once, and neither form is called
+    only to fail (a TypeError formatted twice per connection)."""
+    from uringserve import transport as tr
+
+    class Old:
+        def __init__(self) -> None:
+            self.calls: list = []
+
+        def _attach(self) -> None:
+            self.calls.append("attach")
+
+        def _detach(self) -> None:
+            self.calls.append("detach")
+
+    class New(Old):
+        def _attach(self, transport) -> None:  # type: ignore[override]
+            self.calls.append(("attach", transport))
+
+        def _detach(self, transport) -> None:  # type: ignore[override]
+            self.calls.append(("detach", transport))
+
+    old, new = Old(), New()
+    for server in (old, new):
+        tr._server_attach(server, "t")
+        tr._server_detach(server, "t")
+    assert old.calls == ["attach", "detach"]
+    assert new.calls == [("attach", "t"), ("detach", "t")]
+
+
+def test_accepting_and_closing_a_connection_raises_nothing_in_the_transport(h) -> None:
+    """No exception is raised (and caught) in transport.py on a connection's
+    way from accept to close: each costs a formatted message per connection."""
+    import sys
+
+    raised: list = []
+
+    def local(frame, event, arg):  # noqa: ANN001, ANN202
+        if event == "exception":
+            raised.append((frame.f_code.co_name, arg[0].__name__))
+        return local
+
+    def tracer(frame, event, arg):  # noqa: ANN001, ANN202
+        return local if frame.f_code.co_filename.endswith(os.path.join("uringserve", "transport.py")) else None
+
+    async def main() -> None:
+        log: list = []
+        server, port = await start(h.loop, lambda: Echo(log))
+        sys.settrace(tracer)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
+            writer.close()
+            await writer.wait_closed()
+            assert await until(lambda: any(isinstance(x, tuple) for x in log))
+        finally:
+            sys.settrace(None)
+        await close_server(server)
+
+    h.run(main())
+    assert raised == []

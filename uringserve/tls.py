@@ -27,11 +27,20 @@ _TLS_VERSION_ID = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 DEFAULT_ALPN = ("http/1.1",)
 TICKET_SECRET_BYTES = 32
 TICKET_PERIOD = 3600  # seconds a session-ticket key encrypts (it decrypts one period more)
+# TLS 1.3 session tickets a full handshake issues. One: a client resumes
+# with it, and each resumption issues a fresh one (tls.c's ticket_cb), so a
+# client reconnecting in turn never runs out; OpenSSL's default of two
+# only helps a client that opens a second connection before its first
+# resumption, and costs every full handshake a second session encrypted
+# and sent (about 4% of its instructions: bench/handshake_cost.py)
+TICKETS = 1
 
 
 class CoreTLS:
     """A server TLS configuration: certificate chain, key, optional client CA
-    (mTLS), TLS 1.2 ciphers, minimum version, ALPN protocols. Raises
+    (mTLS), TLS 1.2 ciphers, minimum version, ALPN protocols, session
+    tickets (`ticket_secret` shared by the workers, rotated each
+    `ticket_period` seconds; `tickets` per full TLS 1.3 handshake). Raises
     ssl.SSLError (or OSError for a missing file) naming what is wrong.
 
     One loop thread per CoreTLS: its connections decrypt into one shared
@@ -51,6 +60,7 @@ class CoreTLS:
         ticket_secret: bytes | None = None,
         ticket_period: int = TICKET_PERIOD,
         sni_strict: bool = False,
+        tickets: int = TICKETS,
     ) -> None:
         if min_version not in MIN_VERSIONS:
             raise ValueError(f"minimum TLS version {min_version!r}: one of {', '.join(MIN_VERSIONS)}")
@@ -65,9 +75,10 @@ class CoreTLS:
         secret = ticket_secret if ticket_secret is not None else os.urandom(TICKET_SECRET_BYTES)
         if len(secret) != TICKET_SECRET_BYTES:
             raise ValueError(f"the ticket secret is {TICKET_SECRET_BYTES} bytes, not {len(secret)}")
-        if ticket_period <= 0:
-            raise ValueError(f"ticket period {ticket_period}: a positive number of seconds")
+        if ticket_period <= 0 or tickets <= 0:
+            raise ValueError(f"ticket period {ticket_period}, tickets {tickets}: both positive")
         self._ticket_secret, self._ticket_period = secret, ticket_period
+        self.tickets = tickets
         self.context = self._stdlib_context()  # checks the files first, with the stdlib's messages
         # freed with the last holder: this object until a reload replaces
         # it, and every TLSTransport made from it, so it outlives its connections
@@ -104,7 +115,7 @@ class CoreTLS:
             conf.cert, conf.key = paths
             if lib.us_tls_ctx_add(ptr, conf, err, 256) < 0:
                 raise ssl.SSLError(f"TLS certificate {more_cert}: {ffi.string(err).decode(errors='replace')}")
-        lib.us_tls_ctx_tickets(ptr, self._ticket_secret, self._ticket_period)
+        lib.us_tls_ctx_tickets(ptr, self._ticket_secret, self._ticket_period, self.tickets)
         lib.us_tls_ctx_sni_strict(ptr, self.sni_strict)
         return ptr
 
@@ -158,6 +169,8 @@ class CoreTLS:
             ctx.load_verify_locations(self.ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.options |= ssl.OP_NO_RENEGOTIATION
+        if self.tickets > 0:  # checked with the core's configuration, after this
+            ctx.num_tickets = self.tickets
         return ctx
 
     def __repr__(self) -> str:

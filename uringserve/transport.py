@@ -18,6 +18,7 @@ closed (EV_CLOSED), exactly once. abort() drops what is queued.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import socket
 import warnings
@@ -268,16 +269,33 @@ class UringTransport(Reading, Writing):
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
 
 
+# asyncio.Server._attach()/_detach() take the transport from 3.13 on, not
+# before. Asked once per server class, not by calling with it and catching
+# the TypeError: raising it formats its message, twice per connection, a
+# twentieth of a one-request connection's instructions in Python
+_TAKES_TRANSPORT: dict[type, bool] = {}
+
+
+def _takes_transport(cls: type) -> bool:
+    takes = _TAKES_TRANSPORT.get(cls)
+    if takes is None:
+        try:
+            takes = len(inspect.signature(cls._attach).parameters) > 1  # type: ignore[attr-defined]
+        except (TypeError, ValueError):  # no signature to read: the newer form
+            takes = True
+        _TAKES_TRANSPORT[cls] = takes
+    return takes
+
+
 def _server_attach(server: Any, transport: Any) -> None:
-    # asyncio.Server._attach() takes the transport from 3.12 on
-    try:
+    if _takes_transport(type(server)):
         server._attach(transport)
-    except TypeError:
+    else:
         server._attach()
 
 
 def _server_detach(server: Any, transport: Any) -> None:
-    try:
+    if _takes_transport(type(server)):
         server._detach(transport)
-    except TypeError:
+    else:
         server._detach()

@@ -268,8 +268,13 @@ static struct ticket_keys *keys_of(struct us_tls_ctx *x, uint64_t period)
 }
 
 /* OpenSSL's ticket callback: encrypt with this period's keys; decrypt with
- * this period's or the last one's (then ask for a new ticket, 2); any other
- * ticket: a full handshake (0) */
+ * this period's or the last one's; any other ticket: a full handshake (0).
+ * A ticket taken asks for a new one (2) when it is the last period's, and
+ * always over TLS 1.3: its clients use a ticket once (RFC 8446 C.4), so a
+ * resumption that issued none would leave a client with one ticket fewer,
+ * and every other connection of one reconnecting in turn a full handshake
+ * (OpenSSL issues one ticket on a renewed resumption, as nginx's). TLS 1.2
+ * clients reuse theirs: no renewal while the keys are current. */
 static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
                      EVP_MAC_CTX *hctx, int enc)
 {
@@ -283,7 +288,7 @@ static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_C
             period = period << 8 | key_name[i];
         if (period != now && period + 1 != now)
             return 0;
-        ret = period == now ? 1 : 2;
+        ret = period == now && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
     }
     struct ticket_keys *k = keys_of(x, period);
     if (!k || (!enc && CRYPTO_memcmp(k->name, key_name, 16) != 0))
@@ -312,16 +317,21 @@ static void use_tickets(struct us_tls_ctx *x, SSL_CTX *ctx)
         SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
 }
 
-int us_tls_ctx_tickets(struct us_tls_ctx *x, const unsigned char *secret, uint32_t period)
+int us_tls_ctx_tickets(struct us_tls_ctx *x, const unsigned char *secret, uint32_t period, uint32_t count)
 {
-    if (!period)
+    if (!period || !count)
         return -EINVAL;
     memcpy(x->secret, secret, 32);
     x->ticket_period = period;
     memset(x->tk, 0, sizeof(x->tk));
+    /* every connection starts on x->ctx and keeps its count after an SNI
+     * switch: the other certificates' contexts are set alike for clarity */
+    SSL_CTX_set_num_tickets(x->ctx, count);
     use_tickets(x, x->ctx);
-    for (uint32_t i = 0; i < x->nmore; i++)
+    for (uint32_t i = 0; i < x->nmore; i++) {
+        SSL_CTX_set_num_tickets(x->more[i], count);
         use_tickets(x, x->more[i]);
+    }
     return 0;
 }
 

@@ -48,8 +48,10 @@ int us_tls_ctx_add(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *e
 /* session tickets from a 32-byte secret shared by the workers: the keys of
  * each `period` seconds are derived from it (so every worker encrypts with
  * the same and a client resumes on any), a ticket is accepted for one
- * period more; -EINVAL for period 0 */
-int us_tls_ctx_tickets(struct us_tls_ctx *x, const unsigned char *secret, uint32_t period);
+ * period more. `count`: the TLS 1.3 tickets a full handshake issues (a
+ * resumed TLS 1.3 one issues one, replacing the ticket it used); -EINVAL
+ * for period 0 or count 0 */
+int us_tls_ctx_tickets(struct us_tls_ctx *x, const unsigned char *secret, uint32_t period, uint32_t count);
 /* on: a ClientHello whose SNI name none of the certificates holds, or
  * without a name, is refused with unrecognized_name (112); off (the
  * default): such a client gets the first certificate */
