@@ -50,6 +50,7 @@ EV_BULK = EVENTS["BULK"]
 BULK_STALE = lib.US_BULK_STALE
 BULK_MORE = lib.US_BULK_MORE
 BULK_READ = lib.US_BULK_READ
+RECV_BULK_WANT = lib.US_RECV_BULK_WANT
 DECLINE_NOW, DECLINE_BACKOFF, DECLINE_NEVER = lib.US_DECLINE_NOW, lib.US_DECLINE_BACKOFF, lib.US_DECLINE_NEVER
 ACCEPT_LATE = lib.US_ACCEPT_LATE
 
@@ -223,6 +224,7 @@ class Ring:
         return slot, gen[0]
 
     def recv_start(self, slot: int, gen: int) -> int:
+        """0, -errno, or RECV_BULK_WANT: answer as to EV_BULK_WANT (bulk.arm)."""
         return lib.us_recv_start(self._ptr, slot, gen)
 
     def recv_pause(self, slot: int, gen: int) -> int:

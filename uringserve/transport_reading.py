@@ -22,8 +22,9 @@ import asyncio
 import collections
 from typing import Any
 
+from . import bulk
 from .bulk_bytes import fresh
-from .ring import BULK_READ, DECLINE_BACKOFF, DECLINE_NOW
+from .ring import BULK_READ, DECLINE_BACKOFF, DECLINE_NOW, RECV_BULK_WANT
 from .transport_base import EMPTY, TransportBase, conn_error
 
 
@@ -81,11 +82,15 @@ class Reading(TransportBase):
             self._held_scheduled = True
             self._loop.call_soon(self._deliver_held)
         self._update_receiver()
-        self._ring.recv_start(self._slot, self._gen)
+        self._recv_start()
 
     def _begin_reading(self) -> None:
         if not self._closing and not self._paused and not self._ring.closed:
-            self._ring.recv_start(self._slot, self._gen)
+            self._recv_start()
+
+    def _recv_start(self) -> None:
+        if self._ring.recv_start(self._slot, self._gen) == RECV_BULK_WANT:
+            bulk.arm(self._ring, self, self._slot, self._gen)  # type: ignore[arg-type]
 
     def _deliver_held(self) -> None:
         self._held_scheduled = False
@@ -158,10 +163,14 @@ class Reading(TransportBase):
         protocol's get_buffer() for a BufferedProtocol; or a DECLINE_* int:
         the buffer ring again (paused or closing: no memory is parked for a
         connection that is not reading)."""
-        if self._closing or self._paused or self._held:
+        if self._closing or self._paused:
             return DECLINE_NOW
         if not self._buffered:
-            return fresh(BULK_READ)
+            return fresh(BULK_READ)  # what arrives is held behind held data, in order
+        if self._held:
+            # held data is fed through get_buffer() calls of its own, and
+            # buffer_updated() must follow the latest one
+            return DECLINE_NOW
         try:
             mv = memoryview(self._protocol.get_buffer(-1))  # type: ignore[attr-defined]
             if mv.readonly:

@@ -459,7 +459,10 @@ static void bulk_want(struct us_ring *r, uint32_t slot, struct conn *c, struct o
  * again, or the caller's memory if the connection moves bulk */
 static void recv_ended(struct us_ring *r, uint32_t slot, struct conn *c, struct out *o)
 {
-    if (c->streak >= BULK_AFTER && !(c->flags & (F_RECV_PAUSED | F_EOF | F_BULK_OFF)) && bulk_room(r, slot))
+    /* once the switch is under way a short read before its cancel landed
+     * does not undo it (the bulk recv's own short read does) */
+    if ((c->streak >= BULK_AFTER || (c->flags & F_BULK_SWITCH)) && !(c->flags & (F_RECV_PAUSED | F_EOF | F_BULK_OFF)) &&
+        bulk_room(r, slot))
         bulk_want(r, slot, c, o);
     else {
         c->flags &= ~F_BULK_SWITCH;
@@ -489,7 +492,10 @@ void on_bulk(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         r->st.recv_bytes += (uint64_t)res;
         r->st.bulk_recvs++;
         r->st.bulk_recv_bytes += (uint64_t)res;
-        if (res >= (int)r->cfg.buf_size && !(c->flags & F_RECV_PAUSED) && bulk_room(r, slot)) {
+        /* a large read keeps the connection in the stream: paused now, it is
+         * asked for memory again as soon as it resumes (us_recv_start) */
+        c->streak = res >= (int)r->cfg.buf_size ? BULK_AFTER : 0;
+        if (c->streak && !(c->flags & F_RECV_PAUSED) && bulk_room(r, slot)) {
             c->flags |= F_BULK_WAIT;
             e->flags = US_BULK_MORE;
         } else {
@@ -545,7 +551,8 @@ int us_recv_decline(struct us_ring *r, uint32_t slot, uint32_t gen, int how)
     if (!(c->flags & F_BULK_WAIT))
         return 0;
     c->flags &= ~F_BULK_WAIT;
-    c->streak = how == US_DECLINE_BACKOFF ? -BULK_BACKOFF : 0;
+    if (how == US_DECLINE_BACKOFF)
+        c->streak = -BULK_BACKOFF; /* NOW keeps the streak: asked again at the next full read or resume */
     if (c->state == C_OPEN && !(c->flags & (F_RECV_ARMED | F_RECV_PAUSED | F_EOF)))
         return arm_recv(r, slot, c);
     return 0;
@@ -605,11 +612,11 @@ void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         }
         return;
     }
-    c->flags &= ~F_BULK_SWITCH; /* the recv ends on no data: EOF and errors below need no switch */
     for (int i = 0; i < nb; i++)
         recycle_buf(r, bids[i]);
     if (res == 0) {
         c->flags |= F_EOF;
+        c->flags &= ~F_BULK_SWITCH;
         emit(o, US_EV_EOF, slot, c->gen, 0);
     } else if (res == -ENOBUFS) {
         r->st.enobufs++;
@@ -621,6 +628,7 @@ void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
             recv_ended(r, slot, c, o);
     } else {
         c->flags |= F_EOF;
+        c->flags &= ~F_BULK_SWITCH;
         emit(o, US_EV_RECV_ERR, slot, c->gen, res);
     }
 }
@@ -732,8 +740,17 @@ int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen)
     if (!c)
         return -EBADF;
     c->flags &= ~F_RECV_PAUSED;
-    if (!(c->flags & (F_RECV_ARMED | F_EOF | F_BULK_WAIT))) /* BULK_WAIT: the caller's answer arms */
-        return arm_recv(r, slot, c);
+    if (c->flags & (F_RECV_ARMED | F_EOF | F_BULK_WAIT)) /* BULK_WAIT: the caller's answer arms */
+        return 0;
+    if (c->streak >= BULK_AFTER && !(c->flags & F_BULK_OFF) && r->cfg.recv_mode == US_RECV_PBUF && bulk_room(r, slot)) {
+        /* resumed in a stream (a pause after each read cancels every switch
+         * before its last CQE): the caller answers as to BULK_WANT */
+        c->flags |= F_BULK_WAIT;
+        c->streak = 0;
+        r->st.bulk_switches++;
+        return US_RECV_BULK_WANT;
+    }
+    return arm_recv(r, slot, c);
     return 0;
 }
 

@@ -35,6 +35,7 @@
 #define US_DECLINE_NOW     0  /* not now (paused, closing): ask again at the next stream of full reads */
 #define US_DECLINE_BACKOFF 1  /* the caller's memory is too small to gain: ask again much later */
 #define US_DECLINE_NEVER   2  /* not for this connection (its bytes must come through the ring: TLS in the core) */
+#define US_RECV_BULK_WANT  1  /* us_recv_start(): nothing armed, answer as to BULK_WANT */
 #define US_BULK_READ  262144 /* what a bulk receive asks for at most: asyncio's loops read 256 KiB at a time */
 
 #define US_SEND_AUTO     0  /* send_zc from the arena for big writes, plain send below; copied-zc conns fall back */
@@ -165,6 +166,7 @@ int us_flush(struct us_ring *r);                     /* submit, run task work, r
 
 /* connections */
 int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen);  /* install a connected socket; fd is closed on success */
+/* 0, -errno, or US_RECV_BULK_WANT: the connection moves bulk; answer as to US_EV_BULK_WANT */
 int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen);
 int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen);
 /* after BULK_WANT (or BULK with US_BULK_MORE): receive once into `buf`, `len` bytes, which the caller
