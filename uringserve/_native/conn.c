@@ -103,6 +103,18 @@ static int bulk_room(struct us_ring *r, uint32_t slot)
     return r->conn.bulk_len[slot] == 0 && r->conn.bulk_parked + US_BULK_READ <= r->cfg.bulk_bytes;
 }
 
+/* what `slot` holds of the budget: a bulk recv's length while it is in
+ * flight, and US_BULK_READ while the caller is asked for memory (so that the
+ * answers of one batch cannot overdraw it and be refused after their
+ * switch); 0: nothing */
+static void bulk_hold(struct us_ring *r, uint32_t slot, uint32_t len)
+{
+    r->conn.bulk_parked = r->conn.bulk_parked - r->conn.bulk_len[slot] + len;
+    r->conn.bulk_len[slot] = len;
+    if (r->conn.bulk_parked > r->st.bulk_parked_peak)
+        r->st.bulk_parked_peak = r->conn.bulk_parked;
+}
+
 static void rearm_later(struct us_ring *r, uint32_t slot, struct conn *c)
 {
     if (c->flags & (F_REARM_Q | F_RECV_PAUSED | F_EOF))
@@ -135,6 +147,8 @@ void issue_close(struct us_ring *r, uint32_t slot, struct conn *c)
         return;
     }
     queue_discard(r, c);
+    if (c->flags & F_BULK_WAIT)
+        bulk_hold(r, slot, 0); /* the answer will find the connection gone */
     c->gen++;
     c->state = C_CLOSE_WAIT;
     c->flags = 0;
@@ -450,6 +464,7 @@ static void bulk_want(struct us_ring *r, uint32_t slot, struct conn *c, struct o
 {
     c->flags &= ~F_BULK_SWITCH;
     c->flags |= F_BULK_WAIT;
+    bulk_hold(r, slot, US_BULK_READ);
     c->streak = 0;
     r->st.bulk_switches++;
     emit(o, US_EV_BULK_WANT, slot, c->gen, 0);
@@ -476,8 +491,7 @@ void on_bulk(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
     uint32_t slot = UD_SLOT(ud);
     int res = cqe->res;
     /* the memory is the caller's again whatever became of the connection */
-    r->conn.bulk_parked -= r->conn.bulk_len[slot];
-    r->conn.bulk_len[slot] = 0;
+    bulk_hold(r, slot, 0);
     struct conn *c = conn_get(r, slot, UD_GEN(ud));
     if (!c || c->state != C_OPEN) {
         r->st.stale_cqes++;
@@ -497,6 +511,7 @@ void on_bulk(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         c->streak = res >= (int)r->cfg.buf_size ? BULK_AFTER : 0;
         if (c->streak && !(c->flags & F_RECV_PAUSED) && bulk_room(r, slot)) {
             c->flags |= F_BULK_WAIT;
+            bulk_hold(r, slot, US_BULK_READ);
             e->flags = US_BULK_MORE;
         } else {
             rearm_later(r, slot, c); /* a short read: small messages go back to the ring */
@@ -518,11 +533,12 @@ int us_recv_into(struct us_ring *r, uint32_t slot, uint32_t gen, char *buf, uint
     if (!(c->flags & F_BULK_WAIT))
         return -EINVAL;
     c->flags &= ~F_BULK_WAIT;
+    bulk_hold(r, slot, 0); /* the reservation, replaced by `len` */
     int err = 0;
     struct io_uring_sqe *sqe = NULL;
     if (c->state != C_OPEN || (c->flags & (F_RECV_PAUSED | F_EOF)))
         err = -ECANCELED;
-    else if (!len || r->conn.bulk_len[slot] || r->conn.bulk_parked + len > r->cfg.bulk_bytes) {
+    else if (!len || r->conn.bulk_parked + len > r->cfg.bulk_bytes) {
         r->st.bulk_refused++;
         err = -ENOBUFS;
     } else if (!(sqe = prep(r, UD(OP_BULK, slot, c->gen, 0), c->fd, conn_fixed(r), buf, len)))
@@ -533,10 +549,7 @@ int us_recv_into(struct us_ring *r, uint32_t slot, uint32_t gen, char *buf, uint
         return err;
     }
     FAULT_SQE(r, US_FAULT_RECV, sqe);
-    r->conn.bulk_len[slot] = len;
-    r->conn.bulk_parked += len;
-    if (r->conn.bulk_parked > r->st.bulk_parked_peak)
-        r->st.bulk_parked_peak = r->conn.bulk_parked;
+    bulk_hold(r, slot, len);
     c->flags |= F_RECV_ARMED | F_BULK_ARMED;
     return 0;
 }
@@ -551,6 +564,7 @@ int us_recv_decline(struct us_ring *r, uint32_t slot, uint32_t gen, int how)
     if (!(c->flags & F_BULK_WAIT))
         return 0;
     c->flags &= ~F_BULK_WAIT;
+    bulk_hold(r, slot, 0);
     if (how == US_DECLINE_BACKOFF)
         c->streak = -BULK_BACKOFF; /* NOW keeps the streak: asked again at the next full read or resume */
     if (c->state == C_OPEN && !(c->flags & (F_RECV_ARMED | F_RECV_PAUSED | F_EOF)))
@@ -746,6 +760,7 @@ int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen)
         /* resumed in a stream (a pause after each read cancels every switch
          * before its last CQE): the caller answers as to BULK_WANT */
         c->flags |= F_BULK_WAIT;
+        bulk_hold(r, slot, US_BULK_READ);
         c->streak = 0;
         r->st.bulk_switches++;
         return US_RECV_BULK_WANT;

@@ -114,7 +114,8 @@ struct us_stats {
     uint64_t pbuf_recvs, pbuf_recv_bytes, bulk_recvs, bulk_recv_bytes;
     uint64_t bulk_switches;   /* connections asked for memory (BULK_WANT) after reads filled the buffers */
     uint64_t bulk_refused;    /* bulk receives refused because bulk_bytes was spent (taken from the ring instead) */
-    uint64_t bulk_parked;     /* bytes of caller memory bulk receives hold armed now (<= bulk_bytes) */
+    uint64_t bulk_parked;     /* bytes of caller memory bulk receives hold armed now, or are promised while
+                                 the caller is asked for it (<= bulk_bytes) */
     uint64_t bulk_parked_peak;
 };
 
