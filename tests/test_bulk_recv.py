@@ -623,3 +623,54 @@ def test_bytes_from_bulk_are_ordinary() -> None:
 def test_default_budget_is_a_few_mib() -> None:
     cfg = RingConfig().validated()
     assert 1 * MiB <= cfg.bulk_bytes <= 16 * MiB
+
+
+class AbortAfter(Sink):
+    """Aborts in its `limit`th read: wherever the switch then is (armed,
+    asked for memory, a bulk read completing)."""
+
+    limit = 1
+
+    def after(self, n: int) -> None:
+        self.limit -= 1
+        if self.limit == 0:
+            self.transport.abort()
+
+
+@pytest.mark.parametrize("kind", ["protocol", "buffered"])
+def test_abort_at_every_point_of_the_switch_gives_everything_back(kind) -> None:
+    """Forty connections streaming, each aborted by its protocol after 1..40
+    reads: every budget reservation and every bulk receive's memory is given
+    back (bulk_parked 0, Ring.bulk empty), every slot freed."""
+    loop = uringserve.new_event_loop()
+    base = BufferedSink if kind == "buffered" else Sink
+
+    class Aborter(AbortAfter, base):  # type: ignore[misc, valid-type]
+        pass
+
+    made_limits = iter(range(1, 41))
+    try:
+
+        async def main() -> list[Any]:
+            def make() -> Any:
+                p = Aborter()
+                p.limit = next(made_limits)
+                return p
+
+            server, port, made = await serve(loop, make)
+            peers = [send_random_writes(port, payload(4 * MiB, i), seed=i, small=False) for i in range(40)]
+            assert await until(lambda: len(made) == 40, 20)
+            await asyncio.wait_for(asyncio.gather(*(p.lost for p in made)), 60)
+            for t in peers:
+                await loop.run_in_executor(None, t.join, 20)
+            await until(lambda: loop.ring_stats()["slots_used"] == 0, 10)
+            await stop(server)
+            return made
+
+        made = loop.run_until_complete(main())
+        assert all(not p.bad for p in made)
+        s = loop.ring_stats()
+        assert s["bulk_recvs"] > 0
+        assert_given_back(loop)
+    finally:
+        loop.close()
