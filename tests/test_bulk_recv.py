@@ -358,7 +358,7 @@ def test_bulk_bytes_zero_is_off() -> None:
 # -- close, abort, reset, half-close during an armed bulk receive ----------------------
 
 
-async def armed_bulk(loop: asyncio.AbstractEventLoop, factory: Any) -> tuple[Any, socket.socket, Any, Any]:
+async def armed_bulk(loop: asyncio.AbstractEventLoop, factory: Any) -> tuple[Any, socket.socket, Any, Any, list[Any]]:
     """A connection whose bulk receive is armed and waiting (uring; on the
     stdlib loop: a connection that has just moved bulk)."""
     server, port, made = await serve(loop, factory)
@@ -375,14 +375,14 @@ async def armed_bulk(loop: asyncio.AbstractEventLoop, factory: Any) -> tuple[Any
             break
     if hasattr(loop, "ring"):
         assert loop.ring_stats()["bulk_parked"] > 0 and parked_memory(loop) == 1
-    return server, peer, p, sent
+    return server, peer, p, sent, made
 
 
 @pytest.mark.parametrize("kind", [Sink, BufferedSink], ids=["protocol", "buffered"])
 @pytest.mark.parametrize("how", ["close", "abort"])
 def test_close_during_armed_bulk(h, kind, how) -> None:
     async def main() -> Any:
-        server, peer, p, sent = await armed_bulk(h.loop, kind)
+        server, peer, p, sent, made = await armed_bulk(h.loop, kind)
         getattr(p.transport, how)()
         await asyncio.wait_for(p.lost, 10)
         # what the peer sends now reaches no one: the receive was cancelled
@@ -405,7 +405,7 @@ def test_close_during_armed_bulk(h, kind, how) -> None:
 @pytest.mark.parametrize("kind", [Sink, BufferedSink], ids=["protocol", "buffered"])
 def test_peer_reset_during_armed_bulk(h, kind) -> None:
     async def main() -> Any:
-        server, peer, p, sent = await armed_bulk(h.loop, kind)
+        server, peer, p, sent, made = await armed_bulk(h.loop, kind)
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         peer.close()  # RST
         exc = await asyncio.wait_for(p.lost, 10)
@@ -422,7 +422,7 @@ def test_peer_reset_during_armed_bulk(h, kind) -> None:
 @pytest.mark.parametrize("kind", [Sink, BufferedSink], ids=["protocol", "buffered"])
 def test_peer_half_close_during_armed_bulk(h, kind) -> None:
     async def main() -> Any:
-        server, peer, p, sent = await armed_bulk(h.loop, kind)
+        server, peer, p, sent, made = await armed_bulk(h.loop, kind)
         tail = payload(3 * MiB + 77, 5)
         await h.loop.sock_sendall(peer, tail)
         peer.shutdown(socket.SHUT_WR)
@@ -506,7 +506,7 @@ def test_pause_while_bulk_armed(h, kind) -> None:
     """Paused with a bulk receive armed: no data until resumed, then all of it."""
 
     async def main() -> Any:
-        server, peer, p, sent = await armed_bulk(h.loop, kind)
+        server, peer, p, sent, made = await armed_bulk(h.loop, kind)
         p.paused = True
         p.transport.pause_reading()
         if stats(h.loop):
@@ -546,9 +546,10 @@ def test_idle_connections_park_nothing() -> None:
             assert await until(lambda: len(made) == 50, 10)
             for p in made:
                 p.echo = True
-            for r, w in conns:
-                w.write(b"ping" * 1000)  # 4000 B: within one provided buffer
-                assert await r.readexactly(4000) == b"ping" * 1000
+            for _ in range(8):  # more small reads than the switch's streak
+                for r, w in conns:
+                    w.write(b"ping" * 1000)  # 4000 B: within one provided buffer
+                    assert await r.readexactly(4000) == b"ping" * 1000
             s = loop.ring_stats()
             assert s["bulk_switches"] == 0 and s["bulk_parked"] == 0 and s["bulk_parked_peak"] == 0
             assert not loop.ring.bulk
@@ -674,3 +675,54 @@ def test_abort_at_every_point_of_the_switch_gives_everything_back(kind) -> None:
         assert_given_back(loop)
     finally:
         loop.close()
+
+
+class PausesAnother(Sink):
+    """A connection whose data pauses another one (`other`), if set."""
+
+    other: Sink | None = None
+
+    def after(self, n: int) -> None:
+        if self.other is not None and not self.other.paused:
+            self.other.paused = True
+            self.other.transport.pause_reading()
+
+
+class BufferedPausesAnother(BufferedSink):
+    other: Sink | None = None
+    after = PausesAnother.after
+
+
+@pytest.mark.parametrize("kind", [PausesAnother, BufferedPausesAnother], ids=["protocol", "buffered"])
+def test_bulk_data_racing_a_pause_is_held(h, kind) -> None:
+    """A bulk receive that completed with data in the same batch as an event
+    whose callback paused the connection (another connection's data, before
+    it in the batch): the data is held, not delivered, until resumed -- for a
+    BufferedProtocol no buffer_updated() while paused."""
+
+    async def main() -> Any:
+        server, peer, p, sent, made = await armed_bulk(h.loop, kind)
+        other_peer = socket.create_connection(("127.0.0.1", server.sockets[0].getsockname()[1]))
+        assert await until(lambda: len(made) == 2, 10)
+        other = made[1]
+        other.other = p  # its data pauses the first connection
+        more = payload(64 * 1024, 11)
+        other_peer.send(b"!")  # first in the batch
+        assert peer.send(more) == len(more)  # then the bulk receive's data
+        assert await until(lambda: p.paused, 10)
+        if stats(h.loop):
+            assert await until(lambda: stats(h.loop)["bulk_parked"] == 0, 10)
+            assert not h.loop.ring.bulk
+        assert p.n == sent  # held
+        p.paused = False
+        p.transport.resume_reading()
+        assert await until(lambda: p.n == sent + len(more), 10)
+        peer.close()
+        other_peer.close()
+        await asyncio.wait_for(asyncio.gather(p.lost, other.lost), 10)
+        await stop(server)
+        return p
+
+    p = h.run(main())
+    assert not p.bad, p.bad
+    assert_given_back(h.loop)
