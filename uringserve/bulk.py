@@ -23,28 +23,45 @@ the bytes armed against the ring's bulk_bytes.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .bulk_bytes import take
-from .ring import BULK_MORE, BULK_STALE, DECLINE_NOW
+from .ring import BULK_MORE, BULK_STALE, DECLINE_BACKOFF, DECLINE_NOW
 
 if TYPE_CHECKING:
     from .ring import Ring
-    from .transport import UringTransport
+
+
+class Receiver(Protocol):
+    """What this needs of a transport (transport_reading.Reading's)."""
+
+    def bulk_memory(self) -> Any: ...
+
+    def receive_bulk(self, data: Any, n: int) -> None: ...
+
+    def on_eof(self, res: int, gen: int) -> None: ...
+
+    def on_recv_error(self, res: int, gen: int) -> None: ...
+
 
 _NO_DATA = (-errno.ECANCELED, -errno.EINTR, -errno.EAGAIN)  # nothing arrived, nothing went wrong
 
 
-def arm(ring: Ring, t: UringTransport | None, slot: int, gen: int) -> None:
+def arm(ring: Ring, t: Receiver | None, slot: int, gen: int) -> None:
     """BULK_WANT: memory for `slot`'s next receive, or the buffer ring again."""
     memory = DECLINE_NOW if t is None else t.bulk_memory()
     if type(memory) is int:
         ring.recv_decline(slot, gen, memory)
-    else:
+        return
+    try:
         ring.recv_into(slot, gen, memory)
+    except (TypeError, ValueError, BufferError):
+        # memory cffi cannot hand the kernel (bulk_memory checks what it can):
+        # the ring's path, which copies into it
+        ring.recv_decline(slot, gen, DECLINE_BACKOFF)
 
 
-def completed(ring: Ring, t: UringTransport | None, slot: int, res: int, gen: int, flags: int) -> None:
+def completed(ring: Ring, t: Receiver | None, slot: int, res: int, gen: int, flags: int) -> None:
     """BULK: the receive into `slot`'s memory completed with `res`."""
     parked = ring.bulk
     if flags & BULK_STALE or t is None:

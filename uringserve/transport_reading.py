@@ -90,7 +90,7 @@ class Reading(TransportBase):
 
     def _recv_start(self) -> None:
         if self._ring.recv_start(self._slot, self._gen) == RECV_BULK_WANT:
-            bulk.arm(self._ring, self, self._slot, self._gen)  # type: ignore[arg-type]
+            bulk.arm(self._ring, self, self._slot, self._gen)
 
     def _deliver_held(self) -> None:
         self._held_scheduled = False
