@@ -25,9 +25,11 @@ _api = ctypes.pythonapi
 _new = _api.PyBytes_FromStringAndSize
 _new.restype = ctypes.py_object
 _new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-_resize = _api._PyBytes_Resize
-_resize.restype = ctypes.c_int
-_resize.argtypes = (ctypes.POINTER(ctypes.py_object), ctypes.c_ssize_t)
+# private, but exported by every CPython since 2.x; without it: a copy of what arrived
+_resize = getattr(_api, "_PyBytes_Resize", None)
+if _resize is not None:
+    _resize.restype = ctypes.c_int
+    _resize.argtypes = (ctypes.POINTER(ctypes.py_object), ctypes.c_ssize_t)
 _getrefcount = sys.getrefcount
 
 
@@ -47,7 +49,7 @@ def take(parked: dict[int, Any], key: int, n: int) -> bytes:
     if len(b) == n:
         return b
     # box and b: a third reference means someone else sees it; never resize that
-    if _getrefcount(b) != 3:
+    if _getrefcount(b) != 3 or _resize is None:
         return b[:n]
     del b
     _resize(ctypes.byref(box), n)  # raises (and frees) only on a broken invariant
