@@ -870,7 +870,7 @@ int conn_alloc(struct us_ring *r)
     r->conn.acc = calloc((size_t)cfg->reserved_slots * cfg->accept_depth, sizeof(struct accept_ctx));
     r->pbuf.held = calloc(cfg->buf_count, sizeof(uint16_t));
     r->conn.bulk_len = calloc(r->conn.size, sizeof(uint32_t));
-    if (!r->conn.bulk_len || !r->conn.rearm || !r->conn.held_rearm || !r->conn.lst || !r->conn.acc || !r->pbuf.held)
+    if (!r->conn.table || !r->conn.bulk_len || !r->conn.rearm || !r->conn.held_rearm || !r->conn.lst || !r->conn.acc || !r->pbuf.held)
         return -ENOMEM;
     return 0;
 }
