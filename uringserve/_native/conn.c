@@ -594,8 +594,6 @@ void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
     if (res > 0) {
         r->st.recvs++;
         r->st.recv_bytes += (uint64_t)res;
-        r->st.pbuf_recvs++;
-        r->st.pbuf_recv_bytes += (uint64_t)res;
         if (r->cfg.recv_mode == US_RECV_PLAIN) {
             r->st.plain_recvs++;
             struct us_event *e = emit(o, US_EV_RECV, slot, c->gen, res);
@@ -603,6 +601,8 @@ void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
             e->off = (uint32_t)(c->rbuf - r->pbuf.data);
             rearm_later(r, slot, c); /* after Python has read rbuf */
         } else {
+            r->st.pbuf_recvs++;
+            r->st.pbuf_recv_bytes += (uint64_t)res;
             int left = res;
             for (int i = 0; i < nb; i++) {
                 int n = left < (int)r->cfg.buf_size ? left : (int)r->cfg.buf_size;
