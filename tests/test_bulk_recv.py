@@ -20,7 +20,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import until
+from conftest import LoopHarness, until
 
 import uringserve
 from uringserve import faults
@@ -729,3 +729,17 @@ def test_bulk_data_racing_a_pause_is_held(h, kind) -> None:
     p = h.run(main())
     assert not p.bad, p.bad
     assert_given_back(h.loop)
+
+
+@pytest.mark.parametrize("kind", [Sink, BufferedSink, Pauser], ids=["protocol", "buffered", "pausing"])
+def test_switch_from_recv_bundles(kind) -> None:
+    """With receive bundles (several provided buffers per completion) a
+    completion of at least one buffer counts toward the switch as well."""
+    loop = uringserve.new_event_loop(RingConfig(recv_bundle=True))
+    try:
+        _, s = transfer(LoopHarness("uring", loop), kind, 16 * MiB)
+        assert s["bulk_recv_bytes"] > 0
+        assert s["bulk_recv_bytes"] + s["pbuf_recv_bytes"] == 16 * MiB
+        assert_given_back(loop)
+    finally:
+        loop.close()
