@@ -68,6 +68,7 @@ SAMPLE = {
     "ring_buf_count": "64",
     "ring_buf_size": "4096",
     "ring_arena_bytes": "131072",
+    "ring_bulk_bytes": "524288",
     "tls_cert": "/c.pem",
     "tls_key": "/k.pem",
     "tls_ca": "/ca.pem",
@@ -211,6 +212,7 @@ BUILT: dict[str, Any] = {
     "ring_buf_count": lambda a: cli.ring_config(a).buf_count,
     "ring_buf_size": lambda a: cli.ring_config(a).buf_size,
     "ring_arena_bytes": lambda a: cli.ring_config(a).arena_bytes,
+    "ring_bulk_bytes": lambda a: cli.ring_config(a).bulk_bytes,
     "proxy_headers": lambda a: getattr(getattr(cli.build_server(a).forwarding, "trusted", None), "spec", None),
     "forwarded_allow_ips": lambda a: (
         cli.build_server(a).forwarding.trusted.spec,

@@ -163,6 +163,9 @@ def test_one_process_with_access_log_and_metrics(demo: str) -> None:
     assert m["uringserve_connections_accepted_total"] == len(TRAFFIC)
     assert m["uringserve_ring_accepts_total"] == len(TRAFFIC) and m["uringserve_ring_sqes_total"] > 0
     assert m["uringserve_ring_slots_total"] > 0
+    # small requests: every byte through the provided-buffer ring, none parked for bulk
+    assert m["uringserve_ring_pbuf_recv_bytes_total"] == m["uringserve_ring_recv_bytes_total"] > 0
+    assert m["uringserve_ring_bulk_recv_bytes_total"] == m["uringserve_ring_bulk_parked"] == 0
     assert m["uringserve_connections_refused_total"] == 0
     assert all(log) and len(log) == len(TRAFFIC), log
     got = [(x.group(1), x.group(2), int(x.group(3)), int(x.group(4))) for x in log if x]

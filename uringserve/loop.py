@@ -23,8 +23,8 @@ from asyncio import constants, sslproto
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from . import bulk, scheduling
 from . import ring as _ring
-from . import scheduling
 from .arena_waits import ArenaWaits
 from .ring import EVENT_HEAD, EVENTS, FaultPlan, Ring, RingConfig, accept_of
 from .selector import UringSelector, drain
@@ -42,6 +42,7 @@ ACCEPT_RETRY_DELAY = 1.0
 _current_tasks: dict = getattr(asyncio.tasks, "_current_tasks", {})  # used below 3.12 only, where it exists
 
 _EV_ACCEPT, _EV_RECV, _EV_POLL, _EV_ARENA = _ring.EV_ACCEPT, _ring.EV_RECV, _ring.EV_POLL, _ring.EV_ARENA
+_EV_BULK, _EV_BULK_WANT = _ring.EV_BULK, _ring.EV_BULK_WANT
 _ACCEPT_LATE = _ring.ACCEPT_LATE
 
 # Where each kind of event the core reports (ring.EVENTS) goes. A
@@ -58,7 +59,10 @@ _CONNECTION_EVENTS: dict[str, Callable[[UringTransport, int, int], None]] = {
     "SEND_ERR": UringTransport.on_send_error,
     "CLOSED": UringTransport.on_closed,
 }
-_LOOP_EVENTS = {"RECV", "ACCEPT", "POLL", "ARENA"}
+# BULK_WANT and BULK (receives into memory the loop hands the core: bulk.py)
+# are the loop's too: the memory is the ring's to keep alive, whichever
+# transport it was for
+_LOOP_EVENTS = {"RECV", "ACCEPT", "POLL", "ARENA", "BULK", "BULK_WANT"}
 # SHUTDOWN: the write side closed after write_eof(), which needs nothing
 # more; CONNECT: the load generator's client connections (loadgen.c takes its events)
 _NOT_DELIVERED = {"SHUTDOWN", "CONNECT"}
@@ -312,6 +316,10 @@ class UringEventLoop(asyncio.SelectorEventLoop):
                 polls.append((slot, gen, res, flags))
             elif kind == _EV_ACCEPT:
                 self._on_accept(slot, res, gen, flags, *accept_of(self._ring.events[i]))
+            elif kind == _EV_BULK:
+                bulk.completed(self._ring, conns.get(slot), slot, res, gen, flags)
+            elif kind == _EV_BULK_WANT:
+                bulk.arm(self._ring, conns.get(slot), slot, gen)
             elif kind == _EV_ARENA:
                 self._arena_waits.wake()
         if run is not None:

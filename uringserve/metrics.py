@@ -37,9 +37,14 @@ RING_COUNTERS = (
     "accept_errors",
     "send_bytes",
     "recv_bytes",
+    # which receive path the bytes took: the provided-buffer ring, or bulk (the protocol's memory)
+    "pbuf_recvs",
+    "pbuf_recv_bytes",
+    "bulk_recvs",
+    "bulk_recv_bytes",
 )
 # and its levels
-RING_GAUGES = ("slots_used", "slots_total", "arena_in_use", "arena_chunks", "bufs_out", "inflight")
+RING_GAUGES = ("slots_used", "slots_total", "arena_in_use", "arena_chunks", "bufs_out", "inflight", "bulk_parked")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 

@@ -45,6 +45,13 @@ EV_SHUTDOWN = EVENTS["SHUTDOWN"]
 EV_POLL = EVENTS["POLL"]
 EV_ARENA = EVENTS["ARENA"]
 EV_CONNECT = EVENTS["CONNECT"]
+EV_BULK_WANT = EVENTS["BULK_WANT"]
+EV_BULK = EVENTS["BULK"]
+BULK_STALE = lib.US_BULK_STALE
+BULK_MORE = lib.US_BULK_MORE
+BULK_READ = lib.US_BULK_READ
+RECV_BULK_WANT = lib.US_RECV_BULK_WANT
+DECLINE_NOW, DECLINE_BACKOFF, DECLINE_NEVER = lib.US_DECLINE_NOW, lib.US_DECLINE_BACKOFF, lib.US_DECLINE_NEVER
 ACCEPT_LATE = lib.US_ACCEPT_LATE
 
 _STAGES = {
@@ -109,6 +116,9 @@ class Ring:
         # core lists the index as released
         self.raw_send_ref = lib.us_send_ref
         self.held: list[bytes | None] = [None] * cfg.ext_segments
+        # memory bulk receives write into (us_recv_into), by slot, kept alive
+        # until the slot's EV_BULK: the kernel may write until then
+        self.bulk: dict[int, Any] = {}
         self._released = memoryview(ffi.buffer(lib.us_released(ptr), 4 * (cfg.ext_segments + 1))).cast("I")
         self._stats = ffi.new("struct us_stats *")
         self.fd = lib.us_ring_fd(ptr)
@@ -142,9 +152,10 @@ class Ring:
 
     def close(self) -> None:
         if self._ptr is not None:
-            if any(x is not None for x in self.held) and self.stats()["inflight"]:
-                # the kernel may still read these: never let them be freed
+            if (any(x is not None for x in self.held) or self.bulk) and self.stats()["inflight"]:
+                # the kernel may still read (or write) these: never let them be freed
                 _GRAVEYARD.append(self.held)
+                _GRAVEYARD.append(self.bulk)
             ptr, self._ptr = self._ptr, None
             self.handle = None
             self.events_view.release()
@@ -152,6 +163,7 @@ class Ring:
             self._released.release()
             lib.us_ring_free(ptr)
             self.held = []
+            self.bulk = {}
 
     def cancel_all(self) -> int:
         return lib.us_cancel_all(self._ptr)
@@ -212,10 +224,27 @@ class Ring:
         return slot, gen[0]
 
     def recv_start(self, slot: int, gen: int) -> int:
+        """0, -errno, or RECV_BULK_WANT: answer as to EV_BULK_WANT (bulk.arm)."""
         return lib.us_recv_start(self._ptr, slot, gen)
 
     def recv_pause(self, slot: int, gen: int) -> int:
         return lib.us_recv_pause(self._ptr, slot, gen)
+
+    def recv_into(self, slot: int, gen: int, memory: Any) -> int:
+        """Answer EV_BULK_WANT (or EV_BULK with BULK_MORE): the next receive
+        goes into `memory` (fresh bytes no one else holds, or a writable
+        buffer), kept in `bulk` until the slot's EV_BULK. 0, or -errno when
+        the core took the buffer ring instead (-ENOBUFS: bulk_bytes spent)."""
+        buf = ffi.from_buffer(memory, require_writable=type(memory) is not bytes)
+        ret = lib.us_recv_into(self._ptr, slot, gen, buf, len(buf))
+        if ret == 0:
+            self.bulk[slot] = memory
+        return ret
+
+    def recv_decline(self, slot: int, gen: int, how: int = 0) -> int:
+        """Answer EV_BULK_WANT without memory: the buffer ring again; `how`
+        (DECLINE_*) says when the core may ask again."""
+        return lib.us_recv_decline(self._ptr, slot, gen, how)
 
     def send(self, slot: int, gen: int, data: Any) -> int:
         """Copy as much of `data` as the arena takes; returns bytes taken or -errno."""

@@ -154,6 +154,14 @@ class RingConfig:
         0, "registered memory for bytes sent many times (the load generator's requests)", lo=0, hi=(1 << 31) - 1
     )
     stage_send: str = setting("write_fixed", "how the stage is sent", choices=STAGE_SENDS)
+    # 16 connections' 256 KiB reads; memory the kernel writes into is parked only while a bulk receive is armed
+    bulk_bytes: int = setting(
+        4 * MiB,
+        "caller memory bulk receives may hold armed at once (0: every read through the buffer ring)",
+        lo=0,
+        hi=U32,
+        option="--ring-bulk-bytes",
+    )
 
     def validated(self) -> RingConfig:
         """This config with its derived values (reserved_slots at most half

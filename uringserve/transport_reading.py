@@ -9,6 +9,11 @@ nothing is special. pause_reading() asks the core to cancel the recv; what
 the kernel had already taken still arrives and is held here, in order, and
 handed to the protocol on resume_reading(). EOF or an error that arrives
 while paused is held behind that data.
+
+Bulk receive (bulk.py): when the core switches a connection that moves bulk
+to receiving into memory the loop gives it, `bulk_memory` says what memory
+(or why none) and `receive_bulk` takes what arrived, under the same rules:
+held while paused or behind held data, dropped once closing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import asyncio
 import collections
 from typing import Any
 
+from . import bulk
+from .bulk_bytes import fresh
+from .ring import BULK_READ, DECLINE_BACKOFF, DECLINE_NOW, RECV_BULK_WANT
 from .transport_base import EMPTY, TransportBase, conn_error
 
 
@@ -74,11 +82,15 @@ class Reading(TransportBase):
             self._held_scheduled = True
             self._loop.call_soon(self._deliver_held)
         self._update_receiver()
-        self._ring.recv_start(self._slot, self._gen)
+        self._recv_start()
 
     def _begin_reading(self) -> None:
         if not self._closing and not self._paused and not self._ring.closed:
-            self._ring.recv_start(self._slot, self._gen)
+            self._recv_start()
+
+    def _recv_start(self) -> None:
+        if self._ring.recv_start(self._slot, self._gen) == RECV_BULK_WANT:
+            bulk.arm(self._ring, self, self._slot, self._gen)
 
     def _deliver_held(self) -> None:
         self._held_scheduled = False
@@ -144,6 +156,59 @@ class Reading(TransportBase):
             mv = mv[n:]
             if self._closing:
                 return
+
+    # -- bulk receive (bulk.py): memory the kernel writes into, then what arrived
+    def bulk_memory(self) -> Any:
+        """Memory for the next bulk receive: fresh bytes for a Protocol, the
+        protocol's get_buffer() for a BufferedProtocol; or a DECLINE_* int:
+        the buffer ring again (paused or closing: no memory is parked for a
+        connection that is not reading)."""
+        if self._closing or self._paused:
+            return DECLINE_NOW
+        if not self._buffered:
+            return fresh(BULK_READ)  # what arrives is held behind held data, in order
+        if self._held:
+            # held data is fed through get_buffer() calls of its own, and
+            # buffer_updated() must follow the latest one
+            return DECLINE_NOW
+        try:
+            mv = memoryview(self._protocol.get_buffer(-1))  # type: ignore[attr-defined]
+            if mv.readonly:
+                raise TypeError("get_buffer() returned a read-only buffer")
+            if not mv.nbytes:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            mv = mv.cast("B")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return DECLINE_NOW
+        if len(mv) < self._ring.config.buf_size:
+            # smaller than one provided buffer: a receive per small buffer would
+            # cost more than the copy it saves; the ring's path fills it (and
+            # more get_buffer() calls) from each provided buffer
+            return DECLINE_BACKOFF
+        return mv[:BULK_READ]
+
+    def receive_bulk(self, data: Any, n: int) -> None:
+        """EV_BULK: `n` bytes arrived in bulk_memory()'s memory: `data` (bytes of
+        exactly those) for a Protocol; for a BufferedProtocol its own buffer."""
+        if self._closing:
+            return
+        if not self._buffered:
+            self._on_data(data)
+            return
+        if self._paused or self._held:
+            # no buffer_updated() while paused: held as bytes, and fed through
+            # get_buffer() again on resume, as the ring's path holds its data
+            self._hold((0, bytes(data[:n])))
+            return
+        try:
+            self._protocol.buffer_updated(n)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
 
     # -- the core's events for this connection (the loop's dispatch table calls
     # these as handler(transport, res, gen); RECV goes to `receive`)

@@ -29,6 +29,7 @@ from asyncio import constants
 from typing import Any
 
 from ._native import ffi, lib
+from .ring import DECLINE_NEVER
 from .tls import CoreSSLObject, CoreTLS, peer_cert_der, tls_error
 from .transport import UringTransport
 from .transport_base import TransportLoop
@@ -51,6 +52,10 @@ class TLSTransport(UringTransport):
     _sendfile_compatible = constants._SendfileMode.FALLBACK
     write_file = None  # type: ignore[assignment]  # HTTPProtocol reads it: no file path in the core over TLS yet
     _start_tls_compatible = False
+
+    def bulk_memory(self) -> Any:
+        """Never bulk: the ciphertext is decrypted by the core from the ring's buffers."""
+        return DECLINE_NEVER
 
     def __init__(
         self,

@@ -12,6 +12,19 @@
  *   has room for it, because an accept-direct that finds the table full has
  *   already taken the connection from the backlog and the kernel drops it.
  *   A freed slot (close CQE) re-arms starved listeners.
+ * - Bulk receive (caller memory): a connection whose provided-buffer reads
+ *   fill BULK_AFTER buffers in a row is switched: its multishot recv is
+ *   cancelled, and at that recv's last CQE (everything it took has been
+ *   emitted, in order, before) the core emits BULK_WANT and arms nothing.
+ *   The caller answers with memory (us_recv_into: one single-shot recv into
+ *   it, US_EV_BULK at its CQE) or declines (back to the ring). Since nothing
+ *   is armed between the multishot's end and the answer, and one recv at a
+ *   time is armed after it, no byte is reordered across the switch. A read
+ *   of a buffer's size or more asks for the next memory (US_BULK_MORE); a
+ *   shorter one, a pause, an EOF or a spent budget returns the connection to
+ *   the ring. The memory is the caller's until the recv's CQE, whatever it
+ *   ends with (-ECANCELED after a close included: that CQE is still emitted,
+ *   flagged stale), and the bytes armed count against bulk_bytes until then.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -77,6 +90,31 @@ int arm_recv(struct us_ring *r, uint32_t slot, struct conn *c)
     return 0;
 }
 
+/* provided-buffer reads in a row that filled their buffer before a connection
+ * is switched to bulk receive: four buffers (64 KiB at the default 16 KiB)
+ * back to back is a stream, not a message that happens to fill one buffer */
+#define BULK_AFTER 4
+/* a declined switch (the caller had no memory to give: paused, a small
+ * get_buffer()) waits this many more full reads before asking again */
+#define BULK_BACKOFF 64
+
+static int bulk_room(struct us_ring *r, uint32_t slot)
+{
+    return r->conn.bulk_len[slot] == 0 && r->conn.bulk_parked + US_BULK_READ <= r->cfg.bulk_bytes;
+}
+
+/* what `slot` holds of the budget: a bulk recv's length while it is in
+ * flight, and US_BULK_READ while the caller is asked for memory (so that the
+ * answers of one batch cannot overdraw it and be refused after their
+ * switch); 0: nothing */
+static void bulk_hold(struct us_ring *r, uint32_t slot, uint32_t len)
+{
+    r->conn.bulk_parked = r->conn.bulk_parked - r->conn.bulk_len[slot] + len;
+    r->conn.bulk_len[slot] = len;
+    if (r->conn.bulk_parked > r->st.bulk_parked_peak)
+        r->st.bulk_parked_peak = r->conn.bulk_parked;
+}
+
 static void rearm_later(struct us_ring *r, uint32_t slot, struct conn *c)
 {
     if (c->flags & (F_REARM_Q | F_RECV_PAUSED | F_EOF))
@@ -109,6 +147,8 @@ void issue_close(struct us_ring *r, uint32_t slot, struct conn *c)
         return;
     }
     queue_discard(r, c);
+    if (c->flags & F_BULK_WAIT)
+        bulk_hold(r, slot, 0); /* the answer will find the connection gone */
     c->gen++;
     c->state = C_CLOSE_WAIT;
     c->flags = 0;
@@ -134,6 +174,7 @@ void conn_init(struct us_ring *r, uint32_t slot, int fd)
     c->flags = 0;
     sendq_init(&c->q);
     c->fd = fd;
+    c->streak = 0;
     if (r->cfg.recv_mode == US_RECV_PLAIN)
         c->rbuf = r->pbuf.data + ((size_t)r->cfg.buf_count + slot) * r->cfg.buf_size;
 }
@@ -406,6 +447,133 @@ static int take_bufs(struct us_ring *r, struct io_uring_cqe *cqe, uint16_t *bids
     return n;
 }
 
+/* ---- receiving: bulk, into the caller's memory ------------------------- */
+
+/* end the provided-buffer recv to switch: what it has taken still arrives,
+ * and its last CQE asks the caller for memory (recv_ended) */
+static void bulk_switch(struct us_ring *r, uint32_t slot, struct conn *c)
+{
+    struct io_uring_sqe *sqe = prep(r, UD(OP_CANCEL, slot, c->gen, 0), 0, 0, NULL, 0);
+    if (!sqe)
+        return; /* tried again at the next full read */
+    sqe->addr = UD(OP_RECV, slot, c->gen, 0);
+    c->flags |= F_BULK_SWITCH;
+}
+
+static void bulk_want(struct us_ring *r, uint32_t slot, struct conn *c, struct out *o)
+{
+    c->flags &= ~F_BULK_SWITCH;
+    c->flags |= F_BULK_WAIT;
+    bulk_hold(r, slot, US_BULK_READ);
+    c->streak = 0;
+    r->st.bulk_switches++;
+    emit(o, US_EV_BULK_WANT, slot, c->gen, 0);
+}
+
+/* a provided-buffer recv has ended with data or a transient error: the ring
+ * again, or the caller's memory if the connection moves bulk */
+static void recv_ended(struct us_ring *r, uint32_t slot, struct conn *c, struct out *o)
+{
+    /* once the switch is under way a short read before its cancel landed
+     * does not undo it (the bulk recv's own short read does) */
+    if ((c->streak >= BULK_AFTER || (c->flags & F_BULK_SWITCH)) && !(c->flags & (F_RECV_PAUSED | F_EOF | F_BULK_OFF)) &&
+        bulk_room(r, slot))
+        bulk_want(r, slot, c, o);
+    else {
+        c->flags &= ~F_BULK_SWITCH;
+        rearm_later(r, slot, c);
+    }
+}
+
+void on_bulk(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
+{
+    uint64_t ud = cqe->user_data;
+    uint32_t slot = UD_SLOT(ud);
+    int res = cqe->res;
+    /* the memory is the caller's again whatever became of the connection */
+    bulk_hold(r, slot, 0);
+    struct conn *c = conn_get(r, slot, UD_GEN(ud));
+    if (!c || c->state != C_OPEN) {
+        r->st.stale_cqes++;
+        struct us_event *e = emit(o, US_EV_BULK, slot, UD_GEN(ud), res);
+        e->flags = US_BULK_STALE;
+        return;
+    }
+    c->flags &= ~(F_RECV_ARMED | F_BULK_ARMED);
+    struct us_event *e = emit(o, US_EV_BULK, slot, c->gen, res);
+    if (res > 0) {
+        r->st.recvs++;
+        r->st.recv_bytes += (uint64_t)res;
+        r->st.bulk_recvs++;
+        r->st.bulk_recv_bytes += (uint64_t)res;
+        /* a large read keeps the connection in the stream: paused now, it is
+         * asked for memory again as soon as it resumes (us_recv_start) */
+        c->streak = res >= (int)r->cfg.buf_size ? BULK_AFTER : 0;
+        if (c->streak && !(c->flags & F_RECV_PAUSED) && bulk_room(r, slot)) {
+            c->flags |= F_BULK_WAIT;
+            bulk_hold(r, slot, US_BULK_READ);
+            e->flags = US_BULK_MORE;
+        } else {
+            rearm_later(r, slot, c); /* a short read: small messages go back to the ring */
+        }
+    } else if (res == 0) {
+        c->flags |= F_EOF;
+    } else if (res == -ECANCELED || res == -EINTR || res == -EAGAIN) {
+        rearm_later(r, slot, c); /* a pause's cancel: the ring again when reading resumes */
+    } else {
+        c->flags |= F_EOF;
+    }
+}
+
+int us_recv_into(struct us_ring *r, uint32_t slot, uint32_t gen, char *buf, uint32_t len)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    if (!(c->flags & F_BULK_WAIT))
+        return -EINVAL;
+    c->flags &= ~F_BULK_WAIT;
+    bulk_hold(r, slot, 0); /* the reservation, replaced by `len` */
+    int err = 0;
+    struct io_uring_sqe *sqe = NULL;
+    if (c->state != C_OPEN || (c->flags & (F_RECV_PAUSED | F_EOF)))
+        err = -ECANCELED;
+    else if (!len || r->conn.bulk_parked + len > r->cfg.bulk_bytes) {
+        r->st.bulk_refused++;
+        err = -ENOBUFS;
+    } else if (!(sqe = prep(r, UD(OP_BULK, slot, c->gen, 0), c->fd, conn_fixed(r), buf, len)))
+        err = -EBUSY;
+    if (err) {
+        if (c->state == C_OPEN && !(c->flags & (F_RECV_ARMED | F_RECV_PAUSED | F_EOF)))
+            arm_recv(r, slot, c);
+        return err;
+    }
+    FAULT_SQE(r, US_FAULT_RECV, sqe);
+    bulk_hold(r, slot, len);
+    c->flags |= F_RECV_ARMED | F_BULK_ARMED;
+    return 0;
+}
+
+int us_recv_decline(struct us_ring *r, uint32_t slot, uint32_t gen, int how)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    if (how == US_DECLINE_NEVER)
+        c->flags |= F_BULK_OFF;
+    if (!(c->flags & F_BULK_WAIT))
+        return 0;
+    c->flags &= ~F_BULK_WAIT;
+    bulk_hold(r, slot, 0);
+    if (how == US_DECLINE_BACKOFF)
+        c->streak = -BULK_BACKOFF; /* NOW keeps the streak: asked again at the next full read or resume */
+    if (c->state == C_OPEN && !(c->flags & (F_RECV_ARMED | F_RECV_PAUSED | F_EOF)))
+        return arm_recv(r, slot, c);
+    return 0;
+}
+
+/* ---- receiving: completions of the provided-buffer recv ---------------- */
+
 void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint64_t ud = cqe->user_data;
@@ -433,6 +601,8 @@ void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
             e->off = (uint32_t)(c->rbuf - r->pbuf.data);
             rearm_later(r, slot, c); /* after Python has read rbuf */
         } else {
+            r->st.pbuf_recvs++;
+            r->st.pbuf_recv_bytes += (uint64_t)res;
             int left = res;
             for (int i = 0; i < nb; i++) {
                 int n = left < (int)r->cfg.buf_size ? left : (int)r->cfg.buf_size;
@@ -442,8 +612,17 @@ void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
                 recycle_buf(r, bids[i]);
                 left -= n;
             }
+            if (res < (int)r->cfg.buf_size) {
+                if (c->streak > 0)
+                    c->streak = 0; /* a backoff (< 0) counts full reads only */
+            }
+            else if (c->streak < BULK_AFTER)
+                c->streak++;
             if (!more)
-                rearm_later(r, slot, c);
+                recv_ended(r, slot, c, o);
+            else if (c->streak >= BULK_AFTER && !(c->flags & (F_BULK_SWITCH | F_BULK_OFF | F_RECV_PAUSED)) &&
+                     bulk_room(r, slot))
+                bulk_switch(r, slot, c);
         }
         return;
     }
@@ -451,16 +630,19 @@ void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         recycle_buf(r, bids[i]);
     if (res == 0) {
         c->flags |= F_EOF;
+        c->flags &= ~F_BULK_SWITCH;
         emit(o, US_EV_EOF, slot, c->gen, 0);
     } else if (res == -ENOBUFS) {
         r->st.enobufs++;
         grow_bufs(r);
-        rearm_later(r, slot, c);
+        recv_ended(r, slot, c, o); /* a stream that emptied the ring: bulk, if it was one */
     } else if (res == -ECANCELED || res == -EINTR || res == -EAGAIN) {
+        /* the switch's cancel ended it, or a resume raced the pause's cancel */
         if (!(c->flags & F_RECV_ARMED))
-            rearm_later(r, slot, c); /* a resume that raced the pause's cancel */
+            recv_ended(r, slot, c, o);
     } else {
         c->flags |= F_EOF;
+        c->flags &= ~F_BULK_SWITCH;
         emit(o, US_EV_RECV_ERR, slot, c->gen, res);
     }
 }
@@ -490,7 +672,7 @@ void refill(struct us_ring *r)
         uint32_t slot = r->conn.rearm[i];
         struct conn *c = &r->conn.table[slot];
         c->flags &= ~F_REARM_Q;
-        if (c->state == C_OPEN && !(c->flags & (F_RECV_ARMED | F_RECV_PAUSED | F_EOF))) {
+        if (c->state == C_OPEN && !(c->flags & (F_RECV_ARMED | F_RECV_PAUSED | F_EOF | F_BULK_WAIT))) {
             arm_recv(r, slot, c);
             r->st.recv_rearms++;
         }
@@ -572,8 +754,18 @@ int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen)
     if (!c)
         return -EBADF;
     c->flags &= ~F_RECV_PAUSED;
-    if (!(c->flags & (F_RECV_ARMED | F_EOF)))
-        return arm_recv(r, slot, c);
+    if (c->flags & (F_RECV_ARMED | F_EOF | F_BULK_WAIT)) /* BULK_WAIT: the caller's answer arms */
+        return 0;
+    if (c->streak >= BULK_AFTER && !(c->flags & F_BULK_OFF) && r->cfg.recv_mode == US_RECV_PBUF && bulk_room(r, slot)) {
+        /* resumed in a stream (a pause after each read cancels every switch
+         * before its last CQE): the caller answers as to BULK_WANT */
+        c->flags |= F_BULK_WAIT;
+        bulk_hold(r, slot, US_BULK_READ);
+        c->streak = 0;
+        r->st.bulk_switches++;
+        return US_RECV_BULK_WANT;
+    }
+    return arm_recv(r, slot, c);
     return 0;
 }
 
@@ -587,11 +779,12 @@ int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen)
     c->flags |= F_RECV_PAUSED;
     /* a multishot recv would keep taking data: cancel it; what it already
      * took still arrives and the caller holds it */
-    if ((c->flags & F_RECV_ARMED) && r->cfg.recv_mode == US_RECV_PBUF) {
+    if ((c->flags & F_RECV_ARMED) && (r->cfg.recv_mode == US_RECV_PBUF || (c->flags & F_BULK_ARMED))) {
         struct io_uring_sqe *sqe = prep(r, UD(OP_CANCEL, slot, c->gen, 0), 0, 0, NULL, 0);
         if (!sqe)
             return -EBUSY;
-        sqe->addr = UD(OP_RECV, slot, c->gen, 0);
+        /* a bulk recv would write into the caller's memory after the pause: cancelled the same way */
+        sqe->addr = (c->flags & F_BULK_ARMED) ? UD(OP_BULK, slot, c->gen, 0) : UD(OP_RECV, slot, c->gen, 0);
     }
     return 0;
 }
@@ -676,7 +869,8 @@ int conn_alloc(struct us_ring *r)
     r->conn.lst = calloc(cfg->reserved_slots, sizeof(struct listener));
     r->conn.acc = calloc((size_t)cfg->reserved_slots * cfg->accept_depth, sizeof(struct accept_ctx));
     r->pbuf.held = calloc(cfg->buf_count, sizeof(uint16_t));
-    if (!r->conn.table || !r->conn.rearm || !r->conn.held_rearm || !r->conn.lst || !r->conn.acc || !r->pbuf.held)
+    r->conn.bulk_len = calloc(r->conn.size, sizeof(uint32_t));
+    if (!r->conn.table || !r->conn.bulk_len || !r->conn.rearm || !r->conn.held_rearm || !r->conn.lst || !r->conn.acc || !r->pbuf.held)
         return -ENOMEM;
     return 0;
 }
@@ -740,6 +934,7 @@ void conn_free(struct us_ring *r)
     free(r->conn.held_rearm);
     free(r->conn.lst);
     free(r->conn.acc);
+    free(r->conn.bulk_len);
     free(r->pbuf.held);
     free(r->pbuf.shadow);
     free(r->pbuf.recycle);

@@ -25,14 +25,20 @@ enum cflag {
     F_REARM_Q = 1 << 6, F_EOF = 1 << 7,
     F_SHUT_INFLIGHT = 1 << 13 /* an IORING_OP_SHUTDOWN is in flight (see issue_close) */,
     F_CLOSE_DEFER = 1 << 14 /* close asked for while the shutdown was in flight: issued at its CQE */,
+    /* bulk receive (see on_bulk in conn.c) */
+    F_BULK_SWITCH = 1 << 16 /* the multishot recv is being cancelled: BULK_WANT at its last CQE */,
+    F_BULK_WAIT = 1 << 17 /* BULK_WANT (or BULK with MORE) emitted: nothing armed until the answer */,
+    F_BULK_ARMED = 1 << 18 /* a recv into caller memory is in flight (F_RECV_ARMED is set too) */,
+    F_BULK_OFF = 1 << 19 /* never bulk: declined for good, or a client connection of the load generator */,
 };
 
 struct conn {
     uint16_t gen;
     uint8_t state;
-    uint16_t flags;
+    uint32_t flags;
     struct sendq q;      /* send.c's */
     int fd;              /* fixed: the slot; fd mode: the fd */
+    int16_t streak;      /* provided-buffer reads in a row that filled a buffer (<0: backing off bulk) */
     char *rbuf;          /* US_RECV_PLAIN: this slot's buffer in the data region */
 };
 
@@ -62,6 +68,9 @@ struct us_conns {
     int accept_starved;
     struct listener *lst;
     struct accept_ctx *acc;
+    uint64_t bulk_parked;           /* the sum of bulk_len: against cfg.bulk_bytes */
+    uint32_t *bulk_len;             /* per slot: bytes of the recv into caller memory in flight (0: none);
+                                       kept past a close until that recv's CQE, so a reused slot waits */
 };
 
 /* the provided buffer ring and the data region it hands out */
@@ -99,6 +108,7 @@ void on_recv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o);
 void on_close(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o);
 void on_shutdown(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o);
 void on_lclose(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o);
+void on_bulk(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o);
 #pragma GCC visibility pop
 
 #endif

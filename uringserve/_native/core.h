@@ -26,6 +26,17 @@
 #define US_EV_ARENA     10  /* arena chunks or segments were freed after a us_send()/us_send_file() came up short */
 #define US_EV_CONNECT   11  /* us_connect() done: conn=slot, gen, aux=tag, res=0 or -errno. On an error
                                conn is the slot being closed (CLOSED follows) or 0xFFFFFFFF when no socket was made */
+#define US_EV_BULK_WANT 12  /* the connection moves bulk: its provided-buffer recv has ended; answer with
+                               us_recv_into() (memory for the next receive) or us_recv_decline() */
+#define US_EV_BULK      13  /* a us_recv_into() receive completed: res=bytes, 0 (EOF) or -errno (-ECANCELED:
+                               none, not an error); the caller's memory is its own again. flags: US_BULK_* */
+#define US_BULK_STALE    1  /* the connection is closing or gone: only let the memory go */
+#define US_BULK_MORE     2  /* the read was large: answer as to BULK_WANT (the next receive's memory) */
+#define US_DECLINE_NOW     0  /* not now (paused, closing): ask again at the next stream of full reads */
+#define US_DECLINE_BACKOFF 1  /* the caller's memory is too small to gain: ask again much later */
+#define US_DECLINE_NEVER   2  /* not for this connection (its bytes must come through the ring: TLS in the core) */
+#define US_RECV_BULK_WANT  1  /* us_recv_start(): nothing armed, answer as to BULK_WANT */
+#define US_BULK_READ  262144 /* what a bulk receive asks for at most: asyncio's loops read 256 KiB at a time */
 
 #define US_SEND_AUTO     0  /* send_zc from the arena for big writes, plain send below; copied-zc conns fall back */
 #define US_SEND_PLAIN    1  /* plain send only */
@@ -59,6 +70,7 @@ struct us_config {
     uint32_t setup_flags_off; /* setup flags never to try (tests force the fallbacks) */
     uint32_t stage_bytes;     /* registered memory after the arena for bytes sent many times (us_send_staged) */
     int32_t stage_send;       /* US_STAGE_* */
+    uint32_t bulk_bytes;      /* caller memory bulk receives may hold armed at once (0: no bulk receive) */
 };
 
 /* The first six fields are read in bulk by Python (struct.iter_unpack), so
@@ -98,6 +110,13 @@ struct us_stats {
     uint64_t vec_sends;       /* sends of several queued segments at once (SENDMSG) */
     uint64_t closes_deferred; /* closes held until the connection's SHUTDOWN completed */
     uint64_t tls_live;        /* SSL objects alive (tls.c): us_tls_new() minus us_tls_free() */
+    /* which receive path data took: the provided-buffer ring, or the caller's memory (bulk) */
+    uint64_t pbuf_recvs, pbuf_recv_bytes, bulk_recvs, bulk_recv_bytes;
+    uint64_t bulk_switches;   /* connections asked for memory (BULK_WANT) after reads filled the buffers */
+    uint64_t bulk_refused;    /* bulk receives refused because bulk_bytes was spent (taken from the ring instead) */
+    uint64_t bulk_parked;     /* bytes of caller memory bulk receives hold armed now, or are promised while
+                                 the caller is asked for it (<= bulk_bytes) */
+    uint64_t bulk_parked_peak;
 };
 
 struct us_ring;
@@ -148,8 +167,16 @@ int us_flush(struct us_ring *r);                     /* submit, run task work, r
 
 /* connections */
 int us_conn_adopt(struct us_ring *r, int fd, uint32_t *gen);  /* install a connected socket; fd is closed on success */
+/* 0, -errno, or US_RECV_BULK_WANT: the connection moves bulk; answer as to US_EV_BULK_WANT */
 int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen);
 int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen);
+/* after BULK_WANT (or BULK with US_BULK_MORE): receive once into `buf`, `len` bytes, which the caller
+ * keeps alive and untouched until this slot's US_EV_BULK. 0: armed; -ENOBUFS: bulk_bytes spent,
+ * -ECANCELED: paused or ended meanwhile (either way the memory is not used and the provided-buffer
+ * recv is armed when reading goes on); -EINVAL: not asked */
+int us_recv_into(struct us_ring *r, uint32_t slot, uint32_t gen, char *buf, uint32_t len);
+/* the answer without memory: back to the provided-buffer ring, and when to ask again (US_DECLINE_*) */
+int us_recv_decline(struct us_ring *r, uint32_t slot, uint32_t gen, int how);
 int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len);
 /* send `data` in place, without copying, as a whole; returns the segment
  * index (0..ext_segments-1). The caller keeps `data` alive and unchanged
@@ -183,6 +210,6 @@ int us_poll_remove(struct us_ring *r, uint32_t id, uint32_t gen);
 /* Every US_EV_* above, in kind order (us_events() is made from this; a new
  * kind is its #define and a line here) */
 #define US_EVENTS(X) \
-    X(ACCEPT) X(RECV) X(EOF) X(RECV_ERR) X(WRITABLE) X(SEND_ERR) X(CLOSED) X(SHUTDOWN) X(POLL) X(ARENA) X(CONNECT)
+    X(ACCEPT) X(RECV) X(EOF) X(RECV_ERR) X(WRITABLE) X(SEND_ERR) X(CLOSED) X(SHUTDOWN) X(POLL) X(ARENA) X(CONNECT) X(BULK_WANT) X(BULK)
 
 #endif

@@ -452,6 +452,7 @@ void us_stats_get(struct us_ring *r, struct us_stats *st)
     st->bufs_circulating = r->cfg.buf_count - r->pbuf.nreserve;
     st->slots_used = r->conn.accept_used;
     st->accepts_inflight = r->conn.accepts_inflight;
+    st->bulk_parked = r->conn.bulk_parked;
 }
 
 /* ---- what the core submits, and probes --------------------------------- */

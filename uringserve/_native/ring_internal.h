@@ -46,7 +46,7 @@
 #include "faults.h"
 
 #define NONE 0xFFFFFFFFu
-#define EV_ROOM 10 /* a bundle recv yields up to 8 RECV events + EOF/err */
+#define EV_ROOM 10 /* a bundle recv yields up to 8 RECV events + EOF/err or BULK_WANT */
 
 /* The operations the core submits, one line each: the tag that user_data
  * carries (op:8), the io_uring opcode submitted under it (prep() takes the
@@ -81,7 +81,8 @@
     X(PROBE,        NOP,              "5.1",  on_none)      /* sync: us_fault_set */     \
     X(SENDV,        SENDMSG,          "5.3",  on_sendv)     /* send.c: segments */       \
     X(STAGE_WRITE,  WRITE_FIXED,      "5.1",  on_send)      /* send.c: the stage */      \
-    X(FREAD_PLAIN,  READ,             "5.6",  on_fread)     /* arena not registered */
+    X(FREAD_PLAIN,  READ,             "5.6",  on_fread)     /* arena not registered */   \
+    X(BULK,         RECV,             "5.6",  on_bulk)      /* conn.c: into caller memory */
 
 enum op {
     OP_NONE = 0,

@@ -1,0 +1,83 @@
+"""Bulk receive, the loop's side: the core's BULK_WANT and BULK events.
+
+A connection whose reads fill the provided buffers (conn.c: BULK_AFTER full
+reads in a row) is switched by the core to receiving into memory the loop
+hands it, so the protocol gets what the kernel wrote without a copy out of
+the buffer ring:
+
+- Protocol: a fresh 256 KiB `bytes` (bulk_bytes.fresh), shrunk to what
+  arrived and passed to data_received, as asyncio's loops read;
+- BufferedProtocol: the protocol's own get_buffer() memory, then
+  buffer_updated(n).
+
+BULK_WANT asks for the memory (`arm`): the transport gives it
+(Reading.bulk_memory) or says why not, and the ring keeps it alive
+(Ring.bulk) until the slot's BULK event, which comes for every receive
+armed, however it ended (-ECANCELED after a pause or a close included;
+flagged stale when the connection is closing or gone). `completed` lets the
+memory go and hands what arrived to the transport, then answers BULK_MORE
+as BULK_WANT. The core arms at most one such receive per slot and counts
+the bytes armed against the ring's bulk_bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .bulk_bytes import take
+from .ring import BULK_MORE, BULK_STALE, DECLINE_BACKOFF, DECLINE_NOW
+
+if TYPE_CHECKING:
+    from .ring import Ring
+
+
+class Receiver(Protocol):
+    """What this needs of a transport (transport_reading.Reading's)."""
+
+    def bulk_memory(self) -> Any: ...
+
+    def receive_bulk(self, data: Any, n: int) -> None: ...
+
+    def on_eof(self, res: int, gen: int) -> None: ...
+
+    def on_recv_error(self, res: int, gen: int) -> None: ...
+
+
+_NO_DATA = (-errno.ECANCELED, -errno.EINTR, -errno.EAGAIN)  # nothing arrived, nothing went wrong
+
+
+def arm(ring: Ring, t: Receiver | None, slot: int, gen: int) -> None:
+    """BULK_WANT: memory for `slot`'s next receive, or the buffer ring again."""
+    memory = DECLINE_NOW if t is None else t.bulk_memory()
+    if type(memory) is int:
+        ring.recv_decline(slot, gen, memory)
+        return
+    try:
+        ring.recv_into(slot, gen, memory)
+    except (TypeError, ValueError, BufferError):
+        # memory cffi cannot hand the kernel (bulk_memory checks what it can):
+        # the ring's path, which copies into it
+        ring.recv_decline(slot, gen, DECLINE_BACKOFF)
+
+
+def completed(ring: Ring, t: Receiver | None, slot: int, res: int, gen: int, flags: int) -> None:
+    """BULK: the receive into `slot`'s memory completed with `res`."""
+    parked = ring.bulk
+    if flags & BULK_STALE or t is None:
+        parked.pop(slot, None)  # the kernel is done with it: only now may it go
+        if flags & BULK_MORE:
+            ring.recv_decline(slot, gen, DECLINE_NOW)
+        return
+    if res > 0:
+        # bound to no name before take(): it resizes only what nothing else refers to
+        data: Any = take(parked, slot, res) if type(parked.get(slot)) is bytes else parked.pop(slot)
+        t.receive_bulk(data, res)
+    else:
+        parked.pop(slot, None)
+        if res == 0:
+            t.on_eof(res, gen)
+        elif res not in _NO_DATA:
+            t.on_recv_error(res, gen)
+    if flags & BULK_MORE:
+        arm(ring, t, slot, gen)
