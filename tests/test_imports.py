@@ -393,6 +393,8 @@ TRANSPORT_ASYNCIO_INTERNALS: dict[tuple[str, str], str] = {
     ("server", "_attach"): "asyncio.Server counts its connections (close(), wait_closed()) through "
     "_attach/_detach, which asyncio's own transports call",
     ("server", "_detach"): "as _attach",
+    ("cls", "_attach"): "whether asyncio.Server._attach takes the transport (3.13+) is read once per "
+    "server class from its signature (transport.py's _takes_transport)",
     ("transports", "_FlowControlMixin"): "asyncio's base for write flow control (set_write_buffer_limits, "
     "pause_writing/resume_writing), which its own transports share",
 }
