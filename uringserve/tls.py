@@ -12,6 +12,7 @@ configuration, built by the stdlib).
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import tempfile
@@ -27,6 +28,13 @@ _TLS_VERSION_ID = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 DEFAULT_ALPN = ("http/1.1",)
 TICKET_SECRET_BYTES = 32
 TICKET_PERIOD = 3600  # seconds a session-ticket key encrypts (it decrypts one period more)
+# --tls-ktls: "auto" hands the send direction's keys to the kernel when it
+# has kTLS (probed once per process), "off" never tries. Not for the CLI:
+# "try" asks every connection without the probe (the per-connection
+# fallback, tested on a kernel without kTLS) and "pretend" switches without
+# telling the kernel (the switch's own logic: the client then sees plaintext)
+KTLS_MODES = ("auto", "off")
+_KTLS_CORE = {"off": lib.US_KTLS_OFF, "auto": lib.US_KTLS_AUTO, "try": lib.US_KTLS_AUTO, "pretend": lib.US_KTLS_PRETEND}
 
 
 class CoreTLS:
@@ -51,7 +59,11 @@ class CoreTLS:
         ticket_secret: bytes | None = None,
         ticket_period: int = TICKET_PERIOD,
         sni_strict: bool = False,
+        ktls: str = "auto",
     ) -> None:
+        if ktls not in _KTLS_CORE:
+            raise ValueError(f"kTLS mode {ktls!r}: one of {', '.join(KTLS_MODES)}")
+        self.ktls = ktls
         if min_version not in MIN_VERSIONS:
             raise ValueError(f"minimum TLS version {min_version!r}: one of {', '.join(MIN_VERSIONS)}")
         self.cert, self.key, self.ca, self.ciphers, self.min_version = cert, key, ca, ciphers, min_version
@@ -106,7 +118,18 @@ class CoreTLS:
                 raise ssl.SSLError(f"TLS certificate {more_cert}: {ffi.string(err).decode(errors='replace')}")
         lib.us_tls_ctx_tickets(ptr, self._ticket_secret, self._ticket_period)
         lib.us_tls_ctx_sni_strict(ptr, self.sni_strict)
+        lib.us_tls_ctx_ktls(ptr, _KTLS_CORE[self.ktls] if self.ktls_usable()[0] else lib.US_KTLS_OFF)
         return ptr
+
+    def ktls_usable(self) -> tuple[bool, str]:
+        """(whether connections try kTLS, why not): "auto" asks the kernel
+        once per process (ktls.probe), so a kernel without it costs a
+        connection nothing."""
+        if self.ktls == "off":
+            return False, "--tls-ktls off"
+        if self.ktls == "auto":
+            return ktls_probe()
+        return True, ""
 
     def reload(self) -> None:
         """Read the certificate, key and CA files again: the connections
@@ -218,6 +241,14 @@ def _matches(pattern: str, name: str) -> bool:
         head, _, rest = name.partition(".")
         return bool(head) and rest == pattern[2:]
     return pattern == name
+
+
+@functools.cache
+def ktls_probe() -> tuple[bool, str]:
+    """ktls.probe(), once per process."""
+    from . import ktls
+
+    return ktls.probe()
 
 
 def openssl_version() -> str:

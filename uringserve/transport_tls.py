@@ -14,6 +14,13 @@ in `_pending` as plaintext and is offered again after US_EV_ARENA, as a plain
 write waits). Writes before the handshake is done wait the same way and are
 flushed when it is.
 
+kTLS (send direction, ktls.c): when the configuration asks for it, the
+connection decides once, after the handshake and once the handshake's
+records have left the arena (before that, writes wait in `_pending`, woken
+by EV_WRITABLE at an empty queue), whether the kernel takes its write keys.
+Then us_tls_send queues plaintext as a plain write (the kernel makes the
+records); otherwise it stays on OpenSSL's path for good.
+
 Close: close() queues close_notify before the slot's graceful close; the
 peer's close_notify, or a FIN (a cut record included), is eof_received();
 a protocol error (an alert queued, sent before the close) is
@@ -46,7 +53,7 @@ _unpack = ffi.unpack
 class TLSTransport(UringTransport):
     """One TLS connection served by the core (see the module's docstring)."""
 
-    __slots__ = ("_tls", "_tls_conf", "_span", "_plain")
+    __slots__ = ("_tls", "_tls_conf", "_span", "_plain", "_ktls_undecided")
     # a file goes through write() (plaintext must be encrypted): loop.sendfile() falls back
     _sendfile_compatible = constants._SendfileMode.FALLBACK
     write_file = None  # type: ignore[assignment]  # HTTPProtocol reads it: no file path in the core over TLS yet
@@ -73,6 +80,7 @@ class TLSTransport(UringTransport):
         self._tls_conf = conf.ptr
         self._span = range(len(ring.data_bytes))
         self._plain = conf.plain
+        self._ktls_undecided = lib.us_tls_ktls_status(tls, ffi.NULL) == lib.US_KTLS_WANT
         super().__init__(loop, slot, gen, protocol, peer, listener_sock, server)
         self._raw_send = lib.us_tls_send
         self._handle = tls
@@ -102,10 +110,30 @@ class TLSTransport(UringTransport):
         else:
             self._tls_status(ret)
             return
-        if self._pending and not self._closing and lib.us_tls_ready(self._tls):
+        if self._ktls_undecided and not self._closing and lib.us_tls_ready(self._tls):
+            self._ktls_decide()
+        if self._pending and not self._closing and not self._ktls_undecided and lib.us_tls_ready(self._tls):
             # writes made before the handshake was done
             self._loop.arena_waits.discard(self._slot)
             self._flush_pending()
+
+    def _ktls_decide(self) -> None:
+        """Whether the kernel takes this connection's write keys (ktls.c),
+        once the handshake's records have been sent."""
+        if lib.us_tls_ktls_start(self._tls) == -errno.EAGAIN:
+            self._ring.notify_below(self._slot, self._gen, 0)  # on_writable asks again
+            return
+        self._ktls_undecided = False
+
+    def _maybe_resume_protocol(self) -> None:
+        # on_writable's first step (the loop calls UringTransport's on_writable)
+        if self._ktls_undecided and self._tls is not None and (self._pending or not self._closing):
+            if lib.us_tls_ready(self._tls):
+                self._ktls_decide()
+            if not self._ktls_undecided and self._pending:
+                self._loop.arena_waits.discard(self._slot)
+                self._flush_pending()
+        super()._maybe_resume_protocol()
 
     def _tls_status(self, ret: int) -> None:
         if self._closing:

@@ -98,6 +98,8 @@ struct us_stats {
     uint64_t vec_sends;       /* sends of several queued segments at once (SENDMSG) */
     uint64_t closes_deferred; /* closes held until the connection's SHUTDOWN completed */
     uint64_t tls_live;        /* SSL objects alive (tls.c): us_tls_new() minus us_tls_free() */
+    uint64_t ktls_tx;         /* TLS connections whose sending the kernel took over (ktls.c) */
+    uint64_t ktls_fallback;   /* TLS connections that asked for kTLS and stayed on OpenSSL's path */
 };
 
 struct us_ring;
