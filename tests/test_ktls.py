@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, TLSFiles, make_tls_files, until
+from conftest import PY, TLSFiles, make_tls_files
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from uringserve import diagnose, ktls
@@ -54,11 +54,11 @@ class Responder(asyncio.Protocol):
     keeps the connection's kTLS outcome (status, errno, keys) once decided."""
 
     made: list[Responder] = []
+    close_after = False  # close once the response is written (set on the class, before the client connects)
 
     def __init__(self) -> None:
         self.transport: Any = None
         self.outcome: asyncio.Future[tuple[int, int, Any]] = asyncio.get_running_loop().create_future()
-        self.close_after = False
         Responder.made.append(self)
 
     def connection_made(self, transport: Any) -> None:
@@ -275,10 +275,11 @@ def test_after_the_switch_writes_leave_as_plaintext_behind_every_handshake_recor
         server = await h.loop.create_server(Responder, "127.0.0.1", 0, ssl=conf)
         port = server.sockets[0].getsockname()[1]
         before = ktls_stats(h)
-        task = asyncio.ensure_future(asyncio.to_thread(client, port))
-        await until(lambda: Responder.made)
-        Responder.made[0].close_after = True
-        rest = await task
+        Responder.close_after = True
+        try:
+            rest = await asyncio.to_thread(client, port)
+        finally:
+            Responder.close_after = False
         assert rest.endswith(RESPONSE)  # then the FIN: no close_notify (see ktls.c)
         head = rest[: -len(RESPONSE)]
         if version == "1.3":  # the NewSessionTickets, whole records, sent before the switch

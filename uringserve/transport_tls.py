@@ -97,6 +97,8 @@ class TLSTransport(UringTransport):
     def _on_records(self, span: range) -> None:
         """`receive`: ciphertext at span in the ring's data region."""
         ret = _recv(self._tls, span.start, span.stop - span.start)
+        if self._ktls_undecided and lib.us_tls_ready(self._tls):
+            self._ktls_decide()  # before the protocol hears of the first data (and writes)
         while ret >= 0:
             if ret < _AGAIN:
                 if ret:
@@ -110,8 +112,6 @@ class TLSTransport(UringTransport):
         else:
             self._tls_status(ret)
             return
-        if self._ktls_undecided and not self._closing and lib.us_tls_ready(self._tls):
-            self._ktls_decide()
         if self._pending and not self._closing and not self._ktls_undecided and lib.us_tls_ready(self._tls):
             # writes made before the handshake was done
             self._loop.arena_waits.discard(self._slot)
