@@ -329,3 +329,25 @@ def test_doctor_says_whether_connections_would_use_ktls() -> None:
         assert k["where"] == diagnose.KTLS_USED
     else:
         assert k["where"] == diagnose.KTLS_FALLBACK
+
+
+def test_the_ktls_counters_are_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from uringserve.metrics import Metrics
+
+    class Conns:
+        def counts(self) -> dict[str, int]:
+            return {"open": 0, "accepted": 0}
+
+    class Server:
+        connections = Conns()
+
+    class Loop:
+        def ring_stats(self) -> dict[str, int]:
+            return {"ktls_tx": 3, "ktls_fallback": 2}
+
+    registry = CollectorRegistry()
+    Metrics(registry).sample(Server(), Loop())
+    text = generate_latest(registry).decode()
+    assert "uringserve_ring_ktls_tx_total 3.0" in text and "uringserve_ring_ktls_fallback_total 2.0" in text
