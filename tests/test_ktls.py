@@ -58,6 +58,7 @@ class Responder(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: Any = None
+        self.status_at_data = -1
         self.outcome: asyncio.Future[tuple[int, int, Any]] = asyncio.get_running_loop().create_future()
         Responder.made.append(self)
 
@@ -65,6 +66,7 @@ class Responder(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.status_at_data = lib.us_tls_ktls_status(self.transport.tls_handle, ffi.NULL)
         for i, j in ((0, 100), (100, 20100), (20100, len(RESPONSE))):
             self.transport.write(RESPONSE[i:j])
         asyncio.get_running_loop().create_task(self._outcome())
@@ -284,6 +286,8 @@ def test_after_the_switch_writes_leave_as_plaintext_behind_every_handshake_recor
         head = rest[: -len(RESPONSE)]
         if version == "1.3":  # the NewSessionTickets, whole records, sent before the switch
             assert head and all(hd[0] == 23 for hd, _ in records(head))
+            # they were still queued when the client's request came with its Finished: not decided yet
+            assert Responder.made[0].status_at_data == lib.US_KTLS_WANT
         else:
             assert head == b""
         status, _, keys = await Responder.made[0].outcome
