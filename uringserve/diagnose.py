@@ -172,6 +172,7 @@ _OP_WHERE = {
     "ASYNC_CANCEL": "transport, selector",
     "POLL_ADD": "selector",
     "FIXED_FD_INSTALL": "transport (optional)",
+    "URING_CMD": "kTLS (optional: setsockopt on a fixed file; without it TLS stays in OpenSSL)",
     "FILES_UPDATE": "fixed files (adopted sockets, static files)",
     "READ_FIXED": "static files (read into the send arena)",
     "READ": "static files (arena not registered)",

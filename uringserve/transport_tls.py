@@ -53,7 +53,7 @@ _unpack = ffi.unpack
 class TLSTransport(UringTransport):
     """One TLS connection served by the core (see the module's docstring)."""
 
-    __slots__ = ("_tls", "_tls_conf", "_span", "_plain", "_ktls_undecided")
+    __slots__ = ("_tls", "_tls_conf", "_span", "_plain", "_ktls_undecided", "_ktls_owed")
     # a file goes through write() (plaintext must be encrypted): loop.sendfile() falls back
     _sendfile_compatible = constants._SendfileMode.FALLBACK
     write_file = None  # type: ignore[assignment]  # HTTPProtocol reads it: no file path in the core over TLS yet
@@ -81,6 +81,7 @@ class TLSTransport(UringTransport):
         self._span = range(len(ring.data_bytes))
         self._plain = conf.plain
         self._ktls_undecided = lib.us_tls_ktls_status(tls, ffi.NULL) == lib.US_KTLS_WANT
+        self._ktls_owed = False  # on kTLS, close_notify waits for the bytes before it
         super().__init__(loop, slot, gen, protocol, peer, listener_sock, server)
         self._raw_send = lib.us_tls_send
         self._handle = tls
@@ -124,9 +125,25 @@ class TLSTransport(UringTransport):
             self._ring.notify_below(self._slot, self._gen, 0)  # on_writable asks again
             return
         self._ktls_undecided = False
+        if self._closing and lib.us_tls_ktls_status(self._tls, ffi.NULL) == lib.US_KTLS_ON:
+            self._ktls_owed = True  # closed while undecided: close_notify after what waits
+
+    def _ktls_close_notify(self) -> None:
+        """On kTLS: close_notify as the kernel's alert record, once every
+        byte queued before it is sent (the core's graceful close waits for
+        EV_WRITABLE, asked for here, and closes after it)."""
+        if self._pending or self._tls is None:
+            self._ring.notify_below(self._slot, self._gen, 0)
+            return
+        if lib.us_tls_ktls_close_notify(self._tls) == -errno.EAGAIN:
+            self._ring.notify_below(self._slot, self._gen, 0)
+            return
+        self._ktls_owed = False  # sent, or it cannot be (the connection ends with the FIN)
 
     def _maybe_resume_protocol(self) -> None:
         # on_writable's first step (the loop calls UringTransport's on_writable)
+        if self._ktls_owed:
+            self._ktls_close_notify()
         if self._ktls_undecided and self._tls is not None and (self._pending or not self._closing):
             if lib.us_tls_ready(self._tls):
                 self._ktls_decide()
@@ -176,6 +193,9 @@ class TLSTransport(UringTransport):
                 # dropped, or the close would wait for it forever
                 self._drop_pending()
                 self._loop.arena_waits.discard(self._slot)
+            elif lib.us_tls_ktls_status(self._tls, ffi.NULL) == lib.US_KTLS_ON:
+                self._ktls_owed = True
+                self._ktls_close_notify()
             elif not self._pending:
                 lib.us_tls_close_notify(self._tls)
         super().close()

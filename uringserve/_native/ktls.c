@@ -17,7 +17,8 @@
  *
  * After the switch OpenSSL must write nothing (its write keys are stale):
  * tls.c's BIO cuts the connection if it tries (a KeyUpdate the client asks
- * for, an alert), and close_notify is not sent (us_tls_close_notify). */
+ * for, an alert); close_notify is sent as a control record
+ * (us_tls_ktls_close_notify, once the queue before it has drained). */
 #define _GNU_SOURCE
 #include <linux/tls.h>
 #include <netinet/tcp.h>
@@ -353,6 +354,43 @@ int ktls_start(struct us_ktls *k, SSL *ssl, struct us_ring *r, uint32_t slot, ui
     k->state = US_KTLS_ON;
     r->st.ktls_tx++;
     return 1;
+}
+
+int ktls_close_notify(struct us_ring *r, uint32_t slot, uint32_t gen)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    if (!c)
+        return -EBADF;
+    if (c->q.queued || (c->flags & F_SEND_INFLIGHT))
+        return -EAGAIN; /* after every byte queued before it */
+    /* an alert record (warning, close_notify) the kernel encrypts: a
+     * control record, its type in a cmsg (linux/tls.h TLS_SET_RECORD_TYPE) */
+    static const unsigned char alert[2] = {1, 0};
+    union {
+        char buf[CMSG_SPACE(1)];
+        struct cmsghdr align;
+    } ctl;
+    memset(&ctl, 0, sizeof(ctl));
+    struct iovec iov = {.iov_base = (void *)alert, .iov_len = sizeof(alert)};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_TLS;
+    cm->cmsg_type = TLS_SET_RECORD_TYPE;
+    cm->cmsg_len = CMSG_LEN(1);
+    *CMSG_DATA(cm) = 21; /* alert */
+    int res;
+    if (!conn_fixed(r)) {
+        res = (int)sendmsg(c->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        res = res < 0 ? -errno : res;
+    } else {
+        uint64_t ud = UD(OP_ALERT, slot, c->gen, 0);
+        struct io_uring_sqe *sqe = prep(r, ud, (int)slot, 1, &msg, 1);
+        if (!sqe)
+            return -EBUSY;
+        sqe->msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL; /* a full socket fails now rather than be waited for */
+        res = sync_op(r, ud);
+    }
+    return res == (int)sizeof(alert) ? 0 : res < 0 ? res : -EIO;
 }
 
 int ktls_status(const struct us_ktls *k, int *err)

@@ -50,6 +50,10 @@ void us_tls_ctx_ktls(struct us_tls_ctx *x, int mode);
  * are sent (us_notify_below(0)); writes (us_tls_send) wait until decided */
 int us_tls_ktls_start(struct us_tls *t);
 int us_tls_ktls_status(struct us_tls *t, int *err);
+/* on kTLS: close_notify as the kernel's alert record, sent now (0), or
+ * -EAGAIN while bytes queued before it are unsent (again at EV_WRITABLE), or
+ * -errno; -EINVAL when the connection is not on kTLS */
+int us_tls_ktls_close_notify(struct us_tls *t);
 /* the keys derived at the decision (tests): 0, or -ENOENT before */
 int us_tls_ktls_keys(struct us_tls *t, struct us_ktls_keys *out);
 /* CDEF END */
@@ -64,6 +68,7 @@ void ktls_free(struct us_ktls *k);
 int ktls_state(const struct us_ktls *k);
 int ktls_start(struct us_ktls *k, SSL *ssl, struct us_ring *r, uint32_t slot, uint32_t gen);
 int ktls_status(const struct us_ktls *k, int *err);
+int ktls_close_notify(struct us_ring *r, uint32_t slot, uint32_t gen);
 int ktls_keys(const struct us_ktls *k, struct us_ktls_keys *out);
 
 #endif

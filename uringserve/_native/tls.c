@@ -73,7 +73,7 @@ static int bio_write(BIO *b, const char *data, int len)
 {
     struct us_tls *t = BIO_get_data(b);
     BIO_clear_retry_flags(b);
-    if (ktls_state(t->k) == US_KTLS_ON) {
+    if (t->k && ktls_state(t->k) == US_KTLS_ON) {
         /* the kernel has the write keys: a record of OpenSSL's (an alert, a
          * KeyUpdate the client asked for) would be under stale ones */
         t->send_err = EKEYREJECTED;
@@ -541,12 +541,8 @@ int us_tls_close_notify(struct us_tls *t)
 {
     if (t->dead || !SSL_is_init_finished(t->ssl))
         return 0;
-    if (ktls_state(t->k) == US_KTLS_ON) {
-        /* close_notify would be a control record (sendmsg, TLS_SET_RECORD_TYPE
-         * 21) the ring does not send yet: the connection ends with a FIN */
-        t->dead = 1;
-        return 0;
-    }
+    if (t->k && ktls_state(t->k) == US_KTLS_ON)
+        return 0; /* OpenSSL's write keys are stale: us_tls_ktls_close_notify sends it */
     ERR_clear_error();
     int ret = SSL_shutdown(t->ssl); /* 0: ours is queued, the peer's not read: the connection closes anyway */
     ERR_clear_error();
@@ -657,5 +653,12 @@ int us_tls_ktls_start(struct us_tls *t)
 }
 
 int us_tls_ktls_status(struct us_tls *t, int *err) { return ktls_status(t->k, err); }
+
+int us_tls_ktls_close_notify(struct us_tls *t)
+{
+    if (!t->k || ktls_state(t->k) != US_KTLS_ON)
+        return -EINVAL;
+    return t->dead ? -EPIPE : ktls_close_notify(t->r, t->slot, t->gen);
+}
 
 int us_tls_ktls_keys(struct us_tls *t, struct us_ktls_keys *out) { return ktls_keys(t->k, out); }
