@@ -4,7 +4,8 @@ request, reads `want` bytes of plaintext, and prints as JSON every byte the
 server sent (the records, for the test to decrypt), the plaintext, the
 version and suite, and how the connection ended.
 
-usage: ktls_client.py PORT CAFILE VERSION(1.2|1.3) CIPHERS WANT"""
+usage: ktls_client.py PORT CAFILE VERSION(1.2|1.3) CIPHERS WANT [resume]
+(resume: a first connection, then the one reported, resuming its session)"""
 
 from __future__ import annotations
 
@@ -21,9 +22,18 @@ def main() -> None:
     ctx.minimum_version = ctx.maximum_version = v
     if version == "1.2":
         ctx.set_ciphers(ciphers)
-    sock = socket.create_connection(("127.0.0.1", int(port)), timeout=20)
+    session = None
+    if sys.argv[6:] == ["resume"]:
+        session = connect(ctx, int(port), want, None)["session"]
+    got = connect(ctx, int(port), want, session)
+    del got["session"]
+    print(json.dumps(got))
+
+
+def connect(ctx: ssl.SSLContext, port: int, want: int, session: ssl.SSLSession | None) -> dict:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
     inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
+    obj = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1", session=session)
     raw = bytearray()
 
     def pull() -> bool:
@@ -56,17 +66,15 @@ def main() -> None:
             ending = f"error: {exc.reason}"
             break
     sock.close()
-    print(
-        json.dumps(
-            {
-                "raw": raw.hex(),
-                "plain": plain.hex(),
-                "version": obj.version(),
-                "cipher": obj.cipher()[0],
-                "ending": ending,
-            }
-        )
-    )
+    return {
+        "raw": raw.hex(),
+        "plain": plain.hex(),
+        "version": obj.version(),
+        "cipher": obj.cipher()[0],
+        "ending": ending,
+        "resumed": obj.session_reused,
+        "session": obj.session,
+    }
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def ktls_stats(h: Any) -> tuple[int, int]:
     return s["ktls_tx"], s["ktls_fallback"]
 
 
-def run_client(port: int, files: TLSFiles, version: str, suite: str, tmp: Path) -> dict[str, Any]:
+def run_client(port: int, files: TLSFiles, version: str, suite: str, tmp: Path, *more: str) -> dict[str, Any]:
     env = dict(os.environ)
     if version == "1.3":  # Python's ssl cannot choose TLS 1.3's suite; OpenSSL's configuration can
         conf = tmp / "openssl.cnf"
@@ -104,7 +104,7 @@ def run_client(port: int, files: TLSFiles, version: str, suite: str, tmp: Path) 
             f"[sys]\nCiphersuites = {suite}\n"
         )
         env["OPENSSL_CONF"] = str(conf)
-    cmd = [PY, str(HERE / "ktls_client.py"), str(port), str(files.cacert), version, suite, str(len(RESPONSE))]
+    cmd = [PY, str(HERE / "ktls_client.py"), str(port), str(files.cacert), version, suite, str(len(RESPONSE)), *more]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -207,6 +207,31 @@ def test_derived_keys_and_sequence_decrypt_what_the_server_sent(h, files, suite,
         else:
             assert (status, err) == (lib.US_KTLS_FALLBACK, errno.ENOENT)
             assert ktls_stats(h) == (before[0], before[1] + 1)
+        server.close()
+        await server.wait_closed()
+
+    h.run(main())
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_a_resumed_session_derives_keys_that_decrypt_too(h, files, version, tmp_path) -> None:
+    """An abbreviated handshake (a session ticket): TLS 1.2's server sends
+    its ChangeCipherSpec and Finished first, TLS 1.3's secret comes from the
+    PSK; the keys and the record number are still exact."""
+    if not h.uring:
+        pytest.skip("kTLS is the core's")
+    name = {"1.2": "ECDHE-ECDSA-AES128-GCM-SHA256", "1.3": "TLS_AES_128_GCM_SHA256"}[version]
+    conf = CoreTLS(str(files.cert), str(files.key), ktls="try")
+
+    async def main() -> None:
+        Responder.made = []
+        server = await h.loop.create_server(Responder, "127.0.0.1", 0, ssl=conf)
+        port = server.sockets[0].getsockname()[1]
+        got = await asyncio.to_thread(run_client, port, files, version, name, tmp_path, "resume")
+        assert got["resumed"] and bytes.fromhex(got["plain"]) == RESPONSE
+        _, _, keys = await Responder.made[1].outcome
+        assert keys is not None
+        check_keys_decrypt(bytes.fromhex(got["raw"]), keys, version)
         server.close()
         await server.wait_closed()
 
