@@ -213,6 +213,36 @@ def test_derived_keys_and_sequence_decrypt_what_the_server_sent(h, files, suite,
     h.run(main())
 
 
+def test_with_regular_fds_the_socket_option_is_a_plain_setsockopt(files, tmp_path) -> None:
+    """Slots as regular fds (the ablation, fixed_files off): the same
+    decision through setsockopt(2) on the connection's fd."""
+    from conftest import LoopHarness
+
+    from uringserve.loop import UringEventLoop
+    from uringserve.ring import RingConfig
+
+    h = LoopHarness("uring", UringEventLoop(RingConfig(fixed_files=False)))
+    conf = CoreTLS(str(files.cert), str(files.key), ktls="try")
+
+    async def main() -> None:
+        Responder.made = []
+        server = await h.loop.create_server(Responder, "127.0.0.1", 0, ssl=conf)
+        port = server.sockets[0].getsockname()[1]
+        got = await asyncio.to_thread(run_client, port, files, "1.3", "TLS_AES_128_GCM_SHA256", tmp_path)
+        assert bytes.fromhex(got["plain"]) == RESPONSE
+        status, err, keys = await Responder.made[0].outcome
+        check_keys_decrypt(bytes.fromhex(got["raw"]), keys, "1.3")
+        if not ktls.probe()[0]:
+            assert (status, err) == (lib.US_KTLS_FALLBACK, errno.ENOENT)
+        server.close()
+        await server.wait_closed()
+
+    try:
+        h.run(main())
+    finally:
+        h.loop.close()
+
+
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_a_resumed_session_derives_keys_that_decrypt_too(h, files, version, tmp_path) -> None:
     """An abbreviated handshake (a session ticket): TLS 1.2's server sends
