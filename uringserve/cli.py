@@ -303,6 +303,14 @@ OPTIONS: list[Opt] = [
         commands=SERVE,
     ),
     Opt(
+        "--tls-ktls",
+        "TLS: kernel TLS for sending: auto hands the write keys to the kernel after the handshake where it has "
+        "kTLS (uringserve doctor says), off keeps every record in OpenSSL",
+        default="auto",
+        choices=("auto", "off"),
+        commands=SERVE,
+    ),
+    Opt(
         "--tls-sni-strict",
         "TLS: refuse a handshake whose SNI name no --tls-cert holds, or that sends none (a client connecting by "
         "address), with the unrecognized_name alert, instead of serving the first certificate",
@@ -650,6 +658,7 @@ def tls_context(args: argparse.Namespace) -> CoreTLS | None:
             ciphers=args.tls_ciphers,
             min_version=args.tls_min_version,
             sni_strict=args.tls_sni_strict,
+            ktls=args.tls_ktls,
         )
     except (OSError, ssl.SSLError) as exc:
         raise SystemExit(f"uringserve: --tls-cert {pairs[0][0]}: {exc}") from None

@@ -172,6 +172,7 @@ _OP_WHERE = {
     "ASYNC_CANCEL": "transport, selector",
     "POLL_ADD": "selector",
     "FIXED_FD_INSTALL": "transport (optional)",
+    "URING_CMD": "kTLS (optional: setsockopt on a fixed file; without it TLS stays in OpenSSL)",
     "FILES_UPDATE": "fixed files (adopted sockets, static files)",
     "READ_FIXED": "static files (read into the send arena)",
     "READ": "static files (arena not registered)",
@@ -182,15 +183,19 @@ _OP_WHERE = {
 }
 
 
+KTLS_USED = "--tls-ktls auto: the kernel encrypts what TLS connections send (receiving stays in OpenSSL)"
+KTLS_FALLBACK = "--tls-ktls auto: not used, OpenSSL encrypts in user space"
+
+
 def tls_checks() -> list[Check]:
-    """TLS: the core's record layer (the OpenSSL it links) and kTLS, detected
-    only (uringserve does not use it yet: ktls.py)."""
+    """TLS: the core's record layer (the OpenSSL it links) and kTLS: whether
+    --tls-ktls auto (the default) hands the send direction to the kernel."""
     from . import ktls, tls
 
     ok, why = ktls.probe()
     return [
         Check("TLS in the core (--tls-cert)", True, "-", "TLS", tls.openssl_version()),
-        Check("kTLS (TCP_ULP tls)", ok, "4.13", "not used yet: TLS runs in user space", why),
+        Check("kTLS (TCP_ULP tls)", ok, "4.13", KTLS_USED if ok else KTLS_FALLBACK, why),
     ]
 
 

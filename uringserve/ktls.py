@@ -1,8 +1,6 @@
-"""Kernel TLS (kTLS) detection, for doctor. Detection only: the core does
-TLS in user space (tls.c) on every kernel; handing the keys to the kernel
-after the handshake (TLS_TX/TLS_RX, so io_uring sends and receives
-plaintext) is not built, and could not be measured on a kernel without
-CONFIG_TLS.
+"""Kernel TLS (kTLS) detection, for doctor and `--tls-ktls auto` (tls.py
+asks once per process; where the kernel has it, each connection hands its
+send direction to the kernel after the handshake: _native/ktls.c).
 
 The probe is what kTLS itself needs first: the "tls" upper-layer protocol
 set on an established TCP socket (setsockopt TCP_ULP). A kernel without

@@ -42,6 +42,8 @@ RING_COUNTERS = (
     "pbuf_recv_bytes",
     "bulk_recvs",
     "bulk_recv_bytes",
+    "ktls_tx",  # TLS connections whose sending the kernel took (--tls-ktls)
+    "ktls_fallback",  # and those that asked and stayed on OpenSSL's path
 )
 # and its levels
 RING_GAUGES = ("slots_used", "slots_total", "arena_in_use", "arena_chunks", "bufs_out", "inflight", "bulk_parked")

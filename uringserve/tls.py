@@ -12,6 +12,7 @@ configuration, built by the stdlib).
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import tempfile
@@ -34,6 +35,13 @@ TICKET_PERIOD = 3600  # seconds a session-ticket key encrypts (it decrypts one p
 # resumption, and costs every full handshake a second session encrypted
 # and sent (about 4% of its instructions: bench/handshake_cost.py)
 TICKETS = 1
+# --tls-ktls: "auto" hands the send direction's keys to the kernel when it
+# has kTLS (probed once per process), "off" never tries. Not for the CLI:
+# "try" asks every connection without the probe (the per-connection
+# fallback, tested on a kernel without kTLS) and "pretend" switches without
+# telling the kernel (the switch's own logic: the client then sees plaintext)
+KTLS_MODES = ("auto", "off")
+_KTLS_CORE = {"off": lib.US_KTLS_OFF, "auto": lib.US_KTLS_AUTO, "try": lib.US_KTLS_AUTO, "pretend": lib.US_KTLS_PRETEND}
 
 
 class CoreTLS:
@@ -61,7 +69,11 @@ class CoreTLS:
         ticket_period: int = TICKET_PERIOD,
         sni_strict: bool = False,
         tickets: int = TICKETS,
+        ktls: str = "auto",
     ) -> None:
+        if ktls not in _KTLS_CORE:
+            raise ValueError(f"kTLS mode {ktls!r}: one of {', '.join(KTLS_MODES)}")
+        self.ktls = ktls
         if min_version not in MIN_VERSIONS:
             raise ValueError(f"minimum TLS version {min_version!r}: one of {', '.join(MIN_VERSIONS)}")
         self.cert, self.key, self.ca, self.ciphers, self.min_version = cert, key, ca, ciphers, min_version
@@ -117,7 +129,18 @@ class CoreTLS:
                 raise ssl.SSLError(f"TLS certificate {more_cert}: {ffi.string(err).decode(errors='replace')}")
         lib.us_tls_ctx_tickets(ptr, self._ticket_secret, self._ticket_period, self.tickets)
         lib.us_tls_ctx_sni_strict(ptr, self.sni_strict)
+        lib.us_tls_ctx_ktls(ptr, _KTLS_CORE[self.ktls] if self.ktls_usable()[0] else lib.US_KTLS_OFF)
         return ptr
+
+    def ktls_usable(self) -> tuple[bool, str]:
+        """(whether connections try kTLS, why not): "auto" asks the kernel
+        once per process (ktls.probe), so a kernel without it costs a
+        connection nothing."""
+        if self.ktls == "off":
+            return False, "--tls-ktls off"
+        if self.ktls == "auto":
+            return ktls_probe()
+        return True, ""
 
     def reload(self) -> None:
         """Read the certificate, key and CA files again: the connections
@@ -231,6 +254,14 @@ def _matches(pattern: str, name: str) -> bool:
         head, _, rest = name.partition(".")
         return bool(head) and rest == pattern[2:]
     return pattern == name
+
+
+@functools.cache
+def ktls_probe() -> tuple[bool, str]:
+    """ktls.probe(), once per process."""
+    from . import ktls
+
+    return ktls.probe()
 
 
 def openssl_version() -> str:

@@ -14,6 +14,13 @@ in `_pending` as plaintext and is offered again after US_EV_ARENA, as a plain
 write waits). Writes before the handshake is done wait the same way and are
 flushed when it is.
 
+kTLS (send direction, ktls.c): when the configuration asks for it, the
+connection decides once, after the handshake and once the handshake's
+records have left the arena (before that, writes wait in `_pending`, woken
+by EV_WRITABLE at an empty queue), whether the kernel takes its write keys.
+Then us_tls_send queues plaintext as a plain write (the kernel makes the
+records); otherwise it stays on OpenSSL's path for good.
+
 Close: close() queues close_notify before the slot's graceful close; the
 peer's close_notify, or a FIN (a cut record included), is eof_received();
 a protocol error (an alert queued, sent before the close) is
@@ -47,7 +54,7 @@ _unpack = ffi.unpack
 class TLSTransport(UringTransport):
     """One TLS connection served by the core (see the module's docstring)."""
 
-    __slots__ = ("_tls", "_tls_conf", "_span", "_plain")
+    __slots__ = ("_tls", "_tls_conf", "_span", "_plain", "_ktls_undecided", "_ktls_owed")
     # a file goes through write() (plaintext must be encrypted): loop.sendfile() falls back
     _sendfile_compatible = constants._SendfileMode.FALLBACK
     write_file = None  # type: ignore[assignment]  # HTTPProtocol reads it: no file path in the core over TLS yet
@@ -78,6 +85,8 @@ class TLSTransport(UringTransport):
         self._tls_conf = conf.ptr
         self._span = range(len(ring.data_bytes))
         self._plain = conf.plain
+        self._ktls_undecided = lib.us_tls_ktls_status(tls, ffi.NULL) == lib.US_KTLS_WANT
+        self._ktls_owed = False  # on kTLS, close_notify waits for the bytes before it
         super().__init__(loop, slot, gen, protocol, peer, listener_sock, server)
         self._raw_send = lib.us_tls_send
         self._handle = tls
@@ -94,6 +103,8 @@ class TLSTransport(UringTransport):
     def _on_records(self, span: range) -> None:
         """`receive`: ciphertext at span in the ring's data region."""
         ret = _recv(self._tls, span.start, span.stop - span.start)
+        if self._ktls_undecided and lib.us_tls_ready(self._tls):
+            self._ktls_decide()  # before the protocol hears of the first data (and writes)
         while ret >= 0:
             if ret < _AGAIN:
                 if ret:
@@ -107,10 +118,44 @@ class TLSTransport(UringTransport):
         else:
             self._tls_status(ret)
             return
-        if self._pending and not self._closing and lib.us_tls_ready(self._tls):
+        if self._pending and not self._closing and not self._ktls_undecided and lib.us_tls_ready(self._tls):
             # writes made before the handshake was done
             self._loop.arena_waits.discard(self._slot)
             self._flush_pending()
+
+    def _ktls_decide(self) -> None:
+        """Whether the kernel takes this connection's write keys (ktls.c),
+        once the handshake's records have been sent."""
+        if lib.us_tls_ktls_start(self._tls) == -errno.EAGAIN:
+            self._ring.notify_below(self._slot, self._gen, 0)  # on_writable asks again
+            return
+        self._ktls_undecided = False
+        if self._closing and lib.us_tls_ktls_status(self._tls, ffi.NULL) == lib.US_KTLS_ON:
+            self._ktls_owed = True  # closed while undecided: close_notify after what waits
+
+    def _ktls_close_notify(self) -> None:
+        """On kTLS: close_notify as the kernel's alert record, once every
+        byte queued before it is sent (the core's graceful close waits for
+        EV_WRITABLE, asked for here, and closes after it)."""
+        if self._pending or self._tls is None:
+            self._ring.notify_below(self._slot, self._gen, 0)
+            return
+        if lib.us_tls_ktls_close_notify(self._tls) == -errno.EAGAIN:
+            self._ring.notify_below(self._slot, self._gen, 0)
+            return
+        self._ktls_owed = False  # sent, or it cannot be (the connection ends with the FIN)
+
+    def _maybe_resume_protocol(self) -> None:
+        # on_writable's first step (the loop calls UringTransport's on_writable)
+        if self._ktls_owed:
+            self._ktls_close_notify()
+        if self._ktls_undecided and self._tls is not None and (self._pending or not self._closing):
+            if lib.us_tls_ready(self._tls):
+                self._ktls_decide()
+            if not self._ktls_undecided and self._pending:
+                self._loop.arena_waits.discard(self._slot)
+                self._flush_pending()
+        super()._maybe_resume_protocol()
 
     def _tls_status(self, ret: int) -> None:
         if self._closing:
@@ -153,6 +198,9 @@ class TLSTransport(UringTransport):
                 # dropped, or the close would wait for it forever
                 self._drop_pending()
                 self._loop.arena_waits.discard(self._slot)
+            elif lib.us_tls_ktls_status(self._tls, ffi.NULL) == lib.US_KTLS_ON:
+                self._ktls_owed = True
+                self._ktls_close_notify()
             elif not self._pending:
                 lib.us_tls_close_notify(self._tls)
         super().close()

@@ -19,9 +19,9 @@ def _source(name: str) -> str:
 
 # the public headers: each one's CDEF block is part of the cffi API (core.h
 # first: it declares struct us_ring for the others)
-HEADERS = ["core", "client", "http_scan", "http_frame", "fs", "loadgen", "faults", "tls"]
+HEADERS = ["core", "client", "http_scan", "http_frame", "fs", "loadgen", "faults", "tls", "ktls"]
 # the sources: the ring's parts (ring_internal.h ties them together), then the rest
-MODULES = ["ring", "conn", "send", "client", "faults", "http_scan", "http_frame", "fs", "loadgen", "tls"]
+MODULES = ["ring", "conn", "send", "client", "faults", "http_scan", "http_frame", "fs", "loadgen", "tls", "ktls"]
 
 ffibuilder = FFI()
 ffibuilder.cdef("".join(_cdef(f"{h}.h") for h in HEADERS))

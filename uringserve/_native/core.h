@@ -117,6 +117,8 @@ struct us_stats {
     uint64_t bulk_parked;     /* bytes of caller memory bulk receives hold armed now, or are promised while
                                  the caller is asked for it (<= bulk_bytes) */
     uint64_t bulk_parked_peak;
+    uint64_t ktls_tx;         /* TLS connections whose sending the kernel took over (ktls.c) */
+    uint64_t ktls_fallback;   /* TLS connections that asked for kTLS and stayed on OpenSSL's path */
 };
 
 struct us_ring;

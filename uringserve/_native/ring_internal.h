@@ -82,7 +82,9 @@
     X(SENDV,        SENDMSG,          "5.3",  on_sendv)     /* send.c: segments */       \
     X(STAGE_WRITE,  WRITE_FIXED,      "5.1",  on_send)      /* send.c: the stage */      \
     X(FREAD_PLAIN,  READ,             "5.6",  on_fread)     /* arena not registered */   \
-    X(BULK,         RECV,             "5.6",  on_bulk)      /* conn.c: into caller memory */
+    X(BULK,         RECV,             "5.6",  on_bulk)      /* conn.c: into caller memory */ \
+    X(SOCKOPT,      URING_CMD,        "6.7",  on_none)      /* sync: ktls.c setsockopt */ \
+    X(ALERT,        SENDMSG,          "5.3",  on_none)      /* sync: ktls.c close_notify */
 
 enum op {
     OP_NONE = 0,

@@ -23,6 +23,7 @@
 
 #include "ring_internal.h"
 #include "tls.h"
+#include "ktls.h"
 
 /* plaintext one us_tls_recv call hands out at most: the loop's largest
  * delivery (256 KiB) and a record OpenSSL held from before */
@@ -49,6 +50,7 @@ struct us_tls_ctx {
     unsigned char alpn[256];
     uint32_t alpn_len;
     char *plain; /* PLAIN_CAP bytes, shared by the connections: copied out before the next call */
+    int ktls;    /* us_tls_ctx_ktls: US_KTLS_* asked of new connections */
 };
 
 struct us_tls {
@@ -62,6 +64,7 @@ struct us_tls {
     int send_err;    /* the errno us_send gave the BIO */
     int alert;       /* the alert the last failure sent or received, 0 none */
     char err[200];
+    struct us_ktls *k; /* ktls.c: NULL when the configuration does not ask for kTLS */
 };
 
 static BIO_METHOD *bio_method;
@@ -70,6 +73,12 @@ static int bio_write(BIO *b, const char *data, int len)
 {
     struct us_tls *t = BIO_get_data(b);
     BIO_clear_retry_flags(b);
+    if (t->k && ktls_state(t->k) == US_KTLS_ON) {
+        /* the kernel has the write keys: a record of OpenSSL's (an alert, a
+         * KeyUpdate the client asked for) would be under stale ones */
+        t->send_err = EKEYREJECTED;
+        return -1;
+    }
     int64_t n = us_send(t->r, t->slot, t->gen, data, (size_t)len);
     if (n < 0) {
         t->send_err = (int)-n;
@@ -380,6 +389,8 @@ int us_tls_ctx_add(struct us_tls_ctx *x, const struct us_tls_conf *conf, char *e
     if (!ctx)
         return -EINVAL;
     use_tickets(x, ctx);
+    if (x->ktls)
+        ktls_ctx_setup(ctx);
     x->more[x->nmore++] = ctx;
     ERR_clear_error();
     return 0;
@@ -418,6 +429,7 @@ struct us_tls *us_tls_new(struct us_tls_ctx *x, struct us_ring *r, uint32_t slot
     t->r = r;
     t->slot = slot;
     t->gen = gen;
+    t->k = x->ktls ? ktls_new(ssl, x->ktls) : NULL; /* NULL (no memory): this one stays on OpenSSL's path */
     r->st.tls_live++;
     return t;
 }
@@ -428,6 +440,7 @@ void us_tls_free(struct us_tls *t)
         return;
     t->r->st.tls_live--;
     SSL_free(t->ssl);
+    ktls_free(t->k);
     free(t);
 }
 
@@ -509,6 +522,13 @@ int64_t us_tls_send(struct us_tls *t, uint32_t slot, uint32_t gen, const char *d
         return -EPIPE;
     if (!SSL_is_init_finished(t->ssl))
         return 0; /* held by the caller until the handshake is done */
+    if (t->k) {
+        int ks = ktls_state(t->k);
+        if (ks == US_KTLS_WANT)
+            return 0; /* held until us_tls_ktls_start decides */
+        if (ks == US_KTLS_ON)
+            return us_send(t->r, slot, gen, data, len); /* plaintext: the kernel makes the records */
+    }
     ERR_clear_error();
     size_t done = 0;
     while (done < len) {
@@ -531,6 +551,8 @@ int us_tls_close_notify(struct us_tls *t)
 {
     if (t->dead || !SSL_is_init_finished(t->ssl))
         return 0;
+    if (t->k && ktls_state(t->k) == US_KTLS_ON)
+        return 0; /* OpenSSL's write keys are stale: us_tls_ktls_close_notify sends it */
     ERR_clear_error();
     int ret = SSL_shutdown(t->ssl); /* 0: ours is queued, the peer's not read: the connection closes anyway */
     ERR_clear_error();
@@ -620,3 +642,33 @@ int us_tls_cipher_id(struct us_tls *t)
 const char *us_tls_openssl_version(void) { return OpenSSL_version(OPENSSL_VERSION); }
 
 const char *us_tls_default_ciphers(void) { return DEFAULT_CIPHERS; }
+
+/* ---- kTLS (ktls.c does the work; these reach into the connection) ---- */
+
+void us_tls_ctx_ktls(struct us_tls_ctx *x, int mode)
+{
+    x->ktls = mode;
+    if (!mode)
+        return;
+    ktls_ctx_setup(x->ctx);
+    for (uint32_t i = 0; i < x->nmore; i++)
+        ktls_ctx_setup(x->more[i]);
+}
+
+int us_tls_ktls_start(struct us_tls *t)
+{
+    if (t->dead)
+        return ktls_state(t->k) == US_KTLS_ON;
+    return ktls_start(t->k, t->ssl, t->r, t->slot, t->gen);
+}
+
+int us_tls_ktls_status(struct us_tls *t, int *err) { return ktls_status(t->k, err); }
+
+int us_tls_ktls_close_notify(struct us_tls *t)
+{
+    if (!t->k || ktls_state(t->k) != US_KTLS_ON)
+        return -EINVAL;
+    return t->dead ? -EPIPE : ktls_close_notify(t->r, t->slot, t->gen);
+}
+
+int us_tls_ktls_keys(struct us_tls *t, struct us_ktls_keys *out) { return ktls_keys(t->k, out); }
