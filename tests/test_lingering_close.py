@@ -374,6 +374,44 @@ def test_over_tls_a_body_the_close_delimits_ends_with_the_close(
         assert dechunk(body) == (WHOLE[: 4 * CHUNK], False)
 
 
+def test_over_the_cores_tls_a_last_framed_response_ends_with_close_notify_and_fin(
+    h: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """A framed last response (Connection: close) to a client that reads to
+    the end: the core's TLS transport half-closes as TLS does (close_notify,
+    then FIN, the client's further bytes still read), so the client sees the
+    clean end at once; the linger then waits for its close. Before, neither
+    left until the client closed or LINGER passed (made 60 s here: the
+    client's 10 s timeout would fail first). asyncio's SSL transport cannot
+    half-close (the test above), so this is the core's, on the ring."""
+    import trustme
+
+    if h.name != "uring":
+        pytest.skip("the core's TLS runs on UringEventLoop; the asyncio loop uses SSLProtocol")
+    monkeypatch.setattr(protocol, "LINGER", 60.0)
+    ca = trustme.CA()
+    server_ctx = server_tls("core", ca, tmp_path)
+    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client_ctx)
+
+    def client(port: int) -> tuple[bytes, str]:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        # ragged EOFs raise: a FIN without close_notify would be SSLEOFError
+        with client_ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as s:
+            s.sendall(CLOSE_REQUEST)
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+            except OSError as exc:
+                return data, repr(exc)
+            return data, "close_notify"
+
+    data, end = run(h, native, client, ssl=server_ctx)
+    assert end == "close_notify"
+    assert_whole(data)
+
+
 # -- whole runs: connections the server ends every 100 requests -----------------------------
 LOOPS = ["uring", "asyncio"]
 

@@ -190,6 +190,26 @@ class TLSTransport(UringTransport):
     def write_eof(self) -> None:
         raise NotImplementedError("TLS connections cannot write EOF; close() sends close_notify")
 
+    def write_close_notify(self) -> bool:
+        """TLS's own half-close (RFC 8446 6.1), for a server that closes while
+        the client may still be sending (HTTP's lingering close): close_notify
+        after everything written, then the TCP FIN; what the client sends
+        after is still read. False where it cannot be done (the handshake not
+        finished, or the kernel sending: kTLS): close() or a wait instead.
+        Not write_eof(), whose contract over TLS (asyncio's) is to refuse."""
+        tls = self._tls
+        if self._closing or self._eof_written or tls is None or not lib.us_tls_ready(tls) or self._ktls_undecided:
+            return False
+        if lib.us_tls_ktls_status(tls, ffi.NULL) == lib.US_KTLS_ON:
+            return False
+        UringTransport.write_eof(self)  # its FIN goes through _shutdown_write: close_notify first
+        return True
+
+    def _shutdown_write(self) -> None:
+        if self._tls is not None:
+            lib.us_tls_close_notify(self._tls)
+        super()._shutdown_write()
+
     def close(self) -> None:
         if not self._closing and self._tls is not None:
             if not lib.us_tls_ready(self._tls):

@@ -150,7 +150,7 @@ class Writing(TransportBase):
         if not self._pending:
             self._refresh_write_fast()
             if self._eof_written:
-                ring.shutdown(self._slot, self._gen)
+                self._shutdown_write()
             if self._closing and not self._closed_called:
                 ring.close_conn(self._slot, self._gen, True)
         self._maybe_resume_protocol()
@@ -285,7 +285,11 @@ class Writing(TransportBase):
         self._eof_written = True
         self._write_fast = False
         if not self._pending:
-            self._ring.shutdown(self._slot, self._gen)
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        """The FIN, once everything written before write_eof() is queued."""
+        self._ring.shutdown(self._slot, self._gen)
 
     def get_write_buffer_size(self) -> int:
         queued = self._ring.queued(self._slot, self._gen)

@@ -61,6 +61,7 @@ struct us_tls {
     const char *in;  /* ciphertext not yet read by OpenSSL: in the ring's region until the next us_wait */
     size_t in_len;
     int dead;        /* a fatal error or a cut: no more I/O, no close_notify */
+    int notified;    /* our close_notify is queued: nothing more is written; reading goes on (a half-close) */
     int send_err;    /* the errno us_send gave the BIO */
     int alert;       /* the alert the last failure sent or received, 0 none */
     char err[200];
@@ -518,7 +519,7 @@ int64_t us_tls_recv(struct us_tls *t, uint32_t off, uint32_t len)
 
 int64_t us_tls_send(struct us_tls *t, uint32_t slot, uint32_t gen, const char *data, size_t len)
 {
-    if (t->dead)
+    if (t->dead || t->notified)
         return -EPIPE;
     if (!SSL_is_init_finished(t->ssl))
         return 0; /* held by the caller until the handshake is done */
@@ -549,14 +550,16 @@ int64_t us_tls_send(struct us_tls *t, uint32_t slot, uint32_t gen, const char *d
 
 int us_tls_close_notify(struct us_tls *t)
 {
-    if (t->dead || !SSL_is_init_finished(t->ssl))
+    if (t->dead || t->notified || !SSL_is_init_finished(t->ssl))
         return 0;
     if (t->k && ktls_state(t->k) == US_KTLS_ON)
         return 0; /* OpenSSL's write keys are stale: us_tls_ktls_close_notify sends it */
     ERR_clear_error();
-    int ret = SSL_shutdown(t->ssl); /* 0: ours is queued, the peer's not read: the connection closes anyway */
+    int ret = SSL_shutdown(t->ssl); /* 0: ours is queued, the peer's not read yet */
     ERR_clear_error();
-    t->dead = 1;
+    /* what the peer sends after it is still read (TLS 1.3 allows a half-close,
+     * RFC 8446 6.1): a client's close_notify is its EOF, not a failure */
+    t->notified = 1;
     return ret >= 0;
 }
 

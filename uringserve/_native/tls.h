@@ -71,7 +71,7 @@ int64_t us_tls_recv(struct us_tls *t, uint32_t off, uint32_t len);
  * there, after US_EV_ARENA; 0 before the handshake is done), or -errno
  * (-EPROTO: a protocol error, us_tls_error()) */
 int64_t us_tls_send(struct us_tls *t, uint32_t slot, uint32_t gen, const char *data, size_t len);
-int us_tls_close_notify(struct us_tls *t);     /* 1 queued, 0 not (not established, or failed) */
+int us_tls_close_notify(struct us_tls *t);     /* 1 queued, 0 not (not established, failed, or sent); reads go on */
 int us_tls_ready(struct us_tls *t);            /* the handshake is done */
 int us_tls_error(struct us_tls *t, char *buf, size_t len);  /* the last error's text; its alert in the result, or 0 */
 const char *us_tls_version(struct us_tls *t);  /* "TLSv1.3", NULL before the handshake */

@@ -930,11 +930,17 @@ class HTTPProtocol(Connection, asyncio.Protocol):
                 self._linger(t, fin=True)
                 return
             if not delimits and t.get_extra_info("ssl_object") is not None:
-                # TLS: asyncio's SSL transport cannot half-close, and its close
-                # (close_notify, then unwrap) fails on the client's further
-                # bytes and aborts, resetting what it had not yet delivered.
-                # The response is framed, so the client knows it ended: linger
-                # without FIN, until it closes or LINGER passes
+                # TLS: the core's transport half-closes as TLS does
+                # (close_notify, then FIN; the client's further bytes still
+                # read): a client reading to the end sees it at once. asyncio's
+                # SSL transport cannot, and its close (close_notify, then
+                # unwrap) fails on the client's further bytes and aborts,
+                # resetting what it had not yet delivered. The response is
+                # framed, so the client knows it ended: linger without FIN,
+                # until it closes or LINGER passes
+                half_close = getattr(t, "write_close_notify", None)
+                if half_close is not None:
+                    half_close()
                 self.state = LINGERING
                 self._linger(t, fin=False)
                 return
