@@ -11,6 +11,7 @@
 #include "send.h"
 
 struct us_ring;
+struct us_tls;
 struct out;
 struct io_uring_cqe;
 
@@ -34,6 +35,8 @@ struct conn {
     struct sendq q;      /* send.c's */
     int fd;              /* fixed: the slot; fd mode: the fd */
     char *rbuf;          /* US_RECV_PLAIN: this slot's buffer in the data region */
+    struct us_tls *tls;  /* tls.c's SSL object of this connection (us_tls_new), NULL once freed */
+    uint8_t is_tls;      /* set with tls and kept after it is freed: a file is never sent in clear */
 };
 
 struct listener {

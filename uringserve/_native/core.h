@@ -98,6 +98,7 @@ struct us_stats {
     uint64_t vec_sends;       /* sends of several queued segments at once (SENDMSG) */
     uint64_t closes_deferred; /* closes held until the connection's SHUTDOWN completed */
     uint64_t tls_live;        /* SSL objects alive (tls.c): us_tls_new() minus us_tls_free() */
+    uint64_t tls_file_bytes;  /* file bytes encrypted in the core from registered memory (TLS file path) */
 };
 
 struct us_ring;

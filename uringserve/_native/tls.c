@@ -57,18 +57,22 @@ struct us_tls {
     const char *in;  /* ciphertext not yet read by OpenSSL: in the ring's region until the next us_wait */
     size_t in_len;
     int dead;        /* a fatal error or a cut: no more I/O, no close_notify */
+    int file_held;   /* us_tls_send refused while a file was queued: woken when none is */
+    int notify_held; /* close_notify asked for while a file was queued: sent after it */
     int send_err;    /* the errno us_send gave the BIO */
     int alert;       /* the alert the last failure sent or received, 0 none */
     char err[200];
 };
 
 static BIO_METHOD *bio_method;
+static int64_t encrypt(struct us_tls *t, const char *data, size_t len);
 
 static int bio_write(BIO *b, const char *data, int len)
 {
     struct us_tls *t = BIO_get_data(b);
     BIO_clear_retry_flags(b);
-    int64_t n = us_send(t->r, t->slot, t->gen, data, (size_t)len);
+    /* a record made now goes ahead of file bytes not yet encrypted (the TLS file path) */
+    int64_t n = queue_before_file(t->r, t->slot, t->gen, data, (size_t)len);
     if (n < 0) {
         t->send_err = (int)-n;
         return -1;
@@ -386,6 +390,11 @@ struct us_tls *us_tls_new(struct us_tls_ctx *x, struct us_ring *r, uint32_t slot
     t->r = r;
     t->slot = slot;
     t->gen = gen;
+    struct conn *c = conn_get(r, slot, gen);
+    if (c) { /* the file path finds the SSL object by the slot (send.c's on_fread) */
+        c->tls = t;
+        c->is_tls = 1;
+    }
     r->st.tls_live++;
     return t;
 }
@@ -394,6 +403,8 @@ void us_tls_free(struct us_tls *t)
 {
     if (!t)
         return;
+    if (t->slot < t->r->conn.size && t->r->conn.table[t->slot].tls == t)
+        t->r->conn.table[t->slot].tls = NULL; /* is_tls stays: a file read that completes now fails */
     t->r->st.tls_live--;
     SSL_free(t->ssl);
     free(t);
@@ -471,12 +482,56 @@ int64_t us_tls_recv(struct us_tls *t, uint32_t off, uint32_t len)
     return (int64_t)used;
 }
 
+/* a file segment is queued: its bytes are encrypted as they are read, so
+ * nothing written later may be encrypted before they are */
+static int file_queued(struct us_tls *t)
+{
+    struct conn *c = conn_get(t->r, t->slot, t->gen);
+    return c && c->q.fseg != NONE;
+}
+
 int64_t us_tls_send(struct us_tls *t, uint32_t slot, uint32_t gen, const char *data, size_t len)
 {
     if (t->dead)
         return -EPIPE;
     if (!SSL_is_init_finished(t->ssl))
         return 0; /* held by the caller until the handshake is done */
+    if (file_queued(t)) {
+        t->file_held = 1; /* held by the caller (as for a full arena) until tls_files_sent() */
+        return 0;
+    }
+    return encrypt(t, data, len);
+}
+
+int64_t tls_encrypt_file(struct us_tls *t, const char *data, size_t len)
+{
+    if (t->dead)
+        return -EPIPE;
+    int64_t n = encrypt(t, data, len);
+    if (n > 0)
+        t->r->st.tls_file_bytes += (uint64_t)n;
+    return n;
+}
+
+void tls_files_sent(struct us_tls *t)
+{
+    if (t->file_held) {
+        /* the caller's held writes: woken as by freed chunks, at the end of this us_wait round */
+        t->file_held = 0;
+        t->r->send.arena_waiting = 1;
+        t->r->send.arena_freed = 1;
+    }
+    if (t->notify_held) {
+        t->notify_held = 0;
+        us_tls_close_notify(t);
+    }
+}
+
+int tls_established(struct us_tls *t) { return SSL_is_init_finished(t->ssl); }
+
+/* as much of `data` as whole records the arena takes; -errno on a failure */
+static int64_t encrypt(struct us_tls *t, const char *data, size_t len)
+{
     ERR_clear_error();
     size_t done = 0;
     while (done < len) {
@@ -499,6 +554,10 @@ int us_tls_close_notify(struct us_tls *t)
 {
     if (t->dead || !SSL_is_init_finished(t->ssl))
         return 0;
+    if (file_queued(t)) {
+        t->notify_held = 1; /* after the file's last record (tls_files_sent) */
+        return 1;
+    }
     ERR_clear_error();
     int ret = SSL_shutdown(t->ssl); /* 0: ours is queued, the peer's not read: the connection closes anyway */
     ERR_clear_error();
