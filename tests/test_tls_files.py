@@ -324,10 +324,19 @@ class FileSender(asyncio.Protocol):
     `tail`; then closes, aborts or leaves the connection open, as told."""
 
     def __init__(
-        self, path: str, offset: int, count: int, *, fixed: bool, end: str, when: str, tail: bytes = b":tail"
+        self,
+        path: str,
+        offset: int,
+        count: int,
+        *,
+        fixed: bool,
+        end: str,
+        when: str,
+        tail: bytes = b":tail",
+        head: bytes = b"head:",
     ) -> None:
         self.path, self.offset, self.count, self.fixed, self.end, self.when = path, offset, count, fixed, end, when
-        self.tail = tail
+        self.tail, self.head = tail, head
         self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
         self.queued = 0
 
@@ -346,7 +355,8 @@ class FileSender(asyncio.Protocol):
         ring = loop._ring  # type: ignore[attr-defined]
         self.f = open(self.path, "rb")
         slot = ring.file_register(self.f.fileno()) if self.fixed else -1
-        self.t.write(b"head:")
+        if self.head:
+            self.t.write(self.head)
         off, left = self.offset, self.count
         while left:
             n = self.t.write_file(slot if self.fixed else self.f.fileno(), off, left, fixed=self.fixed, owner=self.f)
@@ -407,15 +417,16 @@ def blob(tmp_path: Any) -> tuple[str, bytes]:
 def test_write_file_in_order_with_writes_then_close_notify(files, conf, blob, when, fixed) -> None:
     """head, a file range, tail, close(): every byte in order and the end is
     close_notify (after the file's last record); a range queued before the
-    handshake waits for it."""
+    handshake waits for it (the first thing written: nothing else waits)."""
     path, data = blob
     off, count = 1001, len(data) - 5000
+    head = b"head:" if when == "on request" else b""
 
     async def main(loop: Any) -> Any:
         made: list[FileSender] = []
 
         def factory() -> FileSender:
-            made.append(FileSender(path, off, count, fixed=fixed, end="close", when=when))
+            made.append(FileSender(path, off, count, fixed=fixed, end="close", when=when, head=head))
             return made[-1]
 
         server = await loop.create_server(factory, "127.0.0.1", 0, ssl=conf)
@@ -427,7 +438,7 @@ def test_write_file_in_order_with_writes_then_close_notify(files, conf, blob, wh
         return got, ending, loop.ring_stats(), await settled(loop)
 
     (got, ending, st, left), _ = run_uring(RingConfig(), main)
-    assert got == b"head:" + data[off : off + count] + b":tail"
+    assert got == head + data[off : off + count] + b":tail"
     assert ending == "close_notify"
     assert st["tls_file_bytes"] == count  # every byte of the range was encrypted by the core from the arena
     assert all(v == 0 for v in left.values()), left
