@@ -654,3 +654,62 @@ def test_a_client_that_resets_mid_file_in_process(files, conf, blob) -> None:
     (exc, left), _ = run_uring(RingConfig(), main)
     assert isinstance(exc, (ConnectionResetError, BrokenPipeError)), exc
     assert all(v == 0 for v in left.values()), left
+
+
+def test_chunks_freed_by_a_flush_let_a_waiting_file_read_go_on(files, conf, blob) -> None:
+    """A file read waits for two free chunks while another connection's
+    records fill the arena; ring.flush() (what write flow control calls)
+    reaps those sends and frees the chunks outside us_wait's reap, so the
+    read is left waiting with the arena empty, and must still go on. (Runs
+    of four connections on two chunks stalled here until a timer woke the
+    loop, before us_wait retried waiting reads at its start; in this test the
+    next us_wait does not block, so it passes without that retry too: it
+    pins the state, not the stall.)"""
+    path, data = blob
+
+    async def main(loop: Any) -> Any:
+        ring = loop._ring
+        protos: list[Any] = []
+        both = loop.create_future()
+
+        class Side(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                self.t = transport
+
+            def data_received(self, got: bytes) -> None:
+                protos.append((got, self))
+                if len(protos) == 2 and not both.done():
+                    both.set_result(None)
+
+        server = await loop.create_server(Side, "127.0.0.1", 0, ssl=conf)
+        port = server.sockets[0].getsockname()[1]
+        want = {b"a": len(data), b"b": 60_000}
+        reads = [
+            asyncio.to_thread(tls_read_all, port, client_ctx(files), request=name, limit=want[name])
+            for name in (b"a", b"b")
+        ]
+        tasks = [asyncio.ensure_future(r) for r in reads]
+        await both
+        by_name = dict(protos)
+        a, b = by_name[b"a"], by_name[b"b"]
+        f = open(path, "rb")
+        b.t.write(data[:60_000])  # both chunks, below the high-water mark (no flush in write())
+        assert a.t.write_file(f.fileno(), 0, len(data), owner=f) == len(data)
+        ring.flush()  # B's sends complete and free the chunks here (write_file's flow control flushed already)
+        st = loop.ring_stats()
+        assert st["file_waits"] >= 1 and st["arena_in_use"] == 0  # A waits though both chunks are free
+        # nothing else may complete meanwhile (a close would: its recv's cancel)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 20)  # a bound only: a stall waits for no timer
+        a.t.close()
+        b.t.close()
+        await until(lambda: a.t.is_closing() and b.t.is_closing() and counters(loop)["tls_live"] == 0, timeout=20)
+        f.close()
+        server.close()
+        await server.wait_closed()
+        return results, await settled(loop)
+
+    # no send_zc: its notification would be a completion that wakes the ring anyway
+    cfg = RingConfig(arena_bytes=64 * 1024, chunk_size=32 * 1024, zc_threshold=1 << 30)
+    (results, left), _ = run_uring(cfg, main)
+    assert results == [(data, "stopped"), (data[:60_000], "stopped")]
+    assert all(v == 0 for v in left.values()), left
