@@ -1,12 +1,17 @@
 """HTTPS servers, interleaved: uringserve (native handler and ASGI, TLS in
 the core), uvicorn --ssl-* (uvloop + httptools) and nginx `ssl`.
 
-    python bench/tls_bench.py [--rounds 5] [--seconds 5] [--conns 50]
+    python bench/tls_bench.py [--rounds 5] [--seconds 5] [--conns 50] [--static-conns 16]
 
 Every server runs pinned to CPU 0 and wrk to CPU 1, over TLS (wrk's
-OpenSSL negotiates TLS 1.3). Two parts: the hello world with keep-alive
-(`--conns` connections), and handshakes (`Connection: close`: one request
-per connection, so each request pays a handshake). Reported: median rate and
+OpenSSL negotiates TLS 1.3). Three parts: the hello world with keep-alive
+(`--conns` connections), handshakes (`Connection: close`: one request
+per connection, so each request pays a handshake), and a static 1 MiB file
+with keep-alive (`--static-conns`): uringserve's /static/ route (read into
+registered memory by the ring and encrypted there by the core), the ASGI
+app's http.response.pathsend (the same path), Starlette's StaticFiles under
+uvicorn (bench/static_asgi.py), nginx `alias` (without kTLS its sendfile
+reads and encrypts in user space too). Reported: median rate and
 server CPU microseconds per request (the server's process tree over wrk's
 run, from /proc), with ratios against nginx and uvicorn, of the medians and
 paired within each round. The certificate is a throwaway CA's (trustme),
@@ -50,13 +55,16 @@ http {{
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
         location = / {{ default_type "text/plain; charset=utf-8"; return 200 "Hello, world!\\n"; }}
+        location /static/ {{ alias {static}/; sendfile on; tcp_nopush on; }}
     }}
 }}
 """
 
 
-def commands(port: int, tmp: str, cert: str, key: str) -> dict[str, list[str]]:
+def commands(port: int, tmp: str, cert: str, key: str, static: bool = False) -> dict[str, list[str]]:
     tls = ["--tls-cert", cert, "--tls-key", key]
+    # the static part's ASGI peer: Starlette's StaticFiles (apps.http:asgi_app's pathsend is uringserve's extension)
+    uvicorn_app = ["--app-dir", "bench", "static_asgi:app"] if static else ["apps.http:asgi_app"]
     return {
         "uringserve": [
             PY, "-m", "uringserve", "run", "apps.http:app", "--port", str(port), "--log-level", "warning", *tls,
@@ -65,28 +73,32 @@ def commands(port: int, tmp: str, cert: str, key: str) -> dict[str, list[str]]:
             PY, "-m", "uringserve", "run", "apps.http:asgi_app", "--port", str(port), "--log-level", "warning", *tls,
         ],
         "uvicorn": [
-            PY, "-m", "uvicorn", "apps.http:asgi_app", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+            PY, "-m", "uvicorn", *uvicorn_app, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
             "--no-access-log", "--log-level", "warning", "--ssl-certfile", cert, "--ssl-keyfile", key,
         ],
         "nginx": ["nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-g", "daemon off; master_process off;"],
     }  # fmt: skip
 
 
-def run_one(name: str, conns: int, seconds: float, cert: str, key: str, close: bool) -> tuple[float, float]:
-    """(requests/s, server CPU us per request) of one wrk run against a fresh server."""
+def run_one(
+    name: str, conns: int, seconds: float, cert: str, key: str, close: bool, static: str, path: str = "/"
+) -> tuple[float, float]:
+    """(requests/s, server CPU us per request) of one wrk run for `path` against a fresh server."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         if name == "nginx":
-            Path(tmp, "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port, cert=cert, key=key))
+            conf = NGINX_CONF.format(tmp=tmp, port=port, cert=cert, key=key, static=static)
+            Path(tmp, "nginx.conf").write_text(conf)
         proc = subprocess.Popen(
-            ["taskset", "-c", "0", *commands(port, tmp, cert, key)[name]],
+            ["taskset", "-c", "0", *commands(port, tmp, cert, key, path != "/")[name]],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env={**os.environ, "URINGSERVE_STATIC": static},
         )
         try:
             wait_listening(port, proc)
-            url = f"https://127.0.0.1:{port}/"
+            url = f"https://127.0.0.1:{port}{path}"
             subprocess.run(["curl", "-sk", "-o", "/dev/null", url], timeout=10)  # warm-up: code paths imported
             extra = ["-H", "Connection: close"] if close else []
             t0 = tree_ticks(proc.pid)
@@ -117,16 +129,25 @@ def main() -> int:
     p.add_argument("--handshake-conns", type=int, default=16, help="connections of the handshake part (16)")
     p.add_argument("--servers", default="uringserve,uringserve-asgi,uvicorn,nginx")
     p.add_argument("--no-handshakes", action="store_true")
+    p.add_argument("--static-conns", type=int, default=16, help="keep-alive connections of the static part (16)")
+    p.add_argument("--file-size", type=int, default=1 << 20, help="the static file's size in bytes (1 MiB)")
+    p.add_argument("--no-static", action="store_true")
     args = p.parse_args()
     for tool in ("wrk", "nginx", "curl", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: `make bench-tls` installs what this benchmark needs")
     names = args.servers.split(",")
-    parts = {"keep-alive": (args.conns, False)}
+    file_path = f"/static/{args.file_size}.bin"
+    parts = {"keep-alive": (args.conns, False, "/")}
     if not args.no_handshakes:
-        parts["handshakes"] = (args.handshake_conns, True)
+        parts["handshakes"] = (args.handshake_conns, True, "/")
+    if not args.no_static:
+        parts["static"] = (args.static_conns, False, file_path)
     results: dict[str, dict[str, list]] = {part: {n: [] for n in names} for part in parts}
-    with tempfile.TemporaryDirectory() as certs:
+    with tempfile.TemporaryDirectory() as certs, tempfile.TemporaryDirectory() as static:
+        os.chmod(static, 0o755)
+        Path(static, f"{args.file_size}.bin").write_bytes(os.urandom(args.file_size))
+        Path(static, f"{args.file_size}.bin").chmod(0o644)
         issued = trustme.CA().issue_cert("127.0.0.1")
         cert, key = os.path.join(certs, "cert.pem"), os.path.join(certs, "key.pem")
         issued.cert_chain_pems[0].write_to_path(cert)
@@ -135,15 +156,16 @@ def main() -> int:
         for path in (cert, key):
             os.chmod(path, 0o644)
         for rnd in range(args.rounds):
-            for part, (conns, close) in parts.items():
+            for part, (conns, close, path) in parts.items():
                 for n in names:
-                    r = run_one(n, conns, args.seconds, cert, key, close)
+                    r = run_one(n, conns, args.seconds, cert, key, close, static, path)
                     results[part][n].append(r)
                     print(f"round {rnd + 1} {part:10} {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr)
     peers = [x for x in ("nginx", "uvicorn") if x in names]
-    for part, (conns, close) in parts.items():
+    for part, (conns, close, path) in parts.items():
         what = "one request per connection (a handshake each)" if close else "keep-alive"
-        print(f"\nHTTPS hello, {what}: wrk -t1 -c{conns} -d{args.seconds:g}s, medians over {args.rounds} rounds")
+        subject = f"HTTPS static {args.file_size} bytes" if path != "/" else "HTTPS hello"
+        print(f"\n{subject}, {what}: wrk -t1 -c{conns} -d{args.seconds:g}s, medians over {args.rounds} rounds")
         print(summary(results[part], names, peers, "req", "req/s"))
     return 0
 

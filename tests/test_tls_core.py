@@ -774,9 +774,9 @@ def test_ktls_probe_reports_what_setsockopt_said(monkeypatch: pytest.MonkeyPatch
 
 
 def test_https_static_files_byte_exact(files, loop_name, tmp_path) -> None:
-    """Static files over TLS go through write() (encrypted by the core), not
-    the plaintext file path: a small one (held in memory) and 1 MiB (read
-    from the file per request)."""
+    """Static files over TLS: a small one (held in memory, one write) and
+    1 MiB (read by the ring and encrypted by the core on the ring loop;
+    tests/test_tls_files.py has the rest)."""
     import httpx
 
     small, big = b"<p>hi</p>\n" * 10, os.urandom(1 << 20)

@@ -21,6 +21,16 @@ by EV_WRITABLE at an empty queue), whether the kernel takes its write keys.
 Then us_tls_send queues plaintext as a plain write (the kernel makes the
 records); otherwise it stays on OpenSSL's path for good.
 
+Files: write_file() (static files, ASGI zerocopysend/pathsend, WSGI's
+file_wrapper, loop.sendfile()) queues the range in the core as over plain
+HTTP; the ring reads it into the send arena and, at each read's completion,
+the core encrypts that plaintext into records queued before the rest of the
+file and frees the chunk (send.c's on_tls_fread): no byte of the file
+passes through Python. Writes made while a file is queued wait here until
+its last record is made (the core refuses them, then wakes them with
+US_EV_ARENA), and so does close_notify (in the core). Before the handshake
+is done a range waits with the writes made then.
+
 Close: close() queues close_notify before the slot's graceful close; the
 peer's close_notify, or a FIN (a cut record included), is eof_received();
 a protocol error (an alert queued, sent before the close) is
@@ -32,6 +42,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
+import os
+import stat
 from asyncio import constants
 from typing import Any
 
@@ -41,6 +54,7 @@ from .tls import CoreSSLObject, CoreTLS, peer_cert_der, tls_error
 from .transport import UringTransport
 from .transport_base import TransportLoop
 from .transport_reading import discard
+from .transport_writing import _FILE_SEGMENT_MAX
 
 _AGAIN = lib.US_TLS_AGAIN
 _EOF = lib.US_TLS_EOF
@@ -55,9 +69,8 @@ class TLSTransport(UringTransport):
     """One TLS connection served by the core (see the module's docstring)."""
 
     __slots__ = ("_tls", "_tls_conf", "_span", "_plain", "_ktls_undecided", "_ktls_owed")
-    # a file goes through write() (plaintext must be encrypted): loop.sendfile() falls back
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
-    write_file = None  # type: ignore[assignment]  # HTTPProtocol reads it: no file path in the core over TLS yet
+    # loop.sendfile(): the core's TLS file path (sendfile() below), asyncio's read-and-write where it cannot
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _start_tls_compatible = False
 
     def bulk_memory(self) -> Any:
@@ -184,6 +197,74 @@ class TLSTransport(UringTransport):
             self._exc = tls_error(self._tls)
         return n
 
+    def write_file(self, fd: int, offset: int, count: int, *, fixed: bool = False, owner: Any = None) -> int:
+        """UringTransport.write_file(): the core encrypts the file as the ring
+        reads it (see the module's docstring). 0 where the core cannot (no
+        segment free, an arena of one chunk): then write the bytes."""
+        cfg = self._ring.config
+        if cfg.arena_bytes // cfg.chunk_size < 2:  # type: ignore[operator]  # validated: an int
+            return 0  # a plaintext chunk and one for its records
+        tls = self._tls
+        if tls is not None and count > 0 and not self._pending and not self._closing and not lib.us_tls_ready(tls):
+            # before the handshake: waits with the writes made then, flushed when it is done
+            return self._pend_file(fd, fixed, offset, min(count, _FILE_SEGMENT_MAX), fd if owner is None else owner)
+        return super().write_file(fd, offset, count, fixed=fixed, owner=owner)
+
+    async def sendfile(self, file: Any, offset: int, count: int | None) -> int:
+        """loop.sendfile() through the core's TLS file path. As
+        UringTransport's, but counted in plaintext queued (the kernel's count
+        is of ciphertext); asyncio's fallback (read and write()) where the
+        core cannot take the file."""
+        try:
+            fileno = file.fileno()
+            st = os.fstat(fileno)
+        except (AttributeError, io.UnsupportedOperation, OSError) as exc:
+            raise asyncio.SendfileNotAvailableError("not a regular file") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise asyncio.SendfileNotAvailableError("not a regular file")
+        left = max(0, st.st_size - offset)
+        if count:
+            left = min(left, count)
+        if not left:
+            return 0
+        resume_reading = self.is_reading()
+        self.pause_reading()
+        sent = 0
+        try:
+            await self._wait_empty()
+            self._set_sendfile_active(True)  # write() refuses until done
+            while sent < left:
+                if self.is_closing():
+                    raise ConnectionError("the transport closed during sendfile()")
+                n = self.write_file(fileno, offset + sent, left - sent, owner=file)
+                if not n:
+                    if not sent:
+                        raise asyncio.SendfileNotAvailableError("the core cannot take the file now")
+                    await self._segment_freed()
+                    continue
+                await self._wait_empty()  # what is queued is sent: the range is the peer's
+                sent += n
+        finally:
+            self._set_sendfile_active(False)
+            if resume_reading:
+                self.resume_reading()
+            file.seek(offset + sent)
+        return sent
+
+    async def _segment_freed(self) -> None:
+        """Until the core frees a segment (US_EV_ARENA) or the connection goes."""
+        freed = self._loop.create_future()
+
+        def wake() -> None:
+            if not freed.done():
+                freed.set_result(None)
+
+        self._loop.arena_waits.add(self._slot, wake)
+        try:
+            await asyncio.wait_for(freed, 1.0)  # a bound only: the event comes when any segment frees
+        except TimeoutError:
+            pass
+
     def can_write_eof(self) -> bool:
         return False  # TLS has no half-close (asyncio's SSL transport says the same)
 
@@ -224,6 +305,11 @@ class TLSTransport(UringTransport):
             elif not self._pending:
                 lib.us_tls_close_notify(self._tls)
         super().close()
+
+    def _last_words(self) -> None:
+        # close() came while writes waited (behind a file or a full arena): its close_notify after them
+        if self._tls is not None and lib.us_tls_ready(self._tls):
+            lib.us_tls_close_notify(self._tls)
 
     def _slot_closed(self) -> None:
         tls, self._tls = self._tls, None

@@ -152,8 +152,12 @@ class Writing(TransportBase):
             if self._eof_written:
                 self._shutdown_write()
             if self._closing and not self._closed_called:
+                self._last_words()
                 ring.close_conn(self._slot, self._gen, True)
         self._maybe_resume_protocol()
+
+    def _last_words(self) -> None:
+        """A close() that waited for _pending: what goes after it (TLS: close_notify)."""
 
     def write_file(self, fd: int, offset: int, count: int, *, fixed: bool = False, owner: Any = None) -> int:
         """Queue up to `count` bytes of the file `fd` from `offset`, after what
@@ -174,14 +178,9 @@ class Writing(TransportBase):
         n = min(count, _FILE_SEGMENT_MAX)
         owner = owner if owner is not None else fd
         if self._pending:  # behind writes that wait for the arena
-            if fixed and self._ring.file_hold(fd, 1) < 0:
-                raise ValueError(f"fixed-file slot {fd} holds no registered file")
-            self._queue_pending(_FileRange(fd, fixed, offset, n, owner))
-            self._pending_size += n
-            self._maybe_pause_protocol()
-            return n
+            return self._pend_file(fd, fixed, offset, n, owner)
         ret = self._ring.send_file(self._slot, self._gen, fd, fixed, offset, n, owner)
-        if ret == -errno.ENOBUFS:
+        if ret == -errno.ENOBUFS or ret == -errno.EOPNOTSUPP:  # EOPNOTSUPP: the core cannot (TLS, tiny arena)
             return 0
         if ret == -errno.EBADF and fixed:
             raise ValueError(f"fixed-file slot {fd} holds no registered file")
@@ -189,6 +188,16 @@ class Writing(TransportBase):
             self._fatal_error(conn_error(-ret), "Fatal write error on socket transport")
             return count
         self._qbound += n
+        self._maybe_pause_protocol()
+        return n
+
+    def _pend_file(self, fd: int, fixed: bool, offset: int, n: int, owner: Any) -> int:
+        """write_file()'s range waits in _pending, in order, for what is ahead of it."""
+        if fixed and self._ring.file_hold(fd, 1) < 0:
+            raise ValueError(f"fixed-file slot {fd} holds no registered file")
+        self._queue_pending(_FileRange(fd, fixed, offset, n, owner))
+        self._pending_size += n
+        self._write_fast = False
         self._maybe_pause_protocol()
         return n
 

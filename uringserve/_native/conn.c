@@ -175,6 +175,8 @@ void conn_init(struct us_ring *r, uint32_t slot, int fd)
     sendq_init(&c->q);
     c->fd = fd;
     c->streak = 0;
+    c->tls = NULL;
+    c->is_tls = 0;
     if (r->cfg.recv_mode == US_RECV_PLAIN)
         c->rbuf = r->pbuf.data + ((size_t)r->cfg.buf_count + slot) * r->cfg.buf_size;
 }

@@ -11,6 +11,7 @@
 #include "send.h"
 
 struct us_ring;
+struct us_tls;
 struct out;
 struct io_uring_cqe;
 
@@ -40,6 +41,8 @@ struct conn {
     int fd;              /* fixed: the slot; fd mode: the fd */
     int16_t streak;      /* provided-buffer reads in a row that filled a buffer (<0: backing off bulk) */
     char *rbuf;          /* US_RECV_PLAIN: this slot's buffer in the data region */
+    struct us_tls *tls;  /* tls.c's SSL object of this connection (us_tls_new), NULL once freed */
+    uint8_t is_tls;      /* set with tls and kept after it is freed: a file is never sent in clear */
 };
 
 struct listener {

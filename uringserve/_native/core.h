@@ -119,6 +119,7 @@ struct us_stats {
     uint64_t bulk_parked_peak;
     uint64_t ktls_tx;         /* TLS connections whose sending the kernel took over (ktls.c) */
     uint64_t ktls_fallback;   /* TLS connections that asked for kTLS and stayed on OpenSSL's path */
+    uint64_t tls_file_bytes;  /* file bytes encrypted in the core from registered memory (TLS file path) */
 };
 
 struct us_ring;

@@ -172,6 +172,8 @@ int us_wait(struct us_ring *r, struct us_event *ev, int max, int min_complete, i
         release_held(r); /* stashed CQEs that made no event (a re-arm after ECANCELED) */
     refill(r); /* what the caller's previous batch held goes back first */
     flush_sends(r);
+    if (r->send.nfillwait && r->send.nfree)
+        retry_fills(r); /* chunks freed outside a reap (a close, the stash): no completion may come to say so */
     if (r->stash.n) {
         int n = r->stash.n < max ? r->stash.n : max;
         memcpy(ev, r->stash.ev, (size_t)n * sizeof(*ev));

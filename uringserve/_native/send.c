@@ -26,6 +26,7 @@
 #include <sys/uio.h>
 
 #include "ring_internal.h"
+#include "tls.h"
 
 /* ---- send arena -------------------------------------------------------- */
 
@@ -304,13 +305,37 @@ static void fill_wait(struct us_ring *r, uint32_t slot, struct conn *c)
     r->st.file_waits++;
 }
 
+/* TLS: the ciphertext queued ahead of the file that still lets the next
+ * piece be read (about two chunks: one plaintext chunk's records being sent
+ * while the next is read and encrypted, as the plain path's one chunk) */
+static int tls_read_ahead(struct us_ring *r, struct conn *c, uint32_t f)
+{
+    uint32_t limit = 2 * r->cfg.chunk_size, before = 0;
+    for (uint32_t ch = c->q.head; ch != f && ch != NONE; ch = r->send.ch_next[ch]) {
+        before += r->send.ch_len[ch] - (ch == c->q.head ? c->q.head_off : 0);
+        if (before > limit)
+            return 0;
+    }
+    return 1;
+}
+
 static int file_fill(struct us_ring *r, uint32_t slot, struct conn *c)
 {
     uint32_t f = c->q.fseg;
     if (f == NONE || (c->flags & F_FREAD))
         return 0;
-    if (!(c->q.head == f || c->q.fprev == c->q.head))
+    if (c->is_tls) {
+        if (!tls_read_ahead(r, c, f))
+            return 0;
+        /* the plaintext chunk and at least one for its records: a read
+         * that could not be encrypted would only be read again */
+        if (r->send.nfree < 2) {
+            fill_wait(r, slot, c);
+            return 0;
+        }
+    } else if (!(c->q.head == f || c->q.fprev == c->q.head)) {
         return 0; /* enough is read ahead */
+    }
     uint32_t a = chunk_alloc(r);
     if (a == NONE) {
         fill_wait(r, slot, c);
@@ -360,6 +385,55 @@ static void send_failed(struct us_ring *r, uint32_t slot, struct conn *c, int re
         issue_close(r, slot, c);
 }
 
+/* A TLS connection's file read completed: its plaintext (chunk `a`) is
+ * encrypted at once, the records queued before the file segment, and the
+ * chunk freed; the segment gives up what whole records took. When the arena
+ * fills mid-way the rest is not held: the segment still names those bytes,
+ * and they are read again once chunks are free (OpenSSL keeps a record it
+ * could place only in part; the re-read offers its bytes again). */
+static void on_tls_fread(struct us_ring *r, uint32_t slot, struct conn *c, uint32_t a, uint32_t res, struct out *o)
+{
+    uint32_t f = c->q.fseg, e = f - r->send.nchunks;
+    const char *plain = r->send.arena + (size_t)a * r->cfg.chunk_size;
+    int64_t n = c->tls ? tls_encrypt_file(c->tls, plain, res) : -EPIPE; /* freed: never sent in clear */
+    chunk_maybe_free(r, a);
+    if (n < 0) {
+        send_failed(r, slot, c, (int)n, o);
+        return;
+    }
+    r->send.ext_foff[e] += (uint64_t)n;
+    r->send.ch_len[f] -= (uint32_t)n;
+    c->q.queued -= (uint64_t)n; /* its records were counted as us_send queued them */
+    r->st.file_bytes += (uint64_t)n;
+    if (r->send.ch_len[f] == 0) { /* all encrypted: the segment leaves the queue */
+        uint32_t prev = c->q.fprev, next = r->send.ch_next[f];
+        if (prev == NONE)
+            c->q.head = next;
+        else
+            r->send.ch_next[prev] = next;
+        if (c->q.tail == f)
+            c->q.tail = prev;
+        r->send.ch_detached[f] = 1;
+        chunk_maybe_free(r, f); /* hands the segment back: the caller may close the file */
+        if (prev != NONE) {
+            file_next(r, c, prev);
+        } else if (c->q.head != NONE && is_file_seg(r, c->q.head)) {
+            c->q.fseg = c->q.head;
+            c->q.fprev = NONE;
+        } else if (c->q.head != NONE) {
+            file_next(r, c, c->q.head);
+        } else {
+            c->q.fseg = c->q.fprev = NONE;
+        }
+        if (c->q.fseg == NONE && c->tls)
+            tls_files_sent(c->tls);
+    }
+    if (!(c->flags & F_SEND_INFLIGHT))
+        submit_send(r, slot, c);
+    else
+        file_fill(r, slot, c);
+}
+
 void on_fread(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
 {
     uint64_t ud = cqe->user_data;
@@ -383,6 +457,10 @@ void on_fread(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
          * cannot be read ends the connection's sending */
         chunk_maybe_free(r, a);
         send_failed(r, slot, c, res < 0 ? res : -ENODATA, o);
+        return;
+    }
+    if (c->is_tls) {
+        on_tls_fread(r, slot, c, a, (uint32_t)res, o);
         return;
     }
     uint32_t e = f - r->send.nchunks;
@@ -611,6 +689,28 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
     return (int64_t)copied;
 }
 
+int64_t queue_before_file(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len)
+{
+    struct conn *c = conn_get(r, slot, gen);
+    uint32_t f = c ? c->q.fseg : NONE;
+    if (f == NONE)
+        return us_send(r, slot, gen, data, len);
+    /* the queue is cut before the file for us_send to append there, then joined again */
+    uint32_t head = c->q.head, tail = c->q.tail;
+    c->q.tail = c->q.fprev;
+    if (c->q.fprev == NONE)
+        c->q.head = NONE;
+    int64_t n = us_send(r, slot, gen, data, len);
+    if (c->q.tail == NONE) {
+        c->q.head = head; /* nothing was before the file and nothing was added */
+    } else {
+        r->send.ch_next[c->q.tail] = f;
+        c->q.fprev = c->q.tail;
+    }
+    c->q.tail = tail;
+    return n;
+}
+
 int64_t queue_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len, int staged)
 {
     int err;
@@ -657,6 +757,14 @@ int64_t us_send_file(struct us_ring *r, uint32_t slot, uint32_t gen, int file, i
         return err;
     if (len == 0 || len > 0x7fffffff)
         return -EINVAL; /* the caller splits big files */
+    if (c->is_tls) {
+        if (r->send.nchunks < 2 || !c->tls)
+            return -EOPNOTSUPP; /* a plaintext chunk and a chunk for its records: the caller writes instead */
+        if (!tls_established(c->tls)) {
+            r->send.seg_waiting = 1; /* held by the caller until the handshake is done, as writes are */
+            return -ENOBUFS;
+        }
+    }
     /* an unregistered file's slot lives on only while something holds it */
     if (fixed && (!conn_fixed(r) || (uint32_t)file >= r->conn.size || r->conn.table[file].state != C_FILE ||
                   ((r->conn.table[file].flags & F_FILE_DROP) && !r->conn.table[file].q.queued)))

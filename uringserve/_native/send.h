@@ -96,6 +96,9 @@ void flush_sends(struct us_ring *r);
 void retry_fills(struct us_ring *r);
 /* `data` queued in place as a segment; staged: a range of the stage */
 int64_t queue_ref(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len, int staged);
+/* us_send, but before the queue's first file segment when there is one: a
+ * TLS record made now goes ahead of file bytes not yet encrypted */
+int64_t queue_before_file(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len);
 void on_send(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o);
 void on_sendv(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o);
 void on_fread(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o);

@@ -62,6 +62,8 @@ struct us_tls {
     size_t in_len;
     int dead;        /* a fatal error or a cut: no more I/O, no close_notify */
     int notified;    /* our close_notify is queued: nothing more is written; reading goes on (a half-close) */
+    int file_held;   /* us_tls_send refused while a file was queued: woken when none is */
+    int notify_held; /* close_notify asked for while a file was queued: sent after it */
     int send_err;    /* the errno us_send gave the BIO */
     int alert;       /* the alert the last failure sent or received, 0 none */
     char err[200];
@@ -69,6 +71,7 @@ struct us_tls {
 };
 
 static BIO_METHOD *bio_method;
+static int64_t encrypt(struct us_tls *t, const char *data, size_t len);
 
 static int bio_write(BIO *b, const char *data, int len)
 {
@@ -80,7 +83,8 @@ static int bio_write(BIO *b, const char *data, int len)
         t->send_err = EKEYREJECTED;
         return -1;
     }
-    int64_t n = us_send(t->r, t->slot, t->gen, data, (size_t)len);
+    /* a record made now goes ahead of file bytes not yet encrypted (the TLS file path) */
+    int64_t n = queue_before_file(t->r, t->slot, t->gen, data, (size_t)len);
     if (n < 0) {
         t->send_err = (int)-n;
         return -1;
@@ -431,6 +435,11 @@ struct us_tls *us_tls_new(struct us_tls_ctx *x, struct us_ring *r, uint32_t slot
     t->slot = slot;
     t->gen = gen;
     t->k = x->ktls ? ktls_new(ssl, x->ktls) : NULL; /* NULL (no memory): this one stays on OpenSSL's path */
+    struct conn *c = conn_get(r, slot, gen);
+    if (c) { /* the file path finds the SSL object by the slot (send.c's on_fread) */
+        c->tls = t;
+        c->is_tls = 1;
+    }
     r->st.tls_live++;
     return t;
 }
@@ -439,6 +448,8 @@ void us_tls_free(struct us_tls *t)
 {
     if (!t)
         return;
+    if (t->slot < t->r->conn.size && t->r->conn.table[t->slot].tls == t)
+        t->r->conn.table[t->slot].tls = NULL; /* is_tls stays: a file read that completes now fails */
     t->r->st.tls_live--;
     SSL_free(t->ssl);
     ktls_free(t->k);
@@ -517,6 +528,14 @@ int64_t us_tls_recv(struct us_tls *t, uint32_t off, uint32_t len)
     return (int64_t)used;
 }
 
+/* a file segment is queued: its bytes are encrypted as they are read, so
+ * nothing written later may be encrypted before they are */
+static int file_queued(struct us_tls *t)
+{
+    struct conn *c = conn_get(t->r, t->slot, t->gen);
+    return c && c->q.fseg != NONE;
+}
+
 int64_t us_tls_send(struct us_tls *t, uint32_t slot, uint32_t gen, const char *data, size_t len)
 {
     if (t->dead || t->notified)
@@ -530,6 +549,42 @@ int64_t us_tls_send(struct us_tls *t, uint32_t slot, uint32_t gen, const char *d
         if (ks == US_KTLS_ON)
             return us_send(t->r, slot, gen, data, len); /* plaintext: the kernel makes the records */
     }
+    if (file_queued(t)) {
+        t->file_held = 1; /* held by the caller (as for a full arena) until tls_files_sent() */
+        return 0;
+    }
+    return encrypt(t, data, len);
+}
+
+int64_t tls_encrypt_file(struct us_tls *t, const char *data, size_t len)
+{
+    if (t->dead)
+        return -EPIPE;
+    int64_t n = encrypt(t, data, len);
+    if (n > 0)
+        t->r->st.tls_file_bytes += (uint64_t)n;
+    return n;
+}
+
+void tls_files_sent(struct us_tls *t)
+{
+    if (t->file_held) {
+        /* the caller's held writes: woken as by freed chunks, at the end of this us_wait round */
+        t->file_held = 0;
+        t->r->send.arena_waiting = 1;
+        t->r->send.arena_freed = 1;
+    }
+    if (t->notify_held) {
+        t->notify_held = 0;
+        us_tls_close_notify(t);
+    }
+}
+
+int tls_established(struct us_tls *t) { return SSL_is_init_finished(t->ssl); }
+
+/* as much of `data` as whole records the arena takes; -errno on a failure */
+static int64_t encrypt(struct us_tls *t, const char *data, size_t len)
+{
     ERR_clear_error();
     size_t done = 0;
     while (done < len) {
@@ -554,6 +609,10 @@ int us_tls_close_notify(struct us_tls *t)
         return 0;
     if (t->k && ktls_state(t->k) == US_KTLS_ON)
         return 0; /* OpenSSL's write keys are stale: us_tls_ktls_close_notify sends it */
+    if (file_queued(t)) {
+        t->notify_held = 1; /* after the file's last record (tls_files_sent) */
+        return 1;
+    }
     ERR_clear_error();
     int ret = SSL_shutdown(t->ssl); /* 0: ours is queued, the peer's not read yet */
     ERR_clear_error();
@@ -662,7 +721,14 @@ int us_tls_ktls_start(struct us_tls *t)
 {
     if (t->dead)
         return ktls_state(t->k) == US_KTLS_ON;
-    return ktls_start(t->k, t->ssl, t->r, t->slot, t->gen);
+    int ret = ktls_start(t->k, t->ssl, t->r, t->slot, t->gen);
+    if (ktls_state(t->k) == US_KTLS_ON) {
+        /* the kernel encrypts: files take the plain path (read, then sent as they are) */
+        struct conn *c = conn_get(t->r, t->slot, t->gen);
+        if (c)
+            c->is_tls = 0;
+    }
+    return ret;
 }
 
 int us_tls_ktls_status(struct us_tls *t, int *err) { return ktls_status(t->k, err); }

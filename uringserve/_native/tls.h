@@ -87,4 +87,17 @@ const char *us_tls_openssl_version(void);
 const char *us_tls_default_ciphers(void);     /* TLS 1.2's suites when none are given */
 /* CDEF END */
 
+struct us_ring;
+#pragma GCC visibility push(hidden)
+/* the TLS file path (send.c's on_fread): encrypt plaintext read from a file
+ * into registered memory; its records go before the file segment
+ * (queue_before_file). Returns the plaintext bytes whole records took
+ * (fewer when the arena is full: the rest is read again later), or -errno */
+int64_t tls_encrypt_file(struct us_tls *t, const char *data, size_t len);
+/* no file segment is left in the connection's queue: a write held behind
+ * them is woken (US_EV_ARENA) and a close_notify asked for meanwhile queued */
+void tls_files_sent(struct us_tls *t);
+int tls_established(struct us_tls *t);
+#pragma GCC visibility pop
+
 #endif
