@@ -715,3 +715,22 @@ def test_chunks_freed_by_a_flush_let_a_waiting_file_read_go_on(files, conf, blob
     (results, left), _ = run_uring(cfg, main)
     assert results == [(data, "stopped"), (data[:60_000], "stopped")]
     assert all(v == 0 for v in left.values()), left
+
+
+def test_a_file_to_connection_close_ends_with_close_notify_and_fin_at_once(server, files, root, loop_name) -> None:
+    """A static file as the last response (Connection: close) to a client
+    that reads to the end: over the core's TLS the file's records, then
+    close_notify, then the FIN, without waiting for the client to close
+    first (the linger waits after them). asyncio's SSL transport lingers
+    without either (tests/test_lingering_close.py says why)."""
+    if loop_name != "uring":
+        pytest.skip("the core's TLS half-close; SSLProtocol cannot half-close")
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    with client_ctx(files).wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False) as s:
+        s.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = bytearray()
+        while chunk := s.recv(1 << 20):  # b"": close_notify; a FIN without it raises SSLEOFError
+            got += chunk
+    head, _, body = bytes(got).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and content_length(head) == BIG
+    assert body == (root / "big.bin").read_bytes()

@@ -689,10 +689,28 @@ int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data
     return (int64_t)copied;
 }
 
+static int64_t queue_before_file_(struct us_ring *r, struct conn *c, uint32_t slot, uint32_t gen,
+                                  const char *data, size_t len);
+
 int64_t queue_before_file(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len)
 {
     struct conn *c = conn_get(r, slot, gen);
-    uint32_t f = c ? c->q.fseg : NONE;
+    if (!c)
+        return -EBADF;
+    /* the TLS layer's own records (a file's, close_notify) are queued even
+     * when a FIN was asked for meanwhile (a TLS half-close): the FIN waits
+     * behind them, as it waits behind anything queued */
+    uint32_t shut = c->flags & F_SHUT_PENDING;
+    c->flags &= ~F_SHUT_PENDING;
+    int64_t n = queue_before_file_(r, c, slot, gen, data, len);
+    c->flags |= shut;
+    return n;
+}
+
+static int64_t queue_before_file_(struct us_ring *r, struct conn *c, uint32_t slot, uint32_t gen,
+                                  const char *data, size_t len)
+{
+    uint32_t f = c->q.fseg;
     if (f == NONE)
         return us_send(r, slot, gen, data, len);
     /* the queue is cut before the file for us_send to append there, then joined again */
