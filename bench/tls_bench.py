@@ -1,7 +1,9 @@
 """HTTPS servers, interleaved: uringserve (native handler and ASGI, TLS in
-the core), uvicorn --ssl-* (uvloop + httptools) and nginx `ssl`.
+the core), uvicorn --ssl-* (uvloop + httptools), granian (ASGI, its
+--ssl-* options) and nginx `ssl`.
 
     python bench/tls_bench.py [--rounds 5] [--seconds 5] [--conns 50] [--static-conns 16]
+                              [--servers uringserve,uringserve@DIR,...]
 
 Every server runs pinned to CPU 0 and wrk to CPU 1, over TLS (wrk's
 OpenSSL negotiates TLS 1.3). Three parts: the hello world with keep-alive
@@ -13,7 +15,7 @@ app's http.response.pathsend (the same path), Starlette's StaticFiles under
 uvicorn (bench/static_asgi.py), nginx `alias` (without kTLS its sendfile
 reads and encrypts in user space too). Reported: median rate and
 server CPU microseconds per request (the server's process tree over wrk's
-run, from /proc), with ratios against nginx and uvicorn, of the medians and
+run, from /proc), with ratios against nginx, uvicorn and granian, of the medians and
 paired within each round. The certificate is a throwaway CA's (trustme),
 ECDSA P-256 as trustme makes it.
 """
@@ -76,6 +78,11 @@ def commands(port: int, tmp: str, cert: str, key: str, static: bool = False) -> 
             PY, "-m", "uvicorn", *uvicorn_app, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
             "--no-access-log", "--log-level", "warning", "--ssl-certfile", cert, "--ssl-keyfile", key,
         ],
+        "granian": [
+            str(Path(PY).parent / "granian"), "--interface", "asgi", "--workers", "1", "--port", str(port),
+            "--log-level", "warning", "--ssl-certificate", cert, "--ssl-keyfile", key,
+            *(["--working-dir", "bench", "static_asgi:app"] if static else ["apps.http:asgi_app"]),
+        ],
         "nginx": ["nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-g", "daemon off; master_process off;"],
     }  # fmt: skip
 
@@ -85,16 +92,20 @@ def run_one(
 ) -> tuple[float, float]:
     """(requests/s, server CPU us per request) of one wrk run for `path` against a fresh server."""
     port = free_port()
+    # NAME@DIR: the same server from another checkout (a before/after pair in one run)
+    base, _, checkout = name.partition("@")
+    cwd = Path(checkout) if checkout else ROOT
+    env = {**os.environ, "URINGSERVE_STATIC": static, **({"PYTHONPATH": checkout} if checkout else {})}
     with tempfile.TemporaryDirectory() as tmp:
         if name == "nginx":
             conf = NGINX_CONF.format(tmp=tmp, port=port, cert=cert, key=key, static=static)
             Path(tmp, "nginx.conf").write_text(conf)
         proc = subprocess.Popen(
-            ["taskset", "-c", "0", *commands(port, tmp, cert, key, path != "/")[name]],
-            cwd=ROOT,
+            ["taskset", "-c", "0", *commands(port, tmp, cert, key, path != "/")[base]],
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env={**os.environ, "URINGSERVE_STATIC": static},
+            env=env,
         )
         try:
             wait_listening(port, proc)
@@ -127,7 +138,11 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=5, help="per run (whole seconds: wrk's -d)")
     p.add_argument("--conns", type=int, default=50, help="keep-alive connections (50)")
     p.add_argument("--handshake-conns", type=int, default=16, help="connections of the handshake part (16)")
-    p.add_argument("--servers", default="uringserve,uringserve-asgi,uvicorn,nginx")
+    p.add_argument(
+        "--servers",
+        default="uringserve,uringserve-asgi,uvicorn,granian,nginx",
+        help="of uringserve, uringserve-asgi, uvicorn, granian, nginx; NAME@DIR runs NAME from the checkout DIR",
+    )
     p.add_argument("--no-handshakes", action="store_true")
     p.add_argument("--static-conns", type=int, default=16, help="keep-alive connections of the static part (16)")
     p.add_argument("--file-size", type=int, default=1 << 20, help="the static file's size in bytes (1 MiB)")
@@ -161,7 +176,7 @@ def main() -> int:
                     r = run_one(n, conns, args.seconds, cert, key, close, static, path)
                     results[part][n].append(r)
                     print(f"round {rnd + 1} {part:10} {n:16} {r[0]:9.0f} req/s {r[1]:7.2f} us/req", file=sys.stderr)
-    peers = [x for x in ("nginx", "uvicorn") if x in names]
+    peers = [x for x in ("nginx", "uvicorn", "granian") if x in names]
     for part, (conns, close, path) in parts.items():
         what = "one request per connection (a handshake each)" if close else "keep-alive"
         subject = f"HTTPS static {args.file_size} bytes" if path != "/" else "HTTPS hello"

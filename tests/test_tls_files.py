@@ -111,14 +111,13 @@ def test_files_of_every_size_byte_exact_on_one_kept_alive_connection(server, fil
         assert after["tls_file_bytes"] - before["tls_file_bytes"] == 2 * ((1 << 20) + (5 << 20))
 
 
-@pytest.mark.xfail(strict=True, reason="HTTPProtocol._write_file_slow on the stdlib loop (not the core's path)")
-def test_stdlib_loop_sends_a_file_only_once(files, root) -> None:
-    """On the stdlib loop over TLS, HTTPProtocol._write_file_slow hands
-    asyncio's loop.sendfile() fallback the cached file's shared fd, whose
-    position the first response left at the end (the fallback seeks only
-    for a non-zero offset): the second response of the same file gets no
-    body and the client waits. Found here, the same on main, left to its
-    owner; the ring's path serves this (the test above)."""
+def test_stdlib_loop_sends_a_file_more_than_once(files, root) -> None:
+    """On the stdlib loop over TLS, asyncio's loop.sendfile() fallback reads
+    the file object from its position (it seeks only for a non-zero
+    offset); HTTPProtocol._write_file_slow had handed it the cached file's
+    shared fd, whose position the first response left at the end, so the
+    second response of the same file got no body and the client waited.
+    Each response now reads its own opening of the file."""
     import httpx
 
     srv = start(files, root, "asyncio")

@@ -734,8 +734,18 @@ class HTTPProtocol(Connection, asyncio.Protocol):
         return self._loop.create_task(self._write_file_slow(file, offset, count))
 
     async def _write_file_slow(self, file: Any, offset: int, count: int) -> None:
-        # any transport: asyncio's own sendfile (os.sendfile on selector transports)
-        with open(file.fd, "rb", closefd=False) as f:
+        # any transport: asyncio's own sendfile (os.sendfile on selector
+        # transports, which takes the offset and leaves the fd's position
+        # alone). Over TLS it falls back to reading the file object from its
+        # position, which the cached fd shares with every response of that
+        # file (and the fallback seeks only for a non-zero offset): a file
+        # opened again gets a position of its own
+        if self._transport.get_extra_info("ssl_object") is None:
+            with open(file.fd, "rb", closefd=False) as f:
+                await self._loop.sendfile(self._transport, f, offset, count)
+            return
+        with open(f"/proc/self/fd/{file.fd}", "rb") as f:
+            f.seek(offset)
             await self._loop.sendfile(self._transport, f, offset, count)
 
     @property
