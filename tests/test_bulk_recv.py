@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -622,6 +625,51 @@ def test_bytes_from_bulk_are_ordinary() -> None:
     other = parked[2]
     out = take(parked, 2, 5)
     assert len(out) == 5 and len(other) == 100
+
+
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"  # Debian's libjemalloc2 (Makefile DEBS)
+
+# take() in a loop where every shrink moves the object (jemalloc moves a
+# 256 KiB allocation shrunk to 100 B into another size class; glibc shrinks in
+# place): data byte-exact and one reference, the caller's, in each result
+_MOVING_TAKE = """
+import sys
+from uringserve._native import ffi
+from uringserve.bulk_bytes import fresh, take
+moved = 0
+for i in range(5000):
+    parked = {1: fresh(262144)}
+    before = id(parked[1])
+    fill = bytes([65 + i % 26]) * (100 + i % 7)
+    ffi.memmove(ffi.from_buffer(parked[1]), fill, len(fill))
+    out = take(parked, 1, len(fill))
+    moved += id(out) != before
+    assert out == fill, (i, out[:8])
+    assert sys.getrefcount(out) == 2, (i, sys.getrefcount(out))
+    del out
+print("moved", moved)
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not os.path.exists(JEMALLOC), reason=f"{JEMALLOC} absent (apt-get install libjemalloc2)")
+def test_take_when_the_shrink_moves_the_object() -> None:
+    """Under an allocator whose realloc moves a shrunk object, take() hands
+    back the moved object with exactly the caller's reference, and nothing
+    frees the old address twice: a direct loop, then the Protocol bulk tests,
+    in a subprocess under LD_PRELOAD=libjemalloc (a use-after-free there
+    segfaults, at the latest at exit)."""
+    env = dict(os.environ, LD_PRELOAD=JEMALLOC)
+    r = subprocess.run([sys.executable, "-c", _MOVING_TAKE], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert int(r.stdout.split()[-1]) > 0, "jemalloc moved none: the test proves nothing"
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "ordinary or protocol_64mib_random"],
+        env=env, capture_output=True, text=True, timeout=200, cwd=os.path.dirname(__file__),
+    )  # fmt: skip
+    assert r.returncode == 0, (r.returncode, r.stdout[-3000:], r.stderr[-2000:])
+    assert " passed" in r.stdout and " failed" not in r.stdout
 
 
 def test_default_budget_is_a_few_mib() -> None:
