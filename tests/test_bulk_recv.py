@@ -171,6 +171,8 @@ def transfer(h: Any, factory: Any, size: int, small: bool = True) -> tuple[Any, 
         await asyncio.get_running_loop().run_in_executor(None, peer.join, 10)
         assert not peer.err, peer.err
         await stop(server)
+        while getattr(p, "successor", None):  # set_protocol's chain: the last one has the count
+            p = p.successor
         return p
 
     p = h.run(main(), timeout=90)
@@ -228,6 +230,63 @@ def test_buffered_protocol_different_buffers_each_call(h) -> None:
     p, s = transfer(h, lambda: BufferedSink([300_000, 20_000, 70_000, 1 * MiB, 17_000, 500_000]), 32 * MiB)
     if h.uring:
         assert s["bulk_recvs"] > 0
+    assert_given_back(h.loop)
+
+
+# -- set_protocol() while a bulk receive is armed ----------------------------------
+
+
+def _switching(first: str, every: int, switches: list[bool]) -> Any:
+    """A protocol of kind `first` ("plain" or "buffered") that hands the
+    connection to a new protocol of the other kind (set_protocol) after each
+    `every` bytes, carrying the hash and the count over; `switches` records,
+    per switch, whether a bulk receive was armed at that moment."""
+
+    def make(kind: str) -> Any:
+        base = Sink if kind == "plain" else BufferedSink
+
+        class Switching(base):  # type: ignore[valid-type, misc]
+            replaced = False
+            pending = False
+
+            def after(self, n: int) -> None:
+                if self.replaced:
+                    self.bad.append(f"{kind} protocol called after set_protocol")
+                elif not self.pending and self.n // every != (self.n - n) // every:
+                    # between the loop's events, as an upgrade does it: the
+                    # bulk receive this read re-armed is in flight then
+                    self.pending = True
+                    asyncio.get_running_loop().call_soon(self.switch)
+
+            def switch(self) -> None:
+                if self.transport.is_closing():
+                    return
+                self.replaced = True
+                new = make("buffered" if kind == "plain" else "plain")
+                new.h, new.n, new.lost, new.transport = self.h, self.n, self.lost, self.transport
+                new.bad, new.events = self.bad, self.events
+                loop = asyncio.get_running_loop()
+                switches.append(bool(getattr(loop, "ring", None) and loop.ring.bulk))
+                self.successor = new
+                self.transport.set_protocol(new)
+
+        return Switching()
+
+    return lambda: make(first)
+
+
+@pytest.mark.parametrize("first", ["plain", "buffered"])
+def test_set_protocol_while_bulk_armed(h, first) -> None:
+    """An upgrade (HTTP -> WebSocket, start_tls) replaces the protocol while a
+    bulk receive may be armed into the old one's memory: what lands there is
+    the new protocol's, as bytes or through its own get_buffer(), byte-exact
+    and in order, both directions, on both loops."""
+    switches: list[bool] = []
+    _, s = transfer(h, _switching(first, 1 * MiB, switches), 24 * MiB, small=False)
+    assert len(switches) >= 20
+    if h.uring:
+        assert s["bulk_recvs"] > 0
+        assert any(switches), "no switch found a bulk receive armed: the test proves nothing"
     assert_given_back(h.loop)
 
 
