@@ -290,6 +290,46 @@ def test_set_protocol_while_bulk_armed(h, first) -> None:
     assert_given_back(h.loop)
 
 
+class CompactingSink(Sink, asyncio.BufferedProtocol):
+    """A BufferedProtocol over one bytearray that get_buffer() compacts (drops
+    what was consumed) and grows to 256 KiB free: a resize, which raises
+    BufferError while any view of the bytearray is still exported."""
+
+    def __init__(self, free: int = 256 * 1024) -> None:
+        super().__init__()
+        self.buf = bytearray()
+        self.end = 0
+        self.free = free
+
+    def get_buffer(self, sizehint: int) -> Any:
+        self.h.update(memoryview(self.buf)[: self.end])
+        del self.buf[: self.end]
+        self.end = 0
+        self.buf.extend(bytes(self.free - len(self.buf)))
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end += nbytes
+        self.n += nbytes
+
+    def eof_received(self) -> bool:
+        self.h.update(memoryview(self.buf)[: self.end])
+        self.end = 0
+        return super().eof_received()
+
+
+@pytest.mark.parametrize("free", [256 * 1024, 1000])
+def test_buffered_protocol_resizing_its_buffer_in_get_buffer(h, free) -> None:
+    """The transport lets go of the last get_buffer()'s memory before it asks
+    for the next, so a protocol may resize its bytearray there (asyncio's
+    loops allow it): after a bulk receive (256 KiB free), and between the
+    get_buffer() calls that one provided buffer fills (1000 B free)."""
+    _, s = transfer(h, lambda: CompactingSink(free), 16 * MiB, small=False)
+    if h.uring and free > BULK_READ // 2:
+        assert s["bulk_recvs"] > 0
+    assert_given_back(h.loop)
+
+
 # -- the switch, both ways --------------------------------------------------------
 
 

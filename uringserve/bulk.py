@@ -73,6 +73,9 @@ def completed(ring: Ring, t: Receiver | None, slot: int, res: int, gen: int, fla
         # bound to no name before take(): it resizes only what nothing else refers to
         data: Any = take(parked, slot, res) if type(parked.get(slot)) is bytes else parked.pop(slot)
         t.receive_bulk(data, res)
+        # a BufferedProtocol's view is an export of its buffer: gone before
+        # arm() asks get_buffer() again, which may resize that buffer
+        del data
     else:
         parked.pop(slot, None)
         if res == 0:

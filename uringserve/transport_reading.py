@@ -161,6 +161,8 @@ class Reading(TransportBase):
             n = min(len(buf), len(mv))
             buf[:n] = mv[:n]
             self._protocol.buffer_updated(n)  # type: ignore[attr-defined]
+            # not held across the next get_buffer(), which may resize the buffer
+            buf.release()
             mv = mv[n:]
             if self._closing:
                 return
