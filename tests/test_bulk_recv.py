@@ -668,6 +668,86 @@ def test_idle_connections_park_nothing() -> None:
         loop.close()
 
 
+def test_quiet_connections_give_their_bulk_memory_back() -> None:
+    """20 connections each send 1 MiB and go quiet: their armed bulk
+    receives are cancelled by the sweep (bulk.SWEEP_PERIOD), the memory and
+    the budget are given back, a new connection then streams in bulk, and
+    the quiet ones still receive what they send later."""
+    loop = uringserve.new_event_loop()
+    try:
+
+        async def main() -> None:
+            server, port, made = await serve(loop, Sink)
+            blob = payload(1 * MiB, 5)
+            socks = []
+            for _ in range(20):
+                c = socket.socket()
+                c.setblocking(False)
+                await loop.sock_connect(c, ("127.0.0.1", port))
+                await loop.sock_sendall(c, blob)
+                socks.append(c)
+            assert await until(lambda: sum(p.n for p in made) == 20 * MiB, 30)
+            assert loop.ring_stats()["bulk_recvs"] > 0
+            # quiet now: every armed receive is reclaimed within two sweep periods
+            assert await until(lambda: loop.ring_stats()["bulk_parked"] == 0 and not loop.ring.bulk, 30)
+            s = loop.ring_stats()
+            assert s["bulk_idle_cancels"] > 0
+            assert all(p.h.digest() == hashlib.sha256(blob).digest() for p in made)
+            # a new stream finds the whole budget
+            before = s["bulk_recvs"]
+            c = socket.socket()
+            c.setblocking(False)
+            await loop.sock_connect(c, ("127.0.0.1", port))
+            big = payload(16 * MiB, 6)
+            await loop.sock_sendall(c, big)
+            socks.append(c)
+            assert await until(lambda: made[-1].n == 16 * MiB, 30)
+            assert made[-1].h.digest() == hashlib.sha256(big).digest()
+            assert loop.ring_stats()["bulk_recvs"] - before > 8
+            # the reclaimed connections read on, from the ring
+            for c in socks[:20]:
+                await loop.sock_sendall(c, b"more")
+            assert await until(lambda: all(p.n == MiB + 4 for p in made[:20]), 30)
+            for c in socks:
+                c.close()
+            assert await until(lambda: all(p.events for p in made), 30)
+            await stop(server)
+
+        loop.run_until_complete(main())
+        assert_given_back(loop)
+    finally:
+        loop.close()
+
+
+def test_closed_loop_64k_echo_stays_in_bulk() -> None:
+    """A client that sends 64 KiB and waits for the echo (the benchmark's
+    echo): the server stays in bulk across messages, and nothing idles
+    long enough for the sweep."""
+    loop = uringserve.new_event_loop()
+    try:
+
+        async def main() -> None:
+            server, port, made = await serve(loop, EchoSmallCountBig)
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            assert await until(lambda: made, 10)
+            made[0].echo = True
+            msg = payload(64 * 1024, 12)
+            for _ in range(200):
+                w.write(msg)
+                assert await r.readexactly(len(msg)) == msg
+            s = loop.ring_stats()
+            assert s["bulk_recvs"] > 150, s  # after the first messages, one bulk receive per message
+            assert s["bulk_switches"] < 20, s  # not switched again each message
+            w.close()
+            await w.wait_closed()
+            await stop(server)
+
+        loop.run_until_complete(main())
+        assert_given_back(loop)
+    finally:
+        loop.close()
+
+
 def test_tls_in_the_core_never_bulk(tls_files) -> None:
     """The core decrypts from the ring's buffers: a CoreTLS connection declines bulk for good."""
     import ssl

@@ -32,8 +32,20 @@ if TYPE_CHECKING:
     from .ring import Ring
 
 
+# An armed bulk receive that got nothing for between one and two of these is
+# cancelled (us_bulk_sweep): its connection went quiet, and the memory it
+# parks would hold the budget from connections that stream. A stream (reads
+# of >= 16 KiB back to back) or a request/response peer that answers within
+# a second never waits that long; a cancel costs one SQE, and a connection
+# that streams again is switched back after BULK_AFTER full reads. The sweep
+# runs only while something is armed, and scans the slot table in C.
+SWEEP_PERIOD = 1.0
+
+
 class Receiver(Protocol):
     """What this needs of a transport (transport_reading.Reading's)."""
+
+    _loop: Any
 
     def bulk_memory(self) -> Any: ...
 
@@ -54,11 +66,24 @@ def arm(ring: Ring, t: Receiver | None, slot: int, gen: int) -> None:
         ring.recv_decline(slot, gen, memory)
         return
     try:
-        ring.recv_into(slot, gen, memory)
+        armed = ring.recv_into(slot, gen, memory) == 0
     except (TypeError, ValueError, BufferError):
         # memory cffi cannot hand the kernel (bulk_memory checks what it can):
         # the ring's path, which copies into it
         ring.recv_decline(slot, gen, DECLINE_BACKOFF)
+        return
+    if armed and not ring.bulk_sweeping:
+        ring.bulk_sweeping = True
+        t._loop.call_later(SWEEP_PERIOD, _sweep, ring, t._loop)  # type: ignore[union-attr]
+
+
+def _sweep(ring: Ring, loop: Any) -> None:
+    """Every SWEEP_PERIOD while bulk receives are armed: reclaim idle ones."""
+    if ring.closed or not ring.bulk:
+        ring.bulk_sweeping = False
+        return
+    ring.bulk_sweep()
+    loop.call_later(SWEEP_PERIOD, _sweep, ring, loop)
 
 
 def completed(ring: Ring, t: Receiver | None, slot: int, res: int, gen: int, flags: int) -> None:

@@ -42,6 +42,7 @@ RING_COUNTERS = (
     "pbuf_recv_bytes",
     "bulk_recvs",
     "bulk_recv_bytes",
+    "bulk_idle_cancels",
 )
 # and its levels
 RING_GAUGES = ("slots_used", "slots_total", "arena_in_use", "arena_chunks", "bufs_out", "inflight", "bulk_parked")

@@ -499,7 +499,7 @@ void on_bulk(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         e->flags = US_BULK_STALE;
         return;
     }
-    c->flags &= ~(F_RECV_ARMED | F_BULK_ARMED);
+    c->flags &= ~(F_RECV_ARMED | F_BULK_ARMED | F_BULK_IDLE);
     struct us_event *e = emit(o, US_EV_BULK, slot, c->gen, res);
     if (res > 0) {
         r->st.recvs++;
@@ -550,8 +550,36 @@ int us_recv_into(struct us_ring *r, uint32_t slot, uint32_t gen, char *buf, uint
     }
     FAULT_SQE(r, US_FAULT_RECV, sqe);
     bulk_hold(r, slot, len);
-    c->flags |= F_RECV_ARMED | F_BULK_ARMED;
+    c->flags = (c->flags | F_RECV_ARMED | F_BULK_ARMED) & ~F_BULK_IDLE;
     return 0;
+}
+
+/* An armed bulk recv is released by data, a pause or a close; one whose
+ * peer went quiet would park its memory for good and starve the budget.
+ * Each call marks the armed ones and cancels those marked at the previous
+ * call: armed for between one and two sweep periods with nothing arrived.
+ * The mark costs the hot path one bit clear (us_recv_into); the scan is of
+ * the slot table, and the caller calls only while something is armed. */
+int us_bulk_sweep(struct us_ring *r)
+{
+    int n = 0;
+    for (uint32_t slot = 0; slot < r->conn.size; slot++) {
+        struct conn *c = &r->conn.table[slot];
+        if (c->state != C_OPEN || !(c->flags & F_BULK_ARMED))
+            continue;
+        if (!(c->flags & F_BULK_IDLE)) {
+            c->flags |= F_BULK_IDLE;
+            continue;
+        }
+        struct io_uring_sqe *sqe = prep(r, UD(OP_CANCEL, slot, c->gen, 0), 0, 0, NULL, 0);
+        if (!sqe)
+            break; /* the SQ is full: the next sweep */
+        sqe->addr = UD(OP_BULK, slot, c->gen, 0);
+        c->flags &= ~F_BULK_IDLE;
+        r->st.bulk_idle_cancels++;
+        n++;
+    }
+    return n;
 }
 
 int us_recv_decline(struct us_ring *r, uint32_t slot, uint32_t gen, int how)
