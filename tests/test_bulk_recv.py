@@ -851,6 +851,38 @@ def test_take_when_the_shrink_moves_the_object() -> None:
     assert " passed" in r.stdout and " failed" not in r.stdout
 
 
+def test_bulk_bytes_below_one_read_is_refused() -> None:
+    """A budget that could never hold one bulk read would turn bulk off in
+    silence: refused, naming the minimum; 0 and one read are fine."""
+    from uringserve.ring_settings import RingConfigError
+
+    with pytest.raises(RingConfigError, match=f"smaller than one bulk read \\({BULK_READ}\\).*use 0"):
+        RingConfig(bulk_bytes=BULK_READ - 1).validated()
+    assert RingConfig(bulk_bytes=0).validated().bulk_bytes == 0
+    assert RingConfig(bulk_bytes=BULK_READ).validated().bulk_bytes == BULK_READ
+
+
+def test_no_memory_for_a_bulk_read_declines(monkeypatch) -> None:
+    """fresh() failing with MemoryError is a decline (the ring's buffers),
+    not an exception in the loop's dispatch: every byte still arrives."""
+    import uringserve.transport_reading as tr
+
+    failed = []
+
+    def no_memory(n: int) -> bytes:
+        failed.append(n)
+        raise MemoryError
+
+    monkeypatch.setattr(tr, "fresh", no_memory)
+    loop = uringserve.new_event_loop()
+    try:
+        _, s = transfer(LoopHarness("uring", loop), Sink, 16 * MiB, small=False)
+        assert failed and s["bulk_switches"] > 0 and s["bulk_recvs"] == 0
+        assert_given_back(loop)
+    finally:
+        loop.close()
+
+
 def test_default_budget_is_a_few_mib() -> None:
     cfg = RingConfig().validated()
     assert 1 * MiB <= cfg.bulk_bytes <= 16 * MiB

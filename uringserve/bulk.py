@@ -61,7 +61,10 @@ _NO_DATA = (-errno.ECANCELED, -errno.EINTR, -errno.EAGAIN)  # nothing arrived, n
 
 def arm(ring: Ring, t: Receiver | None, slot: int, gen: int) -> None:
     """BULK_WANT: memory for `slot`'s next receive, or the buffer ring again."""
-    memory = DECLINE_NOW if t is None else t.bulk_memory()
+    try:
+        memory = DECLINE_NOW if t is None else t.bulk_memory()
+    except MemoryError:
+        memory = DECLINE_BACKOFF  # no 256 KiB to spare now: the ring's buffers, asked again later
     if type(memory) is int:
         ring.recv_decline(slot, gen, memory)
         return
