@@ -748,6 +748,53 @@ def test_closed_loop_64k_echo_stays_in_bulk() -> None:
         loop.close()
 
 
+def test_sweep_never_cancels_a_receiving_connection(monkeypatch) -> None:
+    """The sweep cancels only a bulk receive armed across a whole period
+    with nothing arrived: a closed-loop echo that re-arms every message
+    keeps its bulk receives over many sweep periods (shortened here to
+    0.1 s so that many pass)."""
+    from uringserve import bulk
+    from uringserve.ring import Ring
+
+    monkeypatch.setattr(bulk, "SWEEP_PERIOD", 0.1)
+    sweeps = [0]
+    real = Ring.bulk_sweep
+
+    def counted(self: Ring) -> int:
+        sweeps[0] += 1
+        return real(self)
+
+    monkeypatch.setattr(Ring, "bulk_sweep", counted)
+    loop = uringserve.new_event_loop()
+    try:
+
+        async def main() -> int:
+            server, port, made = await serve(loop, EchoSmallCountBig)
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            assert await until(lambda: made, 10)
+            made[0].echo = True
+            msg = payload(64 * 1024, 13)
+            n = 0
+            while sweeps[0] < 12 and n < 20000:
+                w.write(msg)
+                assert await r.readexactly(len(msg)) == msg
+                n += 1
+            w.close()
+            await w.wait_closed()
+            await stop(server)
+            return n
+
+        n = loop.run_until_complete(main())
+        s = loop.ring_stats()
+        assert sweeps[0] >= 12
+        # a pause of a whole period on this busy machine may cost one or two
+        assert s["bulk_idle_cancels"] <= 2, (s["bulk_idle_cancels"], n)
+        assert s["bulk_recvs"] >= n * 0.8, (s["bulk_recvs"], n)
+        assert_given_back(loop)
+    finally:
+        loop.close()
+
+
 def test_tls_in_the_core_never_bulk(tls_files) -> None:
     """The core decrypts from the ring's buffers: a CoreTLS connection declines bulk for good."""
     import ssl

@@ -475,7 +475,12 @@ static void bulk_want(struct us_ring *r, uint32_t slot, struct conn *c, struct o
 static void recv_ended(struct us_ring *r, uint32_t slot, struct conn *c, struct out *o)
 {
     /* once the switch is under way a short read before its cancel landed
-     * does not undo it (the bulk recv's own short read does) */
+     * does not undo it (the bulk recv's own short read does). The switch
+     * happens also when the last read left the socket empty (no
+     * IORING_CQE_F_SOCK_NONEMPTY): the cancel usually lands after the
+     * multishot has drained a whole message, so a request/response peer
+     * (the 64 KiB echo) would never get into bulk; a connection that goes
+     * quiet with memory armed gives it back at us_bulk_sweep */
     if ((c->streak >= BULK_AFTER || (c->flags & F_BULK_SWITCH)) && !(c->flags & (F_RECV_PAUSED | F_EOF | F_BULK_OFF)) &&
         bulk_room(r, slot))
         bulk_want(r, slot, c, o);
@@ -594,7 +599,8 @@ int us_recv_decline(struct us_ring *r, uint32_t slot, uint32_t gen, int how)
     c->flags &= ~F_BULK_WAIT;
     bulk_hold(r, slot, 0);
     if (how == US_DECLINE_BACKOFF)
-        c->streak = -BULK_BACKOFF; /* NOW keeps the streak: asked again at the next full read or resume */
+        c->streak = -BULK_BACKOFF; /* NOW leaves the streak: 0 after BULK_WANT or a resume (asked again after
+                                      BULK_AFTER full reads), BULK_AFTER after a BULK with MORE (the next one) */
     if (c->state == C_OPEN && !(c->flags & (F_RECV_ARMED | F_RECV_PAUSED | F_EOF)))
         return arm_recv(r, slot, c);
     return 0;
@@ -794,7 +800,6 @@ int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen)
         return US_RECV_BULK_WANT;
     }
     return arm_recv(r, slot, c);
-    return 0;
 }
 
 int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen)
