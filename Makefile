@@ -20,7 +20,7 @@ PORT ?= 8000
 # chromium: a real browser runs the WebSocket demo page's self-test (tests/test_ws_browser.py)
 # zlib1g-dev: the load generator inflates permessage-deflate echoes (loadgen.c)
 # libssl-dev, openssl, sslscan: TLS in the core (tls.c) links libssl; tests drive s_client and sslscan
-DEBS := gcc libc6-dev zlib1g-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd \
+DEBS := gcc libc6-dev libjemalloc2 zlib1g-dev python3-dev python3-venv libffi-dev util-linux libpython3.11-testsuite redis-tools redis-server systemd \
 	haproxy nginx-light libnginx-mod-stream wrk chromium libssl-dev openssl sslscan
 BENCH_DEBS := curl
 

@@ -32,8 +32,20 @@ if TYPE_CHECKING:
     from .ring import Ring
 
 
+# An armed bulk receive that got nothing for between one and two of these is
+# cancelled (us_bulk_sweep): its connection went quiet, and the memory it
+# parks would hold the budget from connections that stream. A stream (reads
+# of >= 16 KiB back to back) or a request/response peer that answers within
+# a second never waits that long; a cancel costs one SQE, and a connection
+# that streams again is switched back after BULK_AFTER full reads. The sweep
+# runs only while something is armed, and scans the slot table in C.
+SWEEP_PERIOD = 1.0
+
+
 class Receiver(Protocol):
     """What this needs of a transport (transport_reading.Reading's)."""
+
+    _loop: Any
 
     def bulk_memory(self) -> Any: ...
 
@@ -49,16 +61,32 @@ _NO_DATA = (-errno.ECANCELED, -errno.EINTR, -errno.EAGAIN)  # nothing arrived, n
 
 def arm(ring: Ring, t: Receiver | None, slot: int, gen: int) -> None:
     """BULK_WANT: memory for `slot`'s next receive, or the buffer ring again."""
-    memory = DECLINE_NOW if t is None else t.bulk_memory()
+    try:
+        memory = DECLINE_NOW if t is None else t.bulk_memory()
+    except MemoryError:
+        memory = DECLINE_BACKOFF  # no 256 KiB to spare now: the ring's buffers, asked again later
     if type(memory) is int:
         ring.recv_decline(slot, gen, memory)
         return
     try:
-        ring.recv_into(slot, gen, memory)
+        armed = ring.recv_into(slot, gen, memory) == 0
     except (TypeError, ValueError, BufferError):
         # memory cffi cannot hand the kernel (bulk_memory checks what it can):
         # the ring's path, which copies into it
         ring.recv_decline(slot, gen, DECLINE_BACKOFF)
+        return
+    if armed and not ring.bulk_sweeping:
+        ring.bulk_sweeping = True
+        t._loop.call_later(SWEEP_PERIOD, _sweep, ring, t._loop)  # type: ignore[union-attr]
+
+
+def _sweep(ring: Ring, loop: Any) -> None:
+    """Every SWEEP_PERIOD while bulk receives are armed: reclaim idle ones."""
+    if ring.closed or not ring.bulk:
+        ring.bulk_sweeping = False
+        return
+    ring.bulk_sweep()
+    loop.call_later(SWEEP_PERIOD, _sweep, ring, loop)
 
 
 def completed(ring: Ring, t: Receiver | None, slot: int, res: int, gen: int, flags: int) -> None:
@@ -73,6 +101,9 @@ def completed(ring: Ring, t: Receiver | None, slot: int, res: int, gen: int, fla
         # bound to no name before take(): it resizes only what nothing else refers to
         data: Any = take(parked, slot, res) if type(parked.get(slot)) is bytes else parked.pop(slot)
         t.receive_bulk(data, res)
+        # a BufferedProtocol's view is an export of its buffer: gone before
+        # arm() asks get_buffer() again, which may resize that buffer
+        del data
     else:
         parked.pop(slot, None)
         if res == 0:

@@ -42,6 +42,7 @@ RING_COUNTERS = (
     "pbuf_recv_bytes",
     "bulk_recvs",
     "bulk_recv_bytes",
+    "bulk_idle_cancels",
     "ktls_tx",  # TLS connections whose sending the kernel took (--tls-ktls)
     "ktls_fallback",  # and those that asked and stayed on OpenSSL's path
 )

@@ -119,6 +119,7 @@ class Ring:
         # memory bulk receives write into (us_recv_into), by slot, kept alive
         # until the slot's EV_BULK: the kernel may write until then
         self.bulk: dict[int, Any] = {}
+        self.bulk_sweeping = False  # bulk.py's sweep is scheduled
         self._released = memoryview(ffi.buffer(lib.us_released(ptr), 4 * (cfg.ext_segments + 1))).cast("I")
         self._stats = ffi.new("struct us_stats *")
         self.fd = lib.us_ring_fd(ptr)
@@ -240,6 +241,11 @@ class Ring:
         if ret == 0:
             self.bulk[slot] = memory
         return ret
+
+    def bulk_sweep(self) -> int:
+        """Cancel the bulk receives armed since the previous call that got
+        nothing (us_bulk_sweep); returns how many."""
+        return lib.us_bulk_sweep(self._ptr)
 
     def recv_decline(self, slot: int, gen: int, how: int = 0) -> int:
         """Answer EV_BULK_WANT without memory: the buffer ring again; `how`

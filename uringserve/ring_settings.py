@@ -285,6 +285,12 @@ def validate(config: RingConfig, names: Mapping[str, str] | None = None) -> Ring
             f"received-data region of {region} bytes exceeds 4 GiB: "
             f"lower {words.name('buf_size')} or {words.name('files')}"
         )
+    if 0 < config.bulk_bytes < lib.US_BULK_READ:
+        # below one bulk read no connection could ever switch: say so rather than run with bulk off
+        problems.append(
+            f"{words.value(SETTING['bulk_bytes'], config.bulk_bytes)} is smaller than one bulk read "
+            f"({lib.US_BULK_READ}): use 0 to turn bulk receive off, or at least {lib.US_BULK_READ}"
+        )
     said = words.value(SETTING["arena_bytes"], arena)
     if arena < chunk:
         problems.append(f"{said} is smaller than one chunk ({chunk})")

@@ -34,6 +34,14 @@ class Reading(TransportBase):
     __slots__ = ()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        if protocol is not getattr(self, "_protocol", protocol):  # unset: __init__'s call
+            parked = self._ring.bulk.get(self._slot)
+            if type(parked) is memoryview:
+                # a bulk receive armed into the old protocol's get_buffer():
+                # what lands there is the new protocol's data, not a
+                # buffer_updated() for a buffer it never gave (the ring keeps
+                # the view alive inside the marker)
+                self._ring.bulk[self._slot] = _Replaced(parked)
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._update_receiver()
@@ -153,6 +161,8 @@ class Reading(TransportBase):
             n = min(len(buf), len(mv))
             buf[:n] = mv[:n]
             self._protocol.buffer_updated(n)  # type: ignore[attr-defined]
+            # not held across the next get_buffer(), which may resize the buffer
+            buf.release()
             mv = mv[n:]
             if self._closing:
                 return
@@ -195,8 +205,14 @@ class Reading(TransportBase):
         exactly those) for a Protocol; for a BufferedProtocol its own buffer."""
         if self._closing:
             return
-        if not self._buffered:
+        if type(data) is bytes:
+            # fresh bytes, armed for a Protocol; to a BufferedProtocol set since
+            # (set_protocol) through get_buffer(), as the ring's path feeds it
             self._on_data(data)
+            return
+        if type(data) is _Replaced:
+            # armed into the get_buffer() of a protocol replaced since
+            self._on_data(bytes(data.view[:n]))
             return
         if self._paused or self._held:
             # no buffer_updated() while paused: held as bytes, and fed through
@@ -243,6 +259,16 @@ class Reading(TransportBase):
 
     def _recv_error(self, err: int) -> None:
         self._fatal_error(conn_error(-err), "Fatal read error on socket transport")
+
+
+class _Replaced:
+    """A bulk receive's memory from a protocol's get_buffer() whose protocol
+    was replaced (set_protocol) while the receive was armed."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
 
 
 def discard(data: Any) -> None:

@@ -477,7 +477,12 @@ static void bulk_want(struct us_ring *r, uint32_t slot, struct conn *c, struct o
 static void recv_ended(struct us_ring *r, uint32_t slot, struct conn *c, struct out *o)
 {
     /* once the switch is under way a short read before its cancel landed
-     * does not undo it (the bulk recv's own short read does) */
+     * does not undo it (the bulk recv's own short read does). The switch
+     * happens also when the last read left the socket empty (no
+     * IORING_CQE_F_SOCK_NONEMPTY): the cancel usually lands after the
+     * multishot has drained a whole message, so a request/response peer
+     * (the 64 KiB echo) would never get into bulk; a connection that goes
+     * quiet with memory armed gives it back at us_bulk_sweep */
     if ((c->streak >= BULK_AFTER || (c->flags & F_BULK_SWITCH)) && !(c->flags & (F_RECV_PAUSED | F_EOF | F_BULK_OFF)) &&
         bulk_room(r, slot))
         bulk_want(r, slot, c, o);
@@ -501,7 +506,7 @@ void on_bulk(struct us_ring *r, struct io_uring_cqe *cqe, struct out *o)
         e->flags = US_BULK_STALE;
         return;
     }
-    c->flags &= ~(F_RECV_ARMED | F_BULK_ARMED);
+    c->flags &= ~(F_RECV_ARMED | F_BULK_ARMED | F_BULK_IDLE);
     struct us_event *e = emit(o, US_EV_BULK, slot, c->gen, res);
     if (res > 0) {
         r->st.recvs++;
@@ -552,8 +557,36 @@ int us_recv_into(struct us_ring *r, uint32_t slot, uint32_t gen, char *buf, uint
     }
     FAULT_SQE(r, US_FAULT_RECV, sqe);
     bulk_hold(r, slot, len);
-    c->flags |= F_RECV_ARMED | F_BULK_ARMED;
+    c->flags = (c->flags | F_RECV_ARMED | F_BULK_ARMED) & ~F_BULK_IDLE;
     return 0;
+}
+
+/* An armed bulk recv is released by data, a pause or a close; one whose
+ * peer went quiet would park its memory for good and starve the budget.
+ * Each call marks the armed ones and cancels those marked at the previous
+ * call: armed for between one and two sweep periods with nothing arrived.
+ * The mark costs the hot path one bit clear (us_recv_into); the scan is of
+ * the slot table, and the caller calls only while something is armed. */
+int us_bulk_sweep(struct us_ring *r)
+{
+    int n = 0;
+    for (uint32_t slot = 0; slot < r->conn.size; slot++) {
+        struct conn *c = &r->conn.table[slot];
+        if (c->state != C_OPEN || !(c->flags & F_BULK_ARMED))
+            continue;
+        if (!(c->flags & F_BULK_IDLE)) {
+            c->flags |= F_BULK_IDLE;
+            continue;
+        }
+        struct io_uring_sqe *sqe = prep(r, UD(OP_CANCEL, slot, c->gen, 0), 0, 0, NULL, 0);
+        if (!sqe)
+            break; /* the SQ is full: the next sweep */
+        sqe->addr = UD(OP_BULK, slot, c->gen, 0);
+        c->flags &= ~F_BULK_IDLE;
+        r->st.bulk_idle_cancels++;
+        n++;
+    }
+    return n;
 }
 
 int us_recv_decline(struct us_ring *r, uint32_t slot, uint32_t gen, int how)
@@ -568,7 +601,8 @@ int us_recv_decline(struct us_ring *r, uint32_t slot, uint32_t gen, int how)
     c->flags &= ~F_BULK_WAIT;
     bulk_hold(r, slot, 0);
     if (how == US_DECLINE_BACKOFF)
-        c->streak = -BULK_BACKOFF; /* NOW keeps the streak: asked again at the next full read or resume */
+        c->streak = -BULK_BACKOFF; /* NOW leaves the streak: 0 after BULK_WANT or a resume (asked again after
+                                      BULK_AFTER full reads), BULK_AFTER after a BULK with MORE (the next one) */
     if (c->state == C_OPEN && !(c->flags & (F_RECV_ARMED | F_RECV_PAUSED | F_EOF)))
         return arm_recv(r, slot, c);
     return 0;
@@ -768,7 +802,6 @@ int us_recv_start(struct us_ring *r, uint32_t slot, uint32_t gen)
         return US_RECV_BULK_WANT;
     }
     return arm_recv(r, slot, c);
-    return 0;
 }
 
 int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen)

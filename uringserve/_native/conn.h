@@ -31,6 +31,7 @@ enum cflag {
     F_BULK_WAIT = 1 << 17 /* BULK_WANT (or BULK with MORE) emitted: nothing armed until the answer */,
     F_BULK_ARMED = 1 << 18 /* a recv into caller memory is in flight (F_RECV_ARMED is set too) */,
     F_BULK_OFF = 1 << 19 /* never bulk: declined for good, or a client connection of the load generator */,
+    F_BULK_IDLE = 1 << 20 /* the armed bulk recv was armed already at the last us_bulk_sweep() */,
 };
 
 struct conn {

@@ -117,6 +117,7 @@ struct us_stats {
     uint64_t bulk_parked;     /* bytes of caller memory bulk receives hold armed now, or are promised while
                                  the caller is asked for it (<= bulk_bytes) */
     uint64_t bulk_parked_peak;
+    uint64_t bulk_idle_cancels; /* armed bulk recvs cancelled by us_bulk_sweep() after a sweep period without data */
     uint64_t ktls_tx;         /* TLS connections whose sending the kernel took over (ktls.c) */
     uint64_t ktls_fallback;   /* TLS connections that asked for kTLS and stayed on OpenSSL's path */
     uint64_t tls_file_bytes;  /* file bytes encrypted in the core from registered memory (TLS file path) */
@@ -180,6 +181,10 @@ int us_recv_pause(struct us_ring *r, uint32_t slot, uint32_t gen);
 int us_recv_into(struct us_ring *r, uint32_t slot, uint32_t gen, char *buf, uint32_t len);
 /* the answer without memory: back to the provided-buffer ring, and when to ask again (US_DECLINE_*) */
 int us_recv_decline(struct us_ring *r, uint32_t slot, uint32_t gen, int how);
+/* called every sweep period while bulk recvs are armed: cancels each one that was armed already at the
+ * previous call and got nothing since (its -ECANCELED US_EV_BULK returns the connection to the
+ * provided-buffer ring and the memory to the caller). Returns the number cancelled. */
+int us_bulk_sweep(struct us_ring *r);
 int64_t us_send(struct us_ring *r, uint32_t slot, uint32_t gen, const char *data, size_t len);
 /* send `data` in place, without copying, as a whole; returns the segment
  * index (0..ext_segments-1). The caller keeps `data` alive and unchanged
