@@ -1,7 +1,12 @@
 """Echo benchmark: the same asyncio.Protocol on four servers, interleaved.
 
     python bench/echo_bench.py [--rounds 5] [--seconds 3] [--conns 100] [--sizes 64,4096]
-                               [--servers asyncio,uvloop,uring,c-ref] [--ablations]
+                               [--servers asyncio,uvloop,uring,c-ref] [--ablations] [--warmup S]
+
+A server named NAME@DIR is NAME run from the checkout DIR (a before/after
+pair in one run); --warmup runs the load S seconds before the measured
+window (loadtest's --warmup), so large messages are measured with the
+socket buffers at their steady size.
 
 Each round runs every (server, size) pair once, in a fresh process, with the
 server pinned to CPU 0 and the load generator to CPU 1: the project's own
@@ -86,6 +91,11 @@ PATHS = (
     ("zc_copied", "zc copied"),
     ("enobufs", "ENOBUFS"),
     ("enters", "enters"),
+    # which receive path the bytes took: the provided-buffer ring or bulk (straight into the protocol's memory)
+    ("pbuf_recvs", "pbuf recvs"),
+    ("bulk_recvs", "bulk recvs"),
+    ("bulk_recv_bytes", "bulk bytes"),
+    ("bulk_switches", "switches"),
 )
 
 
@@ -94,7 +104,7 @@ def is_uring(cmd: list[str]) -> bool:
 
 
 def run_one(
-    cmd: list[str], size: int, conns: int, seconds: float, client: str = "loadtest"
+    cmd: list[str], size: int, conns: int, seconds: float, client: str = "loadtest", warmup: float = 0.0
 ) -> tuple[float, float, dict[str, float] | None]:
     """(msgs/s, server CPU us/msg, the ring's counters per message or None)."""
     port = free_port()
@@ -105,7 +115,7 @@ def run_one(
         os.close(fd)
         argv += ["--stats-file", stats_file]
     try:
-        return _run(cmd, argv, port, size, conns, seconds, client, stats_file)
+        return _run(cmd, argv, port, size, conns, seconds, client, stats_file, warmup)
     finally:
         if stats_file:
             os.unlink(stats_file)
@@ -132,6 +142,7 @@ def _run(
     seconds: float,
     client: str,
     stats_file: str | None,
+    warmup: float = 0.0,
 ) -> tuple[float, float, dict[str, float] | None]:
     cwd, env = ROOT, None
     if len(cmd) > 1 and cmd[1].startswith("@"):  # uring@DIR: another checkout (before/after a change)
@@ -144,7 +155,8 @@ def _run(
     try:
         wait_listening(port, proc)
         if client == "loadtest":
-            res = loadtest(f"tcp://127.0.0.1:{port}", proc.pid, conns, seconds, "--size", str(size))
+            extra = ["--warmup", f"{warmup}s"] if warmup else []
+            res = loadtest(f"tcp://127.0.0.1:{port}", proc.pid, conns, seconds, "--size", str(size), *extra)
             stop(proc)  # the server writes its counters as it stops
             return res["rps"], res["server_cpu_us_per_request"], _per_message(stats_file, res["requests"])
         t0 = cpu_ticks(proc.pid)
@@ -177,7 +189,13 @@ def _run(
 
 
 def interleaved(
-    servers: dict[str, list[str]], sizes: list[int], conns: int, seconds: float, rounds: int, client: str = "loadtest"
+    servers: dict[str, list[str]],
+    sizes: list[int],
+    conns: int,
+    seconds: float,
+    rounds: int,
+    client: str = "loadtest",
+    warmup: float = 0.0,
 ) -> dict[tuple[str, int], list[tuple[float, float, dict[str, float] | None]]]:
     """Every (server, size) once per round, in turn: (msgs/s, server CPU us/msg,
     counters per message) per round."""
@@ -185,7 +203,7 @@ def interleaved(
     for rnd in range(rounds):
         for size in sizes:
             for name, cmd in servers.items():
-                r = run_one(cmd, size, conns, seconds, client)
+                r = run_one(cmd, size, conns, seconds, client, warmup)
                 results.setdefault((name, size), []).append(r)
                 print(
                     f"round {rnd + 1} {name:22} {size:5} B  {r[0]:10.0f} msg/s  {r[1]:6.2f} us/msg",
@@ -204,19 +222,26 @@ def main() -> int:
     p.add_argument("--servers", default=",".join(SERVERS))
     p.add_argument("--ablations", action="store_true")
     p.add_argument("--client", choices=["loadtest", "c"], default="loadtest", help="the load generator (loadtest)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="seconds of load before the measured window (loadtest's --warmup): socket buffers at their steady size",
+    )
     args = p.parse_args()
     build()
     known = {**SERVERS, **ABLATIONS, **EXTRA}
     # uring@DIR runs DIR's apps/echo.py and uringserve (build it there with
     # `python setup.py build_ext --inplace`): a before/after pair in one run
-    servers = {
-        k: known[k] if "@" not in k else [PY, "@" + k.split("@", 1)[1], "apps/echo.py", "--loop", "uring"]
-        for k in args.servers.split(",")
-    }
+    servers = {}
+    for k in args.servers.split(","):
+        base, _, checkout = k.partition("@")
+        cmd = known[base]
+        servers[k] = [cmd[0], "@" + checkout, *cmd[1:]] if checkout else cmd
     if args.ablations:
         servers.update(ABLATIONS)
     sizes = [int(s) for s in args.sizes.split(",")]
-    results = interleaved(servers, sizes, args.conns, args.seconds, args.rounds, args.client)
+    results = interleaved(servers, sizes, args.conns, args.seconds, args.rounds, args.client, args.warmup)
     print(
         f"\nmedians over {args.rounds} rounds, {args.conns} connections, ping-pong, "
         f"{args.seconds:g}s each; server on CPU 0, load on CPU 1"
