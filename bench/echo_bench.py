@@ -69,6 +69,9 @@ EXTRA = {  # --servers may name these too
     "uring:copy-all": [PY, "apps/echo.py", "--inplace-min", str(1 << 30)],
     "uring:inplace-2k": [PY, "apps/echo.py", "--inplace-min", "2048"],
     "uring:inplace-16k": [PY, "apps/echo.py", "--inplace-min", "16384"],
+    # bulk receives for every one of the 100 connections (the default 4 MiB holds sixteen)
+    "uring:bulk32m": [PY, "apps/echo.py", "--bulk-bytes", str(32 << 20)],
+    "uring:buffered-bulk32m": [PY, "apps/echo.py", "--loop", "uring", "--buffered", "--bulk-bytes", str(32 << 20)],
     # the echo as a BufferedProtocol: the loop reads into the protocol's buffer
     "uvloop:buffered": [PY, "apps/echo.py", "--loop", "uvloop", "--buffered"],
     "uring:buffered": [PY, "apps/echo.py", "--loop", "uring", "--buffered"],
@@ -78,9 +81,14 @@ EXTRA = {  # --servers may name these too
 def build() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     native = ROOT / "uringserve" / "_native"
-    core = [str(native / f"{m}.c") for m in ("ring", "conn", "send", "client", "faults")]
-    for out, srcs in (("echo_load", ["bench/echo_load.c"]), ("c_echo", ["bench/c_echo.c", *core])):
-        subprocess.run(["cc", "-O2", "-Wall", f"-I{native}", "-o", str(BUILD / out), *srcs], cwd=ROOT, check=True)
+    # the ring's parts; send.c's file path calls tls.c (TLS files), which calls ktls.c: OpenSSL linked
+    core = [str(native / f"{m}.c") for m in ("ring", "conn", "send", "client", "faults", "tls", "ktls")]
+    for out, srcs, libs in (
+        ("echo_load", ["bench/echo_load.c"], []),
+        ("c_echo", ["bench/c_echo.c", *core], ["-lssl", "-lcrypto"]),
+    ):
+        cmd = ["cc", "-O2", "-Wall", f"-I{native}", "-o", str(BUILD / out), *srcs, *libs]
+        subprocess.run(cmd, cwd=ROOT, check=True)
 
 
 # the ring's counters per message: which path a run took

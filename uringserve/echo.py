@@ -75,6 +75,7 @@ RING_OPTIONS: dict[str, str] = {
     "--buf-count": "buf_count",
     "--buf-size": "buf_size",
     "--inplace-min": "inplace_min",
+    "--bulk-bytes": "bulk_bytes",
 }
 
 

@@ -7,7 +7,9 @@ soon as it exceeds M_TRIM_THRESHOLD (128 KiB by default): the next large
 object faults the same pages back in. Echoing 64 KiB messages, that cycle
 cost 12 µs of the 40 µs per message (perf: 14 % of samples in page faults
 under memmove). Keeping up to KEEP bytes at the top stops it, for at most
-that much memory held after a burst.
+that much memory held after a burst. Setting it stops glibc's dynamic mmap
+threshold, so the mmap threshold is raised too (MMAP_AT): bulk receives
+(bulk.py) allocate 256 KiB per read, which would each be a fresh mmap.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import ctypes.util
 import os
 
 M_TRIM_THRESHOLD = -1  # <malloc.h>
+M_MMAP_THRESHOLD = -3
 KEEP = 32 << 20
+MMAP_AT = 1 << 20  # objects below this come from the heap (bulk reads are 256 KiB)
 
 _done = False
 
@@ -39,4 +43,12 @@ def keep_heap_top(nbytes: int = KEEP) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # Setting any threshold stops glibc's dynamic mmap threshold, which would
+    # otherwise have risen past the 256 KiB bulk reads (bulk.py) after the
+    # first was freed: left at 128 KiB, each one is a fresh mmap whose pages
+    # fault in as the kernel writes them. Up to MMAP_AT they come from the heap
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ and "malloc.mmap_threshold" not in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    ):
+        mallopt(M_MMAP_THRESHOLD, MMAP_AT)
     return bool(mallopt(M_TRIM_THRESHOLD, nbytes))
