@@ -42,9 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import io
-import os
-import stat
 from asyncio import constants
 from typing import Any
 
@@ -54,7 +51,7 @@ from .tls import CoreSSLObject, CoreTLS, peer_cert_der, tls_error
 from .transport import UringTransport
 from .transport_base import TransportLoop
 from .transport_reading import discard
-from .transport_writing import _FILE_SEGMENT_MAX
+from .transport_writing import _FILE_SEGMENT_MAX, _file_range
 
 _AGAIN = lib.US_TLS_AGAIN
 _EOF = lib.US_TLS_EOF
@@ -215,16 +212,7 @@ class TLSTransport(UringTransport):
         UringTransport's, but counted in plaintext queued (the kernel's count
         is of ciphertext); asyncio's fallback (read and write()) where the
         core cannot take the file."""
-        try:
-            fileno = file.fileno()
-            st = os.fstat(fileno)
-        except (AttributeError, io.UnsupportedOperation, OSError) as exc:
-            raise asyncio.SendfileNotAvailableError("not a regular file") from exc
-        if not stat.S_ISREG(st.st_mode):
-            raise asyncio.SendfileNotAvailableError("not a regular file")
-        left = max(0, st.st_size - offset)
-        if count:
-            left = min(left, count)
+        fileno, left = _file_range(file, offset, count)
         if not left:
             return 0
         resume_reading = self.is_reading()

@@ -207,16 +207,7 @@ class Writing(TransportBase):
         path: reading pauses, earlier writes drain first, write() raises while
         it runs, and the file position ends after the last byte sent. Raises
         asyncio.SendfileNotAvailableError for anything but a regular file."""
-        try:
-            fileno = file.fileno()
-            st = os.fstat(fileno)
-        except (AttributeError, io.UnsupportedOperation, OSError) as exc:
-            raise asyncio.SendfileNotAvailableError("not a regular file") from exc
-        if not stat.S_ISREG(st.st_mode):
-            raise asyncio.SendfileNotAvailableError("not a regular file")
-        left = max(0, st.st_size - offset)
-        if count:
-            left = min(left, count)
+        fileno, left = _file_range(file, offset, count)
         if not left:
             return 0
         resume_reading = self.is_reading()
@@ -379,3 +370,17 @@ class _FileRange:
 
     def __init__(self, fd: int, fixed: bool, offset: int, count: int, owner: Any) -> None:
         self.fd, self.fixed, self.offset, self.count, self.owner = fd, fixed, offset, count, owner
+
+
+def _file_range(file: Any, offset: int, count: int | None) -> tuple[int, int]:
+    """loop.sendfile()'s file as (fd, bytes to send from offset); asyncio's
+    SendfileNotAvailableError for anything but a regular file."""
+    try:
+        fileno = file.fileno()
+        st = os.fstat(fileno)
+    except (AttributeError, io.UnsupportedOperation, OSError) as exc:
+        raise asyncio.SendfileNotAvailableError("not a regular file") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise asyncio.SendfileNotAvailableError("not a regular file")
+    left = max(0, st.st_size - offset)
+    return fileno, min(left, count) if count else left
