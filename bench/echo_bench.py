@@ -69,6 +69,8 @@ EXTRA = {  # --servers may name these too
     "uring:copy-all": [PY, "apps/echo.py", "--inplace-min", str(1 << 30)],
     "uring:inplace-2k": [PY, "apps/echo.py", "--inplace-min", "2048"],
     "uring:inplace-16k": [PY, "apps/echo.py", "--inplace-min", "16384"],
+    # bulk receives off (every read through the provided-buffer ring), for the ablation
+    "uring:bulk0": [PY, "apps/echo.py", "--bulk-bytes", "0"],
     # bulk receives for every one of the 100 connections (the default 4 MiB holds sixteen)
     "uring:bulk32m": [PY, "apps/echo.py", "--bulk-bytes", str(32 << 20)],
     "uring:buffered-bulk32m": [PY, "apps/echo.py", "--loop", "uring", "--buffered", "--bulk-bytes", str(32 << 20)],
