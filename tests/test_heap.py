@@ -21,27 +21,31 @@ from uringserve import heap
 print(heap.keep_heap_top(), heap.keep_heap_top())
 x = [bytearray(100_000) for _ in range(20)]  # below the mmap threshold: from the heap
 del x
-print(libc.mallinfo2().keepcost)  # free space at the top, not returned to the kernel
+m = libc.mallinfo2()
+print(m.keepcost, m.fordblks)  # free at the top; free anywhere in the heap, not returned to the kernel
 """
 
 
-def probe(**env: str) -> tuple[str, int]:
+def probe(**env: str) -> tuple[str, int, int]:
     out = subprocess.run(
         [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, env={**os.environ, **env}
     )
     assert out.returncode == 0, out.stderr
-    first, keepcost = out.stdout.split("\n")[:2]
-    return first, int(keepcost)
+    first, free = out.stdout.split("\n")[:2]
+    keepcost, fordblks = free.split()
+    return first, int(keepcost), int(fordblks)
 
 
 def test_the_heap_top_is_kept_once_set() -> None:
-    first, keepcost = probe()
+    first, _, free = probe()
     assert first == "True False"  # set once per process
-    assert keepcost >= 1_900_000  # the 2 MB just freed stayed
+    # the 2 MB just freed stayed with malloc (at the top, or below an object
+    # allocated after them: the interpreter's own allocations vary)
+    assert free >= 1_900_000
 
 
 def test_a_users_own_setting_is_left_alone() -> None:
-    first, keepcost = probe(MALLOC_TRIM_THRESHOLD_="131072")
+    first, keepcost, _ = probe(MALLOC_TRIM_THRESHOLD_="131072")
     assert first == "False False"
     assert keepcost < 1_000_000  # glibc trimmed, as the user asked
 
