@@ -84,17 +84,7 @@ class Client:
             s = self.ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=resume)
         try:
             s.sendall(REQUEST)
-            data = b""
-            while True:
-                head, sep, body = data.partition(b"\r\n\r\n")
-                if sep:
-                    m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-                    if m and len(body) >= int(m.group(1)):
-                        break
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_response(s, eof_ends=True)
             if not data.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"unexpected answer: {data[:100]!r}")
             if isinstance(s, ssl.SSLSocket):
@@ -123,17 +113,25 @@ class Client:
             self._conn = raw if plain else self.ctx.wrap_socket(raw, server_hostname="127.0.0.1")
         s = self._conn
         s.sendall(REQUEST.replace(b"Connection: close", b"Connection: keep-alive"))
-        data = b""
-        while True:
-            head, sep, body = data.partition(b"\r\n\r\n")
-            if sep:
-                m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-                if m and len(body) >= int(m.group(1)):
-                    break
-            chunk = s.recv(65536)
-            if not chunk:
-                raise RuntimeError("the server closed a keep-alive connection")
-            data += chunk
+        read_response(s, eof_ends=False)
+
+
+def read_response(s: socket.socket, eof_ends: bool) -> bytes:
+    """One response, to the end of its Content-Length; an EOF before that
+    ends it where `eof_ends` (a Connection: close request), else is an error."""
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            if m and len(body) >= int(m.group(1)):
+                return data
+        chunk = s.recv(65536)
+        if not chunk:
+            if eof_ends:
+                return data
+            raise RuntimeError("the server closed a keep-alive connection")
+        data += chunk
 
 
 def callgrind(cmd: list[str], out: str) -> list[str]:
